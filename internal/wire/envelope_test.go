@@ -1,0 +1,57 @@
+package wire
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
+)
+
+
+func TestDecodeRequest(t *testing.T) {
+	good, _ := Marshal(&qpcv1.Request{Version: ProtocolVersion, Method: "Ping", RequestId: 7})
+	if req, err := DecodeRequest(good); err != nil || req.GetMethod() != "Ping" {
+		t.Fatalf("good request: %v", err)
+	}
+	v2, _ := Marshal(&qpcv1.Request{Version: 2, Method: "Ping", Body: []byte{0xff, 0xff}})
+	if _, err := DecodeRequest(v2); !errors.Is(err, ErrUnsupportedVersion) {
+		t.Fatalf("v2: %v", err)
+	}
+	if _, err := DecodeRequest([]byte{0xff, 0xff, 0xff}); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("garbage: %v", err)
+	}
+	noMethod, _ := Marshal(&qpcv1.Request{Version: ProtocolVersion})
+	if _, err := DecodeRequest(noMethod); !errors.Is(err, ErrInvalidField) {
+		t.Fatalf("no method: %v", err)
+	}
+	// Invalid UTF-8 in a proto3 string is refused by the decoder itself.
+	bad := append([]byte{0x08, 0x01, 0x12, 0x02}, 0xff, 0xfe)
+	if _, err := DecodeRequest(bad); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("bad utf8: %v", err)
+	}
+}
+
+func TestDecodeBodyValidates(t *testing.T) {
+	long, _ := Marshal(&qpcv1.PingRequest{Echo: strings.Repeat("x", 1025)})
+	if err := DecodeBody(long, &qpcv1.PingRequest{}); !errors.Is(err, ErrInvalidField) {
+		t.Fatalf("long echo: %v", err)
+	}
+	ok, _ := Marshal(&qpcv1.PingRequest{Echo: "hi"})
+	var p qpcv1.PingRequest
+	if err := DecodeBody(ok, &p); err != nil || p.GetEcho() != "hi" {
+		t.Fatalf("ok: %v", err)
+	}
+}
+
+func TestStatusError(t *testing.T) {
+	err := error(Errorf(qpcv1.Status_STATUS_STALE_EPOCH, "epoch %d", 3))
+	if Code(err) != qpcv1.Status_STATUS_STALE_EPOCH || Code(nil) != qpcv1.Status_STATUS_OK || Code(errors.New("x")) != qpcv1.Status_STATUS_INTERNAL {
+		t.Fatal("Code mapping wrong")
+	}
+	for s := range qpcv1.Status_name {
+		if strings.HasPrefix(StatusName(qpcv1.Status(s)), "status_") {
+			t.Errorf("status %d has no short name", s)
+		}
+	}
+}

@@ -1,0 +1,59 @@
+package wire
+
+import (
+	"encoding/hex"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
+)
+
+var updateGolden = flag.Bool("update", false, "rewrite testdata/golden fixtures from the current encoding")
+
+// goldenMessages holds one fully populated value of every envelope and
+// message. Adding a message to the protocol means adding it here; a change of
+// encoding for an existing one fails the test (the protocol is additive).
+func goldenMessages() map[string]proto.Message {
+	return map[string]proto.Message{
+		"request": &qpcv1.Request{Version: ProtocolVersion, Method: "Ping", RequestId: 42,
+			AccessToken: "tok", Body: []byte{1, 2, 3}},
+		"response": &qpcv1.Response{Version: ProtocolVersion, RequestId: 42, Status: qpcv1.Status_STATUS_RESOURCE_EXHAUSTED,
+			Message: "slow down", RetryAfterMs: 250, Body: []byte{4, 5}},
+		"ping_request":  &qpcv1.PingRequest{Echo: "hello", HoldMs: 10},
+		"ping_response": &qpcv1.PingResponse{Echo: "hello", ServerTimeUnixMs: 1764000000000, ServerVersion: "1.0.0", ProtocolVersion: 1},
+	}
+}
+
+func TestGoldenWire(t *testing.T) {
+	for name, msg := range goldenMessages() {
+		t.Run(name, func(t *testing.T) {
+			got, err := Marshal(msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join("testdata", "golden", name+".hex")
+			if *updateGolden {
+				if err := os.WriteFile(path, []byte(hex.EncodeToString(got)+"\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("missing fixture %s (run go test ./internal/wire -run Golden -update once, for a new message only): %v", path, err)
+			}
+			if g, w := hex.EncodeToString(got), strings.TrimSpace(string(want)); g != w {
+				t.Fatalf("encoding of %s changed:\n got %s\nwant %s", name, g, w)
+			}
+			back := msg.ProtoReflect().New().Interface()
+			raw, _ := hex.DecodeString(strings.TrimSpace(string(want)))
+			if err := proto.Unmarshal(raw, back); err != nil || !proto.Equal(back, msg) {
+				t.Fatalf("fixture does not decode to the same message: %v", err)
+			}
+		})
+	}
+}
