@@ -1,0 +1,38 @@
+package mls
+
+import "errors"
+
+// Sentinel errors. Every error returned by this package wraps one of these
+// (with %w), so callers test with errors.Is.
+var (
+	// ErrDecode: the input is not a valid encoding of the expected struct
+	// (truncated, trailing bytes, non-minimal varint, unknown enum value...).
+	ErrDecode = errors.New("mls: decode")
+	// ErrEncode: a value cannot be encoded (a vector over 2^30-1 bytes,
+	// an unknown enum value in a select).
+	ErrEncode = errors.New("mls: encode")
+	// ErrUnsupportedCipherSuite: the cipher suite id is not implemented.
+	ErrUnsupportedCipherSuite = errors.New("mls: unsupported cipher suite")
+	// ErrInvalidKey: a public or private key has the wrong size or format.
+	ErrInvalidKey = errors.New("mls: invalid key")
+	// ErrInvalidSignature: a signature does not verify.
+	ErrInvalidSignature = errors.New("mls: invalid signature")
+	// ErrBadMembershipTag: a PublicMessage membership tag does not verify.
+	ErrBadMembershipTag = errors.New("mls: bad membership tag")
+	// ErrBadConfirmationTag: a confirmation tag does not verify.
+	ErrBadConfirmationTag = errors.New("mls: bad confirmation tag")
+	// ErrDecrypt: an AEAD or HPKE ciphertext does not open.
+	ErrDecrypt = errors.New("mls: decryption failed")
+	// ErrEncrypt: encryption failed (bad key, randomness failure).
+	ErrEncrypt = errors.New("mls: encryption failed")
+	// ErrInvalidMessage: a message is well-formed but not acceptable here
+	// (wrong group, epoch, sender type, content type or wire format).
+	ErrInvalidMessage = errors.New("mls: invalid message")
+	// ErrGeneration: a secret-tree generation was already consumed or lies
+	// too far ahead of the ratchet.
+	ErrGeneration = errors.New("mls: secret tree generation unavailable")
+	// ErrNotFound: a Welcome holds no secrets for the given KeyPackage.
+	ErrNotFound = errors.New("mls: not found")
+	// ErrInvalidArgument: a caller passed an out-of-range value.
+	ErrInvalidArgument = errors.New("mls: invalid argument")
+)

@@ -1,0 +1,274 @@
+package mls
+
+// KeyPackage, LeafNode and the structs they contain (RFC 9420 §5.3, §7.2,
+// §10).
+
+// ProtocolVersion is the MLS protocol version (RFC 9420 §6).
+type ProtocolVersion uint16
+
+// ProtocolVersionMLS10 is MLS 1.0, the only version defined.
+const ProtocolVersionMLS10 ProtocolVersion = 1
+
+// CredentialType identifies a credential format (RFC 9420 §5.3).
+type CredentialType uint16
+
+// Credential types.
+const (
+	CredentialTypeBasic CredentialType = 1
+	CredentialTypeX509  CredentialType = 2
+)
+
+// ExtensionType identifies an extension (RFC 9420 §17.3).
+type ExtensionType uint16
+
+// Extension types of RFC 9420.
+const (
+	ExtensionTypeApplicationID        ExtensionType = 1
+	ExtensionTypeRatchetTree          ExtensionType = 2
+	ExtensionTypeRequiredCapabilities ExtensionType = 3
+	ExtensionTypeExternalPub          ExtensionType = 4
+	ExtensionTypeExternalSenders      ExtensionType = 5
+)
+
+// LeafNodeSource says where a LeafNode came from (RFC 9420 §7.2).
+type LeafNodeSource uint8
+
+// Leaf node sources.
+const (
+	LeafNodeSourceKeyPackage LeafNodeSource = 1
+	LeafNodeSourceUpdate     LeafNodeSource = 2
+	LeafNodeSourceCommit     LeafNodeSource = 3
+)
+
+// Credential binds an identity to a signature key (RFC 9420 §5.3).
+// Identity is set for basic credentials, Certificates for X.509 ones.
+type Credential struct {
+	Type         CredentialType
+	Identity     []byte
+	Certificates [][]byte
+}
+
+func (c *Credential) encode(e *encoder) {
+	e.u16(uint16(c.Type))
+	switch c.Type {
+	case CredentialTypeBasic:
+		e.opaque(c.Identity)
+	case CredentialTypeX509:
+		encodeBytesList(e, c.Certificates)
+	default:
+		e.fail("unknown credential type %d", c.Type)
+	}
+}
+
+func (c *Credential) decode(d *decoder) {
+	c.Type = CredentialType(d.u16())
+	switch c.Type {
+	case CredentialTypeBasic:
+		c.Identity = d.opaque()
+	case CredentialTypeX509:
+		c.Certificates = decodeBytesList(d)
+	default:
+		d.fail("unknown credential type %d", c.Type)
+	}
+}
+
+// Capabilities lists what a client supports (RFC 9420 §7.2).
+type Capabilities struct {
+	Versions     []ProtocolVersion
+	CipherSuites []CipherSuiteID
+	Extensions   []ExtensionType
+	Proposals    []ProposalType
+	Credentials  []CredentialType
+}
+
+func encodeU16List[T ~uint16](e *encoder, l []T) {
+	e.vector(func(e *encoder) {
+		for _, v := range l {
+			e.u16(uint16(v))
+		}
+	})
+}
+
+func decodeU16List[T ~uint16](d *decoder) []T {
+	var l []T
+	d.vector(func(d *decoder) { l = append(l, T(d.u16())) })
+	return l
+}
+
+func (c *Capabilities) encode(e *encoder) {
+	encodeU16List(e, c.Versions)
+	encodeU16List(e, c.CipherSuites)
+	encodeU16List(e, c.Extensions)
+	encodeU16List(e, c.Proposals)
+	encodeU16List(e, c.Credentials)
+}
+
+func (c *Capabilities) decode(d *decoder) {
+	c.Versions = decodeU16List[ProtocolVersion](d)
+	c.CipherSuites = decodeU16List[CipherSuiteID](d)
+	c.Extensions = decodeU16List[ExtensionType](d)
+	c.Proposals = decodeU16List[ProposalType](d)
+	c.Credentials = decodeU16List[CredentialType](d)
+}
+
+// Lifetime bounds a KeyPackage's validity, in seconds since the Unix epoch.
+type Lifetime struct {
+	NotBefore uint64
+	NotAfter  uint64
+}
+
+func (l *Lifetime) encode(e *encoder) { e.u64(l.NotBefore); e.u64(l.NotAfter) }
+func (l *Lifetime) decode(d *decoder) { l.NotBefore = d.u64(); l.NotAfter = d.u64() }
+
+// Extension is one entry of an extension list (RFC 9420 §13).
+type Extension struct {
+	Type ExtensionType
+	Data []byte
+}
+
+func encodeExtensions(e *encoder, l []Extension) {
+	e.vector(func(e *encoder) {
+		for i := range l {
+			e.u16(uint16(l[i].Type))
+			e.opaque(l[i].Data)
+		}
+	})
+}
+
+func decodeExtensions(d *decoder) []Extension {
+	var l []Extension
+	d.vector(func(d *decoder) {
+		t := ExtensionType(d.u16())
+		l = append(l, Extension{Type: t, Data: d.opaque()})
+	})
+	return l
+}
+
+// HPKECiphertext is an HPKE encapsulation and ciphertext (RFC 9420 §7.6).
+type HPKECiphertext struct {
+	KEMOutput  []byte
+	Ciphertext []byte
+}
+
+func (c *HPKECiphertext) encode(e *encoder) { e.opaque(c.KEMOutput); e.opaque(c.Ciphertext) }
+func (c *HPKECiphertext) decode(d *decoder) { c.KEMOutput = d.opaque(); c.Ciphertext = d.opaque() }
+
+// LeafNode is a member's leaf in the ratchet tree (RFC 9420 §7.2).
+// Lifetime is set for Source == LeafNodeSourceKeyPackage, ParentHash for
+// Source == LeafNodeSourceCommit.
+type LeafNode struct {
+	EncryptionKey HPKEPublicKey
+	SignatureKey  SignaturePublicKey
+	Credential    Credential
+	Capabilities  Capabilities
+	Source        LeafNodeSource
+	Lifetime      Lifetime
+	ParentHash    []byte
+	Extensions    []Extension
+	Signature     []byte
+}
+
+// encodeContent writes every field before the signature.
+func (n *LeafNode) encodeContent(e *encoder) {
+	e.opaque(n.EncryptionKey)
+	e.opaque(n.SignatureKey)
+	n.Credential.encode(e)
+	n.Capabilities.encode(e)
+	e.u8(uint8(n.Source))
+	switch n.Source {
+	case LeafNodeSourceKeyPackage:
+		n.Lifetime.encode(e)
+	case LeafNodeSourceUpdate:
+	case LeafNodeSourceCommit:
+		e.opaque(n.ParentHash)
+	default:
+		e.fail("unknown leaf node source %d", n.Source)
+	}
+	encodeExtensions(e, n.Extensions)
+}
+
+func (n *LeafNode) encode(e *encoder) {
+	n.encodeContent(e)
+	e.opaque(n.Signature)
+}
+
+func (n *LeafNode) decode(d *decoder) {
+	n.EncryptionKey = d.opaque()
+	n.SignatureKey = d.opaque()
+	n.Credential.decode(d)
+	n.Capabilities.decode(d)
+	n.Source = LeafNodeSource(d.u8())
+	switch n.Source {
+	case LeafNodeSourceKeyPackage:
+		n.Lifetime.decode(d)
+	case LeafNodeSourceUpdate:
+	case LeafNodeSourceCommit:
+		n.ParentHash = d.opaque()
+	default:
+		d.fail("unknown leaf node source %d", n.Source)
+	}
+	n.Extensions = decodeExtensions(d)
+	n.Signature = d.opaque()
+}
+
+// TBS returns LeafNodeTBS (RFC 9420 §7.2). groupID and leaf are used for
+// the update and commit sources only.
+func (n *LeafNode) TBS(groupID []byte, leaf uint32) ([]byte, error) {
+	e := &encoder{}
+	n.encodeContent(e)
+	switch n.Source {
+	case LeafNodeSourceUpdate, LeafNodeSourceCommit:
+		e.opaque(groupID)
+		e.u32(leaf)
+	}
+	return e.buf, e.err
+}
+
+// KeyPackage advertises a client's keys for being added to groups
+// (RFC 9420 §10).
+type KeyPackage struct {
+	Version     ProtocolVersion
+	CipherSuite CipherSuiteID
+	InitKey     HPKEPublicKey
+	LeafNode    LeafNode
+	Extensions  []Extension
+	Signature   []byte
+}
+
+func (k *KeyPackage) encodeContent(e *encoder) {
+	e.u16(uint16(k.Version))
+	e.u16(uint16(k.CipherSuite))
+	e.opaque(k.InitKey)
+	k.LeafNode.encode(e)
+	encodeExtensions(e, k.Extensions)
+}
+
+func (k *KeyPackage) encode(e *encoder) {
+	k.encodeContent(e)
+	e.opaque(k.Signature)
+}
+
+func (k *KeyPackage) decode(d *decoder) {
+	k.Version = ProtocolVersion(d.u16())
+	k.CipherSuite = CipherSuiteID(d.u16())
+	k.InitKey = d.opaque()
+	k.LeafNode.decode(d)
+	k.Extensions = decodeExtensions(d)
+	k.Signature = d.opaque()
+}
+
+// TBS returns KeyPackageTBS, the signed part of the KeyPackage.
+func (k *KeyPackage) TBS() ([]byte, error) {
+	e := &encoder{}
+	k.encodeContent(e)
+	return e.buf, e.err
+}
+
+// Ref returns KeyPackageRef = RefHash("MLS 1.0 KeyPackage Reference", kp).
+func (k *KeyPackage) Ref(s *CipherSuite) ([]byte, error) {
+	b, err := k.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	return s.RefHash("MLS 1.0 KeyPackage Reference", b)
+}

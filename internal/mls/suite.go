@@ -1,0 +1,451 @@
+package mls
+
+import (
+	"crypto"
+	"crypto/ed25519"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/rand"
+	_ "crypto/sha256" // registers crypto.SHA256
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/cloudflare/circl/hpke"
+)
+
+// CipherSuiteID is the uint16 MLS cipher suite identifier (RFC 9420 §17.1).
+type CipherSuiteID uint16
+
+// Cipher suites of RFC 9420 §17.1. Only those returned by Suite are
+// implemented.
+const (
+	MLS128DHKEMX25519AES128GCMSHA256Ed25519        CipherSuiteID = 1
+	MLS128DHKEMP256AES128GCMSHA256P256             CipherSuiteID = 2
+	MLS128DHKEMX25519ChaCha20Poly1305SHA256Ed25519 CipherSuiteID = 3
+	MLS256DHKEMX448AES256GCMSHA512Ed448            CipherSuiteID = 4
+	MLS256DHKEMP521AES256GCMSHA512P521             CipherSuiteID = 5
+	MLS256DHKEMX448ChaCha20Poly1305SHA512Ed448     CipherSuiteID = 6
+	MLS256DHKEMP384AES256GCMSHA384P384             CipherSuiteID = 7
+)
+
+// signatureScheme is the signature algorithm of a suite. Private keys are
+// held in the scheme's signing form (for Ed25519 the 64-byte expanded key);
+// the external form is the one of the MLS test vectors (the Ed25519 seed).
+type signatureScheme interface {
+	importPrivate(raw []byte) (sk, pub []byte, err error)
+	exportPrivate(sk []byte) []byte
+	generate(rnd io.Reader) (sk, pub []byte, err error)
+	sign(sk, msg []byte) ([]byte, error)
+	verify(pub, msg, sig []byte) bool
+}
+
+// CipherSuite provides the hash, KDF, MAC, AEAD, HPKE and signature
+// algorithms of one MLS cipher suite, and the labelled operations of
+// RFC 9420 §5 built on them. Obtain one with Suite; the value is immutable
+// and safe for concurrent use.
+type CipherSuite struct {
+	id   CipherSuiteID
+	hash crypto.Hash
+	kem  hpke.KEM
+	kdf  hpke.KDF
+	aead hpke.AEAD
+	hpke hpke.Suite
+	sig  signatureScheme
+}
+
+var suites = map[CipherSuiteID]*CipherSuite{
+	MLS128DHKEMX25519AES128GCMSHA256Ed25519: newSuite(MLS128DHKEMX25519AES128GCMSHA256Ed25519,
+		crypto.SHA256, hpke.KEM_X25519_HKDF_SHA256, hpke.KDF_HKDF_SHA256, hpke.AEAD_AES128GCM, ed25519Scheme{}),
+	MLS128DHKEMX25519ChaCha20Poly1305SHA256Ed25519: newSuite(MLS128DHKEMX25519ChaCha20Poly1305SHA256Ed25519,
+		crypto.SHA256, hpke.KEM_X25519_HKDF_SHA256, hpke.KDF_HKDF_SHA256, hpke.AEAD_ChaCha20Poly1305, ed25519Scheme{}),
+}
+
+func newSuite(id CipherSuiteID, h crypto.Hash, kem hpke.KEM, kdf hpke.KDF, aead hpke.AEAD, sig signatureScheme) *CipherSuite {
+	return &CipherSuite{id: id, hash: h, kem: kem, kdf: kdf, aead: aead, hpke: hpke.NewSuite(kem, kdf, aead), sig: sig}
+}
+
+// Suite returns the implementation of cipher suite id, or an error wrapping
+// ErrUnsupportedCipherSuite.
+func Suite(id CipherSuiteID) (*CipherSuite, error) {
+	s, ok := suites[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %d", ErrUnsupportedCipherSuite, id)
+	}
+	return s, nil
+}
+
+// ID is the suite's identifier.
+func (s *CipherSuite) ID() CipherSuiteID { return s.id }
+
+// Nh is the output size of the hash and of KDF.Extract.
+func (s *CipherSuite) Nh() int { return s.hash.Size() }
+
+// Nk is the AEAD key size.
+func (s *CipherSuite) Nk() int { return int(s.aead.KeySize()) }
+
+// Nn is the AEAD nonce size.
+func (s *CipherSuite) Nn() int { return int(s.aead.NonceSize()) }
+
+// Hash returns Hash(data).
+func (s *CipherSuite) Hash(data []byte) []byte {
+	h := s.hash.New()
+	h.Write(data)
+	return h.Sum(nil)
+}
+
+// MAC returns HMAC(key, data) with the suite's hash (RFC 9420 §5.2).
+func (s *CipherSuite) MAC(key, data []byte) []byte {
+	m := hmac.New(s.hash.New, key)
+	m.Write(data)
+	return m.Sum(nil)
+}
+
+// VerifyMAC checks mac against MAC(key, data) in constant time.
+func (s *CipherSuite) VerifyMAC(key, data, mac []byte) bool {
+	return constantTimeEqual(s.MAC(key, data), mac)
+}
+
+// Extract is KDF.Extract(salt, ikm).
+func (s *CipherSuite) Extract(salt, ikm []byte) []byte {
+	prk, err := hkdf.Extract(s.hash.New, ikm, salt)
+	if err != nil { // only for FIPS-mode key-length rules
+		return nil
+	}
+	return prk
+}
+
+// Expand is KDF.Expand(prk, info, length).
+func (s *CipherSuite) Expand(prk, info []byte, length int) ([]byte, error) {
+	out, err := hkdf.Expand(s.hash.New, prk, string(info), length)
+	if err != nil {
+		return nil, fmt.Errorf("%w: expand to %d bytes: %v", ErrInvalidArgument, length, err)
+	}
+	return out, nil
+}
+
+// ExpandWithLabel is RFC 9420 §5.1:
+//
+//	KDF.Expand(secret, KDFLabel{length, "MLS 1.0 " + label, context}, length)
+func (s *CipherSuite) ExpandWithLabel(secret []byte, label string, context []byte, length int) ([]byte, error) {
+	if length < 0 || length > 0xffff {
+		return nil, fmt.Errorf("%w: ExpandWithLabel length %d", ErrInvalidArgument, length)
+	}
+	e := &encoder{buf: make([]byte, 0, 2+1+8+len(label)+2+len(context))}
+	e.u16(uint16(length))
+	e.opaque(labelBytes(label))
+	e.opaque(context)
+	if e.err != nil {
+		return nil, e.err
+	}
+	return s.Expand(secret, e.buf, length)
+}
+
+// DeriveSecret is ExpandWithLabel(secret, label, "", Nh).
+func (s *CipherSuite) DeriveSecret(secret []byte, label string) ([]byte, error) {
+	return s.ExpandWithLabel(secret, label, nil, s.Nh())
+}
+
+// DeriveTreeSecret is ExpandWithLabel(secret, label, uint32 generation, length).
+func (s *CipherSuite) DeriveTreeSecret(secret []byte, label string, generation uint32, length int) ([]byte, error) {
+	var ctx [4]byte
+	ctx[0], ctx[1], ctx[2], ctx[3] = byte(generation>>24), byte(generation>>16), byte(generation>>8), byte(generation)
+	return s.ExpandWithLabel(secret, label, ctx[:], length)
+}
+
+// RefHash is Hash(RefHashInput{label, value}) (RFC 9420 §5.2). The label is
+// used as given (e.g. "MLS 1.0 KeyPackage Reference").
+func (s *CipherSuite) RefHash(label string, value []byte) ([]byte, error) {
+	e := &encoder{}
+	e.opaque([]byte(label))
+	e.opaque(value)
+	if e.err != nil {
+		return nil, e.err
+	}
+	return s.Hash(e.buf), nil
+}
+
+func labelBytes(label string) []byte { return []byte("MLS 1.0 " + label) }
+
+// signContent encodes SignContent{"MLS 1.0 " + label, content}.
+func signContent(label string, content []byte) ([]byte, error) {
+	e := &encoder{buf: make([]byte, 0, 8+len(label)+len(content)+8)}
+	e.opaque(labelBytes(label))
+	e.opaque(content)
+	return e.buf, e.err
+}
+
+// SignWithLabel signs SignContent{"MLS 1.0 " + label, content} (RFC 9420 §5.1.2).
+func (s *CipherSuite) SignWithLabel(priv SignaturePrivateKey, label string, content []byte) ([]byte, error) {
+	msg, err := signContent(label, content)
+	if err != nil {
+		return nil, err
+	}
+	if priv.suite != s.id {
+		return nil, fmt.Errorf("%w: signature key of suite %d used with suite %d", ErrInvalidKey, priv.suite, s.id)
+	}
+	return s.sig.sign(priv.sk.Bytes(), msg)
+}
+
+// VerifyWithLabel checks a SignWithLabel signature; failure wraps
+// ErrInvalidSignature.
+func (s *CipherSuite) VerifyWithLabel(pub SignaturePublicKey, label string, content, sig []byte) error {
+	msg, err := signContent(label, content)
+	if err != nil {
+		return err
+	}
+	if !s.sig.verify(pub, msg, sig) {
+		return fmt.Errorf("%w: %s", ErrInvalidSignature, label)
+	}
+	return nil
+}
+
+// encryptContext encodes EncryptContext{"MLS 1.0 " + label, context}.
+func encryptContext(label string, context []byte) ([]byte, error) {
+	e := &encoder{}
+	e.opaque(labelBytes(label))
+	e.opaque(context)
+	return e.buf, e.err
+}
+
+// EncryptWithLabel is HPKE SealBase(pub, EncryptContext{label, context}, "",
+// plaintext) (RFC 9420 §5.1.3).
+func (s *CipherSuite) EncryptWithLabel(pub HPKEPublicKey, label string, context, plaintext []byte) (HPKECiphertext, error) {
+	return s.encryptWithLabel(rand.Reader, pub, label, context, plaintext)
+}
+
+func (s *CipherSuite) encryptWithLabel(rnd io.Reader, pub HPKEPublicKey, label string, context, plaintext []byte) (HPKECiphertext, error) {
+	info, err := encryptContext(label, context)
+	if err != nil {
+		return HPKECiphertext{}, err
+	}
+	pk, err := s.kem.Scheme().UnmarshalBinaryPublicKey(pub)
+	if err != nil {
+		return HPKECiphertext{}, fmt.Errorf("%w: HPKE public key: %v", ErrInvalidKey, err)
+	}
+	sender, err := s.hpke.NewSender(pk, info)
+	if err != nil {
+		return HPKECiphertext{}, fmt.Errorf("%w: %v", ErrEncrypt, err)
+	}
+	enc, sealer, err := sender.Setup(rnd)
+	if err != nil {
+		return HPKECiphertext{}, fmt.Errorf("%w: %v", ErrEncrypt, err)
+	}
+	ct, err := sealer.Seal(plaintext, nil)
+	if err != nil {
+		return HPKECiphertext{}, fmt.Errorf("%w: %v", ErrEncrypt, err)
+	}
+	return HPKECiphertext{KEMOutput: enc, Ciphertext: ct}, nil
+}
+
+// DecryptWithLabel opens an EncryptWithLabel ciphertext; failure wraps
+// ErrDecrypt.
+func (s *CipherSuite) DecryptWithLabel(priv HPKEPrivateKey, label string, context []byte, ct HPKECiphertext) ([]byte, error) {
+	info, err := encryptContext(label, context)
+	if err != nil {
+		return nil, err
+	}
+	sk, err := s.kem.Scheme().UnmarshalBinaryPrivateKey(priv.sk.Bytes())
+	if err != nil {
+		return nil, fmt.Errorf("%w: HPKE private key: %v", ErrInvalidKey, err)
+	}
+	recv, err := s.hpke.NewReceiver(sk, info)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrDecrypt, err)
+	}
+	opener, err := recv.Setup(ct.KEMOutput)
+	if err != nil {
+		return nil, fmt.Errorf("%w: HPKE setup: %v", ErrDecrypt, err)
+	}
+	pt, err := opener.Open(ct.Ciphertext, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: HPKE open (%s)", ErrDecrypt, label)
+	}
+	return pt, nil
+}
+
+// Seal is AEAD.Seal(key, nonce, aad, plaintext).
+func (s *CipherSuite) Seal(key, nonce, aad, plaintext []byte) ([]byte, error) {
+	a, err := s.aead.New(key)
+	if err != nil {
+		return nil, fmt.Errorf("%w: AEAD key: %v", ErrInvalidKey, err)
+	}
+	if len(nonce) != a.NonceSize() {
+		return nil, fmt.Errorf("%w: AEAD nonce of %d bytes", ErrInvalidKey, len(nonce))
+	}
+	return a.Seal(nil, nonce, plaintext, aad), nil
+}
+
+// Open is AEAD.Open(key, nonce, aad, ciphertext); failure wraps ErrDecrypt.
+func (s *CipherSuite) Open(key, nonce, aad, ciphertext []byte) ([]byte, error) {
+	a, err := s.aead.New(key)
+	if err != nil {
+		return nil, fmt.Errorf("%w: AEAD key: %v", ErrInvalidKey, err)
+	}
+	if len(nonce) != a.NonceSize() {
+		return nil, fmt.Errorf("%w: AEAD nonce of %d bytes", ErrInvalidKey, len(nonce))
+	}
+	pt, err := a.Open(nil, nonce, ciphertext, aad)
+	if err != nil {
+		return nil, fmt.Errorf("%w: AEAD open", ErrDecrypt)
+	}
+	return pt, nil
+}
+
+// DeriveKeyPair is the HPKE KEM.DeriveKeyPair(ikm) (RFC 9180 §7.1.3).
+func (s *CipherSuite) DeriveKeyPair(ikm []byte) (HPKEPrivateKey, HPKEPublicKey, error) {
+	sch := s.kem.Scheme()
+	if len(ikm) < sch.SeedSize() {
+		// circl requires at least SeedSize bytes; RFC 9180 allows any
+		// length, but MLS always derives from Nh-byte secrets.
+		return HPKEPrivateKey{}, nil, fmt.Errorf("%w: DeriveKeyPair ikm of %d bytes", ErrInvalidArgument, len(ikm))
+	}
+	pk, sk := sch.DeriveKeyPair(ikm)
+	return s.hpkePair(sk.MarshalBinary, pk.MarshalBinary)
+}
+
+// GenerateHPKEKey returns a fresh HPKE key pair.
+func (s *CipherSuite) GenerateHPKEKey() (HPKEPrivateKey, HPKEPublicKey, error) {
+	pk, sk, err := s.kem.Scheme().GenerateKeyPair()
+	if err != nil {
+		return HPKEPrivateKey{}, nil, fmt.Errorf("%w: %v", ErrInvalidKey, err)
+	}
+	return s.hpkePair(sk.MarshalBinary, pk.MarshalBinary)
+}
+
+func (s *CipherSuite) hpkePair(skb, pkb func() ([]byte, error)) (HPKEPrivateKey, HPKEPublicKey, error) {
+	rawSK, err := skb()
+	if err != nil {
+		return HPKEPrivateKey{}, nil, fmt.Errorf("%w: %v", ErrInvalidKey, err)
+	}
+	rawPK, err := pkb()
+	if err != nil {
+		return HPKEPrivateKey{}, nil, fmt.Errorf("%w: %v", ErrInvalidKey, err)
+	}
+	return HPKEPrivateKey{suite: s.id, sk: adoptSecret(rawSK)}, rawPK, nil
+}
+
+// HPKEPrivateKeyFromBytes imports a private key in the KEM's
+// SerializePrivateKey form and returns it with its public key.
+func (s *CipherSuite) HPKEPrivateKeyFromBytes(raw []byte) (HPKEPrivateKey, HPKEPublicKey, error) {
+	sch := s.kem.Scheme()
+	sk, err := sch.UnmarshalBinaryPrivateKey(raw)
+	if err != nil {
+		return HPKEPrivateKey{}, nil, fmt.Errorf("%w: HPKE private key: %v", ErrInvalidKey, err)
+	}
+	pk := sk.Public()
+	return s.hpkePair(sk.MarshalBinary, pk.MarshalBinary)
+}
+
+// SignaturePrivateKeyFromBytes imports a private key in the form of the MLS
+// test vectors (Ed25519: the 32-byte seed) and returns it with its public key.
+func (s *CipherSuite) SignaturePrivateKeyFromBytes(raw []byte) (SignaturePrivateKey, SignaturePublicKey, error) {
+	sk, pub, err := s.sig.importPrivate(raw)
+	if err != nil {
+		return SignaturePrivateKey{}, nil, err
+	}
+	return SignaturePrivateKey{suite: s.id, sk: adoptSecret(sk)}, pub, nil
+}
+
+// GenerateSignatureKey returns a fresh signature key pair.
+func (s *CipherSuite) GenerateSignatureKey() (SignaturePrivateKey, SignaturePublicKey, error) {
+	sk, pub, err := s.sig.generate(rand.Reader)
+	if err != nil {
+		return SignaturePrivateKey{}, nil, err
+	}
+	return SignaturePrivateKey{suite: s.id, sk: adoptSecret(sk)}, pub, nil
+}
+
+// HPKEPublicKey is an HPKE public key in the KEM's SerializePublicKey form.
+type HPKEPublicKey []byte
+
+// SignaturePublicKey is a signature public key in the suite's encoding.
+type SignaturePublicKey []byte
+
+// HPKEPrivateKey is an HPKE private key. It prints as a redaction marker
+// and is wiped by Wipe or when garbage collected.
+type HPKEPrivateKey struct {
+	suite CipherSuiteID
+	sk    Secret
+}
+
+// Bytes returns the key in SerializePrivateKey form (aliasing the key).
+func (k HPKEPrivateKey) Bytes() []byte { return k.sk.Bytes() }
+
+// IsZero reports whether the key is unset.
+func (k HPKEPrivateKey) IsZero() bool { return k.sk.Len() == 0 }
+
+// Wipe zeroes the key.
+func (k HPKEPrivateKey) Wipe() { k.sk.Wipe() }
+
+// String, GoString, Format and LogValue never print the key.
+func (k HPKEPrivateKey) String() string             { return "mls.HPKEPrivateKey" + redacted }
+func (k HPKEPrivateKey) GoString() string           { return k.String() }
+func (k HPKEPrivateKey) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(k.String())) }
+func (k HPKEPrivateKey) LogValue() slog.Value       { return slog.StringValue(redacted) }
+
+// SignaturePrivateKey is a signature private key. It prints as a redaction
+// marker and is wiped by Wipe or when garbage collected.
+type SignaturePrivateKey struct {
+	suite CipherSuiteID
+	sk    Secret
+}
+
+// Bytes returns the key in the form SignaturePrivateKeyFromBytes takes
+// (a fresh copy for Ed25519).
+func (k SignaturePrivateKey) Bytes() []byte {
+	s, err := Suite(k.suite)
+	if err != nil || k.IsZero() {
+		return nil
+	}
+	return s.sig.exportPrivate(k.sk.Bytes())
+}
+
+// IsZero reports whether the key is unset.
+func (k SignaturePrivateKey) IsZero() bool { return k.sk.Len() == 0 }
+
+// Wipe zeroes the key.
+func (k SignaturePrivateKey) Wipe() { k.sk.Wipe() }
+
+// String, GoString, Format and LogValue never print the key.
+func (k SignaturePrivateKey) String() string             { return "mls.SignaturePrivateKey" + redacted }
+func (k SignaturePrivateKey) GoString() string           { return k.String() }
+func (k SignaturePrivateKey) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(k.String())) }
+func (k SignaturePrivateKey) LogValue() slog.Value       { return slog.StringValue(redacted) }
+
+// ed25519Scheme is pure Ed25519 (RFC 8032), as MLS suites 1 and 3 use.
+type ed25519Scheme struct{}
+
+func (ed25519Scheme) importPrivate(raw []byte) ([]byte, []byte, error) {
+	if len(raw) != ed25519.SeedSize {
+		return nil, nil, fmt.Errorf("%w: Ed25519 private key of %d bytes, want %d", ErrInvalidKey, len(raw), ed25519.SeedSize)
+	}
+	sk := ed25519.NewKeyFromSeed(raw)
+	return sk, append([]byte(nil), sk[32:]...), nil
+}
+
+func (ed25519Scheme) exportPrivate(sk []byte) []byte {
+	return append([]byte(nil), ed25519.PrivateKey(sk).Seed()...)
+}
+
+func (ed25519Scheme) generate(rnd io.Reader) ([]byte, []byte, error) {
+	pub, sk, err := ed25519.GenerateKey(rnd)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrInvalidKey, err)
+	}
+	return sk, pub, nil
+}
+
+func (ed25519Scheme) sign(sk, msg []byte) ([]byte, error) {
+	if len(sk) != ed25519.PrivateKeySize {
+		return nil, fmt.Errorf("%w: Ed25519 signing key unset or wiped", ErrInvalidKey)
+	}
+	return ed25519.Sign(ed25519.PrivateKey(sk), msg), nil
+}
+
+func (ed25519Scheme) verify(pub, msg, sig []byte) bool {
+	if len(pub) != ed25519.PublicKeySize {
+		return false
+	}
+	return ed25519.Verify(ed25519.PublicKey(pub), msg, sig)
+}
