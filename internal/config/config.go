@@ -1,0 +1,464 @@
+// Package config loads qpcd's configuration: defaults < YAML file < QPC_*
+// environment < command-line flags, and validates every value.
+package config
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/quicprochat/quicprochat/internal/secret"
+)
+
+// DBKeySize is the size of the database key in bytes (64 hex characters).
+const DBKeySize = 32
+
+// ErrInvalid matches every *FieldError with errors.Is, so callers can map any
+// configuration mistake to exit code 2 without inspecting it.
+var ErrInvalid = errors.New("config: invalid configuration")
+
+// Config is qpcd's effective configuration. Each field's comment names its
+// YAML key and default; the environment variable is QPC_ followed by the key
+// in upper case with dots replaced by underscores.
+type Config struct {
+	Listen    string // listen: "127.0.0.1:7443"; QUIC (UDP) address
+	OpsListen string // ops_listen: "127.0.0.1:7444"; HTTP /metrics /healthz /readyz; "" disables
+	DataDir   string // data_dir: "./data"
+
+	DB struct {
+		KeyFile string       // db.key_file: "" = <data_dir>/db.key (generated when absent and db.key is unset)
+		Key     secret.Bytes // db.key: inline 64-hex-character key; wins over key_file; never printed
+	}
+	TLS struct {
+		CertFile string // tls.cert_file: "" = <data_dir>/tls/cert.pem (self-signed for localhost, generated when absent)
+		KeyFile  string // tls.key_file: "" = <data_dir>/tls/key.pem
+	}
+	Log struct {
+		Level  string // log.level: debug|info|warn|error; default info
+		Format string // log.format: text|json; default text
+	}
+	Limits struct {
+		MaxConnections    int           // limits.max_connections: 1000
+		IdleTimeout       time.Duration // limits.idle_timeout: 60s (QUIC idle timeout)
+		KeepAlive         time.Duration // limits.keep_alive: 15s (QUIC keep-alive period; 0 disables)
+		MaxPayloadBytes   int           // limits.max_payload_bytes: 5242880 (5 MiB)
+		RateLimit         float64       // limits.rate_limit: 50 (requests/s per IP, account and device)
+		RateBurst         int           // limits.rate_burst: 100
+		LongPollMax       time.Duration // limits.long_poll_max: 30s
+		DrainTimeout      time.Duration // limits.drain_timeout: 15s (0 closes at once)
+		MaxStreamsPerConn int           // limits.max_streams_per_conn: 100 (concurrent RPCs per connection)
+	}
+	Retention struct {
+		Messages     time.Duration // retention.messages: 168h (7 days)
+		EpochsBehind int           // retention.epochs_behind: 2 (application messages accepted for this many earlier epochs)
+	}
+	KeyPackages struct {
+		TTL           time.Duration // keypackages.ttl: 24h
+		MaxPerAccount int           // keypackages.max_per_account: 100
+	}
+	Auth struct {
+		AccessTokenTTL  time.Duration // auth.access_token_ttl: 15m
+		RefreshTokenTTL time.Duration // auth.refresh_token_ttl: 720h (30 days)
+		Registration    string        // auth.registration: open|invite|closed; default open
+	}
+	Admin struct {
+		Socket string // admin.socket: "" = <data_dir>/admin.sock
+	}
+}
+
+// Registration policies for Auth.Registration.
+const (
+	RegistrationOpen   = "open"
+	RegistrationInvite = "invite"
+	RegistrationClosed = "closed"
+)
+
+// Default returns the built-in defaults: a development setup bound to
+// 127.0.0.1 whose key and certificate files live in ./data.
+func Default() Config {
+	var c Config
+	c.Listen = "127.0.0.1:7443"
+	c.OpsListen = "127.0.0.1:7444"
+	c.DataDir = "./data"
+	c.Log.Level = "info"
+	c.Log.Format = "text"
+	c.Limits.MaxConnections = 1000
+	c.Limits.IdleTimeout = 60 * time.Second
+	c.Limits.KeepAlive = 15 * time.Second
+	c.Limits.MaxPayloadBytes = 5 << 20
+	c.Limits.RateLimit = 50
+	c.Limits.RateBurst = 100
+	c.Limits.LongPollMax = 30 * time.Second
+	c.Limits.DrainTimeout = 15 * time.Second
+	c.Limits.MaxStreamsPerConn = 100
+	c.Retention.Messages = 7 * 24 * time.Hour
+	c.Retention.EpochsBehind = 2
+	c.KeyPackages.TTL = 24 * time.Hour
+	c.KeyPackages.MaxPerAccount = 100
+	c.Auth.AccessTokenTTL = 15 * time.Minute
+	c.Auth.RefreshTokenTTL = 30 * 24 * time.Hour
+	c.Auth.Registration = RegistrationOpen
+	return c
+}
+
+// Default locations of files inside the data directory, used by Resolved.
+const (
+	DefaultDBKeyFile   = "db.key"
+	DefaultTLSCertFile = "tls/cert.pem"
+	DefaultTLSKeyFile  = "tls/key.pem"
+	DefaultAdminSocket = "admin.sock"
+)
+
+// Resolved returns a copy with the empty path options filled in relative to
+// DataDir: db.key_file (only when no inline db.key is set), tls.cert_file,
+// tls.key_file and admin.socket. Whether qpcd should generate a development
+// key or certificate is decided on the unresolved Config (the option is "").
+func (c Config) Resolved() Config {
+	r := c
+	r.DB.Key = c.DB.Key.Clone()
+	if r.DB.KeyFile == "" && r.DB.Key.IsZero() {
+		r.DB.KeyFile = filepath.Join(c.DataDir, DefaultDBKeyFile)
+	}
+	if r.TLS.CertFile == "" && r.TLS.KeyFile == "" {
+		r.TLS.CertFile = filepath.Join(c.DataDir, DefaultTLSCertFile)
+		r.TLS.KeyFile = filepath.Join(c.DataDir, DefaultTLSKeyFile)
+	}
+	if r.Admin.Socket == "" {
+		r.Admin.Socket = filepath.Join(c.DataDir, DefaultAdminSocket)
+	}
+	return r
+}
+
+// FieldError is an invalid configuration value. Its message is one line that
+// names the option (YAML key, environment variable and flag), the value given
+// (never a secret's) and what is expected.
+type FieldError struct {
+	Key      string // YAML dotted key, e.g. "limits.idle_timeout"; "--config" for the file itself
+	Value    string // the value given; secret.Redacted for secrets
+	Expected string // what would have been accepted
+	Err      error  // underlying cause, if any (e.g. *fs.PathError); may be nil
+}
+
+func (e *FieldError) Error() string {
+	name := e.Key
+	if o, ok := optionByKey(e.Key); ok {
+		name += " (" + o.env()
+		if o.flag != "" {
+			name += ", --" + o.flag
+		}
+		name += ")"
+	}
+	return oneLine(fmt.Sprintf("config: %s = %q: expected %s", name, e.Value, e.Expected))
+}
+
+// Unwrap returns the underlying cause, if any.
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrInvalid) true for every FieldError.
+func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
+}
+
+// Validate checks every value and returns the first problem as a *FieldError.
+// Files that are named must be readable and well-formed; a key or certificate
+// file at its default location in DataDir may be absent (qpcd generates it in
+// development), so Validate gives the same answer before and after Resolved.
+func (c Config) Validate() error {
+	checks := []func(Config) *FieldError{
+		validateAddresses,
+		validateDataDir,
+		validateDBKey,
+		validateTLS,
+		validateLog,
+		validateLimits,
+		validateRetention,
+		validateAuth,
+		validateAdmin,
+	}
+	for _, check := range checks {
+		if fe := check(c); fe != nil {
+			return fe
+		}
+	}
+	return nil
+}
+
+func validateAddresses(c Config) *FieldError {
+	if fe := checkHostPort("listen", c.Listen, "127.0.0.1:7443"); fe != nil {
+		return fe
+	}
+	if c.OpsListen != "" {
+		return checkHostPort("ops_listen", c.OpsListen, "127.0.0.1:7444")
+	}
+	return nil
+}
+
+func checkHostPort(key, addr, example string) *FieldError {
+	expected := "host:port with a port from 1 to 65535, such as " + example
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return &FieldError{Key: key, Value: addr, Expected: expected, Err: err}
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return &FieldError{Key: key, Value: addr, Expected: expected, Err: err}
+	}
+	return nil
+}
+
+func validateDataDir(c Config) *FieldError {
+	if c.DataDir == "" {
+		return &FieldError{Key: "data_dir", Value: "", Expected: "a directory path such as ./data or /var/lib/qpcd"}
+	}
+	if fi, err := os.Stat(c.DataDir); err == nil && !fi.IsDir() {
+		return &FieldError{Key: "data_dir", Value: c.DataDir, Expected: "a directory (this path is a file)"}
+	}
+	return nil
+}
+
+func validateDBKey(c Config) *FieldError {
+	if !c.DB.Key.IsZero() {
+		if c.DB.Key.Len() != DBKeySize {
+			return &FieldError{Key: "db.key", Value: secret.Redacted, Expected: "64 hex characters (32 bytes)"}
+		}
+		return nil
+	}
+	if c.DB.KeyFile == "" || isAbsentDefault(c.DB.KeyFile, c.DataDir, DefaultDBKeyFile) {
+		return nil
+	}
+	k, err := ReadKeyFile(c.DB.KeyFile)
+	if err != nil {
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			return fe
+		}
+		return &FieldError{Key: "db.key_file", Value: c.DB.KeyFile, Expected: "a readable file holding 64 hex characters", Err: err}
+	}
+	k.Wipe()
+	return nil
+}
+
+// isAbsentDefault reports whether path is the default location name inside
+// dataDir and does not exist yet (qpcd generates such files in development).
+func isAbsentDefault(path, dataDir, name string) bool {
+	if filepath.Clean(path) != filepath.Join(dataDir, name) {
+		return false
+	}
+	_, err := os.Stat(path)
+	return errors.Is(err, fs.ErrNotExist)
+}
+
+// ReadKeyFile reads a database key file: 64 hex characters (32 bytes),
+// surrounding whitespace allowed. Errors are *FieldError for db.key_file and
+// never contain the file's content.
+func ReadKeyFile(path string) (secret.Bytes, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return secret.Bytes{}, &FieldError{Key: "db.key_file", Value: path,
+			Expected: "a readable file holding 64 hex characters (" + causeText(err) + ")", Err: err}
+	}
+	defer secret.Wipe(b)
+	k, err := secret.FromHex(strings.TrimSpace(string(b)), DBKeySize)
+	if err != nil {
+		return secret.Bytes{}, &FieldError{Key: "db.key_file", Value: path,
+			Expected: "a file holding 64 hex characters (32 bytes); this file's content is not", Err: secret.ErrBadHex}
+	}
+	return k, nil
+}
+
+// causeText describes a file error without repeating the path.
+func causeText(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
+
+func validateTLS(c Config) *FieldError {
+	cert, key := c.TLS.CertFile, c.TLS.KeyFile
+	switch {
+	case cert == "" && key == "":
+		return nil
+	case cert == "":
+		return &FieldError{Key: "tls.cert_file", Value: "", Expected: "a certificate file, because tls.key_file is set (set both or neither)"}
+	case key == "":
+		return &FieldError{Key: "tls.key_file", Value: "", Expected: "a private key file, because tls.cert_file is set (set both or neither)"}
+	}
+	if isAbsentDefault(cert, c.DataDir, DefaultTLSCertFile) && isAbsentDefault(key, c.DataDir, DefaultTLSKeyFile) {
+		return nil
+	}
+	for _, f := range []struct{ key, path string }{{"tls.cert_file", cert}, {"tls.key_file", key}} {
+		fh, err := os.Open(f.path)
+		if err != nil {
+			return &FieldError{Key: f.key, Value: f.path, Expected: "a readable PEM file (" + causeText(err) + ")", Err: err}
+		}
+		_ = fh.Close()
+	}
+	if _, err := tls.LoadX509KeyPair(cert, key); err != nil {
+		return &FieldError{Key: "tls.cert_file", Value: cert,
+			Expected: "a PEM certificate matching the private key in tls.key_file (" + err.Error() + ")", Err: err}
+	}
+	return nil
+}
+
+func validateLog(c Config) *FieldError {
+	if fe := checkEnum("log.level", c.Log.Level, "debug", "info", "warn", "error"); fe != nil {
+		return fe
+	}
+	return checkEnum("log.format", c.Log.Format, "text", "json")
+}
+
+func checkEnum(key, v string, allowed ...string) *FieldError {
+	for _, a := range allowed {
+		if v == a {
+			return nil
+		}
+	}
+	return &FieldError{Key: key, Value: v, Expected: "one of " + strings.Join(allowed, ", ")}
+}
+
+func checkMinInt(key string, v, lo int) *FieldError {
+	if v < lo {
+		return &FieldError{Key: key, Value: strconv.Itoa(v), Expected: "an integer >= " + strconv.Itoa(lo)}
+	}
+	return nil
+}
+
+func checkPositive(key string, d time.Duration, example string) *FieldError {
+	if d <= 0 {
+		return &FieldError{Key: key, Value: FormatDuration(d), Expected: "a positive duration such as " + example}
+	}
+	return nil
+}
+
+func checkNonNegative(key string, d time.Duration, example, zero string) *FieldError {
+	if d < 0 {
+		return &FieldError{Key: key, Value: FormatDuration(d), Expected: "a duration >= 0 such as " + example + " (0 " + zero + ")"}
+	}
+	return nil
+}
+
+// Bounds on limits.max_payload_bytes.
+const (
+	minPayloadBytes = 1 << 10
+	maxPayloadBytes = 1 << 30
+)
+
+func validateLimits(c Config) *FieldError {
+	l := c.Limits
+	if fe := checkMinInt("limits.max_connections", l.MaxConnections, 1); fe != nil {
+		return fe
+	}
+	if fe := checkPositive("limits.idle_timeout", l.IdleTimeout, "60s"); fe != nil {
+		return fe
+	}
+	if fe := checkNonNegative("limits.keep_alive", l.KeepAlive, "15s", "disables keep-alives"); fe != nil {
+		return fe
+	}
+	if l.KeepAlive >= l.IdleTimeout {
+		return &FieldError{Key: "limits.keep_alive", Value: FormatDuration(l.KeepAlive),
+			Expected: "a duration shorter than limits.idle_timeout (" + FormatDuration(l.IdleTimeout) + "), or 0 to disable"}
+	}
+	if l.MaxPayloadBytes < minPayloadBytes || l.MaxPayloadBytes > maxPayloadBytes {
+		return &FieldError{Key: "limits.max_payload_bytes", Value: strconv.Itoa(l.MaxPayloadBytes),
+			Expected: "an integer number of bytes from 1024 to 1073741824, such as 5242880 (5 MiB)"}
+	}
+	if !(l.RateLimit > 0) || math.IsInf(l.RateLimit, 0) {
+		return &FieldError{Key: "limits.rate_limit", Value: strconv.FormatFloat(l.RateLimit, 'g', -1, 64),
+			Expected: "a number of requests per second > 0, such as 50"}
+	}
+	if fe := checkMinInt("limits.rate_burst", l.RateBurst, 1); fe != nil {
+		return fe
+	}
+	if fe := checkPositive("limits.long_poll_max", l.LongPollMax, "30s"); fe != nil {
+		return fe
+	}
+	if fe := checkNonNegative("limits.drain_timeout", l.DrainTimeout, "15s", "closes connections at once"); fe != nil {
+		return fe
+	}
+	return checkMinInt("limits.max_streams_per_conn", l.MaxStreamsPerConn, 1)
+}
+
+func validateRetention(c Config) *FieldError {
+	if fe := checkPositive("retention.messages", c.Retention.Messages, "168h"); fe != nil {
+		return fe
+	}
+	if fe := checkMinInt("retention.epochs_behind", c.Retention.EpochsBehind, 0); fe != nil {
+		return fe
+	}
+	if fe := checkPositive("keypackages.ttl", c.KeyPackages.TTL, "24h"); fe != nil {
+		return fe
+	}
+	return checkMinInt("keypackages.max_per_account", c.KeyPackages.MaxPerAccount, 1)
+}
+
+func validateAuth(c Config) *FieldError {
+	a := c.Auth
+	if fe := checkPositive("auth.access_token_ttl", a.AccessTokenTTL, "15m"); fe != nil {
+		return fe
+	}
+	if fe := checkPositive("auth.refresh_token_ttl", a.RefreshTokenTTL, "720h"); fe != nil {
+		return fe
+	}
+	if a.RefreshTokenTTL <= a.AccessTokenTTL {
+		return &FieldError{Key: "auth.refresh_token_ttl", Value: FormatDuration(a.RefreshTokenTTL),
+			Expected: "a duration longer than auth.access_token_ttl (" + FormatDuration(a.AccessTokenTTL) + ")"}
+	}
+	return checkEnum("auth.registration", a.Registration, RegistrationOpen, RegistrationInvite, RegistrationClosed)
+}
+
+// maxSocketPath is the longest Unix socket path the platform accepts
+// (sun_path is 108 bytes on Linux and 104 on the BSDs and macOS, NUL included).
+func maxSocketPath() int {
+	if runtime.GOOS == "linux" {
+		return 107
+	}
+	return 103
+}
+
+func validateAdmin(c Config) *FieldError {
+	p := c.Admin.Socket
+	if p == "" {
+		p = filepath.Join(c.DataDir, DefaultAdminSocket)
+	}
+	if n := maxSocketPath(); len(p) > n {
+		return &FieldError{Key: "admin.socket", Value: p,
+			Expected: fmt.Sprintf("a Unix socket path of at most %d bytes (set admin.socket or use a shorter data_dir)", n)}
+	}
+	return nil
+}
+
+// FormatDuration prints d in the shortest exact form of the largest unit
+// (168h, 15m, 30s, 500ms; one minute prints as 60s), the form used in
+// .env.example, the docs and `config print`.
+func FormatDuration(d time.Duration) string {
+	if d == 0 {
+		return "0s"
+	}
+	abs := d
+	if abs < 0 {
+		abs = -abs
+	}
+	units := []struct {
+		d    time.Duration
+		name string
+	}{{time.Hour, "h"}, {time.Minute, "m"}, {time.Second, "s"}, {time.Millisecond, "ms"}}
+	for _, u := range units {
+		if d%u.d == 0 && (u.d != time.Minute || abs > time.Minute) {
+			return strconv.FormatInt(int64(d/u.d), 10) + u.name
+		}
+	}
+	return d.String()
+}

@@ -1,0 +1,232 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/quicprochat/quicprochat/internal/secret"
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+	"go.yaml.in/yaml/v3"
+)
+
+// LoadOptions says where Load reads the configuration layers from.
+type LoadOptions struct {
+	File  string         // --config path (YAML); "" = no file
+	Env   []string       // environment in os.Environ() form; nil = os.Environ(), []string{} = none
+	Flags *pflag.FlagSet // optional; only flags that were set (Changed) override
+}
+
+// RegisterFlags defines qpcd's configuration flags on fs, with the built-in
+// defaults as their shown defaults. It does not define --config.
+func RegisterFlags(fs *pflag.FlagSet) {
+	d := Default()
+	for _, o := range options {
+		if o.flag == "" {
+			continue
+		}
+		usage := o.help + " (" + o.env() + ")"
+		switch p := o.ptr(&d).(type) {
+		case *string:
+			fs.String(o.flag, *p, usage)
+		case *int:
+			fs.Int(o.flag, *p, usage)
+		case *float64:
+			fs.Float64(o.flag, *p, usage)
+		default:
+			// Durations and secrets have no flags; the table never gives them one.
+			fs.String(o.flag, o.text(d), usage)
+		}
+	}
+}
+
+// Load builds the effective configuration: defaults, then the YAML file, then
+// QPC_* variables from the environment, then flags that were set, and
+// validates it. Every invalid value is reported as a *FieldError (errors.As),
+// which also matches ErrInvalid (errors.Is). The result is not Resolved.
+func Load(opts LoadOptions) (Config, error) {
+	v := viper.New()
+	def := Default()
+	for _, o := range options {
+		v.SetDefault(o.key, o.value(def))
+	}
+
+	layer := map[string]any{}
+	if opts.File != "" {
+		m, err := readFile(opts.File)
+		if err != nil {
+			return Config{}, err
+		}
+		layer = m
+	}
+	env := opts.Env
+	if env == nil {
+		env = os.Environ()
+	}
+	// Environment values are merged over the file's, so they win over it.
+	overlayEnv(layer, env)
+	if err := v.MergeConfigMap(layer); err != nil {
+		return Config{}, fmt.Errorf("config: merging file and environment: %w", err)
+	}
+
+	if opts.Flags != nil {
+		for _, o := range options {
+			if o.flag == "" {
+				continue
+			}
+			if f := opts.Flags.Lookup(o.flag); f != nil {
+				if err := v.BindPFlag(o.key, f); err != nil {
+					return Config{}, fmt.Errorf("config: binding --%s: %w", o.flag, err)
+				}
+			}
+		}
+	}
+
+	var c Config
+	fail := func(err error) (Config, error) {
+		c.DB.Key.Wipe()
+		return Config{}, err
+	}
+	given := make(map[string]string, len(options))
+	for _, o := range options {
+		s, fe := scalar(o, v.Get(o.key))
+		if fe != nil {
+			return fail(fe)
+		}
+		if fe := o.set(&c, s); fe != nil {
+			return fail(fe)
+		}
+		if !o.secret() {
+			given[o.key] = strings.TrimSpace(s)
+		}
+	}
+	if err := c.Validate(); err != nil {
+		// Report the value as the operator wrote it ("1m", not "60s").
+		if fe, ok := err.(*FieldError); ok {
+			if raw, found := given[fe.Key]; found {
+				fe.Value = raw
+			}
+		}
+		return fail(err)
+	}
+	return c, nil
+}
+
+// scalar turns a layered value into the string to parse. Mappings and lists
+// where a single value is expected are type errors.
+func scalar(o option, raw any) (string, *FieldError) {
+	switch x := raw.(type) {
+	case nil:
+		return "", nil
+	case string:
+		return x, nil
+	case int:
+		return strconv.Itoa(x), nil
+	case int64:
+		return strconv.FormatInt(x, 10), nil
+	case uint64:
+		return strconv.FormatUint(x, 10), nil
+	case float64:
+		return strconv.FormatFloat(x, 'g', -1, 64), nil
+	case bool:
+		return strconv.FormatBool(x), nil
+	}
+	val := "(a mapping or list)"
+	if o.secret() {
+		val = secret.Redacted
+	}
+	return "", &FieldError{Key: o.key, Value: val, Expected: "a single value such as " + strconv.Quote(o.text(Default()))}
+}
+
+// readFile reads and strictly checks the YAML file: every key must be a
+// documented option, sections must be mappings. It returns the values as a
+// nested map, with empty values ("key:") as "".
+func readFile(path string) (map[string]any, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &FieldError{Key: "--config", Value: path, Expected: "a readable YAML file (" + causeText(err) + ")", Err: err}
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, &FieldError{Key: "--config", Value: path, Expected: "a YAML mapping of options (" + err.Error() + ")", Err: err}
+	}
+	out := map[string]any{}
+	for _, k := range sortedKeys(doc) {
+		val := doc[k]
+		if sections[k] {
+			sub, ok := val.(map[string]any)
+			if val != nil && !ok {
+				return nil, &FieldError{Key: k, Value: fmt.Sprint(val), Expected: "a mapping of " + k + ".* options, see .env.example"}
+			}
+			m := map[string]any{}
+			for _, sk := range sortedKeys(sub) {
+				full := k + "." + sk
+				if _, known := optionByKey(full); !known {
+					return nil, unknownKey(full)
+				}
+				m[sk] = emptyIfNil(sub[sk])
+			}
+			out[k] = m
+			continue
+		}
+		if _, known := optionByKey(k); !known {
+			return nil, unknownKey(k)
+		}
+		out[k] = emptyIfNil(val)
+	}
+	return out, nil
+}
+
+func unknownKey(k string) *FieldError {
+	return &FieldError{Key: k, Value: "(unknown option)", Expected: "one of the documented options, see .env.example or docs/configuration.md"}
+}
+
+func emptyIfNil(v any) any {
+	if v == nil {
+		return ""
+	}
+	return v
+}
+
+func sortedKeys(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// overlayEnv sets the options named by QPC_* variables in env into layer.
+// Unknown QPC_* variables are ignored (clients and qpcctl use the prefix too).
+// A later duplicate wins, as with exec.Cmd.Env.
+func overlayEnv(layer map[string]any, env []string) {
+	byEnv := make(map[string]option, len(options))
+	for _, o := range options {
+		byEnv[o.env()] = o
+	}
+	for _, kv := range env {
+		name, val, ok := strings.Cut(kv, "=")
+		if !ok || !strings.HasPrefix(name, "QPC_") {
+			continue
+		}
+		o, known := byEnv[name]
+		if !known {
+			continue
+		}
+		section, leaf, nested := strings.Cut(o.key, ".")
+		if !nested {
+			layer[o.key] = val
+			continue
+		}
+		m, _ := layer[section].(map[string]any)
+		if m == nil {
+			m = map[string]any{}
+			layer[section] = m
+		}
+		m[leaf] = val
+	}
+}

@@ -1,0 +1,178 @@
+package config
+
+import (
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/quicprochat/quicprochat/internal/secret"
+)
+
+// option describes one configuration key. The table below is the single
+// source for loading, flags, printing, .env.example and docs/configuration.md.
+type option struct {
+	key  string // YAML dotted key
+	flag string // flag name without dashes; "" = no flag
+	help string // one-line meaning
+	// ptr returns a pointer to the field: *string, *int, *float64,
+	// *time.Duration or *secret.Bytes.
+	ptr func(c *Config) any
+}
+
+var options = []option{
+	{key: "listen", flag: "listen", help: "QUIC (UDP) address qpcd serves clients on, host:port",
+		ptr: func(c *Config) any { return &c.Listen }},
+	{key: "ops_listen", flag: "ops-listen", help: "HTTP address for /metrics, /healthz and /readyz; empty disables",
+		ptr: func(c *Config) any { return &c.OpsListen }},
+	{key: "data_dir", flag: "data-dir", help: "directory for the database, generated keys and the admin socket",
+		ptr: func(c *Config) any { return &c.DataDir }},
+	{key: "db.key_file", flag: "db-key-file", help: "file holding the 64-hex-character database key; empty = <data_dir>/db.key (generated when absent)",
+		ptr: func(c *Config) any { return &c.DB.KeyFile }},
+	{key: "db.key", help: "inline database key, 64 hex characters; wins over db.key_file; never printed",
+		ptr: func(c *Config) any { return &c.DB.Key }},
+	{key: "tls.cert_file", flag: "tls-cert-file", help: "PEM certificate chain; empty = <data_dir>/tls/cert.pem (self-signed for localhost, generated when absent)",
+		ptr: func(c *Config) any { return &c.TLS.CertFile }},
+	{key: "tls.key_file", flag: "tls-key-file", help: "PEM private key for tls.cert_file; empty = <data_dir>/tls/key.pem",
+		ptr: func(c *Config) any { return &c.TLS.KeyFile }},
+	{key: "log.level", flag: "log-level", help: "log level: debug, info, warn or error",
+		ptr: func(c *Config) any { return &c.Log.Level }},
+	{key: "log.format", flag: "log-format", help: "log format: text or json",
+		ptr: func(c *Config) any { return &c.Log.Format }},
+	{key: "limits.max_connections", flag: "max-connections", help: "maximum open QUIC connections; further handshakes are refused",
+		ptr: func(c *Config) any { return &c.Limits.MaxConnections }},
+	{key: "limits.idle_timeout", help: "QUIC idle timeout: a connection with no traffic for this long is closed",
+		ptr: func(c *Config) any { return &c.Limits.IdleTimeout }},
+	{key: "limits.keep_alive", help: "QUIC keep-alive period, shorter than idle_timeout; 0 disables",
+		ptr: func(c *Config) any { return &c.Limits.KeepAlive }},
+	{key: "limits.max_payload_bytes", flag: "max-payload-bytes", help: "largest frame accepted, in bytes (5 MiB); longer frames are refused before allocation",
+		ptr: func(c *Config) any { return &c.Limits.MaxPayloadBytes }},
+	{key: "limits.rate_limit", flag: "rate-limit", help: "sustained requests per second allowed per IP, per account and per device",
+		ptr: func(c *Config) any { return &c.Limits.RateLimit }},
+	{key: "limits.rate_burst", help: "requests allowed in a burst above rate_limit",
+		ptr: func(c *Config) any { return &c.Limits.RateBurst }},
+	{key: "limits.long_poll_max", help: "longest time a FetchWait long-poll is held open",
+		ptr: func(c *Config) any { return &c.Limits.LongPollMax }},
+	{key: "limits.drain_timeout", help: "on shutdown, how long in-flight RPCs may finish; 0 closes at once",
+		ptr: func(c *Config) any { return &c.Limits.DrainTimeout }},
+	{key: "limits.max_streams_per_conn", help: "concurrent RPCs (streams) per connection",
+		ptr: func(c *Config) any { return &c.Limits.MaxStreamsPerConn }},
+	{key: "retention.messages", help: "how long stored messages are kept (168h = 7 days)",
+		ptr: func(c *Config) any { return &c.Retention.Messages }},
+	{key: "retention.epochs_behind", help: "application messages are accepted for this many epochs before a group's current one",
+		ptr: func(c *Config) any { return &c.Retention.EpochsBehind }},
+	{key: "keypackages.ttl", help: "lifetime of an uploaded KeyPackage",
+		ptr: func(c *Config) any { return &c.KeyPackages.TTL }},
+	{key: "keypackages.max_per_account", help: "most unused KeyPackages stored per account; uploads beyond are refused",
+		ptr: func(c *Config) any { return &c.KeyPackages.MaxPerAccount }},
+	{key: "auth.access_token_ttl", help: "lifetime of an access token",
+		ptr: func(c *Config) any { return &c.Auth.AccessTokenTTL }},
+	{key: "auth.refresh_token_ttl", help: "lifetime of a refresh token (720h = 30 days); longer than access_token_ttl",
+		ptr: func(c *Config) any { return &c.Auth.RefreshTokenTTL }},
+	{key: "auth.registration", flag: "registration", help: "who may create accounts: open, invite (invite code needed) or closed",
+		ptr: func(c *Config) any { return &c.Auth.Registration }},
+	{key: "admin.socket", flag: "admin-socket", help: "admin API Unix socket (mode 0600); empty = <data_dir>/admin.sock",
+		ptr: func(c *Config) any { return &c.Admin.Socket }},
+}
+
+// sections are the YAML mappings that group keys.
+var sections = map[string]bool{"db": true, "tls": true, "log": true, "limits": true,
+	"retention": true, "keypackages": true, "auth": true, "admin": true}
+
+func optionByKey(key string) (option, bool) {
+	for _, o := range options {
+		if o.key == key {
+			return o, true
+		}
+	}
+	return option{}, false
+}
+
+// secret reports whether the option holds key material.
+func (o option) secret() bool {
+	var c Config
+	_, ok := o.ptr(&c).(*secret.Bytes)
+	return ok
+}
+
+// env is the option's environment variable, QPC_<SECTION>_<KEY> or QPC_<KEY>.
+func (o option) env() string {
+	return "QPC_" + strings.ToUpper(strings.ReplaceAll(o.key, ".", "_"))
+}
+
+// value returns the option's value in c in its configuration-file form:
+// string, int, float64, a duration string, or the redaction marker for a set
+// secret ("" when unset).
+func (o option) value(c Config) any {
+	switch p := o.ptr(&c).(type) {
+	case *string:
+		return *p
+	case *int:
+		return *p
+	case *float64:
+		return *p
+	case *time.Duration:
+		return FormatDuration(*p)
+	case *secret.Bytes:
+		if p.IsZero() {
+			return ""
+		}
+		return secret.Redacted
+	}
+	return nil
+}
+
+// text is value formatted as it would be written in the environment.
+func (o option) text(c Config) string {
+	switch v := o.value(c).(type) {
+	case string:
+		return v
+	case int:
+		return strconv.Itoa(v)
+	case float64:
+		return strconv.FormatFloat(v, 'g', -1, 64)
+	}
+	return ""
+}
+
+// set parses s into the option's field in c. Type errors name the option and
+// the value (except for secrets) and say what is expected.
+func (o option) set(c *Config, s string) *FieldError {
+	s = strings.TrimSpace(s)
+	switch p := o.ptr(c).(type) {
+	case *string:
+		if o.key == "log.level" || o.key == "log.format" || o.key == "auth.registration" {
+			s = strings.ToLower(s)
+		}
+		*p = s
+	case *int:
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return &FieldError{Key: o.key, Value: s, Expected: "an integer such as " + o.text(Default()), Err: err}
+		}
+		*p = n
+	case *float64:
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return &FieldError{Key: o.key, Value: s, Expected: "a number such as " + o.text(Default()), Err: err}
+		}
+		*p = f
+	case *time.Duration:
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return &FieldError{Key: o.key, Value: s,
+				Expected: "a duration such as " + o.text(Default()) + " (units ms, s, m, h)", Err: err}
+		}
+		*p = d
+	case *secret.Bytes:
+		p.Wipe()
+		if s == "" {
+			return nil
+		}
+		k, err := secret.FromHex(s, DBKeySize)
+		if err != nil {
+			return &FieldError{Key: o.key, Value: secret.Redacted, Expected: "64 hex characters (32 bytes)", Err: secret.ErrBadHex}
+		}
+		*p = k
+	}
+	return nil
+}
