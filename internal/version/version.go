@@ -15,4 +15,6 @@ var (
 func GoVersion() string { return runtime.Version() }
 
 // String is the one-line form printed by `version` commands.
-func String() string { return Version + " (commit " + Commit + ", built " + Date + ", " + runtime.Version() + ")" }
+func String() string {
+	return Version + " (commit " + Commit + ", built " + Date + ", " + runtime.Version() + ")"
+}

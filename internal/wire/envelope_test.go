@@ -8,7 +8,6 @@ import (
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
-
 func TestDecodeRequest(t *testing.T) {
 	good, _ := Marshal(&qpcv1.Request{Version: ProtocolVersion, Method: "Ping", RequestId: 7})
 	if req, err := DecodeRequest(good); err != nil || req.GetMethod() != "Ping" {
