@@ -1,0 +1,151 @@
+package obs
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/quicprochat/quicprochat/internal/version"
+)
+
+// Label values for qpcd_connections_total{result}.
+const (
+	ConnAccepted          = "accepted"
+	ConnRejectedLimit     = "rejected_limit"
+	ConnRejectedHandshake = "rejected_handshake"
+	ConnRejectedDraining  = "rejected_draining"
+)
+
+// Label values for qpcd_frames_rejected_total{reason}.
+const (
+	FrameOversized          = "oversized"
+	FrameMalformed          = "malformed"
+	FrameUnsupportedVersion = "unsupported_version"
+	FrameInvalidArgument    = "invalid_argument"
+)
+
+// Label values for qpcd_rate_limited_total{scope}.
+const (
+	ScopeIP      = "ip"
+	ScopeAccount = "account"
+	ScopeDevice  = "device"
+)
+
+// RPCDurationBuckets are the latency buckets of qpcd_rpc_duration_seconds,
+// 0.5 ms to 10 s.
+var RPCDurationBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// Metrics are qpcd's Prometheus metrics, in their own registry (no global
+// state). Label sets known in advance are created at zero so that rate()
+// and absent() behave from the first scrape.
+type Metrics struct {
+	Registry         *prometheus.Registry
+	Connections      prometheus.Gauge         // qpcd_connections: open QUIC connections
+	ConnectionsTotal *prometheus.CounterVec   // qpcd_connections_total{result}
+	RPCs             *prometheus.CounterVec   // qpcd_rpc_requests_total{method,status}
+	RPCDuration      *prometheus.HistogramVec // qpcd_rpc_duration_seconds{method}
+	InFlight         prometheus.Gauge         // qpcd_rpc_in_flight
+	FramesRejected   *prometheus.CounterVec   // qpcd_frames_rejected_total{reason}
+	RateLimited      *prometheus.CounterVec   // qpcd_rate_limited_total{scope}
+	AuthFailures     *prometheus.CounterVec   // qpcd_auth_failures_total{reason}
+	Ready            prometheus.Gauge         // qpcd_ready: 1 when serving, 0 while starting or draining
+
+	err error // registration failure; see Err
+}
+
+// NewMetrics builds the registry: Go runtime and process collectors,
+// qpcd_build_info, qpcd_start_time_seconds, the metrics in Metrics and, when
+// dbSize is not nil, qpcd_db_size_bytes read from dbSize at each scrape.
+func NewMetrics(dbSize func() float64) *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		Connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "qpcd_connections", Help: "Open QUIC connections.",
+		}),
+		ConnectionsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qpcd_connections_total", Help: "QUIC connection attempts by result (accepted, rejected_limit, rejected_handshake, rejected_draining).",
+		}, []string{"result"}),
+		RPCs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qpcd_rpc_requests_total", Help: "RPCs handled, by method and response status.",
+		}, []string{"method", "status"}),
+		RPCDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "qpcd_rpc_duration_seconds", Help: "RPC handling time from request frame read to response written, by method.",
+			Buckets: RPCDurationBuckets,
+		}, []string{"method"}),
+		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "qpcd_rpc_in_flight", Help: "RPCs being handled now.",
+		}),
+		FramesRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qpcd_frames_rejected_total", Help: "Request frames refused before dispatch, by reason.",
+		}, []string{"reason"}),
+		RateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qpcd_rate_limited_total", Help: "Requests refused by a rate limit, by scope (ip, account, device).",
+		}, []string{"scope"}),
+		AuthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qpcd_auth_failures_total", Help: "Failed authentications, by reason.",
+		}, []string{"reason"}),
+		Ready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "qpcd_ready", Help: "1 when qpcd is ready to serve, 0 while starting or draining.",
+		}),
+	}
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "qpcd_build_info", Help: "Build information; the value is always 1.",
+		ConstLabels: prometheus.Labels{"version": version.Version, "commit": version.Commit, "goversion": version.GoVersion()},
+	})
+	buildInfo.Set(1)
+	start := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "qpcd_start_time_seconds", Help: "Start time of the qpcd process since the Unix epoch, in seconds.",
+	})
+	start.Set(float64(time.Now().UnixNano()) / 1e9)
+
+	cs := []prometheus.Collector{
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfo, start,
+		m.Connections, m.ConnectionsTotal, m.RPCs, m.RPCDuration, m.InFlight,
+		m.FramesRejected, m.RateLimited, m.AuthFailures, m.Ready,
+	}
+	if dbSize != nil {
+		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "qpcd_db_size_bytes", Help: "Size of the database files on disk, in bytes.",
+		}, dbSize))
+	}
+	var errs []error
+	for _, c := range cs {
+		if err := m.Registry.Register(c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		m.err = fmt.Errorf("obs: registering metrics: %w", errors.Join(errs...))
+	}
+
+	for _, r := range []string{ConnAccepted, ConnRejectedLimit, ConnRejectedHandshake, ConnRejectedDraining} {
+		m.ConnectionsTotal.WithLabelValues(r)
+	}
+	for _, r := range []string{FrameOversized, FrameMalformed, FrameUnsupportedVersion, FrameInvalidArgument} {
+		m.FramesRejected.WithLabelValues(r)
+	}
+	for _, s := range []string{ScopeIP, ScopeAccount, ScopeDevice} {
+		m.RateLimited.WithLabelValues(s)
+	}
+	return m
+}
+
+// Err reports a failure to register a collector. It is nil unless this
+// package itself is broken (its tests check it); NewMetrics keeps its simple
+// signature and does not panic instead.
+func (m *Metrics) Err() error { return m.err }
+
+// ObserveRPC records one finished RPC: the request counter by method and
+// status, and the latency histogram by method. A nil *Metrics does nothing.
+func (m *Metrics) ObserveRPC(method, status string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.RPCs.WithLabelValues(method, status).Inc()
+	m.RPCDuration.WithLabelValues(method).Observe(d.Seconds())
+}
