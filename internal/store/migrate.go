@@ -1,0 +1,247 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"path"
+	"regexp"
+	"sort"
+	"strconv"
+	"time"
+)
+
+// embeddedMigrations are qpcd's schema, one forward-only step per file.
+//
+//go:embed migrations/*.sql
+var embeddedMigrations embed.FS
+
+// appID is PRAGMA application_id of every qpcd database: "QPCD".
+const appID = 0x51504344
+
+// appMarker is meta.value for key 'app' in every qpcd database.
+const appMarker = "qpcd"
+
+// migrationFile matches NNNN_name.sql.
+var migrationFile = regexp.MustCompile(`^([0-9]{4})_([a-z0-9][a-z0-9_]*)\.sql$`)
+
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+// readMigrations reads the NNNN_name.sql files at the root of fsys. Other
+// files are ignored; a .sql file with another name is an error, so a typo
+// cannot silently drop a step.
+func readMigrations(fsys fs.FS) (map[int]migration, error) {
+	entries, err := fs.ReadDir(fsys, ".")
+	if err != nil {
+		return nil, fmt.Errorf("%w: read directory: %v", ErrMigrations, err)
+	}
+	out := make(map[int]migration, len(entries))
+	for _, e := range entries {
+		if e.IsDir() || path.Ext(e.Name()) != ".sql" {
+			continue
+		}
+		m := migrationFile.FindStringSubmatch(e.Name())
+		if m == nil {
+			return nil, fmt.Errorf("%w: %q is not named NNNN_name.sql (lower-case name)", ErrMigrations, e.Name())
+		}
+		v, err := strconv.Atoi(m[1])
+		if err != nil || v < 1 {
+			return nil, fmt.Errorf("%w: %q: version must be 0001 or above", ErrMigrations, e.Name())
+		}
+		if prev, dup := out[v]; dup {
+			return nil, fmt.Errorf("%w: version %d appears twice (%s, %s)", ErrMigrations, v, prev.name, m[2])
+		}
+		body, err := fs.ReadFile(fsys, e.Name())
+		if err != nil {
+			return nil, fmt.Errorf("%w: read %s: %v", ErrMigrations, e.Name(), err)
+		}
+		out[v] = migration{version: v, name: m[2], sql: string(body)}
+	}
+	return out, nil
+}
+
+// loadMigrations returns the embedded migrations overlaid with extra (a file
+// in extra replaces the embedded file of the same version), in order, and
+// checks that the versions run 1..N without a gap.
+func loadMigrations(extra fs.FS) ([]migration, error) {
+	sub, err := fs.Sub(embeddedMigrations, "migrations")
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMigrations, err)
+	}
+	all, err := readMigrations(sub)
+	if err != nil {
+		return nil, err
+	}
+	if extra != nil {
+		more, err := readMigrations(extra)
+		if err != nil {
+			return nil, err
+		}
+		for v, m := range more {
+			all[v] = m
+		}
+	}
+	list := make([]migration, 0, len(all))
+	for _, m := range all {
+		list = append(list, m)
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].version < list[j].version })
+	for i, m := range list {
+		if m.version != i+1 {
+			return nil, fmt.Errorf("%w: gap: expected version %04d, found %04d_%s", ErrMigrations, i+1, m.version, m.name)
+		}
+	}
+	return list, nil
+}
+
+// querier is what inspect needs: *sql.DB, *sql.Conn and *sql.Tx all fit.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// applied is one row of schema_migrations.
+type applied struct {
+	version int
+	name    string
+}
+
+// dbState is what an opened (keyed) database says about itself.
+type dbState struct {
+	empty   bool      // no schema at all: a new database
+	applied []applied // schema_migrations, by version
+}
+
+func (s dbState) version() int {
+	if len(s.applied) == 0 {
+		return 0
+	}
+	return s.applied[len(s.applied)-1].version
+}
+
+// inspect reads the identity marker and the applied migrations. Its first
+// statement is the first read of the file, so a wrong key surfaces here as
+// SQLITE_NOTADB (the caller explains it).
+func inspect(ctx context.Context, q querier, path string) (dbState, error) {
+	var objects int
+	if err := q.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_master").Scan(&objects); err != nil {
+		return dbState{}, err
+	}
+	var id int64
+	if err := q.QueryRowContext(ctx, "PRAGMA application_id").Scan(&id); err != nil {
+		return dbState{}, fmt.Errorf("store: read application_id of %s: %w", path, err)
+	}
+	if objects == 0 && id == 0 {
+		return dbState{empty: true}, nil
+	}
+	if id != appID {
+		return dbState{}, fmt.Errorf("%w: %s opens with the key but has application_id %#x, not qpcd's %#x; point the storage path at qpcd's database file", ErrNotDatabase, path, id, appID)
+	}
+	var marker string
+	err := q.QueryRowContext(ctx, "SELECT value FROM meta WHERE key = 'app'").Scan(&marker)
+	if err != nil || marker != appMarker {
+		return dbState{}, fmt.Errorf("%w: %s has qpcd's application_id but no meta.app = %q marker (read: %v); the file is damaged or not qpcd's", ErrNotDatabase, path, appMarker, err)
+	}
+	rows, err := q.QueryContext(ctx, "SELECT version, name FROM schema_migrations ORDER BY version")
+	if err != nil {
+		return dbState{}, fmt.Errorf("store: read schema_migrations of %s: %w", path, err)
+	}
+	defer rows.Close()
+	var st dbState
+	for rows.Next() {
+		var a applied
+		if err := rows.Scan(&a.version, &a.name); err != nil {
+			return dbState{}, fmt.Errorf("store: read schema_migrations of %s: %w", path, err)
+		}
+		st.applied = append(st.applied, a)
+	}
+	if err := rows.Err(); err != nil {
+		return dbState{}, fmt.Errorf("store: read schema_migrations of %s: %w", path, err)
+	}
+	return st, nil
+}
+
+// checkApplied compares what the database has applied with the migrations
+// this binary knows: newer schema, gaps and renamed steps are errors.
+func checkApplied(st dbState, known []migration, path string) error {
+	if st.empty {
+		return nil
+	}
+	if v := st.version(); v > len(known) {
+		return fmt.Errorf("%w: %s is at schema version %d, this qpcd knows up to %d; run the newer qpcd (or restore the pre-upgrade backup)", ErrSchemaTooNew, path, v, len(known))
+	}
+	for i, a := range st.applied {
+		if a.version != i+1 {
+			return fmt.Errorf("%w: %s: applied versions have a gap before %d", ErrMigrations, path, a.version)
+		}
+		if k := known[i]; k.name != a.name {
+			return fmt.Errorf("%w: %s: version %d was applied as %q but this qpcd names it %q; migrations must never be renamed or replaced once released", ErrMigrations, path, a.version, a.name, k.name)
+		}
+	}
+	return nil
+}
+
+// migrate applies every pending migration, each in its own transaction that
+// also records it in schema_migrations and sets PRAGMA user_version.
+func migrate(ctx context.Context, db *sql.DB, known []migration, path string, now func() time.Time, log *slog.Logger) (int, error) {
+	st, err := inspect(ctx, db, path)
+	if err != nil {
+		if isNotADB(err) {
+			return 0, explainNotADB(path)
+		}
+		return 0, fmt.Errorf("store: inspect %s: %w", path, err)
+	}
+	if err := checkApplied(st, known, path); err != nil {
+		return 0, err
+	}
+	version := st.version()
+	for _, m := range known[version:] {
+		if err := applyOne(ctx, db, m, now); err != nil {
+			return version, fmt.Errorf("store: migration %04d_%s on %s: %w", m.version, m.name, path, err)
+		}
+		version = m.version
+		log.Info("store: applied migration", "version", m.version, "name", m.name)
+	}
+	return version, nil
+}
+
+func applyOne(ctx context.Context, db *sql.DB, m migration, now func() time.Time) (err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, ignoreDone(tx.Rollback()))
+		}
+	}()
+	if _, err := tx.ExecContext(ctx, m.sql); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx,
+		"INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+		m.version, m.name, now().UTC().Format(time.RFC3339Nano)); err != nil {
+		return err
+	}
+	// user_version mirrors the schema version for tools that only read the header.
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", m.version)); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// ignoreDone drops sql.ErrTxDone, which only says the transaction had already ended.
+func ignoreDone(err error) error {
+	if errors.Is(err, sql.ErrTxDone) {
+		return nil
+	}
+	return err
+}

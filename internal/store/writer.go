@@ -1,0 +1,326 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+)
+
+// batchMarkerTable is a per-connection TEMP table the writer stamps with the
+// batch number inside every batch transaction. If a function ends the shared
+// transaction itself, reading the stamp tells whether that ended in a commit.
+const batchMarkerTable = "temp.qpc_batch"
+
+// fnSavepoint wraps each function of a batch.
+const fnSavepoint = "qpc_store_fn"
+
+// Request states: the writer takes a request (queued -> taken) right before
+// running it; a caller whose context ends first cancels it (queued ->
+// cancelled) and it is never run. Exactly one of the two wins.
+const (
+	stateQueued int32 = iota
+	stateTaken
+	stateCancelled
+)
+
+type request struct {
+	ctx   context.Context
+	fn    func(tx *sql.Tx) error                     // a WriteTx function, or
+	job   func(ctx context.Context, w *sql.DB) error // exclusive writer work
+	state atomic.Int32
+	done  chan error // buffered 1; receives exactly one result
+}
+
+// take reports whether the writer may run r (now or again).
+func (r *request) take() bool {
+	return r.state.CompareAndSwap(stateQueued, stateTaken) || r.state.Load() == stateTaken
+}
+
+func (r *request) finish(err error) { r.done <- err }
+
+// wait returns r's result. If the caller's context ends while r is still
+// queued, r is cancelled and never runs; once the writer has taken r, wait
+// returns its real outcome (within one batch), so an error from WriteTx
+// always means the function's writes are not in the database.
+func (r *request) wait() error {
+	select {
+	case err := <-r.done:
+		return err
+	case <-r.ctx.Done():
+		if r.state.CompareAndSwap(stateQueued, stateCancelled) {
+			return fmt.Errorf("store: write not started: %w", r.ctx.Err())
+		}
+		return <-r.done
+	}
+}
+
+// WriteTx runs fn inside the database's single write transaction stream and
+// returns once fn's writes are durable (committed with synchronous=FULL) or
+// with fn's error (or another error) when they are not in the database.
+//
+// Calls are group-committed: the writer goroutine runs the functions queued
+// at that moment (up to 256, or ~5 ms of work) in one SQL transaction, each
+// inside its own SAVEPOINT, then commits once. A function that returns an
+// error is rolled back to its savepoint and gets its error; the others still
+// commit. Functions of one batch run one after another, so a function sees
+// the successful writes of earlier functions in its batch, never the partial
+// writes of a failed one.
+//
+// Rules for fn:
+//   - use only tx, and do not call tx.Commit or tx.Rollback (ErrTxMisuse);
+//   - do not call WriteTx (deadlock: fn runs on the writer goroutine);
+//   - keep it short: it delays every function queued behind it;
+//   - fn may run more than once: if the shared transaction has to be
+//     abandoned before commit because of another function (or SQLite rolls
+//     it back), the functions that had succeeded are re-run, each in a
+//     transaction of its own. Do not rely on side effects outside tx.
+//
+// If ctx ends while fn is still queued, fn never runs and WriteTx returns
+// ctx's error; once fn has started, WriteTx waits for the real outcome.
+func (db *DB) WriteTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	if fn == nil {
+		return errors.New("store: WriteTx with nil function")
+	}
+	r := &request{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	if err := db.enqueue(ctx, db.queue, r); err != nil {
+		return err
+	}
+	return r.wait()
+}
+
+// exclusive runs job on the writer goroutine between batches: no write
+// transaction is open while it runs and none starts until it returns. It is
+// the hook for maintenance that needs the writer to itself (checkpoint,
+// backup via sqlcipher_export or the backup API, rekey).
+func (db *DB) exclusive(ctx context.Context, job func(ctx context.Context, w *sql.DB) error) error {
+	r := &request{ctx: ctx, job: job, done: make(chan error, 1)}
+	if err := db.enqueue(ctx, db.jobs, r); err != nil {
+		return err
+	}
+	return r.wait()
+}
+
+func (db *DB) enqueue(ctx context.Context, ch chan<- *request, r *request) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("store: write not started: %w", err)
+	}
+	db.mu.RLock()
+	defer db.mu.RUnlock()
+	if db.closed {
+		return ErrClosed
+	}
+	select {
+	case ch <- r:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("store: write not started: %w", ctx.Err())
+	}
+}
+
+// runWriter is the writer goroutine. It exits when Close has closed the queue
+// and every queued request has been run.
+func (db *DB) runWriter() {
+	defer close(db.writerDone)
+	var carry []*request // taken-over from a batch that hit its time limit
+	for {
+		batch := carry
+		carry = nil
+		if len(batch) == 0 {
+			select {
+			case r, ok := <-db.queue:
+				if !ok {
+					return
+				}
+				batch = append(batch, r)
+			case j := <-db.jobs:
+				db.runJob(j)
+				continue
+			}
+		}
+		// Group commit: take whatever else is already queued, without waiting.
+	collect:
+		for len(batch) < db.maxBatchFns {
+			select {
+			case r, ok := <-db.queue:
+				if !ok {
+					break collect
+				}
+				batch = append(batch, r)
+			default:
+				break collect
+			}
+		}
+		carry = db.runBatch(batch)
+	}
+}
+
+func (db *DB) runJob(j *request) {
+	if !j.take() {
+		return
+	}
+	j.finish(j.job(j.ctx, db.wdb))
+}
+
+// runBatch runs batch and returns the requests it had no time for. Functions
+// whose batch had to be abandoned are re-run one per transaction.
+func (db *DB) runBatch(batch []*request) (leftover []*request) {
+	retry, leftover := db.attempt(batch, true)
+	for _, r := range retry {
+		// A single-function attempt never asks for a retry.
+		_, _ = db.attempt([]*request{r}, false)
+	}
+	return leftover
+}
+
+// attempt runs reqs in one transaction, each in a savepoint, and commits.
+// It delivers every result it can; it returns the requests that succeeded
+// but must be re-run because the transaction was lost (only when len(reqs) >
+// 1) and, when budget is set, those not started before the time limit.
+func (db *DB) attempt(reqs []*request, budget bool) (retry, leftover []*request) {
+	start := time.Now()
+	failAll := func(err error) {
+		for _, r := range reqs {
+			if r.take() {
+				r.finish(err)
+			}
+		}
+	}
+	tx, err := db.wdb.BeginTx(context.Background(), nil)
+	if err != nil {
+		failAll(fmt.Errorf("store: begin write transaction: %w", err))
+		return nil, nil
+	}
+	db.batchSeq++
+	seq := db.batchSeq
+	if _, err := tx.Exec("INSERT OR REPLACE INTO "+batchMarkerTable+" (k, n) VALUES (0, ?)", seq); err != nil {
+		db.abandon(tx)
+		failAll(fmt.Errorf("store: begin write transaction: %w", err))
+		return nil, nil
+	}
+
+	var ok []*request
+	for i, r := range reqs {
+		if budget && len(ok) > 0 && time.Since(start) > db.maxBatchWork {
+			leftover = reqs[i:]
+			break
+		}
+		if !r.take() {
+			continue // the caller gave up before it started
+		}
+		if _, err := tx.Exec("SAVEPOINT " + fnSavepoint); err != nil {
+			// The transaction is unusable before r ran: r fails without
+			// having run, the rest start over.
+			r.finish(fmt.Errorf("store: savepoint: %w", err))
+			db.abandon(tx)
+			return ok, reqs[i+1:]
+		}
+		fnErr := db.call(r.fn, tx)
+		var spErr error
+		if fnErr == nil {
+			_, spErr = tx.Exec("RELEASE " + fnSavepoint)
+		} else if _, spErr = tx.Exec("ROLLBACK TO " + fnSavepoint); spErr == nil {
+			_, spErr = tx.Exec("RELEASE " + fnSavepoint)
+		}
+		switch {
+		case spErr == nil && fnErr != nil:
+			r.finish(fnErr)
+			continue
+		case spErr == nil:
+			ok = append(ok, r)
+			continue
+		case errors.Is(spErr, sql.ErrTxDone):
+			// r called tx.Commit or tx.Rollback.
+			committed, mErr := db.batchCommitted(seq)
+			db.log.Error("store: write function ended the shared transaction; fix the caller", "committed", committed, "batch", len(reqs))
+			db.abandon(nil)
+			switch {
+			case mErr != nil:
+				unknown := fmt.Errorf("%w: outcome unknown after another function's misuse: %v", ErrTxAborted, mErr)
+				r.finish(fmt.Errorf("%w; outcome unknown", ErrTxMisuse))
+				for _, o := range ok {
+					o.finish(unknown)
+				}
+				return nil, reqs[i+1:]
+			case committed:
+				r.finish(fmt.Errorf("%w; its writes and those before it in the batch were committed", ErrTxMisuse))
+				for _, o := range ok {
+					o.finish(nil)
+				}
+				return nil, reqs[i+1:]
+			default:
+				r.finish(fmt.Errorf("%w; its writes were rolled back", ErrTxMisuse))
+				return ok, reqs[i+1:]
+			}
+		default:
+			// SQLite rolled the transaction back while r ran (or r broke its
+			// savepoint). r gets the blame; the others are re-run.
+			if fnErr == nil {
+				fnErr = fmt.Errorf("%w: %v", ErrTxAborted, spErr)
+			}
+			r.finish(fnErr)
+			db.abandon(tx)
+			return ok, reqs[i+1:]
+		}
+	}
+
+	if len(ok) == 0 {
+		db.abandon(tx)
+		return nil, leftover
+	}
+	if err := tx.Commit(); err != nil {
+		db.abandon(nil)
+		if len(ok) > 1 {
+			// Which function caused it (a deferred constraint, say) is
+			// unknown: run each alone so only the culprit fails.
+			return ok, leftover
+		}
+		ok[0].finish(fmt.Errorf("store: commit: %w", err))
+		return nil, leftover
+	}
+	db.commits.Add(1)
+	db.committed.Add(int64(len(ok)))
+	for _, r := range ok {
+		r.finish(nil)
+	}
+	return nil, leftover
+}
+
+// call runs fn, turning a panic into ErrPanicked so one bad function cannot
+// take down the writer (and with it every other caller).
+func (db *DB) call(fn func(*sql.Tx) error, tx *sql.Tx) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			db.log.Error("store: write function panicked; its writes were rolled back", "stack", string(debug.Stack()))
+			err = fmt.Errorf("%w: %v", ErrPanicked, p)
+		}
+	}()
+	return fn(tx)
+}
+
+// abandon rolls tx back (if not nil) and makes sure the writer connection is
+// not left inside a transaction (a failed COMMIT can leave one open).
+func (db *DB) abandon(tx *sql.Tx) {
+	if tx != nil {
+		_ = tx.Rollback()
+	}
+	// Fails harmlessly with "no transaction is active" in the normal case.
+	_, _ = db.wdb.Exec("ROLLBACK")
+}
+
+// batchCommitted reads the batch marker after a function ended the shared
+// transaction itself: seq is there only if that ended in a commit.
+func (db *DB) batchCommitted(seq int64) (bool, error) {
+	var n int64
+	err := db.wdb.QueryRow("SELECT n FROM " + batchMarkerTable + " WHERE k = 0").Scan(&n)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	return n == seq, nil
+}
