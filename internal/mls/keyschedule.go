@@ -166,17 +166,17 @@ func (e *EpochSecrets) ExternalKeyPair() (HPKEPrivateKey, HPKEPublicKey, error) 
 
 // WelcomeKeyNonce derives the AEAD key and nonce that encrypt the
 // GroupInfo in a Welcome (RFC 9420 §12.4.3.1).
-func (s *CipherSuite) WelcomeKeyNonce(welcomeSecret Secret) (key, nonce Secret, err error) {
+func (s *CipherSuite) WelcomeKeyNonce(welcomeSecret Secret) (KeyNonce, error) {
 	k, err := s.ExpandWithLabel(welcomeSecret.Bytes(), "key", nil, s.Nk())
 	if err != nil {
-		return Secret{}, Secret{}, err
+		return KeyNonce{}, err
 	}
 	n, err := s.ExpandWithLabel(welcomeSecret.Bytes(), "nonce", nil, s.Nn())
 	if err != nil {
 		clear(k)
-		return Secret{}, Secret{}, err
+		return KeyNonce{}, err
 	}
-	return adoptSecret(k), adoptSecret(n), nil
+	return KeyNonce{Key: adoptSecret(k), Nonce: adoptSecret(n)}, nil
 }
 
 // PSKWithID is a pre-shared key and the PreSharedKeyID naming it.

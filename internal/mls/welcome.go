@@ -1,5 +1,7 @@
 package mls
 
+import "fmt"
+
 // Welcome, GroupInfo and GroupSecrets (RFC 9420 §12.4.3).
 
 // GroupInfo describes a group to a joiner (RFC 9420 §12.4.3).
@@ -123,4 +125,132 @@ func (w *Welcome) decode(d *decoder) {
 		w.Secrets = append(w.Secrets, s)
 	})
 	w.EncryptedGroupInfo = d.opaque()
+}
+
+// SignGroupInfo sets gi.Signature: SignWithLabel(., "GroupInfoTBS", GroupInfoTBS).
+func (s *CipherSuite) SignGroupInfo(gi *GroupInfo, priv SignaturePrivateKey) error {
+	tbs, err := gi.TBS()
+	if err != nil {
+		return err
+	}
+	sig, err := s.SignWithLabel(priv, "GroupInfoTBS", tbs)
+	if err != nil {
+		return err
+	}
+	gi.Signature = sig
+	return nil
+}
+
+// VerifyGroupInfo checks gi's signature by the signer's key; failure wraps
+// ErrInvalidSignature.
+func (s *CipherSuite) VerifyGroupInfo(gi *GroupInfo, signerPub SignaturePublicKey) error {
+	tbs, err := gi.TBS()
+	if err != nil {
+		return err
+	}
+	return s.VerifyWithLabel(signerPub, "GroupInfoTBS", tbs, gi.Signature)
+}
+
+// EncryptGroupInfo encrypts gi under the key and nonce derived from
+// welcome_secret (RFC 9420 §12.4.3.1), for Welcome.EncryptedGroupInfo.
+func (s *CipherSuite) EncryptGroupInfo(gi *GroupInfo, welcomeSecret Secret) ([]byte, error) {
+	pt, err := gi.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	kn, err := s.WelcomeKeyNonce(welcomeSecret)
+	if err != nil {
+		return nil, err
+	}
+	defer kn.Wipe()
+	return s.Seal(kn.Key.Bytes(), kn.Nonce.Bytes(), nil, pt)
+}
+
+// EncryptGroupSecrets encrypts gs to the init key of kp:
+// EncryptWithLabel(init_key, "Welcome", encrypted_group_info, group_secrets).
+func (s *CipherSuite) EncryptGroupSecrets(kp *KeyPackage, gs *GroupSecrets, encryptedGroupInfo []byte) (EncryptedGroupSecrets, error) {
+	ref, err := kp.Ref(s)
+	if err != nil {
+		return EncryptedGroupSecrets{}, err
+	}
+	pt, err := gs.Marshal()
+	if err != nil {
+		return EncryptedGroupSecrets{}, err
+	}
+	defer clear(pt)
+	ct, err := s.EncryptWithLabel(kp.InitKey, "Welcome", encryptedGroupInfo, pt)
+	if err != nil {
+		return EncryptedGroupSecrets{}, err
+	}
+	return EncryptedGroupSecrets{NewMember: ref, EncryptedGroupSecrets: ct}, nil
+}
+
+// DecryptGroupSecrets finds the entry of w addressed to the KeyPackage
+// with reference kpRef and decrypts it with that KeyPackage's init private
+// key. No entry gives an error wrapping ErrNotFound.
+func (s *CipherSuite) DecryptGroupSecrets(w *Welcome, kpRef []byte, initPriv HPKEPrivateKey) (*GroupSecrets, error) {
+	if w.CipherSuite != s.id {
+		return nil, fmt.Errorf("%w: Welcome for cipher suite %d, not %d", ErrInvalidMessage, w.CipherSuite, s.id)
+	}
+	for i := range w.Secrets {
+		e := &w.Secrets[i]
+		if !constantTimeEqual(e.NewMember, kpRef) {
+			continue
+		}
+		pt, err := s.DecryptWithLabel(initPriv, "Welcome", w.EncryptedGroupInfo, e.EncryptedGroupSecrets)
+		if err != nil {
+			return nil, fmt.Errorf("group secrets: %w", err)
+		}
+		defer clear(pt)
+		gs := new(GroupSecrets)
+		if err := gs.Unmarshal(pt); err != nil {
+			return nil, fmt.Errorf("group secrets: %w", err)
+		}
+		return gs, nil
+	}
+	return nil, fmt.Errorf("%w: no group secrets for this KeyPackage in the Welcome", ErrNotFound)
+}
+
+// DecryptGroupInfo decrypts w's GroupInfo with the welcome_secret derived
+// from joiner_secret and psk_secret (empty for no PSKs). It does not verify
+// the GroupInfo: see VerifyGroupInfo and VerifyWelcomeConfirmation.
+func (s *CipherSuite) DecryptGroupInfo(w *Welcome, joinerSecret, pskSecret Secret) (*GroupInfo, error) {
+	ws, err := s.WelcomeSecret(joinerSecret, pskSecret)
+	if err != nil {
+		return nil, err
+	}
+	defer ws.Wipe()
+	kn, err := s.WelcomeKeyNonce(ws)
+	if err != nil {
+		return nil, err
+	}
+	defer kn.Wipe()
+	pt, err := s.Open(kn.Key.Bytes(), kn.Nonce.Bytes(), nil, w.EncryptedGroupInfo)
+	if err != nil {
+		return nil, fmt.Errorf("group info: %w", err)
+	}
+	gi := new(GroupInfo)
+	if err := gi.Unmarshal(pt); err != nil {
+		return nil, fmt.Errorf("group info: %w", err)
+	}
+	if gi.GroupContext.CipherSuite != s.id {
+		return nil, fmt.Errorf("%w: GroupInfo for cipher suite %d in a Welcome for %d", ErrInvalidMessage, gi.GroupContext.CipherSuite, s.id)
+	}
+	return gi, nil
+}
+
+// VerifyWelcomeConfirmation derives the epoch secrets of the group a
+// Welcome joins and checks gi's confirmation tag against them; it returns
+// the epoch secrets for the joiner to keep. Failure wraps
+// ErrBadConfirmationTag.
+func (s *CipherSuite) VerifyWelcomeConfirmation(gi *GroupInfo, joinerSecret, pskSecret Secret) (*EpochSecrets, error) {
+	es, err := s.EpochSecrets(joinerSecret, pskSecret, &gi.GroupContext)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.VerifyConfirmationTag(es.ConfirmationKey, gi.GroupContext.ConfirmedTranscriptHash, gi.ConfirmationTag); err != nil {
+		es.Wipe()
+		return nil, err
+	}
+	return es, nil
 }
