@@ -31,7 +31,11 @@ func newKey(t testing.TB) secret.Bytes {
 
 // testMigrations adds a table the tests write to.
 var testMigrations = fstest.MapFS{
-	"0002_test_rows.sql": {Data: []byte(`CREATE TABLE rows (id INTEGER PRIMARY KEY, body BLOB NOT NULL);`)},
+	"0002_test_rows.sql": {Data: []byte(`
+CREATE TABLE rows (id INTEGER PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE parent (id INTEGER PRIMARY KEY);
+CREATE TABLE child (pid INTEGER NOT NULL REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);
+`)},
 }
 
 func openTest(t testing.TB, path string, key secret.Bytes) *DB {
