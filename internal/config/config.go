@@ -205,13 +205,13 @@ func validateAddresses(c Config) *FieldError {
 }
 
 func checkHostPort(key, addr, example string) *FieldError {
-	expected := "host:port with a port from 1 to 65535, such as " + example
+	expected := "host:port with a port from 0 to 65535 (0: the system picks one), such as " + example
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return &FieldError{Key: key, Value: addr, Expected: expected, Err: err}
 	}
 	n, err := strconv.Atoi(port)
-	if err != nil || n < 1 || n > 65535 {
+	if err != nil || n < 0 || n > 65535 {
 		return &FieldError{Key: key, Value: addr, Expected: expected, Err: err}
 	}
 	return nil

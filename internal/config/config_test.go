@@ -266,9 +266,11 @@ func TestInvalidValues(t *testing.T) {
 		{name: "rate limit zero", env: []string{"QPC_LIMITS_RATE_LIMIT=0"},
 			key: "limits.rate_limit", value: "0", expect: "> 0"},
 		{name: "port out of range", env: []string{"QPC_LISTEN=127.0.0.1:70000"},
-			key: "listen", value: "127.0.0.1:70000", expect: "port from 1 to 65535"},
-		{name: "port zero", args: []string{"--ops-listen", "127.0.0.1:0"},
-			key: "ops_listen", value: "127.0.0.1:0", expect: "port from 1 to 65535"},
+			key: "listen", value: "127.0.0.1:70000", expect: "to 65535"},
+		{name: "port negative", args: []string{"--ops-listen", "127.0.0.1:-1"},
+			key: "ops_listen", value: "127.0.0.1:-1", expect: "to 65535"},
+		{name: "port not numeric", env: []string{"QPC_LISTEN=127.0.0.1:https"},
+			key: "listen", value: "127.0.0.1:https", expect: "to 65535"},
 		{name: "no port", yaml: "listen: localhost\n",
 			key: "listen", value: "localhost", expect: "host:port"},
 		{name: "unknown top-level option", yaml: "listne: 127.0.0.1:7443\n",
@@ -344,6 +346,40 @@ func TestInvalidValues(t *testing.T) {
 			}
 			t.Log(msg)
 		})
+	}
+}
+
+func TestPortZeroMeansAnyPort(t *testing.T) {
+	// Port 0 lets the system pick (tests and ephemeral setups).
+	c, err := load(t, "", []string{"QPC_DATA_DIR=" + t.TempDir()}, "--listen", "127.0.0.1:0", "--ops-listen", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != "127.0.0.1:0" || c.OpsListen != "[::1]:0" {
+		t.Fatalf("got %q %q", c.Listen, c.OpsListen)
+	}
+}
+
+func TestFileValuesKeepTheirText(t *testing.T) {
+	// An all-digit hex key must not be read as a YAML number.
+	dir := t.TempDir()
+	digits := strings.Repeat("0123456789", 6) + "0123"
+	file := writeFile(t, dir, "q.yaml", "data_dir: "+dir+"\ndb:\n  key: "+digits+"\nlimits:\n  rate_limit: 1e2\n", 0o600)
+	c, err := load(t, file, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DB.Key.Hex() != digits || c.Limits.RateLimit != 100 {
+		t.Fatalf("key or rate misread (rate %v)", c.Limits.RateLimit)
+	}
+	dup := writeFile(t, dir, "dup.yaml", "listen: 127.0.0.1:1\nlisten: 127.0.0.1:2\n", 0o600)
+	var fe *FieldError
+	if _, err := load(t, dup, nil); !errors.As(err, &fe) || fe.Key != "listen" {
+		t.Fatalf("duplicate key: %v", err)
+	}
+	anchors := writeFile(t, dir, "anchor.yaml", "data_dir: &d "+dir+"\nadmin:\n  socket: *d\n", 0o600)
+	if c, err := load(t, anchors, nil); err != nil || c.Admin.Socket != dir {
+		t.Fatalf("aliases: %v %q", err, c.Admin.Socket)
 	}
 }
 

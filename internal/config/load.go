@@ -3,7 +3,6 @@ package config
 import (
 	"fmt"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -142,62 +141,98 @@ func scalar(o option, raw any) (string, *FieldError) {
 }
 
 // readFile reads and strictly checks the YAML file: every key must be a
-// documented option, sections must be mappings. It returns the values as a
-// nested map, with empty values ("key:") as "".
+// documented option given once, sections must be mappings and values
+// scalars. It returns the values as a nested map of strings exactly as they
+// were written ("key:" and null give ""), so "0123" stays "0123" and a hex
+// key is never read as a number.
 func readFile(path string) (map[string]any, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, &FieldError{Key: "--config", Value: path, Expected: "a readable YAML file (" + causeText(err) + ")", Err: err}
 	}
-	var doc map[string]any
+	var doc yaml.Node
 	if err := yaml.Unmarshal(b, &doc); err != nil {
 		return nil, &FieldError{Key: "--config", Value: path, Expected: "a YAML mapping of options (" + err.Error() + ")", Err: err}
 	}
 	out := map[string]any{}
-	for _, k := range sortedKeys(doc) {
-		val := doc[k]
-		if sections[k] {
-			sub, ok := val.(map[string]any)
-			if val != nil && !ok {
-				return nil, &FieldError{Key: k, Value: fmt.Sprint(val), Expected: "a mapping of " + k + ".* options, see .env.example"}
+	if doc.Kind == 0 || len(doc.Content) == 0 || isNull(doc.Content[0]) {
+		return out, nil // empty file
+	}
+	root := deref(doc.Content[0])
+	if root.Kind != yaml.MappingNode {
+		return nil, &FieldError{Key: "--config", Value: path, Expected: "a YAML mapping of options at the top level"}
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, val := root.Content[i].Value, deref(root.Content[i+1])
+		if !sections[k] {
+			s, fe := fileScalar(k, val, seen)
+			if fe != nil {
+				return nil, fe
 			}
-			m := map[string]any{}
-			for _, sk := range sortedKeys(sub) {
-				full := k + "." + sk
-				if _, known := optionByKey(full); !known {
-					return nil, unknownKey(full)
-				}
-				m[sk] = emptyIfNil(sub[sk])
-			}
-			out[k] = m
+			out[k] = s
 			continue
 		}
-		if _, known := optionByKey(k); !known {
-			return nil, unknownKey(k)
+		if isNull(val) {
+			continue
 		}
-		out[k] = emptyIfNil(val)
+		if val.Kind != yaml.MappingNode {
+			return nil, &FieldError{Key: k, Value: val.Value, Expected: "a mapping of " + k + ".* options, see .env.example"}
+		}
+		m, _ := out[k].(map[string]any)
+		if m == nil {
+			m = map[string]any{}
+			out[k] = m
+		}
+		for j := 0; j+1 < len(val.Content); j += 2 {
+			sk := val.Content[j].Value
+			s, fe := fileScalar(k+"."+sk, deref(val.Content[j+1]), seen)
+			if fe != nil {
+				return nil, fe
+			}
+			m[sk] = s
+		}
 	}
 	return out, nil
 }
 
+// fileScalar checks that key is a documented option not seen before and n a
+// scalar, and returns n's text.
+func fileScalar(key string, n *yaml.Node, seen map[string]bool) (string, *FieldError) {
+	o, known := optionByKey(key)
+	if !known {
+		return "", unknownKey(key)
+	}
+	if seen[key] {
+		return "", &FieldError{Key: key, Value: "(given twice)", Expected: "each option at most once in the file"}
+	}
+	seen[key] = true
+	if isNull(n) {
+		return "", nil
+	}
+	if n.Kind != yaml.ScalarNode {
+		val := "(a mapping or list)"
+		if o.secret() {
+			val = secret.Redacted
+		}
+		return "", &FieldError{Key: key, Value: val, Expected: "a single value such as " + strconv.Quote(o.text(Default()))}
+	}
+	return n.Value, nil
+}
+
+func deref(n *yaml.Node) *yaml.Node {
+	for n != nil && n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
+}
+
+func isNull(n *yaml.Node) bool {
+	return n == nil || (n.Kind == yaml.ScalarNode && n.Tag == "!!null")
+}
+
 func unknownKey(k string) *FieldError {
 	return &FieldError{Key: k, Value: "(unknown option)", Expected: "one of the documented options, see .env.example or docs/configuration.md"}
-}
-
-func emptyIfNil(v any) any {
-	if v == nil {
-		return ""
-	}
-	return v
-}
-
-func sortedKeys(m map[string]any) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // overlayEnv sets the options named by QPC_* variables in env into layer.
