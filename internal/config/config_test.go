@@ -307,6 +307,8 @@ func TestInvalidValues(t *testing.T) {
 			key: "tls.cert_file", value: goodKey, expect: "PEM certificate"},
 		{name: "admin socket too long", env: []string{"QPC_ADMIN_SOCKET=/" + strings.Repeat("s", 200)},
 			key: "admin.socket", value: "/" + strings.Repeat("s", 200), expect: "Unix socket path"},
+		{name: "derived admin socket too long", env: []string{"QPC_DATA_DIR=/" + strings.Repeat("d", 120)},
+			key: "admin.socket", value: "/" + strings.Repeat("d", 120) + "/admin.sock", expect: "shorter data_dir"},
 		{name: "empty data dir", env: []string{"QPC_DATA_DIR="},
 			key: "data_dir", value: "", expect: "directory"},
 	}

@@ -103,9 +103,10 @@ func Load(opts LoadOptions) (Config, error) {
 		}
 	}
 	if err := c.Validate(); err != nil {
-		// Report the value as the operator wrote it ("1m", not "60s").
+		// Report the value as the operator wrote it ("1m", not "60s"); an
+		// empty option keeps the derived value the check complained about.
 		if fe, ok := err.(*FieldError); ok {
-			if raw, found := given[fe.Key]; found {
+			if raw := given[fe.Key]; raw != "" {
 				fe.Value = raw
 			}
 		}
