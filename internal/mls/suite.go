@@ -2,11 +2,12 @@ package mls
 
 import (
 	"crypto"
-	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/rand"
 	_ "crypto/sha256" // registers crypto.SHA256
+	_ "crypto/sha512" // registers crypto.SHA384 and SHA512
 	"fmt"
 	"io"
 	"log/slog"
@@ -29,17 +30,6 @@ const (
 	MLS256DHKEMP384AES256GCMSHA384P384             CipherSuiteID = 7
 )
 
-// signatureScheme is the signature algorithm of a suite. Private keys are
-// held in the scheme's signing form (for Ed25519 the 64-byte expanded key);
-// the external form is the one of the MLS test vectors (the Ed25519 seed).
-type signatureScheme interface {
-	importPrivate(raw []byte) (sk, pub []byte, err error)
-	exportPrivate(sk []byte) []byte
-	generate(rnd io.Reader) (sk, pub []byte, err error)
-	sign(sk, msg []byte) ([]byte, error)
-	verify(pub, msg, sig []byte) bool
-}
-
 // CipherSuite provides the hash, KDF, MAC, AEAD, HPKE and signature
 // algorithms of one MLS cipher suite, and the labelled operations of
 // RFC 9420 §5 built on them. Obtain one with Suite; the value is immutable
@@ -48,21 +38,34 @@ type CipherSuite struct {
 	id   CipherSuiteID
 	hash crypto.Hash
 	kem  hpke.KEM
+	kemp kemParams
 	kdf  hpke.KDF
 	aead hpke.AEAD
 	hpke hpke.Suite
 	sig  signatureScheme
 }
 
+// suites lists the implemented cipher suites (RFC 9420 §17.1). Adding a
+// suite is one entry here: callers only ever see *CipherSuite.
 var suites = map[CipherSuiteID]*CipherSuite{
 	MLS128DHKEMX25519AES128GCMSHA256Ed25519: newSuite(MLS128DHKEMX25519AES128GCMSHA256Ed25519,
-		crypto.SHA256, hpke.KEM_X25519_HKDF_SHA256, hpke.KDF_HKDF_SHA256, hpke.AEAD_AES128GCM, ed25519Scheme{}),
+		crypto.SHA256, kemX25519, hpke.KDF_HKDF_SHA256, hpke.AEAD_AES128GCM, ed25519Scheme{}),
+	MLS128DHKEMP256AES128GCMSHA256P256: newSuite(MLS128DHKEMP256AES128GCMSHA256P256,
+		crypto.SHA256, kemP256, hpke.KDF_HKDF_SHA256, hpke.AEAD_AES128GCM, ecdsaScheme{elliptic.P256(), crypto.SHA256}),
 	MLS128DHKEMX25519ChaCha20Poly1305SHA256Ed25519: newSuite(MLS128DHKEMX25519ChaCha20Poly1305SHA256Ed25519,
-		crypto.SHA256, hpke.KEM_X25519_HKDF_SHA256, hpke.KDF_HKDF_SHA256, hpke.AEAD_ChaCha20Poly1305, ed25519Scheme{}),
+		crypto.SHA256, kemX25519, hpke.KDF_HKDF_SHA256, hpke.AEAD_ChaCha20Poly1305, ed25519Scheme{}),
+	MLS256DHKEMX448AES256GCMSHA512Ed448: newSuite(MLS256DHKEMX448AES256GCMSHA512Ed448,
+		crypto.SHA512, kemX448, hpke.KDF_HKDF_SHA512, hpke.AEAD_AES256GCM, ed448Scheme{}),
+	MLS256DHKEMP521AES256GCMSHA512P521: newSuite(MLS256DHKEMP521AES256GCMSHA512P521,
+		crypto.SHA512, kemP521, hpke.KDF_HKDF_SHA512, hpke.AEAD_AES256GCM, ecdsaScheme{elliptic.P521(), crypto.SHA512}),
+	MLS256DHKEMX448ChaCha20Poly1305SHA512Ed448: newSuite(MLS256DHKEMX448ChaCha20Poly1305SHA512Ed448,
+		crypto.SHA512, kemX448, hpke.KDF_HKDF_SHA512, hpke.AEAD_ChaCha20Poly1305, ed448Scheme{}),
+	MLS256DHKEMP384AES256GCMSHA384P384: newSuite(MLS256DHKEMP384AES256GCMSHA384P384,
+		crypto.SHA384, kemP384, hpke.KDF_HKDF_SHA384, hpke.AEAD_AES256GCM, ecdsaScheme{elliptic.P384(), crypto.SHA384}),
 }
 
-func newSuite(id CipherSuiteID, h crypto.Hash, kem hpke.KEM, kdf hpke.KDF, aead hpke.AEAD, sig signatureScheme) *CipherSuite {
-	return &CipherSuite{id: id, hash: h, kem: kem, kdf: kdf, aead: aead, hpke: hpke.NewSuite(kem, kdf, aead), sig: sig}
+func newSuite(id CipherSuiteID, h crypto.Hash, kem kemParams, kdf hpke.KDF, aead hpke.AEAD, sig signatureScheme) *CipherSuite {
+	return &CipherSuite{id: id, hash: h, kem: kem.id, kemp: kem, kdf: kdf, aead: aead, hpke: hpke.NewSuite(kem.id, kdf, aead), sig: sig}
 }
 
 // Suite returns the implementation of cipher suite id, or an error wrapping
@@ -292,18 +295,6 @@ func (s *CipherSuite) Open(key, nonce, aad, ciphertext []byte) ([]byte, error) {
 	return pt, nil
 }
 
-// DeriveKeyPair is the HPKE KEM.DeriveKeyPair(ikm) (RFC 9180 §7.1.3).
-func (s *CipherSuite) DeriveKeyPair(ikm []byte) (HPKEPrivateKey, HPKEPublicKey, error) {
-	sch := s.kem.Scheme()
-	if len(ikm) < sch.SeedSize() {
-		// circl requires at least SeedSize bytes; RFC 9180 allows any
-		// length, but MLS always derives from Nh-byte secrets.
-		return HPKEPrivateKey{}, nil, fmt.Errorf("%w: DeriveKeyPair ikm of %d bytes", ErrInvalidArgument, len(ikm))
-	}
-	pk, sk := sch.DeriveKeyPair(ikm)
-	return s.hpkePair(sk.MarshalBinary, pk.MarshalBinary)
-}
-
 // GenerateHPKEKey returns a fresh HPKE key pair.
 func (s *CipherSuite) GenerateHPKEKey() (HPKEPrivateKey, HPKEPublicKey, error) {
 	pk, sk, err := s.kem.Scheme().GenerateKeyPair()
@@ -412,40 +403,3 @@ func (k SignaturePrivateKey) String() string             { return "mls.Signature
 func (k SignaturePrivateKey) GoString() string           { return k.String() }
 func (k SignaturePrivateKey) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(k.String())) }
 func (k SignaturePrivateKey) LogValue() slog.Value       { return slog.StringValue(redacted) }
-
-// ed25519Scheme is pure Ed25519 (RFC 8032), as MLS suites 1 and 3 use.
-type ed25519Scheme struct{}
-
-func (ed25519Scheme) importPrivate(raw []byte) ([]byte, []byte, error) {
-	if len(raw) != ed25519.SeedSize {
-		return nil, nil, fmt.Errorf("%w: Ed25519 private key of %d bytes, want %d", ErrInvalidKey, len(raw), ed25519.SeedSize)
-	}
-	sk := ed25519.NewKeyFromSeed(raw)
-	return sk, append([]byte(nil), sk[32:]...), nil
-}
-
-func (ed25519Scheme) exportPrivate(sk []byte) []byte {
-	return append([]byte(nil), ed25519.PrivateKey(sk).Seed()...)
-}
-
-func (ed25519Scheme) generate(rnd io.Reader) ([]byte, []byte, error) {
-	pub, sk, err := ed25519.GenerateKey(rnd)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", ErrInvalidKey, err)
-	}
-	return sk, pub, nil
-}
-
-func (ed25519Scheme) sign(sk, msg []byte) ([]byte, error) {
-	if len(sk) != ed25519.PrivateKeySize {
-		return nil, fmt.Errorf("%w: Ed25519 signing key unset or wiped", ErrInvalidKey)
-	}
-	return ed25519.Sign(ed25519.PrivateKey(sk), msg), nil
-}
-
-func (ed25519Scheme) verify(pub, msg, sig []byte) bool {
-	if len(pub) != ed25519.PublicKeySize {
-		return false
-	}
-	return ed25519.Verify(ed25519.PublicKey(pub), msg, sig)
-}

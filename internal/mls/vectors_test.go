@@ -50,7 +50,7 @@ func TestMain(m *testing.M) {
 	sort.Strings(files)
 	for _, f := range files {
 		c := vectorCounts.m[f]
-		fmt.Printf("mls vectors: %s: %d run, %d skipped (other cipher suites)\n", f, c[0], c[1])
+		fmt.Printf("mls vectors: %s: %d run, %d skipped (unimplemented cipher suites)\n", f, c[0], c[1])
 	}
 	vectorCounts.Unlock()
 	os.Exit(code)
