@@ -1,0 +1,39 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	"github.com/quicprochat/quicprochat/internal/version"
+	"github.com/quicprochat/quicprochat/internal/wire"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
+)
+
+// Method names, as carried in the request envelope.
+const (
+	MethodPing = "Ping"
+)
+
+func (s *Server) registerMethods(t map[string]*method) {
+	register(t, MethodPing, true, s.ping)
+}
+
+// ping echoes, optionally after holding the reply (capped at the long-poll
+// cap) so drills can keep an RPC in flight.
+func (s *Server) ping(ctx context.Context, _ *Call, req *qpcv1.PingRequest) (*qpcv1.PingResponse, error) {
+	if hold := min(time.Duration(req.GetHoldMs())*time.Millisecond, s.cfg.Limits.LongPollMax); hold > 0 {
+		t := time.NewTimer(hold)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+	}
+	return &qpcv1.PingResponse{
+		Echo:             req.GetEcho(),
+		ServerTimeUnixMs: s.now().UnixMilli(),
+		ServerVersion:    version.Version,
+		ProtocolVersion:  wire.ProtocolVersion,
+	}, nil
+}

@@ -1,0 +1,235 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/quicprochat/quicprochat/internal/obs"
+	"github.com/quicprochat/quicprochat/internal/transport"
+	"github.com/quicprochat/quicprochat/internal/wire"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
+)
+
+// Stream error codes for QUIC stream resets.
+const (
+	streamCodeRefused quic.StreamErrorCode = 0x1
+)
+
+// envelopeOverhead is what the request envelope may add around a body of
+// the maximum payload size (method, token, ids and their tags).
+const envelopeOverhead = 8 << 10
+
+// requestReadTimeout bounds how long a client may take to send its request.
+const requestReadTimeout = 30 * time.Second
+
+// Call is what a handler knows about the RPC it serves.
+type Call struct {
+	Method    string
+	RequestID uint64
+	Conn      *transport.Conn
+	Token     string // raw access token; the auth middleware resolves it
+	Principal *Principal
+}
+
+// Principal is the authenticated caller; nil for unauthenticated methods.
+type Principal struct {
+	AccountID string
+	DeviceID  string
+}
+
+// method describes one RPC: its request type, whether it needs a token, and its handler.
+type method struct {
+	name    string
+	public  bool // no access token needed
+	newReq  func() proto.Message
+	handler func(ctx context.Context, call *Call, req proto.Message) (proto.Message, error)
+}
+
+// register adds a typed handler to the method table.
+func register[Req, Resp proto.Message](table map[string]*method, name string, public bool, h func(context.Context, *Call, Req) (Resp, error)) {
+	var zero Req
+	msgType := zero.ProtoReflect().Type()
+	table[name] = &method{
+		name:   name,
+		public: public,
+		newReq: func() proto.Message { return msgType.New().Interface() },
+		handler: func(ctx context.Context, call *Call, req proto.Message) (proto.Message, error) {
+			return h(ctx, call, req.(Req))
+		},
+	}
+}
+
+// rpcServer implements transport.Handler: one request frame in, one response frame out.
+type rpcServer struct {
+	log        *slog.Logger
+	metrics    *obs.Metrics
+	methods    map[string]*method
+	maxPayload int
+	draining   func() bool
+	// authenticate resolves a token to a principal; nil until auth is wired.
+	authenticate func(ctx context.Context, call *Call) error
+	// admit applies rate limits before the handler runs; nil means unlimited.
+	admit func(ctx context.Context, call *Call) error
+}
+
+func (r *rpcServer) ServeStream(ctx context.Context, c *transport.Conn, s *quic.Stream) {
+	start := time.Now()
+	r.metrics.InFlight.Inc()
+	defer r.metrics.InFlight.Dec()
+
+	_ = s.SetReadDeadline(start.Add(requestReadTimeout))
+	resp, label := r.handle(ctx, c, s)
+	resp.Version = wire.ProtocolVersion
+	out, err := wire.Marshal(resp)
+	if err == nil {
+		_ = s.SetWriteDeadline(time.Now().Add(requestReadTimeout))
+		err = wire.WriteFrame(s, out)
+	}
+	if err != nil {
+		r.log.Debug("rpc: response not delivered", "method", label, "err", err)
+		s.CancelWrite(streamCodeRefused)
+		s.CancelRead(streamCodeRefused)
+	} else {
+		_ = s.Close()
+	}
+	status := wire.StatusName(resp.Status)
+	r.metrics.RPCs.WithLabelValues(label, status).Inc()
+	r.metrics.RPCDuration.WithLabelValues(label).Observe(time.Since(start).Seconds())
+	if err == nil {
+		awaitClientFIN(s)
+	}
+}
+
+// ackTimeout bounds how long a finished RPC waits for the client's FIN.
+const ackTimeout = 10 * time.Second
+
+// awaitClientFIN waits for the client to close its side of the stream, which
+// it does only after reading the whole response. Until then the RPC counts
+// as in flight, so a draining server never closes a connection while a reply
+// is still on its way. Anything but a clean FIN resets the stream.
+func awaitClientFIN(s *quic.Stream) {
+	_ = s.SetReadDeadline(time.Now().Add(ackTimeout))
+	var one [1]byte
+	n, err := s.Read(one[:])
+	if n > 0 || !errors.Is(err, io.EOF) {
+		s.CancelRead(streamCodeRefused)
+	}
+}
+
+// handle returns the response and the method label for metrics (bounded:
+// unknown methods are "unknown").
+func (r *rpcServer) handle(ctx context.Context, c *transport.Conn, s *quic.Stream) (*qpcv1.Response, string) {
+	frame, err := wire.ReadFrame(s, r.maxPayload+envelopeOverhead)
+	if err != nil {
+		switch {
+		case errors.Is(err, wire.ErrFrameTooLarge):
+			r.metrics.FramesRejected.WithLabelValues("oversized").Inc()
+			s.CancelRead(streamCodeRefused)
+			return errorResponse(0, wire.Errorf(qpcv1.Status_STATUS_RESOURCE_EXHAUSTED, "%v", err)), "unknown"
+		default:
+			r.metrics.FramesRejected.WithLabelValues("malformed").Inc()
+			return errorResponse(0, wire.Errorf(qpcv1.Status_STATUS_INVALID_ARGUMENT, "%v", err)), "unknown"
+		}
+	}
+	req, err := wire.DecodeRequest(frame)
+	if err != nil {
+		id := req.GetRequestId()
+		switch {
+		case errors.Is(err, wire.ErrUnsupportedVersion):
+			r.metrics.FramesRejected.WithLabelValues("unsupported_version").Inc()
+			return errorResponse(id, wire.Errorf(qpcv1.Status_STATUS_UNSUPPORTED_VERSION, "%v", err)), "unknown"
+		case errors.Is(err, wire.ErrInvalidField):
+			r.metrics.FramesRejected.WithLabelValues("invalid_argument").Inc()
+		default:
+			r.metrics.FramesRejected.WithLabelValues("malformed").Inc()
+		}
+		return errorResponse(id, wire.Errorf(qpcv1.Status_STATUS_INVALID_ARGUMENT, "%v", err)), "unknown"
+	}
+	m, ok := r.methods[req.GetMethod()]
+	if !ok {
+		return errorResponse(req.GetRequestId(), wire.Errorf(qpcv1.Status_STATUS_NOT_FOUND, "unknown method %q", req.GetMethod())), "unknown"
+	}
+	if r.draining() {
+		e := wire.Errorf(qpcv1.Status_STATUS_DRAINING, "server draining; reconnect and retry")
+		e.RetryAfter = time.Second
+		return errorResponse(req.GetRequestId(), e), m.name
+	}
+	call := &Call{Method: m.name, RequestID: req.GetRequestId(), Conn: c, Token: req.GetAccessToken()}
+	if !m.public && r.authenticate != nil {
+		if err := r.authenticate(ctx, call); err != nil {
+			return errorResponse(call.RequestID, r.toStatus(call, err)), m.name
+		}
+	}
+	if r.admit != nil {
+		if err := r.admit(ctx, call); err != nil {
+			return errorResponse(call.RequestID, r.toStatus(call, err)), m.name
+		}
+	}
+	in := m.newReq()
+	if err := wire.DecodeBody(req.GetBody(), in); err != nil {
+		r.metrics.FramesRejected.WithLabelValues("invalid_argument").Inc()
+		return errorResponse(call.RequestID, wire.Errorf(qpcv1.Status_STATUS_INVALID_ARGUMENT, "%v", err)), m.name
+	}
+	out, err := m.handler(ctx, call, in)
+	if err != nil {
+		return errorResponse(call.RequestID, r.toStatus(call, err)), m.name
+	}
+	body, err := wire.Marshal(out)
+	if err != nil {
+		return errorResponse(call.RequestID, r.toStatus(call, err)), m.name
+	}
+	return &qpcv1.Response{RequestId: call.RequestID, Status: qpcv1.Status_STATUS_OK, Body: body}, m.name
+}
+
+// toStatus is the one place where service errors become wire statuses.
+// Errors that carry no status are internal: the client gets a request id to
+// quote, the log gets the detail.
+func (r *rpcServer) toStatus(call *Call, err error) *wire.StatusError {
+	var se *wire.StatusError
+	if errors.As(err, &se) {
+		return se
+	}
+	if st := mapServiceError(err); st != nil {
+		return st
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return wire.Errorf(qpcv1.Status_STATUS_UNAVAILABLE, "request cancelled")
+	}
+	r.log.Error("rpc: internal error", "method", call.Method, "request_id", call.RequestID, "err", err)
+	return wire.Errorf(qpcv1.Status_STATUS_INTERNAL, "internal error (request id %s)", strconv.FormatUint(call.RequestID, 10))
+}
+
+func errorResponse(id uint64, e *wire.StatusError) *qpcv1.Response {
+	return &qpcv1.Response{
+		RequestId:    id,
+		Status:       e.Code,
+		Message:      e.Message,
+		RetryAfterMs: uint32(min(e.RetryAfter.Milliseconds(), int64(^uint32(0)))),
+	}
+}
+
+// mapServiceError maps the services' sentinel errors to statuses. Each
+// service adds its sentinels here, so the mapping stays in one place.
+func mapServiceError(err error) *wire.StatusError {
+	for _, m := range serviceErrors {
+		if errors.Is(err, m.err) {
+			return &wire.StatusError{Code: m.code, Message: err.Error()}
+		}
+	}
+	return nil
+}
+
+var serviceErrors = []struct {
+	err  error
+	code qpcv1.Status
+}{}
+
+var _ = fmt.Sprintf

@@ -1,0 +1,279 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/quicprochat/quicprochat/internal/config"
+	"github.com/quicprochat/quicprochat/internal/obs"
+	"github.com/quicprochat/quicprochat/internal/store"
+	"github.com/quicprochat/quicprochat/internal/transport"
+	"github.com/quicprochat/quicprochat/internal/version"
+)
+
+// Options configures New.
+type Options struct {
+	Config config.Config // validated; New resolves the data-dir defaults
+	Logger *slog.Logger  // nil: discard
+	Now    func() time.Time
+}
+
+// Server is a running qpcd.
+type Server struct {
+	cfg     config.Config
+	log     *slog.Logger
+	audit   *obs.Audit
+	metrics *obs.Metrics
+	now     func() time.Time
+	started time.Time
+
+	db    *store.DB
+	certs *transport.CertStore
+	ln    *transport.Listener
+	ops   *http.Server
+	opsLn net.Listener
+
+	ready    atomic.Bool
+	draining atomic.Bool
+	drainCh  chan struct{} // closed when draining starts: wakes long-polls
+}
+
+// New prepares everything qpcd needs and binds its sockets, but serves
+// nothing until Run. On error nothing is left open.
+func New(ctx context.Context, opts Options) (_ *Server, err error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	dataDir := opts.Config.DataDir
+	defKey, defCert, defTLSKey := defaultPaths(dataDir)
+	cfg := opts.Config.Resolved()
+
+	s := &Server{cfg: cfg, log: log, audit: obs.NewAudit(log), now: now, drainCh: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			s.closeAll()
+		}
+	}()
+
+	if err := prepareDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	key, genKey, err := loadOrCreateDBKey(cfg, defKey)
+	if err != nil {
+		return nil, err
+	}
+	defer key.Wipe()
+	genCert, err := ensureCertificate(cfg, defCert, defTLSKey, now())
+	if err != nil {
+		return nil, err
+	}
+	s.certs, err = transport.NewCertStore(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	dbPath := filepath.Join(cfg.DataDir, "qpcd.db")
+	s.db, err = store.Open(ctx, store.Options{Path: dbPath, Key: key, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	s.metrics = obs.NewMetrics(func() float64 {
+		n, _ := s.db.Size()
+		return float64(n)
+	})
+
+	rpc := &rpcServer{
+		log:        log,
+		metrics:    s.metrics,
+		methods:    map[string]*method{},
+		maxPayload: cfg.Limits.MaxPayloadBytes,
+		draining:   s.draining.Load,
+	}
+	s.registerMethods(rpc.methods)
+
+	s.ln, err = transport.Listen(transport.ListenerConfig{
+		Addr:              cfg.Listen,
+		TLS:               s.certs.ServerTLSConfig(),
+		MaxConnections:    cfg.Limits.MaxConnections,
+		MaxStreamsPerConn: int64(cfg.Limits.MaxStreamsPerConn),
+		IdleTimeout:       cfg.Limits.IdleTimeout,
+		KeepAlive:         cfg.Limits.KeepAlive,
+		Logger:            log,
+		Events: transport.Events{
+			ConnAccepted: func() {
+				s.metrics.Connections.Inc()
+				s.metrics.ConnectionsTotal.WithLabelValues("accepted").Inc()
+			},
+			ConnClosed:   func() { s.metrics.Connections.Dec() },
+			ConnRejected: func(reason string) { s.metrics.ConnectionsTotal.WithLabelValues("rejected_" + reason).Inc() },
+		},
+	}, rpc)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.OpsListen != "" {
+		s.opsLn, err = net.Listen("tcp", cfg.OpsListen)
+		if err != nil {
+			return nil, fmt.Errorf("server: ops listener on %s/tcp: %w (set ops_listen / QPC_OPS_LISTEN)", cfg.OpsListen, err)
+		}
+		s.ops = &http.Server{
+			Handler:           obs.NewOpsHandler(s.metrics, s.readiness),
+			ReadHeaderTimeout: 5 * time.Second,
+		}
+	}
+
+	attrs := []any{
+		"version", version.Version,
+		"quic", s.ln.Addr().String() + "/udp",
+		"ops", s.OpsAddr(),
+		"data_dir", cfg.DataDir,
+		"db", dbPath,
+		"db_key_file", keySource(cfg),
+		"tls_cert", cfg.TLS.CertFile,
+		"cert_sha256", s.certs.Fingerprint(),
+		"registration", cfg.Auth.Registration,
+	}
+	if genKey || genCert {
+		attrs = append(attrs, "dev_generated", devNote(genKey, genCert))
+		log.Warn("qpcd ready; generated files are for development only: configure db.key_file and tls.cert_file/tls.key_file for production", attrs...)
+	} else {
+		log.Info("qpcd ready", attrs...)
+	}
+	return s, nil
+}
+
+func keySource(cfg config.Config) string {
+	if !cfg.DB.Key.IsZero() {
+		return "inline (db.key)"
+	}
+	return cfg.DB.KeyFile
+}
+
+func devNote(key, cert bool) string {
+	switch {
+	case key && cert:
+		return "database key and self-signed certificate"
+	case key:
+		return "database key"
+	default:
+		return "self-signed certificate"
+	}
+}
+
+// QUICAddr is the bound QUIC address.
+func (s *Server) QUICAddr() string { return s.ln.Addr().String() }
+
+// OpsAddr is the bound ops HTTP address, or "" when disabled.
+func (s *Server) OpsAddr() string {
+	if s.opsLn == nil {
+		return ""
+	}
+	return s.opsLn.Addr().String()
+}
+
+// CertFingerprint is the SHA-256 pin of the serving certificate.
+func (s *Server) CertFingerprint() string { return s.certs.Fingerprint() }
+
+// ReloadTLS re-reads the certificate and key; existing connections keep theirs.
+func (s *Server) ReloadTLS() error {
+	if err := s.certs.Reload(); err != nil {
+		s.log.Error("tls reload failed; keeping the current certificate", "err", err)
+		return err
+	}
+	s.log.Info("tls certificate reloaded", "cert_sha256", s.certs.Fingerprint(), "not_after", s.certs.NotAfter())
+	s.audit.Event(context.Background(), "tls.reload", slog.String("cert_sha256", s.certs.Fingerprint()))
+	return nil
+}
+
+func (s *Server) readiness() error {
+	switch {
+	case s.draining.Load():
+		return errors.New("draining")
+	case !s.ready.Load():
+		return errors.New("starting")
+	}
+	return nil
+}
+
+// Run serves until ctx is cancelled, then drains: /readyz turns unready,
+// new RPCs get DRAINING, in-flight RPCs get up to the drain timeout, every
+// connection is closed with the draining code, and storage is closed last.
+func (s *Server) Run(ctx context.Context) error {
+	errc := make(chan error, 2)
+	go func() { errc <- s.ln.Serve() }()
+	if s.ops != nil {
+		go func() {
+			if err := s.ops.Serve(s.opsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("server: ops http: %w", err)
+			}
+		}()
+	}
+	s.started = s.now()
+	s.ready.Store(true)
+	s.metrics.Ready.Set(1)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		s.log.Error("listener failed; shutting down", "err", runErr)
+	}
+	return errors.Join(runErr, s.drain())
+}
+
+func (s *Server) drain() error {
+	start := s.now()
+	s.draining.Store(true)
+	s.metrics.Ready.Set(0)
+	close(s.drainCh)
+	timeout := s.cfg.Limits.DrainTimeout
+	s.log.Info("draining", "timeout", timeout.String(), "connections", s.ln.Connections())
+	dctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var errs []error
+	if err := s.ln.Shutdown(dctx); err != nil {
+		s.log.Warn("drain timeout reached; in-flight RPCs were cut off", "timeout", timeout.String())
+	}
+	if s.ops != nil {
+		octx, ocancel := context.WithTimeout(context.Background(), 2*time.Second)
+		errs = append(errs, ignoreClosed(s.ops.Shutdown(octx)))
+		ocancel()
+	}
+	errs = append(errs, s.db.Close())
+	s.log.Info("stopped", "drain_took", s.now().Sub(start).Round(time.Millisecond).String())
+	return errors.Join(errs...)
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// closeAll releases whatever New opened before it failed.
+func (s *Server) closeAll() {
+	if s.ln != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_ = s.ln.Shutdown(ctx)
+	}
+	if s.opsLn != nil {
+		_ = s.opsLn.Close()
+	}
+	if s.db != nil {
+		_ = s.db.Close()
+	}
+}
