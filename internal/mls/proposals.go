@@ -142,45 +142,61 @@ type Proposal struct {
 	GroupContextExtensions *GroupContextExtensions
 }
 
-// body returns the set variant for Type, allocating it if alloc is true.
-func (p *Proposal) body(alloc bool) interface {
+// variant returns the content struct for p.Type: the one set, or, if
+// alloc is true and none is set, a new one stored in p. It returns nil for
+// an unknown type or (alloc false) a missing variant.
+func (p *Proposal) variant(alloc bool) interface {
 	encodable
 	decodable
 } {
-	pick := func(isNil bool, fresh func()) bool {
-		if isNil && alloc {
-			fresh()
-			return true
-		}
-		return !isNil
-	}
 	switch p.Type {
 	case ProposalTypeAdd:
-		if pick(p.Add == nil, func() { p.Add = new(Add) }) {
+		if p.Add == nil && alloc {
+			p.Add = new(Add)
+		}
+		if p.Add != nil {
 			return p.Add
 		}
 	case ProposalTypeUpdate:
-		if pick(p.Update == nil, func() { p.Update = new(Update) }) {
+		if p.Update == nil && alloc {
+			p.Update = new(Update)
+		}
+		if p.Update != nil {
 			return p.Update
 		}
 	case ProposalTypeRemove:
-		if pick(p.Remove == nil, func() { p.Remove = new(Remove) }) {
+		if p.Remove == nil && alloc {
+			p.Remove = new(Remove)
+		}
+		if p.Remove != nil {
 			return p.Remove
 		}
 	case ProposalTypePSK:
-		if pick(p.PreSharedKey == nil, func() { p.PreSharedKey = new(PreSharedKey) }) {
+		if p.PreSharedKey == nil && alloc {
+			p.PreSharedKey = new(PreSharedKey)
+		}
+		if p.PreSharedKey != nil {
 			return p.PreSharedKey
 		}
 	case ProposalTypeReInit:
-		if pick(p.ReInit == nil, func() { p.ReInit = new(ReInit) }) {
+		if p.ReInit == nil && alloc {
+			p.ReInit = new(ReInit)
+		}
+		if p.ReInit != nil {
 			return p.ReInit
 		}
 	case ProposalTypeExternalInit:
-		if pick(p.ExternalInit == nil, func() { p.ExternalInit = new(ExternalInit) }) {
+		if p.ExternalInit == nil && alloc {
+			p.ExternalInit = new(ExternalInit)
+		}
+		if p.ExternalInit != nil {
 			return p.ExternalInit
 		}
 	case ProposalTypeGroupContextExtensions:
-		if pick(p.GroupContextExtensions == nil, func() { p.GroupContextExtensions = new(GroupContextExtensions) }) {
+		if p.GroupContextExtensions == nil && alloc {
+			p.GroupContextExtensions = new(GroupContextExtensions)
+		}
+		if p.GroupContextExtensions != nil {
 			return p.GroupContextExtensions
 		}
 	}
@@ -189,12 +205,12 @@ func (p *Proposal) body(alloc bool) interface {
 
 func (p *Proposal) encode(e *encoder) {
 	e.u16(uint16(p.Type))
-	b := p.body(false)
-	if b == nil {
+	v := p.variant(false)
+	if v == nil {
 		e.fail("proposal type %d without matching content", p.Type)
 		return
 	}
-	b.encode(e)
+	v.encode(e)
 }
 
 func (p *Proposal) decode(d *decoder) {
@@ -202,12 +218,12 @@ func (p *Proposal) decode(d *decoder) {
 	if d.err != nil {
 		return
 	}
-	b := p.body(true)
-	if b == nil {
+	v := p.variant(true)
+	if v == nil {
 		d.fail("unknown proposal type %d", p.Type)
 		return
 	}
-	b.decode(d)
+	v.decode(d)
 }
 
 // ProposalOrRefType says whether a Commit carries a proposal or a reference.

@@ -244,6 +244,9 @@ func (s *CipherSuite) encryptWithLabel(rnd io.Reader, pub HPKEPublicKey, label s
 // DecryptWithLabel opens an EncryptWithLabel ciphertext; failure wraps
 // ErrDecrypt.
 func (s *CipherSuite) DecryptWithLabel(priv HPKEPrivateKey, label string, context []byte, ct HPKECiphertext) ([]byte, error) {
+	if priv.suite != s.id {
+		return nil, fmt.Errorf("%w: HPKE key of suite %d used with suite %d", ErrInvalidKey, priv.suite, s.id)
+	}
 	info, err := encryptContext(label, context)
 	if err != nil {
 		return nil, err

@@ -279,3 +279,19 @@ func TestCryptoBasicsVectors(t *testing.T) {
 		})
 	})
 }
+
+// TestVectorFilesPresent fails if any file of the official vector set is
+// missing, including those only part 2 (TreeKEM, group state) will use.
+func TestVectorFilesPresent(t *testing.T) {
+	for _, f := range []string{
+		"tree-math.json", "crypto-basics.json", "secret-tree.json", "message-protection.json",
+		"key-schedule.json", "psk_secret.json", "transcript-hashes.json", "welcome.json",
+		"tree-operations.json", "tree-validation.json", "treekem.json", "messages.json",
+		"passive-client-welcome.json", "passive-client-handling-commit.json",
+		"deserialization.json", "test-vectors.md", "SOURCE.md",
+	} {
+		if _, err := os.Stat(filepath.Join(vectorDir, f)); err != nil {
+			t.Errorf("vector file missing: %v", err)
+		}
+	}
+}
