@@ -3,7 +3,6 @@ package mls
 import (
 	"crypto/rand"
 	"fmt"
-	"io"
 )
 
 // Message protection (RFC 9420 §6): signing FramedContent, the
@@ -166,10 +165,6 @@ func ratchetTypeOf(ct ContentType) RatchetType {
 // member sender) as a PrivateMessage, taking the next key of the sender's
 // ratchet from tree and appending padding zero bytes.
 func (s *CipherSuite) ProtectPrivate(ac *AuthenticatedContent, tree *SecretTree, senderDataSecret Secret, padding int) (*PrivateMessage, error) {
-	return s.protectPrivate(rand.Reader, ac, tree, senderDataSecret, padding)
-}
-
-func (s *CipherSuite) protectPrivate(rnd io.Reader, ac *AuthenticatedContent, tree *SecretTree, senderDataSecret Secret, padding int) (*PrivateMessage, error) {
 	c := &ac.Content
 	if ac.WireFormat != WireFormatPrivateMessage {
 		return nil, fmt.Errorf("%w: content signed for wire format %d, not private_message", ErrInvalidMessage, ac.WireFormat)
@@ -199,9 +194,7 @@ func (s *CipherSuite) protectPrivate(rnd io.Reader, ac *AuthenticatedContent, tr
 	}
 	defer kn.Wipe()
 	var guard [4]byte
-	if _, err := io.ReadFull(rnd, guard[:]); err != nil {
-		return nil, fmt.Errorf("%w: reuse guard: %v", ErrEncrypt, err)
-	}
+	_, _ = rand.Read(guard[:]) // never fails (Go 1.24+ crashes instead)
 	nonce := applyReuseGuard(kn.Nonce.Bytes(), guard)
 	m.Ciphertext, err = s.Seal(kn.Key.Bytes(), nonce, aad, pe.buf)
 	clear(pe.buf)

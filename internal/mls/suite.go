@@ -9,7 +9,6 @@ import (
 	_ "crypto/sha256" // registers crypto.SHA256
 	_ "crypto/sha512" // registers crypto.SHA384 and SHA512
 	"fmt"
-	"io"
 	"log/slog"
 
 	"github.com/cloudflare/circl/hpke"
@@ -109,13 +108,10 @@ func (s *CipherSuite) VerifyMAC(key, data, mac []byte) bool {
 	return constantTimeEqual(s.MAC(key, data), mac)
 }
 
-// Extract is KDF.Extract(salt, ikm).
+// Extract is KDF.Extract(salt, ikm) = HMAC(salt, ikm) (RFC 5869; an empty
+// salt is the same HMAC key as HashLen zero bytes).
 func (s *CipherSuite) Extract(salt, ikm []byte) []byte {
-	prk, err := hkdf.Extract(s.hash.New, ikm, salt)
-	if err != nil { // only for FIPS-mode key-length rules
-		return nil
-	}
-	return prk
+	return s.MAC(salt, ikm)
 }
 
 // Expand is KDF.Expand(prk, info, length).
@@ -214,10 +210,6 @@ func encryptContext(label string, context []byte) ([]byte, error) {
 // EncryptWithLabel is HPKE SealBase(pub, EncryptContext{label, context}, "",
 // plaintext) (RFC 9420 §5.1.3).
 func (s *CipherSuite) EncryptWithLabel(pub HPKEPublicKey, label string, context, plaintext []byte) (HPKECiphertext, error) {
-	return s.encryptWithLabel(rand.Reader, pub, label, context, plaintext)
-}
-
-func (s *CipherSuite) encryptWithLabel(rnd io.Reader, pub HPKEPublicKey, label string, context, plaintext []byte) (HPKECiphertext, error) {
 	info, err := encryptContext(label, context)
 	if err != nil {
 		return HPKECiphertext{}, err
@@ -230,7 +222,7 @@ func (s *CipherSuite) encryptWithLabel(rnd io.Reader, pub HPKEPublicKey, label s
 	if err != nil {
 		return HPKECiphertext{}, fmt.Errorf("%w: %v", ErrEncrypt, err)
 	}
-	enc, sealer, err := sender.Setup(rnd)
+	enc, sealer, err := sender.Setup(rand.Reader)
 	if err != nil {
 		return HPKECiphertext{}, fmt.Errorf("%w: %v", ErrEncrypt, err)
 	}
