@@ -44,7 +44,14 @@ func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: redactAttr}
+	opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.LevelKey && len(groups) == 0 {
+			if l, ok := a.Value.Any().(slog.Level); ok && l == LevelAudit {
+				return slog.String(slog.LevelKey, "AUDIT")
+			}
+		}
+		return redactAttr(groups, a)
+	}}
 	switch strings.ToLower(strings.TrimSpace(format)) {
 	case "text", "":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
@@ -142,8 +149,11 @@ type Audit struct {
 	l *slog.Logger
 }
 
-// NewAudit returns an Audit that writes through l. Audit events are logged
-// at INFO, so a logger at warn or error level drops them.
+// LevelAudit is above every diagnostic level, so no log.level setting drops
+// security events; handlers from NewLogger print it as level=AUDIT.
+const LevelAudit = slog.Level(12)
+
+// NewAudit returns an Audit that writes through l at LevelAudit.
 func NewAudit(l *slog.Logger) *Audit { return &Audit{l: l} }
 
 // Event logs one audit event: message "audit", attributes audit=true,
@@ -155,5 +165,5 @@ func (a *Audit) Event(ctx context.Context, event string, attrs ...slog.Attr) {
 	all := make([]slog.Attr, 0, len(attrs)+2)
 	all = append(all, slog.Bool("audit", true), slog.String("event", event))
 	all = append(all, attrs...)
-	a.l.LogAttrs(ctx, slog.LevelInfo, "audit", all...)
+	a.l.LogAttrs(ctx, LevelAudit, "audit", all...)
 }

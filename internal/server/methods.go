@@ -16,6 +16,9 @@ const (
 
 func (s *Server) registerMethods(t map[string]*method) {
 	register(t, MethodPing, true, s.ping)
+	s.registerAuth(t)
+	s.registerDirectory(t)
+	s.registerDelivery(t)
 }
 
 // ping echoes, optionally after holding the reply (capped at the long-poll

@@ -41,6 +41,14 @@ type Server struct {
 	ops   *http.Server
 	opsLn net.Listener
 
+	rpc *rpcServer
+
+	// Each service area keeps its state in its own part (services.go).
+	authPart
+	directoryPart
+	deliveryPart
+	adminPart
+
 	ready    atomic.Bool
 	draining atomic.Bool
 	drainCh  chan struct{} // closed when draining starts: wakes long-polls
@@ -94,14 +102,17 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		return float64(n)
 	})
 
-	rpc := &rpcServer{
+	s.rpc = &rpcServer{
 		log:        log,
 		metrics:    s.metrics,
 		methods:    map[string]*method{},
 		maxPayload: cfg.Limits.MaxPayloadBytes,
 		draining:   s.draining.Load,
 	}
-	s.registerMethods(rpc.methods)
+	if err := s.initServices(ctx); err != nil {
+		return nil, err
+	}
+	s.registerMethods(s.rpc.methods)
 
 	s.ln, err = transport.Listen(transport.ListenerConfig{
 		Addr:              cfg.Listen,
@@ -119,7 +130,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 			ConnClosed:   func() { s.metrics.Connections.Dec() },
 			ConnRejected: func(reason string) { s.metrics.ConnectionsTotal.WithLabelValues("rejected_" + reason).Inc() },
 		},
-	}, rpc)
+	}, s.rpc)
 	if err != nil {
 		return nil, err
 	}
@@ -251,6 +262,7 @@ func (s *Server) drain() error {
 		errs = append(errs, ignoreClosed(s.ops.Shutdown(octx)))
 		ocancel()
 	}
+	errs = append(errs, s.closeServices())
 	errs = append(errs, s.db.Close())
 	s.log.Info("stopped", "drain_took", s.now().Sub(start).Round(time.Millisecond).String())
 	return errors.Join(errs...)
@@ -273,6 +285,7 @@ func (s *Server) closeAll() {
 	if s.opsLn != nil {
 		_ = s.opsLn.Close()
 	}
+	_ = s.closeServices()
 	if s.db != nil {
 		_ = s.db.Close()
 	}

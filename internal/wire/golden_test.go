@@ -18,7 +18,22 @@ var updateGolden = flag.Bool("update", false, "rewrite testdata/golden fixtures 
 // goldenMessages holds one fully populated value of every envelope and
 // message. Adding a message to the protocol means adding it here; a change of
 // encoding for an existing one fails the test (the protocol is additive).
+//
+// Each protocol area registers its own set from an init func in its own
+// golden_<area>_test.go file.
+var goldenSets = map[string]func() map[string]proto.Message{"envelope": envelopeGolden}
+
 func goldenMessages() map[string]proto.Message {
+	all := map[string]proto.Message{}
+	for _, set := range goldenSets {
+		for name, m := range set() {
+			all[name] = m
+		}
+	}
+	return all
+}
+
+func envelopeGolden() map[string]proto.Message {
 	return map[string]proto.Message{
 		"request": &qpcv1.Request{Version: ProtocolVersion, Method: "Ping", RequestId: 42,
 			AccessToken: "tok", Body: []byte{1, 2, 3}},
