@@ -293,8 +293,14 @@ func marshal(v encodable) ([]byte, error) {
 	return e.buf, nil
 }
 
-// unmarshal decodes all of b into v; trailing bytes are an error.
-func unmarshal(b []byte, v decodable) error {
+// unmarshal resets *v and decodes all of b into it; trailing bytes are an
+// error.
+func unmarshal[T any, P interface {
+	*T
+	decodable
+}](b []byte, v P) error {
+	var zero T
+	*v = zero
 	d := newDecoder(b)
 	v.decode(d)
 	return d.finish()

@@ -2,7 +2,7 @@ package mls
 
 // Exported Marshal/Unmarshal for every wire struct: Marshal returns the TLS
 // encoding; Unmarshal decodes all of b (trailing bytes are an error wrapping
-// ErrDecode) into the receiver, which should be a zero value.
+// ErrDecode) into the receiver, replacing its previous contents.
 
 // Marshal returns the TLS encoding of MLSMessage.
 func (v *MLSMessage) Marshal() ([]byte, error) { return marshal(v) }
