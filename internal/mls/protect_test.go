@@ -169,3 +169,45 @@ func TestMessageProtectionVectors(t *testing.T) {
 			}
 		})
 }
+
+func TestPrivateContentPadding(t *testing.T) {
+	// application_data<V> = "hi", signature<V> = 2 bytes, then padding.
+	body := []byte{0x02, 'h', 'i', 0x02, 0xaa, 0xbb}
+	for _, c := range []struct {
+		pad  []byte
+		want error
+	}{{nil, nil}, {[]byte{0, 0, 0}, nil}, {[]byte{0, 1, 0}, ErrDecode}} {
+		ac := &AuthenticatedContent{Content: FramedContent{ContentType: ContentTypeApplication}}
+		err := decodePrivateContent(append(append([]byte{}, body...), c.pad...), ac)
+		if !errors.Is(err, c.want) && !(err == nil && c.want == nil) {
+			t.Errorf("padding %x: err = %v, want %v", c.pad, err, c.want)
+		}
+		if err == nil && string(ac.Content.ApplicationData) != "hi" {
+			t.Errorf("padding %x: application data %q", c.pad, ac.Content.ApplicationData)
+		}
+	}
+}
+
+func TestSecretTreeLimits(t *testing.T) {
+	s, _ := Suite(MLS128DHKEMX25519AES128GCMSHA256Ed25519)
+	if _, err := NewSecretTree(s, NewSecret(make([]byte, 32)), 3); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("3 leaves: err = %v", err)
+	}
+	tree, err := NewSecretTree(s, NewSecret(make([]byte, 32)), 4)
+	mustNoErr(t, err, "NewSecretTree")
+	if _, err := tree.Get(0, RatchetApplication, MaxGenerationGap+1); !errors.Is(err, ErrGeneration) {
+		t.Errorf("generation beyond the gap: err = %v", err)
+	}
+	if _, err := tree.Get(4, RatchetApplication, 0); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("leaf outside the tree: err = %v", err)
+	}
+	g, sent, err := tree.Next(1, RatchetHandshake)
+	mustNoErr(t, err, "Next")
+	other, err := NewSecretTree(s, NewSecret(make([]byte, 32)), 4)
+	mustNoErr(t, err, "NewSecretTree")
+	got, err := other.Get(1, RatchetHandshake, g)
+	mustNoErr(t, err, "Get")
+	if !got.Key.Equal(sent.Key) || !got.Nonce.Equal(sent.Nonce) {
+		t.Error("sender and receiver keys differ")
+	}
+}
