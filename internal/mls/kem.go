@@ -53,7 +53,7 @@ func (k kemParams) labelPrefix() []byte {
 // length (circl's own DeriveKeyPair insists on exactly its seed size and
 // panics otherwise).
 func (s *CipherSuite) DeriveKeyPair(ikm []byte) (HPKEPrivateKey, HPKEPublicKey, error) {
-	k := s.kemp
+	k := s.kem
 	sch := k.id.Scheme()
 	prk, err := k.labeledExtract(nil, "dkp_prk", ikm)
 	if err != nil {

@@ -17,8 +17,8 @@ import (
 // CipherSuiteID is the uint16 MLS cipher suite identifier (RFC 9420 §17.1).
 type CipherSuiteID uint16
 
-// Cipher suites of RFC 9420 §17.1. Only those returned by Suite are
-// implemented.
+// Cipher suites of RFC 9420 §17.1 (all implemented; the project's
+// allowlist decides which are accepted).
 const (
 	MLS128DHKEMX25519AES128GCMSHA256Ed25519        CipherSuiteID = 1
 	MLS128DHKEMP256AES128GCMSHA256P256             CipherSuiteID = 2
@@ -36,9 +36,7 @@ const (
 type CipherSuite struct {
 	id   CipherSuiteID
 	hash crypto.Hash
-	kem  hpke.KEM
-	kemp kemParams
-	kdf  hpke.KDF
+	kem  kemParams
 	aead hpke.AEAD
 	hpke hpke.Suite
 	sig  signatureScheme
@@ -64,7 +62,7 @@ var suites = map[CipherSuiteID]*CipherSuite{
 }
 
 func newSuite(id CipherSuiteID, h crypto.Hash, kem kemParams, kdf hpke.KDF, aead hpke.AEAD, sig signatureScheme) *CipherSuite {
-	return &CipherSuite{id: id, hash: h, kem: kem.id, kemp: kem, kdf: kdf, aead: aead, hpke: hpke.NewSuite(kem.id, kdf, aead), sig: sig}
+	return &CipherSuite{id: id, hash: h, kem: kem, aead: aead, hpke: hpke.NewSuite(kem.id, kdf, aead), sig: sig}
 }
 
 // Suite returns the implementation of cipher suite id, or an error wrapping
@@ -214,7 +212,7 @@ func (s *CipherSuite) EncryptWithLabel(pub HPKEPublicKey, label string, context,
 	if err != nil {
 		return HPKECiphertext{}, err
 	}
-	pk, err := s.kem.Scheme().UnmarshalBinaryPublicKey(pub)
+	pk, err := s.kem.id.Scheme().UnmarshalBinaryPublicKey(pub)
 	if err != nil {
 		return HPKECiphertext{}, fmt.Errorf("%w: HPKE public key: %v", ErrInvalidKey, err)
 	}
@@ -243,7 +241,7 @@ func (s *CipherSuite) DecryptWithLabel(priv HPKEPrivateKey, label string, contex
 	if err != nil {
 		return nil, err
 	}
-	sk, err := s.kem.Scheme().UnmarshalBinaryPrivateKey(priv.sk.Bytes())
+	sk, err := s.kem.id.Scheme().UnmarshalBinaryPrivateKey(priv.sk.Bytes())
 	if err != nil {
 		return nil, fmt.Errorf("%w: HPKE private key: %v", ErrInvalidKey, err)
 	}
@@ -292,7 +290,7 @@ func (s *CipherSuite) Open(key, nonce, aad, ciphertext []byte) ([]byte, error) {
 
 // GenerateHPKEKey returns a fresh HPKE key pair.
 func (s *CipherSuite) GenerateHPKEKey() (HPKEPrivateKey, HPKEPublicKey, error) {
-	pk, sk, err := s.kem.Scheme().GenerateKeyPair()
+	pk, sk, err := s.kem.id.Scheme().GenerateKeyPair()
 	if err != nil {
 		return HPKEPrivateKey{}, nil, fmt.Errorf("%w: %v", ErrInvalidKey, err)
 	}
@@ -314,7 +312,7 @@ func (s *CipherSuite) hpkePair(skb, pkb func() ([]byte, error)) (HPKEPrivateKey,
 // HPKEPrivateKeyFromBytes imports a private key in the KEM's
 // SerializePrivateKey form and returns it with its public key.
 func (s *CipherSuite) HPKEPrivateKeyFromBytes(raw []byte) (HPKEPrivateKey, HPKEPublicKey, error) {
-	sch := s.kem.Scheme()
+	sch := s.kem.id.Scheme()
 	sk, err := sch.UnmarshalBinaryPrivateKey(raw)
 	if err != nil {
 		return HPKEPrivateKey{}, nil, fmt.Errorf("%w: HPKE private key: %v", ErrInvalidKey, err)
