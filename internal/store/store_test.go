@@ -508,3 +508,92 @@ func TestDriverErrorHasNoKey(t *testing.T) {
 		t.Fatalf("error reveals the key: %v", err)
 	}
 }
+
+// copyFiles copies the database and whichever of -wal/-shm exist to dir,
+// which is what a crash (kill -9, power loss after fsync) leaves behind.
+func copyFiles(t *testing.T, path, dir string) string {
+	t.Helper()
+	dst := filepath.Join(dir, filepath.Base(path))
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		data, err := os.ReadFile(path + suffix)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst+suffix, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
+}
+
+// TestCrashLeftovers: a database with a live WAL (the process died without
+// Close) is refused with a wrong key without changing the database file or
+// the WAL, and opens with the right key with every acknowledged write.
+func TestCrashLeftovers(t *testing.T) {
+	ctx := context.Background()
+	key := newKey(t)
+	db := openTest(t, filepath.Join(t.TempDir(), "qpcd.db"), key)
+	for i := 0; i < 10; i++ {
+		if err := db.WriteTx(ctx, insert("acked")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	crashed := copyFiles(t, db.Path(), t.TempDir())
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(crashed + "-wal"); err != nil {
+		t.Fatalf("no WAL in the crash copy: %v", err)
+	}
+	mainAndWAL := func() string {
+		s := strings.Split(snapshot(t, crashed), "\n")
+		return s[0] + "\n" + s[1]
+	}
+	before := mainAndWAL()
+	if _, err := Open(ctx, Options{Path: crashed, Key: newKey(t), Migrations: testMigrations}); !errors.Is(err, ErrWrongKey) {
+		t.Fatalf("wrong key on crashed db: %v", err)
+	}
+	if after := mainAndWAL(); after != before {
+		t.Fatalf("wrong-key open changed the files:\n%s\n%s", before, after)
+	}
+	db = openTest(t, crashed, key)
+	defer db.Close()
+	if n := countRows(t, db, ""); n != 10 {
+		t.Fatalf("after crash: %d rows, want 10", n)
+	}
+}
+
+func TestAdoptsEmptyFileAndOddPath(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "odd dir #1 ?x %41")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "q?p#c%d.db")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key := newKey(t)
+	db := openTest(t, path, key)
+	if err := db.WriteTx(ctx, insert("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Name() != "q?p#c%d.db" {
+		t.Fatalf("files in dir: %v", entries)
+	}
+	db = openTest(t, path, key)
+	defer db.Close()
+	if n := countRows(t, db, ""); n != 1 {
+		t.Fatalf("rows = %d", n)
+	}
+}

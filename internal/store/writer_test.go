@@ -492,3 +492,56 @@ func TestCancelAfterStart(t *testing.T) {
 		t.Fatalf("rows = %d, want 1", n)
 	}
 }
+
+// TestConnectionSettings checks the pragmas the writer and readers run with.
+func TestConnectionSettings(t *testing.T) {
+	ctx := context.Background()
+	db := openTest(t, filepath.Join(t.TempDir(), "qpcd.db"), newKey(t))
+	defer db.Close()
+	type pragmas struct {
+		journal        string
+		sync, fk, busy int
+		queryOnly      int
+	}
+	read := func(q querier) (p pragmas, err error) {
+		for _, x := range []struct {
+			q   string
+			dst any
+		}{
+			{"PRAGMA journal_mode", &p.journal},
+			{"PRAGMA synchronous", &p.sync},
+			{"PRAGMA foreign_keys", &p.fk},
+			{"PRAGMA busy_timeout", &p.busy},
+			{"PRAGMA query_only", &p.queryOnly},
+		} {
+			if err := q.QueryRowContext(ctx, x.q).Scan(x.dst); err != nil {
+				return p, fmt.Errorf("%s: %w", x.q, err)
+			}
+		}
+		return p, nil
+	}
+	var w pragmas
+	err := db.exclusive(ctx, func(ctx context.Context, wdb *sql.DB) error {
+		var err error
+		w, err = read(wdb)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.journal != "wal" || w.sync != 2 || w.fk != 1 || w.busy != busyTimeoutMS || w.queryOnly != 0 {
+		t.Errorf("writer pragmas = %+v, want wal, synchronous=FULL(2), foreign_keys, busy_timeout, writable", w)
+	}
+	var r pragmas
+	err = db.ReadTx(ctx, func(tx *sql.Tx) error {
+		var err error
+		r, err = read(tx)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.journal != "wal" || r.fk != 1 || r.busy != busyTimeoutMS || r.queryOnly != 1 {
+		t.Errorf("reader pragmas = %+v, want wal, foreign_keys, busy_timeout, query_only", r)
+	}
+}
