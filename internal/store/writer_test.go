@@ -545,3 +545,39 @@ func TestConnectionSettings(t *testing.T) {
 		t.Errorf("reader pragmas = %+v, want wal, foreign_keys, busy_timeout, query_only", r)
 	}
 }
+
+// TestLeakedRows: a function that forgets to close a result set neither
+// hangs the writer nor hurts its batch.
+func TestLeakedRows(t *testing.T) {
+	ctx := context.Background()
+	db := openTest(t, filepath.Join(t.TempDir(), "qpcd.db"), newKey(t))
+	defer db.Close()
+	for i := 0; i < 3; i++ {
+		if err := db.WriteTx(ctx, insert("seed")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fns := []func(*sql.Tx) error{
+		insert("ok-0"),
+		func(tx *sql.Tx) error {
+			rows, err := tx.Query("SELECT body FROM rows")
+			if err != nil {
+				return err
+			}
+			_ = rows.Next() // and never Close
+			return insert("leaky")(tx)
+		},
+		insert("ok-2"),
+	}
+	release := holdWriter(t, db)
+	res := submitInOrder(t, ctx, db, fns)
+	release()
+	for i, err := range collect(t, res, len(fns)) {
+		if err != nil {
+			t.Errorf("fn %d: %v", i, err)
+		}
+	}
+	if n := countRows(t, db, "WHERE CAST(body AS TEXT) IN ('ok-0', 'leaky', 'ok-2')"); n != 3 {
+		t.Fatalf("rows = %d, want 3", n)
+	}
+}
