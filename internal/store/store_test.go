@@ -8,6 +8,7 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -29,13 +30,34 @@ func newKey(t testing.TB) secret.Bytes {
 	return secret.New(b)
 }
 
-// testMigrations adds a table the tests write to.
-var testMigrations = fstest.MapFS{
-	"0002_test_rows.sql": {Data: []byte(`
+// embeddedCount is the number of embedded migrations (other packages add
+// theirs); the tests' own migrations follow it, so they never depend on it.
+var embeddedCount int
+
+// testMigrations adds, after the embedded ones, the tables the tests write to.
+var testMigrations fstest.MapFS
+
+// mig names a migration file relative to the embedded ones: mig(1, "x") is
+// the first version after them.
+func mig(offset int, name string) string {
+	return fmt.Sprintf("%04d_%s.sql", embeddedCount+offset, name)
+}
+
+func TestMain(m *testing.M) {
+	known, err := loadMigrations(nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "embedded migrations:", err)
+		os.Exit(1)
+	}
+	embeddedCount = len(known)
+	testMigrations = fstest.MapFS{
+		mig(1, "test_rows"): {Data: []byte(`
 CREATE TABLE rows (id INTEGER PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE parent (id INTEGER PRIMARY KEY);
 CREATE TABLE child (pid INTEGER NOT NULL REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);
 `)},
+	}
+	os.Exit(m.Run())
 }
 
 func openTest(t testing.TB, path string, key secret.Bytes) *DB {
@@ -91,8 +113,8 @@ func TestCreateModesAndMigrations(t *testing.T) {
 	}
 	ctx := context.Background()
 	v, err := db.SchemaVersion(ctx)
-	if err != nil || v != 2 {
-		t.Fatalf("SchemaVersion = %d, %v; want 2", v, err)
+	if err != nil || v != embeddedCount+1 {
+		t.Fatalf("SchemaVersion = %d, %v; want %d", v, err, embeddedCount+1)
 	}
 	type rec struct {
 		v    int
@@ -124,8 +146,29 @@ func TestCreateModesAndMigrations(t *testing.T) {
 		}
 		return out
 	}
-	want := []rec{{1, "init"}, {2, "test_rows"}}
-	if got := readApplied(db); len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+	known, err := loadMigrations(testMigrations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []rec
+	for _, m := range known {
+		want = append(want, rec{m.version, m.name})
+	}
+	if want[0] != (rec{1, "init"}) || want[len(want)-1] != (rec{embeddedCount + 1, "test_rows"}) {
+		t.Fatalf("known migrations = %v", want)
+	}
+	sameRecs := func(got []rec) bool {
+		if len(got) != len(want) {
+			return false
+		}
+		for i := range got {
+			if got[i] != want[i] {
+				return false
+			}
+		}
+		return true
+	}
+	if got := readApplied(db); !sameRecs(got) {
 		t.Fatalf("schema_migrations = %v, want %v", got, want)
 	}
 	var app string
@@ -139,7 +182,7 @@ func TestCreateModesAndMigrations(t *testing.T) {
 		}
 		return tx.QueryRow("PRAGMA application_id").Scan(&aid)
 	})
-	if err != nil || app != "qpcd" || uv != 2 || aid != appID {
+	if err != nil || app != "qpcd" || uv != int64(embeddedCount+1) || aid != appID {
 		t.Fatalf("meta.app=%q user_version=%d application_id=%#x err=%v", app, uv, aid, err)
 	}
 	if err := db.Close(); err != nil {
@@ -151,7 +194,7 @@ func TestCreateModesAndMigrations(t *testing.T) {
 
 	// Reopen: nothing re-applied, same records.
 	db = openTest(t, path, key)
-	if got := readApplied(db); len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+	if got := readApplied(db); !sameRecs(got) {
 		t.Fatalf("after reopen schema_migrations = %v, want %v", got, want)
 	}
 	if err := db.Close(); err != nil {
@@ -159,7 +202,7 @@ func TestCreateModesAndMigrations(t *testing.T) {
 	}
 
 	// A third migration is applied on the next open, recorded as version 3.
-	more := fstest.MapFS{"0003_more.sql": {Data: []byte("CREATE TABLE more (x INTEGER);")}}
+	more := fstest.MapFS{mig(2, "more"): {Data: []byte("CREATE TABLE more (x INTEGER);")}}
 	for k, v := range testMigrations {
 		more[k] = v
 	}
@@ -167,8 +210,8 @@ func TestCreateModesAndMigrations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v, err := db.SchemaVersion(ctx); err != nil || v != 3 {
-		t.Fatalf("SchemaVersion = %d, %v; want 3", v, err)
+	if v, err := db.SchemaVersion(ctx); err != nil || v != embeddedCount+2 {
+		t.Fatalf("SchemaVersion = %d, %v; want %d", v, err, embeddedCount+2)
 	}
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
@@ -197,10 +240,10 @@ func TestMigrationErrors(t *testing.T) {
 	key := newKey(t)
 
 	cases := map[string]fstest.MapFS{
-		"gap":       {"0003_x.sql": {Data: []byte("SELECT 1;")}},
+		"gap":       {mig(2, "x"): {Data: []byte("SELECT 1;")}},
 		"bad name":  {"2_x.sql": {Data: []byte("SELECT 1;")}},
-		"bad sql":   {"0002_bad.sql": {Data: []byte("CREATE TABLE (;")}},
-		"duplicate": {"0002_a.sql": {Data: []byte("SELECT 1;")}, "0002_b.sql": {Data: []byte("SELECT 1;")}},
+		"bad sql":   {mig(1, "bad"): {Data: []byte("CREATE TABLE (;")}},
+		"duplicate": {mig(1, "a"): {Data: []byte("SELECT 1;")}, mig(1, "b"): {Data: []byte("SELECT 1;")}},
 	}
 	for name, m := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -218,7 +261,7 @@ func TestMigrationErrors(t *testing.T) {
 	// A failed migration leaves nothing half-applied.
 	t.Run("bad sql is rolled back", func(t *testing.T) {
 		p := filepath.Join(t.TempDir(), "qpcd.db")
-		bad := fstest.MapFS{"0002_bad.sql": {Data: []byte("CREATE TABLE half (x INTEGER); CREATE TABLE (;")}}
+		bad := fstest.MapFS{mig(1, "bad"): {Data: []byte("CREATE TABLE half (x INTEGER); CREATE TABLE (;")}}
 		if _, err := Open(ctx, Options{Path: p, Key: key, Migrations: bad}); err == nil {
 			t.Fatal("Open succeeded")
 		}
@@ -234,8 +277,8 @@ func TestMigrationErrors(t *testing.T) {
 		if err != nil || n != 0 {
 			t.Fatalf("half-applied migration left table: n=%d err=%v", n, err)
 		}
-		if v, _ := db.SchemaVersion(ctx); v != 1 {
-			t.Fatalf("schema version %d, want 1", v)
+		if v, _ := db.SchemaVersion(ctx); v != embeddedCount {
+			t.Fatalf("schema version %d, want %d", v, embeddedCount)
 		}
 	})
 
@@ -244,7 +287,7 @@ func TestMigrationErrors(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	renamed := fstest.MapFS{"0002_renamed.sql": testMigrations["0002_test_rows.sql"]}
+	renamed := fstest.MapFS{mig(1, "renamed"): testMigrations[mig(1, "test_rows")]}
 	if _, err := Open(ctx, Options{Path: path, Key: key, Migrations: renamed}); !errors.Is(err, ErrMigrations) {
 		t.Fatalf("renamed migration: err = %v, want ErrMigrations", err)
 	}

@@ -232,7 +232,7 @@ func (db *DB) attempt(reqs []*request, budget bool) (retry, leftover []*request)
 		case spErr == nil:
 			ok = append(ok, r)
 			continue
-		case errors.Is(spErr, sql.ErrTxDone):
+		case txDone(tx):
 			// r called tx.Commit or tx.Rollback.
 			committed, mErr := db.batchCommitted(seq)
 			db.log.Error("store: write function ended the shared transaction; fix the caller", "committed", committed, "batch", len(reqs))
@@ -323,4 +323,13 @@ func (db *DB) batchCommitted(seq int64) (bool, error) {
 		return false, err
 	}
 	return n == seq, nil
+}
+
+// txDone reports whether tx has been ended (by a function calling Commit or
+// Rollback on it). Statements prepared for tx then fail with "statement is
+// closed" rather than sql.ErrTxDone, so ask tx itself rather than trust
+// the error of the statement that failed.
+func txDone(tx *sql.Tx) bool {
+	var one int
+	return errors.Is(tx.QueryRow("SELECT 1").Scan(&one), sql.ErrTxDone)
 }
