@@ -31,6 +31,9 @@ var (
 	// ErrGeneration: a secret-tree generation was already consumed or lies
 	// too far ahead of the ratchet.
 	ErrGeneration = errors.New("mls: secret tree generation unavailable")
+	// ErrInvalidKeyPackage: a KeyPackage fails validation (RFC 9420 §10.1)
+	// for a reason other than its signatures.
+	ErrInvalidKeyPackage = errors.New("mls: invalid key package")
 	// ErrNotFound: a Welcome holds no secrets for the given KeyPackage.
 	ErrNotFound = errors.New("mls: not found")
 	// ErrInvalidArgument: a caller passed an out-of-range value.

@@ -1,5 +1,11 @@
 package mls
 
+import (
+	"bytes"
+	"fmt"
+	"time"
+)
+
 // KeyPackage, LeafNode and the structs they contain (RFC 9420 §5.3, §7.2,
 // §10).
 
@@ -271,4 +277,80 @@ func (k *KeyPackage) Ref(s *CipherSuite) ([]byte, error) {
 		return nil, err
 	}
 	return s.RefHash("MLS 1.0 KeyPackage Reference", b)
+}
+
+// SignLeafNode sets n.Signature: SignWithLabel(., "LeafNodeTBS",
+// LeafNodeTBS). groupID and leaf are used for the update and commit
+// sources only.
+func (s *CipherSuite) SignLeafNode(n *LeafNode, groupID []byte, leaf uint32, priv SignaturePrivateKey) error {
+	tbs, err := n.TBS(groupID, leaf)
+	if err != nil {
+		return err
+	}
+	sig, err := s.SignWithLabel(priv, "LeafNodeTBS", tbs)
+	if err != nil {
+		return err
+	}
+	n.Signature = sig
+	return nil
+}
+
+// VerifyLeafNodeSignature checks n's signature with its own signature key;
+// failure wraps ErrInvalidSignature.
+func (s *CipherSuite) VerifyLeafNodeSignature(n *LeafNode, groupID []byte, leaf uint32) error {
+	tbs, err := n.TBS(groupID, leaf)
+	if err != nil {
+		return err
+	}
+	return s.VerifyWithLabel(n.SignatureKey, "LeafNodeTBS", tbs, n.Signature)
+}
+
+// SignKeyPackage sets kp.Signature: SignWithLabel(., "KeyPackageTBS",
+// KeyPackageTBS). The leaf node must already be signed.
+func (s *CipherSuite) SignKeyPackage(kp *KeyPackage, priv SignaturePrivateKey) error {
+	tbs, err := kp.TBS()
+	if err != nil {
+		return err
+	}
+	sig, err := s.SignWithLabel(priv, "KeyPackageTBS", tbs)
+	if err != nil {
+		return err
+	}
+	kp.Signature = sig
+	return nil
+}
+
+// VerifyKeyPackage runs the checks of RFC 9420 §10.1 that need no group:
+// protocol version and cipher suite (this suite), a leaf node of source
+// key_package whose lifetime contains now, both signatures (by the leaf's
+// signature key), and an init key different from the leaf's encryption
+// key. Checks against a group (its required capabilities, credential
+// policy) are the caller's. Signature failures wrap ErrInvalidSignature,
+// the others ErrInvalidKeyPackage.
+func (s *CipherSuite) VerifyKeyPackage(kp *KeyPackage, now time.Time) error {
+	ln := &kp.LeafNode
+	switch {
+	case kp.Version != ProtocolVersionMLS10:
+		return fmt.Errorf("%w: protocol version %d", ErrInvalidKeyPackage, kp.Version)
+	case kp.CipherSuite != s.id:
+		return fmt.Errorf("%w: cipher suite %d, want %d", ErrInvalidKeyPackage, kp.CipherSuite, s.id)
+	case ln.Source != LeafNodeSourceKeyPackage:
+		return fmt.Errorf("%w: leaf node source %d, want key_package", ErrInvalidKeyPackage, ln.Source)
+	case bytes.Equal(kp.InitKey, ln.EncryptionKey):
+		return fmt.Errorf("%w: init key equals the leaf encryption key", ErrInvalidKeyPackage)
+	}
+	if t := now.Unix(); t < 0 || uint64(t) < ln.Lifetime.NotBefore || uint64(t) > ln.Lifetime.NotAfter {
+		return fmt.Errorf("%w: lifetime [%d, %d] does not contain %d", ErrInvalidKeyPackage, ln.Lifetime.NotBefore, ln.Lifetime.NotAfter, t)
+	}
+	if err := s.VerifyLeafNodeSignature(ln, nil, 0); err != nil {
+		return fmt.Errorf("leaf node: %w", err)
+	}
+	tbs, err := kp.TBS()
+	if err != nil {
+		return err
+	}
+	if err := s.VerifyWithLabel(ln.SignatureKey, "KeyPackageTBS", tbs, kp.Signature); err != nil {
+		return fmt.Errorf("key package: %w", err)
+	}
+	return nil
 }
