@@ -74,3 +74,15 @@ func FuzzDecodeGroupInfo(f *testing.F) {
 	seedBodies(f, WireFormatGroupInfo)
 	f.Fuzz(func(t *testing.T, in []byte) { checkRoundTrip(t, new(GroupInfo), in) })
 }
+
+// FuzzDecodeRatchetTree covers the ratchet_tree extension a joiner parses
+// from a Welcome (part 2 builds the tree from it).
+func FuzzDecodeRatchetTree(f *testing.F) {
+	for i, c := range readVectors[messagesCase](f, "messages.json") {
+		if i == 40 {
+			break
+		}
+		f.Add([]byte(c.RatchetTree))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) { checkRoundTrip(t, new(RatchetTree), in) })
+}
