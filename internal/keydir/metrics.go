@@ -1,0 +1,75 @@
+package keydir
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Label values of kind.
+const (
+	kindPool       = "pool"
+	kindLastResort = "last_resort"
+)
+
+type metrics struct {
+	stock              *prometheus.GaugeVec   // qpcd_keypackages_stock{kind}
+	accounts           prometheus.Gauge       // qpcd_keypackages_accounts
+	uploaded           prometheus.Counter     // qpcd_keypackages_uploaded_total
+	uploadedLastResort prometheus.Counter     // qpcd_keypackages_last_resort_uploaded_total
+	rejected           *prometheus.CounterVec // qpcd_keypackages_rejected_total{reason}
+	fetched            *prometheus.CounterVec // qpcd_keypackages_fetched_total{kind}
+	missing            prometheus.Counter     // qpcd_keypackages_fetch_missing_total
+	expired            prometheus.Counter     // qpcd_keypackages_expired_total
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		stock: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "qpcd_keypackages_stock", Help: "Unexpired KeyPackages stored, by kind (pool, last_resort); refreshed by the sweeper.",
+		}, []string{"kind"}),
+		accounts: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "qpcd_keypackages_accounts", Help: "Accounts with at least one unexpired pool KeyPackage; refreshed by the sweeper.",
+		}),
+		uploaded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "qpcd_keypackages_uploaded_total", Help: "Pool KeyPackages accepted by uploads.",
+		}),
+		uploadedLastResort: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "qpcd_keypackages_last_resort_uploaded_total", Help: "Last-resort KeyPackages stored (each replaces the device's previous one).",
+		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qpcd_keypackages_rejected_total", Help: "Uploaded KeyPackages refused, by reason (invalid, suite, not_owner).",
+		}, []string{"reason"}),
+		fetched: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qpcd_keypackages_fetched_total", Help: "KeyPackages handed out, by kind (pool: consumed; last_resort: pool was empty).",
+		}, []string{"kind"}),
+		missing: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "qpcd_keypackages_fetch_missing_total", Help: "Devices for which a fetch found no KeyPackage at all.",
+		}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "qpcd_keypackages_expired_total", Help: "KeyPackages deleted by the sweeper after their expiry.",
+		}),
+	}
+	for _, k := range []string{kindPool, kindLastResort} {
+		m.stock.WithLabelValues(k)
+		m.fetched.WithLabelValues(k)
+	}
+	for _, r := range []string{"invalid", "suite", "not_owner"} {
+		m.rejected.WithLabelValues(r)
+	}
+	return m
+}
+
+func (m *metrics) register(r prometheus.Registerer) error {
+	var errs []error
+	for _, c := range []prometheus.Collector{m.stock, m.accounts, m.uploaded, m.uploadedLastResort, m.rejected, m.fetched, m.missing, m.expired} {
+		if err := r.Register(c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("keydir: registering metrics: %w", errors.Join(errs...))
+	}
+	return nil
+}
