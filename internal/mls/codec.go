@@ -212,8 +212,7 @@ func (d *decoder) fixed(n int) []byte {
 	return append([]byte(nil), b...)
 }
 
-// opaque reads opaque<V> as a copy. An empty vector decodes as an empty,
-// non-nil slice only if it was present; callers compare by content.
+// opaque reads opaque<V> as a copy; an empty vector decodes as nil.
 func (d *decoder) opaque() []byte {
 	n, ok := d.length()
 	if !ok {
@@ -306,7 +305,8 @@ func unmarshal[T any, P interface {
 	return d.finish()
 }
 
-// encodeOpaqueVec encodes a list of opaque<V> as <V>.
+// encodeBytesList encodes a list of opaque<V> as a vector; decodeBytesList
+// reads one.
 func encodeBytesList(e *encoder, l [][]byte) {
 	e.vector(func(e *encoder) {
 		for _, b := range l {

@@ -59,15 +59,15 @@ func (e *EpochSecrets) Wipe() {
 }
 
 // JoinerSecret computes joiner_secret from the previous epoch's
-// init_secret, the commit_secret (Nh zero bytes if the commit has no path)
-// and the new epoch's GroupContext.
+// init_secret, the commit_secret (an empty Secret stands for the Nh zero
+// bytes of a commit without a path) and the new epoch's GroupContext.
 func (s *CipherSuite) JoinerSecret(initSecret, commitSecret Secret, gc *GroupContext) (Secret, error) {
 	ctx, err := gc.Marshal()
 	if err != nil {
 		return Secret{}, err
 	}
 	commit := commitSecret.Bytes()
-	if commit == nil {
+	if len(commit) == 0 {
 		commit = make([]byte, s.Nh())
 	}
 	prk := s.Extract(initSecret.Bytes(), commit)
@@ -83,7 +83,7 @@ func (s *CipherSuite) JoinerSecret(initSecret, commitSecret Secret, gc *GroupCon
 // pskSecret means no PSKs (Nh zero bytes).
 func (s *CipherSuite) joinerExtract(joinerSecret, pskSecret Secret) []byte {
 	psk := pskSecret.Bytes()
-	if psk == nil {
+	if len(psk) == 0 {
 		psk = make([]byte, s.Nh())
 	}
 	return s.Extract(joinerSecret.Bytes(), psk)
