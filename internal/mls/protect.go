@@ -1,6 +1,7 @@
 package mls
 
 import (
+	"bytes"
 	"crypto/rand"
 	"fmt"
 )
@@ -69,7 +70,7 @@ func (s *CipherSuite) membershipTag(ac *AuthenticatedContent, gc *GroupContext, 
 
 // checkEpoch refuses content addressed to another group or epoch.
 func checkEpoch(groupID []byte, epoch uint64, gc *GroupContext) error {
-	if !constantTimeEqual(groupID, gc.GroupID) || epoch != gc.Epoch {
+	if !bytes.Equal(groupID, gc.GroupID) || epoch != gc.Epoch {
 		return fmt.Errorf("%w: message for epoch %d of another group or epoch (group is at %d)", ErrInvalidMessage, epoch, gc.Epoch)
 	}
 	return nil
