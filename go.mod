@@ -16,6 +16,7 @@ require (
 )
 
 require (
+	aead.dev/minisign v0.3.0
 	dario.cat/mergo v1.0.2 // indirect
 	github.com/AlekSi/pointer v1.2.0 // indirect
 	github.com/CycloneDX/cyclonedx-go v0.9.3 // indirect
