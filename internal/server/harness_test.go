@@ -32,10 +32,17 @@ func testConfig(t *testing.T) config.Config {
 
 func startServer(t *testing.T, cfg config.Config) *testServer {
 	t.Helper()
+	return startServerWith(t, cfg, nil)
+}
+
+// startServerWith starts a server on the clock now (nil: time.Now); tests of
+// time-based behaviour pass a fake clock and advance it instead of sleeping.
+func startServerWith(t *testing.T, cfg config.Config, now func() time.Time) *testServer {
+	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("test config invalid: %v", err)
 	}
-	srv, err := New(context.Background(), Options{Config: cfg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	srv, err := New(context.Background(), Options{Config: cfg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: now})
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/quicprochat/quicprochat/internal/auth"
 	"github.com/quicprochat/quicprochat/internal/obs"
 	"github.com/quicprochat/quicprochat/internal/transport"
 	"github.com/quicprochat/quicprochat/internal/wire"
@@ -41,8 +42,10 @@ type Call struct {
 
 // Principal is the authenticated caller; nil for unauthenticated methods.
 type Principal struct {
-	AccountID string
-	DeviceID  string
+	AccountID   string
+	DeviceID    string
+	AccountName string    // for MLS credentials: "<account_name>/<device_id>"
+	ExpiresAt   time.Time // the access token's expiry
 }
 
 // method describes one RPC: its request type, whether it needs a token, and its handler.
@@ -74,10 +77,12 @@ type rpcServer struct {
 	methods    map[string]*method
 	maxPayload int
 	draining   func() bool
-	// authenticate resolves a token to a principal; nil until auth is wired.
-	authenticate func(ctx context.Context, call *Call) error
-	// admit applies rate limits before the handler runs; nil means unlimited.
+	// admit applies the per-source rate limit before anything else of the
+	// call is looked at; nil means unlimited.
 	admit func(ctx context.Context, call *Call) error
+	// authenticate resolves a token to a principal (and applies the account
+	// and device limits); nil until auth is wired.
+	authenticate func(ctx context.Context, call *Call) error
 }
 
 func (r *rpcServer) ServeStream(ctx context.Context, c *transport.Conn, s *quic.Stream) {
@@ -163,13 +168,14 @@ func (r *rpcServer) handle(ctx context.Context, c *transport.Conn, s *quic.Strea
 		return errorResponse(req.GetRequestId(), e), m.name
 	}
 	call := &Call{Method: m.name, RequestID: req.GetRequestId(), Conn: c, Token: req.GetAccessToken()}
-	if !m.public && r.authenticate != nil {
-		if err := r.authenticate(ctx, call); err != nil {
+	// The per-IP limit comes first, so token checks cannot be flooded.
+	if r.admit != nil {
+		if err := r.admit(ctx, call); err != nil {
 			return errorResponse(call.RequestID, r.toStatus(call, err)), m.name
 		}
 	}
-	if r.admit != nil {
-		if err := r.admit(ctx, call); err != nil {
+	if !m.public && r.authenticate != nil {
+		if err := r.authenticate(ctx, call); err != nil {
 			return errorResponse(call.RequestID, r.toStatus(call, err)), m.name
 		}
 	}
@@ -230,6 +236,29 @@ func mapServiceError(err error) *wire.StatusError {
 var serviceErrors = []struct {
 	err  error
 	code qpcv1.Status
-}{}
+}{
+	// auth
+	{auth.ErrInvalidName, qpcv1.Status_STATUS_INVALID_ARGUMENT},
+	{auth.ErrInvalidKey, qpcv1.Status_STATUS_INVALID_ARGUMENT},
+	{auth.ErrInvalidID, qpcv1.Status_STATUS_INVALID_ARGUMENT},
+	{auth.ErrNameTaken, qpcv1.Status_STATUS_ALREADY_EXISTS},
+	{auth.ErrKeyInUse, qpcv1.Status_STATUS_ALREADY_EXISTS},
+	{auth.ErrRegistrationClosed, qpcv1.Status_STATUS_PERMISSION_DENIED},
+	{auth.ErrInviteInvalid, qpcv1.Status_STATUS_PERMISSION_DENIED},
+	{auth.ErrLoginFailed, qpcv1.Status_STATUS_UNAUTHENTICATED},
+	{auth.ErrDeviceRevoked, qpcv1.Status_STATUS_UNAUTHENTICATED},
+	{auth.ErrAccountDisabled, qpcv1.Status_STATUS_PERMISSION_DENIED},
+	{auth.ErrNotFound, qpcv1.Status_STATUS_NOT_FOUND},
+	{auth.ErrTooManyDevices, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
+	{auth.ErrTokenMissing, qpcv1.Status_STATUS_UNAUTHENTICATED},
+	{auth.ErrTokenMalformed, qpcv1.Status_STATUS_UNAUTHENTICATED},
+	{auth.ErrTokenForged, qpcv1.Status_STATUS_UNAUTHENTICATED},
+	{auth.ErrTokenExpired, qpcv1.Status_STATUS_UNAUTHENTICATED},
+	{auth.ErrTokenRevoked, qpcv1.Status_STATUS_UNAUTHENTICATED},
+	{auth.ErrWrongDevice, qpcv1.Status_STATUS_PERMISSION_DENIED},
+	{auth.ErrRefreshInvalid, qpcv1.Status_STATUS_UNAUTHENTICATED},
+	{auth.ErrRefreshExpired, qpcv1.Status_STATUS_UNAUTHENTICATED},
+	{auth.ErrRefreshReused, qpcv1.Status_STATUS_UNAUTHENTICATED},
+}
 
 var _ = fmt.Sprintf
