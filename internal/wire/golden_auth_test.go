@@ -1,0 +1,50 @@
+package wire
+
+import (
+	"bytes"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
+)
+
+func init() { goldenSets["auth"] = authGolden }
+
+func authGolden() map[string]proto.Message {
+	key := bytes.Repeat([]byte{0x11}, 32)
+	nonce := bytes.Repeat([]byte{0x22}, 32)
+	sig := bytes.Repeat([]byte{0x33}, 64)
+	refresh := bytes.Repeat([]byte{0x44}, 32)
+	const acc, dev = "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
+	tokens := &qpcv1.Tokens{AccessToken: "qpcat1.AAAA.BBBB", AccessExpiresUnixMs: 1764000900000,
+		RefreshToken: refresh, RefreshExpiresUnixMs: 1766592000000, AccountId: acc, DeviceId: dev}
+	return map[string]proto.Message{
+		"auth_register_request": &qpcv1.RegisterRequest{AccountName: "alice", SignatureKey: key,
+			DeviceName: "laptop", InviteCode: "abcdefghijklmnopqrstuvwxyz234567"},
+		"auth_register_response":        &qpcv1.RegisterResponse{AccountId: acc, DeviceId: dev},
+		"auth_login_challenge_request":  &qpcv1.LoginChallengeRequest{DeviceId: dev},
+		"auth_login_challenge_response": &qpcv1.LoginChallengeResponse{Nonce: nonce, ExpiresUnixMs: 1764000060000},
+		"auth_login_request":            &qpcv1.LoginRequest{DeviceId: dev, Nonce: nonce, Signature: sig},
+		"auth_tokens":                   tokens,
+		"auth_login_response":           &qpcv1.LoginResponse{Tokens: tokens},
+		"auth_refresh_request":          &qpcv1.RefreshRequest{DeviceId: dev, RefreshToken: refresh},
+		"auth_refresh_response":         &qpcv1.RefreshResponse{Tokens: tokens},
+		"auth_add_device_request":       &qpcv1.AddDeviceRequest{SignatureKey: key, DeviceName: "phone"},
+		"auth_add_device_response":      &qpcv1.AddDeviceResponse{DeviceId: dev},
+		"auth_device": &qpcv1.Device{DeviceId: dev, Name: "phone", SignatureKey: key, Status: "active",
+			CreatedUnixMs: 1764000000000, LastSeenUnixMs: 1764000500000},
+		"auth_list_devices_request": &qpcv1.ListDevicesRequest{},
+		"auth_list_devices_response": &qpcv1.ListDevicesResponse{Devices: []*qpcv1.Device{
+			{DeviceId: dev, Name: "phone", SignatureKey: key, Status: "revoked", CreatedUnixMs: 1764000000000},
+		}},
+		"auth_revoke_device_request":  &qpcv1.RevokeDeviceRequest{DeviceId: dev},
+		"auth_revoke_device_response": &qpcv1.RevokeDeviceResponse{},
+		"auth_whoami_request":         &qpcv1.WhoAmIRequest{DeviceId: dev},
+		"auth_whoami_response": &qpcv1.WhoAmIResponse{AccountId: acc, AccountName: "alice", DeviceId: dev,
+			TokenExpiresUnixMs: 1764000900000},
+		"auth_lookup_account_request": &qpcv1.LookupAccountRequest{AccountName: "alice"},
+		"auth_public_device":          &qpcv1.PublicDevice{DeviceId: dev, SignatureKey: key},
+		"auth_lookup_account_response": &qpcv1.LookupAccountResponse{AccountId: acc, AccountName: "alice",
+			Devices: []*qpcv1.PublicDevice{{DeviceId: dev, SignatureKey: key}}},
+	}
+}
