@@ -327,7 +327,8 @@ func VerifyFile(path, sigPath, pubPath string) (Result, error) {
 	}
 	pub, err := LoadPublicKey(pubPath)
 	if err != nil {
-		return Result{File: path, Signature: sigPath}, err
+		return Result{File: path, Signature: sigPath},
+			fmt.Errorf("%w (pass --pubkey with the published key, packaging/release/minisign.pub in the source tree)", err)
 	}
 	sig, err := os.ReadFile(sigPath)
 	if err != nil {
