@@ -97,6 +97,12 @@ type DB struct {
 	closed bool
 	reads  sync.WaitGroup // running ReadTx calls
 
+	// swap is held shared by every ReadTx and exclusively while Rekey
+	// replaces the file and reopens the pools (rekey.go).
+	swap sync.RWMutex
+	// maint serialises Snapshot and Rekey (backup.go, rekey.go).
+	maint sync.Mutex
+
 	queue      chan *request // WriteTx functions, in arrival order
 	jobs       chan *request // exclusive work run between batches
 	writerDone chan struct{}
@@ -252,6 +258,8 @@ func (db *DB) ReadTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error)
 	db.reads.Add(1)
 	db.mu.RUnlock()
 	defer db.reads.Done()
+	db.swap.RLock()
+	defer db.swap.RUnlock()
 
 	tx, err := db.rdb.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
