@@ -1,0 +1,197 @@
+// Package delivery is the MLS Delivery Service: channels as append-only logs with epoch fencing, device inboxes, fetch and long-poll, retention.
+//
+// A channel (16-byte id) is bound to one MLS group. Group channels get a
+// random id; a DM channel's id is derived from its two accounts, so a second
+// create returns the same channel. A message is stored once per channel and
+// fanned out on read: every member device reads the log after its own
+// cursor. The server reads only the cleartext MLS framing (group id, epoch,
+// content type) to fence commits: a commit must carry the channel's current
+// epoch and advances it, so of two concurrent commits exactly one wins.
+//
+// Who may change membership (mirroring the MLS group, where any member may
+// commit Add and Remove proposals): any member may add accounts or devices
+// to a group channel; any member may remove others; a member may always
+// remove itself (leave). A DM's membership is its two accounts, fixed.
+package delivery
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/quicprochat/quicprochat/internal/obs"
+	"github.com/quicprochat/quicprochat/internal/store"
+)
+
+// Sentinel errors; the server maps them to wire statuses.
+var (
+	// ErrNotFound: no such channel (NOT_FOUND).
+	ErrNotFound = errors.New("delivery: channel not found")
+	// ErrNotMember: the caller is not a member of the channel (PERMISSION_DENIED).
+	ErrNotMember = errors.New("delivery: not a member of the channel")
+	// ErrStaleEpoch: a commit for an epoch other than the channel's current
+	// one, or a message for an epoch outside the accepted window (STALE_EPOCH).
+	ErrStaleEpoch = errors.New("delivery: stale epoch")
+	// ErrInvalidMessage: the MLS message does not decode, belongs to another
+	// group or is of a kind a channel does not carry (INVALID_ARGUMENT).
+	ErrInvalidMessage = errors.New("delivery: invalid MLS message")
+	// ErrInvalidRequest: a request that cannot be served as asked
+	// (INVALID_ARGUMENT).
+	ErrInvalidRequest = errors.New("delivery: invalid request")
+	// ErrMessageIDConflict: the message id was used by another sender in
+	// this channel (ALREADY_EXISTS).
+	ErrMessageIDConflict = errors.New("delivery: message id already used by another sender")
+	// ErrChannelExists: the group id is bound to a channel the caller is not
+	// a member of (ALREADY_EXISTS).
+	ErrChannelExists = errors.New("delivery: a channel for this group id exists")
+	// ErrTooLarge: the payload is above limits.max_payload_bytes (RESOURCE_EXHAUSTED).
+	ErrTooLarge = errors.New("delivery: payload too large")
+	// ErrUnknownAccount: no such active account or device (NOT_FOUND).
+	ErrUnknownAccount = errors.New("delivery: unknown account or device")
+)
+
+// Account is an account as the delivery service sees it.
+type Account struct {
+	ID     string
+	Name   string
+	Active bool
+}
+
+// Device is a device as the delivery service sees it.
+type Device struct {
+	ID        string
+	AccountID string
+	Active    bool
+}
+
+// Directory resolves account names and devices (internal/auth). Unknown
+// names or ids return an error wrapping ErrUnknownAccount.
+type Directory interface {
+	AccountByName(ctx context.Context, name string) (Account, error)
+	Device(ctx context.Context, deviceID string) (Device, error)
+}
+
+// Caller is the authenticated device making a request.
+type Caller struct {
+	AccountID string
+	DeviceID  string
+}
+
+// Options configures New.
+type Options struct {
+	DB        *store.DB
+	Directory Directory
+	Logger    *slog.Logger     // nil: discard
+	Audit     *obs.Audit       // nil: no audit events
+	Now       func() time.Time // nil: time.Now
+	// Retention is how long messages and inbox items are kept; default 168h.
+	Retention time.Duration
+	// EpochsBehind: application and proposal messages are accepted for the
+	// current epoch and this many earlier ones; default 0 (the config's
+	// default is 2 and is passed in by the server).
+	EpochsBehind int
+	// MaxPayload caps an MLS message, GroupInfo or inbox payload; default 5 MiB.
+	MaxPayload int
+	// LongPollMax caps FetchWait; default 30s.
+	LongPollMax time.Duration
+	// SweepInterval is how often expired messages are deleted and the queue
+	// gauges refreshed; default 30s. Negative: no background sweeper (tests
+	// call Sweep and RefreshStats).
+	SweepInterval time.Duration
+	// Registry receives the service's metrics when not nil.
+	Registry prometheus.Registerer
+}
+
+// Service is the delivery service. It is safe for concurrent use.
+type Service struct {
+	db          *store.DB
+	dir         Directory
+	log         *slog.Logger
+	audit       *obs.Audit
+	now         func() time.Time
+	retention   time.Duration
+	behind      uint64
+	maxPayload  int
+	longPollMax time.Duration
+	hub         *hub
+	metrics     *metrics
+
+	stop     chan struct{}
+	stopOnce sync.Once
+	done     chan struct{}
+}
+
+// New builds the service and starts its sweeper (unless SweepInterval < 0).
+func New(o Options) (*Service, error) {
+	if o.DB == nil || o.Directory == nil {
+		return nil, errors.New("delivery: Options.DB and Options.Directory are required")
+	}
+	s := &Service{
+		db: o.DB, dir: o.Directory, log: o.Logger, audit: o.Audit, now: o.Now,
+		retention: o.Retention, behind: uint64(max(o.EpochsBehind, 0)), maxPayload: o.MaxPayload,
+		longPollMax: o.LongPollMax,
+		stop:        make(chan struct{}), done: make(chan struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.retention <= 0 {
+		s.retention = 7 * 24 * time.Hour
+	}
+	if s.maxPayload <= 0 {
+		s.maxPayload = 5 << 20
+	}
+	if s.longPollMax <= 0 {
+		s.longPollMax = 30 * time.Second
+	}
+	s.metrics = newMetrics()
+	s.hub = newHub(s.metrics)
+	if o.Registry != nil {
+		if err := s.metrics.register(o.Registry); err != nil {
+			return nil, err
+		}
+	}
+	interval := o.SweepInterval
+	if interval == 0 {
+		interval = 30 * time.Second
+	}
+	if interval > 0 {
+		go s.sweeper(interval)
+	} else {
+		close(s.done)
+	}
+	return s, nil
+}
+
+// Close stops the sweeper. It does not close the store.
+func (s *Service) Close() error {
+	s.stopOnce.Do(func() { close(s.stop) })
+	<-s.done
+	return nil
+}
+
+// Channel types as stored (channels.kind) and on the wire.
+const (
+	KindGroup = 1
+	KindDM    = 2
+)
+
+// Inbox kinds as stored (inbox.kind) and on the wire.
+const (
+	InboxWelcome = 1
+	InboxOther   = 2
+)
+
+func kindLabel(kind int) string {
+	if kind == KindDM {
+		return "dm"
+	}
+	return "group"
+}

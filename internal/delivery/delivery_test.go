@@ -1,0 +1,709 @@
+package delivery
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	dt "github.com/quicprochat/quicprochat/internal/delivery/deliverytest"
+	"github.com/quicprochat/quicprochat/internal/mls"
+	"github.com/quicprochat/quicprochat/internal/secret"
+	"github.com/quicprochat/quicprochat/internal/store"
+)
+
+type fakeDir struct {
+	mu       sync.Mutex
+	accounts map[string]Account
+	devices  map[string]Device
+}
+
+func (f *fakeDir) AccountByName(_ context.Context, name string) (Account, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a, ok := f.accounts[name]
+	if !ok {
+		return Account{}, fmt.Errorf("%w: %s", ErrUnknownAccount, name)
+	}
+	return a, nil
+}
+
+func (f *fakeDir) Device(_ context.Context, id string) (Device, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d, ok := f.devices[id]
+	if !ok {
+		return Device{}, fmt.Errorf("%w: device %s", ErrUnknownAccount, id)
+	}
+	return d, nil
+}
+
+// user is one device of an account.
+type user struct {
+	Caller
+	name string
+}
+
+func (f *fakeDir) add(name, device string) user {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a, ok := f.accounts[name]
+	if !ok {
+		a = Account{ID: "acct-" + name, Name: name, Active: true}
+		f.accounts[name] = a
+	}
+	f.devices[device] = Device{ID: device, AccountID: a.ID, Active: true}
+	return user{Caller: Caller{AccountID: a.ID, DeviceID: device}, name: name}
+}
+
+type clock struct{ ns atomic.Int64 }
+
+func newClock() *clock {
+	c := &clock{}
+	c.ns.Store(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC).UnixNano())
+	return c
+}
+func (c *clock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *clock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+type env struct {
+	svc   *Service
+	db    *store.DB
+	dir   *fakeDir
+	clock *clock
+	reg   *prometheus.Registry
+}
+
+func newEnv(t *testing.T, mut func(*Options)) *env {
+	t.Helper()
+	key := make([]byte, store.KeySize)
+	_, _ = rand.Read(key)
+	db, err := store.Open(context.Background(), store.Options{Path: filepath.Join(t.TempDir(), "qpcd.db"), Key: secret.New(key)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	e := &env{db: db, dir: &fakeDir{accounts: map[string]Account{}, devices: map[string]Device{}}, clock: newClock(), reg: prometheus.NewRegistry()}
+	o := Options{DB: db, Directory: e.dir, Now: e.clock.Now, EpochsBehind: 2, SweepInterval: -1, Registry: e.reg, MaxPayload: 64 << 10}
+	if mut != nil {
+		mut(&o)
+	}
+	e.svc, err = New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.svc.Close() })
+	return e
+}
+
+var ctx = context.Background()
+
+func groupID() []byte {
+	g := make([]byte, GroupIDSize)
+	_, _ = rand.Read(g)
+	return g
+}
+
+var msgN atomic.Int64
+
+func newMsgID() string { return fmt.Sprintf("msg-%d", msgN.Add(1)) }
+
+// group creates a group channel owned by owner with the others added.
+func (e *env) group(t *testing.T, owner user, others ...user) (Channel, []byte) {
+	t.Helper()
+	g := groupID()
+	ch, created, err := e.svc.CreateGroup(ctx, owner.Caller, g, 0)
+	if err != nil || !created {
+		t.Fatalf("create group: %v %v", created, err)
+	}
+	var refs []MemberRef
+	for _, o := range others {
+		refs = append(refs, MemberRef{AccountName: o.name})
+	}
+	if len(refs) > 0 {
+		if ch, err = e.svc.AddMembers(ctx, owner.Caller, ch.ID, refs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ch, g
+}
+
+func (e *env) send(t *testing.T, u user, ch []byte, body []byte) Enqueued {
+	t.Helper()
+	r, err := e.svc.Enqueue(ctx, u.Caller, ch, newMsgID(), body, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestGroupChannelEnqueueFetchAck(t *testing.T) {
+	e := newEnv(t, nil)
+	alice, bob := e.dir.add("alice", "a1"), e.dir.add("bob", "b1")
+	bob2 := e.dir.add("bob", "b2")
+	ch, g := e.group(t, alice, bob)
+	if len(ch.Members) != 2 || ch.Kind != KindGroup || !bytes.Equal(ch.GroupID, g) {
+		t.Fatalf("channel %+v", ch)
+	}
+	// A second create by a member returns the same channel.
+	again, created, err := e.svc.CreateGroup(ctx, bob.Caller, g, 0)
+	if err != nil || created || !bytes.Equal(again.ID, ch.ID) {
+		t.Fatalf("second create: %v %v", created, err)
+	}
+	for i := range 3 {
+		if r := e.send(t, alice, ch.ID, dt.Application(g, 0, 100+i)); r.Seq != uint64(i+1) || r.Duplicate {
+			t.Fatalf("enqueue %d: %+v", i, r)
+		}
+	}
+	for _, dev := range []user{bob, bob2} {
+		b, err := e.svc.Fetch(ctx, dev.Caller, 0)
+		if err != nil || len(b.Messages) != 3 || b.More {
+			t.Fatalf("fetch %s: %+v %v", dev.DeviceID, b, err)
+		}
+		for i, m := range b.Messages {
+			if m.Seq != uint64(i+1) || m.SenderAccount != alice.AccountID || m.SenderDevice != "a1" || len(m.Body) == 0 {
+				t.Fatalf("message %d: %+v", i, m)
+			}
+		}
+	}
+	// Limit and More.
+	b, _ := e.svc.Fetch(ctx, bob.Caller, 2)
+	if len(b.Messages) != 2 || !b.More {
+		t.Fatalf("limited fetch: %d more=%v", len(b.Messages), b.More)
+	}
+	// Ack moves only bob's b1 cursor; b2 still sees everything.
+	if err := e.svc.Ack(ctx, bob.Caller, []Cursor{{ChannelID: ch.ID, Seq: 2}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0); len(b.Messages) != 1 || b.Messages[0].Seq != 3 {
+		t.Fatalf("after ack: %+v", b)
+	}
+	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0); len(b.Messages) != 3 {
+		t.Fatalf("other device: %d", len(b.Messages))
+	}
+	// Cursors never go back and never pass the head.
+	if err := e.svc.Ack(ctx, bob.Caller, []Cursor{{ChannelID: ch.ID, Seq: 1}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.Ack(ctx, bob.Caller, []Cursor{{ChannelID: ch.ID, Seq: 1000}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0); len(b.Messages) != 1 || b.Messages[0].Seq != 4 {
+		t.Fatalf("ack past head skipped a later message: %+v", b)
+	}
+	list, err := e.svc.ListChannels(ctx, bob2.Caller)
+	if err != nil || len(list) != 1 || list[0].HeadSeq != 4 {
+		t.Fatalf("list %+v %v", list, err)
+	}
+}
+
+func TestOneRowPerMessageHoweverManyMembers(t *testing.T) {
+	e := newEnv(t, nil)
+	owner := e.dir.add("owner", "o1")
+	var members []user
+	for i := range 1000 {
+		members = append(members, e.dir.add(fmt.Sprintf("m%d", i), fmt.Sprintf("d%d", i)))
+	}
+	g := groupID()
+	ch, _, err := e.svc.CreateGroup(ctx, owner.Caller, g, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < len(members); i += 100 {
+		var refs []MemberRef
+		for _, m := range members[i : i+100] {
+			refs = append(refs, MemberRef{AccountName: m.name})
+		}
+		if _, err := e.svc.AddMembers(ctx, owner.Caller, ch.ID, refs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.send(t, owner, ch.ID, dt.Application(g, 0, 1024))
+	var rows int
+	if err := e.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRow(`SELECT COUNT(*) FROM messages`).Scan(&rows)
+	}); err != nil || rows != 1 {
+		t.Fatalf("messages rows = %d (%v), want 1", rows, err)
+	}
+	if b, _ := e.svc.Fetch(ctx, members[999].Caller, 0); len(b.Messages) != 1 {
+		t.Fatal("member 999 does not see the message")
+	}
+}
+
+func TestDMChannel(t *testing.T) {
+	e := newEnv(t, nil)
+	alice, bob, carol := e.dir.add("alice", "a1"), e.dir.add("bob", "b1"), e.dir.add("carol", "c1")
+	g := groupID()
+	ch, created, err := e.svc.CreateDM(ctx, alice.Caller, "bob", g, time.Hour)
+	if err != nil || !created || ch.Kind != KindDM || ch.TTL != time.Hour || len(ch.Members) != 2 {
+		t.Fatalf("create DM: %+v %v %v", ch, created, err)
+	}
+	if !bytes.Equal(ch.ID, DMChannelID(bob.AccountID, alice.AccountID)) {
+		t.Fatal("DM id is not derived from the two accounts")
+	}
+	// A second create, from either side, returns the same channel.
+	ch2, created, err := e.svc.CreateDM(ctx, bob.Caller, "alice", groupID(), 0)
+	if err != nil || created || !bytes.Equal(ch2.ID, ch.ID) || !bytes.Equal(ch2.GroupID, g) {
+		t.Fatalf("second create: %+v %v %v", ch2, created, err)
+	}
+	if _, _, err := e.svc.CreateDM(ctx, alice.Caller, "alice", groupID(), 0); !errors.Is(err, ErrInvalidRequest) {
+		t.Fatalf("DM with self: %v", err)
+	}
+	if _, _, err := e.svc.CreateDM(ctx, alice.Caller, "nobody", groupID(), 0); !errors.Is(err, ErrUnknownAccount) {
+		t.Fatalf("DM with unknown: %v", err)
+	}
+	if _, err := e.svc.AddMembers(ctx, alice.Caller, ch.ID, []MemberRef{{AccountName: "carol"}}); !errors.Is(err, ErrInvalidRequest) {
+		t.Fatalf("add to DM: %v", err)
+	}
+	if _, err := e.svc.Enqueue(ctx, carol.Caller, ch.ID, newMsgID(), dt.Application(g, 0, 10), nil); !errors.Is(err, ErrNotMember) {
+		t.Fatalf("carol posting in a DM: %v", err)
+	}
+	// The DM's TTL (1 h) bounds its messages, below the 7-day retention.
+	e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
+	e.clock.Advance(59 * time.Minute)
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0); len(b.Messages) != 1 {
+		t.Fatal("DM message missing before its TTL")
+	}
+	e.clock.Advance(2 * time.Minute)
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0); len(b.Messages) != 0 {
+		t.Fatal("DM message returned after its TTL")
+	}
+	if n, err := e.svc.Sweep(ctx); err != nil || n != 1 {
+		t.Fatalf("sweep: %d %v", n, err)
+	}
+}
+
+func TestIdempotentEnqueue(t *testing.T) {
+	e := newEnv(t, nil)
+	alice, bob := e.dir.add("alice", "a1"), e.dir.add("bob", "b1")
+	ch, g := e.group(t, alice, bob)
+	body := dt.Application(g, 0, 50)
+	first, err := e.svc.Enqueue(ctx, alice.Caller, ch.ID, "uuid-1", body, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.send(t, alice, ch.ID, dt.Application(g, 0, 50))
+	again, err := e.svc.Enqueue(ctx, alice.Caller, ch.ID, "uuid-1", body, nil)
+	if err != nil || !again.Duplicate || again.Seq != first.Seq {
+		t.Fatalf("replay: %+v %v", again, err)
+	}
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0); len(b.Messages) != 2 {
+		t.Fatalf("stored twice: %d messages", len(b.Messages))
+	}
+	if _, err := e.svc.Enqueue(ctx, bob.Caller, ch.ID, "uuid-1", body, nil); !errors.Is(err, ErrMessageIDConflict) {
+		t.Fatalf("another sender reusing the id: %v", err)
+	}
+	// A replayed commit whose first attempt won is a duplicate, not stale.
+	c1, err := e.svc.Enqueue(ctx, alice.Caller, ch.ID, "commit-1", dt.Commit(g, 0), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := e.svc.Enqueue(ctx, alice.Caller, ch.ID, "commit-1", dt.Commit(g, 0), nil)
+	if err != nil || !c2.Duplicate || c2.Seq != c1.Seq || c2.Epoch != 1 {
+		t.Fatalf("replayed commit: %+v %v", c2, err)
+	}
+}
+
+func TestNonMember(t *testing.T) {
+	e := newEnv(t, nil)
+	alice, mallory := e.dir.add("alice", "a1"), e.dir.add("mallory", "m1")
+	ch, g := e.group(t, alice)
+	e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
+	if _, err := e.svc.Enqueue(ctx, mallory.Caller, ch.ID, newMsgID(), dt.Application(g, 0, 10), nil); !errors.Is(err, ErrNotMember) {
+		t.Fatalf("post: %v", err)
+	}
+	if b, err := e.svc.Fetch(ctx, mallory.Caller, 0); err != nil || !b.empty() {
+		t.Fatalf("read: %+v %v", b, err)
+	}
+	if err := e.svc.Ack(ctx, mallory.Caller, []Cursor{{ChannelID: ch.ID, Seq: 1}}, 0); !errors.Is(err, ErrNotMember) {
+		t.Fatalf("ack: %v", err)
+	}
+	if _, _, err := e.svc.GroupInfo(ctx, mallory.Caller, ch.ID); !errors.Is(err, ErrNotMember) {
+		t.Fatalf("group info: %v", err)
+	}
+	if _, err := e.svc.AddMembers(ctx, mallory.Caller, ch.ID, []MemberRef{{AccountName: "mallory"}}); !errors.Is(err, ErrNotMember) {
+		t.Fatalf("self-add: %v", err)
+	}
+	if _, _, err := e.svc.CreateGroup(ctx, mallory.Caller, g, 0); !errors.Is(err, ErrChannelExists) {
+		t.Fatalf("create over an existing group: %v", err)
+	}
+	unknown := make([]byte, ChannelIDSize)
+	if _, err := e.svc.Enqueue(ctx, alice.Caller, unknown, newMsgID(), dt.Application(g, 0, 10), nil); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown channel: %v", err)
+	}
+	if v := testutil.ToFloat64(e.svc.metrics.denied.WithLabelValues("enqueue")); v != 1 {
+		t.Fatalf("denied{enqueue} = %v", v)
+	}
+}
+
+func TestMembershipChanges(t *testing.T) {
+	e := newEnv(t, nil)
+	alice, bob, carol := e.dir.add("alice", "a1"), e.dir.add("bob", "b1"), e.dir.add("carol", "c1")
+	carol2 := e.dir.add("carol", "c2")
+	ch, g := e.group(t, alice, bob)
+	e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
+	// Any member adds; a new member reads from the head at its addition on.
+	if _, err := e.svc.AddMembers(ctx, bob.Caller, ch.ID, []MemberRef{{AccountName: "carol", DeviceID: "c1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := e.svc.Fetch(ctx, carol.Caller, 0); !b.empty() {
+		t.Fatal("new member sees messages from before it was added")
+	}
+	e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
+	if b, _ := e.svc.Fetch(ctx, carol.Caller, 0); len(b.Messages) != 1 || b.Messages[0].Seq != 2 {
+		t.Fatalf("carol: %+v", b)
+	}
+	// Device membership: carol's other device is not a member.
+	if _, err := e.svc.Enqueue(ctx, carol2.Caller, ch.ID, newMsgID(), dt.Application(g, 0, 10), nil); !errors.Is(err, ErrNotMember) {
+		t.Fatalf("carol's second device: %v", err)
+	}
+	if _, err := e.svc.AddMembers(ctx, bob.Caller, ch.ID, []MemberRef{{AccountName: "carol", DeviceID: "b1"}}); !errors.Is(err, ErrUnknownAccount) {
+		t.Fatalf("adding another account's device: %v", err)
+	}
+	// Members remove others; a member may leave.
+	if n, err := e.svc.RemoveMembers(ctx, bob.Caller, ch.ID, []MemberRef{{AccountName: "carol"}}); err != nil || n != 1 {
+		t.Fatalf("remove carol: %d %v", n, err)
+	}
+	if _, err := e.svc.Enqueue(ctx, carol.Caller, ch.ID, newMsgID(), dt.Application(g, 0, 10), nil); !errors.Is(err, ErrNotMember) {
+		t.Fatalf("removed member posting: %v", err)
+	}
+	if n, err := e.svc.RemoveMembers(ctx, bob.Caller, ch.ID, []MemberRef{{AccountName: "bob"}}); err != nil || n != 1 {
+		t.Fatalf("leave: %d %v", n, err)
+	}
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0); !b.empty() {
+		t.Fatal("a member that left still reads")
+	}
+}
+
+func TestEpochFencing(t *testing.T) {
+	e := newEnv(t, nil)
+	alice, bob := e.dir.add("alice", "a1"), e.dir.add("bob", "b1")
+	ch, g := e.group(t, alice, bob)
+	r, err := e.svc.Enqueue(ctx, alice.Caller, ch.ID, newMsgID(), dt.Commit(g, 0), dt.GroupInfo(g, 1))
+	if err != nil || r.Epoch != 1 {
+		t.Fatalf("commit at 0: %+v %v", r, err)
+	}
+	if _, err := e.svc.Enqueue(ctx, bob.Caller, ch.ID, newMsgID(), dt.Commit(g, 0), nil); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("second commit for epoch 0: %v", err)
+	}
+	if _, err := e.svc.Enqueue(ctx, bob.Caller, ch.ID, newMsgID(), dt.Commit(g, 5), nil); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("commit from the future: %v", err)
+	}
+	gi, epoch, err := e.svc.GroupInfo(ctx, bob.Caller, ch.ID)
+	if err != nil || epoch != 1 || !bytes.Equal(gi, dt.GroupInfo(g, 1)) {
+		t.Fatalf("group info: %v %d", err, epoch)
+	}
+	// Private commits count too.
+	for ep := uint64(1); ep < 4; ep++ {
+		if _, err := e.svc.Enqueue(ctx, alice.Caller, ch.ID, newMsgID(), dt.Private(g, ep, mls.ContentTypeCommit, 50), nil); err != nil {
+			t.Fatalf("commit at %d: %v", ep, err)
+		}
+	}
+	// Now at epoch 4: application messages for 2..4 pass, 1 and 5 do not.
+	for _, c := range []struct {
+		epoch uint64
+		ok    bool
+	}{{4, true}, {3, true}, {2, true}, {1, false}, {5, false}} {
+		_, err := e.svc.Enqueue(ctx, bob.Caller, ch.ID, newMsgID(), dt.Application(g, c.epoch, 10), nil)
+		if c.ok != (err == nil) || (!c.ok && !errors.Is(err, ErrStaleEpoch)) {
+			t.Fatalf("application at epoch %d: %v", c.epoch, err)
+		}
+	}
+	if _, err := e.svc.Enqueue(ctx, bob.Caller, ch.ID, newMsgID(), dt.Private(g, 3, mls.ContentTypeProposal, 10), nil); err != nil {
+		t.Fatalf("proposal one epoch behind: %v", err)
+	}
+}
+
+func TestConcurrentCommitsExactlyOneWins(t *testing.T) {
+	e := newEnv(t, nil)
+	owner := e.dir.add("owner", "o0")
+	var users []user
+	for i := range 8 {
+		users = append(users, e.dir.add(fmt.Sprintf("u%d", i), fmt.Sprintf("d%d", i)))
+	}
+	ch, g := e.group(t, owner, users...)
+	for round := uint64(0); round < 3; round++ {
+		var wins, stale atomic.Int32
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for _, u := range users {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				_, err := e.svc.Enqueue(ctx, u.Caller, ch.ID, newMsgID(), dt.Commit(g, round), nil)
+				switch {
+				case err == nil:
+					wins.Add(1)
+				case errors.Is(err, ErrStaleEpoch):
+					stale.Add(1)
+				default:
+					t.Errorf("unexpected: %v", err)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		if wins.Load() != 1 || stale.Load() != int32(len(users)-1) {
+			t.Fatalf("round %d: %d winners, %d stale", round, wins.Load(), stale.Load())
+		}
+	}
+}
+
+func TestInvalidMessages(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.MaxPayload = 4096 })
+	alice := e.dir.add("alice", "a1")
+	ch, g := e.group(t, alice)
+	cases := []struct {
+		name     string
+		msg, gi  []byte
+		want     error
+		wantKind string
+	}{
+		{"garbage", []byte{1, 2, 3}, nil, ErrInvalidMessage, ""},
+		{"truncated", dt.Application(g, 0, 10)[:20], nil, ErrInvalidMessage, ""},
+		{"other group", dt.Application(groupID(), 0, 10), nil, ErrInvalidMessage, ""},
+		{"welcome on a channel", dt.Welcome(), nil, ErrInvalidMessage, ""},
+		{"group info on a channel", dt.GroupInfo(g, 0), nil, ErrInvalidMessage, ""},
+		{"group info without commit", dt.Application(g, 0, 10), dt.GroupInfo(g, 0), ErrInvalidRequest, ""},
+		{"group info for the wrong epoch", dt.Commit(g, 0), dt.GroupInfo(g, 0), ErrInvalidMessage, ""},
+		{"group info of another group", dt.Commit(g, 0), dt.GroupInfo(groupID(), 1), ErrInvalidMessage, ""},
+		{"oversized", dt.Application(g, 0, 5000), nil, ErrTooLarge, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if _, err := e.svc.Enqueue(ctx, alice.Caller, ch.ID, newMsgID(), c.msg, c.gi); !errors.Is(err, c.want) {
+				t.Fatalf("got %v, want %v", err, c.want)
+			}
+		})
+	}
+	// Nothing was stored and the epoch did not move.
+	if r := e.send(t, alice, ch.ID, dt.Commit(g, 0)); r.Seq != 1 || r.Epoch != 1 {
+		t.Fatalf("after refusals: %+v", r)
+	}
+}
+
+func TestInbox(t *testing.T) {
+	e := newEnv(t, nil)
+	alice, bob, mallory := e.dir.add("alice", "a1"), e.dir.add("bob", "b1"), e.dir.add("mallory", "m1")
+	bob2 := e.dir.add("bob", "b2")
+	ch, _ := e.group(t, alice, bob)
+	welcome := dt.Welcome()
+	n, err := e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxWelcome, welcome,
+		[]InboxRecipient{{"bob", "b1"}, {"bob", "b2"}, {"bob", "b1"}})
+	if err != nil || n != 2 {
+		t.Fatalf("send: %d %v", n, err)
+	}
+	e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxOther, []byte("x"), []InboxRecipient{{"bob", "b1"}})
+	b, err := e.svc.Fetch(ctx, bob.Caller, 0)
+	if err != nil || len(b.Inbox) != 2 || b.Inbox[0].Seq != 1 || b.Inbox[1].Seq != 2 || b.Inbox[0].Kind != InboxWelcome || !bytes.Equal(b.Inbox[0].Body, welcome) {
+		t.Fatalf("bob's inbox: %+v %v", b, err)
+	}
+	if err := e.svc.Ack(ctx, bob.Caller, nil, 1); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0); len(b.Inbox) != 1 || b.Inbox[0].Seq != 2 {
+		t.Fatalf("after ack: %+v", b)
+	}
+	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0); len(b.Inbox) != 1 {
+		t.Fatal("b2's inbox is separate")
+	}
+	// Refusals: a non-member sender, a non-member recipient, a device of
+	// another account, a WELCOME that is not one.
+	if _, err := e.svc.SendToInbox(ctx, mallory.Caller, ch.ID, InboxOther, []byte("x"), []InboxRecipient{{"bob", "b1"}}); !errors.Is(err, ErrNotMember) {
+		t.Fatalf("non-member sender: %v", err)
+	}
+	if _, err := e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxOther, []byte("x"), []InboxRecipient{{"mallory", "m1"}}); !errors.Is(err, ErrNotMember) {
+		t.Fatalf("non-member recipient: %v", err)
+	}
+	if _, err := e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxOther, []byte("x"), []InboxRecipient{{"bob", "m1"}}); !errors.Is(err, ErrUnknownAccount) {
+		t.Fatalf("another account's device: %v", err)
+	}
+	if _, err := e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxWelcome, []byte("x"), []InboxRecipient{{"bob", "b1"}}); !errors.Is(err, ErrInvalidMessage) {
+		t.Fatalf("fake welcome: %v", err)
+	}
+	// Inbox items expire with the retention.
+	e.clock.Advance(8 * 24 * time.Hour)
+	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0); len(b.Inbox) != 0 {
+		t.Fatal("expired inbox item returned")
+	}
+}
+
+func TestFetchWait(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.LongPollMax = time.Minute })
+	alice, bob := e.dir.add("alice", "a1"), e.dir.add("bob", "b1")
+	ch, g := e.group(t, alice, bob)
+	type result struct {
+		b   Batch
+		err error
+	}
+	wait := func(u user) chan result {
+		out := make(chan result, 1)
+		go func() {
+			b, err := e.svc.FetchWait(ctx, u.Caller, time.Minute, 0, nil)
+			out <- result{b, err}
+		}()
+		return out
+	}
+	waiters := func() float64 { return testutil.ToFloat64(e.svc.metrics.waiters) }
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	// Many waiters, woken by one enqueue.
+	var outs []chan result
+	for range 5 {
+		outs = append(outs, wait(bob))
+	}
+	waitFor("5 waiters", func() bool { return waiters() == 5 })
+	e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
+	for _, o := range outs {
+		select {
+		case r := <-o:
+			if r.err != nil || len(r.b.Messages) != 1 {
+				t.Fatalf("woken fetch: %+v %v", r.b, r.err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("waiter not woken by enqueue")
+		}
+	}
+	// Something already waiting returns at once.
+	if r := <-wait(bob); len(r.b.Messages) != 1 {
+		t.Fatal("pending message not returned at once")
+	}
+	if err := e.svc.Ack(ctx, bob.Caller, []Cursor{{ChannelID: ch.ID, Seq: 1}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	// An inbox item wakes the device; a new channel wakes the account.
+	o := wait(bob)
+	waitFor("inbox waiter", func() bool { return waiters() == 1 })
+	if _, err := e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxOther, []byte("hi"), []InboxRecipient{{"bob", "b1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-o; len(r.b.Inbox) != 1 {
+		t.Fatalf("inbox wake: %+v", r.b)
+	}
+	if err := e.svc.Ack(ctx, bob.Caller, nil, 1); err != nil {
+		t.Fatal(err)
+	}
+	o = wait(bob)
+	waitFor("channel-list waiter", func() bool { return waiters() == 1 })
+	ch2, g2 := e.group(t, alice, bob) // bob is added: his waiter learns the channel
+	e.send(t, alice, ch2.ID, dt.Application(g2, 0, 10))
+	if r := <-o; r.err != nil {
+		t.Fatal(r.err)
+	}
+	if testutil.ToFloat64(e.svc.metrics.wakeups) < 7 {
+		t.Fatalf("wakeups %v", testutil.ToFloat64(e.svc.metrics.wakeups))
+	}
+}
+
+func TestFetchWaitTimeoutClipAndDrain(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.LongPollMax = 50 * time.Millisecond })
+	bob := e.dir.add("bob", "b1")
+	start := time.Now()
+	b, err := e.svc.FetchWait(ctx, bob.Caller, time.Hour, 0, nil)
+	if err != nil || !b.empty() {
+		t.Fatalf("%+v %v", b, err)
+	}
+	if time.Since(start) > 10*time.Second {
+		t.Fatal("the requested hour was not clipped to the cap")
+	}
+	e2 := newEnv(t, func(o *Options) { o.LongPollMax = time.Hour })
+	bob = e2.dir.add("bob", "b1")
+	drain := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := e2.svc.FetchWait(ctx, bob.Caller, time.Hour, 0, drain)
+		done <- err
+	}()
+	close(drain)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("draining did not end the long poll")
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	go func() {
+		_, err := e2.svc.FetchWait(cctx, bob.Caller, time.Hour, 0, nil)
+		done <- err
+	}()
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled: %v", err)
+	}
+}
+
+func TestRetention(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.Retention = 7 * 24 * time.Hour })
+	alice, bob := e.dir.add("alice", "a1"), e.dir.add("bob", "b1")
+	ch, g := e.group(t, alice, bob)
+	e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
+	e.clock.Advance(6 * 24 * time.Hour)
+	e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
+	if err := e.svc.Ack(ctx, alice.Caller, []Cursor{{ChannelID: ch.ID, Seq: 2}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.Ack(ctx, bob.Caller, []Cursor{{ChannelID: ch.ID, Seq: 0}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.RefreshStats(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d := testutil.ToFloat64(e.svc.metrics.depth.WithLabelValues("group")); d != 2 {
+		t.Fatalf("queue depth %v", d)
+	}
+	if a := testutil.ToFloat64(e.svc.metrics.oldest.WithLabelValues("group")); a != 6*24*3600 {
+		t.Fatalf("oldest unfetched %v", a)
+	}
+	e.clock.Advance(24*time.Hour + time.Second)
+	// Expired before the sweep: never returned; the gap in seq shows it.
+	b, _ := e.svc.Fetch(ctx, bob.Caller, 0)
+	if len(b.Messages) != 1 || b.Messages[0].Seq != 2 {
+		t.Fatalf("after retention: %+v", b)
+	}
+	if n, err := e.svc.Sweep(ctx); err != nil || n != 1 {
+		t.Fatalf("sweep: %d %v", n, err)
+	}
+	if v := testutil.ToFloat64(e.svc.metrics.expired.WithLabelValues("message")); v != 1 {
+		t.Fatalf("expired metric %v", v)
+	}
+}
+
+func TestMetricsLint(t *testing.T) {
+	e := newEnv(t, nil)
+	problems, err := testutil.GatherAndLint(e.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+func TestSweeperStopsOnClose(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.SweepInterval = time.Millisecond })
+	if err := e.svc.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,343 @@
+package delivery
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Message is one stored channel message.
+type Message struct {
+	ChannelID     []byte
+	Seq           uint64
+	MessageID     string
+	SenderAccount string
+	SenderDevice  string
+	Epoch         uint64
+	Time          time.Time
+	Body          []byte
+}
+
+// InboxItem is one stored inbox payload.
+type InboxItem struct {
+	Seq           uint64
+	Kind          int
+	ChannelID     []byte
+	SenderAccount string
+	SenderDevice  string
+	Time          time.Time
+	Body          []byte
+}
+
+// Batch is what a fetch returns.
+type Batch struct {
+	Messages []Message
+	Inbox    []InboxItem
+	More     bool // the limit (count or bytes) stopped the read
+}
+
+func (b *Batch) empty() bool { return len(b.Messages) == 0 && len(b.Inbox) == 0 }
+
+// Fetch limits.
+const (
+	DefaultFetchLimit = 100
+	MaxFetchLimit     = 1000
+)
+
+// channelPos is a channel the device reads, where it stands, and the head
+// its snapshot saw.
+type channelPos struct {
+	id   []byte
+	kind int
+	pos  uint64
+	head uint64
+}
+
+// Fetch returns, for the calling device, the messages after its cursor in
+// every channel it is a member of (in sequence order per channel) and its
+// unacknowledged inbox items. It does not move cursors (Ack does).
+func (s *Service) Fetch(ctx context.Context, c Caller, limit int) (Batch, error) {
+	b, _, err := s.read(ctx, c, limit)
+	if err != nil {
+		return Batch{}, err
+	}
+	s.fetched(ctx, c, &b, "fetch")
+	return b, nil
+}
+
+// FetchWait is Fetch that, when nothing is waiting, blocks until something
+// arrives for the device, timeout passes (clipped to the long-poll cap),
+// ctx ends or drain is closed; then it returns what there is (maybe nothing).
+func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration, limit int, drain <-chan struct{}) (Batch, error) {
+	timeout = min(max(timeout, 0), s.longPollMax)
+	w := s.hub.newWaiter()
+	defer s.hub.remove(w)
+	// Account and inbox keys first: anything that changes the channel list
+	// or the inbox after this point wakes us.
+	s.hub.add(w, accountKey(c.AccountID))
+	s.hub.add(w, deviceKey(c.DeviceID))
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	watched := map[string]bool{}
+	for {
+		b, chans, err := s.read(ctx, c, limit)
+		if err != nil {
+			return Batch{}, err
+		}
+		if !b.empty() {
+			s.fetched(ctx, c, &b, "fetch_wait")
+			return b, nil
+		}
+		again := false
+		for _, ch := range chans {
+			k := string(ch.id)
+			if watched[k] {
+				continue
+			}
+			watched[k] = true
+			if s.hub.addChannel(w, ch.id, ch.head) {
+				again = true
+			}
+		}
+		if again {
+			continue
+		}
+		select {
+		case <-w.ch:
+		case <-timer.C:
+			s.fetched(ctx, c, &b, "fetch_wait")
+			return b, nil
+		case <-drain:
+			s.fetched(ctx, c, &b, "fetch_wait")
+			return b, nil
+		case <-ctx.Done():
+			return Batch{}, ctx.Err()
+		}
+	}
+}
+
+func (s *Service) fetched(ctx context.Context, c Caller, b *Batch, op string) {
+	var bytes int
+	for i := range b.Messages {
+		bytes += len(b.Messages[i].Body)
+	}
+	for i := range b.Inbox {
+		bytes += len(b.Inbox[i].Body)
+	}
+	s.metrics.fetches.WithLabelValues(op).Inc()
+	s.metrics.fetchedMessages.Add(float64(len(b.Messages) + len(b.Inbox)))
+	s.metrics.fetchedBytes.Add(float64(bytes))
+	if !b.empty() {
+		s.audit.Event(ctx, "delivery.fetch", slog.String("account_id", c.AccountID), slog.String("device_id", c.DeviceID),
+			slog.Int("messages", len(b.Messages)), slog.Int("inbox_items", len(b.Inbox)), slog.Int("size", bytes))
+	}
+}
+
+// read is one snapshot read of everything waiting for the device.
+func (s *Service) read(ctx context.Context, c Caller, limit int) (Batch, []channelPos, error) {
+	if limit <= 0 {
+		limit = DefaultFetchLimit
+	}
+	limit = min(limit, MaxFetchLimit)
+	budget := s.maxPayload
+	now := s.now().UnixMilli()
+	var b Batch
+	var chans []channelPos
+	err := s.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		b, chans = Batch{}, nil
+		rows, err := tx.QueryContext(ctx, `SELECT c.id, c.kind, c.head_seq, MIN(m.from_seq), cu.acked_seq
+			FROM channel_members m JOIN channels c ON c.id = m.channel_id
+			LEFT JOIN cursors cu ON cu.device_id = ? AND cu.channel_id = m.channel_id
+			WHERE m.account_id = ? AND m.device_id IN ('', ?)
+			GROUP BY c.id ORDER BY c.id`, c.DeviceID, c.AccountID, c.DeviceID)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var p channelPos
+			var head, from int64
+			var acked sql.NullInt64
+			if err := rows.Scan(&p.id, &p.kind, &head, &from, &acked); err != nil {
+				rows.Close()
+				return err
+			}
+			p.head, p.pos = uint64(head), uint64(max(from, acked.Int64))
+			chans = append(chans, p)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		left := limit
+		for _, p := range chans {
+			if p.head <= p.pos {
+				continue
+			}
+			if left == 0 || budget <= 0 {
+				b.More = true
+				break
+			}
+			n, more, err := readMessages(ctx, tx, p, now, left, &budget, &b)
+			if err != nil {
+				return err
+			}
+			left -= n
+			b.More = b.More || more
+		}
+		if left == 0 || budget <= 0 {
+			var any int
+			err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM inbox i JOIN inbox_heads h ON h.device_id = i.device_id
+				WHERE i.device_id = ? AND i.seq > h.acked_seq AND i.expires_at > ? LIMIT 1`, c.DeviceID, now).Scan(&any)
+			if err != nil {
+				return err
+			}
+			b.More = b.More || any > 0
+			return nil
+		}
+		return readInbox(ctx, tx, c.DeviceID, now, left, &budget, &b)
+	})
+	if err != nil {
+		return Batch{}, nil, fmt.Errorf("delivery: fetch: %w", err)
+	}
+	return b, chans, nil
+}
+
+func readMessages(ctx context.Context, tx *sql.Tx, p channelPos, now int64, limit int, budget *int, b *Batch) (int, bool, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT seq, message_id, sender_account, sender_device, epoch, created_at, body
+		FROM messages WHERE channel_id = ? AND seq > ? AND expires_at > ? ORDER BY seq LIMIT ?`,
+		p.id, int64(p.pos), now, limit+1)
+	if err != nil {
+		return 0, false, err
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		if n == limit || (*budget <= 0 && n > 0) {
+			return n, true, nil
+		}
+		m := Message{ChannelID: p.id}
+		var seq, epoch, created int64
+		if err := rows.Scan(&seq, &m.MessageID, &m.SenderAccount, &m.SenderDevice, &epoch, &created, &m.Body); err != nil {
+			return n, false, err
+		}
+		if *budget < len(m.Body) && len(b.Messages)+len(b.Inbox) > 0 {
+			return n, true, nil
+		}
+		m.Seq, m.Epoch, m.Time = uint64(seq), uint64(epoch), time.UnixMilli(created)
+		*budget -= len(m.Body)
+		b.Messages = append(b.Messages, m)
+		n++
+	}
+	return n, false, rows.Err()
+}
+
+func readInbox(ctx context.Context, tx *sql.Tx, device string, now int64, limit int, budget *int, b *Batch) error {
+	rows, err := tx.QueryContext(ctx, `SELECT i.seq, i.kind, i.channel_id, i.sender_account, i.sender_device, i.created_at, i.body
+		FROM inbox i JOIN inbox_heads h ON h.device_id = i.device_id
+		WHERE i.device_id = ? AND i.seq > h.acked_seq AND i.expires_at > ? ORDER BY i.seq LIMIT ?`, device, now, limit+1)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		if n == limit {
+			b.More = true
+			return nil
+		}
+		var it InboxItem
+		var seq, created int64
+		if err := rows.Scan(&seq, &it.Kind, &it.ChannelID, &it.SenderAccount, &it.SenderDevice, &created, &it.Body); err != nil {
+			return err
+		}
+		if *budget < len(it.Body) && len(b.Messages)+len(b.Inbox) > 0 {
+			b.More = true
+			return nil
+		}
+		it.Seq, it.Time = uint64(seq), time.UnixMilli(created)
+		*budget -= len(it.Body)
+		b.Inbox = append(b.Inbox, it)
+		n++
+	}
+	return rows.Err()
+}
+
+// Cursor is an acknowledgement: everything in the channel up to Seq is done.
+type Cursor struct {
+	ChannelID []byte
+	Seq       uint64
+}
+
+// Ack moves the device's cursors forward (never back, never past the
+// channel's head) and drops inbox items up to inboxSeq. A cursor for a
+// channel the device cannot read fails the whole Ack with ErrNotMember.
+func (s *Service) Ack(ctx context.Context, c Caller, cursors []Cursor, inboxSeq uint64) error {
+	for _, cu := range cursors {
+		if len(cu.ChannelID) != ChannelIDSize || cu.Seq > 1<<62 {
+			return fmt.Errorf("delivery: ack: %w: cursor", ErrInvalidRequest)
+		}
+	}
+	if inboxSeq > 1<<62 {
+		return fmt.Errorf("delivery: ack: %w: inbox seq", ErrInvalidRequest)
+	}
+	err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		for _, cu := range cursors {
+			_, head, err := loadForMember(ctx, tx, c, cu.ChannelID)
+			if err != nil {
+				return err
+			}
+			seq := int64(min(cu.Seq, head))
+			if _, err := tx.ExecContext(ctx, `INSERT INTO cursors (device_id, channel_id, account_id, acked_seq) VALUES (?, ?, ?, ?)
+				ON CONFLICT (device_id, channel_id) DO UPDATE SET acked_seq = MAX(acked_seq, excluded.acked_seq)`,
+				c.DeviceID, cu.ChannelID, c.AccountID, seq); err != nil {
+				return err
+			}
+		}
+		if inboxSeq > 0 {
+			if _, err := tx.ExecContext(ctx, `UPDATE inbox_heads SET acked_seq = MAX(acked_seq, MIN(?, head_seq)) WHERE device_id = ?`,
+				int64(inboxSeq), c.DeviceID); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `DELETE FROM inbox WHERE device_id = ? AND seq <= ?`, c.DeviceID, int64(inboxSeq)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.denied("ack", err)
+		return fmt.Errorf("delivery: ack: %w", err)
+	}
+	return nil
+}
+
+// GroupInfo returns the latest GroupInfo a committer stored for the
+// channel, and its epoch; members only. A channel without one wraps ErrNotFound.
+func (s *Service) GroupInfo(ctx context.Context, c Caller, id []byte) ([]byte, uint64, error) {
+	var gi []byte
+	var epoch int64
+	err := s.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		var member bool
+		err := tx.QueryRowContext(ctx, `SELECT c.group_info, c.group_info_epoch, `+isMember+` FROM channels c WHERE c.id = ?`,
+			c.AccountID, c.DeviceID, id).Scan(&gi, &epoch, &member)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return ErrNotFound
+		case err != nil:
+			return err
+		case !member:
+			return ErrNotMember
+		case len(gi) == 0:
+			return fmt.Errorf("%w: no GroupInfo stored for the channel yet", ErrNotFound)
+		}
+		return nil
+	})
+	if err != nil {
+		s.denied("group_info", err)
+		return nil, 0, fmt.Errorf("delivery: group info: %w", err)
+	}
+	return gi, uint64(epoch), nil
+}

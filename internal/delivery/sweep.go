@@ -1,0 +1,127 @@
+package delivery
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/quicprochat/quicprochat/internal/store"
+)
+
+func (s *Service) sweeper(interval time.Duration) {
+	defer close(s.done)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		s.runSweep(ctx)
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Service) runSweep(ctx context.Context) {
+	quiet := func(err error) bool { return ctx.Err() != nil || errors.Is(err, store.ErrClosed) }
+	if _, err := s.Sweep(ctx); err != nil && !quiet(err) {
+		s.log.Warn("delivery: retention sweep failed", "err", err)
+	}
+	if err := s.RefreshStats(ctx); err != nil && !quiet(err) {
+		s.log.Warn("delivery: queue gauges not refreshed", "err", err)
+	}
+}
+
+// sweepBatch bounds one delete so the writer is never held long.
+const sweepBatch = 2000
+
+// Sweep deletes messages and inbox items whose expiry (retention, or a DM's
+// shorter TTL) has passed by the injected clock, and returns how many.
+// Reads never return expired rows even before the sweep ran.
+func (s *Service) Sweep(ctx context.Context) (int64, error) {
+	var total int64
+	for _, q := range []struct{ table, label string }{{"messages", "message"}, {"inbox", "inbox"}} {
+		for {
+			now := s.now().UnixMilli()
+			var n int64
+			err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
+				r, err := tx.ExecContext(ctx, `DELETE FROM `+q.table+` WHERE id IN
+					(SELECT id FROM `+q.table+` WHERE expires_at <= ? LIMIT ?)`, now, sweepBatch)
+				if err != nil {
+					return err
+				}
+				n, err = r.RowsAffected()
+				return err
+			})
+			if err != nil {
+				return total, fmt.Errorf("delivery: sweep %s: %w", q.table, err)
+			}
+			total += n
+			s.metrics.expired.WithLabelValues(q.label).Add(float64(n))
+			if n < sweepBatch {
+				break
+			}
+		}
+	}
+	return total, nil
+}
+
+// RefreshStats recomputes the queue gauges: per channel type, the stored,
+// unexpired messages that some device with a cursor in the channel has not
+// acknowledged yet, and the age of the oldest of them; for inboxes, the
+// unacknowledged items. Devices that never fetched have no cursor and do
+// not count.
+func (s *Service) RefreshStats(ctx context.Context) error {
+	now := s.now().UnixMilli()
+	type agg struct {
+		n      int64
+		oldest sql.NullInt64
+	}
+	stats := map[string]*agg{"group": {}, "dm": {}, "inbox": {}}
+	err := s.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT c.kind, COUNT(m.id), MIN(m.created_at)
+			FROM channels c JOIN messages m ON m.channel_id = c.id
+			WHERE m.expires_at > ? AND m.seq > COALESCE((SELECT MIN(acked_seq) FROM cursors cu WHERE cu.channel_id = c.id), c.head_seq)
+			GROUP BY c.kind`, now)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var kind int
+			var a agg
+			if err := rows.Scan(&kind, &a.n, &a.oldest); err != nil {
+				return err
+			}
+			stats[kindLabel(kind)] = &a
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		a := stats["inbox"]
+		return tx.QueryRowContext(ctx, `SELECT COUNT(*), MIN(created_at) FROM inbox WHERE expires_at > ?`, now).Scan(&a.n, &a.oldest)
+	})
+	if err != nil {
+		return fmt.Errorf("delivery: stats: %w", err)
+	}
+	for label, a := range stats {
+		s.metrics.depth.WithLabelValues(label).Set(float64(a.n))
+		age := 0.0
+		if a.oldest.Valid {
+			age = max(float64(now-a.oldest.Int64)/1000, 0)
+		}
+		s.metrics.oldest.WithLabelValues(label).Set(age)
+	}
+	return nil
+}
