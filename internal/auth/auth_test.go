@@ -568,7 +568,7 @@ func TestRotateSigningKey(t *testing.T) {
 		t.Fatalf("rotate: %q %v", kid, err)
 	}
 	fresh := e.login(t, a).AccessToken
-	c, err := e.s.VerifySignature(fresh)
+	c, err := e.s.VerifySignature(ctx, fresh)
 	if err != nil || c.KeyID != kid {
 		t.Fatalf("new token key id %q, want %q (%v)", c.KeyID, kid, err)
 	}
@@ -725,5 +725,51 @@ func TestOptions(t *testing.T) {
 	e := newEnv(t, nil)
 	if _, err := New(context.Background(), Options{DB: e.db, Registration: "sometimes"}); err == nil {
 		t.Fatal("unknown policy accepted")
+	}
+}
+
+// Tokens issued while the key rotates are all valid: no token is ever
+// signed with a wiped key.
+func TestRotateDuringLogins(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	a := e.register(t, "alice")
+	var wg sync.WaitGroup
+	toks := make(chan string, 64)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 8 {
+				nonce, _, err := e.s.Challenge(ctx, a.id)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				tok, err := e.s.Login(ctx, a.id, nonce, ed25519.Sign(a.priv, LoginMessage(a.id, nonce)))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				toks <- tok.AccessToken
+			}
+		}()
+	}
+	for range 5 {
+		if _, err := e.s.RotateSigningKey(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	close(toks)
+	n := 0
+	for tok := range toks {
+		n++
+		if _, err := e.s.Authenticate(ctx, tok); err != nil {
+			t.Fatalf("token issued during rotation: %v", err)
+		}
+	}
+	if n != 32 {
+		t.Fatalf("%d tokens", n)
 	}
 }

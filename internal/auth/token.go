@@ -158,6 +158,21 @@ func (r *keyring) current() *signingKey {
 	return r.active
 }
 
+// signActive signs claims built for the active key while holding the read
+// lock, so a concurrent reload cannot wipe the key mid-signature.
+func (r *keyring) signActive(build func(keyID string) ([]byte, error)) (string, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.active == nil || r.active.priv.Len() != ed25519.PrivateKeySize {
+		return "", errors.New("auth: no active token key")
+	}
+	claims, err := build(r.active.id)
+	if err != nil {
+		return "", err
+	}
+	return r.active.sign(claims), nil
+}
+
 // loadKeys replaces the in-memory keys with token_keys.
 func (s *Service) loadKeys(ctx context.Context) error {
 	byID := map[string]*signingKey{}
@@ -258,26 +273,25 @@ func (s *Service) RotateSigningKey(ctx context.Context) (keyID string, err error
 
 // issueAccess signs an access token for a device.
 func (s *Service) issueAccess(accountID, deviceID string, gen uint64, now time.Time) (string, Claims, error) {
-	k := s.keys.current()
-	if k == nil {
-		return "", Claims{}, errors.New("auth: no active token key")
-	}
 	tid, err := newID(16)
 	if err != nil {
 		return "", Claims{}, err
 	}
-	c := Claims{KeyID: k.id, AccountID: accountID, DeviceID: deviceID, TokenID: tid,
+	c := Claims{AccountID: accountID, DeviceID: deviceID, TokenID: tid,
 		IssuedAt: now, ExpiresAt: now.Add(s.accessTTL), Gen: gen}
-	b, err := c.marshal()
+	tok, err := s.keys.signActive(func(keyID string) ([]byte, error) {
+		c.KeyID = keyID
+		return c.marshal()
+	})
 	if err != nil {
 		return "", Claims{}, err
 	}
-	return k.sign(b), c, nil
+	return tok, c, nil
 }
 
 // VerifySignature checks a token's form, key, signature and expiry, without
 // looking at the device's state (Authenticate does that too).
-func (s *Service) VerifySignature(tok string) (Claims, error) {
+func (s *Service) VerifySignature(ctx context.Context, tok string) (Claims, error) {
 	if tok == "" {
 		return Claims{}, ErrTokenMissing
 	}
@@ -291,7 +305,7 @@ func (s *Service) VerifySignature(tok string) (Claims, error) {
 	}
 	k := s.keys.get(c.KeyID)
 	if k == nil && s.reloadAllowed() {
-		if err := s.loadKeys(context.Background()); err != nil {
+		if err := s.loadKeys(ctx); err != nil {
 			return Claims{}, err
 		}
 		k = s.keys.get(c.KeyID)
@@ -331,7 +345,7 @@ type Identity struct {
 // Authenticate verifies an access token and checks, on every call, that its
 // device is active, its account enabled and the token not revoked since.
 func (s *Service) Authenticate(ctx context.Context, tok string) (Identity, error) {
-	c, err := s.VerifySignature(tok)
+	c, err := s.VerifySignature(ctx, tok)
 	if err != nil {
 		return Identity{}, err
 	}

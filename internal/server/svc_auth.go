@@ -182,6 +182,7 @@ func (s *Server) login(ctx context.Context, call *Call, req *qpcv1.LoginRequest)
 func (s *Server) refresh(ctx context.Context, call *Call, req *qpcv1.RefreshRequest) (*qpcv1.RefreshResponse, error) {
 	rt := secret.New(append([]byte(nil), req.GetRefreshToken()...))
 	defer rt.Wipe()
+	secret.Wipe(req.GetRefreshToken())
 	t, err := s.auth.Refresh(callCtx(ctx, call), req.GetDeviceId(), rt)
 	if err != nil {
 		return nil, s.countAuthFailure(err)
