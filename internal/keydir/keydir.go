@@ -64,9 +64,8 @@ type Account struct {
 // ids or names return an error wrapping ErrUnknownDevice / ErrUnknownAccount.
 type Devices interface {
 	Device(ctx context.Context, deviceID string) (Device, error)
-	AccountByName(ctx context.Context, name string) (Account, error)
-	// AccountDevices lists the account's devices (active or not).
-	AccountDevices(ctx context.Context, accountID string) ([]Device, error)
+	// Account returns the named account and its active devices.
+	Account(ctx context.Context, name string) (Account, []Device, error)
 }
 
 // DefaultSuites is the default cipher-suite allowlist: suite 1 only.

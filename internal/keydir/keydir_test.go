@@ -39,26 +39,20 @@ func (f *fakeDevices) Device(_ context.Context, id string) (Device, error) {
 	return d, nil
 }
 
-func (f *fakeDevices) AccountByName(_ context.Context, name string) (Account, error) {
+func (f *fakeDevices) Account(_ context.Context, name string) (Account, []Device, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	a, ok := f.accounts[name]
 	if !ok {
-		return Account{}, fmt.Errorf("%w: %s", ErrUnknownAccount, name)
+		return Account{}, nil, fmt.Errorf("%w: %s", ErrUnknownAccount, name)
 	}
-	return a, nil
-}
-
-func (f *fakeDevices) AccountDevices(_ context.Context, accountID string) ([]Device, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	var out []Device
 	for _, d := range f.devices {
-		if d.AccountID == accountID {
+		if d.AccountID == a.ID && d.Active {
 			out = append(out, d)
 		}
 	}
-	return out, nil
+	return a, out, nil
 }
 
 type testDevice struct {

@@ -149,16 +149,12 @@ type FetchResult struct {
 // when its pool is empty. Consuming happens in the transaction that reads,
 // so two fetchers never receive the same pool KeyPackage.
 func (d *Directory) Fetch(ctx context.Context, byAccountID, byDeviceID, accountName, deviceID string) (FetchResult, error) {
-	acct, err := d.devices.AccountByName(ctx, accountName)
+	acct, devs, err := d.devices.Account(ctx, accountName)
 	if err != nil {
 		return FetchResult{}, err
 	}
 	if !acct.Active {
 		return FetchResult{}, fmt.Errorf("%w: %q is disabled", ErrUnknownAccount, accountName)
-	}
-	devs, err := d.devices.AccountDevices(ctx, acct.ID)
-	if err != nil {
-		return FetchResult{}, err
 	}
 	var targets []string
 	for _, dv := range devs {

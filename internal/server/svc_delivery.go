@@ -1,12 +1,283 @@
 package server
 
-import "context"
+import (
+	"context"
+	"time"
+
+	"github.com/quicprochat/quicprochat/internal/auth"
+	"github.com/quicprochat/quicprochat/internal/delivery"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
+)
+
+// Delivery method names.
+const (
+	MethodCreateGroupChannel = "CreateGroupChannel"
+	MethodCreateDMChannel    = "CreateDMChannel"
+	MethodAddMembers         = "AddMembers"
+	MethodRemoveMembers      = "RemoveMembers"
+	MethodListChannels       = "ListChannels"
+	MethodEnqueue            = "Enqueue"
+	MethodSendToInbox        = "SendToInbox"
+	MethodFetch              = "Fetch"
+	MethodFetchWait          = "FetchWait"
+	MethodAck                = "Ack"
+	MethodGetGroupInfo       = "GetGroupInfo"
+)
 
 // deliveryPart holds the delivery service's state inside Server.
-type deliveryPart struct{}
+type deliveryPart struct {
+	delivery *delivery.Service
+}
 
-func (s *Server) initDelivery(ctx context.Context) error { return nil }
+func (s *Server) initDelivery(ctx context.Context) error {
+	d, err := delivery.New(delivery.Options{
+		DB:           s.db,
+		Directory:    deliveryDirectory{s.auth},
+		Logger:       s.log,
+		Audit:        s.audit,
+		Now:          s.now,
+		Retention:    s.cfg.Retention.Messages,
+		EpochsBehind: s.cfg.Retention.EpochsBehind,
+		MaxPayload:   s.cfg.Limits.MaxPayloadBytes,
+		LongPollMax:  s.cfg.Limits.LongPollMax,
+		Registry:     s.metrics.Registry,
+	})
+	if err != nil {
+		return err
+	}
+	s.delivery = d
+	return nil
+}
 
-func (s *Server) closeDelivery() error { return nil }
+func (s *Server) closeDelivery() error {
+	if s.delivery != nil {
+		return s.delivery.Close()
+	}
+	return nil
+}
 
-func (s *Server) registerDelivery(t map[string]*method) {}
+func (s *Server) registerDelivery(t map[string]*method) {
+	register(t, MethodCreateGroupChannel, false, s.createGroupChannel)
+	register(t, MethodCreateDMChannel, false, s.createDMChannel)
+	register(t, MethodAddMembers, false, s.addMembers)
+	register(t, MethodRemoveMembers, false, s.removeMembers)
+	register(t, MethodListChannels, false, s.listChannels)
+	register(t, MethodEnqueue, false, s.enqueue)
+	register(t, MethodSendToInbox, false, s.sendToInbox)
+	register(t, MethodFetch, false, s.fetch)
+	register(t, MethodFetchWait, false, s.fetchWait)
+	register(t, MethodAck, false, s.ack)
+	register(t, MethodGetGroupInfo, false, s.getGroupInfo)
+}
+
+func caller(call *Call) (delivery.Caller, error) {
+	p, err := principal(call)
+	if err != nil {
+		return delivery.Caller{}, err
+	}
+	return delivery.Caller{AccountID: p.AccountID, DeviceID: p.DeviceID}, nil
+}
+
+func channelProto(ch delivery.Channel) *qpcv1.Channel {
+	t := qpcv1.ChannelType_CHANNEL_TYPE_GROUP
+	if ch.Kind == delivery.KindDM {
+		t = qpcv1.ChannelType_CHANNEL_TYPE_DM
+	}
+	out := &qpcv1.Channel{ChannelId: ch.ID, Type: t, GroupId: ch.GroupID, Epoch: ch.Epoch, HeadSeq: ch.HeadSeq,
+		TtlSeconds: uint32(ch.TTL / time.Second)}
+	for _, m := range ch.Members {
+		out.Members = append(out.Members, &qpcv1.Member{AccountId: m.AccountID, DeviceId: m.DeviceID})
+	}
+	return out
+}
+
+func memberRefs(in []*qpcv1.MemberRef) []delivery.MemberRef {
+	out := make([]delivery.MemberRef, 0, len(in))
+	for _, m := range in {
+		out = append(out, delivery.MemberRef{AccountName: m.GetAccountName(), DeviceID: m.GetDeviceId()})
+	}
+	return out
+}
+
+func (s *Server) createGroupChannel(ctx context.Context, call *Call, req *qpcv1.CreateGroupChannelRequest) (*qpcv1.CreateGroupChannelResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	ch, created, err := s.delivery.CreateGroup(ctx, c, req.GetGroupId(), req.GetEpoch())
+	if err != nil {
+		return nil, err
+	}
+	return &qpcv1.CreateGroupChannelResponse{Channel: channelProto(ch), Created: created}, nil
+}
+
+func (s *Server) createDMChannel(ctx context.Context, call *Call, req *qpcv1.CreateDMChannelRequest) (*qpcv1.CreateDMChannelResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
+	ch, created, err := s.delivery.CreateDM(ctx, c, req.GetPeerAccountName(), req.GetGroupId(), ttl)
+	if err != nil {
+		return nil, err
+	}
+	return &qpcv1.CreateDMChannelResponse{Channel: channelProto(ch), Created: created}, nil
+}
+
+func (s *Server) addMembers(ctx context.Context, call *Call, req *qpcv1.AddMembersRequest) (*qpcv1.AddMembersResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	ch, err := s.delivery.AddMembers(ctx, c, req.GetChannelId(), memberRefs(req.GetMembers()))
+	if err != nil {
+		return nil, err
+	}
+	return &qpcv1.AddMembersResponse{Channel: channelProto(ch)}, nil
+}
+
+func (s *Server) removeMembers(ctx context.Context, call *Call, req *qpcv1.RemoveMembersRequest) (*qpcv1.RemoveMembersResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	n, err := s.delivery.RemoveMembers(ctx, c, req.GetChannelId(), memberRefs(req.GetMembers()))
+	if err != nil {
+		return nil, err
+	}
+	return &qpcv1.RemoveMembersResponse{Removed: uint32(n)}, nil
+}
+
+func (s *Server) listChannels(ctx context.Context, call *Call, _ *qpcv1.ListChannelsRequest) (*qpcv1.ListChannelsResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	list, err := s.delivery.ListChannels(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	out := &qpcv1.ListChannelsResponse{}
+	for _, ch := range list {
+		out.Channels = append(out.Channels, channelProto(ch))
+	}
+	return out, nil
+}
+
+func (s *Server) enqueue(ctx context.Context, call *Call, req *qpcv1.EnqueueRequest) (*qpcv1.EnqueueResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	r, err := s.delivery.Enqueue(ctx, c, req.GetChannelId(), req.GetMessageId(), req.GetMlsMessage(), req.GetGroupInfo())
+	if err != nil {
+		return nil, err
+	}
+	return &qpcv1.EnqueueResponse{Seq: r.Seq, Epoch: r.Epoch, Duplicate: r.Duplicate, ServerTimeUnixMs: r.Time.UnixMilli()}, nil
+}
+
+func (s *Server) sendToInbox(ctx context.Context, call *Call, req *qpcv1.SendToInboxRequest) (*qpcv1.SendToInboxResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	to := make([]delivery.InboxRecipient, 0, len(req.GetRecipients()))
+	for _, r := range req.GetRecipients() {
+		to = append(to, delivery.InboxRecipient{AccountName: r.GetAccountName(), DeviceID: r.GetDeviceId()})
+	}
+	n, err := s.delivery.SendToInbox(ctx, c, req.GetChannelId(), int(req.GetKind()), req.GetPayload(), to)
+	if err != nil {
+		return nil, err
+	}
+	return &qpcv1.SendToInboxResponse{Delivered: uint32(n)}, nil
+}
+
+func batchProto(b delivery.Batch) *qpcv1.FetchResponse {
+	out := &qpcv1.FetchResponse{More: b.More}
+	for _, m := range b.Messages {
+		out.Messages = append(out.Messages, &qpcv1.ChannelMessage{
+			ChannelId: m.ChannelID, Seq: m.Seq, MessageId: m.MessageID, SenderAccountId: m.SenderAccount,
+			SenderDeviceId: m.SenderDevice, MlsMessage: m.Body, ServerTimeUnixMs: m.Time.UnixMilli(), Epoch: m.Epoch,
+		})
+	}
+	for _, it := range b.Inbox {
+		out.Inbox = append(out.Inbox, &qpcv1.InboxItem{
+			Seq: it.Seq, Kind: qpcv1.InboxKind(it.Kind), ChannelId: it.ChannelID, SenderAccountId: it.SenderAccount,
+			SenderDeviceId: it.SenderDevice, Payload: it.Body, ServerTimeUnixMs: it.Time.UnixMilli(),
+		})
+	}
+	return out
+}
+
+func (s *Server) fetch(ctx context.Context, call *Call, req *qpcv1.FetchRequest) (*qpcv1.FetchResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	b, err := s.delivery.Fetch(ctx, c, int(req.GetLimit()))
+	if err != nil {
+		return nil, err
+	}
+	return batchProto(b), nil
+}
+
+// fetchWait long-polls; the wait is clipped to limits.long_poll_max and
+// ends early (with what there is) when the server starts draining.
+func (s *Server) fetchWait(ctx context.Context, call *Call, req *qpcv1.FetchWaitRequest) (*qpcv1.FetchResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	timeout := time.Duration(req.GetTimeoutMs()) * time.Millisecond
+	b, err := s.delivery.FetchWait(ctx, c, timeout, int(req.GetLimit()), s.drainCh)
+	if err != nil {
+		return nil, err
+	}
+	return batchProto(b), nil
+}
+
+func (s *Server) ack(ctx context.Context, call *Call, req *qpcv1.AckRequest) (*qpcv1.AckResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	cursors := make([]delivery.Cursor, 0, len(req.GetCursors()))
+	for _, cu := range req.GetCursors() {
+		cursors = append(cursors, delivery.Cursor{ChannelID: cu.GetChannelId(), Seq: cu.GetSeq()})
+	}
+	if err := s.delivery.Ack(ctx, c, cursors, req.GetInboxSeq()); err != nil {
+		return nil, err
+	}
+	return &qpcv1.AckResponse{}, nil
+}
+
+func (s *Server) getGroupInfo(ctx context.Context, call *Call, req *qpcv1.GetGroupInfoRequest) (*qpcv1.GetGroupInfoResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	gi, epoch, err := s.delivery.GroupInfo(ctx, c, req.GetChannelId())
+	if err != nil {
+		return nil, err
+	}
+	return &qpcv1.GetGroupInfoResponse{GroupInfo: gi, Epoch: epoch}, nil
+}
+
+// deliveryDirectory adapts internal/auth to delivery.Directory.
+type deliveryDirectory struct{ a *auth.Service }
+
+func (d deliveryDirectory) AccountByName(ctx context.Context, name string) (delivery.Account, error) {
+	a, _, err := d.a.LookupAccount(ctx, name)
+	if err != nil {
+		return delivery.Account{}, lookupErr(delivery.ErrUnknownAccount, err)
+	}
+	return delivery.Account{ID: a.ID, Name: a.Name, Active: a.Status == "active"}, nil
+}
+
+func (d deliveryDirectory) Device(ctx context.Context, id string) (delivery.Device, error) {
+	dev, err := d.a.Device(ctx, id)
+	if err != nil {
+		return delivery.Device{}, lookupErr(delivery.ErrUnknownAccount, err)
+	}
+	return delivery.Device{ID: dev.ID, AccountID: dev.AccountID, Active: dev.Active()}, nil
+}

@@ -1,12 +1,142 @@
 package server
 
-import "context"
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/quicprochat/quicprochat/internal/auth"
+	"github.com/quicprochat/quicprochat/internal/keydir"
+	"github.com/quicprochat/quicprochat/internal/wire"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
+)
+
+// KeyPackage directory method names.
+const (
+	MethodUploadKeyPackages = "UploadKeyPackages"
+	MethodFetchKeyPackages  = "FetchKeyPackages"
+	MethodCountKeyPackages  = "CountKeyPackages"
+)
 
 // directoryPart holds the directory service's state inside Server.
-type directoryPart struct{}
+type directoryPart struct {
+	keydir *keydir.Directory
+}
 
-func (s *Server) initDirectory(ctx context.Context) error { return nil }
+func (s *Server) initDirectory(ctx context.Context) error {
+	d, err := keydir.New(keydir.Options{
+		DB:            s.db,
+		Devices:       keydirDevices{s.auth},
+		Logger:        s.log,
+		Audit:         s.audit,
+		Now:           s.now,
+		TTL:           s.cfg.KeyPackages.TTL,
+		MaxPerAccount: s.cfg.KeyPackages.MaxPerAccount,
+		Registry:      s.metrics.Registry,
+	})
+	if err != nil {
+		return err
+	}
+	s.keydir = d
+	return nil
+}
 
-func (s *Server) closeDirectory() error { return nil }
+func (s *Server) closeDirectory() error {
+	if s.keydir != nil {
+		return s.keydir.Close()
+	}
+	return nil
+}
 
-func (s *Server) registerDirectory(t map[string]*method) {}
+func (s *Server) registerDirectory(t map[string]*method) {
+	register(t, MethodUploadKeyPackages, false, s.uploadKeyPackages)
+	register(t, MethodFetchKeyPackages, false, s.fetchKeyPackages)
+	register(t, MethodCountKeyPackages, false, s.countKeyPackages)
+}
+
+// principal returns the authenticated caller; every directory and delivery
+// method needs one.
+func principal(call *Call) (*Principal, error) {
+	if call.Principal == nil {
+		return nil, wire.Errorf(qpcv1.Status_STATUS_UNAUTHENTICATED, "this method needs an access token")
+	}
+	return call.Principal, nil
+}
+
+func (s *Server) uploadKeyPackages(ctx context.Context, call *Call, req *qpcv1.UploadKeyPackagesRequest) (*qpcv1.UploadKeyPackagesResponse, error) {
+	p, err := principal(call)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.keydir.Upload(ctx, p.DeviceID, req.GetKeyPackages(), req.GetLastResort())
+	if err != nil {
+		return nil, err
+	}
+	return &qpcv1.UploadKeyPackagesResponse{
+		Accepted: uint32(res.Accepted), RejectedOverCap: uint32(res.RejectedOverCap),
+		DeviceStock: uint32(res.DeviceStock), LastResortSet: res.LastResortSet,
+	}, nil
+}
+
+func (s *Server) fetchKeyPackages(ctx context.Context, call *Call, req *qpcv1.FetchKeyPackagesRequest) (*qpcv1.FetchKeyPackagesResponse, error) {
+	p, err := principal(call)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.keydir.Fetch(ctx, p.AccountID, p.DeviceID, req.GetAccountName(), req.GetDeviceId())
+	if err != nil {
+		return nil, err
+	}
+	out := &qpcv1.FetchKeyPackagesResponse{AccountId: res.AccountID, MissingDeviceIds: res.Missing}
+	for _, k := range res.Packages {
+		out.KeyPackages = append(out.KeyPackages, &qpcv1.FetchedKeyPackage{DeviceId: k.DeviceID, KeyPackage: k.Data, LastResort: k.LastResort})
+	}
+	return out, nil
+}
+
+func (s *Server) countKeyPackages(ctx context.Context, call *Call, _ *qpcv1.CountKeyPackagesRequest) (*qpcv1.CountKeyPackagesResponse, error) {
+	p, err := principal(call)
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.keydir.Count(ctx, p.AccountID, p.DeviceID)
+	if err != nil {
+		return nil, err
+	}
+	return &qpcv1.CountKeyPackagesResponse{
+		DeviceCount: uint32(c.Device), AccountCount: uint32(c.Account),
+		MaxPerAccount: uint32(c.MaxPerAccount), HasLastResort: c.HasLastResort,
+	}, nil
+}
+
+// keydirDevices adapts internal/auth to keydir.Devices.
+type keydirDevices struct{ a *auth.Service }
+
+func (k keydirDevices) Device(ctx context.Context, id string) (keydir.Device, error) {
+	d, err := k.a.Device(ctx, id)
+	if err != nil {
+		return keydir.Device{}, lookupErr(keydir.ErrUnknownDevice, err)
+	}
+	return keydir.Device{ID: d.ID, AccountID: d.AccountID, AccountName: d.AccountName, SignatureKey: d.SignatureKey, Active: d.Active()}, nil
+}
+
+func (k keydirDevices) Account(ctx context.Context, name string) (keydir.Account, []keydir.Device, error) {
+	a, devs, err := k.a.LookupAccount(ctx, name)
+	if err != nil {
+		return keydir.Account{}, nil, lookupErr(keydir.ErrUnknownAccount, err)
+	}
+	out := make([]keydir.Device, 0, len(devs))
+	for _, d := range devs {
+		out = append(out, keydir.Device{ID: d.ID, AccountID: d.AccountID, AccountName: d.AccountName, SignatureKey: d.SignatureKey, Active: d.Active()})
+	}
+	return keydir.Account{ID: a.ID, Name: a.Name, Active: a.Status == "active"}, out, nil
+}
+
+// lookupErr wraps an auth lookup failure in the service's own sentinel when
+// it means "no such account or device".
+func lookupErr(sentinel, err error) error {
+	if errors.Is(err, auth.ErrNotFound) || errors.Is(err, auth.ErrInvalidID) {
+		return fmt.Errorf("%w: %w", sentinel, err)
+	}
+	return err
+}
