@@ -13,6 +13,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quicprochat/quicprochat/internal/auth"
+	"github.com/quicprochat/quicprochat/internal/delivery"
+	"github.com/quicprochat/quicprochat/internal/keydir"
 	"github.com/quicprochat/quicprochat/internal/obs"
 	"github.com/quicprochat/quicprochat/internal/transport"
 	"github.com/quicprochat/quicprochat/internal/wire"
@@ -259,6 +261,23 @@ var serviceErrors = []struct {
 	{auth.ErrRefreshInvalid, qpcv1.Status_STATUS_UNAUTHENTICATED},
 	{auth.ErrRefreshExpired, qpcv1.Status_STATUS_UNAUTHENTICATED},
 	{auth.ErrRefreshReused, qpcv1.Status_STATUS_UNAUTHENTICATED},
+	// keydir
+	{keydir.ErrInvalidKeyPackage, qpcv1.Status_STATUS_INVALID_ARGUMENT},
+	{keydir.ErrUnsupportedSuite, qpcv1.Status_STATUS_INVALID_ARGUMENT},
+	{keydir.ErrNotOwner, qpcv1.Status_STATUS_PERMISSION_DENIED},
+	{keydir.ErrCapExceeded, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
+	{keydir.ErrUnknownAccount, qpcv1.Status_STATUS_NOT_FOUND},
+	{keydir.ErrUnknownDevice, qpcv1.Status_STATUS_NOT_FOUND},
+	// delivery
+	{delivery.ErrNotFound, qpcv1.Status_STATUS_NOT_FOUND},
+	{delivery.ErrNotMember, qpcv1.Status_STATUS_PERMISSION_DENIED},
+	{delivery.ErrStaleEpoch, qpcv1.Status_STATUS_STALE_EPOCH},
+	{delivery.ErrInvalidMessage, qpcv1.Status_STATUS_INVALID_ARGUMENT},
+	{delivery.ErrInvalidRequest, qpcv1.Status_STATUS_INVALID_ARGUMENT},
+	{delivery.ErrMessageIDConflict, qpcv1.Status_STATUS_ALREADY_EXISTS},
+	{delivery.ErrChannelExists, qpcv1.Status_STATUS_ALREADY_EXISTS},
+	{delivery.ErrTooLarge, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
+	{delivery.ErrUnknownAccount, qpcv1.Status_STATUS_NOT_FOUND},
 }
 
 var _ = fmt.Sprintf
