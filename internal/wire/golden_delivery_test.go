@@ -1,0 +1,72 @@
+package wire
+
+import (
+	"google.golang.org/protobuf/proto"
+
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
+)
+
+func init() {
+	goldenSets["keydir"] = keydirGolden
+	goldenSets["delivery"] = deliveryGolden
+}
+
+func goldenGroupID(b byte) []byte  { return goldenBytes(b, 32) }
+func goldenChannelID(b byte) []byte { return goldenBytes(b, 16) }
+
+func goldenBytes(b byte, n int) []byte {
+	out := make([]byte, n)
+	for i := range out {
+		out[i] = b + byte(i)
+	}
+	return out
+}
+
+func keydirGolden() map[string]proto.Message {
+	return map[string]proto.Message{
+		"keydir_upload_request":  &qpcv1.UploadKeyPackagesRequest{KeyPackages: [][]byte{{0, 1, 0, 5, 1}, {0, 1, 0, 5, 2}}, LastResort: []byte{0, 1, 0, 5, 3}},
+		"keydir_upload_response": &qpcv1.UploadKeyPackagesResponse{Accepted: 2, RejectedOverCap: 1, DeviceStock: 7, LastResortSet: true},
+		"keydir_fetch_request":   &qpcv1.FetchKeyPackagesRequest{AccountName: "alice", DeviceId: "0123456789abcdef0123456789abcdef"},
+		"keydir_fetch_response": &qpcv1.FetchKeyPackagesResponse{AccountId: "fedcba9876543210fedcba9876543210",
+			KeyPackages:      []*qpcv1.FetchedKeyPackage{{DeviceId: "0123456789abcdef0123456789abcdef", KeyPackage: []byte{0, 1, 0, 5, 9}, LastResort: true}},
+			MissingDeviceIds: []string{"00000000000000000000000000000000"}},
+		"keydir_count_request":  &qpcv1.CountKeyPackagesRequest{},
+		"keydir_count_response": &qpcv1.CountKeyPackagesResponse{DeviceCount: 3, AccountCount: 5, MaxPerAccount: 100, HasLastResort: true},
+	}
+}
+
+func deliveryGolden() map[string]proto.Message {
+	channel := &qpcv1.Channel{ChannelId: goldenChannelID(1), Type: qpcv1.ChannelType_CHANNEL_TYPE_DM, GroupId: goldenGroupID(2), Epoch: 3, HeadSeq: 42, TtlSeconds: 3600,
+		Members: []*qpcv1.Member{{AccountId: "a1"}, {AccountId: "a2", DeviceId: "d2"}}}
+	refs := []*qpcv1.MemberRef{{AccountName: "bob"}, {AccountName: "carol", DeviceId: "d3"}}
+	return map[string]proto.Message{
+		"delivery_create_group_request":    &qpcv1.CreateGroupChannelRequest{GroupId: goldenGroupID(2), Epoch: 1},
+		"delivery_create_group_response":   &qpcv1.CreateGroupChannelResponse{Channel: channel, Created: true},
+		"delivery_create_dm_request":       &qpcv1.CreateDMChannelRequest{PeerAccountName: "bob", GroupId: goldenGroupID(2), TtlSeconds: 3600},
+		"delivery_create_dm_response":      &qpcv1.CreateDMChannelResponse{Channel: channel, Created: true},
+		"delivery_add_members_request":     &qpcv1.AddMembersRequest{ChannelId: goldenChannelID(1), Members: refs},
+		"delivery_add_members_response":    &qpcv1.AddMembersResponse{Channel: channel},
+		"delivery_remove_members_request":  &qpcv1.RemoveMembersRequest{ChannelId: goldenChannelID(1), Members: refs},
+		"delivery_remove_members_response": &qpcv1.RemoveMembersResponse{Removed: 2},
+		"delivery_list_channels_request":   &qpcv1.ListChannelsRequest{},
+		"delivery_list_channels_response":  &qpcv1.ListChannelsResponse{Channels: []*qpcv1.Channel{channel}},
+		"delivery_enqueue_request": &qpcv1.EnqueueRequest{ChannelId: goldenChannelID(1), MessageId: "6f1c1c1e-8a43-4c5e-9a43-8f0e6f2d9a10",
+			MlsMessage: []byte{0, 1, 0, 2, 7}, GroupInfo: []byte{0, 1, 0, 4, 8}},
+		"delivery_enqueue_response": &qpcv1.EnqueueResponse{Seq: 43, Epoch: 4, Duplicate: true, ServerTimeUnixMs: 1764000000000},
+		"delivery_send_to_inbox_request": &qpcv1.SendToInboxRequest{Recipients: []*qpcv1.InboxRecipient{{AccountName: "bob", DeviceId: "d2"}},
+			ChannelId: goldenChannelID(1), Kind: qpcv1.InboxKind_INBOX_KIND_WELCOME, Payload: []byte{0, 1, 0, 3, 9}},
+		"delivery_send_to_inbox_response": &qpcv1.SendToInboxResponse{Delivered: 1},
+		"delivery_fetch_request":          &qpcv1.FetchRequest{Limit: 50},
+		"delivery_fetch_wait_request":     &qpcv1.FetchWaitRequest{TimeoutMs: 30000, Limit: 50},
+		"delivery_fetch_response": &qpcv1.FetchResponse{
+			Messages: []*qpcv1.ChannelMessage{{ChannelId: goldenChannelID(1), Seq: 43, MessageId: "m1", SenderAccountId: "a1", SenderDeviceId: "d1",
+				MlsMessage: []byte{0, 1, 0, 2, 7}, ServerTimeUnixMs: 1764000000000, Epoch: 3}},
+			Inbox: []*qpcv1.InboxItem{{Seq: 5, Kind: qpcv1.InboxKind_INBOX_KIND_OTHER, ChannelId: goldenChannelID(1), SenderAccountId: "a1",
+				SenderDeviceId: "d1", Payload: []byte{1}, ServerTimeUnixMs: 1764000000001}},
+			More: true},
+		"delivery_ack_request":             &qpcv1.AckRequest{Cursors: []*qpcv1.ChannelCursor{{ChannelId: goldenChannelID(1), Seq: 43}}, InboxSeq: 5},
+		"delivery_ack_response":            &qpcv1.AckResponse{},
+		"delivery_get_group_info_request":  &qpcv1.GetGroupInfoRequest{ChannelId: goldenChannelID(1)},
+		"delivery_get_group_info_response": &qpcv1.GetGroupInfoResponse{GroupInfo: []byte{0, 1, 0, 4, 8}, Epoch: 4},
+	}
+}
