@@ -11,7 +11,7 @@ func init() {
 	goldenSets["delivery"] = deliveryGolden
 }
 
-func goldenGroupID(b byte) []byte  { return goldenBytes(b, 32) }
+func goldenGroupID(b byte) []byte   { return goldenBytes(b, 32) }
 func goldenChannelID(b byte) []byte { return goldenBytes(b, 16) }
 
 func goldenBytes(b byte, n int) []byte {
