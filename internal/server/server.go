@@ -79,6 +79,9 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err := prepareDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	if err := s.lockDataDir(); err != nil {
+		return nil, err
+	}
 	key, genKey, err := loadOrCreateDBKey(cfg, defKey)
 	if err != nil {
 		return nil, err
@@ -234,10 +237,12 @@ func (s *Server) Run(ctx context.Context) error {
 	s.started = s.now()
 	s.ready.Store(true)
 	s.metrics.Ready.Set(1)
+	s.serveAdmin()
 
 	var runErr error
 	select {
 	case <-ctx.Done():
+	case <-s.drainReq: // qpcctl drain
 	case runErr = <-errc:
 		s.log.Error("listener failed; shutting down", "err", runErr)
 	}
@@ -263,7 +268,7 @@ func (s *Server) drain() error {
 		ocancel()
 	}
 	errs = append(errs, s.closeServices())
-	errs = append(errs, s.db.Close())
+	errs = append(errs, s.db.Close(), s.unlockDataDir())
 	s.log.Info("stopped", "drain_took", s.now().Sub(start).Round(time.Millisecond).String())
 	return errors.Join(errs...)
 }
@@ -289,4 +294,5 @@ func (s *Server) closeAll() {
 	if s.db != nil {
 		_ = s.db.Close()
 	}
+	_ = s.unlockDataDir()
 }

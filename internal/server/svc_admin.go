@@ -1,10 +1,625 @@
 package server
 
-import "context"
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/quicprochat/quicprochat/internal/admin"
+	"github.com/quicprochat/quicprochat/internal/auth"
+	"github.com/quicprochat/quicprochat/internal/secret"
+	"github.com/quicprochat/quicprochat/internal/store"
+	"github.com/quicprochat/quicprochat/internal/version"
+)
 
 // adminPart holds the admin service's state inside Server.
-type adminPart struct{}
+type adminPart struct {
+	adminSrv *admin.Server
+	dirLock  *admin.DirLock
 
-func (s *Server) initAdmin(ctx context.Context) error { return nil }
+	drainReq  chan struct{} // closed by requestDrain; Run drains as on SIGTERM
+	drainOnce sync.Once
 
-func (s *Server) closeAdmin() error { return nil }
+	backupMu       sync.Mutex
+	pendingBackups map[string]admin.Manifest // db SHA-256 -> manifest, until qpcctl confirms
+	rotateMu       sync.Mutex                // one key rotation at a time
+
+	backupLast    prometheus.Gauge       // qpcd_backup_last_success_timestamp_seconds
+	backupsTotal  *prometheus.CounterVec // qpcd_backups_total{result}
+	dbKeyRotated  prometheus.Gauge       // qpcd_db_key_rotated_timestamp_seconds
+	adminRequests *prometheus.CounterVec // qpcd_admin_operations_total{op,result}
+}
+
+// meta keys the admin service keeps in the database.
+const (
+	metaLastBackup   = "admin.last_backup"
+	metaDBKeyRotated = "admin.db_key_rotated_at"
+)
+
+// lockDataDir takes the data-directory lock for the life of the process,
+// so a second qpcd or a qpcctl restore cannot work on the same files.
+func (s *Server) lockDataDir() error {
+	l, err := admin.LockDataDir(s.cfg.DataDir, "qpcd")
+	if err != nil {
+		if errors.Is(err, admin.ErrLocked) {
+			return fmt.Errorf("server: %w; another qpcd (or a qpcctl restore) uses data_dir %s: stop it, or give this qpcd its own data_dir / QPC_DATA_DIR", err, s.cfg.DataDir)
+		}
+		return fmt.Errorf("server: %w", err)
+	}
+	s.dirLock = l
+	return nil
+}
+
+func (s *Server) unlockDataDir() error {
+	err := s.dirLock.Unlock()
+	s.dirLock = nil
+	return err
+}
+
+// requestDrain starts the same graceful shutdown as SIGTERM.
+func (s *Server) requestDrain() bool {
+	first := false
+	s.drainOnce.Do(func() {
+		first = true
+		if s.drainReq != nil {
+			close(s.drainReq)
+		}
+	})
+	return first
+}
+
+func (s *Server) initAdmin(ctx context.Context) error {
+	s.drainReq = make(chan struct{})
+	s.pendingBackups = map[string]admin.Manifest{}
+	if err := s.registerAdminMetrics(ctx); err != nil {
+		return err
+	}
+	srv, err := admin.Listen(s.cfg.Admin.Socket, adminBackend{s}, s.log)
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	s.adminSrv = srv
+	return nil
+}
+
+// serveAdmin starts answering on the admin socket (called by Run).
+func (s *Server) serveAdmin() {
+	if s.adminSrv == nil {
+		return
+	}
+	go func() {
+		if err := s.adminSrv.Serve(); err != nil {
+			s.log.Error("admin socket failed; qpcctl cannot reach this qpcd", "err", err)
+		}
+	}()
+}
+
+func (s *Server) closeAdmin() error {
+	if s.adminSrv == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := s.adminSrv.Shutdown(ctx)
+	s.adminSrv = nil
+	return err
+}
+
+func (s *Server) registerAdminMetrics(ctx context.Context) error {
+	s.backupLast = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "qpcd_backup_last_success_timestamp_seconds",
+		Help: "Time of the last backup qpcctl confirmed as written, in seconds since the Unix epoch; 0 if none.",
+	})
+	s.backupsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "qpcd_backups_total", Help: "Backup snapshots attempted through the admin API, by result (success, failure).",
+	}, []string{"result"})
+	s.dbKeyRotated = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "qpcd_db_key_rotated_timestamp_seconds",
+		Help: "Time of the last database key rotation, in seconds since the Unix epoch; 0 if never rotated.",
+	})
+	s.adminRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "qpcd_admin_operations_total", Help: "Admin API operations that change state, by operation and result (success, failure).",
+	}, []string{"op", "result"})
+	tlsExpiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "qpcd_tls_cert_expiry_timestamp_seconds",
+		Help: "NotAfter of the serving TLS certificate, in seconds since the Unix epoch.",
+	}, func() float64 { return float64(s.certs.NotAfter().Unix()) })
+	tokenAge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "qpcd_token_key_age_seconds",
+		Help: "Age of the active access-token signing key, in seconds.",
+	}, func() float64 {
+		_, created, err := s.activeTokenKey(context.Background())
+		if err != nil || created.IsZero() {
+			return 0
+		}
+		return s.now().Sub(created).Seconds()
+	})
+	for _, r := range []string{"success", "failure"} {
+		s.backupsTotal.WithLabelValues(r)
+		for _, op := range []string{"backup", "rotate_db_key", "rotate_tls", "rotate_token_key", "drain"} {
+			s.adminRequests.WithLabelValues(op, r)
+		}
+	}
+	var errs []error
+	for _, c := range []prometheus.Collector{s.backupLast, s.backupsTotal, s.dbKeyRotated, s.adminRequests, tlsExpiry, tokenAge} {
+		if err := s.metrics.Registry.Register(c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("server: registering admin metrics: %w", errors.Join(errs...))
+	}
+	if rec, err := s.lastBackup(ctx); err == nil && rec != nil {
+		s.backupLast.Set(float64(rec.At.UnixNano()) / 1e9)
+	}
+	if v, err := s.metaGet(ctx, metaDBKeyRotated); err == nil && v != "" {
+		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+			s.dbKeyRotated.Set(float64(t.UnixNano()) / 1e9)
+		}
+	}
+	return nil
+}
+
+func (s *Server) countOp(op string, err error) {
+	r := "success"
+	if err != nil {
+		r = "failure"
+	}
+	s.adminRequests.WithLabelValues(op, r).Inc()
+}
+
+// metaGet reads a value of the meta table ("" if absent).
+func (s *Server) metaGet(ctx context.Context, key string) (string, error) {
+	var v sql.NullString
+	err := s.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		err := tx.QueryRowContext(ctx, "SELECT value FROM meta WHERE key = ?", key).Scan(&v)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		return err
+	})
+	return v.String, err
+}
+
+func (s *Server) metaSet(ctx context.Context, key, value string) error {
+	return s.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", key, value)
+		return err
+	})
+}
+
+func (s *Server) lastBackup(ctx context.Context) (*admin.BackupRecord, error) {
+	v, err := s.metaGet(ctx, metaLastBackup)
+	if err != nil || v == "" {
+		return nil, err
+	}
+	var rec admin.BackupRecord
+	if err := json.Unmarshal([]byte(v), &rec); err != nil {
+		return nil, err
+	}
+	return &rec, nil
+}
+
+// activeTokenKey reads the active token-signing key's id and creation time.
+func (s *Server) activeTokenKey(ctx context.Context) (string, time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var id string
+	var created int64
+	err := s.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, "SELECT id, created_at FROM token_keys WHERE active = 1 ORDER BY created_at DESC LIMIT 1").Scan(&id, &created)
+	})
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return id, time.UnixMilli(created), nil
+}
+
+// adminBackend implements admin.Backend on the server.
+type adminBackend struct{ s *Server }
+
+var _ admin.Backend = adminBackend{}
+
+func (b adminBackend) Status(ctx context.Context) (admin.Status, error) {
+	s := b.s
+	st := admin.Status{
+		Version:        version.Version,
+		Commit:         version.Commit,
+		StartedAt:      s.started,
+		Ready:          s.readiness() == nil,
+		Readiness:      "ready",
+		Connections:    s.ln.Connections(),
+		DBPath:         s.db.Path(),
+		DBKeyID:        s.db.KeyID(),
+		TLSNotAfter:    s.certs.NotAfter(),
+		TLSFingerprint: s.certs.Fingerprint(),
+	}
+	if !s.started.IsZero() {
+		st.UptimeSeconds = s.now().Sub(s.started).Seconds()
+	}
+	if err := s.readiness(); err != nil {
+		st.Readiness = err.Error()
+	}
+	st.DBBytes, _ = s.db.Size()
+	nowMS := s.now().UnixMilli()
+	err := s.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		count := func(q string, args ...any) int64 {
+			var n int64
+			if err := tx.QueryRowContext(ctx, q, args...).Scan(&n); err != nil {
+				return -1 // table absent in this build
+			}
+			return n
+		}
+		st.Counts = admin.Counts{
+			Accounts:       count("SELECT count(*) FROM accounts"),
+			ActiveAccounts: count("SELECT count(*) FROM accounts WHERE status = 'active'"),
+			Devices:        count("SELECT count(*) FROM devices"),
+			ActiveDevices:  count("SELECT count(*) FROM devices WHERE status = 'active'"),
+			Channels:       count("SELECT count(*) FROM channels"),
+			Invites:        count("SELECT count(*) FROM invites WHERE used_by IS NULL AND revoked = 0 AND expires_at > ?", nowMS),
+		}
+		st.KeyPackages = admin.KeyPackageInfo{
+			Pool:       count("SELECT count(*) FROM keypackages WHERE last_resort = 0 AND expires_at > ?", nowMS),
+			LastResort: count("SELECT count(*) FROM keypackages WHERE last_resort = 1 AND expires_at > ?", nowMS),
+		}
+		return tx.QueryRowContext(ctx, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations").Scan(&st.SchemaVersion)
+	})
+	if err != nil {
+		return st, fmt.Errorf("%w: read counts: %v", admin.ErrUnavailable, err)
+	}
+	if rec, err := s.lastBackup(ctx); err == nil {
+		st.LastBackup = rec
+	}
+	if id, created, err := s.activeTokenKey(ctx); err == nil {
+		st.TokenKeyID, st.TokenKeySince = id, created.UTC()
+	}
+	return st, nil
+}
+
+// Snapshot takes an online snapshot into a temporary file in the data
+// directory (same filesystem; removed by Release).
+func (b adminBackend) Snapshot(ctx context.Context) (admin.Snapshot, error) {
+	s := b.s
+	snap, err := b.snapshot(ctx)
+	s.countOp("backup", err)
+	if err != nil {
+		s.backupsTotal.WithLabelValues("failure").Inc()
+		s.log.Error("backup snapshot failed", "err", err)
+		return admin.Snapshot{}, err
+	}
+	s.backupsTotal.WithLabelValues("success").Inc()
+	return snap, nil
+}
+
+func (b adminBackend) snapshot(ctx context.Context) (admin.Snapshot, error) {
+	s := b.s
+	rnd := make([]byte, 6)
+	if _, err := rand.Read(rnd); err != nil {
+		return admin.Snapshot{}, err
+	}
+	tmp := filepath.Join(s.cfg.DataDir, "backup-"+hex.EncodeToString(rnd)+".tmp")
+	created := s.now().UTC()
+	fr, err := s.db.Snapshot(ctx, tmp)
+	if err != nil {
+		return admin.Snapshot{}, fmt.Errorf("%w: snapshot: %v (check free space in %s)", admin.ErrInternal, err, s.cfg.DataDir)
+	}
+	release := func() { _ = os.Remove(tmp) }
+	sum, n, err := admin.FileSHA256(tmp)
+	if err != nil {
+		release()
+		return admin.Snapshot{}, fmt.Errorf("%w: hash snapshot: %v", admin.ErrInternal, err)
+	}
+	m := admin.Manifest{
+		Format:        admin.BackupFormat,
+		QPCDVersion:   version.Version,
+		SchemaVersion: fr.SchemaVersion,
+		CreatedAt:     created,
+		DBBytes:       n,
+		DBSHA256:      sum,
+		KeyID:         s.db.KeyID(),
+		Tables:        fr.Tables,
+	}
+	s.backupMu.Lock()
+	s.pendingBackups[sum] = m
+	s.backupMu.Unlock()
+	s.log.Info("backup snapshot taken", "bytes", n, "db_sha256", sum, "took", fr.Took.Round(time.Millisecond).String())
+	return admin.Snapshot{Manifest: m, Path: tmp, Release: release}, nil
+}
+
+func (b adminBackend) BackupCompleted(ctx context.Context, c admin.BackupComplete) error {
+	s := b.s
+	s.backupMu.Lock()
+	m, ok := s.pendingBackups[c.DBSHA256]
+	delete(s.pendingBackups, c.DBSHA256)
+	s.backupMu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: no backup with database SHA-256 %q was sent by this qpcd process; take a new backup", admin.ErrInvalid, c.DBSHA256)
+	}
+	rec := admin.BackupRecord{At: m.CreatedAt, Bytes: c.Bytes, DBSHA256: c.DBSHA256, File: c.File}
+	js, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if err := s.metaSet(ctx, metaLastBackup, string(js)); err != nil {
+		return fmt.Errorf("%w: record the backup: %v", admin.ErrUnavailable, err)
+	}
+	s.backupLast.Set(float64(m.CreatedAt.UnixNano()) / 1e9)
+	s.audit.Event(ctx, "backup.created", slog.String("file", c.File), slog.Int64("bytes", c.Bytes), slog.String("db_sha256", c.DBSHA256))
+	return nil
+}
+
+func (b adminBackend) RotateDBKey(ctx context.Context) (admin.RotateDBKeyResult, error) {
+	s := b.s
+	res, err := b.rotateDBKey(ctx)
+	s.countOp("rotate_db_key", err)
+	return res, err
+}
+
+func (b adminBackend) rotateDBKey(ctx context.Context) (admin.RotateDBKeyResult, error) {
+	s := b.s
+	if !s.cfg.DB.Key.IsZero() {
+		return admin.RotateDBKeyResult{}, fmt.Errorf("%w: the database key is configured inline (db.key / QPC_DB_KEY); qpcctl can only rotate a key kept in db.key_file: move the key into a file, point db.key_file at it, restart qpcd, then rotate", admin.ErrConflict)
+	}
+	s.rotateMu.Lock()
+	defer s.rotateMu.Unlock()
+	start := s.now()
+	keyFile := s.cfg.DB.KeyFile
+	newFile := keyFile + ".new"
+	raw := make([]byte, store.KeySize)
+	if _, err := rand.Read(raw); err != nil {
+		return admin.RotateDBKeyResult{}, fmt.Errorf("%w: random: %v", admin.ErrInternal, err)
+	}
+	newKey := secret.New(raw)
+	defer newKey.Wipe()
+	dir := filepath.Dir(keyFile)
+	rep, err := s.db.Rekey(ctx, store.RekeyOptions{
+		NewKey: newKey,
+		Prepare: func() error {
+			_ = os.Remove(newFile) // left by an interrupted rotation; never the live key
+			if err := writeKeyFile(newFile, newKey); err != nil {
+				return err
+			}
+			return store.SyncDir(dir)
+		},
+		Commit: func() error {
+			if err := os.Rename(newFile, keyFile); err != nil {
+				return fmt.Errorf("rename %s to %s: %w", newFile, keyFile, err)
+			}
+			return store.SyncDir(dir)
+		},
+	})
+	if err != nil {
+		_ = os.Remove(newFile)
+		if errors.Is(err, store.ErrRekey) && strings.Contains(err.Error(), "now encrypted under the new key") {
+			s.log.Error("database key rotation half done", "err", err)
+		}
+		return admin.RotateDBKeyResult{}, fmt.Errorf("%w: %v", admin.ErrInternal, err)
+	}
+	at := s.now().UTC()
+	_ = s.metaSet(ctx, metaDBKeyRotated, at.Format(time.RFC3339Nano))
+	s.dbKeyRotated.Set(float64(at.UnixNano()) / 1e9)
+	s.log.Info("database key rotated", "old_key_id", rep.OldKeyID, "new_key_id", rep.NewKeyID, "key_file", keyFile,
+		"writes_paused", rep.Paused.Round(time.Millisecond).String())
+	s.audit.Event(ctx, "db_key.rotate", slog.String("old_key_id", rep.OldKeyID), slog.String("new_key_id", rep.NewKeyID))
+	return admin.RotateDBKeyResult{
+		OldKeyID: rep.OldKeyID, NewKeyID: rep.NewKeyID, KeyFile: keyFile,
+		DBBytes: rep.Bytes, Tables: rep.Tables,
+		TookSeconds: s.now().Sub(start).Seconds(), PausedSeconds: rep.Paused.Seconds(),
+	}, nil
+}
+
+func (b adminBackend) RotateTLS(ctx context.Context) (admin.RotateTLSResult, error) {
+	s := b.s
+	old := s.certs.Fingerprint()
+	err := s.ReloadTLS()
+	s.countOp("rotate_tls", err)
+	if err != nil {
+		return admin.RotateTLSResult{}, fmt.Errorf("%w: %v; qpcd keeps serving the current certificate: fix the files (PEM certificate chain and matching key) and retry", admin.ErrInvalid, err)
+	}
+	return admin.RotateTLSResult{
+		OldFingerprint: old, Fingerprint: s.certs.Fingerprint(), NotAfter: s.certs.NotAfter(),
+		CertFile: s.cfg.TLS.CertFile, Connections: s.ln.Connections(),
+	}, nil
+}
+
+func (b adminBackend) RotateTokenKey(ctx context.Context) (admin.RotateTokenKeyResult, error) {
+	s := b.s
+	id, err := s.auth.RotateSigningKey(ctx)
+	s.countOp("rotate_token_key", err)
+	if err != nil {
+		return admin.RotateTokenKeyResult{}, fmt.Errorf("%w: %v", admin.ErrInternal, err)
+	}
+	return admin.RotateTokenKeyResult{KeyID: id, OldKeysUntil: s.now().Add(s.cfg.Auth.AccessTokenTTL).UTC()}, nil
+}
+
+func (b adminBackend) Drain(ctx context.Context) (admin.DrainResult, error) {
+	s := b.s
+	first := s.requestDrain()
+	s.countOp("drain", nil)
+	if first {
+		s.audit.Event(ctx, "admin.drain")
+	}
+	return admin.DrainResult{Connections: s.ln.Connections(), TimeoutSecs: s.cfg.Limits.DrainTimeout.Seconds(), AlreadyGoing: !first}, nil
+}
+
+// authErr maps auth's sentinels to the admin API's kinds.
+func authErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, auth.ErrNotFound):
+		return fmt.Errorf("%w: %v (list them with `qpcctl accounts list` / `qpcctl devices list`)", admin.ErrNotFound, err)
+	case errors.Is(err, auth.ErrInvalidID), errors.Is(err, auth.ErrInvalidName):
+		return fmt.Errorf("%w: %v", admin.ErrInvalid, err)
+	}
+	if strings.Contains(err.Error(), "want more than 0") {
+		return fmt.Errorf("%w: %v", admin.ErrInvalid, err)
+	}
+	return fmt.Errorf("%w: %v", admin.ErrInternal, err)
+}
+
+func accountOut(a auth.Account) admin.Account {
+	return admin.Account{ID: a.ID, Name: a.Name, Status: a.Status, CreatedAt: a.CreatedAt.UTC()}
+}
+
+func deviceOut(d auth.Device) admin.Device {
+	out := admin.Device{ID: d.ID, AccountID: d.AccountID, AccountName: d.AccountName, Name: d.Name, Status: d.Status,
+		SignatureKey: hex.EncodeToString(d.SignatureKey), CreatedAt: d.CreatedAt.UTC()}
+	if !d.LastSeen.IsZero() {
+		out.LastSeen = d.LastSeen.UTC()
+	}
+	return out
+}
+
+// resolveAccount finds an account by id or by name.
+func (b adminBackend) resolveAccount(ctx context.Context, idOrName string) (auth.Account, error) {
+	if idOrName == "" {
+		return auth.Account{}, fmt.Errorf("%w: name an account (id or name)", admin.ErrInvalid)
+	}
+	if auth.ValidID(idOrName) {
+		a, err := b.s.auth.GetAccount(ctx, idOrName)
+		if err == nil || !errors.Is(err, auth.ErrNotFound) {
+			return a, authErr(err)
+		}
+	}
+	a, _, err := b.s.auth.LookupAccount(ctx, idOrName)
+	return a, authErr(err)
+}
+
+func (b adminBackend) ListAccounts(ctx context.Context, after string, limit int) ([]admin.Account, error) {
+	as, err := b.s.auth.ListAccounts(ctx, after, limit)
+	if err != nil {
+		return nil, authErr(err)
+	}
+	out := make([]admin.Account, 0, len(as))
+	for _, a := range as {
+		out = append(out, accountOut(a))
+	}
+	return out, nil
+}
+
+func (b adminBackend) GetAccount(ctx context.Context, idOrName string) (admin.Account, error) {
+	a, err := b.resolveAccount(ctx, idOrName)
+	if err != nil {
+		return admin.Account{}, err
+	}
+	out := accountOut(a)
+	devs, err := b.s.auth.ListDevices(ctx, a.ID)
+	if err != nil {
+		return admin.Account{}, authErr(err)
+	}
+	for _, d := range devs {
+		out.Devices = append(out.Devices, deviceOut(d))
+	}
+	return out, nil
+}
+
+func (b adminBackend) SetAccountDisabled(ctx context.Context, idOrName string, disabled bool) (admin.Account, error) {
+	a, err := b.resolveAccount(ctx, idOrName)
+	if err != nil {
+		return admin.Account{}, err
+	}
+	if disabled {
+		err = b.s.auth.DisableAccount(ctx, a.ID)
+	} else {
+		err = b.s.auth.EnableAccount(ctx, a.ID)
+	}
+	if err != nil {
+		return admin.Account{}, authErr(err)
+	}
+	return b.GetAccount(ctx, a.ID)
+}
+
+func (b adminBackend) ListDevices(ctx context.Context, account string) ([]admin.Device, error) {
+	var accounts []auth.Account
+	if account != "" {
+		a, err := b.resolveAccount(ctx, account)
+		if err != nil {
+			return nil, err
+		}
+		accounts = []auth.Account{a}
+	} else {
+		as, err := b.s.auth.ListAccounts(ctx, "", 0)
+		if err != nil {
+			return nil, authErr(err)
+		}
+		accounts = as
+	}
+	out := []admin.Device{}
+	for _, a := range accounts {
+		devs, err := b.s.auth.ListDevices(ctx, a.ID)
+		if err != nil {
+			return nil, authErr(err)
+		}
+		for _, d := range devs {
+			out = append(out, deviceOut(d))
+		}
+	}
+	return out, nil
+}
+
+func (b adminBackend) RevokeDevice(ctx context.Context, deviceID string) error {
+	return authErr(b.s.auth.AdminRevokeDevice(ctx, deviceID))
+}
+
+func inviteOut(inv auth.Invite, now time.Time) admin.Invite {
+	out := admin.Invite{ID: inv.ID, CreatedBy: inv.CreatedBy, CreatedAt: inv.CreatedAt.UTC(), ExpiresAt: inv.ExpiresAt.UTC(),
+		UsedBy: inv.UsedBy, Revoked: inv.Revoked}
+	if !inv.UsedAt.IsZero() {
+		out.UsedAt = inv.UsedAt.UTC()
+	}
+	switch {
+	case inv.UsedBy != "":
+		out.State = "used"
+	case inv.Revoked:
+		out.State = "revoked"
+	case !now.Before(inv.ExpiresAt):
+		out.State = "expired"
+	default:
+		out.State = "open"
+	}
+	return out
+}
+
+func (b adminBackend) CreateInvite(ctx context.Context, r admin.CreateInviteRequest) (admin.Invite, error) {
+	by := r.CreatedBy
+	if by == "" {
+		by = "qpcctl"
+	}
+	ttl := time.Duration(r.TTLSeconds * float64(time.Second))
+	code, inv, err := b.s.auth.CreateInvite(ctx, by, ttl)
+	if err != nil {
+		return admin.Invite{}, authErr(err)
+	}
+	out := inviteOut(inv, b.s.now())
+	out.Code = code
+	return out, nil
+}
+
+func (b adminBackend) ListInvites(ctx context.Context) ([]admin.Invite, error) {
+	invs, err := b.s.auth.ListInvites(ctx)
+	if err != nil {
+		return nil, authErr(err)
+	}
+	out := make([]admin.Invite, 0, len(invs))
+	for _, inv := range invs {
+		out = append(out, inviteOut(inv, b.s.now()))
+	}
+	return out, nil
+}
+
+func (b adminBackend) RevokeInvite(ctx context.Context, id string) error {
+	return authErr(b.s.auth.RevokeInvite(ctx, id))
+}

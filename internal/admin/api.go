@@ -1,0 +1,200 @@
+// Package admin is qpcd's admin API (HTTP/JSON on a Unix socket, no network listener), its client for qpcctl, and the offline backup, verify and restore work qpcctl does on files.
+package admin
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// API paths (all under the Unix socket; the host part of URLs is ignored).
+const (
+	PathStatus         = "/v1/status"
+	PathBackup         = "/v1/backup"
+	PathBackupComplete = "/v1/backup/complete"
+	PathRotateDBKey    = "/v1/rotate/db-key"
+	PathRotateTLS      = "/v1/rotate/tls"
+	PathRotateTokenKey = "/v1/rotate/token-key"
+	PathDrain          = "/v1/drain"
+	PathAccounts       = "/v1/accounts"
+	PathDevices        = "/v1/devices"
+	PathInvites        = "/v1/invites"
+)
+
+// Error kinds carried in ErrorBody.Kind; the client maps them back to these sentinels.
+var (
+	ErrNotFound    = errors.New("admin: not found")
+	ErrInvalid     = errors.New("admin: invalid request")
+	ErrConflict    = errors.New("admin: conflict")
+	ErrUnavailable = errors.New("admin: unavailable")
+	ErrInternal    = errors.New("admin: internal error")
+	// ErrNotRunning: nothing answers on the admin socket.
+	ErrNotRunning = errors.New("admin: qpcd is not running or not reachable on its admin socket")
+)
+
+var kinds = map[string]error{
+	"not_found":   ErrNotFound,
+	"invalid":     ErrInvalid,
+	"conflict":    ErrConflict,
+	"unavailable": ErrUnavailable,
+	"internal":    ErrInternal,
+}
+
+// ErrorBody is the JSON body of every non-2xx response.
+type ErrorBody struct {
+	Error string `json:"error"` // one line, names the fix
+	Kind  string `json:"kind"`  // not_found, invalid, conflict, unavailable, internal
+}
+
+// Status is GET /v1/status.
+type Status struct {
+	Version        string         `json:"version"`
+	Commit         string         `json:"commit"`
+	StartedAt      time.Time      `json:"started_at"`
+	UptimeSeconds  float64        `json:"uptime_seconds"`
+	Ready          bool           `json:"ready"`
+	Readiness      string         `json:"readiness"` // "ready", or why not
+	Connections    int            `json:"connections"`
+	Counts         Counts         `json:"counts"`
+	DBBytes        int64          `json:"db_bytes"`
+	DBPath         string         `json:"db_path"`
+	DBKeyID        string         `json:"db_key_id"`
+	SchemaVersion  int            `json:"schema_version"`
+	KeyPackages    KeyPackageInfo `json:"keypackages"`
+	LastBackup     *BackupRecord  `json:"last_backup,omitempty"`
+	TLSNotAfter    time.Time      `json:"tls_not_after"`
+	TLSFingerprint string         `json:"tls_cert_sha256"`
+	TokenKeyID     string         `json:"token_key_id,omitempty"`
+	TokenKeySince  time.Time      `json:"token_key_created_at,omitzero"`
+}
+
+// Counts are row counts; -1 when the table does not exist in this build.
+type Counts struct {
+	Accounts       int64 `json:"accounts"`
+	ActiveAccounts int64 `json:"active_accounts"`
+	Devices        int64 `json:"devices"`
+	ActiveDevices  int64 `json:"active_devices"`
+	Channels       int64 `json:"channels"`
+	Invites        int64 `json:"open_invites"`
+}
+
+// KeyPackageInfo is the KeyPackage stock.
+type KeyPackageInfo struct {
+	Pool       int64 `json:"pool"`        // unexpired single-use KeyPackages
+	LastResort int64 `json:"last_resort"` // unexpired last-resort KeyPackages
+}
+
+// BackupRecord is the last backup qpcctl confirmed as written.
+type BackupRecord struct {
+	At       time.Time `json:"at"`
+	Bytes    int64     `json:"bytes"`
+	DBSHA256 string    `json:"db_sha256"`
+	File     string    `json:"file"`
+}
+
+// BackupComplete is POSTed by qpcctl after it wrote and synced the file.
+type BackupComplete struct {
+	DBSHA256 string `json:"db_sha256"`
+	Bytes    int64  `json:"bytes"`
+	File     string `json:"file"`
+}
+
+// RotateDBKeyResult is POST /v1/rotate/db-key.
+type RotateDBKeyResult struct {
+	OldKeyID      string           `json:"old_key_id"`
+	NewKeyID      string           `json:"new_key_id"`
+	KeyFile       string           `json:"key_file"`
+	DBBytes       int64            `json:"db_bytes"`
+	Tables        map[string]int64 `json:"tables"`
+	TookSeconds   float64          `json:"took_seconds"`
+	PausedSeconds float64          `json:"writes_paused_seconds"`
+}
+
+// RotateTLSResult is POST /v1/rotate/tls.
+type RotateTLSResult struct {
+	OldFingerprint string    `json:"old_cert_sha256"`
+	Fingerprint    string    `json:"cert_sha256"`
+	NotAfter       time.Time `json:"not_after"`
+	CertFile       string    `json:"cert_file"`
+	Connections    int       `json:"connections_kept"`
+}
+
+// RotateTokenKeyResult is POST /v1/rotate/token-key.
+type RotateTokenKeyResult struct {
+	KeyID        string    `json:"key_id"`
+	OldKeysUntil time.Time `json:"old_keys_verify_until"`
+}
+
+// DrainResult is POST /v1/drain.
+type DrainResult struct {
+	Connections  int     `json:"connections"`
+	TimeoutSecs  float64 `json:"drain_timeout_seconds"`
+	AlreadyGoing bool    `json:"already_draining"`
+}
+
+// Account is an account as the admin API shows it.
+type Account struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Status    string    `json:"status"`
+	CreatedAt time.Time `json:"created_at"`
+	Devices   []Device  `json:"devices,omitempty"`
+}
+
+// Device is a device as the admin API shows it.
+type Device struct {
+	ID           string    `json:"id"`
+	AccountID    string    `json:"account_id"`
+	AccountName  string    `json:"account_name"`
+	Name         string    `json:"name"`
+	Status       string    `json:"status"`
+	SignatureKey string    `json:"signature_key"` // hex
+	CreatedAt    time.Time `json:"created_at"`
+	LastSeen     time.Time `json:"last_seen,omitzero"`
+}
+
+// Invite is an invite as the admin API shows it (the code only on creation).
+type Invite struct {
+	ID        string    `json:"id"`
+	Code      string    `json:"code,omitempty"`
+	CreatedBy string    `json:"created_by"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	UsedBy    string    `json:"used_by,omitempty"`
+	UsedAt    time.Time `json:"used_at,omitzero"`
+	Revoked   bool      `json:"revoked"`
+	State     string    `json:"state"` // open, used, revoked, expired
+}
+
+// CreateInviteRequest is POST /v1/invites.
+type CreateInviteRequest struct {
+	TTLSeconds float64 `json:"ttl_seconds"`
+	CreatedBy  string  `json:"created_by"`
+}
+
+// Snapshot is a consistent database copy the backend made for a backup.
+type Snapshot struct {
+	Manifest Manifest
+	Path     string // file to send; removed by Release
+	Release  func()
+}
+
+// Backend is what the admin API needs from qpcd (internal/server implements it).
+type Backend interface {
+	Status(ctx context.Context) (Status, error)
+	Snapshot(ctx context.Context) (Snapshot, error)
+	BackupCompleted(ctx context.Context, c BackupComplete) error
+	RotateDBKey(ctx context.Context) (RotateDBKeyResult, error)
+	RotateTLS(ctx context.Context) (RotateTLSResult, error)
+	RotateTokenKey(ctx context.Context) (RotateTokenKeyResult, error)
+	Drain(ctx context.Context) (DrainResult, error)
+
+	ListAccounts(ctx context.Context, after string, limit int) ([]Account, error)
+	GetAccount(ctx context.Context, idOrName string) (Account, error)
+	SetAccountDisabled(ctx context.Context, idOrName string, disabled bool) (Account, error)
+	ListDevices(ctx context.Context, account string) ([]Device, error)
+	RevokeDevice(ctx context.Context, deviceID string) error
+	CreateInvite(ctx context.Context, r CreateInviteRequest) (Invite, error)
+	ListInvites(ctx context.Context) ([]Invite, error)
+	RevokeInvite(ctx context.Context, id string) error
+}
