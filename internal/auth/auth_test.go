@@ -65,7 +65,7 @@ type env struct {
 	key secret.Bytes
 }
 
-func openDB(t *testing.T, dir string, key secret.Bytes) *store.DB {
+func openDB(t testing.TB, dir string, key secret.Bytes) *store.DB {
 	t.Helper()
 	db, err := store.Open(context.Background(), store.Options{Path: filepath.Join(dir, "qpcd.db"), Key: key})
 	if err != nil {
@@ -74,7 +74,7 @@ func openDB(t *testing.T, dir string, key secret.Bytes) *store.DB {
 	return db
 }
 
-func newEnv(t *testing.T, mod func(*Options)) *env {
+func newEnv(t testing.TB, mod func(*Options)) *env {
 	t.Helper()
 	raw := make([]byte, store.KeySize)
 	if _, err := rand.Read(raw); err != nil {
@@ -104,7 +104,7 @@ type dev struct {
 	priv        ed25519.PrivateKey
 }
 
-func genKey(t *testing.T) (ed25519.PublicKey, ed25519.PrivateKey) {
+func genKey(t testing.TB) (ed25519.PublicKey, ed25519.PrivateKey) {
 	t.Helper()
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -113,7 +113,7 @@ func genKey(t *testing.T) (ed25519.PublicKey, ed25519.PrivateKey) {
 	return pub, priv
 }
 
-func (e *env) register(t *testing.T, name string) dev {
+func (e *env) register(t testing.TB, name string) dev {
 	t.Helper()
 	pub, priv := genKey(t)
 	acc, id, err := e.s.Register(context.Background(), RegisterParams{AccountName: name, SignatureKey: pub, DeviceName: "d"})
@@ -123,7 +123,7 @@ func (e *env) register(t *testing.T, name string) dev {
 	return dev{account: acc, id: id, priv: priv}
 }
 
-func (e *env) login(t *testing.T, d dev) Tokens {
+func (e *env) login(t testing.TB, d dev) Tokens {
 	t.Helper()
 	ctx := context.Background()
 	nonce, _, err := e.s.Challenge(ctx, d.id)
