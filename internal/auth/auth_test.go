@@ -773,3 +773,32 @@ func TestRotateDuringLogins(t *testing.T) {
 		t.Fatalf("%d tokens", n)
 	}
 }
+
+func TestExpiredRefreshTokensAreDropped(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.RefreshTTL = time.Hour })
+	ctx := context.Background()
+	a := e.register(t, "alice")
+	tok := e.login(t, a)
+	for range 5 {
+		next, err := e.s.Refresh(ctx, a.id, tok.RefreshToken)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok = next
+	}
+	count := func() int {
+		var n int
+		_ = e.db.ReadTx(ctx, func(tx *sql.Tx) error {
+			return tx.QueryRowContext(ctx, "SELECT count(*) FROM refresh_tokens WHERE device_id = ?", a.id).Scan(&n)
+		})
+		return n
+	}
+	if n := count(); n != 6 {
+		t.Fatalf("%d rows, want 6 (5 used, 1 live)", n)
+	}
+	e.clk.Advance(time.Hour)
+	e.login(t, a)
+	if n := count(); n != 1 {
+		t.Fatalf("%d rows after expiry and a login, want 1", n)
+	}
+}

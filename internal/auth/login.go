@@ -177,7 +177,12 @@ var reasonText = map[string]string{
 	"signature": "unknown, used or expired nonce, or bad signature; ask for a new challenge",
 }
 
+// insertRefresh stores a new refresh token and drops the device's expired
+// ones (used tokens are kept until they expire, to recognise their reuse).
 func insertRefresh(ctx context.Context, tx *sql.Tx, token []byte, deviceID, family string, now, expires time.Time) error {
+	if _, err := tx.ExecContext(ctx, "DELETE FROM refresh_tokens WHERE device_id = ? AND expires_at <= ?", deviceID, ms(now)); err != nil {
+		return err
+	}
 	_, err := tx.ExecContext(ctx, `INSERT INTO refresh_tokens (token_hash, device_id, family_id, created_at, expires_at)
 		VALUES (?, ?, ?, ?, ?)`, hash(token), deviceID, family, ms(now), ms(expires))
 	return err
