@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/quicprochat/quicprochat/internal/auth"
 	"github.com/quicprochat/quicprochat/internal/secret"
@@ -84,8 +85,19 @@ func callCtx(ctx context.Context, call *Call) context.Context {
 func (s *Server) authenticateCall(ctx context.Context, call *Call) error {
 	id, err := s.auth.Authenticate(ctx, call.Token)
 	if err != nil {
-		if r := authFailureReason(err); r != "" {
+		r := authFailureReason(err)
+		if r != "" {
 			s.metrics.AuthFailures.WithLabelValues(r).Inc()
+		}
+		// Expired and missing tokens are routine; a forged token or one of a
+		// revoked device or disabled account is worth an audit line.
+		switch r {
+		case "token_forged", "token_revoked", "account_disabled":
+			attrs := []slog.Attr{slog.String("reason", r), slog.String("method", call.Method)}
+			if call.Conn != nil && call.Conn.Q != nil {
+				attrs = append(attrs, slog.String("ip", call.Conn.RemoteIP()))
+			}
+			s.audit.Event(ctx, "auth.token_rejected", attrs...)
 		}
 		return err
 	}
