@@ -26,7 +26,7 @@ build:
 run: build
 	./$(BIN)/qpcd
 
-test: deps-test vet fmt-check test-go
+test: deps-test vet fmt-check lint-actions test-go
 
 test-go:
 	$(GO) test -count=1 -timeout 30m ./...
@@ -56,6 +56,40 @@ fuzz:
 			echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 		done; \
 	done
+
+# --- Release (docs/release.md) ---------------------------------------------
+# Static binaries for RELEASE_ARCHES, SBOMs, .deb/.rpm/.ipk, SHA256SUMS and
+# minisign signatures in dist/. Sign with QPC_RELEASE_KEY=/path/to/minisign.key
+# (QPC_RELEASE_KEY_PASSWORD if encrypted); without it a throwaway key is used.
+RELEASE_ARCHES ?= amd64 arm64
+HOST_ARCH := $(shell $(GO) env GOHOSTARCH 2>/dev/null)
+CROSS_CC_arm64   := aarch64-linux-gnu-gcc
+CROSS_DEBS_arm64 := gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+CROSS_CC_amd64   := x86_64-linux-gnu-gcc
+CROSS_DEBS_amd64 := gcc-x86-64-linux-gnu libc6-dev-amd64-cross
+
+.PHONY: release sbom lint-actions deps-release
+
+release: deps-release
+	RELEASE_ARCHES="$(RELEASE_ARCHES)" packaging/release/build.sh release
+
+sbom:
+	RELEASE_ARCHES="$(RELEASE_ARCHES)" packaging/release/build.sh sbom
+
+# C cross compilers from Debian for the non-host arches, installed only when missing.
+deps-release:
+	@for a in $(filter-out $(HOST_ARCH),$(RELEASE_ARCHES)); do \
+		case $$a in \
+		arm64) cc="$(CROSS_CC_arm64)"; debs="$(CROSS_DEBS_arm64)" ;; \
+		amd64) cc="$(CROSS_CC_amd64)"; debs="$(CROSS_DEBS_amd64)" ;; \
+		*) echo "deps-release: no cross compiler known for $$a"; exit 1 ;; \
+		esac; \
+		command -v $$cc >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) $$debs; } || exit 1; \
+	done
+
+# GitHub Actions workflows, checked by actionlint (a Go tool dependency).
+lint-actions:
+	$(GO) tool actionlint -color=false .github/workflows/*.yml
 
 clean:
 	rm -rf $(BIN) dist

@@ -76,7 +76,7 @@ func epoch(s string) (time.Time, error) {
 }
 
 func sbomCommand(stdout io.Writer) *cobra.Command {
-	var in, out, moduleDir, epochText string
+	var in, out, moduleDir, epochText, version string
 	cmd := &cobra.Command{
 		Use:   "sbom --in GOMOD.cdx.json --out FILE",
 		Short: "Add go-sqlcipher's bundled C libraries (versions read from its sources) to a cyclonedx-gomod SBOM",
@@ -107,7 +107,7 @@ func sbomCommand(stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", in, err)
 			}
-			n := sbom.Augment(bom, libs, sbom.Options{Timestamp: ts})
+			n := sbom.Augment(bom, libs, sbom.Options{Timestamp: ts, Version: version})
 			var buf bytes.Buffer
 			if err := sbom.Encode(&buf, bom); err != nil {
 				return err
@@ -127,6 +127,7 @@ func sbomCommand(stdout io.Writer) *cobra.Command {
 	cmd.Flags().StringVar(&out, "out", "", "completed SBOM to write")
 	cmd.Flags().StringVar(&moduleDir, "sqlcipher-dir", "", "go-sqlcipher module directory (default: from go list -m)")
 	cmd.Flags().StringVar(&epochText, "epoch", os.Getenv("SOURCE_DATE_EPOCH"), "SBOM timestamp in seconds (default $SOURCE_DATE_EPOCH)")
+	cmd.Flags().StringVar(&version, "version", "", "version of the main component (default: as cyclonedx-gomod found it)")
 	return cmd
 }
 

@@ -169,6 +169,9 @@ type Options struct {
 	// Timestamp replaces metadata.timestamp (reproducible builds pass
 	// SOURCE_DATE_EPOCH); zero keeps cyclonedx-gomod's.
 	Timestamp time.Time
+	// Version replaces the main component's version (cyclonedx-gomod derives
+	// a pseudo-version from git, absent in a source export); "" keeps it.
+	Version string
 }
 
 // Augment adds libs to bom as components that the go-sqlcipher module
@@ -180,6 +183,9 @@ func Augment(bom *cdx.BOM, libs []Library, opts Options) int {
 			bom.Metadata = &cdx.Metadata{}
 		}
 		bom.Metadata.Timestamp = opts.Timestamp.UTC().Format(time.RFC3339)
+	}
+	if opts.Version != "" && bom.Metadata != nil && bom.Metadata.Component != nil {
+		bom.Metadata.Component.Version = opts.Version
 	}
 	if bom.Components == nil {
 		return 0
