@@ -26,6 +26,22 @@ const appID = 0x51504344
 // appMarker is meta.value for key 'app' in every qpcd database.
 const appMarker = "qpcd"
 
+// App names the application a database belongs to, for a program other
+// than qpcd (the qpc client) that keeps its own SQLCipher file with the same
+// keying, migrations and transactions. Its Migrations replace qpcd's embedded
+// ones entirely; its 0001 step must create schema_migrations (version, name,
+// applied_at) and meta (key, value), insert meta.app = Marker and set
+// PRAGMA application_id = ID, exactly as qpcd's 0001_init.sql does.
+// Snapshot, VerifyFile and Rekey know only qpcd's identity.
+type App struct {
+	ID         int64  // PRAGMA application_id, non-zero
+	Marker     string // meta.app, non-empty
+	Migrations fs.FS  // NNNN_name.sql files at its root
+}
+
+// qpcdApp is qpcd's own identity (migrations: the embedded ones).
+var qpcdApp = App{ID: appID, Marker: appMarker}
+
 // migrationFile matches NNNN_name.sql.
 var migrationFile = regexp.MustCompile(`^([0-9]{4})_([a-z0-9][a-z0-9_]*)\.sql$`)
 
@@ -76,7 +92,12 @@ func loadMigrations(extra fs.FS) ([]migration, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMigrations, err)
 	}
-	all, err := readMigrations(sub)
+	return loadMigrationsFrom(sub, extra)
+}
+
+// loadMigrationsFrom is loadMigrations with base instead of the embedded set.
+func loadMigrationsFrom(base, extra fs.FS) ([]migration, error) {
+	all, err := readMigrations(base)
 	if err != nil {
 		return nil, err
 	}
@@ -131,6 +152,11 @@ func (s dbState) version() int {
 // statement is the first read of the file, so a wrong key surfaces here as
 // SQLITE_NOTADB (the caller explains it).
 func inspect(ctx context.Context, q querier, path string) (dbState, error) {
+	return inspectApp(ctx, q, path, qpcdApp)
+}
+
+// inspectApp is inspect for the database of app.
+func inspectApp(ctx context.Context, q querier, path string, app App) (dbState, error) {
 	var objects int
 	if err := q.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_master").Scan(&objects); err != nil {
 		return dbState{}, err
@@ -142,13 +168,13 @@ func inspect(ctx context.Context, q querier, path string) (dbState, error) {
 	if objects == 0 && id == 0 {
 		return dbState{empty: true}, nil
 	}
-	if id != appID {
-		return dbState{}, fmt.Errorf("%w: %s opens with the key but has application_id %#x, not qpcd's %#x; point the storage path at qpcd's database file", ErrNotDatabase, path, id, appID)
+	if id != app.ID {
+		return dbState{}, fmt.Errorf("%w: %s opens with the key but has application_id %#x, not %s's %#x; point the storage path at %s's database file", ErrNotDatabase, path, id, app.Marker, app.ID, app.Marker)
 	}
 	var marker string
 	err := q.QueryRowContext(ctx, "SELECT value FROM meta WHERE key = 'app'").Scan(&marker)
-	if err != nil || marker != appMarker {
-		return dbState{}, fmt.Errorf("%w: %s has qpcd's application_id but no meta.app = %q marker (read: %v); the file is damaged or not qpcd's", ErrNotDatabase, path, appMarker, err)
+	if err != nil || marker != app.Marker {
+		return dbState{}, fmt.Errorf("%w: %s has %s's application_id but no meta.app = %q marker (read: %v); the file is damaged or not %s's", ErrNotDatabase, path, app.Marker, app.Marker, err, app.Marker)
 	}
 	rows, err := q.QueryContext(ctx, "SELECT version, name FROM schema_migrations ORDER BY version")
 	if err != nil {
@@ -191,8 +217,8 @@ func checkApplied(st dbState, known []migration, path string) error {
 
 // migrate applies every pending migration, each in its own transaction that
 // also records it in schema_migrations and sets PRAGMA user_version.
-func migrate(ctx context.Context, db *sql.DB, known []migration, path string, now func() time.Time, log *slog.Logger) (int, error) {
-	st, err := inspect(ctx, db, path)
+func migrate(ctx context.Context, db *sql.DB, known []migration, path string, app App, now func() time.Time, log *slog.Logger) (int, error) {
+	st, err := inspectApp(ctx, db, path, app)
 	if err != nil {
 		if isNotADB(err) {
 			return 0, explainNotADB(path)

@@ -47,6 +47,9 @@ type Options struct {
 	// files at its root; a file replaces the embedded file of the same
 	// version. nil -> the embedded migrations only.
 	Migrations fs.FS
+	// App, when set, opens another application's database (the client's):
+	// its identity and only its migrations (see App). nil -> qpcd's.
+	App *App
 }
 
 var (
@@ -139,7 +142,18 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	known, err := loadMigrations(opts.Migrations)
+	app := qpcdApp
+	var known []migration
+	var err error
+	if opts.App != nil {
+		app = *opts.App
+		if app.ID == 0 || app.Marker == "" || app.Migrations == nil {
+			return nil, fmt.Errorf("%w: Options.App needs a non-zero ID, a Marker and Migrations", ErrMigrations)
+		}
+		known, err = loadMigrationsFrom(app.Migrations, opts.Migrations)
+	} else {
+		known, err = loadMigrations(opts.Migrations)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +184,7 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 		return fail(err)
 	}
 	if !created {
-		if err := verify(ctx, opts.Path, &db.key, known); err != nil {
+		if err := verify(ctx, opts.Path, &db.key, known, app); err != nil {
 			return fail(err)
 		}
 	}
@@ -179,7 +193,7 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 	if err := db.wdb.PingContext(ctx); err != nil {
 		return fail(fmt.Errorf("store: open writer on %s: %w", opts.Path, err))
 	}
-	version, err := migrate(ctx, db.wdb, known, opts.Path, time.Now, log)
+	version, err := migrate(ctx, db.wdb, known, opts.Path, app, time.Now, log)
 	if err != nil {
 		return fail(err)
 	}
@@ -227,10 +241,10 @@ func prepareFile(path string, log *slog.Logger) (created bool, err error) {
 // verify checks, on a read-only connection, that key opens the existing file
 // at path, that it is a qpcd database and that its schema is not newer than
 // known. It cannot modify the file.
-func verify(ctx context.Context, path string, key *secret.Bytes, known []migration) error {
+func verify(ctx context.Context, path string, key *secret.Bytes, known []migration, app App) error {
 	c := openPool(path, key, roleCheck, 1)
 	defer c.Close()
-	st, err := inspect(ctx, c, path)
+	st, err := inspectApp(ctx, c, path, app)
 	switch {
 	case err == nil:
 	case isNotADB(err):
