@@ -3,6 +3,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -28,31 +29,50 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	g := &globals{stdout: stdout, stderr: stderr, isTTY: stderrIsTerminal}
 	root := &cobra.Command{
-		Use:           "qpcctl",
-		Short:         "quicprochat admin CLI",
+		Use:   "qpcctl",
+		Short: "quicprochat admin CLI",
+		Long: "qpcctl talks to a running qpcd through its admin socket (status, backup create, rotate, accounts,\n" +
+			"devices, invites, drain) and works on files directly where qpcd must be stopped (restore) or\n" +
+			"need not run (backup verify). It finds the socket and the database key from qpcd's configuration\n" +
+			"(--config, QPC_* variables, --data-dir) or --socket.\n" +
+			"Exit codes: 0 ok, 1 the operation failed, 2 usage (bad flags, arguments or configuration).",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	g.register(root)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Args:  cobra.NoArgs,
-		Run:   func(*cobra.Command, []string) { fmt.Fprintln(stdout, "qpcctl", version.String()) },
+		RunE: func(*cobra.Command, []string) error {
+			return g.emit(map[string]string{"version": version.Version, "commit": version.Commit, "date": version.Date, "go": version.GoVersion()},
+				func(w io.Writer) { fmt.Fprintln(w, "qpcctl", version.String()) })
+		},
 	})
 	root.AddCommand(newReleaseCommand(stdout))
+	root.AddCommand(newStatusCommand(g), newBackupCommand(g), newRestoreCommand(g), newRotateCommand(g),
+		newAccountsCommand(g), newDevicesCommand(g), newInvitesCommand(g), newDrainCommand(g))
 	root.SetArgs(args)
 	if err := root.Execute(); err != nil {
-		fmt.Fprintln(stderr, "qpcctl:", err)
+		code := exitUsage // cobra's own errors: unknown command, wrong arguments
 		var ee exitError
 		if errors.As(err, &ee) {
-			return ee.code
+			code = ee.code
 		}
-		return 2
+		fmt.Fprintln(stderr, "qpcctl:", err)
+		if g.json && code != exitUsage {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			_ = enc.Encode(map[string]any{"error": err.Error(), "exit_code": code})
+		}
+		return code
 	}
-	return 0
+	return exitOK
 }
 
 // newReleaseCommand is `qpcctl release verify FILE`; the work is in internal/release.

@@ -248,7 +248,7 @@ func VerifyBackup(ctx context.Context, path string, key secret.Bytes, tmpDir str
 	rep := VerifyReport{Path: path, Bytes: b.Size, Manifest: b.Manifest,
 		Checks: []string{"layout", "manifest checksum", "size", "sha256"}}
 	if id := store.KeyID(key); b.Manifest.KeyID != "" && id != b.Manifest.KeyID {
-		return rep, fmt.Errorf("%w: %s was encrypted under the key with id %s, the key given has id %s; pass --key-file with the database key that was in use when the backup was taken", ErrBackupWrongKey, path, b.Manifest.KeyID, id)
+		return rep, fmt.Errorf("%w: %s was encrypted under the key with id %s, the key given has id %s; give the database key that was in use when the backup was taken (backup verify --key-file, restore --backup-key-file)", ErrBackupWrongKey, path, b.Manifest.KeyID, id)
 	}
 	dir, err := os.MkdirTemp(tmpDir, "qpcctl-verify-")
 	if err != nil {
@@ -262,7 +262,7 @@ func VerifyBackup(ctx context.Context, path string, key secret.Bytes, tmpDir str
 	fr, err := store.VerifyFile(ctx, db, key)
 	switch {
 	case errors.Is(err, store.ErrWrongKey) || errors.Is(err, store.ErrNotDatabase):
-		return rep, fmt.Errorf("%w: %s: %v; pass --key-file with the database key that was in use when the backup was taken", ErrBackupWrongKey, path, err)
+		return rep, fmt.Errorf("%w: %s: %v; give the database key that was in use when the backup was taken (backup verify --key-file, restore --backup-key-file)", ErrBackupWrongKey, path, err)
 	case errors.Is(err, store.ErrIntegrity):
 		return rep, fmt.Errorf("%w: %s: %v", ErrBackupIntegrity, path, err)
 	case err != nil:

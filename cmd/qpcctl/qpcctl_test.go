@@ -1,0 +1,503 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/quicprochat/quicprochat/internal/admin"
+	"github.com/quicprochat/quicprochat/internal/transport"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden")
+
+func TestUsageAndExitCodes(t *testing.T) {
+	dir := filepath.Join(shortDir(t), "data")
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"nosuch"}, 2, "unknown command"},
+		{[]string{"backup", "create"}, 2, "needs --out FILE"},
+		{[]string{"backup", "verify"}, 2, "accepts 1 arg"},
+		{[]string{"status", "--bogus"}, 2, "unknown flag"},
+		{[]string{"status"}, 1, "is qpcd running? start it"},
+		{[]string{"--json", "status"}, 1, "pass --socket"},
+		{[]string{"rotate", "tls"}, 1, "is qpcd running?"},
+		{[]string{"backup", "verify", "/nonexistent/b.qpcbak", "--key-file", "/nonexistent/key"}, 2, "--key-file"},
+	} {
+		r := ctl(t, dir, c.args...)
+		if r.code != c.code || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("qpcctl %v: exit %d, stderr %q; want exit %d and %q", c.args, r.code, r.stderr, c.code, c.want)
+		}
+	}
+	// --json failures carry the error on stdout too.
+	if r := ctl(t, dir, "--json", "status"); !strings.Contains(r.stdout, `"exit_code": 1`) {
+		t.Errorf("--json error output %q", r.stdout)
+	}
+	// --help is pinned as a golden file.
+	r := ctl(t, dir, "--help")
+	golden := filepath.Join("testdata", "help.golden")
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(golden, []byte(r.stdout), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run go test -run TestUsageAndExitCodes -update)", err)
+	}
+	if r.stdout != string(want) {
+		t.Errorf("--help differs from %s (go test -update rewrites it):\n%s", golden, r.stdout)
+	}
+}
+
+// TestBackupUnderWritesThenRestore: a backup taken while clients write
+// holds every write acknowledged before it started; after drain, restore
+// and restart, qpcd serves exactly the snapshot.
+func TestBackupUnderWritesThenRestore(t *testing.T) {
+	base := shortDir(t)
+	dataDir := filepath.Join(base, "data")
+	d := startQPCD(t, dataDir)
+	w := startWriters(t, d, 4, "b")
+	w.waitMore(t, 60)
+
+	before := w.snapshot()
+	file := filepath.Join(base, "full.qpcbak")
+	var res admin.BackupResult
+	ctlOK(t, dataDir, &res, "backup", "create", "--out", file)
+	after := len(w.snapshot())
+	w.waitMore(t, 40) // writes went on
+	all := w.finish(t)
+	afterBackup := all[after:]
+	t.Logf("backup: %d bytes in %.3fs with %d accounts; %d writes acknowledged before it, %d after",
+		res.Bytes, res.TookSeconds, res.Manifest.Tables["accounts"], len(before), len(afterBackup))
+
+	if st, err := os.Stat(file); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("backup file: %v, %v", st, err)
+	}
+	if m := res.Manifest; m.Format != admin.BackupFormat || m.SchemaVersion == 0 || m.DBSHA256 == "" || m.CreatedAt.IsZero() || m.QPCDVersion == "" {
+		t.Fatalf("manifest %+v", m)
+	}
+	if !res.Recorded {
+		t.Fatal("qpcd did not record the backup")
+	}
+	var st admin.Status
+	ctlOK(t, dataDir, &st, "status")
+	if st.LastBackup == nil || st.LastBackup.DBSHA256 != res.Manifest.DBSHA256 || st.Counts.Accounts < int64(len(all)) {
+		t.Fatalf("status after backup: %+v", st)
+	}
+	// The refusal to overwrite, and verify on the good file.
+	if r := ctl(t, dataDir, "backup", "create", "--out", file); r.code != 1 || !strings.Contains(r.stderr, "--force") {
+		t.Fatalf("backup over an existing file: %+v", r)
+	}
+	var vr admin.VerifyReport
+	ctlOK(t, dataDir, &vr, "backup", "verify", file)
+	if vr.Tables["accounts"] != res.Manifest.Tables["accounts"] {
+		t.Fatalf("verify counts %v, manifest %v", vr.Tables, res.Manifest.Tables)
+	}
+
+	// Restore refuses while qpcd runs on the data dir.
+	if r := ctl(t, dataDir, "restore", file); r.code != 1 || !strings.Contains(r.stderr, "qpcd must be stopped") {
+		t.Fatalf("restore while running: %+v", r)
+	}
+	d.drain(t)
+
+	// Dry run: reports, changes nothing.
+	var dry admin.RestoreReport
+	ctlOK(t, dataDir, &dry, "restore", "--dry-run", file)
+	if !dry.DryRun || dry.Tables["accounts"] != res.Manifest.Tables["accounts"] || dry.PreRestore != "" {
+		t.Fatalf("dry run: %+v", dry)
+	}
+	var rr admin.RestoreReport
+	ctlOK(t, dataDir, &rr, "restore", file)
+	if rr.PreRestore == "" {
+		t.Fatalf("restore kept no pre-restore file: %+v", rr)
+	}
+	if _, err := os.Stat(rr.PreRestore); err != nil {
+		t.Fatalf("pre-restore file: %v", err)
+	}
+
+	startQPCD(t, dataDir)
+	got := accountNames(t, dataDir)
+	for _, n := range before {
+		if !got[n] {
+			t.Fatalf("account %s, acknowledged before the backup, is missing after restore", n)
+		}
+	}
+	for _, n := range afterBackup {
+		if got[n] {
+			t.Fatalf("account %s, acknowledged after the backup finished, is in the restored data", n)
+		}
+	}
+	if int64(len(got)) != res.Manifest.Tables["accounts"] {
+		t.Fatalf("restored %d accounts, the manifest says %d", len(got), res.Manifest.Tables["accounts"])
+	}
+}
+
+// TestCorruptBackups: each kind of bad file gets its own error and exit 1,
+// from verify and from restore, and restore leaves the live data alone.
+func TestCorruptBackups(t *testing.T) {
+	base := shortDir(t)
+	dataDir := filepath.Join(base, "data")
+	d := startQPCD(t, dataDir)
+	c := d.mustDial(t)
+	for i := range 30 {
+		if _, _, err := register(c, "c"+strings.Repeat("x", i%5)+string(rune('a'+i%26))+hex.EncodeToString([]byte{byte(i)})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	good := filepath.Join(base, "good.qpcbak")
+	ctlOK(t, dataDir, nil, "backup", "create", "--out", good)
+	raw, err := os.ReadFile(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, b []byte) string {
+		p := filepath.Join(base, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	flipped := append([]byte(nil), raw...)
+	flipped[len(flipped)-1000] ^= 0x10
+	otherKey := make([]byte, 32)
+	if _, err := rand.Read(otherKey); err != nil {
+		t.Fatal(err)
+	}
+	keyFile := write("other.key", []byte(hex.EncodeToString(otherKey)+"\n"))
+	cases := []struct {
+		name, file string
+		extra      []string
+		want       string
+	}{
+		{"truncated", write("trunc.qpcbak", raw[:len(raw)/2]), nil, "truncated"},
+		{"truncated header", write("trunc2.qpcbak", raw[:5]), nil, "truncated"},
+		{"bit flip", write("flip.qpcbak", flipped), nil, "damaged (checksum mismatch)"},
+		{"wrong key", good, []string{"--key-file", keyFile}, "does not open with this database key"},
+		{"wrong format", write("plain.txt", []byte("hello, this is not a backup at all\n")), nil, "not a qpcd backup file"},
+		{"sqlite file", write("x.db", append([]byte("SQLite format 3\x00"), make([]byte, 4080)...)), nil, "not a qpcd backup file"},
+	}
+	seen := map[string]string{}
+	for _, cs := range cases {
+		r := ctl(t, dataDir, append([]string{"backup", "verify", cs.file}, cs.extra...)...)
+		if r.code != 1 || !strings.Contains(r.stderr, cs.want) {
+			t.Errorf("%s: exit %d, stderr %q; want exit 1 and %q", cs.name, r.code, r.stderr, cs.want)
+		}
+		seen[cs.want] = cs.name
+	}
+	if len(seen) != 4 {
+		t.Errorf("want 4 distinct errors, got %v", seen)
+	}
+
+	d.drain(t)
+	liveBefore, err := os.ReadFile(filepath.Join(dataDir, "qpcd.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cs := range cases {
+		args := []string{"restore", cs.file}
+		if cs.extra != nil {
+			args = append(args, "--backup-key-file", cs.extra[1])
+		}
+		if r := ctl(t, dataDir, args...); r.code != 1 || !strings.Contains(r.stderr, cs.want) {
+			t.Errorf("restore %s: exit %d, stderr %q", cs.name, r.code, r.stderr)
+		}
+	}
+	liveAfter, err := os.ReadFile(filepath.Join(dataDir, "qpcd.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(liveBefore) != string(liveAfter) {
+		t.Fatal("a refused restore changed the live database")
+	}
+	matches, _ := filepath.Glob(filepath.Join(dataDir, "*pre-restore*"))
+	if len(matches) != 0 {
+		t.Fatalf("refused restores left %v", matches)
+	}
+}
+
+// TestRotateDBKeyUnderLoad: rotating the database key while clients write
+// loses no acknowledged write, writes the new key file, and qpcd restarts on it.
+func TestRotateDBKeyUnderLoad(t *testing.T) {
+	base := shortDir(t)
+	dataDir := filepath.Join(base, "data")
+	d := startQPCD(t, dataDir)
+	oldKey, err := os.ReadFile(filepath.Join(dataDir, "db.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := startWriters(t, d, 4, "k")
+	w.waitMore(t, 100)
+	var res admin.RotateDBKeyResult
+	ctlOK(t, dataDir, &res, "rotate", "db-key")
+	w.waitMore(t, 100)
+	acked := w.finish(t)
+	t.Logf("rotate db-key: %d bytes, took %.3fs, writes waited %.3fs, %d writes acknowledged in total",
+		res.DBBytes, res.TookSeconds, res.PausedSeconds, len(acked))
+	if res.OldKeyID == res.NewKeyID || res.NewKeyID == "" {
+		t.Fatalf("key ids %+v", res)
+	}
+	newKey, err := os.ReadFile(filepath.Join(dataDir, "db.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(newKey) == string(oldKey) {
+		t.Fatal("key file unchanged")
+	}
+	if st, _ := os.Stat(filepath.Join(dataDir, "db.key")); st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v", st.Mode())
+	}
+	for _, leftover := range []string{"db.key.new", "qpcd.db.pre-rekey", "qpcd.db.rekey-tmp"} {
+		if _, err := os.Stat(filepath.Join(dataDir, leftover)); !os.IsNotExist(err) {
+			t.Errorf("%s left behind: %v", leftover, err)
+		}
+	}
+	got := accountNames(t, dataDir)
+	for _, n := range acked {
+		if !got[n] {
+			t.Fatalf("acknowledged account %s lost by the key rotation", n)
+		}
+	}
+	var st admin.Status
+	ctlOK(t, dataDir, &st, "status")
+	if st.DBKeyID != res.NewKeyID {
+		t.Fatalf("status key id %s, want %s", st.DBKeyID, res.NewKeyID)
+	}
+	// qpcd restarts on the new key file with everything in place.
+	d.drain(t)
+	startQPCD(t, dataDir)
+	if n := len(accountNames(t, dataDir)); n != len(got) {
+		t.Fatalf("after restart %d accounts, before %d", n, len(got))
+	}
+}
+
+// replaceCert writes a new self-signed certificate over the daemon's files
+// and returns its fingerprint.
+func replaceCert(t *testing.T, dataDir string) string {
+	t.Helper()
+	tmp := t.TempDir()
+	cert, key := filepath.Join(tmp, "cert.pem"), filepath.Join(tmp, "key.pem")
+	if _, err := transport.EnsureDevCertificate(cert, key, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	store, err := transport.NewCertStore(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []struct{ src, dst string }{{key, "key.pem"}, {cert, "cert.pem"}} {
+		b, err := os.ReadFile(f.src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(dataDir, "tls", f.dst)
+		if err := os.WriteFile(dst+".new", b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(dst+".new", dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return store.Fingerprint()
+}
+
+// TestRotateTLSKeepsConnections: `rotate tls` (and SIGHUP) switch new
+// handshakes to the new certificate while open connections keep working.
+func TestRotateTLSKeepsConnections(t *testing.T) {
+	base := shortDir(t)
+	dataDir := filepath.Join(base, "data")
+	d := startQPCD(t, dataDir)
+	c := d.mustDial(t)
+	if _, _, err := register(c, "tls-before"); err != nil {
+		t.Fatal(err)
+	}
+
+	fp := replaceCert(t, dataDir)
+	var res admin.RotateTLSResult
+	ctlOK(t, dataDir, &res, "rotate", "tls")
+	if res.Fingerprint != fp || res.OldFingerprint != d.pin || res.Connections < 1 {
+		t.Fatalf("rotate tls: %+v (want %s)", res, fp)
+	}
+	// The open connection carries on.
+	if _, _, err := register(c, "tls-after"); err != nil {
+		t.Fatalf("existing connection after rotate: %v", err)
+	}
+	if _, err := d.dial(t, d.pin); err == nil {
+		t.Fatal("a new handshake still got the old certificate")
+	}
+	c2, err := d.dial(t, fp)
+	if err != nil {
+		t.Fatalf("dial with the new pin: %v", err)
+	}
+	defer c2.Close()
+
+	// A broken file is refused and the current certificate stays.
+	if err := os.WriteFile(filepath.Join(dataDir, "tls", "cert.pem"), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := ctl(t, dataDir, "rotate", "tls"); r.code != 1 || !strings.Contains(r.stderr, "keeps serving the current certificate") {
+		t.Fatalf("rotate tls with a broken file: %+v", r)
+	}
+
+	// SIGHUP does the same as rotate tls.
+	fp2 := replaceCert(t, dataDir)
+	d.signal(t, syscall.SIGHUP)
+	waitFor(t, 10*time.Second, "SIGHUP reload", func() bool {
+		var st admin.Status
+		ctlOK(t, dataDir, &st, "status")
+		return st.TLSFingerprint == fp2
+	})
+	if _, _, err := register(c, "tls-after-hup"); err != nil {
+		t.Fatalf("existing connection after SIGHUP: %v", err)
+	}
+}
+
+// TestRotateTokenKey: after `rotate token-key`, tokens signed by the old key
+// keep working until they expire, and new logins get the new key.
+func TestRotateTokenKey(t *testing.T) {
+	base := shortDir(t)
+	dataDir := filepath.Join(base, "data")
+	const ttl = 4 * time.Second
+	d := startQPCD(t, dataDir, "QPC_AUTH_ACCESS_TOKEN_TTL=4s")
+	c := d.mustDial(t)
+	dev, key, err := register(c, "tok")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := login(c, dev, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before admin.Status
+	ctlOK(t, dataDir, &before, "status")
+
+	var res admin.RotateTokenKeyResult
+	ctlOK(t, dataDir, &res, "rotate", "token-key")
+	if res.KeyID == "" || res.KeyID == before.TokenKeyID {
+		t.Fatalf("rotate token-key: %+v, before %s", res, before.TokenKeyID)
+	}
+	if until := time.Until(res.OldKeysUntil); until < ttl-time.Second || until > ttl+time.Second {
+		t.Fatalf("old keys verify until %s (in %s), want about the token TTL", res.OldKeysUntil, until)
+	}
+	// The old token still works right after the rotation ...
+	if err := whoAmI(c, old.GetAccessToken()); err != nil {
+		t.Fatalf("old token after rotation: %v", err)
+	}
+	// ... a new login is signed by the new key and works ...
+	fresh, err := login(c, dev, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := whoAmI(c, fresh.GetAccessToken()); err != nil {
+		t.Fatalf("new token: %v", err)
+	}
+	if fresh.GetAccessToken() == old.GetAccessToken() {
+		t.Fatal("same token twice")
+	}
+	// ... and the old token keeps working until its own expiry, not longer.
+	expires := time.UnixMilli(old.GetAccessExpiresUnixMs())
+	waitFor(t, ttl+10*time.Second, "old token to expire", func() bool { return whoAmI(c, old.GetAccessToken()) != nil })
+	if time.Now().Before(expires) {
+		t.Fatalf("old token refused at %s, before its expiry %s", time.Now(), expires)
+	}
+}
+
+// TestAccountsDevicesInvites drives the account administration commands.
+func TestAccountsDevicesInvites(t *testing.T) {
+	base := shortDir(t)
+	dataDir := filepath.Join(base, "data")
+	d := startQPCD(t, dataDir)
+	c := d.mustDial(t)
+	dev, key, err := register(c, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := login(c, dev, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var acc admin.Account
+	ctlOK(t, dataDir, &acc, "accounts", "show", "alice")
+	if acc.Name != "alice" || acc.Status != "active" || len(acc.Devices) != 1 || acc.Devices[0].ID != dev {
+		t.Fatalf("show: %+v", acc)
+	}
+	r := ctl(t, dataDir, "accounts", "list")
+	if r.code != 0 || !strings.Contains(r.stdout, "alice") || !strings.HasPrefix(r.stdout, "ID") {
+		t.Fatalf("accounts list: %+v", r)
+	}
+	ctlOK(t, dataDir, &acc, "accounts", "disable", acc.ID)
+	if acc.Status != "disabled" {
+		t.Fatalf("disable: %+v", acc)
+	}
+	if err := whoAmI(c, tok.GetAccessToken()); err == nil {
+		t.Fatal("a disabled account's token still works")
+	}
+	ctlOK(t, dataDir, &acc, "accounts", "enable", "alice")
+	if acc.Status != "active" {
+		t.Fatalf("enable: %+v", acc)
+	}
+	if r := ctl(t, dataDir, "accounts", "show", "nobody"); r.code != 1 || !strings.Contains(r.stderr, "not found") {
+		t.Fatalf("show unknown: %+v", r)
+	}
+
+	var devs []admin.Device
+	ctlOK(t, dataDir, &devs, "devices", "list", "--account", "alice")
+	if len(devs) != 1 || devs[0].Status != "active" {
+		t.Fatalf("devices: %+v", devs)
+	}
+	ctlOK(t, dataDir, nil, "devices", "revoke", dev)
+	ctlOK(t, dataDir, &devs, "devices", "list")
+	if len(devs) != 1 || devs[0].Status != "revoked" {
+		t.Fatalf("after revoke: %+v", devs)
+	}
+	if _, err := login(c, dev, key); err == nil {
+		t.Fatal("a revoked device logged in")
+	}
+
+	var inv admin.Invite
+	ctlOK(t, dataDir, &inv, "invites", "create", "--ttl", "1h", "--created-by", "ops")
+	if inv.Code == "" || inv.State != "open" || inv.CreatedBy != "ops" {
+		t.Fatalf("invite: %+v", inv)
+	}
+	var invs []admin.Invite
+	ctlOK(t, dataDir, &invs, "invites", "list")
+	if len(invs) != 1 || invs[0].Code != "" || invs[0].ID != inv.ID {
+		t.Fatalf("list shows %+v (the code must not be listed)", invs)
+	}
+	ctlOK(t, dataDir, nil, "invites", "revoke", inv.ID)
+	ctlOK(t, dataDir, &invs, "invites", "list")
+	if invs[0].State != "revoked" {
+		t.Fatalf("after revoke: %+v", invs)
+	}
+	if r := ctl(t, dataDir, "invites", "create", "--ttl", "10000h"); r.code != 1 {
+		t.Fatalf("over-long invite: %+v", r)
+	}
+
+	// Human status output names every area.
+	r = ctl(t, dataDir, "status")
+	for _, want := range []string{"uptime:", "readiness:    ready", "connections:", "accounts:     1", "devices:", "channels:", "keypackages:", "database:", "last backup:  never"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("status lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	// Socket: 0600, and --socket reaches it from anywhere.
+	sock := filepath.Join(dataDir, "admin.sock")
+	if st, err := os.Stat(sock); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %v, %v", st.Mode(), err)
+	}
+	if r := ctl(t, filepath.Join(base, "elsewhere"), "--socket", sock, "status"); r.code != 0 {
+		t.Fatalf("--socket: %+v", r)
+	}
+}
