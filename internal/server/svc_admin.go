@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -146,6 +147,18 @@ func (s *Server) registerAdminMetrics(ctx context.Context) error {
 		}
 		return s.now().Sub(created).Seconds()
 	})
+	fsAvail := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "qpcd_datadir_filesystem_avail_bytes",
+		Help: "Bytes available to qpcd on the filesystem holding the data directory.",
+	}, func() float64 { avail, _ := s.dataDirFS(); return avail })
+	fsSize := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "qpcd_datadir_filesystem_size_bytes",
+		Help: "Size of the filesystem holding the data directory, in bytes.",
+	}, func() float64 { _, size := s.dataDirFS(); return size })
+	connLimit := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "qpcd_connections_limit", Help: "Configured maximum of open QUIC connections (limits.max_connections).",
+	})
+	connLimit.Set(float64(s.cfg.Limits.MaxConnections))
 	for _, r := range []string{"success", "failure"} {
 		s.backupsTotal.WithLabelValues(r)
 		for _, op := range []string{"backup", "rotate_db_key", "rotate_tls", "rotate_token_key", "drain"} {
@@ -153,7 +166,7 @@ func (s *Server) registerAdminMetrics(ctx context.Context) error {
 		}
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{s.backupLast, s.backupsTotal, s.dbKeyRotated, s.adminRequests, tlsExpiry, tokenAge} {
+	for _, c := range []prometheus.Collector{s.backupLast, s.backupsTotal, s.dbKeyRotated, s.adminRequests, tlsExpiry, tokenAge, fsAvail, fsSize, connLimit} {
 		if err := s.metrics.Registry.Register(c); err != nil {
 			errs = append(errs, err)
 		}
@@ -170,6 +183,16 @@ func (s *Server) registerAdminMetrics(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// dataDirFS reports the data directory's filesystem: bytes available to
+// an unprivileged user, and total size.
+func (s *Server) dataDirFS() (avail, size float64) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(s.cfg.DataDir, &st); err != nil {
+		return 0, 0
+	}
+	return float64(st.Bavail) * float64(st.Bsize), float64(st.Blocks) * float64(st.Bsize)
 }
 
 func (s *Server) countOp(op string, err error) {
