@@ -119,6 +119,7 @@ type Service struct {
 	longPollMax time.Duration
 	hub         *hub
 	metrics     *metrics
+	stmts       stmtCache
 
 	stop     chan struct{}
 	stopOnce sync.Once

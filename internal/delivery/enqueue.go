@@ -66,6 +66,20 @@ func parseGroupInfo(raw, groupID []byte, epoch uint64) error {
 	return nil
 }
 
+// The enqueue path's statements, prepared once per write batch (stmtCache).
+const (
+	// One read: the channel, the caller's membership and an earlier
+	// message with this id.
+	enqueueSelect = `SELECT c.kind, c.group_id, c.epoch, c.head_seq, c.ttl_ms, ` + isMember + `,
+			d.seq, d.epoch, d.sender_device
+		FROM channels c LEFT JOIN messages d ON d.channel_id = c.id AND d.message_id = ?
+		WHERE c.id = ?`
+	enqueueInsert = `INSERT INTO messages
+		(channel_id, seq, message_id, sender_account, sender_device, epoch, content_type, created_at, expires_at, body)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	enqueueUpdate = `UPDATE channels SET head_seq = ?, epoch = ? WHERE id = ?`
+)
+
 // Enqueued is the outcome of Enqueue.
 type Enqueued struct {
 	Seq       uint64
@@ -150,13 +164,11 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 			dupSeq, dupEpoch   sql.NullInt64
 			dupDevice          sql.NullString
 		)
-		// One read: the channel, the caller's membership and an earlier
-		// message with this id.
-		err := tx.QueryRowContext(ctx, `SELECT c.kind, c.group_id, c.epoch, c.head_seq, c.ttl_ms, `+isMember+`,
-				d.seq, d.epoch, d.sender_device
-			FROM channels c LEFT JOIN messages d ON d.channel_id = c.id AND d.message_id = ?
-			WHERE c.id = ?`, c.AccountID, c.DeviceID, messageID, id).
-			Scan(&kind, &groupID, &epoch, &head, &ttlMS, &member, &dupSeq, &dupEpoch, &dupDevice)
+		sel, err := s.stmts.get(ctx, tx, enqueueSelect)
+		if err != nil {
+			return err
+		}
+		err = sel.QueryRowContext(ctx, c.AccountID, c.DeviceID, messageID, id).Scan(&kind, &groupID, &epoch, &head, &ttlMS, &member, &dupSeq, &dupEpoch, &dupDevice)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			return ErrNotFound
@@ -190,20 +202,26 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 		if ttlMS > 0 {
 			life = min(life, ttlMS)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO messages
-			(channel_id, seq, message_id, sender_account, sender_device, epoch, content_type, created_at, expires_at, body)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			id, seq, messageID, c.AccountID, c.DeviceID, int64(f.Epoch), int(f.ContentType), nowMS, nowMS+life, msg); err != nil {
+		ins, err := s.stmts.get(ctx, tx, enqueueInsert)
+		if err != nil {
+			return err
+		}
+		if _, err := ins.ExecContext(ctx, id, seq, messageID, c.AccountID, c.DeviceID, int64(f.Epoch), int(f.ContentType), nowMS, nowMS+life, msg); err != nil {
+			return err
+		}
+		up, err := s.stmts.get(ctx, tx, enqueueUpdate)
+		if err != nil {
+			return err
+		}
+		if _, err := up.ExecContext(ctx, seq, int64(newEpoch), id); err != nil {
 			return err
 		}
 		if isCommit && len(groupInfo) > 0 {
-			_, err = tx.ExecContext(ctx, `UPDATE channels SET head_seq = ?, epoch = ?, group_info = ?, group_info_epoch = ? WHERE id = ?`,
-				seq, int64(newEpoch), groupInfo, int64(newEpoch), id)
-		} else {
-			_, err = tx.ExecContext(ctx, `UPDATE channels SET head_seq = ?, epoch = ? WHERE id = ?`, seq, int64(newEpoch), id)
-		}
-		if err != nil {
-			return err
+			if _, err := tx.ExecContext(ctx, `INSERT INTO channel_group_info (channel_id, epoch, group_info) VALUES (?, ?, ?)
+				ON CONFLICT (channel_id) DO UPDATE SET epoch = excluded.epoch, group_info = excluded.group_info`,
+				id, int64(newEpoch), groupInfo); err != nil {
+				return err
+			}
 		}
 		res.Seq, res.Epoch = uint64(seq), newEpoch
 		return nil

@@ -321,8 +321,11 @@ func (s *Service) GroupInfo(ctx context.Context, c Caller, id []byte) ([]byte, u
 	var epoch int64
 	err := s.db.ReadTx(ctx, func(tx *sql.Tx) error {
 		var member bool
-		err := tx.QueryRowContext(ctx, `SELECT c.group_info, c.group_info_epoch, `+isMember+` FROM channels c WHERE c.id = ?`,
-			c.AccountID, c.DeviceID, id).Scan(&gi, &epoch, &member)
+		var e sql.NullInt64
+		err := tx.QueryRowContext(ctx, `SELECT g.group_info, g.epoch, `+isMember+`
+			FROM channels c LEFT JOIN channel_group_info g ON g.channel_id = c.id WHERE c.id = ?`,
+			c.AccountID, c.DeviceID, id).Scan(&gi, &e, &member)
+		epoch = e.Int64
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			return ErrNotFound

@@ -44,37 +44,112 @@ func (s *Service) runSweep(ctx context.Context) {
 }
 
 // sweepBatch bounds one delete so the writer is never held long.
-const sweepBatch = 2000
+const sweepBatch = 500
 
 // Sweep deletes messages and inbox items whose expiry (retention, or a DM's
 // shorter TTL) has passed by the injected clock, and returns how many.
 // Reads never return expired rows even before the sweep ran.
+//
+// There is no expiry index on messages (it would cost every enqueue a
+// third b-tree insert): within a channel expires_at grows with seq, so the
+// sweep deletes each channel's expired prefix, reading only the rows it
+// deletes plus one.
 func (s *Service) Sweep(ctx context.Context) (int64, error) {
-	var total int64
-	for _, q := range []struct{ table, label string }{{"messages", "message"}, {"inbox", "inbox"}} {
-		for {
-			now := s.now().UnixMilli()
-			var n int64
-			err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
-				r, err := tx.ExecContext(ctx, `DELETE FROM `+q.table+` WHERE id IN
-					(SELECT id FROM `+q.table+` WHERE expires_at <= ? LIMIT ?)`, now, sweepBatch)
-				if err != nil {
-					return err
-				}
-				n, err = r.RowsAffected()
+	var ids [][]byte
+	err := s.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		ids = nil
+		rows, err := tx.QueryContext(ctx, `SELECT id FROM channels`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id []byte
+			if err := rows.Scan(&id); err != nil {
 				return err
-			})
+			}
+			ids = append(ids, id)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return 0, fmt.Errorf("delivery: sweep: %w", err)
+	}
+	var total int64
+	for _, id := range ids {
+		for {
+			n, err := s.sweepChannel(ctx, id)
 			if err != nil {
-				return total, fmt.Errorf("delivery: sweep %s: %w", q.table, err)
+				return total, err
 			}
 			total += n
-			s.metrics.expired.WithLabelValues(q.label).Add(float64(n))
+			s.metrics.expired.WithLabelValues("message").Add(float64(n))
 			if n < sweepBatch {
 				break
 			}
 		}
 	}
-	return total, nil
+	for {
+		now := s.now().UnixMilli()
+		var n int64
+		err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
+			r, err := tx.ExecContext(ctx, `DELETE FROM inbox WHERE id IN
+				(SELECT id FROM inbox WHERE expires_at <= ? LIMIT ?)`, now, sweepBatch)
+			if err != nil {
+				return err
+			}
+			n, err = r.RowsAffected()
+			return err
+		})
+		if err != nil {
+			return total, fmt.Errorf("delivery: sweep inbox: %w", err)
+		}
+		total += n
+		s.metrics.expired.WithLabelValues("inbox").Add(float64(n))
+		if n < sweepBatch {
+			return total, nil
+		}
+	}
+}
+
+// sweepChannel deletes up to sweepBatch expired messages at the start of
+// one channel's log.
+func (s *Service) sweepChannel(ctx context.Context, id []byte) (int64, error) {
+	now := s.now().UnixMilli()
+	var n int64
+	err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		n = 0
+		rows, err := tx.QueryContext(ctx, `SELECT seq, expires_at FROM messages WHERE channel_id = ? ORDER BY seq LIMIT ?`, id, sweepBatch)
+		if err != nil {
+			return err
+		}
+		var upto int64 = -1
+		for rows.Next() {
+			var seq, exp int64
+			if err := rows.Scan(&seq, &exp); err != nil {
+				rows.Close()
+				return err
+			}
+			if exp > now {
+				break
+			}
+			upto = seq
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil || upto < 0 {
+			return err
+		}
+		r, err := tx.ExecContext(ctx, `DELETE FROM messages WHERE channel_id = ? AND seq <= ?`, id, upto)
+		if err != nil {
+			return err
+		}
+		n, err = r.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("delivery: sweep messages: %w", err)
+	}
+	return n, nil
 }
 
 // RefreshStats recomputes the queue gauges: per channel type, the stored,
@@ -90,7 +165,7 @@ func (s *Service) RefreshStats(ctx context.Context) error {
 	}
 	stats := map[string]*agg{"group": {}, "dm": {}, "inbox": {}}
 	err := s.db.ReadTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT c.kind, COUNT(m.id), MIN(m.created_at)
+		rows, err := tx.QueryContext(ctx, `SELECT c.kind, COUNT(*), MIN(m.created_at)
 			FROM channels c JOIN messages m ON m.channel_id = c.id
 			WHERE m.expires_at > ? AND m.seq > COALESCE((SELECT MIN(acked_seq) FROM cursors cu WHERE cu.channel_id = c.id), c.head_seq)
 			GROUP BY c.kind`, now)

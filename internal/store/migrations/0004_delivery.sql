@@ -10,11 +10,16 @@ CREATE TABLE channels (
     epoch            INTEGER NOT NULL,         -- the next commit must carry this epoch
     head_seq         INTEGER NOT NULL DEFAULT 0, -- seq of the last message
     ttl_ms           INTEGER NOT NULL DEFAULT 0, -- message lifetime; 0: retention.messages
-    group_info       BLOB,                     -- latest MLSMessage(GroupInfo) a committer supplied
-    group_info_epoch INTEGER NOT NULL DEFAULT 0,
     created_by       TEXT    NOT NULL,         -- account id
     created_at       INTEGER NOT NULL
 );
+
+-- Kept apart from channels so that the row every enqueue updates stays small.
+CREATE TABLE channel_group_info (
+    channel_id BLOB    PRIMARY KEY,
+    epoch      INTEGER NOT NULL,
+    group_info BLOB    NOT NULL                -- latest MLSMessage(GroupInfo) a committer supplied
+) WITHOUT ROWID;
 
 -- device_id '' makes every device of the account a member.
 CREATE TABLE channel_members (
@@ -28,7 +33,10 @@ CREATE TABLE channel_members (
 ) WITHOUT ROWID;
 CREATE INDEX channel_members_account ON channel_members (account_id, channel_id);
 
--- One row per message however many members the channel has.
+-- One row per message however many members the channel has. No expiry
+-- index (it would cost every enqueue one more b-tree insert): within a
+-- channel expires_at grows with seq, so the retention sweep deletes each
+-- channel's expired prefix through messages_seq.
 CREATE TABLE messages (
     id             INTEGER PRIMARY KEY,
     channel_id     BLOB    NOT NULL,
@@ -44,7 +52,6 @@ CREATE TABLE messages (
 );
 CREATE UNIQUE INDEX messages_seq ON messages (channel_id, seq);
 CREATE UNIQUE INDEX messages_message_id ON messages (channel_id, message_id);
-CREATE INDEX messages_expiry ON messages (expires_at);
 
 -- A device's read position in a channel: everything up to acked_seq is done.
 CREATE TABLE cursors (
