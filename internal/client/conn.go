@@ -1,0 +1,191 @@
+package client
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/quicprochat/quicprochat/internal/rpcclient"
+	"github.com/quicprochat/quicprochat/internal/transport"
+	"github.com/quicprochat/quicprochat/internal/wire"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
+)
+
+// ServerTrust says how to reach and trust the server.
+type ServerTrust struct {
+	Addr       string // host:port (UDP)
+	PinSHA256  string // leaf certificate fingerprint; empty: verify with CAs
+	CAFile     string // PEM roots for CA verification; empty: the system roots
+	ServerName string // TLS name; empty: the host of Addr
+}
+
+// ErrPinMismatch: the server's certificate is not the pinned one. The
+// wrapped error names both fingerprints.
+var ErrPinMismatch = transport.ErrPinMismatch
+
+// Conn is a connection to qpcd that redials when the server drains, the
+// connection idles out or closes, and retries transient failures with
+// Backoff. It is safe for concurrent use.
+type Conn struct {
+	trust   ServerTrust
+	opts    transport.DialOptions
+	backoff Backoff
+	log     *slog.Logger
+
+	mu sync.Mutex
+	rc *rpcclient.Client
+}
+
+// NewConn prepares a connection; nothing is dialled until the first call.
+func NewConn(trust ServerTrust, b Backoff, log *slog.Logger) (*Conn, error) {
+	if trust.Addr == "" {
+		return nil, errors.New("client: no server address; run qpc init --server HOST:PORT")
+	}
+	o := transport.DialOptions{PinSHA256: trust.PinSHA256, ServerName: trust.ServerName}
+	if trust.PinSHA256 != "" {
+		if _, err := transport.NormalizeFingerprint(trust.PinSHA256); err != nil {
+			return nil, fmt.Errorf("client: --pin: %w; copy cert_sha256 from qpcd's start-up log", err)
+		}
+	}
+	if trust.CAFile != "" {
+		pem, err := os.ReadFile(trust.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("client: CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("client: CA file %s holds no PEM certificate", trust.CAFile)
+		}
+		o.RootCAs = pool
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Conn{trust: trust, opts: o, backoff: b.withDefaults(), log: log}, nil
+}
+
+// Close closes the current connection, if any.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.rc == nil {
+		return nil
+	}
+	err := c.rc.Close()
+	c.rc = nil
+	return err
+}
+
+func (c *Conn) client(ctx context.Context) (*rpcclient.Client, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.rc != nil && c.rc.Conn().Context().Err() == nil {
+		return c.rc, nil
+	}
+	if c.rc != nil {
+		_ = c.rc.Close()
+		c.rc = nil
+	}
+	rc, err := rpcclient.Dial(ctx, c.trust.Addr, c.opts)
+	if err != nil {
+		if errors.Is(err, transport.ErrPinMismatch) {
+			return nil, fmt.Errorf("client: %w; if the server's certificate really changed, run qpc init --server %s --pin <new fingerprint>", err, c.trust.Addr)
+		}
+		return nil, &dialError{err: err}
+	}
+	c.rc = rc
+	return rc, nil
+}
+
+// drop forgets rc so the next call redials (unless another call already did).
+func (c *Conn) drop(rc *rpcclient.Client) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.rc == rc {
+		_ = rc.Close()
+		c.rc = nil
+	}
+}
+
+// dialError is a failure to reach the server: always worth retrying.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string {
+	return fmt.Sprintf("client: cannot reach the server: %v", e.err)
+}
+func (e *dialError) Unwrap() error { return e.err }
+
+// Retryable reports whether err is transient: the server unreachable,
+// draining, overloaded or briefly unavailable, or the connection lost.
+func Retryable(err error) bool {
+	var de *dialError
+	if errors.As(err, &de) {
+		return true
+	}
+	if errors.Is(err, context.Canceled) {
+		return false
+	}
+	var se *wire.StatusError
+	if errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_RESOURCE_EXHAUSTED && se.RetryAfter == 0 {
+		return false // a cap, not a rate: retrying cannot help
+	}
+	return rpcclient.IsRetryable(err) || connLost(err)
+}
+
+// connLost: the call failed below the RPC layer (no status came back).
+func connLost(err error) bool {
+	var se *wire.StatusError
+	if errors.As(err, &se) {
+		return se.Code == qpcv1.Status_STATUS_DRAINING
+	}
+	return !errors.Is(err, context.Canceled) && !errors.Is(err, transport.ErrPinMismatch)
+}
+
+// Once makes a single attempt (reconnecting first if needed): for calls that
+// must not be repeated blindly, such as Refresh.
+func (c *Conn) Once(ctx context.Context, method, token string, req, resp proto.Message) error {
+	rc, err := c.client(ctx)
+	if err != nil {
+		return err
+	}
+	err = rc.Call(ctx, method, token, req, resp)
+	if err != nil && connLost(err) {
+		c.drop(rc)
+	}
+	return err
+}
+
+// Call makes the call, retrying transient failures (after reconnecting
+// where the connection was lost) with capped exponential backoff and full
+// jitter. Only idempotent calls (or calls whose repetition is harmless)
+// should use it.
+func (c *Conn) Call(ctx context.Context, method, token string, req, resp proto.Message) error {
+	var err error
+	for n := 0; ; n++ {
+		err = c.Once(ctx, method, token, req, resp)
+		if err == nil || !Retryable(err) || ctx.Err() != nil || n+1 >= c.backoff.MaxAttempts {
+			return err
+		}
+		var retryAfter = retryAfterOf(err)
+		d := c.backoff.Delay(n, retryAfter)
+		c.log.Debug("client: retrying", "method", method, "attempt", n+1, "wait", d, "err", err)
+		if serr := c.backoff.Sleep(ctx, d); serr != nil {
+			return err
+		}
+	}
+}
+
+func retryAfterOf(err error) (d0 time.Duration) {
+	var se *wire.StatusError
+	if errors.As(err, &se) {
+		return se.RetryAfter
+	}
+	return 0
+}

@@ -1,0 +1,285 @@
+package client
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/quicprochat/quicprochat/internal/mls"
+	"github.com/quicprochat/quicprochat/internal/secret"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
+)
+
+// DefaultStock is how many KeyPackages a device keeps on the server.
+const DefaultStock = 10
+
+// Suite is the MLS cipher suite the client uses (the project's baseline).
+const Suite = mls.MLS128DHKEMX25519AES128GCMSHA256Ed25519
+
+// keyPackageLifetime is the lifetime written into a KeyPackage: long
+// enough for a fetched one to be used in a commit and its Welcome to wait
+// in the inbox for the server's retention; the server keeps it only for
+// its TTL (24 h) anyway.
+const keyPackageLifetime = 8 * 24 * time.Hour
+
+// privateKeyRetention: a KeyPackage's private keys are kept this long after
+// the server dropped it, for a Welcome made from it that is still in the
+// inbox (the server's retention is 7 days).
+const privateKeyRetention = 7 * 24 * time.Hour
+
+// StockReport is what KeyPackageUpkeep found and did.
+type StockReport struct {
+	Target        int  `json:"target"`
+	ServerStock   int  `json:"server_stock"` // unused pool KeyPackages of this device on the server, after upkeep
+	Uploaded      int  `json:"uploaded"`
+	RejectedOver  int  `json:"rejected_over_cap"`
+	LastResort    bool `json:"last_resort"`
+	NewLastResort bool `json:"new_last_resort"`
+	AccountStock  int  `json:"account_stock"`
+	AccountCap    int  `json:"account_cap"`
+	Purged        int  `json:"purged"` // local private keys dropped (long expired)
+}
+
+// generated is a new KeyPackage with its private keys.
+type generated struct {
+	msg      []byte // MLSMessage(KeyPackage)
+	ref      []byte
+	initPriv secret.Bytes
+	encPriv  secret.Bytes
+}
+
+func (g *generated) wipe() { g.initPriv.Wipe(); g.encPriv.Wipe() }
+
+// newKeyPackage builds a KeyPackage for the device: BasicCredential
+// "<account_name>/<device_id>", signature key = the device's Ed25519 key.
+func newKeyPackage(id *Identity, now time.Time) (*generated, error) {
+	suite, err := mls.Suite(Suite)
+	if err != nil {
+		return nil, err
+	}
+	sk, pub, err := suite.SignaturePrivateKeyFromBytes(id.key.Reveal())
+	if err != nil {
+		return nil, fmt.Errorf("client: device key: %w", err)
+	}
+	defer sk.Wipe()
+	initPriv, initPub, err := suite.GenerateHPKEKey()
+	if err != nil {
+		return nil, fmt.Errorf("client: init key: %w", err)
+	}
+	defer initPriv.Wipe()
+	encPriv, encPub, err := suite.GenerateHPKEKey()
+	if err != nil {
+		return nil, fmt.Errorf("client: encryption key: %w", err)
+	}
+	defer encPriv.Wipe()
+	kp := &mls.KeyPackage{
+		Version:     mls.ProtocolVersionMLS10,
+		CipherSuite: Suite,
+		InitKey:     initPub,
+		LeafNode: mls.LeafNode{
+			EncryptionKey: encPub,
+			SignatureKey:  pub,
+			Credential:    mls.Credential{Type: mls.CredentialTypeBasic, Identity: []byte(id.Credential())},
+			Capabilities: mls.Capabilities{
+				Versions:     []mls.ProtocolVersion{mls.ProtocolVersionMLS10},
+				CipherSuites: []mls.CipherSuiteID{Suite},
+				Credentials:  []mls.CredentialType{mls.CredentialTypeBasic},
+			},
+			Source: mls.LeafNodeSourceKeyPackage,
+			Lifetime: mls.Lifetime{NotBefore: uint64(max(now.Add(-time.Hour).Unix(), 0)),
+				NotAfter: uint64(max(now.Add(keyPackageLifetime).Unix(), 0))},
+		},
+	}
+	if err := suite.SignLeafNode(&kp.LeafNode, nil, 0, sk); err != nil {
+		return nil, fmt.Errorf("client: sign leaf node: %w", err)
+	}
+	if err := suite.SignKeyPackage(kp, sk); err != nil {
+		return nil, fmt.Errorf("client: sign KeyPackage: %w", err)
+	}
+	ref, err := kp.Ref(suite)
+	if err != nil {
+		return nil, fmt.Errorf("client: KeyPackage ref: %w", err)
+	}
+	msg, err := (&mls.MLSMessage{Version: mls.ProtocolVersionMLS10, WireFormat: mls.WireFormatKeyPackage, KeyPackage: kp}).Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("client: encode KeyPackage: %w", err)
+	}
+	return &generated{msg: msg, ref: ref,
+		initPriv: secret.New(append([]byte(nil), initPriv.Bytes()...)),
+		encPriv:  secret.New(append([]byte(nil), encPriv.Bytes()...))}, nil
+}
+
+// KeyPackageStock asks the server for this device's stock.
+func (c *Client) KeyPackageStock(ctx context.Context) (*qpcv1.CountKeyPackagesResponse, error) {
+	var resp qpcv1.CountKeyPackagesResponse
+	if err := c.call(ctx, "CountKeyPackages", &qpcv1.CountKeyPackagesRequest{}, &resp); err != nil {
+		return nil, fmt.Errorf("client: count KeyPackages: %w", err)
+	}
+	return &resp, nil
+}
+
+// KeyPackageUpkeep keeps the configured stock of KeyPackages on the server
+// plus a last-resort one, replacing those that the server drops within the
+// margin (KeyPackageMargin before the TTL), and forgets private keys no
+// Welcome can need any more.
+func (c *Client) KeyPackageUpkeep(ctx context.Context) (*StockReport, error) {
+	id, err := c.Identity(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer id.key.Wipe()
+	s, err := c.Settings(ctx)
+	if err != nil {
+		return nil, err
+	}
+	count, err := c.KeyPackageStock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := c.now()
+	soon := now.Add(c.opts.KeyPackageMargin).UnixMilli()
+	var expiring, lrFresh int
+	err = c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM key_packages WHERE uploaded = 1 AND last_resort = 0 AND expires_ms > ? AND expires_ms <= ?`,
+			now.UnixMilli(), soon).Scan(&expiring); err != nil {
+			return err
+		}
+		return tx.QueryRowContext(ctx, `SELECT count(*) FROM key_packages WHERE uploaded = 1 AND last_resort = 1 AND expires_ms > ?`, soon).Scan(&lrFresh)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("client: read KeyPackages: %w", err)
+	}
+	rep := &StockReport{Target: s.Stock, AccountCap: int(count.GetMaxPerAccount())}
+	// Those about to expire may still be unused on the server; count them
+	// out so replacements are ready before they go.
+	fresh := max(int(count.GetDeviceCount())-expiring, 0)
+	need := max(s.Stock-fresh, 0)
+	needLR := !count.GetHasLastResort() || lrFresh == 0
+	var batch []*generated
+	var lr *generated
+	defer func() {
+		for _, g := range batch {
+			g.wipe()
+		}
+		if lr != nil {
+			lr.wipe()
+		}
+	}()
+	for range need {
+		g, err := newKeyPackage(id, now)
+		if err != nil {
+			return nil, err
+		}
+		batch = append(batch, g)
+	}
+	if needLR {
+		if lr, err = newKeyPackage(id, now); err != nil {
+			return nil, err
+		}
+	}
+	if len(batch) > 0 || lr != nil {
+		// The private keys are stored before the upload: a crash after the
+		// server took them must not leave KeyPackages nobody can open.
+		expires := now.Add(c.opts.KeyPackageTTL).UnixMilli()
+		err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+			ins := func(g *generated, last int) error {
+				_, err := tx.ExecContext(ctx, `INSERT INTO key_packages (ref, key_package, init_priv, enc_priv, last_resort, created_ms, expires_ms, uploaded)
+					VALUES (?, ?, ?, ?, ?, ?, ?, 0)`, g.ref, g.msg, g.initPriv.Reveal(), g.encPriv.Reveal(), last, now.UnixMilli(), expires)
+				return err
+			}
+			for _, g := range batch {
+				if err := ins(g, 0); err != nil {
+					return err
+				}
+			}
+			if lr != nil {
+				return ins(lr, 1)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("client: store KeyPackage keys: %w", err)
+		}
+		req := &qpcv1.UploadKeyPackagesRequest{}
+		for _, g := range batch {
+			req.KeyPackages = append(req.KeyPackages, g.msg)
+		}
+		if lr != nil {
+			req.LastResort = lr.msg
+		}
+		var up qpcv1.UploadKeyPackagesResponse
+		if err := c.call(ctx, "UploadKeyPackages", req, &up); err != nil {
+			return nil, fmt.Errorf("client: upload KeyPackages: %w", err)
+		}
+		err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+			mark := func(g *generated) error {
+				_, err := tx.ExecContext(ctx, `UPDATE key_packages SET uploaded = 1 WHERE ref = ?`, g.ref)
+				return err
+			}
+			for _, g := range batch {
+				if err := mark(g); err != nil {
+					return err
+				}
+			}
+			if lr != nil {
+				// The server keeps one last resort per device: the new one replaces the old.
+				if _, err := tx.ExecContext(ctx, `UPDATE key_packages SET expires_ms = min(expires_ms, ?) WHERE last_resort = 1 AND ref != ?`, now.UnixMilli(), lr.ref); err != nil {
+					return err
+				}
+				return mark(lr)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("client: mark KeyPackages uploaded: %w", err)
+		}
+		rep.Uploaded = int(up.GetAccepted())
+		rep.RejectedOver = int(up.GetRejectedOverCap())
+		rep.NewLastResort = lr != nil && up.GetLastResortSet()
+		rep.ServerStock = int(up.GetDeviceStock())
+		rep.LastResort = up.GetLastResortSet() || count.GetHasLastResort()
+	} else {
+		rep.ServerStock = int(count.GetDeviceCount())
+		rep.LastResort = count.GetHasLastResort()
+	}
+	rep.AccountStock = int(count.GetAccountCount()) + rep.Uploaded
+	// Private keys of KeyPackages the server dropped long enough ago that no
+	// Welcome made from them can still arrive.
+	err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM key_packages WHERE expires_ms < ?`, now.Add(-privateKeyRetention).UnixMilli())
+		if err != nil {
+			return err
+		}
+		n, _ := res.RowsAffected()
+		rep.Purged = int(n)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("client: purge KeyPackage keys: %w", err)
+	}
+	return rep, nil
+}
+
+// KeyPackageKeys returns the private init and encryption keys of one of
+// this device's KeyPackages (by KeyPackageRef), for joining from a Welcome.
+// ok is false when the keys are unknown (used, purged, never ours).
+func (c *Client) keyPackageKeys(ctx context.Context, tx *sql.Tx, ref []byte) (initPriv, encPriv secret.Bytes, ok bool, err error) {
+	var ip, ep []byte
+	err = tx.QueryRowContext(ctx, `SELECT init_priv, enc_priv FROM key_packages WHERE ref = ?`, ref).Scan(&ip, &ep)
+	if err == sql.ErrNoRows {
+		return secret.Bytes{}, secret.Bytes{}, false, nil
+	}
+	if err != nil {
+		return secret.Bytes{}, secret.Bytes{}, false, err
+	}
+	return secret.New(ip), secret.New(ep), true, nil
+}
+
+// consumeKeyPackage deletes a used KeyPackage's keys (in the transaction
+// that stores the group state it produced). A last-resort KeyPackage stays:
+// the server may hand it out again.
+func consumeKeyPackage(ctx context.Context, tx *sql.Tx, ref []byte) error {
+	_, err := tx.ExecContext(ctx, `DELETE FROM key_packages WHERE ref = ? AND last_resort = 0`, ref)
+	return err
+}
