@@ -1,0 +1,334 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/quicprochat/quicprochat/internal/auth"
+	"github.com/quicprochat/quicprochat/internal/config"
+	"github.com/quicprochat/quicprochat/internal/mls"
+	"github.com/quicprochat/quicprochat/internal/rpcclient"
+	"github.com/quicprochat/quicprochat/internal/server"
+	"github.com/quicprochat/quicprochat/internal/transport"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
+)
+
+func gomaxprocs() int { return runtime.GOMAXPROCS(0) }
+
+// device is one logged-in bench client with its own QUIC connection.
+type device struct {
+	c     *rpcclient.Client
+	name  string
+	id    string
+	token string
+}
+
+func (d *device) call(ctx context.Context, method string, req, resp proto.Message) error {
+	return d.c.Call(ctx, method, d.token, req, resp)
+}
+
+// runEnqueue measures the durable delivery path: o.clients senders enqueue
+// o.size-byte MLS application messages into one group channel (each
+// acknowledged only after its transaction is committed with
+// synchronous=FULL), o.receivers devices long-poll with FetchWait and Ack.
+func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error) {
+	addr, pin := o.addr, o.pin
+	if o.serve {
+		srv, stop, err := startInProcess(ctx, o)
+		if err != nil {
+			return report{}, err
+		}
+		defer stop()
+		addr, pin = srv.QUICAddr(), srv.CertFingerprint()
+	} else if pin == "" {
+		p, err := pinFromDataDir(o.dataDir)
+		if err != nil {
+			return report{}, err
+		}
+		pin = p
+	}
+	run := make([]byte, 3)
+	_, _ = rand.Read(run)
+	prefix := "b" + hex.EncodeToString(run)
+
+	setup, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	devs := make([]*device, o.clients+o.receivers)
+	var wg sync.WaitGroup
+	var setupErr error
+	var mu sync.Mutex
+	sem := make(chan struct{}, 16)
+	for i := range devs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			name := fmt.Sprintf("%s-s%d", prefix, i)
+			if i >= o.clients {
+				name = fmt.Sprintf("%s-r%d", prefix, i-o.clients)
+			}
+			d, err := newDevice(setup, addr, pin, name)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil && setupErr == nil {
+				setupErr = fmt.Errorf("register %s: %w (is limits.rate_limit raised? QPC_LIMITS_RATE_LIMIT=1000000 QPC_LIMITS_RATE_BURST=1000000)", name, err)
+			}
+			devs[i] = d
+		}()
+	}
+	wg.Wait()
+	defer func() {
+		for _, d := range devs {
+			if d != nil {
+				_ = d.c.Close()
+			}
+		}
+	}()
+	if setupErr != nil {
+		return report{}, setupErr
+	}
+	senders, receivers := devs[:o.clients], devs[o.clients:]
+	owner := receivers[0]
+	group := make([]byte, 32)
+	_, _ = rand.Read(group)
+	var cr qpcv1.CreateGroupChannelResponse
+	if err := owner.call(setup, server.MethodCreateGroupChannel, &qpcv1.CreateGroupChannelRequest{GroupId: group}, &cr); err != nil {
+		return report{}, fmt.Errorf("create channel: %w", err)
+	}
+	channel := cr.GetChannel().GetChannelId()
+	var refs []*qpcv1.MemberRef
+	for _, d := range devs {
+		if d != owner {
+			refs = append(refs, &qpcv1.MemberRef{AccountName: d.name})
+		}
+	}
+	for len(refs) > 0 {
+		n := min(len(refs), 100)
+		if err := owner.call(setup, server.MethodAddMembers, &qpcv1.AddMembersRequest{ChannelId: channel, Members: refs[:n]}, &qpcv1.AddMembersResponse{}); err != nil {
+			return report{}, fmt.Errorf("add members: %w", err)
+		}
+		refs = refs[n:]
+	}
+
+	w := newWindow(o.warmup, o.duration, o.messages)
+	p := newPacer(o.rate)
+	var rpcLat, delLat samples
+	var errs, sent, delivered atomic.Int64
+	var firstErr atomic.Value
+
+	// Receivers: FetchWait, record latency from the send time carried in
+	// the ciphertext, Ack.
+	rctx, rstop := context.WithCancel(ctx)
+	defer rstop()
+	var rwg sync.WaitGroup
+	for _, d := range receivers {
+		rwg.Add(1)
+		go func() {
+			defer rwg.Done()
+			receive(rctx, d, w, &delLat, &delivered)
+		}()
+	}
+
+	var swg sync.WaitGroup
+	for i, d := range senders {
+		swg.Add(1)
+		go func() {
+			defer swg.Done()
+			body := make([]byte, o.size)
+			_, _ = rand.Read(body)
+			var mine []time.Duration
+			defer func() { rpcLat.add(mine...) }()
+			for n := 0; w.running() && ctx.Err() == nil; n++ {
+				at, ok := p.wait(w.stop)
+				if !ok {
+					return
+				}
+				binary.BigEndian.PutUint64(body, uint64(at.UnixNano()))
+				msg, err := (&mls.MLSMessage{Version: mls.ProtocolVersionMLS10, WireFormat: mls.WireFormatPrivateMessage,
+					PrivateMessage: &mls.PrivateMessage{GroupID: group, ContentType: mls.ContentTypeApplication,
+						EncryptedSenderData: body[:28], Ciphertext: body}}).Marshal()
+				if err != nil {
+					firstErr.CompareAndSwap(nil, err.Error())
+					errs.Add(1)
+					return
+				}
+				var r qpcv1.EnqueueResponse
+				err = d.call(ctx, server.MethodEnqueue, &qpcv1.EnqueueRequest{ChannelId: channel, MessageId: uuid(), MlsMessage: msg}, &r)
+				if err != nil {
+					if ctx.Err() == nil {
+						errs.Add(1)
+						firstErr.CompareAndSwap(nil, fmt.Sprintf("sender %d: %v", i, err))
+					}
+					continue
+				}
+				sent.Add(1)
+				if w.count(at) {
+					mine = append(mine, time.Since(at))
+				}
+			}
+		}()
+	}
+	swg.Wait()
+	stopped := time.Now()
+	// Let receivers catch up with everything sent (bounded).
+	want := sent.Load() * int64(len(receivers))
+	deadline := time.Now().Add(10 * time.Second)
+	for delivered.Load() < want && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	rstop()
+	rwg.Wait()
+
+	r := report{Mode: "enqueue", Clients: o.clients, Receivers: o.receivers, Size: o.size, TargetRate: o.rate,
+		Seconds: w.seconds(stopped), Requests: w.counted(), Errors: errs.Load(), RPC: rpcLat.summary(),
+		Delivery: delLat.summary(), ServerInPro: o.serve}
+	r.Delivered = int64(r.Delivery.Count)
+	r.Throughput = float64(r.Requests) / r.Seconds
+	if v, ok := firstErr.Load().(string); ok {
+		r.FirstError = v
+		fmt.Fprintln(stderr, "qpc-bench: first error:", v)
+	}
+	if got := delivered.Load(); got < want {
+		fmt.Fprintf(stderr, "qpc-bench: receivers got %d of %d deliveries\n", got, want)
+	}
+	return finish(r), nil
+}
+
+func receive(ctx context.Context, d *device, w *window, lat *samples, delivered *atomic.Int64) {
+	var m mls.MLSMessage
+	for ctx.Err() == nil {
+		var f qpcv1.FetchResponse
+		if err := d.call(ctx, server.MethodFetchWait, &qpcv1.FetchWaitRequest{TimeoutMs: 2000, Limit: 1000}, &f); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		now := time.Now()
+		var mine []time.Duration
+		var last uint64
+		var ch []byte
+		for _, msg := range f.GetMessages() {
+			last, ch = msg.GetSeq(), msg.GetChannelId()
+			delivered.Add(1)
+			if err := m.Unmarshal(msg.GetMlsMessage()); err != nil || m.PrivateMessage == nil || len(m.PrivateMessage.Ciphertext) < 8 {
+				continue
+			}
+			at := time.Unix(0, int64(binary.BigEndian.Uint64(m.PrivateMessage.Ciphertext)))
+			if !at.Before(w.start) && (w.end.IsZero() || !at.After(w.end)) {
+				mine = append(mine, now.Sub(at))
+			}
+		}
+		lat.add(mine...)
+		if last > 0 {
+			_ = d.call(ctx, server.MethodAck, &qpcv1.AckRequest{Cursors: []*qpcv1.ChannelCursor{{ChannelId: ch, Seq: last}}}, &qpcv1.AckResponse{})
+		}
+	}
+}
+
+func newDevice(ctx context.Context, addr, pin, name string) (*device, error) {
+	c, err := rpcclient.Dial(ctx, addr, transport.DialOptions{PinSHA256: pin})
+	if err != nil {
+		return nil, err
+	}
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	var reg qpcv1.RegisterResponse
+	if err := c.Call(ctx, server.MethodRegister, "", &qpcv1.RegisterRequest{AccountName: name, SignatureKey: pub, DeviceName: "qpc-bench"}, &reg); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	var ch qpcv1.LoginChallengeResponse
+	if err := c.Call(ctx, server.MethodLoginChallenge, "", &qpcv1.LoginChallengeRequest{DeviceId: reg.GetDeviceId()}, &ch); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	var lr qpcv1.LoginResponse
+	if err := c.Call(ctx, server.MethodLogin, "", &qpcv1.LoginRequest{DeviceId: reg.GetDeviceId(), Nonce: ch.GetNonce(),
+		Signature: ed25519.Sign(priv, auth.LoginMessage(reg.GetDeviceId(), ch.GetNonce()))}, &lr); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return &device{c: c, name: name, id: reg.GetDeviceId(), token: lr.GetTokens().GetAccessToken()}, nil
+}
+
+// startInProcess runs qpcd (server.New + Run) on loopback with rate limits
+// out of the way; stop drains it and removes a temporary data dir.
+func startInProcess(ctx context.Context, o options) (*server.Server, func(), error) {
+	dir := o.serveDir
+	tmp := dir == ""
+	if tmp {
+		d, err := os.MkdirTemp("", "qpc-bench-")
+		if err != nil {
+			return nil, nil, err
+		}
+		dir = d
+	}
+	cfg := config.Default()
+	cfg.DataDir = dir
+	cfg.Listen = "127.0.0.1:0"
+	cfg.OpsListen = ""
+	cfg.Limits.RateLimit = 1e9
+	cfg.Limits.RateBurst = 1 << 30
+	cfg.Limits.MaxStreamsPerConn = 1000
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, err
+	}
+	srv, err := server.New(ctx, server.Options{Config: cfg, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return nil, nil, err
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(rctx) }()
+	return srv, func() {
+		cancel()
+		<-done
+		if tmp {
+			_ = os.RemoveAll(dir)
+		}
+	}, nil
+}
+
+// pinFromDataDir reads the dev certificate qpcd generated in its data dir.
+func pinFromDataDir(dir string) (string, error) {
+	path := filepath.Join(dir, config.DefaultTLSCertFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("%w: read %s: %v (pass -pin with qpcd's cert_sha256)", errNoPin, path, err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return "", fmt.Errorf("%w: %s holds no PEM certificate", errNoPin, path)
+	}
+	return transport.Fingerprint(blk.Bytes), nil
+}
+
+// uuid returns a random (version 4) UUID string.
+func uuid() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}

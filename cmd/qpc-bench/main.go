@@ -1,0 +1,26 @@
+// Command qpc-bench is qpc's load generator: it drives N concurrent clients
+// over real QUIC against qpcd on loopback and reports throughput and
+// enqueue-to-delivery latency, next to a bare quic-go request/response
+// baseline measured in the same run.
+//
+//	qpc-bench -mode both -n 64 -duration 20s -serve        # in-process qpcd
+//	qpc-bench -mode enqueue -addr 127.0.0.1:7443 -data-dir ./data -n 64
+//
+// Modes: baseline (quic-go echo, one stream per RPC, 1 KiB requests, no
+// storage), enqueue (register, shared group channel, senders Enqueue 1 KiB
+// MLS messages, receivers FetchWait), both (baseline, then enqueue).
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}

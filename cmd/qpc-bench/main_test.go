@@ -1,0 +1,70 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestUsageErrorsExit2(t *testing.T) {
+	for _, args := range [][]string{
+		{"-mode", "nope"},
+		{"-n", "0"},
+		{"-addr", "192.0.2.1:7443", "-mode", "enqueue"}, // not loopback
+		{"-size", "1"},
+		{"extra"},
+	} {
+		var out, errb bytes.Buffer
+		if code := run(context.Background(), args, &out, &errb); code != exitUsage {
+			t.Errorf("%q: exit %d, want %d (%s)", args, code, exitUsage, errb.String())
+		}
+	}
+}
+
+// Both modes end to end, briefly: the baseline echo loop and the enqueue
+// path against an in-process qpcd over real QUIC.
+func TestBothModesInProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server")
+	}
+	out := filepath.Join(t.TempDir(), "r.json")
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"-mode", "both", "-serve", "-n", "4", "-receivers", "2",
+		"-duration", "500ms", "-warmup", "100ms", "-json", out}, &stdout, &stderr)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s %s", code, stdout.String(), stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "enqueue/baseline throughput") {
+		t.Fatalf("no ratio line:\n%s", stdout.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rs []report
+	if err := json.Unmarshal(b, &rs); err != nil || len(rs) != 2 {
+		t.Fatalf("json: %v %s", err, b)
+	}
+	if rs[0].Requests == 0 || rs[1].Requests == 0 || rs[1].Delivered == 0 || rs[1].Errors != 0 {
+		t.Fatalf("reports: %+v", rs)
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	var d []time.Duration
+	for i := 1; i <= 1000; i++ {
+		d = append(d, time.Duration(i)*time.Millisecond)
+	}
+	s := summarize(d)
+	if s.P50 != 500 || s.P99 != 990 || s.P999 != 999 || s.Max != 1000 || s.Count != 1000 {
+		t.Fatalf("%+v", s)
+	}
+	if (summarize(nil) != summary{}) {
+		t.Fatal("empty")
+	}
+}

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"time"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// options are the command line.
+type options struct {
+	mode       string
+	clients    int
+	receivers  int
+	duration   time.Duration
+	messages   int
+	size       int
+	rate       float64
+	addr       string
+	pin        string
+	dataDir    string
+	serve      bool
+	serveDir   string
+	jsonOut    string
+	cpuProfile string
+	warmup     time.Duration
+}
+
+func parse(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("qpc-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.mode, "mode", "both", "baseline | enqueue | both (baseline then enqueue, same concurrency)")
+	fs.IntVar(&o.clients, "n", 32, "concurrent clients (each its own QUIC connection): senders in enqueue mode")
+	fs.IntVar(&o.receivers, "receivers", 4, "enqueue mode: receiving devices long-polling with FetchWait")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long each mode runs (after warm-up)")
+	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "run this long before measuring")
+	fs.IntVar(&o.messages, "messages", 0, "stop after this many requests per mode (0: only -duration)")
+	fs.IntVar(&o.size, "size", 1024, "request / MLS ciphertext size in bytes")
+	fs.Float64Var(&o.rate, "rate", 0, "total request rate per second, paced across clients (0: closed loop, as fast as possible)")
+	fs.StringVar(&o.addr, "addr", "127.0.0.1:7443", "qpcd QUIC address (loopback only)")
+	fs.StringVar(&o.pin, "pin", "", "qpcd certificate SHA-256 pin (hex); default: from -data-dir's tls/cert.pem")
+	fs.StringVar(&o.dataDir, "data-dir", "./data", "qpcd data directory, to read the dev certificate's pin")
+	fs.BoolVar(&o.serve, "serve", false, "start an in-process qpcd on a temporary data dir instead of -addr")
+	fs.StringVar(&o.serveDir, "serve-dir", "", "with -serve: data dir to use (default: a temporary one, removed after)")
+	fs.StringVar(&o.jsonOut, "json", "", "also write the results as JSON to this file")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (with -serve: client and server)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
+	case o.mode != "baseline" && o.mode != "enqueue" && o.mode != "both":
+		return o, fmt.Errorf("-mode %q: want baseline, enqueue or both", o.mode)
+	case o.clients < 1 || o.clients > 4096:
+		return o, fmt.Errorf("-n %d: want 1..4096", o.clients)
+	case o.receivers < 1 || o.receivers > 256:
+		return o, fmt.Errorf("-receivers %d: want 1..256", o.receivers)
+	case o.duration <= 0 && o.messages <= 0:
+		return o, errors.New("set -duration or -messages")
+	case o.size < 64 || o.size > 1<<20:
+		return o, fmt.Errorf("-size %d: want 64..1048576", o.size)
+	case o.rate < 0:
+		return o, fmt.Errorf("-rate %v: must not be negative", o.rate)
+	}
+	if !o.serve {
+		host, _, err := net.SplitHostPort(o.addr)
+		if err != nil {
+			return o, fmt.Errorf("-addr %q: %w", o.addr, err)
+		}
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return o, fmt.Errorf("-addr %q: load is only generated against loopback", o.addr)
+		}
+	}
+	return o, nil
+}
+
+// report is one mode's result.
+type report struct {
+	Mode        string  `json:"mode"`
+	Clients     int     `json:"clients"`
+	Receivers   int     `json:"receivers,omitempty"`
+	Size        int     `json:"size_bytes"`
+	TargetRate  float64 `json:"target_rate,omitempty"`
+	Seconds     float64 `json:"seconds"`
+	Requests    int64   `json:"requests"`
+	Errors      int64   `json:"errors"`
+	Throughput  float64 `json:"throughput_per_s"`
+	RPC         summary `json:"rpc_latency"`
+	Delivered   int64   `json:"delivered,omitempty"`
+	Delivery    summary `json:"delivery_latency,omitempty"`
+	FirstError  string  `json:"first_error,omitempty"`
+	GOMAXPROCS  int     `json:"gomaxprocs"`
+	ServerInPro bool    `json:"server_in_process"`
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, err := parse(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "qpc-bench:", err)
+		return exitUsage
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			fmt.Fprintln(stderr, "qpc-bench:", err)
+			return exitFailure
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(stderr, "qpc-bench:", err)
+			return exitFailure
+		}
+		defer pprof.StopCPUProfile()
+	}
+	var reports []report
+	if o.mode == "baseline" || o.mode == "both" {
+		r, err := runBaseline(ctx, o)
+		if err != nil {
+			fmt.Fprintln(stderr, "qpc-bench: baseline:", err)
+			return exitFailure
+		}
+		reports = append(reports, r)
+	}
+	if o.mode == "enqueue" || o.mode == "both" {
+		r, err := runEnqueue(ctx, o, stderr)
+		if err != nil {
+			fmt.Fprintln(stderr, "qpc-bench: enqueue:", err)
+			return exitFailure
+		}
+		reports = append(reports, r)
+	}
+	printTable(stdout, reports)
+	if o.jsonOut != "" {
+		b, _ := json.MarshalIndent(reports, "", "  ")
+		if err := os.WriteFile(o.jsonOut, append(b, '\n'), 0o644); err != nil {
+			fmt.Fprintln(stderr, "qpc-bench:", err)
+			return exitFailure
+		}
+	}
+	for _, r := range reports {
+		if r.Requests == 0 {
+			fmt.Fprintf(stderr, "qpc-bench: %s: no request succeeded (first error: %s)\n", r.Mode, r.FirstError)
+			return exitFailure
+		}
+	}
+	return exitOK
+}
+
+func printTable(w io.Writer, rs []report) {
+	fmt.Fprintf(w, "GOMAXPROCS=%d NumCPU=%d\n", runtime.GOMAXPROCS(0), runtime.NumCPU())
+	fmt.Fprintf(w, "%-9s %7s %6s %9s %8s %10s | %-26s | %-26s\n", "mode", "clients", "size", "requests", "errors", "req/s",
+		"rpc p50/p99/p999 ms", "delivery p50/p99/p999 ms")
+	for _, r := range rs {
+		del := "-"
+		if r.Delivered > 0 {
+			del = r.Delivery.String()
+		}
+		fmt.Fprintf(w, "%-9s %7d %6d %9d %8d %10.0f | %-26s | %-26s\n", r.Mode, r.Clients, r.Size, r.Requests, r.Errors, r.Throughput, r.RPC.String(), del)
+	}
+	var base, enq float64
+	for _, r := range rs {
+		switch r.Mode {
+		case "baseline":
+			base = r.Throughput
+		case "enqueue":
+			enq = r.Throughput
+		}
+	}
+	if base > 0 && enq > 0 {
+		fmt.Fprintf(w, "enqueue/baseline throughput: %.2f\n", enq/base)
+	}
+}
