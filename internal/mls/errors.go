@@ -39,3 +39,35 @@ var (
 	// ErrInvalidArgument: a caller passed an out-of-range value.
 	ErrInvalidArgument = errors.New("mls: invalid argument")
 )
+
+// Part-2 sentinels.
+var (
+	// ErrInvalidTree: a ratchet tree is malformed or fails validation
+	// (node types, tree hash, parent hashes, leaf signatures, keys).
+	ErrInvalidTree = errors.New("mls: invalid ratchet tree")
+	// ErrInvalidProposal: a proposal or proposal list fails validation
+	// (RFC 9420 §12.1, §12.2).
+	ErrInvalidProposal = errors.New("mls: invalid proposal")
+	// ErrInvalidCommit: a commit fails validation (RFC 9420 §12.4).
+	ErrInvalidCommit = errors.New("mls: invalid commit")
+	// ErrStaleEpoch: a message is for an epoch the group has left and no
+	// longer keeps, or an attempt to move the epoch backwards.
+	ErrStaleEpoch = errors.New("mls: stale epoch")
+	// ErrFutureEpoch: a message is for an epoch the group has not reached.
+	ErrFutureEpoch = errors.New("mls: future epoch")
+	// ErrWrongGroup: a message is for another group.
+	ErrWrongGroup = errors.New("mls: wrong group")
+	// ErrDowngrade: a ReInit, KeyPackage or Welcome would move the group to
+	// a suite outside the allowlist or weaker than its own.
+	ErrDowngrade = errors.New("mls: cipher suite downgrade")
+	// ErrNotMember: the group state no longer has this client as a member
+	// (it was removed), or a sender is not a member.
+	ErrNotMember = errors.New("mls: not a member")
+	// ErrPSKNotFound: a PreSharedKey is not available.
+	ErrPSKNotFound = errors.New("mls: pre-shared key not found")
+	// ErrInvalidState: exported group state is malformed or of an
+	// unsupported version.
+	ErrInvalidState = errors.New("mls: invalid group state")
+	// ErrUnsupported: a feature the group does not support here.
+	ErrUnsupported = errors.New("mls: unsupported")
+)

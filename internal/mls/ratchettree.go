@@ -1,0 +1,492 @@
+package mls
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+)
+
+// The ratchet tree (RFC 9420 §4, §7): nodes in array order, resolution,
+// unmerged leaves, extension and truncation, tree hashes (§7.8) and
+// parent hashes (§7.9).
+//
+// Nodes are treated as immutable values: every change replaces the *Node
+// at an index, so cloning a tree (for a pending commit, a past epoch)
+// copies only the slices. Tree hashes are cached per node and invalidated
+// along the path of every change.
+
+// ratchetTree is a group's ratchet tree. Its width is always that of a
+// full tree (a power-of-two number of leaves).
+type ratchetTree struct {
+	suite  *CipherSuite
+	nodes  []*Node
+	hashes [][]byte // cached tree hash per node; nil when stale
+}
+
+// newRatchetTree returns a one-leaf tree holding leaf.
+func newRatchetTree(s *CipherSuite, leaf *LeafNode) *ratchetTree {
+	return &ratchetTree{suite: s, nodes: []*Node{{Type: NodeTypeLeaf, Leaf: leaf}}, hashes: make([][]byte, 1)}
+}
+
+// treeFromPublic builds a tree from the wire form (the ratchet_tree
+// extension): node types must match positions, the last node must be
+// non-blank, and the tree is padded with blanks to full width.
+func treeFromPublic(s *CipherSuite, rt RatchetTree) (*ratchetTree, error) {
+	if len(rt) == 0 || len(rt)%2 == 0 {
+		return nil, fmt.Errorf("%w: ratchet tree of %d nodes", ErrInvalidTree, len(rt))
+	}
+	if rt[len(rt)-1] == nil {
+		return nil, fmt.Errorf("%w: ratchet tree ends in a blank node", ErrInvalidTree)
+	}
+	leaves := uint32(1)
+	for leafCount(leaves).nodeWidth() < uint32(len(rt)) {
+		if leaves >= 1<<30 {
+			return nil, fmt.Errorf("%w: ratchet tree too large", ErrInvalidTree)
+		}
+		leaves *= 2
+	}
+	w := leafCount(leaves).nodeWidth()
+	t := &ratchetTree{suite: s, nodes: make([]*Node, w), hashes: make([][]byte, w)}
+	for i, n := range rt {
+		if n == nil {
+			continue
+		}
+		x := nodeIndex(i)
+		switch {
+		case x.isLeaf() && (n.Type != NodeTypeLeaf || n.Leaf == nil):
+			return nil, fmt.Errorf("%w: node %d should be a leaf", ErrInvalidTree, i)
+		case !x.isLeaf() && (n.Type != NodeTypeParent || n.Parent == nil):
+			return nil, fmt.Errorf("%w: node %d should be a parent", ErrInvalidTree, i)
+		}
+		t.nodes[i] = n
+	}
+	return t, nil
+}
+
+// public returns the tree in wire form, truncated after the last
+// non-blank node.
+func (t *ratchetTree) public() RatchetTree {
+	end := len(t.nodes)
+	for end > 0 && t.nodes[end-1] == nil {
+		end--
+	}
+	return RatchetTree(slices.Clone(t.nodes[:end]))
+}
+
+// clone returns an independent copy (nodes are shared, being immutable).
+func (t *ratchetTree) clone() *ratchetTree {
+	return &ratchetTree{suite: t.suite, nodes: slices.Clone(t.nodes), hashes: slices.Clone(t.hashes)}
+}
+
+func (t *ratchetTree) leafCount() leafCount { return leafCount((len(t.nodes) + 1) / 2) }
+
+func (t *ratchetTree) root() nodeIndex { return t.leafCount().root() }
+
+// leaf returns the leaf node at l, or nil if blank or out of range.
+func (t *ratchetTree) leaf(l leafIndex) *LeafNode {
+	x := l.node()
+	if int(x) >= len(t.nodes) || t.nodes[x] == nil {
+		return nil
+	}
+	return t.nodes[x].Leaf
+}
+
+// parentNode returns the parent node at x, or nil if blank.
+func (t *ratchetTree) parentNode(x nodeIndex) *ParentNode {
+	if int(x) >= len(t.nodes) || t.nodes[x] == nil {
+		return nil
+	}
+	return t.nodes[x].Parent
+}
+
+// encKey returns the encryption key of node x (nil if blank).
+func (t *ratchetTree) encKey(x nodeIndex) HPKEPublicKey {
+	n := t.nodes[x]
+	switch {
+	case n == nil:
+		return nil
+	case n.Leaf != nil:
+		return n.Leaf.EncryptionKey
+	default:
+		return n.Parent.EncryptionKey
+	}
+}
+
+// set replaces node x and invalidates the cached hashes above it.
+func (t *ratchetTree) set(x nodeIndex, n *Node) {
+	t.nodes[x] = n
+	n2 := t.leafCount()
+	for y, ok := x, true; ok; y, ok = y.parent(n2) {
+		t.hashes[y] = nil
+	}
+}
+
+func (t *ratchetTree) setLeaf(l leafIndex, ln *LeafNode) {
+	var n *Node
+	if ln != nil {
+		n = &Node{Type: NodeTypeLeaf, Leaf: ln}
+	}
+	t.set(l.node(), n)
+}
+
+// resolution is RFC 9420 §4.1.1: the non-blank nodes covering x's
+// subtree, with the unmerged leaves of a non-blank parent after it.
+func (t *ratchetTree) resolution(x nodeIndex) []nodeIndex {
+	var out []nodeIndex
+	t.appendResolution(&out, x)
+	return out
+}
+
+func (t *ratchetTree) appendResolution(out *[]nodeIndex, x nodeIndex) {
+	n := t.nodes[x]
+	if n != nil {
+		*out = append(*out, x)
+		if n.Parent != nil {
+			for _, l := range n.Parent.UnmergedLeaves {
+				*out = append(*out, leafIndex(l).node())
+			}
+		}
+		return
+	}
+	if x.isLeaf() {
+		return
+	}
+	l, _ := x.left()
+	r, _ := x.right()
+	t.appendResolution(out, l)
+	t.appendResolution(out, r)
+}
+
+// resolutionEmpty reports whether x's resolution is empty (its subtree
+// is all blank).
+func (t *ratchetTree) resolutionEmpty(x nodeIndex) bool {
+	if t.nodes[x] != nil {
+		return false
+	}
+	if x.isLeaf() {
+		return true
+	}
+	l, _ := x.left()
+	r, _ := x.right()
+	return t.resolutionEmpty(l) && t.resolutionEmpty(r)
+}
+
+// pathStep is one node of a filtered direct path with its copath child.
+type pathStep struct {
+	node, copath nodeIndex
+}
+
+// filteredDirectPath is RFC 9420 §4.1.2: the direct path of leaf l
+// without the nodes whose copath child has an empty resolution.
+func (t *ratchetTree) filteredDirectPath(l leafIndex) []pathStep {
+	n := t.leafCount()
+	var out []pathStep
+	for c, ok := l.node(), true; ; {
+		p, okp := c.parent(n)
+		if !okp {
+			break
+		}
+		s, _ := c.sibling(n)
+		if !t.resolutionEmpty(s) {
+			out = append(out, pathStep{p, s})
+		}
+		c, ok = p, true
+		_ = ok
+	}
+	return out
+}
+
+// leftmostBlankLeaf returns the first blank leaf, or leafCount if none.
+func (t *ratchetTree) leftmostBlankLeaf() leafIndex {
+	n := t.leafCount()
+	for l := leafIndex(0); uint32(l) < uint32(n); l++ {
+		if t.nodes[l.node()] == nil {
+			return l
+		}
+	}
+	return leafIndex(n)
+}
+
+// extend doubles the tree (RFC 9420 §7.7).
+func (t *ratchetTree) extend() {
+	w := len(t.nodes)
+	t.nodes = append(t.nodes, make([]*Node, w+1)...)
+	t.hashes = append(t.hashes, make([][]byte, w+1)...)
+}
+
+// truncate halves the tree while its right subtree is all blank.
+func (t *ratchetTree) truncate() {
+	for len(t.nodes) > 1 {
+		r := t.root()
+		right, _ := r.right()
+		if !t.resolutionEmpty(right) {
+			return
+		}
+		half := int(r)
+		clear(t.nodes[half:])
+		t.nodes = t.nodes[:half]
+		t.hashes = t.hashes[:half]
+	}
+}
+
+// addLeaf puts ln in the leftmost blank leaf (extending the tree if
+// none) and adds it to the unmerged leaves of the non-blank parents on
+// its direct path (RFC 9420 §12.1.1).
+func (t *ratchetTree) addLeaf(ln *LeafNode) leafIndex {
+	l := t.leftmostBlankLeaf()
+	if uint32(l) >= uint32(t.leafCount()) {
+		t.extend()
+	}
+	t.setLeaf(l, ln)
+	for _, p := range l.node().directPath(t.leafCount()) {
+		pn := t.parentNode(p)
+		if pn == nil {
+			continue
+		}
+		c := *pn
+		i, _ := slices.BinarySearch(c.UnmergedLeaves, uint32(l))
+		c.UnmergedLeaves = slices.Insert(slices.Clone(c.UnmergedLeaves), i, uint32(l))
+		t.set(p, &Node{Type: NodeTypeParent, Parent: &c})
+	}
+	return l
+}
+
+// blankPath blanks leaf l's direct path (not the leaf).
+func (t *ratchetTree) blankPath(l leafIndex) {
+	for _, p := range l.node().directPath(t.leafCount()) {
+		if t.nodes[p] != nil {
+			t.set(p, nil)
+		}
+	}
+}
+
+// updateLeaf replaces leaf l and blanks its direct path (§12.1.2).
+func (t *ratchetTree) updateLeaf(l leafIndex, ln *LeafNode) {
+	t.setLeaf(l, ln)
+	t.blankPath(l)
+}
+
+// removeLeaf blanks leaf l and its direct path (§12.1.3). The caller
+// truncates after all removes.
+func (t *ratchetTree) removeLeaf(l leafIndex) {
+	t.setLeaf(l, nil)
+	t.blankPath(l)
+}
+
+// treeHash returns the tree hash of node x (§7.8), from the cache when
+// possible.
+func (t *ratchetTree) treeHash(x nodeIndex) []byte {
+	if h := t.hashes[x]; h != nil {
+		return h
+	}
+	h := t.computeTreeHash(x, nil)
+	t.hashes[x] = h
+	return h
+}
+
+// computeTreeHash hashes x's subtree. If exclude is non-empty, those
+// leaves are treated as blank and dropped from unmerged lists (for
+// original sibling tree hashes) and nothing is cached.
+func (t *ratchetTree) computeTreeHash(x nodeIndex, exclude []uint32) []byte {
+	e := &encoder{}
+	n := t.nodes[x]
+	if x.isLeaf() {
+		e.u8(uint8(NodeTypeLeaf))
+		e.u32(uint32(x.leaf()))
+		blank := n == nil || slices.Contains(exclude, uint32(x.leaf()))
+		e.optional(!blank, func(e *encoder) { n.Leaf.encode(e) })
+		return t.suite.Hash(e.buf)
+	}
+	l, _ := x.left()
+	r, _ := x.right()
+	var lh, rh []byte
+	if len(exclude) == 0 || !t.subtreeHasAny(l, exclude) {
+		lh = t.treeHash(l)
+	} else {
+		lh = t.computeTreeHash(l, exclude)
+	}
+	if len(exclude) == 0 || !t.subtreeHasAny(r, exclude) {
+		rh = t.treeHash(r)
+	} else {
+		rh = t.computeTreeHash(r, exclude)
+	}
+	e.u8(uint8(NodeTypeParent))
+	e.optional(n != nil, func(e *encoder) {
+		if len(exclude) == 0 {
+			n.Parent.encode(e)
+			return
+		}
+		c := *n.Parent
+		c.UnmergedLeaves = slices.DeleteFunc(slices.Clone(c.UnmergedLeaves), func(u uint32) bool { return slices.Contains(exclude, u) })
+		c.encode(e)
+	})
+	e.opaque(lh)
+	e.opaque(rh)
+	return t.suite.Hash(e.buf)
+}
+
+// subtreeHasAny reports whether any of leaves lies under x.
+func (t *ratchetTree) subtreeHasAny(x nodeIndex, leaves []uint32) bool {
+	for _, l := range leaves {
+		if x.isAncestor(leafIndex(l).node()) {
+			return true
+		}
+	}
+	return false
+}
+
+// rootHash is the tree hash of the whole tree.
+func (t *ratchetTree) rootHash() []byte { return t.treeHash(t.root()) }
+
+// parentHash is the parent hash of parent p with copath child s (§7.9):
+// Hash(ParentHashInput{p.encryption_key, p.parent_hash,
+// original_sibling_tree_hash}).
+func (t *ratchetTree) parentHash(p *ParentNode, s nodeIndex) []byte {
+	var sh []byte
+	if len(p.UnmergedLeaves) == 0 || !t.subtreeHasAny(s, p.UnmergedLeaves) {
+		sh = t.treeHash(s)
+	} else {
+		sh = t.computeTreeHash(s, p.UnmergedLeaves)
+	}
+	e := &encoder{}
+	e.opaque(p.EncryptionKey)
+	e.opaque(p.ParentHash)
+	e.opaque(sh)
+	return t.suite.Hash(e.buf)
+}
+
+// nodeParentHash returns the parent_hash field of node x.
+func (t *ratchetTree) nodeParentHash(x nodeIndex) ([]byte, bool) {
+	n := t.nodes[x]
+	switch {
+	case n == nil:
+		return nil, false
+	case n.Leaf != nil:
+		if n.Leaf.Source != LeafNodeSourceCommit {
+			return nil, false
+		}
+		return n.Leaf.ParentHash, true
+	default:
+		return n.Parent.ParentHash, true
+	}
+}
+
+// verifyParentHashes checks that every non-blank parent node is
+// parent-hash valid (§7.9.2, top down): exactly one node D in the
+// resolution of one child C has P's parent hash (with the other child as
+// copath child), and P's unmerged leaves under C are the rest of C's
+// resolution.
+func (t *ratchetTree) verifyParentHashes() error {
+	for i := 1; i < len(t.nodes); i += 2 {
+		x := nodeIndex(i)
+		p := t.parentNode(x)
+		if p == nil {
+			continue
+		}
+		l, _ := x.left()
+		r, _ := x.right()
+		found := 0
+		for _, cs := range [2][2]nodeIndex{{l, r}, {r, l}} {
+			c, s := cs[0], cs[1]
+			ph := t.parentHash(p, s)
+			res := t.resolution(c)
+			var under []uint32
+			for _, u := range p.UnmergedLeaves {
+				if c.isAncestor(leafIndex(u).node()) {
+					under = append(under, u)
+				}
+			}
+			for _, d := range res {
+				dph, ok := t.nodeParentHash(d)
+				if !ok || !bytes.Equal(dph, ph) {
+					continue
+				}
+				// resolution(C) \ {D} must equal the unmerged leaves under C.
+				rest := make([]uint32, 0, len(res))
+				okRest := true
+				for _, y := range res {
+					if y == d {
+						continue
+					}
+					if !y.isLeaf() {
+						okRest = false
+						break
+					}
+					rest = append(rest, uint32(y.leaf()))
+				}
+				slices.Sort(rest)
+				if okRest && slices.Equal(rest, under) {
+					found++
+				}
+			}
+		}
+		if found != 1 {
+			return fmt.Errorf("%w: parent node %d is not parent-hash valid (%d chains)", ErrInvalidTree, x, found)
+		}
+	}
+	return nil
+}
+
+// verifyStructure checks the invariants a received tree must meet
+// besides hashes: unmerged leaves sorted, non-blank and below their node,
+// and, for a leaf unmerged at P, also unmerged at every non-blank parent
+// between it and P.
+func (t *ratchetTree) verifyStructure() error {
+	n := t.leafCount()
+	for i := 1; i < len(t.nodes); i += 2 {
+		x := nodeIndex(i)
+		p := t.parentNode(x)
+		if p == nil {
+			continue
+		}
+		for j, u := range p.UnmergedLeaves {
+			if j > 0 && p.UnmergedLeaves[j-1] >= u {
+				return fmt.Errorf("%w: unmerged leaves of node %d not sorted", ErrInvalidTree, x)
+			}
+			ln := leafIndex(u).node()
+			if uint32(u) >= uint32(n) || !x.isAncestor(ln) || t.nodes[ln] == nil {
+				return fmt.Errorf("%w: bad unmerged leaf %d at node %d", ErrInvalidTree, u, x)
+			}
+			for y, ok := ln.parent(n); ok && y != x; y, ok = y.parent(n) {
+				if q := t.parentNode(y); q != nil && !slices.Contains(q.UnmergedLeaves, u) {
+					return fmt.Errorf("%w: leaf %d unmerged at %d but not at %d", ErrInvalidTree, u, x, y)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// members iterates over the non-blank leaves.
+func (t *ratchetTree) members(fn func(leafIndex, *LeafNode)) {
+	for i := 0; i < len(t.nodes); i += 2 {
+		if n := t.nodes[i]; n != nil {
+			fn(nodeIndex(i).leaf(), n.Leaf)
+		}
+	}
+}
+
+// hasEncKey reports whether any node already holds key k.
+func (t *ratchetTree) hasEncKey(k []byte) bool {
+	for i := range t.nodes {
+		if t.nodes[i] != nil && bytes.Equal(t.encKey(nodeIndex(i)), k) {
+			return true
+		}
+	}
+	return false
+}
+
+// verifyLeafSignatures checks every leaf's signature (§7.3), with the
+// group id and leaf index as context for update and commit leaves.
+func (t *ratchetTree) verifyLeafSignatures(groupID []byte) error {
+	var err error
+	t.members(func(l leafIndex, ln *LeafNode) {
+		if err != nil {
+			return
+		}
+		if e := t.suite.VerifyLeafNodeSignature(ln, groupID, uint32(l)); e != nil {
+			err = fmt.Errorf("%w: leaf %d: %w", ErrInvalidTree, l, e)
+		}
+	})
+	return err
+}
