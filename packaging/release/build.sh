@@ -12,7 +12,7 @@
 #   VERSION COMMIT     version strings (default: git describe / rev-parse)
 #   RELEASE_ARCHES     default "amd64 arm64"
 #   RELEASE_REF        commit to build (default HEAD); the build runs in a clean
-#                      `git archive` export, so uncommitted changes never ship.
+#                      checkout of it, so uncommitted changes never ship.
 #                      RELEASE_REF=worktree builds the working tree as it is.
 #   QPC_RELEASE_KEY    minisign secret key file; QPC_RELEASE_KEY_PASSWORD if encrypted.
 #                      Unset: a throwaway development key is made (never publish
@@ -44,12 +44,16 @@ if [ "$RELEASE_REF" != worktree ] && git -C "$root" rev-parse --git-dir >/dev/nu
 	commit_full=$(git -C "$root" rev-parse --verify "$RELEASE_REF^{commit}") || die "RELEASE_REF $RELEASE_REF is not a commit"
 	src=$DIST/build/src
 	rm -rf "$src"
-	mkdir -p "$src"
-	git -C "$root" archive --format=tar "$commit_full" | tar -x -C "$src"
+	# A local clone: nothing in this repository changes, and the tree holds
+	# exactly the commit. (cyclonedx-gomod reads the clone's git metadata for
+	# the main module's version; its git library does not follow alternates,
+	# so no --shared.)
+	git clone --quiet --no-checkout "$root" "$src"
+	git -C "$src" -c advice.detachedHead=false checkout --quiet --detach "$commit_full"
 	: "${COMMIT:=$(git -C "$root" rev-parse --short "$commit_full")}"
 	: "${VERSION:=$(git -C "$root" describe --tags --always "$commit_full")}"
 	: "${SOURCE_DATE_EPOCH:=$(git -C "$root" log -1 --format=%ct "$commit_full")}"
-	log "building $RELEASE_REF ($COMMIT) from a clean export in $src"
+	log "building $RELEASE_REF ($COMMIT) from a clean checkout in $src"
 else
 	: "${COMMIT:=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 	: "${VERSION:=$(git -C "$root" describe --tags --always --dirty 2>/dev/null || echo 0.0.0-dev)}"
