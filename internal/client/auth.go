@@ -187,8 +187,8 @@ type storedTokens struct {
 
 func (c *Client) loadTokens(ctx context.Context) (*storedTokens, error) {
 	var (
-		access             string
-		refresh            []byte
+		access              string
+		refresh             []byte
 		accessMs, refreshMs int64
 	)
 	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
