@@ -208,7 +208,7 @@ func (s *Service) resolve(ctx context.Context, refs []MemberRef) ([]Member, erro
 }
 
 // loadForMember reads a channel's kind and head and checks that the caller
-// is a member; errors wrap ErrNotFound or ErrNotMember.
+// is a member; an unknown channel is ErrNotMember too.
 func loadForMember(ctx context.Context, tx *sql.Tx, c Caller, id []byte) (kind int, head uint64, err error) {
 	var member bool
 	var h int64
@@ -216,7 +216,7 @@ func loadForMember(ctx context.Context, tx *sql.Tx, c Caller, id []byte) (kind i
 		c.AccountID, c.DeviceID, id).Scan(&kind, &h, &member)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
-		return 0, 0, ErrNotFound
+		return 0, 0, ErrNotMember
 	case err != nil:
 		return 0, 0, err
 	case !member:
@@ -358,7 +358,7 @@ func (s *Service) channel(ctx context.Context, c Caller, id []byte) (Channel, er
 		var member bool
 		if err := tx.QueryRowContext(ctx, `SELECT `+isMember+` FROM channels c WHERE c.id = ?`, c.AccountID, c.DeviceID, id).Scan(&member); err != nil {
 			if errors.Is(err, sql.ErrNoRows) {
-				return ErrNotFound
+				return ErrNotMember
 			}
 			return err
 		}

@@ -29,10 +29,14 @@ import (
 
 // Sentinel errors; the server maps them to wire statuses.
 var (
-	// ErrNotFound: no such channel (NOT_FOUND).
-	ErrNotFound = errors.New("delivery: channel not found")
-	// ErrNotMember: the caller is not a member of the channel (PERMISSION_DENIED).
-	ErrNotMember = errors.New("delivery: not a member of the channel")
+	// ErrNotFound: something a member asked for does not exist (a GroupInfo
+	// not stored yet) (NOT_FOUND).
+	ErrNotFound = errors.New("delivery: not found")
+	// ErrNotMember: the caller is not a member of the channel, or there is
+	// no such channel (PERMISSION_DENIED). The two are one error so that a
+	// non-member cannot probe which channel ids exist (a DM's id is derived
+	// from two account ids).
+	ErrNotMember = errors.New("delivery: not a member of the channel (or no such channel)")
 	// ErrStaleEpoch: a commit for an epoch other than the channel's current
 	// one, or a message for an epoch outside the accepted window (STALE_EPOCH).
 	ErrStaleEpoch = errors.New("delivery: stale epoch")

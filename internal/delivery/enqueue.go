@@ -171,7 +171,7 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 		err = sel.QueryRowContext(ctx, c.AccountID, c.DeviceID, messageID, id).Scan(&kind, &groupID, &epoch, &head, &ttlMS, &member, &dupSeq, &dupEpoch, &dupDevice)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
-			return ErrNotFound
+			return ErrNotMember
 		case err != nil:
 			return err
 		case !member:

@@ -328,7 +328,7 @@ func (s *Service) GroupInfo(ctx context.Context, c Caller, id []byte) ([]byte, u
 		epoch = e.Int64
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
-			return ErrNotFound
+			return ErrNotMember
 		case err != nil:
 			return err
 		case !member:
