@@ -251,7 +251,7 @@ func (s *Service) AddMembers(ctx context.Context, c Caller, id []byte, refs []Me
 		return nil
 	})
 	if err != nil {
-		s.denied("add_members", err)
+		s.denied(ctx, c, "add_members", err)
 		return Channel{}, fmt.Errorf("delivery: add members: %w", err)
 	}
 	for _, m := range members {
@@ -302,7 +302,7 @@ func (s *Service) RemoveMembers(ctx context.Context, c Caller, id []byte, refs [
 		return nil
 	})
 	if err != nil {
-		s.denied("remove_members", err)
+		s.denied(ctx, c, "remove_members", err)
 		return 0, fmt.Errorf("delivery: remove members: %w", err)
 	}
 	for _, m := range members {

@@ -104,7 +104,7 @@ func (s *Service) Enqueue(ctx context.Context, c Caller, id []byte, messageID st
 		result = "stale_epoch"
 	case errors.Is(err, ErrNotMember), errors.Is(err, ErrNotFound):
 		result = "denied"
-		s.denied("enqueue", err)
+		s.denied(ctx, c, "enqueue", err)
 	case errors.Is(err, ErrInvalidMessage), errors.Is(err, ErrInvalidRequest), errors.Is(err, ErrTooLarge), errors.Is(err, ErrMessageIDConflict):
 		result = "invalid"
 	default:
@@ -302,7 +302,7 @@ func (s *Service) SendToInbox(ctx context.Context, c Caller, channelID []byte, k
 		return nil
 	})
 	if err != nil {
-		s.denied("send_to_inbox", err)
+		s.denied(ctx, c, "send_to_inbox", err)
 		return 0, fmt.Errorf("delivery: send to inbox: %w", err)
 	}
 	kl := "other"
@@ -321,9 +321,11 @@ func (s *Service) SendToInbox(ctx context.Context, c Caller, channelID []byte, k
 
 func hexID(b []byte) string { return hex.EncodeToString(b) }
 
-// denied counts authorisation failures by operation.
-func (s *Service) denied(op string, err error) {
+// denied counts and audits authorisation failures by operation.
+func (s *Service) denied(ctx context.Context, c Caller, op string, err error) {
 	if errors.Is(err, ErrNotMember) {
 		s.metrics.denied.WithLabelValues(op).Inc()
+		s.audit.Event(ctx, "delivery.denied", slog.String("account_id", c.AccountID), slog.String("device_id", c.DeviceID),
+			slog.String("operation", op))
 	}
 }

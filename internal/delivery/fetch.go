@@ -308,7 +308,7 @@ func (s *Service) Ack(ctx context.Context, c Caller, cursors []Cursor, inboxSeq 
 		return nil
 	})
 	if err != nil {
-		s.denied("ack", err)
+		s.denied(ctx, c, "ack", err)
 		return fmt.Errorf("delivery: ack: %w", err)
 	}
 	return nil
@@ -339,7 +339,7 @@ func (s *Service) GroupInfo(ctx context.Context, c Caller, id []byte) ([]byte, u
 		return nil
 	})
 	if err != nil {
-		s.denied("group_info", err)
+		s.denied(ctx, c, "group_info", err)
 		return nil, 0, fmt.Errorf("delivery: group info: %w", err)
 	}
 	return gi, uint64(epoch), nil

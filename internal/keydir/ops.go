@@ -38,7 +38,7 @@ func (d *Directory) Upload(ctx context.Context, deviceID string, pool [][]byte, 
 	for i, raw := range pool {
 		c, err := d.validate(raw, dev, now)
 		if err != nil {
-			d.metrics.rejected.WithLabelValues(rejectReason(err)).Inc()
+			d.rejected(ctx, dev, err)
 			return UploadResult{}, fmt.Errorf("key_packages[%d]: %w", i, err)
 		}
 		kps = append(kps, c)
@@ -47,7 +47,7 @@ func (d *Directory) Upload(ctx context.Context, deviceID string, pool [][]byte, 
 	if len(lastResort) > 0 {
 		c, err := d.validate(lastResort, dev, now)
 		if err != nil {
-			d.metrics.rejected.WithLabelValues(rejectReason(err)).Inc()
+			d.rejected(ctx, dev, err)
 			return UploadResult{}, fmt.Errorf("last_resort: %w", err)
 		}
 		c.lastResort = true
@@ -116,6 +116,14 @@ func (d *Directory) Upload(ctx context.Context, deviceID string, pool [][]byte, 
 // expiry is min(lifetime.not_after, now + TTL) in Unix milliseconds.
 func (d *Directory) expiry(now, notAfter time.Time) int64 {
 	return min(now.Add(d.ttl).UnixMilli(), notAfter.UnixMilli())
+}
+
+// rejected counts and audits a refused upload.
+func (d *Directory) rejected(ctx context.Context, dev Device, err error) {
+	reason := rejectReason(err)
+	d.metrics.rejected.WithLabelValues(reason).Inc()
+	d.audit.Event(ctx, "keypackage.upload_rejected", slog.String("account_id", dev.AccountID),
+		slog.String("device_id", dev.ID), slog.String("reason", reason))
 }
 
 func rejectReason(err error) string {
