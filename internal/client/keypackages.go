@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 
@@ -43,71 +44,45 @@ type StockReport struct {
 
 // generated is a new KeyPackage with its private keys.
 type generated struct {
-	msg      []byte // MLSMessage(KeyPackage)
-	ref      []byte
-	initPriv secret.Bytes
-	encPriv  secret.Bytes
+	msg    []byte       // MLSMessage(KeyPackage)
+	ref    []byte       // KeyPackageRef
+	bundle secret.Bytes // mls.KeyPackageBundle.Marshal: the KeyPackage and its private keys
 }
 
-func (g *generated) wipe() { g.initPriv.Wipe(); g.encPriv.Wipe() }
+func (g *generated) wipe() { g.bundle.Wipe() }
 
-// newKeyPackage builds a KeyPackage for the device: BasicCredential
-// "<account_name>/<device_id>", signature key = the device's Ed25519 key.
-func newKeyPackage(id *Identity, now time.Time) (*generated, error) {
+// newKeyPackage builds a KeyPackage for the device with internal/mls:
+// BasicCredential "<account_name>/<device_id>", signature key = the
+// device's Ed25519 key, fresh init and encryption keys.
+func newKeyPackage(id *Identity, now time.Time, lastResort bool) (*generated, error) {
 	suite, err := mls.Suite(Suite)
 	if err != nil {
 		return nil, err
 	}
-	sk, pub, err := suite.SignaturePrivateKeyFromBytes(id.key.Reveal())
+	sk, _, err := suite.SignaturePrivateKeyFromBytes(id.key.Reveal())
 	if err != nil {
 		return nil, fmt.Errorf("client: device key: %w", err)
 	}
-	defer sk.Wipe()
-	initPriv, initPub, err := suite.GenerateHPKEKey()
+	b, err := mls.GenerateKeyPackage(Suite, mls.BasicIdentity(id.AccountName, id.DeviceID), sk,
+		mls.KeyPackageOptions{Now: now, Lifetime: keyPackageLifetime, LastResort: lastResort})
 	if err != nil {
-		return nil, fmt.Errorf("client: init key: %w", err)
+		sk.Wipe()
+		return nil, fmt.Errorf("client: generate KeyPackage: %w", err)
 	}
-	defer initPriv.Wipe()
-	encPriv, encPub, err := suite.GenerateHPKEKey()
-	if err != nil {
-		return nil, fmt.Errorf("client: encryption key: %w", err)
-	}
-	defer encPriv.Wipe()
-	kp := &mls.KeyPackage{
-		Version:     mls.ProtocolVersionMLS10,
-		CipherSuite: Suite,
-		InitKey:     initPub,
-		LeafNode: mls.LeafNode{
-			EncryptionKey: encPub,
-			SignatureKey:  pub,
-			Credential:    mls.Credential{Type: mls.CredentialTypeBasic, Identity: []byte(id.Credential())},
-			Capabilities: mls.Capabilities{
-				Versions:     []mls.ProtocolVersion{mls.ProtocolVersionMLS10},
-				CipherSuites: []mls.CipherSuiteID{Suite},
-				Credentials:  []mls.CredentialType{mls.CredentialTypeBasic},
-			},
-			Source: mls.LeafNodeSourceKeyPackage,
-			Lifetime: mls.Lifetime{NotBefore: uint64(max(now.Add(-time.Hour).Unix(), 0)),
-				NotAfter: uint64(max(now.Add(keyPackageLifetime).Unix(), 0))},
-		},
-	}
-	if err := suite.SignLeafNode(&kp.LeafNode, nil, 0, sk); err != nil {
-		return nil, fmt.Errorf("client: sign leaf node: %w", err)
-	}
-	if err := suite.SignKeyPackage(kp, sk); err != nil {
-		return nil, fmt.Errorf("client: sign KeyPackage: %w", err)
-	}
-	ref, err := kp.Ref(suite)
+	defer b.Wipe() // also wipes sk
+	ref, err := b.Ref()
 	if err != nil {
 		return nil, fmt.Errorf("client: KeyPackage ref: %w", err)
 	}
-	msg, err := (&mls.MLSMessage{Version: mls.ProtocolVersionMLS10, WireFormat: mls.WireFormatKeyPackage, KeyPackage: kp}).Marshal()
+	msg, err := (&mls.MLSMessage{Version: mls.ProtocolVersionMLS10, WireFormat: mls.WireFormatKeyPackage, KeyPackage: &b.KeyPackage}).Marshal()
 	if err != nil {
 		return nil, fmt.Errorf("client: encode KeyPackage: %w", err)
 	}
-	return &generated{msg: msg, ref: ref,
-		initPriv: secret.New(append([]byte(nil), initPriv.Bytes()...)),
-		encPriv:  secret.New(append([]byte(nil), encPriv.Bytes()...))}, nil
+	raw, err := b.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("client: encode KeyPackage keys: %w", err)
+	}
+	return &generated{msg: msg, ref: ref, bundle: secret.New(raw)}, nil
 }
 
 // KeyPackageStock asks the server for this device's stock.
@@ -167,14 +142,14 @@ func (c *Client) KeyPackageUpkeep(ctx context.Context) (*StockReport, error) {
 		}
 	}()
 	for range need {
-		g, err := newKeyPackage(id, now)
+		g, err := newKeyPackage(id, now, false)
 		if err != nil {
 			return nil, err
 		}
 		batch = append(batch, g)
 	}
 	if needLR {
-		if lr, err = newKeyPackage(id, now); err != nil {
+		if lr, err = newKeyPackage(id, now, true); err != nil {
 			return nil, err
 		}
 	}
@@ -184,8 +159,8 @@ func (c *Client) KeyPackageUpkeep(ctx context.Context) (*StockReport, error) {
 		expires := now.Add(c.opts.KeyPackageTTL).UnixMilli()
 		err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
 			ins := func(g *generated, last int) error {
-				_, err := tx.ExecContext(ctx, `INSERT INTO key_packages (ref, key_package, init_priv, enc_priv, last_resort, created_ms, expires_ms, uploaded)
-					VALUES (?, ?, ?, ?, ?, ?, ?, 0)`, g.ref, g.msg, g.initPriv.Reveal(), g.encPriv.Reveal(), last, now.UnixMilli(), expires)
+				_, err := tx.ExecContext(ctx, `INSERT INTO key_packages (ref, key_package, bundle, last_resort, created_ms, expires_ms, uploaded)
+					VALUES (?, ?, ?, ?, ?, ?, 0)`, g.ref, g.msg, g.bundle.Reveal(), last, now.UnixMilli(), expires)
 				return err
 			}
 			for _, g := range batch {
@@ -261,19 +236,24 @@ func (c *Client) KeyPackageUpkeep(ctx context.Context) (*StockReport, error) {
 	return rep, nil
 }
 
-// KeyPackageKeys returns the private init and encryption keys of one of
-// this device's KeyPackages (by KeyPackageRef), for joining from a Welcome.
-// ok is false when the keys are unknown (used, purged, never ours).
-func (c *Client) keyPackageKeys(ctx context.Context, tx *sql.Tx, ref []byte) (initPriv, encPriv secret.Bytes, ok bool, err error) {
-	var ip, ep []byte
-	err = tx.QueryRowContext(ctx, `SELECT init_priv, enc_priv FROM key_packages WHERE ref = ?`, ref).Scan(&ip, &ep)
-	if err == sql.ErrNoRows {
-		return secret.Bytes{}, secret.Bytes{}, false, nil
+// keyPackageBundle returns one of this device's KeyPackages with its
+// private keys (by KeyPackageRef), for joining from a Welcome. ok is false
+// when it is unknown (used, purged, never ours).
+func keyPackageBundle(ctx context.Context, tx *sql.Tx, ref []byte) (b *mls.KeyPackageBundle, ok bool, err error) {
+	var raw []byte
+	err = tx.QueryRowContext(ctx, `SELECT bundle FROM key_packages WHERE ref = ?`, ref).Scan(&raw)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, false, nil
 	}
 	if err != nil {
-		return secret.Bytes{}, secret.Bytes{}, false, err
+		return nil, false, err
 	}
-	return secret.New(ip), secret.New(ep), true, nil
+	defer secret.Wipe(raw)
+	b, err = mls.UnmarshalKeyPackageBundle(raw)
+	if err != nil {
+		return nil, false, fmt.Errorf("client: stored KeyPackage keys: %w", err)
+	}
+	return b, true, nil
 }
 
 // consumeKeyPackage deletes a used KeyPackage's keys (in the transaction

@@ -36,8 +36,7 @@ CREATE TABLE tokens (
 CREATE TABLE key_packages (
     ref          BLOB    PRIMARY KEY, -- KeyPackageRef
     key_package  BLOB    NOT NULL,    -- MLSMessage(KeyPackage) as uploaded
-    init_priv    BLOB    NOT NULL,
-    enc_priv     BLOB    NOT NULL,
+    bundle       BLOB    NOT NULL,    -- mls.KeyPackageBundle: the KeyPackage and its private keys
     last_resort  INTEGER NOT NULL DEFAULT 0,
     created_ms   INTEGER NOT NULL,
     expires_ms   INTEGER NOT NULL,    -- when the server drops it (upload + TTL, or not_after)
