@@ -93,8 +93,13 @@ ipk_arches() {
 
 tools=$DIST/build/tools
 mkdir -p "$tools"
-(cd "$src" && CGO_ENABLED=0 $GO build -trimpath -o "$tools/qpc-release" ./cmd/qpc-release)
+# Host builds of the helper and of the Go tool dependencies (`go tool X`
+# would build X for the target GOARCH set below).
+(cd "$src" && CGO_ENABLED=0 $GO build -trimpath -o "$tools/" ./cmd/qpc-release \
+	github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod github.com/goreleaser/nfpm/v2/cmd/nfpm)
 qpc_release=$tools/qpc-release
+cyclonedx_gomod=$tools/cyclonedx-gomod
+nfpm=$tools/nfpm
 
 # --- SBOMs -----------------------------------------------------------------
 sboms() {
@@ -102,8 +107,8 @@ sboms() {
 	for c in "${cmds[@]}"; do
 		out=$DIST/build/${c}_linux_${arch}.gomod.cdx.json
 		log "SBOM $c linux/$arch"
-		(cd "$src" && GOOS=linux GOARCH=$arch CGO_ENABLED=1 GOFLAGS="-tags=$TAGS -trimpath -buildvcs=false" \
-			$GO tool cyclonedx-gomod app -json -licenses -assert-licenses -std -noserial \
+		(cd "$src" && GOOS=linux GOARCH=$arch CGO_ENABLED=1 CC=$(cc_for "$arch") GOFLAGS="-tags=$TAGS -trimpath -buildvcs=false" \
+			"$cyclonedx_gomod" app -json -licenses -assert-licenses -std -noserial \
 			-main "cmd/$c" -output "$out" . 2>"$DIST/build/cyclonedx-$c-$arch.log") ||
 			{ cat "$DIST/build/cyclonedx-$c-$arch.log" >&2; die "cyclonedx-gomod failed for $c $arch"; }
 		(cd "$src" && "$qpc_release" sbom --in "$out" --out "$DIST/${c}_${PKG_VERSION}_linux_${arch}.cdx.json" --epoch "$SOURCE_DATE_EPOCH" --version "$VERSION")
@@ -163,7 +168,7 @@ for arch in $RELEASE_ARCHES; do
 			[ -f "$src/packaging/$cfg" ] || continue
 			[ "$cfg" = nfpm-qpc.yaml ] && { [ -x "$bin/qpc" ] || continue; [ "$p" = ipk ] && continue; }
 			out=$(cd "$src" && PKG_VERSION=$PKG_VERSION PKG_ARCH=$a BIN_DIR=$bin DIST_DIR=$DIST \
-				$GO tool nfpm pkg --config "packaging/$cfg" --packager "$p" --target "$DIST/" 2>&1) ||
+				"$nfpm" pkg --config "packaging/$cfg" --packager "$p" --target "$DIST/" 2>&1) ||
 				{ echo "$out" >&2; die "nfpm $p $a failed"; }
 			f=$(printf '%s\n' "$out" | sed -n 's|^created package: ||p')
 			[ -n "$f" ] || { echo "$out" >&2; die "nfpm did not report its package"; }
