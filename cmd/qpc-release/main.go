@@ -57,10 +57,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stderr, "qpc-release:", err)
 	var ue usageError
-	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") || strings.Contains(err.Error(), "arg(s)") {
+	// cobra reports an unknown subcommand only as text.
+	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") {
 		return exitUsage
 	}
 	return exitFailure
+}
+
+// usageArgs wraps a cobra argument check so its errors exit with code 2.
+func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
 }
 
 // epoch parses SOURCE_DATE_EPOCH-style seconds ("" = now).
@@ -80,7 +91,7 @@ func sbomCommand(stdout io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "sbom --in GOMOD.cdx.json --out FILE",
 		Short: "Add go-sqlcipher's bundled C libraries (versions read from its sources) to a cyclonedx-gomod SBOM",
-		Args:  cobra.NoArgs,
+		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(*cobra.Command, []string) error {
 			if in == "" || out == "" {
 				return usageError{errors.New("--in and --out are required")}
@@ -146,7 +157,7 @@ func keygenCommand(stdout io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "keygen --secret FILE --public FILE",
 		Short: "Make a minisign key pair (secret key encrypted when " + PasswordEnv + " is set)",
-		Args:  cobra.NoArgs,
+		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(*cobra.Command, []string) error {
 			if secretPath == "" || publicPath == "" {
 				return usageError{errors.New("--secret and --public are required")}
@@ -186,7 +197,7 @@ func pubkeyCommand(stdout io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "pubkey --key SECRET [--out FILE]",
 		Short: "Write the public key of a minisign secret key",
-		Args:  cobra.NoArgs,
+		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(*cobra.Command, []string) error {
 			if keyPath == "" {
 				return usageError{errors.New("--key is required")}
@@ -223,7 +234,7 @@ func signCommand(stdout io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "sign --key SECRET FILE...",
 		Short: "Write FILE.minisig for each FILE (password from " + PasswordEnv + ")",
-		Args:  cobra.MinimumNArgs(1),
+		Args:  usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(_ *cobra.Command, files []string) error {
 			if keyPath == "" {
 				return usageError{errors.New("--key (or $QPC_RELEASE_KEY) is required")}
@@ -256,7 +267,7 @@ func verifyCommand(stdout io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "verify --pubkey FILE FILE...",
 		Short: "Verify FILE against FILE.minisig for each FILE",
-		Args:  cobra.MinimumNArgs(1),
+		Args:  usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(_ *cobra.Command, files []string) error {
 			var failed []string
 			for _, f := range files {
