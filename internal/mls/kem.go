@@ -3,6 +3,7 @@ package mls
 import (
 	"crypto"
 	"crypto/hkdf"
+	"crypto/rand"
 	"encoding/binary"
 	"fmt"
 
@@ -81,4 +82,39 @@ func (s *CipherSuite) DeriveKeyPair(ikm []byte) (HPKEPrivateKey, HPKEPublicKey, 
 		clear(raw)
 	}
 	return HPKEPrivateKey{}, nil, fmt.Errorf("%w: DeriveKeyPair found no valid scalar", ErrInvalidKey)
+}
+
+// hpkeExportSend sets up an HPKE base-mode sender to pub with empty info
+// and exports the external init secret (RFC 9420 §8.3).
+func (s *CipherSuite) hpkeExportSend(pub HPKEPublicKey) ([]byte, Secret, error) {
+	pk, err := s.kem.id.Scheme().UnmarshalBinaryPublicKey(pub)
+	if err != nil {
+		return nil, Secret{}, fmt.Errorf("%w: external_pub: %v", ErrInvalidKey, err)
+	}
+	snd, err := s.hpke.NewSender(pk, nil)
+	if err != nil {
+		return nil, Secret{}, fmt.Errorf("%w: %v", ErrEncrypt, err)
+	}
+	enc, sealer, err := snd.Setup(rand.Reader)
+	if err != nil {
+		return nil, Secret{}, fmt.Errorf("%w: %v", ErrEncrypt, err)
+	}
+	return enc, adoptSecret(sealer.Export([]byte("MLS 1.0 external init secret"), uint(s.Nh()))), nil
+}
+
+// hpkeExportReceive is the receiving side of hpkeExportSend.
+func (s *CipherSuite) hpkeExportReceive(priv HPKEPrivateKey, kemOutput []byte) (Secret, error) {
+	sk, err := s.kem.id.Scheme().UnmarshalBinaryPrivateKey(priv.Bytes())
+	if err != nil {
+		return Secret{}, fmt.Errorf("%w: %v", ErrInvalidKey, err)
+	}
+	rcv, err := s.hpke.NewReceiver(sk, nil)
+	if err != nil {
+		return Secret{}, fmt.Errorf("%w: %v", ErrDecrypt, err)
+	}
+	opener, err := rcv.Setup(kemOutput)
+	if err != nil {
+		return Secret{}, fmt.Errorf("%w: external init: %v", ErrDecrypt, err)
+	}
+	return adoptSecret(opener.Export([]byte("MLS 1.0 external init secret"), uint(s.Nh()))), nil
 }

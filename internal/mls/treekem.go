@@ -13,7 +13,13 @@ import (
 
 // nodeKeys holds the HPKE private keys a member knows, by node index:
 // its own leaf and parent nodes on its direct path.
-type nodeKeys map[nodeIndex]HPKEPrivateKey
+type nodeKeys map[nodeIndex]nodeKey
+
+// nodeKey is a private key with its public key.
+type nodeKey struct {
+	priv HPKEPrivateKey
+	pub  HPKEPublicKey
+}
 
 func (k nodeKeys) clone() nodeKeys {
 	c := make(nodeKeys, len(k))
@@ -26,13 +32,8 @@ func (k nodeKeys) clone() nodeKeys {
 // prune drops keys of nodes that are blank, out of range or hold another
 // public key in t (after a commit replaced them).
 func (k nodeKeys) prune(t *ratchetTree) {
-	for x, priv := range k {
-		if int(x) >= len(t.nodes) || t.nodes[x] == nil {
-			delete(k, x)
-			continue
-		}
-		pub, err := t.suite.publicOf(priv)
-		if err != nil || !bytes.Equal(pub, t.encKey(x)) {
+	for x, nk := range k {
+		if int(x) >= len(t.nodes) || t.nodes[x] == nil || !bytes.Equal(nk.pub, t.encKey(x)) {
 			delete(k, x)
 		}
 	}
@@ -111,7 +112,7 @@ func (t *ratchetTree) createUpdatePath(from leafIndex, leafTmpl *LeafNode, group
 	if err != nil {
 		return nil, err
 	}
-	res.keys[from.node()] = leafPriv
+	res.keys[from.node()] = nodeKey{leafPriv, leafPub}
 	ps := make([]byte, s.Nh())
 	if _, err := rand.Read(ps); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrEncrypt, err)
@@ -130,7 +131,7 @@ func (t *ratchetTree) createUpdatePath(from leafIndex, leafTmpl *LeafNode, group
 			return nil, err
 		}
 		pubs[i], secrets[i] = pub, slices.Clone(ps)
-		res.keys[st.node] = priv
+		res.keys[st.node] = nodeKey{priv, pub}
 		res.pathSecrets[st.node] = NewSecret(ps)
 	}
 	cs, err := s.DeriveSecret(ps, "path")
@@ -244,11 +245,11 @@ func (t *ratchetTree) decryptPath(from, own leafIndex, fdp []pathStep, path *Upd
 	res := t.excludedResolution(fdp[k].copath, exclude)
 	var ps []byte
 	for i, y := range res {
-		priv, ok := keys[y]
+		nk, ok := keys[y]
 		if !ok {
 			continue
 		}
-		pt, err := s.DecryptWithLabel(priv, "UpdatePathNode", gcb, path.Nodes[k].EncryptedPathSecret[i])
+		pt, err := s.DecryptWithLabel(nk.priv, "UpdatePathNode", gcb, path.Nodes[k].EncryptedPathSecret[i])
 		if err != nil {
 			return Secret{}, Secret{}, nil, fmt.Errorf("%w: path secret: %w", ErrInvalidCommit, err)
 		}
@@ -276,7 +277,7 @@ func (t *ratchetTree) decryptPath(from, own leafIndex, fdp []pathStep, path *Upd
 		if !bytes.Equal(pub, path.Nodes[i].EncryptionKey) {
 			return Secret{}, Secret{}, nil, fmt.Errorf("%w: derived key of path node %d does not match", ErrInvalidCommit, i)
 		}
-		out[fdp[i].node] = priv
+		out[fdp[i].node] = nodeKey{priv, pub}
 	}
 	cs, err := s.DeriveSecret(ps, "path")
 	clear(ps)

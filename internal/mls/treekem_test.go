@@ -40,12 +40,12 @@ func TestTreeKEMVectors(t *testing.T) {
 				mustNoErr(t, err, "leaf key")
 				l := leafIndex(lp.Index)
 				mustHex(t, pub, base.encKey(l.node()), "leaf public key")
-				k[l.node()] = priv
+				k[l.node()] = nodeKey{priv, pub}
 				for _, ps := range lp.PathSecrets {
 					priv, pub, err := s.deriveNodeKey(ps.PathSecret)
 					mustNoErr(t, err, "node key")
 					mustHex(t, pub, base.encKey(nodeIndex(ps.Node)), "node public key")
-					k[nodeIndex(ps.Node)] = priv
+					k[nodeIndex(ps.Node)] = nodeKey{priv, pub}
 				}
 				keys[l] = k
 				sp, _, err := s.SignaturePrivateKeyFromBytes(lp.SignaturePriv)

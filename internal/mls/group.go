@@ -1,0 +1,517 @@
+package mls
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// The group state machine (RFC 9420 §11, §12): creating a group,
+// committing proposals, processing messages, protecting application
+// data, and the bookkeeping of epochs. See docs/mls.md, "Group API".
+
+// PSKStore looks up external pre-shared keys by their psk_id.
+type PSKStore func(pskID []byte) (Secret, bool)
+
+// Config holds a client's group policy. The zero value is usable.
+type Config struct {
+	// AllowedSuites is the cipher suite allowlist (default {1}). A
+	// Welcome, GroupInfo, KeyPackage or ReInit for another suite is
+	// refused, as is a ReInit to a suite weaker than the group's.
+	AllowedSuites []CipherSuiteID
+	// MaxPastEpochs is how many past epochs are kept to decrypt late
+	// application messages (default 3; negative keeps none).
+	MaxPastEpochs int
+	// PaddingBlock pads PrivateMessage content to a multiple of this
+	// many bytes (default 32; negative disables padding).
+	PaddingBlock int
+	// PublicHandshake sends proposals and commits as PublicMessage
+	// (default false: members' handshake messages are PrivateMessages,
+	// so the server sees only the framing). External commits and
+	// proposals are always public.
+	PublicHandshake bool
+	// PSKs resolves external pre-shared keys (default: none known).
+	PSKs PSKStore
+	// Now is the clock for lifetime checks (default time.Now).
+	Now func() time.Time
+	// SkipLifetimeCheck disables the lifetime check of leaves received
+	// in a tree (RFC 9420 §7.3 only recommends it; test vectors carry
+	// expired leaves). KeyPackages being added are always checked.
+	SkipLifetimeCheck bool
+}
+
+func (c *Config) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
+}
+
+func (c *Config) maxPast() int {
+	switch {
+	case c.MaxPastEpochs < 0:
+		return 0
+	case c.MaxPastEpochs == 0:
+		return 3
+	}
+	return c.MaxPastEpochs
+}
+
+func (c *Config) padding(n int) int {
+	b := c.PaddingBlock
+	if b < 0 {
+		return 0
+	}
+	if b == 0 {
+		b = 32
+	}
+	return (b - n%b) % b
+}
+
+func (c *Config) allowed(id CipherSuiteID) bool {
+	return KeyPackagePolicy{AllowedSuites: c.AllowedSuites}.allowed(id)
+}
+
+// suiteLevel is the security level of a suite in bits, for the
+// downgrade guard.
+func suiteLevel(id CipherSuiteID) int {
+	switch id {
+	case 1, 2, 3:
+		return 128
+	case 4, 5, 6, 7:
+		return 256
+	}
+	return 0
+}
+
+// checkSuiteChange refuses moving from suite from to suite to if to is
+// outside the allowlist or weaker.
+func (c *Config) checkSuiteChange(from, to CipherSuiteID) error {
+	if !c.allowed(to) {
+		return fmt.Errorf("%w: suite %d not in the allowlist", ErrDowngrade, to)
+	}
+	if suiteLevel(to) < suiteLevel(from) {
+		return fmt.Errorf("%w: suite %d is weaker than %d", ErrDowngrade, to, from)
+	}
+	return nil
+}
+
+// cachedProposal is a proposal seen in the current epoch, kept so a
+// commit can include it by reference.
+type cachedProposal struct {
+	ref      []byte
+	proposal Proposal
+	sender   Sender
+}
+
+// pastEpoch is what a past epoch keeps to decrypt late application
+// messages: its context, tree (for sender keys), secret tree and
+// sender-data secret.
+type pastEpoch struct {
+	gc         GroupContext
+	tree       *ratchetTree
+	st         *SecretTree
+	senderData Secret
+}
+
+func (p *pastEpoch) wipe() {
+	p.st.Wipe()
+	p.senderData.Wipe()
+}
+
+// resumptionPSK is a past epoch's resumption secret.
+type resumptionPSK struct {
+	epoch uint64
+	psk   Secret
+}
+
+// Group is one client's state of an MLS group. It is not safe for
+// concurrent use. Methods that change the epoch (ProcessMessage on a
+// commit, MergePendingCommit) replace the state atomically: on error the
+// group is unchanged.
+type Group struct {
+	cfg     Config
+	suite   *CipherSuite
+	gc      GroupContext
+	tree    *ratchetTree
+	interim []byte
+	confTag []byte
+	es      *EpochSecrets
+	st      *SecretTree
+	own     leafIndex
+	sigPriv SignaturePrivateKey
+	keys    nodeKeys
+
+	proposals  []cachedProposal
+	past       []*pastEpoch // oldest first
+	resumption []resumptionPSK
+	pending    *PendingCommit
+	removed    bool
+	reinit     *ReInit
+	updateKeys []nodeKey // private keys of our Update proposals this epoch
+}
+
+// GroupOptions tune CreateGroup.
+type GroupOptions struct {
+	// Extensions are the initial GroupContext extensions.
+	Extensions []Extension
+	// LeafOptions for the creator's own KeyPackage-like leaf.
+	Capabilities   *Capabilities
+	LeafExtensions []Extension
+	// Lifetime of the creator's leaf (default 30 days).
+	Lifetime time.Duration
+}
+
+// CreateGroup starts a one-member group (RFC 9420 §11) with the given
+// id (qpc uses 32 random bytes; see NewGroupID), suite, BasicCredential
+// identity and signature key.
+func CreateGroup(cfg Config, groupID []byte, suite CipherSuiteID, identity []byte, sigPriv SignaturePrivateKey, opts GroupOptions) (*Group, error) {
+	if !cfg.allowed(suite) {
+		return nil, fmt.Errorf("%w: suite %d not in the allowlist", ErrUnsupportedCipherSuite, suite)
+	}
+	if len(groupID) == 0 {
+		return nil, fmt.Errorf("%w: empty group id", ErrInvalidArgument)
+	}
+	b, err := GenerateKeyPackage(suite, identity, sigPriv, KeyPackageOptions{
+		Now: cfg.now(), Lifetime: opts.Lifetime, Capabilities: opts.Capabilities, LeafExtensions: opts.LeafExtensions,
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.InitPriv.Wipe()
+	return createFromLeaf(cfg, groupID, &b.KeyPackage.LeafNode, b.EncryptionPriv, sigPriv, opts.Extensions)
+}
+
+// NewGroupID returns 32 random bytes, the group id size qpc uses.
+func NewGroupID() []byte {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	return b
+}
+
+func createFromLeaf(cfg Config, groupID []byte, leaf *LeafNode, encPriv HPKEPrivateKey, sigPriv SignaturePrivateKey, ext []Extension) (*Group, error) {
+	s, err := Suite(sigPriv.suite)
+	if err != nil {
+		return nil, err
+	}
+	g := &Group{
+		cfg:     cfg,
+		suite:   s,
+		tree:    newRatchetTree(s, leaf),
+		own:     0,
+		sigPriv: sigPriv,
+		keys:    nodeKeys{0: {encPriv, leaf.EncryptionKey}},
+	}
+	g.gc = GroupContext{
+		Version: ProtocolVersionMLS10, CipherSuite: s.ID(), GroupID: slices.Clone(groupID), Epoch: 0,
+		TreeHash: g.tree.rootHash(), ConfirmedTranscriptHash: nil, Extensions: slices.Clone(ext),
+	}
+	if err := g.checkExtensionsSupported(g.gc.Extensions, g.tree); err != nil {
+		return nil, err
+	}
+	// Epoch 0: a random init secret and an all-zero commit secret
+	// (RFC 9420 §11).
+	initSecret := make([]byte, s.Nh())
+	_, _ = rand.Read(initSecret)
+	js, err := s.JoinerSecret(adoptSecret(initSecret), Secret{}, &g.gc)
+	if err != nil {
+		return nil, err
+	}
+	defer js.Wipe()
+	if g.es, err = s.EpochSecrets(js, Secret{}, &g.gc); err != nil {
+		return nil, err
+	}
+	g.confTag = s.ConfirmationTag(g.es.ConfirmationKey, g.gc.ConfirmedTranscriptHash)
+	if g.interim, err = s.InterimTranscriptHash(g.gc.ConfirmedTranscriptHash, g.confTag); err != nil {
+		return nil, err
+	}
+	if g.st, err = NewSecretTree(s, g.es.EncryptionSecret, uint32(g.tree.leafCount())); err != nil {
+		return nil, err
+	}
+	g.rememberResumption()
+	return g, nil
+}
+
+// Accessors.
+
+// GroupID returns the group id.
+func (g *Group) GroupID() []byte { return slices.Clone(g.gc.GroupID) }
+
+// Epoch returns the current epoch.
+func (g *Group) Epoch() uint64 { return g.gc.Epoch }
+
+// CipherSuite returns the group's suite.
+func (g *Group) CipherSuite() CipherSuiteID { return g.gc.CipherSuite }
+
+// OwnLeaf returns this client's leaf index.
+func (g *Group) OwnLeaf() uint32 { return uint32(g.own) }
+
+// Context returns a copy of the current GroupContext.
+func (g *Group) Context() GroupContext {
+	c := g.gc
+	c.GroupID = slices.Clone(c.GroupID)
+	c.TreeHash = slices.Clone(c.TreeHash)
+	c.ConfirmedTranscriptHash = slices.Clone(c.ConfirmedTranscriptHash)
+	c.Extensions = slices.Clone(c.Extensions)
+	return c
+}
+
+// Active reports whether this client is still a member (false after a
+// commit removed it or a ReInit ended the group).
+func (g *Group) Active() bool { return !g.removed && g.reinit == nil }
+
+// PendingReInit returns the ReInit a processed commit applied, if any:
+// the group may no longer be used and a member creates the new group.
+func (g *Group) PendingReInit() *ReInit { return g.reinit }
+
+// Member is one leaf of the group.
+type Member struct {
+	Leaf         uint32
+	Identity     []byte // BasicCredential identity
+	SignatureKey SignaturePublicKey
+	LeafNode     *LeafNode
+}
+
+// Members lists the current members in leaf order.
+func (g *Group) Members() []Member {
+	var out []Member
+	g.tree.members(func(l leafIndex, ln *LeafNode) {
+		out = append(out, Member{Leaf: uint32(l), Identity: ln.Credential.Identity, SignatureKey: ln.SignatureKey, LeafNode: ln})
+	})
+	return out
+}
+
+// RatchetTree returns the public ratchet tree (for the ratchet_tree
+// extension or to hand to a joiner out of band).
+func (g *Group) RatchetTree() RatchetTree { return g.tree.public() }
+
+// EpochAuthenticator returns the epoch_authenticator of the current
+// epoch (RFC 9420 §8.7), for out-of-band comparison between members.
+func (g *Group) EpochAuthenticator() []byte { return slices.Clone(g.es.EpochAuthenticator.Bytes()) }
+
+// ExportSecret is MLS-Exporter(label, context, length) (RFC 9420 §8.5).
+func (g *Group) ExportSecret(label string, context []byte, length int) (Secret, error) {
+	return g.es.Export(label, context, length)
+}
+
+// ResumptionPSK returns the resumption secret of the current epoch.
+func (g *Group) ResumptionPSK() Secret { return g.es.ResumptionPSK.Clone() }
+
+// rememberResumption keeps the current epoch's resumption PSK (bounded
+// like the past epochs).
+func (g *Group) rememberResumption() {
+	g.resumption = append(g.resumption, resumptionPSK{epoch: g.gc.Epoch, psk: g.es.ResumptionPSK.Clone()})
+	if max := g.cfg.maxPast() + 1; len(g.resumption) > max {
+		for _, r := range g.resumption[:len(g.resumption)-max] {
+			r.psk.Wipe()
+		}
+		g.resumption = slices.Clone(g.resumption[len(g.resumption)-max:])
+	}
+}
+
+// clone returns a copy whose tree, keys and lists can be changed without
+// touching g (secrets are shared until the copy replaces them).
+func (g *Group) clone() *Group {
+	c := *g
+	c.tree = g.tree.clone()
+	c.keys = g.keys.clone()
+	c.gc = g.Context()
+	c.proposals = nil
+	c.past = slices.Clone(g.past)
+	c.resumption = slices.Clone(g.resumption)
+	c.pending = nil
+	return &c
+}
+
+// senderKey returns the signature key of a member or external sender.
+func (g *Group) senderKey(tree *ratchetTree, gc *GroupContext, s Sender) (SignaturePublicKey, error) {
+	switch s.Type {
+	case SenderTypeMember:
+		ln := tree.leaf(leafIndex(s.LeafIndex))
+		if s.LeafIndex >= uint32(tree.leafCount()) || ln == nil {
+			return nil, fmt.Errorf("%w: sender leaf %d", ErrNotMember, s.LeafIndex)
+		}
+		return ln.SignatureKey, nil
+	case SenderTypeExternal:
+		es, err := externalSenders(gc.Extensions)
+		if err != nil {
+			return nil, err
+		}
+		if int(s.SenderIndex) >= len(es) {
+			return nil, fmt.Errorf("%w: external sender %d", ErrNotMember, s.SenderIndex)
+		}
+		return es[s.SenderIndex].SignatureKey, nil
+	}
+	return nil, fmt.Errorf("%w: sender type %d", ErrInvalidMessage, s.Type)
+}
+
+// ExternalSender is an entry of the external_senders extension.
+type ExternalSender struct {
+	SignatureKey SignaturePublicKey
+	Credential   Credential
+}
+
+// ExternalSendersExtension encodes an external_senders extension.
+func ExternalSendersExtension(l []ExternalSender) (Extension, error) {
+	e := &encoder{}
+	e.vector(func(e *encoder) {
+		for i := range l {
+			e.opaque(l[i].SignatureKey)
+			l[i].Credential.encode(e)
+		}
+	})
+	return Extension{Type: ExtensionTypeExternalSenders, Data: e.buf}, e.err
+}
+
+func externalSenders(ext []Extension) ([]ExternalSender, error) {
+	x := findExtension(ext, ExtensionTypeExternalSenders)
+	if x == nil {
+		return nil, nil
+	}
+	var out []ExternalSender
+	d := newDecoder(x.Data)
+	d.vector(func(d *decoder) {
+		var s ExternalSender
+		s.SignatureKey = d.opaque()
+		s.Credential.decode(d)
+		out = append(out, s)
+	})
+	if err := d.finish(); err != nil {
+		return nil, fmt.Errorf("external_senders: %w", err)
+	}
+	return out, nil
+}
+
+func findExtension(ext []Extension, t ExtensionType) *Extension {
+	for i := range ext {
+		if ext[i].Type == t {
+			return &ext[i]
+		}
+	}
+	return nil
+}
+
+// RequiredCapabilities is the required_capabilities extension (§11.1).
+type RequiredCapabilities struct {
+	Extensions  []ExtensionType
+	Proposals   []ProposalType
+	Credentials []CredentialType
+}
+
+// Extension encodes r as a required_capabilities extension.
+func (r *RequiredCapabilities) Extension() Extension {
+	e := &encoder{}
+	encodeU16List(e, r.Extensions)
+	encodeU16List(e, r.Proposals)
+	encodeU16List(e, r.Credentials)
+	return Extension{Type: ExtensionTypeRequiredCapabilities, Data: e.buf}
+}
+
+func requiredCapabilities(ext []Extension) (*RequiredCapabilities, error) {
+	x := findExtension(ext, ExtensionTypeRequiredCapabilities)
+	if x == nil {
+		return nil, nil
+	}
+	r := &RequiredCapabilities{}
+	d := newDecoder(x.Data)
+	r.Extensions = decodeU16List[ExtensionType](d)
+	r.Proposals = decodeU16List[ProposalType](d)
+	r.Credentials = decodeU16List[CredentialType](d)
+	if err := d.finish(); err != nil {
+		return nil, fmt.Errorf("required_capabilities: %w", err)
+	}
+	return r, nil
+}
+
+// leafSupports checks a leaf against the group's required capabilities
+// and extension set.
+func leafSupports(ln *LeafNode, gcExt []Extension) error {
+	rc, err := requiredCapabilities(gcExt)
+	if err != nil {
+		return err
+	}
+	c := &ln.Capabilities
+	if rc != nil {
+		for _, t := range rc.Extensions {
+			if !isDefaultExtension(t) && !slices.Contains(c.Extensions, t) {
+				return errLeaf(fmt.Sprintf("leaf lacks required extension %d", t))
+			}
+		}
+		for _, t := range rc.Proposals {
+			if !isDefaultProposal(t) && !slices.Contains(c.Proposals, t) {
+				return errLeaf(fmt.Sprintf("leaf lacks required proposal %d", t))
+			}
+		}
+		for _, t := range rc.Credentials {
+			if !slices.Contains(c.Credentials, t) {
+				return errLeaf(fmt.Sprintf("leaf lacks required credential %d", t))
+			}
+		}
+	}
+	for _, x := range gcExt {
+		if !isDefaultExtension(x.Type) && !slices.Contains(c.Extensions, x.Type) {
+			return errLeaf(fmt.Sprintf("leaf lacks group extension %d", x.Type))
+		}
+	}
+	return nil
+}
+
+// checkExtensionsSupported checks that every member supports ext.
+func (g *Group) checkExtensionsSupported(ext []Extension, t *ratchetTree) error {
+	var err error
+	t.members(func(l leafIndex, ln *LeafNode) {
+		if err == nil {
+			if e := leafSupports(ln, ext); e != nil {
+				err = fmt.Errorf("%w: member %d: %w", ErrInvalidProposal, l, e)
+			}
+		}
+	})
+	return err
+}
+
+// validateLeaf is the group-dependent leaf check of §7.3 for a leaf
+// entering the tree at l (credential, capabilities, lifetime when
+// required, credential type support by all members, unique keys).
+func (g *Group) validateLeaf(t *ratchetTree, ln *LeafNode, l leafIndex, gcExt []Extension, checkLifetime bool) error {
+	if err := checkLeafCapabilities(ln, g.gc.CipherSuite); err != nil {
+		return err
+	}
+	if err := g.suite.checkLeafKeys(ln); err != nil {
+		return err
+	}
+	if err := leafSupports(ln, gcExt); err != nil {
+		return err
+	}
+	if checkLifetime && ln.Source == LeafNodeSourceKeyPackage {
+		now := g.cfg.now().Unix()
+		if now < 0 || uint64(now) < ln.Lifetime.NotBefore || uint64(now) > ln.Lifetime.NotAfter {
+			return errLeaf("lifetime does not contain now")
+		}
+	}
+	var err error
+	t.members(func(m leafIndex, o *LeafNode) {
+		if err != nil || m == l {
+			return
+		}
+		switch {
+		case bytes.Equal(o.SignatureKey, ln.SignatureKey):
+			err = errLeaf(fmt.Sprintf("signature key already used by leaf %d", m))
+		case bytes.Equal(o.EncryptionKey, ln.EncryptionKey):
+			err = errLeaf(fmt.Sprintf("encryption key already used by leaf %d", m))
+		case !slices.Contains(o.Capabilities.Credentials, ln.Credential.Type):
+			err = errLeaf(fmt.Sprintf("leaf %d does not support credential type %d", m, ln.Credential.Type))
+		case !slices.Contains(ln.Capabilities.Credentials, o.Credential.Type):
+			err = errLeaf(fmt.Sprintf("leaf does not support credential type %d of leaf %d", o.Credential.Type, m))
+		}
+	})
+	return err
+}
+
+func timeUnix(sec uint64) time.Time {
+	if sec > 1<<62 {
+		sec = 1 << 62
+	}
+	return time.Unix(int64(sec), 0)
+}
