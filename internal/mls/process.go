@@ -37,7 +37,7 @@ type Processed struct {
 	// For commits: the members added, removed and updated (leaf
 	// indices), and whether this client was removed.
 	Added, Removed, Updated []uint32
-	SelfRemoved            bool
+	SelfRemoved             bool
 	// OwnCommit is set when the message was this client's pending commit
 	// (echoed by the server), now merged.
 	OwnCommit bool
@@ -419,4 +419,6 @@ func (g *Group) memberIndexByIdentity(id []byte) (uint32, bool) {
 
 // MemberByIdentity returns the leaf index of the member with this
 // credential identity.
-func (g *Group) MemberByIdentity(id []byte) (uint32, bool) { return g.memberIndexByIdentity(slices.Clone(id)) }
+func (g *Group) MemberByIdentity(id []byte) (uint32, bool) {
+	return g.memberIndexByIdentity(slices.Clone(id))
+}
