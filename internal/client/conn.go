@@ -122,30 +122,33 @@ func (e *dialError) Error() string {
 }
 func (e *dialError) Unwrap() error { return e.err }
 
+// connLostError: the call failed below the RPC layer (no status came
+// back): the connection idled out, was closed or reset.
+type connLostError struct{ err error }
+
+func (e *connLostError) Error() string {
+	return fmt.Sprintf("client: connection to the server lost: %v", e.err)
+}
+func (e *connLostError) Unwrap() error { return e.err }
+
 // Retryable reports whether err is transient: the server unreachable,
 // draining, overloaded or briefly unavailable, or the connection lost.
 func Retryable(err error) bool {
 	var de *dialError
-	if errors.As(err, &de) {
+	var ce *connLostError
+	var se *wire.StatusError
+	switch {
+	case errors.As(err, &de), errors.As(err, &ce):
 		return true
+	case errors.As(err, &se):
+		switch se.Code {
+		case qpcv1.Status_STATUS_UNAVAILABLE, qpcv1.Status_STATUS_DRAINING:
+			return true
+		case qpcv1.Status_STATUS_RESOURCE_EXHAUSTED:
+			return se.RetryAfter > 0 // 0: a cap, not a rate; retrying cannot help
+		}
 	}
-	if errors.Is(err, context.Canceled) {
-		return false
-	}
-	var se *wire.StatusError
-	if errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_RESOURCE_EXHAUSTED && se.RetryAfter == 0 {
-		return false // a cap, not a rate: retrying cannot help
-	}
-	return rpcclient.IsRetryable(err) || connLost(err)
-}
-
-// connLost: the call failed below the RPC layer (no status came back).
-func connLost(err error) bool {
-	var se *wire.StatusError
-	if errors.As(err, &se) {
-		return se.Code == qpcv1.Status_STATUS_DRAINING
-	}
-	return !errors.Is(err, context.Canceled) && !errors.Is(err, transport.ErrPinMismatch)
+	return false
 }
 
 // Once makes a single attempt (reconnecting first if needed): for calls that
@@ -156,8 +159,18 @@ func (c *Conn) Once(ctx context.Context, method, token string, req, resp proto.M
 		return err
 	}
 	err = rc.Call(ctx, method, token, req, resp)
-	if err != nil && connLost(err) {
+	var se *wire.StatusError
+	switch {
+	case err == nil:
+	case errors.As(err, &se):
+		if se.Code == qpcv1.Status_STATUS_DRAINING {
+			c.drop(rc) // the server closed the connection; the retry redials
+		}
+	case ctx.Err() != nil:
+		return err
+	default:
 		c.drop(rc)
+		return &connLostError{err: err}
 	}
 	return err
 }
