@@ -715,14 +715,13 @@ func (g *Group) GroupInfo() ([]byte, error) {
 
 // lca returns the lowest common ancestor of two leaves.
 func lca(a, b leafIndex) nodeIndex {
-	x, y := a.node(), b.node()
 	k := uint(0)
-	for x != y {
-		x >>= 1
-		y >>= 1
+	for a != b {
+		a >>= 1
+		b >>= 1
 		k++
 	}
-	return nodeIndex((uint32(x) << k) | (1<<k - 1))
+	return nodeIndex((uint32(a) << (k + 1)) | (1<<k - 1))
 }
 
 // welcome encrypts gi and the group secrets to the added members.
