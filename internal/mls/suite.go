@@ -313,6 +313,10 @@ func (s *CipherSuite) hpkePair(skb, pkb func() ([]byte, error)) (HPKEPrivateKey,
 // SerializePrivateKey form and returns it with its public key.
 func (s *CipherSuite) HPKEPrivateKeyFromBytes(raw []byte) (HPKEPrivateKey, HPKEPublicKey, error) {
 	sch := s.kem.id.Scheme()
+	if s.kem.nist && len(raw) < s.kem.nsk && len(raw) > 0 {
+		// Some encoders drop leading zero bytes of the scalar.
+		raw = append(make([]byte, s.kem.nsk-len(raw)), raw...)
+	}
 	sk, err := sch.UnmarshalBinaryPrivateKey(raw)
 	if err != nil {
 		return HPKEPrivateKey{}, nil, fmt.Errorf("%w: HPKE private key: %v", ErrInvalidKey, err)
