@@ -190,6 +190,13 @@ func Augment(bom *cdx.BOM, libs []Library, opts Options) int {
 	if bom.Components == nil {
 		return 0
 	}
+	// cyclonedx-gomod -std lists the standard library without a licence;
+	// it is under the Go project's BSD-3-Clause licence.
+	for i, c := range *bom.Components {
+		if c.Name == "std" && strings.HasPrefix(c.PackageURL, "pkg:golang/std@") && (c.Licenses == nil || len(*c.Licenses) == 0) {
+			(*bom.Components)[i].Licenses = &cdx.Licenses{{License: &cdx.License{ID: "BSD-3-Clause"}}}
+		}
+	}
 	var parent string
 	for _, c := range *bom.Components {
 		if c.Name == SQLCipherModule {

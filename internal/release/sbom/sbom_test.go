@@ -100,7 +100,10 @@ func gomodBOM(withSQLCipher bool) *cdx.BOM {
 	bom := cdx.NewBOM()
 	bom.Metadata = &cdx.Metadata{Timestamp: "2026-01-01T00:00:00Z",
 		Component: &cdx.Component{BOMRef: "main", Type: cdx.ComponentTypeApplication, Name: "qpcd"}}
-	comps := []cdx.Component{{BOMRef: "pkg:golang/golang.org/x/sys@v0.50.0?type=module", Type: cdx.ComponentTypeLibrary, Name: "golang.org/x/sys", Version: "v0.50.0"}}
+	comps := []cdx.Component{
+		{BOMRef: "pkg:golang/golang.org/x/sys@v0.50.0?type=module", Type: cdx.ComponentTypeLibrary, Name: "golang.org/x/sys", Version: "v0.50.0"},
+		{BOMRef: "pkg:golang/std@go1.26.8?type=module", Type: cdx.ComponentTypeLibrary, Name: "std", Version: "go1.26.8", PackageURL: "pkg:golang/std@go1.26.8?type=module"},
+	}
 	deps := []cdx.Dependency{{Ref: "main", Dependencies: &[]string{comps[0].BOMRef}}}
 	if withSQLCipher {
 		ref := "pkg:golang/github.com/mutecomm/go-sqlcipher/v4@v4.4.2?type=module"
@@ -146,6 +149,9 @@ func TestAugment(t *testing.T) {
 			t.Errorf("%s component = %+v", name, c)
 		}
 	}
+	if l := byName["std"].Licenses; l == nil || (*l)[0].License.ID != "BSD-3-Clause" {
+		t.Errorf("std licence = %+v, want BSD-3-Clause", l)
+	}
 	parentDeps := map[string]bool{}
 	for _, d := range *back.Dependencies {
 		if d.Ref == byName[SQLCipherModule].BOMRef && d.Dependencies != nil {
@@ -167,7 +173,7 @@ func TestAugmentWithoutSQLCipher(t *testing.T) {
 		t.Fatal(err)
 	}
 	bom := gomodBOM(false)
-	if n := Augment(bom, libs, Options{}); n != 0 || len(*bom.Components) != 1 {
+	if n := Augment(bom, libs, Options{}); n != 0 || len(*bom.Components) != 2 {
 		t.Fatalf("a binary without go-sqlcipher got %d C components", n)
 	}
 }
