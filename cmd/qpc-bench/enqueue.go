@@ -210,11 +210,22 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 	return finish(r), nil
 }
 
+// receive long-polls with FetchWait from its own read-ahead position and
+// acknowledges at most every ackEvery, as a client that batches its
+// acknowledgements does (each Ack is a database write).
 func receive(ctx context.Context, d *device, w *window, lat *samples, delivered *atomic.Int64) {
+	const ackEvery = 250 * time.Millisecond
 	var m mls.MLSMessage
+	pos := map[string]uint64{}
+	acked := map[string]uint64{}
+	lastAck := time.Now()
 	for ctx.Err() == nil {
+		req := &qpcv1.FetchWaitRequest{TimeoutMs: 2000, Limit: 1000}
+		for ch, seq := range pos {
+			req.After = append(req.After, &qpcv1.ChannelCursor{ChannelId: []byte(ch), Seq: seq})
+		}
 		var f qpcv1.FetchResponse
-		if err := d.call(ctx, server.MethodFetchWait, &qpcv1.FetchWaitRequest{TimeoutMs: 2000, Limit: 1000}, &f); err != nil {
+		if err := d.call(ctx, server.MethodFetchWait, req, &f); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -223,10 +234,8 @@ func receive(ctx context.Context, d *device, w *window, lat *samples, delivered 
 		}
 		now := time.Now()
 		var mine []time.Duration
-		var last uint64
-		var ch []byte
 		for _, msg := range f.GetMessages() {
-			last, ch = msg.GetSeq(), msg.GetChannelId()
+			pos[string(msg.GetChannelId())] = max(pos[string(msg.GetChannelId())], msg.GetSeq())
 			delivered.Add(1)
 			if err := m.Unmarshal(msg.GetMlsMessage()); err != nil || m.PrivateMessage == nil || len(m.PrivateMessage.Ciphertext) < 8 {
 				continue
@@ -237,8 +246,19 @@ func receive(ctx context.Context, d *device, w *window, lat *samples, delivered 
 			}
 		}
 		lat.add(mine...)
-		if last > 0 {
-			_ = d.call(ctx, server.MethodAck, &qpcv1.AckRequest{Cursors: []*qpcv1.ChannelCursor{{ChannelId: ch, Seq: last}}}, &qpcv1.AckResponse{})
+		if time.Since(lastAck) >= ackEvery {
+			var cursors []*qpcv1.ChannelCursor
+			for ch, seq := range pos {
+				if acked[ch] < seq {
+					cursors = append(cursors, &qpcv1.ChannelCursor{ChannelId: []byte(ch), Seq: seq})
+				}
+			}
+			if len(cursors) > 0 && d.call(ctx, server.MethodAck, &qpcv1.AckRequest{Cursors: cursors}, &qpcv1.AckResponse{}) == nil {
+				for _, c := range cursors {
+					acked[string(c.GetChannelId())] = c.GetSeq()
+				}
+			}
+			lastAck = time.Now()
 		}
 	}
 }

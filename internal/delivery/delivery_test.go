@@ -166,7 +166,7 @@ func TestGroupChannelEnqueueFetchAck(t *testing.T) {
 		}
 	}
 	for _, dev := range []user{bob, bob2} {
-		b, err := e.svc.Fetch(ctx, dev.Caller, 0)
+		b, err := e.svc.Fetch(ctx, dev.Caller, 0, After{})
 		if err != nil || len(b.Messages) != 3 || b.More {
 			t.Fatalf("fetch %s: %+v %v", dev.DeviceID, b, err)
 		}
@@ -177,7 +177,7 @@ func TestGroupChannelEnqueueFetchAck(t *testing.T) {
 		}
 	}
 	// Limit and More.
-	b, _ := e.svc.Fetch(ctx, bob.Caller, 2)
+	b, _ := e.svc.Fetch(ctx, bob.Caller, 2, After{})
 	if len(b.Messages) != 2 || !b.More {
 		t.Fatalf("limited fetch: %d more=%v", len(b.Messages), b.More)
 	}
@@ -185,10 +185,10 @@ func TestGroupChannelEnqueueFetchAck(t *testing.T) {
 	if err := e.svc.Ack(ctx, bob.Caller, []Cursor{{ChannelID: ch.ID, Seq: 2}}, 0); err != nil {
 		t.Fatal(err)
 	}
-	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0); len(b.Messages) != 1 || b.Messages[0].Seq != 3 {
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); len(b.Messages) != 1 || b.Messages[0].Seq != 3 {
 		t.Fatalf("after ack: %+v", b)
 	}
-	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0); len(b.Messages) != 3 {
+	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0, After{}); len(b.Messages) != 3 {
 		t.Fatalf("other device: %d", len(b.Messages))
 	}
 	// Cursors never go back and never pass the head.
@@ -199,8 +199,15 @@ func TestGroupChannelEnqueueFetchAck(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
-	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0); len(b.Messages) != 1 || b.Messages[0].Seq != 4 {
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); len(b.Messages) != 1 || b.Messages[0].Seq != 4 {
 		t.Fatalf("ack past head skipped a later message: %+v", b)
+	}
+	// Read-ahead positions: bob2 holds 1..3 without acknowledging them.
+	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0, After{Channels: map[string]uint64{string(ch.ID): 3}}); len(b.Messages) != 1 || b.Messages[0].Seq != 4 {
+		t.Fatalf("fetch after 3: %+v", b)
+	}
+	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0, After{Channels: map[string]uint64{string(ch.ID): 1 << 63}}); len(b.Messages) != 0 {
+		t.Fatalf("a position beyond the head wrapped around: %+v", b)
 	}
 	list, err := e.svc.ListChannels(ctx, bob2.Caller)
 	if err != nil || len(list) != 1 || list[0].HeadSeq != 4 {
@@ -236,7 +243,7 @@ func TestOneRowPerMessageHoweverManyMembers(t *testing.T) {
 	}); err != nil || rows != 1 {
 		t.Fatalf("messages rows = %d (%v), want 1", rows, err)
 	}
-	if b, _ := e.svc.Fetch(ctx, members[999].Caller, 0); len(b.Messages) != 1 {
+	if b, _ := e.svc.Fetch(ctx, members[999].Caller, 0, After{}); len(b.Messages) != 1 {
 		t.Fatal("member 999 does not see the message")
 	}
 }
@@ -272,11 +279,11 @@ func TestDMChannel(t *testing.T) {
 	// The DM's TTL (1 h) bounds its messages, below the 7-day retention.
 	e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
 	e.clock.Advance(59 * time.Minute)
-	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0); len(b.Messages) != 1 {
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); len(b.Messages) != 1 {
 		t.Fatal("DM message missing before its TTL")
 	}
 	e.clock.Advance(2 * time.Minute)
-	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0); len(b.Messages) != 0 {
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); len(b.Messages) != 0 {
 		t.Fatal("DM message returned after its TTL")
 	}
 	if n, err := e.svc.Sweep(ctx); err != nil || n != 1 {
@@ -298,7 +305,7 @@ func TestIdempotentEnqueue(t *testing.T) {
 	if err != nil || !again.Duplicate || again.Seq != first.Seq {
 		t.Fatalf("replay: %+v %v", again, err)
 	}
-	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0); len(b.Messages) != 2 {
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); len(b.Messages) != 2 {
 		t.Fatalf("stored twice: %d messages", len(b.Messages))
 	}
 	if _, err := e.svc.Enqueue(ctx, bob.Caller, ch.ID, "uuid-1", body, nil); !errors.Is(err, ErrMessageIDConflict) {
@@ -323,7 +330,7 @@ func TestNonMember(t *testing.T) {
 	if _, err := e.svc.Enqueue(ctx, mallory.Caller, ch.ID, newMsgID(), dt.Application(g, 0, 10), nil); !errors.Is(err, ErrNotMember) {
 		t.Fatalf("post: %v", err)
 	}
-	if b, err := e.svc.Fetch(ctx, mallory.Caller, 0); err != nil || !b.empty() {
+	if b, err := e.svc.Fetch(ctx, mallory.Caller, 0, After{}); err != nil || !b.empty() {
 		t.Fatalf("read: %+v %v", b, err)
 	}
 	if err := e.svc.Ack(ctx, mallory.Caller, []Cursor{{ChannelID: ch.ID, Seq: 1}}, 0); !errors.Is(err, ErrNotMember) {
@@ -358,11 +365,11 @@ func TestMembershipChanges(t *testing.T) {
 	if _, err := e.svc.AddMembers(ctx, bob.Caller, ch.ID, []MemberRef{{AccountName: "carol", DeviceID: "c1"}}); err != nil {
 		t.Fatal(err)
 	}
-	if b, _ := e.svc.Fetch(ctx, carol.Caller, 0); !b.empty() {
+	if b, _ := e.svc.Fetch(ctx, carol.Caller, 0, After{}); !b.empty() {
 		t.Fatal("new member sees messages from before it was added")
 	}
 	e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
-	if b, _ := e.svc.Fetch(ctx, carol.Caller, 0); len(b.Messages) != 1 || b.Messages[0].Seq != 2 {
+	if b, _ := e.svc.Fetch(ctx, carol.Caller, 0, After{}); len(b.Messages) != 1 || b.Messages[0].Seq != 2 {
 		t.Fatalf("carol: %+v", b)
 	}
 	// Device membership: carol's other device is not a member.
@@ -382,7 +389,7 @@ func TestMembershipChanges(t *testing.T) {
 	if n, err := e.svc.RemoveMembers(ctx, bob.Caller, ch.ID, []MemberRef{{AccountName: "bob"}}); err != nil || n != 1 {
 		t.Fatalf("leave: %d %v", n, err)
 	}
-	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0); !b.empty() {
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); !b.empty() {
 		t.Fatal("a member that left still reads")
 	}
 }
@@ -507,18 +514,21 @@ func TestInbox(t *testing.T) {
 		t.Fatalf("send: %d %v", n, err)
 	}
 	e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxOther, []byte("x"), []InboxRecipient{{"bob", "b1"}})
-	b, err := e.svc.Fetch(ctx, bob.Caller, 0)
+	b, err := e.svc.Fetch(ctx, bob.Caller, 0, After{})
 	if err != nil || len(b.Inbox) != 2 || b.Inbox[0].Seq != 1 || b.Inbox[1].Seq != 2 || b.Inbox[0].Kind != InboxWelcome || !bytes.Equal(b.Inbox[0].Body, welcome) {
 		t.Fatalf("bob's inbox: %+v %v", b, err)
 	}
 	if err := e.svc.Ack(ctx, bob.Caller, nil, 1); err != nil {
 		t.Fatal(err)
 	}
-	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0); len(b.Inbox) != 1 || b.Inbox[0].Seq != 2 {
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); len(b.Inbox) != 1 || b.Inbox[0].Seq != 2 {
 		t.Fatalf("after ack: %+v", b)
 	}
-	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0); len(b.Inbox) != 1 {
+	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0, After{}); len(b.Inbox) != 1 {
 		t.Fatal("b2's inbox is separate")
+	}
+	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0, After{Inbox: 1}); len(b.Inbox) != 0 {
+		t.Fatal("inbox read-ahead position ignored")
 	}
 	// Refusals: a non-member sender, a non-member recipient, a device of
 	// another account, a WELCOME that is not one.
@@ -536,7 +546,7 @@ func TestInbox(t *testing.T) {
 	}
 	// Inbox items expire with the retention.
 	e.clock.Advance(8 * 24 * time.Hour)
-	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0); len(b.Inbox) != 0 {
+	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0, After{}); len(b.Inbox) != 0 {
 		t.Fatal("expired inbox item returned")
 	}
 }
@@ -552,7 +562,7 @@ func TestFetchWait(t *testing.T) {
 	wait := func(u user) chan result {
 		out := make(chan result, 1)
 		go func() {
-			b, err := e.svc.FetchWait(ctx, u.Caller, time.Minute, 0, nil)
+			b, err := e.svc.FetchWait(ctx, u.Caller, time.Minute, 0, After{}, nil)
 			out <- result{b, err}
 		}()
 		return out
@@ -620,7 +630,7 @@ func TestFetchWaitTimeoutClipAndDrain(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.LongPollMax = 50 * time.Millisecond })
 	bob := e.dir.add("bob", "b1")
 	start := time.Now()
-	b, err := e.svc.FetchWait(ctx, bob.Caller, time.Hour, 0, nil)
+	b, err := e.svc.FetchWait(ctx, bob.Caller, time.Hour, 0, After{}, nil)
 	if err != nil || !b.empty() {
 		t.Fatalf("%+v %v", b, err)
 	}
@@ -632,7 +642,7 @@ func TestFetchWaitTimeoutClipAndDrain(t *testing.T) {
 	drain := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		_, err := e2.svc.FetchWait(ctx, bob.Caller, time.Hour, 0, drain)
+		_, err := e2.svc.FetchWait(ctx, bob.Caller, time.Hour, 0, After{}, drain)
 		done <- err
 	}()
 	close(drain)
@@ -646,7 +656,7 @@ func TestFetchWaitTimeoutClipAndDrain(t *testing.T) {
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	go func() {
-		_, err := e2.svc.FetchWait(cctx, bob.Caller, time.Hour, 0, nil)
+		_, err := e2.svc.FetchWait(cctx, bob.Caller, time.Hour, 0, After{}, nil)
 		done <- err
 	}()
 	cancel()
@@ -679,7 +689,7 @@ func TestRetention(t *testing.T) {
 	}
 	e.clock.Advance(24*time.Hour + time.Second)
 	// Expired before the sweep: never returned; the gap in seq shows it.
-	b, _ := e.svc.Fetch(ctx, bob.Caller, 0)
+	b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{})
 	if len(b.Messages) != 1 || b.Messages[0].Seq != 2 {
 		t.Fatalf("after retention: %+v", b)
 	}

@@ -56,11 +56,21 @@ type channelPos struct {
 	head uint64
 }
 
-// Fetch returns, for the calling device, the messages after its cursor in
-// every channel it is a member of (in sequence order per channel) and its
-// unacknowledged inbox items. It does not move cursors (Ack does).
-func (s *Service) Fetch(ctx context.Context, c Caller, limit int) (Batch, error) {
-	b, _, err := s.read(ctx, c, limit)
+// After holds read-ahead positions a client already has beyond its
+// acknowledged cursors (channel id as a string -> seq, and the inbox seq);
+// a fetch returns what follows the later of cursor and position. The zero
+// value means "from the cursors".
+type After struct {
+	Channels map[string]uint64
+	Inbox    uint64
+}
+
+// Fetch returns, for the calling device, the messages after its cursor (or
+// its read-ahead position) in every channel it is a member of (in sequence
+// order per channel) and its unacknowledged inbox items. It does not move
+// cursors (Ack does).
+func (s *Service) Fetch(ctx context.Context, c Caller, limit int, after After) (Batch, error) {
+	b, _, err := s.read(ctx, c, limit, after)
 	if err != nil {
 		return Batch{}, err
 	}
@@ -71,7 +81,7 @@ func (s *Service) Fetch(ctx context.Context, c Caller, limit int) (Batch, error)
 // FetchWait is Fetch that, when nothing is waiting, blocks until something
 // arrives for the device, timeout passes (clipped to the long-poll cap),
 // ctx ends or drain is closed; then it returns what there is (maybe nothing).
-func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration, limit int, drain <-chan struct{}) (Batch, error) {
+func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration, limit int, after After, drain <-chan struct{}) (Batch, error) {
 	timeout = min(max(timeout, 0), s.longPollMax)
 	w := s.hub.newWaiter()
 	defer s.hub.remove(w)
@@ -83,7 +93,7 @@ func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration
 	defer timer.Stop()
 	watched := map[string]bool{}
 	for {
-		b, chans, err := s.read(ctx, c, limit)
+		b, chans, err := s.read(ctx, c, limit, after)
 		if err != nil {
 			return Batch{}, err
 		}
@@ -137,7 +147,7 @@ func (s *Service) fetched(ctx context.Context, c Caller, b *Batch, op string) {
 }
 
 // read is one snapshot read of everything waiting for the device.
-func (s *Service) read(ctx context.Context, c Caller, limit int) (Batch, []channelPos, error) {
+func (s *Service) read(ctx context.Context, c Caller, limit int, after After) (Batch, []channelPos, error) {
 	if limit <= 0 {
 		limit = DefaultFetchLimit
 	}
@@ -164,7 +174,10 @@ func (s *Service) read(ctx context.Context, c Caller, limit int) (Batch, []chann
 				rows.Close()
 				return err
 			}
-			p.head, p.pos = uint64(head), uint64(max(from, acked.Int64))
+			// A position beyond the head (only a confused client sends one)
+			// reads nothing rather than wrapping around.
+			p.head = uint64(head)
+			p.pos = min(max(uint64(max(from, acked.Int64)), after.Channels[string(p.id)]), p.head)
 			chans = append(chans, p)
 		}
 		rows.Close()
@@ -190,14 +203,14 @@ func (s *Service) read(ctx context.Context, c Caller, limit int) (Batch, []chann
 		if left == 0 || budget <= 0 {
 			var any int
 			err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM inbox i JOIN inbox_heads h ON h.device_id = i.device_id
-				WHERE i.device_id = ? AND i.seq > h.acked_seq AND i.expires_at > ? LIMIT 1`, c.DeviceID, now).Scan(&any)
+				WHERE i.device_id = ? AND i.seq > MAX(h.acked_seq, ?) AND i.expires_at > ? LIMIT 1`, c.DeviceID, int64(min(after.Inbox, 1<<62)), now).Scan(&any)
 			if err != nil {
 				return err
 			}
 			b.More = b.More || any > 0
 			return nil
 		}
-		return readInbox(ctx, tx, c.DeviceID, now, left, &budget, &b)
+		return readInbox(ctx, tx, c.DeviceID, after.Inbox, now, left, &budget, &b)
 	})
 	if err != nil {
 		return Batch{}, nil, fmt.Errorf("delivery: fetch: %w", err)
@@ -234,10 +247,11 @@ func readMessages(ctx context.Context, tx *sql.Tx, p channelPos, now int64, limi
 	return n, false, rows.Err()
 }
 
-func readInbox(ctx context.Context, tx *sql.Tx, device string, now int64, limit int, budget *int, b *Batch) error {
+func readInbox(ctx context.Context, tx *sql.Tx, device string, after uint64, now int64, limit int, budget *int, b *Batch) error {
 	rows, err := tx.QueryContext(ctx, `SELECT i.seq, i.kind, i.channel_id, i.sender_account, i.sender_device, i.created_at, i.body
 		FROM inbox i JOIN inbox_heads h ON h.device_id = i.device_id
-		WHERE i.device_id = ? AND i.seq > h.acked_seq AND i.expires_at > ? ORDER BY i.seq LIMIT ?`, device, now, limit+1)
+		WHERE i.device_id = ? AND i.seq > MAX(h.acked_seq, ?) AND i.expires_at > ? ORDER BY i.seq LIMIT ?`,
+		device, int64(min(after, 1<<62)), now, limit+1)
 	if err != nil {
 		return err
 	}

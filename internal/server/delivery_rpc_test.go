@@ -151,6 +151,12 @@ func TestDeliveryRPCs(t *testing.T) {
 	if f := fetch(t, bob2); len(f.GetMessages()) != 2 {
 		t.Fatalf("other device after bob's ack: %v", f)
 	}
+	// Read-ahead: bob2 holds seq 1 without acknowledging it.
+	var ra qpcv1.FetchResponse
+	if err := bob2.call(t, MethodFetch, &qpcv1.FetchRequest{After: []*qpcv1.ChannelCursor{{ChannelId: ch, Seq: 1}}}, &ra); err != nil ||
+		len(ra.GetMessages()) != 1 || ra.GetMessages()[0].GetSeq() != 2 {
+		t.Fatalf("fetch after 1: %v %v", &ra, err)
+	}
 
 	// SendToInbox: a Welcome to one device.
 	var sr qpcv1.SendToInboxResponse

@@ -209,12 +209,23 @@ func batchProto(b delivery.Batch) *qpcv1.FetchResponse {
 	return out
 }
 
+func afterPositions(in []*qpcv1.ChannelCursor, inbox uint64) delivery.After {
+	a := delivery.After{Inbox: inbox}
+	if len(in) > 0 {
+		a.Channels = make(map[string]uint64, len(in))
+		for _, c := range in {
+			a.Channels[string(c.GetChannelId())] = c.GetSeq()
+		}
+	}
+	return a
+}
+
 func (s *Server) fetch(ctx context.Context, call *Call, req *qpcv1.FetchRequest) (*qpcv1.FetchResponse, error) {
 	c, err := caller(call)
 	if err != nil {
 		return nil, err
 	}
-	b, err := s.delivery.Fetch(ctx, c, int(req.GetLimit()))
+	b, err := s.delivery.Fetch(ctx, c, int(req.GetLimit()), afterPositions(req.GetAfter(), req.GetInboxAfter()))
 	if err != nil {
 		return nil, err
 	}
@@ -229,7 +240,7 @@ func (s *Server) fetchWait(ctx context.Context, call *Call, req *qpcv1.FetchWait
 		return nil, err
 	}
 	timeout := time.Duration(req.GetTimeoutMs()) * time.Millisecond
-	b, err := s.delivery.FetchWait(ctx, c, timeout, int(req.GetLimit()), s.drainCh)
+	b, err := s.delivery.FetchWait(ctx, c, timeout, int(req.GetLimit()), afterPositions(req.GetAfter(), req.GetInboxAfter()), s.drainCh)
 	if err != nil {
 		return nil, err
 	}

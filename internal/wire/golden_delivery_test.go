@@ -58,6 +58,10 @@ func deliveryGolden() map[string]proto.Message {
 		"delivery_send_to_inbox_response": &qpcv1.SendToInboxResponse{Delivered: 1},
 		"delivery_fetch_request":          &qpcv1.FetchRequest{Limit: 50},
 		"delivery_fetch_wait_request":     &qpcv1.FetchWaitRequest{TimeoutMs: 30000, Limit: 50},
+		"delivery_fetch_request_after": &qpcv1.FetchRequest{Limit: 50,
+			After: []*qpcv1.ChannelCursor{{ChannelId: goldenChannelID(1), Seq: 40}}, InboxAfter: 4},
+		"delivery_fetch_wait_request_after": &qpcv1.FetchWaitRequest{TimeoutMs: 30000, Limit: 50,
+			After: []*qpcv1.ChannelCursor{{ChannelId: goldenChannelID(1), Seq: 40}}, InboxAfter: 4},
 		"delivery_fetch_response": &qpcv1.FetchResponse{
 			Messages: []*qpcv1.ChannelMessage{{ChannelId: goldenChannelID(1), Seq: 43, MessageId: "m1", SenderAccountId: "a1", SenderDeviceId: "d1",
 				MlsMessage: []byte{0, 1, 0, 2, 7}, ServerTimeUnixMs: 1764000000000, Epoch: 3}},

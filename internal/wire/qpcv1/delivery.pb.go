@@ -1326,7 +1326,12 @@ func (x *InboxItem) GetServerTimeUnixMs() int64 {
 type FetchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Most messages plus inbox items returned; 0: the server default (100).
-	Limit         uint32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	Limit uint32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Optional: positions the client already holds, beyond its acknowledged
+	// cursors; the server returns what follows the later of the two. Lets a
+	// client read ahead and acknowledge in batches.
+	After         []*ChannelCursor `protobuf:"bytes,2,rep,name=after,proto3" json:"after,omitempty"`
+	InboxAfter    uint64           `protobuf:"varint,3,opt,name=inbox_after,json=inboxAfter,proto3" json:"inbox_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1368,11 +1373,28 @@ func (x *FetchRequest) GetLimit() uint32 {
 	return 0
 }
 
+func (x *FetchRequest) GetAfter() []*ChannelCursor {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+func (x *FetchRequest) GetInboxAfter() uint64 {
+	if x != nil {
+		return x.InboxAfter
+	}
+	return 0
+}
+
 type FetchWaitRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// How long to wait for something to arrive; clipped to the server's cap.
-	TimeoutMs     uint32 `protobuf:"varint,1,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
-	Limit         uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	TimeoutMs uint32 `protobuf:"varint,1,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	Limit     uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// As in FetchRequest.
+	After         []*ChannelCursor `protobuf:"bytes,3,rep,name=after,proto3" json:"after,omitempty"`
+	InboxAfter    uint64           `protobuf:"varint,4,opt,name=inbox_after,json=inboxAfter,proto3" json:"inbox_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1417,6 +1439,20 @@ func (x *FetchWaitRequest) GetTimeoutMs() uint32 {
 func (x *FetchWaitRequest) GetLimit() uint32 {
 	if x != nil {
 		return x.Limit
+	}
+	return 0
+}
+
+func (x *FetchWaitRequest) GetAfter() []*ChannelCursor {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+func (x *FetchWaitRequest) GetInboxAfter() uint64 {
+	if x != nil {
+		return x.InboxAfter
 	}
 	return 0
 }
@@ -1821,13 +1857,19 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\x11sender_account_id\x18\x04 \x01(\tR\x0fsenderAccountId\x12(\n" +
 	"\x10sender_device_id\x18\x05 \x01(\tR\x0esenderDeviceId\x12\x18\n" +
 	"\apayload\x18\x06 \x01(\fR\apayload\x12-\n" +
-	"\x13server_time_unix_ms\x18\a \x01(\x03R\x10serverTimeUnixMs\"$\n" +
+	"\x13server_time_unix_ms\x18\a \x01(\x03R\x10serverTimeUnixMs\"{\n" +
 	"\fFetchRequest\x12\x14\n" +
-	"\x05limit\x18\x01 \x01(\rR\x05limit\"G\n" +
+	"\x05limit\x18\x01 \x01(\rR\x05limit\x124\n" +
+	"\x05after\x18\x02 \x03(\v2\x15.qpc.v1.ChannelCursorB\a\x92\x82\x19\x03 \xe8\aR\x05after\x12\x1f\n" +
+	"\vinbox_after\x18\x03 \x01(\x04R\n" +
+	"inboxAfter\"\x9e\x01\n" +
 	"\x10FetchWaitRequest\x12\x1d\n" +
 	"\n" +
 	"timeout_ms\x18\x01 \x01(\rR\ttimeoutMs\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\rR\x05limit\"\x80\x01\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\x124\n" +
+	"\x05after\x18\x03 \x03(\v2\x15.qpc.v1.ChannelCursorB\a\x92\x82\x19\x03 \xe8\aR\x05after\x12\x1f\n" +
+	"\vinbox_after\x18\x04 \x01(\x04R\n" +
+	"inboxAfter\"\x80\x01\n" +
 	"\rFetchResponse\x122\n" +
 	"\bmessages\x18\x01 \x03(\v2\x16.qpc.v1.ChannelMessageR\bmessages\x12'\n" +
 	"\x05inbox\x18\x02 \x03(\v2\x11.qpc.v1.InboxItemR\x05inbox\x12\x12\n" +
@@ -1915,14 +1957,16 @@ var file_qpc_v1_delivery_proto_depIdxs = []int32{
 	17, // 8: qpc.v1.SendToInboxRequest.recipients:type_name -> qpc.v1.InboxRecipient
 	1,  // 9: qpc.v1.SendToInboxRequest.kind:type_name -> qpc.v1.InboxKind
 	1,  // 10: qpc.v1.InboxItem.kind:type_name -> qpc.v1.InboxKind
-	20, // 11: qpc.v1.FetchResponse.messages:type_name -> qpc.v1.ChannelMessage
-	21, // 12: qpc.v1.FetchResponse.inbox:type_name -> qpc.v1.InboxItem
-	25, // 13: qpc.v1.AckRequest.cursors:type_name -> qpc.v1.ChannelCursor
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	25, // 11: qpc.v1.FetchRequest.after:type_name -> qpc.v1.ChannelCursor
+	25, // 12: qpc.v1.FetchWaitRequest.after:type_name -> qpc.v1.ChannelCursor
+	20, // 13: qpc.v1.FetchResponse.messages:type_name -> qpc.v1.ChannelMessage
+	21, // 14: qpc.v1.FetchResponse.inbox:type_name -> qpc.v1.InboxItem
+	25, // 15: qpc.v1.AckRequest.cursors:type_name -> qpc.v1.ChannelCursor
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_qpc_v1_delivery_proto_init() }
