@@ -42,7 +42,11 @@ type AppMessage struct {
 	// When the sender wrote it (sender's clock, Unix milliseconds).
 	SentUnixMs int64 `protobuf:"varint,5,opt,name=sent_unix_ms,json=sentUnixMs,proto3" json:"sent_unix_ms,omitempty"`
 	// Optional: the message_id this one replies to.
-	ReplyTo       string `protobuf:"bytes,6,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
+	ReplyTo string `protobuf:"bytes,6,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
+	// Optional: the sender's name for the group, so that members who joined
+	// from a Welcome (which carries no name) can call it the same. Empty in
+	// DMs.
+	GroupName     string `protobuf:"bytes,7,opt,name=group_name,json=groupName,proto3" json:"group_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -119,11 +123,18 @@ func (x *AppMessage) GetReplyTo() string {
 	return ""
 }
 
+func (x *AppMessage) GetGroupName() string {
+	if x != nil {
+		return x.GroupName
+	}
+	return ""
+}
+
 var File_qpc_v1_app_proto protoreflect.FileDescriptor
 
 const file_qpc_v1_app_proto_rawDesc = "" +
 	"\n" +
-	"\x10qpc/v1/app.proto\x12\x06qpc.v1\"\xc6\x01\n" +
+	"\x10qpc/v1/app.proto\x12\x06qpc.v1\"\xe5\x01\n" +
 	"\n" +
 	"AppMessage\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
@@ -133,7 +144,9 @@ const file_qpc_v1_app_proto_rawDesc = "" +
 	"\x13sender_display_name\x18\x04 \x01(\tR\x11senderDisplayName\x12 \n" +
 	"\fsent_unix_ms\x18\x05 \x01(\x03R\n" +
 	"sentUnixMs\x12\x19\n" +
-	"\breply_to\x18\x06 \x01(\tR\areplyToB>Z<github.com/quicprochat/quicprochat/internal/wire/qpcv1;qpcv1b\x06proto3"
+	"\breply_to\x18\x06 \x01(\tR\areplyTo\x12\x1d\n" +
+	"\n" +
+	"group_name\x18\a \x01(\tR\tgroupNameB>Z<github.com/quicprochat/quicprochat/internal/wire/qpcv1;qpcv1b\x06proto3"
 
 var (
 	file_qpc_v1_app_proto_rawDescOnce sync.Once
