@@ -164,7 +164,7 @@ func (g *Group) validateAndApply(ps []committedProposal, committer Sender, exter
 				}
 			}
 			pskSeen = append(pskSeen, raw)
-			if id.Type == PSKTypeResumption && id.Usage != ResumptionPSKUsageApplication {
+			if id.Type == PSKTypeResumption && id.Usage != ResumptionPSKUsageApplication && id.Usage != g.allowUsage {
 				return nil, fmt.Errorf("%w: resumption PSK of usage %d in a proposal", ErrInvalidProposal, id.Usage)
 			}
 			if len(id.PSKNonce) != s.Nh() {
@@ -324,10 +324,10 @@ func (g *Group) resolvePSKs(ids []PreSharedKeyID, extra []resumptionPSK, extraGr
 			}
 		case PSKTypeResumption:
 			var list []resumptionPSK
-			if bytes.Equal(id.PSKGroupID, g.gc.GroupID) {
-				list = g.resumption
-			} else if bytes.Equal(id.PSKGroupID, extraGroup) {
+			if extraGroup != nil && bytes.Equal(id.PSKGroupID, extraGroup) {
 				list = extra
+			} else if bytes.Equal(id.PSKGroupID, g.gc.GroupID) {
+				list = g.resumption
 			}
 			for _, r := range list {
 				if r.epoch == id.PSKEpoch {
@@ -420,6 +420,12 @@ func (g *Group) ResumptionPSKID(epoch uint64) PreSharedKeyID {
 // state the group moves to. The group itself is unchanged until
 // MergePendingCommit.
 func (g *Group) Commit(opts CommitOptions) (*PendingCommit, error) {
+	return g.commit(opts, ResumptionPSKUsageApplication)
+}
+
+// commit is Commit allowing resumption PSKs of the given usage (reinit
+// and branch for the first commit of a new group).
+func (g *Group) commit(opts CommitOptions, pskUsage ResumptionPSKUsage) (*PendingCommit, error) {
 	if !g.Active() {
 		return nil, fmt.Errorf("%w: group is no longer active", ErrNotMember)
 	}
@@ -480,7 +486,9 @@ func (g *Group) Commit(opts CommitOptions) (*PendingCommit, error) {
 	if err != nil {
 		return nil, err
 	}
+	g.allowUsage = pskUsage
 	a, err := g.validateAndApply(ps, self, false)
+	g.allowUsage = 0
 	if err != nil {
 		return nil, err
 	}
@@ -530,7 +538,12 @@ func (g *Group) Commit(opts CommitOptions) (*PendingCommit, error) {
 	if err != nil {
 		return nil, err
 	}
-	psks, err := g.resolvePSKs(a.psks, nil, nil)
+	var extra []resumptionPSK
+	var extraGroup []byte
+	if rg := g.resumptionFrom; rg != nil {
+		extra, extraGroup = rg.resumption, rg.gc.GroupID
+	}
+	psks, err := g.resolvePSKs(a.psks, extra, extraGroup)
 	if err != nil {
 		return nil, err
 	}
@@ -596,9 +609,14 @@ func (g *Group) advance(old *Group, ac *AuthenticatedContent, newGC *GroupContex
 	if err != nil {
 		return Secret{}, Secret{}, err
 	}
-	init := old.es.InitSecret
-	if initSecret != nil {
+	var init Secret
+	switch {
+	case initSecret != nil:
 		init = *initSecret
+	case old.es != nil:
+		init = old.es.InitSecret
+	default:
+		return Secret{}, Secret{}, fmt.Errorf("%w: no init secret", ErrInvalidArgument)
 	}
 	joiner, err := s.JoinerSecret(init, commitSecret, newGC)
 	if err != nil {
@@ -644,6 +662,8 @@ func (g *Group) finishEpoch(old *Group, a *applied) {
 	}
 	g.rememberResumption()
 	g.proposals = nil
+	g.updateKeys = nil
+	g.ownProposals = nil
 	if a != nil && a.ownGone {
 		g.removed = true
 	}

@@ -150,7 +150,14 @@ type Group struct {
 	pending    *PendingCommit
 	removed    bool
 	reinit     *ReInit
-	updateKeys []nodeKey // private keys of our Update proposals this epoch
+	updateKeys []nodeKey
+	// ownProposals are the messages of our proposals this epoch (an echo
+	// from the server is recognised, not processed).
+	ownProposals [][]byte
+	// allowUsage and resumptionFrom are set while creating the first
+	// commit of a ReInit or branch group.
+	allowUsage     ResumptionPSKUsage
+	resumptionFrom *Group // private keys of our Update proposals this epoch
 }
 
 // GroupOptions tune CreateGroup.
@@ -322,6 +329,7 @@ func (g *Group) clone() *Group {
 	c.past = slices.Clone(g.past)
 	c.resumption = slices.Clone(g.resumption)
 	c.pending = nil
+	c.ownProposals = nil
 	return &c
 }
 

@@ -55,11 +55,6 @@ func JoinFromWelcome(cfg Config, welcome []byte, bundle *KeyPackageBundle, opts 
 	if rg := opts.ResumptionGroup; rg != nil {
 		extra, extraGroup = rg.resumption, rg.gc.GroupID
 	}
-	for _, id := range gs.PSKs {
-		if id.Type == PSKTypeResumption && id.Usage == ResumptionPSKUsageApplication {
-			return nil, fmt.Errorf("%w: Welcome with an application resumption PSK", ErrInvalidMessage)
-		}
-	}
 	psks, err := g.resolvePSKs(gs.PSKs, extra, extraGroup)
 	if err != nil {
 		return nil, err

@@ -81,7 +81,12 @@ func (g *Group) Propose(p *Proposal, authenticatedData []byte) ([]byte, error) {
 	if err := g.cacheProposal(ac); err != nil {
 		return nil, err
 	}
-	return g.frame(ac)
+	msg, err := g.frame(ac)
+	if err != nil {
+		return nil, err
+	}
+	g.ownProposals = append(g.ownProposals, msg)
+	return msg, nil
 }
 
 // UpdateProposal returns an Update proposal replacing this member's leaf
@@ -147,6 +152,11 @@ func (g *Group) ProcessMessage(raw []byte) (*Processed, error) {
 			return nil, err
 		}
 		return &Processed{Kind: KindCommit, Epoch: p.base, Sender: Sender{Type: SenderTypeMember, LeafIndex: uint32(g.own)}, OwnCommit: true, Added: p.Added}, nil
+	}
+	for _, o := range g.ownProposals {
+		if bytes.Equal(o, raw) {
+			return &Processed{Kind: KindProposal, Epoch: g.gc.Epoch, Sender: Sender{Type: SenderTypeMember, LeafIndex: uint32(g.own)}}, nil
+		}
 	}
 	var m MLSMessage
 	if err := m.Unmarshal(raw); err != nil {
@@ -321,6 +331,11 @@ func (g *Group) processCommit(ac *AuthenticatedContent) (*Group, *applied, error
 		}
 		if c.Path == nil {
 			return nil, nil, fmt.Errorf("%w: external commit without path", ErrInvalidCommit)
+		}
+		if len(a.removed) == 1 {
+			if prior := g.tree.leaf(a.removed[0]); prior == nil || !bytes.Equal(prior.Credential.Identity, c.Path.LeafNode.Credential.Identity) {
+				return nil, nil, fmt.Errorf("%w: external commit removes another client", ErrInvalidCommit)
+			}
 		}
 		// The joiner's leaf is its path leaf; merge needs an old leaf.
 		next.tree.setLeaf(committer, &c.Path.LeafNode)

@@ -241,8 +241,10 @@ func decodeState(cfg Config, d *decoder, depth int) (*Group, error) {
 		if d.err != nil {
 			return
 		}
-		if p.tree, err = treeFromPublic(s, prt); err != nil && perr == nil {
-			perr = stateErr("past tree: %v", err)
+		if p.tree, err = treeFromPublic(s, prt); err != nil || p.tree.leafCount() != st.leaves {
+			if perr == nil {
+				perr = stateErr("past tree: %v", err)
+			}
 			d.fail("past epoch")
 			return
 		}

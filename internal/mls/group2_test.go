@@ -1,0 +1,181 @@
+package mls
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+)
+
+// twoMembers returns alice and bob in one group (bob joined by Welcome).
+func twoMembers(t *testing.T, cfg Config) (*testClient, *testClient) {
+	t.Helper()
+	alice, bob := newTestClient(t, "alice"), newTestClient(t, "bob")
+	var err error
+	alice.g, err = CreateGroup(cfg, NewGroupID(), 1, BasicIdentity("alice", "d1"), alice.sig, GroupOptions{})
+	mustNoErr(t, err, "CreateGroup")
+	bb := bob.bundle(t)
+	pc, err := alice.g.Commit(CommitOptions{Add: []*KeyPackage{&bb.KeyPackage}})
+	mustNoErr(t, err, "Commit")
+	mustNoErr(t, alice.g.MergePendingCommit(pc), "merge")
+	bob.g, err = JoinFromWelcome(cfg, pc.Welcome, bb, JoinOptions{})
+	mustNoErr(t, err, "join")
+	return alice, bob
+}
+
+func TestExternalJoin(t *testing.T) {
+	cfg := Config{}
+	alice, bob := twoMembers(t, cfg)
+	gi, err := alice.g.GroupInfo()
+	mustNoErr(t, err, "GroupInfo")
+	carol := newTestClient(t, "carol")
+	g, commit, err := JoinExternal(cfg, gi, BasicIdentity("carol", "d1"), carol.sig, ExternalJoinOptions{})
+	mustNoErr(t, err, "JoinExternal")
+	carol.g = g
+	deliver(t, commit, alice, bob)
+	sameEpoch(t, alice, bob, carol)
+	chat(t, carol, alice, bob)
+	chat(t, alice, bob, carol)
+
+	// bob lost his state and rejoins, removing his old leaf.
+	gi, err = carol.g.GroupInfo()
+	mustNoErr(t, err, "GroupInfo")
+	g, commit, err = JoinExternal(cfg, gi, BasicIdentity("bob", "d1"), bob.sig, ExternalJoinOptions{RemovePrior: true})
+	mustNoErr(t, err, "rejoin")
+	deliver(t, commit, alice, carol)
+	bob.g = g
+	sameEpoch(t, alice, bob, carol)
+	if n := len(alice.g.Members()); n != 3 {
+		t.Fatalf("%d members after rejoin", n)
+	}
+	chat(t, bob, alice, carol)
+
+}
+
+func TestPSKAndExtensions(t *testing.T) {
+	psk := NewSecret(bytes.Repeat([]byte{7}, 32))
+	cfg := Config{PSKs: func(id []byte) (Secret, bool) { return psk, string(id) == "k1" }}
+	alice, bob := twoMembers(t, cfg)
+	pc, err := alice.g.Commit(CommitOptions{PSKs: []PreSharedKeyID{alice.g.ExternalPSK([]byte("k1")), alice.g.ResumptionPSKID(alice.g.Epoch())}})
+	mustNoErr(t, err, "commit PSKs")
+	deliver(t, pc.Message, bob)
+	mustNoErr(t, alice.g.MergePendingCommit(pc), "merge")
+	sameEpoch(t, alice, bob)
+	if _, err := alice.g.Commit(CommitOptions{PSKs: []PreSharedKeyID{alice.g.ExternalPSK([]byte("nope"))}}); !errors.Is(err, ErrPSKNotFound) {
+		t.Fatalf("unknown PSK: %v", err)
+	}
+	// External senders via GroupContextExtensions, then an external Remove proposal.
+	ext := newTestClient(t, "server")
+	s, _ := Suite(1)
+	_, extPub, _ := s.SignaturePrivateKeyFromBytes(ext.sig.Bytes())
+	x, err := ExternalSendersExtension([]ExternalSender{{SignatureKey: extPub, Credential: Credential{Type: CredentialTypeBasic, Identity: []byte("server")}}})
+	mustNoErr(t, err, "extension")
+	exts := []Extension{x}
+	pc, err = bob.g.Commit(CommitOptions{GroupContextExtensions: &exts})
+	mustNoErr(t, err, "commit GCE")
+	deliver(t, pc.Message, alice)
+	mustNoErr(t, bob.g.MergePendingCommit(pc), "merge")
+	sameEpoch(t, alice, bob)
+	carol := newTestClient(t, "carol")
+	cb := carol.bundle(t)
+	gc := alice.g.Context()
+	msg, err := ExternalProposal(&gc, 0, &Proposal{Type: ProposalTypeAdd, Add: &Add{KeyPackage: cb.KeyPackage}}, ext.sig)
+	mustNoErr(t, err, "ExternalProposal")
+	deliver(t, msg, alice, bob)
+	pc, err = alice.g.Commit(CommitOptions{})
+	mustNoErr(t, err, "commit external proposal")
+	deliver(t, pc.Message, bob)
+	mustNoErr(t, alice.g.MergePendingCommit(pc), "merge")
+	carol.g, err = JoinFromWelcome(cfg, pc.Welcome, cb, JoinOptions{})
+	mustNoErr(t, err, "carol joins")
+	sameEpoch(t, alice, bob, carol)
+}
+
+func TestReInitAndBranch(t *testing.T) {
+	cfg := Config{AllowedSuites: []CipherSuiteID{1, 3}}
+	alice, bob := twoMembers(t, cfg)
+	// Downgrade guard: suite 2 is not allowed.
+	if _, err := alice.g.Commit(CommitOptions{ReInit: &ReInit{GroupID: NewGroupID(), Version: 1, CipherSuite: 2}}); !errors.Is(err, ErrDowngrade) {
+		t.Fatalf("ReInit to a suite outside the allowlist: %v", err)
+	}
+	newID := NewGroupID()
+	pc, err := alice.g.Commit(CommitOptions{ReInit: &ReInit{GroupID: newID, Version: 1, CipherSuite: 1}})
+	mustNoErr(t, err, "ReInit commit")
+	deliver(t, pc.Message, bob)
+	mustNoErr(t, alice.g.MergePendingCommit(pc), "merge")
+	if bob.g.PendingReInit() == nil || alice.g.Active() {
+		t.Fatal("ReInit not recorded")
+	}
+	if _, err := alice.g.Protect([]byte("x"), nil); !errors.Is(err, ErrNotMember) {
+		t.Fatalf("Protect after ReInit: %v", err)
+	}
+	bb := bob.bundle(t)
+	ng, welcome, err := alice.g.ReInitGroup(alice.sig, []*KeyPackage{&bb.KeyPackage}, SubgroupOptions{})
+	mustNoErr(t, err, "ReInitGroup")
+	nb, err := JoinSubgroup(bob.g, welcome, bb, JoinOptions{})
+	mustNoErr(t, err, "JoinSubgroup")
+	alice.g, bob.g = ng, nb
+	sameEpoch(t, alice, bob)
+	chat(t, alice, bob)
+
+	// Branch.
+	bb = bob.bundle(t)
+	br, welcome, err := alice.g.Branch(NewGroupID(), nil, []*KeyPackage{&bb.KeyPackage}, SubgroupOptions{OmitRatchetTree: true})
+	mustNoErr(t, err, "Branch")
+	nb, err = JoinSubgroup(bob.g, welcome, bb, JoinOptions{RatchetTree: br.RatchetTree()})
+	mustNoErr(t, err, "join branch")
+	a2, b2 := &testClient{name: "a2", g: br}, &testClient{name: "b2", g: nb}
+	sameEpoch(t, a2, b2)
+	chat(t, b2, a2)
+}
+
+func TestEpochGuards(t *testing.T) {
+	cfg := Config{MaxPastEpochs: 1}
+	alice, bob := twoMembers(t, cfg)
+	m1, _ := bob.g.Protect([]byte("e1"), nil)
+	for i := 0; i < 2; i++ {
+		pc, err := alice.g.Commit(CommitOptions{})
+		mustNoErr(t, err, "commit")
+		deliver(t, pc.Message, bob)
+		mustNoErr(t, alice.g.MergePendingCommit(pc), "merge")
+		// A replayed old commit is refused.
+		if _, err := bob.g.ProcessMessage(pc.Message); !errors.Is(err, ErrStaleEpoch) {
+			t.Fatalf("replayed commit: %v", err)
+		}
+	}
+	if _, err := alice.g.ProcessMessage(m1); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("message beyond MaxPastEpochs: %v", err)
+	}
+	// Stale pending commit: bob's commit loses against alice's.
+	pcB, err := bob.g.Commit(CommitOptions{})
+	mustNoErr(t, err, "bob commit")
+	pcA, err := alice.g.Commit(CommitOptions{})
+	mustNoErr(t, err, "alice commit")
+	deliver(t, pcA.Message, bob)
+	if err := bob.g.MergePendingCommit(pcB); err == nil {
+		t.Fatal("merged a commit for a past epoch")
+	}
+	mustNoErr(t, alice.g.MergePendingCommit(pcA), "merge")
+	sameEpoch(t, alice, bob)
+	// Other group.
+	other, _ := twoMembers(t, cfg)
+	m, _ := other.g.Protect([]byte("x"), nil)
+	if _, err := alice.g.ProcessMessage(m); !errors.Is(err, ErrWrongGroup) {
+		t.Fatalf("other group: %v", err)
+	}
+	// Out of order within the window, and the used key is deleted.
+	var msgs [][]byte
+	for i := 0; i < 5; i++ {
+		m, _ := alice.g.Protect([]byte{byte(i)}, nil)
+		msgs = append(msgs, m)
+	}
+	for _, i := range []int{4, 0, 2, 1, 3} {
+		p, err := bob.g.ProcessMessage(msgs[i])
+		mustNoErr(t, err, "out of order")
+		if p.ApplicationData[0] != byte(i) {
+			t.Fatal("wrong plaintext")
+		}
+	}
+	if _, err := bob.g.ProcessMessage(msgs[2]); !errors.Is(err, ErrGeneration) {
+		t.Fatalf("replay: %v", err)
+	}
+}
