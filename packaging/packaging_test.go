@@ -65,12 +65,12 @@ func qpcVars(t *testing.T) map[string]bool {
 }
 
 // nfpmConfig parses packaging/nfpm.yaml the way `make release` fills it in.
-func nfpmConfig(t *testing.T, binDir, distDir, arch string) nfpm.Config {
+func nfpmConfig(t *testing.T, file, binDir, distDir, arch string) nfpm.Config {
 	t.Helper()
 	env := map[string]string{"PKG_VERSION": "1.2.3", "PKG_ARCH": arch, "BIN_DIR": binDir, "DIST_DIR": distDir}
-	cfg, err := nfpm.ParseFileWithEnvMapping(filepath.Join(root, "packaging/nfpm.yaml"), func(k string) string { return env[k] })
+	cfg, err := nfpm.ParseFileWithEnvMapping(filepath.Join(root, "packaging", file), func(k string) string { return env[k] })
 	if err != nil {
-		t.Fatalf("nfpm.yaml: %v", err)
+		t.Fatalf("%s: %v", file, err)
 	}
 	return cfg
 }
@@ -86,7 +86,7 @@ func fakeInputs(t *testing.T) (binDir, distDir string) {
 		}
 	}
 	for name, body := range map[string]string{
-		filepath.Join(binDir, "qpcd"): "qpcd", filepath.Join(binDir, "qpcctl"): "qpcctl",
+		filepath.Join(binDir, "qpcd"): "qpcd", filepath.Join(binDir, "qpcctl"): "qpcctl", filepath.Join(binDir, "qpc"): "qpc",
 		filepath.Join(distDir, "minisign.pub"): "untrusted comment: test\nkey\n",
 	} {
 		if err := os.WriteFile(name, []byte(body), 0o755); err != nil {
@@ -105,9 +105,9 @@ type packaged struct {
 
 // build runs nfpm's packager for format in-process; paths in nfpm.yaml are
 // relative to the repository root, as `make release` runs it.
-func build(t *testing.T, format, arch, binDir, distDir string) packaged {
+func build(t *testing.T, file, format, arch, binDir, distDir string) packaged {
 	t.Helper()
-	cfg := nfpmConfig(t, binDir, distDir, arch)
+	cfg := nfpmConfig(t, file, binDir, distDir, arch)
 	info, err := cfg.Get(format)
 	if err != nil {
 		t.Fatalf("%s: %v", format, err)
@@ -167,7 +167,7 @@ func TestNFPMPackages(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.format, func(t *testing.T) {
-			p := build(t, tc.format, tc.arch, binDir, distDir)
+			p := build(t, "nfpm.yaml", tc.format, tc.arch, binDir, distDir)
 			for _, d := range append(common, tc.want...) {
 				if _, ok := p.dsts[d]; !ok {
 					t.Errorf("%s lacks %s", tc.format, d)
@@ -197,10 +197,25 @@ func TestNFPMPackages(t *testing.T) {
 				t.Errorf("package name %q lacks the version", p.name)
 			}
 			// Same inputs and SOURCE_DATE_EPOCH: the same bytes.
-			if again := build(t, tc.format, tc.arch, binDir, distDir); again.sum != p.sum {
+			if again := build(t, "nfpm.yaml", tc.format, tc.arch, binDir, distDir); again.sum != p.sum {
 				t.Errorf("%s: two builds differ: not reproducible", tc.format)
 			}
 		})
+	}
+}
+
+// The client package (built once cmd/qpc exists) parses and carries qpc.
+func TestNFPMClientPackage(t *testing.T) {
+	binDir, distDir := fakeInputs(t)
+	inRoot(t)
+	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+	for _, format := range []string{"deb", "rpm"} {
+		p := build(t, "nfpm-qpc.yaml", format, "amd64", binDir, distDir)
+		for _, d := range []string{"/usr/bin/qpc", release.DefaultPublicKeyPath} {
+			if _, ok := p.dsts[d]; !ok {
+				t.Errorf("qpc %s lacks %s", format, d)
+			}
+		}
 	}
 }
 
