@@ -95,6 +95,10 @@ type Client struct {
 	authMu sync.Mutex // serialises login and refresh
 	sendMu sync.Mutex // serialises outbox flushes
 	syncMu sync.Mutex // serialises fetches
+	// groupMu serialises changes of MLS group state within this process;
+	// across processes the write transaction (BEGIN IMMEDIATE) that loads,
+	// changes and saves a state does.
+	groupMu sync.Mutex
 }
 
 func openDB(ctx context.Context, o Options, create bool) (*store.DB, error) {

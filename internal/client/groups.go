@@ -2,17 +2,44 @@ package client
 
 import (
 	"context"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/quicprochat/quicprochat/internal/mls"
+	"github.com/quicprochat/quicprochat/internal/wire"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
-// The group layer (create, add, remove, leave, DMs, send, history of
-// decrypted messages) needs the MLS group state machine of internal/mls
-// part 2. Until it is in the tree these return ErrNotAvailable; nothing is
-// faked.
+// The group layer: MLS groups (internal/mls) bound to delivery channels.
+// Every change of a group's state is saved in the same transaction as what
+// caused it: the outbox entry it produced, or the inbound message (and the
+// channel's processed cursor) it consumed.
 
-func notAvailable(what string) error {
-	return fmt.Errorf("%w: %s needs the MLS group state machine (internal/mls part 2), which this build does not include yet", ErrNotAvailable, what)
-}
+// mlsConfig is the MLS configuration of every group (suite 1 only,
+// handshake messages encrypted, three past epochs kept).
+var mlsConfig = mls.Config{}
+
+// ErrNoGroup: no group or DM by that name on this device.
+var ErrNoGroup = errors.New("client: no such group")
+
+// ErrNotMember: the account is not in the group.
+var ErrNotMember = errors.New("client: not a member")
+
+// Group kinds and statuses.
+const (
+	kindGroup = "group"
+	kindDM    = "dm"
+
+	statusActive  = "active"
+	statusLeft    = "left"
+	statusRemoved = "removed"
+)
 
 // Member is one device in a group.
 type Member struct {
@@ -33,48 +60,654 @@ type Message struct {
 	Outgoing    bool   `json:"outgoing"`
 }
 
-// CreateGroup creates an MLS group and its channel under a local name.
+// GroupSummary is one row of Groups.
+type GroupSummary struct {
+	Name      string `json:"name"`
+	Kind      string `json:"kind"`
+	Status    string `json:"status"`
+	Epoch     uint64 `json:"epoch"`
+	ChannelID string `json:"channel_id"`
+}
+
+type groupRow struct {
+	channelID, groupID []byte
+	name, kind, peer   string
+	status             string
+}
+
+// commitIntent is what a queued commit was for, so it can be redone after
+// STALE_EPOCH (or followed up once accepted).
+type commitIntent struct {
+	Op          string         `json:"op"` // add, remove, leave, commit
+	Accounts    []string       `json:"accounts,omitempty"`
+	KeyPackages []intentKP     `json:"key_packages,omitempty"`
+	ServerAdd   bool           `json:"server_add,omitempty"`
+	Recipients  []inboxAddress `json:"-"`
+}
+
+type intentKP struct {
+	Account string `json:"account"`
+	Device  string `json:"device"`
+	KP      []byte `json:"kp"`
+}
+
+type inboxAddress struct {
+	Account string `json:"account_name"`
+	Device  string `json:"device_id"`
+}
+
+func (c *Client) signer(ctx context.Context) (*Identity, mls.SignaturePrivateKey, error) {
+	id, err := c.Identity(ctx)
+	if err != nil {
+		return nil, mls.SignaturePrivateKey{}, err
+	}
+	s, err := mls.Suite(Suite)
+	if err != nil {
+		return nil, mls.SignaturePrivateKey{}, err
+	}
+	sk, _, err := s.SignaturePrivateKeyFromBytes(id.key.Reveal())
+	if err != nil {
+		return nil, mls.SignaturePrivateKey{}, fmt.Errorf("client: device key: %w", err)
+	}
+	return id, sk, nil
+}
+
+func validGroupName(name string) error {
+	if name == "" || len(name) > 64 || strings.ContainsAny(name, " \t\n/") || strings.HasPrefix(name, "@") || strings.HasPrefix(name, "#") {
+		return fmt.Errorf("client: group name %q: use 1-64 characters without spaces or '/', not starting with @ or #", name)
+	}
+	return nil
+}
+
+func loadGroupRow(ctx context.Context, tx *sql.Tx, where string, arg any) (*groupRow, []byte, error) {
+	var r groupRow
+	var state []byte
+	err := tx.QueryRowContext(ctx, `SELECT channel_id, group_id, name, kind, peer, status, state FROM groups WHERE `+where, arg).
+		Scan(&r.channelID, &r.groupID, &r.name, &r.kind, &r.peer, &r.status, &state)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return &r, state, nil
+}
+
+// openGroup loads a group by name (or channel id) with its MLS state.
+func openGroup(ctx context.Context, tx *sql.Tx, name string, channelID []byte) (*groupRow, *mls.Group, error) {
+	var r *groupRow
+	var state []byte
+	var err error
+	if channelID != nil {
+		r, state, err = loadGroupRow(ctx, tx, "channel_id = ?", channelID)
+	} else {
+		r, state, err = loadGroupRow(ctx, tx, "name = ?", name)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("client: read group: %w", err)
+	}
+	if r == nil {
+		return nil, nil, fmt.Errorf("%w %q; see qpc groups, or create it with qpc group create", ErrNoGroup, name)
+	}
+	if r.status != statusActive || state == nil {
+		return r, nil, fmt.Errorf("%w: this device has %s %s", ErrNotMember, r.status, r.name)
+	}
+	g, err := mls.ImportGroup(mlsConfig, state)
+	if err != nil {
+		return nil, nil, fmt.Errorf("client: group state of %s: %w", r.name, err)
+	}
+	return r, g, nil
+}
+
+func saveGroup(ctx context.Context, tx *sql.Tx, channelID []byte, g *mls.Group, nowMs int64) error {
+	state, err := g.Export()
+	if err != nil {
+		return fmt.Errorf("client: export group state: %w", err)
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE groups SET state = ?, epoch = ?, updated_ms = ? WHERE channel_id = ?`, state, int64(g.Epoch()), nowMs, channelID)
+	return err
+}
+
+// Groups lists this device's groups and DMs.
+func (c *Client) Groups(ctx context.Context) ([]GroupSummary, error) {
+	var out []GroupSummary
+	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT name, kind, status, epoch, channel_id FROM groups ORDER BY name`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var s GroupSummary
+			var e int64
+			var ch []byte
+			if err := rows.Scan(&s.Name, &s.Kind, &s.Status, &e, &ch); err != nil {
+				return err
+			}
+			s.Epoch, s.ChannelID = uint64(e), hex.EncodeToString(ch)
+			out = append(out, s)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("client: list groups: %w", err)
+	}
+	return out, nil
+}
+
+// CreateGroup creates an MLS group (this device its only member) and its
+// channel, under a local name.
 func (c *Client) CreateGroup(ctx context.Context, name string) error {
-	return notAvailable("group create")
+	if err := validGroupName(name); err != nil {
+		return err
+	}
+	_, err := c.createGroup(ctx, name, kindGroup, "")
+	return err
 }
 
-// AddMembers adds every active device of each account to the group.
-func (c *Client) AddMembers(ctx context.Context, group string, accounts []string) error {
-	return notAvailable("group add")
+func (c *Client) createGroup(ctx context.Context, name, kind, peer string) ([]byte, error) {
+	c.groupMu.Lock()
+	defer c.groupMu.Unlock()
+	var exists bool
+	if err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		r, _, err := loadGroupRow(ctx, tx, "name = ?", name)
+		exists = r != nil
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	if exists {
+		return nil, fmt.Errorf("client: a group named %q exists on this device; choose another name", name)
+	}
+	id, sk, err := c.signer(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer id.key.Wipe()
+	g, err := mls.CreateGroup(mlsConfig, mls.NewGroupID(), Suite, mls.BasicIdentity(id.AccountName, id.DeviceID), sk, mls.GroupOptions{})
+	if err != nil {
+		sk.Wipe()
+		return nil, fmt.Errorf("client: create MLS group: %w", err)
+	}
+	var ch *qpcv1.Channel
+	if kind == kindDM {
+		var resp qpcv1.CreateDMChannelResponse
+		if err := c.call(ctx, "CreateDMChannel", &qpcv1.CreateDMChannelRequest{PeerAccountName: peer, GroupId: g.GroupID()}, &resp); err != nil {
+			return nil, fmt.Errorf("client: create DM channel with %s: %w", peer, explainLookup(err, peer))
+		}
+		if !resp.GetCreated() {
+			return nil, fmt.Errorf("client: %s already opened a DM with you; run qpc recv to join it", peer)
+		}
+		ch = resp.GetChannel()
+	} else {
+		var resp qpcv1.CreateGroupChannelResponse
+		if err := c.call(ctx, "CreateGroupChannel", &qpcv1.CreateGroupChannelRequest{GroupId: g.GroupID(), Epoch: g.Epoch()}, &resp); err != nil {
+			return nil, fmt.Errorf("client: create channel: %w", err)
+		}
+		ch = resp.GetChannel()
+	}
+	state, err := g.Export()
+	if err != nil {
+		return nil, fmt.Errorf("client: export group state: %w", err)
+	}
+	err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO groups (channel_id, group_id, name, kind, peer, epoch, state, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+			ch.GetChannelId(), g.GroupID(), name, kind, peer, int64(g.Epoch()), state, c.now().UnixMilli()); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO cursors (channel_id, seq, processed) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`,
+			ch.GetChannelId(), int64(ch.GetHeadSeq()), int64(ch.GetHeadSeq()))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("client: save group: %w", err)
+	}
+	return ch.GetChannelId(), nil
 }
 
-// RemoveMember removes every device of an account from the group.
-func (c *Client) RemoveMember(ctx context.Context, group, account string) error {
-	return notAvailable("group remove")
+func explainLookup(err error, account string) error {
+	var se *wire.StatusError
+	if errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_NOT_FOUND {
+		return fmt.Errorf("%w (is %q the right account name?)", err, account)
+	}
+	return err
 }
 
-// Leave removes this device from the group.
-func (c *Client) Leave(ctx context.Context, group string) error {
-	return notAvailable("group leave")
+// fetchKeyPackages consumes one KeyPackage per active device of account
+// and checks each: valid, of our suite, with the credential
+// "<account>/<device_id>".
+func (c *Client) fetchKeyPackages(ctx context.Context, account string) ([]intentKP, error) {
+	var resp qpcv1.FetchKeyPackagesResponse
+	if err := c.call(ctx, "FetchKeyPackages", &qpcv1.FetchKeyPackagesRequest{AccountName: account}, &resp); err != nil {
+		return nil, fmt.Errorf("client: KeyPackages of %s: %w", account, explainLookup(err, account))
+	}
+	var out []intentKP
+	for _, f := range resp.GetKeyPackages() {
+		kp, err := parseKeyPackage(f.GetKeyPackage())
+		if err != nil {
+			return nil, fmt.Errorf("client: KeyPackage of %s/%s: %w", account, f.GetDeviceId(), err)
+		}
+		if want := string(mls.BasicIdentity(account, f.GetDeviceId())); string(kp.LeafNode.Credential.Identity) != want {
+			return nil, fmt.Errorf("client: KeyPackage of %s/%s carries the credential %q", account, f.GetDeviceId(), kp.LeafNode.Credential.Identity)
+		}
+		if err := mls.ValidateKeyPackage(kp, mls.KeyPackagePolicy{Now: c.now(), GroupSuite: Suite}); err != nil {
+			return nil, fmt.Errorf("client: KeyPackage of %s/%s: %w", account, f.GetDeviceId(), err)
+		}
+		out = append(out, intentKP{Account: account, Device: f.GetDeviceId(), KP: f.GetKeyPackage()})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("client: %s has no KeyPackages on the server (missing for %d device(s)); ask them to run qpc keys --upload", account, len(resp.GetMissingDeviceIds()))
+	}
+	return out, nil
+}
+
+func parseKeyPackage(raw []byte) (*mls.KeyPackage, error) {
+	var m mls.MLSMessage
+	if err := m.Unmarshal(raw); err == nil && m.WireFormat == mls.WireFormatKeyPackage && m.KeyPackage != nil {
+		return m.KeyPackage, nil
+	}
+	var kp mls.KeyPackage
+	if err := kp.Unmarshal(raw); err != nil {
+		return nil, err
+	}
+	return &kp, nil
+}
+
+// AddMembers adds every active device of each account to the group: it
+// fetches their KeyPackages, commits the Add, and sends the Welcome only
+// after the server accepted the commit.
+func (c *Client) AddMembers(ctx context.Context, name string, accounts []string) error {
+	var kps []intentKP
+	for _, a := range accounts {
+		k, err := c.fetchKeyPackages(ctx, a)
+		if err != nil {
+			return err
+		}
+		kps = append(kps, k...)
+	}
+	var ch []byte
+	if err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		r, _, err := loadGroupRow(ctx, tx, "name = ?", name)
+		if r != nil {
+			ch = r.channelID
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+	if ch == nil {
+		return fmt.Errorf("%w %q", ErrNoGroup, name)
+	}
+	refs := make([]*qpcv1.MemberRef, 0, len(accounts))
+	for _, a := range accounts {
+		refs = append(refs, &qpcv1.MemberRef{AccountName: a})
+	}
+	if err := c.call(ctx, "AddMembers", &qpcv1.AddMembersRequest{ChannelId: ch, Members: refs}, &qpcv1.AddMembersResponse{}); err != nil {
+		return fmt.Errorf("client: add to channel: %w", err)
+	}
+	if err := c.queueCommit(ctx, ch, commitIntent{Op: "add", Accounts: accounts, KeyPackages: kps}); err != nil {
+		return err
+	}
+	_, err := c.Flush(ctx)
+	return err
+}
+
+// RemoveMember removes every device of an account from the group; once
+// the commit is accepted the account is also removed from the channel.
+func (c *Client) RemoveMember(ctx context.Context, name, account string) error {
+	ch, err := c.channelOf(ctx, name)
+	if err != nil {
+		return err
+	}
+	if err := c.queueCommit(ctx, ch, commitIntent{Op: "remove", Accounts: []string{account}}); err != nil {
+		return err
+	}
+	_, err = c.Flush(ctx)
+	return err
+}
+
+func (c *Client) channelOf(ctx context.Context, name string) ([]byte, error) {
+	var ch []byte
+	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		r, _, err := loadGroupRow(ctx, tx, "name = ?", name)
+		if r != nil {
+			ch = r.channelID
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("client: read group: %w", err)
+	}
+	if ch == nil {
+		return nil, fmt.Errorf("%w %q", ErrNoGroup, name)
+	}
+	return ch, nil
+}
+
+// queueCommit builds the commit for an intent and queues it, with the new
+// group state (pending commit included), in one transaction. A commit with
+// nothing left to do (everyone already added or removed) queues nothing.
+func (c *Client) queueCommit(ctx context.Context, channelID []byte, in commitIntent) error {
+	c.groupMu.Lock()
+	defer c.groupMu.Unlock()
+	return c.queueCommitLocked(ctx, channelID, in)
+}
+
+func (c *Client) queueCommitLocked(ctx context.Context, channelID []byte, in commitIntent) error {
+	return c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		r, g, err := openGroup(ctx, tx, "", channelID)
+		if err != nil {
+			return err
+		}
+		if g.Pending() != nil {
+			return fmt.Errorf("client: %s has a commit waiting to be sent; run qpc recv (it sends the outbox) and try again", r.name)
+		}
+		var opts mls.CommitOptions
+		var to []inboxAddress
+		switch in.Op {
+		case "add":
+			for _, k := range in.KeyPackages {
+				if _, in := g.MemberByIdentity(mls.BasicIdentity(k.Account, k.Device)); in {
+					continue
+				}
+				kp, err := parseKeyPackage(k.KP)
+				if err != nil {
+					return err
+				}
+				opts.Add = append(opts.Add, kp)
+				to = append(to, inboxAddress{Account: k.Account, Device: k.Device})
+			}
+			if len(opts.Add) == 0 {
+				return nil
+			}
+		case "remove":
+			for _, m := range g.Members() {
+				for _, a := range in.Accounts {
+					if strings.HasPrefix(string(m.Identity), a+"/") && m.Leaf != g.OwnLeaf() {
+						opts.Remove = append(opts.Remove, m.Leaf)
+					}
+				}
+			}
+			if len(opts.Remove) == 0 {
+				return fmt.Errorf("%w: %s is not in %s", ErrNotMember, strings.Join(in.Accounts, ", "), r.name)
+			}
+		case "commit":
+		default:
+			return fmt.Errorf("client: unknown commit intent %q", in.Op)
+		}
+		pc, err := g.Commit(opts)
+		if err != nil {
+			return fmt.Errorf("client: commit: %w", err)
+		}
+		if err := saveGroup(ctx, tx, channelID, g, c.now().UnixMilli()); err != nil {
+			return err
+		}
+		intent, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		id, err := NewMessageID()
+		if err != nil {
+			return err
+		}
+		var toJSON any
+		if len(to) > 0 && pc.Welcome != nil {
+			b, err := json.Marshal(to)
+			if err != nil {
+				return err
+			}
+			toJSON = string(b)
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO outbox (message_id, channel_id, mls_message, group_info, kind, intent, welcome, welcome_to, created_ms)
+			VALUES (?, ?, ?, ?, 'commit', ?, ?, ?, ?)`, id, channelID, pc.Message, pc.GroupInfo, intent, pc.Welcome, toJSON, c.now().UnixMilli())
+		return err
+	})
+}
+
+// Leave removes this device from the group. MLS does not let a member
+// commit its own removal, so the device sends a Remove proposal for its
+// own leaf (another member commits it; see docs/client.md), leaves the
+// channel on the server, and forgets the group's keys.
+func (c *Client) Leave(ctx context.Context, name string) error {
+	ch, err := c.channelOf(ctx, name)
+	if err != nil {
+		return err
+	}
+	c.groupMu.Lock()
+	err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		_, g, err := openGroup(ctx, tx, "", ch)
+		if err != nil {
+			return err
+		}
+		raw, err := g.Propose(&mls.Proposal{Type: mls.ProposalTypeRemove, Remove: &mls.Remove{Removed: g.OwnLeaf()}}, nil)
+		if err != nil {
+			return fmt.Errorf("client: propose own removal: %w", err)
+		}
+		id, err := NewMessageID()
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO outbox (message_id, channel_id, mls_message, kind, intent, created_ms) VALUES (?, ?, ?, 'proposal', ?, ?)`,
+			id, ch, raw, []byte(`{"op":"leave"}`), c.now().UnixMilli()); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE groups SET status = ?, state = NULL, updated_ms = ? WHERE channel_id = ?`, statusLeft, c.now().UnixMilli(), ch)
+		return err
+	})
+	c.groupMu.Unlock()
+	if err != nil {
+		return err
+	}
+	_, err = c.Flush(ctx)
+	return err
 }
 
 // Members lists the group's members as this device's group state has them.
-func (c *Client) Members(ctx context.Context, group string) ([]Member, error) {
-	return nil, notAvailable("group members")
+func (c *Client) Members(ctx context.Context, name string) ([]Member, error) {
+	var out []Member
+	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		_, g, err := openGroup(ctx, tx, name, nil)
+		if err != nil {
+			return err
+		}
+		for _, m := range g.Members() {
+			acc, dev, _ := strings.Cut(string(m.Identity), "/")
+			out = append(out, Member{Account: acc, Device: dev})
+		}
+		return nil
+	})
+	return out, err
 }
 
-// DM opens (or finds) the direct-message channel with an account.
-func (c *Client) DM(ctx context.Context, account string) (string, error) {
-	return "", notAvailable("dm")
+// DM opens the direct-message channel with an account and returns its
+// local name ("@account"). If the peer opened it first, its Welcome is
+// fetched and processed instead.
+func (c *Client) DM(ctx context.Context, peer string) (string, error) {
+	name := "@" + peer
+	if _, err := c.Sync(ctx, 0); err != nil {
+		return "", err
+	}
+	var exists bool
+	if err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		r, _, err := loadGroupRow(ctx, tx, "name = ?", name)
+		exists = r != nil
+		return err
+	}); err != nil {
+		return "", err
+	}
+	if exists {
+		return name, nil
+	}
+	id, err := c.Identity(ctx)
+	if err != nil {
+		return "", err
+	}
+	id.key.Wipe()
+	if peer == id.AccountName {
+		return "", errors.New("client: a DM needs another account")
+	}
+	kps, err := c.fetchKeyPackages(ctx, peer)
+	if err != nil {
+		return "", err
+	}
+	ch, err := c.createGroup(ctx, name, kindDM, peer)
+	if err != nil {
+		return "", err
+	}
+	if err := c.queueCommit(ctx, ch, commitIntent{Op: "add", Accounts: []string{peer}, KeyPackages: kps}); err != nil {
+		return "", err
+	}
+	_, err = c.Flush(ctx)
+	return name, err
 }
 
-// Send encrypts text for a channel and sends it through the outbox.
+// Send encrypts text for a group or DM and sends it through the outbox. A
+// returned id with an error means the message is queued but not yet
+// delivered (the next Flush, recv or watch sends it).
 func (c *Client) Send(ctx context.Context, channel, text, replyTo string) (string, error) {
-	return "", notAvailable("send")
+	id, err := c.Identity(ctx)
+	if err != nil {
+		return "", err
+	}
+	id.key.Wipe()
+	mid, err := NewMessageID()
+	if err != nil {
+		return "", err
+	}
+	now := c.now()
+	c.groupMu.Lock()
+	err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		r, g, err := openGroup(ctx, tx, channel, nil)
+		if err != nil {
+			return err
+		}
+		am := &qpcv1.AppMessage{Version: 1, MessageId: mid, Text: text, SenderDisplayName: id.DisplayName, SentUnixMs: now.UnixMilli(), ReplyTo: replyTo}
+		if r.kind == kindGroup {
+			am.GroupName = r.name
+		}
+		payload, err := proto.Marshal(am)
+		if err != nil {
+			return err
+		}
+		ct, err := g.Protect(payload, nil)
+		if err != nil {
+			return fmt.Errorf("client: encrypt: %w", err)
+		}
+		if err := saveGroup(ctx, tx, r.channelID, g, now.UnixMilli()); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO outbox (message_id, channel_id, mls_message, kind, intent, created_ms) VALUES (?, ?, ?, 'app', ?, ?)`,
+			mid, r.channelID, ct, payload, now.UnixMilli()); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO messages (channel_id, message_id, sender, display, text, reply_to, sent_ms, outgoing, shown) VALUES (?, ?, ?, ?, ?, ?, ?, 1, 1)`,
+			r.channelID, mid, id.Credential(), id.DisplayName, text, replyTo, now.UnixMilli())
+		return err
+	})
+	c.groupMu.Unlock()
+	if err != nil {
+		return "", err
+	}
+	if _, err := c.Flush(ctx); err != nil {
+		return mid, err
+	}
+	return mid, c.outcome(ctx, mid, channel)
 }
 
-// History returns a channel's decrypted messages, oldest first.
+// outcome turns a refused outbox entry into an error.
+func (c *Client) outcome(ctx context.Context, messageID, channel string) error {
+	var status, lastErr string
+	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `SELECT status, last_error FROM outbox WHERE message_id = ?`, messageID).Scan(&status, &lastErr)
+	})
+	if err != nil {
+		return fmt.Errorf("client: read outbox: %w", err)
+	}
+	if status != OutboxFailed {
+		return nil
+	}
+	if strings.Contains(lastErr, "permission_denied") {
+		return fmt.Errorf("%w: the server refused the message (%s); this device was removed from %s", ErrNotMember, lastErr, channel)
+	}
+	return fmt.Errorf("client: the server refused the message: %s", lastErr)
+}
+
+const messageColumns = `g.name, m.message_id, m.seq, m.sender, m.display, m.text, m.reply_to, m.sent_ms, m.outgoing`
+
+func scanMessages(rows *sql.Rows) ([]Message, error) {
+	defer rows.Close()
+	var out []Message
+	for rows.Next() {
+		var m Message
+		var seq int64
+		if err := rows.Scan(&m.Channel, &m.MessageID, &seq, &m.Sender, &m.DisplayName, &m.Text, &m.ReplyTo, &m.SentUnixMs, &m.Outgoing); err != nil {
+			return nil, err
+		}
+		m.Seq = uint64(seq)
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// History returns a channel's stored messages (at most limit, the newest),
+// oldest first.
 func (c *Client) History(ctx context.Context, channel string, limit int) ([]Message, error) {
-	return nil, notAvailable("history")
+	if limit <= 0 {
+		limit = 100
+	}
+	ch, err := c.channelOf(ctx, channel)
+	if err != nil {
+		return nil, err
+	}
+	var out []Message
+	err = c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT * FROM (SELECT `+messageColumns+`, m.rowid AS r FROM messages m JOIN groups g ON g.channel_id = m.channel_id
+			WHERE m.channel_id = ? ORDER BY m.rowid DESC LIMIT ?) ORDER BY r`, ch, limit)
+		if err != nil {
+			return err
+		}
+		out, err = scanMessagesR(rows)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("client: history: %w", err)
+	}
+	return out, nil
 }
 
-// Messages returns decrypted messages newer than the given (per channel)
-// point; Recv and Watch print these.
+func scanMessagesR(rows *sql.Rows) ([]Message, error) {
+	defer rows.Close()
+	var out []Message
+	for rows.Next() {
+		var m Message
+		var seq, r int64
+		if err := rows.Scan(&m.Channel, &m.MessageID, &seq, &m.Sender, &m.DisplayName, &m.Text, &m.ReplyTo, &m.SentUnixMs, &m.Outgoing, &r); err != nil {
+			return nil, err
+		}
+		m.Seq = uint64(seq)
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// Received returns incoming messages not returned before (recv and watch
+// print them), oldest first, and marks them shown.
 func (c *Client) Received(ctx context.Context) ([]Message, error) {
-	return nil, nil
+	var out []Message
+	err := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT `+messageColumns+` FROM messages m JOIN groups g ON g.channel_id = m.channel_id
+			WHERE m.shown = 0 ORDER BY m.rowid`)
+		if err != nil {
+			return err
+		}
+		if out, err = scanMessages(rows); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE messages SET shown = 1 WHERE shown = 0`)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("client: read messages: %w", err)
+	}
+	return out, nil
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -68,7 +69,12 @@ type OutboxEntry struct {
 	Seq       uint64 `json:"seq,omitempty"`
 	Attempts  int    `json:"attempts"`
 	LastError string `json:"last_error,omitempty"`
+	Kind      string `json:"kind"`
 	mls, gi   []byte
+	kind      string
+	intent    []byte
+	welcome   []byte
+	welcomeTo string
 }
 
 // Outbox lists the outbox, oldest first (sent entries included).
@@ -79,7 +85,7 @@ func (c *Client) Outbox(ctx context.Context) ([]OutboxEntry, error) {
 func (c *Client) outboxWhere(ctx context.Context, where string, args ...any) ([]OutboxEntry, error) {
 	var out []OutboxEntry
 	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT id, message_id, channel_id, status, seq, attempts, last_error, mls_message, group_info
+		rows, err := tx.QueryContext(ctx, `SELECT id, message_id, channel_id, status, seq, attempts, last_error, mls_message, group_info, kind, intent
 			FROM outbox WHERE `+where+` ORDER BY id`, args...)
 		if err != nil {
 			return err
@@ -88,10 +94,10 @@ func (c *Client) outboxWhere(ctx context.Context, where string, args ...any) ([]
 		for rows.Next() {
 			var e OutboxEntry
 			var seq int64
-			if err := rows.Scan(&e.ID, &e.MessageID, &e.ChannelID, &e.Status, &seq, &e.Attempts, &e.LastError, &e.mls, &e.gi); err != nil {
+			if err := rows.Scan(&e.ID, &e.MessageID, &e.ChannelID, &e.Status, &seq, &e.Attempts, &e.LastError, &e.mls, &e.gi, &e.kind, &e.intent); err != nil {
 				return err
 			}
-			e.Seq = uint64(seq)
+			e.Seq, e.Kind = uint64(seq), e.kind
 			out = append(out, e)
 		}
 		return rows.Err()
@@ -104,61 +110,312 @@ func (c *Client) outboxWhere(ctx context.Context, where string, args ...any) ([]
 
 // FlushReport says what Flush did.
 type FlushReport struct {
-	Sent    int `json:"sent"`
-	Stale   int `json:"stale"`
-	Failed  int `json:"failed"`
-	Pending int `json:"pending"` // still waiting (the server unreachable)
+	Sent     int `json:"sent"`
+	Redone   int `json:"redone"` // refused with STALE_EPOCH, redone after processing the winner
+	Failed   int `json:"failed"`
+	Pending  int `json:"pending"` // still waiting (the server unreachable)
+	Welcomes int `json:"welcomes"`
 }
 
-// Flush sends every pending outbox entry in order. A transient failure
-// (server down, draining, rate-limited) stops the flush with the entry and
-// those after it still pending, to be sent by the next Flush; since the
-// server stores a message id once, an entry whose reply was lost is sent
-// again harmlessly, so each message is delivered exactly once. A commit
-// refused with STALE_EPOCH is marked stale for the group layer to redo;
-// any other refusal marks the entry failed.
+// maxRedo bounds how often one Flush redoes changes refused with
+// STALE_EPOCH (each redo follows processing of the commit that won).
+const maxRedo = 8
+
+// Flush sends every pending outbox entry in order.
+//
+// A transient failure (server down, draining, rate-limited; retried with
+// backoff first) stops the flush; the entry and those after it stay
+// pending for the next Flush. The server stores a message id once, so an
+// entry whose reply was lost is sent again harmlessly: each message is
+// delivered exactly once.
+//
+// When the server accepts a commit, the pending commit is merged into the
+// group state in the transaction that marks the entry sent, and only then
+// is its Welcome sent. STALE_EPOCH (another member's commit won) drops
+// the pending commit, fetches and processes the winner, and redoes the
+// change (or re-encrypts an application message) under the same rules.
+// Any other refusal marks the entry failed.
 func (c *Client) Flush(ctx context.Context) (FlushReport, error) {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	var rep FlushReport
-	pending, err := c.outboxWhere(ctx, "status = ?", OutboxPending)
-	if err != nil {
+	if err := c.sendWelcomes(ctx, &rep); err != nil {
 		return rep, err
 	}
-	for i, e := range pending {
-		var resp qpcv1.EnqueueResponse
-		err := c.call(ctx, "Enqueue", &qpcv1.EnqueueRequest{ChannelId: e.ChannelID, MessageId: e.MessageID, MlsMessage: e.mls, GroupInfo: e.gi}, &resp)
-		status, seq, lastErr := OutboxSent, resp.GetSeq(), ""
-		var se *wire.StatusError
-		switch {
-		case err == nil:
-			rep.Sent++
-		case Retryable(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
-			c.bumpAttempts(ctx, e.ID, err)
-			rep.Pending = len(pending) - i
-			return rep, fmt.Errorf("client: send (will retry; %d message(s) wait in the outbox): %w", rep.Pending, err)
-		case errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_STALE_EPOCH:
-			status, lastErr = OutboxStale, err.Error()
-			rep.Stale++
-		default:
-			status, lastErr = OutboxFailed, err.Error()
-			rep.Failed++
+	for redo := 0; ; {
+		pending, err := c.outboxWhere(ctx, "status = ?", OutboxPending)
+		if err != nil || len(pending) == 0 {
+			return rep, err
 		}
-		werr := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
-			_, err := tx.ExecContext(ctx, `UPDATE outbox SET status = ?, seq = ?, attempts = attempts + 1, last_error = ?, sent_ms = ? WHERE id = ?`,
-				status, int64(seq), lastErr, c.now().UnixMilli(), e.ID)
-			if err != nil || status != OutboxSent {
-				return err
+		stale := false
+		for i, e := range pending {
+			var resp qpcv1.EnqueueResponse
+			err := c.call(ctx, "Enqueue", &qpcv1.EnqueueRequest{ChannelId: e.ChannelID, MessageId: e.MessageID, MlsMessage: e.mls, GroupInfo: e.gi}, &resp)
+			var se *wire.StatusError
+			switch {
+			case err == nil:
+				if err := c.accepted(ctx, e, &resp); err != nil {
+					return rep, err
+				}
+				rep.Sent++
+				if err := c.afterAccept(ctx, e, &rep); err != nil {
+					return rep, err
+				}
+				continue
+			case Retryable(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+				c.bumpAttempts(ctx, e.ID, err)
+				rep.Pending = len(pending) - i
+				return rep, fmt.Errorf("client: send (will retry; %d message(s) wait in the outbox): %w", rep.Pending, err)
+			case errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_STALE_EPOCH && e.kind != "raw":
+				if redo >= maxRedo {
+					return rep, fmt.Errorf("client: still refused after %d redos: %w", redo, err)
+				}
+				redo++
+				rep.Redone++
+				if err := c.redo(ctx, e, err); err != nil {
+					return rep, err
+				}
+				stale = true
+			default:
+				rep.Failed++
+				if err := c.refused(ctx, e, err); err != nil {
+					return rep, err
+				}
+				continue
 			}
-			_, err = tx.ExecContext(ctx, `UPDATE messages SET seq = ?, server_ms = ? WHERE channel_id = ? AND message_id = ?`,
-				int64(seq), resp.GetServerTimeUnixMs(), e.ChannelID, e.MessageID)
-			return err
-		})
-		if werr != nil {
-			return rep, fmt.Errorf("client: update outbox: %w", werr)
+			if stale {
+				break // the outbox changed: read it again
+			}
+		}
+		if !stale {
+			return rep, nil
 		}
 	}
-	return rep, nil
+}
+
+// accepted marks an entry sent and, for a commit, merges it into the group
+// state, in one transaction.
+func (c *Client) accepted(ctx context.Context, e OutboxEntry, resp *qpcv1.EnqueueResponse) error {
+	c.groupMu.Lock()
+	defer c.groupMu.Unlock()
+	err := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE outbox SET status = ?, seq = ?, attempts = attempts + 1, last_error = '', sent_ms = ? WHERE id = ?`,
+			OutboxSent, int64(resp.GetSeq()), c.now().UnixMilli(), e.ID); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE messages SET seq = ?, server_ms = ? WHERE channel_id = ? AND message_id = ?`,
+			int64(resp.GetSeq()), resp.GetServerTimeUnixMs(), e.ChannelID, e.MessageID); err != nil {
+			return err
+		}
+		if e.kind != "commit" {
+			return nil
+		}
+		r, g, err := openGroup(ctx, tx, "", e.ChannelID)
+		if err != nil {
+			return err
+		}
+		pc := g.Pending()
+		if pc == nil {
+			return fmt.Errorf("client: %s: the accepted commit is not pending in the group state", r.name)
+		}
+		if err := g.MergePendingCommit(pc); err != nil {
+			return fmt.Errorf("client: merge accepted commit: %w", err)
+		}
+		return saveGroup(ctx, tx, e.ChannelID, g, c.now().UnixMilli())
+	})
+	if err != nil {
+		return fmt.Errorf("client: record accepted message: %w", err)
+	}
+	return nil
+}
+
+// afterAccept does what follows an accepted entry: the Welcome of a
+// commit; channel membership changes of a remove or a leave.
+func (c *Client) afterAccept(ctx context.Context, e OutboxEntry, rep *FlushReport) error {
+	if err := c.sendWelcomes(ctx, rep); err != nil {
+		return err
+	}
+	var in commitIntent
+	if len(e.intent) > 0 && e.kind != "app" {
+		if err := json.Unmarshal(e.intent, &in); err != nil {
+			return fmt.Errorf("client: outbox intent: %w", err)
+		}
+	}
+	switch in.Op {
+	case "remove":
+		var refs []*qpcv1.MemberRef
+		for _, a := range in.Accounts {
+			refs = append(refs, &qpcv1.MemberRef{AccountName: a})
+		}
+		if err := c.call(ctx, "RemoveMembers", &qpcv1.RemoveMembersRequest{ChannelId: e.ChannelID, Members: refs}, &qpcv1.RemoveMembersResponse{}); err != nil {
+			return fmt.Errorf("client: remove from the channel: %w", err)
+		}
+	case "leave":
+		return c.leaveChannel(ctx, e.ChannelID)
+	}
+	return nil
+}
+
+func (c *Client) leaveChannel(ctx context.Context, channelID []byte) error {
+	id, err := c.Identity(ctx)
+	if err != nil {
+		return err
+	}
+	id.key.Wipe()
+	ref := &qpcv1.MemberRef{AccountName: id.AccountName, DeviceId: id.DeviceID}
+	if err := c.call(ctx, "RemoveMembers", &qpcv1.RemoveMembersRequest{ChannelId: channelID, Members: []*qpcv1.MemberRef{ref}}, &qpcv1.RemoveMembersResponse{}); err != nil {
+		return fmt.Errorf("client: leave the channel: %w", err)
+	}
+	return nil
+}
+
+// sendWelcomes sends the Welcomes of accepted commits not yet sent.
+func (c *Client) sendWelcomes(ctx context.Context, rep *FlushReport) error {
+	var due []OutboxEntry
+	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT id, channel_id, welcome, welcome_to FROM outbox WHERE status = ? AND welcome IS NOT NULL AND welcome_sent = 0 ORDER BY id`, OutboxSent)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var e OutboxEntry
+			var to sql.NullString
+			if err := rows.Scan(&e.ID, &e.ChannelID, &e.welcome, &to); err != nil {
+				return err
+			}
+			e.welcomeTo = to.String
+			due = append(due, e)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return fmt.Errorf("client: read outbox: %w", err)
+	}
+	for _, e := range due {
+		var to []inboxAddress
+		if err := json.Unmarshal([]byte(e.welcomeTo), &to); err != nil {
+			return fmt.Errorf("client: outbox Welcome recipients: %w", err)
+		}
+		for start := 0; start < len(to); start += 100 {
+			req := &qpcv1.SendToInboxRequest{ChannelId: e.ChannelID, Kind: qpcv1.InboxKind_INBOX_KIND_WELCOME, Payload: e.welcome}
+			for _, a := range to[start:min(start+100, len(to))] {
+				req.Recipients = append(req.Recipients, &qpcv1.InboxRecipient{AccountName: a.Account, DeviceId: a.Device})
+			}
+			if err := c.call(ctx, "SendToInbox", req, &qpcv1.SendToInboxResponse{}); err != nil {
+				return fmt.Errorf("client: send Welcome (will retry): %w", err)
+			}
+		}
+		if err := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+			_, err := tx.ExecContext(ctx, `UPDATE outbox SET welcome_sent = 1 WHERE id = ?`, e.ID)
+			return err
+		}); err != nil {
+			return fmt.Errorf("client: update outbox: %w", err)
+		}
+		rep.Welcomes++
+	}
+	return nil
+}
+
+// redo handles STALE_EPOCH: drop our pending commit, fetch and process
+// what won, then queue the change again (a new commit under a new message
+// id) or re-encrypt the application message (same message id: the server
+// stored nothing under it).
+func (c *Client) redo(ctx context.Context, e OutboxEntry, cause error) error {
+	c.groupMu.Lock()
+	err := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = ? WHERE id = ?`, OutboxStale, cause.Error(), e.ID); err != nil {
+			return err
+		}
+		if e.kind != "commit" {
+			return nil
+		}
+		_, g, err := openGroup(ctx, tx, "", e.ChannelID)
+		if err != nil {
+			return err
+		}
+		g.ClearPendingCommit()
+		return saveGroup(ctx, tx, e.ChannelID, g, c.now().UnixMilli())
+	})
+	c.groupMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("client: drop refused commit: %w", err)
+	}
+	if _, err := c.Sync(ctx, 0); err != nil {
+		return fmt.Errorf("client: fetch the winning commit: %w", err)
+	}
+	switch e.kind {
+	case "commit":
+		var in commitIntent
+		if err := json.Unmarshal(e.intent, &in); err != nil {
+			return fmt.Errorf("client: outbox intent: %w", err)
+		}
+		if in.Op == "commit" {
+			return nil // the winner committed the proposals already, or a later commit will
+		}
+		err := c.queueCommit(ctx, e.ChannelID, in)
+		if errors.Is(err, ErrNotMember) && in.Op == "remove" {
+			return nil // someone else removed them first
+		}
+		return err
+	case "app":
+		c.groupMu.Lock()
+		defer c.groupMu.Unlock()
+		return c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+			_, g, err := openGroup(ctx, tx, "", e.ChannelID)
+			if err != nil {
+				return err
+			}
+			ct, err := g.Protect(e.intent, nil)
+			if err != nil {
+				return fmt.Errorf("client: encrypt again: %w", err)
+			}
+			if err := saveGroup(ctx, tx, e.ChannelID, g, c.now().UnixMilli()); err != nil {
+				return err
+			}
+			_, err = tx.ExecContext(ctx, `UPDATE outbox SET status = ?, mls_message = ? WHERE id = ?`, OutboxPending, ct, e.ID)
+			return err
+		})
+	case "proposal":
+		// A leave proposal of an epoch that has passed: the device has
+		// already forgotten the group; it still leaves the channel.
+		return c.leaveChannel(ctx, e.ChannelID)
+	}
+	return nil
+}
+
+// refused marks an entry failed for good; a refused commit is dropped from
+// the group state.
+func (c *Client) refused(ctx context.Context, e OutboxEntry, cause error) error {
+	c.groupMu.Lock()
+	defer c.groupMu.Unlock()
+	err := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = ? WHERE id = ?`, OutboxFailed, cause.Error(), e.ID); err != nil {
+			return err
+		}
+		var se *wire.StatusError
+		if errors.As(cause, &se) && se.Code == qpcv1.Status_STATUS_PERMISSION_DENIED {
+			// The server no longer counts this device in the channel: it
+			// was removed (the commit removing it is not fetchable any more).
+			_, err := tx.ExecContext(ctx, `UPDATE groups SET status = ?, state = NULL, updated_ms = ? WHERE channel_id = ? AND status = ?`,
+				statusRemoved, c.now().UnixMilli(), e.ChannelID, statusActive)
+			return err
+		}
+		if e.kind != "commit" {
+			return nil
+		}
+		_, g, err := openGroup(ctx, tx, "", e.ChannelID)
+		if err != nil {
+			return nil // the group is gone; nothing to drop
+		}
+		g.ClearPendingCommit()
+		return saveGroup(ctx, tx, e.ChannelID, g, c.now().UnixMilli())
+	})
+	if err != nil {
+		return fmt.Errorf("client: update outbox: %w", err)
+	}
+	c.log.Warn("client: message refused by the server", "message_id", e.MessageID, "err", cause)
+	return nil
 }
 
 func (c *Client) bumpAttempts(ctx context.Context, id int64, cause error) {

@@ -215,9 +215,3 @@ func (c *Client) Cursors(ctx context.Context) ([]Cursor, error) {
 	return out, nil
 }
 
-// process hands stored inbound messages and inbox items to the group
-// layer. Until the MLS group state machine exists (internal/mls part 2),
-// they stay stored, unprocessed, in order.
-func (c *Client) process(ctx context.Context) (int, error) {
-	return 0, nil
-}

@@ -208,6 +208,22 @@ func lrNote(b bool) string {
 func (a *app) groupCmd() *cobra.Command {
 	g := &cobra.Command{Use: "group", Short: "Create groups and manage their members"}
 	g.AddCommand(&cobra.Command{
+		Use: "list", Short: "List this device's groups and DMs", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				gs, err := c.Groups(ctx)
+				if err != nil {
+					return err
+				}
+				for _, g := range gs {
+					if err := a.emit(g, fmt.Sprintf("%-20s %-5s %-7s epoch %d", g.Name, g.Kind, g.Status, g.Epoch)); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		},
+	}, &cobra.Command{
 		Use: "create NAME", Short: "Create a group (you are its only member)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
@@ -437,4 +453,3 @@ func (a *app) outboxCmd() *cobra.Command {
 		},
 	}
 }
-

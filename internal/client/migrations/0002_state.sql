@@ -63,6 +63,7 @@ CREATE TABLE cursors (
     channel_id BLOB    PRIMARY KEY,
     seq        INTEGER NOT NULL,
     acked      INTEGER NOT NULL DEFAULT 0,
+    processed  INTEGER NOT NULL DEFAULT 0, -- last seq applied to the group state (same transaction as the state)
     gap_from   INTEGER NOT NULL DEFAULT 0, -- >0: messages after this seq expired unread
     gap_to     INTEGER NOT NULL DEFAULT 0
 );
@@ -103,6 +104,7 @@ CREATE TABLE messages (
     sent_ms     INTEGER NOT NULL,
     server_ms   INTEGER NOT NULL DEFAULT 0,
     outgoing    INTEGER NOT NULL DEFAULT 0,
+    shown       INTEGER NOT NULL DEFAULT 0, -- printed by recv/watch
     PRIMARY KEY (channel_id, message_id)
 );
 CREATE INDEX messages_by_time ON messages (channel_id, sent_ms);
@@ -116,6 +118,11 @@ CREATE TABLE outbox (
     channel_id  BLOB    NOT NULL,
     mls_message BLOB    NOT NULL,
     group_info  BLOB,
+    kind        TEXT    NOT NULL DEFAULT 'raw', -- raw, app, commit, proposal
+    intent      BLOB,   -- what to redo after STALE_EPOCH: the AppMessage, or a JSON commit intent
+    welcome     BLOB,   -- a commit's Welcome, sent only after the server accepted the commit
+    welcome_to  TEXT,   -- JSON [{account_name, device_id}]
+    welcome_sent INTEGER NOT NULL DEFAULT 0,
     status      TEXT    NOT NULL DEFAULT 'pending', -- pending, sent, failed, stale
     seq         INTEGER NOT NULL DEFAULT 0,
     attempts    INTEGER NOT NULL DEFAULT 0,

@@ -1,0 +1,324 @@
+package client
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/quicprochat/quicprochat/internal/mls"
+	"github.com/quicprochat/quicprochat/internal/server/servertest"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
+)
+
+// texts syncs c and returns the texts of its history of channel.
+func texts(t *testing.T, c *Client, channel string) []string {
+	t.Helper()
+	if _, err := c.Sync(ctxT(t), 0); err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+	ms, err := c.History(ctxT(t), channel, 1000)
+	if err != nil {
+		t.Fatalf("history %s: %v", channel, err)
+	}
+	var out []string
+	for _, m := range ms {
+		out = append(out, m.Text)
+	}
+	return out
+}
+
+func send(t *testing.T, c *Client, channel, text string) {
+	t.Helper()
+	if _, err := c.Send(ctxT(t), channel, text, ""); err != nil {
+		t.Fatalf("send %q to %s: %v", text, channel, err)
+	}
+}
+
+func epochOf(t *testing.T, c *Client, name string) uint64 {
+	t.Helper()
+	gs, err := c.Groups(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range gs {
+		if g.Name == name {
+			return g.Epoch
+		}
+	}
+	t.Fatalf("no group %s", name)
+	return 0
+}
+
+// TestGroupLifecycle: create, invite, join, messages both ways, remove
+// (the removed member reads nothing sent afterwards), leave.
+func TestGroupLifecycle(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	alice := registered(t, srv, "alice")
+	bob := registered(t, srv, "bob")
+	carol := registered(t, srv, "carol")
+	ctx := ctxT(t)
+
+	if err := alice.CreateGroup(ctx, "team"); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.AddMembers(ctx, "team", []string{"bob", "carol"}); err != nil {
+		t.Fatal(err)
+	}
+	send(t, alice, "team", "hello team")
+	// Bob and carol join from the Welcome; the group takes alice's name
+	// from her first message.
+	if got := texts(t, bob, "team"); strings.Join(got, "|") != "hello team" {
+		t.Fatalf("bob's history %q", got)
+	}
+	if got := texts(t, carol, "team"); strings.Join(got, "|") != "hello team" {
+		t.Fatalf("carol's history %q", got)
+	}
+	send(t, bob, "team", "hi alice")
+	send(t, carol, "team", "hi both")
+	if got := texts(t, alice, "team"); strings.Join(got, "|") != "hello team|hi alice|hi both" {
+		t.Fatalf("alice's history %q", got)
+	}
+	ms, err := alice.Members(ctx, "team")
+	if err != nil || len(ms) != 3 {
+		t.Fatalf("members %v, %v", ms, err)
+	}
+
+	// Remove carol: she reads nothing sent after, neither through the
+	// server (it dropped her from the channel) nor with her old keys.
+	var carolState []byte
+	if err := carol.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRow(`SELECT state FROM groups WHERE name = 'team'`).Scan(&carolState)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.RemoveMember(ctx, "team", "carol"); err != nil {
+		t.Fatal(err)
+	}
+	mid := func() string {
+		id, err := alice.Send(ctx, "team", "carol is gone", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}()
+	var ciphertext []byte
+	if err := alice.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRow(`SELECT mls_message FROM outbox WHERE message_id = ?`, mid).Scan(&ciphertext)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	old, err := mls.ImportGroup(mlsConfig, carolState)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := old.ProcessMessage(ciphertext); err == nil {
+		t.Fatalf("carol's old group state decrypted a message sent after her removal: %q", p.ApplicationData)
+	}
+	if got := texts(t, bob, "team"); strings.Join(got, "|") != "hello team|hi alice|hi both|carol is gone" {
+		t.Fatalf("bob after remove %q", got)
+	}
+	if _, err := carol.Sync(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := carol.Send(ctx, "team", "still here?", ""); !errors.Is(err, ErrNotMember) {
+		t.Fatalf("removed member sends: %v", err)
+	}
+	hist, _ := carol.History(ctx, "team", 100)
+	for _, m := range hist {
+		if m.Text == "carol is gone" {
+			t.Fatal("the removed member read a message sent after her removal")
+		}
+	}
+
+	// Bob leaves: alice (lowest remaining leaf) commits his removal.
+	if err := bob.Leave(ctx, "team"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.Sync(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ms, err = alice.Members(ctx, "team")
+	if err != nil || len(ms) != 1 || ms[0].Account != "alice" {
+		t.Fatalf("members after leave %v, %v", ms, err)
+	}
+}
+
+// TestDM: a DM between two accounts, both ways; opening it from the other
+// side finds the same channel.
+func TestDM(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	alice := registered(t, srv, "alice")
+	bob := registered(t, srv, "bob")
+	ctx := ctxT(t)
+	name, err := alice.DM(ctx, "bob")
+	if err != nil || name != "@bob" {
+		t.Fatalf("dm: %q, %v", name, err)
+	}
+	send(t, alice, "@bob", "psst")
+	if n, err := bob.DM(ctx, "alice"); err != nil || n != "@alice" {
+		t.Fatalf("bob's dm: %q, %v", n, err)
+	}
+	if got := texts(t, bob, "@alice"); strings.Join(got, "|") != "psst" {
+		t.Fatalf("bob's DM %q", got)
+	}
+	send(t, bob, "@alice", "hi")
+	if got := texts(t, alice, "@bob"); strings.Join(got, "|") != "psst|hi" {
+		t.Fatalf("alice's DM %q", got)
+	}
+}
+
+// TestConcurrentCommitsConverge: two members commit in the same epoch; the
+// server takes one, the other processes it, redoes its own change, and
+// everyone ends on the same epoch with both changes.
+func TestConcurrentCommitsConverge(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	alice := registered(t, srv, "alice")
+	bob := registered(t, srv, "bob")
+	registered(t, srv, "carol")
+	registered(t, srv, "dave")
+	ctx := ctxT(t)
+	if err := alice.CreateGroup(ctx, "team"); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
+		t.Fatal(err)
+	}
+	send(t, alice, "team", "x")
+	texts(t, bob, "team")
+	// Both queue a commit at the same epoch before either is sent.
+	for _, p := range []struct {
+		c    *Client
+		name string
+	}{{alice, "carol"}, {bob, "dave"}} {
+		kps, err := p.c.fetchKeyPackages(ctx, p.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch, _ := p.c.channelOf(ctx, "team")
+		if err := p.c.call(ctx, "AddMembers", addReq(ch, p.name), &qpcv1.AddMembersResponse{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.c.queueCommit(ctx, ch, commitIntent{Op: "add", Accounts: []string{p.name}, KeyPackages: kps}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	reps := make([]FlushReport, 2)
+	errs := make([]error, 2)
+	for i, c := range []*Client{alice, bob} {
+		wg.Add(1)
+		go func() { defer wg.Done(); reps[i], errs[i] = c.Flush(ctx) }()
+	}
+	wg.Wait()
+	if errs[0] != nil || errs[1] != nil {
+		t.Fatalf("flush: %v, %v", errs[0], errs[1])
+	}
+	if reps[0].Redone+reps[1].Redone != 1 {
+		t.Fatalf("expected exactly one redo after STALE_EPOCH: %+v %+v", reps[0], reps[1])
+	}
+	for _, c := range []*Client{alice, bob} {
+		if _, err := c.Sync(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ea, eb := epochOf(t, alice, "team"), epochOf(t, bob, "team"); ea != eb || ea != 3 {
+		t.Fatalf("epochs alice %d, bob %d; want both 3", ea, eb)
+	}
+	ma, _ := alice.Members(ctx, "team")
+	mb, _ := bob.Members(ctx, "team")
+	if len(ma) != 4 || fmt.Sprint(accounts(ma)) != fmt.Sprint(accounts(mb)) {
+		t.Fatalf("members differ: %v vs %v", accounts(ma), accounts(mb))
+	}
+	send(t, bob, "team", "converged")
+	if got := texts(t, alice, "team"); got[len(got)-1] != "converged" {
+		t.Fatalf("alice %q", got)
+	}
+}
+
+func accounts(ms []Member) []string {
+	var out []string
+	for _, m := range ms {
+		out = append(out, m.Account)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestFiftyMembers: a 50-member group in which everyone receives every
+// message.
+func TestFiftyMembers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("50 clients")
+	}
+	srv := servertest.Start(t, servertest.Config(t))
+	const n = 50
+	cs := make([]*Client, n)
+	names := make([]string, n)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	sem := make(chan struct{}, 4)
+	for i := range n {
+		names[i] = fmt.Sprintf("user%02d", i)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			c, _ := newTestClient(t, srv, testKey(t))
+			c.opts.Backoff = fastBackoff
+			if _, err := c.Register(context.Background(), RegisterParams{AccountName: names[i]}); err != nil {
+				mu.Lock()
+				firstErr = errors.Join(firstErr, err)
+				mu.Unlock()
+			}
+			cs[i] = c
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		t.Fatal(firstErr)
+	}
+	ctx := ctxT(t)
+	if err := cs[0].CreateGroup(ctx, "big"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cs[0].AddMembers(ctx, "big", names[1:]); err != nil {
+		t.Fatal(err)
+	}
+	send(t, cs[0], "big", "from user00")
+	// Every member joins and sends one message.
+	for i := 1; i < n; i++ {
+		if _, err := cs[i].Sync(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+		send(t, cs[i], "big", "from "+names[i])
+	}
+	for i := range n {
+		got := texts(t, cs[i], "big")
+		if len(got) != n {
+			t.Fatalf("%s has %d messages, want %d", names[i], len(got), n)
+		}
+		seen := map[string]bool{}
+		for _, s := range got {
+			seen[s] = true
+		}
+		for _, nm := range names {
+			if !seen["from "+nm] {
+				t.Fatalf("%s missed the message from %s", names[i], nm)
+			}
+		}
+	}
+}
+
+func addReq(ch []byte, account string) *qpcv1.AddMembersRequest {
+	return &qpcv1.AddMembersRequest{ChannelId: ch, Members: []*qpcv1.MemberRef{{AccountName: account}}}
+}
