@@ -60,10 +60,13 @@ func (c *Client) Register(ctx context.Context, p RegisterParams) (*Identity, err
 	secret.Wipe(priv)
 	defer seed.Wipe()
 	var resp qpcv1.RegisterResponse
-	// Once: a repeated Register after a lost reply would only say the name is taken.
-	err = c.conn.Once(ctx, "Register", "", &qpcv1.RegisterRequest{
-		AccountName: p.AccountName, SignatureKey: pub, DeviceName: p.DeviceName, InviteCode: p.InviteCode,
-	}, &resp)
+	// Repeated only when the server answered with a transient status (it
+	// did nothing): after a lost reply a repeat would say the name is taken.
+	err = c.retryStatus(ctx, func() error {
+		return c.conn.Once(ctx, "Register", "", &qpcv1.RegisterRequest{
+			AccountName: p.AccountName, SignatureKey: pub, DeviceName: p.DeviceName, InviteCode: p.InviteCode,
+		}, &resp)
+	})
 	if err != nil {
 		return nil, explainRegister(err)
 	}
@@ -148,10 +151,23 @@ func (c *Client) loginLocked(ctx context.Context) (string, error) {
 
 // retry runs fn under the connection's backoff policy.
 func (c *Client) retry(ctx context.Context, fn func() error) error {
+	return c.retryIf(ctx, fn, Retryable)
+}
+
+// retryStatus retries fn only when the server answered with a transient
+// status (so the call had no effect), never after a lost connection.
+func (c *Client) retryStatus(ctx context.Context, fn func() error) error {
+	return c.retryIf(ctx, fn, func(err error) bool {
+		var se *wire.StatusError
+		return errors.As(err, &se) && Retryable(err)
+	})
+}
+
+func (c *Client) retryIf(ctx context.Context, fn func() error, ok func(error) bool) error {
 	b := c.conn.backoff
 	for n := 0; ; n++ {
 		err := fn()
-		if err == nil || !Retryable(err) || ctx.Err() != nil || n+1 >= b.MaxAttempts {
+		if err == nil || !ok(err) || ctx.Err() != nil || n+1 >= b.MaxAttempts {
 			return err
 		}
 		if serr := b.Sleep(ctx, b.Delay(n, retryAfterOf(err))); serr != nil {
@@ -229,7 +245,9 @@ func (c *Client) token(ctx context.Context, force bool) (string, error) {
 		// Once: a Refresh whose reply was lost must not be repeated (the
 		// server would see a reused token and revoke the device's tokens);
 		// a new login is the safe fallback.
-		err = c.conn.Once(ctx, "Refresh", "", &qpcv1.RefreshRequest{DeviceId: id.DeviceID, RefreshToken: t.refresh.Reveal()}, &rr)
+		err = c.retryStatus(ctx, func() error {
+			return c.conn.Once(ctx, "Refresh", "", &qpcv1.RefreshRequest{DeviceId: id.DeviceID, RefreshToken: t.refresh.Reveal()}, &rr)
+		})
 		if err == nil {
 			if err := c.saveTokens(ctx, rr.GetTokens()); err != nil {
 				return "", err

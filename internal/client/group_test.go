@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/quicprochat/quicprochat/internal/mls"
 	"github.com/quicprochat/quicprochat/internal/server/servertest"
@@ -258,7 +259,11 @@ func TestFiftyMembers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("50 clients")
 	}
-	srv := servertest.Start(t, servertest.Config(t))
+	cfg := servertest.Config(t)
+	// All 50 clients share 127.0.0.1, so the per-IP rate limit (meant
+	// for distinct hosts) is raised.
+	cfg.Limits.RateLimit, cfg.Limits.RateBurst = 2000, 2000
+	srv := servertest.Start(t, cfg)
 	const n = 50
 	cs := make([]*Client, n)
 	names := make([]string, n)
@@ -321,4 +326,68 @@ func TestFiftyMembers(t *testing.T) {
 
 func addReq(ch []byte, account string) *qpcv1.AddMembersRequest {
 	return &qpcv1.AddMembersRequest{ChannelId: ch, Members: []*qpcv1.MemberRef{{AccountName: account}}}
+}
+
+// TestRestartMidConversation: qpcd stops mid-conversation; messages sent
+// meanwhile wait in the outboxes (one client is even closed and reopened
+// from its database) and are delivered exactly once when it is back.
+func TestRestartMidConversation(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	alice, aliceOpts := newTestClient(t, srv, testKey(t))
+	if _, err := alice.Register(ctxT(t), RegisterParams{AccountName: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	bob := registered(t, srv, "bob")
+	ctx := ctxT(t)
+	if err := alice.CreateGroup(ctx, "team"); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
+		t.Fatal(err)
+	}
+	send(t, alice, "team", "before")
+	texts(t, bob, "team")
+
+	srv.Stop(t)
+	down := func(c *Client, text string) {
+		t.Helper()
+		short, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		id, err := c.Send(short, "team", text, "")
+		if id == "" || err == nil {
+			t.Fatalf("send while down: id %q, err %v; want a queued message and an error", id, err)
+		}
+	}
+	down(alice, "during 1")
+	down(bob, "during 2")
+	down(alice, "during 3")
+	// Alice's process "crashes": her state is reopened from disk.
+	if err := alice.Close(); err != nil {
+		t.Fatal(err)
+	}
+	srv.Start(t)
+	alice2, err := Open(ctx, aliceOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alice2.Close()
+	for _, c := range []*Client{alice2, bob} {
+		if rep, err := c.Flush(ctx); err != nil || rep.Pending != 0 {
+			t.Fatalf("flush after restart: %+v, %v", rep, err)
+		}
+	}
+	send(t, bob, "team", "after")
+	want := "before|during 1|during 3|during 2|after"
+	if got := strings.Join(texts(t, bob, "team"), "|"); got != want {
+		t.Fatalf("bob: %q, want %q", got, want)
+	}
+	if got := strings.Join(texts(t, alice2, "team"), "|"); got != "before|during 1|during 3|during 2|after" {
+		t.Fatalf("alice: %q", got)
+	}
+	// Nothing more arrives: each was delivered once.
+	for _, c := range []*Client{alice2, bob} {
+		if rep, err := c.Sync(ctx, 0); err != nil || rep.Messages != 0 {
+			t.Fatalf("extra messages: %+v, %v", rep, err)
+		}
+	}
 }

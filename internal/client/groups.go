@@ -661,8 +661,10 @@ func (c *Client) History(ctx context.Context, channel string, limit int) ([]Mess
 	}
 	var out []Message
 	err = c.db.ReadTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT * FROM (SELECT `+messageColumns+`, m.rowid AS r FROM messages m JOIN groups g ON g.channel_id = m.channel_id
-			WHERE m.channel_id = ? ORDER BY m.rowid DESC LIMIT ?) ORDER BY r`, ch, limit)
+		// Server order (seq); messages not yet delivered last, in the order written.
+		rows, err := tx.QueryContext(ctx, `SELECT * FROM (SELECT `+messageColumns+`, (m.seq = 0) * 9007199254740991 + m.seq AS k, m.rowid AS r
+			FROM messages m JOIN groups g ON g.channel_id = m.channel_id
+			WHERE m.channel_id = ? ORDER BY k DESC, r DESC LIMIT ?) ORDER BY k, r`, ch, limit)
 		if err != nil {
 			return err
 		}
@@ -680,8 +682,8 @@ func scanMessagesR(rows *sql.Rows) ([]Message, error) {
 	var out []Message
 	for rows.Next() {
 		var m Message
-		var seq, r int64
-		if err := rows.Scan(&m.Channel, &m.MessageID, &seq, &m.Sender, &m.DisplayName, &m.Text, &m.ReplyTo, &m.SentUnixMs, &m.Outgoing, &r); err != nil {
+		var seq, k, r int64
+		if err := rows.Scan(&m.Channel, &m.MessageID, &seq, &m.Sender, &m.DisplayName, &m.Text, &m.ReplyTo, &m.SentUnixMs, &m.Outgoing, &k, &r); err != nil {
 			return nil, err
 		}
 		m.Seq = uint64(seq)

@@ -214,4 +214,3 @@ func (c *Client) Cursors(ctx context.Context) ([]Cursor, error) {
 	}
 	return out, nil
 }
-
