@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go vet fmt-check proto fuzz deps-test clean
+.PHONY: all build run test test-go vet fmt-check proto proto-interop fuzz deps-test clean
 
 all: build
 
@@ -47,6 +47,16 @@ proto:
 	@protoc --version | grep -q "$(PROTOC_VERSION)" || { echo "make proto: need protoc $(PROTOC_VERSION) (Debian bookworm), have $$(protoc --version)"; exit 1; }
 	protoc -I proto -I /usr/include --plugin=protoc-gen-go="$$($(GO) tool -n protoc-gen-go)" \
 		--go_out=. --go_opt=module=$(PKG) proto/qpc/v1/*.proto
+
+# Go code for the MLS interop harness's MLSClient service (cmd/qpc-mls-interop).
+INTEROP_PB = $(PKG)/internal/mlsinterop/mlsclientpb
+proto-interop:
+	@protoc --version | grep -q "$(PROTOC_VERSION)" || { echo "make proto-interop: need protoc $(PROTOC_VERSION), have $$(protoc --version)"; exit 1; }
+	protoc -I proto --plugin=protoc-gen-go="$$($(GO) tool -n protoc-gen-go)" \
+		--plugin=protoc-gen-go-grpc="$$($(GO) tool -n protoc-gen-go-grpc)" \
+		--go_out=. --go_opt=module=$(PKG) "--go_opt=Mmlsinterop/mls_client.proto=$(INTEROP_PB);mlsclientpb" \
+		--go-grpc_out=. --go-grpc_opt=module=$(PKG) "--go-grpc_opt=Mmlsinterop/mls_client.proto=$(INTEROP_PB);mlsclientpb" \
+		proto/mlsinterop/mls_client.proto
 
 # Short fuzzing of every decoder; FUZZTIME=60s for a longer run.
 FUZZTIME ?= 10s

@@ -371,6 +371,9 @@ type CommitOptions struct {
 	NoExternalPub bool
 	// AuthenticatedData is sent in the clear with the commit.
 	AuthenticatedData []byte
+	// PendingReInit commits the first ReInit proposal received this
+	// epoch, alone, by reference (other pending proposals are left out).
+	PendingReInit bool
 }
 
 // PendingCommit is a commit created by this client that the server has
@@ -455,7 +458,17 @@ func (g *Group) commit(opts CommitOptions, pskUsage ResumptionPSKUsage) (*Pendin
 			touched[byValue[i].Remove.Removed] = true
 		}
 	}
-	if !opts.SkipPending && opts.ReInit == nil {
+	if opts.PendingReInit {
+		for _, cp := range g.proposals {
+			if cp.proposal.Type == ProposalTypeReInit {
+				commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeReference, Reference: cp.ref})
+				break
+			}
+		}
+		if len(commit.Proposals) == 0 {
+			return nil, fmt.Errorf("%w: no ReInit proposal pending", ErrInvalidArgument)
+		}
+	} else if !opts.SkipPending && opts.ReInit == nil {
 		for _, cp := range g.proposals {
 			var l uint32
 			switch cp.proposal.Type {

@@ -302,3 +302,39 @@ func JoinSubgroup(old *Group, welcome []byte, bundle *KeyPackageBundle, opts Joi
 	}
 	return g, nil
 }
+
+func (s *ExternalSender) encode(e *encoder) {
+	e.opaque(s.SignatureKey)
+	s.Credential.encode(e)
+}
+
+func (s *ExternalSender) decode(d *decoder) {
+	s.SignatureKey = d.opaque()
+	s.Credential.decode(d)
+}
+
+// Marshal returns the TLS encoding of one ExternalSender.
+func (s *ExternalSender) Marshal() ([]byte, error) { return marshal(s) }
+
+// Unmarshal decodes b as one ExternalSender.
+func (s *ExternalSender) Unmarshal(b []byte) error { return unmarshal(b, s) }
+
+// ExternalSenders returns the external_senders of the group's context.
+func (g *Group) ExternalSenders() ([]ExternalSender, error) { return externalSenders(g.gc.Extensions) }
+
+// GroupInfoWithOptions returns the signed MLSMessage GroupInfo with or
+// without the ratchet_tree extension (external_pub always included).
+func (g *Group) GroupInfoWithOptions(withTree bool) ([]byte, error) {
+	gi, err := g.groupInfo(withTree, true)
+	if err != nil {
+		return nil, err
+	}
+	return (&MLSMessage{Version: ProtocolVersionMLS10, WireFormat: WireFormatGroupInfo, GroupInfo: gi}).Marshal()
+}
+
+// RatchetTree returns the ratchet tree of the epoch the commit moves to.
+func (p *PendingCommit) RatchetTree() RatchetTree { return p.next.RatchetTree() }
+
+// EpochAuthenticator returns the epoch authenticator of the epoch the
+// commit moves to.
+func (p *PendingCommit) EpochAuthenticator() []byte { return p.next.EpochAuthenticator() }
