@@ -102,6 +102,10 @@ type Options struct {
 	MaxPayload int
 	// LongPollMax caps FetchWait; default 30s.
 	LongPollMax time.Duration
+	// FetchLinger is how long a woken FetchWait waits for more messages
+	// before it reads, so that under load one read serves several
+	// messages; default 2ms, negative: none.
+	FetchLinger time.Duration
 	// SweepInterval is how often expired messages are deleted and the queue
 	// gauges refreshed; default 30s. Negative: no background sweeper (tests
 	// call Sweep and RefreshStats).
@@ -121,6 +125,7 @@ type Service struct {
 	behind      uint64
 	maxPayload  int
 	longPollMax time.Duration
+	linger      time.Duration
 	hub         *hub
 	metrics     *metrics
 	stmts       stmtCache
@@ -155,6 +160,12 @@ func New(o Options) (*Service, error) {
 	}
 	if s.longPollMax <= 0 {
 		s.longPollMax = 30 * time.Second
+	}
+	switch {
+	case o.FetchLinger == 0:
+		s.linger = 2 * time.Millisecond
+	case o.FetchLinger > 0:
+		s.linger = o.FetchLinger
 	}
 	s.metrics = newMetrics()
 	s.hub = newHub(s.metrics)

@@ -117,6 +117,20 @@ func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration
 		}
 		select {
 		case <-w.ch:
+			// Linger: under load more messages follow within moments; one
+			// read (and one response) for several of them costs far less
+			// than one each. Bounded by the caller's timeout.
+			if s.linger > 0 {
+				lt := time.NewTimer(s.linger)
+				select {
+				case <-lt.C:
+				case <-timer.C:
+					timer.Reset(0)
+				case <-drain:
+				case <-ctx.Done():
+				}
+				lt.Stop()
+			}
 		case <-timer.C:
 			s.fetched(ctx, c, &b, "fetch_wait")
 			return b, nil
