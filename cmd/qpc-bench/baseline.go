@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,7 +62,8 @@ func runBaseline(ctx context.Context, o options) (report, error) {
 	w := newWindow(o.warmup, o.duration, o.messages)
 	p := newPacer(o.rate)
 	var lat samples
-	var errs atomic.Int64
+	var errs, done atomic.Int64
+	cpu := startCPU(0)
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
 	for _, c := range conns {
@@ -80,6 +82,7 @@ func runBaseline(ctx context.Context, o options) (report, error) {
 					firstErr.CompareAndSwap(nil, err.Error())
 					continue
 				}
+				done.Add(1)
 				if w.count(at) {
 					mine = append(mine, time.Since(at))
 				}
@@ -89,7 +92,7 @@ func runBaseline(ctx context.Context, o options) (report, error) {
 	wg.Wait()
 	stopped := time.Now()
 	r := report{Mode: "baseline", Clients: o.clients, Size: o.size, TargetRate: o.rate, Seconds: w.seconds(stopped),
-		Requests: w.counted(), Errors: errs.Load(), RPC: lat.summary()}
+		Requests: w.counted(), Errors: errs.Load(), RPC: lat.summary(), CPUPerReq: cpu.perRequest(done.Load())}
 	r.Throughput = float64(r.Requests) / r.Seconds
 	if v, ok := firstErr.Load().(string); ok {
 		r.FirstError = v
@@ -171,6 +174,9 @@ func selfSigned() (tls.Certificate, error) {
 // finish fills the fields every report has.
 func finish(r report) report {
 	r.GOMAXPROCS = gomaxprocs()
+	if r.CPUPerReq > 0 {
+		r.CPUCapacity = float64(runtime.NumCPU()) * 1e6 / r.CPUPerReq
+	}
 	return r
 }
 

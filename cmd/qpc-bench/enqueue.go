@@ -145,6 +145,11 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 		}()
 	}
 
+	serverPID := o.serverPID
+	if o.serve {
+		serverPID = 0 // the server is this process
+	}
+	cpu := startCPU(serverPID)
 	var swg sync.WaitGroup
 	for i, d := range senders {
 		swg.Add(1)
@@ -186,6 +191,10 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 	}
 	swg.Wait()
 	stopped := time.Now()
+	cpuPerReq := 0.0
+	if o.serve || o.serverPID > 0 {
+		cpuPerReq = cpu.perRequest(sent.Load())
+	}
 	// Let receivers catch up with everything sent (bounded).
 	want := sent.Load() * int64(len(receivers))
 	deadline := time.Now().Add(10 * time.Second)
@@ -197,7 +206,7 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 
 	r := report{Mode: "enqueue", Clients: o.clients, Receivers: o.receivers, Size: o.size, TargetRate: o.rate,
 		Seconds: w.seconds(stopped), Requests: w.counted(), Errors: errs.Load(), RPC: rpcLat.summary(),
-		Delivery: delLat.summary(), ServerInPro: o.serve}
+		Delivery: delLat.summary(), ServerInPro: o.serve, CPUPerReq: cpuPerReq}
 	r.Delivered = int64(r.Delivery.Count)
 	r.Throughput = float64(r.Requests) / r.Seconds
 	if v, ok := firstErr.Load().(string); ok {

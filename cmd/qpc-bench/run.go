@@ -37,6 +37,7 @@ type options struct {
 	serveDir   string
 	jsonOut    string
 	cpuProfile string
+	serverPID  int
 	warmup     time.Duration
 }
 
@@ -59,6 +60,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.serveDir, "serve-dir", "", "with -serve: data dir to use (default: a temporary one, removed after)")
 	fs.StringVar(&o.jsonOut, "json", "", "also write the results as JSON to this file")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (with -serve: client and server)")
+	fs.IntVar(&o.serverPID, "server-pid", 0, "qpcd's process id, to add its CPU time to the per-request CPU figure (Linux)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -92,19 +94,24 @@ func parse(args []string, stderr io.Writer) (options, error) {
 
 // report is one mode's result.
 type report struct {
-	Mode        string  `json:"mode"`
-	Clients     int     `json:"clients"`
-	Receivers   int     `json:"receivers,omitempty"`
-	Size        int     `json:"size_bytes"`
-	TargetRate  float64 `json:"target_rate,omitempty"`
-	Seconds     float64 `json:"seconds"`
-	Requests    int64   `json:"requests"`
-	Errors      int64   `json:"errors"`
-	Throughput  float64 `json:"throughput_per_s"`
-	RPC         summary `json:"rpc_latency"`
-	Delivered   int64   `json:"delivered,omitempty"`
-	Delivery    summary `json:"delivery_latency,omitempty"`
-	FirstError  string  `json:"first_error,omitempty"`
+	Mode       string  `json:"mode"`
+	Clients    int     `json:"clients"`
+	Receivers  int     `json:"receivers,omitempty"`
+	Size       int     `json:"size_bytes"`
+	TargetRate float64 `json:"target_rate,omitempty"`
+	Seconds    float64 `json:"seconds"`
+	Requests   int64   `json:"requests"`
+	Errors     int64   `json:"errors"`
+	Throughput float64 `json:"throughput_per_s"`
+	RPC        summary `json:"rpc_latency"`
+	Delivered  int64   `json:"delivered,omitempty"`
+	Delivery   summary `json:"delivery_latency,omitempty"`
+	FirstError string  `json:"first_error,omitempty"`
+	// CPU microseconds per request, client and server together (with
+	// -serve or -server-pid; 0 when unknown), and the request rate that
+	// would fill every core at that cost.
+	CPUPerReq   float64 `json:"cpu_us_per_request,omitempty"`
+	CPUCapacity float64 `json:"cpu_bound_per_s,omitempty"`
 	GOMAXPROCS  int     `json:"gomaxprocs"`
 	ServerInPro bool    `json:"server_in_process"`
 }
@@ -167,14 +174,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func printTable(w io.Writer, rs []report) {
 	fmt.Fprintf(w, "GOMAXPROCS=%d NumCPU=%d\n", runtime.GOMAXPROCS(0), runtime.NumCPU())
-	fmt.Fprintf(w, "%-9s %7s %6s %9s %8s %10s | %-26s | %-26s\n", "mode", "clients", "size", "requests", "errors", "req/s",
-		"rpc p50/p99/p999 ms", "delivery p50/p99/p999 ms")
+	fmt.Fprintf(w, "%-9s %7s %6s %9s %8s %10s | %-26s | %-26s | %s\n", "mode", "clients", "size", "requests", "errors", "req/s",
+		"rpc p50/p99/p999 ms", "delivery p50/p99/p999 ms", "cpu µs/req (all cores: req/s)")
 	for _, r := range rs {
 		del := "-"
 		if r.Delivered > 0 {
 			del = r.Delivery.String()
 		}
-		fmt.Fprintf(w, "%-9s %7d %6d %9d %8d %10.0f | %-26s | %-26s\n", r.Mode, r.Clients, r.Size, r.Requests, r.Errors, r.Throughput, r.RPC.String(), del)
+		cpu := "-"
+		if r.CPUPerReq > 0 {
+			cpu = fmt.Sprintf("%.0f (%.0f)", r.CPUPerReq, r.CPUCapacity)
+		}
+		fmt.Fprintf(w, "%-9s %7d %6d %9d %8d %10.0f | %-26s | %-26s | %s\n", r.Mode, r.Clients, r.Size, r.Requests, r.Errors, r.Throughput, r.RPC.String(), del, cpu)
 	}
 	var base, enq float64
 	for _, r := range rs {
