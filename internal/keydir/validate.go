@@ -2,6 +2,7 @@ package keydir
 
 import (
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"time"
 
@@ -37,63 +38,29 @@ func decodeKeyPackage(raw []byte) (*mls.KeyPackage, error) {
 	return &kp, nil
 }
 
-// validate checks one KeyPackage for upload by dev at now.
-//
-// INTERIM: internal/mls part 2 will provide KeyPackage validation
-// (signature, suite, lifetime, capabilities, leaf node source); until it
-// lands this function does the checks itself with the part-1 primitives.
-// Switch to the mls function when it exists; keep the binding checks
-// (credential identity and signature key against the registered device),
-// which are the directory's own policy.
+// validate checks one KeyPackage for upload by dev at now: first every
+// group-independent RFC 9420 check (mls.ValidateKeyPackage: version, suite
+// in the allowlist, leaf source, lifetime, capabilities, key sizes, init key
+// != encryption key, both signatures), then the directory's own policy:
+// a BasicCredential naming this account and device, and the device's
+// registered signature key as the leaf key.
 func (d *Directory) validate(raw []byte, dev Device, now time.Time) (checked, error) {
 	kp, err := decodeKeyPackage(raw)
 	if err != nil {
 		return checked{}, err
 	}
-	if kp.Version != mls.ProtocolVersionMLS10 {
-		return checked{}, fmt.Errorf("%w: protocol version %d", ErrInvalidKeyPackage, kp.Version)
-	}
-	if !d.suites[kp.CipherSuite] {
-		return checked{}, fmt.Errorf("%w: suite %d (allowed: %v)", ErrUnsupportedSuite, kp.CipherSuite, d.allowed())
+	err = mls.ValidateKeyPackage(kp, mls.KeyPackagePolicy{AllowedSuites: d.allowed(), Now: now})
+	switch {
+	case errors.Is(err, mls.ErrUnsupportedCipherSuite):
+		return checked{}, fmt.Errorf("%w: %w", ErrUnsupportedSuite, err)
+	case err != nil:
+		return checked{}, fmt.Errorf("%w: %w", ErrInvalidKeyPackage, err)
 	}
 	suite, err := mls.Suite(kp.CipherSuite)
 	if err != nil {
 		return checked{}, fmt.Errorf("%w: %w", ErrUnsupportedSuite, err)
 	}
 	leaf := &kp.LeafNode
-	if leaf.Source != mls.LeafNodeSourceKeyPackage {
-		return checked{}, fmt.Errorf("%w: leaf node source %d, want key_package", ErrInvalidKeyPackage, leaf.Source)
-	}
-	if len(kp.InitKey) == 0 || subtle.ConstantTimeCompare(kp.InitKey, leaf.EncryptionKey) == 1 {
-		return checked{}, fmt.Errorf("%w: init key missing or equal to the leaf encryption key", ErrInvalidKeyPackage)
-	}
-	tbs, err := kp.TBS()
-	if err != nil {
-		return checked{}, fmt.Errorf("%w: %w", ErrInvalidKeyPackage, err)
-	}
-	if err := suite.VerifyWithLabel(leaf.SignatureKey, "KeyPackageTBS", tbs, kp.Signature); err != nil {
-		return checked{}, fmt.Errorf("%w: %w", ErrInvalidKeyPackage, err)
-	}
-	ltbs, err := leaf.TBS(nil, 0)
-	if err != nil {
-		return checked{}, fmt.Errorf("%w: %w", ErrInvalidKeyPackage, err)
-	}
-	if err := suite.VerifyWithLabel(leaf.SignatureKey, "LeafNodeTBS", ltbs, leaf.Signature); err != nil {
-		return checked{}, fmt.Errorf("%w: leaf node: %w", ErrInvalidKeyPackage, err)
-	}
-	if !hasCredentialType(leaf.Capabilities.Credentials, leaf.Credential.Type) {
-		return checked{}, fmt.Errorf("%w: capabilities do not list the leaf's credential type", ErrInvalidKeyPackage)
-	}
-	lt := leaf.Lifetime
-	if lt.NotAfter > 1<<62 || lt.NotBefore > lt.NotAfter {
-		return checked{}, fmt.Errorf("%w: lifetime %d..%d", ErrInvalidKeyPackage, lt.NotBefore, lt.NotAfter)
-	}
-	nowS := uint64(max(now.Unix(), 0))
-	if nowS < lt.NotBefore || nowS >= lt.NotAfter {
-		return checked{}, fmt.Errorf("%w: outside its lifetime (%d..%d, now %d)", ErrInvalidKeyPackage, lt.NotBefore, lt.NotAfter, nowS)
-	}
-	// Binding: the credential names this account and device, and the leaf's
-	// key is the device's registered key.
 	if leaf.Credential.Type != mls.CredentialTypeBasic {
 		return checked{}, fmt.Errorf("%w: credential type %d, want basic", ErrNotOwner, leaf.Credential.Type)
 	}
@@ -108,16 +75,7 @@ func (d *Directory) validate(raw []byte, dev Device, now time.Time) (checked, er
 	if err != nil {
 		return checked{}, fmt.Errorf("%w: %w", ErrInvalidKeyPackage, err)
 	}
-	return checked{raw: raw, ref: ref, suite: kp.CipherSuite, notAfter: time.Unix(int64(lt.NotAfter), 0)}, nil
-}
-
-func hasCredentialType(l []mls.CredentialType, t mls.CredentialType) bool {
-	for _, v := range l {
-		if v == t {
-			return true
-		}
-	}
-	return false
+	return checked{raw: raw, ref: ref, suite: kp.CipherSuite, notAfter: time.Unix(int64(min(leaf.Lifetime.NotAfter, 1<<62)), 0)}, nil
 }
 
 func (d *Directory) allowed() []mls.CipherSuiteID {

@@ -1,7 +1,8 @@
 // Package keydirtest builds MLS KeyPackages for tests of the directory and its RPCs.
 //
-// INTERIM: internal/mls part 2 will provide KeyPackage generation; until
-// then this package signs KeyPackages with the part-1 primitives.
+// Unlike mls.GenerateKeyPackage it also builds the broken ones the tests
+// need (a suite outside the allowlist or unknown, a bad signature, another
+// device's identity, an expired lifetime).
 package keydirtest
 
 import (
