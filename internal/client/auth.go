@@ -87,6 +87,11 @@ func (c *Client) Register(ctx context.Context, p RegisterParams) (*Identity, err
 	if _, err := c.KeyPackageUpkeep(ctx); err != nil {
 		return id, err
 	}
+	now := c.now().UnixMilli()
+	_ = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO kv (key, value) VALUES ('kp_checked_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, now)
+		return err
+	})
 	return id, nil
 }
 

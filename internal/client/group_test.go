@@ -391,3 +391,60 @@ func TestRestartMidConversation(t *testing.T) {
 		}
 	}
 }
+
+// TestRejoinAfterRetention: a member offline past retention finds a gap
+// (a commit expired unread), rejoins by external commit from the
+// GroupInfo the server keeps, and reads what is sent afterwards.
+func TestRejoinAfterRetention(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	srv := servertest.StartWith(t, servertest.Config(t), clock)
+	alice := registered(t, srv, "alice")
+	bob := registered(t, srv, "bob")
+	registered(t, srv, "carol")
+	ctx := ctxT(t)
+	if err := alice.CreateGroup(ctx, "team"); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
+		t.Fatal(err)
+	}
+	send(t, alice, "team", "m1")
+	texts(t, bob, "team")
+	// Bob is offline; the group moves on (carol joins) and a week passes.
+	if err := alice.AddMembers(ctx, "team", []string{"carol"}); err != nil {
+		t.Fatal(err)
+	}
+	send(t, alice, "team", "m2")
+	mu.Lock()
+	now = now.Add(8 * 24 * time.Hour)
+	mu.Unlock()
+	send(t, alice, "team", "m3")
+
+	rep, err := bob.Sync(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Gaps) != 1 || rep.Rejoined != 1 {
+		t.Fatalf("bob's sync after retention: %+v", rep)
+	}
+	if _, err := alice.Sync(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if ea, eb := epochOf(t, alice, "team"), epochOf(t, bob, "team"); ea != eb {
+		t.Fatalf("epochs after rejoin: alice %d, bob %d", ea, eb)
+	}
+	ms, _ := alice.Members(ctx, "team")
+	if got := fmt.Sprint(accounts(ms)); got != "[alice bob carol]" {
+		t.Fatalf("members after rejoin %s (the old leaf must be replaced)", got)
+	}
+	send(t, alice, "team", "m4")
+	send(t, bob, "team", "back")
+	if got := strings.Join(texts(t, bob, "team"), "|"); got != "m1|m4|back" {
+		t.Fatalf("bob: %q", got)
+	}
+	if got := texts(t, alice, "team"); got[len(got)-1] != "back" {
+		t.Fatalf("alice: %q", got)
+	}
+}

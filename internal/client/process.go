@@ -328,9 +328,8 @@ func (c *Client) join(ctx context.Context, tx *sql.Tx, me *Identity, it inboxIte
 		it.channelID, g.GroupID(), name, kind, peer, int64(g.Epoch()), state, statusActive, now); err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO cursors (channel_id, seq) VALUES (?, 0) ON CONFLICT DO NOTHING`, it.channelID); err != nil {
-		return err
-	}
+	// No cursor here: the first message fetched for the channel sets it
+	// (a joiner does not know where its part of the log starts).
 	return consumeKeyPackage(ctx, tx, ref)
 }
 

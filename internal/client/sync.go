@@ -28,6 +28,7 @@ type SyncReport struct {
 	Inbox      int   `json:"inbox"`      // inbox items (Welcomes) stored
 	Gaps       []Gap `json:"gaps,omitempty"`
 	Processed  int   `json:"processed"` // handed to the group layer and done
+	Rejoined   int   `json:"rejoined"`  // groups rejoined by external commit after a gap
 }
 
 // fetchLimit is the page size asked for.
@@ -72,6 +73,14 @@ func (c *Client) Sync(ctx context.Context, wait time.Duration) (SyncReport, erro
 			return rep, err
 		}
 		if !resp.GetMore() {
+			c.maybeUpkeep(ctx, rep.Inbox > 0)
+			if len(rep.Gaps) > 0 {
+				n, err := c.rejoinGaps(ctx)
+				rep.Rejoined += n
+				if err != nil {
+					return rep, err
+				}
+			}
 			return rep, nil
 		}
 		wait = 0
@@ -107,6 +116,17 @@ func (c *Client) store(ctx context.Context, resp *qpcv1.FetchResponse, rep *Sync
 				rep.Duplicates++
 				cursors[ch] = cur
 				continue
+			}
+			if known[ch] && seq > cur+1 {
+				// This device's own messages in the hole were not missed.
+				var own int64
+				if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM outbox WHERE channel_id = ? AND status = ? AND seq > ? AND seq < ?`,
+					m.GetChannelId(), OutboxSent, int64(cur), int64(seq)).Scan(&own); err != nil {
+					return err
+				}
+				if uint64(own) == seq-cur-1 {
+					cur = seq - 1
+				}
 			}
 			if known[ch] && seq > cur+1 {
 				g := Gap{ChannelID: m.GetChannelId(), From: cur + 1, To: seq - 1}
@@ -213,4 +233,30 @@ func (c *Client) Cursors(ctx context.Context) ([]Cursor, error) {
 		return nil, fmt.Errorf("client: read cursors: %w", err)
 	}
 	return out, nil
+}
+
+// upkeepEvery is how often Sync checks the KeyPackage stock (besides after
+// every Welcome, which uses one up).
+const upkeepEvery = time.Hour
+
+// maybeUpkeep runs KeyPackageUpkeep when a Welcome arrived or the last
+// check is older than upkeepEvery. Failures are logged, not returned: the
+// stock is checked again next time.
+func (c *Client) maybeUpkeep(ctx context.Context, force bool) {
+	now := c.now().UnixMilli()
+	var last int64
+	_ = c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `SELECT COALESCE((SELECT value FROM kv WHERE key = 'kp_checked_ms'), 0)`).Scan(&last)
+	})
+	if !force && now-last < upkeepEvery.Milliseconds() {
+		return
+	}
+	if _, err := c.KeyPackageUpkeep(ctx); err != nil {
+		c.log.Warn("client: KeyPackage upkeep", "err", err)
+		return
+	}
+	_ = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO kv (key, value) VALUES ('kp_checked_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, now)
+		return err
+	})
 }

@@ -264,6 +264,16 @@ func (a *app) groupCmd() *cobra.Command {
 			})
 		},
 	}, &cobra.Command{
+		Use: "rejoin NAME", Short: "Rejoin a group by external commit (after being offline past retention; recv does this by itself)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				if err := c.Rejoin(ctx, args[0]); err != nil {
+					return err
+				}
+				return a.emit(map[string]any{"group": args[0], "rejoined": true}, "rejoined "+args[0])
+			})
+		},
+	}, &cobra.Command{
 		Use: "members NAME", Short: "List a group's members", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {

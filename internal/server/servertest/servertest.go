@@ -18,6 +18,9 @@ import (
 // remember the address and pin reconnect to it.
 type Server struct {
 	Config config.Config
+	// Now is the server's clock (nil: time.Now); set it before Start to
+	// test retention and expiry without sleeping.
+	Now    func() time.Time
 	srv    *server.Server
 	cancel context.CancelFunc
 	done   chan error
@@ -36,11 +39,17 @@ func Config(t testing.TB) config.Config {
 	return cfg
 }
 
-// Start starts a server with cfg (Config(t) when nil adjustments are
-// needed) and stops it when the test ends.
+// Start starts a server with cfg (usually Config(t), adjusted) and stops
+// it when the test ends.
 func Start(t testing.TB, cfg config.Config) *Server {
 	t.Helper()
-	s := &Server{Config: cfg}
+	return StartWith(t, cfg, nil)
+}
+
+// StartWith is Start on the clock now (nil: time.Now).
+func StartWith(t testing.TB, cfg config.Config, now func() time.Time) *Server {
+	t.Helper()
+	s := &Server{Config: cfg, Now: now}
 	s.Start(t)
 	t.Cleanup(func() { s.Stop(t) })
 	return s
@@ -59,7 +68,7 @@ func (s *Server) Start(t testing.TB) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("servertest: config invalid: %v", err)
 	}
-	srv, err := server.New(context.Background(), server.Options{Config: cfg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	srv, err := server.New(context.Background(), server.Options{Config: cfg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: s.Now})
 	if err != nil {
 		t.Fatalf("servertest: server.New: %v", err)
 	}

@@ -1,0 +1,120 @@
+package client
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"github.com/quicprochat/quicprochat/internal/mls"
+	"github.com/quicprochat/quicprochat/internal/wire"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
+)
+
+// Rejoin brings this device back into a group whose messages it can no
+// longer follow (it was offline past the server's retention, so a commit
+// expired unread): it fetches the GroupInfo the server keeps, joins by
+// external commit (replacing its own old leaf), and resumes from the
+// commit's sequence number. Messages sent between the gap and the rejoin
+// stay unreadable. A refused commit (STALE_EPOCH) is retried with a fresh
+// GroupInfo.
+func (c *Client) Rejoin(ctx context.Context, name string) error {
+	ch, err := c.channelOf(ctx, name)
+	if err != nil {
+		return err
+	}
+	return c.rejoin(ctx, ch)
+}
+
+func (c *Client) rejoin(ctx context.Context, channelID []byte) error {
+	id, sk, err := c.signer(ctx)
+	if err != nil {
+		return err
+	}
+	defer id.key.Wipe()
+	defer sk.Wipe()
+	for attempt := 0; attempt < maxRedo; attempt++ {
+		var gi qpcv1.GetGroupInfoResponse
+		if err := c.call(ctx, "GetGroupInfo", &qpcv1.GetGroupInfoRequest{ChannelId: channelID}, &gi); err != nil {
+			return fmt.Errorf("client: rejoin: GroupInfo: %w", err)
+		}
+		c.groupMu.Lock()
+		g, commit, err := mls.JoinExternal(mlsConfig, gi.GetGroupInfo(), mls.BasicIdentity(id.AccountName, id.DeviceID), sk,
+			mls.ExternalJoinOptions{RemovePrior: true})
+		c.groupMu.Unlock()
+		if err != nil {
+			return fmt.Errorf("client: rejoin: external commit: %w", err)
+		}
+		newInfo, err := g.GroupInfo()
+		if err != nil {
+			return fmt.Errorf("client: rejoin: GroupInfo: %w", err)
+		}
+		mid, err := NewMessageID()
+		if err != nil {
+			return err
+		}
+		var resp qpcv1.EnqueueResponse
+		err = c.call(ctx, "Enqueue", &qpcv1.EnqueueRequest{ChannelId: channelID, MessageId: mid, MlsMessage: commit, GroupInfo: newInfo}, &resp)
+		var se *wire.StatusError
+		if errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_STALE_EPOCH {
+			continue // another commit won; join the newer epoch
+		}
+		if err != nil {
+			return fmt.Errorf("client: rejoin: send external commit: %w", err)
+		}
+		c.groupMu.Lock()
+		err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+			state, err := g.Export()
+			if err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE groups SET group_id = ?, state = ?, epoch = ?, status = ?, updated_ms = ? WHERE channel_id = ?`,
+				g.GroupID(), state, int64(g.Epoch()), statusActive, c.now().UnixMilli(), channelID); err != nil {
+				return err
+			}
+			seq := int64(resp.GetSeq())
+			if _, err := tx.ExecContext(ctx, `DELETE FROM inbound WHERE channel_id = ? AND seq <= ?`, channelID, seq); err != nil {
+				return err
+			}
+			_, err = tx.ExecContext(ctx, `UPDATE cursors SET processed = max(processed, ?), gap_from = 0, gap_to = 0 WHERE channel_id = ?`, seq, channelID)
+			return err
+		})
+		c.groupMu.Unlock()
+		if err != nil {
+			return fmt.Errorf("client: rejoin: save group state: %w", err)
+		}
+		c.log.Info("client: rejoined by external commit", "channel", fmt.Sprintf("%x", channelID), "epoch", g.Epoch())
+		return nil
+	}
+	return fmt.Errorf("client: rejoin: still refused after %d attempts; try again later", maxRedo)
+}
+
+// rejoinGaps rejoins every active group whose channel has a gap.
+func (c *Client) rejoinGaps(ctx context.Context) (int, error) {
+	var chans [][]byte
+	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT c.channel_id FROM cursors c JOIN groups g ON g.channel_id = c.channel_id
+			WHERE c.gap_from > 0 AND g.status = ?`, statusActive)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var ch []byte
+			if err := rows.Scan(&ch); err != nil {
+				return err
+			}
+			chans = append(chans, ch)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return 0, fmt.Errorf("client: read cursors: %w", err)
+	}
+	for _, ch := range chans {
+		if err := c.rejoin(ctx, ch); err != nil {
+			return 0, err
+		}
+	}
+	return len(chans), nil
+}
