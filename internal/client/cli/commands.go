@@ -370,6 +370,10 @@ func (a *app) receive(ctx context.Context, c *client.Client, wait time.Duration)
 	if err != nil {
 		return err
 	}
+	// Processing may have queued a commit (a member's leave proposal).
+	if _, err := c.Flush(ctx); err != nil {
+		return err
+	}
 	for _, g := range rep.Gaps {
 		fmt.Fprintf(a.io.Stderr, "qpc: messages %d-%d of channel %x expired before this device fetched them\n", g.From, g.To, g.ChannelID)
 	}

@@ -1,0 +1,265 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/quicprochat/quicprochat/internal/server/servertest"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/help.golden")
+
+// qpcBin is the qpc binary built once for these tests: they run it as a
+// user would.
+var qpcBin string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "qpc-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	qpcBin = filepath.Join(dir, "qpc")
+	out, err := exec.Command("go", "build", "-o", qpcBin, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build qpc: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// user is one person at a terminal: a home directory and environment.
+type user struct {
+	t    *testing.T
+	home string
+	env  []string
+}
+
+func newUser(t *testing.T, env ...string) *user {
+	return &user{t: t, home: filepath.Join(t.TempDir(), "home"), env: env}
+}
+
+func (u *user) cmd(stdin string, args ...string) *exec.Cmd {
+	c := exec.Command(qpcBin, append([]string{"--home", u.home}, args...)...)
+	c.Env = append(os.Environ(), u.env...)
+	c.Stdin = strings.NewReader(stdin)
+	return c
+}
+
+func (u *user) runIn(stdin string, args ...string) result {
+	u.t.Helper()
+	c := u.cmd(stdin, args...)
+	var out, errb bytes.Buffer
+	c.Stdout, c.Stderr = &out, &errb
+	err := c.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		u.t.Fatalf("run qpc %v: %v", args, err)
+	}
+	return result{code: code, stdout: out.String(), stderr: errb.String()}
+}
+
+func (u *user) run(args ...string) result { u.t.Helper(); return u.runIn("", args...) }
+
+// ok runs a command that must succeed and returns its stdout.
+func (u *user) ok(args ...string) string {
+	u.t.Helper()
+	r := u.run(args...)
+	if r.code != 0 {
+		u.t.Fatalf("qpc %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+// jsonLines decodes --json output: one object per line.
+func jsonLines(t *testing.T, out string) []map[string]any {
+	t.Helper()
+	var objs []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if line == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("not one JSON object per line: %q: %v", line, err)
+		}
+		objs = append(objs, m)
+	}
+	return objs
+}
+
+func TestHelpGolden(t *testing.T) {
+	r := newUser(t).run("--help")
+	if r.code != 0 {
+		t.Fatalf("--help: exit %d", r.code)
+	}
+	path := filepath.Join("testdata", "help.golden")
+	if *update {
+		if err := os.WriteFile(path, []byte(r.stdout), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./cmd/qpc -run Help -update)", err)
+	}
+	if r.stdout != string(want) {
+		t.Fatalf("--help changed:\n%s", r.stdout)
+	}
+}
+
+func TestUsageErrorsExit2(t *testing.T) {
+	u := newUser(t)
+	for _, args := range [][]string{
+		{"frobnicate"},
+		{"init"},
+		{"register"},
+		{"group", "add", "team"},
+		{"whoami", "extra"},
+		{"--no-such-flag"},
+		{"init", "--server", "127.0.0.1:1", "--pin", "aa", "--ca", "x.pem"},
+	} {
+		if r := u.run(args...); r.code != 2 || r.stderr == "" {
+			t.Errorf("qpc %v: exit %d (stderr %q), want 2 and a message", args, r.code, r.stderr)
+		}
+	}
+	// Not initialised: a failure (1) that names the fix.
+	if r := u.run("whoami"); r.code != 1 || !strings.Contains(r.stderr, "qpc init") {
+		t.Errorf("whoami before init: exit %d, %q", r.code, r.stderr)
+	}
+}
+
+func TestPinMismatch(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	wrong := strings.Repeat("0", 64)
+	r := newUser(t).run("init", "--server", srv.Addr(), "--pin", wrong)
+	if r.code != 1 || !strings.Contains(r.stderr, wrong) || !strings.Contains(r.stderr, srv.Pin()) {
+		t.Fatalf("wrong pin: exit %d, stderr %q; want 1 and both fingerprints", r.code, r.stderr)
+	}
+}
+
+// TestTwoUsers runs the README walkthrough through the binary: alice
+// (key file) and bob (passphrase) register, talk in a group and a DM.
+func TestTwoUsers(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	alice := newUser(t)
+	bob := newUser(t, "QPC_CLIENT_PASSPHRASE=correct horse battery staple")
+	for _, u := range []*user{alice, bob} {
+		u.ok("init", "--server", srv.Addr(), "--pin", srv.Pin())
+	}
+	if out := alice.ok("register", "alice"); !strings.Contains(out, "registered alice") {
+		t.Fatalf("register: %q", out)
+	}
+	bob.ok("register", "bob", "--display-name", "Bob B.")
+	if st, err := os.Stat(filepath.Join(alice.home, "client.key")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("alice's key file: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(bob.home, "client.salt")); err != nil {
+		t.Fatalf("bob's salt file: %v", err)
+	}
+	who := jsonLines(t, alice.ok("--json", "whoami"))
+	if len(who) != 1 || who[0]["account"] != "alice" {
+		t.Fatalf("whoami --json: %v", who)
+	}
+	if out := alice.ok("keys"); !strings.Contains(out, "stock 10 of 10, last resort true") {
+		t.Fatalf("keys: %q", out)
+	}
+	if devs := jsonLines(t, bob.ok("--json", "devices")); len(devs) != 1 || devs[0]["this_device"] != true {
+		t.Fatalf("devices: %v", devs)
+	}
+
+	alice.ok("group", "create", "team")
+	alice.ok("group", "add", "team", "bob")
+	alice.ok("send", "team", "hello bob")
+	if out := bob.ok("recv"); !strings.Contains(out, "[team]") || !strings.Contains(out, "<alice>: hello bob") {
+		t.Fatalf("bob recv: %q", out)
+	}
+	if r := bob.runIn("hi alice\n", "send", "team"); r.code != 0 {
+		t.Fatalf("send from stdin: %d %s", r.code, r.stderr)
+	}
+	msgs := jsonLines(t, alice.ok("--json", "recv"))
+	if len(msgs) != 1 || msgs[0]["text"] != "hi alice" || msgs[0]["display_name"] != "Bob B." || msgs[0]["channel"] != "team" {
+		t.Fatalf("alice recv --json: %v", msgs)
+	}
+	if out := alice.ok("history", "team"); strings.Count(out, "\n") != 2 || !strings.Contains(out, "hello bob") || !strings.Contains(out, "hi alice") {
+		t.Fatalf("history: %q", out)
+	}
+	if ms := jsonLines(t, bob.ok("--json", "group", "members", "team")); len(ms) != 2 {
+		t.Fatalf("members: %v", ms)
+	}
+
+	// A DM, and watch printing it as it arrives.
+	if out := alice.ok("dm", "bob"); !strings.Contains(out, "@bob") {
+		t.Fatalf("dm: %q", out)
+	}
+	alice.ok("send", "@bob", "just us")
+	w := bob.cmd("", "--json", "watch")
+	stdout, err := w.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Stderr = io.Discard
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan map[string]any, 4)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil {
+				lines <- m
+			}
+		}
+		close(lines)
+	}()
+	expect := func(text string) {
+		t.Helper()
+		select {
+		case m := <-lines:
+			if m["text"] != text {
+				t.Fatalf("watch printed %v, want %q", m, text)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("watch did not print %q", text)
+		}
+	}
+	expect("just us")
+	alice.ok("send", "@bob", "still there?")
+	expect("still there?")
+	_ = w.Process.Signal(syscall.SIGINT)
+	if err := w.Wait(); err != nil {
+		t.Fatalf("watch after SIGINT: %v (want exit 0)", err)
+	}
+
+	// Leave and remove.
+	bob.ok("group", "leave", "team")
+	alice.ok("recv")
+	if ms := jsonLines(t, alice.ok("--json", "group", "members", "team")); len(ms) != 1 {
+		t.Fatalf("members after bob left: %v", ms)
+	}
+	if r := bob.run("send", "team", "x"); r.code != 1 {
+		t.Fatalf("send after leaving: exit %d", r.code)
+	}
+}
