@@ -226,9 +226,13 @@ func (g *Group) validateAndApply(ps []committedProposal, committer Sender, exter
 	if len(a.removed) > 0 {
 		a.tree.truncate()
 	}
+	var idx *memberIndex
 	for _, cp := range ps {
 		if cp.p.Type != ProposalTypeAdd {
 			continue
+		}
+		if idx == nil {
+			idx = newMemberIndex(a.tree)
 		}
 		kp := &cp.p.Add.KeyPackage
 		if err := g.checkAddKeyPackage(kp); err != nil {
@@ -239,9 +243,10 @@ func (g *Group) validateAndApply(ps []committedProposal, committer Sender, exter
 		if a.tree.leafCount() != w {
 			a.extended = true
 		}
-		if err := g.validateLeaf(a.tree, &kp.LeafNode, l, a.ext, false); err != nil {
+		if err := g.validateLeaf(a.tree, &kp.LeafNode, l, a.ext, false, idx); err != nil {
 			return nil, fmt.Errorf("%w: Add: %w", ErrInvalidProposal, err)
 		}
+		idx.add(l, &kp.LeafNode)
 		a.added = append(a.added, addedMember{leaf: l, kp: kp})
 	}
 	if gce != nil {
@@ -285,7 +290,7 @@ func (g *Group) checkUpdateLeaf(t *ratchetTree, l leafIndex, ln *LeafNode, ext [
 	if err := g.suite.VerifyLeafNodeSignature(ln, g.gc.GroupID, uint32(l)); err != nil {
 		return fmt.Errorf("%w: Update leaf: %w", ErrInvalidProposal, err)
 	}
-	if err := g.validateLeaf(t, ln, l, ext, false); err != nil {
+	if err := g.validateLeaf(t, ln, l, ext, false, nil); err != nil {
 		return fmt.Errorf("%w: Update leaf: %w", ErrInvalidProposal, err)
 	}
 	return nil
@@ -575,17 +580,20 @@ func (g *Group) commit(opts CommitOptions, pskUsage ResumptionPSKUsage) (*Pendin
 	}
 	pc := &PendingCommit{Message: msg, Epoch: newGC.Epoch, base: g.gc.Epoch, next: next}
 	// GroupInfo and Welcome.
-	gi, err := next.groupInfo(!opts.OmitRatchetTree, !opts.NoExternalPub)
+	// One signed GroupInfo (tree and external_pub) serves the server and,
+	// unless the options strip extensions, the Welcome: the tree encoding
+	// and the signature over it dominate a large group's commit.
+	giAll, giMsg, err := next.groupInfoMsg(true, true)
 	if err != nil {
 		return nil, err
 	}
-	giAll, err := next.groupInfo(true, true)
-	if err != nil {
-		return nil, err
+	gi := giAll
+	if len(a.added) > 0 && (opts.OmitRatchetTree || opts.NoExternalPub) {
+		if gi, err = next.groupInfo(!opts.OmitRatchetTree, !opts.NoExternalPub); err != nil {
+			return nil, err
+		}
 	}
-	if pc.GroupInfo, err = (&MLSMessage{Version: ProtocolVersionMLS10, WireFormat: WireFormatGroupInfo, GroupInfo: giAll}).Marshal(); err != nil {
-		return nil, err
-	}
+	pc.GroupInfo = giMsg
 	if len(a.added) > 0 {
 		w, err := next.welcome(gi, a.added, joiner, pskSecret, pathSecrets, a.psks)
 		if err != nil {
@@ -712,38 +720,54 @@ func (g *Group) frame(ac *AuthenticatedContent) ([]byte, error) {
 
 // groupInfo builds and signs the GroupInfo of the current epoch.
 func (g *Group) groupInfo(withTree, withExternalPub bool) (*GroupInfo, error) {
+	gi, _, err := g.groupInfoMsg(withTree, withExternalPub)
+	return gi, err
+}
+
+// groupInfoMsg builds and signs the GroupInfo and returns it with its
+// MLSMessage encoding, encoding the (possibly large) tree only once.
+func (g *Group) groupInfoMsg(withTree, withExternalPub bool) (*GroupInfo, []byte, error) {
 	gi := &GroupInfo{GroupContext: g.Context(), ConfirmationTag: slices.Clone(g.confTag), Signer: uint32(g.own)}
 	if withTree {
 		rt := g.tree.public()
-		b, err := rt.Marshal()
-		if err != nil {
-			return nil, err
+		e := &encoder{buf: make([]byte, 0, g.treeSizeHint)}
+		rt.encode(e)
+		if e.err != nil {
+			return nil, nil, e.err
 		}
-		gi.Extensions = append(gi.Extensions, Extension{Type: ExtensionTypeRatchetTree, Data: b})
+		g.treeSizeHint = len(e.buf) + len(e.buf)/8
+		gi.Extensions = append(gi.Extensions, Extension{Type: ExtensionTypeRatchetTree, Data: e.buf})
 	}
 	if withExternalPub {
 		_, pub, err := g.es.ExternalKeyPair()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		e := &encoder{}
 		e.opaque(pub)
 		gi.Extensions = append(gi.Extensions, Extension{Type: ExtensionTypeExternalPub, Data: e.buf})
 	}
-	if err := g.suite.SignGroupInfo(gi, g.sigPriv); err != nil {
-		return nil, err
+	e := &encoder{buf: make([]byte, 0, g.treeSizeHint+512)}
+	e.u16(uint16(ProtocolVersionMLS10))
+	e.u16(uint16(WireFormatGroupInfo))
+	gi.encodeContent(e)
+	if e.err != nil {
+		return nil, nil, e.err
 	}
-	return gi, nil
+	sig, err := g.suite.SignWithLabel(g.sigPriv, "GroupInfoTBS", e.buf[4:])
+	if err != nil {
+		return nil, nil, err
+	}
+	gi.Signature = sig
+	e.opaque(sig)
+	return gi, e.buf, e.err
 }
 
 // GroupInfo returns the signed MLSMessage GroupInfo of the current epoch
 // (ratchet tree and external_pub included), for external joiners.
 func (g *Group) GroupInfo() ([]byte, error) {
-	gi, err := g.groupInfo(true, true)
-	if err != nil {
-		return nil, err
-	}
-	return (&MLSMessage{Version: ProtocolVersionMLS10, WireFormat: WireFormatGroupInfo, GroupInfo: gi}).Marshal()
+	_, msg, err := g.groupInfoMsg(true, true)
+	return msg, err
 }
 
 // lca returns the lowest common ancestor of two leaves.
@@ -770,6 +794,10 @@ func (g *Group) welcome(gi *GroupInfo, added []addedMember, joiner, pskSecret Se
 		return nil, err
 	}
 	w := &Welcome{CipherSuite: s.ID(), EncryptedGroupInfo: egi}
+	info, err := encryptContext("Welcome", egi)
+	if err != nil {
+		return nil, err
+	}
 	for _, m := range added {
 		gs := &GroupSecrets{JoinerSecret: joiner, PSKs: psks}
 		if pathSecrets != nil {
@@ -777,7 +805,7 @@ func (g *Group) welcome(gi *GroupInfo, added []addedMember, joiner, pskSecret Se
 				gs.PathSecret = &PathSecret{PathSecret: ps}
 			}
 		}
-		egs, err := s.EncryptGroupSecrets(m.kp, gs, egi)
+		egs, err := s.encryptGroupSecrets(m.kp, gs, info)
 		if err != nil {
 			return nil, err
 		}

@@ -1,7 +1,6 @@
 package mls
 
 import (
-	"bytes"
 	"crypto/rand"
 	"fmt"
 	"slices"
@@ -151,6 +150,8 @@ type Group struct {
 	removed    bool
 	reinit     *ReInit
 	updateKeys []nodeKey
+	// treeSizeHint is the last encoded tree size (buffer preallocation).
+	treeSizeHint int
 	// ownProposals are the messages of our proposals this epoch (an echo
 	// from the server is recognised, not processed).
 	ownProposals [][]byte
@@ -479,10 +480,43 @@ func (g *Group) checkExtensionsSupported(ext []Extension, t *ratchetTree) error 
 	return err
 }
 
+// memberIndex indexes the members' keys and credential types so that
+// validating a leaf against the group (§7.3) is O(1) per leaf, not O(n).
+type memberIndex struct {
+	sig, enc map[string]leafIndex
+	n        int
+	supports map[CredentialType]int // members whose capabilities list T
+	inUse    map[CredentialType]int // members whose credential is of type T
+	dup      error                  // a key seen twice while indexing
+}
+
+func newMemberIndex(t *ratchetTree) *memberIndex {
+	m := &memberIndex{sig: map[string]leafIndex{}, enc: map[string]leafIndex{}, supports: map[CredentialType]int{}, inUse: map[CredentialType]int{}}
+	t.members(m.add)
+	return m
+}
+
+func (m *memberIndex) add(l leafIndex, ln *LeafNode) {
+	if o, ok := m.sig[string(ln.SignatureKey)]; ok && o != l && m.dup == nil {
+		m.dup = errLeaf(fmt.Sprintf("signature key of leaf %d already used by leaf %d", l, o))
+	}
+	if o, ok := m.enc[string(ln.EncryptionKey)]; ok && o != l && m.dup == nil {
+		m.dup = errLeaf(fmt.Sprintf("encryption key of leaf %d already used by leaf %d", l, o))
+	}
+	m.sig[string(ln.SignatureKey)] = l
+	m.enc[string(ln.EncryptionKey)] = l
+	m.n++
+	for _, c := range slices.Compact(slices.Sorted(slices.Values(ln.Capabilities.Credentials))) {
+		m.supports[c]++
+	}
+	m.inUse[ln.Credential.Type]++
+}
+
 // validateLeaf is the group-dependent leaf check of §7.3 for a leaf
 // entering the tree at l (credential, capabilities, lifetime when
-// required, credential type support by all members, unique keys).
-func (g *Group) validateLeaf(t *ratchetTree, ln *LeafNode, l leafIndex, gcExt []Extension, checkLifetime bool) error {
+// required, credential type support by all members, unique keys). idx
+// indexes the other members (nil: built from t).
+func (g *Group) validateLeaf(t *ratchetTree, ln *LeafNode, l leafIndex, gcExt []Extension, checkLifetime bool, idx *memberIndex) error {
 	if err := checkLeafCapabilities(ln, g.gc.CipherSuite); err != nil {
 		return err
 	}
@@ -498,23 +532,28 @@ func (g *Group) validateLeaf(t *ratchetTree, ln *LeafNode, l leafIndex, gcExt []
 			return errLeaf("lifetime does not contain now")
 		}
 	}
-	var err error
-	t.members(func(m leafIndex, o *LeafNode) {
-		if err != nil || m == l {
-			return
+	if idx == nil {
+		idx = newMemberIndex(t)
+	}
+	if o, ok := idx.sig[string(ln.SignatureKey)]; ok && o != l {
+		return errLeaf(fmt.Sprintf("signature key already used by leaf %d", o))
+	}
+	if o, ok := idx.enc[string(ln.EncryptionKey)]; ok && o != l {
+		return errLeaf(fmt.Sprintf("encryption key already used by leaf %d", o))
+	}
+	self := 0
+	if old := t.leaf(l); old != nil && idx.sig[string(old.SignatureKey)] == l {
+		self = 1 // the leaf being replaced (or validated) is indexed too
+	}
+	if idx.supports[ln.Credential.Type] < idx.n-self {
+		return errLeaf(fmt.Sprintf("not every member supports credential type %d", ln.Credential.Type))
+	}
+	for c, k := range idx.inUse {
+		if k > 0 && !slices.Contains(ln.Capabilities.Credentials, c) {
+			return errLeaf(fmt.Sprintf("leaf does not support credential type %d in use", c))
 		}
-		switch {
-		case bytes.Equal(o.SignatureKey, ln.SignatureKey):
-			err = errLeaf(fmt.Sprintf("signature key already used by leaf %d", m))
-		case bytes.Equal(o.EncryptionKey, ln.EncryptionKey):
-			err = errLeaf(fmt.Sprintf("encryption key already used by leaf %d", m))
-		case !slices.Contains(o.Capabilities.Credentials, ln.Credential.Type):
-			err = errLeaf(fmt.Sprintf("leaf %d does not support credential type %d", m, ln.Credential.Type))
-		case !slices.Contains(ln.Capabilities.Credentials, o.Credential.Type):
-			err = errLeaf(fmt.Sprintf("leaf does not support credential type %d of leaf %d", o.Credential.Type, m))
-		}
-	})
-	return err
+	}
+	return nil
 }
 
 func timeUnix(sec uint64) time.Time {

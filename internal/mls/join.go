@@ -168,11 +168,15 @@ func (g *Group) joinTree(gi *GroupInfo, supplied RatchetTree) (*ratchetTree, err
 		}
 		keys[string(k)] = true
 	}
+	idx := newMemberIndex(tree)
+	if idx.dup != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidTree, idx.dup)
+	}
 	tree.members(func(l leafIndex, ln *LeafNode) {
 		if lerr != nil {
 			return
 		}
-		if err := g.validateLeaf(tree, ln, l, gi.GroupContext.Extensions, !g.cfg.SkipLifetimeCheck); err != nil {
+		if err := g.validateLeaf(tree, ln, l, gi.GroupContext.Extensions, !g.cfg.SkipLifetimeCheck, idx); err != nil {
 			lerr = fmt.Errorf("%w: leaf %d: %w", ErrInvalidTree, l, err)
 		}
 	})

@@ -339,7 +339,7 @@ func (g *Group) processCommit(ac *AuthenticatedContent) (*Group, *applied, error
 		}
 		// The joiner's leaf is its path leaf; merge needs an old leaf.
 		next.tree.setLeaf(committer, &c.Path.LeafNode)
-		if err := g.validateLeaf(next.tree, &c.Path.LeafNode, committer, a.ext, false); err != nil {
+		if err := g.validateLeaf(next.tree, &c.Path.LeafNode, committer, a.ext, false, nil); err != nil {
 			return nil, nil, fmt.Errorf("%w: external joiner leaf: %w", ErrInvalidCommit, err)
 		}
 		tmp := c.Path.LeafNode
@@ -353,7 +353,7 @@ func (g *Group) processCommit(ac *AuthenticatedContent) (*Group, *applied, error
 	var commitSecret Secret
 	if c.Path != nil {
 		if !external {
-			if err := g.validateLeaf(next.tree, &c.Path.LeafNode, committer, a.ext, false); err != nil {
+			if err := g.validateLeaf(next.tree, &c.Path.LeafNode, committer, a.ext, false, nil); err != nil {
 				return nil, nil, fmt.Errorf("%w: path leaf: %w", ErrInvalidCommit, err)
 			}
 		}

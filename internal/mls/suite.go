@@ -212,6 +212,12 @@ func (s *CipherSuite) EncryptWithLabel(pub HPKEPublicKey, label string, context,
 	if err != nil {
 		return HPKECiphertext{}, err
 	}
+	return s.encryptWithInfo(pub, info, plaintext)
+}
+
+// encryptWithInfo is EncryptWithLabel with the EncryptContext already
+// encoded (a Welcome encrypts many GroupSecrets under one context).
+func (s *CipherSuite) encryptWithInfo(pub HPKEPublicKey, info, plaintext []byte) (HPKECiphertext, error) {
 	pk, err := s.kem.id.Scheme().UnmarshalBinaryPublicKey(pub)
 	if err != nil {
 		return HPKECiphertext{}, fmt.Errorf("%w: HPKE public key: %v", ErrInvalidKey, err)

@@ -169,6 +169,16 @@ func (s *CipherSuite) EncryptGroupInfo(gi *GroupInfo, welcomeSecret Secret) ([]b
 // EncryptGroupSecrets encrypts gs to the init key of kp:
 // EncryptWithLabel(init_key, "Welcome", encrypted_group_info, group_secrets).
 func (s *CipherSuite) EncryptGroupSecrets(kp *KeyPackage, gs *GroupSecrets, encryptedGroupInfo []byte) (EncryptedGroupSecrets, error) {
+	info, err := encryptContext("Welcome", encryptedGroupInfo)
+	if err != nil {
+		return EncryptedGroupSecrets{}, err
+	}
+	return s.encryptGroupSecrets(kp, gs, info)
+}
+
+// encryptGroupSecrets is EncryptGroupSecrets with the EncryptContext
+// ("Welcome", encrypted_group_info) already encoded.
+func (s *CipherSuite) encryptGroupSecrets(kp *KeyPackage, gs *GroupSecrets, info []byte) (EncryptedGroupSecrets, error) {
 	ref, err := kp.Ref(s)
 	if err != nil {
 		return EncryptedGroupSecrets{}, err
@@ -178,7 +188,7 @@ func (s *CipherSuite) EncryptGroupSecrets(kp *KeyPackage, gs *GroupSecrets, encr
 		return EncryptedGroupSecrets{}, err
 	}
 	defer clear(pt)
-	ct, err := s.EncryptWithLabel(kp.InitKey, "Welcome", encryptedGroupInfo, pt)
+	ct, err := s.encryptWithInfo(kp.InitKey, info, pt)
 	if err != nil {
 		return EncryptedGroupSecrets{}, err
 	}

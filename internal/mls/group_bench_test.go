@@ -1,0 +1,276 @@
+package mls
+
+import (
+	"crypto/rand"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+)
+
+// Group benchmarks (docs/benchmarks.md, "MLS groups"), produced by
+// scripts/bench-mls.sh. Sizes come from QPC_MLS_BENCH_SIZES (default
+// "2,10,100"; the script passes 2,10,100,1000 and 10000). Two tree shapes:
+//
+//   - fresh: the creator added everyone in one commit, so every other
+//     leaf is unmerged at the creator's path and the other parents are
+//     blank (large resolutions);
+//   - populated: every member has committed once (each has a full path);
+//     the per-member path updates are simulated at the TreeKEM level (keys
+//     and signed leaves are real, ciphertexts are skipped), then the last
+//     epoch's secrets are shared by the two measured members.
+
+func benchSizes() []int {
+	s := os.Getenv("QPC_MLS_BENCH_SIZES")
+	if s == "" {
+		s = "2,10,100"
+	}
+	var out []int
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ',' {
+			if n, err := strconv.Atoi(s[start:i]); err == nil && n >= 2 {
+				out = append(out, n)
+			}
+			start = i + 1
+		}
+	}
+	return out
+}
+
+// benchGroup is a group of n members as seen by two of them: a (leaf 0,
+// the creator) and b (the last leaf).
+type benchGroup struct {
+	a, b      *Group
+	kps       []*KeyPackageBundle
+	joiner    *KeyPackageBundle
+	welcome   []byte // Welcome adding joiner, created by a
+	commitB   []byte // b's full-path commit (PublicMessage), for processing at a
+	aSnapshot Group
+}
+
+var (
+	benchMu     sync.Mutex
+	benchGroups = map[string]*benchGroup{}
+	benchBundle = map[int][]*KeyPackageBundle{}
+)
+
+func bundles(tb testing.TB, n int) []*KeyPackageBundle {
+	benchMu.Lock()
+	defer benchMu.Unlock()
+	if kb := benchBundle[n]; kb != nil {
+		return kb
+	}
+	s, _ := Suite(1)
+	out := make([]*KeyPackageBundle, n)
+	for i := range out {
+		sig, _, err := s.GenerateSignatureKey()
+		mustNoErr(tb, err, "sig")
+		out[i], err = GenerateKeyPackage(1, BasicIdentity("user"+strconv.Itoa(i), "d"), sig, KeyPackageOptions{})
+		mustNoErr(tb, err, "kp")
+	}
+	benchBundle[n] = out
+	return out
+}
+
+var benchCfg = Config{PublicHandshake: true, PaddingBlock: -1}
+
+// freshGroup creates the group with one add-all commit; b joins.
+func freshGroup(tb testing.TB, n int) (*Group, *Group, []*KeyPackageBundle) {
+	kb := bundles(tb, n)
+	a, err := CreateGroup(benchCfg, NewGroupID(), 1, kb[0].KeyPackage.LeafNode.Credential.Identity, kb[0].SignaturePriv, GroupOptions{})
+	mustNoErr(tb, err, "CreateGroup")
+	kps := make([]*KeyPackage, 0, n-1)
+	for _, x := range kb[1:] {
+		kps = append(kps, &x.KeyPackage)
+	}
+	pc, err := a.Commit(CommitOptions{Add: kps})
+	mustNoErr(tb, err, "add all")
+	mustNoErr(tb, a.MergePendingCommit(pc), "merge")
+	b, err := JoinFromWelcome(benchCfg, pc.Welcome, kb[n-1], JoinOptions{})
+	mustNoErr(tb, err, "join")
+	return a, b, kb
+}
+
+// populate simulates one full-path update per member on a and b's shared
+// tree (leaf order), then installs the tree and the path keys of a and b.
+func populate(tb testing.TB, a, b *Group, kb []*KeyPackageBundle) {
+	s := a.suite
+	t := a.tree.clone()
+	keys := map[nodeIndex]nodeKey{}
+	n := len(kb)
+	for i := 0; i < n; i++ {
+		l := leafIndex(i)
+		fdp := t.filteredDirectPath(l)
+		pubs := make([]HPKEPublicKey, len(fdp))
+		for j, st := range fdp {
+			seed := make([]byte, 32)
+			_, _ = rand.Read(seed)
+			priv, pub, err := s.DeriveKeyPair(seed)
+			mustNoErr(tb, err, "node key")
+			pubs[j] = pub
+			keys[st.node] = nodeKey{priv, pub}
+		}
+		lpriv, lpub, err := s.GenerateHPKEKey()
+		mustNoErr(tb, err, "leaf key")
+		keys[l.node()] = nodeKey{lpriv, lpub}
+		ln := *t.leaf(l)
+		ln.EncryptionKey, ln.Source, ln.Lifetime = lpub, LeafNodeSourceCommit, Lifetime{}
+		ln.ParentHash = t.applyPathNodes(l, fdp, pubs)
+		mustNoErr(tb, s.SignLeafNode(&ln, a.gc.GroupID, uint32(l), kb[i].SignaturePriv), "sign leaf")
+		t.setLeaf(l, &ln)
+	}
+	mustNoErr(tb, t.verifyParentHashes(), "populated tree parent hashes")
+	th := t.rootHash()
+	for _, g := range []*Group{a, b} {
+		g.tree = t.clone()
+		g.gc.TreeHash = th
+		g.keys = nodeKeys{}
+		x := g.own.node()
+		for ok := true; ok; x, ok = x.parent(t.leafCount()) {
+			if k, has := keys[x]; has {
+				g.keys[x] = k
+			}
+		}
+	}
+}
+
+func getBenchGroup(tb testing.TB, shape string, n int) *benchGroup {
+	key := fmt.Sprintf("%s/%d", shape, n)
+	benchMu.Lock()
+	bg := benchGroups[key]
+	benchMu.Unlock()
+	if bg != nil {
+		return bg
+	}
+	a, b, kb := freshGroup(tb, n)
+	if shape == "populated" {
+		populate(tb, a, b, kb)
+	}
+	bg = &benchGroup{a: a, b: b, kps: kb}
+	s, _ := Suite(1)
+	sig, _, _ := s.GenerateSignatureKey()
+	var err error
+	bg.joiner, err = GenerateKeyPackage(1, []byte("joiner/d"), sig, KeyPackageOptions{})
+	mustNoErr(tb, err, "joiner kp")
+	pc, err := a.Commit(CommitOptions{Add: []*KeyPackage{&bg.joiner.KeyPackage}})
+	mustNoErr(tb, err, "add joiner")
+	bg.welcome = pc.Welcome
+	a.ClearPendingCommit()
+	pcb, err := b.Commit(CommitOptions{})
+	mustNoErr(tb, err, "b commit")
+	bg.commitB = pcb.Message
+	b.ClearPendingCommit()
+	bg.aSnapshot = *a
+	benchMu.Lock()
+	benchGroups[key] = bg
+	benchMu.Unlock()
+	return bg
+}
+
+var shapes = []string{"fresh", "populated"}
+
+// BenchmarkGroupCreateAddAll: create a group and add n-1 members in one
+// commit (KeyPackages generated beforehand), including the Welcome.
+func BenchmarkGroupCreateAddAll(b *testing.B) {
+	for _, n := range benchSizes() {
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
+			kb := bundles(b, n)
+			kps := make([]*KeyPackage, 0, n-1)
+			for _, x := range kb[1:] {
+				kps = append(kps, &x.KeyPackage)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				g, err := CreateGroup(benchCfg, NewGroupID(), 1, []byte("user0/d"), kb[0].SignaturePriv, GroupOptions{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				pc, err := g.Commit(CommitOptions{Add: kps})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := g.MergePendingCommit(pc); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkGroupUpdateCommit: one member's empty commit with a full path.
+func BenchmarkGroupUpdateCommit(b *testing.B) {
+	for _, shape := range shapes {
+		for _, n := range benchSizes() {
+			b.Run(fmt.Sprintf("%s/n=%d", shape, n), func(b *testing.B) {
+				bg := getBenchGroup(b, shape, n)
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := bg.b.Commit(CommitOptions{}); err != nil {
+						b.Fatal(err)
+					}
+				}
+				bg.b.ClearPendingCommit()
+			})
+		}
+	}
+}
+
+// BenchmarkGroupProcessCommit: processing that commit at another member.
+func BenchmarkGroupProcessCommit(b *testing.B) {
+	for _, shape := range shapes {
+		for _, n := range benchSizes() {
+			b.Run(fmt.Sprintf("%s/n=%d", shape, n), func(b *testing.B) {
+				bg := getBenchGroup(b, shape, n)
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := bg.a.ProcessMessage(bg.commitB); err != nil {
+						b.Fatal(err)
+					}
+					*bg.a = bg.aSnapshot
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkGroupJoinWelcome: joining from a Welcome (ratchet tree in the
+// extension, full validation).
+func BenchmarkGroupJoinWelcome(b *testing.B) {
+	for _, shape := range shapes {
+		for _, n := range benchSizes() {
+			b.Run(fmt.Sprintf("%s/n=%d", shape, n), func(b *testing.B) {
+				bg := getBenchGroup(b, shape, n)
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := JoinFromWelcome(benchCfg, bg.welcome, bg.joiner, JoinOptions{}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkGroupAppMessage: protect at one member and unprotect at
+// another, 1 KiB.
+func BenchmarkGroupAppMessage(b *testing.B) {
+	for _, n := range benchSizes() {
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
+			bg := getBenchGroup(b, "fresh", n)
+			msg := make([]byte, 1024)
+			b.ReportAllocs()
+			for b.Loop() {
+				ct, err := bg.a.Protect(msg, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := bg.b.ProcessMessage(ct); err != nil {
+					b.Fatal(err)
+				}
+			}
+			bg.aSnapshot = *bg.a
+		})
+	}
+}
