@@ -99,7 +99,7 @@ deps-release:
 
 # GitHub Actions workflows, checked by actionlint (a Go tool dependency).
 lint-actions:
-	$(GO) tool actionlint -color=false .github/workflows/*.yml
+	$(GO) tool -modfile=tools/actionlint/go.mod actionlint -color=false .github/workflows/*.yml
 
 clean:
 	rm -rf $(BIN) dist
