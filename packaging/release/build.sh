@@ -121,6 +121,10 @@ if [ "$mode" = sbom ]; then
 fi
 [ "$mode" = release ] || die "unknown mode $mode (release or sbom)"
 
+# Only this build's files may be published from $DIST: drop earlier ones
+# (dist/build, with a development key if one was made, stays).
+find "$DIST" -maxdepth 1 -type f -delete
+
 # --- signing key -------------------------------------------------------------
 key=${QPC_RELEASE_KEY:-}
 if [ -z "$key" ]; then
