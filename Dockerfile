@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# quicprochat server image: static qpcd and qpcctl (and qpc, once it exists)
-# on a distroless base, running as the non-root user 65532.
+# quicprochat server image: static qpcd, qpcctl and qpc on a distroless base,
+# running as the non-root user 65532. The stage testnet-client is the scripted
+# chat client of docker-compose.yml.
 #
 #   docker build -t quicprochat/qpcd .
 #   docker run -p 7443:7443/udp -v qpcd-data:/var/lib/qpcd quicprochat/qpcd
@@ -32,6 +33,17 @@ RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache
     done; \
     CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w" \
       -o /out/bin/qpc-healthcheck ./packaging/docker/healthcheck
+
+# --- testnet-client: qpc and a scripted chat for docker-compose.yml ---------
+# busybox supplies the shell for the script; the server image has none.
+FROM busybox:1.37.0-musl AS testnet-client
+COPY --from=build /out/bin/qpc /usr/local/bin/qpc
+COPY packaging/docker/testnet-chat.sh /usr/local/bin/testnet-chat.sh
+COPY --from=build --chown=65532:65532 /out/data /home/qpc
+USER 65532:65532
+ENV QPC_HOME=/home/qpc
+VOLUME ["/home/qpc"]
+ENTRYPOINT ["/bin/sh", "/usr/local/bin/testnet-chat.sh"]
 
 # --- final: no shell, no package manager, only the binaries -------------------
 FROM gcr.io/distroless/static-debian12:nonroot AS final

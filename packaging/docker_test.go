@@ -3,13 +3,16 @@ package packaging_test
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
+	"go.yaml.in/yaml/v3"
 )
 
 // No Docker engine runs where this project is developed, so the Dockerfile
@@ -189,6 +192,32 @@ func TestDockerfile(t *testing.T) {
 	if ep, ok := final.last("entrypoint"); !ok || ep.args[0] != "/usr/local/bin/qpcd" {
 		t.Errorf("ENTRYPOINT = %v, want /usr/local/bin/qpcd", ep.args)
 	}
+
+	// The testnet client stage: qpc and the chat script, not root.
+	var client *stage
+	for i := range stages {
+		if stages[i].name == "testnet-client" {
+			client = &stages[i]
+		}
+	}
+	if client == nil {
+		t.Fatal("no testnet-client stage for docker-compose.yml's clients")
+	}
+	if u, ok := client.last("user"); !ok || strings.HasPrefix(u.args[0], "0") || strings.HasPrefix(u.args[0], "root") {
+		t.Errorf("testnet-client stage runs as root")
+	}
+	var copiedFiles []string
+	for _, in := range client.all("copy") {
+		copiedFiles = append(copiedFiles, in.args[0])
+	}
+	for _, want := range []string{"/out/bin/qpc", "packaging/docker/testnet-chat.sh"} {
+		if !slices.Contains(copiedFiles, want) {
+			t.Errorf("testnet-client stage does not copy %s (copies %v)", want, copiedFiles)
+		}
+	}
+	if out, err := exec.Command("sh", "-n", filepath.Join(root, "packaging/docker/testnet-chat.sh")).CombinedOutput(); err != nil {
+		t.Errorf("sh -n testnet-chat.sh: %v\n%s", err, out)
+	}
 }
 
 func TestDockerignore(t *testing.T) {
@@ -204,6 +233,29 @@ func TestDockerignore(t *testing.T) {
 			t.Errorf(".dockerignore does not exclude %s", p)
 		}
 	}
+}
+
+// readOps decodes a YAML file of the ops bundle, skipping (by name) while it
+// is not in the tree yet.
+func readOps(t *testing.T, rel string, v any) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(root, rel))
+	if err != nil {
+		t.Skipf("%s is not in the tree yet: %v", rel, err)
+	}
+	if err := yaml.Unmarshal(b, v); err != nil {
+		t.Fatalf("%s: %v", rel, err)
+	}
+}
+
+// mountedFrom reports whether path (in the container) lies in one of the mounts.
+func mountedFrom(mounts map[string]string, path string) bool {
+	for target := range mounts {
+		if path == target || strings.HasPrefix(path, target+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 func loadCompose(t *testing.T) *types.Project {
@@ -241,56 +293,126 @@ func TestComposeTestnet(t *testing.T) {
 			t.Errorf("qpcd environment %s is not a qpcd variable", k)
 		}
 	}
+	// Only QUIC faces the network; ops, Prometheus and Grafana stay local.
+	published := map[uint32]bool{}
 	for _, port := range qpcd.Ports {
-		if port.Target == 7444 && port.HostIP != "127.0.0.1" {
-			t.Errorf("the ops port 7444 is published on %q; keep it on 127.0.0.1", port.HostIP)
+		published[port.Target] = true
+		if port.Protocol != "udp" && port.HostIP != "127.0.0.1" {
+			t.Errorf("port %d/%s is published on %q; keep it on 127.0.0.1", port.Target, port.Protocol, port.HostIP)
+		}
+	}
+	for _, want := range []uint32{7443, 7444, 9090, 3000} {
+		if !published[want] {
+			t.Errorf("qpcd's network namespace does not publish port %d", want)
 		}
 	}
 
-	// Clients: containers running qpc that wait for a healthy qpcd.
+	// Clients: the Dockerfile's testnet-client stage (qpc and a chat
+	// script), waiting for a healthy qpcd and reading its certificate.
 	var clients []string
 	for name, s := range p.Services {
-		if len(s.Entrypoint) > 0 && filepath.Base(s.Entrypoint[0]) == "qpc" {
-			clients = append(clients, name)
-			if d, ok := s.DependsOn["qpcd"]; !ok || d.Condition != types.ServiceConditionHealthy {
-				t.Errorf("client %s does not wait for a healthy qpcd: %+v", name, s.DependsOn)
+		if s.Build == nil || s.Build.Target != "testnet-client" {
+			continue
+		}
+		clients = append(clients, name)
+		if d, ok := s.DependsOn["qpcd"]; !ok || d.Condition != types.ServiceConditionHealthy {
+			t.Errorf("client %s does not wait for a healthy qpcd: %+v", name, s.DependsOn)
+		}
+		pinned := false
+		for _, v := range s.Volumes {
+			if v.Source == "qpcd-data" && v.Target == "/qpcd" && v.ReadOnly {
+				pinned = true
 			}
-			if s.Image != qpcd.Image {
-				t.Errorf("client %s image %s, want qpcd's image %s (qpc ships in it)", name, s.Image, qpcd.Image)
-			}
+		}
+		if !pinned {
+			t.Errorf("client %s does not mount qpcd's volume read-only at /qpcd (the certificate it pins)", name)
+		}
+		if len(s.Command) == 0 {
+			t.Errorf("client %s has no user name argument", name)
 		}
 	}
 	if len(clients) < 2 {
 		t.Errorf("want at least two chatting client services, have %v", clients)
 	}
 
-	// Prometheus and Grafana are provisioned from ops/.
+	// Prometheus and Grafana are provisioned from ops/, read-only.
 	wantMounts := map[string]map[string]string{
-		"prometheus": {"/etc/prometheus/prometheus.yml": "ops/prometheus/prometheus.yml"},
-		"grafana":    {"/etc/grafana/provisioning": "ops/grafana/provisioning", "/var/lib/grafana/dashboards": "ops/grafana/dashboards"},
+		"prometheus": {"/etc/prometheus/prometheus.yml": "ops/prometheus/prometheus.yml", "/etc/alerts": "ops/alerts"},
+		"grafana":    {"/etc/grafana/provisioning": "ops/grafana/provisioning"},
 	}
 	var binds []string
-	for svc, mounts := range wantMounts {
-		got := map[string]string{}
+	mounts := map[string]map[string]string{} // service -> target -> source (relative)
+	for svc, want := range wantMounts {
+		mounts[svc] = map[string]string{}
 		for _, v := range p.Services[svc].Volumes {
-			if v.Type == types.VolumeTypeBind {
-				rel, err := filepath.Rel(root, v.Source)
-				if err != nil {
-					t.Fatal(err)
-				}
-				got[v.Target] = rel
-				binds = append(binds, rel)
-				if !v.ReadOnly {
-					t.Errorf("%s mounts %s read-write; provisioning is read-only", svc, rel)
-				}
+			if v.Type != types.VolumeTypeBind {
+				continue
+			}
+			rel, err := filepath.Rel(root, v.Source)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mounts[svc][v.Target] = rel
+			binds = append(binds, rel)
+			if !v.ReadOnly {
+				t.Errorf("%s mounts %s read-write; provisioning is read-only", svc, rel)
 			}
 		}
-		for target, src := range mounts {
-			if got[target] != src {
-				t.Errorf("%s: %s is mounted from %q, want %s", svc, target, got[target], src)
+		for target, src := range want {
+			if mounts[svc][target] != src {
+				t.Errorf("%s: %s is mounted from %q, want %s", svc, target, mounts[svc][target], src)
 			}
+		}
+		// The ops bundle addresses qpcd and Prometheus as 127.0.0.1.
+		if nm := p.Services[svc].NetworkMode; nm != "service:qpcd" {
+			t.Errorf("%s network_mode = %q, want service:qpcd (the ops files scrape and query 127.0.0.1)", svc, nm)
 		}
 	}
+
+	// What the ops files themselves point at must be mounted there.
+	t.Run("prometheus rule_files are mounted", func(t *testing.T) {
+		var prom struct {
+			RuleFiles []string `yaml:"rule_files"`
+		}
+		readOps(t, "ops/prometheus/prometheus.yml", &prom)
+		for _, rf := range prom.RuleFiles {
+			inContainer := rf
+			if !filepath.IsAbs(rf) {
+				inContainer = filepath.Join("/etc/prometheus", rf)
+			}
+			if !mountedFrom(mounts["prometheus"], inContainer) {
+				t.Errorf("prometheus.yml loads %s (%s in the container), which no mount provides", rf, inContainer)
+			}
+		}
+	})
+	t.Run("grafana dashboard provider path is mounted", func(t *testing.T) {
+		dir := filepath.Join(root, "ops/grafana/provisioning/dashboards")
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Skipf("ops/grafana/provisioning/dashboards is not in the tree yet: %v", err)
+		}
+		for _, e := range entries {
+			var prov struct {
+				Providers []struct {
+					Options struct {
+						Path string `yaml:"path"`
+					} `yaml:"options"`
+				} `yaml:"providers"`
+			}
+			readOps(t, filepath.Join("ops/grafana/provisioning/dashboards", e.Name()), &prov)
+			for _, pr := range prov.Providers {
+				found := false
+				for target := range mounts["grafana"] {
+					if strings.HasPrefix(target, pr.Options.Path+"/") || target == pr.Options.Path {
+						found = true
+					}
+				}
+				if !found {
+					t.Errorf("dashboard provider %s reads %s, which no grafana mount fills", e.Name(), pr.Options.Path)
+				}
+			}
+		}
+	})
 
 	// The ops bundle is written separately: until its files exist this check
 	// is skipped, by name, rather than passed silently.

@@ -1,0 +1,42 @@
+#!/bin/sh
+# testnet-chat.sh NAME [PEER...]: a scripted qpc user for the compose testnet.
+# It pins qpcd's self-signed certificate (read from qpcd's volume), registers
+# NAME once, and then posts to the group "testnet" every QPC_TESTNET_EVERY
+# seconds (default 30) while printing what the others wrote. The user named
+# by QPC_TESTNET_CREATOR creates the group and adds every PEER as soon as the
+# peer has registered.
+set -eu
+me=${1:?usage: testnet-chat.sh NAME [PEER...]}
+shift
+cert=${QPC_TESTNET_CERT:-/qpcd/tls/cert.pem}
+every=${QPC_TESTNET_EVERY:-30}
+
+until [ -s "$cert" ]; do
+	echo "waiting for $cert"
+	sleep 2
+done
+# qpc pins the SHA-256 of the certificate's DER bytes (cert_sha256 in qpcd's log).
+pin=$(sed '/-----/d' "$cert" | base64 -d | sha256sum | cut -d' ' -f1)
+
+if [ ! -f "${QPC_HOME:?}/client.key" ]; then
+	qpc init --server qpcd:7443 --server-name localhost --pin "$pin"
+	until qpc register "$me"; do sleep 5; done
+fi
+
+if [ "${QPC_TESTNET_CREATOR:-}" = "$me" ]; then
+	qpc group create testnet || true
+	for peer in "$@"; do
+		until qpc group add testnet "$peer"; do
+			echo "waiting for $peer to register"
+			sleep 5
+		done
+	done
+fi
+
+n=0
+while :; do
+	n=$((n + 1))
+	qpc recv --wait 5s || true
+	qpc send testnet "hello #$n from $me" || echo "not in the group testnet yet"
+	sleep "$every"
+done
