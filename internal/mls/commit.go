@@ -729,9 +729,8 @@ func (g *Group) groupInfo(withTree, withExternalPub bool) (*GroupInfo, error) {
 func (g *Group) groupInfoMsg(withTree, withExternalPub bool) (*GroupInfo, []byte, error) {
 	gi := &GroupInfo{GroupContext: g.Context(), ConfirmationTag: slices.Clone(g.confTag), Signer: uint32(g.own)}
 	if withTree {
-		rt := g.tree.public()
 		e := &encoder{buf: make([]byte, 0, g.treeSizeHint)}
-		rt.encode(e)
+		g.tree.encodePublic(e)
 		if e.err != nil {
 			return nil, nil, e.err
 		}

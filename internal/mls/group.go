@@ -1,6 +1,7 @@
 package mls
 
 import (
+	"bytes"
 	"crypto/rand"
 	"fmt"
 	"slices"
@@ -533,7 +534,7 @@ func (g *Group) validateLeaf(t *ratchetTree, ln *LeafNode, l leafIndex, gcExt []
 		}
 	}
 	if idx == nil {
-		idx = newMemberIndex(t)
+		return checkAgainstMembers(t, ln, l)
 	}
 	if o, ok := idx.sig[string(ln.SignatureKey)]; ok && o != l {
 		return errLeaf(fmt.Sprintf("signature key already used by leaf %d", o))
@@ -561,4 +562,26 @@ func timeUnix(sec uint64) time.Time {
 		sec = 1 << 62
 	}
 	return time.Unix(int64(sec), 0)
+}
+
+// checkAgainstMembers is the linear form of the memberIndex checks, for
+// validating one leaf without building an index.
+func checkAgainstMembers(t *ratchetTree, ln *LeafNode, l leafIndex) error {
+	var err error
+	t.members(func(m leafIndex, o *LeafNode) {
+		if err != nil || m == l {
+			return
+		}
+		switch {
+		case bytes.Equal(o.SignatureKey, ln.SignatureKey):
+			err = errLeaf(fmt.Sprintf("signature key already used by leaf %d", m))
+		case bytes.Equal(o.EncryptionKey, ln.EncryptionKey):
+			err = errLeaf(fmt.Sprintf("encryption key already used by leaf %d", m))
+		case !slices.Contains(o.Capabilities.Credentials, ln.Credential.Type):
+			err = errLeaf(fmt.Sprintf("leaf %d does not support credential type %d", m, ln.Credential.Type))
+		case !slices.Contains(ln.Capabilities.Credentials, o.Credential.Type):
+			err = errLeaf(fmt.Sprintf("leaf does not support credential type %d of leaf %d", o.Credential.Type, m))
+		}
+	})
+	return err
 }

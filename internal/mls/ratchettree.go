@@ -21,11 +21,12 @@ type ratchetTree struct {
 	suite  *CipherSuite
 	nodes  []*Node
 	hashes [][]byte // cached tree hash per node; nil when stale
+	encs   [][]byte // cached encoding of each node; nil when stale
 }
 
 // newRatchetTree returns a one-leaf tree holding leaf.
 func newRatchetTree(s *CipherSuite, leaf *LeafNode) *ratchetTree {
-	return &ratchetTree{suite: s, nodes: []*Node{{Type: NodeTypeLeaf, Leaf: leaf}}, hashes: make([][]byte, 1)}
+	return &ratchetTree{suite: s, nodes: []*Node{{Type: NodeTypeLeaf, Leaf: leaf}}, hashes: make([][]byte, 1), encs: make([][]byte, 1)}
 }
 
 // treeFromPublic builds a tree from the wire form (the ratchet_tree
@@ -46,7 +47,7 @@ func treeFromPublic(s *CipherSuite, rt RatchetTree) (*ratchetTree, error) {
 		leaves *= 2
 	}
 	w := leafCount(leaves).nodeWidth()
-	t := &ratchetTree{suite: s, nodes: make([]*Node, w), hashes: make([][]byte, w)}
+	t := &ratchetTree{suite: s, nodes: make([]*Node, w), hashes: make([][]byte, w), encs: make([][]byte, w)}
 	for i, n := range rt {
 		if n == nil {
 			continue
@@ -73,9 +74,46 @@ func (t *ratchetTree) public() RatchetTree {
 	return RatchetTree(slices.Clone(t.nodes[:end]))
 }
 
+// encodePublic writes the tree in wire form (as public() would encode),
+// reusing each node's cached encoding.
+func (t *ratchetTree) encodePublic(e *encoder) {
+	end := len(t.nodes)
+	for end > 0 && t.nodes[end-1] == nil {
+		end--
+	}
+	e.vector(func(e *encoder) {
+		for i := 0; i < end; i++ {
+			n := t.nodes[i]
+			if n == nil {
+				e.u8(0)
+				continue
+			}
+			e.u8(1)
+			e.raw(t.nodeEncoding(nodeIndex(i)))
+		}
+	})
+}
+
+// nodeEncoding returns the cached encoding of non-blank node x (node
+// type byte first). A node that cannot be encoded yields just its type
+// byte, which makes the tree hash and encoding wrong but never panics;
+// such a node never passes validation.
+func (t *ratchetTree) nodeEncoding(x nodeIndex) []byte {
+	if b := t.encs[x]; b != nil {
+		return b
+	}
+	ne := &encoder{}
+	t.nodes[x].encode(ne)
+	if ne.err != nil || len(ne.buf) == 0 {
+		return []byte{uint8(t.nodes[x].Type)}
+	}
+	t.encs[x] = ne.buf
+	return ne.buf
+}
+
 // clone returns an independent copy (nodes are shared, being immutable).
 func (t *ratchetTree) clone() *ratchetTree {
-	return &ratchetTree{suite: t.suite, nodes: slices.Clone(t.nodes), hashes: slices.Clone(t.hashes)}
+	return &ratchetTree{suite: t.suite, nodes: slices.Clone(t.nodes), hashes: slices.Clone(t.hashes), encs: slices.Clone(t.encs)}
 }
 
 func (t *ratchetTree) leafCount() leafCount { return leafCount((len(t.nodes) + 1) / 2) }
@@ -115,6 +153,7 @@ func (t *ratchetTree) encKey(x nodeIndex) HPKEPublicKey {
 // set replaces node x and invalidates the cached hashes above it.
 func (t *ratchetTree) set(x nodeIndex, n *Node) {
 	t.nodes[x] = n
+	t.encs[x] = nil
 	n2 := t.leafCount()
 	for y, ok := x, true; ok; y, ok = y.parent(n2) {
 		t.hashes[y] = nil
@@ -212,6 +251,7 @@ func (t *ratchetTree) extend() {
 	w := len(t.nodes)
 	t.nodes = append(t.nodes, make([]*Node, w+1)...)
 	t.hashes = append(t.hashes, make([][]byte, w+1)...)
+	t.encs = append(t.encs, make([][]byte, w+1)...)
 }
 
 // truncate halves the tree while its right subtree is all blank.
@@ -226,6 +266,7 @@ func (t *ratchetTree) truncate() {
 		clear(t.nodes[half:])
 		t.nodes = t.nodes[:half]
 		t.hashes = t.hashes[:half]
+		t.encs = t.encs[:half]
 	}
 }
 
@@ -294,7 +335,7 @@ func (t *ratchetTree) computeTreeHash(x nodeIndex, exclude []uint32) []byte {
 		e.u8(uint8(NodeTypeLeaf))
 		e.u32(uint32(x.leaf()))
 		blank := n == nil || slices.Contains(exclude, uint32(x.leaf()))
-		e.optional(!blank, func(e *encoder) { n.Leaf.encode(e) })
+		e.optional(!blank, func(e *encoder) { e.raw(t.nodeEncoding(x)[1:]) })
 		return t.suite.Hash(e.buf)
 	}
 	l, _ := x.left()
@@ -313,7 +354,7 @@ func (t *ratchetTree) computeTreeHash(x nodeIndex, exclude []uint32) []byte {
 	e.u8(uint8(NodeTypeParent))
 	e.optional(n != nil, func(e *encoder) {
 		if len(exclude) == 0 {
-			n.Parent.encode(e)
+			e.raw(t.nodeEncoding(x)[1:])
 			return
 		}
 		c := *n.Parent

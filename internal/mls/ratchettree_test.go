@@ -87,3 +87,16 @@ func TestTreeOperationsVectors(t *testing.T) {
 			mustHex(t, tree.rootHash(), tc.TreeHashAfter, "tree hash after")
 		})
 }
+
+func TestEncodePublicMatches(t *testing.T) {
+	runVectors(t, "tree-validation.json", func(c *treeValidationCase) CipherSuiteID { return c.CipherSuite },
+		func(t *testing.T, s *CipherSuite, tc *treeValidationCase) {
+			tree := decodeTree(t, s, tc.Tree)
+			for i := 0; i < 2; i++ { // cold and cached
+				e := &encoder{}
+				tree.encodePublic(e)
+				mustNoErr(t, e.err, "encodePublic")
+				mustHex(t, e.buf, tc.Tree, "encodePublic")
+			}
+		})
+}
