@@ -518,6 +518,9 @@ func TestInbox(t *testing.T) {
 	if err != nil || len(b.Inbox) != 2 || b.Inbox[0].Seq != 1 || b.Inbox[1].Seq != 2 || b.Inbox[0].Kind != InboxWelcome || !bytes.Equal(b.Inbox[0].Body, welcome) {
 		t.Fatalf("bob's inbox: %+v %v", b, err)
 	}
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 1, After{}); len(b.Inbox) != 1 || !b.More {
+		t.Fatalf("limited inbox fetch: %+v", b)
+	}
 	if err := e.svc.Ack(ctx, bob.Caller, nil, 1); err != nil {
 		t.Fatal(err)
 	}

@@ -215,13 +215,13 @@ func (s *Service) read(ctx context.Context, c Caller, limit int, after After) (B
 			b.More = b.More || more
 		}
 		if left == 0 || budget <= 0 {
-			var any int
-			err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM inbox i JOIN inbox_heads h ON h.device_id = i.device_id
-				WHERE i.device_id = ? AND i.seq > MAX(h.acked_seq, ?) AND i.expires_at > ? LIMIT 1`, c.DeviceID, int64(min(after.Inbox, 1<<62)), now).Scan(&any)
+			var waiting bool
+			err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM inbox i JOIN inbox_heads h ON h.device_id = i.device_id
+				WHERE i.device_id = ? AND i.seq > MAX(h.acked_seq, ?) AND i.expires_at > ?)`, c.DeviceID, int64(min(after.Inbox, 1<<62)), now).Scan(&waiting)
 			if err != nil {
 				return err
 			}
-			b.More = b.More || any > 0
+			b.More = b.More || waiting
 			return nil
 		}
 		return readInbox(ctx, tx, c.DeviceID, after.Inbox, now, left, &budget, &b)
