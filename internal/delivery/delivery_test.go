@@ -721,3 +721,19 @@ func TestSweeperStopsOnClose(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A fetch whose limit is filled by channel messages still says More when
+// inbox items wait.
+func TestMoreWhenInboxWaitsBehindMessages(t *testing.T) {
+	e := newEnv(t, nil)
+	alice, bob := e.dir.add("alice", "a1"), e.dir.add("bob", "b1")
+	ch, g := e.group(t, alice, bob)
+	e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
+	if _, err := e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxOther, []byte("x"), []InboxRecipient{{"bob", "b1"}}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := e.svc.Fetch(ctx, bob.Caller, 1, After{})
+	if err != nil || len(b.Messages) != 1 || len(b.Inbox) != 0 || !b.More {
+		t.Fatalf("%+v %v", b, err)
+	}
+}
