@@ -235,7 +235,8 @@ func (g *Group) validateAndApply(ps []committedProposal, committer Sender, exter
 			idx = newMemberIndex(a.tree)
 		}
 		kp := &cp.p.Add.KeyPackage
-		if err := g.checkAddKeyPackage(kp); err != nil {
+		own := !external && committer.Type == SenderTypeMember && committer.LeafIndex == uint32(g.own)
+		if err := g.checkAddKeyPackage(kp, own); err != nil {
 			return nil, err
 		}
 		w := a.tree.leafCount()
@@ -297,14 +298,17 @@ func (g *Group) checkUpdateLeaf(t *ratchetTree, l leafIndex, ln *LeafNode, ext [
 }
 
 // checkAddKeyPackage validates an Add's KeyPackage (§12.1.1): the
-// group's suite and version, signatures, source; lifetime is checked
-// unless the config skips it for received trees.
-func (g *Group) checkAddKeyPackage(kp *KeyPackage) error {
+// group's suite and version, signatures, source, capabilities. The
+// lifetime is checked when this client commits the Add (checkLifetime);
+// a received commit is not refused because a KeyPackage expired between
+// its sending and its processing (RFC 9420 §7.3 only recommends the
+// check, and an offline member would otherwise fall out of the group).
+func (g *Group) checkAddKeyPackage(kp *KeyPackage, checkLifetime bool) error {
 	if kp.CipherSuite != g.gc.CipherSuite || kp.Version != g.gc.Version {
 		return fmt.Errorf("%w: KeyPackage for suite %d version %d in a group of suite %d", ErrDowngrade, kp.CipherSuite, kp.Version, g.gc.CipherSuite)
 	}
 	now := g.cfg.now()
-	if g.cfg.SkipLifetimeCheck {
+	if !checkLifetime || g.cfg.SkipLifetimeCheck {
 		now = timeUnix(kp.LeafNode.Lifetime.NotBefore)
 	}
 	if err := g.suite.VerifyKeyPackage(kp, now); err != nil {

@@ -36,9 +36,9 @@ type Config struct {
 	PSKs PSKStore
 	// Now is the clock for lifetime checks (default time.Now).
 	Now func() time.Time
-	// SkipLifetimeCheck disables the lifetime check of leaves received
-	// in a tree (RFC 9420 §7.3 only recommends it; test vectors carry
-	// expired leaves). KeyPackages being added are always checked.
+	// SkipLifetimeCheck disables the lifetime check of KeyPackages this
+	// client adds (test vectors carry expired ones). Leaves received in a
+	// tree or a commit are never refused for their lifetime alone.
 	SkipLifetimeCheck bool
 }
 

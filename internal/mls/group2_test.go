@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"testing"
+	"time"
 )
 
 // twoMembers returns alice and bob in one group (bob joined by Welcome).
@@ -178,4 +179,105 @@ func TestEpochGuards(t *testing.T) {
 	if _, err := bob.g.ProcessMessage(msgs[2]); !errors.Is(err, ErrGeneration) {
 		t.Fatalf("replay: %v", err)
 	}
+}
+
+func TestAddKeyPackageChecks(t *testing.T) {
+	now := time.Unix(1_900_000_000, 0)
+	cfg := Config{Now: func() time.Time { return now }, AllowedSuites: []CipherSuiteID{1, 3}}
+	alice := newTestClient(t, "alice")
+	var err error
+	alice.g, err = CreateGroup(cfg, NewGroupID(), 1, []byte("alice/d"), alice.sig, GroupOptions{})
+	mustNoErr(t, err, "CreateGroup")
+	bob := newTestClient(t, "bob")
+	old, err := GenerateKeyPackage(1, []byte("bob/d"), bob.sig, KeyPackageOptions{Now: now.Add(-48 * time.Hour), Lifetime: time.Hour})
+	mustNoErr(t, err, "kp")
+	if _, err := alice.g.Commit(CommitOptions{Add: []*KeyPackage{&old.KeyPackage}}); !errors.Is(err, ErrInvalidProposal) {
+		t.Fatalf("expired KeyPackage: %v", err)
+	}
+	s3, _ := Suite(3)
+	sig3, _, _ := s3.GenerateSignatureKey()
+	kp3, err := GenerateKeyPackage(3, []byte("bob/d"), sig3, KeyPackageOptions{Now: now})
+	mustNoErr(t, err, "kp3")
+	if _, err := alice.g.Commit(CommitOptions{Add: []*KeyPackage{&kp3.KeyPackage}}); !errors.Is(err, ErrDowngrade) {
+		t.Fatalf("KeyPackage of another suite: %v", err)
+	}
+	// A duplicate of an existing member is refused.
+	ab, err := GenerateKeyPackage(1, []byte("alice/d"), alice.sig, KeyPackageOptions{Now: now})
+	mustNoErr(t, err, "dup kp")
+	if _, err := alice.g.Commit(CommitOptions{Add: []*KeyPackage{&ab.KeyPackage}}); !errors.Is(err, ErrInvalidProposal) {
+		t.Fatalf("same signature key as a member: %v", err)
+	}
+	// Remove of the committer and path rules.
+	if _, err := alice.g.Commit(CommitOptions{Remove: []uint32{0}}); !errors.Is(err, ErrInvalidProposal) {
+		t.Fatalf("self remove: %v", err)
+	}
+}
+
+// forgeCommit signs and frames commit c as alice (public message).
+func forgeCommit(t *testing.T, g *Group, c *Commit, tag []byte) []byte {
+	t.Helper()
+	content := &FramedContent{GroupID: g.gc.GroupID, Epoch: g.gc.Epoch, Sender: Sender{Type: SenderTypeMember, LeafIndex: uint32(g.own)},
+		ContentType: ContentTypeCommit, Commit: c}
+	ac, err := g.suite.SignContent(WireFormatPublicMessage, content, &g.gc, g.sigPriv)
+	mustNoErr(t, err, "sign")
+	ac.Auth.ConfirmationTag = tag
+	pm, err := g.suite.ProtectPublic(ac, &g.gc, g.es.MembershipKey)
+	mustNoErr(t, err, "protect")
+	raw, err := (&MLSMessage{Version: ProtocolVersionMLS10, WireFormat: WireFormatPublicMessage, PublicMessage: pm}).Marshal()
+	mustNoErr(t, err, "marshal")
+	return raw
+}
+
+func TestCommitValidation(t *testing.T) {
+	cfg := Config{PublicHandshake: true}
+	alice, bob := twoMembers(t, cfg)
+	carol := newTestClient(t, "carol")
+	cb := carol.bundle(t)
+	pc, err := alice.g.Commit(CommitOptions{Add: []*KeyPackage{&cb.KeyPackage}})
+	mustNoErr(t, err, "add carol")
+	deliver(t, pc.Message, bob)
+	mustNoErr(t, alice.g.MergePendingCommit(pc), "merge")
+	tag := make([]byte, 32)
+	cases := []struct {
+		name string
+		c    *Commit
+		want error
+	}{
+		{"remove without path", &Commit{Proposals: []ProposalOrRef{{Type: ProposalOrRefTypeProposal, Proposal: &Proposal{Type: ProposalTypeRemove, Remove: &Remove{Removed: 2}}}}}, ErrInvalidCommit},
+		{"empty commit without path", &Commit{}, ErrInvalidCommit},
+		{"remove committer", &Commit{Proposals: []ProposalOrRef{{Type: ProposalOrRefTypeProposal, Proposal: &Proposal{Type: ProposalTypeRemove, Remove: &Remove{Removed: 0}}}}}, ErrInvalidProposal},
+		{"remove blank", &Commit{Proposals: []ProposalOrRef{{Type: ProposalOrRefTypeProposal, Proposal: &Proposal{Type: ProposalTypeRemove, Remove: &Remove{Removed: 3}}}}}, ErrInvalidProposal},
+		{"double remove", &Commit{Proposals: []ProposalOrRef{
+			{Type: ProposalOrRefTypeProposal, Proposal: &Proposal{Type: ProposalTypeRemove, Remove: &Remove{Removed: 2}}},
+			{Type: ProposalOrRefTypeProposal, Proposal: &Proposal{Type: ProposalTypeRemove, Remove: &Remove{Removed: 2}}}}}, ErrInvalidProposal},
+		{"external init by member", &Commit{Proposals: []ProposalOrRef{{Type: ProposalOrRefTypeProposal, Proposal: &Proposal{Type: ProposalTypeExternalInit, ExternalInit: &ExternalInit{KEMOutput: make([]byte, 32)}}}}}, ErrInvalidProposal},
+		{"unknown reference", &Commit{Proposals: []ProposalOrRef{{Type: ProposalOrRefTypeReference, Reference: make([]byte, 32)}}}, ErrInvalidProposal},
+		{"reinit with others", &Commit{Proposals: []ProposalOrRef{
+			{Type: ProposalOrRefTypeProposal, Proposal: &Proposal{Type: ProposalTypeReInit, ReInit: &ReInit{GroupID: []byte("x"), Version: 1, CipherSuite: 1}}},
+			{Type: ProposalOrRefTypeProposal, Proposal: &Proposal{Type: ProposalTypePSK, PreSharedKey: &PreSharedKey{PSK: alice.g.ExternalPSK([]byte("k"))}}}}}, ErrInvalidProposal},
+		{"bad confirmation tag (add without path)", &Commit{Proposals: []ProposalOrRef{{Type: ProposalOrRefTypeProposal, Proposal: &Proposal{Type: ProposalTypeAdd, Add: &Add{KeyPackage: newTestClient(t, "dave").bundle(t).KeyPackage}}}}}, ErrBadConfirmationTag},
+	}
+	before := bob.g.EpochAuthenticator()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := bob.g.ProcessMessage(forgeCommit(t, alice.g, tc.c, tag))
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if !bytes.Equal(bob.g.EpochAuthenticator(), before) {
+				t.Fatal("state changed by a rejected commit")
+			}
+		})
+	}
+	// A tampered membership tag.
+	pc, err = alice.g.Commit(CommitOptions{})
+	mustNoErr(t, err, "commit")
+	bad := bytes.Clone(pc.Message)
+	bad[len(bad)-1] ^= 1
+	if _, err := bob.g.ProcessMessage(bad); !errors.Is(err, ErrBadMembershipTag) {
+		t.Fatalf("tampered tag: %v", err)
+	}
+	deliver(t, pc.Message, bob)
+	mustNoErr(t, alice.g.MergePendingCommit(pc), "merge")
+	sameEpoch(t, alice, bob)
 }

@@ -176,7 +176,7 @@ func (g *Group) joinTree(gi *GroupInfo, supplied RatchetTree) (*ratchetTree, err
 		if lerr != nil {
 			return
 		}
-		if err := g.validateLeaf(tree, ln, l, gi.GroupContext.Extensions, !g.cfg.SkipLifetimeCheck, idx); err != nil {
+		if err := g.validateLeaf(tree, ln, l, gi.GroupContext.Extensions, false, idx); err != nil {
 			lerr = fmt.Errorf("%w: leaf %d: %w", ErrInvalidTree, l, err)
 		}
 	})

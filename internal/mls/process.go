@@ -124,7 +124,7 @@ func (g *Group) cacheProposal(ac *AuthenticatedContent) error {
 			return err
 		}
 	case ProposalTypeAdd:
-		if err := g.checkAddKeyPackage(&p.Add.KeyPackage); err != nil {
+		if err := g.checkAddKeyPackage(&p.Add.KeyPackage, false); err != nil {
 			return err
 		}
 	case ProposalTypeReInit:
