@@ -263,3 +263,37 @@ func TestTwoUsers(t *testing.T) {
 		t.Fatalf("send after leaving: exit %d", r.code)
 	}
 }
+
+// TestQueuedWhileServerDown: a message sent while qpcd is down is queued
+// (exit 0, "queued"), and delivered exactly once after qpcd restarts.
+func TestQueuedWhileServerDown(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	alice, bob := newUser(t), newUser(t)
+	for i, u := range []*user{alice, bob} {
+		u.ok("init", "--server", srv.Addr(), "--pin", srv.Pin())
+		u.ok("register", []string{"alice", "bob"}[i])
+	}
+	alice.ok("group", "create", "team")
+	alice.ok("group", "add", "team", "bob")
+	alice.ok("send", "team", "one")
+	bob.ok("recv")
+
+	srv.Stop(t)
+	r := alice.run("--json", "--timeout", "3s", "send", "team", "two")
+	out := jsonLines(t, r.stdout)
+	if r.code != 0 || len(out) != 1 || out[0]["queued"] != true {
+		t.Fatalf("send while down: exit %d, %v, stderr %q", r.code, out, r.stderr)
+	}
+	ob := jsonLines(t, alice.ok("--json", "outbox"))
+	if last := ob[len(ob)-1]; last["status"] != "pending" {
+		t.Fatalf("outbox after a send while down: %v", ob)
+	}
+	srv.Start(t)
+	alice.ok("recv") // flushes the outbox
+	bob.ok("recv")
+	bob.ok("recv")
+	hist := bob.ok("history", "team")
+	if strings.Count(hist, ">: two") != 1 || strings.Count(hist, ">: one") != 1 {
+		t.Fatalf("bob's history after the restart:\n%s", hist)
+	}
+}

@@ -211,6 +211,9 @@ func (c *Client) accepted(ctx context.Context, e OutboxEntry, resp *qpcv1.Enqueu
 			return nil
 		}
 		r, g, err := openGroup(ctx, tx, "", e.ChannelID)
+		if errors.Is(err, ErrNotMember) {
+			return nil // the device left the group meanwhile: nothing to merge into
+		}
 		if err != nil {
 			return err
 		}

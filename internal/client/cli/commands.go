@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -331,7 +332,8 @@ func (a *app) sendCmd() *cobra.Command {
 			}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				id, err := c.Send(ctx, args[0], text, replyTo)
-				if err != nil && id == "" {
+				queued := id != "" && (client.Retryable(err) || errors.Is(err, context.DeadlineExceeded))
+				if err != nil && !queued {
 					return err
 				}
 				if err != nil {
