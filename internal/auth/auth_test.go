@@ -305,7 +305,8 @@ func TestLoginChallengeResponse(t *testing.T) {
 
 	// A bad signature fails and uses the nonce up.
 	nonce, _, _ := e.s.Challenge(ctx, a.id)
-	bad := ed25519.Sign(a.priv, LoginMessage(a.id, append([]byte{1}, nonce[1:]...)))
+	// Sign a different nonce (first byte flipped, so never equal to the real one).
+	bad := ed25519.Sign(a.priv, LoginMessage(a.id, append([]byte{nonce[0] ^ 0xff}, nonce[1:]...)))
 	if _, err := e.s.Login(ctx, a.id, nonce, bad); !errors.Is(err, ErrLoginFailed) {
 		t.Fatalf("bad signature: %v", err)
 	}
