@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go vet fmt-check proto proto-interop fuzz deps-test clean
+.PHONY: all build run test test-go vet fmt-check ops-check proto proto-interop fuzz deps-test clean
 
 all: build
 
@@ -26,7 +26,7 @@ build:
 run: build
 	./$(BIN)/qpcd
 
-test: deps-test vet fmt-check lint-actions test-go
+test: deps-test vet fmt-check lint-actions ops-check test-go
 
 test-go:
 	$(GO) test -count=1 -timeout 30m ./...
@@ -41,6 +41,12 @@ fmt-check:
 # Debian tools the tests use, installed only when missing.
 deps-test:
 	@command -v promtool >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) prometheus; }
+
+# The ops bundle's static checks; the rule unit tests, promlint and the live
+# Prometheus run are Go tests in ops/ (test-go).
+ops-check: deps-test
+	promtool check config ops/prometheus/prometheus.yml
+	promtool check rules ops/alerts/qpcd.rules.yml
 
 proto:
 	@command -v protoc >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) protobuf-compiler libprotobuf-dev; }
