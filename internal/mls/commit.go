@@ -490,6 +490,14 @@ func (g *Group) commit(opts CommitOptions, pskUsage ResumptionPSKUsage) (*Pendin
 				}
 			case ProposalTypeReInit, ProposalTypeExternalInit:
 				continue
+			case ProposalTypeAdd:
+				// Leave out an Add that is no longer valid (expired
+				// KeyPackage) rather than failing the whole commit.
+				if g.checkAddKeyPackage(&cp.proposal.Add.KeyPackage, true) != nil {
+					continue
+				}
+				commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeReference, Reference: cp.ref})
+				continue
 			default:
 				commit.Proposals = append(commit.Proposals, ProposalOrRef{Type: ProposalOrRefTypeReference, Reference: cp.ref})
 				continue
