@@ -448,3 +448,59 @@ func TestRejoinAfterRetention(t *testing.T) {
 		t.Fatalf("alice: %q", got)
 	}
 }
+
+// TestCommitAcceptedReplyLost: the server took alice's Add commit but she
+// never saw the answer (a crash, a lost reply). The next Flush sends it
+// again, gets the original seq back (duplicate), merges it then, and only
+// then sends the Welcome: bob joins at the right epoch.
+func TestCommitAcceptedReplyLost(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	alice := registered(t, srv, "alice")
+	bob := registered(t, srv, "bob")
+	ctx := ctxT(t)
+	if err := alice.CreateGroup(ctx, "team"); err != nil {
+		t.Fatal(err)
+	}
+	kps, err := alice.fetchKeyPackages(ctx, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, _ := alice.channelOf(ctx, "team")
+	if err := alice.call(ctx, "AddMembers", addReq(ch, "bob"), &qpcv1.AddMembersResponse{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.queueCommit(ctx, ch, commitIntent{Op: "add", Accounts: []string{"bob"}, KeyPackages: kps}); err != nil {
+		t.Fatal(err)
+	}
+	pending, err := alice.outboxWhere(ctx, "status = ?", OutboxPending)
+	if err != nil || len(pending) != 1 {
+		t.Fatalf("outbox %v, %v", pending, err)
+	}
+	e := pending[0]
+	var first qpcv1.EnqueueResponse
+	if err := alice.call(ctx, "Enqueue", &qpcv1.EnqueueRequest{ChannelId: ch, MessageId: e.MessageID, MlsMessage: e.mls, GroupInfo: e.gi}, &first); err != nil {
+		t.Fatal(err)
+	}
+	// No Welcome yet: the commit is not recorded as accepted.
+	if rep, err := bob.Sync(ctx, 0); err != nil || rep.Inbox != 0 {
+		t.Fatalf("bob got a Welcome before alice recorded the commit: %+v, %v", rep, err)
+	}
+	if epochOf(t, alice, "team") != 0 {
+		t.Fatal("commit merged before acceptance was recorded")
+	}
+	rep, err := alice.Flush(ctx)
+	if err != nil || rep.Sent != 1 || rep.Welcomes != 1 {
+		t.Fatalf("flush: %+v, %v", rep, err)
+	}
+	ob, _ := alice.Outbox(ctx)
+	if ob[0].Seq != first.GetSeq() {
+		t.Fatalf("commit stored twice: seq %d then %d", first.GetSeq(), ob[0].Seq)
+	}
+	send(t, alice, "team", "welcome bob")
+	if got := strings.Join(texts(t, bob, "team"), "|"); got != "welcome bob" {
+		t.Fatalf("bob: %q", got)
+	}
+	if ea, eb := epochOf(t, alice, "team"), epochOf(t, bob, "team"); ea != 1 || eb != 1 {
+		t.Fatalf("epochs alice %d bob %d, want 1", ea, eb)
+	}
+}

@@ -51,16 +51,3 @@ func registered(t testing.TB, srv *servertest.Server, name string) *Client {
 	}
 	return c
 }
-
-// waitFor polls cond until it holds: tests wait on conditions, never on
-// fixed sleeps.
-func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}

@@ -301,7 +301,11 @@ func (c *Client) join(ctx context.Context, tx *sql.Tx, me *Identity, it inboxIte
 		return nil // already a member; an old Welcome
 	}
 	kind, peer := kindGroup, ""
-	name := "#" + hex.EncodeToString(it.channelID)[:8]
+	short := hex.EncodeToString(it.channelID)
+	if len(short) > 8 {
+		short = short[:8]
+	}
+	name := "#" + short
 	if dm {
 		kind = kindDM
 		for _, mem := range g.Members() {
