@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -561,6 +562,9 @@ func (c *Client) DM(ctx context.Context, peer string) (string, error) {
 	return name, err
 }
 
+// sendFlushTimeout bounds how long Send tries to deliver at once.
+const sendFlushTimeout = 15 * time.Second
+
 // Send encrypts text for a group or DM and sends it through the outbox. A
 // returned id with an error means the message is queued but not yet
 // delivered (the next Flush, recv or watch sends it).
@@ -608,7 +612,11 @@ func (c *Client) Send(ctx context.Context, channel, text, replyTo string) (strin
 	if err != nil {
 		return "", err
 	}
-	if _, err := c.Flush(ctx); err != nil {
+	// The message is safe in the outbox; do not keep the sender waiting
+	// long for a server that is down (the next Flush sends it).
+	fctx, cancel := context.WithTimeout(ctx, sendFlushTimeout)
+	defer cancel()
+	if _, err := c.Flush(fctx); err != nil {
 		return mid, err
 	}
 	return mid, c.outcome(ctx, mid, channel)
