@@ -271,6 +271,7 @@ func TestFiftyMembers(t *testing.T) {
 	var mu sync.Mutex
 	var firstErr error
 	sem := make(chan struct{}, 4)
+	start := time.Now()
 	for i := range n {
 		names[i] = fmt.Sprintf("user%02d", i)
 		wg.Add(1)
@@ -292,14 +293,18 @@ func TestFiftyMembers(t *testing.T) {
 	if firstErr != nil {
 		t.Fatal(firstErr)
 	}
+	t.Logf("registered %d clients (11 KeyPackages each) in %s", n, time.Since(start).Round(time.Millisecond))
 	ctx := ctxT(t)
+	phase := time.Now()
 	if err := cs[0].CreateGroup(ctx, "big"); err != nil {
 		t.Fatal(err)
 	}
 	if err := cs[0].AddMembers(ctx, "big", names[1:]); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("one commit adding %d members, with the Welcome: %s", n-1, time.Since(phase).Round(time.Millisecond))
 	send(t, cs[0], "big", "from user00")
+	phase = time.Now()
 	// Every member joins and sends one message.
 	for i := 1; i < n; i++ {
 		if _, err := cs[i].Sync(ctx, 0); err != nil {
@@ -307,6 +312,9 @@ func TestFiftyMembers(t *testing.T) {
 		}
 		send(t, cs[i], "big", "from "+names[i])
 	}
+	t.Logf("%d joins from the Welcome and %d sends: %s", n-1, n-1, time.Since(phase).Round(time.Millisecond))
+	phase = time.Now()
+	defer func() { t.Logf("%d members each fetched and decrypted the rest of the %d messages: %s", n, n, time.Since(phase).Round(time.Millisecond)) }()
 	for i := range n {
 		got := texts(t, cs[i], "big")
 		if len(got) != n {
