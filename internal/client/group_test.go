@@ -314,7 +314,9 @@ func TestFiftyMembers(t *testing.T) {
 	}
 	t.Logf("%d joins from the Welcome and %d sends: %s", n-1, n-1, time.Since(phase).Round(time.Millisecond))
 	phase = time.Now()
-	defer func() { t.Logf("%d members each fetched and decrypted the rest of the %d messages: %s", n, n, time.Since(phase).Round(time.Millisecond)) }()
+	defer func() {
+		t.Logf("%d members each fetched and decrypted the rest of the %d messages: %s", n, n, time.Since(phase).Round(time.Millisecond))
+	}()
 	for i := range n {
 		got := texts(t, cs[i], "big")
 		if len(got) != n {
