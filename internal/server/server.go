@@ -96,6 +96,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		return nil, err
 	}
 	dbPath := filepath.Join(cfg.DataDir, "qpcd.db")
+	store.SetMemorySecurity(cfg.DB.MemorySecurity == "on")
 	s.db, err = store.Open(ctx, store.Options{Path: dbPath, Key: key, Logger: log})
 	if err != nil {
 		return nil, err

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	sqlite3 "github.com/mutecomm/go-sqlcipher/v4"
 
@@ -31,14 +32,20 @@ const (
 	roleReader
 )
 
-// cipherMemorySecurity is SQLCipher's process-wide cipher_memory_security:
-// when on, SQLCipher mlocks every allocation and zeroes it when freed, so
-// decrypted pages do not linger in freed heap memory. It costs two syscalls
-// per allocation: on this machine group-committed 1 KiB writes ran about 3x
-// faster with it off (see the benchmarks). SQLCipher 4.4 (bundled) defaults
-// to on; SQLCipher 4.5 changed the default to off. We keep it on until the
-// threat model says otherwise; flipping this constant is the whole change.
-const cipherMemorySecurity = true
+// memorySecurity is SQLCipher's process-wide cipher_memory_security: when
+// on, SQLCipher mlocks every allocation and zeroes it when freed, so decrypted
+// pages do not linger in freed heap memory. It costs syscalls on every
+// allocation: group-committed 1 KiB writes ran 2-3x faster with it off here,
+// and it halved the CPU of a durable enqueue (docs/benchmarks.md). It is off
+// by default, as in SQLCipher 4.5 and later: an attacker who can read this
+// process's memory can read the key and the live pages anyway
+// (docs/threat-model.md). Operators may turn it on with db.memory_security.
+var memorySecurity atomic.Bool
+
+// SetMemorySecurity sets cipher_memory_security for connections opened
+// afterwards. The setting is process-wide inside SQLCipher, so it is a
+// package setting rather than a per-DB option.
+func SetMemorySecurity(on bool) { memorySecurity.Store(on) }
 
 func onOff(b bool) string {
 	if b {
@@ -109,7 +116,7 @@ func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
 		}
 		for _, q := range []string{
 			"PRAGMA temp_store = MEMORY",
-			"PRAGMA cipher_memory_security = " + onOff(cipherMemorySecurity),
+			"PRAGMA cipher_memory_security = " + onOff(memorySecurity.Load()),
 			"CREATE TEMP TABLE IF NOT EXISTS " + batchMarkerTable + " (k INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
 		} {
 			if _, err := ex.ExecContext(ctx, q, nil); err != nil {

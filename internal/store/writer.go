@@ -202,6 +202,16 @@ func (db *DB) attempt(reqs []*request, budget bool) (retry, leftover []*request)
 		return nil, nil
 	}
 
+	// The savepoint statements are prepared once per batch, not per function:
+	// re-preparing them was a large share of a small write's cost.
+	sp, err := prepareSavepoints(tx)
+	if err != nil {
+		db.abandon(tx)
+		failAll(fmt.Errorf("store: begin write transaction: %w", err))
+		return nil, nil
+	}
+	defer sp.close()
+
 	var ok []*request
 	for i, r := range reqs {
 		if budget && len(ok) > 0 && time.Since(start) > db.maxBatchWork {
@@ -211,7 +221,7 @@ func (db *DB) attempt(reqs []*request, budget bool) (retry, leftover []*request)
 		if !r.take() {
 			continue // the caller gave up before it started
 		}
-		if _, err := tx.Exec("SAVEPOINT " + fnSavepoint); err != nil {
+		if _, err := sp.begin.Exec(); err != nil {
 			// The transaction is unusable before r ran: r fails without
 			// having run, the rest start over.
 			r.finish(fmt.Errorf("store: savepoint: %w", err))
@@ -221,9 +231,9 @@ func (db *DB) attempt(reqs []*request, budget bool) (retry, leftover []*request)
 		fnErr := db.call(r.fn, tx)
 		var spErr error
 		if fnErr == nil {
-			_, spErr = tx.Exec("RELEASE " + fnSavepoint)
-		} else if _, spErr = tx.Exec("ROLLBACK TO " + fnSavepoint); spErr == nil {
-			_, spErr = tx.Exec("RELEASE " + fnSavepoint)
+			_, spErr = sp.release.Exec()
+		} else if _, spErr = sp.rollback.Exec(); spErr == nil {
+			_, spErr = sp.release.Exec()
 		}
 		switch {
 		case spErr == nil && fnErr != nil:
@@ -332,4 +342,37 @@ func (db *DB) batchCommitted(seq int64) (bool, error) {
 func txDone(tx *sql.Tx) bool {
 	var one int
 	return errors.Is(tx.QueryRow("SELECT 1").Scan(&one), sql.ErrTxDone)
+}
+
+// savepoints are one batch's prepared SAVEPOINT, RELEASE and ROLLBACK TO.
+type savepoints struct {
+	begin, release, rollback *sql.Stmt
+}
+
+func prepareSavepoints(tx *sql.Tx) (*savepoints, error) {
+	var sp savepoints
+	for _, p := range []struct {
+		stmt **sql.Stmt
+		sql  string
+	}{
+		{&sp.begin, "SAVEPOINT " + fnSavepoint},
+		{&sp.release, "RELEASE " + fnSavepoint},
+		{&sp.rollback, "ROLLBACK TO " + fnSavepoint},
+	} {
+		st, err := tx.Prepare(p.sql)
+		if err != nil {
+			sp.close()
+			return nil, err
+		}
+		*p.stmt = st
+	}
+	return &sp, nil
+}
+
+func (sp *savepoints) close() {
+	for _, st := range []*sql.Stmt{sp.begin, sp.release, sp.rollback} {
+		if st != nil {
+			_ = st.Close()
+		}
+	}
 }
