@@ -86,3 +86,47 @@ func TestSyncLongPollAndInbox(t *testing.T) {
 		t.Fatalf("%d inbox items left; a Welcome for none of our KeyPackages is dropped once processed", n)
 	}
 }
+
+// TestLongPollAcrossDrain: a device waiting in FetchWait when qpcd drains
+// and restarts reconnects by itself and receives what is sent afterwards.
+func TestLongPollAcrossDrain(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	alice := registered(t, srv, "alice")
+	bob := registered(t, srv, "bob")
+	bob.conn.backoff = Backoff{Base: 20 * time.Millisecond, Max: 500 * time.Millisecond, MaxAttempts: 100}.withDefaults()
+	ch, group := rawChannel(t, alice, "bob")
+	ctx := ctxT(t)
+	got := make(chan SyncReport, 1)
+	errs := make(chan error, 1)
+	go func() {
+		for {
+			rep, err := bob.Sync(ctx, 20*time.Second)
+			if err != nil {
+				errs <- err
+				return
+			}
+			if rep.Messages > 0 {
+				got <- rep
+				return
+			}
+		}
+	}()
+	srv.Stop(t)
+	srv.Start(t)
+	if _, err := alice.QueueMLS(ctx, ch, deliverytest.Application(group, 0, 10), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case rep := <-got:
+		if rep.Messages != 1 {
+			t.Fatalf("report %+v", rep)
+		}
+	case err := <-errs:
+		t.Fatalf("long poll across the drain: %v", err)
+	case <-ctx.Done():
+		t.Fatal("the message sent after the restart never arrived")
+	}
+}
