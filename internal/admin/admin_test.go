@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -194,5 +196,24 @@ func TestOpenBackupDamage(t *testing.T) {
 	b[0] = 'X'
 	if err := try(b); !errors.Is(err, ErrBackupFormat) {
 		t.Errorf("bad magic: %v", err)
+	}
+}
+
+// TestPeerCheckFailsClosed: a request whose peer credentials are unknown is
+// refused; root and qpcd's own uid get in.
+func TestPeerCheckFailsClosed(t *testing.T) {
+	h := (&Server{}).handler()
+	for _, c := range []struct {
+		ctx  context.Context
+		want int
+	}{
+		{context.Background(), http.StatusForbidden},
+		{context.WithValue(context.Background(), peerKey{}, uint32(os.Getuid()+12345)), http.StatusForbidden},
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, PathStatus, nil).WithContext(c.ctx))
+		if rec.Code != c.want {
+			t.Errorf("status %d, want %d", rec.Code, c.want)
+		}
 	}
 }

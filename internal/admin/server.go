@@ -116,10 +116,11 @@ func peerContext(ctx context.Context, c net.Conn) context.Context {
 }
 
 // allowed: the socket is 0600 already; this also refuses a peer of another
-// uid (other than root) if the file mode was loosened by hand.
+// uid (other than root) if the file mode was loosened by hand, and a peer
+// whose credentials cannot be read.
 func allowed(r *http.Request) bool {
 	uid, ok := r.Context().Value(peerKey{}).(uint32)
-	return !ok || uid == 0 || int(uid) == os.Getuid()
+	return ok && (uid == 0 || int(uid) == os.Getuid())
 }
 
 func (s *Server) handler() http.Handler {

@@ -84,6 +84,14 @@ func (s *Server) requestDrain() bool {
 func (s *Server) initAdmin(ctx context.Context) error {
 	s.drainReq = make(chan struct{})
 	s.pendingBackups = map[string]admin.Manifest{}
+	// Snapshots of backups cut short by a crash; we hold the data-dir lock,
+	// so nobody else is using them.
+	if left, _ := filepath.Glob(filepath.Join(s.cfg.DataDir, "backup-*.tmp")); len(left) > 0 {
+		for _, f := range left {
+			_ = os.Remove(f)
+		}
+		s.log.Info("removed backup snapshots left by an earlier run", "files", len(left))
+	}
 	if err := s.registerAdminMetrics(ctx); err != nil {
 		return err
 	}
