@@ -36,23 +36,31 @@ fi
 # Profile the 1000-member populated commit (the 5 ms aim).
 QPC_MLS_BENCH_SIZES=1000 go test -run='^$' -bench='^BenchmarkGroupUpdateCommit/populated' -benchtime=100x \
 	-cpuprofile "$tmp/cpu.out" -o "$tmp/mls.test" ./internal/mls/ >/dev/null
-profile=$(go tool pprof -top -cum -ignore='getBenchGroup|populate|freshGroup|bundles' "$tmp/mls.test" "$tmp/cpu.out" 2>/dev/null |
-	awk '/internal\/mls\.|ed25519\.Sign$|sha512\.block$|hpke\.|x25519\.|runtime\.gcBgMarkWorker$|runtime\.memmove$/ {print}' | head -16)
+profile=$(go tool pprof -top -cum -focus='BenchmarkGroupUpdateCommit' -ignore='getBenchGroup|populate|freshGroup|bundles' \
+	-relative_percentages "$tmp/mls.test" "$tmp/cpu.out" 2>/dev/null |
+	awk '/internal\/mls\.\(|ed25519\.Sign$|sha512\.block$|hpke\.\(|x25519\.|runtime\.gcBgMarkWorker$|runtime\.memmove$|runtime\.mallocgc$/ {
+		n=$6; sub(/github.com\/quicprochat\/quicprochat\/internal\//, "", n); printf "%7s %7s  %s\n", $4, $5, n }' | head -18)
 
-# Table: one row per benchmark, median ns/op of the runs.
+# Table: one row per benchmark, medians of the runs.
 table=$(awk '
 /^BenchmarkGroup/ {
 	name=$1; sub(/-[0-9]+$/, "", name); sub(/^BenchmarkGroup/, "", name)
-	ns[name]=ns[name] " " $3; bytes[name]=$5; allocs[name]=$7
+	for (f=3; f<NF; f++) {
+		if ($(f+1) == "ns/op") ns[name]=ns[name] " " $f
+		if ($(f+1) == "cpu-ns/op") cpu[name]=cpu[name] " " $f
+		if ($(f+1) == "B/op") bytes[name]=$f
+		if ($(f+1) == "allocs/op") allocs[name]=$f
+	}
 	if (!(name in seen)) { seen[name]=1; order[++n]=name }
 }
 function median(s,   a, k, i, j, t) {
 	k=split(s, a, " ")
+	if (k == 0) return -1
 	for (i=1;i<=k;i++) for (j=i+1;j<=k;j++) if (a[j]+0 < a[i]+0) { t=a[i]; a[i]=a[j]; a[j]=t }
 	return a[int((k+1)/2)]
 }
-function fmt(x,   s, r) {
-	s=sprintf("%d", x); r=""
+function group3(x,   s, r) {
+	s=sprintf("%.0f", x); r=""
 	while (length(s) > 3) { r=" " substr(s, length(s)-2) r; s=substr(s, 1, length(s)-3) }
 	return s r
 }
@@ -62,11 +70,21 @@ END {
 		sub(/\/.*/, "", op)
 		if (nm ~ /\/fresh\//) shape="fresh"; else if (nm ~ /\/populated\//) shape="populated"
 		sub(/.*n=/, "", size)
-		m=median(ns[nm])
-		printf "| %s | %s | %s | %s | %.2f | %s | %s |\n", op, shape, size, fmt(m), m/1e6, fmt(bytes[nm]), fmt(allocs[nm])
+		m=median(ns[nm]); c=median(cpu[nm])
+		printf "| %s | %s | %s | %s | %.2f | %s | %s | %s |\n", op, shape, size, group3(m), m/1e6, (c < 0 ? "-" : sprintf("%.2f", c/1e6)), group3(bytes[nm]), group3(allocs[nm])
 	}
 }' "$tmp/main.txt")
 
+# The 5 ms aim, judged on CPU time (wall time on this shared machine
+# includes waiting for other engineers' processes).
+aim=$(printf '%s\n' "$table" | awk -F'|' '
+$2 ~ /UpdateCommit/ && $3 ~ /populated/ && $4+0 == 1000 { commit=$7+0; cw=$6+0 }
+$2 ~ /ProcessCommit/ && $3 ~ /populated/ && $4+0 == 1000 { proc=$7+0; pw=$6+0 }
+END {
+	if (commit == "" || proc == "") { print "not measured"; exit }
+	verdict = (commit < 5 && proc < 5) ? "met" : "not met"
+	printf "%s: a full-path commit takes %.2f ms of CPU (%.2f ms wall) and its processing %.2f ms of CPU (%.2f ms wall)", verdict, commit, cw, proc, pw
+}')
 cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //' || echo unknown)
 section=$(cat <<MD
 ## MLS groups
@@ -81,8 +99,11 @@ QPC_MLS_BENCH_SIZES=$BIG go test -run='^\$' -bench='^BenchmarkGroup' -benchtime=
 
 Machine: $(nproc) vCPU ($cpu), $(go version | cut -d' ' -f3-4), shared with other
 engineers' builds and tests (load average at the end of the run: $(cut -d' ' -f1-3 /proc/loadavg)),
-so times vary by tens of percent between runs; the table gives the median
-of $COUNT runs (the 10000-member rows: one iteration). Allocations do not vary.
+so wall times (ns/op) vary by tens of percent, and more for the short
+operations, between runs; "CPU ms/op" is the process's CPU time (user +
+system, GC included) per operation, which that contention inflates far
+less. The table gives the median of $COUNT runs (the 10000-member rows: one
+iteration). Allocations do not vary.
 
 Operations (\`group_bench_test.go\`):
 
@@ -109,20 +130,22 @@ decrypts them), then the two measured members share the epoch.
 
 n=$BIG: $big_note.
 
-| Operation | Tree | Members | ns/op | ms/op | B/op | allocs/op |
-|-----------|------|--------:|------:|------:|-----:|----------:|
+| Operation | Tree | Members | ns/op | ms/op | CPU ms/op | B/op | allocs/op |
+|-----------|------|--------:|------:|------:|----------:|-----:|----------:|
 $table
 
 ### What dominates
 
-- Populated tree, 1000 members: the aim is a full-path commit and its
-  processing under 5 ms each. Processing needs one HPKE decryption, about
-  ten key derivations and the signature check, and stays well under 1 ms.
-  A commit encrypts one path secret per filtered-direct-path node (about
-  ten HPKE seals) and signs; most of its time goes to the GroupInfo it
-  returns: encoding the ~300 KB ratchet tree once and Ed25519-signing it
-  (SHA-512 over the whole GroupInfo, twice). CPU profile of
-  \`UpdateCommit/populated/n=1000\` (cumulative, setup excluded):
+- Populated tree, 1000 members, aim under 5 ms each: $aim.
+  Processing needs one HPKE decryption, about ten key derivations, the
+  signature check and the tree-hash update along one path. A commit
+  encrypts one path secret per filtered-direct-path node (about ten HPKE
+  seals) and signs; the largest part of its time goes to the signed
+  GroupInfo it returns for the server (the ~300 KB ratchet tree, whose node
+  encodings are cached, copied into it, and Ed25519 hashing the whole
+  GroupInfo twice with SHA-512). CPU profile of
+  \`UpdateCommit/populated/n=1000\` (cumulative time and share of the
+  commit, setup excluded):
 
 \`\`\`
 $profile

@@ -182,6 +182,7 @@ func BenchmarkGroupCreateAddAll(b *testing.B) {
 				kps = append(kps, &x.KeyPackage)
 			}
 			b.ReportAllocs()
+			defer reportCPU(b)()
 			for b.Loop() {
 				g, err := CreateGroup(benchCfg, NewGroupID(), 1, []byte("user0/d"), kb[0].SignaturePriv, GroupOptions{})
 				if err != nil {
@@ -206,6 +207,7 @@ func BenchmarkGroupUpdateCommit(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/n=%d", shape, n), func(b *testing.B) {
 				bg := getBenchGroup(b, shape, n)
 				b.ReportAllocs()
+				defer reportCPU(b)()
 				for b.Loop() {
 					if _, err := bg.b.Commit(CommitOptions{}); err != nil {
 						b.Fatal(err)
@@ -224,6 +226,7 @@ func BenchmarkGroupProcessCommit(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/n=%d", shape, n), func(b *testing.B) {
 				bg := getBenchGroup(b, shape, n)
 				b.ReportAllocs()
+				defer reportCPU(b)()
 				for b.Loop() {
 					if _, err := bg.a.ProcessMessage(bg.commitB); err != nil {
 						b.Fatal(err)
@@ -243,6 +246,7 @@ func BenchmarkGroupJoinWelcome(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/n=%d", shape, n), func(b *testing.B) {
 				bg := getBenchGroup(b, shape, n)
 				b.ReportAllocs()
+				defer reportCPU(b)()
 				for b.Loop() {
 					if _, err := JoinFromWelcome(benchCfg, bg.welcome, bg.joiner, JoinOptions{}); err != nil {
 						b.Fatal(err)
@@ -261,6 +265,7 @@ func BenchmarkGroupAppMessage(b *testing.B) {
 			bg := getBenchGroup(b, "fresh", n)
 			msg := make([]byte, 1024)
 			b.ReportAllocs()
+			defer reportCPU(b)()
 			for b.Loop() {
 				ct, err := bg.a.Protect(msg, nil)
 				if err != nil {
@@ -272,5 +277,16 @@ func BenchmarkGroupAppMessage(b *testing.B) {
 			}
 			bg.aSnapshot = *bg.a
 		})
+	}
+}
+
+// reportCPU starts measuring process CPU time; the returned func reports
+// it per iteration as "cpu-ns/op".
+func reportCPU(b *testing.B) func() {
+	start := processCPU()
+	return func() {
+		if b.N > 0 {
+			b.ReportMetric(float64(processCPU()-start)/float64(b.N), "cpu-ns/op")
+		}
 	}
 }
