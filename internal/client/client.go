@@ -39,9 +39,6 @@ var (
 	ErrNotRegistered = errors.New("client: no account on this device")
 	// ErrAlreadyRegistered: this database already holds a device.
 	ErrAlreadyRegistered = errors.New("client: already registered")
-	// ErrNotAvailable: the feature needs the MLS group state machine, which
-	// this build does not have yet.
-	ErrNotAvailable = errors.New("client: not yet available")
 )
 
 // Options configures Open and Init.
@@ -241,6 +238,9 @@ type Identity struct {
 	DisplayName string
 	key         secret.Bytes // Ed25519 seed
 }
+
+// Wipe zeroes the device key held by this copy of the identity.
+func (id *Identity) Wipe() { id.key.Wipe() }
 
 // Credential is the device's MLS BasicCredential identity.
 func (id *Identity) Credential() string { return id.AccountName + "/" + id.DeviceID }

@@ -77,6 +77,7 @@ func (a *app) registerCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
+				id.Wipe()
 				return a.emit(map[string]any{"account": id.AccountName, "account_id": id.AccountID, "device_id": id.DeviceID, "credential": id.Credential()},
 					fmt.Sprintf("registered %s (device %s)", id.AccountName, id.DeviceID))
 			})
@@ -102,6 +103,7 @@ func (a *app) loginCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
+				id.Wipe()
 				return a.emit(map[string]any{"account": id.AccountName, "device_id": id.DeviceID, "logged_in": true},
 					fmt.Sprintf("logged in as %s (device %s)", id.AccountName, id.DeviceID))
 			})
@@ -142,6 +144,7 @@ func (a *app) devicesCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
+				id.Wipe()
 				devs, err := c.Devices(ctx)
 				if err != nil {
 					return err
