@@ -34,6 +34,9 @@ func (g *Group) resolveProposals(c *Commit, committer Sender) ([]committedPropos
 		por := &c.Proposals[i]
 		switch por.Type {
 		case ProposalOrRefTypeProposal:
+			if por.Proposal == nil || por.Proposal.variant(false) == nil {
+				return nil, fmt.Errorf("%w: proposal without content", ErrInvalidProposal)
+			}
 			out = append(out, committedProposal{p: por.Proposal, sender: committer})
 		case ProposalOrRefTypeReference:
 			found := false

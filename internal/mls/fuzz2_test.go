@@ -76,3 +76,35 @@ func FuzzKeyPackageBundle(f *testing.F) {
 	f.Add(raw)
 	f.Fuzz(func(t *testing.T, in []byte) { _, _ = UnmarshalKeyPackageBundle(in) })
 }
+
+// FuzzProcessMessage feeds arbitrary messages to a two-member group's
+// member (restored from its exported state for every input).
+func FuzzProcessMessage(f *testing.F) {
+	cfg := Config{PublicHandshake: true}
+	alice, bob := newTestClient(f, "alice"), newTestClient(f, "bob")
+	var err error
+	alice.g, err = CreateGroup(cfg, NewGroupID(), 1, []byte("alice/d"), alice.sig, GroupOptions{})
+	mustNoErr(f, err, "CreateGroup")
+	bb := bob.bundle(f)
+	pc, err := alice.g.Commit(CommitOptions{Add: []*KeyPackage{&bb.KeyPackage}})
+	mustNoErr(f, err, "Commit")
+	mustNoErr(f, alice.g.MergePendingCommit(pc), "merge")
+	bob.g, err = JoinFromWelcome(cfg, pc.Welcome, bb, JoinOptions{})
+	mustNoErr(f, err, "join")
+	state, err := bob.g.Export()
+	mustNoErr(f, err, "export")
+	app, _ := alice.g.Protect([]byte("hi"), nil)
+	up, _ := alice.g.UpdateProposal()
+	prop, _ := alice.g.Propose(up, nil)
+	c2, _ := alice.g.Commit(CommitOptions{})
+	for _, s := range [][]byte{app, prop, c2.Message, c2.GroupInfo, pc.Welcome} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		g, err := ImportGroup(cfg, state)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = g.ProcessMessage(in)
+	})
+}

@@ -60,7 +60,7 @@ func (g *Group) Protect(plaintext, authenticatedData []byte) ([]byte, error) {
 	return g.frame(ac)
 }
 
-// Propose sends a proposal (Update of our own leaf when p is nil; see
+// Propose sends a proposal (for an Update of our own leaf, see
 // UpdateProposal) and caches it so a later commit, by anyone, can include
 // it by reference.
 func (g *Group) Propose(p *Proposal, authenticatedData []byte) ([]byte, error) {
@@ -72,6 +72,9 @@ func (g *Group) Propose(p *Proposal, authenticatedData []byte) ([]byte, error) {
 		wf = WireFormatPublicMessage
 	}
 	self := Sender{Type: SenderTypeMember, LeafIndex: uint32(g.own)}
+	if p == nil || p.variant(false) == nil {
+		return nil, fmt.Errorf("%w: proposal without content", ErrInvalidArgument)
+	}
 	content := &FramedContent{GroupID: g.gc.GroupID, Epoch: g.gc.Epoch, Sender: self, AuthenticatedData: authenticatedData,
 		ContentType: ContentTypeProposal, Proposal: p}
 	ac, err := g.suite.SignContent(wf, content, &g.gc, g.sigPriv)

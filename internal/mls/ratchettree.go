@@ -122,6 +122,9 @@ func (t *ratchetTree) root() nodeIndex { return t.leafCount().root() }
 
 // leaf returns the leaf node at l, or nil if blank or out of range.
 func (t *ratchetTree) leaf(l leafIndex) *LeafNode {
+	if uint32(l) >= uint32(t.leafCount()) {
+		return nil
+	}
 	x := l.node()
 	if int(x) >= len(t.nodes) || t.nodes[x] == nil {
 		return nil
