@@ -324,6 +324,7 @@ func (s *Service) revokeDevice(ctx context.Context, accountID, deviceID, by stri
 		}
 		return revokeDeviceTokens(ctx, tx, deviceID)
 	})
+	s.devices.invalidate()
 	if err != nil {
 		return wrapStore("revoke device", err)
 	}
@@ -455,6 +456,7 @@ func (s *Service) DisableAccount(ctx context.Context, accountID string) error {
 		_, err = tx.ExecContext(ctx, "DELETE FROM login_challenges WHERE device_id IN (SELECT id FROM devices WHERE account_id = ?)", accountID)
 		return err
 	})
+	s.devices.invalidate()
 	if err != nil {
 		return wrapStore("disable account", err)
 	}
@@ -474,6 +476,7 @@ func (s *Service) EnableAccount(ctx context.Context, accountID string) error {
 		}
 		return nil
 	})
+	s.devices.invalidate()
 	if err != nil {
 		return wrapStore("enable account", err)
 	}

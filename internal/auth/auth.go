@@ -86,6 +86,9 @@ type Service struct {
 	maxDevices   int
 
 	keys keyring
+
+	verified verifiedTokens
+	devices  deviceStates
 }
 
 // New opens the service and makes sure an active signing key exists.

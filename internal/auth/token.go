@@ -345,34 +345,59 @@ type Identity struct {
 // Authenticate verifies an access token and checks, on every call, that its
 // device is active, its account enabled and the token not revoked since.
 func (s *Service) Authenticate(ctx context.Context, tok string) (Identity, error) {
-	c, err := s.VerifySignature(ctx, tok)
-	if err != nil {
-		return Identity{}, err
+	key, c, cached := s.verified.get(tok)
+	if cached {
+		if !s.now().Before(c.ExpiresAt) {
+			return Identity{}, ErrTokenExpired
+		}
+	} else {
+		var err error
+		if c, err = s.VerifySignature(ctx, tok); err != nil {
+			return Identity{}, err
+		}
+		s.verified.put(key, c)
 	}
-	var (
-		accountID, accountName, devStatus, accStatus string
-		gen                                          uint64
-	)
-	err = s.db.ReadTx(ctx, func(tx *sql.Tx) error {
+	st, err := s.deviceState(ctx, c.DeviceID)
+	switch {
+	case err != nil:
+		return Identity{}, err
+	case st.accountID != c.AccountID:
+		return Identity{}, fmt.Errorf("%w: account does not own the device", ErrTokenForged)
+	case !st.deviceActive:
+		return Identity{}, fmt.Errorf("%w: device revoked", ErrTokenRevoked)
+	case !st.accountActive:
+		return Identity{}, ErrAccountDisabled
+	case st.gen != c.Gen:
+		return Identity{}, fmt.Errorf("%w: issued before the device's tokens were revoked", ErrTokenRevoked)
+	}
+	return Identity{AccountID: st.accountID, AccountName: st.accountName, DeviceID: c.DeviceID, TokenID: c.TokenID, ExpiresAt: c.ExpiresAt}, nil
+}
+
+// deviceState reads a device's account, status and token generation, from
+// the cache when it is fresh.
+func (s *Service) deviceState(ctx context.Context, deviceID string) (deviceState, error) {
+	now := s.now()
+	st, epoch, ok := s.devices.lookup(deviceID, now)
+	if ok {
+		return st, nil
+	}
+	var devStatus, accStatus string
+	err := s.db.ReadTx(ctx, func(tx *sql.Tx) error {
 		return tx.QueryRowContext(ctx, `SELECT d.account_id, a.name, d.status, a.status, d.token_gen
-			FROM devices d JOIN accounts a ON a.id = d.account_id WHERE d.id = ?`, c.DeviceID).
-			Scan(&accountID, &accountName, &devStatus, &accStatus, &gen)
+			FROM devices d JOIN accounts a ON a.id = d.account_id WHERE d.id = ?`, deviceID).
+			Scan(&st.accountID, &st.accountName, &devStatus, &accStatus, &st.gen)
 	})
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
-		return Identity{}, fmt.Errorf("%w: unknown device", ErrTokenForged)
+		return deviceState{}, fmt.Errorf("%w: unknown device", ErrTokenForged)
 	case err != nil:
-		return Identity{}, fmt.Errorf("auth: authenticate: %w", err)
-	case accountID != c.AccountID:
-		return Identity{}, fmt.Errorf("%w: account does not own the device", ErrTokenForged)
-	case devStatus != statusActive:
-		return Identity{}, fmt.Errorf("%w: device revoked", ErrTokenRevoked)
-	case accStatus != statusActive:
-		return Identity{}, ErrAccountDisabled
-	case gen != c.Gen:
-		return Identity{}, fmt.Errorf("%w: issued before the device's tokens were revoked", ErrTokenRevoked)
+		return deviceState{}, fmt.Errorf("auth: authenticate: %w", err)
 	}
-	return Identity{AccountID: accountID, AccountName: accountName, DeviceID: c.DeviceID, TokenID: c.TokenID, ExpiresAt: c.ExpiresAt}, nil
+	st.deviceActive = devStatus == statusActive
+	st.accountActive = accStatus == statusActive
+	st.fetched = now
+	s.devices.store(deviceID, st, epoch)
+	return st, nil
 }
 
 // CheckDevice returns ErrWrongDevice unless id is the identity's device.
