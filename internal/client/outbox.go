@@ -139,7 +139,7 @@ func (c *Client) Flush(ctx context.Context) (FlushReport, error) {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	var rep FlushReport
-	if err := c.sendWelcomes(ctx, &rep); err != nil {
+	if err := c.afterAccept(ctx, &rep); err != nil {
 		return rep, err
 	}
 	for redo := 0; ; {
@@ -158,7 +158,7 @@ func (c *Client) Flush(ctx context.Context) (FlushReport, error) {
 					return rep, err
 				}
 				rep.Sent++
-				if err := c.afterAccept(ctx, e, &rep); err != nil {
+				if err := c.afterAccept(ctx, &rep); err != nil {
 					return rep, err
 				}
 				continue
@@ -232,29 +232,64 @@ func (c *Client) accepted(ctx context.Context, e OutboxEntry, resp *qpcv1.Enqueu
 	return nil
 }
 
-// afterAccept does what follows an accepted entry: the Welcome of a
-// commit; channel membership changes of a remove or a leave.
-func (c *Client) afterAccept(ctx context.Context, e OutboxEntry, rep *FlushReport) error {
+// afterAccept does what follows accepted entries: the Welcome of a
+// commit, then the channel membership change of a remove or a leave. Both
+// are recorded when done, so a failure here is retried by the next Flush.
+func (c *Client) afterAccept(ctx context.Context, rep *FlushReport) error {
 	if err := c.sendWelcomes(ctx, rep); err != nil {
 		return err
 	}
-	var in commitIntent
-	if len(e.intent) > 0 && e.kind != "app" {
+	var due []OutboxEntry
+	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT id, channel_id, status, intent FROM outbox WHERE status IN (?, ?) AND kind IN ('commit', 'proposal') AND after_done = 0 ORDER BY id`,
+			OutboxSent, OutboxStale)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var e OutboxEntry
+			if err := rows.Scan(&e.ID, &e.ChannelID, &e.Status, &e.intent); err != nil {
+				return err
+			}
+			due = append(due, e)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return fmt.Errorf("client: read outbox: %w", err)
+	}
+	for _, e := range due {
+		var in commitIntent
 		if err := json.Unmarshal(e.intent, &in); err != nil {
 			return fmt.Errorf("client: outbox intent: %w", err)
 		}
-	}
-	switch in.Op {
-	case "remove":
-		var refs []*qpcv1.MemberRef
-		for _, a := range in.Accounts {
-			refs = append(refs, &qpcv1.MemberRef{AccountName: a})
+		switch in.Op {
+		case "remove":
+			// Only after the commit was accepted (a stale one is redone as
+			// a new entry, which does this).
+			if e.Status == OutboxStale {
+				break
+			}
+			var refs []*qpcv1.MemberRef
+			for _, a := range in.Accounts {
+				refs = append(refs, &qpcv1.MemberRef{AccountName: a})
+			}
+			if err := c.call(ctx, "RemoveMembers", &qpcv1.RemoveMembersRequest{ChannelId: e.ChannelID, Members: refs}, &qpcv1.RemoveMembersResponse{}); err != nil {
+				return fmt.Errorf("client: remove from the channel (will retry): %w", err)
+			}
+		case "leave":
+			// Accepted or stale: the device has forgotten the group either way.
+			if err := c.leaveChannel(ctx, e.ChannelID); err != nil {
+				return err
+			}
 		}
-		if err := c.call(ctx, "RemoveMembers", &qpcv1.RemoveMembersRequest{ChannelId: e.ChannelID, Members: refs}, &qpcv1.RemoveMembersResponse{}); err != nil {
-			return fmt.Errorf("client: remove from the channel: %w", err)
+		if err := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+			_, err := tx.ExecContext(ctx, `UPDATE outbox SET after_done = 1 WHERE id = ?`, e.ID)
+			return err
+		}); err != nil {
+			return fmt.Errorf("client: update outbox: %w", err)
 		}
-	case "leave":
-		return c.leaveChannel(ctx, e.ChannelID)
 	}
 	return nil
 }
@@ -382,7 +417,7 @@ func (c *Client) redo(ctx context.Context, e OutboxEntry, cause error) error {
 	case "proposal":
 		// A leave proposal of an epoch that has passed: the device has
 		// already forgotten the group; it still leaves the channel.
-		return c.leaveChannel(ctx, e.ChannelID)
+		return c.afterAccept(ctx, &FlushReport{})
 	}
 	return nil
 }

@@ -123,6 +123,7 @@ CREATE TABLE outbox (
     welcome     BLOB,   -- a commit's Welcome, sent only after the server accepted the commit
     welcome_to  TEXT,   -- JSON [{account_name, device_id}]
     welcome_sent INTEGER NOT NULL DEFAULT 0,
+    after_done  INTEGER NOT NULL DEFAULT 0, -- channel membership change of a remove or leave done
     status      TEXT    NOT NULL DEFAULT 'pending', -- pending, sent, failed, stale
     seq         INTEGER NOT NULL DEFAULT 0,
     attempts    INTEGER NOT NULL DEFAULT 0,
