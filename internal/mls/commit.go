@@ -812,6 +812,7 @@ func (g *Group) welcome(gi *GroupInfo, added []addedMember, joiner, pskSecret Se
 	if err != nil {
 		return nil, err
 	}
+	sealer := s.newWelcomeSealer(info)
 	for _, m := range added {
 		gs := &GroupSecrets{JoinerSecret: joiner, PSKs: psks}
 		if pathSecrets != nil {
@@ -819,7 +820,7 @@ func (g *Group) welcome(gi *GroupInfo, added []addedMember, joiner, pskSecret Se
 				gs.PathSecret = &PathSecret{PathSecret: ps}
 			}
 		}
-		egs, err := s.encryptGroupSecrets(m.kp, gs, info)
+		egs, err := s.encryptGroupSecrets(m.kp, gs, sealer)
 		if err != nil {
 			return nil, err
 		}

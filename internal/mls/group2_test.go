@@ -281,3 +281,30 @@ func TestCommitValidation(t *testing.T) {
 	mustNoErr(t, alice.g.MergePendingCommit(pc), "merge")
 	sameEpoch(t, alice, bob)
 }
+
+func TestCommitWithoutPath(t *testing.T) {
+	psk := NewSecret(bytes.Repeat([]byte{9}, 32))
+	cfg := Config{PSKs: func(id []byte) (Secret, bool) { return psk, true }}
+	alice, bob := twoMembers(t, cfg)
+	carol := newTestClient(t, "carol")
+	cb := carol.bundle(t)
+	pc, err := alice.g.Commit(CommitOptions{Add: []*KeyPackage{&cb.KeyPackage}, PSKs: []PreSharedKeyID{alice.g.ExternalPSK([]byte("k"))}, NoPath: true})
+	mustNoErr(t, err, "partial commit")
+	var m MLSMessage
+	mustNoErr(t, m.Unmarshal(pc.Message), "decode")
+	deliver(t, pc.Message, bob)
+	mustNoErr(t, alice.g.MergePendingCommit(pc), "merge")
+	carol.g, err = JoinFromWelcome(cfg, pc.Welcome, cb, JoinOptions{})
+	mustNoErr(t, err, "join with PSK, no path secret")
+	sameEpoch(t, alice, bob, carol)
+	chat(t, carol, alice, bob)
+	// NoPath is ignored when a path is required (Remove).
+	pc, err = bob.g.Commit(CommitOptions{Remove: []uint32{carol.g.OwnLeaf()}, NoPath: true})
+	mustNoErr(t, err, "remove")
+	deliver(t, pc.Message, alice, carol)
+	mustNoErr(t, bob.g.MergePendingCommit(pc), "merge")
+	sameEpoch(t, alice, bob)
+	if carol.g.Active() {
+		t.Fatal("carol still active")
+	}
+}

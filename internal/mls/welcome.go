@@ -173,12 +173,12 @@ func (s *CipherSuite) EncryptGroupSecrets(kp *KeyPackage, gs *GroupSecrets, encr
 	if err != nil {
 		return EncryptedGroupSecrets{}, err
 	}
-	return s.encryptGroupSecrets(kp, gs, info)
+	return s.encryptGroupSecrets(kp, gs, s.newWelcomeSealer(info))
 }
 
-// encryptGroupSecrets is EncryptGroupSecrets with the EncryptContext
-// ("Welcome", encrypted_group_info) already encoded.
-func (s *CipherSuite) encryptGroupSecrets(kp *KeyPackage, gs *GroupSecrets, info []byte) (EncryptedGroupSecrets, error) {
+// encryptGroupSecrets is EncryptGroupSecrets with the HPKE key schedule
+// context for ("Welcome", encrypted_group_info) already computed.
+func (s *CipherSuite) encryptGroupSecrets(kp *KeyPackage, gs *GroupSecrets, w *welcomeSealer) (EncryptedGroupSecrets, error) {
 	ref, err := kp.Ref(s)
 	if err != nil {
 		return EncryptedGroupSecrets{}, err
@@ -188,7 +188,7 @@ func (s *CipherSuite) encryptGroupSecrets(kp *KeyPackage, gs *GroupSecrets, info
 		return EncryptedGroupSecrets{}, err
 	}
 	defer clear(pt)
-	ct, err := s.encryptWithInfo(kp.InitKey, info, pt)
+	ct, err := w.seal(kp.InitKey, pt)
 	if err != nil {
 		return EncryptedGroupSecrets{}, err
 	}

@@ -65,3 +65,27 @@ func TestWelcomeVectors(t *testing.T) {
 			mustNoErr(t, s.VerifyGroupInfo(gi2, SignaturePublicKey(tc.SignerPub)), "GroupInfo signature (own)")
 		})
 }
+
+// TestWelcomeSealer checks the batched HPKE sealer against circl's
+// receiver (DecryptWithLabel) for every suite.
+func TestWelcomeSealer(t *testing.T) {
+	for id := CipherSuiteID(1); id <= 7; id++ {
+		s, err := Suite(id)
+		mustNoErr(t, err, "suite")
+		priv, pub, err := s.GenerateHPKEKey()
+		mustNoErr(t, err, "key")
+		egi := []byte("encrypted group info")
+		info, err := encryptContext("Welcome", egi)
+		mustNoErr(t, err, "info")
+		w := s.newWelcomeSealer(info)
+		for i := 0; i < 2; i++ {
+			ct, err := w.seal(pub, []byte("group secrets"))
+			mustNoErr(t, err, "seal")
+			pt, err := s.DecryptWithLabel(priv, "Welcome", egi, ct)
+			mustNoErr(t, err, "open")
+			if string(pt) != "group secrets" {
+				t.Fatalf("suite %d: %q", id, pt)
+			}
+		}
+	}
+}
