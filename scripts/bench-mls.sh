@@ -82,8 +82,9 @@ $2 ~ /UpdateCommit/ && $3 ~ /populated/ && $4+0 == 1000 { commit=$7+0; cw=$6+0 }
 $2 ~ /ProcessCommit/ && $3 ~ /populated/ && $4+0 == 1000 { proc=$7+0; pw=$6+0 }
 END {
 	if (commit == "" || proc == "") { print "not measured"; exit }
-	verdict = (commit < 5 && proc < 5) ? "met" : "not met"
-	printf "%s: a full-path commit takes %.2f ms of CPU (%.2f ms wall) and its processing %.2f ms of CPU (%.2f ms wall)", verdict, commit, cw, proc, pw
+	verdict = (commit < 5 && proc < 5) ? "met on CPU time" : "not met on CPU time"
+	wall = (cw < 5 && pw < 5) ? "and on wall time in this run" : "while the wall time of this run, taken under the load above, is over it"
+	printf "%s %s: a full-path commit takes %.2f ms of CPU (%.2f ms wall) and its processing %.2f ms of CPU (%.2f ms wall)", verdict, wall, commit, cw, proc, pw
 }')
 cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //' || echo unknown)
 section=$(cat <<MD
@@ -156,12 +157,13 @@ $profile
   (one HPKE seal, ~80 µs, per member); after each member has committed once
   the tree is populated and commits are logarithmic.
 - CreateAddAll and the Welcome: one KeyPackage verification (two Ed25519
-  verifications) and one HPKE seal per added member, and RFC 9420 makes the
-  encrypted GroupInfo (which carries the tree) the HPKE context of every
-  member's GroupSecrets, so the Welcome hashes the whole tree once per new
-  member: quadratic in n. This is what keeps n=$BIG out of reach in a
-  minute; adding members in batches or sending the tree out of band
-  (\`OmitRatchetTree\`) bounds it.
+  verifications), one leaf validation and one HPKE seal per added member.
+  RFC 9420 makes the encrypted GroupInfo (which carries the whole tree) the
+  HPKE info of every joiner's GroupSecrets; the Welcome runs the HPKE key
+  schedule itself with that info hashed once (\`hpkebatch.go\`), which
+  keeps it linear in n (hashing it per joiner through circl's API was
+  quadratic: 204 MB and 0.4 s of CPU for 1000 members before, 23 MB and
+  0.21 s after).
 - JoinWelcome: validating the whole tree (every leaf signature, every
   parent hash with its resolution) is linear in n (~one Ed25519
   verification per member).
