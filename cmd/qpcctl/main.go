@@ -3,11 +3,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -58,7 +61,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root.AddCommand(newStatusCommand(g), newBackupCommand(g), newRestoreCommand(g), newRotateCommand(g),
 		newAccountsCommand(g), newDevicesCommand(g), newInvitesCommand(g), newDrainCommand(g))
 	root.SetArgs(args)
-	if err := root.Execute(); err != nil {
+	// Ctrl-C or SIGTERM cancels the command's context, so it cleans up
+	// (temporary files of backup and restore) and exits 1.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := root.ExecuteContext(ctx); err != nil {
 		code := exitUsage // cobra's own errors: unknown command, wrong arguments
 		var ee exitError
 		if errors.As(err, &ee) {
