@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"flag"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -499,5 +500,35 @@ func TestAccountsDevicesInvites(t *testing.T) {
 	}
 	if r := ctl(t, filepath.Join(base, "elsewhere"), "--socket", sock, "status"); r.code != 0 {
 		t.Fatalf("--socket: %+v", r)
+	}
+}
+
+// TestProgressOnTerminal: long commands show progress on stderr when it is a
+// terminal (here a pty from script(1)), never when piped or with --json.
+func TestProgressOnTerminal(t *testing.T) {
+	scriptBin, err := exec.LookPath("script")
+	if err != nil {
+		t.Skip("script(1) from util-linux is needed for a pty")
+	}
+	base := shortDir(t)
+	dataDir := filepath.Join(base, "data")
+	startQPCD(t, dataDir)
+	onTTY := func(args string) string {
+		cmd := exec.Command(scriptBin, "-qec", qpcctlBin+" --data-dir "+dataDir+" "+args, "/dev/null")
+		cmd.Env = cleanEnv()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	if out := onTTY("backup create --out " + filepath.Join(base, "tty.qpcbak")); !strings.Contains(out, "taking a snapshot...") || !strings.Contains(out, "\r\033[K") {
+		t.Errorf("no progress on a terminal:\n%q", out)
+	}
+	if out := onTTY("--json backup create --out " + filepath.Join(base, "tty2.qpcbak")); strings.Contains(out, "taking a snapshot") {
+		t.Errorf("progress with --json:\n%q", out)
+	}
+	if r := ctl(t, dataDir, "backup", "create", "--out", filepath.Join(base, "pipe.qpcbak")); r.code != 0 || strings.Contains(r.stderr, "\r") {
+		t.Errorf("progress on a pipe: %+v", r)
 	}
 }
