@@ -43,6 +43,9 @@ func (g *globals) register(root *cobra.Command) {
 	pf.StringVar(&g.socket, "socket", "", "qpcd's admin socket (default: admin.socket from the configuration, QPC_ADMIN_SOCKET, else <data_dir>/admin.sock)")
 	pf.String("data-dir", config.Default().DataDir, "qpcd's data directory (QPC_DATA_DIR)")
 	pf.String("db-key-file", "", "database key file (QPC_DB_KEY_FILE; default <data_dir>/db.key)")
+	// qpcd's own name for the socket option, accepted as a synonym of --socket.
+	pf.String("admin-socket", "", "qpcd's admin socket (QPC_ADMIN_SOCKET); same as --socket")
+	_ = pf.MarkHidden("admin-socket")
 	pf.BoolVar(&g.json, "json", false, "print the result as JSON on stdout")
 	pf.DurationVar(&g.timeout, "timeout", 10*time.Minute, "give up on the operation after this long")
 	g.flags = pf
