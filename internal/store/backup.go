@@ -74,9 +74,15 @@ type FileReport struct {
 func (db *DB) Snapshot(ctx context.Context, dst string) (FileReport, error) {
 	db.maint.Lock()
 	defer db.maint.Unlock()
-	if err := db.checkOpen(); err != nil {
-		return FileReport{}, err
+	// Count as a running read, so Close waits for the copy to finish.
+	db.mu.RLock()
+	if db.closed {
+		db.mu.RUnlock()
+		return FileReport{}, ErrClosed
 	}
+	db.reads.Add(1)
+	db.mu.RUnlock()
+	defer db.reads.Done()
 	db.swap.RLock()
 	key := db.key.Clone()
 	db.swap.RUnlock()
@@ -93,15 +99,6 @@ func ExportFile(ctx context.Context, src string, srcKey secret.Bytes, dst string
 		return FileReport{}, fmt.Errorf("store: database keys must be %d bytes; check the key files", KeySize)
 	}
 	return exportFile(ctx, src, &srcKey, dst, &dstKey)
-}
-
-func (db *DB) checkOpen() error {
-	db.mu.RLock()
-	defer db.mu.RUnlock()
-	if db.closed {
-		return ErrClosed
-	}
-	return nil
 }
 
 // exportFile runs the export from src into dst and verifies the result.
