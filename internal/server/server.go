@@ -218,6 +218,8 @@ func (s *Server) readiness() error {
 		return errors.New("draining")
 	case !s.ready.Load():
 		return errors.New("starting")
+	case version.FaultReadyz != "":
+		return errors.New("release drill build: internal/version.FaultReadyz is set")
 	}
 	return nil
 }

@@ -11,6 +11,14 @@ var (
 	Date    = "unknown"
 )
 
+// FaultReadyz exists only for release drills (the canary end-to-end test in
+// cmd/qpcctl): a build linked with
+// -X github.com/quicprochat/quicprochat/internal/version.FaultReadyz=1 keeps
+// /readyz unready forever, so `qpcctl release canary` must roll it back. It
+// is empty in every real build (make, packaging/release/build.sh never set
+// it); TestFaultReadyzEmptyByDefault checks the default.
+var FaultReadyz = ""
+
 // GoVersion is the toolchain that built the binary.
 func GoVersion() string { return runtime.Version() }
 
