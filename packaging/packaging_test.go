@@ -480,3 +480,37 @@ func TestReleaseScriptMatchesDockerBuild(t *testing.T) {
 		t.Errorf("bash -n build.sh: %v\n%s", err, out)
 	}
 }
+
+// Every internal package has an explicit owner in CODEOWNERS, so
+// a new package cannot slip in with only the catch-all owner.
+func TestCodeownersCoverPackages(t *testing.T) {
+	owned := map[string]bool{}
+	for _, line := range strings.Split(read(t, ".github/CODEOWNERS"), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && !strings.HasPrefix(f[0], "#") {
+			owned[f[0]] = true
+		}
+	}
+	for _, parent := range []string{"internal"} {
+		entries, err := os.ReadDir(filepath.Join(root, parent))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if e.IsDir() && !owned["/"+parent+"/"+e.Name()+"/"] {
+				t.Errorf(".github/CODEOWNERS has no line for /%s/%s/", parent, e.Name())
+			}
+		}
+	}
+	for _, p := range []string{"/internal/mls/", "/internal/auth/", "/proto/"} {
+		if !owned[p] {
+			t.Errorf(".github/CODEOWNERS has no line for %s (two reviews, CONTRIBUTING.md)", p)
+		}
+		if !strings.Contains(read(t, "CONTRIBUTING.md"), "`"+strings.TrimPrefix(p, "/")+"`") {
+			t.Errorf("CONTRIBUTING.md does not list %s among the paths needing two reviews", p)
+		}
+		if !strings.Contains(read(t, ".github/workflows/reviews.yml"), strings.TrimPrefix(p, "/")) {
+			t.Errorf("reviews.yml does not check %s", p)
+		}
+	}
+}
