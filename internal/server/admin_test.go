@@ -2,15 +2,22 @@ package server
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/quicprochat/quicprochat/internal/admin"
+	"github.com/quicprochat/quicprochat/internal/config"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
 // adminTestServer starts a server with its admin socket in a short temporary directory (Unix
@@ -90,4 +97,95 @@ func TestAdminDrainStopsRun(t *testing.T) {
 		t.Fatalf("restart after drain: %v", err)
 	}
 	srv.closeAll()
+}
+
+// TestAdminOperationsConcurrently runs backups, key rotations, TLS reloads
+// and status calls at the same time as registrations (run it with -race).
+func TestAdminOperationsConcurrently(t *testing.T) {
+	ts, c := adminTestServer(t)
+	keyFile := filepath.Join(ts.cfg.DataDir, "db.key")
+	oldKey, err := config.ReadKeyFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var registered atomic.Int64
+	cl := ts.dial(t)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			pub, _, _ := ed25519.GenerateKey(rand.Reader)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := cl.Call(ctx, MethodRegister, "", &qpcv1.RegisterRequest{AccountName: fmt.Sprintf("con%d", i), SignatureKey: pub}, &qpcv1.RegisterResponse{})
+			cancel()
+			if err == nil {
+				registered.Add(1)
+			}
+		}
+	}()
+	dir := t.TempDir()
+	errs := make(chan error, 16)
+	var ops sync.WaitGroup
+	for i := range 3 {
+		ops.Add(1)
+		go func() {
+			defer ops.Done()
+			if _, err := c.Backup(ctxT(t), filepath.Join(dir, fmt.Sprintf("b%d.qpcbak", i)), false, nil); err != nil {
+				errs <- fmt.Errorf("backup %d: %w", i, err)
+			}
+		}()
+	}
+	ops.Add(3)
+	go func() {
+		defer ops.Done()
+		if _, err := c.RotateDBKey(ctxT(t)); err != nil {
+			errs <- fmt.Errorf("rotate db-key: %w", err)
+		}
+	}()
+	go func() {
+		defer ops.Done()
+		if _, err := c.RotateTLS(ctxT(t)); err != nil {
+			errs <- fmt.Errorf("rotate tls: %w", err)
+		}
+	}()
+	go func() {
+		defer ops.Done()
+		for range 10 {
+			if _, err := c.Status(ctxT(t)); err != nil {
+				errs <- fmt.Errorf("status: %w", err)
+				return
+			}
+		}
+	}()
+	ops.Wait()
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	newKey, err := config.ReadKeyFile(keyFile)
+	if err != nil || newKey.Equal(oldKey) {
+		t.Fatalf("key file after rotation: %v", err)
+	}
+	// Each backup opens under the key that was current when it was taken.
+	for i := range 3 {
+		f := filepath.Join(dir, fmt.Sprintf("b%d.qpcbak", i))
+		_, err1 := admin.VerifyBackup(ctxT(t), f, oldKey, "")
+		_, err2 := admin.VerifyBackup(ctxT(t), f, newKey, "")
+		if err1 != nil && err2 != nil {
+			t.Errorf("backup %d verifies under neither key: %v / %v", i, err1, err2)
+		}
+	}
+	st, err := c.Status(ctxT(t))
+	if err != nil || st.Counts.Accounts != registered.Load() || st.LastBackup == nil {
+		t.Fatalf("status %+v (registered %d): %v", st, registered.Load(), err)
+	}
 }
