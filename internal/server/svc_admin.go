@@ -436,7 +436,7 @@ func (b adminBackend) rotateDBKey(ctx context.Context) (admin.RotateDBKeyResult,
 		if errors.Is(err, store.ErrRekey) && strings.Contains(err.Error(), "now encrypted under the new key") {
 			s.log.Error("database key rotation half done", "err", err)
 		}
-		return admin.RotateDBKeyResult{}, fmt.Errorf("%w: %v", admin.ErrInternal, err)
+		return admin.RotateDBKeyResult{}, fmt.Errorf("%w: %v; the database is unchanged unless the message says otherwise, see qpcd's log", admin.ErrInternal, err)
 	}
 	at := s.now().UTC()
 	_ = s.metaSet(ctx, metaDBKeyRotated, at.Format(time.RFC3339Nano))
@@ -470,7 +470,7 @@ func (b adminBackend) RotateTokenKey(ctx context.Context) (admin.RotateTokenKeyR
 	id, err := s.auth.RotateSigningKey(ctx)
 	s.countOp("rotate_token_key", err)
 	if err != nil {
-		return admin.RotateTokenKeyResult{}, fmt.Errorf("%w: %v", admin.ErrInternal, err)
+		return admin.RotateTokenKeyResult{}, fmt.Errorf("%w: %v; the previous key stays active, see qpcd's log", admin.ErrInternal, err)
 	}
 	return admin.RotateTokenKeyResult{KeyID: id, OldKeysUntil: s.now().Add(s.cfg.Auth.AccessTokenTTL).UTC()}, nil
 }
@@ -498,7 +498,7 @@ func authErr(err error) error {
 	if strings.Contains(err.Error(), "want more than 0") {
 		return fmt.Errorf("%w: %v", admin.ErrInvalid, err)
 	}
-	return fmt.Errorf("%w: %v", admin.ErrInternal, err)
+	return fmt.Errorf("%w: %v; see qpcd's log", admin.ErrInternal, err)
 }
 
 func accountOut(a auth.Account) admin.Account {
