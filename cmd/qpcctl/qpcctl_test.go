@@ -128,6 +128,9 @@ func TestBackupUnderWritesThenRestore(t *testing.T) {
 	if _, err := os.Stat(rr.PreRestore); err != nil {
 		t.Fatalf("pre-restore file: %v", err)
 	}
+	if left, _ := filepath.Glob(filepath.Join(dataDir, "*restore-tmp*")); len(left) > 0 {
+		t.Fatalf("restore left %v", left)
+	}
 
 	startQPCD(t, dataDir)
 	got := accountNames(t, dataDir)

@@ -111,6 +111,9 @@ func TestRestoreInvalidatesKeyPackages(t *testing.T) {
 	if rep.PreRestore != live+".pre-restore-20260102T030405Z" {
 		t.Fatalf("pre-restore %q", rep.PreRestore)
 	}
+	if left, _ := filepath.Glob(filepath.Join(dataDir, "*restore-tmp*")); len(left) > 0 {
+		t.Fatalf("restore left %v", left)
+	}
 	if n := countKeyPackages(t, live, key); n != 0 {
 		t.Fatalf("%d KeyPackages after restore", n)
 	}

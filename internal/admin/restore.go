@@ -146,6 +146,11 @@ func Restore(ctx context.Context, o RestoreOptions) (rep RestoreReport, err erro
 	}
 	rep.SchemaVersion, rep.Tables = fr.SchemaVersion, fr.Tables
 	rep.Database = live
+	// The read-only verification leaves an empty -wal and -shm beside the
+	// (WAL-mode) file; they must not outlive the rename.
+	if err := dropEmptyCompanions(tmp); err != nil {
+		return rep, err
+	}
 	if o.DryRun {
 		rep.TookSeconds = time.Since(start).Seconds()
 		return rep, nil
@@ -225,6 +230,20 @@ func swapLive(tmp, live string, now time.Time) (string, error) {
 		return pre, err
 	}
 	return pre, nil
+}
+
+// dropEmptyCompanions removes path's -wal (which must be empty: the file
+// was closed cleanly) and -shm.
+func dropEmptyCompanions(path string) error {
+	if st, err := os.Stat(path + "-wal"); err == nil && st.Size() > 0 {
+		return fmt.Errorf("admin: %s-wal holds %d bytes after a clean close; nothing was changed, retry the restore", path, st.Size())
+	}
+	for _, c := range []string{path + "-wal", path + "-shm"} {
+		if err := os.Remove(c); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("admin: remove %s: %w", c, err)
+		}
+	}
+	return nil
 }
 
 func removeFiles(path string) {
