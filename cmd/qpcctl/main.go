@@ -57,7 +57,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 				func(w io.Writer) { fmt.Fprintln(w, "qpcctl", version.String()) })
 		},
 	})
-	root.AddCommand(newReleaseCommand(stdout))
+	rel := newReleaseCommand(stdout)
+	addCanaryCommands(rel, g) // release_canary.go
+	root.AddCommand(rel)
 	root.AddCommand(newStatusCommand(g), newBackupCommand(g), newRestoreCommand(g), newRotateCommand(g),
 		newAccountsCommand(g), newDevicesCommand(g), newInvitesCommand(g), newDrainCommand(g))
 	root.SetArgs(args)
