@@ -533,6 +533,9 @@ func (m *Manager) rollback(ctx context.Context, st State, allowRestore bool) (St
 		return fail(fmt.Errorf("qpcd %s did not come back: %v", st.From, err))
 	}
 	st.Phase, st.UpdatedAt = PhaseRolledBack, m.cfg.Now()
+	if st.Stable == st.Version {
+		st.Stable = st.From // a promoted release was rolled back
+	}
 	if err := m.l.writeState(st); err != nil {
 		return st, err
 	}
