@@ -839,8 +839,10 @@ func (g *Group) MergePendingCommit(p *PendingCommit) error {
 	if p.base != g.gc.Epoch {
 		return fmt.Errorf("%w: pending commit for epoch %d, group at %d", ErrStaleEpoch, p.base, g.gc.Epoch)
 	}
+	old := g.es
 	*g = *p.next
 	g.pending = nil
+	g.forgetEpochSecrets(old)
 	return nil
 }
 

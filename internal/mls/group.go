@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 )
@@ -584,4 +585,54 @@ func checkAgainstMembers(t *ratchetTree, ln *LeafNode, l leafIndex) error {
 		}
 	})
 	return err
+}
+
+// forgetEpochSecrets wipes the secrets of a left epoch except its
+// sender-data secret, which the kept past epoch still uses (forward
+// secrecy: the old init secret and exporter are gone once the next epoch
+// is derived).
+func (g *Group) forgetEpochSecrets(old *EpochSecrets) {
+	if old == nil || old == g.es {
+		return
+	}
+	for _, s := range old.ptrs() {
+		if *s != old.SenderDataSecret {
+			s.Wipe()
+		}
+	}
+}
+
+// Wipe zeroes every secret and private key the group holds (call it when
+// the group is deleted; a Group is unusable afterwards).
+func (g *Group) Wipe() {
+	if g.es != nil {
+		g.es.Wipe()
+	}
+	if g.st != nil {
+		g.st.Wipe()
+	}
+	for _, p := range g.past {
+		p.wipe()
+	}
+	for _, r := range g.resumption {
+		r.psk.Wipe()
+	}
+	for _, k := range g.keys {
+		k.priv.Wipe()
+	}
+	for _, k := range g.updateKeys {
+		k.priv.Wipe()
+	}
+	g.sigPriv = SignaturePrivateKey{}
+	g.pending = nil
+}
+
+// String describes the group without any secret.
+func (g *Group) String() string {
+	return fmt.Sprintf("mls.Group{group=%x epoch=%d leaf=%d members=%d}", g.gc.GroupID, g.gc.Epoch, g.own, len(g.Members()))
+}
+
+// LogValue implements slog.LogValuer without any secret.
+func (g *Group) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("group", fmt.Sprintf("%x", g.gc.GroupID)), slog.Uint64("epoch", g.gc.Epoch), slog.Uint64("leaf", uint64(g.own)))
 }

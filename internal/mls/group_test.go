@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -77,7 +78,11 @@ func TestGroupLifecycle(t *testing.T) {
 			mustNoErr(t, alice.g.MergePendingCommit(pc), "merge")
 			bob.g, err = JoinFromWelcome(cfg, pc.Welcome, bb, JoinOptions{})
 			mustNoErr(t, err, "bob joins")
+			bb.Wipe() // the group keeps its own copies
 			sameEpoch(t, alice, bob)
+			if s := fmt.Sprintf("%v %+v", alice.g, bob.g); !strings.HasPrefix(s, "mls.Group{") {
+				t.Fatalf("Group prints as %q", s)
+			}
 			chat(t, alice, bob)
 			chat(t, bob, alice)
 

@@ -88,7 +88,7 @@ func JoinFromWelcome(cfg Config, welcome []byte, bundle *KeyPackageBundle, opts 
 		return nil, fmt.Errorf("%w: our leaf is not in the tree", ErrInvalidTree)
 	}
 	g.own = own
-	g.keys = nodeKeys{own.node(): {bundle.EncryptionPriv, bundle.KeyPackage.LeafNode.EncryptionKey}}
+	g.keys = nodeKeys{own.node(): {bundle.EncryptionPriv.clone(), bundle.KeyPackage.LeafNode.EncryptionKey}}
 	es, err := s.VerifyWelcomeConfirmation(gi, gs.JoinerSecret, pskSecret)
 	if err != nil {
 		return nil, err

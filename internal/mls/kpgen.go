@@ -37,7 +37,8 @@ const ExtensionTypeLastResort ExtensionType = 0x000a
 
 // KeyPackageBundle is a KeyPackage with the private keys its owner needs
 // to join a group from a Welcome that uses it. Persist it with Marshal
-// until the KeyPackage is consumed, then Wipe it.
+// until the KeyPackage is consumed, then Wipe it. SignaturePriv is the
+// key given to GenerateKeyPackage (shared, not copied).
 type KeyPackageBundle struct {
 	KeyPackage     KeyPackage
 	InitPriv       HPKEPrivateKey
@@ -45,11 +46,13 @@ type KeyPackageBundle struct {
 	SignaturePriv  SignaturePrivateKey
 }
 
-// Wipe zeroes the private keys.
+// Wipe zeroes the bundle's own private keys (init and encryption). The
+// signature key is the caller's device key and is left alone. A group
+// joined with the bundle holds its own copies, so wiping the bundle after
+// JoinFromWelcome is safe.
 func (b *KeyPackageBundle) Wipe() {
 	b.InitPriv.Wipe()
 	b.EncryptionPriv.Wipe()
-	b.SignaturePriv.Wipe()
 }
 
 // Ref returns the KeyPackageRef of the bundle's KeyPackage.

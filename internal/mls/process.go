@@ -251,7 +251,9 @@ func (g *Group) ProcessMessage(raw []byte) (*Processed, error) {
 		out.Updated = append(out.Updated, uint32(l))
 	}
 	out.SelfRemoved = a.ownGone
+	old := g.es
 	*g = *next
+	g.forgetEpochSecrets(old)
 	return out, nil
 }
 

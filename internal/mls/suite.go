@@ -369,6 +369,11 @@ func (k HPKEPrivateKey) Bytes() []byte { return k.sk.Bytes() }
 // IsZero reports whether the key is unset.
 func (k HPKEPrivateKey) IsZero() bool { return k.sk.Len() == 0 }
 
+// clone returns an independent copy.
+func (k HPKEPrivateKey) clone() HPKEPrivateKey {
+	return HPKEPrivateKey{suite: k.suite, sk: k.sk.Clone()}
+}
+
 // Wipe zeroes the key.
 func (k HPKEPrivateKey) Wipe() { k.sk.Wipe() }
 
