@@ -294,6 +294,13 @@ func (g *Group) processCommit(ac *AuthenticatedContent) (*Group, *applied, error
 	if external && ac.WireFormat != WireFormatPublicMessage {
 		return nil, nil, fmt.Errorf("%w: external commit not in a PublicMessage", ErrInvalidCommit)
 	}
+	if external {
+		for i := range c.Proposals {
+			if c.Proposals[i].Type != ProposalOrRefTypeProposal {
+				return nil, nil, fmt.Errorf("%w: external commit with a proposal by reference", ErrInvalidCommit)
+			}
+		}
+	}
 	ps, err := g.resolveProposals(c, sender)
 	if err != nil {
 		return nil, nil, err
