@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -243,8 +245,10 @@ func (g *globals) canaryManager(f *canaryFlags, live bool) (*canary.Manager, err
 				return err
 			}
 			defer key.Wipe()
-			_, err = admin.Restore(ctx, admin.RestoreOptions{Backup: backup, DataDir: cfg.DataDir, DBPath: dbPath, Key: key})
-			return err
+			if _, err = admin.Restore(ctx, admin.RestoreOptions{Backup: backup, DataDir: cfg.DataDir, DBPath: dbPath, Key: key}); err != nil {
+				return err
+			}
+			return chownLikeDataDir(cfg.DataDir, dbPath)
 		}
 		c.OfflineSchema = func(ctx context.Context) (int, error) {
 			key, err := g.dbKey(cfg)
@@ -261,6 +265,27 @@ func (g *globals) canaryManager(f *canaryFlags, live bool) (*canary.Manager, err
 		return nil, usageError{err}
 	}
 	return m, nil
+}
+
+// chownLikeDataDir gives the restored database to the data directory's
+// owner when qpcctl runs as root (systemctl needs root; qpcd runs as qpcd
+// and must open the file it is started on).
+func chownLikeDataDir(dataDir, db string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	fi, err := os.Stat(dataDir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || st.Uid == 0 {
+		return nil
+	}
+	if err := os.Chown(db, int(st.Uid), int(st.Gid)); err != nil {
+		return fmt.Errorf("give the restored %s to the data directory's owner: %w (chown it by hand before starting qpcd)", db, err)
+	}
+	return nil
 }
 
 // opsURLFrom turns ops_listen into a URL to reach it from this host.

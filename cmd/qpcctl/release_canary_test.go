@@ -410,3 +410,30 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// Exit codes and messages of the release commands without a running qpcd.
+func TestReleaseCanaryUsage(t *testing.T) {
+	data := shortDir(t)
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"release", "canary"}, 2, "accepts 1 arg"},
+		{[]string{"release", "canary", "--service", "upstart", "x"}, 2, "unknown service manager"},
+		{[]string{"release", "canary", "--service", "exec", "x"}, 2, "--service-cmd"},
+		{[]string{"release", "canary", "--max-error-ratio", "2", "x"}, 2, "between 0 and 1"},
+		{[]string{"release", "canary", "--ops-url", "http://127.0.0.1:1", "x"}, 1, "release install"},
+		{[]string{"release", "promote"}, 1, "nothing to promote"},
+		{[]string{"release", "rollback", "--service", "exec", "--service-cmd", "true"}, 1, "no canary to roll back"},
+		{[]string{"release", "list"}, 0, ""},
+	} {
+		r := ctl(t, data, c.args...)
+		if r.code != c.code || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("qpcctl %v: exit %d, stderr %q; want exit %d and %q", c.args, r.code, r.stderr, c.code, c.want)
+		}
+	}
+	if r := ctl(t, data, "release", "list"); !strings.Contains(r.stdout, "release install ARTIFACT") {
+		t.Errorf("empty list: %q", r.stdout)
+	}
+}

@@ -210,7 +210,9 @@ func (l layout) install(ctx context.Context, artifact, sig, pubKey string) (Inst
 	if sig == "" {
 		sig = artifact + release.SignatureSuffix
 	}
-	if err := os.MkdirAll(l.dir, 0o700); err != nil {
+	// 0755: qpcd runs as its own user and must reach current/qpcd even when
+	// qpcctl (as root) created the directory.
+	if err := os.MkdirAll(l.dir, 0o755); err != nil {
 		return Installed{}, fmt.Errorf("%w: %v (check that the data directory is writable)", ErrLayout, err)
 	}
 	stage, err := os.MkdirTemp(l.dir, ".staging-")
