@@ -449,3 +449,8 @@ func (g *Group) memberIndexByIdentity(id []byte) (uint32, bool) {
 func (g *Group) MemberByIdentity(id []byte) (uint32, bool) {
 	return g.memberIndexByIdentity(slices.Clone(id))
 }
+
+// PendingProposals is the number of proposals received (or sent) in this
+// epoch and not yet committed. RFC 9420 §12.4: a member that has seen
+// valid proposals should commit them before sending application data.
+func (g *Group) PendingProposals() int { return len(g.proposals) }
