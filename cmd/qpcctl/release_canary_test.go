@@ -199,8 +199,36 @@ func TestReleaseCanaryRollsBack(t *testing.T) {
 		t.Errorf("promote after a rollback: exit %d, stderr %s", r.code, r.stderr)
 	}
 
-	// Writes go on on 1.0.0; then every acknowledged message is there.
+	// A healthy 1.1.0 passes its gate (human output), is promoted, and a
+	// manual rollback returns to 1.0.0; writes go on throughout.
 	n := s.count()
+	waitFor(t, 60*time.Second, "acknowledged messages on 1.0.0 after the rollback", func() bool { return s.count() >= n+20 })
+	v11 := filepath.Join(bin, "qpcd-1.1.0")
+	goBuild(t, v11, "../qpcd", "-X "+versionPkg+".Version=1.1.0")
+	if _, err := release.SignFile(key, v11, 1); err != nil {
+		t.Fatal(err)
+	}
+	exec := []string{"--service", "exec", "--service-cmd", sup + " ctl --state " + stateFile, "--ops-url", ops, "--poll", "100ms", "--start-timeout", "10s"}
+	r = ctl(t, data, append(append([]string{"release", "canary", "--pubkey", pubFile, "--bake", "2s"}, exec...), v11)...)
+	t.Logf("canary 1.1.0: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	if r.code != 0 || !strings.Contains(r.stdout, "gate passed") || !serving(ops, "1.1.0") {
+		t.Fatalf("canary of a healthy release: exit %d", r.code)
+	}
+	r = ctl(t, data, "release", "promote")
+	t.Logf("promote: exit %d: %s%s", r.code, r.stdout, r.stderr)
+	if r.code != 0 {
+		t.Fatal("promote failed")
+	}
+	r = ctl(t, data, append([]string{"release", "rollback"}, exec...)...)
+	t.Logf("rollback: exit %d\nstdout: %s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	if r.code != 0 || !serving(ops, "1.0.0") {
+		t.Fatalf("manual rollback: exit %d", r.code)
+	}
+	r = ctl(t, data, "release", "status", "--ops-url", ops)
+	t.Logf("release status:\n%s", r.stdout)
+
+	// Every acknowledged message is there.
+	n = s.count()
 	waitFor(t, 60*time.Second, "more acknowledged messages after the rollback", func() bool { return s.count() >= n+20 })
 	stopSender()
 	acked := s.ackedIDs()

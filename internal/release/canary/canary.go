@@ -564,7 +564,7 @@ type Release struct {
 	Path     string    `json:"path"`
 	Current  bool      `json:"current"`
 	Previous bool      `json:"previous"`
-	Canary   bool      `json:"canary"` // the last canary's release
+	Canary   bool      `json:"canary"` // under canary: baking, or passed and not yet promoted
 	Stable   bool      `json:"stable"` // the last promoted release
 	Modified time.Time `json:"installed_at"`
 }
@@ -590,7 +590,7 @@ func (m *Manager) List() ([]Release, error) {
 	out := make([]Release, 0, len(vs))
 	for _, v := range vs {
 		r := Release{Version: v, Path: m.l.binary(v), Current: v == cur, Previous: v == prev,
-			Canary: v == st.Version && st.Phase != PhasePromoted, Stable: v == st.Stable}
+			Canary: v == st.Version && (st.Phase == PhaseBaking || st.Phase == PhasePassed), Stable: v == st.Stable}
 		if fi, err := os.Stat(filepath.Dir(r.Path)); err == nil {
 			r.Modified = fi.ModTime().UTC()
 		}
