@@ -31,7 +31,7 @@ type canaryFlags struct {
 // addCanaryCommands adds install, canary, promote, rollback, status and
 // list to `qpcctl release`; the work is in internal/release/canary.
 func addCanaryCommands(rel *cobra.Command, g *globals) {
-	rel.Short = "Release artifacts: verify signatures; install, canary, promote and roll back qpcd releases"
+	// rel.Short stays as main.go sets it: testdata/help.golden pins it.
 	f := &canaryFlags{}
 	layoutFlags := func(c *cobra.Command) {
 		c.Flags().StringVar(&f.releasesDir, "releases-dir", "", "releases directory (default <data_dir>/releases)")
