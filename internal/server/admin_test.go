@@ -17,6 +17,8 @@ import (
 
 	"github.com/quicprochat/quicprochat/internal/admin"
 	"github.com/quicprochat/quicprochat/internal/config"
+	"github.com/quicprochat/quicprochat/internal/secret"
+	"github.com/quicprochat/quicprochat/internal/store"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
@@ -187,5 +189,59 @@ func TestAdminOperationsConcurrently(t *testing.T) {
 	st, err := c.Status(ctxT(t))
 	if err != nil || st.Counts.Accounts != registered.Load() || st.LastBackup == nil {
 		t.Fatalf("status %+v (registered %d): %v", st, registered.Load(), err)
+	}
+}
+
+// TestInterruptedKeyRotationIsFinished: a crash between the database swap
+// and the key-file rename leaves db.key.new; the next start finishes the
+// rotation (or drops the unused new key).
+func TestInterruptedKeyRotationIsFinished(t *testing.T) {
+	cfg := testConfig(t)
+	ts := startServer(t, cfg)
+	if err := ts.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(cfg.DataDir, "db.key")
+	oldKey, err := config.ReadKeyFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbPath := filepath.Join(cfg.DataDir, "qpcd.db")
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		t.Fatal(err)
+	}
+	newKey := secret.New(raw)
+
+	// Case 1: rotation never swapped (db.key.new exists, database under the old key).
+	if err := writeKeyFile(keyFile+".new", newKey); err != nil {
+		t.Fatal(err)
+	}
+	ts = startServer(t, cfg)
+	if err := ts.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(keyFile + ".new"); !os.IsNotExist(err) {
+		t.Fatalf("unused new key kept: %v", err)
+	}
+
+	// Case 2: database swapped to the new key, key file not yet renamed.
+	tmp := dbPath + ".x"
+	if _, err := store.ExportFile(context.Background(), dbPath, oldKey, tmp, newKey); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, dbPath); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeKeyFile(keyFile+".new", newKey); err != nil {
+		t.Fatal(err)
+	}
+	ts = startServer(t, cfg)
+	got, err := config.ReadKeyFile(keyFile)
+	if err != nil || !got.Equal(newKey) {
+		t.Fatalf("key file not finished: %v", err)
+	}
+	if _, err := os.Stat(keyFile + ".new"); !os.IsNotExist(err) {
+		t.Fatalf("db.key.new left: %v", err)
 	}
 }

@@ -82,6 +82,9 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err := s.lockDataDir(); err != nil {
 		return nil, err
 	}
+	if err := s.finishKeyRotation(ctx, cfg); err != nil {
+		return nil, err
+	}
 	key, genKey, err := loadOrCreateDBKey(cfg, defKey)
 	if err != nil {
 		return nil, err

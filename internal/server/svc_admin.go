@@ -20,6 +20,7 @@ import (
 
 	"github.com/quicprochat/quicprochat/internal/admin"
 	"github.com/quicprochat/quicprochat/internal/auth"
+	"github.com/quicprochat/quicprochat/internal/config"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/store"
 	"github.com/quicprochat/quicprochat/internal/version"
@@ -653,4 +654,50 @@ func (b adminBackend) ListInvites(ctx context.Context) ([]admin.Invite, error) {
 
 func (b adminBackend) RevokeInvite(ctx context.Context, id string) error {
 	return authErr(b.s.auth.RevokeInvite(ctx, id))
+}
+
+// finishKeyRotation completes or rolls back a `rotate db-key` that a crash
+// interrupted between replacing the database and replacing the key file:
+// then <db.key_file>.new exists. If the database opens under that key, it
+// becomes the key file; if it still opens under the old key, the new one is
+// dropped. It runs in New before the key is loaded, with the data dir locked.
+func (s *Server) finishKeyRotation(ctx context.Context, cfg config.Config) error {
+	if !cfg.DB.Key.IsZero() || cfg.DB.KeyFile == "" {
+		return nil
+	}
+	newFile := cfg.DB.KeyFile + ".new"
+	if _, err := os.Stat(newFile); err != nil {
+		return nil
+	}
+	dbPath := filepath.Join(cfg.DataDir, "qpcd.db")
+	newKey, err := config.ReadKeyFile(newFile)
+	if err != nil {
+		return fmt.Errorf("server: %s is left from an interrupted database key rotation and unreadable: %w; if qpcd.db opens with %s, remove %s", newFile, err, cfg.DB.KeyFile, newFile)
+	}
+	defer newKey.Wipe()
+	_, errNew := store.VerifyFile(ctx, dbPath, newKey)
+	if errNew == nil {
+		if err := os.Rename(newFile, cfg.DB.KeyFile); err != nil {
+			return fmt.Errorf("server: finish the interrupted database key rotation: %w; rename %s to %s by hand", err, newFile, cfg.DB.KeyFile)
+		}
+		_ = store.SyncDir(filepath.Dir(cfg.DB.KeyFile))
+		s.log.Warn("finished a database key rotation interrupted by a crash: the database is under the new key, now in the key file; back it up",
+			"key_file", cfg.DB.KeyFile, "key_id", store.KeyID(newKey))
+		return nil
+	}
+	oldKey, err := config.ReadKeyFile(cfg.DB.KeyFile)
+	if err != nil {
+		return fmt.Errorf("server: %w (a key rotation was interrupted; %s holds the new key)", err, newFile)
+	}
+	defer oldKey.Wipe()
+	if _, errOld := store.VerifyFile(ctx, dbPath, oldKey); errOld != nil {
+		// Neither key proves itself: keep both files for the operator.
+		return fmt.Errorf("server: a database key rotation was interrupted and %s opens under neither %s (%v) nor %s (%v); keep both key files, and restore the last backup if the database is damaged", dbPath, cfg.DB.KeyFile, errOld, newFile, errNew)
+	}
+	s.log.Warn("dropping the new key of a database key rotation interrupted before the swap; the database is still under the old key",
+		"file", newFile)
+	if err := os.Remove(newFile); err != nil {
+		return fmt.Errorf("server: remove %s: %w", newFile, err)
+	}
+	return nil
 }
