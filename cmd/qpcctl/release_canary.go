@@ -216,7 +216,8 @@ func (g *globals) canaryManager(f *canaryFlags, live bool) (*canary.Manager, err
 	}
 	opsURL := f.opsURL
 	if opsURL == "" {
-		if opsURL, err = opsURLFrom(cfg.OpsListen); err != nil {
+		// status and list work without an ops listener (status says it cannot read it).
+		if opsURL, err = opsURLFrom(cfg.OpsListen); err != nil && live {
 			return nil, usageError{err}
 		}
 	}

@@ -343,6 +343,9 @@ func (m *Manager) watch(ctx context.Context, version string, oldStart float64) G
 	base, err := m.waitUp(ctx, version, oldStart)
 	g.Version = base.Version
 	if err != nil {
+		if base.Version != "" && base.Version != version {
+			return fail("%v (does the service run %s? see docs/release.md)", err, filepath.Join(m.cfg.ReleasesDir, CurrentLink, BinaryName))
+		}
 		return fail("%v", err)
 	}
 	g.Ready = true
