@@ -448,3 +448,25 @@ func TestCanaryNeverReady(t *testing.T) {
 		t.Fatalf("canary: %v, report %+v", err, rep)
 	}
 }
+
+// Ctrl-C during the bake (the context cancelled) still rolls back.
+func TestCanaryInterruptedRollsBack(t *testing.T) {
+	r := newRig(t)
+	r.f.profiles["2.0.0"] = profile{ready: true}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sleep, n := r.m.cfg.Sleep, 0
+	r.m.cfg.Sleep = func(c context.Context, d time.Duration) error {
+		if n++; n == 3 {
+			cancel()
+		}
+		return sleep(c, d)
+	}
+	rep, err := r.m.Canary(ctx, r.artifact("2.0.0"), "")
+	if !errors.Is(err, ErrGate) || !strings.Contains(rep.Gate.Reason, "interrupted") || !rep.RolledBack {
+		t.Fatalf("canary: %v, report %+v", err, rep)
+	}
+	if r.f.version != "1.0.0" || r.link(CurrentLink) != "1.0.0" {
+		t.Fatalf("running %s, current %s", r.f.version, r.link(CurrentLink))
+	}
+}
