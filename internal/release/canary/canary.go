@@ -186,6 +186,11 @@ func (m *Manager) ReleasesDir() string { return m.cfg.ReleasesDir }
 // when no release is current yet it becomes current (no restart). It is how
 // the running version gets into the layout before the first canary.
 func (m *Manager) Install(ctx context.Context, artifact, sig string) (Installed, bool, error) {
+	unlock, err := m.l.lock()
+	if err != nil {
+		return Installed{}, false, err
+	}
+	defer unlock()
 	inst, err := m.l.install(ctx, artifact, sig, m.cfg.PublicKey)
 	if err != nil {
 		return inst, false, err
@@ -236,6 +241,11 @@ func (m *Manager) Canary(ctx context.Context, artifact, sig string) (rep Report,
 	if err := m.needLive(); err != nil {
 		return rep, err
 	}
+	unlock, err := m.l.lock()
+	if err != nil {
+		return rep, err
+	}
+	defer unlock()
 	st, have, err := m.l.readState()
 	if err != nil {
 		return rep, err
@@ -424,6 +434,11 @@ func (m *Manager) waitUp(ctx context.Context, version string, oldStart float64) 
 // Promote marks the release that passed its canary as stable. `previous`
 // stays, so one more rollback is possible.
 func (m *Manager) Promote(ctx context.Context) (State, error) {
+	unlock, err := m.l.lock()
+	if err != nil {
+		return State{}, err
+	}
+	defer unlock()
 	st, have, err := m.l.readState()
 	if err != nil {
 		return st, err
@@ -453,6 +468,11 @@ func (m *Manager) Rollback(ctx context.Context, acceptDataLoss bool) (State, err
 	if err := m.needLive(); err != nil {
 		return State{}, err
 	}
+	unlock, err := m.l.lock()
+	if err != nil {
+		return State{}, err
+	}
+	defer unlock()
 	st, have, err := m.l.readState()
 	if err != nil {
 		return st, err

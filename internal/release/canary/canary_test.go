@@ -470,3 +470,19 @@ func TestCanaryInterruptedRollsBack(t *testing.T) {
 		t.Fatalf("running %s, current %s", r.f.version, r.link(CurrentLink))
 	}
 }
+
+// Two release commands never run at once.
+func TestReleaseLock(t *testing.T) {
+	r := newRig(t)
+	unlock, err := r.m.l.lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.m.Promote(context.Background()); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "another qpcctl release command") {
+		t.Fatalf("promote while locked: %v", err)
+	}
+	unlock()
+	if _, err := r.m.Promote(context.Background()); err == nil || strings.Contains(err.Error(), "another qpcctl") {
+		t.Fatalf("promote after unlock: %v", err)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/quicprochat/quicprochat/internal/release"
@@ -122,6 +123,23 @@ func (l layout) versions() ([]string, error) {
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+// lock takes <releases>/.lock (flock, released with the process) so two
+// qpcctl commands never switch releases at the same time.
+func (l layout) lock() (unlock func(), err error) {
+	if err := os.MkdirAll(l.dir, 0o755); err != nil {
+		return nil, fmt.Errorf("%w: %v (check that the data directory is writable)", ErrLayout, err)
+	}
+	f, err := os.OpenFile(l.path(".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrLayout, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w: another qpcctl release command is running on %s; wait for it (see `qpcctl release status`)", ErrConflict, l.dir)
+	}
+	return func() { f.Close() }, nil
 }
 
 func (l layout) readState() (State, bool, error) {
