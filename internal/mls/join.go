@@ -77,11 +77,17 @@ func JoinFromWelcome(cfg Config, welcome []byte, bundle *KeyPackageBundle, opts 
 	}
 	g.gc = gi.GroupContext
 	g.tree = tree
-	// Our leaf: the one holding our KeyPackage's leaf node.
+	// Our leaf: the one identical to our KeyPackage's LeafNode (§12.4.3.1).
 	own := leafIndex(tree.leafCount())
+	want, err := bundle.KeyPackage.LeafNode.Marshal()
+	if err != nil {
+		return nil, err
+	}
 	tree.members(func(l leafIndex, ln *LeafNode) {
-		if bytes.Equal(ln.EncryptionKey, bundle.KeyPackage.LeafNode.EncryptionKey) && bytes.Equal(ln.SignatureKey, bundle.KeyPackage.LeafNode.SignatureKey) {
-			own = l
+		if bytes.Equal(ln.EncryptionKey, bundle.KeyPackage.LeafNode.EncryptionKey) {
+			if got, err := ln.Marshal(); err == nil && bytes.Equal(got, want) {
+				own = l
+			}
 		}
 	})
 	if uint32(own) >= uint32(tree.leafCount()) {
