@@ -105,7 +105,7 @@ func newReleaseCommand(stdout io.Writer) *cobra.Command {
 	verify.Flags().StringVar(&cfg.Signature, "sig", "", "signature file (default FILE.minisig)")
 	verify.Flags().StringVar(&cfg.PublicKey, "pubkey", "", "minisign public key file (default "+release.DefaultPublicKeyPath+")")
 	verify.Flags().BoolVar(&cfg.JSON, "json", false, "print the result as JSON")
-	rel := &cobra.Command{Use: "release", Short: "Release artifacts: verify signatures", Args: cobra.NoArgs}
+	rel := &cobra.Command{Use: "release", Short: "Releases: verify signatures, install, canary, promote, rollback", Args: cobra.NoArgs}
 	rel.AddCommand(verify)
 	return rel
 }
