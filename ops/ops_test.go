@@ -34,6 +34,7 @@ import (
 	"github.com/quicprochat/quicprochat/internal/config"
 	"github.com/quicprochat/quicprochat/internal/rpcclient"
 	"github.com/quicprochat/quicprochat/internal/server"
+	"github.com/quicprochat/quicprochat/internal/testutil"
 	"github.com/quicprochat/quicprochat/internal/transport"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
@@ -337,13 +338,7 @@ func shortTemp(t *testing.T) string {
 
 func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testutil.WaitFor(t, within, 50*time.Millisecond, what, cond)
 }
 
 func get(t *testing.T, u string) string {

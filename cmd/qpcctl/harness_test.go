@@ -20,6 +20,7 @@ import (
 
 	"github.com/quicprochat/quicprochat/internal/auth"
 	"github.com/quicprochat/quicprochat/internal/rpcclient"
+	"github.com/quicprochat/quicprochat/internal/testutil"
 	"github.com/quicprochat/quicprochat/internal/transport"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
@@ -232,13 +233,7 @@ func (d *daemon) mustDial(t *testing.T) *rpcclient.Client {
 
 func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.WaitFor(t, within, 20*time.Millisecond, what, cond)
 }
 
 func rpcCtx() (context.Context, context.CancelFunc) {

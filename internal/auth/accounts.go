@@ -272,20 +272,9 @@ func (s *Service) ListDevices(ctx context.Context, accountID string) ([]Device, 
 		if n == 0 {
 			return fmt.Errorf("%w: account", ErrNotFound)
 		}
-		rows, err := tx.QueryContext(ctx, "SELECT "+deviceCols+
-			" FROM devices d JOIN accounts a ON a.id = d.account_id WHERE d.account_id = ? ORDER BY d.created_at, d.id", accountID)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			d, err := scanDevice(rows)
-			if err != nil {
-				return err
-			}
-			out = append(out, d)
-		}
-		return rows.Err()
+		var err error
+		out, err = queryDevices(ctx, tx, "d.account_id = ?", accountID)
+		return err
 	})
 	if err != nil {
 		return nil, wrapStore("list devices", err)
@@ -358,20 +347,8 @@ func (s *Service) LookupAccount(ctx context.Context, name string) (Account, []De
 		if err != nil || acc.Status != statusActive {
 			return err
 		}
-		rows, err := tx.QueryContext(ctx, "SELECT "+deviceCols+
-			" FROM devices d JOIN accounts a ON a.id = d.account_id WHERE d.account_id = ? AND d.status = 'active' ORDER BY d.created_at, d.id", acc.ID)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			d, err := scanDevice(rows)
-			if err != nil {
-				return err
-			}
-			devs = append(devs, d)
-		}
-		return rows.Err()
+		devs, err = queryDevices(ctx, tx, "d.account_id = ? AND d.status = 'active'", acc.ID)
+		return err
 	})
 	if err != nil {
 		return Account{}, nil, wrapStore("lookup account", err)
@@ -482,4 +459,24 @@ func (s *Service) EnableAccount(ctx context.Context, accountID string) error {
 	}
 	s.event(ctx, "account.enable", slog.String("account_id", accountID))
 	return nil
+}
+
+// queryDevices lists the devices matching where (a condition on d, the
+// devices table, and a, the accounts table), oldest first.
+func queryDevices(ctx context.Context, tx *sql.Tx, where string, args ...any) ([]Device, error) {
+	rows, err := tx.QueryContext(ctx, "SELECT "+deviceCols+
+		" FROM devices d JOIN accounts a ON a.id = d.account_id WHERE "+where+" ORDER BY d.created_at, d.id", args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Device
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
 }

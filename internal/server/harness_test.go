@@ -10,6 +10,7 @@ import (
 
 	"github.com/quicprochat/quicprochat/internal/config"
 	"github.com/quicprochat/quicprochat/internal/rpcclient"
+	"github.com/quicprochat/quicprochat/internal/testutil"
 	"github.com/quicprochat/quicprochat/internal/transport"
 )
 
@@ -95,13 +96,7 @@ func (ts *testServer) dial(t *testing.T) *rpcclient.Client {
 // conditions, never on fixed sleeps.
 func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitFor(t, within, 5*time.Millisecond, what, cond)
 }
 
 func ctxT(t *testing.T) context.Context {
