@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quicprochat/quicprochat/internal/auth"
@@ -174,7 +175,7 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 					return
 				}
 				var r qpcv1.EnqueueResponse
-				err = d.call(ctx, server.MethodEnqueue, &qpcv1.EnqueueRequest{ChannelId: channel, MessageId: uuid(), MlsMessage: msg}, &r)
+				err = d.call(ctx, server.MethodEnqueue, &qpcv1.EnqueueRequest{ChannelId: channel, MessageId: newMessageID(), MlsMessage: msg}, &r)
 				if err != nil {
 					if ctx.Err() == nil {
 						errs.Add(1)
@@ -352,12 +353,6 @@ func pinFromDataDir(dir string) (string, error) {
 	return transport.Fingerprint(blk.Bytes), nil
 }
 
-// uuid returns a random (version 4) UUID string.
-func uuid() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
-}
+// newMessageID returns a time-ordered (version 7) UUID, as the qpc client
+// does: ids that sort by time keep the server's idempotency index appending.
+func newMessageID() string { return uuid.Must(uuid.NewV7()).String() }

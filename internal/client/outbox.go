@@ -2,12 +2,12 @@ package client
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/google/uuid"
 
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
@@ -21,16 +21,15 @@ const (
 	OutboxFailed  = "failed"  // refused for good (last_error says why)
 )
 
-// NewMessageID returns a random (version 4) UUID.
+// NewMessageID returns a time-ordered (version 7) UUID. Ids that sort by
+// time keep the server's idempotency index appending instead of touching a
+// random page per message, which measurably raises enqueue throughput.
 func NewMessageID() (string, error) {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
+	id, err := uuid.NewV7()
+	if err != nil {
 		return "", fmt.Errorf("client: message id: %w", err)
 	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:], nil
+	return id.String(), nil
 }
 
 // queueTx adds an MLS message to the outbox inside tx (the transaction that
