@@ -1,6 +1,9 @@
 package delivery
 
-import "sync"
+import (
+	"sync"
+	"time"
+)
 
 // hub wakes long-polling fetchers when something they may read was
 // committed. Writers publish after their transaction committed; a waiter
@@ -9,14 +12,30 @@ import "sync"
 //
 // The race between a waiter's database read and its registration on the
 // channels that read returned is closed by heads: the hub remembers the
-// last published sequence number of every channel, and a waiter that
-// registers after reading compares it with the head its snapshot saw.
+// last published sequence number of recently active channels, and a
+// waiter that registers after reading compares it with the head its
+// snapshot saw. A head only matters for the moment between a read and a
+// registration, so heads idle longer than headTTL are pruned (at most once
+// per headTTL): the map stays the size of the recently active channels, not
+// of every channel since start. Were a waiter ever slower than that, it
+// would wake at its long-poll timeout and read again; nothing is lost.
 type hub struct {
-	mu      sync.Mutex
-	watch   map[string]map[*waiter]struct{}
-	heads   map[string]uint64
-	metrics *metrics
+	mu        sync.Mutex
+	watch     map[string]map[*waiter]struct{}
+	heads     map[string]head
+	now       func() time.Time
+	lastPrune time.Time
+	metrics   *metrics
 }
+
+// head is a channel's last published sequence number and when it moved.
+type head struct {
+	seq uint64
+	at  time.Time
+}
+
+// headTTL is how long an idle channel's head is remembered.
+const headTTL = time.Minute
 
 type waiter struct {
 	ch   chan struct{} // buffered 1: a wake-up is never lost, never blocks
@@ -24,7 +43,7 @@ type waiter struct {
 }
 
 func newHub(m *metrics) *hub {
-	return &hub{watch: map[string]map[*waiter]struct{}{}, heads: map[string]uint64{}, metrics: m}
+	return &hub{watch: map[string]map[*waiter]struct{}{}, heads: map[string]head{}, now: time.Now, metrics: m}
 }
 
 func channelKey(id []byte) string { return "c" + string(id) }
@@ -56,7 +75,7 @@ func (h *hub) addChannel(w *waiter, id []byte, seen uint64) bool {
 	h.add(w, key)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.heads[key] > seen
+	return h.heads[key].seq > seen
 }
 
 // remove unregisters w from every key.
@@ -78,9 +97,13 @@ func (h *hub) remove(w *waiter) {
 // publishChannel records a committed message and wakes the channel's waiters.
 func (h *hub) publishChannel(id []byte, seq uint64) {
 	key := channelKey(id)
+	now := h.now()
 	h.mu.Lock()
-	if seq > h.heads[key] {
-		h.heads[key] = seq
+	if hd := h.heads[key]; seq > hd.seq {
+		h.heads[key] = head{seq: seq, at: now}
+	}
+	if now.Sub(h.lastPrune) > headTTL {
+		h.pruneLocked(now)
 	}
 	n := h.wakeLocked(key)
 	h.mu.Unlock()
@@ -105,4 +128,14 @@ func (h *hub) wakeLocked(key string) int {
 		}
 	}
 	return n
+}
+
+// pruneLocked forgets heads idle for longer than headTTL.
+func (h *hub) pruneLocked(now time.Time) {
+	for k, hd := range h.heads {
+		if now.Sub(hd.at) > headTTL {
+			delete(h.heads, k)
+		}
+	}
+	h.lastPrune = now
 }
