@@ -91,11 +91,18 @@ func (c *Client) DoFrame(ctx context.Context, raw []byte) (*qpcv1.Response, erro
 		s.CancelWrite(0)
 	})
 	defer stop()
-	if _, err := s.Write(raw); err != nil {
-		return nil, c.streamError(ctx, err)
+	_, werr := s.Write(raw)
+	var stopped *quic.StreamError
+	if werr != nil && !(errors.As(werr, &stopped) && stopped.Remote) {
+		return nil, c.streamError(ctx, werr)
 	}
+	// Even when the server stopped reading early (an oversized request), it
+	// answers first: read that answer rather than report a bare reset.
 	frame, err := wire.ReadFrame(s, c.maxFrame)
 	if err != nil {
+		if werr != nil {
+			return nil, c.streamError(ctx, werr)
+		}
 		return nil, c.streamError(ctx, err)
 	}
 	// Closing our side only now tells the server the response arrived whole;
