@@ -263,3 +263,20 @@ func tableRows(w io.Writer, header []string, rows [][]string) {
 		line(r)
 	}
 }
+
+// callAdmin makes one admin API call with the command's timeout. A failure
+// exits 1 with the admin client's message, which names the fix.
+func callAdmin[T any](cmd *cobra.Command, g *globals, call func(*admin.Client, context.Context) (T, error)) (T, error) {
+	var zero T
+	c, err := g.client()
+	if err != nil {
+		return zero, err
+	}
+	ctx, cancel := g.ctx(cmd.Context())
+	defer cancel()
+	res, err := call(c, ctx)
+	if err != nil {
+		return zero, failed(err)
+	}
+	return res, nil
+}

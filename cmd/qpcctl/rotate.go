@@ -5,6 +5,8 @@ import (
 	"io"
 
 	"github.com/spf13/cobra"
+
+	"github.com/quicprochat/quicprochat/internal/admin"
 )
 
 func newRotateCommand(g *globals) *cobra.Command {
@@ -40,15 +42,9 @@ func newRotateCommand(g *globals) *cobra.Command {
 		Short: "Make qpcd reload its certificate and key from disk; existing connections are kept (SIGHUP does the same)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.client()
+			res, err := callAdmin(cmd, g, (*admin.Client).RotateTLS)
 			if err != nil {
 				return err
-			}
-			ctx, cancel := g.ctx(cmd.Context())
-			defer cancel()
-			res, err := c.RotateTLS(ctx)
-			if err != nil {
-				return failed(err)
 			}
 			return g.emit(res, func(w io.Writer) {
 				if res.OldFingerprint == res.Fingerprint {
@@ -64,15 +60,9 @@ func newRotateCommand(g *globals) *cobra.Command {
 		Short: "Activate a new access-token signing key; older keys keep verifying until their tokens expire",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.client()
+			res, err := callAdmin(cmd, g, (*admin.Client).RotateTokenKey)
 			if err != nil {
 				return err
-			}
-			ctx, cancel := g.ctx(cmd.Context())
-			defer cancel()
-			res, err := c.RotateTokenKey(ctx)
-			if err != nil {
-				return failed(err)
 			}
 			return g.emit(res, func(w io.Writer) {
 				fmt.Fprintf(w, "token-signing key %s is active; tokens signed by older keys stay valid until %s at the latest\n", res.KeyID, fmtTime(res.OldKeysUntil))

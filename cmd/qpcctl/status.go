@@ -16,15 +16,9 @@ func newStatusCommand(g *globals) *cobra.Command {
 		Short: "Show a running qpcd's version, uptime, readiness, connections, counts, database, KeyPackage stock and last backup",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.client()
+			st, err := callAdmin(cmd, g, (*admin.Client).Status)
 			if err != nil {
 				return err
-			}
-			ctx, cancel := g.ctx(cmd.Context())
-			defer cancel()
-			st, err := c.Status(ctx)
-			if err != nil {
-				return failed(err)
 			}
 			return g.emit(st, func(w io.Writer) { printStatus(w, st, time.Now()) })
 		},

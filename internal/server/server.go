@@ -139,7 +139,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		},
 	}, s.rpc)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (set listen / QPC_LISTEN / --listen to a free address)", err)
 	}
 	if cfg.OpsListen != "" {
 		s.opsLn, err = net.Listen("tcp", cfg.OpsListen)
