@@ -102,6 +102,9 @@ func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if c.key.IsZero() {
 		return nil, ErrClosed
 	}
+	if err := useProvider(c.drv); err != nil {
+		return nil, err
+	}
 	conn, err := c.drv.Open(c.dsn())
 	if err != nil {
 		return nil, c.scrub(err)

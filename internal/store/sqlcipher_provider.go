@@ -1,0 +1,199 @@
+package store
+
+/*
+#include <stdlib.h>
+int qpc_use_provider(int go);
+*/
+import "C"
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/pbkdf2"
+	"crypto/rand"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
+	"database/sql/driver"
+	"fmt"
+	"hash"
+	"strings"
+	"sync"
+	"unsafe"
+
+	sqlite3 "github.com/mutecomm/go-sqlcipher/v4"
+)
+
+// SQLCipher's page crypto. go-sqlcipher builds SQLCipher with libtomcrypt
+// and LTC_NO_ASM (software AES and SHA-512): in the delivery benchmark the
+// page crypto was a seventh of all CPU, most of it in the single writer's
+// COMMIT. sqlcipher_provider.c registers a provider that does the same
+// operations (AES-256-CBC, HMAC-SHA1/256/512, PBKDF2) with Go's crypto
+// packages, which use AES-NI and assembly SHA-2. The file format does not
+// change.
+//
+// Go's key schedules and HMAC pads live on the Go heap, which is never
+// wiped. That is the same exposure as SQLCipher's own freed pages with
+// cipher_memory_security off (docs/threat-model.md); with memory security on
+// the bundled provider is used instead, so that setting keeps its meaning.
+
+// providerFor is the SQLCipher version whose provider table layout
+// sqlcipher_provider.c mirrors; any other version keeps the bundled
+// provider.
+const providerFor = "4.4."
+
+var (
+	providerMu      sync.Mutex
+	providerChecked bool
+	providerUsable  bool
+	providerGo      bool // what is registered now
+)
+
+// Provider names as PRAGMA cipher_provider reports them.
+const (
+	ProviderGo          = "go"
+	ProviderLibtomcrypt = "libtomcrypt"
+)
+
+// useProvider registers the crypto provider new connections should use:
+// Go's unless memory security is on or the bundled SQLCipher is a version
+// the provider table was not written for.
+func useProvider(drv *sqlite3.SQLiteDriver) error {
+	providerMu.Lock()
+	defer providerMu.Unlock()
+	if !providerChecked {
+		v, err := cipherVersion(drv)
+		if err != nil {
+			return err
+		}
+		providerChecked = true
+		providerUsable = strings.HasPrefix(v, providerFor)
+	}
+	want := providerUsable && !memorySecurity.Load()
+	if want == providerGo {
+		return nil
+	}
+	goFlag := C.int(0)
+	if want {
+		goFlag = 1
+	}
+	if rc := C.qpc_use_provider(goFlag); rc != 0 {
+		return fmt.Errorf("store: registering the SQLCipher crypto provider failed (code %d)", int(rc))
+	}
+	providerGo = want
+	return nil
+}
+
+// cipherVersion asks an unkeyed in-memory connection for SQLCipher's
+// version; no codec is attached, so the provider is not touched.
+func cipherVersion(drv *sqlite3.SQLiteDriver) (string, error) {
+	conn, err := drv.Open(":memory:")
+	if err != nil {
+		return "", fmt.Errorf("store: open SQLCipher to read its version: %w", err)
+	}
+	defer conn.Close()
+	st, err := conn.Prepare("PRAGMA cipher_version")
+	if err != nil {
+		return "", fmt.Errorf("store: read SQLCipher's version: %w", err)
+	}
+	defer st.Close()
+	rows, err := st.Query(nil) //nolint:staticcheck // the plain driver interface is all a bare connection offers
+	if err != nil {
+		return "", fmt.Errorf("store: read SQLCipher's version: %w", err)
+	}
+	defer rows.Close()
+	v := make([]driver.Value, 1)
+	if err := rows.Next(v); err != nil {
+		return "", fmt.Errorf("store: read SQLCipher's version: %w", err)
+	}
+	s, _ := v[0].(string)
+	if b, ok := v[0].([]byte); ok {
+		s = string(b)
+	}
+	return s, nil
+}
+
+func cbytes(p *C.uchar, n C.int) []byte {
+	if p == nil || n <= 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(p)), int(n))
+}
+
+func hashFor(algorithm C.int) func() hash.Hash {
+	switch algorithm {
+	case 0:
+		return sha1.New
+	case 1:
+		return sha256.New
+	case 2:
+		return sha512.New
+	}
+	return nil
+}
+
+// SQLite result codes the provider returns.
+const (
+	sqliteOK    C.int = 0
+	sqliteError C.int = 1
+)
+
+//export qpcProviderRandom
+func qpcProviderRandom(buf unsafe.Pointer, n C.int) C.int {
+	if n < 0 {
+		return sqliteError
+	}
+	if n > 0 {
+		_, _ = rand.Read(unsafe.Slice((*byte)(buf), int(n))) // never fails (Go 1.24+)
+	}
+	return sqliteOK
+}
+
+//export qpcProviderHMAC
+func qpcProviderHMAC(algorithm C.int, key *C.uchar, keyLen C.int, in *C.uchar, inLen C.int, in2 *C.uchar, in2Len C.int, out *C.uchar) C.int {
+	h := hashFor(algorithm)
+	if h == nil {
+		return sqliteError
+	}
+	m := hmac.New(h, cbytes(key, keyLen))
+	m.Write(cbytes(in, inLen))
+	m.Write(cbytes(in2, in2Len))
+	m.Sum(unsafe.Slice((*byte)(unsafe.Pointer(out)), m.Size())[:0])
+	return sqliteOK
+}
+
+//export qpcProviderKDF
+func qpcProviderKDF(algorithm C.int, pass *C.uchar, passLen C.int, salt *C.uchar, saltLen C.int, iter C.int, keyLen C.int, key *C.uchar) C.int {
+	h := hashFor(algorithm)
+	if h == nil || iter <= 0 || keyLen <= 0 {
+		return sqliteError
+	}
+	// A string view of SQLCipher's buffer, not a copy.
+	k, err := pbkdf2.Key(h, unsafe.String((*byte)(unsafe.Pointer(pass)), int(passLen)), cbytes(salt, saltLen), int(iter), int(keyLen))
+	if err != nil {
+		return sqliteError
+	}
+	copy(cbytes(key, keyLen), k)
+	clear(k)
+	return sqliteOK
+}
+
+//export qpcProviderCipher
+func qpcProviderCipher(mode C.int, key *C.uchar, keyLen C.int, iv *C.uchar, in *C.uchar, inLen C.int, out *C.uchar) C.int {
+	if inLen%aes.BlockSize != 0 {
+		return sqliteError
+	}
+	b, err := aes.NewCipher(cbytes(key, keyLen))
+	if err != nil {
+		return sqliteError
+	}
+	ivb := cbytes(iv, aes.BlockSize)
+	src, dst := cbytes(in, inLen), cbytes(out, inLen)
+	if mode == 1 { // CIPHER_ENCRYPT
+		cipher.NewCBCEncrypter(b, ivb).CryptBlocks(dst, src)
+	} else {
+		cipher.NewCBCDecrypter(b, ivb).CryptBlocks(dst, src)
+	}
+	return sqliteOK
+}
