@@ -91,7 +91,12 @@ func (c *Client) DoFrame(ctx context.Context, raw []byte) (*qpcv1.Response, erro
 		s.CancelWrite(0)
 	})
 	defer stop()
+	// The FIN goes with the request: one packet, and the server needs
+	// nothing more from this side of the stream.
 	_, werr := s.Write(raw)
+	if werr == nil {
+		werr = s.Close()
+	}
 	var stopped *quic.StreamError
 	if werr != nil && !(errors.As(werr, &stopped) && stopped.Remote) {
 		return nil, c.streamError(ctx, werr)
@@ -105,9 +110,6 @@ func (c *Client) DoFrame(ctx context.Context, raw []byte) (*qpcv1.Response, erro
 		}
 		return nil, c.streamError(ctx, err)
 	}
-	// Closing our side only now tells the server the response arrived whole;
-	// a draining server waits for this before it closes the connection.
-	_ = s.Close()
 	resp, err := wire.DecodeResponse(frame)
 	if err != nil {
 		return nil, err

@@ -106,6 +106,7 @@ func (r *rpcServer) ServeStream(ctx context.Context, c *transport.Conn, s *quic.
 		s.CancelRead(streamCodeRefused)
 	} else {
 		_ = s.Close()
+		c.ReplySent()
 	}
 	status := wire.StatusName(resp.Status)
 	r.metrics.RPCs.WithLabelValues(label, status).Inc()
@@ -118,10 +119,10 @@ func (r *rpcServer) ServeStream(ctx context.Context, c *transport.Conn, s *quic.
 // ackTimeout bounds how long a finished RPC waits for the client's FIN.
 const ackTimeout = 10 * time.Second
 
-// awaitClientFIN waits for the client to close its side of the stream, which
-// it does only after reading the whole response. Until then the RPC counts
-// as in flight, so a draining server never closes a connection while a reply
-// is still on its way. Anything but a clean FIN resets the stream.
+// awaitClientFIN reads the client's FIN, which completes the stream (and so
+// returns its stream credit to the client). Clients send it with the request,
+// so it is normally there already; anything but a clean FIN after the
+// request frame resets the stream.
 func awaitClientFIN(s *quic.Stream) {
 	_ = s.SetReadDeadline(time.Now().Add(ackTimeout))
 	var one [1]byte

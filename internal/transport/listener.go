@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -42,6 +43,31 @@ type ListenerConfig struct {
 type Conn struct {
 	Q  *quic.Conn
 	ID uint64
+
+	lastReply atomic.Int64 // UnixNano when the last reply was handed to QUIC; 0: none
+}
+
+// ReplySent records that a reply was just handed to QUIC. A draining
+// listener keeps the connection open long enough for it to arrive.
+func (c *Conn) ReplySent() { c.lastReply.Store(time.Now().UnixNano()) }
+
+// maxAckDelay is quic-go's max_ack_delay transport parameter (the RFC 9000
+// default), part of the probe timeout.
+const maxAckDelay = 25 * time.Millisecond
+
+// closeAfter is when a draining listener may close c: three probe timeouts
+// (RFC 9002 section 6.2: smoothed RTT + max(4 RTT variance, 1 ms) + max
+// ack delay) after its last reply, time for a lost reply packet to be sent
+// again twice. Replies carry no acknowledgement of their own, so this is
+// what keeps a drain from cutting a reply off on a lossy path.
+func (c *Conn) closeAfter() time.Time {
+	last := c.lastReply.Load()
+	if last == 0 {
+		return time.Time{}
+	}
+	st := c.Q.ConnectionStats()
+	pto := st.SmoothedRTT + max(4*st.MeanDeviation, time.Millisecond) + maxAckDelay
+	return time.Unix(0, last).Add(3 * pto)
 }
 
 // RemoteIP is the peer's address without port, for per-IP limits and logs.
@@ -65,7 +91,7 @@ type Listener struct {
 	connWG  sync.WaitGroup
 
 	mu       sync.Mutex
-	conns    map[*quic.Conn]struct{}
+	conns    map[*quic.Conn]*Conn
 	nextID   uint64
 	draining bool
 }
@@ -117,7 +143,7 @@ func Listen(cfg ListenerConfig, h Handler) (*Listener, error) {
 		udp.Close()
 		return nil, fmt.Errorf("transport: quic listen: %w", err)
 	}
-	return &Listener{cfg: cfg, h: h, log: cfg.Logger, udp: udp, tr: tr, ln: ln, conns: map[*quic.Conn]struct{}{}}, nil
+	return &Listener{cfg: cfg, h: h, log: cfg.Logger, udp: udp, tr: tr, ln: ln, conns: map[*quic.Conn]*Conn{}}, nil
 }
 
 // Addr is the bound UDP address (useful with port 0 in tests).
@@ -160,9 +186,9 @@ func (l *Listener) admit(qc *quic.Conn) {
 		_ = qc.CloseWithError(CodeConnectionLimit, fmt.Sprintf("server at its connection limit (%d); retry later", l.cfg.MaxConnections))
 		return
 	}
-	l.conns[qc] = struct{}{}
 	l.nextID++
 	c := &Conn{Q: qc, ID: l.nextID}
+	l.conns[qc] = c
 	l.connWG.Add(1)
 	l.mu.Unlock()
 	if f := l.cfg.Events.ConnAccepted; f != nil {
@@ -202,7 +228,8 @@ func (l *Listener) event(f func(string), reason string) {
 }
 
 // Shutdown drains: it stops accepting connections, lets in-flight streams
-// finish until ctx is done, then closes every connection with CodeDraining
+// finish until ctx is done, gives each connection's last reply time to
+// arrive (Conn.closeAfter), then closes every connection with CodeDraining
 // and releases the socket. Streams opened meanwhile still reach the handler,
 // which is expected to answer them with a draining status. It returns
 // ctx.Err() if in-flight streams had to be cut off.
@@ -215,13 +242,27 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 	waitErr := l.streams.wait(ctx)
 
 	l.mu.Lock()
-	conns := make([]*quic.Conn, 0, len(l.conns))
-	for qc := range l.conns {
-		conns = append(conns, qc)
+	conns := make([]*Conn, 0, len(l.conns))
+	for _, c := range l.conns {
+		conns = append(conns, c)
 	}
 	l.mu.Unlock()
-	for _, qc := range conns {
-		_ = qc.CloseWithError(CodeDraining, "server draining")
+	var until time.Time
+	for _, c := range conns {
+		if t := c.closeAfter(); t.After(until) {
+			until = t
+		}
+	}
+	if d := time.Until(until); d > 0 && waitErr == nil {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+	for _, c := range conns {
+		_ = c.Q.CloseWithError(CodeDraining, "server draining")
 	}
 	l.connWG.Wait()
 	_ = l.tr.Close()
