@@ -128,7 +128,6 @@ type Service struct {
 	linger      time.Duration
 	hub         *hub
 	metrics     *metrics
-	stmts       stmtCache
 
 	stop     chan struct{}
 	stopOnce sync.Once

@@ -66,7 +66,8 @@ func parseGroupInfo(raw, groupID []byte, epoch uint64) error {
 	return nil
 }
 
-// The enqueue path's statements, prepared once per write batch (stmtCache).
+// The enqueue path's statements, prepared once on the writer connection
+// (store.DB.WriteStmt).
 const (
 	// One read: the channel, the caller's membership and an earlier
 	// message with this id.
@@ -164,7 +165,7 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 			dupSeq, dupEpoch   sql.NullInt64
 			dupDevice          sql.NullString
 		)
-		sel, err := s.stmts.get(ctx, tx, enqueueSelect)
+		sel, err := s.db.WriteStmt(ctx, tx, enqueueSelect)
 		if err != nil {
 			return err
 		}
@@ -202,14 +203,14 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 		if ttlMS > 0 {
 			life = min(life, ttlMS)
 		}
-		ins, err := s.stmts.get(ctx, tx, enqueueInsert)
+		ins, err := s.db.WriteStmt(ctx, tx, enqueueInsert)
 		if err != nil {
 			return err
 		}
 		if _, err := ins.ExecContext(ctx, id, seq, messageID, c.AccountID, c.DeviceID, int64(f.Epoch), int(f.ContentType), nowMS, nowMS+life, msg); err != nil {
 			return err
 		}
-		up, err := s.stmts.get(ctx, tx, enqueueUpdate)
+		up, err := s.db.WriteStmt(ctx, tx, enqueueUpdate)
 		if err != nil {
 			return err
 		}

@@ -160,6 +160,23 @@ func (s *Service) fetched(ctx context.Context, c Caller, b *Batch, op string) {
 	}
 }
 
+// The fetch path's queries, prepared once per reader connection
+// (store.DB.ReadStmt).
+const (
+	fetchChannels = `SELECT c.id, c.kind, c.head_seq, MIN(m.from_seq), cu.acked_seq
+		FROM channel_members m JOIN channels c ON c.id = m.channel_id
+		LEFT JOIN cursors cu ON cu.device_id = ? AND cu.channel_id = m.channel_id
+		WHERE m.account_id = ? AND m.device_id IN ('', ?)
+		GROUP BY c.id ORDER BY c.id`
+	fetchMessages = `SELECT seq, message_id, sender_account, sender_device, epoch, created_at, body
+		FROM messages WHERE channel_id = ? AND seq > ? AND expires_at > ? ORDER BY seq LIMIT ?`
+	fetchInbox = `SELECT i.seq, i.kind, i.channel_id, i.sender_account, i.sender_device, i.created_at, i.body
+		FROM inbox i JOIN inbox_heads h ON h.device_id = i.device_id
+		WHERE i.device_id = ? AND i.seq > MAX(h.acked_seq, ?) AND i.expires_at > ? ORDER BY i.seq LIMIT ?`
+	fetchInboxWaiting = `SELECT EXISTS (SELECT 1 FROM inbox i JOIN inbox_heads h ON h.device_id = i.device_id
+		WHERE i.device_id = ? AND i.seq > MAX(h.acked_seq, ?) AND i.expires_at > ?)`
+)
+
 // read is one snapshot read of everything waiting for the device.
 func (s *Service) read(ctx context.Context, c Caller, limit int, after After) (Batch, []channelPos, error) {
 	if limit <= 0 {
@@ -172,11 +189,11 @@ func (s *Service) read(ctx context.Context, c Caller, limit int, after After) (B
 	var chans []channelPos
 	err := s.db.ReadTx(ctx, func(tx *sql.Tx) error {
 		b, chans = Batch{}, nil
-		rows, err := tx.QueryContext(ctx, `SELECT c.id, c.kind, c.head_seq, MIN(m.from_seq), cu.acked_seq
-			FROM channel_members m JOIN channels c ON c.id = m.channel_id
-			LEFT JOIN cursors cu ON cu.device_id = ? AND cu.channel_id = m.channel_id
-			WHERE m.account_id = ? AND m.device_id IN ('', ?)
-			GROUP BY c.id ORDER BY c.id`, c.DeviceID, c.AccountID, c.DeviceID)
+		st, err := s.db.ReadStmt(ctx, tx, fetchChannels)
+		if err != nil {
+			return err
+		}
+		rows, err := st.QueryContext(ctx, c.DeviceID, c.AccountID, c.DeviceID)
 		if err != nil {
 			return err
 		}
@@ -207,7 +224,7 @@ func (s *Service) read(ctx context.Context, c Caller, limit int, after After) (B
 				b.More = true
 				break
 			}
-			n, more, err := readMessages(ctx, tx, p, now, left, &budget, &b)
+			n, more, err := s.readMessages(ctx, tx, p, now, left, &budget, &b)
 			if err != nil {
 				return err
 			}
@@ -216,15 +233,17 @@ func (s *Service) read(ctx context.Context, c Caller, limit int, after After) (B
 		}
 		if left == 0 || budget <= 0 {
 			var waiting bool
-			err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM inbox i JOIN inbox_heads h ON h.device_id = i.device_id
-				WHERE i.device_id = ? AND i.seq > MAX(h.acked_seq, ?) AND i.expires_at > ?)`, c.DeviceID, int64(min(after.Inbox, 1<<62)), now).Scan(&waiting)
+			st, err := s.db.ReadStmt(ctx, tx, fetchInboxWaiting)
+			if err == nil {
+				err = st.QueryRowContext(ctx, c.DeviceID, int64(min(after.Inbox, 1<<62)), now).Scan(&waiting)
+			}
 			if err != nil {
 				return err
 			}
 			b.More = b.More || waiting
 			return nil
 		}
-		return readInbox(ctx, tx, c.DeviceID, after.Inbox, now, left, &budget, &b)
+		return s.readInbox(ctx, tx, c.DeviceID, after.Inbox, now, left, &budget, &b)
 	})
 	if err != nil {
 		return Batch{}, nil, fmt.Errorf("delivery: fetch: %w", err)
@@ -232,10 +251,12 @@ func (s *Service) read(ctx context.Context, c Caller, limit int, after After) (B
 	return b, chans, nil
 }
 
-func readMessages(ctx context.Context, tx *sql.Tx, p channelPos, now int64, limit int, budget *int, b *Batch) (int, bool, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT seq, message_id, sender_account, sender_device, epoch, created_at, body
-		FROM messages WHERE channel_id = ? AND seq > ? AND expires_at > ? ORDER BY seq LIMIT ?`,
-		p.id, int64(p.pos), now, limit+1)
+func (s *Service) readMessages(ctx context.Context, tx *sql.Tx, p channelPos, now int64, limit int, budget *int, b *Batch) (int, bool, error) {
+	st, err := s.db.ReadStmt(ctx, tx, fetchMessages)
+	if err != nil {
+		return 0, false, err
+	}
+	rows, err := st.QueryContext(ctx, p.id, int64(p.pos), now, limit+1)
 	if err != nil {
 		return 0, false, err
 	}
@@ -261,11 +282,12 @@ func readMessages(ctx context.Context, tx *sql.Tx, p channelPos, now int64, limi
 	return n, false, rows.Err()
 }
 
-func readInbox(ctx context.Context, tx *sql.Tx, device string, after uint64, now int64, limit int, budget *int, b *Batch) error {
-	rows, err := tx.QueryContext(ctx, `SELECT i.seq, i.kind, i.channel_id, i.sender_account, i.sender_device, i.created_at, i.body
-		FROM inbox i JOIN inbox_heads h ON h.device_id = i.device_id
-		WHERE i.device_id = ? AND i.seq > MAX(h.acked_seq, ?) AND i.expires_at > ? ORDER BY i.seq LIMIT ?`,
-		device, int64(min(after, 1<<62)), now, limit+1)
+func (s *Service) readInbox(ctx context.Context, tx *sql.Tx, device string, after uint64, now int64, limit int, budget *int, b *Batch) error {
+	st, err := s.db.ReadStmt(ctx, tx, fetchInbox)
+	if err != nil {
+		return err
+	}
+	rows, err := st.QueryContext(ctx, device, int64(min(after, 1<<62)), now, limit+1)
 	if err != nil {
 		return err
 	}

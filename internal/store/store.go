@@ -114,6 +114,9 @@ type DB struct {
 	maxBatchWork time.Duration
 	batchSeq     int64 // writer goroutine only
 
+	wstmts stmtCache // statements prepared on wdb (writer goroutine)
+	rstmts stmtCache // statements prepared on rdb
+
 	commits   atomic.Int64 // SQL COMMITs of write batches
 	committed atomic.Int64 // WriteTx functions committed
 }
@@ -275,6 +278,7 @@ func (db *DB) ReadTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error)
 	db.swap.RLock()
 	defer db.swap.RUnlock()
 
+	db.rstmts.prepareWanted(ctx, db.rdb)
 	tx, err := db.rdb.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return fmt.Errorf("store: begin read transaction: %w", err)

@@ -189,28 +189,34 @@ func (db *DB) attempt(reqs []*request, budget bool) (retry, leftover []*request)
 			}
 		}
 	}
-	tx, err := db.wdb.BeginTx(context.Background(), nil)
+	ctx := context.Background()
+	db.wstmts.prepareWanted(ctx, db.wdb)
+	tx, err := db.wdb.BeginTx(ctx, nil)
 	if err != nil {
 		failAll(fmt.Errorf("store: begin write transaction: %w", err))
 		return nil, nil
 	}
 	db.batchSeq++
 	seq := db.batchSeq
-	if _, err := tx.Exec("INSERT OR REPLACE INTO "+batchMarkerTable+" (k, n) VALUES (0, ?)", seq); err != nil {
-		db.abandon(tx)
-		failAll(fmt.Errorf("store: begin write transaction: %w", err))
-		return nil, nil
+	marker, err := db.WriteStmt(ctx, tx, "INSERT OR REPLACE INTO "+batchMarkerTable+" (k, n) VALUES (0, ?)")
+	if err == nil {
+		_, err = marker.Exec(seq)
 	}
-
-	// The savepoint statements are prepared once per batch, not per function:
-	// re-preparing them was a large share of a small write's cost.
-	sp, err := prepareSavepoints(tx)
 	if err != nil {
 		db.abandon(tx)
 		failAll(fmt.Errorf("store: begin write transaction: %w", err))
 		return nil, nil
 	}
-	defer sp.close()
+
+	// The savepoint statements are prepared once on the writer connection,
+	// not per function: re-preparing them was a large share of a small
+	// write's cost.
+	sp, err := db.savepoints(ctx, tx)
+	if err != nil {
+		db.abandon(tx)
+		failAll(fmt.Errorf("store: begin write transaction: %w", err))
+		return nil, nil
+	}
 
 	var ok []*request
 	for i, r := range reqs {
@@ -344,12 +350,13 @@ func txDone(tx *sql.Tx) bool {
 	return errors.Is(tx.QueryRow("SELECT 1").Scan(&one), sql.ErrTxDone)
 }
 
-// savepoints are one batch's prepared SAVEPOINT, RELEASE and ROLLBACK TO.
+// savepoints are one batch's SAVEPOINT, RELEASE and ROLLBACK TO, bound to
+// its transaction (which closes them).
 type savepoints struct {
 	begin, release, rollback *sql.Stmt
 }
 
-func prepareSavepoints(tx *sql.Tx) (*savepoints, error) {
+func (db *DB) savepoints(ctx context.Context, tx *sql.Tx) (*savepoints, error) {
 	var sp savepoints
 	for _, p := range []struct {
 		stmt **sql.Stmt
@@ -359,20 +366,11 @@ func prepareSavepoints(tx *sql.Tx) (*savepoints, error) {
 		{&sp.release, "RELEASE " + fnSavepoint},
 		{&sp.rollback, "ROLLBACK TO " + fnSavepoint},
 	} {
-		st, err := tx.Prepare(p.sql)
+		st, err := db.WriteStmt(ctx, tx, p.sql)
 		if err != nil {
-			sp.close()
 			return nil, err
 		}
 		*p.stmt = st
 	}
 	return &sp, nil
-}
-
-func (sp *savepoints) close() {
-	for _, st := range []*sql.Stmt{sp.begin, sp.release, sp.rollback} {
-		if st != nil {
-			_ = st.Close()
-		}
-	}
 }
