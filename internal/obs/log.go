@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"unicode"
 
 	"github.com/quicprochat/quicprochat/internal/secret"
@@ -79,9 +81,31 @@ var safeLastWords = map[string]bool{
 	"family": true, "status": true, "reason": true, "valid": true, "present": true,
 }
 
+// Attribute keys come from a small set fixed in the code, and every log
+// line and audit event asks about each of its keys: remembering the answer
+// took the redaction check from about a third of an audit event's cost to
+// nothing. The cache is bounded in case keys are ever built at run time.
+var (
+	secretKeyCache  sync.Map // string -> bool
+	secretKeyCached atomic.Int32
+)
+
+const maxCachedKeys = 4096
+
 // secretKey reports whether an attribute key names a secret. Keys are split
 // into words at '_', '-', '.', spaces and lower-to-upper case changes.
 func secretKey(key string) bool {
+	if v, ok := secretKeyCache.Load(key); ok {
+		return v.(bool)
+	}
+	secret := keyNamesSecret(key)
+	if secretKeyCached.Add(1) <= maxCachedKeys {
+		secretKeyCache.Store(key, secret)
+	}
+	return secret
+}
+
+func keyNamesSecret(key string) bool {
 	words := splitWords(key)
 	if len(words) == 0 {
 		return false

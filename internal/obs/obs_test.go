@@ -90,8 +90,10 @@ func TestSecretKey(t *testing.T) {
 			// All-caps runs are one word: "apikey", which is listed as secret.
 			want = true
 		}
-		if got := secretKey(key); got != want {
-			t.Errorf("secretKey(%q) = %v, want %v", key, got, want)
+		for _, pass := range []string{"first", "cached"} {
+			if got := secretKey(key); got != want {
+				t.Errorf("secretKey(%q) (%s) = %v, want %v", key, pass, got, want)
+			}
 		}
 	}
 }
