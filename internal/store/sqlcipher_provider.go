@@ -15,6 +15,7 @@ import (
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/sha512"
+	"crypto/subtle"
 	"database/sql/driver"
 	"fmt"
 	"hash"
@@ -150,13 +151,69 @@ func qpcProviderRandom(buf unsafe.Pointer, n C.int) C.int {
 	return sqliteOK
 }
 
+// providerState is reusable per-goroutine work space for the page crypto:
+// the keyed HMAC and AES states of the last key used. SQLCipher hands over
+// the same keys for every page of a database, so the key schedule and HMAC
+// pads are computed once instead of per page (and nothing is allocated per
+// page). Like SQLCipher's own codec context it keeps copies of the keys.
+type providerState struct {
+	macAlg C.int
+	macKey []byte
+	mac    hash.Hash
+
+	aesKey   []byte
+	enc, dec cipher.BlockMode
+}
+
+var providerStates = sync.Pool{New: func() any { return new(providerState) }}
+
+type ivSetter interface{ SetIV([]byte) }
+
+// sameKey compares key material in constant time.
+func sameKey(a, b []byte) bool { return subtle.ConstantTimeCompare(a, b) == 1 }
+
+func (st *providerState) hmacFor(algorithm C.int, key []byte) hash.Hash {
+	if st.mac == nil || st.macAlg != algorithm || !sameKey(st.macKey, key) {
+		h := hashFor(algorithm)
+		if h == nil {
+			return nil
+		}
+		st.mac, st.macAlg, st.macKey = hmac.New(h, key), algorithm, append(st.macKey[:0], key...)
+		return st.mac
+	}
+	st.mac.Reset()
+	return st.mac
+}
+
+func (st *providerState) cbc(encrypt bool, key, iv []byte) (cipher.BlockMode, error) {
+	if st.enc == nil || !sameKey(st.aesKey, key) {
+		b, err := aes.NewCipher(key)
+		if err != nil {
+			return nil, err
+		}
+		st.enc, st.dec = cipher.NewCBCEncrypter(b, iv), cipher.NewCBCDecrypter(b, iv)
+		st.aesKey = append(st.aesKey[:0], key...)
+	}
+	m := st.dec
+	if encrypt {
+		m = st.enc
+	}
+	s, ok := m.(ivSetter)
+	if !ok {
+		return nil, fmt.Errorf("store: CBC mode without SetIV")
+	}
+	s.SetIV(iv)
+	return m, nil
+}
+
 //export qpcProviderHMAC
 func qpcProviderHMAC(algorithm C.int, key *C.uchar, keyLen C.int, in *C.uchar, inLen C.int, in2 *C.uchar, in2Len C.int, out *C.uchar) C.int {
-	h := hashFor(algorithm)
-	if h == nil {
+	st := providerStates.Get().(*providerState)
+	defer providerStates.Put(st)
+	m := st.hmacFor(algorithm, cbytes(key, keyLen))
+	if m == nil {
 		return sqliteError
 	}
-	m := hmac.New(h, cbytes(key, keyLen))
 	m.Write(cbytes(in, inLen))
 	m.Write(cbytes(in2, in2Len))
 	m.Sum(unsafe.Slice((*byte)(unsafe.Pointer(out)), m.Size())[:0])
@@ -184,16 +241,12 @@ func qpcProviderCipher(mode C.int, key *C.uchar, keyLen C.int, iv *C.uchar, in *
 	if inLen%aes.BlockSize != 0 {
 		return sqliteError
 	}
-	b, err := aes.NewCipher(cbytes(key, keyLen))
+	st := providerStates.Get().(*providerState)
+	defer providerStates.Put(st)
+	m, err := st.cbc(mode == 1, cbytes(key, keyLen), cbytes(iv, aes.BlockSize)) // 1: CIPHER_ENCRYPT
 	if err != nil {
 		return sqliteError
 	}
-	ivb := cbytes(iv, aes.BlockSize)
-	src, dst := cbytes(in, inLen), cbytes(out, inLen)
-	if mode == 1 { // CIPHER_ENCRYPT
-		cipher.NewCBCEncrypter(b, ivb).CryptBlocks(dst, src)
-	} else {
-		cipher.NewCBCDecrypter(b, ivb).CryptBlocks(dst, src)
-	}
+	m.CryptBlocks(cbytes(out, inLen), cbytes(in, inLen))
 	return sqliteOK
 }
