@@ -26,7 +26,8 @@ type Framing struct {
 // (Welcome, GroupInfo, KeyPackage, garbage) wraps ErrInvalidMessage.
 func ParseFraming(raw []byte) (Framing, error) {
 	var m mls.MLSMessage
-	if err := m.Unmarshal(raw); err != nil {
+	// Aliased: the framing is all that is kept, so the ciphertext is not copied.
+	if err := m.UnmarshalAliased(raw); err != nil {
 		return Framing{}, fmt.Errorf("%w: %w", ErrInvalidMessage, err)
 	}
 	switch {

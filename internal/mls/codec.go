@@ -140,6 +140,9 @@ func (e *encoder) optional(present bool, fn func(*encoder)) {
 type decoder struct {
 	s   cryptobyte.String
 	err error
+	// alias: byte fields share the input's memory instead of being copied
+	// (UnmarshalAliased); secrets are copied regardless.
+	alias bool
 }
 
 func newDecoder(b []byte) *decoder { return &decoder{s: cryptobyte.String(b)} }
@@ -209,6 +212,9 @@ func (d *decoder) fixed(n int) []byte {
 		d.fail("truncated fixed field of %d bytes", n)
 		return nil
 	}
+	if d.alias {
+		return b[:n:n]
+	}
 	return append([]byte(nil), b...)
 }
 
@@ -227,6 +233,9 @@ func (d *decoder) secret() Secret {
 	if d.err != nil {
 		return Secret{}
 	}
+	if d.alias && b != nil {
+		b = append([]byte(nil), b...) // a Secret owns (and wipes) its bytes
+	}
 	return adoptSecret(b)
 }
 
@@ -239,7 +248,7 @@ func (d *decoder) vector(elem func(*decoder)) {
 	}
 	var body []byte
 	d.s.ReadBytes(&body, n) // length() checked the bound
-	sub := &decoder{s: cryptobyte.String(body)}
+	sub := &decoder{s: cryptobyte.String(body), alias: d.alias}
 	for !sub.s.Empty() && sub.err == nil {
 		before := len(sub.s)
 		elem(sub)

@@ -57,7 +57,29 @@ func FuzzDecodeMLSMessage(f *testing.F) {
 	for _, b := range vectorMessages(f, 40) {
 		f.Add(b)
 	}
-	f.Fuzz(func(t *testing.T, in []byte) { checkRoundTrip(t, new(MLSMessage), in) })
+	f.Fuzz(func(t *testing.T, in []byte) {
+		checkRoundTrip(t, new(MLSMessage), in)
+		checkAliasedDecode(t, in)
+	})
+}
+
+// checkAliasedDecode: UnmarshalAliased accepts exactly what Unmarshal does
+// and re-encodes to the same bytes.
+func checkAliasedDecode(t *testing.T, in []byte) {
+	t.Helper()
+	var copied, aliased MLSMessage
+	errC, errA := copied.Unmarshal(in), aliased.UnmarshalAliased(in)
+	if (errC == nil) != (errA == nil) {
+		t.Fatalf("Unmarshal error %v, UnmarshalAliased error %v", errC, errA)
+	}
+	if errC != nil {
+		return
+	}
+	bc, err1 := copied.Marshal()
+	ba, err2 := aliased.Marshal()
+	if err1 != nil || err2 != nil || !bytes.Equal(bc, ba) {
+		t.Fatalf("aliased decode re-encodes differently (%v, %v)", err1, err2)
+	}
 }
 
 func FuzzDecodeKeyPackage(f *testing.F) {
@@ -85,4 +107,26 @@ func FuzzDecodeRatchetTree(f *testing.F) {
 		f.Add([]byte(c.RatchetTree))
 	}
 	f.Fuzz(func(t *testing.T, in []byte) { checkRoundTrip(t, new(RatchetTree), in) })
+}
+
+// UnmarshalAliased shares the input's memory: no copy of the ciphertext.
+func TestUnmarshalAliasedSharesInput(t *testing.T) {
+	raw, err := (&MLSMessage{Version: ProtocolVersionMLS10, WireFormat: WireFormatPrivateMessage,
+		PrivateMessage: &PrivateMessage{GroupID: []byte("group"), Epoch: 7, ContentType: ContentTypeApplication,
+			EncryptedSenderData: []byte("sender"), Ciphertext: []byte("ciphertext")}}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m MLSMessage
+	if err := m.UnmarshalAliased(raw); err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(raw, []byte("ciphertext"))
+	raw[i] = 'C'
+	if string(m.PrivateMessage.Ciphertext) != "Ciphertext" || m.PrivateMessage.Epoch != 7 {
+		t.Fatalf("ciphertext %q: not aliased to the input", m.PrivateMessage.Ciphertext)
+	}
+	if cap(m.PrivateMessage.GroupID) != len(m.PrivateMessage.GroupID) {
+		t.Fatal("an aliased field's capacity reaches into the next field: an append would overwrite the input")
+	}
 }

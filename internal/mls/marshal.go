@@ -10,6 +10,18 @@ func (v *MLSMessage) Marshal() ([]byte, error) { return marshal(v) }
 // Unmarshal decodes b as MLSMessage.
 func (v *MLSMessage) Unmarshal(b []byte) error { return unmarshal(b, v) }
 
+// UnmarshalAliased is Unmarshal whose byte fields share b's memory instead
+// of copying it (secrets are still copied): for reading a message without
+// keeping it, as the server reads the framing of every enqueued message
+// without copying its ciphertext. b must not change while v is in use.
+func (v *MLSMessage) UnmarshalAliased(b []byte) error {
+	*v = MLSMessage{}
+	d := newDecoder(b)
+	d.alias = true
+	v.decode(d)
+	return d.finish()
+}
+
 // Marshal returns the TLS encoding of PublicMessage.
 func (v *PublicMessage) Marshal() ([]byte, error) { return marshal(v) }
 

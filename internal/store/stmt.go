@@ -24,14 +24,30 @@ type stmtCache struct {
 	stmts     map[string]*sql.Stmt
 	wanted    map[string]bool
 	hasWanted atomic.Bool
+
+	// The writer runs one transaction at a time and many functions use the
+	// same statements in it: memoTx keeps the transaction's bindings too
+	// (database/sql allocates a new one per StmtContext call).
+	memoTx  bool
+	tx      *sql.Tx
+	txStmts map[string]*sql.Stmt
 }
 
 // bind returns query as a statement of tx, which must be a transaction of pool.
 func (c *stmtCache) bind(ctx context.Context, pool *sql.DB, tx *sql.Tx, query string) (*sql.Stmt, error) {
 	c.mu.Lock()
 	c.resetLocked(pool)
-	st := c.stmts[query]
-	if st == nil {
+	if c.memoTx {
+		if c.tx != tx {
+			c.tx, c.txStmts = tx, map[string]*sql.Stmt{}
+		}
+		if st := c.txStmts[query]; st != nil {
+			c.mu.Unlock()
+			return st, nil
+		}
+	}
+	shared := c.stmts[query]
+	if shared == nil {
 		if c.wanted == nil {
 			c.wanted = map[string]bool{}
 		}
@@ -39,10 +55,24 @@ func (c *stmtCache) bind(ctx context.Context, pool *sql.DB, tx *sql.Tx, query st
 		c.hasWanted.Store(true)
 	}
 	c.mu.Unlock()
-	if st != nil {
-		return tx.StmtContext(ctx, st), nil
+
+	var bound *sql.Stmt
+	if shared != nil {
+		bound = tx.StmtContext(ctx, shared)
+	} else {
+		var err error
+		if bound, err = tx.PrepareContext(ctx, query); err != nil {
+			return nil, err
+		}
 	}
-	return tx.PrepareContext(ctx, query)
+	if c.memoTx {
+		c.mu.Lock()
+		if c.tx == tx {
+			c.txStmts[query] = bound
+		}
+		c.mu.Unlock()
+	}
+	return bound, nil
 }
 
 // prepareWanted prepares on pool the queries bind has met since the last
@@ -80,6 +110,7 @@ func (c *stmtCache) resetLocked(pool *sql.DB) {
 	if c.pool != pool {
 		// The old pool's statements were finalised when it was closed.
 		c.pool, c.stmts = pool, map[string]*sql.Stmt{}
+		c.tx, c.txStmts = nil, nil
 	}
 }
 

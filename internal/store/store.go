@@ -162,6 +162,7 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 	}
 
 	db := &DB{
+		wstmts:       stmtCache{memoTx: true},
 		path:         opts.Path,
 		log:          log,
 		key:          opts.Key.Clone(),
