@@ -49,6 +49,11 @@ var (
 	// ErrMessageIDConflict: the message id was used by another sender in
 	// this channel (ALREADY_EXISTS).
 	ErrMessageIDConflict = errors.New("delivery: message id already used by another sender")
+	// ErrMessageIDExpired: a time-ordered (UUIDv7) message id older than the
+	// channel's message lifetime, less an hour for clock skew. Its original
+	// may already have been swept, and storing it again would hand the same
+	// message out twice (INVALID_ARGUMENT; send it under a new id).
+	ErrMessageIDExpired = errors.New("delivery: message id is older than the channel's message lifetime")
 	// ErrChannelExists: the group id is bound to a channel the caller is not
 	// a member of (ALREADY_EXISTS).
 	ErrChannelExists = errors.New("delivery: a channel for this group id exists")

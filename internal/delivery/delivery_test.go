@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -735,5 +736,57 @@ func TestMoreWhenInboxWaitsBehindMessages(t *testing.T) {
 	b, err := e.svc.Fetch(ctx, bob.Caller, 1, After{})
 	if err != nil || len(b.Messages) != 1 || len(b.Inbox) != 0 || !b.More {
 		t.Fatalf("%+v %v", b, err)
+	}
+}
+
+// v7ID makes a time-ordered message id created at t, as qpc does.
+func v7ID(t *testing.T, at time.Time) string {
+	t.Helper()
+	u, err := uuid.NewV7FromReader(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms := uint64(at.UnixMilli())
+	for i := range 6 {
+		u[i] = byte(ms >> (40 - 8*i))
+	}
+	return u.String()
+}
+
+// A message id replayed after its original was swept is not stored again
+// when the id is time-ordered (UUIDv7): its age shows it. A fresh id for the
+// same body is fine; an id of another form is only deduplicated while its
+// original is stored (documented).
+func TestExpiredMessageIDRefused(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.Retention = 7 * 24 * time.Hour })
+	alice, bob := e.dir.add("alice", "a1"), e.dir.add("bob", "b1")
+	ch, g := e.group(t, alice, bob)
+	body := dt.Application(g, 0, 10)
+	id := v7ID(t, e.clock.Now())
+	first, err := e.svc.Enqueue(ctx, alice.Caller, ch.ID, id, body, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Within the lifetime a replay is a duplicate.
+	e.clock.Advance(3 * 24 * time.Hour)
+	if again, err := e.svc.Enqueue(ctx, alice.Caller, ch.ID, id, body, nil); err != nil || !again.Duplicate || again.Seq != first.Seq {
+		t.Fatalf("replay within the lifetime: %+v %v", again, err)
+	}
+	e.clock.Advance(4*24*time.Hour + time.Second)
+	if n, err := e.svc.Sweep(ctx); err != nil || n != 1 {
+		t.Fatalf("sweep: %d %v", n, err)
+	}
+	if _, err := e.svc.Enqueue(ctx, alice.Caller, ch.ID, id, body, nil); !errors.Is(err, ErrMessageIDExpired) {
+		t.Fatalf("replay after the original was swept: %v, want ErrMessageIDExpired", err)
+	}
+	// A sender whose clock lags by less than the allowance is not refused.
+	if _, err := e.svc.Enqueue(ctx, alice.Caller, ch.ID, v7ID(t, e.clock.Now().Add(-7*24*time.Hour+2*idClockSkew)), body, nil); err != nil {
+		t.Fatalf("id from a lagging clock: %v", err)
+	}
+	if _, err := e.svc.Enqueue(ctx, alice.Caller, ch.ID, v7ID(t, e.clock.Now()), body, nil); err != nil {
+		t.Fatalf("fresh id: %v", err)
+	}
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); len(b.Messages) != 2 {
+		t.Fatalf("bob sees %d messages, want the 2 new ones", len(b.Messages))
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/quicprochat/quicprochat/internal/mls"
 )
 
@@ -107,7 +109,8 @@ func (s *Service) Enqueue(ctx context.Context, c Caller, id []byte, messageID st
 	case errors.Is(err, ErrNotMember), errors.Is(err, ErrNotFound):
 		result = "denied"
 		s.denied(ctx, c, "enqueue", err)
-	case errors.Is(err, ErrInvalidMessage), errors.Is(err, ErrInvalidRequest), errors.Is(err, ErrTooLarge), errors.Is(err, ErrMessageIDConflict):
+	case errors.Is(err, ErrInvalidMessage), errors.Is(err, ErrInvalidRequest), errors.Is(err, ErrTooLarge), errors.Is(err, ErrMessageIDConflict),
+		errors.Is(err, ErrMessageIDExpired):
 		result = "invalid"
 	default:
 		result = "error"
@@ -155,6 +158,7 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 	}
 	now := s.now()
 	nowMS := now.UnixMilli()
+	idMS, timedID := messageIDTime(messageID)
 	var res Enqueued
 	var kind int
 	err = s.db.WriteTx(ctx, func(tx *sql.Tx) error {
@@ -204,6 +208,10 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 		if ttlMS > 0 {
 			life = min(life, ttlMS)
 		}
+		if timedID && idMS < nowMS-life+idClockSkew.Milliseconds() {
+			return fmt.Errorf("%w: the id was made %s, the channel keeps messages for %s; send the message under a new id",
+				ErrMessageIDExpired, time.UnixMilli(idMS).UTC().Format(time.RFC3339), time.Duration(life)*time.Millisecond)
+		}
 		ins, err := s.db.WriteStmt(ctx, tx, enqueueInsert)
 		if err != nil {
 			return err
@@ -229,6 +237,24 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 		return nil
 	})
 	return res, kind, err
+}
+
+// idClockSkew is how far a sender's clock may lag the server's before its
+// time-ordered message ids count as expired early.
+const idClockSkew = time.Hour
+
+// messageIDTime returns the creation time (Unix ms) a UUIDv7 message id
+// carries. Idempotency is checked against the stored messages, which the
+// retention sweep deletes; the id's own time closes the gap after that: a
+// v7 id older than the channel's message lifetime is refused. Ids of other
+// forms are deduplicated only while their original is stored.
+func messageIDTime(id string) (int64, bool) {
+	u, err := uuid.Parse(id)
+	if err != nil || u.Version() != 7 {
+		return 0, false
+	}
+	sec, nsec := u.Time().UnixTime()
+	return sec*1000 + nsec/1e6, true
 }
 
 // InboxRecipient names one device of an account.
