@@ -410,9 +410,11 @@ func TestRejoinAfterRetention(t *testing.T) {
 	now := time.Now()
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	srv := servertest.StartWith(t, servertest.Config(t), clock)
-	alice := registered(t, srv, "alice")
-	bob := registered(t, srv, "bob")
-	registered(t, srv, "carol")
+	// The clients share the server's clock: their message ids carry their
+	// time, and the server refuses ids older than the retention.
+	alice := registeredAt(t, srv, "alice", clock)
+	bob := registeredAt(t, srv, "bob", clock)
+	registeredAt(t, srv, "carol", clock)
 	ctx := ctxT(t)
 	if err := alice.CreateGroup(ctx, "team"); err != nil {
 		t.Fatal(err)

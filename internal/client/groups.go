@@ -447,7 +447,7 @@ func (c *Client) queueCommitLocked(ctx context.Context, channelID []byte, in com
 		if err != nil {
 			return err
 		}
-		id, err := NewMessageID()
+		id, err := c.newMessageID()
 		if err != nil {
 			return err
 		}
@@ -484,7 +484,7 @@ func (c *Client) Leave(ctx context.Context, name string) error {
 		if err != nil {
 			return fmt.Errorf("client: propose own removal: %w", err)
 		}
-		id, err := NewMessageID()
+		id, err := c.newMessageID()
 		if err != nil {
 			return err
 		}
@@ -574,7 +574,7 @@ func (c *Client) Send(ctx context.Context, channel, text, replyTo string) (strin
 		return "", err
 	}
 	id.key.Wipe()
-	mid, err := NewMessageID()
+	mid, err := c.newMessageID()
 	if err != nil {
 		return "", err
 	}

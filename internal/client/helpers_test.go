@@ -33,7 +33,13 @@ var fastBackoff = Backoff{Base: 5 * time.Millisecond, Max: 200 * time.Millisecon
 // newTestClient initialises a client home for srv (pinned) and opens it.
 func newTestClient(t testing.TB, srv *servertest.Server, keys KeySource) (*Client, Options) {
 	t.Helper()
-	o := Options{Home: filepath.Join(t.TempDir(), "home"), Keys: keys, Backoff: fastBackoff}
+	return newTestClientAt(t, srv, keys, nil)
+}
+
+// newTestClientAt is newTestClient on a given clock (nil: the real one).
+func newTestClientAt(t testing.TB, srv *servertest.Server, keys KeySource, now func() time.Time) (*Client, Options) {
+	t.Helper()
+	o := Options{Home: filepath.Join(t.TempDir(), "home"), Keys: keys, Backoff: fastBackoff, Now: now}
 	c, err := Init(ctxT(t), o, ServerTrust{Addr: srv.Addr(), PinSHA256: srv.Pin()}, 0)
 	if err != nil {
 		t.Fatalf("Init: %v", err)
@@ -45,7 +51,13 @@ func newTestClient(t testing.TB, srv *servertest.Server, keys KeySource) (*Clien
 // registered is a client with a registered, logged-in device.
 func registered(t testing.TB, srv *servertest.Server, name string) *Client {
 	t.Helper()
-	c, _ := newTestClient(t, srv, testKey(t))
+	return registeredAt(t, srv, name, nil)
+}
+
+// registeredAt is registered on a given clock (nil: the real one).
+func registeredAt(t testing.TB, srv *servertest.Server, name string, now func() time.Time) *Client {
+	t.Helper()
+	c, _ := newTestClientAt(t, srv, testKey(t), now)
 	if _, err := c.Register(ctxT(t), RegisterParams{AccountName: name}); err != nil {
 		t.Fatalf("register %s: %v", name, err)
 	}

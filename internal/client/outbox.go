@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -24,10 +25,20 @@ const (
 // NewMessageID returns a time-ordered (version 7) UUID. Ids that sort by
 // time keep the server's idempotency index appending instead of touching a
 // random page per message, which measurably raises enqueue throughput.
-func NewMessageID() (string, error) {
+func NewMessageID() (string, error) { return newMessageIDAt(time.Now()) }
+
+// newMessageID is NewMessageID on the client's clock (Options.Now): the
+// server refuses a v7 id older than the channel's message lifetime.
+func (c *Client) newMessageID() (string, error) { return newMessageIDAt(c.now()) }
+
+func newMessageIDAt(at time.Time) (string, error) {
 	id, err := uuid.NewV7()
 	if err != nil {
 		return "", fmt.Errorf("client: message id: %w", err)
+	}
+	ms := uint64(max(at.UnixMilli(), 0)) // the 48-bit Unix-ms field of RFC 9562
+	for i := range 6 {
+		id[i] = byte(ms >> (40 - 8*i))
 	}
 	return id.String(), nil
 }
@@ -49,7 +60,7 @@ func (c *Client) QueueMLS(ctx context.Context, channelID, mlsMessage, groupInfo 
 	if len(channelID) != 16 {
 		return "", fmt.Errorf("client: channel id is %d bytes, want 16", len(channelID))
 	}
-	id, err := NewMessageID()
+	id, err := c.newMessageID()
 	if err != nil {
 		return "", err
 	}

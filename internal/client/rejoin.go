@@ -49,7 +49,7 @@ func (c *Client) rejoin(ctx context.Context, channelID []byte) error {
 		if err != nil {
 			return fmt.Errorf("client: rejoin: GroupInfo: %w", err)
 		}
-		mid, err := NewMessageID()
+		mid, err := c.newMessageID()
 		if err != nil {
 			return err
 		}
