@@ -57,6 +57,17 @@ const (
 	ProviderLibtomcrypt = "libtomcrypt"
 )
 
+// currentProvider names the page crypto new connections use, as
+// PRAGMA cipher_provider reports it.
+func currentProvider() string {
+	providerMu.Lock()
+	defer providerMu.Unlock()
+	if providerGo {
+		return ProviderGo
+	}
+	return ProviderLibtomcrypt
+}
+
 // useProvider registers the crypto provider new connections should use:
 // Go's unless memory security is on or the bundled SQLCipher is a version
 // the provider table was not written for.

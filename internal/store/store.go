@@ -207,7 +207,8 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 	}
 
 	go db.runWriter()
-	log.Info("store: opened", "path", opts.Path, "schema_version", version, "created", created, "readers", readers)
+	log.Info("store: opened", "path", opts.Path, "schema_version", version, "created", created, "readers", readers,
+		"page_crypto", currentProvider())
 	return db, nil
 }
 
