@@ -95,7 +95,9 @@ func (c *Client) DoFrame(ctx context.Context, raw []byte) (*qpcv1.Response, erro
 	// nothing more from this side of the stream.
 	_, werr := s.Write(raw)
 	if werr == nil {
-		werr = s.Close()
+		// Fails only if the server already stopped reading (an oversized
+		// request): its answer, read below, says why.
+		_ = s.Close()
 	}
 	var stopped *quic.StreamError
 	if werr != nil && !(errors.As(werr, &stopped) && stopped.Remote) {
