@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
@@ -95,11 +96,20 @@ func checkLen(fd protoreflect.FieldDescriptor, rules *qpcv1.FieldRules, n int) e
 	return nil
 }
 
+// rulesCache maps a field descriptor to its rules (nil when it has none).
+// Descriptors are fixed at build time, so the map is bounded by the schema;
+// reading the option through the extension API on every field of every
+// message was most of validation's cost.
+var rulesCache sync.Map // protoreflect.FieldDescriptor -> *qpcv1.FieldRules
+
 func fieldRules(fd protoreflect.FieldDescriptor) *qpcv1.FieldRules {
-	opts := fd.Options()
-	if opts == nil || !proto.HasExtension(opts, qpcv1.E_Rules) {
-		return nil
+	if r, ok := rulesCache.Load(fd); ok {
+		return r.(*qpcv1.FieldRules)
 	}
-	r, _ := proto.GetExtension(opts, qpcv1.E_Rules).(*qpcv1.FieldRules)
+	var r *qpcv1.FieldRules
+	if opts := fd.Options(); opts != nil && proto.HasExtension(opts, qpcv1.E_Rules) {
+		r, _ = proto.GetExtension(opts, qpcv1.E_Rules).(*qpcv1.FieldRules)
+	}
+	rulesCache.Store(fd, r)
 	return r
 }
