@@ -12,8 +12,10 @@
 #include "_cgo_export.h"
 
 // The provider table of SQLCipher 4.4 (src/crypto.h). Field order and
-// types must match the bundled SQLCipher exactly; store.sqlcipherVersion
-// is checked against the version this was written for before installing.
+// types must match the bundled SQLCipher exactly: useProvider installs this
+// one only if PRAGMA cipher_version starts with providerFor, and
+// TestCryptoProvidersInteroperate fails if the layout or the operations
+// drift (page HMACs would not verify across providers).
 typedef struct {
   int (*activate)(void *ctx);
   int (*deactivate)(void *ctx);

@@ -1,7 +1,6 @@
 package store
 
 /*
-#include <stdlib.h>
 int qpc_use_provider(int go);
 */
 import "C"
