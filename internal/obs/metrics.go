@@ -52,14 +52,27 @@ type Metrics struct {
 	RateLimited      *prometheus.CounterVec   // qpcd_rate_limited_total{scope}
 	AuthFailures     *prometheus.CounterVec   // qpcd_auth_failures_total{reason}
 	Ready            prometheus.Gauge         // qpcd_ready: 1 when serving, 0 while starting or draining
+	DBCommitDuration prometheus.Histogram     // qpcd_db_commit_duration_seconds: COMMIT of one write batch
+	DBCommitWrites   prometheus.Histogram     // qpcd_db_commit_writes: WriteTx calls per committed batch
 
 	err error // registration failure; see Err
 }
 
+// StoreGauges are read from the store at each scrape; nil fields are
+// left out.
+type StoreGauges struct {
+	Size       func() float64 // qpcd_db_size_bytes
+	WriteQueue func() float64 // qpcd_db_write_queue
+}
+
+// DBCommitBuckets are the buckets of qpcd_db_commit_duration_seconds, 0.1 ms
+// to 2.5 s: a commit is a WAL write and an fsync.
+var DBCommitBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}
+
 // NewMetrics builds the registry: Go runtime and process collectors,
-// qpcd_build_info, qpcd_start_time_seconds, the metrics in Metrics and, when
-// dbSize is not nil, qpcd_db_size_bytes read from dbSize at each scrape.
-func NewMetrics(dbSize func() float64) *Metrics {
+// qpcd_build_info, qpcd_start_time_seconds, the metrics in Metrics and the
+// store gauges that are set (qpcd_db_size_bytes, qpcd_db_write_queue).
+func NewMetrics(store *StoreGauges) *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
 		Connections: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -90,6 +103,14 @@ func NewMetrics(dbSize func() float64) *Metrics {
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "qpcd_ready", Help: "1 when qpcd is ready to serve, 0 while starting or draining.",
 		}),
+		DBCommitDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "qpcd_db_commit_duration_seconds", Help: "Time the COMMIT of one write batch took: writing the WAL and flushing it to disk.",
+			Buckets: DBCommitBuckets,
+		}),
+		DBCommitWrites: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "qpcd_db_commit_writes", Help: "Write transactions group-committed per batch.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 9), // 1 to 256, the batch cap
+		}),
 	}
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "qpcd_build_info", Help: "Build information; the value is always 1.",
@@ -107,11 +128,17 @@ func NewMetrics(dbSize func() float64) *Metrics {
 		buildInfo, start,
 		m.Connections, m.ConnectionsTotal, m.RPCs, m.RPCDuration, m.InFlight,
 		m.FramesRejected, m.RateLimited, m.AuthFailures, m.Ready,
+		m.DBCommitDuration, m.DBCommitWrites,
 	}
-	if dbSize != nil {
+	if store != nil && store.Size != nil {
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "qpcd_db_size_bytes", Help: "Size of the database files on disk, in bytes.",
-		}, dbSize))
+		}, store.Size))
+	}
+	if store != nil && store.WriteQueue != nil {
+		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "qpcd_db_write_queue", Help: "Write transactions waiting for the database's single writer.",
+		}, store.WriteQueue))
 	}
 	var errs []error
 	for _, c := range cs {

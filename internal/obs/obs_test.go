@@ -156,6 +156,7 @@ var allMetricNames = []string{
 	"qpcd_connections", "qpcd_connections_total", "qpcd_rpc_requests_total", "qpcd_rpc_duration_seconds",
 	"qpcd_rpc_in_flight", "qpcd_frames_rejected_total", "qpcd_rate_limited_total", "qpcd_auth_failures_total",
 	"qpcd_ready", "qpcd_build_info", "qpcd_db_size_bytes", "qpcd_start_time_seconds",
+	"qpcd_db_commit_duration_seconds", "qpcd_db_commit_writes", "qpcd_db_write_queue",
 }
 
 func touch(m *Metrics) {
@@ -167,10 +168,12 @@ func touch(m *Metrics) {
 	m.RateLimited.WithLabelValues(ScopeIP).Inc()
 	m.AuthFailures.WithLabelValues("bad_signature").Inc()
 	m.Ready.Set(1)
+	m.DBCommitDuration.Observe(0.002)
+	m.DBCommitWrites.Observe(14)
 }
 
 func TestMetricsPassPromlint(t *testing.T) {
-	m := NewMetrics(func() float64 { return 4096 })
+	m := NewMetrics(&StoreGauges{Size: func() float64 { return 4096 }, WriteQueue: func() float64 { return 3 }})
 	if err := m.Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +236,7 @@ func get(t *testing.T, h http.Handler, path string) (int, string) {
 }
 
 func TestOpsHandler(t *testing.T) {
-	m := NewMetrics(func() float64 { return 1 << 20 })
+	m := NewMetrics(&StoreGauges{Size: func() float64 { return 1 << 20 }, WriteQueue: func() float64 { return 2 }})
 	touch(m)
 	var notReady atomic.Pointer[error]
 	reason := errors.New("draining")
@@ -276,7 +279,7 @@ func TestOpsHandler(t *testing.T) {
 			t.Errorf("/metrics does not expose %s", n)
 		}
 	}
-	for _, want := range []string{`qpcd_db_size_bytes 1.048576e+06`, `qpcd_rpc_requests_total{method="Fetch",status="OK"} 1`,
+	for _, want := range []string{`qpcd_db_size_bytes 1.048576e+06`, `qpcd_db_write_queue 2`, `qpcd_rpc_requests_total{method="Fetch",status="OK"} 1`,
 		`qpcd_rate_limited_total{scope="device"} 0`, `qpcd_build_info{commit=`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)

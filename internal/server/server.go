@@ -104,9 +104,16 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s.metrics = obs.NewMetrics(func() float64 {
-		n, _ := s.db.Size()
-		return float64(n)
+	s.metrics = obs.NewMetrics(&obs.StoreGauges{
+		Size: func() float64 {
+			n, _ := s.db.Size()
+			return float64(n)
+		},
+		WriteQueue: func() float64 { return float64(s.db.QueueLen()) },
+	})
+	s.db.SetCommitObserver(func(writes int, took time.Duration) {
+		s.metrics.DBCommitDuration.Observe(took.Seconds())
+		s.metrics.DBCommitWrites.Observe(float64(writes))
 	})
 
 	s.rpc = &rpcServer{

@@ -117,6 +117,8 @@ type DB struct {
 	wstmts stmtCache // statements prepared on wdb (writer goroutine)
 	rstmts stmtCache // statements prepared on rdb
 
+	onCommit atomic.Pointer[func(writes int, took time.Duration)] // SetCommitObserver
+
 	commits   atomic.Int64 // SQL COMMITs of write batches
 	committed atomic.Int64 // WriteTx functions committed
 }
@@ -290,6 +292,21 @@ func (db *DB) ReadTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error)
 	}()
 	return fn(tx)
 }
+
+// SetCommitObserver sets a function called on the writer after every
+// committed batch with the number of WriteTx functions it held and how long
+// its COMMIT took (writing and flushing the WAL: the disk's share of a
+// write). It must return quickly. nil removes it.
+func (db *DB) SetCommitObserver(f func(writes int, took time.Duration)) {
+	if f == nil {
+		db.onCommit.Store(nil)
+		return
+	}
+	db.onCommit.Store(&f)
+}
+
+// QueueLen is the number of WriteTx calls waiting for the writer.
+func (db *DB) QueueLen() int { return len(db.queue) }
 
 // SchemaVersion returns the highest applied migration version.
 func (db *DB) SchemaVersion(ctx context.Context) (int, error) {

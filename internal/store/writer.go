@@ -287,6 +287,7 @@ func (db *DB) attempt(reqs []*request, budget bool) (retry, leftover []*request)
 		db.abandon(tx)
 		return nil, leftover
 	}
+	commitStart := time.Now()
 	if err := tx.Commit(); err != nil {
 		db.abandon(nil)
 		if len(ok) > 1 {
@@ -296,6 +297,9 @@ func (db *DB) attempt(reqs []*request, budget bool) (retry, leftover []*request)
 		}
 		ok[0].finish(fmt.Errorf("store: commit: %w", err))
 		return nil, leftover
+	}
+	if f := db.onCommit.Load(); f != nil {
+		(*f)(len(ok), time.Since(commitStart))
 	}
 	db.commits.Add(1)
 	db.committed.Add(int64(len(ok)))

@@ -581,3 +581,44 @@ func TestLeakedRows(t *testing.T) {
 		t.Fatalf("rows = %d, want 3", n)
 	}
 }
+
+// The commit observer sees every committed batch with its size; QueueLen
+// counts the calls waiting for the writer.
+func TestCommitObserver(t *testing.T) {
+	db := openTest(t, filepath.Join(t.TempDir(), "qpcd.db"), newKey(t))
+	defer db.Close()
+	var mu sync.Mutex
+	var batches, writes int
+	db.SetCommitObserver(func(n int, took time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		batches++
+		writes += n
+		if took <= 0 {
+			t.Errorf("commit took %v", took)
+		}
+	})
+	ctx := context.Background()
+	release := holdWriter(t, db) // calls queue up behind it
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := db.WriteTx(ctx, insert(fmt.Sprint(i))); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	waitFor(t, "20 queued writes", func() bool { return db.QueueLen() == 20 })
+	release()
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if writes != 20 || batches < 1 || batches > 20 {
+		t.Fatalf("observer saw %d writes in %d batches, want 20 writes", writes, batches)
+	}
+	if db.QueueLen() != 0 {
+		t.Fatalf("queue %d after the writes", db.QueueLen())
+	}
+}
