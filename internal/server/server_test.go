@@ -285,3 +285,40 @@ func exchangeThenFIN(t *testing.T, c *rpcclient.Client, raw []byte) *qpcv1.Respo
 	}
 	return resp
 }
+
+// A client of the first protocol revision sends its FIN only after reading
+// the reply: it is still answered, and the streams it completes this way do
+// not use up its stream credit (more calls than MaxStreamsPerConn succeed).
+func TestClientFINAfterReplyStillServed(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits.MaxStreamsPerConn = 4
+	ts := startServer(t, cfg)
+	c := ts.dial(t)
+	body, err := wire.Marshal(&qpcv1.PingRequest{Echo: "late fin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 * cfg.Limits.MaxStreamsPerConn {
+		env, err := wire.Marshal(&qpcv1.Request{Version: wire.ProtocolVersion, Method: MethodPing, RequestId: uint64(i + 1), Body: body})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := c.Conn().OpenStreamSync(ctxT(t))
+		if err != nil {
+			t.Fatalf("call %d: open stream: %v", i, err)
+		}
+		_ = s.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := s.Write(wire.AppendFrame(nil, env)); err != nil {
+			t.Fatal(err)
+		}
+		frame, err := wire.ReadFrame(s, wire.DefaultMaxFrame)
+		if err != nil {
+			t.Fatalf("call %d: reply before the FIN: %v", i, err)
+		}
+		resp, err := wire.DecodeResponse(frame)
+		if err != nil || resp.GetStatus() != qpcv1.Status_STATUS_OK {
+			t.Fatalf("call %d: %v %v", i, resp.GetStatus(), err)
+		}
+		_ = s.Close() // the late FIN
+	}
+}
