@@ -6,6 +6,7 @@ int qpc_use_provider(int go);
 import "C"
 
 import (
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
@@ -109,7 +110,11 @@ func cipherVersion(drv *sqlite3.SQLiteDriver) (string, error) {
 		return "", fmt.Errorf("store: read SQLCipher's version: %w", err)
 	}
 	defer st.Close()
-	rows, err := st.Query(nil) //nolint:staticcheck // the plain driver interface is all a bare connection offers
+	q, ok := st.(driver.StmtQueryContext)
+	if !ok {
+		return "", fmt.Errorf("store: read SQLCipher's version: driver statement cannot query")
+	}
+	rows, err := q.QueryContext(context.Background(), nil)
 	if err != nil {
 		return "", fmt.Errorf("store: read SQLCipher's version: %w", err)
 	}
