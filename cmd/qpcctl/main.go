@@ -61,7 +61,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	addCanaryCommands(rel, g) // release_canary.go
 	root.AddCommand(rel)
 	root.AddCommand(newStatusCommand(g), newBackupCommand(g), newRestoreCommand(g), newRotateCommand(g),
-		newAccountsCommand(g), newDevicesCommand(g), newInvitesCommand(g), newDrainCommand(g))
+		newAccountsCommand(g), newDevicesCommand(g), newInvitesCommand(g), newChannelsCommand(g), newDrainCommand(g))
 	root.SetArgs(args)
 	// Ctrl-C or SIGTERM cancels the command's context, so it cleans up
 	// (temporary files of backup and restore) and exits 1.

@@ -19,6 +19,7 @@ const (
 	PathAccounts       = "/v1/accounts"
 	PathDevices        = "/v1/devices"
 	PathInvites        = "/v1/invites"
+	PathChannels       = "/v1/channels"
 )
 
 // Error kinds carried in ErrorBody.Kind; the client maps them back to these sentinels.
@@ -180,6 +181,53 @@ type Snapshot struct {
 }
 
 // Backend is what the admin API needs from qpcd (internal/server implements it).
+// Channel is a delivery channel as the admin API shows it (GET
+// /v1/channels/{id}?commits=N): its state and its latest commits, newest
+// first, so an operator can see who moved the epoch.
+type Channel struct {
+	ID             string          `json:"id"`       // hex
+	Kind           string          `json:"kind"`     // group or dm
+	GroupID        string          `json:"group_id"` // hex
+	Epoch          uint64          `json:"epoch"`    // the next commit must carry this epoch
+	HeadSeq        uint64          `json:"head_seq"`
+	GroupInfoEpoch *uint64         `json:"group_info_epoch,omitempty"`
+	Members        []ChannelMember `json:"members"`
+	Commits        []ChannelCommit `json:"commits"`
+}
+
+// ChannelMember is an account (DeviceID "": all its devices) or one device.
+type ChannelMember struct {
+	AccountID   string `json:"account_id"`
+	AccountName string `json:"account_name"`
+	DeviceID    string `json:"device_id,omitempty"`
+}
+
+// ChannelCommit is one commit in a channel's log.
+type ChannelCommit struct {
+	Seq         uint64    `json:"seq"`
+	Epoch       uint64    `json:"epoch"` // made in this epoch; it started Epoch+1
+	AccountID   string    `json:"account_id"`
+	AccountName string    `json:"account_name"`
+	DeviceID    string    `json:"device_id"`
+	Time        time.Time `json:"time"`
+}
+
+// RevertEpochRequest is POST /v1/channels/{id}/revert-epoch.
+type RevertEpochRequest struct {
+	To            uint64 `json:"to"`                       // the last epoch the honest members share
+	RemoveAccount string `json:"remove_account,omitempty"` // id or name of the member who wedged the group
+}
+
+// RevertEpochResult says what RevertEpoch changed.
+type RevertEpochResult struct {
+	ChannelID          string `json:"channel_id"`
+	From               uint64 `json:"from_epoch"`
+	To                 uint64 `json:"to_epoch"`
+	GroupInfoCleared   bool   `json:"group_info_cleared"`
+	RemovedAccount     string `json:"removed_account,omitempty"`
+	RemovedMemberships int    `json:"removed_memberships"`
+}
+
 type Backend interface {
 	Status(ctx context.Context) (Status, error)
 	Snapshot(ctx context.Context) (Snapshot, error)
@@ -197,4 +245,6 @@ type Backend interface {
 	CreateInvite(ctx context.Context, r CreateInviteRequest) (Invite, error)
 	ListInvites(ctx context.Context) ([]Invite, error)
 	RevokeInvite(ctx context.Context, id string) error
+	GetChannel(ctx context.Context, id string, commits int) (Channel, error)
+	RevertEpoch(ctx context.Context, id string, r RevertEpochRequest) (RevertEpochResult, error)
 }

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -178,6 +179,19 @@ func (c *Client) SetAccountDisabled(ctx context.Context, idOrName string, disabl
 	}
 	var r Account
 	return r, c.do(ctx, http.MethodPost, PathAccounts+"/"+url.PathEscape(idOrName)+"/"+action, nil, &r)
+}
+
+// GetChannel returns a channel's state and its latest commits (newest first).
+func (c *Client) GetChannel(ctx context.Context, id string, commits int) (Channel, error) {
+	var r Channel
+	q := url.Values{"commits": {strconv.Itoa(commits)}}
+	return r, c.do(ctx, http.MethodGet, PathChannels+"/"+url.PathEscape(id)+"?"+q.Encode(), nil, &r)
+}
+
+// RevertEpoch moves a wedged channel back to an earlier epoch.
+func (c *Client) RevertEpoch(ctx context.Context, id string, req RevertEpochRequest) (RevertEpochResult, error) {
+	var r RevertEpochResult
+	return r, c.do(ctx, http.MethodPost, PathChannels+"/"+url.PathEscape(id)+"/revert-epoch", req, &r)
 }
 
 // ListDevices lists devices, of one account (id or name) or all.

@@ -199,6 +199,28 @@ func (s *Server) handler() http.Handler {
 		err := s.b.RevokeInvite(r.Context(), r.PathValue("id"))
 		s.reply(w, r, map[string]string{"revoked": r.PathValue("id")}, err)
 	})
+	mux.HandleFunc("GET "+PathChannels+"/{id}", func(w http.ResponseWriter, r *http.Request) {
+		commits := 20
+		if c := r.URL.Query().Get("commits"); c != "" {
+			n, err := strconv.Atoi(c)
+			if err != nil || n < 0 || n > 1000 {
+				s.reply(w, r, nil, fmt.Errorf("%w: commits %q is not a number from 0 to 1000", ErrInvalid, c))
+				return
+			}
+			commits = n
+		}
+		res, err := s.b.GetChannel(r.Context(), r.PathValue("id"), commits)
+		s.reply(w, r, res, err)
+	})
+	mux.HandleFunc("POST "+PathChannels+"/{id}/revert-epoch", func(w http.ResponseWriter, r *http.Request) {
+		var req RevertEpochRequest
+		if err := decode(r, &req); err != nil {
+			s.reply(w, r, nil, err)
+			return
+		}
+		res, err := s.b.RevertEpoch(r.Context(), r.PathValue("id"), req)
+		s.reply(w, r, res, err)
+	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !allowed(r) {
 			writeJSON(w, http.StatusForbidden, ErrorBody{Error: "admin API: your uid may not use this socket; run qpcctl as the user qpcd runs as (or root)", Kind: "invalid"})

@@ -790,3 +790,72 @@ func TestExpiredMessageIDRefused(t *testing.T) {
 		t.Fatalf("bob sees %d messages, want the 2 new ones", len(b.Messages))
 	}
 }
+
+// A member wedges the group with commits nobody else can process; the
+// operator reverts the channel to the last shared epoch and takes the
+// offender off it; an honest member's commit is accepted again and the
+// offender can no longer post or read.
+func TestRevertEpochRecoversAWedgedGroup(t *testing.T) {
+	e := newEnv(t, nil)
+	alice, bob, mallory := e.dir.add("alice", "a1"), e.dir.add("bob", "b1"), e.dir.add("mallory", "m1")
+	ch, g := e.group(t, alice, bob, mallory)
+	if _, err := e.svc.Enqueue(ctx, alice.Caller, ch.ID, newMsgID(), dt.Commit(g, 0), dt.GroupInfo(g, 1)); err != nil {
+		t.Fatal(err)
+	}
+	// Mallory's bogus commits at epochs 1 and 2 are accepted (the server
+	// cannot tell), with a GroupInfo for epoch 3.
+	for epoch := uint64(1); epoch <= 2; epoch++ {
+		if _, err := e.svc.Enqueue(ctx, mallory.Caller, ch.ID, newMsgID(), dt.Commit(g, epoch), dt.GroupInfo(g, epoch+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.svc.Enqueue(ctx, bob.Caller, ch.ID, newMsgID(), dt.Commit(g, 1), nil); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("bob's commit at the shared epoch before the revert: %v, want ErrStaleEpoch", err)
+	}
+
+	info, err := e.svc.ChannelForAdmin(ctx, ch.ID, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Epoch != 3 || len(info.Commits) != 3 || info.Commits[0].SenderAccount != mallory.AccountID ||
+		info.Commits[0].Epoch != 2 || info.Commits[2].SenderAccount != alice.AccountID || info.GroupInfoEpoch == nil || *info.GroupInfoEpoch != 3 {
+		t.Fatalf("channel as the operator sees it: %+v", info)
+	}
+
+	for _, bad := range []uint64{3, 4} {
+		if _, err := e.svc.RevertEpoch(ctx, ch.ID, bad, "", "test"); !errors.Is(err, ErrInvalidRequest) {
+			t.Fatalf("revert to %d (not earlier): %v", bad, err)
+		}
+	}
+	if _, err := e.svc.RevertEpoch(ctx, make([]byte, ChannelIDSize), 0, "", "test"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("revert of an unknown channel: %v", err)
+	}
+	if got, _ := e.svc.ChannelForAdmin(ctx, ch.ID, 0); got.Epoch != 3 {
+		t.Fatalf("a refused revert changed the epoch to %d", got.Epoch)
+	}
+
+	r, err := e.svc.RevertEpoch(ctx, ch.ID, 1, mallory.AccountID, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.From != 3 || r.To != 1 || !r.GroupInfoCleared || r.Removed != 1 {
+		t.Fatalf("revert: %+v", r)
+	}
+	if _, _, err := e.svc.GroupInfo(ctx, bob.Caller, ch.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the reverted commits' GroupInfo is still served: %v", err)
+	}
+	won, err := e.svc.Enqueue(ctx, bob.Caller, ch.ID, newMsgID(), dt.Commit(g, 1), dt.GroupInfo(g, 2))
+	if err != nil || won.Epoch != 2 {
+		t.Fatalf("bob's commit after the revert: %+v %v", won, err)
+	}
+	if _, err := e.svc.Enqueue(ctx, mallory.Caller, ch.ID, newMsgID(), dt.Application(g, 2, 10), nil); !errors.Is(err, ErrNotMember) {
+		t.Fatalf("mallory posting after removal: %v", err)
+	}
+	if b, err := e.svc.Fetch(ctx, mallory.Caller, 0, After{}); err != nil || len(b.Messages) != 0 {
+		t.Fatalf("mallory reading after removal: %d messages, %v", len(b.Messages), err)
+	}
+	// Alice still reads everything, the skipped commits included (her client drops them).
+	if b, _ := e.svc.Fetch(ctx, alice.Caller, 0, After{}); len(b.Messages) != 4 {
+		t.Fatalf("alice reads %d messages, want 4", len(b.Messages))
+	}
+}

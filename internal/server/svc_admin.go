@@ -21,6 +21,7 @@ import (
 	"github.com/quicprochat/quicprochat/internal/admin"
 	"github.com/quicprochat/quicprochat/internal/auth"
 	"github.com/quicprochat/quicprochat/internal/config"
+	"github.com/quicprochat/quicprochat/internal/delivery"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/store"
 	"github.com/quicprochat/quicprochat/internal/version"
@@ -700,4 +701,85 @@ func (s *Server) finishKeyRotation(ctx context.Context, cfg config.Config) error
 		return fmt.Errorf("server: remove %s: %w", newFile, err)
 	}
 	return nil
+}
+
+// deliveryErr maps delivery's sentinels to the admin API's kinds.
+func deliveryErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, delivery.ErrNotFound):
+		return fmt.Errorf("%w: no such channel (its id is the 32 hex characters qpc shows with `group members`)", admin.ErrNotFound)
+	case errors.Is(err, delivery.ErrUnknownAccount):
+		return fmt.Errorf("%w: %v (list accounts with `qpcctl accounts list`)", admin.ErrNotFound, err)
+	case errors.Is(err, delivery.ErrInvalidRequest):
+		return fmt.Errorf("%w: %v", admin.ErrInvalid, err)
+	}
+	return fmt.Errorf("%w: %v; see qpcd's log", admin.ErrInternal, err)
+}
+
+func channelID(hexID string) ([]byte, error) {
+	id, err := hex.DecodeString(hexID)
+	if err != nil || len(id) != delivery.ChannelIDSize {
+		return nil, fmt.Errorf("%w: channel id %q is not %d hex characters", admin.ErrInvalid, hexID, 2*delivery.ChannelIDSize)
+	}
+	return id, nil
+}
+
+// accountName is an account id's name, or "" if it has none (any more).
+func (b adminBackend) accountName(ctx context.Context, id string, cache map[string]string) string {
+	if n, ok := cache[id]; ok {
+		return n
+	}
+	a, err := b.s.auth.GetAccount(ctx, id)
+	if err != nil {
+		a.Name = ""
+	}
+	cache[id] = a.Name
+	return a.Name
+}
+
+func (b adminBackend) GetChannel(ctx context.Context, hexID string, commits int) (admin.Channel, error) {
+	id, err := channelID(hexID)
+	if err != nil {
+		return admin.Channel{}, err
+	}
+	ch, err := b.s.delivery.ChannelForAdmin(ctx, id, commits)
+	if err != nil {
+		return admin.Channel{}, deliveryErr(err)
+	}
+	names := map[string]string{}
+	out := admin.Channel{ID: hex.EncodeToString(ch.ID), Kind: "group", GroupID: hex.EncodeToString(ch.GroupID),
+		Epoch: ch.Epoch, HeadSeq: ch.HeadSeq, GroupInfoEpoch: ch.GroupInfoEpoch,
+		Members: []admin.ChannelMember{}, Commits: []admin.ChannelCommit{}}
+	if ch.Kind == delivery.KindDM {
+		out.Kind = "dm"
+	}
+	for _, m := range ch.Members {
+		out.Members = append(out.Members, admin.ChannelMember{AccountID: m.AccountID, AccountName: b.accountName(ctx, m.AccountID, names), DeviceID: m.DeviceID})
+	}
+	for _, c := range ch.Commits {
+		out.Commits = append(out.Commits, admin.ChannelCommit{Seq: c.Seq, Epoch: c.Epoch, AccountID: c.SenderAccount,
+			AccountName: b.accountName(ctx, c.SenderAccount, names), DeviceID: c.SenderDevice, Time: c.Time.UTC()})
+	}
+	return out, nil
+}
+
+func (b adminBackend) RevertEpoch(ctx context.Context, hexID string, r admin.RevertEpochRequest) (admin.RevertEpochResult, error) {
+	id, err := channelID(hexID)
+	if err != nil {
+		return admin.RevertEpochResult{}, err
+	}
+	var remove auth.Account
+	if r.RemoveAccount != "" {
+		if remove, err = b.resolveAccount(ctx, r.RemoveAccount); err != nil {
+			return admin.RevertEpochResult{}, err
+		}
+	}
+	res, err := b.s.delivery.RevertEpoch(ctx, id, r.To, remove.ID, "admin")
+	if err != nil {
+		return admin.RevertEpochResult{}, deliveryErr(err)
+	}
+	return admin.RevertEpochResult{ChannelID: hex.EncodeToString(id), From: res.From, To: res.To,
+		GroupInfoCleared: res.GroupInfoCleared, RemovedAccount: remove.Name, RemovedMemberships: res.Removed}, nil
 }

@@ -220,7 +220,9 @@ func (a *app) groupCmd() *cobra.Command {
 					return err
 				}
 				for _, g := range gs {
-					if err := a.emit(g, fmt.Sprintf("%-20s %-5s %-7s epoch %d", g.Name, g.Kind, g.Status, g.Epoch)); err != nil {
+					// The channel id and this device's epoch are what an
+					// operator needs to recover a wedged group.
+					if err := a.emit(g, fmt.Sprintf("%-20s %-5s %-7s epoch %-4d channel %s", g.Name, g.Kind, g.Status, g.Epoch, g.ChannelID)); err != nil {
 						return err
 					}
 				}
