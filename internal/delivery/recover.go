@@ -63,7 +63,9 @@ func (s *Service) ChannelForAdmin(ctx context.Context, id []byte, commits int) (
 			e := uint64(gi.Int64)
 			out.GroupInfoEpoch = &e
 		}
-		// Commits are rare among messages: walk the log backwards from the head.
+		// Walks the log backwards from the head through messages_seq; with
+		// few commits among many messages that reads many rows, which is
+		// fine for an operator's command (the log is bounded by retention).
 		rows, err := tx.QueryContext(ctx, `SELECT seq, epoch, sender_account, sender_device, created_at FROM messages
 			WHERE channel_id = ? AND content_type = 3 ORDER BY seq DESC LIMIT ?`, id, commits)
 		if err != nil {
