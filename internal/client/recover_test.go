@@ -82,6 +82,11 @@ func TestOperatorRecoversAWedgedGroup(t *testing.T) {
 		t.Fatalf("a message at the honest epoch while wedged: %v, want STALE_EPOCH", stuck)
 	}
 
+	// Through the client: refused after its bounded redos, kept in the outbox.
+	if _, err := alice.Send(ctx, "team", "while wedged", ""); wire.Code(err) != qpcv1.Status_STATUS_STALE_EPOCH {
+		t.Fatalf("alice's send while wedged: %v, want STALE_EPOCH after the redos", err)
+	}
+
 	// The operator: who moved the epoch, then revert and remove.
 	if info, err = adm.GetChannel(ctx, chHex, 10); err != nil || len(info.Commits) == 0 || info.Commits[0].AccountName != "mallory" {
 		t.Fatalf("channel commits: %+v %v", info.Commits, err)
@@ -96,7 +101,8 @@ func TestOperatorRecoversAWedgedGroup(t *testing.T) {
 		t.Fatalf("removal commit after the revert: %v", err)
 	}
 	send(t, alice, "team", "recovered")
-	if got := texts(t, bob, "team"); got[len(got)-1] != "recovered" {
+	// The message refused while wedged was kept and goes out too.
+	if got := texts(t, bob, "team"); len(got) != 3 || got[1] != "while wedged" || got[2] != "recovered" {
 		t.Fatalf("bob after the recovery: %q", got)
 	}
 	if ea, eb := epochOf(t, alice, "team"), epochOf(t, bob, "team"); ea != shared+1 || eb != ea {
