@@ -789,6 +789,29 @@ func TestExpiredMessageIDRefused(t *testing.T) {
 	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); len(b.Messages) != 2 {
 		t.Fatalf("bob sees %d messages, want the 2 new ones", len(b.Messages))
 	}
+
+	// A DM with a TTL shorter than the skew margin: fresh ids (and ones
+	// from a clock lagging by less than half the TTL) are accepted; a replay
+	// after the original expired is still refused.
+	e.dir.add("carol", "c1")
+	dm, _, err := e.svc.CreateDM(ctx, alice.Caller, "carol", groupID(), 20*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dmBody := dt.Application(dm.GroupID, 0, 10)
+	fresh := v7ID(t, e.clock.Now())
+	for _, id := range []string{fresh, v7ID(t, e.clock.Now().Add(-9*time.Minute))} {
+		if _, err := e.svc.Enqueue(ctx, alice.Caller, dm.ID, id, dmBody, nil); err != nil {
+			t.Fatalf("v7 id on a 20-minute DM: %v", err)
+		}
+	}
+	e.clock.Advance(21 * time.Minute)
+	if _, err := e.svc.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Enqueue(ctx, alice.Caller, dm.ID, fresh, dmBody, nil); !errors.Is(err, ErrMessageIDExpired) {
+		t.Fatalf("replay on the DM after expiry: %v, want ErrMessageIDExpired", err)
+	}
 }
 
 // A member wedges the group with commits nobody else can process; the

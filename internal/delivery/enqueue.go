@@ -208,7 +208,7 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 		if ttlMS > 0 {
 			life = min(life, ttlMS)
 		}
-		if timedID && idMS < nowMS-life+idClockSkew.Milliseconds() {
+		if timedID && idMS < nowMS-life+min(idClockSkew.Milliseconds(), life/2) {
 			return fmt.Errorf("%w: the id was made %s, the channel keeps messages for %s; send the message under a new id",
 				ErrMessageIDExpired, time.UnixMilli(idMS).UTC().Format(time.RFC3339), time.Duration(life)*time.Millisecond)
 		}
@@ -239,8 +239,11 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 	return res, kind, err
 }
 
-// idClockSkew is how far a sender's clock may lag the server's before its
-// time-ordered message ids count as expired early.
+// idClockSkew bounds how far ahead of the server a sender's clock may run
+// and its replayed ids still be caught after their original expired. The
+// margin is at most half the channel's message lifetime, so on a DM with a
+// short TTL a sender's clock may lag by the other half and its fresh ids
+// are still accepted; with the default week, a lag of six days and 23 hours.
 const idClockSkew = time.Hour
 
 // messageIDTime returns the creation time (Unix ms) a UUIDv7 message id
