@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+
+	"github.com/quicprochat/quicprochat/internal/testutil"
 )
 
 // echoOnce answers one request per stream with its own bytes, the way the
@@ -68,6 +70,9 @@ func TestShutdownGivesTheLastReplyTimeToArrive(t *testing.T) {
 		t.Fatalf("reply %q, %v", got, err)
 	}
 	replied := <-h.replied
+	// Dial returns once the client's handshake is done; the listener admits
+	// the connection a moment later (before that a shutdown refuses it).
+	testutil.WaitFor(t, 10*time.Second, time.Millisecond, "the listener to admit both connections", func() bool { return l.Connections() == 2 })
 
 	if err := l.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown: %v", err)
