@@ -10,10 +10,10 @@ import (
 // redacted is what every secret-bearing type prints instead of its bytes.
 const redacted = "[REDACTED]"
 
-// secretBuf owns the bytes of a Secret. It is separate from Secret so that a
-// GC cleanup can wipe the bytes once the last Secret sharing it is dropped,
-// and so that fmt, printing a struct with an unexported Secret field, shows a
-// pointer rather than the bytes.
+// secretBuf owns the bytes of a Secret. It is separate from Secret so that
+// copies of a Secret share the bytes (Wipe on one wipes all), and so that
+// fmt, printing a struct with an unexported Secret field, shows a pointer
+// rather than the bytes.
 type secretBuf struct {
 	b []byte
 }
@@ -31,21 +31,52 @@ type Secret struct {
 
 // NewSecret returns a Secret holding a copy of b.
 func NewSecret(b []byte) Secret {
-	c := make([]byte, len(b))
-	copy(c, b)
-	return adoptSecret(c)
-}
-
-// adoptSecret wraps b without copying; the caller must not keep b.
-func adoptSecret(b []byte) Secret {
-	p := &secretBuf{b: b}
-	if len(b) > 0 {
-		runtime.AddCleanup(p, wipeBytes, b)
+	if len(b) == 0 {
+		return Secret{p: &secretBuf{b: b}}
 	}
-	return Secret{p: p}
+	c := wipedBytes(len(b))
+	copy(c, b)
+	return Secret{p: &secretBuf{b: c}}
 }
 
-func wipeBytes(b []byte) { clear(b) }
+// adoptSecret takes over b: its bytes move into a Secret and b is zeroed;
+// the caller must not keep b.
+func adoptSecret(b []byte) Secret {
+	s := NewSecret(b)
+	clear(b)
+	return s
+}
+
+// wipedBytes returns n bytes that are zeroed when the garbage collector
+// finds them unreachable. The wipe is a finalizer on the bytes' own array,
+// so it cannot run while anyone still holds a slice of them. Bytes hands
+// out aliases, and the cleanup this replaced, tied to a separate owner
+// object, could zero a key while a caller was still reading it once the
+// owning Secret itself was no longer used (a Welcome for suite 5 failed to
+// open about once in 200 runs that way). A finalizer needs an object of
+// its own; secrets are keys and hashes, so a few array sizes cover them.
+func wipedBytes(n int) []byte {
+	switch {
+	case n <= 32:
+		p := new([32]byte)
+		runtime.SetFinalizer(p, func(p *[32]byte) { clear(p[:]) })
+		return p[:n:n]
+	case n <= 64:
+		p := new([64]byte)
+		runtime.SetFinalizer(p, func(p *[64]byte) { clear(p[:]) })
+		return p[:n:n]
+	case n <= 128:
+		p := new([128]byte)
+		runtime.SetFinalizer(p, func(p *[128]byte) { clear(p[:]) })
+		return p[:n:n]
+	case n <= 1024:
+		p := new([1024]byte)
+		runtime.SetFinalizer(p, func(p *[1024]byte) { clear(p[:]) })
+		return p[:n:n]
+	}
+	// Larger than any key or hash this package holds: wiped by Wipe only.
+	return make([]byte, n)
+}
 
 // Bytes returns the secret's bytes. The slice aliases the Secret: do not
 // keep or modify it, and expect it zeroed after Wipe.
