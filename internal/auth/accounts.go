@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -389,7 +390,7 @@ func (s *Service) GetAccount(ctx context.Context, accountID string) (Account, er
 // name after (for paging; "" starts at the beginning).
 func (s *Service) ListAccounts(ctx context.Context, after string, limit int) ([]Account, error) {
 	if limit <= 0 {
-		limit = -1
+		limit = math.MaxInt32 // "all": a negative LIMIT is SQLite's, not PostgreSQL's
 	}
 	var out []Account
 	err := s.db.ReadTx(ctx, func(tx *sql.Tx) error {

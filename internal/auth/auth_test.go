@@ -9,7 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
-	"path/filepath"
+	"github.com/quicprochat/quicprochat/internal/store/storetest"
 	"strings"
 	"sync"
 	"testing"
@@ -67,11 +67,7 @@ type env struct {
 
 func openDB(t testing.TB, dir string, key secret.Bytes) *store.DB {
 	t.Helper()
-	db, err := store.Open(context.Background(), store.Options{Path: filepath.Join(dir, "qpcd.db"), Key: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return db
+	return storetest.Open(t)
 }
 
 func newEnv(t testing.TB, mod func(*Options)) *env {

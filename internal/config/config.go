@@ -34,6 +34,9 @@ type Config struct {
 	OpsListen string // ops_listen: "127.0.0.1:7444"; HTTP /metrics /healthz /readyz; "" disables
 	DataDir   string // data_dir: "./data"
 
+	Store struct {
+		Backend string // store.backend: sqlcipher|postgres; default sqlcipher
+	}
 	DB struct {
 		KeyFile string       // db.key_file: "" = <data_dir>/db.key (generated when absent and db.key is unset)
 		Key     secret.Bytes // db.key: inline 64-hex-character key; wins over key_file; never printed
@@ -41,6 +44,17 @@ type Config struct {
 		// (default) or "on" (zero and mlock freed buffers; about half the
 		// write throughput). Process-wide.
 		MemorySecurity string
+	}
+	// Postgres is read only when Store.Backend is "postgres".
+	Postgres struct {
+		DSN              secret.Bytes  // postgres.dsn: ""; URL or key=value connection string; wins over dsn_file; printed by RedactDSN
+		DSNFile          string        // postgres.dsn_file: ""; file holding the DSN, mode 0600 or stricter
+		MaxConns         int           // postgres.max_conns: 10 (pool size per qpcd node; 2 to 10000)
+		MinConns         int           // postgres.min_conns: 2 (idle connections kept open; 0 to max_conns)
+		StatementTimeout time.Duration // postgres.statement_timeout: 30s (server-side, whole milliseconds)
+		ConnectTimeout   time.Duration // postgres.connect_timeout: 10s (whole seconds)
+		SSLMode          string        // postgres.sslmode: "" = the DSN's sslmode, else prefer
+		CAFile           string        // postgres.ca_file: ""; PEM CA bundle, sets sslrootcert
 	}
 	TLS struct {
 		CertFile string // tls.cert_file: "" = <data_dir>/tls/cert.pem (self-signed for localhost, generated when absent)
@@ -86,6 +100,12 @@ const (
 	RegistrationClosed = "closed"
 )
 
+// Storage backends for Store.Backend.
+const (
+	BackendSQLCipher = "sqlcipher"
+	BackendPostgres  = "postgres"
+)
+
 // Default returns the built-in defaults: a development setup bound to
 // 127.0.0.1 whose key and certificate files live in ./data.
 func Default() Config {
@@ -93,7 +113,12 @@ func Default() Config {
 	c.Listen = "127.0.0.1:7443"
 	c.OpsListen = "127.0.0.1:7444"
 	c.DataDir = "./data"
+	c.Store.Backend = BackendSQLCipher
 	c.DB.MemorySecurity = "off"
+	c.Postgres.MaxConns = 10
+	c.Postgres.MinConns = 2
+	c.Postgres.StatementTimeout = 30 * time.Second
+	c.Postgres.ConnectTimeout = 10 * time.Second
 	c.Log.Level = "info"
 	c.Log.Format = "text"
 	c.Limits.MaxConnections = 1000
@@ -130,6 +155,7 @@ const (
 func (c Config) Resolved() Config {
 	r := c
 	r.DB.Key = c.DB.Key.Clone()
+	r.Postgres.DSN = c.Postgres.DSN.Clone()
 	if r.DB.KeyFile == "" && r.DB.Key.IsZero() {
 		r.DB.KeyFile = filepath.Join(c.DataDir, DefaultDBKeyFile)
 	}
@@ -184,6 +210,7 @@ func (c Config) Validate() error {
 		validateAddresses,
 		validateDataDir,
 		validateDBKey,
+		validatePostgres,
 		validateTLS,
 		validateLog,
 		validateLimits,
@@ -255,6 +282,65 @@ func validateDBKey(c Config) *FieldError {
 	}
 	k.Wipe()
 	return nil
+}
+
+// Bounds on postgres.max_conns. The upper one catches typos; it also keeps
+// the value inside pgxpool's int32.
+const (
+	minPostgresConns = 2
+	maxPostgresConns = 10000
+)
+
+// maxStatementTimeout is the largest statement_timeout PostgreSQL accepts
+// (an int32 number of milliseconds, about 596h).
+const maxStatementTimeout = math.MaxInt32 * time.Millisecond
+
+// postgresSSLModes are libpq's sslmode values, weakest first.
+var postgresSSLModes = []string{"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+
+// validatePostgres checks store.backend and, when it is postgres, the
+// postgres.* options, the CA file and the connection string (see
+// Config.PostgresConn). With the sqlcipher backend the postgres.* options
+// are ignored.
+func validatePostgres(c Config) *FieldError {
+	if fe := checkEnum("store.backend", c.Store.Backend, BackendSQLCipher, BackendPostgres); fe != nil {
+		return fe
+	}
+	if c.Store.Backend != BackendPostgres {
+		return nil
+	}
+	p := c.Postgres
+	if p.MaxConns < minPostgresConns || p.MaxConns > maxPostgresConns {
+		return &FieldError{Key: "postgres.max_conns", Value: strconv.Itoa(p.MaxConns),
+			Expected: fmt.Sprintf("an integer from %d to %d (connections per qpcd node), such as 10", minPostgresConns, maxPostgresConns)}
+	}
+	if p.MinConns < 0 || p.MinConns > p.MaxConns {
+		return &FieldError{Key: "postgres.min_conns", Value: strconv.Itoa(p.MinConns),
+			Expected: fmt.Sprintf("an integer from 0 to postgres.max_conns (%d)", p.MaxConns)}
+	}
+	if fe := checkPositive("postgres.statement_timeout", p.StatementTimeout, "30s"); fe != nil {
+		return fe
+	}
+	if p.StatementTimeout%time.Millisecond != 0 || p.StatementTimeout > maxStatementTimeout {
+		return &FieldError{Key: "postgres.statement_timeout", Value: FormatDuration(p.StatementTimeout),
+			Expected: "a whole number of milliseconds up to 596h (PostgreSQL's range), such as 30s or 1500ms"}
+	}
+	if fe := checkPositive("postgres.connect_timeout", p.ConnectTimeout, "10s"); fe != nil {
+		return fe
+	}
+	if p.ConnectTimeout%time.Second != 0 {
+		return &FieldError{Key: "postgres.connect_timeout", Value: FormatDuration(p.ConnectTimeout),
+			Expected: "a whole number of seconds (libpq's connect_timeout counts seconds), such as 10s"}
+	}
+	if p.SSLMode != "" {
+		if fe := checkEnum("postgres.sslmode", p.SSLMode, postgresSSLModes...); fe != nil {
+			fe.Expected += ", or empty for the DSN's own sslmode (else prefer)"
+			return fe
+		}
+	}
+	pc, fe := c.postgresConn()
+	pc.DSN.Wipe()
+	return fe
 }
 
 // isAbsentDefault reports whether path is the default location name inside

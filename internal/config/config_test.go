@@ -525,7 +525,7 @@ func TestFlagsRegistered(t *testing.T) {
 	fs := pflag.NewFlagSet("qpcd", pflag.ContinueOnError)
 	RegisterFlags(fs)
 	for _, name := range []string{"listen", "ops-listen", "data-dir", "log-level", "log-format", "db-key-file",
-		"tls-cert-file", "tls-key-file", "registration", "max-connections"} {
+		"tls-cert-file", "tls-key-file", "registration", "max-connections", "store-backend"} {
 		if fs.Lookup(name) == nil {
 			t.Errorf("flag --%s not registered", name)
 		}

@@ -22,7 +22,9 @@ const (
 // sectionTitles orders and names the groups of options in generated text.
 var sectionTitles = []struct{ section, title string }{
 	{"", "Addresses and data directory"},
-	{"db", "Database key (db)"},
+	{"store", "Storage backend (store)"},
+	{"db", "SQLCipher database key (db)"},
+	{"postgres", "PostgreSQL backend (postgres)"},
 	{"tls", "TLS (tls)"},
 	{"log", "Logging (log)"},
 	{"limits", "Limits (limits)"},

@@ -87,6 +87,7 @@ func Load(opts LoadOptions) (Config, error) {
 	var c Config
 	fail := func(err error) (Config, error) {
 		c.DB.Key.Wipe()
+		c.Postgres.DSN.Wipe()
 		return Config{}, err
 	}
 	given := make(map[string]string, len(options))

@@ -17,6 +17,9 @@ type option struct {
 	// ptr returns a pointer to the field: *string, *int, *float64,
 	// *time.Duration or *secret.Bytes.
 	ptr func(c *Config) any
+	// dsn marks a *secret.Bytes option holding a PostgreSQL connection
+	// string: it is stored as written (not hex) and printed by RedactDSN.
+	dsn bool
 }
 
 var options = []option{
@@ -26,12 +29,30 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.OpsListen }},
 	{key: "data_dir", flag: "data-dir", help: "directory for the database, generated keys and the admin socket",
 		ptr: func(c *Config) any { return &c.DataDir }},
+	{key: "store.backend", flag: "store-backend", help: "storage engine: sqlcipher (embedded database in data_dir) or postgres (several qpcd nodes share one PostgreSQL database, see postgres.*)",
+		ptr: func(c *Config) any { return &c.Store.Backend }},
 	{key: "db.key_file", flag: "db-key-file", help: "file holding the 64-hex-character database key; empty = <data_dir>/db.key (generated when absent)",
 		ptr: func(c *Config) any { return &c.DB.KeyFile }},
 	{key: "db.key", help: "inline database key, 64 hex characters; wins over db.key_file; never printed",
 		ptr: func(c *Config) any { return &c.DB.Key }},
 	{key: "db.memory_security", help: "SQLCipher cipher_memory_security: on zeroes and mlocks freed database buffers and uses SQLCipher's bundled crypto (no Go-heap key schedules), at about half the write throughput; off (default): Go's AES-NI page crypto",
 		ptr: func(c *Config) any { return &c.DB.MemorySecurity }},
+	{key: "postgres.dsn", help: "PostgreSQL connection string, URL (postgres://user:password@host:5432/db?...) or key=value form; wins over dsn_file; printed with its password redacted",
+		ptr: func(c *Config) any { return &c.Postgres.DSN }, dsn: true},
+	{key: "postgres.dsn_file", help: "file holding the connection string (mode 0600 or stricter; surrounding whitespace ignored); read when postgres.dsn is empty",
+		ptr: func(c *Config) any { return &c.Postgres.DSNFile }},
+	{key: "postgres.max_conns", help: "connection pool size of each qpcd node, 2 to 10000; nodes x max_conns must stay below the server's max_connections",
+		ptr: func(c *Config) any { return &c.Postgres.MaxConns }},
+	{key: "postgres.min_conns", help: "connections each node keeps open when idle, 0 to max_conns",
+		ptr: func(c *Config) any { return &c.Postgres.MinConns }},
+	{key: "postgres.statement_timeout", help: "server-side statement_timeout of every connection: a statement running longer is cancelled",
+		ptr: func(c *Config) any { return &c.Postgres.StatementTimeout }},
+	{key: "postgres.connect_timeout", help: "time allowed to open one connection, whole seconds (libpq connect_timeout)",
+		ptr: func(c *Config) any { return &c.Postgres.ConnectTimeout }},
+	{key: "postgres.sslmode", help: "disable, allow, prefer, require, verify-ca or verify-full; overrides the DSN's sslmode; empty = the DSN's sslmode, else prefer",
+		ptr: func(c *Config) any { return &c.Postgres.SSLMode }},
+	{key: "postgres.ca_file", help: "PEM CA certificates that verify the database server's certificate (sets sslrootcert); verify-ca and verify-full need it or the DSN's sslrootcert",
+		ptr: func(c *Config) any { return &c.Postgres.CAFile }},
 	{key: "tls.cert_file", flag: "tls-cert-file", help: "PEM certificate chain; empty = <data_dir>/tls/cert.pem (self-signed for localhost, generated when absent)",
 		ptr: func(c *Config) any { return &c.TLS.CertFile }},
 	{key: "tls.key_file", flag: "tls-key-file", help: "PEM private key for tls.cert_file; empty = <data_dir>/tls/key.pem",
@@ -77,7 +98,7 @@ var options = []option{
 }
 
 // sections are the YAML mappings that group keys.
-var sections = map[string]bool{"db": true, "tls": true, "log": true, "limits": true,
+var sections = map[string]bool{"store": true, "db": true, "postgres": true, "tls": true, "log": true, "limits": true,
 	"retention": true, "keypackages": true, "auth": true, "admin": true}
 
 func optionByKey(key string) (option, bool) {
@@ -103,7 +124,7 @@ func (o option) env() string {
 
 // value returns the option's value in c in its configuration-file form:
 // string, int, float64, a duration string, or the redaction marker for a set
-// secret ("" when unset).
+// secret ("" when unset); a connection string is shown by RedactDSN.
 func (o option) value(c Config) any {
 	switch p := o.ptr(&c).(type) {
 	case *string:
@@ -117,6 +138,9 @@ func (o option) value(c Config) any {
 	case *secret.Bytes:
 		if p.IsZero() {
 			return ""
+		}
+		if o.dsn {
+			return RedactDSN(string(p.Reveal()))
 		}
 		return secret.Redacted
 	}
@@ -142,7 +166,8 @@ func (o option) set(c *Config, s string) *FieldError {
 	s = strings.TrimSpace(s)
 	switch p := o.ptr(c).(type) {
 	case *string:
-		if o.key == "log.level" || o.key == "log.format" || o.key == "auth.registration" {
+		switch o.key {
+		case "log.level", "log.format", "auth.registration", "store.backend", "postgres.sslmode":
 			s = strings.ToLower(s)
 		}
 		*p = s
@@ -168,6 +193,10 @@ func (o option) set(c *Config, s string) *FieldError {
 	case *secret.Bytes:
 		p.Wipe()
 		if s == "" {
+			return nil
+		}
+		if o.dsn {
+			*p = secret.New([]byte(s))
 			return nil
 		}
 		k, err := secret.FromHex(s, DBKeySize)

@@ -9,7 +9,8 @@ import (
 )
 
 // Redacted returns the configuration as nested maps keyed like the YAML file,
-// with durations as strings and a set db.key as "[REDACTED]".
+// with durations as strings, a set db.key as "[REDACTED]" and postgres.dsn
+// with its password replaced (RedactDSN).
 func (c Config) Redacted() map[string]any {
 	out := map[string]any{}
 	for _, o := range options {

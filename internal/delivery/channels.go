@@ -242,8 +242,9 @@ func (s *Service) AddMembers(ctx context.Context, c Caller, id []byte, refs []Me
 			return fmt.Errorf("%w: a DM's members are fixed", ErrInvalidRequest)
 		}
 		for _, m := range members {
-			if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO channel_members
-				(channel_id, account_id, device_id, from_seq, added_by, added_at) VALUES (?, ?, ?, ?, ?, ?)`,
+			if _, err := tx.ExecContext(ctx, `INSERT INTO channel_members
+				(channel_id, account_id, device_id, from_seq, added_by, added_at) VALUES (?, ?, ?, ?, ?, ?)
+				ON CONFLICT DO NOTHING`,
 				id, m.AccountID, m.DeviceID, int64(head), c.AccountID, now); err != nil {
 				return err
 			}

@@ -173,6 +173,13 @@ func New(o Options) (*Service, error) {
 	}
 	s.metrics = newMetrics()
 	s.hub = newHub(s.metrics)
+	if o.DB.Backend() == store.BackendPostgres {
+		// Several nodes: wake-ups cross them through the database's
+		// LISTEN/NOTIFY (store.Broadcast/Subscribe).
+		s.hub.broadcast = o.DB.Broadcast
+		o.DB.Subscribe(topicChannel, func(p string, resync bool) { s.hub.applyRemote(topicChannel, p, resync) })
+		o.DB.Subscribe(topicKey, func(p string, resync bool) { s.hub.applyRemote(topicKey, p, resync) })
+	}
 	if o.Registry != nil {
 		if err := s.metrics.register(o.Registry); err != nil {
 			return nil, err

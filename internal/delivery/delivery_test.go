@@ -7,7 +7,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"path/filepath"
+	"github.com/quicprochat/quicprochat/internal/store/storetest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,7 +19,6 @@ import (
 
 	dt "github.com/quicprochat/quicprochat/internal/delivery/deliverytest"
 	"github.com/quicprochat/quicprochat/internal/mls"
-	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/store"
 )
 
@@ -87,18 +86,13 @@ type env struct {
 
 func newEnv(t *testing.T, mut func(*Options)) *env {
 	t.Helper()
-	key := make([]byte, store.KeySize)
-	_, _ = rand.Read(key)
-	db, err := store.Open(context.Background(), store.Options{Path: filepath.Join(t.TempDir(), "qpcd.db"), Key: secret.New(key)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
+	db := storetest.Open(t)
 	e := &env{db: db, dir: &fakeDir{accounts: map[string]Account{}, devices: map[string]Device{}}, clock: newClock(), reg: prometheus.NewRegistry()}
 	o := Options{DB: db, Directory: e.dir, Now: e.clock.Now, EpochsBehind: 2, SweepInterval: -1, Registry: e.reg, MaxPayload: 64 << 10}
 	if mut != nil {
 		mut(&o)
 	}
+	var err error
 	e.svc, err = New(o)
 	if err != nil {
 		t.Fatal(err)
@@ -571,7 +565,6 @@ func TestFetchWait(t *testing.T) {
 		}()
 		return out
 	}
-	waiters := func() float64 { return testutil.ToFloat64(e.svc.metrics.waiters) }
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
@@ -587,7 +580,7 @@ func TestFetchWait(t *testing.T) {
 	for range 5 {
 		outs = append(outs, wait(bob))
 	}
-	waitFor("5 waiters", func() bool { return waiters() == 5 })
+	waitFor("5 waiters", func() bool { return e.svc.hub.watching(channelKey(ch.ID)) == 5 })
 	e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
 	for _, o := range outs {
 		select {
@@ -608,7 +601,7 @@ func TestFetchWait(t *testing.T) {
 	}
 	// An inbox item wakes the device; a new channel wakes the account.
 	o := wait(bob)
-	waitFor("inbox waiter", func() bool { return waiters() == 1 })
+	waitFor("inbox waiter", func() bool { return e.svc.hub.watching(deviceKey(bob.DeviceID)) == 1 })
 	if _, err := e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxOther, []byte("hi"), []InboxRecipient{{"bob", "b1"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -619,7 +612,7 @@ func TestFetchWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	o = wait(bob)
-	waitFor("channel-list waiter", func() bool { return waiters() == 1 })
+	waitFor("channel-list waiter", func() bool { return e.svc.hub.watching(accountKey(bob.AccountID)) == 1 })
 	ch2, g2 := e.group(t, alice, bob) // bob is added: his waiter learns the channel
 	e.send(t, alice, ch2.ID, dt.Application(g2, 0, 10))
 	if r := <-o; r.err != nil {

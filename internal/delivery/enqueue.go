@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/quicprochat/quicprochat/internal/mls"
+	"github.com/quicprochat/quicprochat/internal/store"
 )
 
 // Framing is the cleartext part of a PublicMessage or PrivateMessage the
@@ -82,6 +83,11 @@ const (
 		(channel_id, seq, message_id, sender_account, sender_device, epoch, content_type, created_at, expires_at, body)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	enqueueUpdate = `UPDATE channels SET head_seq = ?, epoch = ? WHERE id = ?`
+
+	// PostgreSQL: lock the channel row, then look the id up (see loadEnqueueState).
+	enqueueLockPG = `SELECT c.kind, c.group_id, c.epoch, c.head_seq, c.ttl_ms, ` + isMember + `
+		FROM channels c WHERE c.id = ? FOR UPDATE`
+	enqueueDupPG = `SELECT seq, sender_device FROM messages WHERE channel_id = ? AND message_id = ?`
 )
 
 // Enqueued is the outcome of Enqueue.
@@ -159,84 +165,162 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 	now := s.now()
 	nowMS := now.UnixMilli()
 	idMS, timedID := messageIDTime(messageID)
+	req := enqueueRequest{
+		device: c.DeviceID, framing: f, nowMS: nowMS, idMS: idMS, timedID: timedID,
+		retentionMS: s.retention.Milliseconds(), behind: s.behind,
+	}
 	var res Enqueued
 	var kind int
-	err = s.db.WriteTx(ctx, func(tx *sql.Tx) error {
+	// WriteTxLocked: on PostgreSQL the channel's row lock queues the
+	// writers of one channel (several nodes may hold requests for it), so
+	// sequence numbers stay contiguous and the first commit of an epoch
+	// wins without serialization retries. On SQLite the one writer does it.
+	err = s.db.WriteTxLocked(ctx, func(tx *sql.Tx) error {
 		res, kind = Enqueued{Time: now}, 0
-		var (
-			groupID            []byte
-			epoch, head, ttlMS int64
-			member             bool
-			dupSeq, dupEpoch   sql.NullInt64
-			dupDevice          sql.NullString
-		)
-		sel, err := s.db.WriteStmt(ctx, tx, enqueueSelect)
+		st, err := s.loadEnqueueState(ctx, tx, c, id, messageID)
 		if err != nil {
 			return err
 		}
-		err = sel.QueryRowContext(ctx, c.AccountID, c.DeviceID, messageID, id).Scan(&kind, &groupID, &epoch, &head, &ttlMS, &member, &dupSeq, &dupEpoch, &dupDevice)
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			return ErrNotMember
-		case err != nil:
+		kind = st.kind
+		plan, err := decideEnqueue(st, req)
+		if err != nil || plan.duplicate {
+			res.Seq, res.Epoch, res.Duplicate = plan.seq, plan.epoch, plan.duplicate
 			return err
-		case !member:
-			return ErrNotMember
-		}
-		if dupSeq.Valid {
-			if dupDevice.String != c.DeviceID {
-				return ErrMessageIDConflict
-			}
-			res.Seq, res.Epoch, res.Duplicate = uint64(dupSeq.Int64), uint64(epoch), true
-			return nil
-		}
-		if !bytes.Equal(f.GroupID, groupID) {
-			return fmt.Errorf("%w: the message is for another group than the channel's", ErrInvalidMessage)
-		}
-		cur := uint64(epoch)
-		newEpoch := cur
-		switch {
-		case isCommit && f.Epoch != cur:
-			return fmt.Errorf("%w: commit for epoch %d, the channel is at epoch %d", ErrStaleEpoch, f.Epoch, cur)
-		case isCommit:
-			newEpoch = cur + 1
-		case f.Epoch > cur || f.Epoch+s.behind < cur:
-			return fmt.Errorf("%w: message for epoch %d, the channel accepts %d..%d", ErrStaleEpoch, f.Epoch, cur-min(cur, s.behind), cur)
-		}
-		seq := head + 1
-		life := s.retention.Milliseconds()
-		if ttlMS > 0 {
-			life = min(life, ttlMS)
-		}
-		if timedID && idMS < nowMS-life+min(idClockSkew.Milliseconds(), life/2) {
-			return fmt.Errorf("%w: the id was made %s, the channel keeps messages for %s; send the message under a new id",
-				ErrMessageIDExpired, time.UnixMilli(idMS).UTC().Format(time.RFC3339), time.Duration(life)*time.Millisecond)
 		}
 		ins, err := s.db.WriteStmt(ctx, tx, enqueueInsert)
 		if err != nil {
 			return err
 		}
-		if _, err := ins.ExecContext(ctx, id, seq, messageID, c.AccountID, c.DeviceID, int64(f.Epoch), int(f.ContentType), nowMS, nowMS+life, msg); err != nil {
+		if _, err := ins.ExecContext(ctx, id, int64(plan.seq), messageID, c.AccountID, c.DeviceID, int64(f.Epoch), int(f.ContentType), nowMS, plan.expiresMS, msg); err != nil {
 			return err
 		}
 		up, err := s.db.WriteStmt(ctx, tx, enqueueUpdate)
 		if err != nil {
 			return err
 		}
-		if _, err := up.ExecContext(ctx, seq, int64(newEpoch), id); err != nil {
+		if _, err := up.ExecContext(ctx, int64(plan.seq), int64(plan.epoch), id); err != nil {
 			return err
 		}
 		if isCommit && len(groupInfo) > 0 {
 			if _, err := tx.ExecContext(ctx, `INSERT INTO channel_group_info (channel_id, epoch, group_info) VALUES (?, ?, ?)
 				ON CONFLICT (channel_id) DO UPDATE SET epoch = excluded.epoch, group_info = excluded.group_info`,
-				id, int64(newEpoch), groupInfo); err != nil {
+				id, int64(plan.epoch), groupInfo); err != nil {
 				return err
 			}
 		}
-		res.Seq, res.Epoch = uint64(seq), newEpoch
+		res.Seq, res.Epoch = plan.seq, plan.epoch
 		return nil
 	})
 	return res, kind, err
+}
+
+// enqueueState is what an enqueue decision rests on, loaded in the write
+// transaction (under the channel's row lock on PostgreSQL).
+type enqueueState struct {
+	kind               int
+	groupID            []byte
+	epoch, head, ttlMS int64
+	member             bool
+	dupSeq             int64 // > 0: a message with this id is stored at this seq
+	dupDevice          string
+}
+
+// enqueueRequest is the part of an Enqueue the rules look at.
+type enqueueRequest struct {
+	device      string
+	framing     Framing
+	nowMS       int64
+	idMS        int64 // the time a UUIDv7 message id carries, if timedID
+	timedID     bool
+	retentionMS int64
+	behind      uint64 // epochs behind the current one accepted for non-commits
+}
+
+// enqueuePlan is the decision: store at seq, moving the channel to epoch;
+// or, for a duplicate, answer with the original seq.
+type enqueuePlan struct {
+	seq, epoch uint64
+	expiresMS  int64
+	duplicate  bool
+}
+
+// decideEnqueue applies the Delivery Service's rules to a loaded channel:
+// membership, idempotent message ids, the group binding, epoch fencing
+// (a commit only for the current epoch, first wins; other messages for the
+// current epoch and req.behind earlier ones) and expired message ids. It
+// reads nothing and writes nothing, so both storage engines share it and
+// tests can drive it without a database.
+func decideEnqueue(st enqueueState, req enqueueRequest) (enqueuePlan, error) {
+	if !st.member {
+		return enqueuePlan{}, ErrNotMember
+	}
+	if st.dupSeq > 0 {
+		if st.dupDevice != req.device {
+			return enqueuePlan{}, ErrMessageIDConflict
+		}
+		return enqueuePlan{seq: uint64(st.dupSeq), epoch: uint64(st.epoch), duplicate: true}, nil
+	}
+	f := req.framing
+	if !bytes.Equal(f.GroupID, st.groupID) {
+		return enqueuePlan{}, fmt.Errorf("%w: the message is for another group than the channel's", ErrInvalidMessage)
+	}
+	isCommit := f.ContentType == mls.ContentTypeCommit
+	cur := uint64(st.epoch)
+	newEpoch := cur
+	switch {
+	case isCommit && f.Epoch != cur:
+		return enqueuePlan{}, fmt.Errorf("%w: commit for epoch %d, the channel is at epoch %d", ErrStaleEpoch, f.Epoch, cur)
+	case isCommit:
+		newEpoch = cur + 1
+	case f.Epoch > cur || f.Epoch+req.behind < cur:
+		return enqueuePlan{}, fmt.Errorf("%w: message for epoch %d, the channel accepts %d..%d", ErrStaleEpoch, f.Epoch, cur-min(cur, req.behind), cur)
+	}
+	life := req.retentionMS
+	if st.ttlMS > 0 {
+		life = min(life, st.ttlMS)
+	}
+	if req.timedID && req.idMS < req.nowMS-life+min(idClockSkew.Milliseconds(), life/2) {
+		return enqueuePlan{}, fmt.Errorf("%w: the id was made %s, the channel keeps messages for %s; send the message under a new id",
+			ErrMessageIDExpired, time.UnixMilli(req.idMS).UTC().Format(time.RFC3339), time.Duration(life)*time.Millisecond)
+	}
+	return enqueuePlan{seq: uint64(st.head) + 1, epoch: newEpoch, expiresMS: req.nowMS + life}, nil
+}
+
+// loadEnqueueState reads the channel, the caller's membership and an
+// earlier message with messageID. On SQLite one joined read does it. On
+// PostgreSQL the channel row is locked first and the earlier message is
+// looked up after the lock, so a concurrent enqueue of the same id that
+// committed while this one waited is seen (a join evaluated before the
+// wait could miss it).
+func (s *Service) loadEnqueueState(ctx context.Context, tx *sql.Tx, c Caller, id []byte, messageID string) (enqueueState, error) {
+	var st enqueueState
+	var dupSeq, dupEpoch sql.NullInt64
+	var dupDevice sql.NullString
+	var err error
+	if s.db.Backend() == store.BackendPostgres {
+		err = tx.QueryRowContext(ctx, enqueueLockPG, c.AccountID, c.DeviceID, id).Scan(&st.kind, &st.groupID, &st.epoch, &st.head, &st.ttlMS, &st.member)
+		if err == nil && st.member {
+			err = tx.QueryRowContext(ctx, enqueueDupPG, id, messageID).Scan(&dupSeq, &dupDevice)
+			if errors.Is(err, sql.ErrNoRows) {
+				err = nil
+			}
+		}
+	} else {
+		var sel *sql.Stmt
+		if sel, err = s.db.WriteStmt(ctx, tx, enqueueSelect); err == nil {
+			err = sel.QueryRowContext(ctx, c.AccountID, c.DeviceID, messageID, id).Scan(&st.kind, &st.groupID, &st.epoch, &st.head, &st.ttlMS, &st.member, &dupSeq, &dupEpoch, &dupDevice)
+		}
+	}
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return enqueueState{}, ErrNotMember
+	case err != nil:
+		return enqueueState{}, err
+	}
+	if dupSeq.Valid {
+		st.dupSeq, st.dupDevice = dupSeq.Int64, dupDevice.String
+	}
+	return st, nil
 }
 
 // idClockSkew bounds how far ahead of the server a sender's clock may run
@@ -320,7 +404,7 @@ func (s *Service) SendToInbox(ctx context.Context, c Caller, channelID []byte, k
 				return fmt.Errorf("%w: recipient device %s is not a member of the channel; add it first", ErrNotMember, d.ID)
 			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO inbox_heads (device_id, head_seq) VALUES (?, 1)
-				ON CONFLICT (device_id) DO UPDATE SET head_seq = head_seq + 1`, d.ID); err != nil {
+				ON CONFLICT (device_id) DO UPDATE SET head_seq = inbox_heads.head_seq + 1`, d.ID); err != nil {
 				return err
 			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO inbox

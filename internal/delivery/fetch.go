@@ -93,6 +93,7 @@ func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration
 	defer timer.Stop()
 	watched := map[string]bool{}
 	for {
+		gen := s.hub.generation()
 		b, chans, err := s.read(ctx, c, limit, after)
 		if err != nil {
 			return Batch{}, err
@@ -112,7 +113,7 @@ func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration
 				again = true
 			}
 		}
-		if again {
+		if again || s.hub.generation() != gen {
 			continue
 		}
 		select {
@@ -163,7 +164,7 @@ func (s *Service) fetched(ctx context.Context, c Caller, b *Batch, op string) {
 // The fetch path's queries, prepared once per reader connection
 // (store.DB.ReadStmt).
 const (
-	fetchChannels = `SELECT c.id, c.kind, c.head_seq, MIN(m.from_seq), cu.acked_seq
+	fetchChannels = `SELECT c.id, c.kind, c.head_seq, MIN(m.from_seq), MAX(cu.acked_seq)
 		FROM channel_members m JOIN channels c ON c.id = m.channel_id
 		LEFT JOIN cursors cu ON cu.device_id = ? AND cu.channel_id = m.channel_id
 		WHERE m.account_id = ? AND m.device_id IN ('', ?)
@@ -172,9 +173,9 @@ const (
 		FROM messages WHERE channel_id = ? AND seq > ? AND expires_at > ? ORDER BY seq LIMIT ?`
 	fetchInbox = `SELECT i.seq, i.kind, i.channel_id, i.sender_account, i.sender_device, i.created_at, i.body
 		FROM inbox i JOIN inbox_heads h ON h.device_id = i.device_id
-		WHERE i.device_id = ? AND i.seq > MAX(h.acked_seq, ?) AND i.expires_at > ? ORDER BY i.seq LIMIT ?`
+		WHERE i.device_id = ? AND i.seq > h.acked_seq AND i.seq > ? AND i.expires_at > ? ORDER BY i.seq LIMIT ?`
 	fetchInboxWaiting = `SELECT EXISTS (SELECT 1 FROM inbox i JOIN inbox_heads h ON h.device_id = i.device_id
-		WHERE i.device_id = ? AND i.seq > MAX(h.acked_seq, ?) AND i.expires_at > ?)`
+		WHERE i.device_id = ? AND i.seq > h.acked_seq AND i.seq > ? AND i.expires_at > ?)`
 )
 
 // read is one snapshot read of everything waiting for the device.
@@ -341,14 +342,18 @@ func (s *Service) Ack(ctx context.Context, c Caller, cursors []Cursor, inboxSeq 
 			}
 			seq := int64(min(cu.Seq, head))
 			if _, err := tx.ExecContext(ctx, `INSERT INTO cursors (device_id, channel_id, account_id, acked_seq) VALUES (?, ?, ?, ?)
-				ON CONFLICT (device_id, channel_id) DO UPDATE SET acked_seq = MAX(acked_seq, excluded.acked_seq)`,
+				ON CONFLICT (device_id, channel_id) DO UPDATE SET acked_seq = excluded.acked_seq
+				WHERE cursors.acked_seq < excluded.acked_seq`,
 				c.DeviceID, cu.ChannelID, c.AccountID, seq); err != nil {
 				return err
 			}
 		}
 		if inboxSeq > 0 {
-			if _, err := tx.ExecContext(ctx, `UPDATE inbox_heads SET acked_seq = MAX(acked_seq, MIN(?, head_seq)) WHERE device_id = ?`,
-				int64(inboxSeq), c.DeviceID); err != nil {
+			// acked_seq = max(acked_seq, min(inboxSeq, head_seq)), in SQL both engines speak.
+			seq := int64(inboxSeq)
+			if _, err := tx.ExecContext(ctx, `UPDATE inbox_heads SET acked_seq = CASE WHEN head_seq < ? THEN head_seq ELSE ? END
+				WHERE device_id = ? AND acked_seq < CASE WHEN head_seq < ? THEN head_seq ELSE ? END`,
+				seq, seq, c.DeviceID, seq, seq); err != nil {
 				return err
 			}
 			if _, err := tx.ExecContext(ctx, `DELETE FROM inbox WHERE device_id = ? AND seq <= ?`, c.DeviceID, int64(inboxSeq)); err != nil {

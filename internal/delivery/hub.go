@@ -1,6 +1,9 @@
 package delivery
 
 import (
+	"encoding/hex"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -26,7 +29,19 @@ type hub struct {
 	now       func() time.Time
 	lastPrune time.Time
 	metrics   *metrics
+	resyncs   int // wakeAll calls
+
+	// broadcast tells the other nodes of a PostgreSQL deployment (nil: one
+	// node). Their hubs apply it with applyRemote.
+	broadcast func(topic, payload string)
 }
+
+// Broadcast topics: a channel's new head ("hexid:seq") and a device or
+// account key (hex of the key).
+const (
+	topicChannel = "delivery.channel"
+	topicKey     = "delivery.key"
+)
 
 // head is a channel's last published sequence number and when it moved.
 type head struct {
@@ -108,14 +123,86 @@ func (h *hub) publishChannel(id []byte, seq uint64) {
 	n := h.wakeLocked(key)
 	h.mu.Unlock()
 	h.metrics.wakeups.Add(float64(n))
+	if h.broadcast != nil {
+		h.broadcast(topicChannel, hex.EncodeToString(id)+":"+strconv.FormatUint(seq, 10))
+	}
 }
 
 // publish wakes the waiters of a device or account key.
 func (h *hub) publish(key string) {
+	h.publishLocal(key)
+	if h.broadcast != nil {
+		h.broadcast(topicKey, hex.EncodeToString([]byte(key)))
+	}
+}
+
+func (h *hub) publishLocal(key string) {
 	h.mu.Lock()
 	n := h.wakeLocked(key)
 	h.mu.Unlock()
 	h.metrics.wakeups.Add(float64(n))
+}
+
+// applyRemote applies another node's broadcast to this node's waiters, as
+// if the write had been made here. resync (broadcasts may have been lost)
+// wakes every waiter: each reads again and waits again if nothing is new.
+func (h *hub) applyRemote(topic, payload string, resync bool) {
+	if resync {
+		h.wakeAll()
+		return
+	}
+	switch topic {
+	case topicChannel:
+		idHex, seqStr, ok := strings.Cut(payload, ":")
+		id, err1 := hex.DecodeString(idHex)
+		seq, err2 := strconv.ParseUint(seqStr, 10, 64)
+		if !ok || err1 != nil || err2 != nil {
+			return
+		}
+		key := channelKey(id)
+		now := h.now()
+		h.mu.Lock()
+		if hd := h.heads[key]; seq > hd.seq {
+			h.heads[key] = head{seq: seq, at: now}
+		}
+		n := h.wakeLocked(key)
+		h.mu.Unlock()
+		h.metrics.wakeups.Add(float64(n))
+	case topicKey:
+		key, err := hex.DecodeString(payload)
+		if err != nil {
+			return
+		}
+		h.publishLocal(string(key))
+	}
+}
+
+// wakeAll wakes every waiter and starts a new generation, so that a waiter
+// between its read and its registration reads again too (see generation).
+func (h *hub) wakeAll() {
+	h.mu.Lock()
+	n := 0
+	for key := range h.watch {
+		n += h.wakeLocked(key)
+	}
+	h.resyncs++
+	h.mu.Unlock()
+	h.metrics.wakeups.Add(float64(n))
+}
+
+// generation changes with every wakeAll. A waiter notes it before a read
+// and reads again if it changed by the time it has registered.
+func (h *hub) generation() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.resyncs
+}
+
+// watching is how many waiters are registered on key (tests).
+func (h *hub) watching(key string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.watch[key])
 }
 
 func (h *hub) wakeLocked(key string) int {

@@ -93,6 +93,12 @@ func (s *Service) Sweep(ctx context.Context) (int64, error) {
 		now := s.now().UnixMilli()
 		var n int64
 		err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
+			n = 0
+			// Several nodes on one PostgreSQL database: one sweeps at a time
+			// (the deletes are idempotent; the lock only saves repeated work).
+			if ok, err := s.db.TryJobLock(ctx, tx, "delivery.sweep"); err != nil || !ok {
+				return err
+			}
 			r, err := tx.ExecContext(ctx, `DELETE FROM inbox WHERE id IN
 				(SELECT id FROM inbox WHERE expires_at <= ? LIMIT ?)`, now, sweepBatch)
 			if err != nil {
@@ -119,6 +125,9 @@ func (s *Service) sweepChannel(ctx context.Context, id []byte) (int64, error) {
 	var n int64
 	err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
 		n = 0
+		if ok, err := s.db.TryJobLock(ctx, tx, "delivery.sweep"); err != nil || !ok {
+			return err
+		}
 		rows, err := tx.QueryContext(ctx, `SELECT seq, expires_at FROM messages WHERE channel_id = ? ORDER BY seq LIMIT ?`, id, sweepBatch)
 		if err != nil {
 			return err

@@ -218,6 +218,11 @@ func (d *Directory) Sweep(ctx context.Context) (int64, error) {
 		now := d.now().UnixMilli()
 		var n int64
 		err := d.db.WriteTx(ctx, func(tx *sql.Tx) error {
+			// With several nodes on one PostgreSQL database one sweeps at a time.
+			if ok, err := d.db.TryJobLock(ctx, tx, "keydir.sweep"); err != nil || !ok {
+				n = 0
+				return err
+			}
 			res, err := tx.ExecContext(ctx, `DELETE FROM keypackages WHERE id IN
 				(SELECT id FROM keypackages WHERE expires_at <= ? LIMIT ?)`, now, sweepBatch)
 			if err != nil {
@@ -243,7 +248,7 @@ func (d *Directory) RefreshStats(ctx context.Context) error {
 	var pool, lastResort, accounts int64
 	err := d.db.ReadTx(ctx, func(tx *sql.Tx) error {
 		return tx.QueryRowContext(ctx, `SELECT
-			COALESCE(SUM(last_resort = 0), 0), COALESCE(SUM(last_resort = 1), 0),
+			COUNT(CASE WHEN last_resort = 0 THEN 1 END), COUNT(CASE WHEN last_resort = 1 THEN 1 END),
 			COUNT(DISTINCT CASE WHEN last_resort = 0 THEN account_id END)
 			FROM keypackages WHERE expires_at > ?`, now).Scan(&pool, &lastResort, &accounts)
 	})

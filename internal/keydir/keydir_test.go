@@ -7,7 +7,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"path/filepath"
+	"github.com/quicprochat/quicprochat/internal/store/storetest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,7 +18,6 @@ import (
 
 	"github.com/quicprochat/quicprochat/internal/keydir/keydirtest"
 	"github.com/quicprochat/quicprochat/internal/mls"
-	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/store"
 )
 
@@ -98,14 +97,7 @@ type env struct {
 
 func openDB(t *testing.T) *store.DB {
 	t.Helper()
-	key := make([]byte, store.KeySize)
-	_, _ = rand.Read(key)
-	db, err := store.Open(context.Background(), store.Options{Path: filepath.Join(t.TempDir(), "qpcd.db"), Key: secret.New(key)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	return db
+	return storetest.Open(t)
 }
 
 func newEnv(t *testing.T, mut func(*Options)) *env {

@@ -69,9 +69,9 @@ func (d *Directory) Upload(ctx context.Context, deviceID string, pool [][]byte, 
 				res.RejectedOverCap++
 				continue
 			}
-			r, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO keypackages
+			r, err := tx.ExecContext(ctx, `INSERT INTO keypackages
 				(account_id, device_id, ref, suite, last_resort, uploaded_at, expires_at, data)
-				VALUES (?, ?, ?, ?, 0, ?, ?, ?)`,
+				VALUES (?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT DO NOTHING`,
 				dev.AccountID, dev.ID, c.ref, int(c.suite), nowMS, d.expiry(now, c.notAfter), c.raw)
 			if err != nil {
 				return err
@@ -175,14 +175,19 @@ func (d *Directory) Fetch(ctx context.Context, byAccountID, byDeviceID, accountN
 	}
 	now := d.now().UnixMilli()
 	var res FetchResult
-	err = d.db.WriteTx(ctx, func(tx *sql.Tx) error {
+	// Single use across nodes: on PostgreSQL the oldest KeyPackage is
+	// locked with SKIP LOCKED, so concurrent fetchers each take a different
+	// one without waiting for or retrying after each other; the DELETE in the
+	// same transaction consumes it. (SQLite's one writer serialises fetches.)
+	pick := `SELECT id, data FROM keypackages
+				WHERE device_id = ? AND account_id = ? AND last_resort = 0 AND expires_at > ?
+				ORDER BY id LIMIT 1` + d.db.ForUpdateSkipLocked()
+	err = d.db.WriteTxLocked(ctx, func(tx *sql.Tx) error {
 		res = FetchResult{AccountID: acct.ID}
 		for _, dev := range targets {
 			var id int64
 			var data []byte
-			err := tx.QueryRowContext(ctx, `SELECT id, data FROM keypackages
-				WHERE device_id = ? AND account_id = ? AND last_resort = 0 AND expires_at > ?
-				ORDER BY id LIMIT 1`, dev, acct.ID, now).Scan(&id, &data)
+			err := tx.QueryRowContext(ctx, pick, dev, acct.ID, now).Scan(&id, &data)
 			switch {
 			case err == nil:
 				if _, err := tx.ExecContext(ctx, `DELETE FROM keypackages WHERE id = ?`, id); err != nil {
@@ -241,9 +246,9 @@ func (d *Directory) Count(ctx context.Context, accountID, deviceID string) (Coun
 	c := Count{MaxPerAccount: d.max}
 	err := d.db.ReadTx(ctx, func(tx *sql.Tx) error {
 		return tx.QueryRowContext(ctx, `SELECT
-			COALESCE(SUM(last_resort = 0 AND device_id = ?), 0),
-			COALESCE(SUM(last_resort = 0), 0),
-			COALESCE(SUM(last_resort = 1 AND device_id = ?), 0)
+			COUNT(CASE WHEN last_resort = 0 AND device_id = ? THEN 1 END),
+			COUNT(CASE WHEN last_resort = 0 THEN 1 END),
+			COUNT(CASE WHEN last_resort = 1 AND device_id = ? THEN 1 END)
 			FROM keypackages WHERE account_id = ? AND expires_at > ?`,
 			deviceID, deviceID, accountID, now).Scan(&c.Device, &c.Account, &c.HasLastResort)
 	})

@@ -47,6 +47,9 @@ func KeyID(key secret.Bytes) string {
 
 // KeyID is the fingerprint of the key the database is encrypted under now.
 func (db *DB) KeyID() string {
+	if db.pg != nil {
+		return ""
+	}
 	db.swap.RLock()
 	defer db.swap.RUnlock()
 	return KeyID(db.key)
@@ -72,6 +75,9 @@ type FileReport struct {
 // commit while it runs are not. dst is written with mode 0600 and synced;
 // on error it is removed.
 func (db *DB) Snapshot(ctx context.Context, dst string) (FileReport, error) {
+	if db.pg != nil {
+		return FileReport{}, fmt.Errorf("%w: Snapshot copies a SQLCipher file; on PostgreSQL use the database's own backup tools (docs/operations.md)", ErrNotSupported)
+	}
 	db.maint.Lock()
 	defer db.maint.Unlock()
 	// Count as a running read, so Close waits for the copy to finish.

@@ -55,6 +55,9 @@ type RekeyReport struct {
 // refused) from the start of the export until the pools are reopened;
 // reads go on until the swap itself, which waits for running reads.
 func (db *DB) Rekey(ctx context.Context, o RekeyOptions) (RekeyReport, error) {
+	if db.pg != nil {
+		return RekeyReport{}, fmt.Errorf("%w: the database key is SQLCipher's; on PostgreSQL rotate the database password (docs/operations.md)", ErrNotSupported)
+	}
 	if o.NewKey.Len() != KeySize {
 		return RekeyReport{}, fmt.Errorf("%w: new key is %d bytes, want %d", ErrRekey, o.NewKey.Len(), KeySize)
 	}

@@ -119,11 +119,17 @@ func (c *stmtCache) resetLocked(pool *sql.DB) {
 // connection and reused by later batches; it is closed with tx (the shared
 // preparation stays).
 func (db *DB) WriteStmt(ctx context.Context, tx *sql.Tx, query string) (*sql.Stmt, error) {
+	if db.pg != nil {
+		return db.pg.stmts.bind(ctx, db.pg.pool, tx, query)
+	}
 	return db.wstmts.bind(ctx, db.wdb, tx, query)
 }
 
 // ReadStmt is WriteStmt for the transaction a ReadTx function was given:
 // the statement is prepared once per reader connection.
 func (db *DB) ReadStmt(ctx context.Context, tx *sql.Tx, query string) (*sql.Stmt, error) {
+	if db.pg != nil {
+		return db.pg.stmts.bind(ctx, db.pg.pool, tx, query)
+	}
 	return db.rstmts.bind(ctx, db.rdb, tx, query)
 }

@@ -119,6 +119,10 @@ type DB struct {
 
 	onCommit atomic.Pointer[func(writes int, took time.Duration)] // SetCommitObserver
 
+	// pg is set when the database is PostgreSQL (OpenPostgres); the
+	// SQLite fields above are then unused.
+	pg *pgEngine
+
 	commits   atomic.Int64 // SQL COMMITs of write batches
 	committed atomic.Int64 // WriteTx functions committed
 }
@@ -279,6 +283,9 @@ func (db *DB) ReadTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error)
 	db.reads.Add(1)
 	db.mu.RUnlock()
 	defer db.reads.Done()
+	if db.pg != nil {
+		return db.pg.readTx(ctx, fn)
+	}
 	db.swap.RLock()
 	defer db.swap.RUnlock()
 
@@ -306,10 +313,23 @@ func (db *DB) SetCommitObserver(f func(writes int, took time.Duration)) {
 }
 
 // QueueLen is the number of WriteTx calls waiting for the writer.
-func (db *DB) QueueLen() int { return len(db.queue) }
+// On PostgreSQL it is the number of callers waiting for a pooled connection.
+func (db *DB) QueueLen() int {
+	if db.pg != nil {
+		return int(db.pg.waiting())
+	}
+	return len(db.queue)
+}
 
 // SchemaVersion returns the highest applied migration version.
 func (db *DB) SchemaVersion(ctx context.Context) (int, error) {
+	if db.pg != nil {
+		v, err := db.pg.schemaVersion(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("store: read schema version: %w", err)
+		}
+		return v, nil
+	}
 	var v int
 	err := db.ReadTx(ctx, func(tx *sql.Tx) error {
 		return tx.QueryRowContext(ctx, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations").Scan(&v)
@@ -320,8 +340,18 @@ func (db *DB) SchemaVersion(ctx context.Context) (int, error) {
 	return v, nil
 }
 
-// Size returns the bytes on disk of the database file plus its WAL.
+// Size returns the bytes on disk of the database file plus its WAL; on
+// PostgreSQL, the database's size on the server.
 func (db *DB) Size() (int64, error) {
+	if db.pg != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		n, err := db.pg.size(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("store: size: %w", err)
+		}
+		return n, nil
+	}
 	st, err := os.Stat(db.path)
 	if err != nil {
 		return 0, fmt.Errorf("store: size: %w", err)
@@ -337,7 +367,8 @@ func (db *DB) Size() (int64, error) {
 	return n, nil
 }
 
-// Path returns the database file's path as given in Options.
+// Path returns the database file's path as given in Options; on
+// PostgreSQL, host:port/database.
 func (db *DB) Path() string { return db.path }
 
 // Close stops accepting writes, runs every write already queued, waits for
@@ -350,6 +381,13 @@ func (db *DB) Close() error {
 		return ErrClosed
 	}
 	db.closed = true
+	if db.pg != nil {
+		db.mu.Unlock()
+		db.reads.Wait()
+		err := db.pg.close()
+		db.log.Info("store: closed", "backend", BackendPostgres, "target", db.path)
+		return err
+	}
 	close(db.queue)
 	db.mu.Unlock()
 

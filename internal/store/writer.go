@@ -85,6 +85,13 @@ func (db *DB) WriteTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	if fn == nil {
 		return errors.New("store: WriteTx with nil function")
 	}
+	if db.pg != nil {
+		if err := db.beginPG(); err != nil {
+			return err
+		}
+		defer db.reads.Done()
+		return db.pg.writeTx(ctx, sql.LevelSerializable, fn, db.pgCommitObserver())
+	}
 	r := &request{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	if err := db.enqueue(ctx, db.queue, r); err != nil {
 		return err
@@ -97,6 +104,9 @@ func (db *DB) WriteTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 // the hook for maintenance that needs the writer to itself (checkpoint,
 // backup via sqlcipher_export or the backup API, rekey).
 func (db *DB) exclusive(ctx context.Context, job func(ctx context.Context, w *sql.DB) error) error {
+	if db.pg != nil {
+		return ErrNotSupported
+	}
 	r := &request{ctx: ctx, job: job, done: make(chan error, 1)}
 	if err := db.enqueue(ctx, db.jobs, r); err != nil {
 		return err

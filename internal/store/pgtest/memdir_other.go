@@ -1,0 +1,6 @@
+//go:build !linux
+
+package pgtest
+
+// memoryDir returns "": clusters live under TMPDIR.
+func memoryDir() string { return "" }

@@ -1,0 +1,288 @@
+package pgtest
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// bins are the PostgreSQL programs pgtest runs.
+type bins struct {
+	initdb, pgctl string
+}
+
+// findBins picks the newest /usr/lib/postgresql/VERSION/bin (Debian's
+// layout) that has initdb, pg_ctl and postgres, else initdb and pg_ctl on PATH.
+func findBins() (bins, error) {
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	best, bestVersion := "", -1.0
+	for _, d := range dirs {
+		v, err := strconv.ParseFloat(filepath.Base(filepath.Dir(d)), 64)
+		if err != nil || v <= bestVersion {
+			continue
+		}
+		if isExecutable(filepath.Join(d, "initdb")) && isExecutable(filepath.Join(d, "pg_ctl")) && isExecutable(filepath.Join(d, "postgres")) {
+			best, bestVersion = d, v
+		}
+	}
+	if best != "" {
+		return bins{initdb: filepath.Join(best, "initdb"), pgctl: filepath.Join(best, "pg_ctl")}, nil
+	}
+	initdb, err1 := exec.LookPath("initdb")
+	pgctl, err2 := exec.LookPath("pg_ctl")
+	if err1 != nil || err2 != nil {
+		return bins{}, ErrNotInstalled
+	}
+	return bins{initdb: initdb, pgctl: pgctl}, nil
+}
+
+func isExecutable(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0
+}
+
+// lookupCredential returns nil when the process may run PostgreSQL itself,
+// and the postgres system user when it runs as root.
+func lookupCredential() (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, fmt.Errorf("%w (%w)", ErrNoPostgresUser, err)
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err := errors.Join(err1, err2); err != nil {
+		return nil, fmt.Errorf("pgtest: the postgres user's ids %q/%q: %w", u.Uid, u.Gid, err)
+	}
+	if uid == 0 {
+		return nil, fmt.Errorf("%w (it has uid 0)", ErrNoPostgresUser)
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
+}
+
+// A Unix socket path (DIR/.s.PGSQL.PORT.lock, DIR = PARENT/pgtest-NNNNNNNNNN)
+// must fit sun_path's 107 bytes.
+const maxParentLen = 107 - len("/pgtest-1234567890/.s.PGSQL.65535.lock")
+
+// clusterParent picks the directory to make cluster dirs in: for a
+// cluster without fsync a memory file system (see memoryDir; initdb and
+// CREATE DATABASE run ten times faster there than on a disk, even with fsync
+// off), else or failing that the first of os.TempDir(), /tmp and /var/tmp;
+// one that the server's user can traverse, with a path short enough for the
+// Unix socket.
+func clusterParent(cred *syscall.Credential, fsync bool) (string, error) {
+	tried := candidateParents(fsync)
+	for _, p := range tried {
+		p, err := filepath.EvalSymlinks(p)
+		if err != nil || len(p) > maxParentLen || strings.ContainsAny(p, ",'\\\n") {
+			continue
+		}
+		if fi, err := os.Stat(p); err != nil || !fi.IsDir() {
+			continue
+		}
+		if cred == nil || traversable(p, cred) {
+			return p, nil
+		}
+	}
+	who := "current user"
+	if cred != nil {
+		who = "postgres user"
+	}
+	return "", fmt.Errorf("pgtest: none of %s is a directory that the %s can traverse with a path under %d bytes (for the Unix socket); set TMPDIR to one",
+		strings.Join(tried, ", "), who, maxParentLen)
+}
+
+func candidateParents(fsync bool) []string {
+	dirs := []string{os.TempDir(), "/tmp", "/var/tmp"}
+	if m := memoryDir(); m != "" && !fsync {
+		dirs = append([]string{m}, dirs...)
+	}
+	return dirs
+}
+
+// traversable reports whether cred's user may search dir and every parent.
+func traversable(dir string, cred *syscall.Credential) bool {
+	for p := dir; ; p = filepath.Dir(p) {
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil {
+			return false
+		}
+		var bit uint32 = 0o001
+		switch {
+		case st.Uid == cred.Uid:
+			bit = 0o100
+		case st.Gid == cred.Gid:
+			bit = 0o010
+		}
+		if uint32(st.Mode)&bit == 0 {
+			return false
+		}
+		if p == filepath.Dir(p) {
+			return true
+		}
+	}
+}
+
+// sweepStale removes clusters left behind by test processes that died
+// without stopping them (a go test timeout, a SIGKILL), so they do not pile
+// up. A cluster is stale when the process named in its owner file is gone.
+// Best effort: errors are ignored.
+func sweepStale() {
+	var dirs []string
+	for _, p := range candidateParents(false) {
+		d, _ := filepath.Glob(filepath.Join(p, "pgtest-*"))
+		dirs = append(dirs, d...)
+	}
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, ownerFile))
+		if err != nil {
+			continue // not ours, or still being made
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 || processExists(pid) {
+			continue
+		}
+		if killPostmaster(filepath.Join(d, "data")) == nil {
+			_ = os.RemoveAll(d)
+		}
+	}
+}
+
+// killServer SIGKILLs this cluster's server, if one is running.
+func (c *Cluster) killServer() error {
+	return killPostmaster(c.dataDir())
+}
+
+// killPostmaster SIGKILLs the postmaster recorded in dataDir's
+// postmaster.pid and its process group (pg_ctl starts it with setsid, so
+// the group is it and its backends), and waits until they are gone.
+func killPostmaster(dataDir string) error {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil || pid <= 0 {
+		return fmt.Errorf("pgtest: %s/postmaster.pid: bad pid %q", dataDir, first)
+	}
+	if !isPostmasterOf(pid, dataDir) {
+		return nil // a stale pid file
+	}
+	pgrp := pid
+	if _, g, ok := procStat(pid); ok && g != pid {
+		pgrp = 0 // not a group leader: kill the postmaster alone
+	}
+	if pgrp != 0 {
+		err = syscall.Kill(-pgrp, syscall.SIGKILL)
+	} else {
+		err = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	if err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("pgtest: killing the postmaster (pid %d): %w", pid, err)
+	}
+	// Wait until the processes are reaped, not just dead: the postmaster
+	// that Restart starts takes a zombie for a live predecessor.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		alive := pidExists(pid)
+		if pgrp != 0 {
+			alive = groupExists(pgrp)
+		}
+		if !alive {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pgtest: the postmaster (pid %d) or its backends still exist 30s after SIGKILL (not reaped by init?)", pid)
+		}
+		time.Sleep(10 * time.Millisecond) // polling for the exit of processes that are not our children
+	}
+}
+
+// isPostmasterOf reports whether pid is a live postgres process serving
+// dataDir (pg_ctl passes -D dataDir), guarding against reused pids.
+func isPostmasterOf(pid int, dataDir string) bool {
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		if _, statErr := os.Stat("/proc/self/cmdline"); statErr == nil {
+			return false // /proc works: pid is gone
+		}
+		return processExists(pid) // no /proc: trust the pid file
+	}
+	for _, arg := range bytes.Split(cmdline, []byte{0}) {
+		if string(arg) == dataDir {
+			return true
+		}
+	}
+	return false
+}
+
+// processExists reports whether pid is a process that has not exited (a
+// zombie has).
+func processExists(pid int) bool {
+	if state, _, ok := procStat(pid); ok {
+		return state != 'Z' && state != 'X'
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// pidExists reports whether pid is a process, zombies included.
+func pidExists(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// groupExists reports whether group pgrp has a process, zombies included.
+func groupExists(pgrp int) bool {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		err := syscall.Kill(-pgrp, 0)
+		return err == nil || errors.Is(err, syscall.EPERM)
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if _, g, ok := procStat(pid); ok && g == pgrp {
+			return true
+		}
+	}
+	return false
+}
+
+// procStat reads a process's state and process group from /proc (Linux).
+func procStat(pid int) (state byte, pgrp int, ok bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, false
+	}
+	// "pid (comm) state ppid pgrp ...", where comm may hold spaces and parens.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 3 || len(f[0]) != 1 {
+		return 0, 0, false
+	}
+	g, err := strconv.Atoi(f[2])
+	if err != nil {
+		return 0, 0, false
+	}
+	return f[0][0], g, true
+}
