@@ -43,9 +43,11 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 
-# Debian tools the tests use, installed only when missing.
+# Debian tools the tests use, installed only when missing: promtool, and
+# PostgreSQL's server for internal/store/pgtest.
 deps-test:
 	@command -v promtool >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) prometheus; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) postgresql; }
 
 # The ops bundle's static checks; the rule unit tests, promlint and the live
 # Prometheus run are Go tests in ops/ (test-go).

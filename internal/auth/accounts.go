@@ -314,7 +314,7 @@ func (s *Service) revokeDevice(ctx context.Context, accountID, deviceID, by stri
 		}
 		return revokeDeviceTokens(ctx, tx, deviceID)
 	})
-	s.devices.invalidate()
+	s.devicesChanged()
 	if err != nil {
 		return wrapStore("revoke device", err)
 	}
@@ -434,7 +434,7 @@ func (s *Service) DisableAccount(ctx context.Context, accountID string) error {
 		_, err = tx.ExecContext(ctx, "DELETE FROM login_challenges WHERE device_id IN (SELECT id FROM devices WHERE account_id = ?)", accountID)
 		return err
 	})
-	s.devices.invalidate()
+	s.devicesChanged()
 	if err != nil {
 		return wrapStore("disable account", err)
 	}
@@ -454,7 +454,7 @@ func (s *Service) EnableAccount(ctx context.Context, accountID string) error {
 		}
 		return nil
 	})
-	s.devices.invalidate()
+	s.devicesChanged()
 	if err != nil {
 		return wrapStore("enable account", err)
 	}

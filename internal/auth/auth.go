@@ -136,7 +136,36 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	if err := s.ensureSigningKey(ctx); err != nil {
 		return nil, err
 	}
+	// Several nodes on one PostgreSQL database: a device or account change
+	// made on another node drops this node's cached states at once, and a
+	// token-key rotation there makes this node load the keys (so it stops
+	// signing with the retired one). A resync (broadcasts possibly missed)
+	// does both.
+	o.DB.Subscribe(topicDevices, func(string, bool) { s.devices.invalidate() })
+	o.DB.Subscribe(topicKeys, func(_ string, resync bool) {
+		if resync {
+			s.devices.invalidate()
+		}
+		go func() {
+			if err := s.loadKeys(context.Background()); err != nil {
+				s.log.Warn("auth: reload token keys after another node's rotation", "error", err)
+			}
+		}()
+	})
 	return s, nil
+}
+
+// Broadcast topics between the nodes of a deployment.
+const (
+	topicDevices = "auth.devices"
+	topicKeys    = "auth.keys"
+)
+
+// devicesChanged is called after a transaction that changed a device's or
+// an account's state or a device's token generation.
+func (s *Service) devicesChanged() {
+	s.devices.invalidate()
+	s.db.Broadcast(topicDevices, "")
 }
 
 // Close wipes the in-memory signing keys.

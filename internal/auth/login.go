@@ -269,7 +269,7 @@ func (s *Service) Refresh(ctx context.Context, deviceID string, token secret.Byt
 		return insertRefresh(ctx, tx, nt.Reveal(), deviceID, family, now, now.Add(s.refreshTTL))
 	})
 	if reused {
-		s.devices.invalidate() // the device's token generation moved
+		s.devicesChanged() // the device's token generation moved
 	}
 	if err != nil {
 		nt.Wipe()

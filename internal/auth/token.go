@@ -267,6 +267,7 @@ func (s *Service) RotateSigningKey(ctx context.Context) (keyID string, err error
 	if err := s.loadKeys(ctx); err != nil {
 		return "", err
 	}
+	s.db.Broadcast(topicKeys, id)
 	s.event(ctx, "token_key.rotate", slog.String("key_id", id))
 	return id, nil
 }
@@ -407,4 +408,12 @@ func (id Identity) CheckDevice(deviceID string) error {
 		return ErrWrongDevice
 	}
 	return nil
+}
+
+// ActiveKeyID is the id of the key this node signs new access tokens with.
+func (s *Service) ActiveKeyID() string {
+	if k := s.keys.current(); k != nil {
+		return k.id
+	}
+	return ""
 }

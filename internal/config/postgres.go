@@ -127,7 +127,7 @@ func (c Config) dsnSource() (secret.Bytes, string, *FieldError) {
 	}
 	if c.Postgres.DSNFile == "" {
 		return secret.Bytes{}, "", &FieldError{Key: "postgres.dsn", Value: "",
-			Expected: "a connection string, because store.backend is postgres: set postgres.dsn (QPC_POSTGRES_DSN) or postgres.dsn_file (QPC_POSTGRES_DSN_FILE)"}
+			Expected: "a connection string for store.backend=postgres: set postgres.dsn (QPC_POSTGRES_DSN) or postgres.dsn_file (QPC_POSTGRES_DSN_FILE)"}
 	}
 	b, fe := readDSNFile(c.Postgres.DSNFile)
 	return b, "postgres.dsn_file", fe
@@ -253,12 +253,16 @@ func RedactDSN(dsn string) string {
 type dsn struct {
 	url      bool
 	hasQuery bool              // URL form: a '?' starts a query
+	openEnd  bool              // URL form: the query is empty or ends in '&
 	settings map[string]string // decoded values by libpq key (dbname is "database"); the last of a repeated key wins
 	secrets  []string          // passwords as written and decoded, for scrubbing error text
 	redacted string
 	// trailingEscape: key=value form ending in an unquoted backslash,
 	// which escapes the end of the string.
 	trailingEscape bool
+	// trailingEmpty: key=value form ending in "key=", whose value would be
+	// the next word appended.
+	trailingEmpty bool
 }
 
 // parseDSN parses a connection string. Its errors never quote the input.
@@ -360,7 +364,8 @@ func parseDSNURL(s string) (dsn, error) {
 			out.WriteByte('&')
 		}
 		if pair == "" && i == strings.Count(p[1:], "&") {
-			break // "?" or a trailing "&" ends the query
+			d.openEnd = true // "?" or a trailing "&" ends the query
+			break
 		}
 		rawKey, rawValue, found := strings.Cut(pair, "=")
 		if !found || strings.Contains(rawValue, "=") {
@@ -507,6 +512,8 @@ func parseDSNKeywords(s string) (dsn, error) {
 			raw = s[j:i]
 		}
 		val := unescapeKeywordValue(raw)
+		// An unquoted empty value ("key=" or "key=\") can only be the last.
+		d.trailingEmpty = !quoted && val == ""
 		q := ""
 		if quoted {
 			q = "'"
@@ -550,11 +557,11 @@ func (d dsn) with(raw string, params [][2]string) string {
 	if d.url {
 		b.WriteString(raw)
 		sep := "?"
-		if d.hasQuery {
+		switch {
+		case d.openEnd:
+			sep = ""
+		case d.hasQuery:
 			sep = "&"
-			if strings.HasSuffix(raw, "?") || strings.HasSuffix(raw, "&") {
-				sep = ""
-			}
 		}
 		for _, kv := range params {
 			b.WriteString(sep + kv[0] + "=" + uriEncode(kv[1]))
@@ -564,6 +571,9 @@ func (d dsn) with(raw string, params [][2]string) string {
 	}
 	if d.trailingEscape {
 		raw = raw[:len(raw)-1] // the backslash escapes nothing; it would escape our separator
+	}
+	if d.trailingEmpty {
+		raw += "''" // "key=" would take our first pair as its value
 	}
 	b.WriteString(raw)
 	for _, kv := range params {

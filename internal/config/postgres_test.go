@@ -487,11 +487,20 @@ func FuzzRedactDSN(f *testing.F) {
 		if err != nil {
 			t.Fatalf("redacted %q of %q does not parse: %v", r, s, err)
 		}
-		want := ""
-		if orig.Password != "" {
-			want = dsnPasswordMask
+		// Appended parameters replace the string's own and change nothing else.
+		d, _ := parseDSN(s)
+		full := d.with(s, [][2]string{{"connect_timeout", "7"}, {"statement_timeout", "123"}, {"application_name", "a b'&c"}})
+		got, err := pgconn.ParseConfig(full)
+		if err != nil {
+			t.Fatalf("with(%q) = %q does not parse: %v", s, full, err)
 		}
-		if red.Password != want || red.Host != orig.Host || red.User != orig.User || red.Database != orig.Database {
+		if got.ConnectTimeout != 7*time.Second || got.RuntimeParams["statement_timeout"] != "123" ||
+			got.RuntimeParams["application_name"] != "a b'&c" || got.Password != orig.Password ||
+			got.Host != orig.Host || got.Port != orig.Port || got.User != orig.User || got.Database != orig.Database {
+			t.Fatalf("with(%q) = %q: %+v %v", s, full, got.ConnectTimeout, got.RuntimeParams)
+		}
+		// Redacting more than pgx reads (" " decodes to no password) is fine.
+		if orig.Password != "" && red.Password != dsnPasswordMask || red.Host != orig.Host || red.User != orig.User || red.Database != orig.Database {
 			t.Fatalf("RedactDSN(%q) = %q: pgx reads password %q host %q user %q db %q", s, r, red.Password, red.Host, red.User, red.Database)
 		}
 	})

@@ -116,6 +116,7 @@ func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration
 		if again || s.hub.generation() != gen {
 			continue
 		}
+		s.hub.waiting(w)
 		select {
 		case <-w.ch:
 			// Linger: under load more messages follow within moments; one

@@ -53,8 +53,9 @@ type head struct {
 const headTTL = time.Minute
 
 type waiter struct {
-	ch   chan struct{} // buffered 1: a wake-up is never lost, never blocks
-	keys []string
+	ch      chan struct{} // buffered 1: a wake-up is never lost, never blocks
+	keys    []string
+	counted bool // in the waiters gauge
 }
 
 func newHub(m *metrics) *hub {
@@ -66,8 +67,17 @@ func deviceKey(id string) string  { return "d" + id }
 func accountKey(id string) string { return "a" + id }
 
 func (h *hub) newWaiter() *waiter {
-	h.metrics.waiters.Inc()
 	return &waiter{ch: make(chan struct{}, 1)}
+}
+
+// waiting counts w in qpcd_long_poll_waiters from the moment it is
+// registered on everything it reads and blocks (once per waiter), so the
+// gauge says how many fetchers an enqueue would wake right now.
+func (h *hub) waiting(w *waiter) {
+	if !w.counted {
+		w.counted = true
+		h.metrics.waiters.Inc()
+	}
 }
 
 // add registers w on key.
@@ -106,7 +116,9 @@ func (h *hub) remove(w *waiter) {
 	}
 	h.mu.Unlock()
 	w.keys = nil
-	h.metrics.waiters.Dec()
+	if w.counted {
+		h.metrics.waiters.Dec()
+	}
 }
 
 // publishChannel records a committed message and wakes the channel's waiters.

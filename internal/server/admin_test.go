@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/quicprochat/quicprochat/internal/store/storetest"
 	"io"
 	"log/slog"
 	"os"
@@ -47,7 +48,7 @@ func TestAdminSocketAndStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !s.Ready || s.Readiness != "ready" || s.SchemaVersion == 0 || s.DBKeyID == "" || s.TLSFingerprint != ts.CertFingerprint() || s.Counts.Accounts != 0 {
+	if !s.Ready || s.Readiness != "ready" || s.SchemaVersion == 0 || (s.DBKeyID == "") != storetest.Postgres() || s.TLSFingerprint != ts.CertFingerprint() || s.Counts.Accounts != 0 {
 		t.Fatalf("status %+v", s)
 	}
 	ts.newDevice(t, "carol")
@@ -104,6 +105,7 @@ func TestAdminDrainStopsRun(t *testing.T) {
 // TestAdminOperationsConcurrently runs backups, key rotations, TLS reloads
 // and status calls at the same time as registrations (run it with -race).
 func TestAdminOperationsConcurrently(t *testing.T) {
+	storetest.SQLCipherOnly(t, "backup and database-key rotation of the SQLCipher file")
 	ts, c := adminTestServer(t)
 	keyFile := filepath.Join(ts.cfg.DataDir, "db.key")
 	oldKey, err := config.ReadKeyFile(keyFile)
@@ -196,6 +198,7 @@ func TestAdminOperationsConcurrently(t *testing.T) {
 // and the key-file rename leaves db.key.new; the next start finishes the
 // rotation (or drops the unused new key).
 func TestInterruptedKeyRotationIsFinished(t *testing.T) {
+	storetest.SQLCipherOnly(t, "SQLCipher database-key rotation")
 	cfg := testConfig(t)
 	ts := startServer(t, cfg)
 	if err := ts.stop(t); err != nil {

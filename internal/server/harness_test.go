@@ -10,6 +10,9 @@ import (
 
 	"github.com/quicprochat/quicprochat/internal/config"
 	"github.com/quicprochat/quicprochat/internal/rpcclient"
+	"github.com/quicprochat/quicprochat/internal/secret"
+	"github.com/quicprochat/quicprochat/internal/store/pgtest"
+	"github.com/quicprochat/quicprochat/internal/store/storetest"
 	"github.com/quicprochat/quicprochat/internal/testutil"
 	"github.com/quicprochat/quicprochat/internal/transport"
 )
@@ -28,6 +31,10 @@ func testConfig(t *testing.T) config.Config {
 	cfg.DataDir = t.TempDir()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.OpsListen = "127.0.0.1:0"
+	if storetest.Postgres() {
+		cfg.Store.Backend = config.BackendPostgres
+		cfg.Postgres.DSN = secret.New([]byte(pgtest.NewDatabase(t)))
+	}
 	return cfg
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/quicprochat/quicprochat/internal/delivery"
 	"github.com/quicprochat/quicprochat/internal/keydir"
 	"github.com/quicprochat/quicprochat/internal/obs"
+	"github.com/quicprochat/quicprochat/internal/store"
 	"github.com/quicprochat/quicprochat/internal/transport"
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
@@ -211,6 +212,12 @@ func (r *rpcServer) toStatus(call *Call, err error) *wire.StatusError {
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return wire.Errorf(qpcv1.Status_STATUS_UNAVAILABLE, "request cancelled")
+	}
+	if store.IsUnavailable(err) {
+		// The database is unreachable (or a commit's outcome is unknown):
+		// retrying, here or on another node, is the right move.
+		r.log.Warn("rpc: database unavailable", "method", call.Method, "request_id", call.RequestID, "err", err)
+		return wire.Errorf(qpcv1.Status_STATUS_UNAVAILABLE, "database unavailable; retry shortly (request id %s)", strconv.FormatUint(call.RequestID, 10))
 	}
 	r.log.Error("rpc: internal error", "method", call.Method, "request_id", call.RequestID, "err", err)
 	return wire.Errorf(qpcv1.Status_STATUS_INTERNAL, "internal error (request id %s)", strconv.FormatUint(call.RequestID, 10))

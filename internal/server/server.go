@@ -14,6 +14,7 @@ import (
 
 	"github.com/quicprochat/quicprochat/internal/config"
 	"github.com/quicprochat/quicprochat/internal/obs"
+	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/store"
 	"github.com/quicprochat/quicprochat/internal/transport"
 	"github.com/quicprochat/quicprochat/internal/version"
@@ -49,6 +50,11 @@ type Server struct {
 	deliveryPart
 	adminPart
 
+	// dbHealth is the last database check's error (PostgreSQL only; nil
+	// pointer or nil error: reachable). watchDatabase keeps it current.
+	dbHealth    atomic.Pointer[error]
+	dbWatchStop func()
+
 	ready    atomic.Bool
 	draining atomic.Bool
 	drainCh  chan struct{} // closed when draining starts: wakes long-polls
@@ -82,14 +88,19 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err := s.lockDataDir(); err != nil {
 		return nil, err
 	}
-	if err := s.finishKeyRotation(ctx, cfg); err != nil {
-		return nil, err
+	pg := cfg.Store.Backend == config.BackendPostgres
+	var key secret.Bytes
+	var genKey bool
+	if !pg {
+		if err := s.finishKeyRotation(ctx, cfg); err != nil {
+			return nil, err
+		}
+		key, genKey, err = loadOrCreateDBKey(cfg, defKey)
+		if err != nil {
+			return nil, err
+		}
+		defer key.Wipe()
 	}
-	key, genKey, err := loadOrCreateDBKey(cfg, defKey)
-	if err != nil {
-		return nil, err
-	}
-	defer key.Wipe()
 	genCert, err := ensureCertificate(cfg, defCert, defTLSKey, now())
 	if err != nil {
 		return nil, err
@@ -99,8 +110,13 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		return nil, err
 	}
 	dbPath := filepath.Join(cfg.DataDir, "qpcd.db")
-	store.SetMemorySecurity(cfg.DB.MemorySecurity == "on")
-	s.db, err = store.Open(ctx, store.Options{Path: dbPath, Key: key, Logger: log})
+	if pg {
+		s.db, err = openPostgres(ctx, cfg, log)
+		dbPath = s.db.Path()
+	} else {
+		store.SetMemorySecurity(cfg.DB.MemorySecurity == "on")
+		s.db, err = store.Open(ctx, store.Options{Path: dbPath, Key: key, Logger: log})
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -115,6 +131,12 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		s.metrics.DBCommitDuration.Observe(took.Seconds())
 		s.metrics.DBCommitWrites.Observe(float64(writes))
 	})
+	if pg {
+		if err := registerPostgresMetrics(s.metrics.Registry, s.db, &s.dbHealth); err != nil {
+			return nil, err
+		}
+		s.dbWatchStop = s.watchDatabase()
+	}
 
 	s.rpc = &rpcServer{
 		log:        log,
@@ -164,6 +186,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		"quic", s.ln.Addr().String() + "/udp",
 		"ops", s.OpsAddr(),
 		"data_dir", cfg.DataDir,
+		"backend", s.db.Backend(),
 		"db", dbPath,
 		"db_key_file", keySource(cfg),
 		"tls_cert", cfg.TLS.CertFile,
@@ -180,6 +203,9 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 }
 
 func keySource(cfg config.Config) string {
+	if cfg.Store.Backend == config.BackendPostgres {
+		return "none (postgres backend)"
+	}
 	if !cfg.DB.Key.IsZero() {
 		return "inline (db.key)"
 	}
@@ -231,6 +257,9 @@ func (s *Server) readiness() error {
 	case version.FaultReadyz != "":
 		return errors.New("release drill build: internal/version.FaultReadyz is set")
 	}
+	if err := s.dbHealth.Load(); err != nil && *err != nil {
+		return fmt.Errorf("database unreachable: %w", *err)
+	}
 	return nil
 }
 
@@ -281,6 +310,9 @@ func (s *Server) drain() error {
 		ocancel()
 	}
 	errs = append(errs, s.closeServices())
+	if s.dbWatchStop != nil {
+		s.dbWatchStop()
+	}
 	errs = append(errs, s.db.Close(), s.unlockDataDir())
 	s.log.Info("stopped", "drain_took", s.now().Sub(start).Round(time.Millisecond).String())
 	return errors.Join(errs...)
@@ -304,6 +336,9 @@ func (s *Server) closeAll() {
 		_ = s.opsLn.Close()
 	}
 	_ = s.closeServices()
+	if s.dbWatchStop != nil {
+		s.dbWatchStop()
+	}
 	if s.db != nil {
 		_ = s.db.Close()
 	}

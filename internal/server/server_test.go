@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"github.com/quicprochat/quicprochat/internal/store/storetest"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -227,6 +228,7 @@ func TestDrain(t *testing.T) {
 }
 
 func TestWrongDatabaseKeyLeavesFileUntouched(t *testing.T) {
+	storetest.SQLCipherOnly(t, "the SQLCipher file and its key")
 	cfg := testConfig(t)
 	ts := startServer(t, cfg)
 	if err := ts.stop(t); err != nil {

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"embed"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -577,4 +579,29 @@ func (db *DB) beginPG() error {
 	}
 	db.reads.Add(1)
 	return nil
+}
+
+// IsUnavailable reports whether err means the database could not be
+// reached or the outcome of a write is unknown because the connection
+// broke: the request may be retried (on any node) and the client should be
+// told UNAVAILABLE, not INTERNAL.
+func IsUnavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, ErrPostgresUnreachable) || errors.Is(err, ErrCommitUnknown) || errors.Is(err, driver.ErrBadConn) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		// Class 08: connection exception; 53300 too many connections;
+		// 57P01..57P03: the server is shutting down or starting.
+		return strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "53300" ||
+			pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03"
+	}
+	var connErr *pgconn.ConnectError
+	if errors.As(err, &connErr) {
+		return true
+	}
+	return isConnLost(err)
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/quicprochat/quicprochat/internal/store/pgtest"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -57,7 +58,7 @@ CREATE TABLE parent (id INTEGER PRIMARY KEY);
 CREATE TABLE child (pid INTEGER NOT NULL REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);
 `)},
 	}
-	os.Exit(m.Run())
+	pgtest.Main(m)
 }
 
 func openTest(t testing.TB, path string, key secret.Bytes) *DB {

@@ -106,6 +106,7 @@ type Cluster struct {
 	mu      sync.Mutex
 	admin   *pgx.Conn     // superuser connection to database postgres, lazily (re)made
 	running bool          // a postmaster we started is up
+	killed  bool          // Kill ended the last server: its shared memory is still allocated
 	removed bool          // Stop removed Dir
 	logSink *tailWriter   // Options.Log mode: the last bytes of the current server's output
 	logDone chan struct{} // Options.Log mode: closed when the current server's output ends
@@ -133,7 +134,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	sweepStale()
+	sweepStale(ctx, b, cred)
 
 	password, err := randomPassword()
 	if err != nil {
@@ -246,7 +247,7 @@ func (c *Cluster) CreateRole(ctx context.Context, name, password string) error {
 	return nil
 }
 
-// Stop shuts the server down (pg_ctl stop -m fast, or SIGKILL if that
+// Stop shuts the server down (pg_ctl stop -m fast, or -m immediate if that
 // fails) and removes Dir. It may be called after Kill or Shutdown, and again.
 func (c *Cluster) Stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
@@ -256,9 +257,12 @@ func (c *Cluster) Stop() error {
 	if c.removed {
 		return nil
 	}
+	if c.killed {
+		c.releaseKilled(ctx)
+	}
 	err := c.shutdown(ctx)
 	if err != nil {
-		err = errors.Join(err, c.killServer())
+		err = errors.Join(err, c.forceStop(ctx))
 	}
 	if rmErr := os.RemoveAll(c.Dir); rmErr != nil {
 		err = errors.Join(err, fmt.Errorf("pgtest: removing %s: %w", c.Dir, rmErr))
@@ -288,7 +292,7 @@ func (c *Cluster) Kill() error {
 		return ErrNotRunning
 	}
 	c.closeAdmin()
-	c.running = false
+	c.running, c.killed = false, true
 	err := c.killServer()
 	c.waitLog(5 * time.Second)
 	return err
@@ -382,6 +386,9 @@ func (c *Cluster) writeConf() error {
 
 // startServer runs pg_ctl start -w. Called with c.mu held.
 func (c *Cluster) startServer(ctx context.Context) error {
+	if err := c.removeStaleLocks(); err != nil {
+		return err
+	}
 	args := []string{"-D", c.dataDir(), "-w", "-t", timeoutSeconds(ctx), "-s"}
 	var logOffset int64
 	if c.opts.Log == nil {
@@ -415,11 +422,11 @@ func (c *Cluster) startServer(ctx context.Context) error {
 		c.logSink, c.logDone = sink, done
 	}
 	if runErr == nil {
-		c.running = true
+		c.running, c.killed = true, false
 		return nil
 	}
 	// pg_ctl may have given up on a server that is still coming up.
-	killErr := c.killServer()
+	killErr := c.forceStop(ctx)
 	var logTail string
 	if c.opts.Log == nil {
 		logTail = readTail(c.logPath(), logOffset)
@@ -473,10 +480,38 @@ func (c *Cluster) shutdown(ctx context.Context) error {
 	return nil
 }
 
+// releaseKilled frees the shared memory (a System V segment, POSIX
+// segments in /dev/shm) that a killed server leaves allocated, the way
+// PostgreSQL does: the next server on the data dir finds and frees it. So
+// start one and stop it at once. Best effort. Called with c.mu held.
+func (c *Cluster) releaseKilled(ctx context.Context) {
+	if c.startServer(ctx) == nil {
+		c.running = false
+		_ = c.forceStop(ctx)
+		c.waitLog(5 * time.Second)
+	}
+}
+
+// forceStop ends the server as fast as PostgreSQL can while still freeing
+// its resources (pg_ctl stop -m immediate), or with SIGKILL if that fails.
+// Called with c.mu held, or on a cluster of a dead process by sweepStale.
+func (c *Cluster) forceStop(ctx context.Context) error {
+	if running, _ := c.postmaster(); !running {
+		return nil
+	}
+	err := c.command(ctx, c.bins.pgctl, "-D", c.dataDir(), "-m", "immediate", "-w", "-t", timeoutSeconds(ctx), "-s", "stop").Run()
+	if err == nil {
+		return nil
+	}
+	return c.killServer()
+}
+
 // discard ends a half-made cluster and removes Dir. Called with c.mu held.
 func (c *Cluster) discard() {
 	c.closeAdmin()
-	_ = c.killServer()
+	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+	defer cancel()
+	_ = c.forceStop(ctx)
 	c.running = false
 	c.waitLog(5 * time.Second)
 	_ = os.RemoveAll(c.Dir)

@@ -421,15 +421,44 @@ func TestSweepsClustersOfDeadProcesses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Kill(pid, 0); err != nil {
-		t.Fatalf("the leaked postmaster %d is not running: %v", pid, err)
+	if !running(pid) {
+		t.Fatalf("the leaked postmaster %d is not running", pid)
 	}
 
 	start(t, pgtest.Options{}) // sweeps
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("leaked cluster dir %s still there after the next Start: %v", dir, err)
 	}
-	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
-		t.Errorf("leaked postmaster %d still there after the next Start: %v", pid, err)
+	if running(pid) {
+		t.Errorf("leaked postmaster %d still runs after the next Start", pid)
+	}
+}
+
+// running reports whether pid is a process that has not exited (a zombie,
+// not yet reaped by init, has).
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	_, rest, _ := strings.Cut(string(b), ") ") // after "pid (comm"
+	return !strings.HasPrefix(rest, "Z") && !strings.HasPrefix(rest, "X")
+}
+
+func TestStopAfterKill(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := pgtest.Start(ctx, pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(c.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("dir after Kill and Stop: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package pgtest
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -137,55 +138,56 @@ func traversable(dir string, cred *syscall.Credential) bool {
 // without stopping them (a go test timeout, a SIGKILL), so they do not pile
 // up. A cluster is stale when the process named in its owner file is gone.
 // Best effort: errors are ignored.
-func sweepStale() {
+func sweepStale(ctx context.Context, b bins, cred *syscall.Credential) {
 	var dirs []string
 	for _, p := range candidateParents(false) {
 		d, _ := filepath.Glob(filepath.Join(p, "pgtest-*"))
 		dirs = append(dirs, d...)
 	}
 	for _, d := range dirs {
-		b, err := os.ReadFile(filepath.Join(d, ownerFile))
+		owner, err := os.ReadFile(filepath.Join(d, ownerFile))
 		if err != nil {
 			continue // not ours, or still being made
 		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		pid, err := strconv.Atoi(strings.TrimSpace(string(owner)))
 		if err != nil || pid <= 0 || processExists(pid) {
 			continue
 		}
-		if killPostmaster(filepath.Join(d, "data")) == nil {
+		stale := &Cluster{Dir: d, bins: b, cred: cred}
+		if stale.forceStop(ctx) == nil {
 			_ = os.RemoveAll(d)
 		}
 	}
 }
 
-// killServer SIGKILLs this cluster's server, if one is running.
-func (c *Cluster) killServer() error {
-	return killPostmaster(c.dataDir())
-}
-
-// killPostmaster SIGKILLs the postmaster recorded in dataDir's
-// postmaster.pid and its process group (pg_ctl starts it with setsid, so
-// the group is it and its backends), and waits until they are gone.
-func killPostmaster(dataDir string) error {
-	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
+// postmaster reports whether the postmaster named in the data dir's
+// postmaster.pid runs, and its pid.
+func (c *Cluster) postmaster() (running bool, pid int) {
+	b, err := os.ReadFile(filepath.Join(c.dataDir(), "postmaster.pid"))
 	if err != nil {
-		return fmt.Errorf("pgtest: %w", err)
+		return false, 0
 	}
 	first, _, _ := strings.Cut(string(b), "\n")
-	pid, err := strconv.Atoi(strings.TrimSpace(first))
-	if err != nil || pid <= 0 {
-		return fmt.Errorf("pgtest: %s/postmaster.pid: bad pid %q", dataDir, first)
+	pid, err = strconv.Atoi(strings.TrimSpace(first))
+	if err != nil || pid <= 0 || !isPostmasterOf(pid, c.dataDir()) {
+		return false, 0
 	}
-	if !isPostmasterOf(pid, dataDir) {
-		return nil // a stale pid file
+	return true, pid
+}
+
+// killServer SIGKILLs the postmaster and its process group (pg_ctl starts
+// it with setsid, so the group is it and its backends), and waits until
+// they are dead.
+func (c *Cluster) killServer() error {
+	running, pid := c.postmaster()
+	if !running {
+		return nil
 	}
 	pgrp := pid
 	if _, g, ok := procStat(pid); ok && g != pid {
 		pgrp = 0 // not a group leader: kill the postmaster alone
 	}
+	var err error
 	if pgrp != 0 {
 		err = syscall.Kill(-pgrp, syscall.SIGKILL)
 	} else {
@@ -194,11 +196,11 @@ func killPostmaster(dataDir string) error {
 	if err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("pgtest: killing the postmaster (pid %d): %w", pid, err)
 	}
-	// Wait until the processes are reaped, not just dead: the postmaster
-	// that Restart starts takes a zombie for a live predecessor.
+	// Wait until the processes are dead. They may stay zombies for a while:
+	// the postmaster's parent is init, which reaps when it gets round to it.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		alive := pidExists(pid)
+		alive := processExists(pid)
 		if pgrp != 0 {
 			alive = groupExists(pgrp)
 		}
@@ -206,10 +208,36 @@ func killPostmaster(dataDir string) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("pgtest: the postmaster (pid %d) or its backends still exist 30s after SIGKILL (not reaped by init?)", pid)
+			return fmt.Errorf("pgtest: the postmaster (pid %d) or its backends still run 30s after SIGKILL", pid)
 		}
 		time.Sleep(10 * time.Millisecond) // polling for the exit of processes that are not our children
 	}
+}
+
+// removeStaleLocks removes the lock files (data/postmaster.pid and
+// Dir/.s.PGSQL.PORT.lock) of a server that was killed. Its postmaster may
+// still be an unreaped zombie, which the next postmaster would take for a
+// live one and refuse to start; a dead postmaster's locks guard nothing.
+func (c *Cluster) removeStaleLocks() error {
+	locks, _ := filepath.Glob(filepath.Join(c.Dir, ".s.PGSQL.*.lock"))
+	for _, path := range append([]string{filepath.Join(c.dataDir(), "postmaster.pid")}, locks...) {
+		b, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("pgtest: %w", err)
+		}
+		first, _, _ := strings.Cut(string(b), "\n")
+		pid, err := strconv.Atoi(strings.TrimSpace(first))
+		if err == nil && pid > 0 && processExists(pid) {
+			continue // alive: the server will refuse to start and say why
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("pgtest: removing a dead server's lock file: %w", err)
+		}
+	}
+	return nil
 }
 
 // isPostmasterOf reports whether pid is a live postgres process serving
@@ -240,13 +268,7 @@ func processExists(pid int) bool {
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
-// pidExists reports whether pid is a process, zombies included.
-func pidExists(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
-}
-
-// groupExists reports whether group pgrp has a process, zombies included.
+// groupExists reports whether any process of group pgrp has not exited.
 func groupExists(pgrp int) bool {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
@@ -258,7 +280,7 @@ func groupExists(pgrp int) bool {
 		if err != nil {
 			continue
 		}
-		if _, g, ok := procStat(pid); ok && g == pgrp {
+		if state, g, ok := procStat(pid); ok && g == pgrp && state != 'Z' && state != 'X' {
 			return true
 		}
 	}
