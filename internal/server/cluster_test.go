@@ -307,7 +307,9 @@ func TestClusterTokenKeyRotationShared(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "node B signs with the new key", func() bool { return nodes[1].auth.ActiveKeyID() == kid })
+	waitFor(t, 10*time.Second, "node B signs with the new key", func() bool {
+		return nodes[1].auth.ActiveKeyID() == kid
+	})
 	// A token node B signs now is accepted by node A.
 	tok, err := loginDevice(t, nodes[1].dial(t), d.DeviceID, d.SigKey)
 	if err != nil {
@@ -373,7 +375,9 @@ func TestClusterDatabaseLossAndRecovery(t *testing.T) {
 		t.Skip("PostgreSQL backend only; runs in the PostgreSQL pass")
 	}
 	ctx := context.Background()
-	pg, err := pgtest.Start(ctx, pgtest.Options{})
+	// Durable settings: the server is killed, and what qpcd acknowledged
+	// must be there when it comes back.
+	pg, err := pgtest.Start(ctx, pgtest.Options{Fsync: true})
 	if err != nil {
 		t.Fatal(err)
 	}

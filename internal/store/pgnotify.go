@@ -51,6 +51,8 @@ type pgEvents struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	listening     chan struct{} // closed once the first LISTEN is in place
+	listenOnce    sync.Once
 	reconnects    atomic.Int64
 	notifications atomic.Int64
 	up            atomic.Bool
@@ -59,17 +61,29 @@ type pgEvents struct {
 func startPGEvents(cfg *pgx.ConnConfig, node string, log *slog.Logger) *pgEvents {
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &pgEvents{
-		cfg:    cfg,
-		node:   node,
-		log:    log,
-		out:    make(chan string, broadcastQueue),
-		subs:   map[string][]func(string, bool){},
-		cancel: cancel,
+		cfg:       cfg,
+		node:      node,
+		log:       log,
+		out:       make(chan string, broadcastQueue),
+		subs:      map[string][]func(string, bool){},
+		cancel:    cancel,
+		listening: make(chan struct{}),
 	}
 	e.wg.Add(2)
 	go e.listen(ctx)
 	go e.send(ctx)
 	return e
+}
+
+// waitListening waits until the first LISTEN is in place, so that a node
+// that reports ready hears every broadcast sent after that.
+func (e *pgEvents) waitListening(ctx context.Context) error {
+	select {
+	case <-e.listening:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (e *pgEvents) stop() {
@@ -124,6 +138,7 @@ func (e *pgEvents) listen(ctx context.Context) {
 		}
 		backoff = 50 * time.Millisecond
 		e.up.Store(true)
+		e.listenOnce.Do(func() { close(e.listening) })
 		if connectedOnce {
 			// Whatever was broadcast while the connection was down is lost:
 			// every subscriber re-checks.

@@ -194,6 +194,13 @@ func OpenPostgres(ctx context.Context, opts PostgresOptions) (*DB, error) {
 		_ = c.Close()
 	}
 	e.events = startPGEvents(cfg, nodeID, log)
+	lctx, lcancel := context.WithTimeout(ctx, cfg.ConnectTimeout+time.Second)
+	err = e.events.waitListening(lctx)
+	lcancel()
+	if err != nil {
+		e.events.stop()
+		return fail(fmt.Errorf("%w: %s: the LISTEN connection for cross-node wake-ups did not come up within postgres.connect_timeout: %v", ErrPostgresUnreachable, e.target, err))
+	}
 
 	db := &DB{path: e.target, log: log, pg: e, writerDone: make(chan struct{})}
 	close(db.writerDone)
