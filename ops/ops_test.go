@@ -13,6 +13,8 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"github.com/quicprochat/quicprochat/internal/secret"
+	"github.com/quicprochat/quicprochat/internal/store/pgtest"
 	"io"
 	"log/slog"
 	"net"
@@ -214,6 +216,11 @@ func TestLiveDashboardAndAlerts(t *testing.T) {
 	cfg.Limits.RateBurst = 100000
 	cfg.Limits.DrainTimeout = time.Second
 	cfg.Admin.Socket = filepath.Join(shortTemp(t), "a.sock")
+	// On the PostgreSQL backend, so that the backend's own metrics
+	// (qpcd_db_up, pool, LISTEN) are served too: every metric the
+	// SQLCipher backend serves, this one serves as well.
+	cfg.Store.Backend = config.BackendPostgres
+	cfg.Postgres.DSN = secret.New([]byte(pgtest.NewDatabase(t)))
 	srv, err := server.New(context.Background(), server.Options{Config: cfg, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -75,4 +76,59 @@ func (m *cpuMeter) perRequest(requests int64) float64 {
 		return 0
 	}
 	return float64((end - m.start).Microseconds()) / float64(requests)
+}
+
+// commCPU sums the CPU time of every process whose command name is comm
+// (Linux); a process that starts later counts from zero, one that exits
+// drops out.
+func commCPU(comm string) map[int]time.Duration {
+	out := map[int]time.Duration{}
+	if comm == "" {
+		return out
+	}
+	paths, _ := filepath.Glob("/proc/[0-9]*/comm")
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil || strings.TrimSpace(string(b)) != comm {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		if err != nil {
+			continue
+		}
+		if d, err := processCPU(pid); err == nil {
+			out[pid] = d
+		}
+	}
+	return out
+}
+
+// sideMeter meters qpcd alone and the -cpu-comm processes alone.
+type sideMeter struct {
+	serverPID   int
+	comm        string
+	serverStart time.Duration
+	commStart   map[int]time.Duration
+}
+
+func startSide(serverPID int, comm string) *sideMeter {
+	m := &sideMeter{serverPID: serverPID, comm: comm, commStart: commCPU(comm)}
+	if serverPID > 0 {
+		m.serverStart, _ = processCPU(serverPID)
+	}
+	return m
+}
+
+// used returns the CPU microseconds qpcd and the comm processes used since
+// start (0 when not metered).
+func (m *sideMeter) used() (server, comm float64) {
+	if m.serverPID > 0 {
+		if d, err := processCPU(m.serverPID); err == nil {
+			server = float64((d - m.serverStart).Microseconds())
+		}
+	}
+	for pid, d := range commCPU(m.comm) {
+		comm += float64((d - m.commStart[pid]).Microseconds())
+	}
+	return server, comm
 }

@@ -44,9 +44,9 @@ func (d *device) call(ctx context.Context, method string, req, resp proto.Messag
 }
 
 // runEnqueue measures the durable delivery path: o.clients senders enqueue
-// o.size-byte MLS application messages into one group channel (each
-// acknowledged only after its transaction is committed with
-// synchronous=FULL), o.receivers devices long-poll with FetchWait and Ack.
+// o.size-byte MLS application messages into o.channels group channels
+// (sender i into channel i%o.channels; each acknowledged only after its
+// transaction is durably committed), o.receivers devices long-poll with FetchWait and Ack.
 func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error) {
 	addr, pin := o.addr, o.pin
 	if o.serve {
@@ -108,23 +108,33 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 	owner := receivers[0]
 	group := make([]byte, 32)
 	_, _ = rand.Read(group)
-	var cr qpcv1.CreateGroupChannelResponse
-	if err := owner.call(setup, server.MethodCreateGroupChannel, &qpcv1.CreateGroupChannelRequest{GroupId: group}, &cr); err != nil {
-		return report{}, fmt.Errorf("create channel: %w", err)
-	}
-	channel := cr.GetChannel().GetChannelId()
 	var refs []*qpcv1.MemberRef
 	for _, d := range devs {
 		if d != owner {
 			refs = append(refs, &qpcv1.MemberRef{AccountName: d.name})
 		}
 	}
-	for len(refs) > 0 {
-		n := min(len(refs), 100)
-		if err := owner.call(setup, server.MethodAddMembers, &qpcv1.AddMembersRequest{ChannelId: channel, Members: refs[:n]}, &qpcv1.AddMembersResponse{}); err != nil {
-			return report{}, fmt.Errorf("add members: %w", err)
+	channels := make([][]byte, max(o.channels, 1))
+	groups := make([][]byte, len(channels))
+	for c := range channels {
+		var cr qpcv1.CreateGroupChannelResponse
+		gid := group
+		if c > 0 {
+			gid = make([]byte, 32)
+			_, _ = rand.Read(gid)
 		}
-		refs = refs[n:]
+		groups[c] = gid
+		if err := owner.call(setup, server.MethodCreateGroupChannel, &qpcv1.CreateGroupChannelRequest{GroupId: gid}, &cr); err != nil {
+			return report{}, fmt.Errorf("create channel: %w", err)
+		}
+		channels[c] = cr.GetChannel().GetChannelId()
+		for rest := refs; len(rest) > 0; {
+			n := min(len(rest), 100)
+			if err := owner.call(setup, server.MethodAddMembers, &qpcv1.AddMembersRequest{ChannelId: channels[c], Members: rest[:n]}, &qpcv1.AddMembersResponse{}); err != nil {
+				return report{}, fmt.Errorf("add members: %w", err)
+			}
+			rest = rest[n:]
+		}
 	}
 
 	w := newWindow(o.warmup, o.duration, o.messages)
@@ -151,11 +161,13 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 		serverPID = 0 // the server is this process
 	}
 	cpu := startCPU(serverPID)
+	side := startSide(serverPID, o.cpuComm)
 	var swg sync.WaitGroup
 	for i, d := range senders {
 		swg.Add(1)
 		go func() {
 			defer swg.Done()
+			channel, group := channels[i%len(channels)], groups[i%len(channels)]
 			body := make([]byte, o.size)
 			_, _ = rand.Read(body)
 			var mine []time.Duration
@@ -196,6 +208,7 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 	if o.serve || o.serverPID > 0 {
 		cpuPerReq = cpu.perRequest(sent.Load())
 	}
+	serverCPU, commUsed := side.used()
 	// Let receivers catch up with everything sent (bounded).
 	want := sent.Load() * int64(len(receivers))
 	deadline := time.Now().Add(10 * time.Second)
@@ -207,7 +220,12 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 
 	r := report{Mode: "enqueue", Clients: o.clients, Receivers: o.receivers, Size: o.size, TargetRate: o.rate,
 		Seconds: w.seconds(stopped), Requests: w.counted(), Errors: errs.Load(), RPC: rpcLat.summary(),
-		Delivery: delLat.summary(), ServerInPro: o.serve, CPUPerReq: cpuPerReq}
+		Delivery: delLat.summary(), ServerInPro: o.serve, CPUPerReq: cpuPerReq,
+		Channels: len(channels), Sent: sent.Load(), ServerCPU: serverCPU, CommCPU: commUsed}
+	if n := sent.Load(); n > 0 {
+		r.ServerCPUPerReq = serverCPU / float64(n)
+		r.CommCPUPerReq = commUsed / float64(n)
+	}
 	r.Delivered = int64(r.Delivery.Count)
 	r.Throughput = float64(r.Requests) / r.Seconds
 	if v, ok := firstErr.Load().(string); ok {

@@ -17,6 +17,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"-n", "0"},
 		{"-addr", "192.0.2.1:7443", "-mode", "enqueue"}, // not loopback
 		{"-size", "1"},
+		{"-channels", "0"},
 		{"extra"},
 	} {
 		var out, errb bytes.Buffer
@@ -52,6 +53,32 @@ func TestBothModesInProcess(t *testing.T) {
 	}
 	if rs[0].Requests == 0 || rs[1].Requests == 0 || rs[1].Delivered == 0 || rs[1].Errors != 0 {
 		t.Fatalf("reports: %+v", rs)
+	}
+}
+
+// Senders spread over several channels: every message still reaches the
+// receivers, who are members of all of them.
+func TestEnqueueChannels(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server")
+	}
+	out := filepath.Join(t.TempDir(), "r.json")
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"-mode", "enqueue", "-serve", "-n", "4", "-channels", "3", "-receivers", "1",
+		"-duration", "500ms", "-warmup", "100ms", "-json", out}, &stdout, &stderr)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s %s", code, stdout.String(), stderr.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rs []report
+	if err := json.Unmarshal(b, &rs); err != nil || len(rs) != 1 {
+		t.Fatalf("json: %v %s", err, b)
+	}
+	if r := rs[0]; r.Channels != 3 || r.Requests == 0 || r.Errors != 0 || r.Delivered == 0 || r.Sent < r.Requests {
+		t.Fatalf("report: %+v", r)
 	}
 }
 

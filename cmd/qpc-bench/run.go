@@ -39,6 +39,8 @@ type options struct {
 	cpuProfile string
 	serverPID  int
 	warmup     time.Duration
+	channels   int
+	cpuComm    string
 }
 
 func parse(args []string, stderr io.Writer) (options, error) {
@@ -61,6 +63,8 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.jsonOut, "json", "", "also write the results as JSON to this file")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (with -serve: client and server)")
 	fs.IntVar(&o.serverPID, "server-pid", 0, "qpcd's process id, to add its CPU time to the per-request CPU figure (Linux)")
+	fs.IntVar(&o.channels, "channels", 1, "enqueue mode: group channels the senders are spread over (sender i uses channel i%N; every receiver is in all of them)")
+	fs.StringVar(&o.cpuComm, "cpu-comm", "", "also report the CPU time of every process with this command name (e.g. postgres) per request (Linux)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -77,6 +81,8 @@ func parse(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("set -duration or -messages")
 	case o.size < 64 || o.size > 1<<20:
 		return o, fmt.Errorf("-size %d: want 64..1048576", o.size)
+	case o.channels < 1 || o.channels > 1024:
+		return o, fmt.Errorf("-channels %d: want 1..1024", o.channels)
 	case o.rate < 0:
 		return o, fmt.Errorf("-rate %v: must not be negative", o.rate)
 	}
@@ -112,8 +118,19 @@ type report struct {
 	// would fill every core at that cost.
 	CPUPerReq   float64 `json:"cpu_us_per_request,omitempty"`
 	CPUCapacity float64 `json:"cpu_bound_per_s,omitempty"`
-	GOMAXPROCS  int     `json:"gomaxprocs"`
-	ServerInPro bool    `json:"server_in_process"`
+	// Channels is how many group channels the senders were spread over.
+	Channels int `json:"channels,omitempty"`
+	// Sent is every acknowledged enqueue while the CPU was metered
+	// (warm-up included), the divisor of the CPU figures.
+	Sent int64 `json:"sent,omitempty"`
+	// ServerCPU and CommCPU are the CPU microseconds qpcd (-server-pid)
+	// and the -cpu-comm processes used over the same span.
+	ServerCPU       float64 `json:"server_cpu_us,omitempty"`
+	ServerCPUPerReq float64 `json:"server_cpu_us_per_request,omitempty"`
+	CommCPU         float64 `json:"comm_cpu_us,omitempty"`
+	CommCPUPerReq   float64 `json:"comm_cpu_us_per_request,omitempty"`
+	GOMAXPROCS      int     `json:"gomaxprocs"`
+	ServerInPro     bool    `json:"server_in_process"`
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -186,6 +203,9 @@ func printTable(w io.Writer, rs []report) {
 			cpu = fmt.Sprintf("%.0f (%.0f)", r.CPUPerReq, r.CPUCapacity)
 		}
 		fmt.Fprintf(w, "%-9s %7d %6d %9d %8d %10.0f | %-26s | %-26s | %s\n", r.Mode, r.Clients, r.Size, r.Requests, r.Errors, r.Throughput, r.RPC.String(), del, cpu)
+		if r.ServerCPUPerReq > 0 || r.CommCPUPerReq > 0 {
+			fmt.Fprintf(w, "  %s: channels %d, cpu µs/req: qpcd %.0f, -cpu-comm processes %.0f\n", r.Mode, r.Channels, r.ServerCPUPerReq, r.CommCPUPerReq)
+		}
 	}
 	var base, enq float64
 	for _, r := range rs {

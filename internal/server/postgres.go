@@ -63,6 +63,14 @@ func (s *Server) watchDatabase() (stop func()) {
 		case err == nil && wasDown:
 			s.log.Info("database reachable again; ready")
 		}
+		// qpcd_ready follows /readyz.
+		if s.metrics != nil && s.ready.Load() && !s.draining.Load() {
+			if err != nil {
+				s.metrics.Ready.Set(0)
+			} else {
+				s.metrics.Ready.Set(1)
+			}
+		}
 	}
 	check()
 	go func() {

@@ -72,18 +72,28 @@ func NewDatabase(t testing.TB) string {
 //	func TestMain(m *testing.M) { pgtest.Main(m) }
 func Main(m *testing.M) {
 	code := m.Run()
-	shared.mu.Lock()
-	c := shared.cluster
-	shared.mu.Unlock()
-	if c != nil {
-		if err := c.Stop(); err != nil {
-			fmt.Fprintf(os.Stderr, "pgtest: stopping the shared PostgreSQL cluster: %v\n", err)
-			if code == 0 {
-				code = 1
-			}
-		}
+	if err := StopShared(); err != nil && code == 0 {
+		code = 1
 	}
 	os.Exit(code)
+}
+
+// StopShared stops the shared cluster if one was started (for a TestMain
+// that runs the tests itself, such as storetest.Main). The error is also
+// printed.
+func StopShared() error {
+	shared.mu.Lock()
+	c := shared.cluster
+	shared.cluster, shared.started = nil, false
+	shared.mu.Unlock()
+	if c == nil {
+		return nil
+	}
+	if err := c.Stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "pgtest: stopping the shared PostgreSQL cluster: %v\n", err)
+		return err
+	}
+	return nil
 }
 
 // slug turns a test name into lower-case letters, digits and single

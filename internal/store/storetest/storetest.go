@@ -73,7 +73,9 @@ func Main(m *testing.M) {
 			}
 		}
 	}
-	stopShared()
+	if err := pgtest.StopShared(); err != nil && code == 0 {
+		code = 1
+	}
 	os.Exit(code)
 }
 
@@ -135,7 +137,3 @@ func SQLCipherOnly(t testing.TB, why string) {
 		t.Skipf("SQLCipher only: %s", why)
 	}
 }
-
-// stopShared stops pgtest's shared cluster through its Main, which runs
-// no tests here: a testing.M with nothing to run.
-func stopShared() {}
