@@ -129,10 +129,17 @@ func registerPostgresMetrics(reg *prometheus.Registry, db *store.DB, health *ato
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "qpcd_db_notifications_total", Help: "Notifications received from the database (other nodes' wake-ups)."},
 			stat(func(st store.PostgresStats) float64 { return float64(st.Notifications) })),
 	}
+	txDur := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "qpcd_db_transaction_duration_seconds",
+		Help:    "PostgreSQL transactions by kind (read, write): from asking for a pooled connection to commit or rollback, retries included.",
+		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5},
+	}, []string{"kind"})
+	cs = append(cs, txDur)
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return err
 		}
 	}
+	db.SetTxObserver(func(kind string, took time.Duration) { txDur.WithLabelValues(kind).Observe(took.Seconds()) })
 	return nil
 }

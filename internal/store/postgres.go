@@ -99,6 +99,8 @@ type pgEngine struct {
 
 	retries atomic.Int64 // write functions re-run after a serialization failure or deadlock
 	queued  atomic.Int64 // transactions waiting for a connection
+
+	onTx atomic.Pointer[func(kind string, took time.Duration)] // SetTxObserver
 }
 
 // OpenPostgres connects to the PostgreSQL database of opts.DSN, checks that
@@ -369,6 +371,7 @@ func isConnLost(err error) bool {
 // writeTx runs fn in a transaction at iso and commits, re-running it after
 // serialization failures and deadlocks.
 func (e *pgEngine) writeTx(ctx context.Context, iso sql.IsolationLevel, fn func(tx *sql.Tx) error, onCommit func(time.Duration)) error {
+	defer e.observe("write", time.Now())
 	for attempt := 0; ; attempt++ {
 		err := e.runTx(ctx, iso, fn, onCommit)
 		if err == nil || !isRetryable(err) || attempt >= e.maxRetries {
@@ -432,6 +435,7 @@ func (e *pgEngine) call(fn func(*sql.Tx) error, tx *sql.Tx) (err error) {
 // readTx runs fn in a read-only REPEATABLE READ transaction: one snapshot,
 // as on SQLite.
 func (e *pgEngine) readTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error) {
+	defer e.observe("read", time.Now())
 	e.stmts.prepareWanted(ctx, e.pool)
 	tx, err := e.begin(ctx, &sql.TxOptions{ReadOnly: true, Isolation: sql.LevelRepeatableRead})
 	if err != nil {
@@ -611,4 +615,26 @@ func IsUnavailable(err error) bool {
 		return true
 	}
 	return isConnLost(err)
+}
+
+func (e *pgEngine) observe(kind string, start time.Time) {
+	if f := e.onTx.Load(); f != nil {
+		(*f)(kind, time.Since(start))
+	}
+}
+
+// SetTxObserver sets a function called after every read or write
+// transaction on PostgreSQL with its kind ("read", "write") and how long it
+// took from asking for a connection to the end (retries included): the
+// database's share of a request's latency. nil removes it; on SQLite it is
+// never called (SetCommitObserver covers the writer there).
+func (db *DB) SetTxObserver(f func(kind string, took time.Duration)) {
+	if db.pg == nil {
+		return
+	}
+	if f == nil {
+		db.pg.onTx.Store(nil)
+		return
+	}
+	db.pg.onTx.Store(&f)
 }
