@@ -239,7 +239,22 @@ func migrate(ctx context.Context, db *sql.DB, known []migration, path string, ap
 	return version, nil
 }
 
-func applyOne(ctx context.Context, db *sql.DB, m migration, now func() time.Time) (err error) {
+func applyOne(ctx context.Context, db *sql.DB, m migration, now func() time.Time) error {
+	return applyStep(ctx, db, m, now, func(tx *sql.Tx) error {
+		// user_version mirrors the schema version for tools that only read the header.
+		_, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", m.version))
+		return err
+	})
+}
+
+// txBeginner is *sql.DB or *sql.Conn.
+type txBeginner interface {
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
+}
+
+// applyStep runs one migration and records it in schema_migrations in one
+// transaction, with the engine's extra bookkeeping (nil: none).
+func applyStep(ctx context.Context, db txBeginner, m migration, now func() time.Time, extra func(tx *sql.Tx) error) (err error) {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -257,9 +272,10 @@ func applyOne(ctx context.Context, db *sql.DB, m migration, now func() time.Time
 		m.version, m.name, now().UTC().Format(time.RFC3339Nano)); err != nil {
 		return err
 	}
-	// user_version mirrors the schema version for tools that only read the header.
-	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", m.version)); err != nil {
-		return err
+	if extra != nil {
+		if err := extra(tx); err != nil {
+			return err
+		}
 	}
 	return tx.Commit()
 }

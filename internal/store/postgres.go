@@ -283,7 +283,7 @@ func migratePG(ctx context.Context, pool *sql.DB, known []migration, target stri
 	}
 	version := st.version()
 	for _, m := range known[version:] {
-		if err := applyPG(ctx, conn, m); err != nil {
+		if err := applyStep(ctx, conn, m, time.Now, nil); err != nil {
 			return version, fmt.Errorf("store: migration %04d_%s on %s: %w", m.version, m.name, target, err)
 		}
 		version = m.version
@@ -323,27 +323,6 @@ func inspectPG(ctx context.Context, q querier, target string) (dbState, error) {
 		st.applied = append(st.applied, a)
 	}
 	return st, rows.Err()
-}
-
-func applyPG(ctx context.Context, conn *sql.Conn, m migration) (err error) {
-	tx, err := conn.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, ignoreDone(tx.Rollback()))
-		}
-	}()
-	if _, err := tx.ExecContext(ctx, m.sql); err != nil {
-		return err
-	}
-	if _, err := tx.ExecContext(ctx,
-		"INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-		m.version, m.name, time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
-		return err
-	}
-	return tx.Commit()
 }
 
 // isRetryable reports whether err is a serialization failure or a deadlock:
