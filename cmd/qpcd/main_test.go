@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"github.com/quicprochat/quicprochat/internal/store/pgtest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +30,9 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	if err := pgtest.StopShared(); err != nil && code == 0 {
+		code = 1
+	}
 	os.Exit(code)
 }
 
@@ -293,5 +297,75 @@ func TestVersionAndUsage(t *testing.T) {
 	}
 	if code, _, _ := runQpcd(t, nil, "--no-such-flag"); code != 2 {
 		t.Fatalf("unknown flag exit %d, want 2", code)
+	}
+}
+
+// On the PostgreSQL backend: qpcd starts, says which backend it serves
+// from, and stops cleanly; each start-up failure is one line naming the
+// option and the fix, with the right exit code and never the password.
+func TestPostgresBackendStartAndStartupErrors(t *testing.T) {
+	c := pgtest.Shared(t)
+	dsn := pgtest.NewDatabase(t)
+	dsnFile := filepath.Join(t.TempDir(), "postgres.dsn")
+	if err := os.WriteFile(dsnFile, []byte(dsn+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	args := []string{"--data-dir", dir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"}
+
+	cmd := exec.Command(qpcdBin, append(args, "--log-format", "json")...)
+	cmd.Env = cleanEnv("QPC_STORE_BACKEND=postgres", "QPC_POSTGRES_DSN_FILE="+dsnFile)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{cmd: cmd, lines: make(chan map[string]any, 100)}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil {
+				d.lines <- m
+			}
+		}
+		close(d.lines)
+	}()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	ready := d.waitLine(t, func(m map[string]any) bool { return strings.HasPrefix(fmt.Sprint(m["msg"]), "qpcd ready") })
+	if ready["backend"] != "postgres" || strings.Contains(fmt.Sprint(ready), c.Password) {
+		t.Fatalf("ready line %v", ready)
+	}
+	if code := d.stop(t); code != 0 {
+		t.Fatalf("SIGTERM: exit %d", code)
+	}
+
+	wrongPW := strings.Replace(dsn, ":"+c.Password+"@", ":not-the-password@", 1)
+	for _, tc := range []struct {
+		name string
+		env  []string
+		code int
+		want string
+	}{
+		{"wrong password", []string{"QPC_POSTGRES_DSN=" + wrongPW}, 1, "check the user and password in postgres.dsn"},
+		{"unreachable", []string{"QPC_POSTGRES_DSN=postgres://qpc:pw@127.0.0.1:1/qpc?sslmode=disable", "QPC_POSTGRES_CONNECT_TIMEOUT=2s"}, 1, "PostgreSQL unreachable"},
+		{"missing database", []string{"QPC_POSTGRES_DSN=" + c.DSN("no_such_database")}, 1, "createdb"},
+		{"no DSN", nil, 2, "postgres.dsn"},
+		{"bad DSN", []string{"QPC_POSTGRES_DSN=postgres://qpc:s3cret@[::1"}, 2, "postgres.dsn"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errOut := runQpcd(t, append([]string{"QPC_STORE_BACKEND=postgres"}, tc.env...), args...)
+			if code != tc.code || !strings.Contains(errOut, tc.want) {
+				t.Fatalf("exit %d (want %d), stderr:\n%s", code, tc.code, errOut)
+			}
+			if strings.Contains(errOut, c.Password) || strings.Contains(errOut, "s3cret") || strings.Contains(errOut, "not-the-password") {
+				t.Fatalf("password in the output:\n%s", errOut)
+			}
+			if strings.Contains(errOut, "panic") || strings.Contains(errOut, "goroutine ") {
+				t.Fatalf("crash:\n%s", errOut)
+			}
+		})
 	}
 }

@@ -112,7 +112,6 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	dbPath := filepath.Join(cfg.DataDir, "qpcd.db")
 	if pg {
 		s.db, err = openPostgres(ctx, cfg, log)
-		dbPath = s.db.Path()
 	} else {
 		store.SetMemorySecurity(cfg.DB.MemorySecurity == "on")
 		s.db, err = store.Open(ctx, store.Options{Path: dbPath, Key: key, Logger: log})
@@ -120,6 +119,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	dbPath = s.db.Path()
 	s.metrics = obs.NewMetrics(&obs.StoreGauges{
 		Size: func() float64 {
 			n, _ := s.db.Size()
