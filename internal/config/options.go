@@ -43,7 +43,7 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.Postgres.DSNFile }},
 	{key: "postgres.max_conns", help: "connection pool size of each qpcd node, 2 to 10000; nodes x max_conns must stay below the server's max_connections",
 		ptr: func(c *Config) any { return &c.Postgres.MaxConns }},
-	{key: "postgres.min_conns", help: "connections each node keeps open when idle, 0 to max_conns",
+	{key: "postgres.min_conns", help: "connections each node opens at start (idle ones stay open, up to max_conns), 0 to max_conns",
 		ptr: func(c *Config) any { return &c.Postgres.MinConns }},
 	{key: "postgres.statement_timeout", help: "server-side statement_timeout of every connection: a statement running longer is cancelled",
 		ptr: func(c *Config) any { return &c.Postgres.StatementTimeout }},

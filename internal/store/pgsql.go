@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql/driver"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -90,7 +91,12 @@ func (c pgConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &pgConn{inner: conn}, nil
+	in, ok := conn.(pgInner)
+	if !ok {
+		_ = conn.Close()
+		return nil, fmt.Errorf("store: pgx connection %T lacks a database/sql interface qpcd uses", conn)
+	}
+	return &pgConn{inner: in}, nil
 }
 
 func (c pgConnector) Driver() driver.Driver { return c.inner.Driver() }
@@ -110,42 +116,40 @@ type pgInner interface {
 // pgConn is a pgx stdlib connection whose queries are rewritten from `?`
 // placeholders to PostgreSQL's numbered ones.
 type pgConn struct {
-	inner driver.Conn
+	inner pgInner
 }
-
-func (c *pgConn) in() pgInner { return c.inner.(pgInner) }
 
 // Unwrap returns pgx's connection (for sql.Conn.Raw users).
 func (c *pgConn) Unwrap() driver.Conn { return c.inner }
 
 func (c *pgConn) Prepare(query string) (driver.Stmt, error) {
-	return c.in().Prepare(rewritePlaceholders(query))
+	return c.inner.Prepare(rewritePlaceholders(query))
 }
 
 func (c *pgConn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
-	return c.in().PrepareContext(ctx, rewritePlaceholders(query))
+	return c.inner.PrepareContext(ctx, rewritePlaceholders(query))
 }
 
-func (c *pgConn) Close() error { return c.in().Close() }
+func (c *pgConn) Close() error { return c.inner.Close() }
 
 func (c *pgConn) Begin() (driver.Tx, error) {
-	return c.in().BeginTx(context.Background(), driver.TxOptions{})
+	return c.inner.BeginTx(context.Background(), driver.TxOptions{})
 }
 
 func (c *pgConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	return c.in().BeginTx(ctx, opts)
+	return c.inner.BeginTx(ctx, opts)
 }
 
 func (c *pgConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	return c.in().ExecContext(ctx, rewritePlaceholders(query), args)
+	return c.inner.ExecContext(ctx, rewritePlaceholders(query), args)
 }
 
 func (c *pgConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	return c.in().QueryContext(ctx, rewritePlaceholders(query), args)
+	return c.inner.QueryContext(ctx, rewritePlaceholders(query), args)
 }
 
-func (c *pgConn) Ping(ctx context.Context) error { return c.in().Ping(ctx) }
+func (c *pgConn) Ping(ctx context.Context) error { return c.inner.Ping(ctx) }
 
-func (c *pgConn) CheckNamedValue(v *driver.NamedValue) error { return c.in().CheckNamedValue(v) }
+func (c *pgConn) CheckNamedValue(v *driver.NamedValue) error { return c.inner.CheckNamedValue(v) }
 
-func (c *pgConn) ResetSession(ctx context.Context) error { return c.in().ResetSession(ctx) }
+func (c *pgConn) ResetSession(ctx context.Context) error { return c.inner.ResetSession(ctx) }

@@ -68,7 +68,9 @@ type PostgresOptions struct {
 	DSN secret.Bytes
 	// MaxConns is the pool size of this node; default 10.
 	MaxConns int
-	// MinConns connections are kept open when idle; default 2.
+	// MinConns connections are opened at start, so the first requests do
+	// not each wait for a connection set-up; default 2. Idle connections
+	// stay open (up to MaxConns) until they are an hour old.
 	MinConns int
 	// StatementTimeout bounds every statement on the server; default 30s.
 	StatementTimeout time.Duration
@@ -164,7 +166,6 @@ func OpenPostgres(ctx context.Context, opts PostgresOptions) (*DB, error) {
 	e.pool = sql.OpenDB(pgConnector{inner: stdlib.GetConnector(*cfg)})
 	e.pool.SetMaxOpenConns(maxConns)
 	e.pool.SetMaxIdleConns(maxConns)
-	e.pool.SetConnMaxIdleTime(5 * time.Minute)
 	e.pool.SetConnMaxLifetime(time.Hour)
 
 	fail := func(err error) (*DB, error) {
@@ -204,8 +205,7 @@ func OpenPostgres(ctx context.Context, opts PostgresOptions) (*DB, error) {
 		return fail(fmt.Errorf("%w: %s: the LISTEN connection for cross-node wake-ups did not come up within postgres.connect_timeout: %v", ErrPostgresUnreachable, e.target, err))
 	}
 
-	db := &DB{path: e.target, log: log, pg: e, writerDone: make(chan struct{})}
-	close(db.writerDone)
+	db := &DB{path: e.target, log: log, pg: e}
 	log.Info("store: opened", "backend", BackendPostgres, "target", e.target, "schema_version", version,
 		"max_conns", maxConns, "statement_timeout", stmtTimeout, "node", nodeID)
 	return db, nil
@@ -443,9 +443,21 @@ func (db *DB) Backend() string {
 // a check made after the lock is current.
 func (db *DB) WriteTxLocked(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	if db.pg != nil {
-		return db.pg.writeTx(ctx, sql.LevelReadCommitted, fn, db.pgCommitObserver())
+		return db.pgWrite(ctx, sql.LevelReadCommitted, fn)
 	}
 	return db.WriteTx(ctx, fn)
+}
+
+// pgWrite runs a write on PostgreSQL as a call Close waits for.
+func (db *DB) pgWrite(ctx context.Context, iso sql.IsolationLevel, fn func(tx *sql.Tx) error) error {
+	if fn == nil {
+		return errors.New("store: WriteTx with nil function")
+	}
+	if err := db.beginPG(); err != nil {
+		return err
+	}
+	defer db.reads.Done()
+	return db.pg.writeTx(ctx, iso, fn, db.pgCommitObserver())
 }
 
 // ForUpdate is the row-locking suffix for a SELECT inside WriteTxLocked:

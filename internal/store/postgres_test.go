@@ -258,3 +258,23 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// After Close every kind of call answers ErrClosed, WriteTxLocked too.
+func TestPostgresClosed(t *testing.T) {
+	db := openPG(t, pgtest.NewDatabase(t), PostgresOptions{})
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	noop := func(*sql.Tx) error { return nil }
+	for name, err := range map[string]error{
+		"WriteTx":       db.WriteTx(ctx, noop),
+		"WriteTxLocked": db.WriteTxLocked(ctx, noop),
+		"ReadTx":        db.ReadTx(ctx, noop),
+		"Ping":          db.Ping(ctx),
+	} {
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("%s after Close: %v", name, err)
+		}
+	}
+}

@@ -86,11 +86,7 @@ func (db *DB) WriteTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 		return errors.New("store: WriteTx with nil function")
 	}
 	if db.pg != nil {
-		if err := db.beginPG(); err != nil {
-			return err
-		}
-		defer db.reads.Done()
-		return db.pg.writeTx(ctx, sql.LevelSerializable, fn, db.pgCommitObserver())
+		return db.pgWrite(ctx, sql.LevelSerializable, fn)
 	}
 	r := &request{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	if err := db.enqueue(ctx, db.queue, r); err != nil {
