@@ -121,8 +121,16 @@ func (h *hub) remove(w *waiter) {
 	}
 }
 
-// publishChannel records a committed message and wakes the channel's waiters.
+// publishChannel records a committed message and wakes the channel's
+// waiters, here and on the other nodes.
 func (h *hub) publishChannel(id []byte, seq uint64) {
+	h.publishChannelLocal(id, seq)
+	if h.broadcast != nil {
+		h.broadcast(topicChannel, hex.EncodeToString(id)+":"+strconv.FormatUint(seq, 10))
+	}
+}
+
+func (h *hub) publishChannelLocal(id []byte, seq uint64) {
 	key := channelKey(id)
 	now := h.now()
 	h.mu.Lock()
@@ -135,9 +143,6 @@ func (h *hub) publishChannel(id []byte, seq uint64) {
 	n := h.wakeLocked(key)
 	h.mu.Unlock()
 	h.metrics.wakeups.Add(float64(n))
-	if h.broadcast != nil {
-		h.broadcast(topicChannel, hex.EncodeToString(id)+":"+strconv.FormatUint(seq, 10))
-	}
 }
 
 // publish wakes the waiters of a device or account key.
@@ -171,15 +176,7 @@ func (h *hub) applyRemote(topic, payload string, resync bool) {
 		if !ok || err1 != nil || err2 != nil {
 			return
 		}
-		key := channelKey(id)
-		now := h.now()
-		h.mu.Lock()
-		if hd := h.heads[key]; seq > hd.seq {
-			h.heads[key] = head{seq: seq, at: now}
-		}
-		n := h.wakeLocked(key)
-		h.mu.Unlock()
-		h.metrics.wakeups.Add(float64(n))
+		h.publishChannelLocal(id, seq)
 	case topicKey:
 		key, err := hex.DecodeString(payload)
 		if err != nil {

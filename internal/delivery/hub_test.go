@@ -38,3 +38,56 @@ func TestHubHeadsArePruned(t *testing.T) {
 	}
 	h.remove(w)
 }
+
+// Another node's broadcasts act on this hub as local publishes do; a
+// malformed payload is ignored; a resync wakes everyone and moves the
+// generation, so a waiter between read and registration reads again.
+func TestHubAppliesRemoteBroadcasts(t *testing.T) {
+	h := newHub(newMetrics())
+	var sent []string
+	h.broadcast = func(topic, payload string) { sent = append(sent, topic+" "+payload) }
+	woken := func(w *waiter) bool {
+		select {
+		case <-w.ch:
+			return true
+		default:
+			return false
+		}
+	}
+
+	w := h.newWaiter()
+	if h.addChannel(w, []byte("chan"), 0) {
+		t.Fatal("nothing was published yet")
+	}
+	h.applyRemote(topicChannel, "6368616e:7", false) // hex("chan"):7
+	if !woken(w) || h.heads[channelKey([]byte("chan"))].seq != 7 {
+		t.Fatal("a remote enqueue did not wake the channel's waiter or record its head")
+	}
+	h.add(w, deviceKey("d1"))
+	h.applyRemote(topicKey, "646431", false) // hex(deviceKey("d1")) = hex("dd1")
+	if !woken(w) {
+		t.Fatal("a remote inbox item did not wake the device's waiter")
+	}
+	for _, bad := range []string{"", "zz:1", "6368616e", "6368616e:x"} {
+		h.applyRemote(topicChannel, bad, false)
+		h.applyRemote(topicKey, bad, false)
+	}
+	if woken(w) {
+		t.Fatal("a malformed broadcast woke a waiter")
+	}
+	gen := h.generation()
+	h.applyRemote(topicChannel, "", true)
+	if !woken(w) || h.generation() == gen {
+		t.Fatal("a resync did not wake every waiter and move the generation")
+	}
+	if len(sent) != 0 {
+		t.Fatalf("remote broadcasts were sent on again: %v", sent)
+	}
+	h.remove(w)
+
+	h.publishChannel([]byte("chan"), 8)
+	h.publish(accountKey("a1"))
+	if len(sent) != 2 || sent[0] != topicChannel+" 6368616e:8" || sent[1] != topicKey+" 616131" { // hex("aa1")
+		t.Fatalf("local publishes broadcast %q", sent)
+	}
+}
