@@ -126,14 +126,9 @@ func (e *pgEvents) listen(ctx context.Context) {
 			}
 		}
 		if err != nil {
-			if ctx.Err() != nil {
+			if !e.retryWait(ctx, "LISTEN", err, &backoff) {
 				return
 			}
-			e.log.Warn("store: LISTEN connection failed; retrying", "error", err, "retry_in", backoff)
-			if !sleepCtx(ctx, backoff) {
-				return
-			}
-			backoff = min(backoff*2, 5*time.Second)
 			continue
 		}
 		backoff = 50 * time.Millisecond
@@ -247,14 +242,9 @@ func (e *pgEvents) send(ctx context.Context) {
 			conn, err = e.connect(ctx, map[string]string{"application_name": "qpcd-notify", "synchronous_commit": "off"})
 			if err != nil {
 				conn = nil
-				if ctx.Err() != nil {
+				if !e.retryWait(ctx, "NOTIFY", err, &backoff) {
 					return
 				}
-				e.log.Warn("store: NOTIFY connection failed; retrying", "error", err, "retry_in", backoff)
-				if !sleepCtx(ctx, backoff) {
-					return
-				}
-				backoff = min(backoff*2, 5*time.Second)
 				continue
 			}
 			backoff = 50 * time.Millisecond
@@ -295,6 +285,20 @@ func (e *pgEvents) subscribe(topic string, fn func(string, bool)) {
 	e.mu.Lock()
 	e.subs[topic] = append(e.subs[topic], fn)
 	e.mu.Unlock()
+}
+
+// retryWait logs a failed connection attempt and waits backoff before the
+// next, doubling it up to 5 s; false when ctx ended.
+func (e *pgEvents) retryWait(ctx context.Context, what string, err error, backoff *time.Duration) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	e.log.Warn("store: "+what+" connection failed; retrying", "error", err, "retry_in", *backoff)
+	if !sleepCtx(ctx, *backoff) {
+		return false
+	}
+	*backoff = min(*backoff*2, 5*time.Second)
+	return true
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
