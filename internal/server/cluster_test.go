@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -170,29 +169,8 @@ func TestClusterCommitRaceOneWinner(t *testing.T) {
 	ch, g := groupChannel(t, alice, bob)
 	senders := []*testDevice{alice, bob.on(t, nodes[1])}
 	for epoch := uint64(0); epoch < 20; epoch++ {
-		var wins, stale atomic.Int32
-		var wg sync.WaitGroup
-		start := make(chan struct{})
-		for _, d := range senders {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-start
-				_, err := enqueue(t, d, ch, newMessageID(), dt.Commit(g, epoch), nil)
-				switch st := statusOf(err); st {
-				case qpcv1.Status_STATUS_OK:
-					wins.Add(1)
-				case qpcv1.Status_STATUS_STALE_EPOCH:
-					stale.Add(1)
-				default:
-					t.Errorf("commit: %v", err)
-				}
-			}()
-		}
-		close(start)
-		wg.Wait()
-		if wins.Load() != 1 || stale.Load() != 1 {
-			t.Fatalf("epoch %d: %d winners, %d stale", epoch, wins.Load(), stale.Load())
+		if wins, stale := raceCommits(t, senders, ch, g, epoch); wins != 1 || stale != 1 {
+			t.Fatalf("epoch %d: %d winners, %d stale", epoch, wins, stale)
 		}
 	}
 }

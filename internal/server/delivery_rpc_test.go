@@ -261,30 +261,8 @@ func TestDeliveryNegative(t *testing.T) {
 		carol := ts.newDevice(t, "carol")
 		c2, g2 := groupChannel(t, alice, bob, carol)
 		for epoch := uint64(0); epoch < 3; epoch++ {
-			var wins, stale atomic.Int32
-			var wg sync.WaitGroup
-			start := make(chan struct{})
-			for _, d := range []*testDevice{alice, bob, carol} {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					<-start
-					var r qpcv1.EnqueueResponse
-					err := d.Client.Call(ctxT(t), MethodEnqueue, d.Token, &qpcv1.EnqueueRequest{ChannelId: c2, MessageId: newMessageID(), MlsMessage: dt.Commit(g2, epoch)}, &r)
-					switch st := statusOf(err); st {
-					case qpcv1.Status_STATUS_OK:
-						wins.Add(1)
-					case qpcv1.Status_STATUS_STALE_EPOCH:
-						stale.Add(1)
-					default:
-						t.Errorf("commit: %v", err)
-					}
-				}()
-			}
-			close(start)
-			wg.Wait()
-			if wins.Load() != 1 || stale.Load() != 2 {
-				t.Fatalf("epoch %d: %d won, %d stale", epoch, wins.Load(), stale.Load())
+			if wins, stale := raceCommits(t, []*testDevice{alice, bob, carol}, c2, g2, epoch); wins != 1 || stale != 2 {
+				t.Fatalf("epoch %d: %d won, %d stale", epoch, wins, stale)
 			}
 		}
 	})
@@ -417,4 +395,32 @@ func TestMessageExpiry(t *testing.T) {
 	if n, err := ts.delivery.Sweep(ctxT(t)); err != nil || n != 1 {
 		t.Fatalf("sweep: %d %v", n, err)
 	}
+}
+
+// raceCommits sends a commit for epoch from every device at once and counts
+// the winners and the STALE_EPOCH answers; any other answer fails t.
+func raceCommits(t *testing.T, devs []*testDevice, ch, group []byte, epoch uint64) (wins, stale int32) {
+	t.Helper()
+	var w, s atomic.Int32
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for _, d := range devs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			_, err := enqueue(t, d, ch, newMessageID(), dt.Commit(group, epoch), nil)
+			switch statusOf(err) {
+			case qpcv1.Status_STATUS_OK:
+				w.Add(1)
+			case qpcv1.Status_STATUS_STALE_EPOCH:
+				s.Add(1)
+			default:
+				t.Errorf("commit: %v", err)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return w.Load(), s.Load()
 }
