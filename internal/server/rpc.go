@@ -215,8 +215,10 @@ func (r *rpcServer) toStatus(call *Call, err error) *wire.StatusError {
 	}
 	if store.IsUnavailable(err) {
 		// The database is unreachable (or a commit's outcome is unknown):
-		// retrying, here or on another node, is the right move.
-		r.log.Warn("rpc: database unavailable", "method", call.Method, "request_id", call.RequestID, "err", err)
+		// retrying, here or on another node, is the right move. Debug only:
+		// the outage itself is logged once by the database check, and a
+		// line per refused request would let load set the log volume.
+		r.log.Debug("rpc: database unavailable", "method", call.Method, "request_id", call.RequestID, "err", err)
 		return wire.Errorf(qpcv1.Status_STATUS_UNAVAILABLE, "database unavailable; retry shortly (request id %s)", strconv.FormatUint(call.RequestID, 10))
 	}
 	r.log.Error("rpc: internal error", "method", call.Method, "request_id", call.RequestID, "err", err)
