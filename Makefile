@@ -43,10 +43,14 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 
-# Debian tools the tests use, installed only when missing: promtool, and
-# PostgreSQL's server for internal/store/pgtest.
+# Debian tools the tests use, installed only when missing: promtool,
+# PostgreSQL's server for internal/store/pgtest, and the third-party
+# verifiers of release artefacts (minisign, lintian, rpmlint with rpm).
 deps-test:
 	@command -v promtool >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) prometheus; }
+	@missing=""; for t in minisign:minisign lintian:lintian rpmlint:rpmlint rpm:rpm; do \
+		command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) postgresql; }
 
 # The ops bundle's static checks; the rule unit tests, promlint and the live
