@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -87,7 +88,7 @@ func epoch(s string) (time.Time, error) {
 }
 
 func sbomCommand(stdout io.Writer) *cobra.Command {
-	var in, out, moduleDir, epochText, version string
+	var in, out, moduleDir, schemaDir, epochText, version string
 	cmd := &cobra.Command{
 		Use:   "sbom --in GOMOD.cdx.json --out FILE",
 		Short: "Add go-sqlcipher's bundled C libraries (versions read from its sources) to a cyclonedx-gomod SBOM",
@@ -123,6 +124,18 @@ func sbomCommand(stdout io.Writer) *cobra.Command {
 			if err := sbom.Encode(&buf, bom); err != nil {
 				return err
 			}
+			// What we publish must pass the check consumers run: the
+			// official schema of the spec version the SBOM declares.
+			if schemaDir == "" {
+				dir, err := moduleDirOf(sbom.SchemaModule)
+				if err != nil {
+					return err
+				}
+				schemaDir = filepath.Join(dir, "schema")
+			}
+			if err := sbom.Validate(buf.Bytes(), schemaDir); err != nil {
+				return fmt.Errorf("%s: %w", out, err)
+			}
 			if err := os.WriteFile(out, buf.Bytes(), 0o644); err != nil {
 				return fmt.Errorf("%w: %v", sbom.ErrWrite, err)
 			}
@@ -137,6 +150,7 @@ func sbomCommand(stdout io.Writer) *cobra.Command {
 	cmd.Flags().StringVar(&in, "in", "", "cyclonedx-gomod JSON SBOM")
 	cmd.Flags().StringVar(&out, "out", "", "completed SBOM to write")
 	cmd.Flags().StringVar(&moduleDir, "sqlcipher-dir", "", "go-sqlcipher module directory (default: from go list -m)")
+	cmd.Flags().StringVar(&schemaDir, "schema-dir", "", "directory of the official CycloneDX JSON schemas (default: cyclonedx-go's schema/ from go list -m)")
 	cmd.Flags().StringVar(&epochText, "epoch", os.Getenv("SOURCE_DATE_EPOCH"), "SBOM timestamp in seconds (default $SOURCE_DATE_EPOCH)")
 	cmd.Flags().StringVar(&version, "version", "", "version of the main component (default: as cyclonedx-gomod found it)")
 	return cmd

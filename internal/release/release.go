@@ -346,8 +346,9 @@ func VerifyFile(path, sigPath, pubPath string) (Result, error) {
 	return res, err
 }
 
-// keyID formats a key id as the minisign tool prints it.
-func keyID(id uint64) string { return fmt.Sprintf("%016X", id) }
+// keyID is the key id as the minisign tool prints it: upper-case hex without
+// leading zeros, so our minisign.pub is byte-identical to the tool's.
+func keyID(id uint64) string { return fmt.Sprintf("%X", id) }
 
 func causeText(err error) string {
 	var pe *os.PathError
