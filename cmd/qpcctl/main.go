@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/quicprochat/quicprochat/internal/clidoc"
 	"github.com/quicprochat/quicprochat/internal/release"
 	"github.com/quicprochat/quicprochat/internal/version"
 )
@@ -62,6 +63,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root.AddCommand(rel)
 	root.AddCommand(newStatusCommand(g), newBackupCommand(g), newRestoreCommand(g), newRotateCommand(g),
 		newAccountsCommand(g), newDevicesCommand(g), newInvitesCommand(g), newChannelsCommand(g), newDrainCommand(g))
+	root.AddCommand(clidoc.Command())
 	root.SetArgs(args)
 	// Ctrl-C or SIGTERM cancels the command's context, so it cleans up
 	// (temporary files of backup and restore) and exits 1.

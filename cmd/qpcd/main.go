@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/quicprochat/quicprochat/internal/clidoc"
 	"github.com/quicprochat/quicprochat/internal/config"
 	"github.com/quicprochat/quicprochat/internal/obs"
 	"github.com/quicprochat/quicprochat/internal/server"
@@ -71,6 +72,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(clidoc.Command())
 	root.PersistentFlags().StringVar(&configFile, "config", "", "YAML configuration file (QPC_* environment and flags override it)")
 	config.RegisterFlags(root.PersistentFlags())
 

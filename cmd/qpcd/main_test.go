@@ -128,8 +128,9 @@ func TestDevModeFirstAndSecondStart(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
 	d := startDaemon(t, dir)
 	r := d.ready
-	if r["level"] != "WARN" || !strings.Contains(fmt.Sprint(r["msg"]), "development only") {
-		t.Fatalf("first start should warn that generated files are for development only: %v", r)
+	if r["level"] != "WARN" || !strings.Contains(fmt.Sprint(r["msg"]), "generated on first start") ||
+		!strings.Contains(fmt.Sprint(r["msg"]), "back it up apart from the database") {
+		t.Fatalf("first start should warn what was generated and what the operator must do: %v", r)
 	}
 	for _, k := range []string{"quic", "ops", "data_dir", "db", "db_key_file", "tls_cert", "cert_sha256"} {
 		if fmt.Sprint(r[k]) == "" || r[k] == nil {
@@ -166,7 +167,7 @@ func TestDevModeFirstAndSecondStart(t *testing.T) {
 	}
 
 	d2 := startDaemon(t, dir)
-	if d2.ready["level"] != "INFO" || d2.ready["dev_generated"] != nil {
+	if d2.ready["level"] != "INFO" || d2.ready["generated"] != nil {
 		t.Fatalf("second start regenerated something: %v", d2.ready)
 	}
 	if d2.ready["cert_sha256"] != fp {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -194,12 +195,37 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		"registration", cfg.Auth.Registration,
 	}
 	if genKey || genCert {
-		attrs = append(attrs, "dev_generated", devNote(genKey, genCert))
-		log.Warn("qpcd ready; generated files are for development only: configure db.key_file and tls.cert_file/tls.key_file for production", attrs...)
+		// First start without operator-supplied files: a supported way to
+		// begin (packages do it), with two duties the operator must know.
+		attrs = append(attrs, "generated", devNote(genKey, genCert))
+		log.Warn("qpcd ready; generated on first start: "+firstStartDuties(genKey, genCert), attrs...)
 	} else {
 		log.Info("qpcd ready", attrs...)
 	}
+	if cfg.Auth.Registration == config.RegistrationOpen && !loopbackOnly(s.ln.Addr()) {
+		log.Warn("registration is open: anyone who can reach "+s.ln.Addr().String()+"/udp can create an account; "+
+			"set auth.registration (QPC_AUTH_REGISTRATION) to invite and create invites with qpcctl invites create",
+			"registration", cfg.Auth.Registration)
+	}
 	return s, nil
+}
+
+// firstStartDuties says what the operator must do about generated files.
+func firstStartDuties(key, cert bool) string {
+	var d []string
+	if key {
+		d = append(d, "a database key in the data directory (back it up apart from the database, or set db.key_file)")
+	}
+	if cert {
+		d = append(d, "a self-signed certificate (clients pin cert_sha256 with qpc init --pin, or set tls.cert_file and tls.key_file)")
+	}
+	return strings.Join(d, "; ") + "; see docs/operations.md"
+}
+
+// loopbackOnly reports whether addr accepts only loopback clients.
+func loopbackOnly(addr net.Addr) bool {
+	ua, ok := addr.(*net.UDPAddr)
+	return ok && ua.IP.IsLoopback()
 }
 
 func keySource(cfg config.Config) string {

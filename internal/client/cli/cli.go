@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/quicprochat/quicprochat/internal/clidoc"
 	"github.com/quicprochat/quicprochat/internal/client"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/version"
@@ -93,6 +94,7 @@ func Run(ctx context.Context, args []string, o IO) int {
 		}},
 		a.initCmd(), a.registerCmd(), a.loginCmd(), a.whoamiCmd(), a.devicesCmd(), a.keysCmd(),
 		a.groupCmd(), a.dmCmd(), a.sendCmd(), a.recvCmd(), a.watchCmd(), a.historyCmd(), a.outboxCmd(),
+		clidoc.Command(),
 	)
 	for _, c := range root.Commands() {
 		wrapArgs(c)
