@@ -95,13 +95,18 @@ CROSS_DEBS_arm64 := gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 CROSS_CC_amd64   := x86_64-linux-gnu-gcc
 CROSS_DEBS_amd64 := gcc-x86-64-linux-gnu libc6-dev-amd64-cross
 
-.PHONY: release sbom lint-actions deps-release
+.PHONY: release release-check sbom lint-actions deps-release
 
 release: deps-release
 	RELEASE_ARCHES="$(RELEASE_ARCHES)" packaging/release/build.sh release
 
 sbom:
 	RELEASE_ARCHES="$(RELEASE_ARCHES)" packaging/release/build.sh sbom
+
+# The third-party verifiers (minisign, the CycloneDX schema, lintian,
+# rpmlint) on a `make release` output: DIST=dir (default dist).
+release-check: deps-test
+	QPC_RELEASE_DIST="$(abspath $(or $(DIST),dist))" $(GO) test -count=1 -run '^TestReleaseArtefacts$$' -v ./packaging
 
 # C cross compilers from Debian for the non-host arches, installed only when missing.
 deps-release:

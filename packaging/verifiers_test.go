@@ -249,21 +249,7 @@ func TestRpmlintAndRpmAcceptTheRpms(t *testing.T) {
 		t.Errorf("rpm -K accepted a changed package:\n%s", out)
 	}
 
-	// rpmlint extracts payloads with `cpio -id`, and nfpm's payload stores
-	// absolute paths (docs/release.md), so without this shim rpmlint would
-	// write the package's files into the real /.
-	shim := filepath.Join(home, "shim")
-	if err := os.MkdirAll(shim, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cpio, err := exec.LookPath("cpio")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(shim, "cpio"), []byte("#!/bin/sh\nexec "+cpio+" --no-absolute-filenames \"$@\"\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("PATH", shim+string(os.PathListSeparator)+os.Getenv("PATH"))
+	t.Setenv("PATH", cpioShim(t)+string(os.PathListSeparator)+os.Getenv("PATH"))
 	out, err := exec.Command(rpmlint, append([]string{"-c", filepath.Join(root, "packaging", "rpmlint.toml"), "-r", filepath.Join(root, "packaging", "rpmlintrc")}, rpms...)...).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "0 errors, 0 warnings") {
 		t.Fatalf("rpmlint: %v\n%s", err, out)

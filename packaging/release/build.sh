@@ -69,7 +69,12 @@ DATE=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
 # Package version: the tag without "v", or a sortable development version.
 case "$VERSION" in
 v[0-9]*.*.* | [0-9]*.*.*) PKG_VERSION=${VERSION#v} ;;
-*) PKG_VERSION=0.0.0-dev.$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y%m%d%H%M%S).$COMMIT ;;
+*)
+	PKG_VERSION=0.0.0-dev.$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y%m%d%H%M%S).$COMMIT
+	# An untagged build: the binaries report the package version, so
+	# `qpcd version` and the package manager name the same build.
+	VERSION=$PKG_VERSION
+	;;
 esac
 
 cmds=()
@@ -172,7 +177,19 @@ done
 rpm_key=${QPC_RPM_SIGNING_KEY:-}
 if [ -z "$rpm_key" ]; then
 	[ "${QPC_RELEASE_REQUIRE_KEY:-0}" = 1 ] && die "QPC_RPM_SIGNING_KEY is not set (QPC_RELEASE_REQUIRE_KEY=1)"
-	log "WARNING: no QPC_RPM_SIGNING_KEY: the .rpm packages are unsigned"
+	# Like the minisign key: a throwaway GPG key, so a dry run's packages
+	# are signed the way a release's are (never publish them).
+	rpm_key=$DIST/build/dev-key/rpm-signing.asc
+	if [ ! -f "$rpm_key" ]; then
+		command -v gpg >/dev/null || die "gpg is needed for the throwaway rpm signing key (apt install gpg), or set QPC_RPM_SIGNING_KEY"
+		gh=$DIST/build/dev-key/gnupg
+		mkdir -p "$gh" && chmod 700 "$gh"
+		gpg --homedir "$gh" --batch --passphrase '' --quick-gen-key "quicprochat development build (do not trust) <dev@quicprochat.invalid>" rsa3072 sign 30d 2>/dev/null
+		(umask 077 && gpg --homedir "$gh" --batch --armor --export-secret-keys >"$rpm_key")
+		gpg --homedir "$gh" --batch --armor --export >"$DIST/build/dev-key/rpm-signing.pub"
+	fi
+	export NFPM_RPM_PASSPHRASE=''
+	log "WARNING: no QPC_RPM_SIGNING_KEY: the .rpm packages are signed with the throwaway key $rpm_key"
 fi
 
 # --- binaries, SBOMs, packages ----------------------------------------------
