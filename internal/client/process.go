@@ -250,6 +250,9 @@ func (c *Client) processWelcomes(ctx context.Context, me *Identity) (int, error)
 			if _, err := tx.ExecContext(ctx, `DELETE FROM inbox WHERE seq = ?`, it.seq); err != nil {
 				return err
 			}
+			if it.kind == int32(qpcv1.InboxKind_INBOX_KIND_ACCOUNT_EVENT) {
+				return c.storeAccountEvent(ctx, tx, it.seq, it.payload)
+			}
 			if it.kind != int32(qpcv1.InboxKind_INBOX_KIND_WELCOME) {
 				return nil
 			}

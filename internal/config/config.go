@@ -87,6 +87,8 @@ type Config struct {
 		AccessTokenTTL  time.Duration // auth.access_token_ttl: 15m
 		RefreshTokenTTL time.Duration // auth.refresh_token_ttl: 720h (30 days)
 		Registration    string        // auth.registration: open|invite|closed; default open
+		ChallengeRate   float64       // auth.challenge_rate: 0.5 (login challenges/s per target device and source address)
+		ChallengeBurst  int           // auth.challenge_burst: 10
 	}
 	Admin struct {
 		Socket string // admin.socket: "" = <data_dir>/admin.sock
@@ -137,6 +139,8 @@ func Default() Config {
 	c.Auth.AccessTokenTTL = 15 * time.Minute
 	c.Auth.RefreshTokenTTL = 30 * 24 * time.Hour
 	c.Auth.Registration = RegistrationOpen
+	c.Auth.ChallengeRate = 0.5
+	c.Auth.ChallengeBurst = 10
 	return c
 }
 
@@ -509,6 +513,13 @@ func validateAuth(c Config) *FieldError {
 	if a.RefreshTokenTTL <= a.AccessTokenTTL {
 		return &FieldError{Key: "auth.refresh_token_ttl", Value: FormatDuration(a.RefreshTokenTTL),
 			Expected: "a duration longer than auth.access_token_ttl (" + FormatDuration(a.AccessTokenTTL) + ")"}
+	}
+	if !(a.ChallengeRate > 0) || math.IsInf(a.ChallengeRate, 0) {
+		return &FieldError{Key: "auth.challenge_rate", Value: strconv.FormatFloat(a.ChallengeRate, 'g', -1, 64),
+			Expected: "a number of login challenges per second > 0, such as 0.5"}
+	}
+	if fe := checkMinInt("auth.challenge_burst", a.ChallengeBurst, 1); fe != nil {
+		return fe
 	}
 	return checkEnum("auth.registration", a.Registration, RegistrationOpen, RegistrationInvite, RegistrationClosed)
 }

@@ -93,6 +93,10 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.Auth.RefreshTokenTTL }},
 	{key: "auth.registration", flag: "registration", help: "who may create accounts: open, invite (invite code needed) or closed",
 		ptr: func(c *Config) any { return &c.Auth.Registration }},
+	{key: "auth.challenge_rate", flag: "challenge-rate", help: "sustained login challenges per second one source address may ask for one device (challenges are stateless, so this only bounds the work; limits.rate_limit applies too)",
+		ptr: func(c *Config) any { return &c.Auth.ChallengeRate }},
+	{key: "auth.challenge_burst", flag: "challenge-burst", help: "login challenges allowed in a burst above challenge_rate, per device and source address",
+		ptr: func(c *Config) any { return &c.Auth.ChallengeBurst }},
 	{key: "admin.socket", flag: "admin-socket", help: "admin API Unix socket (mode 0600); empty = <data_dir>/admin.sock",
 		ptr: func(c *Config) any { return &c.Admin.Socket }},
 }

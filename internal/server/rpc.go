@@ -271,6 +271,9 @@ var serviceErrors = []struct {
 	{auth.ErrRefreshInvalid, qpcv1.Status_STATUS_UNAUTHENTICATED},
 	{auth.ErrRefreshExpired, qpcv1.Status_STATUS_UNAUTHENTICATED},
 	{auth.ErrRefreshReused, qpcv1.Status_STATUS_UNAUTHENTICATED},
+	// Not UNAUTHENTICATED: the token is fine, a fresh token would not help.
+	{auth.ErrReauthRequired, qpcv1.Status_STATUS_PERMISSION_DENIED},
+	{auth.ErrReauthFailed, qpcv1.Status_STATUS_PERMISSION_DENIED},
 	// keydir
 	{keydir.ErrInvalidKeyPackage, qpcv1.Status_STATUS_INVALID_ARGUMENT},
 	{keydir.ErrUnsupportedSuite, qpcv1.Status_STATUS_INVALID_ARGUMENT},

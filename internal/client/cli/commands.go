@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -134,7 +136,7 @@ func (a *app) whoamiCmd() *cobra.Command {
 }
 
 func (a *app) devicesCmd() *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "devices",
 		Short: "List this account's devices",
 		Args:  cobra.NoArgs,
@@ -166,6 +168,72 @@ func (a *app) devicesCmd() *cobra.Command {
 			})
 		},
 	}
+	cmd.AddCommand(a.deviceAddCmd(), a.deviceRevokeCmd())
+	return cmd
+}
+
+func (a *app) deviceAddCmd() *cobra.Command {
+	var name string
+	cmd := &cobra.Command{
+		Use:   "add KEY",
+		Short: "Add a device by its Ed25519 public key (64 hex characters); this device's key signs the change",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			key, err := hex.DecodeString(strings.TrimSpace(args[0]))
+			if err != nil || len(key) != ed25519.PublicKeySize {
+				return usagef("KEY must be the new device's Ed25519 public key as 64 hex characters")
+			}
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				id, err := c.AddDevice(ctx, key, name)
+				if err != nil {
+					return err
+				}
+				return a.emit(map[string]any{"device_id": id, "name": name}, fmt.Sprintf("added device %s (%s); your other devices are told", id, name))
+			})
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "name of the new device in device lists")
+	return cmd
+}
+
+func (a *app) deviceRevokeCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "revoke DEVICE",
+		Short: "Revoke a device of this account (its tokens stop at once); this device's key signs the change",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				if err := c.RevokeDevice(ctx, args[0]); err != nil {
+					return err
+				}
+				return a.emit(map[string]any{"device_id": args[0], "revoked": true}, fmt.Sprintf("revoked device %s; your other devices are told", args[0]))
+			})
+		},
+	}
+}
+
+// printAccountEvents shows the server's notices about this account's devices.
+func (a *app) printAccountEvents(evs []client.AccountEvent) error {
+	for _, ev := range evs {
+		by := "by the server operator"
+		if ev.ByDeviceID != "" {
+			by = "by device " + ev.ByDeviceID
+		}
+		what := "added to"
+		if ev.Kind == "device_revoked" {
+			what = "revoked from"
+		}
+		text := fmt.Sprintf("[account] %s device %s (%q, key sha256 %s) was %s your account %s; if that was not you, revoke it with qpc devices revoke and tell the operator",
+			time.UnixMilli(ev.ServerMs).Local().Format("2006-01-02 15:04:05"), ev.DeviceID, ev.DeviceName, ev.KeySHA256[:16], what, by)
+		if ev.Kind == "device_revoked" {
+			text = fmt.Sprintf("[account] %s device %s (%q) was %s your account %s",
+				time.UnixMilli(ev.ServerMs).Local().Format("2006-01-02 15:04:05"), ev.DeviceID, ev.DeviceName, what, by)
+		}
+		if err := a.emit(map[string]any{"account_event": ev}, text); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (a *app) keysCmd() *cobra.Command {
@@ -383,6 +451,13 @@ func (a *app) receive(ctx context.Context, c *client.Client, wait time.Duration)
 	}
 	for _, g := range rep.Gaps {
 		fmt.Fprintf(a.io.Stderr, "qpc: messages %d-%d of channel %x expired before this device fetched them\n", g.From, g.To, g.ChannelID)
+	}
+	evs, err := c.AccountEvents(ctx)
+	if err != nil {
+		return err
+	}
+	if err := a.printAccountEvents(evs); err != nil {
+		return err
 	}
 	ms, err := c.Received(ctx)
 	if err != nil {

@@ -83,6 +83,9 @@ const (
 	InboxKind_INBOX_KIND_UNSPECIFIED InboxKind = 0
 	InboxKind_INBOX_KIND_WELCOME     InboxKind = 1
 	InboxKind_INBOX_KIND_OTHER       InboxKind = 2
+	// Written by the server only: the payload is an AccountEvent (auth.proto)
+	// about the receiving device's own account. Clients cannot send it.
+	InboxKind_INBOX_KIND_ACCOUNT_EVENT InboxKind = 3
 )
 
 // Enum value maps for InboxKind.
@@ -91,11 +94,13 @@ var (
 		0: "INBOX_KIND_UNSPECIFIED",
 		1: "INBOX_KIND_WELCOME",
 		2: "INBOX_KIND_OTHER",
+		3: "INBOX_KIND_ACCOUNT_EVENT",
 	}
 	InboxKind_value = map[string]int32{
-		"INBOX_KIND_UNSPECIFIED": 0,
-		"INBOX_KIND_WELCOME":     1,
-		"INBOX_KIND_OTHER":       2,
+		"INBOX_KIND_UNSPECIFIED":   0,
+		"INBOX_KIND_WELCOME":       1,
+		"INBOX_KIND_OTHER":         2,
+		"INBOX_KIND_ACCOUNT_EVENT": 3,
 	}
 )
 
@@ -1893,11 +1898,12 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\vChannelType\x12\x1c\n" +
 	"\x18CHANNEL_TYPE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12CHANNEL_TYPE_GROUP\x10\x01\x12\x13\n" +
-	"\x0fCHANNEL_TYPE_DM\x10\x02*U\n" +
+	"\x0fCHANNEL_TYPE_DM\x10\x02*s\n" +
 	"\tInboxKind\x12\x1a\n" +
 	"\x16INBOX_KIND_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12INBOX_KIND_WELCOME\x10\x01\x12\x14\n" +
-	"\x10INBOX_KIND_OTHER\x10\x02B>Z<github.com/quicprochat/quicprochat/internal/wire/qpcv1;qpcv1b\x06proto3"
+	"\x10INBOX_KIND_OTHER\x10\x02\x12\x1c\n" +
+	"\x18INBOX_KIND_ACCOUNT_EVENT\x10\x03B>Z<github.com/quicprochat/quicprochat/internal/wire/qpcv1;qpcv1b\x06proto3"
 
 var (
 	file_qpc_v1_delivery_proto_rawDescOnce sync.Once
