@@ -48,19 +48,6 @@ type Member struct {
 	Device  string `json:"device"`
 }
 
-// Message is one decrypted message of a channel's history.
-type Message struct {
-	Channel     string `json:"channel"`
-	MessageID   string `json:"message_id"`
-	Seq         uint64 `json:"seq"`
-	Sender      string `json:"sender"` // "<account_name>/<device_id>"
-	DisplayName string `json:"display_name"`
-	Text        string `json:"text"`
-	ReplyTo     string `json:"reply_to,omitempty"`
-	SentUnixMs  int64  `json:"sent_unix_ms"`
-	Outgoing    bool   `json:"outgoing"`
-}
-
 // GroupSummary is one row of Groups.
 type GroupSummary struct {
 	Name      string `json:"name"`
@@ -635,89 +622,7 @@ func (c *Client) outcome(ctx context.Context, messageID, channel string) error {
 		return nil
 	}
 	if strings.Contains(lastErr, "permission_denied") {
-		return fmt.Errorf("%w: the server refused the message (%s); this device was removed from %s", ErrNotMember, lastErr, channel)
+		return fmt.Errorf("%w: %w (%s): this device was removed from %s; the message is not delivered", ErrNotMember, ErrRefused, lastErr, channel)
 	}
-	return fmt.Errorf("client: the server refused the message: %s", lastErr)
-}
-
-const messageColumns = `g.name, m.message_id, m.seq, m.sender, m.display, m.text, m.reply_to, m.sent_ms, m.outgoing`
-
-func scanMessages(rows *sql.Rows) ([]Message, error) {
-	defer rows.Close()
-	var out []Message
-	for rows.Next() {
-		var m Message
-		var seq int64
-		if err := rows.Scan(&m.Channel, &m.MessageID, &seq, &m.Sender, &m.DisplayName, &m.Text, &m.ReplyTo, &m.SentUnixMs, &m.Outgoing); err != nil {
-			return nil, err
-		}
-		m.Seq = uint64(seq)
-		out = append(out, m)
-	}
-	return out, rows.Err()
-}
-
-// History returns a channel's stored messages (at most limit, the newest),
-// oldest first.
-func (c *Client) History(ctx context.Context, channel string, limit int) ([]Message, error) {
-	if limit <= 0 {
-		limit = 100
-	}
-	ch, err := c.channelOf(ctx, channel)
-	if err != nil {
-		return nil, err
-	}
-	var out []Message
-	err = c.db.ReadTx(ctx, func(tx *sql.Tx) error {
-		// Server order (seq); messages not yet delivered last, in the order written.
-		rows, err := tx.QueryContext(ctx, `SELECT * FROM (SELECT `+messageColumns+`, (m.seq = 0) * 9007199254740991 + m.seq AS k, m.rowid AS r
-			FROM messages m JOIN groups g ON g.channel_id = m.channel_id
-			WHERE m.channel_id = ? ORDER BY k DESC, r DESC LIMIT ?) ORDER BY k, r`, ch, limit)
-		if err != nil {
-			return err
-		}
-		out, err = scanMessagesR(rows)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("client: history: %w", err)
-	}
-	return out, nil
-}
-
-func scanMessagesR(rows *sql.Rows) ([]Message, error) {
-	defer rows.Close()
-	var out []Message
-	for rows.Next() {
-		var m Message
-		var seq, k, r int64
-		if err := rows.Scan(&m.Channel, &m.MessageID, &seq, &m.Sender, &m.DisplayName, &m.Text, &m.ReplyTo, &m.SentUnixMs, &m.Outgoing, &k, &r); err != nil {
-			return nil, err
-		}
-		m.Seq = uint64(seq)
-		out = append(out, m)
-	}
-	return out, rows.Err()
-}
-
-// Received returns incoming messages not returned before (recv and watch
-// print them), oldest first, and marks them shown.
-func (c *Client) Received(ctx context.Context) ([]Message, error) {
-	var out []Message
-	err := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT `+messageColumns+` FROM messages m JOIN groups g ON g.channel_id = m.channel_id
-			WHERE m.shown = 0 ORDER BY m.rowid`)
-		if err != nil {
-			return err
-		}
-		if out, err = scanMessages(rows); err != nil {
-			return err
-		}
-		_, err = tx.ExecContext(ctx, `UPDATE messages SET shown = 1 WHERE shown = 0`)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("client: read messages: %w", err)
-	}
-	return out, nil
+	return fmt.Errorf("%w (%s): it is not delivered; qpc outbox shows it (retry or discard)", ErrRefused, lastErr)
 }
