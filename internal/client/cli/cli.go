@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/quicprochat/quicprochat/internal/client"
+	"github.com/quicprochat/quicprochat/internal/clikit"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/version"
 	"github.com/quicprochat/quicprochat/internal/wire"
@@ -94,8 +95,14 @@ func Run(ctx context.Context, args []string, o IO) int {
 		a.initCmd(), a.registerCmd(), a.loginCmd(), a.whoamiCmd(), a.devicesCmd(), a.keysCmd(),
 		a.groupCmd(), a.dmCmd(), a.sendCmd(), a.recvCmd(), a.watchCmd(), a.historyCmd(), a.outboxCmd(),
 	)
-	for _, c := range root.Commands() {
-		wrapArgs(c)
+	clikit.Strict(root, func(err error) error { return usageError{err} })
+	root.Version = version.String()
+	jsonOut := clikit.WantsJSON(args)
+	if jsonOut {
+		b, _ := json.Marshal(map[string]string{"version": version.Version})
+		root.SetVersionTemplate(string(b) + "\n")
+	} else {
+		root.SetVersionTemplate("qpc {{.Version}}\n")
 	}
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
@@ -108,26 +115,10 @@ func Run(ctx context.Context, args []string, o IO) int {
 		code = ExitUsage
 	}
 	fmt.Fprintln(o.Stderr, "qpc:", err)
-	if a.json {
+	if a.json || jsonOut {
 		_ = json.NewEncoder(o.Stdout).Encode(map[string]any{"error": err.Error(), "exit_code": code})
 	}
 	return code
-}
-
-// wrapArgs turns cobra's argument-count errors into usage errors.
-func wrapArgs(c *cobra.Command) {
-	if c.Args != nil {
-		check := c.Args
-		c.Args = func(cmd *cobra.Command, args []string) error {
-			if err := check(cmd, args); err != nil {
-				return usageError{fmt.Errorf("%w (usage: %s)", err, cmd.UseLine())}
-			}
-			return nil
-		}
-	}
-	for _, s := range c.Commands() {
-		wrapArgs(s)
-	}
 }
 
 func isCobraUsage(err error) bool {
