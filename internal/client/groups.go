@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quicprochat/quicprochat/internal/mls"
+	"github.com/quicprochat/quicprochat/internal/safetext"
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
@@ -101,6 +102,9 @@ func (c *Client) signer(ctx context.Context) (*Identity, mls.SignaturePrivateKey
 }
 
 func validGroupName(name string) error {
+	if err := safetext.Check("group name", name); err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
 	if name == "" || len(name) > 64 || strings.ContainsAny(name, " \t\n/") || strings.HasPrefix(name, "@") || strings.HasPrefix(name, "#") {
 		return fmt.Errorf("client: group name %q: use 1-64 characters without spaces or '/', not starting with @ or #", name)
 	}
@@ -333,12 +337,23 @@ func (c *Client) AddMembers(ctx context.Context, name string, accounts []string)
 	if err := c.call(ctx, "AddMembers", &qpcv1.AddMembersRequest{ChannelId: ch, Members: refs}, &qpcv1.AddMembersResponse{}); err != nil {
 		return fmt.Errorf("client: add to channel: %w", err)
 	}
-	if err := c.queueCommit(ctx, ch, commitIntent{Op: "add", Accounts: accounts, KeyPackages: kps}); err != nil {
+	err := c.queueCommit(ctx, ch, commitIntent{Op: "add", Accounts: accounts, KeyPackages: kps})
+	if errors.Is(err, errNothingToAdd) {
+		return fmt.Errorf("%w: every device of %s is in %s already (qpc group members %s)", ErrAlreadyMember, strings.Join(accounts, ", "), name, name)
+	}
+	if err != nil {
 		return err
 	}
-	_, err := c.Flush(ctx)
+	_, err = c.Flush(ctx)
 	return err
 }
+
+// ErrAlreadyMember: every device of the accounts to add is in the group
+// already; adding them changed nothing.
+var ErrAlreadyMember = errors.New("client: already a member")
+
+// errNothingToAdd: an add commit found every device in the group already.
+var errNothingToAdd = errors.New("client: nothing to add")
 
 // RemoveMember removes every device of an account from the group; once
 // the commit is accepted the account is also removed from the channel.
@@ -406,7 +421,7 @@ func (c *Client) queueCommitLocked(ctx context.Context, channelID []byte, in com
 				to = append(to, inboxAddress{Account: k.Account, Device: k.Device})
 			}
 			if len(opts.Add) == 0 {
-				return nil
+				return errNothingToAdd
 			}
 		case "remove":
 			for _, m := range g.Members() {

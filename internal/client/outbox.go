@@ -544,6 +544,9 @@ func (c *Client) requeue(ctx context.Context, e OutboxEntry) error {
 		if errors.Is(err, ErrNotMember) && in.Op == "remove" {
 			return nil // someone else removed them first
 		}
+		if errors.Is(err, errNothingToAdd) {
+			return nil // someone else added them first
+		}
 		return err
 	case "app":
 		c.groupMu.Lock()
