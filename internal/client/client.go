@@ -272,3 +272,22 @@ func (c *Client) Identity(ctx context.Context) (*Identity, error) {
 	id.key = secret.New(seed)
 	return &id, nil
 }
+
+// ProbeServer pings the server described by trust without any local state:
+// qpc init uses it to refuse settings whose certificate is not trusted
+// before saving them.
+func ProbeServer(ctx context.Context, trust ServerTrust, o Options) (*qpcv1.PingResponse, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	conn, err := NewConn(trust, o.Backoff, o.Logger)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	var resp qpcv1.PingResponse
+	if err := conn.Call(ctx, "Ping", "", &qpcv1.PingRequest{Echo: "qpc"}, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}

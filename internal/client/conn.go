@@ -95,7 +95,13 @@ func (c *Conn) client(ctx context.Context) (*rpcclient.Client, error) {
 		_ = c.rc.Close()
 		c.rc = nil
 	}
-	rc, err := rpcclient.Dial(ctx, c.trust.Addr, c.opts)
+	dctx := ctx
+	if c.backoff.DialTimeout > 0 {
+		var cancel context.CancelFunc
+		dctx, cancel = context.WithTimeout(ctx, c.backoff.DialTimeout)
+		defer cancel()
+	}
+	rc, err := rpcclient.Dial(dctx, c.trust.Addr, c.opts)
 	if err != nil {
 		if errors.Is(err, transport.ErrPinMismatch) {
 			return nil, &TrustError{Addr: c.trust.Addr, Presented: presentedFingerprint(err), err: err, pinned: true}
@@ -266,6 +272,9 @@ func (c *Conn) Call(ctx context.Context, method, token string, req, resp proto.M
 		var retryAfter = retryAfterOf(err)
 		d := c.backoff.Delay(n, retryAfter)
 		c.log.Debug("client: retrying", "method", method, "attempt", n+1, "wait", d, "err", err)
+		if c.backoff.OnRetry != nil {
+			c.backoff.OnRetry(method, n+1, c.backoff.MaxAttempts, d, err)
+		}
 		if serr := c.backoff.Sleep(ctx, d); serr != nil {
 			return err
 		}
