@@ -216,3 +216,21 @@ func rotate(t *testing.T, srv *servertest.Server) string {
 	}
 	return srv.Server().CertFingerprint()
 }
+
+// TestCompletionOffersGroupNames: shell completion of send and group
+// commands offers this device's groups.
+func TestCompletionOffersGroupNames(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	u := newUser(t)
+	u.ok("init", "--server", srv.Addr(), "--pin", srv.Pin())
+	u.ok("register", "alice")
+	u.ok("group", "create", "team")
+	for _, args := range [][]string{{"__complete", "send", ""}, {"__complete", "group", "add", ""}} {
+		if out := u.ok(args...); !strings.Contains(out, "team\n") {
+			t.Errorf("qpc %v: %q", args, out)
+		}
+	}
+	if r := u.run("completion", "bash"); r.code != 0 || !strings.Contains(r.stdout, "bash completion") {
+		t.Errorf("completion bash: exit %d", r.code)
+	}
+}

@@ -99,6 +99,18 @@ func Run(ctx context.Context, args []string, o IO) int {
 		a.initCmd(), a.registerCmd(), a.loginCmd(), a.whoamiCmd(), a.devicesCmd(), a.keysCmd(),
 		a.groupCmd(), a.dmCmd(), a.sendCmd(), a.recvCmd(), a.watchCmd(), a.historyCmd(), a.outboxCmd(),
 	)
+	for _, c := range root.Commands() {
+		switch c.Name() {
+		case "send", "history":
+			c.ValidArgsFunction = a.completeGroups
+		case "group":
+			for _, sc := range c.Commands() {
+				if sc.Name() != "create" && sc.Name() != "list" {
+					sc.ValidArgsFunction = a.completeGroups
+				}
+			}
+		}
+	}
 	clikit.Strict(root, func(err error) error { return usageError{err} })
 	root.Version = version.String()
 	jsonOut := clikit.WantsJSON(args)

@@ -603,3 +603,29 @@ func (a *app) outboxCmd() *cobra.Command {
 	})
 	return ob
 }
+
+// completeGroups completes the first argument with this device's group and
+// DM names (shell completion; nothing when the state cannot be opened).
+func (a *app) completeGroups(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+	if len(args) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Second)
+	defer cancel()
+	c, err := a.open(ctx)
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	defer c.Close()
+	gs, err := c.Groups(ctx)
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var out []string
+	for _, g := range gs {
+		if safetext.Check("group name", g.Name) == nil {
+			out = append(out, g.Name)
+		}
+	}
+	return out, cobra.ShellCompDirectiveNoFileComp
+}
