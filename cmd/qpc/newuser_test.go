@@ -234,3 +234,25 @@ func TestCompletionOffersGroupNames(t *testing.T) {
 		t.Errorf("completion bash: exit %d", r.code)
 	}
 }
+
+// TestErrorsPointTheRightWay: a wrong passphrase gets the client's advice
+// (it got qpcd's "check data/db.key or QPC_DB_KEY"), a passphrase home
+// opened without the variable says so (not "run qpc init"), and sending to
+// @peer before opening the DM suggests qpc dm.
+func TestErrorsPointTheRightWay(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	u := newUser(t, "QPC_CLIENT_PASSPHRASE=right one")
+	u.ok("init", "--server", srv.Addr(), "--pin", srv.Pin())
+	u.ok("register", "alice")
+	wrong := &user{t: t, home: u.home, env: []string{"QPC_CLIENT_PASSPHRASE=wrong one"}}
+	if r := wrong.run("whoami"); r.code != 1 || strings.Contains(r.stderr, "QPC_DB_KEY") || strings.Contains(r.stderr, "db.key") || !strings.Contains(r.stderr, "QPC_CLIENT_PASSPHRASE") {
+		t.Errorf("wrong passphrase: exit %d, %q", r.code, r.stderr)
+	}
+	none := &user{t: t, home: u.home, env: []string{"QPC_CLIENT_PASSPHRASE="}}
+	if r := none.run("whoami"); r.code != 1 || !strings.Contains(r.stderr, "created with a passphrase") || strings.Contains(r.stderr, "run qpc init") {
+		t.Errorf("passphrase home without the variable: exit %d, %q", r.code, r.stderr)
+	}
+	if r := u.run("send", "@bob", "hi"); r.code != 1 || !strings.Contains(r.stderr, "qpc dm bob") {
+		t.Errorf("send to @bob before qpc dm: exit %d, %q", r.code, r.stderr)
+	}
+}

@@ -139,10 +139,17 @@ func openGroup(ctx context.Context, tx *sql.Tx, name string, channelID []byte) (
 		return nil, nil, fmt.Errorf("client: read group: %w", err)
 	}
 	if r == nil {
-		return nil, nil, fmt.Errorf("%w %q; see qpc groups, or create it with qpc group create", ErrNoGroup, name)
+		if peer, ok := strings.CutPrefix(name, "@"); ok {
+			return nil, nil, fmt.Errorf("%w %q; open the DM first with qpc dm %s", ErrNoGroup, name, peer)
+		}
+		return nil, nil, fmt.Errorf("%w %q; see qpc group list, or create it with qpc group create", ErrNoGroup, name)
 	}
 	if r.status != statusActive || state == nil {
-		return r, nil, fmt.Errorf("%w: this device has %s %s", ErrNotMember, r.status, r.name)
+		how := map[string]string{statusLeft: "left", statusRemoved: "was removed from"}[r.status]
+		if how == "" {
+			how = "is not an active member of (" + r.status + ")"
+		}
+		return r, nil, fmt.Errorf("%w: this device %s %s", ErrNotMember, how, r.name)
 	}
 	g, err := mls.ImportGroup(mlsConfig, state)
 	if err != nil {
