@@ -84,11 +84,14 @@ func positional(use string) []string {
 	fields := strings.Fields(use)
 	var out []string
 	depth := 0
+	flagValue := false // the word after "--flag" is its value, not an argument
 	for _, f := range fields[min(1, len(fields)):] {
 		opening := strings.Count(f, "[")
-		if depth == 0 && opening == 0 && !strings.HasPrefix(f, "-") && f == strings.ToUpper(f) && strings.ContainsAny(f, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") {
+		isFlag := strings.HasPrefix(strings.TrimLeft(f, "["), "-")
+		if depth == 0 && opening == 0 && !isFlag && !flagValue && f == strings.ToUpper(f) && strings.ContainsAny(f, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") {
 			out = append(out, f)
 		}
+		flagValue = isFlag && !strings.Contains(f, "=")
 		depth += opening - strings.Count(f, "]")
 	}
 	return out
