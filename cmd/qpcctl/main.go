@@ -83,7 +83,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			code = ee.code
 		}
 		fmt.Fprintln(stderr, "qpcctl:", err)
-		if g.json || clikit.WantsJSON(args) {
+		// --json seen only in args (not parsed): an unknown command, or
+		// release verify's own --json, whose result already holds the error.
+		if g.json || (clikit.WantsJSON(args) && code == exitUsage) {
 			// One JSON object per line, usage errors included.
 			_ = json.NewEncoder(stdout).Encode(map[string]any{"error": err.Error(), "exit_code": code})
 		}
