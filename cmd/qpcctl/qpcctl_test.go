@@ -27,7 +27,7 @@ func TestUsageAndExitCodes(t *testing.T) {
 	}{
 		{[]string{"nosuch"}, 2, "unknown command"},
 		{[]string{"backup", "create"}, 2, "needs --out FILE"},
-		{[]string{"backup", "verify"}, 2, "accepts 1 arg"},
+		{[]string{"backup", "verify"}, 2, "missing FILE (usage: qpcctl backup verify FILE"},
 		{[]string{"status", "--bogus"}, 2, "unknown flag"},
 		{[]string{"status"}, 1, "is qpcd running? start it"},
 		{[]string{"--json", "status"}, 1, "pass --socket"},
@@ -40,7 +40,7 @@ func TestUsageAndExitCodes(t *testing.T) {
 		}
 	}
 	// --json failures carry the error on stdout too.
-	if r := ctl(t, dir, "--json", "status"); !strings.Contains(r.stdout, `"exit_code": 1`) {
+	if r := ctl(t, dir, "--json", "status"); !strings.Contains(r.stdout, `"exit_code":1`) || strings.Count(strings.TrimSpace(r.stdout), "\n") != 0 {
 		t.Errorf("--json error output %q", r.stdout)
 	}
 	// --help is pinned as a golden file.

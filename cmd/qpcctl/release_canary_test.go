@@ -491,7 +491,7 @@ func TestReleaseCanaryUsage(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"release", "canary"}, 2, "accepts 1 arg"},
+		{[]string{"release", "canary"}, 2, "missing ARTIFACT (usage: qpcctl release canary ARTIFACT"},
 		{[]string{"release", "canary", "--service", "upstart", "x"}, 2, "unknown service manager"},
 		{[]string{"release", "canary", "--service", "exec", "x"}, 2, "--service-cmd"},
 		{[]string{"release", "canary", "--max-error-ratio", "2", "x"}, 2, "between 0 and 1"},

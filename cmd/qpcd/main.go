@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/quicprochat/quicprochat/internal/clidoc"
+	"github.com/quicprochat/quicprochat/internal/clikit"
 	"github.com/quicprochat/quicprochat/internal/config"
 	"github.com/quicprochat/quicprochat/internal/obs"
 	"github.com/quicprochat/quicprochat/internal/server"
@@ -39,6 +40,9 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	root := newRootCommand(stdout, stderr)
+	clikit.Strict(root, func(err error) error { return usageError{err} })
+	root.Version = version.String()
+	root.SetVersionTemplate("qpcd {{.Version}}\n")
 	root.SetArgs(args)
 	err := root.Execute()
 	if err == nil {

@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/quicprochat/quicprochat/internal/config"
+	"github.com/quicprochat/quicprochat/internal/safetext"
 )
 
 // Account and device statuses as stored.
@@ -77,6 +78,11 @@ type RegisterParams struct {
 func checkDeviceName(n string) error {
 	if len(n) > MaxDeviceNameLen || !utf8.ValidString(n) {
 		return fmt.Errorf("%w: device name must be valid UTF-8 of at most %d bytes", ErrInvalidName, MaxDeviceNameLen)
+	}
+	// Names are shown to other people: nothing that can restyle or
+	// rearrange their terminal.
+	if err := safetext.Check("device name", n); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidName, err)
 	}
 	return nil
 }

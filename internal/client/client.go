@@ -106,6 +106,14 @@ func openDB(ctx context.Context, o Options, create bool) (*store.DB, error) {
 	if err := os.MkdirAll(o.Home, 0o700); err != nil {
 		return nil, fmt.Errorf("client: create %s: %w", o.Home, err)
 	}
+	if o.Keys.Hex.IsZero() && o.Keys.Passphrase.IsZero() && !create {
+		// A passphrase home has a salt file and no key file.
+		if _, err := os.Stat(o.Keys.KeyFile); errors.Is(err, fs.ErrNotExist) {
+			if _, err := os.Stat(o.Keys.SaltFile); err == nil {
+				return nil, fmt.Errorf("%w: %s was created with a passphrase; set %s (or %s for a hex key) to open it", ErrNoKey, o.Home, EnvPassphrase, EnvKey)
+			}
+		}
+	}
 	key, err := o.Keys.Load(create)
 	if err != nil {
 		return nil, err
@@ -118,7 +126,9 @@ func openDB(ctx context.Context, o Options, create bool) (*store.DB, error) {
 	db, err := store.Open(ctx, store.Options{Path: path, Key: key, Readers: 2, Logger: o.Logger,
 		App: &store.App{ID: appID, Marker: "qpc-client", Migrations: mig}})
 	if errors.Is(err, store.ErrWrongKey) {
-		return nil, fmt.Errorf("client: %s: %w; use the key or passphrase it was created with (%s, %s or %s)", path, err, EnvKey, EnvPassphrase, o.Keys.KeyFile)
+		// Not the store's own text: its advice is about qpcd's database.
+		return nil, fmt.Errorf("client: %s does not open: %w (wrong passphrase or key); use the passphrase or key it was created with (%s, %s, or the key file %s)",
+			path, store.ErrWrongKey, EnvPassphrase, EnvKey, o.Keys.KeyFile)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("client: open %s: %w", path, err)
@@ -271,4 +281,23 @@ func (c *Client) Identity(ctx context.Context) (*Identity, error) {
 	}
 	id.key = secret.New(seed)
 	return &id, nil
+}
+
+// ProbeServer pings the server described by trust without any local state:
+// qpc init uses it to refuse settings whose certificate is not trusted
+// before saving them.
+func ProbeServer(ctx context.Context, trust ServerTrust, o Options) (*qpcv1.PingResponse, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	conn, err := NewConn(trust, o.Backoff, o.Logger)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	var resp qpcv1.PingResponse
+	if err := conn.Call(ctx, "Ping", "", &qpcv1.PingRequest{Echo: "qpc"}, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
 }
