@@ -269,16 +269,20 @@ func validateDBKey(c Config) *FieldError {
 		}
 		return nil
 	}
-	if c.DB.KeyFile == "" || isAbsentDefault(c.DB.KeyFile, c.DataDir, DefaultDBKeyFile) {
+	path := c.DB.KeyFile
+	if path == "" { // the default, checked like a named file once it exists
+		path = filepath.Join(c.DataDir, DefaultDBKeyFile)
+	}
+	if isAbsentDefault(path, c.DataDir, DefaultDBKeyFile) {
 		return nil
 	}
-	k, err := ReadKeyFile(c.DB.KeyFile)
+	k, err := ReadKeyFile(path)
 	if err != nil {
 		var fe *FieldError
 		if errors.As(err, &fe) {
 			return fe
 		}
-		return &FieldError{Key: "db.key_file", Value: c.DB.KeyFile, Expected: "a readable file holding 64 hex characters", Err: err}
+		return &FieldError{Key: "db.key_file", Value: path, Expected: "a readable file holding 64 hex characters", Err: err}
 	}
 	k.Wipe()
 	return nil
@@ -354,22 +358,27 @@ func isAbsentDefault(path, dataDir, name string) bool {
 }
 
 // ReadKeyFile reads a database key file: 64 hex characters (32 bytes),
-// surrounding whitespace allowed. Errors are *FieldError for db.key_file and
-// never contain the file's content.
+// surrounding whitespace allowed, in a regular file that neither group nor
+// others may access (anyone who can read it can decrypt the database and its
+// backups). Errors are *FieldError for db.key_file and never contain the
+// file's content.
 func ReadKeyFile(path string) (secret.Bytes, error) {
-	b, err := os.ReadFile(path)
+	b, err := secret.ReadPrivateFile(path, maxKeyFileSize)
 	if err != nil {
-		return secret.Bytes{}, &FieldError{Key: "db.key_file", Value: path,
-			Expected: "a readable file holding 64 hex characters (" + causeText(err) + ")", Err: err}
+		return secret.Bytes{}, privateFileError("db.key_file", path, "64 hex characters", "the database key", err)
 	}
-	defer secret.Wipe(b)
-	k, err := secret.FromHex(strings.TrimSpace(string(b)), DBKeySize)
+	defer b.Wipe()
+	k, err := secret.FromHex(strings.TrimSpace(string(b.Reveal())), DBKeySize)
 	if err != nil {
 		return secret.Bytes{}, &FieldError{Key: "db.key_file", Value: path,
 			Expected: "a file holding 64 hex characters (32 bytes); this file's content is not", Err: secret.ErrBadHex}
 	}
 	return k, nil
 }
+
+// maxKeyFileSize bounds what ReadKeyFile reads: 64 hex characters and
+// whitespace, with room for comments no one should write.
+const maxKeyFileSize = 4 << 10
 
 // causeText describes a file error without repeating the path.
 func causeText(err error) string {
@@ -383,8 +392,8 @@ func causeText(err error) string {
 func validateTLS(c Config) *FieldError {
 	cert, key := c.TLS.CertFile, c.TLS.KeyFile
 	switch {
-	case cert == "" && key == "":
-		return nil
+	case cert == "" && key == "": // the defaults, checked like named files once they exist
+		cert, key = filepath.Join(c.DataDir, DefaultTLSCertFile), filepath.Join(c.DataDir, DefaultTLSKeyFile)
 	case cert == "":
 		return &FieldError{Key: "tls.cert_file", Value: "", Expected: "a certificate file, because tls.key_file is set (set both or neither)"}
 	case key == "":
@@ -393,19 +402,24 @@ func validateTLS(c Config) *FieldError {
 	if isAbsentDefault(cert, c.DataDir, DefaultTLSCertFile) && isAbsentDefault(key, c.DataDir, DefaultTLSKeyFile) {
 		return nil
 	}
-	for _, f := range []struct{ key, path string }{{"tls.cert_file", cert}, {"tls.key_file", key}} {
-		fh, err := os.Open(f.path)
-		if err != nil {
-			return &FieldError{Key: f.key, Value: f.path, Expected: "a readable PEM file (" + causeText(err) + ")", Err: err}
-		}
-		_ = fh.Close()
+	certPEM, err := os.ReadFile(cert)
+	if err != nil {
+		return &FieldError{Key: "tls.cert_file", Value: cert, Expected: "a readable PEM file (" + causeText(err) + ")", Err: err}
 	}
-	if _, err := tls.LoadX509KeyPair(cert, key); err != nil {
+	keyPEM, err := secret.ReadPrivateFile(key, maxTLSKeyFileSize)
+	if err != nil {
+		return privateFileError("tls.key_file", key, "a PEM private key", "the server's TLS private key", err)
+	}
+	defer keyPEM.Wipe()
+	if _, err := tls.X509KeyPair(certPEM, keyPEM.Reveal()); err != nil {
 		return &FieldError{Key: "tls.cert_file", Value: cert,
 			Expected: "a PEM certificate matching the private key in tls.key_file (" + err.Error() + ")", Err: err}
 	}
 	return nil
 }
+
+// maxTLSKeyFileSize bounds what validateTLS reads of tls.key_file.
+const maxTLSKeyFileSize = 1 << 20
 
 func validateLog(c Config) *FieldError {
 	if fe := checkEnum("log.level", c.Log.Level, "debug", "info", "warn", "error"); fe != nil {
