@@ -82,6 +82,11 @@ type Config struct {
 	KeyPackages struct {
 		TTL           time.Duration // keypackages.ttl: 24h
 		MaxPerAccount int           // keypackages.max_per_account: 100
+		// Fetch limits against draining another account's pool (per qpcd
+		// node; token buckets refilled evenly over FetchWindow).
+		FetchPerPair   int           // keypackages.fetch_per_pair: 5 fetches of one account's KeyPackages by one other account per window
+		FetchPerTarget int           // keypackages.fetch_per_target: 30 fetches of one account's KeyPackages by all accounts together per window
+		FetchWindow    time.Duration // keypackages.fetch_window: 1h
 	}
 	Auth struct {
 		AccessTokenTTL  time.Duration // auth.access_token_ttl: 15m
@@ -134,6 +139,9 @@ func Default() Config {
 	c.Retention.EpochsBehind = 2
 	c.KeyPackages.TTL = 24 * time.Hour
 	c.KeyPackages.MaxPerAccount = 100
+	c.KeyPackages.FetchPerPair = 5
+	c.KeyPackages.FetchPerTarget = 30
+	c.KeyPackages.FetchWindow = time.Hour
 	c.Auth.AccessTokenTTL = 15 * time.Minute
 	c.Auth.RefreshTokenTTL = 30 * 24 * time.Hour
 	c.Auth.Registration = RegistrationOpen
@@ -509,7 +517,17 @@ func validateRetention(c Config) *FieldError {
 	if fe := checkPositive("keypackages.ttl", c.KeyPackages.TTL, "24h"); fe != nil {
 		return fe
 	}
-	return checkMinInt("keypackages.max_per_account", c.KeyPackages.MaxPerAccount, 1)
+	if fe := checkMinInt("keypackages.max_per_account", c.KeyPackages.MaxPerAccount, 1); fe != nil {
+		return fe
+	}
+	if fe := checkMinInt("keypackages.fetch_per_pair", c.KeyPackages.FetchPerPair, 1); fe != nil {
+		return fe
+	}
+	if c.KeyPackages.FetchPerTarget < c.KeyPackages.FetchPerPair {
+		return &FieldError{Key: "keypackages.fetch_per_target", Value: strconv.Itoa(c.KeyPackages.FetchPerTarget),
+			Expected: fmt.Sprintf("an integer >= keypackages.fetch_per_pair (%d), such as 30", c.KeyPackages.FetchPerPair)}
+	}
+	return checkPositive("keypackages.fetch_window", c.KeyPackages.FetchWindow, "1h")
 }
 
 func validateAuth(c Config) *FieldError {
