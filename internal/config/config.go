@@ -278,8 +278,8 @@ func validateDBKey(c Config) *FieldError {
 		return nil
 	}
 	path := c.DB.KeyFile
-	if path == "" { // the default, checked like a named file once it exists
-		path = filepath.Join(c.DataDir, DefaultDBKeyFile)
+	if path == "" {
+		return checkDefaultKeyMode("db.key_file", filepath.Join(c.DataDir, DefaultDBKeyFile), "the database key")
 	}
 	if isAbsentDefault(path, c.DataDir, DefaultDBKeyFile) {
 		return nil
@@ -400,8 +400,8 @@ func causeText(err error) string {
 func validateTLS(c Config) *FieldError {
 	cert, key := c.TLS.CertFile, c.TLS.KeyFile
 	switch {
-	case cert == "" && key == "": // the defaults, checked like named files once they exist
-		cert, key = filepath.Join(c.DataDir, DefaultTLSCertFile), filepath.Join(c.DataDir, DefaultTLSKeyFile)
+	case cert == "" && key == "":
+		return checkDefaultKeyMode("tls.key_file", filepath.Join(c.DataDir, DefaultTLSKeyFile), "the server's TLS private key")
 	case cert == "":
 		return &FieldError{Key: "tls.cert_file", Value: "", Expected: "a certificate file, because tls.key_file is set (set both or neither)"}
 	case key == "":
@@ -422,6 +422,21 @@ func validateTLS(c Config) *FieldError {
 	if _, err := tls.X509KeyPair(certPEM, keyPEM.Reveal()); err != nil {
 		return &FieldError{Key: "tls.cert_file", Value: cert,
 			Expected: "a PEM certificate matching the private key in tls.key_file (" + err.Error() + ")", Err: err}
+	}
+	return nil
+}
+
+// checkDefaultKeyMode holds a key file at its default place in data_dir
+// (which qpcd generates, 0600) to the mode rule of a named one. Only the
+// mode: its content is checked where it is read, and an absent or
+// unreadable file is left to that place too.
+func checkDefaultKeyMode(key, path, guards string) *FieldError {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil
+	}
+	if err := secret.CheckFileMode(path, fi.Mode()); err != nil {
+		return privateFileError(key, path, "", guards, err)
 	}
 	return nil
 }

@@ -569,3 +569,33 @@ func TestEveryOptionSettableFromEnv(t *testing.T) {
 		t.Fatalf("got %+v\nwant %+v", got, want)
 	}
 }
+
+// TestDefaultKeyFilesModeChecked: the key files qpcd generates in data_dir
+// are held to the same mode rule as named ones once they exist (a broken
+// content is left to where they are read, as before).
+func TestDefaultKeyFilesModeChecked(t *testing.T) {
+	dir := t.TempDir()
+	env := []string{"QPC_DATA_DIR=" + dir}
+	if _, err := load(t, "", env); err != nil {
+		t.Fatalf("absent defaults: %v", err)
+	}
+	dbKey := writeFile(t, dir, DefaultDBKeyFile, "not even hex\n", 0o600)
+	tlsKey := writeFile(t, dir, DefaultTLSKeyFile, "not a key\n", 0o600)
+	if _, err := load(t, "", env); err != nil {
+		t.Fatalf("0600 defaults: %v", err)
+	}
+	for _, c := range []struct{ key, path string }{{"db.key_file", dbKey}, {"tls.key_file", tlsKey}} {
+		if err := os.Chmod(c.path, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := load(t, "", env)
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Key != c.key || fe.Value != c.path ||
+			!strings.Contains(fe.Expected, "it has mode 0644; run: chmod 600 "+c.path) {
+			t.Fatalf("%s at 0644: %v", c.key, err)
+		}
+		if err := os.Chmod(c.path, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
