@@ -34,9 +34,10 @@ const (
 type FetchLimits struct {
 	// PerPair is how many fetches one account may make of another's
 	// KeyPackages per Window; default 5. Adding someone to a group takes
-	// one fetch (and one more after a lost race for the epoch), so five
-	// cover adding a person to a few groups at once; the bucket refills
-	// one fetch every Window/PerPair (12 minutes by default).
+	// one fetch (qpc keeps the fetched KeyPackages in its queued commit,
+	// so a retried commit fetches nothing), so five cover adding a person
+	// to a few groups at once; the bucket refills one fetch every
+	// Window/PerPair (12 minutes by default).
 	PerPair int
 	// PerTarget is how many fetches of one account's KeyPackages all
 	// fetchers together may make per Window; default 30. It stops many
