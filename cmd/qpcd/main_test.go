@@ -370,3 +370,42 @@ func TestPostgresBackendStartAndStartupErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestKeyFilesOpenToOthersRefused: a database or TLS key file that group or
+// others may read is a configuration error (exit 2) naming the option, the
+// file, its mode and the chmod fix; once fixed, qpcd starts.
+func TestKeyFilesOpenToOthersRefused(t *testing.T) {
+	dir := t.TempDir()
+	startDaemon(t, dir).stop(t) // generates db.key and the TLS key pair, 0600
+	dbKey := filepath.Join(dir, "db.key")
+	tlsKey := filepath.Join(dir, "tls", "key.pem")
+	cases := []struct {
+		option, path string
+		mode         os.FileMode
+	}{
+		{"db.key_file", dbKey, 0o644},
+		{"db.key_file", dbKey, 0o640},
+		{"tls.key_file", tlsKey, 0o644},
+		{"tls.key_file", tlsKey, 0o600 | 0o020},
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("%s %04o", c.option, uint32(c.mode)), func(t *testing.T) {
+			if err := os.Chmod(c.path, c.mode); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = os.Chmod(c.path, 0o600) }()
+			for _, args := range [][]string{{"config", "check", "--data-dir", dir}, {"--data-dir", dir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"}} {
+				code, _, stderr := runQpcd(t, nil, args...)
+				if code != 2 {
+					t.Fatalf("qpcd %v: exit %d, want 2; stderr: %s", args, code, stderr)
+				}
+				for _, m := range []string{c.option, c.path, fmt.Sprintf("it has mode %04o; run: chmod 600 %s", uint32(c.mode), c.path)} {
+					if !strings.Contains(stderr, m) {
+						t.Errorf("qpcd %v: error %q does not mention %q", args, stderr, m)
+					}
+				}
+			}
+		})
+	}
+	startDaemon(t, dir).stop(t) // 0600 again: starts
+}

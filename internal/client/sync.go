@@ -53,6 +53,7 @@ func (c *Client) Sync(ctx context.Context, wait time.Duration) (SyncReport, erro
 	if err != nil {
 		return rep, err
 	}
+	refill := false // the server saw others take this device's KeyPackages
 	for {
 		var resp qpcv1.FetchResponse
 		var err error
@@ -64,6 +65,7 @@ func (c *Client) Sync(ctx context.Context, wait time.Duration) (SyncReport, erro
 		if err != nil {
 			return rep, fmt.Errorf("client: fetch: %w", err)
 		}
+		refill = refill || resp.GetRefillKeyPackages()
 		ack, err := c.store(ctx, &resp, &rep)
 		if err != nil {
 			return rep, err
@@ -82,7 +84,9 @@ func (c *Client) Sync(ctx context.Context, wait time.Duration) (SyncReport, erro
 			return rep, err
 		}
 		if !resp.GetMore() {
-			c.maybeUpkeep(ctx, rep.Inbox > 0)
+			// A Welcome used a KeyPackage up; a refill signal means others
+			// took some (perhaps a drain): either way, top up now.
+			c.maybeUpkeep(ctx, rep.Inbox > 0 || refill)
 			if rep.RemovedFrom, err = c.membershipCheck(ctx, active); err != nil {
 				return rep, err
 			}

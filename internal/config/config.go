@@ -82,6 +82,11 @@ type Config struct {
 	KeyPackages struct {
 		TTL           time.Duration // keypackages.ttl: 24h
 		MaxPerAccount int           // keypackages.max_per_account: 100
+		// Fetch limits against draining another account's pool (per qpcd
+		// node; token buckets refilled evenly over FetchWindow).
+		FetchPerPair   int           // keypackages.fetch_per_pair: 5 fetches of one account's KeyPackages by one other account per window
+		FetchPerTarget int           // keypackages.fetch_per_target: 30 fetches of one account's KeyPackages by all accounts together per window
+		FetchWindow    time.Duration // keypackages.fetch_window: 1h
 	}
 	Auth struct {
 		AccessTokenTTL  time.Duration // auth.access_token_ttl: 15m
@@ -136,6 +141,9 @@ func Default() Config {
 	c.Retention.EpochsBehind = 2
 	c.KeyPackages.TTL = 24 * time.Hour
 	c.KeyPackages.MaxPerAccount = 100
+	c.KeyPackages.FetchPerPair = 5
+	c.KeyPackages.FetchPerTarget = 30
+	c.KeyPackages.FetchWindow = time.Hour
 	c.Auth.AccessTokenTTL = 15 * time.Minute
 	c.Auth.RefreshTokenTTL = 30 * 24 * time.Hour
 	c.Auth.Registration = RegistrationOpen
@@ -273,16 +281,20 @@ func validateDBKey(c Config) *FieldError {
 		}
 		return nil
 	}
-	if c.DB.KeyFile == "" || isAbsentDefault(c.DB.KeyFile, c.DataDir, DefaultDBKeyFile) {
+	path := c.DB.KeyFile
+	if path == "" {
+		return checkDefaultKeyMode("db.key_file", filepath.Join(c.DataDir, DefaultDBKeyFile), "the database key")
+	}
+	if isAbsentDefault(path, c.DataDir, DefaultDBKeyFile) {
 		return nil
 	}
-	k, err := ReadKeyFile(c.DB.KeyFile)
+	k, err := ReadKeyFile(path)
 	if err != nil {
 		var fe *FieldError
 		if errors.As(err, &fe) {
 			return fe
 		}
-		return &FieldError{Key: "db.key_file", Value: c.DB.KeyFile, Expected: "a readable file holding 64 hex characters", Err: err}
+		return &FieldError{Key: "db.key_file", Value: path, Expected: "a readable file holding 64 hex characters", Err: err}
 	}
 	k.Wipe()
 	return nil
@@ -358,22 +370,27 @@ func isAbsentDefault(path, dataDir, name string) bool {
 }
 
 // ReadKeyFile reads a database key file: 64 hex characters (32 bytes),
-// surrounding whitespace allowed. Errors are *FieldError for db.key_file and
-// never contain the file's content.
+// surrounding whitespace allowed, in a regular file that neither group nor
+// others may access (anyone who can read it can decrypt the database and its
+// backups). Errors are *FieldError for db.key_file and never contain the
+// file's content.
 func ReadKeyFile(path string) (secret.Bytes, error) {
-	b, err := os.ReadFile(path)
+	b, err := secret.ReadPrivateFile(path, maxKeyFileSize)
 	if err != nil {
-		return secret.Bytes{}, &FieldError{Key: "db.key_file", Value: path,
-			Expected: "a readable file holding 64 hex characters (" + causeText(err) + ")", Err: err}
+		return secret.Bytes{}, privateFileError("db.key_file", path, "64 hex characters", "the database key", err)
 	}
-	defer secret.Wipe(b)
-	k, err := secret.FromHex(strings.TrimSpace(string(b)), DBKeySize)
+	defer b.Wipe()
+	k, err := secret.FromHex(strings.TrimSpace(string(b.Reveal())), DBKeySize)
 	if err != nil {
 		return secret.Bytes{}, &FieldError{Key: "db.key_file", Value: path,
 			Expected: "a file holding 64 hex characters (32 bytes); this file's content is not", Err: secret.ErrBadHex}
 	}
 	return k, nil
 }
+
+// maxKeyFileSize bounds what ReadKeyFile reads: 64 hex characters and
+// whitespace, with room for comments no one should write.
+const maxKeyFileSize = 4 << 10
 
 // causeText describes a file error without repeating the path.
 func causeText(err error) string {
@@ -388,7 +405,7 @@ func validateTLS(c Config) *FieldError {
 	cert, key := c.TLS.CertFile, c.TLS.KeyFile
 	switch {
 	case cert == "" && key == "":
-		return nil
+		return checkDefaultKeyMode("tls.key_file", filepath.Join(c.DataDir, DefaultTLSKeyFile), "the server's TLS private key")
 	case cert == "":
 		return &FieldError{Key: "tls.cert_file", Value: "", Expected: "a certificate file, because tls.key_file is set (set both or neither)"}
 	case key == "":
@@ -397,19 +414,39 @@ func validateTLS(c Config) *FieldError {
 	if isAbsentDefault(cert, c.DataDir, DefaultTLSCertFile) && isAbsentDefault(key, c.DataDir, DefaultTLSKeyFile) {
 		return nil
 	}
-	for _, f := range []struct{ key, path string }{{"tls.cert_file", cert}, {"tls.key_file", key}} {
-		fh, err := os.Open(f.path)
-		if err != nil {
-			return &FieldError{Key: f.key, Value: f.path, Expected: "a readable PEM file (" + causeText(err) + ")", Err: err}
-		}
-		_ = fh.Close()
+	certPEM, err := os.ReadFile(cert)
+	if err != nil {
+		return &FieldError{Key: "tls.cert_file", Value: cert, Expected: "a readable PEM file (" + causeText(err) + ")", Err: err}
 	}
-	if _, err := tls.LoadX509KeyPair(cert, key); err != nil {
+	keyPEM, err := secret.ReadPrivateFile(key, maxTLSKeyFileSize)
+	if err != nil {
+		return privateFileError("tls.key_file", key, "a PEM private key", "the server's TLS private key", err)
+	}
+	defer keyPEM.Wipe()
+	if _, err := tls.X509KeyPair(certPEM, keyPEM.Reveal()); err != nil {
 		return &FieldError{Key: "tls.cert_file", Value: cert,
 			Expected: "a PEM certificate matching the private key in tls.key_file (" + err.Error() + ")", Err: err}
 	}
 	return nil
 }
+
+// checkDefaultKeyMode holds a key file at its default place in data_dir
+// (which qpcd generates, 0600) to the mode rule of a named one. Only the
+// mode: its content is checked where it is read, and an absent or
+// unreadable file is left to that place too.
+func checkDefaultKeyMode(key, path, guards string) *FieldError {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil
+	}
+	if err := secret.CheckFileMode(path, fi.Mode()); err != nil {
+		return privateFileError(key, path, "", guards, err)
+	}
+	return nil
+}
+
+// maxTLSKeyFileSize bounds what validateTLS reads of tls.key_file.
+const maxTLSKeyFileSize = 1 << 20
 
 func validateLog(c Config) *FieldError {
 	if fe := checkEnum("log.level", c.Log.Level, "debug", "info", "warn", "error"); fe != nil {
@@ -499,7 +536,17 @@ func validateRetention(c Config) *FieldError {
 	if fe := checkPositive("keypackages.ttl", c.KeyPackages.TTL, "24h"); fe != nil {
 		return fe
 	}
-	return checkMinInt("keypackages.max_per_account", c.KeyPackages.MaxPerAccount, 1)
+	if fe := checkMinInt("keypackages.max_per_account", c.KeyPackages.MaxPerAccount, 1); fe != nil {
+		return fe
+	}
+	if fe := checkMinInt("keypackages.fetch_per_pair", c.KeyPackages.FetchPerPair, 1); fe != nil {
+		return fe
+	}
+	if c.KeyPackages.FetchPerTarget < c.KeyPackages.FetchPerPair {
+		return &FieldError{Key: "keypackages.fetch_per_target", Value: strconv.Itoa(c.KeyPackages.FetchPerTarget),
+			Expected: fmt.Sprintf("an integer >= keypackages.fetch_per_pair (%d), such as 30", c.KeyPackages.FetchPerPair)}
+	}
+	return checkPositive("keypackages.fetch_window", c.KeyPackages.FetchWindow, "1h")
 }
 
 func validateAuth(c Config) *FieldError {

@@ -34,6 +34,9 @@ func writeFile(t *testing.T, dir, name, content string, mode os.FileMode) string
 	if err := os.WriteFile(p, []byte(content), mode); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Chmod(p, mode); err != nil { // the mode exactly, whatever the umask
+		t.Fatal(err)
+	}
 	return p
 }
 
@@ -231,6 +234,9 @@ func TestInvalidValues(t *testing.T) {
 	unreadable := writeFile(t, dir, "unreadable.key", testKeyHex, 0o000)
 	shortKey := writeFile(t, dir, "short.key", "abcd\n", 0o600)
 	goodKey := writeFile(t, dir, "good.key", testKeyHex+"\n", 0o600)
+	openKey := writeFile(t, dir, "open.key", testKeyHex+"\n", 0o644)
+	groupKey := writeFile(t, dir, "group key", testKeyHex+"\n", 0o640)
+	openTLSKey := writeFile(t, dir, "tls-open.pem", "-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n", 0o644)
 	base := []string{"QPC_DATA_DIR=" + dir}
 
 	cases := []struct {
@@ -296,7 +302,13 @@ func TestInvalidValues(t *testing.T) {
 		{name: "key file unreadable", env: []string{"QPC_DB_KEY_FILE=" + unreadable},
 			key: "db.key_file", value: unreadable, expect: "readable file", skipAsRoot: true},
 		{name: "key file is a directory", env: []string{"QPC_DB_KEY_FILE=" + dir},
-			key: "db.key_file", value: dir, expect: "readable file"},
+			key: "db.key_file", value: dir, expect: "a regular file"},
+		{name: "key file readable by all", env: []string{"QPC_DB_KEY_FILE=" + openKey},
+			key: "db.key_file", value: openKey, expect: "only its owner may access, because it holds the database key (it has mode 0644; run: chmod 600 " + openKey + ")"},
+		{name: "key file readable by group", args: []string{"--db-key-file", groupKey},
+			key: "db.key_file", value: groupKey, expect: "it has mode 0640; run: chmod 600 '" + groupKey + "'"},
+		{name: "tls key file readable by all", env: []string{"QPC_TLS_CERT_FILE=" + goodKey, "QPC_TLS_KEY_FILE=" + openTLSKey},
+			key: "tls.key_file", value: openTLSKey, expect: "because it holds the server's TLS private key (it has mode 0644; run: chmod 600 " + openTLSKey + ")"},
 		{name: "key file wrong content", env: []string{"QPC_DB_KEY_FILE=" + shortKey},
 			key: "db.key_file", value: shortKey, expect: "64 hex characters"},
 		{name: "tls cert without key", args: []string{"--tls-cert-file", goodKey},
@@ -555,5 +567,35 @@ func TestEveryOptionSettableFromEnv(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %+v\nwant %+v", got, want)
+	}
+}
+
+// TestDefaultKeyFilesModeChecked: the key files qpcd generates in data_dir
+// are held to the same mode rule as named ones once they exist (a broken
+// content is left to where they are read, as before).
+func TestDefaultKeyFilesModeChecked(t *testing.T) {
+	dir := t.TempDir()
+	env := []string{"QPC_DATA_DIR=" + dir}
+	if _, err := load(t, "", env); err != nil {
+		t.Fatalf("absent defaults: %v", err)
+	}
+	dbKey := writeFile(t, dir, DefaultDBKeyFile, "not even hex\n", 0o600)
+	tlsKey := writeFile(t, dir, DefaultTLSKeyFile, "not a key\n", 0o600)
+	if _, err := load(t, "", env); err != nil {
+		t.Fatalf("0600 defaults: %v", err)
+	}
+	for _, c := range []struct{ key, path string }{{"db.key_file", dbKey}, {"tls.key_file", tlsKey}} {
+		if err := os.Chmod(c.path, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := load(t, "", env)
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Key != c.key || fe.Value != c.path ||
+			!strings.Contains(fe.Expected, "it has mode 0644; run: chmod 600 "+c.path) {
+			t.Fatalf("%s at 0644: %v", c.key, err)
+		}
+		if err := os.Chmod(c.path, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

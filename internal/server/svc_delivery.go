@@ -229,7 +229,7 @@ func (s *Server) fetch(ctx context.Context, call *Call, req *qpcv1.FetchRequest)
 	if err != nil {
 		return nil, err
 	}
-	return batchProto(b), nil
+	return s.withRefillSignal(batchProto(b), c.DeviceID), nil
 }
 
 // fetchWait long-polls; the wait is clipped to limits.long_poll_max and
@@ -244,7 +244,7 @@ func (s *Server) fetchWait(ctx context.Context, call *Call, req *qpcv1.FetchWait
 	if err != nil {
 		return nil, err
 	}
-	return batchProto(b), nil
+	return s.withRefillSignal(batchProto(b), c.DeviceID), nil
 }
 
 func (s *Server) ack(ctx context.Context, call *Call, req *qpcv1.AckRequest) (*qpcv1.AckResponse, error) {

@@ -1469,9 +1469,15 @@ type FetchResponse struct {
 	Messages []*ChannelMessage      `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
 	Inbox    []*InboxItem           `protobuf:"bytes,2,rep,name=inbox,proto3" json:"inbox,omitempty"`
 	// True: more is waiting beyond the limit.
-	More          bool `protobuf:"varint,3,opt,name=more,proto3" json:"more,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	More bool `protobuf:"varint,3,opt,name=more,proto3" json:"more,omitempty"`
+	// True: KeyPackages of this device were handed out to others since it
+	// last counted or uploaded its own (CountKeyPackages, UploadKeyPackages):
+	// it should top its stock up now rather than at its next periodic check,
+	// so a drain of its pool is refilled at once. Set by the node that served
+	// the fetch of its KeyPackages.
+	RefillKeyPackages bool `protobuf:"varint,4,opt,name=refill_key_packages,json=refillKeyPackages,proto3" json:"refill_key_packages,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *FetchResponse) Reset() {
@@ -1521,6 +1527,13 @@ func (x *FetchResponse) GetInbox() []*InboxItem {
 func (x *FetchResponse) GetMore() bool {
 	if x != nil {
 		return x.More
+	}
+	return false
+}
+
+func (x *FetchResponse) GetRefillKeyPackages() bool {
+	if x != nil {
+		return x.RefillKeyPackages
 	}
 	return false
 }
@@ -1874,11 +1887,12 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x124\n" +
 	"\x05after\x18\x03 \x03(\v2\x15.qpc.v1.ChannelCursorB\a\x92\x82\x19\x03 \xe8\aR\x05after\x12\x1f\n" +
 	"\vinbox_after\x18\x04 \x01(\x04R\n" +
-	"inboxAfter\"\x80\x01\n" +
+	"inboxAfter\"\xb0\x01\n" +
 	"\rFetchResponse\x122\n" +
 	"\bmessages\x18\x01 \x03(\v2\x16.qpc.v1.ChannelMessageR\bmessages\x12'\n" +
 	"\x05inbox\x18\x02 \x03(\v2\x11.qpc.v1.InboxItemR\x05inbox\x12\x12\n" +
-	"\x04more\x18\x03 \x01(\bR\x04more\"J\n" +
+	"\x04more\x18\x03 \x01(\bR\x04more\x12.\n" +
+	"\x13refill_key_packages\x18\x04 \x01(\bR\x11refillKeyPackages\"J\n" +
 	"\rChannelCursor\x12'\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\fB\b\x92\x82\x19\x04\b\x10\x18\x01R\tchannelId\x12\x10\n" +
