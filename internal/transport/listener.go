@@ -150,6 +150,7 @@ type Listener struct {
 
 	stopSweep chan struct{}
 	sweepDone chan struct{}
+	sweeps    atomic.Uint64 // sweeps done (tests wait on it)
 
 	mu       sync.Mutex
 	conns    map[*quic.Conn]*Conn
@@ -345,6 +346,7 @@ func (l *Listener) sweep() {
 		}
 		l.reapInactive()
 		l.refused.flush()
+		l.sweeps.Add(1)
 	}
 }
 
@@ -463,6 +465,12 @@ func (f *inflight) done() {
 		f.idle = nil
 	}
 	f.mu.Unlock()
+}
+
+func (f *inflight) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n
 }
 
 func (f *inflight) wait(ctx context.Context) error {
