@@ -338,6 +338,8 @@ func startInProcess(ctx context.Context, o options) (*server.Server, func(), err
 	cfg.Limits.RateLimit = 1e9
 	cfg.Limits.RateBurst = 1 << 30
 	cfg.Limits.MaxStreamsPerConn = 1000
+	// Every bench client connects from loopback: one address.
+	cfg.Limits.MaxConnectionsPerAddress = cfg.Limits.MaxConnections
 	if err := cfg.Validate(); err != nil {
 		return nil, nil, err
 	}

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quicprochat/quicprochat/internal/rpcclient"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/store"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
@@ -48,6 +49,10 @@ type Options struct {
 	Logger  *slog.Logger // nil: discard
 	Now     func() time.Time
 	Backoff Backoff
+	// CallDeadlines bound every RPC (zero fields: rpcclient.DefaultDeadlines:
+	// 30s, long polls their wait + 10s), so a dead connection fails a call
+	// with a retryable error instead of hanging it.
+	CallDeadlines rpcclient.Deadlines
 	// KeyPackageTTL is how long the server keeps an uploaded KeyPackage;
 	// default 24h (the server's keypackages.ttl).
 	KeyPackageTTL time.Duration
@@ -198,6 +203,7 @@ func newClient(ctx context.Context, o Options, db *store.DB) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	conn.SetCallDeadlines(o.CallDeadlines)
 	return &Client{opts: o, db: db, log: o.Logger, now: o.Now, conn: conn}, nil
 }
 

@@ -41,8 +41,22 @@ type Conn struct {
 	backoff Backoff
 	log     *slog.Logger
 
-	mu sync.Mutex
-	rc *rpcclient.Client
+	mu        sync.Mutex
+	rc        *rpcclient.Client
+	deadlines rpcclient.Deadlines
+}
+
+// SetCallDeadlines sets the deadline of every call (zero fields: the
+// rpcclient defaults). A call that gets no answer in time fails with a
+// retryable error and the connection is dropped, so the next attempt
+// redials instead of waiting on a dead connection.
+func (c *Conn) SetCallDeadlines(d rpcclient.Deadlines) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deadlines = d
+	if c.rc != nil {
+		c.rc.SetDeadlines(d)
+	}
 }
 
 // NewConn prepares a connection; nothing is dialled until the first call.
@@ -111,6 +125,7 @@ func (c *Conn) client(ctx context.Context) (*rpcclient.Client, error) {
 		}
 		return nil, &dialError{err: err}
 	}
+	rc.SetDeadlines(c.deadlines)
 	c.rc = rc
 	return rc, nil
 }
@@ -206,7 +221,8 @@ func (e *dialError) Error() string {
 func (e *dialError) Unwrap() error { return e.err }
 
 // connLostError: the call failed below the RPC layer (no status came
-// back): the connection idled out, was closed or reset.
+// back): the connection idled out, was closed or reset, or the call got
+// no answer within its deadline (*rpcclient.DeadlineError).
 type connLostError struct{ err error }
 
 func (e *connLostError) Error() string {

@@ -32,6 +32,7 @@ var ErrInvalid = errors.New("config: invalid configuration")
 type Config struct {
 	Listen    string // listen: "127.0.0.1:7443"; QUIC (UDP) address
 	OpsListen string // ops_listen: "127.0.0.1:7444"; HTTP /metrics /healthz /readyz; "" disables
+	OpsPprof  string // ops_pprof: off|on; default off (on serves /debug/pprof/ on ops_listen)
 	DataDir   string // data_dir: "./data"
 
 	Store struct {
@@ -65,15 +66,17 @@ type Config struct {
 		Format string // log.format: text|json; default text
 	}
 	Limits struct {
-		MaxConnections    int           // limits.max_connections: 1000
-		IdleTimeout       time.Duration // limits.idle_timeout: 60s (QUIC idle timeout)
-		KeepAlive         time.Duration // limits.keep_alive: 15s (QUIC keep-alive period; 0 disables)
-		MaxPayloadBytes   int           // limits.max_payload_bytes: 5242880 (5 MiB)
-		RateLimit         float64       // limits.rate_limit: 50 (requests/s per IP, account and device)
-		RateBurst         int           // limits.rate_burst: 100
-		LongPollMax       time.Duration // limits.long_poll_max: 30s
-		DrainTimeout      time.Duration // limits.drain_timeout: 15s (0 closes at once)
-		MaxStreamsPerConn int           // limits.max_streams_per_conn: 100 (concurrent RPCs per connection)
+		MaxConnections           int           // limits.max_connections: 1000
+		MaxConnectionsPerAddress int           // limits.max_connections_per_address: 32 (per IPv4 address or IPv6 /64)
+		FirstRequestTimeout      time.Duration // limits.first_request_timeout: 10s (a connection silent this long after its handshake is closed)
+		IdleTimeout              time.Duration // limits.idle_timeout: 60s (QUIC idle timeout; also closes connections with no request for this long)
+		KeepAlive                time.Duration // limits.keep_alive: 0 (server keep-alive period; 0 disables, clients keep alive)
+		MaxPayloadBytes          int           // limits.max_payload_bytes: 5242880 (5 MiB)
+		RateLimit                float64       // limits.rate_limit: 50 (requests/s per IP, account and device)
+		RateBurst                int           // limits.rate_burst: 100
+		LongPollMax              time.Duration // limits.long_poll_max: 30s
+		DrainTimeout             time.Duration // limits.drain_timeout: 15s (0 closes at once)
+		MaxStreamsPerConn        int           // limits.max_streams_per_conn: 100 (concurrent RPCs per connection)
 	}
 	Retention struct {
 		Messages     time.Duration // retention.messages: 168h (7 days)
@@ -119,6 +122,7 @@ func Default() Config {
 	var c Config
 	c.Listen = "127.0.0.1:7443"
 	c.OpsListen = "127.0.0.1:7444"
+	c.OpsPprof = "off"
 	c.DataDir = "./data"
 	c.Store.Backend = BackendSQLCipher
 	c.DB.MemorySecurity = "off"
@@ -129,8 +133,9 @@ func Default() Config {
 	c.Log.Level = "info"
 	c.Log.Format = "text"
 	c.Limits.MaxConnections = 1000
+	c.Limits.MaxConnectionsPerAddress = 32
+	c.Limits.FirstRequestTimeout = 10 * time.Second
 	c.Limits.IdleTimeout = 60 * time.Second
-	c.Limits.KeepAlive = 15 * time.Second
 	c.Limits.MaxPayloadBytes = 5 << 20
 	c.Limits.RateLimit = 50
 	c.Limits.RateBurst = 100
@@ -240,6 +245,9 @@ func (c Config) Validate() error {
 
 func validateAddresses(c Config) *FieldError {
 	if fe := checkHostPort("listen", c.Listen, "127.0.0.1:7443"); fe != nil {
+		return fe
+	}
+	if fe := checkEnum("ops_pprof", c.OpsPprof, "off", "on"); fe != nil {
 		return fe
 	}
 	if c.OpsListen != "" {
@@ -494,6 +502,12 @@ const (
 func validateLimits(c Config) *FieldError {
 	l := c.Limits
 	if fe := checkMinInt("limits.max_connections", l.MaxConnections, 1); fe != nil {
+		return fe
+	}
+	if fe := checkMinInt("limits.max_connections_per_address", l.MaxConnectionsPerAddress, 1); fe != nil {
+		return fe
+	}
+	if fe := checkPositive("limits.first_request_timeout", l.FirstRequestTimeout, "10s"); fe != nil {
 		return fe
 	}
 	if fe := checkPositive("limits.idle_timeout", l.IdleTimeout, "60s"); fe != nil {

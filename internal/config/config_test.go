@@ -114,7 +114,7 @@ auth:
 			c.Limits.RateLimit != 7.5 || c.Auth.Registration != "invite" {
 			t.Fatalf("file not applied: %+v", c)
 		}
-		if c.Limits.KeepAlive != 15*time.Second || c.OpsListen != "127.0.0.1:7444" {
+		if c.Limits.KeepAlive != 0 || c.OpsListen != "127.0.0.1:7444" || c.OpsPprof != "off" {
 			t.Fatalf("keys absent from the file must keep their defaults: %+v", c)
 		}
 	})
@@ -265,6 +265,12 @@ func TestInvalidValues(t *testing.T) {
 			key: "limits.max_connections", value: "0", expect: ">= 1"},
 		{name: "keep-alive not below idle timeout", env: []string{"QPC_LIMITS_KEEP_ALIVE=2m"},
 			key: "limits.keep_alive", value: "2m", expect: "shorter than limits.idle_timeout"},
+		{name: "per-address cap below one", env: []string{"QPC_LIMITS_MAX_CONNECTIONS_PER_ADDRESS=0"},
+			key: "limits.max_connections_per_address", value: "0", expect: ">= 1"},
+		{name: "first request timeout zero", yaml: "limits:\n  first_request_timeout: 0s\n",
+			key: "limits.first_request_timeout", value: "0s", expect: "positive duration"},
+		{name: "bad pprof switch", env: []string{"QPC_OPS_PPROF=yes"},
+			key: "ops_pprof", value: "yes", expect: "one of off, on"},
 		{name: "refresh shorter than access", env: []string{"QPC_AUTH_REFRESH_TOKEN_TTL=1m"},
 			key: "auth.refresh_token_ttl", value: "1m", expect: "longer than auth.access_token_ttl"},
 		{name: "payload too small", env: []string{"QPC_LIMITS_MAX_PAYLOAD_BYTES=10"},

@@ -27,6 +27,8 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.Listen }},
 	{key: "ops_listen", flag: "ops-listen", help: "HTTP address for /metrics, /healthz and /readyz; empty disables",
 		ptr: func(c *Config) any { return &c.OpsListen }},
+	{key: "ops_pprof", flag: "ops-pprof", help: "on serves Go's pprof profiles under /debug/pprof/ on ops_listen (no authentication: keep ops_listen private); off (default) does not",
+		ptr: func(c *Config) any { return &c.OpsPprof }},
 	{key: "data_dir", flag: "data-dir", help: "directory for the database, generated keys and the admin socket",
 		ptr: func(c *Config) any { return &c.DataDir }},
 	{key: "store.backend", flag: "store-backend", help: "storage engine: sqlcipher (embedded database in data_dir) or postgres (several qpcd nodes share one PostgreSQL database, see postgres.*)",
@@ -63,9 +65,13 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.Log.Format }},
 	{key: "limits.max_connections", flag: "max-connections", help: "maximum open QUIC connections; further handshakes are refused",
 		ptr: func(c *Config) any { return &c.Limits.MaxConnections }},
-	{key: "limits.idle_timeout", help: "QUIC idle timeout: a connection with no traffic for this long is closed",
+	{key: "limits.max_connections_per_address", flag: "max-connections-per-address", help: "maximum open QUIC connections from one source address (IPv4 address or IPv6 /64, loopback included), so one host cannot take every slot of max_connections",
+		ptr: func(c *Config) any { return &c.Limits.MaxConnectionsPerAddress }},
+	{key: "limits.first_request_timeout", help: "a connection that sends no request this long after its handshake is closed",
+		ptr: func(c *Config) any { return &c.Limits.FirstRequestTimeout }},
+	{key: "limits.idle_timeout", help: "QUIC idle timeout: a connection with no traffic, or with no request, for this long is closed (keep-alives do not count as requests)",
 		ptr: func(c *Config) any { return &c.Limits.IdleTimeout }},
-	{key: "limits.keep_alive", help: "QUIC keep-alive period, shorter than idle_timeout; 0 disables",
+	{key: "limits.keep_alive", help: "QUIC keep-alive period of the server, shorter than idle_timeout; 0 (default) disables: clients keep their connections alive",
 		ptr: func(c *Config) any { return &c.Limits.KeepAlive }},
 	{key: "limits.max_payload_bytes", flag: "max-payload-bytes", help: "largest frame accepted, in bytes (5 MiB); longer frames are refused before allocation",
 		ptr: func(c *Config) any { return &c.Limits.MaxPayloadBytes }},
@@ -177,7 +183,7 @@ func (o option) set(c *Config, s string) *FieldError {
 	switch p := o.ptr(c).(type) {
 	case *string:
 		switch o.key {
-		case "log.level", "log.format", "auth.registration", "store.backend", "postgres.sslmode":
+		case "log.level", "log.format", "auth.registration", "store.backend", "postgres.sslmode", "ops_pprof":
 			s = strings.ToLower(s)
 		}
 		*p = s
