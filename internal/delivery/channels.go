@@ -89,7 +89,7 @@ func (s *Service) CreateGroup(ctx context.Context, c Caller, groupID []byte, epo
 		case !errors.Is(err, sql.ErrNoRows):
 			return err
 		}
-		if err := s.chargeChannel(ctx, tx, c.AccountID); err != nil {
+		if err := s.chargeChannel(ctx, tx, c); err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO channels (id, kind, group_id, epoch, created_by, created_at)
@@ -152,7 +152,7 @@ func (s *Service) CreateDM(ctx context.Context, c Caller, peerName string, group
 		case !errors.Is(err, sql.ErrNoRows):
 			return err
 		}
-		if err := s.chargeChannel(ctx, tx, c.AccountID); err != nil {
+		if err := s.chargeChannel(ctx, tx, c); err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO channels (id, kind, group_id, epoch, ttl_ms, created_by, created_at)

@@ -114,7 +114,7 @@ func (s *Service) Enqueue(ctx context.Context, c Caller, id []byte, messageID st
 		result = "stale_epoch"
 	case errors.Is(err, ErrQuotaExceeded):
 		result = "quota"
-		s.countQuotaRefusal(err)
+		s.countQuotaRefusal(ctx, c, err)
 	case errors.Is(err, ErrNotMember), errors.Is(err, ErrNotFound):
 		result = "denied"
 		s.denied(ctx, c, "enqueue", err)
@@ -377,6 +377,8 @@ func (s *Service) SendToInbox(ctx context.Context, c Caller, channelID []byte, k
 	// in full against the sender's inbox quota below.
 	if int64(len(payload))*int64(len(to)) > int64(s.maxInbox) {
 		s.metrics.quotaRefusals.WithLabelValues(LimitInboxCallBytes).Inc()
+		s.audit.Event(ctx, "quota.refused", slog.String("account_id", c.AccountID), slog.String("device_id", c.DeviceID),
+			slog.String("limit", LimitInboxCallBytes), slog.Int64("adding", int64(len(payload))*int64(len(to))), slog.Int64("max", int64(s.maxInbox)))
 		return 0, fmt.Errorf("%w: %s to %d devices stores %s, at most %s per call (limits.max_inbox_call_bytes, QPC_LIMITS_MAX_INBOX_CALL_BYTES); send to fewer devices per call",
 			ErrTooLarge, FormatBytes(int64(len(payload))), len(to), FormatBytes(int64(len(payload))*int64(len(to))), FormatBytes(int64(s.maxInbox)))
 	}
@@ -435,7 +437,7 @@ func (s *Service) SendToInbox(ctx context.Context, c Caller, channelID []byte, k
 		return s.charge(ctx, tx, c.AccountID, Usage{InboxBytes: n * int64(len(payload)), InboxItems: n})
 	})
 	if err != nil {
-		s.countQuotaRefusal(err)
+		s.countQuotaRefusal(ctx, c, err)
 		s.denied(ctx, c, "send_to_inbox", err)
 		return 0, fmt.Errorf("delivery: send to inbox: %w", err)
 	}

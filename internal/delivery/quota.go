@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 )
@@ -246,11 +247,14 @@ func (s *Service) release(ctx context.Context, tx *sql.Tx, freed map[string]Usag
 	return nil
 }
 
-// countQuotaRefusal counts a refusal by its limit.
-func (s *Service) countQuotaRefusal(err error) {
+// countQuotaRefusal counts a refusal by its limit and audits it with the
+// account (the metric has no account label; the audit line names who).
+func (s *Service) countQuotaRefusal(ctx context.Context, c Caller, err error) {
 	var qe *QuotaError
 	if errors.As(err, &qe) {
 		s.metrics.quotaRefusals.WithLabelValues(qe.Limit).Inc()
+		s.audit.Event(ctx, "quota.refused", slog.String("account_id", c.AccountID), slog.String("device_id", c.DeviceID),
+			slog.String("limit", qe.Limit), slog.Int64("used", qe.Used), slog.Int64("adding", qe.Adding), slog.Int64("max", qe.Max))
 	}
 }
 
@@ -324,11 +328,11 @@ func QuotaOption(limit string) string {
 	return ""
 }
 
-// chargeChannel counts a channel the account creates, inside the creating
-// transaction; a refusal is counted here (a refusal ends the transaction,
-// it is not retried).
-func (s *Service) chargeChannel(ctx context.Context, tx *sql.Tx, accountID string) error {
-	err := s.charge(ctx, tx, accountID, Usage{Channels: 1})
-	s.countQuotaRefusal(err)
+// chargeChannel counts a channel the caller's account creates, inside the
+// creating transaction; a refusal is counted here (a refusal ends the
+// transaction, it is not retried).
+func (s *Service) chargeChannel(ctx context.Context, tx *sql.Tx, c Caller) error {
+	err := s.charge(ctx, tx, c.AccountID, Usage{Channels: 1})
+	s.countQuotaRefusal(ctx, c, err)
 	return err
 }
