@@ -88,7 +88,7 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil && setupErr == nil {
-				setupErr = fmt.Errorf("register %s: %w (is limits.rate_limit raised? QPC_LIMITS_RATE_LIMIT=1000000 QPC_LIMITS_RATE_BURST=1000000)", name, err)
+				setupErr = fmt.Errorf("register %s: %w (is limits.rate_limit raised? QPC_LIMITS_RATE_LIMIT=1000000 QPC_LIMITS_RATE_BURST=1000000; for long or large runs also QPC_LIMITS_BYTE_RATE=1073741824 QPC_LIMITS_BYTE_BURST=1073741824 QPC_QUOTA_MESSAGES=0 QPC_QUOTA_MESSAGE_BYTES=0)", name, err)
 			}
 			devs[i] = d
 		}()
@@ -337,6 +337,9 @@ func startInProcess(ctx context.Context, o options) (*server.Server, func(), err
 	cfg.OpsListen = ""
 	cfg.Limits.RateLimit = 1e9
 	cfg.Limits.RateBurst = 1 << 30
+	cfg.Limits.ByteRate = 1 << 40
+	cfg.Limits.ByteBurst = 1 << 40
+	cfg.Quota.MessageBytes, cfg.Quota.Messages = 0, 0 // a long run sends more than a week of use
 	cfg.Limits.MaxStreamsPerConn = 1000
 	// Every bench client connects from loopback: one address.
 	cfg.Limits.MaxConnectionsPerAddress = cfg.Limits.MaxConnections

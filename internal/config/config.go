@@ -77,6 +77,21 @@ type Config struct {
 		LongPollMax              time.Duration // limits.long_poll_max: 30s
 		DrainTimeout             time.Duration // limits.drain_timeout: 15s (0 closes at once)
 		MaxStreamsPerConn        int           // limits.max_streams_per_conn: 100 (concurrent RPCs per connection)
+		// ByteRate and ByteBurst are a token bucket per account on the
+		// payload bytes it asks the server to store (Enqueue, SendToInbox
+		// counted per recipient), beside the request rate limit.
+		ByteRate          int // limits.byte_rate: 1048576 (1 MiB/s per account)
+		ByteBurst         int // limits.byte_burst: 33554432 (32 MiB); at least max_payload_bytes and max_inbox_call_bytes
+		MaxInboxCallBytes int // limits.max_inbox_call_bytes: 8388608 (8 MiB; one SendToInbox's payload x recipients)
+	}
+	// Quota bounds what each account keeps stored (see docs/operations.md,
+	// "Per-account quotas"); 0 disables a limit.
+	Quota struct {
+		MessageBytes int // quota.message_bytes: 1073741824 (1 GiB of stored channel messages it sent)
+		Messages     int // quota.messages: 100000 (stored channel messages it sent)
+		InboxBytes   int // quota.inbox_bytes: 67108864 (64 MiB of unacknowledged inbox items it sent)
+		InboxItems   int // quota.inbox_items: 10000
+		Channels     int // quota.channels: 500 (channels it created, groups and DMs)
 	}
 	Retention struct {
 		Messages     time.Duration // retention.messages: 168h (7 days)
@@ -142,6 +157,14 @@ func Default() Config {
 	c.Limits.LongPollMax = 30 * time.Second
 	c.Limits.DrainTimeout = 15 * time.Second
 	c.Limits.MaxStreamsPerConn = 100
+	c.Limits.ByteRate = 1 << 20
+	c.Limits.ByteBurst = 32 << 20
+	c.Limits.MaxInboxCallBytes = 8 << 20
+	c.Quota.MessageBytes = 1 << 30
+	c.Quota.Messages = 100_000
+	c.Quota.InboxBytes = 64 << 20
+	c.Quota.InboxItems = 10_000
+	c.Quota.Channels = 500
 	c.Retention.Messages = 7 * 24 * time.Hour
 	c.Retention.EpochsBehind = 2
 	c.KeyPackages.TTL = 24 * time.Hour
@@ -231,6 +254,7 @@ func (c Config) Validate() error {
 		validateTLS,
 		validateLog,
 		validateLimits,
+		validateQuota,
 		validateRetention,
 		validateAuth,
 		validateAdmin,
@@ -538,6 +562,33 @@ func validateLimits(c Config) *FieldError {
 		return fe
 	}
 	return checkMinInt("limits.max_streams_per_conn", l.MaxStreamsPerConn, 1)
+}
+
+func validateQuota(c Config) *FieldError {
+	l := c.Limits
+	if l.ByteRate < 1 {
+		return &FieldError{Key: "limits.byte_rate", Value: strconv.Itoa(l.ByteRate),
+			Expected: "a number of bytes per second > 0, such as 1048576 (1 MiB/s)"}
+	}
+	if l.MaxInboxCallBytes < l.MaxPayloadBytes {
+		return &FieldError{Key: "limits.max_inbox_call_bytes", Value: strconv.Itoa(l.MaxInboxCallBytes),
+			Expected: "a number of bytes at least limits.max_payload_bytes (" + strconv.Itoa(l.MaxPayloadBytes) + "), such as 8388608 (8 MiB)"}
+	}
+	if need := max(l.MaxPayloadBytes, l.MaxInboxCallBytes); l.ByteBurst < need {
+		return &FieldError{Key: "limits.byte_burst", Value: strconv.Itoa(l.ByteBurst),
+			Expected: "a number of bytes at least limits.max_payload_bytes and limits.max_inbox_call_bytes (" + strconv.Itoa(need) + "), so that the largest request fits, such as 33554432 (32 MiB)"}
+	}
+	q := c.Quota
+	for _, f := range []struct {
+		key string
+		v   int
+	}{{"quota.message_bytes", q.MessageBytes}, {"quota.messages", q.Messages}, {"quota.inbox_bytes", q.InboxBytes},
+		{"quota.inbox_items", q.InboxItems}, {"quota.channels", q.Channels}} {
+		if fe := checkMinInt(f.key, f.v, 0); fe != nil {
+			return fe
+		}
+	}
+	return nil
 }
 
 func validateRetention(c Config) *FieldError {

@@ -85,6 +85,22 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.Limits.DrainTimeout }},
 	{key: "limits.max_streams_per_conn", help: "concurrent RPCs (streams) per connection",
 		ptr: func(c *Config) any { return &c.Limits.MaxStreamsPerConn }},
+	{key: "limits.byte_rate", help: "sustained payload bytes per second one account may ask the server to store (Enqueue, and SendToInbox counted once per recipient); 1048576 = 1 MiB/s",
+		ptr: func(c *Config) any { return &c.Limits.ByteRate }},
+	{key: "limits.byte_burst", help: "payload bytes an account may send in a burst above byte_rate; at least max_payload_bytes and max_inbox_call_bytes",
+		ptr: func(c *Config) any { return &c.Limits.ByteBurst }},
+	{key: "limits.max_inbox_call_bytes", help: "most bytes one SendToInbox may store: its payload times its recipient devices (8 MiB); at least max_payload_bytes",
+		ptr: func(c *Config) any { return &c.Limits.MaxInboxCallBytes }},
+	{key: "quota.message_bytes", help: "per account: bytes of channel messages it sent that are still stored (until retention deletes them); 1 GiB; 0 = no limit",
+		ptr: func(c *Config) any { return &c.Quota.MessageBytes }},
+	{key: "quota.messages", help: "per account: channel messages it sent that are still stored; 0 = no limit",
+		ptr: func(c *Config) any { return &c.Quota.Messages }},
+	{key: "quota.inbox_bytes", help: "per account: bytes of inbox items (Welcomes) it sent that are not yet acknowledged or expired; 64 MiB; 0 = no limit",
+		ptr: func(c *Config) any { return &c.Quota.InboxBytes }},
+	{key: "quota.inbox_items", help: "per account: inbox items it sent that are not yet acknowledged or expired; 0 = no limit",
+		ptr: func(c *Config) any { return &c.Quota.InboxItems }},
+	{key: "quota.channels", help: "per account: channels (groups and DMs) it created; channels are kept, so this bounds them for good; 0 = no limit",
+		ptr: func(c *Config) any { return &c.Quota.Channels }},
 	{key: "retention.messages", help: "how long stored messages are kept (168h = 7 days)",
 		ptr: func(c *Config) any { return &c.Retention.Messages }},
 	{key: "retention.epochs_behind", help: "application messages are accepted for this many epochs before a group's current one",
@@ -115,7 +131,7 @@ var options = []option{
 
 // sections are the YAML mappings that group keys.
 var sections = map[string]bool{"store": true, "db": true, "postgres": true, "tls": true, "log": true, "limits": true,
-	"retention": true, "keypackages": true, "auth": true, "admin": true}
+	"quota": true, "retention": true, "keypackages": true, "auth": true, "admin": true}
 
 func optionByKey(key string) (option, bool) {
 	for _, o := range options {

@@ -112,6 +112,9 @@ func (s *Service) Enqueue(ctx context.Context, c Caller, id []byte, messageID st
 	case err == nil:
 	case errors.Is(err, ErrStaleEpoch):
 		result = "stale_epoch"
+	case errors.Is(err, ErrQuotaExceeded):
+		result = "quota"
+		s.countQuotaRefusal(ctx, c, err)
 	case errors.Is(err, ErrNotMember), errors.Is(err, ErrNotFound):
 		result = "denied"
 		s.denied(ctx, c, "enqueue", err)
@@ -185,6 +188,11 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 		plan, err := decideEnqueue(st, req)
 		if err != nil || plan.duplicate {
 			res.Seq, res.Epoch, res.Duplicate = plan.seq, plan.epoch, plan.duplicate
+			return err
+		}
+		// After the channel's lock: the sender's usage row is the second
+		// lock (the same order in every enqueue).
+		if err := s.charge(ctx, tx, c.AccountID, Usage{MessageBytes: int64(len(msg)), Messages: 1}); err != nil {
 			return err
 		}
 		ins, err := s.db.WriteStmt(ctx, tx, enqueueInsert)
@@ -361,8 +369,18 @@ func (s *Service) SendToInbox(ctx context.Context, c Caller, channelID []byte, k
 	if len(payload) == 0 {
 		return 0, fmt.Errorf("%w: empty payload", ErrInvalidRequest)
 	}
-	if len(payload)*max(len(to), 1) > s.maxPayload*4 || len(payload) > s.maxPayload {
-		return 0, fmt.Errorf("%w: %d bytes to %d devices", ErrTooLarge, len(payload), len(to))
+	if len(payload) > s.maxPayload {
+		return 0, fmt.Errorf("%w: %d bytes, at most %d (limits.max_payload_bytes)", ErrTooLarge, len(payload), s.maxPayload)
+	}
+	// Every recipient device gets its own copy, so one call stores the
+	// payload times the recipients: bounded per call here, and counted
+	// in full against the sender's inbox quota below.
+	if int64(len(payload))*int64(len(to)) > int64(s.maxInbox) {
+		s.metrics.quotaRefusals.WithLabelValues(LimitInboxCallBytes).Inc()
+		s.audit.Event(ctx, "quota.refused", slog.String("account_id", c.AccountID), slog.String("device_id", c.DeviceID),
+			slog.String("limit", LimitInboxCallBytes), slog.Int64("adding", int64(len(payload))*int64(len(to))), slog.Int64("max", int64(s.maxInbox)))
+		return 0, fmt.Errorf("%w: %s to %d devices stores %s, at most %s per call (limits.max_inbox_call_bytes, QPC_LIMITS_MAX_INBOX_CALL_BYTES); send to fewer devices per call",
+			ErrTooLarge, FormatBytes(int64(len(payload))), len(to), FormatBytes(int64(len(payload))*int64(len(to))), FormatBytes(int64(s.maxInbox)))
 	}
 	if kind == InboxWelcome {
 		var m mls.MLSMessage
@@ -414,9 +432,12 @@ func (s *Service) SendToInbox(ctx context.Context, c Caller, channelID []byte, k
 				return err
 			}
 		}
-		return nil
+		// Last, after the inbox heads: Ack takes the same locks in that order.
+		n := int64(len(devs))
+		return s.charge(ctx, tx, c.AccountID, Usage{InboxBytes: n * int64(len(payload)), InboxItems: n})
 	})
 	if err != nil {
+		s.countQuotaRefusal(ctx, c, err)
 		s.denied(ctx, c, "send_to_inbox", err)
 		return 0, fmt.Errorf("delivery: send to inbox: %w", err)
 	}

@@ -20,12 +20,13 @@ type metrics struct {
 	waiters         prometheus.Gauge       // qpcd_long_poll_waiters
 	denied          *prometheus.CounterVec // qpcd_delivery_denied_total{operation}
 	expired         *prometheus.CounterVec // qpcd_delivery_expired_total{kind}
+	quotaRefusals   *prometheus.CounterVec // qpcd_quota_refusals_total{limit}
 }
 
 func newMetrics() *metrics {
 	m := &metrics{
 		enqueued: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "qpcd_enqueue_total", Help: "Enqueue requests by channel type (group, dm) and result (ok, duplicate, stale_epoch, denied, invalid, error).",
+			Name: "qpcd_enqueue_total", Help: "Enqueue requests by channel type (group, dm) and result (ok, duplicate, stale_epoch, denied, invalid, quota, error).",
 		}, []string{"channel_type", "result"}),
 		enqueuedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "qpcd_enqueue_bytes_total", Help: "Bytes of MLS messages stored, by channel type (group, dm, inbox).",
@@ -60,9 +61,16 @@ func newMetrics() *metrics {
 		expired: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "qpcd_delivery_expired_total", Help: "Messages and inbox items deleted by the retention sweep, by kind (message, inbox).",
 		}, []string{"kind"}),
+		quotaRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qpcd_quota_refusals_total", Help: "Writes refused by a per-account quota, by limit (message_bytes, messages, inbox_bytes, inbox_items, channels, inbox_call_bytes).",
+		}, []string{"limit"}),
 	}
+	for _, l := range quotaLimits {
+		m.quotaRefusals.WithLabelValues(l.name)
+	}
+	m.quotaRefusals.WithLabelValues(LimitInboxCallBytes)
 	for _, t := range []string{"group", "dm"} {
-		for _, r := range []string{"ok", "duplicate", "stale_epoch", "denied", "invalid", "error"} {
+		for _, r := range []string{"ok", "duplicate", "stale_epoch", "denied", "invalid", "quota", "error"} {
 			m.enqueued.WithLabelValues(t, r)
 		}
 	}
@@ -89,7 +97,7 @@ func newMetrics() *metrics {
 func (m *metrics) register(r prometheus.Registerer) error {
 	var errs []error
 	for _, c := range []prometheus.Collector{m.enqueued, m.enqueuedBytes, m.inboxItems, m.fetches, m.fetchedMessages,
-		m.fetchedBytes, m.depth, m.oldest, m.wakeups, m.waiters, m.denied, m.expired} {
+		m.fetchedBytes, m.depth, m.oldest, m.wakeups, m.waiters, m.denied, m.expired, m.quotaRefusals} {
 		if err := r.Register(c); err != nil {
 			errs = append(errs, err)
 		}

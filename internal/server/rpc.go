@@ -291,6 +291,7 @@ var serviceErrors = []struct {
 	{delivery.ErrMessageIDExpired, qpcv1.Status_STATUS_INVALID_ARGUMENT},
 	{delivery.ErrChannelExists, qpcv1.Status_STATUS_ALREADY_EXISTS},
 	{delivery.ErrTooLarge, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
+	{delivery.ErrQuotaExceeded, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
 	{delivery.ErrUnknownAccount, qpcv1.Status_STATUS_NOT_FOUND},
 }
 
