@@ -39,6 +39,9 @@ type Account struct {
 	Name      string
 	Status    string // "active" or "disabled"
 	CreatedAt time.Time
+	// IdentityKey is the account's Ed25519 identity public key; nil for
+	// accounts registered without one.
+	IdentityKey []byte
 }
 
 // Device is one device of an account.
@@ -53,6 +56,10 @@ type Device struct {
 	AccountStatus string
 	CreatedAt     time.Time
 	LastSeen      time.Time // last login or refresh; zero if never
+	// IdentityKey is the owning account's identity key (nil if none);
+	// Certificate the device's certificate (nil until CertifyDevice).
+	IdentityKey []byte
+	Certificate []byte
 }
 
 // Active reports whether the device may act: it and its account are active.
@@ -73,6 +80,9 @@ type RegisterParams struct {
 	SignatureKey []byte // Ed25519 public key of the first device
 	DeviceName   string
 	InviteCode   string // required under the invite policy
+	// IdentityKey is the account's Ed25519 identity public key (optional:
+	// clients before identity keys send none).
+	IdentityKey []byte
 }
 
 func checkDeviceName(n string) error {
@@ -101,6 +111,9 @@ func (s *Service) Register(ctx context.Context, p RegisterParams) (accountID, de
 		return "", "", err
 	}
 	if err := checkKey(p.SignatureKey); err != nil {
+		return "", "", err
+	}
+	if err := checkIdentityKey(p.IdentityKey, p.SignatureKey); err != nil {
 		return "", "", err
 	}
 	invite := s.registration == config.RegistrationInvite
@@ -138,8 +151,8 @@ func (s *Service) Register(ctx context.Context, p RegisterParams) (accountID, de
 				return err
 			}
 		}
-		if _, err := tx.ExecContext(ctx, "INSERT INTO accounts (id, name, status, created_at) VALUES (?, ?, 'active', ?)",
-			accountID, p.AccountName, now); err != nil {
+		if _, err := tx.ExecContext(ctx, "INSERT INTO accounts (id, name, status, created_at, identity_key) VALUES (?, ?, 'active', ?, ?)",
+			accountID, p.AccountName, now, nullBytes(p.IdentityKey)); err != nil {
 			return err
 		}
 		_, err := tx.ExecContext(ctx, "INSERT INTO devices (id, account_id, name, signature_key, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -238,6 +251,10 @@ func (s *Service) AddDevice(ctx context.Context, a Actor, key []byte, name strin
 			deviceID, a.AccountID, name, key, ms(now)); err != nil {
 			return err
 		}
+		// A link request for this key is answered by the device now existing.
+		if _, err := tx.ExecContext(ctx, "DELETE FROM link_requests WHERE signature_key = ?", key); err != nil {
+			return err
+		}
 		return s.recordDeviceEvent(ctx, tx, &ev)
 	})
 	if err != nil {
@@ -261,13 +278,13 @@ func reauthReason(err error) string {
 	return "reauth_failed"
 }
 
-const deviceCols = `d.id, d.account_id, a.name, d.name, d.signature_key, d.status, a.status, d.created_at, d.last_seen_at`
+const deviceCols = `d.id, d.account_id, a.name, d.name, d.signature_key, d.status, a.status, d.created_at, d.last_seen_at, a.identity_key, d.certificate`
 
 func scanDevice(sc interface{ Scan(...any) error }) (Device, error) {
 	var d Device
 	var key []byte
 	var created, seen int64
-	if err := sc.Scan(&d.ID, &d.AccountID, &d.AccountName, &d.Name, &key, &d.Status, &d.AccountStatus, &created, &seen); err != nil {
+	if err := sc.Scan(&d.ID, &d.AccountID, &d.AccountName, &d.Name, &key, &d.Status, &d.AccountStatus, &created, &seen, &d.IdentityKey, &d.Certificate); err != nil {
 		return Device{}, err
 	}
 	d.SignatureKey = ed25519.PublicKey(key)
@@ -432,12 +449,12 @@ func (s *Service) LookupAccount(ctx context.Context, name string) (Account, []De
 	return acc, devs, nil
 }
 
-const accountCols = "id, name, status, created_at"
+const accountCols = "id, name, status, created_at, identity_key"
 
 func scanAccount(sc interface{ Scan(...any) error }) (Account, error) {
 	var a Account
 	var created int64
-	if err := sc.Scan(&a.ID, &a.Name, &a.Status, &created); err != nil {
+	if err := sc.Scan(&a.ID, &a.Name, &a.Status, &created, &a.IdentityKey); err != nil {
 		return Account{}, err
 	}
 	a.CreatedAt = fromMS(created)

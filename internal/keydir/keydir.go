@@ -39,6 +39,9 @@ var (
 	ErrCapExceeded = errors.New("keydir: KeyPackage cap reached")
 	// ErrUnknownAccount: no such (active) account (NOT_FOUND).
 	ErrUnknownAccount = errors.New("keydir: unknown account")
+	// ErrUncertified: the account has an identity key and the KeyPackage
+	// carries no valid certificate by it for this device (PERMISSION_DENIED).
+	ErrUncertified = errors.New("keydir: device not certified by the account identity key")
 	// ErrUnknownDevice: no such active device (NOT_FOUND).
 	ErrUnknownDevice = errors.New("keydir: unknown device")
 )
@@ -51,6 +54,9 @@ type Device struct {
 	AccountName  string
 	SignatureKey []byte // Ed25519 public key, 32 bytes
 	Active       bool
+	// IdentityKey is the account's identity key (nil for accounts without
+	// one): when set, the device's KeyPackages must carry a certificate it signed.
+	IdentityKey []byte
 }
 
 // Account is an account as the directory sees it.

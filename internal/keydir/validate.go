@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/quicprochat/quicprochat/internal/identity"
 	"github.com/quicprochat/quicprochat/internal/mls"
 )
 
@@ -71,11 +72,46 @@ func (d *Directory) validate(raw []byte, dev Device, now time.Time) (checked, er
 	if len(dev.SignatureKey) == 0 || subtle.ConstantTimeCompare(leaf.SignatureKey, dev.SignatureKey) != 1 {
 		return checked{}, fmt.Errorf("%w: leaf signature key is not the device's registered key", ErrNotOwner)
 	}
+	if err := checkCertificate(leaf, dev); err != nil {
+		return checked{}, err
+	}
 	ref, err := kp.Ref(suite)
 	if err != nil {
 		return checked{}, fmt.Errorf("%w: %w", ErrInvalidKeyPackage, err)
 	}
 	return checked{raw: raw, ref: ref, suite: kp.CipherSuite, notAfter: time.Unix(int64(min(leaf.Lifetime.NotAfter, 1<<62)), 0)}, nil
+}
+
+// checkCertificate requires, for an account with an identity key, the
+// device certificate LeafNode extension (identity.ExtensionType) signed by
+// that key and binding this account, device and leaf key. Clients check
+// the same themselves; this only keeps uncertified KeyPackages out of the
+// directory.
+func checkCertificate(leaf *mls.LeafNode, dev Device) error {
+	if len(dev.IdentityKey) == 0 {
+		return nil
+	}
+	ik, err := identity.ParsePublicKey(dev.IdentityKey)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUncertified, err)
+	}
+	var raw []byte
+	for _, x := range leaf.Extensions {
+		if uint16(x.Type) == identity.ExtensionType {
+			raw = x.Data
+		}
+	}
+	if raw == nil {
+		return fmt.Errorf("%w: the KeyPackage carries no device certificate; certify the device (qpc device approve) first", ErrUncertified)
+	}
+	cert, err := identity.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUncertified, err)
+	}
+	if err := cert.Verify(identity.Expect{AccountName: dev.AccountName, DeviceID: dev.ID, DeviceKey: leaf.SignatureKey, IdentityKey: &ik}); err != nil {
+		return fmt.Errorf("%w: %w", ErrUncertified, err)
+	}
+	return nil
 }
 
 func (d *Directory) allowed() []mls.CipherSuiteID {

@@ -274,10 +274,14 @@ var serviceErrors = []struct {
 	// Not UNAUTHENTICATED: the token is fine, a fresh token would not help.
 	{auth.ErrReauthRequired, qpcv1.Status_STATUS_PERMISSION_DENIED},
 	{auth.ErrReauthFailed, qpcv1.Status_STATUS_PERMISSION_DENIED},
+	{auth.ErrInvalidCertificate, qpcv1.Status_STATUS_INVALID_ARGUMENT},
+	{auth.ErrNoIdentityKey, qpcv1.Status_STATUS_INVALID_ARGUMENT},
+	{auth.ErrTooManyLinkRequests, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
 	// keydir
 	{keydir.ErrInvalidKeyPackage, qpcv1.Status_STATUS_INVALID_ARGUMENT},
 	{keydir.ErrUnsupportedSuite, qpcv1.Status_STATUS_INVALID_ARGUMENT},
 	{keydir.ErrNotOwner, qpcv1.Status_STATUS_PERMISSION_DENIED},
+	{keydir.ErrUncertified, qpcv1.Status_STATUS_PERMISSION_DENIED},
 	{keydir.ErrCapExceeded, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
 	{keydir.ErrUnknownAccount, qpcv1.Status_STATUS_NOT_FOUND},
 	{keydir.ErrUnknownDevice, qpcv1.Status_STATUS_NOT_FOUND},

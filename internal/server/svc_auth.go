@@ -86,6 +86,7 @@ func (s *Server) registerAuth(t map[string]*method) {
 	register(t, MethodWhoAmI, false, s.whoAmI)
 	register(t, MethodLookupAccount, false, s.lookupAccount)
 	register(t, MethodReauthChallenge, false, s.reauthChallenge)
+	s.registerIdentity(t)
 }
 
 // callCtx carries the caller's address into auth's audit events.
@@ -187,6 +188,7 @@ func (s *Server) register(ctx context.Context, call *Call, req *qpcv1.RegisterRe
 		SignatureKey: req.GetSignatureKey(),
 		DeviceName:   req.GetDeviceName(),
 		InviteCode:   req.GetInviteCode(),
+		IdentityKey:  req.GetIdentityKey(),
 	})
 	if err != nil {
 		return nil, s.countAuthFailure(err)
@@ -289,7 +291,7 @@ func (s *Server) listDevices(ctx context.Context, call *Call, _ *qpcv1.ListDevic
 		}
 		out.Devices = append(out.Devices, &qpcv1.Device{
 			DeviceId: d.ID, Name: d.Name, SignatureKey: d.SignatureKey, Status: d.Status,
-			CreatedUnixMs: d.CreatedAt.UnixMilli(), LastSeenUnixMs: seen,
+			CreatedUnixMs: d.CreatedAt.UnixMilli(), LastSeenUnixMs: seen, Certificate: d.Certificate,
 		})
 	}
 	return out, nil
@@ -318,9 +320,9 @@ func (s *Server) lookupAccount(ctx context.Context, _ *Call, req *qpcv1.LookupAc
 	if err != nil {
 		return nil, err
 	}
-	out := &qpcv1.LookupAccountResponse{AccountId: acc.ID, AccountName: acc.Name}
+	out := &qpcv1.LookupAccountResponse{AccountId: acc.ID, AccountName: acc.Name, IdentityKey: acc.IdentityKey}
 	for _, d := range devs {
-		out.Devices = append(out.Devices, &qpcv1.PublicDevice{DeviceId: d.ID, SignatureKey: d.SignatureKey})
+		out.Devices = append(out.Devices, &qpcv1.PublicDevice{DeviceId: d.ID, SignatureKey: d.SignatureKey, Certificate: d.Certificate})
 	}
 	return out, nil
 }

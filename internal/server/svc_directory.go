@@ -135,7 +135,8 @@ func (k keydirDevices) Device(ctx context.Context, id string) (keydir.Device, er
 	if err != nil {
 		return keydir.Device{}, lookupErr(keydir.ErrUnknownDevice, err)
 	}
-	return keydir.Device{ID: d.ID, AccountID: d.AccountID, AccountName: d.AccountName, SignatureKey: d.SignatureKey, Active: d.Active()}, nil
+	return keydir.Device{ID: d.ID, AccountID: d.AccountID, AccountName: d.AccountName, SignatureKey: d.SignatureKey, Active: d.Active(),
+		IdentityKey: d.IdentityKey}, nil
 }
 
 func (k keydirDevices) Account(ctx context.Context, name string) (keydir.Account, []keydir.Device, error) {
@@ -145,7 +146,8 @@ func (k keydirDevices) Account(ctx context.Context, name string) (keydir.Account
 	}
 	out := make([]keydir.Device, 0, len(devs))
 	for _, d := range devs {
-		out = append(out, keydir.Device{ID: d.ID, AccountID: d.AccountID, AccountName: d.AccountName, SignatureKey: d.SignatureKey, Active: d.Active()})
+		out = append(out, keydir.Device{ID: d.ID, AccountID: d.AccountID, AccountName: d.AccountName, SignatureKey: d.SignatureKey, Active: d.Active(),
+			IdentityKey: d.IdentityKey})
 	}
 	return keydir.Account{ID: a.ID, Name: a.Name, Active: a.Status == "active"}, out, nil
 }

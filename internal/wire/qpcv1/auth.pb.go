@@ -135,7 +135,11 @@ type RegisterRequest struct {
 	// Free text shown in device lists.
 	DeviceName string `protobuf:"bytes,3,opt,name=device_name,json=deviceName,proto3" json:"device_name,omitempty"`
 	// Needed when the server's registration policy is "invite".
-	InviteCode    string `protobuf:"bytes,4,opt,name=invite_code,json=inviteCode,proto3" json:"invite_code,omitempty"`
+	InviteCode string `protobuf:"bytes,4,opt,name=invite_code,json=inviteCode,proto3" json:"invite_code,omitempty"`
+	// The account's identity public key (Ed25519), which certifies its
+	// devices (docs/protocol.md, "Account identity and device certificates").
+	// Optional for old clients; an account without one cannot get one later.
+	IdentityKey   []byte `protobuf:"bytes,5,opt,name=identity_key,json=identityKey,proto3" json:"identity_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -196,6 +200,13 @@ func (x *RegisterRequest) GetInviteCode() string {
 		return x.InviteCode
 	}
 	return ""
+}
+
+func (x *RegisterRequest) GetIdentityKey() []byte {
+	if x != nil {
+		return x.IdentityKey
+	}
+	return nil
 }
 
 type RegisterResponse struct {
@@ -937,8 +948,11 @@ type Device struct {
 	CreatedUnixMs int64  `protobuf:"varint,5,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
 	// Last login or refresh; 0 if never.
 	LastSeenUnixMs int64 `protobuf:"varint,6,opt,name=last_seen_unix_ms,json=lastSeenUnixMs,proto3" json:"last_seen_unix_ms,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The device's certificate signed by the account identity key (empty
+	// until CertifyDevice).
+	Certificate   []byte `protobuf:"bytes,7,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Device) Reset() {
@@ -1011,6 +1025,13 @@ func (x *Device) GetLastSeenUnixMs() int64 {
 		return x.LastSeenUnixMs
 	}
 	return 0
+}
+
+func (x *Device) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
 }
 
 type ListDevicesRequest struct {
@@ -1345,9 +1366,12 @@ func (x *LookupAccountRequest) GetAccountName() string {
 }
 
 type PublicDevice struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	SignatureKey  []byte                 `protobuf:"bytes,2,opt,name=signature_key,json=signatureKey,proto3" json:"signature_key,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId     string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	SignatureKey []byte                 `protobuf:"bytes,2,opt,name=signature_key,json=signatureKey,proto3" json:"signature_key,omitempty"`
+	// The device's certificate (empty if it has none); clients verify it
+	// themselves against the identity key they pinned.
+	Certificate   []byte `protobuf:"bytes,3,opt,name=certificate,proto3" json:"certificate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1396,12 +1420,23 @@ func (x *PublicDevice) GetSignatureKey() []byte {
 	return nil
 }
 
+func (x *PublicDevice) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
 type LookupAccountResponse struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	AccountId   string                 `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
 	AccountName string                 `protobuf:"bytes,2,opt,name=account_name,json=accountName,proto3" json:"account_name,omitempty"`
 	// Active devices only.
-	Devices       []*PublicDevice `protobuf:"bytes,3,rep,name=devices,proto3" json:"devices,omitempty"`
+	Devices []*PublicDevice `protobuf:"bytes,3,rep,name=devices,proto3" json:"devices,omitempty"`
+	// The account identity key as the server has it (empty for accounts
+	// registered without one). Clients pin it on first use and never take
+	// a different one from the server silently.
+	IdentityKey   []byte `protobuf:"bytes,4,opt,name=identity_key,json=identityKey,proto3" json:"identity_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1457,6 +1492,371 @@ func (x *LookupAccountResponse) GetDevices() []*PublicDevice {
 	return nil
 }
 
+func (x *LookupAccountResponse) GetIdentityKey() []byte {
+	if x != nil {
+		return x.IdentityKey
+	}
+	return nil
+}
+
+// CertifyDevice stores the certificate of one of the caller's account's
+// devices. The server checks it against the account's identity key; the
+// caller's token is not what authorises it, the identity key's signature is.
+type CertifyDeviceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Certificate   []byte                 `protobuf:"bytes,2,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertifyDeviceRequest) Reset() {
+	*x = CertifyDeviceRequest{}
+	mi := &file_qpc_v1_auth_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertifyDeviceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertifyDeviceRequest) ProtoMessage() {}
+
+func (x *CertifyDeviceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_auth_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertifyDeviceRequest.ProtoReflect.Descriptor instead.
+func (*CertifyDeviceRequest) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *CertifyDeviceRequest) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *CertifyDeviceRequest) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+type CertifyDeviceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertifyDeviceResponse) Reset() {
+	*x = CertifyDeviceResponse{}
+	mi := &file_qpc_v1_auth_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertifyDeviceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertifyDeviceResponse) ProtoMessage() {}
+
+func (x *CertifyDeviceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_auth_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertifyDeviceResponse.ProtoReflect.Descriptor instead.
+func (*CertifyDeviceResponse) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{25}
+}
+
+// RequestLink is sent (without a token) by a new device that wants to join
+// an account: the server keeps the request for a few minutes so that an
+// existing device can find it by the new key's fingerprint (qpc device
+// approve CODE). Sent again with the same key, it answers whether the
+// device was added and under which id.
+type RequestLinkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AccountName   string                 `protobuf:"bytes,1,opt,name=account_name,json=accountName,proto3" json:"account_name,omitempty"`
+	SignatureKey  []byte                 `protobuf:"bytes,2,opt,name=signature_key,json=signatureKey,proto3" json:"signature_key,omitempty"`
+	DeviceName    string                 `protobuf:"bytes,3,opt,name=device_name,json=deviceName,proto3" json:"device_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestLinkRequest) Reset() {
+	*x = RequestLinkRequest{}
+	mi := &file_qpc_v1_auth_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestLinkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestLinkRequest) ProtoMessage() {}
+
+func (x *RequestLinkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_auth_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestLinkRequest.ProtoReflect.Descriptor instead.
+func (*RequestLinkRequest) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RequestLinkRequest) GetAccountName() string {
+	if x != nil {
+		return x.AccountName
+	}
+	return ""
+}
+
+func (x *RequestLinkRequest) GetSignatureKey() []byte {
+	if x != nil {
+		return x.SignatureKey
+	}
+	return nil
+}
+
+func (x *RequestLinkRequest) GetDeviceName() string {
+	if x != nil {
+		return x.DeviceName
+	}
+	return ""
+}
+
+type RequestLinkResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Set once an existing device added the key to the account.
+	AccountId     string `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	DeviceId      string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	ExpiresUnixMs int64  `protobuf:"varint,3,opt,name=expires_unix_ms,json=expiresUnixMs,proto3" json:"expires_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestLinkResponse) Reset() {
+	*x = RequestLinkResponse{}
+	mi := &file_qpc_v1_auth_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestLinkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestLinkResponse) ProtoMessage() {}
+
+func (x *RequestLinkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_auth_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestLinkResponse.ProtoReflect.Descriptor instead.
+func (*RequestLinkResponse) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RequestLinkResponse) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *RequestLinkResponse) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *RequestLinkResponse) GetExpiresUnixMs() int64 {
+	if x != nil {
+		return x.ExpiresUnixMs
+	}
+	return 0
+}
+
+// ListLinkRequests returns the link requests pending for the caller's account.
+type ListLinkRequestsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListLinkRequestsRequest) Reset() {
+	*x = ListLinkRequestsRequest{}
+	mi := &file_qpc_v1_auth_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListLinkRequestsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListLinkRequestsRequest) ProtoMessage() {}
+
+func (x *ListLinkRequestsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_auth_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListLinkRequestsRequest.ProtoReflect.Descriptor instead.
+func (*ListLinkRequestsRequest) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{28}
+}
+
+type LinkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SignatureKey  []byte                 `protobuf:"bytes,1,opt,name=signature_key,json=signatureKey,proto3" json:"signature_key,omitempty"`
+	DeviceName    string                 `protobuf:"bytes,2,opt,name=device_name,json=deviceName,proto3" json:"device_name,omitempty"`
+	CreatedUnixMs int64                  `protobuf:"varint,3,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LinkRequest) Reset() {
+	*x = LinkRequest{}
+	mi := &file_qpc_v1_auth_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkRequest) ProtoMessage() {}
+
+func (x *LinkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_auth_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkRequest.ProtoReflect.Descriptor instead.
+func (*LinkRequest) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *LinkRequest) GetSignatureKey() []byte {
+	if x != nil {
+		return x.SignatureKey
+	}
+	return nil
+}
+
+func (x *LinkRequest) GetDeviceName() string {
+	if x != nil {
+		return x.DeviceName
+	}
+	return ""
+}
+
+func (x *LinkRequest) GetCreatedUnixMs() int64 {
+	if x != nil {
+		return x.CreatedUnixMs
+	}
+	return 0
+}
+
+type ListLinkRequestsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Requests      []*LinkRequest         `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListLinkRequestsResponse) Reset() {
+	*x = ListLinkRequestsResponse{}
+	mi := &file_qpc_v1_auth_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListLinkRequestsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListLinkRequestsResponse) ProtoMessage() {}
+
+func (x *ListLinkRequestsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_auth_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListLinkRequestsResponse.ProtoReflect.Descriptor instead.
+func (*ListLinkRequestsResponse) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListLinkRequestsResponse) GetRequests() []*LinkRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
 // AccountEvent is written by the server into the inbox of an account's
 // other active devices (InboxItem kind INBOX_KIND_ACCOUNT_EVENT) in the
 // transaction that adds or revokes a device, so that a device added or
@@ -1478,7 +1878,7 @@ type AccountEvent struct {
 
 func (x *AccountEvent) Reset() {
 	*x = AccountEvent{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[24]
+	mi := &file_qpc_v1_auth_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1890,7 @@ func (x *AccountEvent) String() string {
 func (*AccountEvent) ProtoMessage() {}
 
 func (x *AccountEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[24]
+	mi := &file_qpc_v1_auth_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1903,7 @@ func (x *AccountEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccountEvent.ProtoReflect.Descriptor instead.
 func (*AccountEvent) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{24}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AccountEvent) GetKind() AccountEventKind {
@@ -1552,14 +1952,15 @@ var File_qpc_v1_auth_proto protoreflect.FileDescriptor
 
 const file_qpc_v1_auth_proto_rawDesc = "" +
 	"\n" +
-	"\x11qpc/v1/auth.proto\x12\x06qpc.v1\x1a\x14qpc/v1/options.proto\"\xbf\x01\n" +
+	"\x11qpc/v1/auth.proto\x12\x06qpc.v1\x1a\x14qpc/v1/options.proto\"\xea\x01\n" +
 	"\x0fRegisterRequest\x12+\n" +
 	"\faccount_name\x18\x01 \x01(\tB\b\x92\x82\x19\x04\x10 \x18\x01R\vaccountName\x12-\n" +
 	"\rsignature_key\x18\x02 \x01(\fB\b\x92\x82\x19\x04\b \x18\x01R\fsignatureKey\x12'\n" +
 	"\vdevice_name\x18\x03 \x01(\tB\x06\x92\x82\x19\x02\x10@R\n" +
 	"deviceName\x12'\n" +
 	"\vinvite_code\x18\x04 \x01(\tB\x06\x92\x82\x19\x02\x10@R\n" +
-	"inviteCode\"N\n" +
+	"inviteCode\x12)\n" +
+	"\fidentity_key\x18\x05 \x01(\fB\x06\x92\x82\x19\x02\b R\videntityKey\"N\n" +
 	"\x10RegisterResponse\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12\x1b\n" +
@@ -1604,14 +2005,15 @@ const file_qpc_v1_auth_proto_rawDesc = "" +
 	"deviceName\x12&\n" +
 	"\x06reauth\x18\x03 \x01(\v2\x0e.qpc.v1.ReauthR\x06reauth\"0\n" +
 	"\x11AddDeviceResponse\x12\x1b\n" +
-	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"\xc9\x01\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"\xeb\x01\n" +
 	"\x06Device\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12#\n" +
 	"\rsignature_key\x18\x03 \x01(\fR\fsignatureKey\x12\x16\n" +
 	"\x06status\x18\x04 \x01(\tR\x06status\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x05 \x01(\x03R\rcreatedUnixMs\x12)\n" +
-	"\x11last_seen_unix_ms\x18\x06 \x01(\x03R\x0elastSeenUnixMs\"\x14\n" +
+	"\x11last_seen_unix_ms\x18\x06 \x01(\x03R\x0elastSeenUnixMs\x12 \n" +
+	"\vcertificate\x18\a \x01(\fR\vcertificate\"\x14\n" +
 	"\x12ListDevicesRequest\"?\n" +
 	"\x13ListDevicesResponse\x12(\n" +
 	"\adevices\x18\x01 \x03(\v2\x0e.qpc.v1.DeviceR\adevices\"d\n" +
@@ -1628,15 +2030,39 @@ const file_qpc_v1_auth_proto_rawDesc = "" +
 	"\tdevice_id\x18\x03 \x01(\tR\bdeviceId\x121\n" +
 	"\x15token_expires_unix_ms\x18\x04 \x01(\x03R\x12tokenExpiresUnixMs\"C\n" +
 	"\x14LookupAccountRequest\x12+\n" +
-	"\faccount_name\x18\x01 \x01(\tB\b\x92\x82\x19\x04\x10 \x18\x01R\vaccountName\"P\n" +
+	"\faccount_name\x18\x01 \x01(\tB\b\x92\x82\x19\x04\x10 \x18\x01R\vaccountName\"r\n" +
 	"\fPublicDevice\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12#\n" +
-	"\rsignature_key\x18\x02 \x01(\fR\fsignatureKey\"\x89\x01\n" +
+	"\rsignature_key\x18\x02 \x01(\fR\fsignatureKey\x12 \n" +
+	"\vcertificate\x18\x03 \x01(\fR\vcertificate\"\xac\x01\n" +
 	"\x15LookupAccountResponse\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12!\n" +
 	"\faccount_name\x18\x02 \x01(\tR\vaccountName\x12.\n" +
-	"\adevices\x18\x03 \x03(\v2\x14.qpc.v1.PublicDeviceR\adevices\"\xe3\x01\n" +
+	"\adevices\x18\x03 \x03(\v2\x14.qpc.v1.PublicDeviceR\adevices\x12!\n" +
+	"\fidentity_key\x18\x04 \x01(\fR\videntityKey\"j\n" +
+	"\x14CertifyDeviceRequest\x12%\n" +
+	"\tdevice_id\x18\x01 \x01(\tB\b\x92\x82\x19\x04\b \x18\x01R\bdeviceId\x12+\n" +
+	"\vcertificate\x18\x02 \x01(\fB\t\x92\x82\x19\x05\x10\x80\x04\x18\x01R\vcertificate\"\x17\n" +
+	"\x15CertifyDeviceResponse\"\x99\x01\n" +
+	"\x12RequestLinkRequest\x12+\n" +
+	"\faccount_name\x18\x01 \x01(\tB\b\x92\x82\x19\x04\x10 \x18\x01R\vaccountName\x12-\n" +
+	"\rsignature_key\x18\x02 \x01(\fB\b\x92\x82\x19\x04\b \x18\x01R\fsignatureKey\x12'\n" +
+	"\vdevice_name\x18\x03 \x01(\tB\x06\x92\x82\x19\x02\x10@R\n" +
+	"deviceName\"y\n" +
+	"\x13RequestLinkResponse\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x01 \x01(\tR\taccountId\x12\x1b\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12&\n" +
+	"\x0fexpires_unix_ms\x18\x03 \x01(\x03R\rexpiresUnixMs\"\x19\n" +
+	"\x17ListLinkRequestsRequest\"{\n" +
+	"\vLinkRequest\x12#\n" +
+	"\rsignature_key\x18\x01 \x01(\fR\fsignatureKey\x12\x1f\n" +
+	"\vdevice_name\x18\x02 \x01(\tR\n" +
+	"deviceName\x12&\n" +
+	"\x0fcreated_unix_ms\x18\x03 \x01(\x03R\rcreatedUnixMs\"K\n" +
+	"\x18ListLinkRequestsResponse\x12/\n" +
+	"\brequests\x18\x01 \x03(\v2\x13.qpc.v1.LinkRequestR\brequests\"\xe3\x01\n" +
 	"\fAccountEvent\x12,\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x18.qpc.v1.AccountEventKindR\x04kind\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x1f\n" +
@@ -1669,35 +2095,42 @@ func file_qpc_v1_auth_proto_rawDescGZIP() []byte {
 }
 
 var file_qpc_v1_auth_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_qpc_v1_auth_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_qpc_v1_auth_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_qpc_v1_auth_proto_goTypes = []any{
-	(ReauthPurpose)(0),              // 0: qpc.v1.ReauthPurpose
-	(AccountEventKind)(0),           // 1: qpc.v1.AccountEventKind
-	(*RegisterRequest)(nil),         // 2: qpc.v1.RegisterRequest
-	(*RegisterResponse)(nil),        // 3: qpc.v1.RegisterResponse
-	(*LoginChallengeRequest)(nil),   // 4: qpc.v1.LoginChallengeRequest
-	(*LoginChallengeResponse)(nil),  // 5: qpc.v1.LoginChallengeResponse
-	(*LoginRequest)(nil),            // 6: qpc.v1.LoginRequest
-	(*Tokens)(nil),                  // 7: qpc.v1.Tokens
-	(*LoginResponse)(nil),           // 8: qpc.v1.LoginResponse
-	(*RefreshRequest)(nil),          // 9: qpc.v1.RefreshRequest
-	(*RefreshResponse)(nil),         // 10: qpc.v1.RefreshResponse
-	(*ReauthChallengeRequest)(nil),  // 11: qpc.v1.ReauthChallengeRequest
-	(*ReauthChallengeResponse)(nil), // 12: qpc.v1.ReauthChallengeResponse
-	(*Reauth)(nil),                  // 13: qpc.v1.Reauth
-	(*AddDeviceRequest)(nil),        // 14: qpc.v1.AddDeviceRequest
-	(*AddDeviceResponse)(nil),       // 15: qpc.v1.AddDeviceResponse
-	(*Device)(nil),                  // 16: qpc.v1.Device
-	(*ListDevicesRequest)(nil),      // 17: qpc.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),     // 18: qpc.v1.ListDevicesResponse
-	(*RevokeDeviceRequest)(nil),     // 19: qpc.v1.RevokeDeviceRequest
-	(*RevokeDeviceResponse)(nil),    // 20: qpc.v1.RevokeDeviceResponse
-	(*WhoAmIRequest)(nil),           // 21: qpc.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),          // 22: qpc.v1.WhoAmIResponse
-	(*LookupAccountRequest)(nil),    // 23: qpc.v1.LookupAccountRequest
-	(*PublicDevice)(nil),            // 24: qpc.v1.PublicDevice
-	(*LookupAccountResponse)(nil),   // 25: qpc.v1.LookupAccountResponse
-	(*AccountEvent)(nil),            // 26: qpc.v1.AccountEvent
+	(ReauthPurpose)(0),               // 0: qpc.v1.ReauthPurpose
+	(AccountEventKind)(0),            // 1: qpc.v1.AccountEventKind
+	(*RegisterRequest)(nil),          // 2: qpc.v1.RegisterRequest
+	(*RegisterResponse)(nil),         // 3: qpc.v1.RegisterResponse
+	(*LoginChallengeRequest)(nil),    // 4: qpc.v1.LoginChallengeRequest
+	(*LoginChallengeResponse)(nil),   // 5: qpc.v1.LoginChallengeResponse
+	(*LoginRequest)(nil),             // 6: qpc.v1.LoginRequest
+	(*Tokens)(nil),                   // 7: qpc.v1.Tokens
+	(*LoginResponse)(nil),            // 8: qpc.v1.LoginResponse
+	(*RefreshRequest)(nil),           // 9: qpc.v1.RefreshRequest
+	(*RefreshResponse)(nil),          // 10: qpc.v1.RefreshResponse
+	(*ReauthChallengeRequest)(nil),   // 11: qpc.v1.ReauthChallengeRequest
+	(*ReauthChallengeResponse)(nil),  // 12: qpc.v1.ReauthChallengeResponse
+	(*Reauth)(nil),                   // 13: qpc.v1.Reauth
+	(*AddDeviceRequest)(nil),         // 14: qpc.v1.AddDeviceRequest
+	(*AddDeviceResponse)(nil),        // 15: qpc.v1.AddDeviceResponse
+	(*Device)(nil),                   // 16: qpc.v1.Device
+	(*ListDevicesRequest)(nil),       // 17: qpc.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),      // 18: qpc.v1.ListDevicesResponse
+	(*RevokeDeviceRequest)(nil),      // 19: qpc.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),     // 20: qpc.v1.RevokeDeviceResponse
+	(*WhoAmIRequest)(nil),            // 21: qpc.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),           // 22: qpc.v1.WhoAmIResponse
+	(*LookupAccountRequest)(nil),     // 23: qpc.v1.LookupAccountRequest
+	(*PublicDevice)(nil),             // 24: qpc.v1.PublicDevice
+	(*LookupAccountResponse)(nil),    // 25: qpc.v1.LookupAccountResponse
+	(*CertifyDeviceRequest)(nil),     // 26: qpc.v1.CertifyDeviceRequest
+	(*CertifyDeviceResponse)(nil),    // 27: qpc.v1.CertifyDeviceResponse
+	(*RequestLinkRequest)(nil),       // 28: qpc.v1.RequestLinkRequest
+	(*RequestLinkResponse)(nil),      // 29: qpc.v1.RequestLinkResponse
+	(*ListLinkRequestsRequest)(nil),  // 30: qpc.v1.ListLinkRequestsRequest
+	(*LinkRequest)(nil),              // 31: qpc.v1.LinkRequest
+	(*ListLinkRequestsResponse)(nil), // 32: qpc.v1.ListLinkRequestsResponse
+	(*AccountEvent)(nil),             // 33: qpc.v1.AccountEvent
 }
 var file_qpc_v1_auth_proto_depIdxs = []int32{
 	7,  // 0: qpc.v1.LoginResponse.tokens:type_name -> qpc.v1.Tokens
@@ -1707,12 +2140,13 @@ var file_qpc_v1_auth_proto_depIdxs = []int32{
 	16, // 4: qpc.v1.ListDevicesResponse.devices:type_name -> qpc.v1.Device
 	13, // 5: qpc.v1.RevokeDeviceRequest.reauth:type_name -> qpc.v1.Reauth
 	24, // 6: qpc.v1.LookupAccountResponse.devices:type_name -> qpc.v1.PublicDevice
-	1,  // 7: qpc.v1.AccountEvent.kind:type_name -> qpc.v1.AccountEventKind
-	8,  // [8:8] is the sub-list for method output_type
-	8,  // [8:8] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	31, // 7: qpc.v1.ListLinkRequestsResponse.requests:type_name -> qpc.v1.LinkRequest
+	1,  // 8: qpc.v1.AccountEvent.kind:type_name -> qpc.v1.AccountEventKind
+	9,  // [9:9] is the sub-list for method output_type
+	9,  // [9:9] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_qpc_v1_auth_proto_init() }
@@ -1727,7 +2161,7 @@ func file_qpc_v1_auth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qpc_v1_auth_proto_rawDesc), len(file_qpc_v1_auth_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   25,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
