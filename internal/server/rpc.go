@@ -80,6 +80,8 @@ type rpcServer struct {
 	methods    map[string]*method
 	maxPayload int
 	draining   func() bool
+	// lie is Options.LieInResponse (tests only).
+	lie func(ctx context.Context, call *Call, method string, resp proto.Message)
 	// admit applies the per-source rate limit before anything else of the
 	// call is looked at; nil means unlimited.
 	admit func(ctx context.Context, call *Call) error
@@ -191,6 +193,9 @@ func (r *rpcServer) handle(ctx context.Context, c *transport.Conn, s *quic.Strea
 	out, err := m.handler(ctx, call, in)
 	if err != nil {
 		return errorResponse(call.RequestID, r.toStatus(call, err)), m.name
+	}
+	if r.lie != nil {
+		r.lie(ctx, call, m.name, out)
 	}
 	body, err := wire.Marshal(out)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"google.golang.org/protobuf/proto"
 	"io"
 	"log/slog"
 	"net"
@@ -26,6 +27,12 @@ type Options struct {
 	Config config.Config // validated; New resolves the data-dir defaults
 	Logger *slog.Logger  // nil: discard
 	Now    func() time.Time
+	// LieInResponse, when set, is given every successful response before
+	// it is sent and may change it. It exists only so tests can play a
+	// malicious server (issue 19: a directory that serves forged
+	// KeyPackages) with the real server code around it; qpcd never sets
+	// it and no configuration option or flag reaches it.
+	LieInResponse func(ctx context.Context, call *Call, method string, resp proto.Message)
 }
 
 // Server is a running qpcd.
@@ -145,6 +152,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		methods:    map[string]*method{},
 		maxPayload: cfg.Limits.MaxPayloadBytes,
 		draining:   s.draining.Load,
+		lie:        opts.LieInResponse,
 	}
 	if err := s.initServices(ctx); err != nil {
 		return nil, err

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/quicprochat/quicprochat/internal/config"
 	"github.com/quicprochat/quicprochat/internal/server"
 )
@@ -20,12 +22,15 @@ type Server struct {
 	Config config.Config
 	// Now is the server's clock (nil: time.Now); set it before Start to
 	// test retention and expiry without sleeping.
-	Now    func() time.Time
-	srv    *server.Server
-	cancel context.CancelFunc
-	done   chan error
-	addr   string
-	pin    string
+	Now func() time.Time
+	// LieInResponse is server.Options.LieInResponse: set it before Start
+	// to make this a malicious server (tests of what clients detect).
+	LieInResponse func(ctx context.Context, call *server.Call, method string, resp proto.Message)
+	srv           *server.Server
+	cancel        context.CancelFunc
+	done          chan error
+	addr          string
+	pin           string
 }
 
 // Config is qpcd's default configuration with a fresh data directory and
@@ -55,6 +60,16 @@ func StartWith(t testing.TB, cfg config.Config, now func() time.Time) *Server {
 	return s
 }
 
+// StartLying is Start with a LieInResponse hook: the real server, except
+// that lie may change any response before it is sent.
+func StartLying(t testing.TB, cfg config.Config, lie func(ctx context.Context, call *server.Call, method string, resp proto.Message)) *Server {
+	t.Helper()
+	s := &Server{Config: cfg, LieInResponse: lie}
+	s.Start(t)
+	t.Cleanup(func() { s.Stop(t) })
+	return s
+}
+
 // Start (re)starts a stopped server.
 func (s *Server) Start(t testing.TB) {
 	t.Helper()
@@ -68,7 +83,8 @@ func (s *Server) Start(t testing.TB) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("servertest: config invalid: %v", err)
 	}
-	srv, err := server.New(context.Background(), server.Options{Config: cfg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: s.Now})
+	srv, err := server.New(context.Background(), server.Options{Config: cfg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: s.Now,
+		LieInResponse: s.LieInResponse})
 	if err != nil {
 		t.Fatalf("servertest: server.New: %v", err)
 	}
