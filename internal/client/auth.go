@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/quicprochat/quicprochat/internal/identity"
 	"github.com/quicprochat/quicprochat/internal/safetext"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/wire"
@@ -65,12 +66,21 @@ func (c *Client) Register(ctx context.Context, p RegisterParams) (*Identity, err
 	seed := secret.New(append([]byte(nil), priv.Seed()...))
 	secret.Wipe(priv)
 	defer seed.Wipe()
+	// The account identity key certifies this and every later device
+	// (certs.go); it stays on this device.
+	idKey, err := identity.Generate()
+	if err != nil {
+		return nil, err
+	}
+	defer idKey.Wipe()
+	idPub := idKey.Public()
 	var resp qpcv1.RegisterResponse
 	// Repeated only when the server answered with a transient status (it
 	// did nothing): after a lost reply a repeat would say the name is taken.
 	err = c.retryStatus(ctx, func() error {
 		return c.conn.Once(ctx, "Register", "", &qpcv1.RegisterRequest{
 			AccountName: p.AccountName, SignatureKey: pub, DeviceName: p.DeviceName, InviteCode: p.InviteCode,
+			IdentityKey: idPub.Bytes(),
 		}, &resp)
 	})
 	if err != nil {
@@ -82,12 +92,20 @@ func (c *Client) Register(ctx context.Context, p RegisterParams) (*Identity, err
 		_, err := tx.ExecContext(ctx, `INSERT INTO identity (id, account_name, account_id, device_id, device_name, display_name, sig_seed, created_ms)
 			VALUES (1, ?, ?, ?, ?, ?, ?, ?)`, id.AccountName, id.AccountID, id.DeviceID, id.DeviceName, id.DisplayName,
 			seed.Reveal(), c.now().UnixMilli())
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO account_identity (id, seed, public_key, created_ms) VALUES (1, ?, ?, ?)`,
+			idKey.Seed(), idPub.Bytes(), c.now().UnixMilli())
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("client: save identity (the account %q exists on the server but this device lost its key; register another name): %w", p.AccountName, err)
 	}
 	if err := c.Login(ctx); err != nil {
+		return id, err
+	}
+	if err := c.CertifyThisDevice(ctx); err != nil {
 		return id, err
 	}
 	if _, err := c.KeyPackageUpkeep(ctx); err != nil {

@@ -253,6 +253,7 @@ type Identity struct {
 	DeviceName  string
 	DisplayName string
 	key         secret.Bytes // Ed25519 seed
+	certificate []byte       // signed by the account identity key; nil if none (certs.go)
 }
 
 // Wipe zeroes the device key held by this copy of the identity.
@@ -273,8 +274,9 @@ func (c *Client) Identity(ctx context.Context) (*Identity, error) {
 	var id Identity
 	var seed []byte
 	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
-		return tx.QueryRowContext(ctx, `SELECT account_name, account_id, device_id, device_name, display_name, sig_seed FROM identity WHERE id = 1`).
-			Scan(&id.AccountName, &id.AccountID, &id.DeviceID, &id.DeviceName, &id.DisplayName, &seed)
+		return tx.QueryRowContext(ctx, `SELECT account_name, account_id, device_id, device_name, display_name, sig_seed,
+			(SELECT certificate FROM device_certificate WHERE id = 1) FROM identity WHERE id = 1`).
+			Scan(&id.AccountName, &id.AccountID, &id.DeviceID, &id.DeviceName, &id.DisplayName, &seed, &id.certificate)
 	})
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: run qpc register NAME (or qpc init on the right --home)", ErrNotRegistered)

@@ -223,7 +223,7 @@ func (c *Client) createGroup(ctx context.Context, name, kind, peer string) ([]by
 		return nil, err
 	}
 	defer id.key.Wipe()
-	g, err := mls.CreateGroup(mlsConfig, mls.NewGroupID(), Suite, mls.BasicIdentity(id.AccountName, id.DeviceID), sk, mls.GroupOptions{})
+	g, err := mls.CreateGroup(mlsConfig, mls.NewGroupID(), Suite, mls.BasicIdentity(id.AccountName, id.DeviceID), sk, mls.GroupOptions{LeafExtensions: id.leafExtensions()})
 	if err != nil {
 		sk.Wipe()
 		return nil, fmt.Errorf("client: create MLS group: %w", err)
@@ -291,6 +291,10 @@ func (c *Client) fetchKeyPackages(ctx context.Context, account string) ([]intent
 		}
 		if err := mls.ValidateKeyPackage(kp, mls.KeyPackagePolicy{Now: c.now(), GroupSuite: Suite}); err != nil {
 			return nil, fmt.Errorf("client: KeyPackage of %s/%s: %w", account, f.GetDeviceId(), err)
+		}
+		// Never trust the server's word for whose device this is (trust.go).
+		if err := c.checkKeyPackageTrust(ctx, account, f.GetDeviceId(), &kp.LeafNode); err != nil {
+			return nil, err
 		}
 		out = append(out, intentKP{Account: account, Device: f.GetDeviceId(), KP: f.GetKeyPackage()})
 	}

@@ -64,7 +64,7 @@ func newKeyPackage(id *Identity, now time.Time, lastResort bool) (*generated, er
 		return nil, fmt.Errorf("client: device key: %w", err)
 	}
 	b, err := mls.GenerateKeyPackage(Suite, mls.BasicIdentity(id.AccountName, id.DeviceID), sk,
-		mls.KeyPackageOptions{Now: now, Lifetime: keyPackageLifetime, LastResort: lastResort})
+		mls.KeyPackageOptions{Now: now, Lifetime: keyPackageLifetime, LastResort: lastResort, LeafExtensions: id.leafExtensions()})
 	if err != nil {
 		sk.Wipe()
 		return nil, fmt.Errorf("client: generate KeyPackage: %w", err)

@@ -40,7 +40,7 @@ func (c *Client) rejoin(ctx context.Context, channelID []byte) error {
 		}
 		c.groupMu.Lock()
 		g, commit, err := mls.JoinExternal(mlsConfig, gi.GetGroupInfo(), mls.BasicIdentity(id.AccountName, id.DeviceID), sk,
-			mls.ExternalJoinOptions{RemovePrior: true})
+			mls.ExternalJoinOptions{RemovePrior: true, Leaf: mls.KeyPackageOptions{LeafExtensions: id.leafExtensions()}})
 		c.groupMu.Unlock()
 		if err != nil {
 			return fmt.Errorf("client: rejoin: external commit: %w", err)

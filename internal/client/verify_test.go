@@ -1,0 +1,291 @@
+package client
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/quicprochat/quicprochat/internal/identity"
+	"github.com/quicprochat/quicprochat/internal/mls"
+	"github.com/quicprochat/quicprochat/internal/server"
+	"github.com/quicprochat/quicprochat/internal/server/servertest"
+	"github.com/quicprochat/quicprochat/internal/wire"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
+)
+
+// forgery is what the malicious directory serves instead of an account's
+// KeyPackages while set.
+type forgery struct {
+	mu        sync.Mutex
+	accountID string // whose fetches are answered with the forgery
+	deviceID  string
+	kp        []byte
+}
+
+func (f *forgery) set(accountID, deviceID string, kp []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.accountID, f.deviceID, f.kp = accountID, deviceID, kp
+}
+
+// lie is the one swap in the real server: FetchKeyPackages for the target
+// account answers with a KeyPackage the test (the "operator") made.
+func (f *forgery) lie(_ context.Context, _ *server.Call, method string, resp proto.Message) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r, ok := resp.(*qpcv1.FetchKeyPackagesResponse)
+	if method != server.MethodFetchKeyPackages || !ok || f.kp == nil || r.GetAccountId() != f.accountID {
+		return
+	}
+	r.KeyPackages = []*qpcv1.FetchedKeyPackage{{DeviceId: f.deviceID, KeyPackage: f.kp}}
+	r.MissingDeviceIds = nil
+}
+
+// forgeKeyPackage makes a valid KeyPackage whose credential says
+// "<account>/<deviceID>" with a signature key the forger holds, and with
+// the given leaf extensions (a certificate, or none).
+func forgeKeyPackage(t *testing.T, account, deviceID string, sig ed25519.PrivateKey, ext []mls.Extension) []byte {
+	t.Helper()
+	s, err := mls.Suite(Suite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sk, _, err := s.SignaturePrivateKeyFromBytes(sig.Seed())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := mls.GenerateKeyPackage(Suite, mls.BasicIdentity(account, deviceID), sk, mls.KeyPackageOptions{Lifetime: 48 * time.Hour, LeafExtensions: ext})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := (&mls.MLSMessage{Version: mls.ProtocolVersionMLS10, WireFormat: mls.WireFormatKeyPackage, KeyPackage: &b.KeyPackage}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+func certExt(t *testing.T, c *identity.Certificate) []mls.Extension {
+	t.Helper()
+	raw, err := c.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []mls.Extension{{Type: mls.ExtensionType(identity.ExtensionType), Data: raw}}
+}
+
+func whoami(t *testing.T, c *Client) *Identity {
+	t.Helper()
+	id, err := c.Identity(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id.Wipe()
+	return id
+}
+
+func memberTrust(t *testing.T, c *Client, group string) map[string]string {
+	t.Helper()
+	ms, err := c.MembersTrust(ctxT(t), group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, m := range ms {
+		out[m.Account+"/"+m.Device] = m.Trust
+	}
+	return out
+}
+
+// TestMaliciousDirectoryForgedDeviceRefused is issue 19's attack: the
+// server runs the KeyPackage directory, so when alice adds bob it can
+// answer with a KeyPackage it made itself whose credential says "bob"
+// (and a key it holds). Before identity keys alice's client added it, and
+// the server read everything "bob" received. The server here is the real
+// qpcd with one swap (its FetchKeyPackages answer for bob is replaced);
+// alice's client must refuse every forgery by itself, say why, and the
+// honest path must keep working.
+func TestMaliciousDirectoryForgedDeviceRefused(t *testing.T) {
+	var f forgery
+	cfg := servertest.Config(t)
+	cfg.KeyPackages.FetchPerPair = 100 // this test fetches bob's many times
+	cfg.KeyPackages.FetchPerTarget = 100
+	srv := servertest.StartLying(t, cfg, f.lie)
+	alice := registered(t, srv, "alice")
+	bob := registered(t, srv, "bob")
+	carol := registered(t, srv, "carol")
+	ctx := ctxT(t)
+	bobID := whoami(t, bob)
+
+	// Honest: alice adds bob; she pins bob's identity key on first sight.
+	if err := alice.CreateGroup(ctx, "team"); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
+		t.Fatalf("honest add: %v", err)
+	}
+	send(t, alice, "team", "hi bob")
+	if got := texts(t, bob, "team"); strings.Join(got, "|") != "hi bob" {
+		t.Fatalf("bob's history %q", got)
+	}
+	if tr := memberTrust(t, alice, "team"); tr["bob/"+bobID.DeviceID] != TrustCertified {
+		t.Fatalf("alice sees bob as %v", tr)
+	}
+
+	// The operator's forgeries: a fresh device "bob/<id>" with a key the
+	// server holds.
+	_, evil, _ := ed25519.GenerateKey(rand.Reader)
+	fakeDev := "0badc0de0badc0de0badc0de0badc0de"
+	evilID, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	forgedCert, err := identity.Issue(evilID, "bob", fakeDev, evil.Public().(ed25519.PublicKey), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bobCert := bobID.Certificate()
+	if bobCert == nil {
+		t.Fatal("bob's device has no certificate")
+	}
+	// bob's real certificate, pasted into a forged leaf for his device id.
+	stolen := certExt(t, bobCert)
+	cases := []struct {
+		name    string
+		dev     string
+		ext     []mls.Extension
+		want    error
+		wantMsg string
+	}{
+		{"no certificate", fakeDev, nil, ErrUncertifiedDevice, "not certified by bob's identity key"},
+		{"certificate by the server's own identity key", fakeDev, certExt(t, forgedCert), ErrIdentityChanged, "the server may be serving a device it made"},
+		{"bob's real certificate on the server's key", bobID.DeviceID, stolen, ErrUncertifiedDevice, "another device key"},
+	}
+	if err := alice.CreateGroup(ctx, "g2"); err != nil {
+		t.Fatal(err)
+	}
+	check := func(verified bool) {
+		t.Helper()
+		for _, tc := range cases {
+			f.set(bobID.AccountID, tc.dev, forgeKeyPackage(t, "bob", tc.dev, evil, tc.ext))
+			err := alice.AddMembers(ctx, "g2", []string{"bob"})
+			if !errors.Is(err, tc.want) || !errors.Is(err, ErrUntrustedDevice) || !strings.Contains(err.Error(), tc.wantMsg) {
+				t.Fatalf("%s (verified %v): %v, want %v mentioning %q", tc.name, verified, err, tc.want, tc.wantMsg)
+			}
+			if verified && tc.want == ErrIdentityChanged && !strings.Contains(err.Error(), "which you verified") {
+				t.Fatalf("%s: a verified contact's error does not say so: %v", tc.name, err)
+			}
+			if ms := memberTrust(t, alice, "g2"); len(ms) != 1 {
+				t.Fatalf("%s: the forged device got into g2: %v", tc.name, ms)
+			}
+		}
+	}
+	check(false)
+
+	// Alice and bob compare safety numbers (the same on both sides) and
+	// alice marks bob verified; the forgeries are still refused, saying
+	// bob was verified.
+	an, err := alice.SafetyNumber(ctx, "@bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bn, err := bob.SafetyNumber(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if an.Number != bn.Number || len(an.Number) != 60 {
+		t.Fatalf("safety numbers differ: %s vs %s", an.Number, bn.Number)
+	}
+	if _, err := alice.ConfirmSafetyNumber(ctx, "bob", identity.FormatSafetyNumber(bn.Number, true)); err != nil {
+		t.Fatal(err)
+	}
+	check(true)
+
+	// The server gives up lying: the honest add works again.
+	f.set("", "", nil)
+	if err := alice.AddMembers(ctx, "g2", []string{"bob"}); err != nil {
+		t.Fatalf("honest add after the forgeries: %v", err)
+	}
+	if tr := memberTrust(t, alice, "g2"); tr["bob/"+bobID.DeviceID] != TrustVerified || len(tr) != 2 {
+		t.Fatalf("g2 members %v", tr)
+	}
+
+	// First contact is trust on first use: a forgery for an account alice
+	// never saw (carol) is accepted, but the safety number then differs on
+	// the two sides, which is what verifying catches.
+	carolID := whoami(t, carol)
+	f.set(carolID.AccountID, fakeDev, forgeKeyPackage(t, "carol", fakeDev, evil, certExt(t, mustIssue(t, evilID, "carol", fakeDev, evil))))
+	if err := alice.CreateGroup(ctx, "g3"); err != nil {
+		t.Fatal(err)
+	}
+	// The commit is accepted; only the Welcome has nowhere to go (this
+	// test's server did not bother to create the device on its side).
+	_ = alice.AddMembers(ctx, "g3", []string{"carol"})
+	if tr := memberTrust(t, alice, "g3"); tr["carol/"+fakeDev] != TrustCertified {
+		t.Fatalf("first contact: the forgery was not taken on first use: %v", tr)
+	}
+	f.set("", "", nil)
+	ac, err := alice.SafetyNumber(ctx, "carol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := carol.SafetyNumber(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ac.Number == ca.Number {
+		t.Fatal("a forged first contact gives matching safety numbers")
+	}
+	if _, err := alice.ConfirmSafetyNumber(ctx, "carol", ca.Number); !errors.Is(err, ErrSafetyNumberMismatch) {
+		t.Fatalf("confirming carol's real number against the forged key: %v", err)
+	}
+}
+
+func mustIssue(t *testing.T, k identity.PrivateKey, account, dev string, key ed25519.PrivateKey) *identity.Certificate {
+	t.Helper()
+	c, err := identity.Issue(k, account, dev, key.Public().(ed25519.PublicKey), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestServerRefusesUncertifiedKeyPackages: an account registered with an
+// identity key cannot get KeyPackages into the directory without a
+// certificate by that key (PERMISSION_DENIED), whatever the uploader.
+func TestServerRefusesUncertifiedKeyPackages(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	bob := registered(t, srv, "bob")
+	ctx := ctxT(t)
+	id, err := bob.Identity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer id.Wipe()
+	devKey := ed25519.NewKeyFromSeed(id.key.Reveal())
+	other, _ := identity.Generate()
+	for name, ext := range map[string][]mls.Extension{
+		"none":                     nil,
+		"signed by another key":    certExt(t, mustIssue(t, other, "bob", id.DeviceID, devKey)),
+		"garbage in the extension": {{Type: mls.ExtensionType(identity.ExtensionType), Data: []byte{1, 2, 3}}},
+	} {
+		kp := forgeKeyPackage(t, "bob", id.DeviceID, devKey, ext)
+		err := bob.call(ctx, "UploadKeyPackages", &qpcv1.UploadKeyPackagesRequest{KeyPackages: [][]byte{kp}}, &qpcv1.UploadKeyPackagesResponse{})
+		var se *wire.StatusError
+		if !errors.As(err, &se) || se.Code != qpcv1.Status_STATUS_PERMISSION_DENIED || !strings.Contains(se.Message, "certif") {
+			t.Fatalf("%s: %v, want PERMISSION_DENIED about the certificate", name, err)
+		}
+	}
+	// Its own KeyPackages (certified) were accepted at registration.
+	st, err := bob.KeyPackageStock(ctx)
+	if err != nil || st.GetDeviceCount() == 0 {
+		t.Fatalf("stock %v, %v", st, err)
+	}
+}
