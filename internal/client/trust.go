@@ -97,7 +97,12 @@ func (c *Client) assess(ctx context.Context, tx *sql.Tx, own *Identity, ownKey i
 	} else {
 		a.reason = "no certificate"
 	}
+	// Findings inside a group are kept for recv/watch; on the add path
+	// (no group) the user gets the refusal itself.
 	event := func(kind, fp string) error {
+		if group == "" {
+			return nil
+		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO trust_events (kind, account, device_id, key_fp, grp, created_ms) VALUES (?, ?, ?, ?, ?, ?)
 			ON CONFLICT DO NOTHING`, kind, account, deviceID, fp, group, now)
 		return err

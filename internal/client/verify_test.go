@@ -217,34 +217,72 @@ func TestMaliciousDirectoryForgedDeviceRefused(t *testing.T) {
 		t.Fatalf("g2 members %v", tr)
 	}
 
+	// A commit by another member that brings a forged bob device into a
+	// group alice is in is flagged on alice's side: carol (who never met
+	// bob and waved the forgery through with --allow-unverified) adds it.
+	if err := alice.AddMembers(ctx, "team", []string{"carol"}); err != nil {
+		t.Fatal(err)
+	}
+	send(t, alice, "team", "welcome carol")
+	if got := texts(t, carol, "team"); len(got) != 1 {
+		t.Fatalf("carol's history %q", got)
+	}
+	f.set(bobID.AccountID, fakeDev, forgeKeyPackage(t, "bob", fakeDev, evil, certExt(t, forgedCert)))
+	_ = carol.AddMembers(AllowUnverified(ctx), "team", []string{"bob"}) // the Welcome has nowhere to go
+	f.set("", "", nil)
+	if _, err := alice.Sync(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if tr := memberTrust(t, carol, "team"); tr["bob/"+fakeDev] == "" {
+		t.Fatalf("carol's commit did not add the forged device: %v", tr)
+	}
+	notes, err := alice.TrustNotices(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flagged bool
+	for _, n := range notes {
+		flagged = flagged || n.Kind == "identity_changed" && n.Account == "bob" && n.Device == fakeDev && n.Verified && n.Group == "team"
+	}
+	if !flagged {
+		t.Fatalf("alice was not told about the forged device: %+v", notes)
+	}
+	if _, err := alice.SendChecked(ctx, "team", "secret", ""); !errors.Is(err, ErrIdentityChanged) {
+		t.Fatalf("sending to a group holding a forged device of a verified contact: %v", err)
+	}
+	if again, _ := alice.TrustNotices(ctx); len(again) != 0 {
+		t.Fatalf("notices shown twice: %+v", again)
+	}
+
 	// First contact is trust on first use: a forgery for an account alice
-	// never saw (carol) is accepted, but the safety number then differs on
+	// never saw (dave) is accepted, but the safety number then differs on
 	// the two sides, which is what verifying catches.
-	carolID := whoami(t, carol)
-	f.set(carolID.AccountID, fakeDev, forgeKeyPackage(t, "carol", fakeDev, evil, certExt(t, mustIssue(t, evilID, "carol", fakeDev, evil))))
+	dave := registered(t, srv, "dave")
+	daveID := whoami(t, dave)
+	f.set(daveID.AccountID, fakeDev, forgeKeyPackage(t, "dave", fakeDev, evil, certExt(t, mustIssue(t, evilID, "dave", fakeDev, evil))))
 	if err := alice.CreateGroup(ctx, "g3"); err != nil {
 		t.Fatal(err)
 	}
 	// The commit is accepted; only the Welcome has nowhere to go (this
 	// test's server did not bother to create the device on its side).
-	_ = alice.AddMembers(ctx, "g3", []string{"carol"})
-	if tr := memberTrust(t, alice, "g3"); tr["carol/"+fakeDev] != TrustCertified {
+	_ = alice.AddMembers(ctx, "g3", []string{"dave"})
+	if tr := memberTrust(t, alice, "g3"); tr["dave/"+fakeDev] != TrustCertified {
 		t.Fatalf("first contact: the forgery was not taken on first use: %v", tr)
 	}
 	f.set("", "", nil)
-	ac, err := alice.SafetyNumber(ctx, "carol")
+	ac, err := alice.SafetyNumber(ctx, "dave")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := carol.SafetyNumber(ctx, "alice")
+	ca, err := dave.SafetyNumber(ctx, "alice")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if ac.Number == ca.Number {
 		t.Fatal("a forged first contact gives matching safety numbers")
 	}
-	if _, err := alice.ConfirmSafetyNumber(ctx, "carol", ca.Number); !errors.Is(err, ErrSafetyNumberMismatch) {
-		t.Fatalf("confirming carol's real number against the forged key: %v", err)
+	if _, err := alice.ConfirmSafetyNumber(ctx, "dave", ca.Number); !errors.Is(err, ErrSafetyNumberMismatch) {
+		t.Fatalf("confirming dave's real number against the forged key: %v", err)
 	}
 }
 
