@@ -60,6 +60,8 @@ type app struct {
 	// interactive: a person waits for this command (everything but
 	// watch): fewer retries and a shorter dial timeout.
 	interactive bool
+	// allowUnverified: --allow-unverified on group add and send.
+	allowUnverified bool
 }
 
 // Run runs qpc with args (without the program name) and returns the exit
@@ -99,7 +101,7 @@ func Run(ctx context.Context, args []string, o IO) int {
 		}},
 		a.initCmd(), a.registerCmd(), a.loginCmd(), a.whoamiCmd(), a.devicesCmd(), a.keysCmd(),
 		a.groupCmd(), a.dmCmd(), a.sendCmd(), a.recvCmd(), a.watchCmd(), a.historyCmd(), a.outboxCmd(),
-		clidoc.Command(),
+		a.verifyCmd(), clidoc.Command(),
 	)
 	for _, c := range root.Commands() {
 		switch c.Name() {

@@ -177,9 +177,10 @@ func (a *app) whoamiCmd() *cobra.Command {
 
 func (a *app) devicesCmd() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "devices",
-		Short: "List this account's devices",
-		Args:  cobra.NoArgs,
+		Use:     "devices",
+		Aliases: []string{"device"},
+		Short:   "List this account's devices (also: qpc device link / approve / requests)",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				id, err := c.Identity(ctx)
@@ -208,7 +209,7 @@ func (a *app) devicesCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(a.deviceAddCmd(), a.deviceRevokeCmd())
+	cmd.AddCommand(a.deviceAddCmd(), a.deviceRevokeCmd(), a.deviceLinkCmd(), a.deviceApproveCmd(), a.deviceRequestsCmd())
 	return cmd
 }
 
@@ -347,17 +348,17 @@ func (a *app) groupCmd() *cobra.Command {
 				return a.emit(map[string]any{"group": args[0], "created": true}, "created group "+args[0])
 			})
 		},
-	}, &cobra.Command{
+	}, a.allowUnverifiedFlag(&cobra.Command{
 		Use: "add NAME USER...", Short: "Add accounts (all their devices) to a group", Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				if err := c.AddMembers(ctx, args[0], args[1:]); err != nil {
+				if err := c.AddMembers(a.trustCtx(ctx), args[0], args[1:]); err != nil {
 					return err
 				}
 				return a.emit(map[string]any{"group": args[0], "added": args[1:]}, fmt.Sprintf("added %s to %s", strings.Join(args[1:], ", "), args[0]))
 			})
 		},
-	}, &cobra.Command{
+	}), &cobra.Command{
 		Use: "remove NAME USER", Short: "Remove an account from a group", Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
@@ -391,12 +392,12 @@ func (a *app) groupCmd() *cobra.Command {
 		Use: "members NAME", Short: "List a group's members", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				ms, err := c.Members(ctx, args[0])
+				ms, err := c.MembersTrust(ctx, args[0])
 				if err != nil {
 					return err
 				}
 				for _, m := range ms {
-					if err := a.emit(m, safetext.Line(m.Account+"/"+m.Device)); err != nil {
+					if err := a.emit(m, safetext.Line(m.Account+"/"+m.Device)+"  "+m.Trust); err != nil {
 						return err
 					}
 				}
@@ -444,7 +445,7 @@ func (a *app) sendCmd() *cobra.Command {
 				return usagef("empty message: give TEXT or pipe it on standard input")
 			}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				id, err := c.Send(ctx, args[0], text, replyTo)
+				id, err := c.SendChecked(a.trustCtx(ctx), args[0], text, replyTo)
 				// Not refused: the message waits in the outbox.
 				queued := id != "" && err != nil && !errors.Is(err, client.ErrRefused)
 				if err != nil && !queued {
@@ -465,7 +466,7 @@ func (a *app) sendCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&replyTo, "reply-to", "", "message id this one answers")
-	return cmd
+	return a.allowUnverifiedFlag(cmd)
 }
 
 func (a *app) printMessages(ms []client.Message) error {
@@ -530,6 +531,13 @@ func (a *app) receive(ctx context.Context, c *client.Client, wait time.Duration)
 		return err
 	}
 	if err := a.printAccountEvents(evs); err != nil {
+		return err
+	}
+	tns, err := c.TrustNotices(ctx)
+	if err != nil {
+		return err
+	}
+	if err := a.printTrustNotices(tns); err != nil {
 		return err
 	}
 	for _, name := range rep.RemovedFrom {

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/quicprochat/quicprochat/internal/identity"
+	"github.com/quicprochat/quicprochat/internal/server/servertest"
+)
+
+// qpc verify (safety numbers, QR code, --confirm), qpc device link /
+// approve, and the warnings about a verified contact's new device, through
+// the built binary.
+func TestVerifyLinkAndNewDeviceWarnings(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	alice, bob := newUser(t), newUser(t)
+	for _, u := range []struct {
+		u    *user
+		name string
+	}{{alice, "alice"}, {bob, "bob"}} {
+		u.u.ok("init", "--server", srv.Addr(), "--pin", srv.Pin())
+		u.u.ok("register", u.name)
+	}
+	alice.ok("group", "create", "team")
+	alice.ok("group", "add", "team", "bob")
+	alice.ok("send", "team", "hi")
+	bob.ok("recv")
+
+	number := func(u *user, peer string) string {
+		t.Helper()
+		l := jsonLines(t, u.ok("--json", "verify", peer))
+		n, _ := l[0]["number"].(string)
+		if len(n) != 60 || l[0]["verified"] != false {
+			t.Fatalf("verify %s: %v", peer, l)
+		}
+		return n
+	}
+	an, bn := number(alice, "@bob"), number(bob, "alice")
+	if an != bn {
+		t.Fatalf("alice sees %s, bob %s", an, bn)
+	}
+	human := alice.ok("verify", "@bob", "--qr", "on")
+	if !strings.Contains(human, identity.FormatSafetyNumber(an, true)[:23]) || !strings.Contains(human, "not verified") || !strings.ContainsAny(human, "█▀▄") {
+		t.Fatalf("human output: %q", human)
+	}
+	if out := alice.ok("verify", "@bob"); strings.ContainsAny(out, "█▀▄") {
+		t.Fatalf("QR code printed to a pipe: %q", out)
+	}
+	wrong := []byte(an)
+	wrong[0] = '0' + (wrong[0]-'0'+1)%10
+	if r := alice.run("verify", "@bob", "--confirm", string(wrong)); r.code != 1 || !strings.Contains(r.stderr, "does not match") {
+		t.Fatalf("a wrong number: exit %d, %q", r.code, r.stderr)
+	}
+	if r := alice.run("verify", "@bob", "--confirm", "12345"); r.code != 2 {
+		t.Fatalf("a short number: exit %d, want 2", r.code)
+	}
+	if out := alice.ok("verify", "@bob", "--confirm", identity.FormatSafetyNumber(an, false)); !strings.Contains(out, "bob is now verified") {
+		t.Fatalf("confirm: %q", out)
+	}
+
+	// bob links a second device.
+	bob2 := newUser(t)
+	bob2.ok("init", "--server", srv.Addr(), "--pin", srv.Pin())
+	link := bob2.cmd("", "--json", "device", "link", "bob", "--name", "laptop")
+	stdout, err := link.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var linkErr bytes.Buffer
+	link.Stderr = &linkErr
+	if err := link.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := bufio.NewScanner(stdout)
+	if !lines.Scan() {
+		t.Fatalf("device link printed nothing: %s", linkErr.String())
+	}
+	var first map[string]any
+	if err := json.Unmarshal(lines.Bytes(), &first); err != nil {
+		t.Fatal(err)
+	}
+	code, _ := first["code"].(string)
+	if r := bob.run("device", "approve", "not-a-code"); r.code != 2 {
+		t.Fatalf("approve with a malformed code: exit %d", r.code)
+	}
+	approved := jsonLines(t, bob.ok("--json", "device", "approve", code))
+	if !lines.Scan() {
+		t.Fatalf("device link ended without a result: %s", linkErr.String())
+	}
+	var last map[string]any
+	if err := json.Unmarshal(lines.Bytes(), &last); err != nil {
+		t.Fatal(err)
+	}
+	if err := link.Wait(); err != nil {
+		t.Fatalf("device link: %v: %s", err, linkErr.String())
+	}
+	if last["device_id"] != approved[0]["device_id"] || last["identity_key"] != approved[0]["identity_key"] || last["identity_key"] == "" {
+		t.Fatalf("link %v, approve %v", last, approved)
+	}
+	newDev, _ := last["device_id"].(string)
+	if n := number(bob2, "alice"); n != an {
+		t.Fatalf("bob's second device sees safety number %s, want %s", n, an)
+	}
+
+	// bob adds his new device to the group: alice is told, sees it in the
+	// member list, and must confirm before sending there.
+	bob.ok("group", "add", "team", "bob")
+	out := alice.ok("recv")
+	if !strings.Contains(out, "[trust]") || !strings.Contains(out, newDev) || !strings.Contains(out, "whom you verified, has a new device") {
+		t.Fatalf("recv does not show the new device: %q", out)
+	}
+	if members := alice.ok("group", "members", "team"); !strings.Contains(members, "bob/"+newDev+"  new-device") {
+		t.Fatalf("members: %q", members)
+	}
+	if r := alice.run("send", "team", "hello"); r.code != 1 || !strings.Contains(r.stderr, "--allow-unverified") {
+		t.Fatalf("send with an unconfirmed device: exit %d, %q", r.code, r.stderr)
+	}
+	alice.ok("send", "--allow-unverified", "team", "hello")
+	if got := bob2.ok("recv"); !strings.Contains(got, "hello") {
+		t.Fatalf("bob's new device: %q", got)
+	}
+	alice.ok("send", "team", "again")
+}
