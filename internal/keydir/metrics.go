@@ -40,7 +40,7 @@ func newMetrics() *metrics {
 			Name: "qpcd_keypackages_last_resort_uploaded_total", Help: "Last-resort KeyPackages stored (each replaces the device's previous one).",
 		}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "qpcd_keypackages_rejected_total", Help: "Uploaded KeyPackages refused, by reason (invalid, suite, not_owner).",
+			Name: "qpcd_keypackages_rejected_total", Help: "Uploaded KeyPackages refused, by reason (invalid, suite, not_owner, uncertified).",
 		}, []string{"reason"}),
 		fetched: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "qpcd_keypackages_fetched_total", Help: "KeyPackages handed out, by kind (pool: consumed; last_resort: pool was empty).",
@@ -60,7 +60,7 @@ func newMetrics() *metrics {
 		m.stock.WithLabelValues(k)
 		m.fetched.WithLabelValues(k)
 	}
-	for _, r := range []string{"invalid", "suite", "not_owner"} {
+	for _, r := range []string{"invalid", "suite", "not_owner", "uncertified"} {
 		m.rejected.WithLabelValues(r)
 	}
 	for _, r := range []string{ReasonPair, ReasonTarget} {

@@ -133,6 +133,8 @@ func rejectReason(err error) string {
 		return "suite"
 	case errors.Is(err, ErrNotOwner):
 		return "not_owner"
+	case errors.Is(err, ErrUncertified):
+		return "uncertified"
 	default:
 		return "invalid"
 	}
