@@ -409,18 +409,18 @@ func (a *app) groupCmd() *cobra.Command {
 }
 
 func (a *app) dmCmd() *cobra.Command {
-	return &cobra.Command{
+	return a.allowUnverifiedFlag(&cobra.Command{
 		Use: "dm USER", Short: "Open a direct-message channel with an account (its name is @USER)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				name, err := c.DM(ctx, args[0])
+				name, err := c.DM(a.trustCtx(ctx), args[0])
 				if err != nil {
 					return err
 				}
 				return a.emit(map[string]any{"channel": name, "peer": args[0]}, fmt.Sprintf("DM with %s: send to %s", args[0], name))
 			})
 		},
-	}
+	})
 }
 
 func (a *app) sendCmd() *cobra.Command {
