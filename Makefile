@@ -45,10 +45,11 @@ fmt-check:
 
 # Debian tools the tests use, installed only when missing: promtool,
 # PostgreSQL's server for internal/store/pgtest, and the third-party
-# verifiers of release artefacts (minisign, lintian, rpmlint with rpm).
+# verifiers of release artefacts (minisign, lintian, rpmlint with rpm) and
+# the repository tools (apt-ftparchive, createrepo_c, gpg).
 deps-test:
 	@command -v promtool >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) prometheus; }
-	@missing=""; for t in minisign:minisign lintian:lintian rpmlint:rpmlint rpm:rpm; do \
+	@missing=""; for t in minisign:minisign lintian:lintian rpmlint:rpmlint rpm:rpm apt-ftparchive:apt-utils createrepo_c:createrepo-c gpg:gpg gpgv:gpgv; do \
 		command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) postgresql; }
@@ -108,7 +109,8 @@ sbom:
 release-check: deps-test
 	QPC_RELEASE_DIST="$(abspath $(or $(DIST),dist))" $(GO) test -count=1 -run '^TestReleaseArtefacts$$' -v ./packaging
 
-# C cross compilers from Debian for the non-host arches, installed only when missing.
+# C cross compilers from Debian for the non-host arches, and the repository
+# tools (apt-ftparchive, createrepo_c, gpg), installed only when missing.
 deps-release:
 	@for a in $(filter-out $(HOST_ARCH),$(RELEASE_ARCHES)); do \
 		case $$a in \
@@ -118,6 +120,9 @@ deps-release:
 		esac; \
 		command -v $$cc >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) $$debs; } || exit 1; \
 	done
+	@missing=""; for t in apt-ftparchive:apt-utils createrepo_c:createrepo-c gpg:gpg; do \
+		command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; }
 
 # GitHub Actions workflows, checked by actionlint (a Go tool dependency).
 lint-actions:
