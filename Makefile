@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go vet fmt-check ops-check proto proto-interop fuzz deps-test clean
+.PHONY: all build run test test-go vet fmt-check ops-check proto proto-interop fuzz deps-test clean chaos chaos-short soak
 
 all: build
 
@@ -26,12 +26,14 @@ build:
 run: build
 	./$(BIN)/qpcd
 
-test: deps-test vet fmt-check lint-actions ops-check test-go
+test: deps-test vet fmt-check lint-actions ops-check test-go chaos-short
 
 # internal/mls runs verbosely so the per-file MLS vector counts are printed
 # (go test hides a passing package's output); a failure prints its log.
+# The chaos suite runs on its own afterwards (chaos-short), not beside the
+# other packages: its figures are timings.
 test-go:
-	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v '/internal/mls$$')
+	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e '/internal/mls$$' -e '/internal/chaos$$')
 	@mkdir -p $(BIN); rc=0; $(GO) test -count=1 -timeout 15m -v ./internal/mls/ > $(BIN)/mls-test.log 2>&1 || rc=$$?; \
 	grep -E '^(mls vectors:|ok|FAIL)' $(BIN)/mls-test.log; \
 	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/mls-test.log; exit $$rc; fi
@@ -75,6 +77,34 @@ proto-interop:
 		--go_out=. --go_opt=module=$(PKG) "--go_opt=Mmlsinterop/mls_client.proto=$(INTEROP_PB);mlsclientpb" \
 		--go-grpc_out=. --go-grpc_opt=module=$(PKG) "--go-grpc_opt=Mmlsinterop/mls_client.proto=$(INTEROP_PB);mlsclientpb" \
 		proto/mlsinterop/mls_client.proto
+
+# The chaos suite (internal/chaos, docs/reliability.md): crash, client crash,
+# network faults, database partition and bad input, on both backends
+# (QPC_TEST_BACKENDS narrows). chaos-short is part of make test; chaos is the
+# long mode for the nightly workflow. Each scenario prints a "chaos:" figures
+# line; a failure prints the whole log.
+CHAOS_RUN = rc=0; $(GO) test -count=1 -v -run '^TestChaos' $(1) ./internal/chaos/ > $(BIN)/$(2).log 2>&1 || rc=$$?; \
+	grep -E '^(chaos:|ok|FAIL|--- FAIL)' $(BIN)/$(2).log; \
+	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/$(2).log; exit $$rc; fi
+chaos-short: deps-test
+	@mkdir -p $(BIN); $(call CHAOS_RUN,-timeout 15m,chaos-short)
+chaos: deps-test
+	@mkdir -p $(BIN); QPC_CHAOS=long; export QPC_CHAOS; $(call CHAOS_RUN,-timeout 3h,chaos-long)
+
+# Soak (internal/chaos TestSoak): a steady mixed workload against one qpcd
+# for DURATION, sampled into $(BIN)/soak-<backend>.csv and plotted to .png
+# with gnuplot (Debian's, installed when missing); fails when a resource
+# trends upward. SOAK_BACKENDS=sqlcipher,postgres for both.
+DURATION ?= 10m
+SOAK_BACKENDS ?= sqlcipher
+soak: deps-test
+	@command -v gnuplot >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) gnuplot-nox; }
+	@mkdir -p $(BIN); rc=0; QPC_TEST_BACKENDS=$(SOAK_BACKENDS) QPC_SOAK_DURATION=$(DURATION) QPC_SOAK_CSV=$(abspath $(BIN))/soak \
+		$(GO) test -count=1 -v -timeout 0 -run '^TestSoak$$' ./internal/chaos/ > $(BIN)/soak.log 2>&1 || rc=$$?; \
+	grep -E '^(chaos:|ok|FAIL|--- FAIL)' $(BIN)/soak.log; \
+	for csv in $(BIN)/soak-*.csv; do [ -f "$$csv" ] || continue; \
+		gnuplot -e "csv='$$csv'; png='$${csv%.csv}.png'" scripts/soak.gp && echo "plot: $${csv%.csv}.png"; done; \
+	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/soak.log; exit $$rc; fi
 
 # Short fuzzing of every decoder; FUZZTIME=60s for a longer run.
 FUZZTIME ?= 10s
