@@ -801,5 +801,5 @@ func sizeText(db *store.DB) string {
 	if err != nil {
 		return "unknown"
 	}
-	return fmt.Sprintf("%d bytes", n)
+	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 }

@@ -31,7 +31,7 @@ type DiskFullError struct {
 }
 
 func (e *DiskFullError) Error() string {
-	return fmt.Sprintf("store: disk full: no space left in %s (%v); free space there: writes resume by themselves", e.Where, e.Err)
+	return fmt.Sprintf("store: disk full: no space left in %s: %v", e.Where, e.Err)
 }
 
 // Unwrap makes errors.Is(err, ErrDiskFull) true and keeps the cause reachable.
