@@ -88,6 +88,7 @@ type Watch struct {
 	st        Status
 	failures  uint64    // refusals reported so far
 	lastProbe time.Time // start of the last probe
+	probeErr  string    // last non-space probe failure, logged once
 
 	wake chan struct{}
 }
@@ -218,13 +219,18 @@ func (w *Watch) Check() {
 	w.mu.Unlock()
 
 	err := w.probe()
+	w.mu.Lock()
 	if err != nil && !isNoSpace(err) {
-		// Not a space problem (permissions, I/O error): say so, but it
-		// tells nothing about free space.
-		w.o.Logger.Warn("disk check: probe write in the data directory failed", "dir", w.o.Dir, "err", err)
+		// Not a space problem (permissions, a read-only remount, an I/O
+		// error): say so once, but it tells nothing about free space.
+		if msg := err.Error(); msg != w.probeErr {
+			w.probeErr = msg
+			w.o.Logger.Warn("disk check: probe write in the data directory failed", "dir", w.o.Dir, "err", err)
+		}
+		w.mu.Unlock()
 		return
 	}
-	w.mu.Lock()
+	w.probeErr = ""
 	var changed bool
 	switch {
 	case err != nil:
