@@ -174,7 +174,7 @@ func TestChaosDiskFull(t *testing.T) {
 	waitFor(t, 60*time.Second, "100 messages acknowledged", func() bool { return s.ackedCount() >= 100 })
 	filler := testutil.Fill(t, mnt, "filler")
 	fullAt := time.Now()
-	waitFor(t, 60*time.Second, "enqueues refused by the full disk", func() bool { return s.refused.Load() >= 20 })
+	waitFor(t, 60*time.Second, "enqueues refused by the full disk", func() bool { return s.refused.Load() >= 100 })
 	waitFor(t, 20*time.Second, "/readyz reporting the full disk", func() bool {
 		code, _ := p.get("/readyz")
 		return code == http.StatusServiceUnavailable
@@ -261,6 +261,29 @@ func TestChaosDiskFull(t *testing.T) {
 	}
 	if rep.Tables["messages"] != int64(len(acked)) {
 		t.Fatalf("the database holds %d messages, %d were acknowledged", rep.Tables["messages"], len(acked))
+	}
+
+	// A start on the still-full disk: with the WAL and its index kept, qpcd
+	// opens the database, serves reads and reports the full disk; without
+	// them (the last checkpoint fitted) it cannot create the index and says
+	// so (exit 1).
+	p1, err := launchProc(t, dataDir)
+	switch {
+	case walLeft && err != nil:
+		t.Fatalf("start on the full disk with the WAL kept: %v", err)
+	case walLeft:
+		if code, body := p1.get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "disk full") {
+			t.Fatalf("started on a full disk: /readyz %d %q", code, body)
+		}
+		bob1 := &user{c: p1.dial(t), deviceID: bob.deviceID, token: bob.token}
+		checkExactlyOnce(t, bob1, ch, acked)
+		if code := p1.term(t); code != 0 {
+			t.Fatalf("SIGTERM of the qpcd started on a full disk: exit %d", code)
+		}
+	case err == nil:
+		t.Fatal("qpcd started on a full disk without its WAL index; expected it to refuse")
+	case !strings.Contains(err.Error(), "cannot open its database on a full disk: free space in "+dataDir):
+		t.Fatalf("start on a full disk: %v", err)
 	}
 
 	filler.Remove(t)

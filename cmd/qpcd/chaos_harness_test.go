@@ -44,6 +44,17 @@ type proc struct {
 // limit out of the way of load, and env, and waits for its ready line.
 func startProc(t *testing.T, dataDir string, env ...string) *proc {
 	t.Helper()
+	p, err := launchProc(t, dataDir, env...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// launchProc is startProc that returns an error (with the log) when qpcd
+// exits before it is ready.
+func launchProc(t *testing.T, dataDir string, env ...string) (*proc, error) {
+	t.Helper()
 	cmd := exec.Command(qpcdBin, "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--log-format", "json")
 	cmd.Dir = filepath.Dir(dataDir)
 	cmd.Env = cleanEnv(append([]string{"QPC_LIMITS_RATE_LIMIT=100000", "QPC_LIMITS_RATE_BURST=100000", "QPC_LIMITS_DRAIN_TIMEOUT=5s"}, env...)...)
@@ -90,11 +101,11 @@ func startProc(t *testing.T, dataDir string, env ...string) *proc {
 		p.quic = strings.TrimSuffix(fmt.Sprint(m["quic"]), "/udp")
 		p.pin, p.ops = fmt.Sprint(m["cert_sha256"]), fmt.Sprint(m["ops"])
 	case <-p.exited:
-		t.Fatalf("qpcd exited before ready: %v\n%s", p.waitErr, p.logText())
+		return p, fmt.Errorf("qpcd exited before ready: %v\n%s", p.waitErr, p.logText())
 	case <-time.After(60 * time.Second):
 		t.Fatalf("qpcd not ready after 60s\n%s", p.logText())
 	}
-	return p
+	return p, nil
 }
 
 func (p *proc) logText() string {

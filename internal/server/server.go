@@ -122,6 +122,9 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		store.SetMemorySecurity(cfg.DB.MemorySecurity == "on")
 		s.db, err = store.Open(ctx, store.Options{Path: dbPath, Key: key, Logger: log})
 	}
+	if store.IsDiskFull(err) && !pg {
+		return nil, fmt.Errorf("%w; qpcd cannot open its database on a full disk: free space in %s (never delete qpcd.db-wal: it holds committed messages), see docs/runbooks/disk-full.md", err, cfg.DataDir)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -352,3 +352,35 @@ func sha256File(t *testing.T, path string) string {
 	}
 	return sha256Hex(b)
 }
+
+// Opening a cleanly closed database on a full disk fails with ErrDiskFull
+// naming the directory (it needs room for the WAL's index), changes nothing,
+// and works once space is back.
+func TestOpenOnFullDiskSaysSo(t *testing.T) {
+	dir := testutil.SmallFS(t, 8<<20)
+	path := filepath.Join(dir, "qpcd.db")
+	key := newKey(t)
+	db := openTest(t, path, key)
+	if err := db.WriteTx(context.Background(), insert("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	filler := testutil.Fill(t, dir, "filler")
+	before := sha256File(t, path)
+	_, err := Open(context.Background(), Options{Path: path, Key: key, Migrations: testMigrations})
+	var dfe *DiskFullError
+	if !errors.Is(err, ErrDiskFull) || !errors.As(err, &dfe) || dfe.Where != dir {
+		t.Fatalf("Open on a full disk: %v; want a DiskFullError naming %s", err, dir)
+	}
+	if sha256File(t, path) != before {
+		t.Fatal("the refused Open changed the database file")
+	}
+	filler.Remove(t)
+	db = openTest(t, path, key)
+	defer db.Close()
+	if n := countRows(t, db, ""); n != 1 {
+		t.Fatalf("%d rows, want 1", n)
+	}
+}

@@ -187,7 +187,9 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 			_ = db.wdb.Close()
 		}
 		db.key.Wipe()
-		return nil, err
+		// Opening needs a little space (the WAL's index, -shm): on a full
+		// disk say so rather than "disk I/O error".
+		return nil, asDiskFull(err, filepath.Dir(opts.Path))
 	}
 
 	created, err := prepareFile(opts.Path, log)
