@@ -174,12 +174,12 @@ func TestChaosDiskFull(t *testing.T) {
 	waitFor(t, 60*time.Second, "100 messages acknowledged", func() bool { return s.ackedCount() >= 100 })
 	filler := testutil.Fill(t, mnt, "filler")
 	fullAt := time.Now()
-	waitFor(t, 60*time.Second, "enqueues refused by the full disk", func() bool { return s.refused.Load() >= 100 })
 	waitFor(t, 20*time.Second, "/readyz reporting the full disk", func() bool {
 		code, _ := p.get("/readyz")
 		return code == http.StatusServiceUnavailable
 	})
 	detect := time.Since(fullAt)
+	waitFor(t, 60*time.Second, "enqueues refused by the full disk", func() bool { return s.refused.Load() >= 100 })
 	if _, body := p.get("/readyz"); !strings.Contains(body, "disk full") || !strings.Contains(body, dataDir) {
 		t.Fatalf("/readyz body %q does not name the full data directory", body)
 	}
