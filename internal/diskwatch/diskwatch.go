@@ -219,6 +219,7 @@ func (w *Watch) Check() {
 	w.mu.Unlock()
 
 	err := w.probe()
+	after, afterSize, afterErr := statfs(w.o.Dir)
 	w.mu.Lock()
 	if err != nil && !isNoSpace(err) {
 		// Not a space problem (permissions, a read-only remount, an I/O
@@ -238,8 +239,8 @@ func (w *Watch) Check() {
 	case w.failures == seen:
 		changed = w.setLocked(false, nil)
 	}
-	if a, s, e := statfs(w.o.Dir); e == nil {
-		w.st.Avail, w.st.Size = a, s
+	if afterErr == nil {
+		w.st.Avail, w.st.Size = after, afterSize
 	}
 	w.mu.Unlock()
 	w.changed(changed)
