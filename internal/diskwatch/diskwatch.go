@@ -232,15 +232,15 @@ func (w *Watch) Check() {
 		return
 	}
 	w.probeErr = ""
+	if afterErr == nil {
+		w.st.Avail, w.st.Size = after, afterSize
+	}
 	var changed bool
 	switch {
 	case err != nil:
 		changed = w.setLocked(true, err)
 	case w.failures == seen:
 		changed = w.setLocked(false, nil)
-	}
-	if afterErr == nil {
-		w.st.Avail, w.st.Size = after, afterSize
 	}
 	w.mu.Unlock()
 	w.changed(changed)
