@@ -111,8 +111,8 @@ type CopyProgress struct {
 type CopiedTable struct {
 	Table    string `json:"table"`
 	Rows     int64  `json:"rows"`
-	Checksum string `json:"checksum"`        // SHA-256-based, order-independent; equal on both sides
-	Copied   bool   `json:"copied"`          // false: compared only (schema_migrations)
+	Checksum string `json:"checksum"`          // SHA-256-based, order-independent; equal on both sides
+	Copied   bool   `json:"copied"`            // false: compared only (schema_migrations)
 	NextID   int64  `json:"next_id,omitempty"` // identity columns: the value PostgreSQL hands out next
 }
 
