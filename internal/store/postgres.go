@@ -91,7 +91,7 @@ type PostgresOptions struct {
 
 // pgEngine is the PostgreSQL side of DB.
 type pgEngine struct {
-	pool       *sql.DB
+	pool *sql.DB
 	// connCfg is the connection settings in use: the pool's new
 	// connections and the dedicated LISTEN and NOTIFY connections take
 	// them when they connect; SetPostgresDSN replaces them.
