@@ -87,14 +87,21 @@ func printCopyReport(w io.Writer, rep store.CopyReport) {
 	rows := make([][]string, 0, len(rep.Tables))
 	for _, t := range rep.Tables {
 		how := "copied"
-		if !t.Copied {
+		switch {
+		case t.Skipped:
+			how = "skipped (node registry)"
+		case !t.Copied:
 			how = "compared"
 		}
 		next := ""
 		if t.NextID > 0 {
 			next = fmt.Sprint(t.NextID)
 		}
-		rows = append(rows, []string{t.Table, fmt.Sprint(t.Rows), how, t.Checksum[:16], next})
+		sum := t.Checksum
+		if len(sum) > 16 {
+			sum = sum[:16]
+		}
+		rows = append(rows, []string{t.Table, fmt.Sprint(t.Rows), how, sum, next})
 	}
 	tableRows(w, []string{"TABLE", "ROWS", "", "CHECKSUM", "NEXT ID"}, rows)
 	fmt.Fprintln(w, "next: start qpcd with store.backend: postgres and this database (postgres.dsn_file); keep the SQLCipher data directory until the new deployment is trusted")

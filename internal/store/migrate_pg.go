@@ -52,6 +52,7 @@ const (
 	copyRows    copyMode = iota // the target must hold no row; every row is copied
 	copyReplace                 // the target's rows (meta's app marker) are replaced by the source's
 	copyCompare                 // not copied: the migration history, which the target has of its own; its versions and names must match
+	copySkip                    // not copied: state of the running nodes, which the new nodes rebuild (the node registry)
 )
 
 // copyTable is one table of the plan.
@@ -84,6 +85,9 @@ var copyPlan = []copyTable{
 	{name: "inbox"},
 	{name: "inbox_heads"},
 	{name: "account_usage"},
+	// The SQLCipher node's registry row would list a node that no longer
+	// exists; the PostgreSQL nodes register themselves.
+	{name: "nodes", mode: copySkip},
 }
 
 // CopyOptions configures CopyToPostgres.
@@ -112,7 +116,8 @@ type CopiedTable struct {
 	Table    string `json:"table"`
 	Rows     int64  `json:"rows"`
 	Checksum string `json:"checksum"`          // SHA-256-based, order-independent; equal on both sides
-	Copied   bool   `json:"copied"`            // false: compared only (schema_migrations)
+	Copied   bool   `json:"copied"`            // false: compared only (schema_migrations) or skipped
+	Skipped  bool   `json:"skipped,omitempty"` // not copied: the node registry, which the new nodes fill
 	NextID   int64  `json:"next_id,omitempty"` // identity columns: the value PostgreSQL hands out next
 }
 
@@ -373,7 +378,7 @@ func checkTargetEmpty(ctx context.Context, dst *sql.Conn, plan []planned, target
 	for _, t := range plan {
 		q := "SELECT EXISTS (SELECT 1 FROM " + quoteIdent(t.name) + ")"
 		switch t.mode {
-		case copyCompare:
+		case copyCompare, copySkip:
 			continue
 		case copyReplace:
 			q = "SELECT EXISTS (SELECT 1 FROM meta WHERE NOT (key = 'app' AND value = '" + appMarker + "'))"
@@ -409,6 +414,9 @@ func copyAll(ctx context.Context, src *sql.Tx, dst *pgx.Conn, plan []planned, pr
 	}
 	sums := make([]tableDigest, len(plan))
 	for i, t := range plan {
+		if t.mode == copySkip {
+			continue
+		}
 		var n int64
 		if err := src.QueryRowContext(ctx, "SELECT count(*) FROM "+quoteIdent(t.name)).Scan(&n); err != nil {
 			return nil, 0, fmt.Errorf("store: count %s: %w", t.name, err)
@@ -416,11 +424,15 @@ func copyAll(ctx context.Context, src *sql.Tx, dst *pgx.Conn, plan []planned, pr
 		if sums[i], err = copyTableRows(ctx, src, tx, t, n, progress); err != nil {
 			return nil, 0, err
 		}
-		if t.mode != copyCompare {
+		if t.mode == copyRows || t.mode == copyReplace {
 			total += sums[i].rows
 		}
 	}
 	for i, t := range plan {
+		if t.mode == copySkip {
+			out = append(out, CopiedTable{Table: t.name, Skipped: true})
+			continue
+		}
 		got, err := digestTarget(ctx, tx, t, sums[i].rows, progress)
 		if err != nil {
 			return nil, 0, err
@@ -429,7 +441,7 @@ func copyAll(ctx context.Context, src *sql.Tx, dst *pgx.Conn, plan []planned, pr
 			return nil, 0, fmt.Errorf("%w: table %s: the SQLCipher database has %d rows (checksum %s), PostgreSQL %d (checksum %s); nothing was committed",
 				ErrCopyVerify, t.name, sums[i].rows, sums[i].hex(), got.rows, got.hex())
 		}
-		ct := CopiedTable{Table: t.name, Rows: got.rows, Checksum: got.hex(), Copied: t.mode != copyCompare}
+		ct := CopiedTable{Table: t.name, Rows: got.rows, Checksum: got.hex(), Copied: t.mode == copyRows || t.mode == copyReplace}
 		for _, col := range t.identity {
 			// The next id is past every copied one, as SQLite would hand out.
 			q := fmt.Sprintf("SELECT setval(pg_get_serial_sequence(%s, %s), COALESCE(MAX(%s), 0) + 1, false) FROM %s",
