@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -16,13 +14,12 @@ import (
 )
 
 // openPostgres opens the PostgreSQL backend from the validated config.
-func openPostgres(ctx context.Context, cfg config.Config, log *slog.Logger) (*store.DB, error) {
+func openPostgres(ctx context.Context, cfg config.Config, log *slog.Logger, nodeID string) (*store.DB, error) {
 	pc, err := cfg.PostgresConn()
 	if err != nil {
 		return nil, err
 	}
 	defer pc.DSN.Wipe()
-	host, _ := os.Hostname()
 	db, err := store.OpenPostgres(ctx, store.PostgresOptions{
 		DSN:              pc.DSN,
 		MaxConns:         pc.MaxConns,
@@ -30,7 +27,7 @@ func openPostgres(ctx context.Context, cfg config.Config, log *slog.Logger) (*st
 		StatementTimeout: pc.StatementTimeout,
 		ConnectTimeout:   pc.ConnectTimeout,
 		Logger:           log,
-		NodeID:           host + "-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(time.Now().UnixNano()%1e6, 36),
+		NodeID:           nodeID,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w (target %s, sslmode %s)", err, config.RedactDSN(string(pc.DSN.Reveal())), pc.SSLMode)
