@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/quicprochat/quicprochat/internal/client"
 	"github.com/quicprochat/quicprochat/internal/store"
 	"github.com/quicprochat/quicprochat/internal/store/pgtest"
@@ -284,4 +286,53 @@ func pgPassword(t *testing.T, dsn string) string {
 		t.Fatalf("no password in the test DSN")
 	}
 	return pw
+}
+
+// TestMigrateToPostgresRefusals: usage errors exit 2, a data directory
+// without a database exits 1 naming it, and neither touches the target.
+func TestMigrateToPostgresRefusals(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	dsnFile := writeDSNFile(t, shortDir(t), dsn)
+	empty := shortDir(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no target", nil, 2, "--dsn-file"},
+		{"both", []string{"--dsn", dsn, "--dsn-file", dsnFile}, 2, "not both"},
+		{"bad DSN", []string{"--dsn", "postgres://u:s3cret@[::1"}, 2, "postgres.dsn"},
+		{"no database here", []string{"--dsn-file", dsnFile, "--db-key-file", writeKeyFile(t)}, 1, "no SQLCipher database at " + empty},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := ctl(t, empty, append([]string{"migrate", "to-postgres"}, tc.args...)...)
+			if r.code != tc.code || !strings.Contains(r.stderr, tc.want) || strings.Contains(r.stderr, "s3cret") {
+				t.Fatalf("exit %d (want %d), stderr %q (want %q)", r.code, tc.code, r.stderr, tc.want)
+			}
+		})
+	}
+	// No database file appeared, and the target has no tables.
+	if _, err := os.Stat(filepath.Join(empty, "qpcd.db")); err == nil {
+		t.Fatal("a database file was created in the empty data directory")
+	}
+	conn, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var tables int
+	if err := conn.QueryRow(context.Background(), "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()").Scan(&tables); err != nil || tables != 0 {
+		t.Fatalf("target has %d tables (%v)", tables, err)
+	}
+}
+
+// writeKeyFile writes a random database key file (0600).
+func writeKeyFile(t *testing.T) string {
+	t.Helper()
+	f := filepath.Join(shortDir(t), "db.key")
+	if err := os.WriteFile(f, []byte(strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
