@@ -51,5 +51,49 @@ func printStatus(w io.Writer, st admin.Status, now time.Time) {
 	fmt.Fprintf(w, "tls:          sha256 %s, expires %s\n", st.TLSFingerprint, fmtTime(st.TLSNotAfter))
 	if st.TokenKeyID != "" {
 		fmt.Fprintf(w, "token key:    %s (active since %s)\n", st.TokenKeyID, fmtTime(st.TokenKeySince))
+		if st.SigningKeyID != "" && st.SigningKeyID != st.TokenKeyID {
+			fmt.Fprintf(w, "              this node still signs with %s (it has not yet heard of the rotation)\n", st.SigningKeyID)
+		}
 	}
+	printNodes(w, st.Nodes, now)
+}
+
+// printNodes lists the node registry; stale nodes are marked and counted,
+// since they are what an operator must look at.
+func printNodes(w io.Writer, nodes []admin.Node, now time.Time) {
+	if len(nodes) == 0 {
+		return
+	}
+	var running, stale int
+	rows := make([][]string, 0, len(nodes))
+	for _, n := range nodes {
+		state := n.State
+		switch n.State {
+		case "running":
+			running++
+		case "stale":
+			stale++
+			state = "STALE (no heartbeat for " + now.Sub(n.LastSeen).Round(time.Second).String() + ")"
+		case "stopped":
+			state = "stopped " + ago(now, n.StoppedAt)
+		}
+		id := n.ID
+		if n.Self {
+			id += " *"
+		}
+		rows = append(rows, []string{id, n.Address, n.Version, fmtTime(n.StartedAt), ago(now, n.LastSeen), state})
+	}
+	summary := fmt.Sprintf("%d running", running)
+	if stale > 0 {
+		summary += fmt.Sprintf(", %d STALE", stale)
+	}
+	fmt.Fprintf(w, "nodes:        %s (* this node)\n", summary)
+	tableRows(w, []string{"  NODE", "ADDRESS", "VERSION", "STARTED", "LAST SEEN", "STATE"}, indent(rows))
+}
+
+func indent(rows [][]string) [][]string {
+	for _, r := range rows {
+		r[0] = "  " + r[0]
+	}
+	return rows
 }

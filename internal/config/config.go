@@ -116,6 +116,9 @@ type Config struct {
 	Admin struct {
 		Socket string // admin.socket: "" = <data_dir>/admin.sock
 	}
+	Cluster struct {
+		Heartbeat time.Duration // cluster.heartbeat: 10s (node registry; stale after three missed)
+	}
 }
 
 // Registration policies for Auth.Registration.
@@ -177,6 +180,7 @@ func Default() Config {
 	c.Auth.Registration = RegistrationOpen
 	c.Auth.ChallengeRate = 0.5
 	c.Auth.ChallengeBurst = 10
+	c.Cluster.Heartbeat = 10 * time.Second
 	return c
 }
 
@@ -258,6 +262,7 @@ func (c Config) Validate() error {
 		validateRetention,
 		validateAuth,
 		validateAdmin,
+		validateCluster,
 	}
 	for _, check := range checks {
 		if fe := check(c); fe != nil {
@@ -587,6 +592,16 @@ func validateQuota(c Config) *FieldError {
 		if fe := checkMinInt(f.key, f.v, 0); fe != nil {
 			return fe
 		}
+	}
+	return nil
+}
+
+// minHeartbeat keeps the node registry's writes negligible.
+const minHeartbeat = 100 * time.Millisecond
+
+func validateCluster(c Config) *FieldError {
+	if c.Cluster.Heartbeat < minHeartbeat {
+		return &FieldError{Key: "cluster.heartbeat", Value: FormatDuration(c.Cluster.Heartbeat), Expected: "a duration of at least 100ms such as 10s"}
 	}
 	return nil
 }

@@ -33,6 +33,7 @@ var sectionTitles = []struct{ section, title string }{
 	{"keypackages", "KeyPackages (keypackages)"},
 	{"auth", "Authentication (auth)"},
 	{"admin", "Admin API (admin)"},
+	{"cluster", "Several nodes (cluster)"},
 }
 
 func optionsIn(section string) []option {

@@ -127,11 +127,13 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.Auth.ChallengeBurst }},
 	{key: "admin.socket", flag: "admin-socket", help: "admin API Unix socket (mode 0600); empty = <data_dir>/admin.sock",
 		ptr: func(c *Config) any { return &c.Admin.Socket }},
+	{key: "cluster.heartbeat", help: "how often a node records itself in the node registry (qpcctl status lists the nodes); a node three heartbeats late is shown as stale",
+		ptr: func(c *Config) any { return &c.Cluster.Heartbeat }},
 }
 
 // sections are the YAML mappings that group keys.
 var sections = map[string]bool{"store": true, "db": true, "postgres": true, "tls": true, "log": true, "limits": true,
-	"quota": true, "retention": true, "keypackages": true, "auth": true, "admin": true}
+	"quota": true, "retention": true, "keypackages": true, "auth": true, "admin": true, "cluster": true}
 
 func optionByKey(key string) (option, bool) {
 	for _, o := range options {

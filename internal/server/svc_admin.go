@@ -318,6 +318,11 @@ func (b adminBackend) Status(ctx context.Context) (admin.Status, error) {
 	if id, created, err := s.activeTokenKey(ctx); err == nil {
 		st.TokenKeyID, st.TokenKeySince = id, created.UTC()
 	}
+	st.SigningKeyID = s.auth.ActiveKeyID()
+	st.NodeID = s.nodeID
+	if nodes, err := s.nodes(ctx); err == nil {
+		st.Nodes = nodes
+	}
 	return st, nil
 }
 
