@@ -116,6 +116,12 @@ type Config struct {
 	Admin struct {
 		Socket string // admin.socket: "" = <data_dir>/admin.sock
 	}
+	MLS struct {
+		// mls.allowed_suites: comma-separated MLS cipher suites, most
+		// preferred first (names or numbers, see mls.go); default
+		// DefaultMLSSuites (suite 1 only).
+		AllowedSuites string
+	}
 }
 
 // Registration policies for Auth.Registration.
@@ -172,6 +178,7 @@ func Default() Config {
 	c.KeyPackages.FetchPerPair = 5
 	c.KeyPackages.FetchPerTarget = 30
 	c.KeyPackages.FetchWindow = time.Hour
+	c.MLS.AllowedSuites = DefaultMLSSuites
 	c.Auth.AccessTokenTTL = 15 * time.Minute
 	c.Auth.RefreshTokenTTL = 30 * 24 * time.Hour
 	c.Auth.Registration = RegistrationOpen
@@ -258,6 +265,7 @@ func (c Config) Validate() error {
 		validateRetention,
 		validateAuth,
 		validateAdmin,
+		validateMLS,
 	}
 	for _, check := range checks {
 		if fe := check(c); fe != nil {

@@ -5,6 +5,9 @@ import (
 	"crypto/sha3"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/cloudflare/circl/kem/xwing"
@@ -147,5 +150,24 @@ func TestXWingDowngradeGuards(t *testing.T) {
 	chat(t, a2, b2)
 	if SuiteStrength(xw) <= SuiteStrength(4) || SuiteStrength(4) <= SuiteStrength(1) || SuiteStrength(0x9999) != 0 {
 		t.Fatal("SuiteStrength order")
+	}
+}
+
+func TestCipherSuiteNames(t *testing.T) {
+	for _, id := range SuiteIDs() {
+		for _, in := range []string{id.String(), strings.ToLower(id.String()), strconv.Itoa(int(id)), fmt.Sprintf("%#x", uint16(id))} {
+			got, err := ParseCipherSuite(in)
+			if err != nil || got != id {
+				t.Fatalf("ParseCipherSuite(%q) = %v, %v; want %v", in, got, err, id)
+			}
+		}
+	}
+	for _, bad := range []string{"", "0", "8", "0xF00F", "MLS_256_XWING", "70000"} {
+		if _, err := ParseCipherSuite(bad); !errors.Is(err, ErrUnsupportedCipherSuite) {
+			t.Fatalf("ParseCipherSuite(%q): %v", bad, err)
+		}
+	}
+	if s := CipherSuiteID(0x1234).String(); s != "suite 0x1234" {
+		t.Fatalf("unknown suite prints %q", s)
 	}
 }
