@@ -22,8 +22,8 @@ type Spec struct {
 	// Generate builds a genuine KeyPackage of this suite instead of suite
 	// 1 (one signing with Ed25519: 1, 3 or an X-Wing suite).
 	Generate mls.CipherSuiteID
-	Now      time.Time          // default time.Now()
-	NotAfter time.Time          // default Now + 90 days; may lie in the past
+	Now      time.Time // default time.Now()
+	NotAfter time.Time // default Now + 90 days; may lie in the past
 	// BadSignature corrupts the KeyPackage signature.
 	BadSignature bool
 	// Bare returns a bare KeyPackage instead of an MLSMessage.
