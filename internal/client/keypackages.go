@@ -33,7 +33,7 @@ const privateKeyRetention = 7 * 24 * time.Hour
 // StockReport is what KeyPackageUpkeep found and did: totals over the
 // suites the device stocks, and each suite's own report.
 type StockReport struct {
-	Target        int  `json:"target"` // per suite
+	Target        int  `json:"target"`       // per suite
 	ServerStock   int  `json:"server_stock"` // unused pool KeyPackages of this device on the server, after upkeep
 	Uploaded      int  `json:"uploaded"`
 	RejectedOver  int  `json:"rejected_over_cap"`
