@@ -107,13 +107,33 @@ func (d *Directory) chooseSuite(ctx context.Context, tx *sql.Tx, accountID strin
 	return candidates[0], nil
 }
 
-// refreshSuiteStats sets the per-suite stock gauges.
-func (d *Directory) refreshSuiteStats(ctx context.Context, now int64) error {
-	type row struct {
-		suite     mls.CipherSuiteID
-		pool, lrs int64
+// refreshSuiteStats sets the per-suite stock gauges (every allowlisted
+// suite has a series, zero when it holds nothing).
+func (d *Directory) refreshSuiteStats(ctx context.Context, _ int64) error {
+	stock, err := d.StockBySuite(ctx)
+	if err != nil {
+		return err
 	}
-	var rows []row
+	for _, x := range stock {
+		d.metrics.suiteStock.WithLabelValues(x.Suite.String(), kindPool).Set(float64(x.Pool))
+		d.metrics.suiteStock.WithLabelValues(x.Suite.String(), kindLastResort).Set(float64(x.LastResort))
+	}
+	return nil
+}
+
+// SuiteStock is the directory's unexpired KeyPackages of one suite.
+type SuiteStock struct {
+	Suite            mls.CipherSuiteID
+	Allowed          bool
+	Pool, LastResort int64
+}
+
+// StockBySuite returns the stock per suite for the admin status: every
+// allowlisted suite in preference order (zero when empty), then suites
+// still stored but no longer allowed.
+func (d *Directory) StockBySuite(ctx context.Context) ([]SuiteStock, error) {
+	now := d.now().UnixMilli()
+	got := map[mls.CipherSuiteID]SuiteStock{}
 	err := d.db.ReadTx(ctx, func(tx *sql.Tx) error {
 		rs, err := tx.QueryContext(ctx, `SELECT suite, COUNT(CASE WHEN last_resort = 0 THEN 1 END), COUNT(CASE WHEN last_resort = 1 THEN 1 END)
 			FROM keypackages WHERE expires_at > ? GROUP BY suite`, now)
@@ -122,29 +142,30 @@ func (d *Directory) refreshSuiteStats(ctx context.Context, now int64) error {
 		}
 		defer rs.Close()
 		for rs.Next() {
-			var r row
 			var suite int
-			if err := rs.Scan(&suite, &r.pool, &r.lrs); err != nil {
+			var x SuiteStock
+			if err := rs.Scan(&suite, &x.Pool, &x.LastResort); err != nil {
 				return err
 			}
-			r.suite = mls.CipherSuiteID(suite)
-			rows = append(rows, r)
+			x.Suite = mls.CipherSuiteID(suite)
+			got[x.Suite] = x
 		}
 		return rs.Err()
 	})
 	if err != nil {
-		return fmt.Errorf("keydir: suite stats: %w", err)
+		return nil, fmt.Errorf("keydir: stock by suite: %w", err)
 	}
-	// Every allowlisted suite has a series, zero when it holds nothing;
-	// a suite dropped from the allowlist keeps reporting until its
-	// KeyPackages expire.
+	var out []SuiteStock
 	for _, s := range d.order {
-		d.metrics.suiteStock.WithLabelValues(s.String(), kindPool).Set(0)
-		d.metrics.suiteStock.WithLabelValues(s.String(), kindLastResort).Set(0)
+		x := got[s]
+		x.Suite, x.Allowed = s, true
+		out = append(out, x)
+		delete(got, s)
 	}
-	for _, r := range rows {
-		d.metrics.suiteStock.WithLabelValues(r.suite.String(), kindPool).Set(float64(r.pool))
-		d.metrics.suiteStock.WithLabelValues(r.suite.String(), kindLastResort).Set(float64(r.lrs))
+	var rest []SuiteStock
+	for _, x := range got {
+		rest = append(rest, x)
 	}
-	return nil
+	slices.SortFunc(rest, func(a, b SuiteStock) int { return int(a.Suite) - int(b.Suite) })
+	return append(out, rest...), nil
 }

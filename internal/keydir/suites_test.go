@@ -66,6 +66,10 @@ func TestPerSuiteStock(t *testing.T) {
 	if v := testutil.ToFloat64(e.dir.metrics.suiteStock.WithLabelValues("MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519", kindLastResort)); v != 1 {
 		t.Fatalf("suite-1 last-resort gauge %v", v)
 	}
+	stock, err := e.dir.StockBySuite(ctx)
+	if err != nil || len(stock) != 2 || stock[0] != (SuiteStock{xwing, true, 1, 1}) || stock[1] != (SuiteStock{1, true, 2, 1}) {
+		t.Fatalf("StockBySuite %+v, %v", stock, err)
+	}
 	// Outside the allowlist: refused as today.
 	strict := newEnv(t, nil)
 	bob := strict.devs.add(t, "bob", "dev-b1")
