@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go vet fmt-check ops-check proto proto-interop fuzz deps-test clean
+.PHONY: all build run test test-go vet fmt-check ops-check proto proto-interop interop fuzz deps-test clean
 
 all: build
 
@@ -74,6 +74,17 @@ proto-interop:
 		--go_out=. --go_opt=module=$(PKG) "--go_opt=Mmlsinterop/mls_client.proto=$(INTEROP_PB);mlsclientpb" \
 		--go-grpc_out=. --go-grpc_opt=module=$(PKG) "--go-grpc_opt=Mmlsinterop/mls_client.proto=$(INTEROP_PB);mlsclientpb" \
 		proto/mlsinterop/mls_client.proto
+
+# internal/mls against ts-mls (interop/): installs the peers exactly as
+# their lockfiles pin them, then runs the Go test that drives both sides.
+# Needs Node.js 20+ and npm; every exchanged message is kept under
+# INTEROP_ARTIFACTS.
+INTEROP_ARTIFACTS ?= $(BIN)/interop-artifacts
+interop:
+	cd interop/ts-mls && npm ci --no-audit --no-fund
+	cd interop/ts-mls-rc10 && npm ci --no-audit --no-fund
+	@mkdir -p $(INTEROP_ARTIFACTS)
+	QPC_INTEROP_ARTIFACTS=$(abspath $(INTEROP_ARTIFACTS)) $(GO) test -tags interop -count=1 -v ./interop/
 
 # Short fuzzing of every decoder; FUZZTIME=60s for a longer run.
 FUZZTIME ?= 10s
