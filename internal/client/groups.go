@@ -86,22 +86,6 @@ type inboxAddress struct {
 	Device  string `json:"device_id"`
 }
 
-func (c *Client) signer(ctx context.Context) (*Identity, mls.SignaturePrivateKey, error) {
-	id, err := c.Identity(ctx)
-	if err != nil {
-		return nil, mls.SignaturePrivateKey{}, err
-	}
-	s, err := mls.Suite(Suite)
-	if err != nil {
-		return nil, mls.SignaturePrivateKey{}, err
-	}
-	sk, _, err := s.SignaturePrivateKeyFromBytes(id.key.Reveal())
-	if err != nil {
-		return nil, mls.SignaturePrivateKey{}, fmt.Errorf("client: device key: %w", err)
-	}
-	return id, sk, nil
-}
-
 func validGroupName(name string) error {
 	if err := safetext.Check("group name", name); err != nil {
 		return fmt.Errorf("client: %w", err)

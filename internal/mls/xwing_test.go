@@ -171,3 +171,23 @@ func TestCipherSuiteNames(t *testing.T) {
 		t.Fatalf("unknown suite prints %q", s)
 	}
 }
+
+// FuzzParseCipherSuite: whatever parses names an implemented suite whose
+// name parses back to it.
+func FuzzParseCipherSuite(f *testing.F) {
+	for _, s := range []string{"1", "0xF00D", "MLS_256_XWING_AES256GCM_SHA512_Ed25519", "mls_128_dhkemx25519_aes128gcm_sha256_ed25519", "0x10000", "-1", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		id, err := ParseCipherSuite(in)
+		if err != nil {
+			return
+		}
+		if _, err := Suite(id); err != nil {
+			t.Fatalf("%q parsed to unimplemented %v", in, id)
+		}
+		if back, err := ParseCipherSuite(id.String()); err != nil || back != id {
+			t.Fatalf("%v does not round-trip: %v %v", id, back, err)
+		}
+	})
+}
