@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go vet fmt-check ops-check proto proto-interop fuzz deps-test clean chaos chaos-short soak
+.PHONY: all build run test test-go vet fmt-check ops-check proto proto-interop interop fuzz deps-test clean chaos chaos-short soak
 
 all: build
 
@@ -105,6 +105,17 @@ soak: deps-test
 	for csv in $(BIN)/soak-*.csv; do [ -f "$$csv" ] || continue; \
 		gnuplot -e "csv='$$csv'; png='$${csv%.csv}.png'" scripts/soak.gp && echo "plot: $${csv%.csv}.png"; done; \
 	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/soak.log; exit $$rc; fi
+
+# internal/mls against ts-mls (interop/): installs the peers exactly as
+# their lockfiles pin them, then runs the Go test that drives both sides.
+# Needs Node.js 20+ and npm; every exchanged message is kept under
+# INTEROP_ARTIFACTS.
+INTEROP_ARTIFACTS ?= $(BIN)/interop-artifacts
+interop:
+	cd interop/ts-mls && npm ci --no-audit --no-fund
+	cd interop/ts-mls-rc10 && npm ci --no-audit --no-fund
+	@mkdir -p $(INTEROP_ARTIFACTS)
+	QPC_INTEROP_ARTIFACTS=$(abspath $(INTEROP_ARTIFACTS)) $(GO) test -tags interop -count=1 -v ./interop/
 
 # Short fuzzing of every decoder; FUZZTIME=60s for a longer run.
 FUZZTIME ?= 10s

@@ -42,6 +42,13 @@ func printStatus(w io.Writer, st admin.Status, now time.Time) {
 	fmt.Fprintf(w, "channels:     %s\n", count(st.Counts.Channels))
 	fmt.Fprintf(w, "invites open: %s\n", count(st.Counts.Invites))
 	fmt.Fprintf(w, "keypackages:  %s pool, %s last resort\n", count(st.KeyPackages.Pool), count(st.KeyPackages.LastResort))
+	for _, s := range st.KeyPackages.Suites {
+		note := ""
+		if !s.Allowed {
+			note = " (no longer allowed)"
+		}
+		fmt.Fprintf(w, "  %-46s %d pool, %d last resort%s\n", s.Suite, s.Pool, s.LastResort, note)
+	}
 	fmt.Fprintf(w, "database:     %s, %s, schema %d, key id %s\n", st.DBPath, humanBytes(st.DBBytes), st.SchemaVersion, st.DBKeyID)
 	if st.LastBackup != nil {
 		fmt.Fprintf(w, "last backup:  %s (%s, %s, %s)\n", fmtTime(st.LastBackup.At), ago(now, st.LastBackup.At), humanBytes(st.LastBackup.Bytes), st.LastBackup.File)

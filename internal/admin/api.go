@@ -113,6 +113,18 @@ type Counts struct {
 type KeyPackageInfo struct {
 	Pool       int64 `json:"pool"`        // unexpired single-use KeyPackages
 	LastResort int64 `json:"last_resort"` // unexpired last-resort KeyPackages
+	// Suites is the same per MLS cipher suite: the allowlist in the
+	// server's preference order, then suites stored but no longer allowed.
+	Suites []KeyPackageSuite `json:"suites,omitempty"`
+}
+
+// KeyPackageSuite is the KeyPackage stock of one cipher suite.
+type KeyPackageSuite struct {
+	Suite      string `json:"suite"` // name, e.g. MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519
+	ID         uint16 `json:"id"`
+	Allowed    bool   `json:"allowed"` // in mls.allowed_suites
+	Pool       int64  `json:"pool"`
+	LastResort int64  `json:"last_resort"`
 }
 
 // BackupRecord is the last backup qpcctl confirmed as written.

@@ -119,6 +119,12 @@ type Config struct {
 	Cluster struct {
 		Heartbeat time.Duration // cluster.heartbeat: 10s (node registry; stale after three missed)
 	}
+	MLS struct {
+		// mls.allowed_suites: comma-separated MLS cipher suites, most
+		// preferred first (names or numbers, see mls.go); default
+		// DefaultMLSSuites (suite 1 only).
+		AllowedSuites string
+	}
 }
 
 // Registration policies for Auth.Registration.
@@ -175,6 +181,7 @@ func Default() Config {
 	c.KeyPackages.FetchPerPair = 5
 	c.KeyPackages.FetchPerTarget = 30
 	c.KeyPackages.FetchWindow = time.Hour
+	c.MLS.AllowedSuites = DefaultMLSSuites
 	c.Auth.AccessTokenTTL = 15 * time.Minute
 	c.Auth.RefreshTokenTTL = 30 * 24 * time.Hour
 	c.Auth.Registration = RegistrationOpen
@@ -263,6 +270,7 @@ func (c Config) Validate() error {
 		validateAuth,
 		validateAdmin,
 		validateCluster,
+		validateMLS,
 	}
 	for _, check := range checks {
 		if fe := check(c); fe != nil {
