@@ -12,15 +12,19 @@ if [ -s "$out" ]; then
 	exit 0
 fi
 [ "$(id -u)" = 0 ] || { echo "debian-root: debootstrap needs root" >&2; exit 1; }
-if ! command -v debootstrap >/dev/null 2>&1; then
-	apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >&2
+# debootstrap, and Debian's archive key (absent on Ubuntu) to check the mirror.
+missing=""
+command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
+[ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || missing="$missing debian-archive-keyring"
+if [ -n "$missing" ]; then
+	apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >&2
 fi
 mkdir -p "$(dirname "$out")"
 work=$(mktemp -d "$root/bin/debootstrap/work.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 begin=$(date +%s)
 echo "debian-root: debootstrap --variant=minbase bookworm (once; log $work/../debootstrap.log)" >&2
-debootstrap --variant=minbase bookworm "$work/root" "${QPC_DEBIAN_MIRROR:-http://deb.debian.org/debian}" \
+debootstrap --variant=minbase --keyring=/usr/share/keyrings/debian-archive-keyring.gpg bookworm "$work/root" "${QPC_DEBIAN_MIRROR:-http://deb.debian.org/debian}" \
 	>"$root/bin/debootstrap/debootstrap.log" 2>&1 ||
 	{ tail -n 20 "$root/bin/debootstrap/debootstrap.log" >&2; echo "debian-root: debootstrap failed" >&2; exit 1; }
 # Nothing of the host leaks in: no apt lists or package cache in the tarball.
