@@ -100,8 +100,9 @@ func TestPackageUpgrade(t *testing.T) {
 		// without a terminal the configure step fails and the package stays
 		// unpacked (new binary, old configuration). The operator's answer,
 		// "N" (keep the installed version), finishes it.
-		figure(t, "finding: dpkg -i new.deb without a terminal stops at the conffile prompt for /etc/qpcd/qpcd.yaml (locally edited and changed by the package): %s",
-			lastLine(out, "qpcd.yaml"))
+		t.Logf("dpkg -i new.deb:\n%s", out)
+		figure(t, "finding: dpkg -i new.deb without a terminal stops at the conffile prompt for /etc/qpcd/qpcd.yaml (locally edited and changed by the package): %q",
+			lastLine(out, "conffile prompt"))
 		if st := r.pkgStatus(t); !strings.Contains(st, "half-configured") && !strings.Contains(st, "unpacked") {
 			t.Fatalf("after the failed conffile prompt qpcd is %q (want unpacked or half-configured)", st)
 		}
@@ -129,10 +130,10 @@ func TestPackageUpgrade(t *testing.T) {
 	}
 
 	// 4. The new qpcd on the old data: migrated, serving what the old one stored.
-	d = r.startQPCD(t, "new")
-	if !strings.Contains(d.logText(), `"level":"DEBUG"`) {
-		t.Fatal("the new qpcd does not log at debug: the kept local edit is not in effect")
+	if cfg := r.mustRun(t, "/usr/bin/qpcd", "config", "print", "--config", "/etc/qpcd/qpcd.yaml"); !strings.Contains(cfg, "level: debug") {
+		t.Fatalf("the new qpcd's effective configuration lacks the kept local edit (log.level debug):\n%s", cfg)
 	}
+	d = r.startQPCD(t, "new")
 	alice.rel, bob.rel = newRel, newRel
 	bob.recvUntil("waiting across the upgrade")
 	alice.ok("send", "team", "after the upgrade")
@@ -145,6 +146,11 @@ func TestPackageUpgrade(t *testing.T) {
 	if err != nil {
 		t.Fatalf("dpkg -i old.deb (downgrade): %v\n%s", err, out)
 	}
+	t.Logf("dpkg -i old.deb (downgrade):\n%s", out)
+	downgradePrompt := "no conffile prompt"
+	if strings.Contains(out, "(Y/I/N/O/D/Z)") {
+		downgradePrompt = "the conffile prompt again (answered N)"
+	}
 	if !strings.Contains(out, "Downgrading") && !strings.Contains(out, "downgrading") {
 		t.Fatalf("dpkg did not say it downgrades:\n%s", out)
 	}
@@ -155,8 +161,37 @@ func TestPackageUpgrade(t *testing.T) {
 	if !strings.Contains(refusal, "schema version") || !strings.Contains(refusal, "this qpcd knows up to") {
 		t.Fatalf("the old qpcd on the migrated database did not name the schema versions:\n%s", refusal)
 	}
-	figure(t, "old %s -> new %s -> old: config edit kept, data and user kept, new qpcd served the old data; downgrade installed, old qpcd refused: %s (release builds %s, total %s)",
-		oldVersion, newVersion, lastLine(refusal, "schema version"), builds.Round(time.Second), time.Since(begin).Round(time.Second))
+	packageUpgradeWithEnvFile(t, tarball, oldDeb, newDeb)
+	figure(t, "old %s -> new %s -> old: config edit kept, data and user kept, new qpcd served the old data; downgrade: %q, %s; the old qpcd refused: %s (release builds %s, total %s)",
+		oldVersion, newVersion, lastLine(out, "owngrading"), downgradePrompt, lastLine(refusal, "schema version"), builds.Round(time.Second), time.Since(begin).Round(time.Second))
+}
+
+// TestPackageUpgrade's alternative: local settings kept in
+// /etc/qpcd/qpcd.env (read by the systemd unit, not shipped by the
+// package, so no conffile) leave qpcd.yaml untouched, and an unattended
+// `dpkg -i` upgrades without a prompt.
+func packageUpgradeWithEnvFile(t *testing.T, tarball, oldDeb, newDeb string) {
+	t.Helper()
+	r := newDebianRoot(t, tarball)
+	r.copyIn(t, oldDeb, "/tmp/old.deb")
+	r.copyIn(t, newDeb, "/tmp/new.deb")
+	r.mustRun(t, "dpkg", "-i", "/tmp/old.deb")
+	const env = "QPC_LOG_LEVEL=debug\n"
+	r.write(t, "/etc/qpcd/qpcd.env", env)
+	out, err := r.run("", "dpkg", "-i", "/tmp/new.deb")
+	if err != nil {
+		t.Fatalf("dpkg -i new.deb with the local settings in qpcd.env (no terminal): %v\n%s", err, out)
+	}
+	if strings.Contains(out, "(Y/I/N/O/D/Z)") {
+		t.Fatalf("dpkg prompted although qpcd.yaml was not edited:\n%s", out)
+	}
+	if got := r.read(t, "/etc/qpcd/qpcd.env"); got != env {
+		t.Fatalf("the upgrade changed /etc/qpcd/qpcd.env: %q", got)
+	}
+	if !strings.Contains(r.read(t, "/etc/qpcd/qpcd.yaml"), "registration: invite") {
+		t.Fatal("the unedited qpcd.yaml was not replaced by the new package's")
+	}
+	figure(t, "with local settings in /etc/qpcd/qpcd.env instead of qpcd.yaml: dpkg -i new.deb upgraded without a prompt, qpcd.env kept, qpcd.yaml the new package's")
 }
 
 // script runs a repository script and returns the last line of its output.
@@ -197,6 +232,9 @@ func lastLine(out, with string) string {
 // the test's cleanup unmounts them and removes the root.
 type debianRoot struct {
 	dir string
+	// qpcd's addresses, the same for every qpcd started in the root (the
+	// clients keep the address they were initialised with).
+	listen, ops string
 }
 
 func newDebianRoot(t *testing.T, tarball string) *debianRoot {
@@ -205,7 +243,7 @@ func newDebianRoot(t *testing.T, tarball string) *debianRoot {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &debianRoot{dir: dir}
+	r := &debianRoot{dir: dir, listen: freeAddr(t, "udp"), ops: freeAddr(t, "tcp")}
 	var mounted []string
 	t.Cleanup(func() {
 		for i := len(mounted) - 1; i >= 0; i-- {
@@ -330,7 +368,7 @@ type rootQPCD struct {
 
 func (r *debianRoot) launchQPCD(t *testing.T) (*rootQPCD, chan map[string]any) {
 	t.Helper()
-	d := &rootQPCD{listen: freeAddr(t, "udp"), ops: freeAddr(t, "tcp"), done: make(chan struct{})}
+	d := &rootQPCD{listen: r.listen, ops: r.ops, done: make(chan struct{})}
 	d.cmd = exec.Command("chroot", "--userspec="+r.userspec(t), r.dir, "/usr/bin/qpcd", "--config", "/etc/qpcd/qpcd.yaml")
 	d.cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/var/lib/qpcd", "QPC_LISTEN=" + d.listen, "QPC_OPS_LISTEN=" + d.ops}
 	stderr, err := d.cmd.StderrPipe()
