@@ -27,11 +27,10 @@ import (
 
 // release is one version's binaries.
 type release struct {
-	name                string // "old 822e83f" or "new"
-	qpcd, qpc, qpcctl   string
-	dir                 string // bin/compat/<commit> (old) or a temporary directory (new)
-	commit              string // full id (old only)
-	builtWithoutCaching bool
+	name              string // "old 822e83f" or "new"
+	qpcd, qpc, qpcctl string
+	dir               string // bin/compat/<commit> (old) or a temporary directory (new)
+	commit            string // full id (old only)
 }
 
 var (
