@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds one version of quicprochat with that version's own release script
 # and caches the result: bin/compat/<commit>/ holds qpcd, qpcctl and qpc
-# (the static release binaries), dist/ (that version's .deb, .rpm and .ipk
-# for the host arch) and src/ (a clone of the commit). A complete cache is
-# reused; QPC_COMPAT_REBUILD=1 rebuilds it. Prints the directory.
+# (the static release binaries) and dist/ (that version's .deb, .rpm and
+# .ipk for the host arch); the clone it is built from is removed afterwards.
+# A complete cache is reused; QPC_COMPAT_REBUILD=1 rebuilds it (about 190 MB
+# each; `make clean` removes them). Prints the directory.
 #
 #   scripts/compat-build.sh            the previous release (scripts/previous-release.sh)
 #   scripts/compat-build.sh REF        any tag or commit (HEAD: this tree's last commit)
@@ -46,7 +47,9 @@ for c in qpcd qpcctl qpc; do
 	[ -n "$f" ] || { echo "compat-build: $short's release has no $c binary for $arch" >&2; exit 1; }
 	cp "$f" "$dir/$c"
 done
-rm -rf "$dir/dist/build/src" # a second clone inside; src/ is kept
+# Keep what the tests use (the binaries, the packages, the log): the
+# intermediate files, the second clone and the repositories go.
+rm -rf "$dir/dist/build" "$dir/dist/repo" "$dir/src"
 echo "$short $commit built in $(($(date +%s) - begin))s" >"$dir/.complete"
 echo "compat-build: $short built in $(($(date +%s) - begin))s" >&2
 echo "$dir"
