@@ -146,7 +146,7 @@ func TestCompatNewClientDeviceChangeOnOldServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := alice.run("--timeout", "30s", "devices", "add", hex.EncodeToString(pub), "--name", "laptop")
-	if r.code != 1 || !strings.Contains(r.stderr, `unknown method "ReauthChallenge"`) || r.took > 20*time.Second {
+	if r.code != 1 || !strings.Contains(r.stderr, `unknown method "ReauthChallenge"`) || !strings.Contains(r.stderr, "server is older than this client") || r.took > 20*time.Second {
 		t.Fatalf("new qpc devices add on the old qpcd: exit %d after %s, stderr %q; want exit 1 at once naming the unknown method", r.code, r.took, r.stderr)
 	}
 	if devs := alice.jsonOK("devices"); len(devs) != 1 {
