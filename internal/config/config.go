@@ -83,6 +83,12 @@ type Config struct {
 		TTL           time.Duration // keypackages.ttl: 24h
 		MaxPerAccount int           // keypackages.max_per_account: 100
 	}
+	Invitations struct {
+		TTL             time.Duration // invitations.ttl: 168h (an unanswered invitation lapses)
+		MaxPerHour      int           // invitations.max_per_hour: 30 (invitations one account sends per hour)
+		MaxPending      int           // invitations.max_pending: 50 (unanswered invitations one account holds)
+		MaxWelcomeBytes int           // invitations.max_welcome_bytes: 262144 (largest Welcome held for an invitee)
+	}
 	Auth struct {
 		AccessTokenTTL  time.Duration // auth.access_token_ttl: 15m
 		RefreshTokenTTL time.Duration // auth.refresh_token_ttl: 720h (30 days)
@@ -134,6 +140,10 @@ func Default() Config {
 	c.Retention.EpochsBehind = 2
 	c.KeyPackages.TTL = 24 * time.Hour
 	c.KeyPackages.MaxPerAccount = 100
+	c.Invitations.TTL = 7 * 24 * time.Hour
+	c.Invitations.MaxPerHour = 30
+	c.Invitations.MaxPending = 50
+	c.Invitations.MaxWelcomeBytes = 256 << 10
 	c.Auth.AccessTokenTTL = 15 * time.Minute
 	c.Auth.RefreshTokenTTL = 30 * 24 * time.Hour
 	c.Auth.Registration = RegistrationOpen
@@ -215,6 +225,7 @@ func (c Config) Validate() error {
 		validateLog,
 		validateLimits,
 		validateRetention,
+		validateInvitations,
 		validateAuth,
 		validateAdmin,
 	}
@@ -496,6 +507,20 @@ func validateRetention(c Config) *FieldError {
 		return fe
 	}
 	return checkMinInt("keypackages.max_per_account", c.KeyPackages.MaxPerAccount, 1)
+}
+
+func validateInvitations(c Config) *FieldError {
+	i := c.Invitations
+	if fe := checkPositive("invitations.ttl", i.TTL, "168h"); fe != nil {
+		return fe
+	}
+	if fe := checkMinInt("invitations.max_per_hour", i.MaxPerHour, 1); fe != nil {
+		return fe
+	}
+	if fe := checkMinInt("invitations.max_pending", i.MaxPending, 1); fe != nil {
+		return fe
+	}
+	return checkMinInt("invitations.max_welcome_bytes", i.MaxWelcomeBytes, 1024)
 }
 
 func validateAuth(c Config) *FieldError {

@@ -30,6 +30,7 @@ var sectionTitles = []struct{ section, title string }{
 	{"limits", "Limits (limits)"},
 	{"retention", "Retention (retention)"},
 	{"keypackages", "KeyPackages (keypackages)"},
+	{"invitations", "Invitations to channels and DMs (invitations)"},
 	{"auth", "Authentication (auth)"},
 	{"admin", "Admin API (admin)"},
 }

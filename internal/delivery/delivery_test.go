@@ -38,6 +38,29 @@ func (f *fakeDir) AccountByName(_ context.Context, name string) (Account, error)
 	return a, nil
 }
 
+func (f *fakeDir) AccountByID(_ context.Context, id string) (Account, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, a := range f.accounts {
+		if a.ID == id {
+			return a, nil
+		}
+	}
+	return Account{}, fmt.Errorf("%w: %s", ErrUnknownAccount, id)
+}
+
+func (f *fakeDir) Devices(_ context.Context, accountID string) ([]Device, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []Device
+	for _, d := range f.devices {
+		if d.AccountID == accountID {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
 func (f *fakeDir) Device(_ context.Context, id string) (Device, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

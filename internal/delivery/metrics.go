@@ -20,6 +20,10 @@ type metrics struct {
 	waiters         prometheus.Gauge       // qpcd_long_poll_waiters
 	denied          *prometheus.CounterVec // qpcd_delivery_denied_total{operation}
 	expired         *prometheus.CounterVec // qpcd_delivery_expired_total{kind}
+	// qpcd_membership_events_total{type}
+	membership *prometheus.CounterVec
+	// qpcd_invitations_refused_total{reason}
+	invitationsRefused *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -58,8 +62,20 @@ func newMetrics() *metrics {
 			Name: "qpcd_delivery_denied_total", Help: "Delivery requests refused because the caller is not a member of the channel, by operation.",
 		}, []string{"operation"}),
 		expired: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "qpcd_delivery_expired_total", Help: "Messages and inbox items deleted by the retention sweep, by kind (message, inbox).",
+			Name: "qpcd_delivery_expired_total", Help: "Messages, inbox items and invitations deleted by the retention sweep, by kind (message, inbox, invitation).",
 		}, []string{"kind"}),
+		membership: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qpcd_membership_events_total", Help: "Server-side membership changes announced to channels, by type (invited, joined, declined, left, removed, cancelled).",
+		}, []string{"type"}),
+		invitationsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qpcd_invitations_refused_total", Help: "Invitations and DMs refused, by reason (blocked, per_inviter, per_invitee).",
+		}, []string{"reason"}),
+	}
+	for _, t := range []string{"invited", "joined", "declined", "left", "removed", "cancelled"} {
+		m.membership.WithLabelValues(t)
+	}
+	for _, r := range []string{"blocked", "per_inviter", "per_invitee"} {
+		m.invitationsRefused.WithLabelValues(r)
 	}
 	for _, t := range []string{"group", "dm"} {
 		for _, r := range []string{"ok", "duplicate", "stale_epoch", "denied", "invalid", "error"} {
@@ -80,7 +96,7 @@ func newMetrics() *metrics {
 	for _, o := range []string{"enqueue", "send_to_inbox", "add_members", "remove_members", "ack", "group_info"} {
 		m.denied.WithLabelValues(o)
 	}
-	for _, k := range []string{"message", "inbox"} {
+	for _, k := range []string{"message", "inbox", "invitation"} {
 		m.expired.WithLabelValues(k)
 	}
 	return m
@@ -89,7 +105,7 @@ func newMetrics() *metrics {
 func (m *metrics) register(r prometheus.Registerer) error {
 	var errs []error
 	for _, c := range []prometheus.Collector{m.enqueued, m.enqueuedBytes, m.inboxItems, m.fetches, m.fetchedMessages,
-		m.fetchedBytes, m.depth, m.oldest, m.wakeups, m.waiters, m.denied, m.expired} {
+		m.fetchedBytes, m.depth, m.oldest, m.wakeups, m.waiters, m.denied, m.expired, m.membership, m.invitationsRefused} {
 		if err := r.Register(c); err != nil {
 			errs = append(errs, err)
 		}

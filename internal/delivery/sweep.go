@@ -113,7 +113,9 @@ func (s *Service) Sweep(ctx context.Context) (int64, error) {
 		total += n
 		s.metrics.expired.WithLabelValues("inbox").Add(float64(n))
 		if n < sweepBatch {
-			return total, nil
+			// Expired invitations too (counted in their own metric).
+			_, err := s.sweepInvitations(ctx)
+			return total, err
 		}
 	}
 }
