@@ -58,10 +58,10 @@ const (
 
 // Invitation limit defaults (Options).
 const (
-	DefaultInvitationTTL       = 7 * 24 * time.Hour
-	DefaultInvitationsPerHour  = 30
+	DefaultInvitationTTL        = 7 * 24 * time.Hour
+	DefaultInvitationsPerHour   = 30
 	DefaultMaxPendingPerInvitee = 50
-	DefaultMaxHeldWelcome      = 256 << 10
+	DefaultMaxHeldWelcome       = 256 << 10
 	// maxBlocks bounds one account's block list (rows are cheap, but not free).
 	maxBlocks = 10000
 )
@@ -411,7 +411,7 @@ func (s *Service) RemoveMembers(ctx context.Context, c Caller, id []byte, refs [
 	type target struct {
 		Member
 		name    string
-		devices []string // the account's active devices (for a device removal)
+		devices []string // the account's active devices
 	}
 	targets := make([]target, 0, len(refs))
 	for _, r := range refs {
@@ -430,9 +430,10 @@ func (s *Service) RemoveMembers(ctx context.Context, c Caller, id []byte, refs [
 			if d.AccountID != a.ID {
 				return 0, fmt.Errorf("%w: %q has no device %q", ErrUnknownAccount, r.AccountName, r.DeviceID)
 			}
-			if t.devices, err = s.activeDevices(ctx, a.ID); err != nil {
-				return 0, err
-			}
+		}
+		var err2 error
+		if t.devices, err2 = s.activeDevices(ctx, a.ID); err2 != nil {
+			return 0, err2
 		}
 		targets = append(targets, t)
 	}
@@ -591,16 +592,16 @@ func settleInvitation(ctx context.Context, tx *sql.Tx, id string, status int, no
 
 // removeMembership ends m's membership of the channel and returns the rows
 // changed and the devices that lost access. Memberships are stored per
-// account (device '') or per device: removing the account removes both
+// account (device ”) or per device: removing the account removes both
 // kinds; removing one device of an account that is a member as a whole
 // replaces the account row by one row per other active device (keeping
 // where they read from), so that device alone stops reading.
 func removeMembership(ctx context.Context, tx *sql.Tx, id []byte, m Member, activeDevices []string) (int, []string, error) {
 	type row struct {
-		device   string
-		fromSeq  int64
-		addedBy  string
-		addedAt  int64
+		device  string
+		fromSeq int64
+		addedBy string
+		addedAt int64
 	}
 	rows, err := tx.QueryContext(ctx, `SELECT device_id, from_seq, added_by, added_at FROM channel_members WHERE channel_id = ? AND account_id = ?`, id, m.AccountID)
 	if err != nil {
@@ -671,7 +672,7 @@ func removeMembership(ctx context.Context, tx *sql.Tx, id []byte, m Member, acti
 	return n, []string{m.DeviceID}, nil
 }
 
-// expandLost turns removed membership rows (device ids, '' for the whole
+// expandLost turns removed membership rows (device ids, ” for the whole
 // account) into the devices that lost access.
 func expandLost(rows, active []string) []string {
 	for _, d := range rows {
