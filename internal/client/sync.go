@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
@@ -137,9 +139,18 @@ func (c *Client) store(ctx context.Context, resp *qpcv1.FetchResponse, rep *Sync
 				c.log.Warn("client: messages expired before this device fetched them; the group needs an external rejoin",
 					"channel", fmt.Sprintf("%x", g.ChannelID), "from", g.From, "to", g.To)
 			}
+			body := m.GetMlsMessage()
+			if ev := m.GetEvent(); ev != nil {
+				// A server event: kept encoded, with no sender device
+				// (process.go tells it apart by that).
+				var err error
+				if body, err = proto.Marshal(ev); err != nil {
+					return err
+				}
+			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO inbound (channel_id, seq, message_id, sender_account_id, sender_device_id, mls_message, epoch, server_ms)
 				VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`, m.GetChannelId(), int64(seq), m.GetMessageId(),
-				m.GetSenderAccountId(), m.GetSenderDeviceId(), m.GetMlsMessage(), int64(m.GetEpoch()), m.GetServerTimeUnixMs()); err != nil {
+				m.GetSenderAccountId(), m.GetSenderDeviceId(), body, int64(m.GetEpoch()), m.GetServerTimeUnixMs()); err != nil {
 				return err
 			}
 			rep.Messages++

@@ -400,14 +400,15 @@ func (s *Service) SendToInbox(ctx context.Context, c Caller, channelID []byte, k
 		held = 0
 		for _, d := range devs {
 			// Members get the item; a pending invitee's Welcome waits with
-			// its invitation; anyone else, or a recipient that blocked the
-			// sender, refuses the whole call (members.go).
-			hold, err := s.inboxRecipient(ctx, tx, c, channelID, d, kind, payload, now)
+			// its invitation (one for a declined invitee is dropped);
+			// anyone else, or a recipient that blocked the sender, refuses
+			// the whole call (members.go).
+			act, err := s.inboxRecipient(ctx, tx, c, channelID, d, kind, payload, now)
 			if err != nil {
 				return err
 			}
-			if hold {
-				held++
+			if act != inboxDeliver {
+				held++ // held with an invitation, or dropped
 				continue
 			}
 			if err := s.insertInbox(ctx, tx, d.ID, kind, channelID, c.AccountID, c.DeviceID, now, payload); err != nil {

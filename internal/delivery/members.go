@@ -983,42 +983,56 @@ func (s *Service) ListBlocked(ctx context.Context, c Caller) ([]Blocked, error) 
 	return out, nil
 }
 
+// What SendToInbox does with an item for one device (inboxRecipient).
+const (
+	inboxDeliver = iota
+	inboxHold    // a Welcome for a pending invitee, kept with its invitation
+	inboxDrop    // a Welcome for an invitee that declined or was withdrawn
+)
+
 // inboxRecipient decides, inside SendToInbox's transaction, what happens
 // to an item for device d of a channel: deliver (a member), hold (a Welcome
-// for a pending invitee: kept with the invitation until it answers), or
-// refuse (not a member, or the recipient blocked the sender).
-func (s *Service) inboxRecipient(ctx context.Context, tx *sql.Tx, c Caller, channelID []byte, d Device, kind int, payload []byte, nowMS int64) (hold bool, err error) {
+// for a pending invitee, until it answers), drop (a Welcome for an account
+// whose invitation was answered or withdrawn and that is not a member: the
+// adder's client sends it after its commit whatever happened meanwhile, and
+// nothing is stored), or refuse (not a member, or the recipient blocked
+// the sender).
+func (s *Service) inboxRecipient(ctx context.Context, tx *sql.Tx, c Caller, channelID []byte, d Device, kind int, payload []byte, nowMS int64) (int, error) {
 	if b, err := blocked(ctx, tx, c.AccountID, d.AccountID); err != nil {
-		return false, err
+		return 0, err
 	} else if b {
-		return false, fmt.Errorf("%w: the account does not accept items from you", ErrRefused)
+		return 0, fmt.Errorf("%w: the account does not accept items from you", ErrRefused)
 	}
 	var ok bool
 	if err := tx.QueryRowContext(ctx, `SELECT `+isMember+` FROM channels c WHERE c.id = ?`, d.AccountID, d.ID, channelID).Scan(&ok); err != nil {
-		return false, err
+		return 0, err
 	}
 	if ok {
-		return false, nil
+		return inboxDeliver, nil
 	}
 	var invID string
-	err = tx.QueryRowContext(ctx, `SELECT id FROM invitations WHERE channel_id = ? AND account_id = ? AND device_id IN ('', ?)
-		AND status = ? AND expires_at > ? ORDER BY created_at DESC LIMIT 1`, channelID, d.AccountID, d.ID, invPending, nowMS).Scan(&invID)
+	var status int
+	var expires int64
+	err := tx.QueryRowContext(ctx, `SELECT id, status, expires_at FROM invitations WHERE channel_id = ? AND account_id = ? AND device_id IN ('', ?)
+		ORDER BY created_at DESC, id LIMIT 1`, channelID, d.AccountID, d.ID).Scan(&invID, &status, &expires)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
-		return false, fmt.Errorf("%w: recipient device %s is not a member of the channel; add it first", ErrNotMember, d.ID)
+		return 0, fmt.Errorf("%w: recipient device %s is not a member of the channel; add it first", ErrNotMember, d.ID)
 	case err != nil:
-		return false, err
+		return 0, err
 	case kind != InboxWelcome:
-		return false, fmt.Errorf("%w: recipient device %s has not accepted its invitation to the channel; only a Welcome can wait for it", ErrNotMember, d.ID)
+		return 0, fmt.Errorf("%w: recipient device %s has not accepted an invitation to the channel; only a Welcome can wait for it", ErrNotMember, d.ID)
+	case status != invPending || expires <= nowMS:
+		return inboxDrop, nil
 	case len(payload) > s.maxHeldWelcome:
-		return false, fmt.Errorf("%w: a Welcome held for an invitee is at most %d bytes (invitations.max_welcome_bytes), this one is %d",
+		return 0, fmt.Errorf("%w: a Welcome held for an invitee is at most %d bytes (invitations.max_welcome_bytes), this one is %d",
 			ErrTooLarge, s.maxHeldWelcome, len(payload))
 	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO invitation_welcomes (invitation_id, device_id, sender_account, sender_device, created_at, body)
 		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (invitation_id, device_id) DO UPDATE SET sender_account = excluded.sender_account,
 		sender_device = excluded.sender_device, created_at = excluded.created_at, body = excluded.body`,
 		invID, d.ID, c.AccountID, c.DeviceID, nowMS, payload)
-	return true, err
+	return inboxHold, err
 }
 
 // sweepInvitations deletes invitations (and their held Welcomes) whose
