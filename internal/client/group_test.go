@@ -28,7 +28,28 @@ func texts(t *testing.T, c *Client, channel string) []string {
 	}
 	var out []string
 	for _, m := range ms {
-		out = append(out, m.Text)
+		if m.Event == nil { // membership events: see events()
+			out = append(out, m.Text)
+		}
+	}
+	return out
+}
+
+// events syncs c and returns the membership events in its history of channel.
+func events(t *testing.T, c *Client, channel string) []string {
+	t.Helper()
+	if _, err := c.Sync(ctxT(t), 0); err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+	ms, err := c.History(ctxT(t), channel, 1000)
+	if err != nil {
+		t.Fatalf("history %s: %v", channel, err)
+	}
+	var out []string
+	for _, m := range ms {
+		if m.Event != nil {
+			out = append(out, m.Text)
+		}
 	}
 	return out
 }
@@ -70,6 +91,7 @@ func TestGroupLifecycle(t *testing.T) {
 	if err := alice.AddMembers(ctx, "team", []string{"bob", "carol"}); err != nil {
 		t.Fatal(err)
 	}
+	acceptAll(t, bob, carol)
 	send(t, alice, "team", "hello team")
 	// Bob and carol join from the Welcome; the group takes alice's name
 	// from her first message.
@@ -192,6 +214,7 @@ func TestConcurrentCommitsConverge(t *testing.T) {
 	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
 		t.Fatal(err)
 	}
+	acceptAll(t, bob)
 	send(t, alice, "team", "x")
 	texts(t, bob, "team")
 	// Both queue a commit at the same epoch before either is sent.
@@ -263,6 +286,7 @@ func TestFiftyMembers(t *testing.T) {
 	// All 50 clients share 127.0.0.1, so the per-IP rate limit (meant
 	// for distinct hosts) is raised.
 	cfg.Limits.RateLimit, cfg.Limits.RateBurst = 2000, 2000
+	cfg.Invitations.MaxPerHour = 100 // one account invites 49
 	srv := servertest.Start(t, cfg)
 	const n = 50
 	cs := make([]*Client, n)
@@ -307,9 +331,7 @@ func TestFiftyMembers(t *testing.T) {
 	phase = time.Now()
 	// Every member joins and sends one message.
 	for i := 1; i < n; i++ {
-		if _, err := cs[i].Sync(ctx, 0); err != nil {
-			t.Fatal(err)
-		}
+		acceptAll(t, cs[i])
 		send(t, cs[i], "big", "from "+names[i])
 	}
 	t.Logf("%d joins from the Welcome and %d sends: %s", n-1, n-1, time.Since(phase).Round(time.Millisecond))
@@ -355,6 +377,7 @@ func TestRestartMidConversation(t *testing.T) {
 	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
 		t.Fatal(err)
 	}
+	acceptAll(t, bob)
 	send(t, alice, "team", "before")
 	texts(t, bob, "team")
 
@@ -422,6 +445,7 @@ func TestRejoinAfterRetention(t *testing.T) {
 	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
 		t.Fatal(err)
 	}
+	acceptAll(t, bob)
 	send(t, alice, "team", "m1")
 	texts(t, bob, "team")
 	// Bob is offline; the group moves on (carol joins) and a week passes.
@@ -481,6 +505,9 @@ func TestCommitAcceptedReplyLost(t *testing.T) {
 	if err := alice.call(ctx, "AddMembers", addReq(ch, "bob"), &qpcv1.AddMembersResponse{}); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := bob.Sync(ctx, 0); err != nil { // the invitation notice
+		t.Fatal(err)
+	}
 	if err := alice.queueCommit(ctx, ch, commitIntent{Op: "add", Accounts: []string{"bob"}, KeyPackages: kps}); err != nil {
 		t.Fatal(err)
 	}
@@ -508,6 +535,7 @@ func TestCommitAcceptedReplyLost(t *testing.T) {
 	if ob[0].Seq != first.GetSeq() {
 		t.Fatalf("commit stored twice: seq %d then %d", first.GetSeq(), ob[0].Seq)
 	}
+	acceptAll(t, bob)
 	send(t, alice, "team", "welcome bob")
 	if got := strings.Join(texts(t, bob, "team"), "|"); got != "welcome bob" {
 		t.Fatalf("bob: %q", got)
