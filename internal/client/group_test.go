@@ -544,3 +544,122 @@ func TestCommitAcceptedReplyLost(t *testing.T) {
 		t.Fatalf("epochs alice %d bob %d, want 1", ea, eb)
 	}
 }
+
+// TestInvitationConsent: adding someone makes an invitation; nothing
+// reaches them until they accept (then the Welcome held for them joins
+// them, and they read from the point they were invited); a decline makes
+// the group drop their leaves; a blocked account cannot invite; a member
+// cannot remove another unnoticed (only the admin may, and everyone sees it).
+func TestInvitationConsent(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	alice := registered(t, srv, "alice")
+	bob := registered(t, srv, "bob")
+	carol := registered(t, srv, "carol")
+	dave := registered(t, srv, "dave")
+	mallory := registered(t, srv, "mallory")
+	ctx := ctxT(t)
+	if err := alice.CreateGroup(ctx, "team"); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.AddMembers(ctx, "team", []string{"bob", "carol"}); err != nil {
+		t.Fatal(err)
+	}
+	send(t, alice, "team", "before bob answers")
+	if _, err := bob.Sync(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if gs, _ := bob.Groups(ctx); len(gs) != 0 {
+		t.Fatalf("bob joined without accepting: %v", gs)
+	}
+	invs, err := bob.NewInvitations(ctx)
+	if err != nil || len(invs) != 1 || invs[0].Inviter != "alice" || invs[0].Kind != "group" {
+		t.Fatalf("bob's new invitations: %v %v", invs, err)
+	}
+	if again, _ := bob.NewInvitations(ctx); len(again) != 0 {
+		t.Fatal("an invitation was announced twice")
+	}
+	name, err := bob.AcceptInvitation(ctx, invs[0].ID)
+	if err != nil || name == "" {
+		t.Fatalf("accept: %q %v", name, err)
+	}
+	if got := strings.Join(texts(t, bob, name), "|"); got != "before bob answers" {
+		t.Fatalf("bob after accepting: %q", got)
+	}
+
+	// carol declines: alice's client drops her leaf by commit.
+	cinv, err := carol.Invitations(ctx)
+	if err != nil || len(cinv) != 1 || !cinv[0].WelcomeHeld {
+		t.Fatalf("carol's invitations: %v %v", cinv, err)
+	}
+	if err := carol.DeclineInvitation(ctx, cinv[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.Sync(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ms, _ := alice.Members(ctx, "team"); fmt.Sprint(accounts(ms)) != "[alice bob]" {
+		t.Fatalf("members after carol declined: %v", accounts(ms))
+	}
+	if got := events(t, bob, name); !contains(got, "carol declined the invitation") {
+		t.Fatalf("bob's events: %q", got)
+	}
+	send(t, alice, "team", "after the decline")
+	if got := texts(t, bob, name); got[len(got)-1] != "after the decline" {
+		t.Fatalf("bob: %q", got)
+	}
+
+	// bob blocks mallory: her invitations are refused.
+	if _, err := bob.Block(ctx, "mallory"); err != nil {
+		t.Fatal(err)
+	}
+	if err := mallory.CreateGroup(ctx, "spam"); err != nil {
+		t.Fatal(err)
+	}
+	if err := mallory.AddMembers(ctx, "spam", []string{"bob"}); err == nil || !strings.Contains(err.Error(), "permission_denied") {
+		t.Fatalf("a blocked account's invitation: %v", err)
+	}
+	if bl, err := bob.Blocked(ctx); err != nil || len(bl) != 1 || bl[0].Account != "mallory" {
+		t.Fatalf("blocked: %v %v", bl, err)
+	}
+
+	// dave joins; bob (a plain member) cannot remove him; alice can, and
+	// bob and dave both see it.
+	if err := alice.AddMembers(ctx, "team", []string{"dave"}); err != nil {
+		t.Fatal(err)
+	}
+	acceptAll(t, dave)
+	if _, err := bob.Sync(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.RemoveMember(ctx, name, "dave"); err == nil || !strings.Contains(err.Error(), "permission_denied") {
+		t.Fatalf("a plain member removed another: %v", err)
+	}
+	if err := alice.RemoveMember(ctx, "team", "dave"); err != nil {
+		t.Fatal(err)
+	}
+	if got := events(t, bob, name); !contains(got, "alice removed dave") {
+		t.Fatalf("bob did not see dave's removal: %q", got)
+	}
+	if _, err := dave.Sync(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	gs, _ := dave.Groups(ctx)
+	if len(gs) != 1 || gs[0].Status != statusRemoved {
+		t.Fatalf("dave's group after his removal: %v", gs)
+	}
+	if got := events(t, dave, gs[0].Name); !contains(got, "alice removed dave") {
+		t.Fatalf("dave was not told: %q", got)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
