@@ -155,6 +155,7 @@ func newDrill(t *testing.T) *drill {
 	if err != nil {
 		t.Fatal(err)
 	}
+	acceptInvitations(t, c, bobDev, bobKey) // bob joins by accepting
 	_ = c.Close()
 
 	s := &sender{addr: quicAddr, pin: st.Pin, token: aliceTok.GetAccessToken(), channel: channel, group: group, stop: make(chan struct{}), done: make(chan struct{})}
@@ -552,7 +553,8 @@ func TestReleaseCanaryRestoresWhenSchemaMoved(t *testing.T) {
 		t.Fatal(err)
 	}
 	db, err := store.Open(context.Background(), store.Options{Path: filepath.Join(d.data, "qpcd.db"), Key: key,
-		Migrations: fstest.MapFS{"0005_release_drill.sql": {Data: []byte("CREATE TABLE release_drill (id INTEGER PRIMARY KEY);\n")}}})
+		// One step past the schema this qpcd knows, whatever its number.
+		Migrations: fstest.MapFS{fmt.Sprintf("%04d_release_drill.sql", store.KnownSchemaVersion()+1): {Data: []byte("CREATE TABLE release_drill (id INTEGER PRIMARY KEY);\n")}}})
 	key.Wipe()
 	if err != nil {
 		t.Fatalf("apply the drill migration: %v", err)
