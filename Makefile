@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go vet fmt-check ops-check proto proto-interop fuzz deps-test clean
+.PHONY: all build run test test-go vet fmt-check ops-check proto proto-interop fuzz deps-test clean chaos chaos-short soak
 
 all: build
 
@@ -26,12 +26,14 @@ build:
 run: build
 	./$(BIN)/qpcd
 
-test: deps-test vet fmt-check lint-actions ops-check test-go
+test: deps-test vet fmt-check lint-actions ops-check test-go chaos-short
 
 # internal/mls runs verbosely so the per-file MLS vector counts are printed
 # (go test hides a passing package's output); a failure prints its log.
+# The chaos suite runs on its own afterwards (chaos-short), not beside the
+# other packages: its figures are timings.
 test-go:
-	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v '/internal/mls$$')
+	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e '/internal/mls$$' -e '/internal/chaos$$')
 	@mkdir -p $(BIN); rc=0; $(GO) test -count=1 -timeout 15m -v ./internal/mls/ > $(BIN)/mls-test.log 2>&1 || rc=$$?; \
 	grep -E '^(mls vectors:|ok|FAIL)' $(BIN)/mls-test.log; \
 	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/mls-test.log; exit $$rc; fi
@@ -43,10 +45,15 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 
-# Debian tools the tests use, installed only when missing: promtool, and
-# PostgreSQL's server for internal/store/pgtest.
+# Debian tools the tests use, installed only when missing: promtool,
+# PostgreSQL's server for internal/store/pgtest, and the third-party
+# verifiers of release artefacts (minisign, lintian, rpmlint with rpm) and
+# the repository tools (apt-ftparchive, createrepo_c, gpg).
 deps-test:
 	@command -v promtool >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) prometheus; }
+	@missing=""; for t in minisign:minisign lintian:lintian rpmlint:rpmlint rpm:rpm apt-ftparchive:apt-utils createrepo_c:createrepo-c gpg:gpg gpgv:gpgv; do \
+		command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) postgresql; }
 
 # The ops bundle's static checks; the rule unit tests, promlint and the live
@@ -71,6 +78,34 @@ proto-interop:
 		--go-grpc_out=. --go-grpc_opt=module=$(PKG) "--go-grpc_opt=Mmlsinterop/mls_client.proto=$(INTEROP_PB);mlsclientpb" \
 		proto/mlsinterop/mls_client.proto
 
+# The chaos suite (internal/chaos, docs/reliability.md): crash, client crash,
+# network faults, database partition and bad input, on both backends
+# (QPC_TEST_BACKENDS narrows). chaos-short is part of make test; chaos is the
+# long mode for the nightly workflow. Each scenario prints a "chaos:" figures
+# line; a failure prints the whole log.
+CHAOS_RUN = rc=0; $(GO) test -count=1 -v -run '^TestChaos' $(1) ./internal/chaos/ > $(BIN)/$(2).log 2>&1 || rc=$$?; \
+	grep -E '^(chaos:|ok|FAIL|--- FAIL)' $(BIN)/$(2).log; \
+	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/$(2).log; exit $$rc; fi
+chaos-short: deps-test
+	@mkdir -p $(BIN); $(call CHAOS_RUN,-timeout 15m,chaos-short)
+chaos: deps-test
+	@mkdir -p $(BIN); QPC_CHAOS=long; export QPC_CHAOS; $(call CHAOS_RUN,-timeout 3h,chaos-long)
+
+# Soak (internal/chaos TestSoak): a steady mixed workload against one qpcd
+# for DURATION, sampled into $(BIN)/soak-<backend>.csv and plotted to .png
+# with gnuplot (Debian's, installed when missing); fails when a resource
+# trends upward. SOAK_BACKENDS=sqlcipher,postgres for both.
+DURATION ?= 10m
+SOAK_BACKENDS ?= sqlcipher
+soak: deps-test
+	@command -v gnuplot >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) gnuplot-nox; }
+	@mkdir -p $(BIN); rc=0; QPC_TEST_BACKENDS=$(SOAK_BACKENDS) QPC_SOAK_DURATION=$(DURATION) QPC_SOAK_CSV=$(abspath $(BIN))/soak \
+		$(GO) test -count=1 -v -timeout 0 -run '^TestSoak$$' ./internal/chaos/ > $(BIN)/soak.log 2>&1 || rc=$$?; \
+	grep -E '^(chaos:|ok|FAIL|--- FAIL)' $(BIN)/soak.log; \
+	for csv in $(BIN)/soak-*.csv; do [ -f "$$csv" ] || continue; \
+		gnuplot -e "csv='$$csv'; png='$${csv%.csv}.png'" scripts/soak.gp && echo "plot: $${csv%.csv}.png"; done; \
+	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/soak.log; exit $$rc; fi
+
 # Short fuzzing of every decoder; FUZZTIME=60s for a longer run.
 FUZZTIME ?= 10s
 fuzz:
@@ -91,7 +126,7 @@ CROSS_DEBS_arm64 := gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 CROSS_CC_amd64   := x86_64-linux-gnu-gcc
 CROSS_DEBS_amd64 := gcc-x86-64-linux-gnu libc6-dev-amd64-cross
 
-.PHONY: release sbom lint-actions deps-release
+.PHONY: release release-check sbom lint-actions deps-release
 
 release: deps-release
 	RELEASE_ARCHES="$(RELEASE_ARCHES)" packaging/release/build.sh release
@@ -99,7 +134,13 @@ release: deps-release
 sbom:
 	RELEASE_ARCHES="$(RELEASE_ARCHES)" packaging/release/build.sh sbom
 
-# C cross compilers from Debian for the non-host arches, installed only when missing.
+# The third-party verifiers (minisign, the CycloneDX schema, lintian,
+# rpmlint) on a `make release` output: DIST=dir (default dist).
+release-check: deps-test
+	QPC_RELEASE_DIST="$(abspath $(or $(DIST),dist))" $(GO) test -count=1 -run '^TestReleaseArtefacts$$' -v ./packaging
+
+# C cross compilers from Debian for the non-host arches, and the repository
+# tools (apt-ftparchive, createrepo_c, gpg), installed only when missing.
 deps-release:
 	@for a in $(filter-out $(HOST_ARCH),$(RELEASE_ARCHES)); do \
 		case $$a in \
@@ -109,6 +150,9 @@ deps-release:
 		esac; \
 		command -v $$cc >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) $$debs; } || exit 1; \
 	done
+	@missing=""; for t in apt-ftparchive:apt-utils createrepo_c:createrepo-c gpg:gpg; do \
+		command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; }
 
 # GitHub Actions workflows, checked by actionlint (a Go tool dependency).
 lint-actions:

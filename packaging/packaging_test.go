@@ -7,6 +7,7 @@ package packaging_test
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"crypto/sha256"
 	"os"
 	"os/exec"
@@ -67,7 +68,7 @@ func qpcVars(t *testing.T) map[string]bool {
 // nfpmConfig parses packaging/nfpm.yaml the way `make release` fills it in.
 func nfpmConfig(t *testing.T, file, binDir, distDir, arch string) nfpm.Config {
 	t.Helper()
-	env := map[string]string{"PKG_VERSION": "1.2.3", "PKG_ARCH": arch, "BIN_DIR": binDir, "DIST_DIR": distDir}
+	env := map[string]string{"PKG_VERSION": "1.2.3", "PKG_ARCH": arch, "BIN_DIR": binDir, "DIST_DIR": distDir, "MAN_DIR": gzipMan(t)}
 	cfg, err := nfpm.ParseFileWithEnvMapping(filepath.Join(root, "packaging", file), func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatalf("%s: %v", file, err)
@@ -94,6 +95,38 @@ func fakeInputs(t *testing.T) (binDir, distDir string) {
 		}
 	}
 	return binDir, distDir
+}
+
+// gzipMan compresses packaging/man/*.1 as build.sh does (gzip -9n: no
+// name, no time, so the packages stay reproducible).
+func gzipMan(t *testing.T) string {
+	t.Helper()
+	pages, err := filepath.Glob(filepath.Join(root, "packaging", "man", "*.1"))
+	if err != nil || len(pages) == 0 {
+		t.Fatalf("no man pages in packaging/man (%v); run go test ./cmd/... -run GeneratedDocs -update-docs", err)
+	}
+	dir := t.TempDir()
+	for _, p := range pages {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		zw, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := zw.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if err := zw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(p)+".gz"), buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }
 
 type packaged struct {
@@ -211,10 +244,14 @@ func TestNFPMClientPackage(t *testing.T) {
 	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
 	for _, format := range []string{"deb", "rpm"} {
 		p := build(t, "nfpm-qpc.yaml", format, "amd64", binDir, distDir)
-		for _, d := range []string{"/usr/bin/qpc", release.DefaultPublicKeyPath} {
+		for _, d := range []string{"/usr/bin/qpc", "/usr/share/man/man1/qpc.1.gz", "/usr/share/bash-completion/completions/qpc"} {
 			if _, ok := p.dsts[d]; !ok {
 				t.Errorf("qpc %s lacks %s", format, d)
 			}
+		}
+		// The release key belongs to qpcd alone, so both install together.
+		if _, ok := p.dsts[release.DefaultPublicKeyPath]; ok {
+			t.Errorf("qpc %s ships %s, which qpcd owns", format, release.DefaultPublicKeyPath)
 		}
 	}
 }

@@ -88,7 +88,7 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil && setupErr == nil {
-				setupErr = fmt.Errorf("register %s: %w (is limits.rate_limit raised? QPC_LIMITS_RATE_LIMIT=1000000 QPC_LIMITS_RATE_BURST=1000000)", name, err)
+				setupErr = fmt.Errorf("register %s: %w (is limits.rate_limit raised? QPC_LIMITS_RATE_LIMIT=1000000 QPC_LIMITS_RATE_BURST=1000000; for long or large runs also QPC_LIMITS_BYTE_RATE=1073741824 QPC_LIMITS_BYTE_BURST=1073741824 QPC_QUOTA_MESSAGES=0 QPC_QUOTA_MESSAGE_BYTES=0)", name, err)
 			}
 			devs[i] = d
 		}()
@@ -247,9 +247,6 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 	return finish(r), nil
 }
 
-// receive long-polls with FetchWait from its own read-ahead position and
-// acknowledges at most every ackEvery, as a client that batches its
-// acknowledgements does (each Ack is a database write).
 // acceptAll accepts the device's pending invitations and acknowledges its
 // inbox (the invitation notices).
 func acceptAll(ctx context.Context, d *device) error {
@@ -280,6 +277,9 @@ func acceptAll(ctx context.Context, d *device) error {
 	}
 }
 
+// receive long-polls with FetchWait from its own read-ahead position and
+// acknowledges at most every ackEvery, as a client that batches its
+// acknowledgements does (each Ack is a database write).
 func receive(ctx context.Context, d *device, w *window, lat *samples, delivered *atomic.Int64) {
 	const ackEvery = 250 * time.Millisecond
 	var m mls.MLSMessage
@@ -379,7 +379,12 @@ func startInProcess(ctx context.Context, o options) (*server.Server, func(), err
 	cfg.OpsListen = ""
 	cfg.Limits.RateLimit = 1e9
 	cfg.Limits.RateBurst = 1 << 30
+	cfg.Limits.ByteRate = 1 << 40
+	cfg.Limits.ByteBurst = 1 << 40
+	cfg.Quota.MessageBytes, cfg.Quota.Messages = 0, 0 // a long run sends more than a week of use
 	cfg.Limits.MaxStreamsPerConn = 1000
+	// Every bench client connects from loopback: one address.
+	cfg.Limits.MaxConnectionsPerAddress = cfg.Limits.MaxConnections
 	// The owner invites every other bench account into every channel.
 	cfg.Invitations.MaxPerHour = 1 << 30
 	cfg.Invitations.MaxPending = 1 << 30

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -49,7 +50,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(sbomCommand(stdout), keygenCommand(stdout), pubkeyCommand(stdout), signCommand(stdout), verifyCommand(stdout))
+	root.AddCommand(sbomCommand(stdout), changelogCommand(stdout), keygenCommand(stdout), pubkeyCommand(stdout), signCommand(stdout), verifyCommand(stdout))
 	root.SetArgs(args)
 	err := root.Execute()
 	if err == nil {
@@ -87,7 +88,7 @@ func epoch(s string) (time.Time, error) {
 }
 
 func sbomCommand(stdout io.Writer) *cobra.Command {
-	var in, out, moduleDir, epochText, version string
+	var in, out, moduleDir, schemaDir, epochText, version string
 	cmd := &cobra.Command{
 		Use:   "sbom --in GOMOD.cdx.json --out FILE",
 		Short: "Add go-sqlcipher's bundled C libraries (versions read from its sources) to a cyclonedx-gomod SBOM",
@@ -123,6 +124,21 @@ func sbomCommand(stdout io.Writer) *cobra.Command {
 			if err := sbom.Encode(&buf, bom); err != nil {
 				return err
 			}
+			// What we publish must pass the check consumers run: the
+			// official schema of the spec version the SBOM declares.
+			if schemaDir == "" {
+				dir, err := moduleDirOf(sbom.SchemaModule)
+				if err != nil {
+					return err
+				}
+				schemaDir = filepath.Join(dir, "schema")
+			}
+			if err := sbom.Validate(buf.Bytes(), schemaDir); err != nil {
+				return fmt.Errorf("%s: %w", out, err)
+			}
+			if err := sbom.CheckLicenses(bom); err != nil {
+				return fmt.Errorf("%s: %w", out, err)
+			}
 			if err := os.WriteFile(out, buf.Bytes(), 0o644); err != nil {
 				return fmt.Errorf("%w: %v", sbom.ErrWrite, err)
 			}
@@ -137,8 +153,54 @@ func sbomCommand(stdout io.Writer) *cobra.Command {
 	cmd.Flags().StringVar(&in, "in", "", "cyclonedx-gomod JSON SBOM")
 	cmd.Flags().StringVar(&out, "out", "", "completed SBOM to write")
 	cmd.Flags().StringVar(&moduleDir, "sqlcipher-dir", "", "go-sqlcipher module directory (default: from go list -m)")
+	cmd.Flags().StringVar(&schemaDir, "schema-dir", "", "directory of the official CycloneDX JSON schemas (default: cyclonedx-go's schema/ from go list -m)")
 	cmd.Flags().StringVar(&epochText, "epoch", os.Getenv("SOURCE_DATE_EPOCH"), "SBOM timestamp in seconds (default $SOURCE_DATE_EPOCH)")
 	cmd.Flags().StringVar(&version, "version", "", "version of the main component (default: as cyclonedx-gomod found it)")
+	return cmd
+}
+
+func changelogCommand(stdout io.Writer) *cobra.Command {
+	var version, epochText, gitLog, out string
+	cmd := &cobra.Command{
+		Use:   "changelog --version V --out FILE [--git-log FILE]",
+		Short: "Write the packages' changelog entry for this release (chglog YAML, rendered by nfpm)",
+		Long: "The entry lists the commits since the previous tag (--git-log: the output of\n" +
+			"git log --format='%h %s' PREVIOUS..HEAD); without commits it names the build.",
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(*cobra.Command, []string) error {
+			if version == "" || out == "" {
+				return usageError{errors.New("--version and --out are required")}
+			}
+			ts, err := epoch(epochText)
+			if err != nil {
+				return err
+			}
+			var changes []release.Change
+			if gitLog != "" {
+				b, err := os.ReadFile(gitLog)
+				if err != nil {
+					return fmt.Errorf("%w: %v", release.ErrIO, err)
+				}
+				changes = release.ParseGitLog(string(b))
+			}
+			if len(changes) == 0 {
+				changes = []release.Change{{Note: "Build " + version + "; see docs/release.md."}}
+			}
+			var buf bytes.Buffer
+			if err := release.WriteChangelog(&buf, release.ChangelogEntry{Version: version, Date: ts, Changes: changes}); err != nil {
+				return err
+			}
+			if err := os.WriteFile(out, buf.Bytes(), 0o644); err != nil {
+				return fmt.Errorf("%w: %v", release.ErrIO, err)
+			}
+			fmt.Fprintf(stdout, "%s: %d changes\n", out, len(changes))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&version, "version", "", "package version")
+	cmd.Flags().StringVar(&epochText, "epoch", os.Getenv("SOURCE_DATE_EPOCH"), "entry date in seconds (default $SOURCE_DATE_EPOCH)")
+	cmd.Flags().StringVar(&gitLog, "git-log", "", "file with git log --format='%h %s' output")
+	cmd.Flags().StringVar(&out, "out", "", "file to write")
 	return cmd
 }
 

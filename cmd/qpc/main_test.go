@@ -391,3 +391,52 @@ func TestInvitationsAndBlocks(t *testing.T) {
 	}
 	alice.ok("group", "add", "team", "bob")
 }
+
+// TestKeyFilesOpenToOthersRefused: qpc refuses a database key file (the
+// default <home>/client.key or --key-file) or a passphrase salt file that
+// group or others may access, naming the file, its mode and the chmod fix.
+func TestKeyFilesOpenToOthersRefused(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	alice := newUser(t)
+	bob := newUser(t, "QPC_CLIENT_PASSPHRASE=correct horse battery staple")
+	for name, u := range map[string]*user{"alice": alice, "bob": bob} {
+		u.ok("init", "--server", srv.Addr(), "--pin", srv.Pin())
+		u.ok("register", name)
+	}
+	keyFile := filepath.Join(alice.home, "client.key")
+	copied := filepath.Join(filepath.Dir(alice.home), "copied key")
+	raw, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(copied, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	salt := filepath.Join(bob.home, "client.salt")
+	for _, c := range []struct {
+		u    *user
+		file string
+		mode os.FileMode
+		args []string
+		fix  string
+	}{
+		{alice, keyFile, 0o644, nil, "chmod 600 " + keyFile},
+		{alice, keyFile, 0o660, nil, "chmod 600 " + keyFile},
+		{alice, copied, 0o640, []string{"--key-file", copied}, "chmod 600 '" + copied + "'"},
+		{bob, salt, 0o664, nil, "chmod 600 " + salt},
+	} {
+		if err := os.Chmod(c.file, c.mode); err != nil {
+			t.Fatal(err)
+		}
+		args := append(c.args, "whoami")
+		r := c.u.run(args...)
+		want := fmt.Sprintf("it has mode %04o; run: %s", uint32(c.mode), c.fix)
+		if r.code != 1 || !strings.Contains(r.stderr, want) {
+			t.Errorf("qpc %v with %s at %04o: exit %d, stderr %q; want 1 and %q", args, c.file, uint32(c.mode), r.code, r.stderr, want)
+		}
+		if err := os.Chmod(c.file, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.u.ok(args...) // fixed as told
+	}
+}

@@ -39,15 +39,21 @@ func newAccountsCommand(g *globals) *cobra.Command {
 	})
 	list.Flags().StringVar(&after, "after", "", "list names after this one (paging)")
 	list.Flags().IntVar(&limit, "limit", 0, "at most this many (0: all)")
-	show := clientCmd(g, "show ACCOUNT", "Show an account (id or name) and its devices", cobra.ExactArgs(1), func(cmd *cobra.Command, c *admin.Client, args []string) error {
+	var recount bool
+	show := clientCmd(g, "show ACCOUNT", "Show an account (id or name), its devices and its usage against the per-account quotas", cobra.ExactArgs(1), func(cmd *cobra.Command, c *admin.Client, args []string) error {
 		ctx, cancel := g.ctx(cmd.Context())
 		defer cancel()
-		a, err := c.GetAccount(ctx, args[0])
+		get := c.GetAccount
+		if recount {
+			get = c.RecountUsage
+		}
+		a, err := get(ctx, args[0])
 		if err != nil {
 			return err
 		}
 		return g.emit(a, func(w io.Writer) { printAccount(w, a) })
 	})
+	show.Flags().BoolVar(&recount, "recount", false, "first rebuild the usage counters from the stored data (scans the account's messages)")
 	setter := func(use, short string, disabled bool) *cobra.Command {
 		return clientCmd(g, use, short, cobra.ExactArgs(1), func(cmd *cobra.Command, c *admin.Client, args []string) error {
 			ctx, cancel := g.ctx(cmd.Context())
@@ -79,6 +85,28 @@ func printAccount(w io.Writer, a admin.Account) {
 	if len(a.Devices) > 0 {
 		printDevices(w, a.Devices)
 	}
+	if len(a.Usage) > 0 {
+		fmt.Fprintln(w, "usage:")
+		printUsage(w, a.Usage)
+	}
+}
+
+// printUsage shows each quota: used, allowed, the share used and the
+// option an operator raises.
+func printUsage(w io.Writer, us []admin.UsageLimit) {
+	rows := make([][]string, 0, len(us))
+	for _, u := range us {
+		num := func(n int64) string { return fmt.Sprint(n) }
+		if u.Unit == "bytes" {
+			num = formatBytes
+		}
+		quota, share := "no limit", "-"
+		if u.Quota > 0 {
+			quota, share = num(u.Quota), fmt.Sprintf("%.0f%%", 100*float64(u.Used)/float64(u.Quota))
+		}
+		rows = append(rows, []string{u.Limit, num(u.Used), quota, share, u.Option})
+	}
+	tableRows(w, []string{"LIMIT", "USED", "QUOTA", "USE", "OPTION"}, rows)
 }
 
 func printDevices(w io.Writer, ds []admin.Device) {
@@ -156,4 +184,17 @@ func newInvitesCommand(g *globals) *cobra.Command {
 	})
 	inv.AddCommand(create, list, revoke)
 	return inv
+}
+
+// formatBytes prints a byte count in binary units (12.0 MiB).
+func formatBytes(n int64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, unit := float64(n)/1024, 0
+	for v >= 1024 && unit < 4 {
+		v /= 1024
+		unit++
+	}
+	return fmt.Sprintf("%.1f %ciB", v, "KMGTP"[unit])
 }

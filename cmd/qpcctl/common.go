@@ -46,7 +46,7 @@ func (g *globals) register(root *cobra.Command) {
 	// qpcd's own name for the socket option, accepted as a synonym of --socket.
 	pf.String("admin-socket", "", "qpcd's admin socket (QPC_ADMIN_SOCKET); same as --socket")
 	_ = pf.MarkHidden("admin-socket")
-	pf.BoolVar(&g.json, "json", false, "print the result as JSON on stdout")
+	pf.BoolVar(&g.json, "json", false, "print the result as JSON on stdout, one object per line (errors too)")
 	pf.DurationVar(&g.timeout, "timeout", 10*time.Minute, "give up on the operation after this long")
 	g.flags = pf
 }
@@ -126,9 +126,8 @@ func (g *globals) ctx(parent context.Context) (context.Context, context.CancelFu
 // emit prints v as JSON (--json) or calls human.
 func (g *globals) emit(v any, human func(w io.Writer)) error {
 	if g.json {
-		enc := json.NewEncoder(g.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
+		// One JSON document per line (as qpc prints), what scripts and jq -c expect.
+		return json.NewEncoder(g.stdout).Encode(v)
 	}
 	human(g.stdout)
 	return nil

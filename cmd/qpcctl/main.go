@@ -14,6 +14,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/quicprochat/quicprochat/internal/clidoc"
+	"github.com/quicprochat/quicprochat/internal/clikit"
 	"github.com/quicprochat/quicprochat/internal/release"
 	"github.com/quicprochat/quicprochat/internal/version"
 )
@@ -62,6 +64,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root.AddCommand(rel)
 	root.AddCommand(newStatusCommand(g), newBackupCommand(g), newRestoreCommand(g), newRotateCommand(g),
 		newAccountsCommand(g), newDevicesCommand(g), newInvitesCommand(g), newChannelsCommand(g), newDrainCommand(g))
+	root.AddCommand(clidoc.Command())
+	clikit.Strict(root, func(err error) error { return usageError{err} })
+	root.Version = version.String()
+	if clikit.WantsJSON(args) {
+		b, _ := json.Marshal(map[string]string{"version": version.Version, "commit": version.Commit, "date": version.Date, "go": version.GoVersion()})
+		root.SetVersionTemplate(string(b) + "\n")
+	} else {
+		root.SetVersionTemplate("qpcctl {{.Version}}\n")
+	}
 	root.SetArgs(args)
 	// Ctrl-C or SIGTERM cancels the command's context, so it cleans up
 	// (temporary files of backup and restore) and exits 1.
@@ -74,10 +85,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 			code = ee.code
 		}
 		fmt.Fprintln(stderr, "qpcctl:", err)
-		if g.json && code != exitUsage {
-			enc := json.NewEncoder(stdout)
-			enc.SetIndent("", "  ")
-			_ = enc.Encode(map[string]any{"error": err.Error(), "exit_code": code})
+		// --json seen only in args (not parsed): an unknown command, or
+		// release verify's own --json, whose result already holds the error.
+		if g.json || (clikit.WantsJSON(args) && code == exitUsage) {
+			// One JSON object per line, usage errors included.
+			_ = json.NewEncoder(stdout).Encode(map[string]any{"error": err.Error(), "exit_code": code})
 		}
 		return code
 	}

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"flag"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,7 +28,7 @@ func TestUsageAndExitCodes(t *testing.T) {
 	}{
 		{[]string{"nosuch"}, 2, "unknown command"},
 		{[]string{"backup", "create"}, 2, "needs --out FILE"},
-		{[]string{"backup", "verify"}, 2, "accepts 1 arg"},
+		{[]string{"backup", "verify"}, 2, "missing FILE (usage: qpcctl backup verify FILE"},
 		{[]string{"status", "--bogus"}, 2, "unknown flag"},
 		{[]string{"status"}, 1, "is qpcd running? start it"},
 		{[]string{"--json", "status"}, 1, "pass --socket"},
@@ -40,7 +41,7 @@ func TestUsageAndExitCodes(t *testing.T) {
 		}
 	}
 	// --json failures carry the error on stdout too.
-	if r := ctl(t, dir, "--json", "status"); !strings.Contains(r.stdout, `"exit_code": 1`) {
+	if r := ctl(t, dir, "--json", "status"); !strings.Contains(r.stdout, `"exit_code":1`) || strings.Count(strings.TrimSpace(r.stdout), "\n") != 0 {
 		t.Errorf("--json error output %q", r.stdout)
 	}
 	// --help is pinned as a golden file.
@@ -533,5 +534,62 @@ func TestProgressOnTerminal(t *testing.T) {
 	}
 	if r := ctl(t, dataDir, "backup", "create", "--out", filepath.Join(base, "pipe.qpcbak")); r.code != 0 || strings.Contains(r.stderr, "\r") {
 		t.Errorf("progress on a pipe: %+v", r)
+	}
+}
+
+// TestKeyFilesOpenToOthersRefused: every key file qpcctl reads (--key-file,
+// --backup-key-file, --db-key-file and the default <data_dir>/db.key) is
+// refused with exit 2 when group or others may access it, naming the file,
+// its mode and the chmod fix, before anything else is done.
+func TestKeyFilesOpenToOthersRefused(t *testing.T) {
+	base := shortDir(t)
+	dataDir := filepath.Join(base, "data")
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		t.Fatal(err)
+	}
+	write := func(path string, mode os.FileMode) string {
+		if err := os.WriteFile(path, []byte(hex.EncodeToString(raw)+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	dbKey := write(filepath.Join(dataDir, "db.key"), 0o600)
+	open := write(filepath.Join(base, "open.key"), 0o644)
+	group := write(filepath.Join(base, "group.key"), 0o640)
+	backup := filepath.Join(base, "none.qpcbak") // never reached
+	check := func(args []string, path string, mode os.FileMode, mentions ...string) {
+		t.Helper()
+		r := ctl(t, dataDir, args...)
+		mentions = append(mentions, fmt.Sprintf("it has mode %04o; run: chmod 600 %s", uint32(mode), path))
+		if r.code != 2 {
+			t.Fatalf("qpcctl %v: exit %d, want 2; stderr %q", args, r.code, r.stderr)
+		}
+		for _, m := range mentions {
+			if !strings.Contains(r.stderr, m) {
+				t.Errorf("qpcctl %v: stderr %q does not mention %q", args, r.stderr, m)
+			}
+		}
+	}
+	check([]string{"backup", "verify", backup, "--key-file", open}, open, 0o644, "--key-file")
+	check([]string{"restore", backup, "--backup-key-file", group}, group, 0o640, "--backup-key-file")
+	check([]string{"--db-key-file", open, "backup", "verify", backup}, open, 0o644, "db.key_file")
+	if err := os.Chmod(dbKey, 0o604); err != nil {
+		t.Fatal(err)
+	}
+	check([]string{"backup", "verify", backup}, dbKey, 0o604, "db.key_file")
+	check([]string{"restore", backup}, dbKey, 0o604, "db.key_file")
+	// Fixed as told, the same command gets past the key to the missing backup.
+	if err := os.Chmod(dbKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := ctl(t, dataDir, "backup", "verify", backup); r.code != 1 || strings.Contains(r.stderr, "chmod") {
+		t.Fatalf("after chmod 600: exit %d, stderr %q", r.code, r.stderr)
 	}
 }

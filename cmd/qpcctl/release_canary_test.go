@@ -492,7 +492,7 @@ func TestReleaseCanaryUsage(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"release", "canary"}, 2, "accepts 1 arg"},
+		{[]string{"release", "canary"}, 2, "missing ARTIFACT (usage: qpcctl release canary ARTIFACT"},
 		{[]string{"release", "canary", "--service", "upstart", "x"}, 2, "unknown service manager"},
 		{[]string{"release", "canary", "--service", "exec", "x"}, 2, "--service-cmd"},
 		{[]string{"release", "canary", "--max-error-ratio", "2", "x"}, 2, "between 0 and 1"},
@@ -553,7 +553,7 @@ func TestReleaseCanaryRestoresWhenSchemaMoved(t *testing.T) {
 		t.Fatal(err)
 	}
 	db, err := store.Open(context.Background(), store.Options{Path: filepath.Join(d.data, "qpcd.db"), Key: key,
-		// One step past the schema this qpcd knows, whatever its number.
+		// The next version after this build's own migrations.
 		Migrations: fstest.MapFS{fmt.Sprintf("%04d_release_drill.sql", store.KnownSchemaVersion()+1): {Data: []byte("CREATE TABLE release_drill (id INTEGER PRIMARY KEY);\n")}}})
 	key.Wipe()
 	if err != nil {

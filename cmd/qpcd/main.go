@@ -13,6 +13,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/quicprochat/quicprochat/internal/clidoc"
+	"github.com/quicprochat/quicprochat/internal/clikit"
 	"github.com/quicprochat/quicprochat/internal/config"
 	"github.com/quicprochat/quicprochat/internal/obs"
 	"github.com/quicprochat/quicprochat/internal/server"
@@ -38,6 +40,9 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	root := newRootCommand(stdout, stderr)
+	clikit.Strict(root, func(err error) error { return usageError{err} })
+	root.Version = version.String()
+	root.SetVersionTemplate("qpcd {{.Version}}\n")
 	root.SetArgs(args)
 	err := root.Execute()
 	if err == nil {
@@ -71,6 +76,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(clidoc.Command())
 	root.PersistentFlags().StringVar(&configFile, "config", "", "YAML configuration file (QPC_* environment and flags override it)")
 	config.RegisterFlags(root.PersistentFlags())
 

@@ -128,8 +128,9 @@ func TestDevModeFirstAndSecondStart(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
 	d := startDaemon(t, dir)
 	r := d.ready
-	if r["level"] != "WARN" || !strings.Contains(fmt.Sprint(r["msg"]), "development only") {
-		t.Fatalf("first start should warn that generated files are for development only: %v", r)
+	if r["level"] != "WARN" || !strings.Contains(fmt.Sprint(r["msg"]), "generated on first start") ||
+		!strings.Contains(fmt.Sprint(r["msg"]), "back it up apart from the database") {
+		t.Fatalf("first start should warn what was generated and what the operator must do: %v", r)
 	}
 	for _, k := range []string{"quic", "ops", "data_dir", "db", "db_key_file", "tls_cert", "cert_sha256"} {
 		if fmt.Sprint(r[k]) == "" || r[k] == nil {
@@ -166,7 +167,7 @@ func TestDevModeFirstAndSecondStart(t *testing.T) {
 	}
 
 	d2 := startDaemon(t, dir)
-	if d2.ready["level"] != "INFO" || d2.ready["dev_generated"] != nil {
+	if d2.ready["level"] != "INFO" || d2.ready["generated"] != nil {
 		t.Fatalf("second start regenerated something: %v", d2.ready)
 	}
 	if d2.ready["cert_sha256"] != fp {
@@ -368,4 +369,43 @@ func TestPostgresBackendStartAndStartupErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestKeyFilesOpenToOthersRefused: a database or TLS key file that group or
+// others may read is a configuration error (exit 2) naming the option, the
+// file, its mode and the chmod fix; once fixed, qpcd starts.
+func TestKeyFilesOpenToOthersRefused(t *testing.T) {
+	dir := t.TempDir()
+	startDaemon(t, dir).stop(t) // generates db.key and the TLS key pair, 0600
+	dbKey := filepath.Join(dir, "db.key")
+	tlsKey := filepath.Join(dir, "tls", "key.pem")
+	cases := []struct {
+		option, path string
+		mode         os.FileMode
+	}{
+		{"db.key_file", dbKey, 0o644},
+		{"db.key_file", dbKey, 0o640},
+		{"tls.key_file", tlsKey, 0o644},
+		{"tls.key_file", tlsKey, 0o600 | 0o020},
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("%s %04o", c.option, uint32(c.mode)), func(t *testing.T) {
+			if err := os.Chmod(c.path, c.mode); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = os.Chmod(c.path, 0o600) }()
+			for _, args := range [][]string{{"config", "check", "--data-dir", dir}, {"--data-dir", dir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"}} {
+				code, _, stderr := runQpcd(t, nil, args...)
+				if code != 2 {
+					t.Fatalf("qpcd %v: exit %d, want 2; stderr: %s", args, code, stderr)
+				}
+				for _, m := range []string{c.option, c.path, fmt.Sprintf("it has mode %04o; run: chmod 600 %s", uint32(c.mode), c.path)} {
+					if !strings.Contains(stderr, m) {
+						t.Errorf("qpcd %v: error %q does not mention %q", args, stderr, m)
+					}
+				}
+			}
+		})
+	}
+	startDaemon(t, dir).stop(t) // 0600 again: starts
 }

@@ -140,6 +140,19 @@ type Account struct {
 	Status    string    `json:"status"`
 	CreatedAt time.Time `json:"created_at"`
 	Devices   []Device  `json:"devices,omitempty"`
+	// Usage is what the account keeps stored against its quotas (shown
+	// by GET /v1/accounts/{id}, not by the list).
+	Usage []UsageLimit `json:"usage,omitempty"`
+}
+
+// UsageLimit is one per-account quota: what the account uses and the
+// limit (0: none), in bytes or a count, and the option that sets it.
+type UsageLimit struct {
+	Limit  string `json:"limit"` // message_bytes, messages, inbox_bytes, inbox_items, channels
+	Unit   string `json:"unit"`  // bytes or count
+	Used   int64  `json:"used"`
+	Quota  int64  `json:"quota"` // 0: no limit
+	Option string `json:"option"`
 }
 
 // Device is a device as the admin API shows it.
@@ -240,6 +253,9 @@ type Backend interface {
 	ListAccounts(ctx context.Context, after string, limit int) ([]Account, error)
 	GetAccount(ctx context.Context, idOrName string) (Account, error)
 	SetAccountDisabled(ctx context.Context, idOrName string, disabled bool) (Account, error)
+	// RecountUsage rebuilds the account's usage counters from its stored
+	// data and returns the account as GetAccount does.
+	RecountUsage(ctx context.Context, idOrName string) (Account, error)
 	ListDevices(ctx context.Context, account string) ([]Device, error)
 	RevokeDevice(ctx context.Context, deviceID string) error
 	CreateInvite(ctx context.Context, r CreateInviteRequest) (Invite, error)

@@ -171,6 +171,13 @@ func (c *Client) GetAccount(ctx context.Context, idOrName string) (Account, erro
 	return r, c.do(ctx, http.MethodGet, PathAccounts+"/"+url.PathEscape(idOrName), nil, &r)
 }
 
+// RecountUsage rebuilds an account's usage counters from its stored data
+// and returns the account with its usage.
+func (c *Client) RecountUsage(ctx context.Context, idOrName string) (Account, error) {
+	var r Account
+	return r, c.do(ctx, http.MethodPost, PathAccounts+"/"+url.PathEscape(idOrName)+"/recount-usage", nil, &r)
+}
+
 // SetAccountDisabled disables or enables an account.
 func (c *Client) SetAccountDisabled(ctx context.Context, idOrName string, disabled bool) (Account, error) {
 	action := "enable"

@@ -167,8 +167,12 @@ func (s *Server) handler() http.Handler {
 		case "disable":
 			disabled = true
 		case "enable":
+		case "recount-usage":
+			res, err := s.b.RecountUsage(r.Context(), r.PathValue("id"))
+			s.reply(w, r, res, err)
+			return
 		default:
-			s.reply(w, r, nil, fmt.Errorf("%w: unknown action %q (disable, enable)", ErrNotFound, r.PathValue("action")))
+			s.reply(w, r, nil, fmt.Errorf("%w: unknown action %q (disable, enable, recount-usage)", ErrNotFound, r.PathValue("action")))
 			return
 		}
 		res, err := s.b.SetAccountDisabled(r.Context(), r.PathValue("id"), disabled)

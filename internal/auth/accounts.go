@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/quicprochat/quicprochat/internal/config"
+	"github.com/quicprochat/quicprochat/internal/safetext"
 )
 
 // Account and device statuses as stored.
@@ -77,6 +78,11 @@ type RegisterParams struct {
 func checkDeviceName(n string) error {
 	if len(n) > MaxDeviceNameLen || !utf8.ValidString(n) {
 		return fmt.Errorf("%w: device name must be valid UTF-8 of at most %d bytes", ErrInvalidName, MaxDeviceNameLen)
+	}
+	// Names are shown to other people: nothing that can restyle or
+	// rearrange their terminal.
+	if err := safetext.Check("device name", n); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidName, err)
 	}
 	return nil
 }
@@ -184,23 +190,37 @@ func keyFree(ctx context.Context, tx *sql.Tx, key []byte) error {
 	return nil
 }
 
-// AddDevice adds a device with the given key to an active account.
-func (s *Service) AddDevice(ctx context.Context, accountID string, key []byte, name string) (deviceID string, err error) {
+// AddDevice adds a device with the given key to the actor's account. The
+// actor proves possession of its own device key with r, a signed
+// add-device challenge for this key (reauth.go); the account's other
+// devices are told in the same transaction.
+func (s *Service) AddDevice(ctx context.Context, a Actor, key []byte, name string, r Reauth) (deviceID string, err error) {
 	if err := checkKey(key); err != nil {
 		return "", err
 	}
 	if err := checkDeviceName(name); err != nil {
 		return "", err
 	}
+	now := s.now()
+	expires, err := s.checkReauth(ctx, a, PurposeAddDevice, key, r, now)
+	if err != nil {
+		s.event(ctx, "device.add_refused", slog.String("account_id", a.AccountID), slog.String("device_id", a.DeviceID),
+			slog.String("reason", reauthReason(err)))
+		return "", err
+	}
 	if deviceID, err = newID(16); err != nil {
 		return "", err
 	}
-	now := ms(s.now())
+	ev := DeviceEvent{Kind: DeviceAdded, AccountID: a.AccountID, DeviceID: deviceID, DeviceName: name,
+		SignatureKey: key, By: a.DeviceID, At: now}
 	err = s.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		if err := proveReauth(ctx, tx, a, PurposeAddDevice, key, r, expires, now); err != nil {
+			return err
+		}
 		var status string
 		var active int
 		err := tx.QueryRowContext(ctx, `SELECT status, (SELECT count(*) FROM devices WHERE account_id = a.id AND status = 'active')
-			FROM accounts a WHERE id = ?`, accountID).Scan(&status, &active)
+			FROM accounts a WHERE id = ?`, a.AccountID).Scan(&status, &active)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			return fmt.Errorf("%w: account", ErrNotFound)
@@ -214,15 +234,31 @@ func (s *Service) AddDevice(ctx context.Context, accountID string, key []byte, n
 		if err := keyFree(ctx, tx, key); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, "INSERT INTO devices (id, account_id, name, signature_key, created_at) VALUES (?, ?, ?, ?, ?)",
-			deviceID, accountID, name, key, now)
-		return err
+		if _, err = tx.ExecContext(ctx, "INSERT INTO devices (id, account_id, name, signature_key, created_at) VALUES (?, ?, ?, ?, ?)",
+			deviceID, a.AccountID, name, key, ms(now)); err != nil {
+			return err
+		}
+		return s.recordDeviceEvent(ctx, tx, &ev)
 	})
 	if err != nil {
+		if errors.Is(err, ErrReauthFailed) {
+			s.event(ctx, "device.add_refused", slog.String("account_id", a.AccountID), slog.String("device_id", a.DeviceID),
+				slog.String("reason", reauthReason(err)))
+		}
 		return "", wrapStore("add device", err)
 	}
-	s.event(ctx, "device.add", slog.String("account_id", accountID), slog.String("device_id", deviceID))
+	s.deviceEventCommitted(ev)
+	s.event(ctx, "device.add", slog.String("account_id", a.AccountID), slog.String("device_id", deviceID),
+		slog.String("by", a.DeviceID), slog.Int("notified", len(ev.Notify)))
 	return deviceID, nil
+}
+
+// reauthReason is the audit label of a refused re-authentication.
+func reauthReason(err error) string {
+	if errors.Is(err, ErrReauthRequired) {
+		return "reauth_missing"
+	}
+	return "reauth_failed"
 }
 
 const deviceCols = `d.id, d.account_id, a.name, d.name, d.signature_key, d.status, a.status, d.created_at, d.last_seen_at`
@@ -283,52 +319,91 @@ func (s *Service) ListDevices(ctx context.Context, accountID string) ([]Device, 
 	return out, nil
 }
 
-// RevokeDevice revokes a device of accountID (the caller's own account).
-// A device of another account is ErrNotFound.
-func (s *Service) RevokeDevice(ctx context.Context, accountID, deviceID string) error {
-	return s.revokeDevice(ctx, accountID, deviceID, "self")
+// RevokeDevice revokes a device of the actor's account (possibly the
+// actor's own). The actor proves possession of its device key with r, a
+// signed revoke-device challenge for this device id (reauth.go). A device
+// of another account is ErrNotFound.
+func (s *Service) RevokeDevice(ctx context.Context, a Actor, deviceID string, r Reauth) error {
+	if !ValidID(deviceID) {
+		return fmt.Errorf("%w: device id", ErrInvalidID)
+	}
+	expires, err := s.checkReauth(ctx, a, PurposeRevokeDevice, []byte(deviceID), r, s.now())
+	if err != nil {
+		s.event(ctx, "device.revoke_refused", slog.String("account_id", a.AccountID), slog.String("device_id", a.DeviceID),
+			slog.String("target", deviceID), slog.String("reason", reauthReason(err)))
+		return err
+	}
+	return s.revokeDevice(ctx, a.AccountID, deviceID, a.DeviceID, func(tx *sql.Tx, now time.Time) error {
+		return proveReauth(ctx, tx, a, PurposeRevokeDevice, []byte(deviceID), r, expires, now)
+	})
 }
 
 // AdminRevokeDevice revokes any device (admin API).
 func (s *Service) AdminRevokeDevice(ctx context.Context, deviceID string) error {
-	return s.revokeDevice(ctx, "", deviceID, "admin")
-}
-
-func (s *Service) revokeDevice(ctx context.Context, accountID, deviceID, by string) error {
 	if !ValidID(deviceID) {
 		return fmt.Errorf("%w: device id", ErrInvalidID)
 	}
-	now := ms(s.now())
-	var owner string
+	return s.revokeDevice(ctx, "", deviceID, "", nil)
+}
+
+// revokeDevice revokes deviceID (of accountID unless it is "", the admin)
+// after prove (nil: none) passed in the same transaction. by is the acting
+// device, "" for the operator.
+func (s *Service) revokeDevice(ctx context.Context, accountID, deviceID, by string, prove func(*sql.Tx, time.Time) error) error {
+	now := s.now()
+	var ev DeviceEvent
 	err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
-		err := tx.QueryRowContext(ctx, "SELECT account_id FROM devices WHERE id = ?", deviceID).Scan(&owner)
-		if errors.Is(err, sql.ErrNoRows) || err == nil && accountID != "" && owner != accountID {
+		ev = DeviceEvent{}
+		if prove != nil {
+			if err := prove(tx, now); err != nil {
+				return err
+			}
+		}
+		dev, err := scanDevice(tx.QueryRowContext(ctx, "SELECT "+deviceCols+
+			" FROM devices d JOIN accounts a ON a.id = d.account_id WHERE d.id = ?", deviceID))
+		if errors.Is(err, sql.ErrNoRows) || err == nil && accountID != "" && dev.AccountID != accountID {
 			return fmt.Errorf("%w: device %s", ErrNotFound, deviceID)
 		}
 		if err != nil {
 			return err
 		}
+		ev = DeviceEvent{Kind: DeviceRevoked, AccountID: dev.AccountID, DeviceID: deviceID, DeviceName: dev.Name,
+			SignatureKey: dev.SignatureKey, By: by, At: now}
 		if _, err := tx.ExecContext(ctx, `UPDATE devices SET status = 'revoked', token_gen = token_gen + 1,
-			revoked_at = CASE WHEN revoked_at = 0 THEN ? ELSE revoked_at END WHERE id = ?`, now, deviceID); err != nil {
+			revoked_at = CASE WHEN revoked_at = 0 THEN ? ELSE revoked_at END WHERE id = ?`, ms(now), deviceID); err != nil {
 			return err
 		}
-		return revokeDeviceTokens(ctx, tx, deviceID)
+		if err := revokeDeviceTokens(ctx, tx, deviceID); err != nil {
+			return err
+		}
+		if dev.Status != statusActive {
+			return nil // already revoked: nothing new to tell
+		}
+		return s.recordDeviceEvent(ctx, tx, &ev)
 	})
 	s.devicesChanged()
 	if err != nil {
+		if errors.Is(err, ErrReauthFailed) {
+			s.event(ctx, "device.revoke_refused", slog.String("account_id", accountID), slog.String("device_id", by),
+				slog.String("target", deviceID), slog.String("reason", reauthReason(err)))
+		}
 		return wrapStore("revoke device", err)
 	}
-	s.event(ctx, "device.revoke", slog.String("account_id", owner), slog.String("device_id", deviceID), slog.String("by", by))
+	s.deviceEventCommitted(ev)
+	who := by
+	if who == "" {
+		who = "admin"
+	}
+	s.event(ctx, "device.revoke", slog.String("account_id", ev.AccountID), slog.String("device_id", deviceID), slog.String("by", who),
+		slog.Int("notified", len(ev.Notify)))
 	return nil
 }
 
-// revokeDeviceTokens kills the device's refresh tokens and login nonces.
-// (Access tokens die through the token_gen bump done by the caller.)
+// revokeDeviceTokens kills the device's refresh tokens. (Access tokens die
+// through the token_gen bump done by the caller; its challenges stay
+// unanswerable because Login checks the device's status.)
 func revokeDeviceTokens(ctx context.Context, tx *sql.Tx, deviceID string) error {
-	if _, err := tx.ExecContext(ctx, "UPDATE refresh_tokens SET revoked = 1 WHERE device_id = ?", deviceID); err != nil {
-		return err
-	}
-	_, err := tx.ExecContext(ctx, "DELETE FROM login_challenges WHERE device_id = ?", deviceID)
+	_, err := tx.ExecContext(ctx, "UPDATE refresh_tokens SET revoked = 1 WHERE device_id = ?", deviceID)
 	return err
 }
 
@@ -428,10 +503,7 @@ func (s *Service) DisableAccount(ctx context.Context, accountID string) error {
 		if _, err := tx.ExecContext(ctx, "UPDATE devices SET token_gen = token_gen + 1 WHERE account_id = ?", accountID); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, "UPDATE refresh_tokens SET revoked = 1 WHERE device_id IN (SELECT id FROM devices WHERE account_id = ?)", accountID); err != nil {
-			return err
-		}
-		_, err = tx.ExecContext(ctx, "DELETE FROM login_challenges WHERE device_id IN (SELECT id FROM devices WHERE account_id = ?)", accountID)
+		_, err = tx.ExecContext(ctx, "UPDATE refresh_tokens SET revoked = 1 WHERE device_id IN (SELECT id FROM devices WHERE account_id = ?)", accountID)
 		return err
 	})
 	s.devicesChanged()

@@ -53,8 +53,6 @@ const (
 	DefaultRefreshTTL   = 30 * 24 * time.Hour
 	DefaultChallengeTTL = time.Minute
 	DefaultMaxDevices   = 32
-	// maxChallenges is how many unexpired login nonces a device may hold.
-	maxChallenges = 8
 	// keyReloadEvery bounds how often an unknown key id makes the service
 	// re-read token_keys (another node may have rotated).
 	keyReloadEvery = time.Second
@@ -71,6 +69,9 @@ type Options struct {
 	RefreshTTL   time.Duration    // default 720h
 	ChallengeTTL time.Duration    // default 1m
 	MaxDevices   int              // active devices per account, default 32
+	// Events receives device added/revoked notices for the account's other
+	// devices; nil: none are sent.
+	Events EventSink
 }
 
 // Service is safe for concurrent use.
@@ -84,6 +85,7 @@ type Service struct {
 	refreshTTL   time.Duration
 	challengeTTL time.Duration
 	maxDevices   int
+	events       EventSink
 
 	keys keyring
 
@@ -106,6 +108,7 @@ func New(ctx context.Context, o Options) (*Service, error) {
 		refreshTTL:   o.RefreshTTL,
 		challengeTTL: o.ChallengeTTL,
 		maxDevices:   o.MaxDevices,
+		events:       o.Events,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)

@@ -58,7 +58,7 @@ func TestCachesNeverServeStaleState(t *testing.T) {
 	if err := auth(); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.s.RevokeDevice(ctx, a.account, a.id); err != nil {
+	if err := e.revoke(t, a, a.id); err != nil {
 		t.Fatal(err)
 	}
 	if err := auth(); !errors.Is(err, ErrTokenRevoked) {

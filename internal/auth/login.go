@@ -14,9 +14,10 @@ import (
 	"github.com/quicprochat/quicprochat/internal/secret"
 )
 
-// NonceSize is the length of a login nonce; RefreshTokenSize of a refresh token.
+// NonceSize is the length of a login nonce (a challenge, challenge.go);
+// RefreshTokenSize of a refresh token.
 const (
-	NonceSize        = 32
+	NonceSize        = ChallengeSize
 	RefreshTokenSize = 32
 )
 
@@ -41,47 +42,18 @@ type Tokens struct {
 	RefreshExpires time.Time
 }
 
-// Challenge returns a single-use login nonce for a device. For an unknown,
-// revoked or disabled device it returns an equally random nonce that is
-// never stored, so the answer does not tell whether the device exists.
+// Challenge returns a login challenge for a device (challenge.go): 32
+// bytes that carry their own expiry under a server MAC. Nothing is stored,
+// so any number of challenges can be handed out without invalidating one,
+// and the answer is the same whether or not the device exists.
 func (s *Service) Challenge(ctx context.Context, deviceID string) (nonce []byte, expires time.Time, err error) {
-	nonce = make([]byte, NonceSize)
-	if _, err := rand.Read(nonce); err != nil {
-		return nil, time.Time{}, fmt.Errorf("auth: random: %w", err)
-	}
-	now := s.now()
-	expires = fromMS(ms(now.Add(s.challengeTTL)))
-	if !ValidID(deviceID) {
-		return nonce, expires, nil
-	}
-	err = s.db.WriteTx(ctx, func(tx *sql.Tx) error {
-		var n int
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM devices d JOIN accounts a ON a.id = d.account_id
-			WHERE d.id = ? AND d.status = 'active' AND a.status = 'active'`, deviceID).Scan(&n); err != nil || n == 0 {
-			return err
-		}
-		// Drop expired nonces, and keep at most maxChallenges-1 older ones.
-		if _, err := tx.ExecContext(ctx, "DELETE FROM login_challenges WHERE expires_at <= ?", ms(now)); err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM login_challenges WHERE device_id = ? AND nonce_hash NOT IN
-			(SELECT nonce_hash FROM login_challenges WHERE device_id = ? ORDER BY expires_at DESC LIMIT ?)`,
-			deviceID, deviceID, maxChallenges-1); err != nil {
-			return err
-		}
-		_, err := tx.ExecContext(ctx, "INSERT INTO login_challenges (nonce_hash, device_id, expires_at) VALUES (?, ?, ?)",
-			hash(nonce), deviceID, ms(expires))
-		return err
-	})
-	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("auth: challenge: %w", err)
-	}
-	return nonce, expires, nil
+	return s.newChallenge(challengeBinding{purpose: PurposeLogin, deviceID: deviceID}, s.now())
 }
 
-// Login checks the device's signature over its nonce and issues tokens. The
-// nonce is used up whatever the outcome. Every failure before the signature
-// is proven is ErrLoginFailed, so the answer does not tell why.
+// Login checks the device's signature over its challenge and issues tokens.
+// A challenge is used up by the login it lets in (and by nothing else: a
+// wrong signature does not burn it). Every failure before the signature is
+// proven is ErrLoginFailed, so the answer does not tell why.
 func (s *Service) Login(ctx context.Context, deviceID string, nonce, sig []byte) (Tokens, error) {
 	fail := func(reason string) (Tokens, error) {
 		s.event(ctx, "auth.login_failed", slog.String("device_id", deviceID), slog.String("reason", reason))
@@ -91,6 +63,10 @@ func (s *Service) Login(ctx context.Context, deviceID string, nonce, sig []byte)
 		return fail("malformed")
 	}
 	now := s.now()
+	expires, ok := s.checkChallenge(ctx, nonce, challengeBinding{purpose: PurposeLogin, deviceID: deviceID}, now)
+	if !ok {
+		return fail("nonce")
+	}
 	refresh := make([]byte, RefreshTokenSize)
 	if _, err := rand.Read(refresh); err != nil {
 		return Tokens{}, fmt.Errorf("auth: random: %w", err)
@@ -101,28 +77,32 @@ func (s *Service) Login(ctx context.Context, deviceID string, nonce, sig []byte)
 		return Tokens{}, err
 	}
 	var (
-		reason string // non-empty: refused, but the nonce is consumed
+		reason string // non-empty: refused
 		dev    Device
 		gen    uint64
 	)
 	err = s.db.WriteTx(ctx, func(tx *sql.Tx) error {
 		reason = ""
-		res, err := tx.ExecContext(ctx, "DELETE FROM login_challenges WHERE nonce_hash = ? AND device_id = ? AND expires_at > ?",
-			hash(nonce), deviceID, ms(now))
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
+		var err error
+		dev, err = scanDevice(tx.QueryRowContext(ctx, "SELECT "+deviceCols+
+			" FROM devices d JOIN accounts a ON a.id = d.account_id WHERE d.id = ?", deviceID))
+		if errors.Is(err, sql.ErrNoRows) {
 			reason = "nonce"
 			return nil
 		}
-		dev, err = scanDevice(tx.QueryRowContext(ctx, "SELECT "+deviceCols+
-			" FROM devices d JOIN accounts a ON a.id = d.account_id WHERE d.id = ?", deviceID))
 		if err != nil {
 			return err
 		}
 		if !ed25519.Verify(dev.SignatureKey, LoginMessage(deviceID, nonce), sig) {
 			reason = "signature"
+			return nil
+		}
+		fresh, err := consumeChallenge(ctx, tx, nonce, expires, now)
+		if err != nil {
+			return err
+		}
+		if !fresh {
+			reason = "nonce"
 			return nil
 		}
 		switch {

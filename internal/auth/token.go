@@ -122,8 +122,14 @@ type signingKey struct {
 	id        string
 	pub       ed25519.PublicKey
 	priv      secret.Bytes
+	challenge secret.Bytes // MAC key of challenges (challenge.go); empty once cleared
 	createdAt time.Time
 	retiredAt time.Time // zero while active
+}
+
+func (k *signingKey) wipe() {
+	k.priv.Wipe()
+	k.challenge.Wipe()
 }
 
 func (k *signingKey) sign(claims []byte) string {
@@ -141,7 +147,7 @@ func (r *keyring) wipe() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, k := range r.byID {
-		k.priv.Wipe()
+		k.wipe()
 	}
 	r.byID, r.active = nil, nil
 }
@@ -178,7 +184,7 @@ func (s *Service) loadKeys(ctx context.Context) error {
 	byID := map[string]*signingKey{}
 	var active *signingKey
 	err := s.db.ReadTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, "SELECT id, private_key, public_key, created_at, retired_at, active FROM token_keys")
+		rows, err := tx.QueryContext(ctx, "SELECT id, private_key, public_key, created_at, retired_at, active, challenge_key FROM token_keys")
 		if err != nil {
 			return err
 		}
@@ -186,17 +192,22 @@ func (s *Service) loadKeys(ctx context.Context) error {
 		for rows.Next() {
 			var (
 				id               string
-				priv, pub        []byte
+				priv, pub, chal  []byte
 				created, retired int64
 				isActive         bool
 			)
-			if err := rows.Scan(&id, &priv, &pub, &created, &retired, &isActive); err != nil {
+			if err := rows.Scan(&id, &priv, &pub, &created, &retired, &isActive, &chal); err != nil {
 				return err
 			}
 			if len(pub) != ed25519.PublicKeySize {
 				return fmt.Errorf("auth: token key %s has a %d-byte public key", id, len(pub))
 			}
 			k := &signingKey{id: id, pub: ed25519.PublicKey(pub), createdAt: fromMS(created), retiredAt: fromMS(retired)}
+			if len(chal) == challengeKeySize {
+				k.challenge = secret.New(chal)
+			} else {
+				secret.Wipe(chal)
+			}
 			if isActive {
 				if len(priv) != ed25519.PrivateKeySize {
 					secret.Wipe(priv)
@@ -213,13 +224,13 @@ func (s *Service) loadKeys(ctx context.Context) error {
 	})
 	if err != nil {
 		for _, k := range byID {
-			k.priv.Wipe()
+			k.wipe()
 		}
 		return fmt.Errorf("auth: load token keys: %w", err)
 	}
 	s.keys.mu.Lock()
 	for _, k := range s.keys.byID {
-		k.priv.Wipe()
+		k.wipe()
 	}
 	s.keys.byID, s.keys.active, s.keys.lastReload = byID, active, s.now()
 	s.keys.mu.Unlock()
@@ -230,35 +241,69 @@ func (s *Service) ensureSigningKey(ctx context.Context) error {
 	if err := s.loadKeys(ctx); err != nil {
 		return err
 	}
-	if s.keys.current() != nil {
+	k := s.keys.current()
+	if k == nil {
+		_, err := s.RotateSigningKey(ctx)
+		return err
+	}
+	if k.challenge.Len() == challengeKeySize {
 		return nil
 	}
-	_, err := s.RotateSigningKey(ctx)
-	return err
+	// A key made before challenge keys existed (migration 0005) gets one.
+	// Of several nodes starting at once the first write wins; all of them
+	// then load the same key.
+	ck := make([]byte, challengeKeySize)
+	if _, err := rand.Read(ck); err != nil {
+		return fmt.Errorf("auth: random: %w", err)
+	}
+	defer secret.Wipe(ck)
+	err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "UPDATE token_keys SET challenge_key = ? WHERE id = ? AND challenge_key IS NULL", ck, k.id)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("auth: add challenge key: %w", err)
+	}
+	if err := s.loadKeys(ctx); err != nil {
+		return err
+	}
+	s.db.Broadcast(topicKeys, k.id)
+	return nil
 }
 
 // RotateSigningKey makes a new token-signing key the active one. The old
 // key's private half is erased at once; its public half keeps verifying the
-// tokens it signed until they expire (at most the access-token TTL).
+// tokens it signed until they expire (at most the access-token TTL). The
+// new key comes with a new challenge key; the old key's challenge key keeps
+// verifying the challenges it made (they expire within the challenge TTL)
+// until the next rotation clears it.
 func (s *Service) RotateSigningKey(ctx context.Context) (keyID string, err error) {
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return "", fmt.Errorf("auth: generate token key: %w", err)
 	}
 	defer secret.Wipe(priv)
+	ck := make([]byte, challengeKeySize)
+	if _, err := rand.Read(ck); err != nil {
+		return "", fmt.Errorf("auth: random: %w", err)
+	}
+	defer secret.Wipe(ck)
 	id, err := newID(keyIDLen)
 	if err != nil {
 		return "", err
 	}
 	now := ms(s.now())
 	err = s.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, "UPDATE token_keys SET challenge_key = NULL WHERE active = 0"); err != nil {
+			return err
+		}
 		if _, err := tx.ExecContext(ctx,
 			"UPDATE token_keys SET active = 0, retired_at = ?, private_key = NULL WHERE active = 1", now); err != nil {
 			return err
 		}
 		_, err := tx.ExecContext(ctx,
-			"INSERT INTO token_keys (id, private_key, public_key, created_at, active) VALUES (?, ?, ?, ?, 1)",
-			id, []byte(priv), []byte(pub), now)
+			"INSERT INTO token_keys (id, private_key, public_key, created_at, active, challenge_key) VALUES (?, ?, ?, ?, 1, ?)",
+			id, []byte(priv), []byte(pub), now, ck)
 		return err
 	})
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/quicprochat/quicprochat/internal/safetext"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
@@ -51,6 +52,11 @@ func (c *Client) Register(ctx context.Context, p RegisterParams) (*Identity, err
 	}
 	if p.DisplayName == "" {
 		p.DisplayName = p.AccountName
+	}
+	for _, n := range []struct{ what, v string }{{"display name", p.DisplayName}, {"device name", p.DeviceName}} {
+		if err := safetext.Check(n.what, n.v); err != nil {
+			return nil, fmt.Errorf("client: %w", err)
+		}
 	}
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quicprochat/quicprochat/internal/rpcclient"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/store"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
@@ -48,6 +49,10 @@ type Options struct {
 	Logger  *slog.Logger // nil: discard
 	Now     func() time.Time
 	Backoff Backoff
+	// CallDeadlines bound every RPC (zero fields: rpcclient.DefaultDeadlines:
+	// 30s, long polls their wait + 10s), so a dead connection fails a call
+	// with a retryable error instead of hanging it.
+	CallDeadlines rpcclient.Deadlines
 	// KeyPackageTTL is how long the server keeps an uploaded KeyPackage;
 	// default 24h (the server's keypackages.ttl).
 	KeyPackageTTL time.Duration
@@ -106,6 +111,14 @@ func openDB(ctx context.Context, o Options, create bool) (*store.DB, error) {
 	if err := os.MkdirAll(o.Home, 0o700); err != nil {
 		return nil, fmt.Errorf("client: create %s: %w", o.Home, err)
 	}
+	if o.Keys.Hex.IsZero() && o.Keys.Passphrase.IsZero() && !create {
+		// A passphrase home has a salt file and no key file.
+		if _, err := os.Stat(o.Keys.KeyFile); errors.Is(err, fs.ErrNotExist) {
+			if _, err := os.Stat(o.Keys.SaltFile); err == nil {
+				return nil, fmt.Errorf("%w: %s was created with a passphrase; set %s (or %s for a hex key) to open it", ErrNoKey, o.Home, EnvPassphrase, EnvKey)
+			}
+		}
+	}
 	key, err := o.Keys.Load(create)
 	if err != nil {
 		return nil, err
@@ -118,7 +131,9 @@ func openDB(ctx context.Context, o Options, create bool) (*store.DB, error) {
 	db, err := store.Open(ctx, store.Options{Path: path, Key: key, Readers: 2, Logger: o.Logger,
 		App: &store.App{ID: appID, Marker: "qpc-client", Migrations: mig}})
 	if errors.Is(err, store.ErrWrongKey) {
-		return nil, fmt.Errorf("client: %s: %w; use the key or passphrase it was created with (%s, %s or %s)", path, err, EnvKey, EnvPassphrase, o.Keys.KeyFile)
+		// Not the store's own text: its advice is about qpcd's database.
+		return nil, fmt.Errorf("client: %s does not open: %w (wrong passphrase or key); use the passphrase or key it was created with (%s, %s, or the key file %s)",
+			path, store.ErrWrongKey, EnvPassphrase, EnvKey, o.Keys.KeyFile)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("client: open %s: %w", path, err)
@@ -188,6 +203,7 @@ func newClient(ctx context.Context, o Options, db *store.DB) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	conn.SetCallDeadlines(o.CallDeadlines)
 	return &Client{opts: o, db: db, log: o.Logger, now: o.Now, conn: conn}, nil
 }
 
@@ -271,4 +287,23 @@ func (c *Client) Identity(ctx context.Context) (*Identity, error) {
 	}
 	id.key = secret.New(seed)
 	return &id, nil
+}
+
+// ProbeServer pings the server described by trust without any local state:
+// qpc init uses it to refuse settings whose certificate is not trusted
+// before saving them.
+func ProbeServer(ctx context.Context, trust ServerTrust, o Options) (*qpcv1.PingResponse, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	conn, err := NewConn(trust, o.Backoff, o.Logger)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	var resp qpcv1.PingResponse
+	if err := conn.Call(ctx, "Ping", "", &qpcv1.PingRequest{Echo: "qpc"}, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
 }

@@ -2,11 +2,13 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,8 +41,22 @@ type Conn struct {
 	backoff Backoff
 	log     *slog.Logger
 
-	mu sync.Mutex
-	rc *rpcclient.Client
+	mu        sync.Mutex
+	rc        *rpcclient.Client
+	deadlines rpcclient.Deadlines
+}
+
+// SetCallDeadlines sets the deadline of every call (zero fields: the
+// rpcclient defaults). A call that gets no answer in time fails with a
+// retryable error and the connection is dropped, so the next attempt
+// redials instead of waiting on a dead connection.
+func (c *Conn) SetCallDeadlines(d rpcclient.Deadlines) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deadlines = d
+	if c.rc != nil {
+		c.rc.SetDeadlines(d)
+	}
 }
 
 // NewConn prepares a connection; nothing is dialled until the first call.
@@ -93,13 +109,23 @@ func (c *Conn) client(ctx context.Context) (*rpcclient.Client, error) {
 		_ = c.rc.Close()
 		c.rc = nil
 	}
-	rc, err := rpcclient.Dial(ctx, c.trust.Addr, c.opts)
+	dctx := ctx
+	if c.backoff.DialTimeout > 0 {
+		var cancel context.CancelFunc
+		dctx, cancel = context.WithTimeout(ctx, c.backoff.DialTimeout)
+		defer cancel()
+	}
+	rc, err := rpcclient.Dial(dctx, c.trust.Addr, c.opts)
 	if err != nil {
 		if errors.Is(err, transport.ErrPinMismatch) {
-			return nil, fmt.Errorf("client: %w; if the server's certificate really changed, run qpc init --server %s --pin <new fingerprint>", err, c.trust.Addr)
+			return nil, &TrustError{Addr: c.trust.Addr, Presented: presentedFingerprint(err), err: err, pinned: true}
+		}
+		if fp, ok := untrustedCert(err); ok {
+			return nil, &TrustError{Addr: c.trust.Addr, Presented: fp, err: err}
 		}
 		return nil, &dialError{err: err}
 	}
+	rc.SetDeadlines(c.deadlines)
 	c.rc = rc
 	return rc, nil
 }
@@ -114,6 +140,78 @@ func (c *Conn) drop(rc *rpcclient.Client) {
 	}
 }
 
+// TrustError: the server answered but its certificate is not the one this
+// client trusts: it no longer matches the pin (the operator rotated it, or
+// someone is in the way), or it does not verify against the CAs (a
+// self-signed qpcd reached without --pin). Retrying cannot help; the user
+// must check the fingerprint and re-pin. Outbox entries stay pending.
+type TrustError struct {
+	Addr      string
+	Presented string // SHA-256 of the certificate the server presented ("" if unknown)
+	pinned    bool
+	err       error
+}
+
+func (e *TrustError) Error() string {
+	fp := e.Presented
+	if fp == "" {
+		fp = "<fingerprint>"
+	}
+	if e.pinned {
+		return fmt.Sprintf("client: the server's certificate changed (%v); if the operator rotated it, check the new fingerprint with them (cert_sha256 in qpcd's log, or qpcctl status) and re-pin: qpc init --server %s --pin %s",
+			e.err, e.Addr, fp)
+	}
+	return fmt.Sprintf("client: the server's certificate is not trusted (%v); for a self-signed qpcd, check its fingerprint (cert_sha256 in qpcd's log, or qpcctl status) and pin it: qpc init --server %s --pin %s",
+		e.err, e.Addr, fp)
+}
+
+func (e *TrustError) Unwrap() error { return e.err }
+
+// presentedFingerprint takes the presented fingerprint out of a pin
+// mismatch ("server presented X, pinned Y").
+func presentedFingerprint(err error) string {
+	s := err.Error()
+	const marker = "server presented "
+	i := strings.Index(s, marker)
+	if i < 0 {
+		return ""
+	}
+	s = s[i+len(marker):]
+	if j := strings.IndexAny(s, ", "); j >= 0 {
+		s = s[:j]
+	}
+	return s
+}
+
+// untrustedCert reports whether err is a certificate verification failure
+// and returns the leaf's fingerprint when the error carries it.
+func untrustedCert(err error) (string, bool) {
+	var ua x509.UnknownAuthorityError
+	var ci x509.CertificateInvalidError
+	var he x509.HostnameError
+	var ve *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &ve) && len(ve.UnverifiedCertificates) > 0:
+		return transport.Fingerprint(ve.UnverifiedCertificates[0].Raw), true
+	case errors.As(err, &ua):
+		if ua.Cert != nil {
+			return transport.Fingerprint(ua.Cert.Raw), true
+		}
+		return "", true
+	case errors.As(err, &ci):
+		if ci.Cert != nil {
+			return transport.Fingerprint(ci.Cert.Raw), true
+		}
+		return "", true
+	case errors.As(err, &he):
+		if he.Certificate != nil {
+			return transport.Fingerprint(he.Certificate.Raw), true
+		}
+		return "", true
+	}
+	return "", false
+}
+
 // dialError is a failure to reach the server: always worth retrying.
 type dialError struct{ err error }
 
@@ -123,7 +221,8 @@ func (e *dialError) Error() string {
 func (e *dialError) Unwrap() error { return e.err }
 
 // connLostError: the call failed below the RPC layer (no status came
-// back): the connection idled out, was closed or reset.
+// back): the connection idled out, was closed or reset, or the call got
+// no answer within its deadline (*rpcclient.DeadlineError).
 type connLostError struct{ err error }
 
 func (e *connLostError) Error() string {
@@ -189,6 +288,9 @@ func (c *Conn) Call(ctx context.Context, method, token string, req, resp proto.M
 		var retryAfter = retryAfterOf(err)
 		d := c.backoff.Delay(n, retryAfter)
 		c.log.Debug("client: retrying", "method", method, "attempt", n+1, "wait", d, "err", err)
+		if c.backoff.OnRetry != nil {
+			c.backoff.OnRetry(method, n+1, c.backoff.MaxAttempts, d, err)
+		}
 		if serr := c.backoff.Sleep(ctx, d); serr != nil {
 			return err
 		}

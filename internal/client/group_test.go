@@ -282,13 +282,14 @@ func TestFiftyMembers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("50 clients")
 	}
-	cfg := servertest.Config(t)
-	// All 50 clients share 127.0.0.1, so the per-IP rate limit (meant
-	// for distinct hosts) is raised.
-	cfg.Limits.RateLimit, cfg.Limits.RateBurst = 2000, 2000
-	cfg.Invitations.MaxPerHour = 100 // one account invites 49
-	srv := servertest.Start(t, cfg)
 	const n = 50
+	cfg := servertest.Config(t)
+	// All 50 clients share 127.0.0.1, so the per-IP rate limit and the
+	// per-address connection cap (meant for distinct hosts) are raised.
+	cfg.Limits.RateLimit, cfg.Limits.RateBurst = 2000, 2000
+	cfg.Limits.MaxConnectionsPerAddress = 2 * n
+	cfg.Invitations.MaxPerHour = 2 * n // one account invites 49
+	srv := servertest.Start(t, cfg)
 	cs := make([]*Client, n)
 	names := make([]string, n)
 	var wg sync.WaitGroup

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quicprochat/quicprochat/internal/mls"
+	"github.com/quicprochat/quicprochat/internal/safetext"
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
@@ -46,21 +47,6 @@ const (
 type Member struct {
 	Account string `json:"account"`
 	Device  string `json:"device"`
-}
-
-// Message is one decrypted message of a channel's history.
-type Message struct {
-	Channel     string `json:"channel"`
-	MessageID   string `json:"message_id"`
-	Seq         uint64 `json:"seq"`
-	Sender      string `json:"sender"` // "<account_name>/<device_id>"
-	DisplayName string `json:"display_name"`
-	Text        string `json:"text"`
-	ReplyTo     string `json:"reply_to,omitempty"`
-	SentUnixMs  int64  `json:"sent_unix_ms"`
-	Outgoing    bool   `json:"outgoing"`
-	// Set on a membership change the server announced (Text says it in words).
-	Event *Event `json:"event,omitempty"`
 }
 
 // GroupSummary is one row of Groups.
@@ -116,6 +102,9 @@ func (c *Client) signer(ctx context.Context) (*Identity, mls.SignaturePrivateKey
 }
 
 func validGroupName(name string) error {
+	if err := safetext.Check("group name", name); err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
 	if name == "" || len(name) > 64 || strings.ContainsAny(name, " \t\n/") || strings.HasPrefix(name, "@") || strings.HasPrefix(name, "#") {
 		return fmt.Errorf("client: group name %q: use 1-64 characters without spaces or '/', not starting with @ or #", name)
 	}
@@ -150,10 +139,17 @@ func openGroup(ctx context.Context, tx *sql.Tx, name string, channelID []byte) (
 		return nil, nil, fmt.Errorf("client: read group: %w", err)
 	}
 	if r == nil {
-		return nil, nil, fmt.Errorf("%w %q; see qpc groups, or create it with qpc group create", ErrNoGroup, name)
+		if peer, ok := strings.CutPrefix(name, "@"); ok {
+			return nil, nil, fmt.Errorf("%w %q; open the DM first with qpc dm %s", ErrNoGroup, name, peer)
+		}
+		return nil, nil, fmt.Errorf("%w %q; see qpc group list, or create it with qpc group create", ErrNoGroup, name)
 	}
 	if r.status != statusActive || state == nil {
-		return r, nil, fmt.Errorf("%w: this device has %s %s", ErrNotMember, r.status, r.name)
+		how := map[string]string{statusLeft: "left", statusRemoved: "was removed from"}[r.status]
+		if how == "" {
+			how = "is not an active member of (" + r.status + ")"
+		}
+		return r, nil, fmt.Errorf("%w: this device %s %s", ErrNotMember, how, r.name)
 	}
 	g, err := mls.ImportGroup(mlsConfig, state)
 	if err != nil {
@@ -348,12 +344,23 @@ func (c *Client) AddMembers(ctx context.Context, name string, accounts []string)
 	if err := c.call(ctx, "AddMembers", &qpcv1.AddMembersRequest{ChannelId: ch, Members: refs}, &qpcv1.AddMembersResponse{}); err != nil {
 		return fmt.Errorf("client: add to channel: %w", err)
 	}
-	if err := c.queueCommit(ctx, ch, commitIntent{Op: "add", Accounts: accounts, KeyPackages: kps}); err != nil {
+	err := c.queueCommit(ctx, ch, commitIntent{Op: "add", Accounts: accounts, KeyPackages: kps})
+	if errors.Is(err, errNothingToAdd) {
+		return fmt.Errorf("%w: every device of %s is in %s already (qpc group members %s)", ErrAlreadyMember, strings.Join(accounts, ", "), name, name)
+	}
+	if err != nil {
 		return err
 	}
-	_, err := c.Flush(ctx)
+	_, err = c.Flush(ctx)
 	return err
 }
+
+// ErrAlreadyMember: every device of the accounts to add is in the group
+// already; adding them changed nothing.
+var ErrAlreadyMember = errors.New("client: already a member")
+
+// errNothingToAdd: an add commit found every device in the group already.
+var errNothingToAdd = errors.New("client: nothing to add")
 
 // RemoveMember removes every device of an account from the group. The
 // channel comes first: the server refuses a removal the caller may not
@@ -446,7 +453,7 @@ func (c *Client) queueCommitLocked(ctx context.Context, channelID []byte, in com
 				to = append(to, inboxAddress{Account: k.Account, Device: k.Device})
 			}
 			if len(opts.Add) == 0 {
-				return nil
+				return errNothingToAdd
 			}
 		case "remove", "drop":
 			// drop: the account's channel membership is already gone (the
@@ -686,91 +693,7 @@ func (c *Client) outcome(ctx context.Context, messageID, channel string) error {
 		return nil
 	}
 	if strings.Contains(lastErr, "permission_denied") {
-		return fmt.Errorf("%w: the server refused the message (%s); this device was removed from %s", ErrNotMember, lastErr, channel)
+		return fmt.Errorf("%w: %w (%s): this device was removed from %s; the message is not delivered", ErrNotMember, ErrRefused, lastErr, channel)
 	}
-	return fmt.Errorf("client: the server refused the message: %s", lastErr)
-}
-
-const messageColumns = `g.name, m.message_id, m.seq, m.sender, m.display, m.text, m.reply_to, m.sent_ms, m.outgoing, m.event`
-
-func scanMessages(rows *sql.Rows) ([]Message, error) {
-	defer rows.Close()
-	var out []Message
-	for rows.Next() {
-		var m Message
-		var seq int64
-		var ev string
-		if err := rows.Scan(&m.Channel, &m.MessageID, &seq, &m.Sender, &m.DisplayName, &m.Text, &m.ReplyTo, &m.SentUnixMs, &m.Outgoing, &ev); err != nil {
-			return nil, err
-		}
-		m.Seq, m.Event = uint64(seq), parseEvent(ev)
-		out = append(out, m)
-	}
-	return out, rows.Err()
-}
-
-// History returns a channel's stored messages (at most limit, the newest),
-// oldest first.
-func (c *Client) History(ctx context.Context, channel string, limit int) ([]Message, error) {
-	if limit <= 0 {
-		limit = 100
-	}
-	ch, err := c.channelOf(ctx, channel)
-	if err != nil {
-		return nil, err
-	}
-	var out []Message
-	err = c.db.ReadTx(ctx, func(tx *sql.Tx) error {
-		// Server order (seq); messages not yet delivered last, in the order written.
-		rows, err := tx.QueryContext(ctx, `SELECT * FROM (SELECT `+messageColumns+`, (m.seq = 0) * 9007199254740991 + m.seq AS k, m.rowid AS r
-			FROM messages m JOIN groups g ON g.channel_id = m.channel_id
-			WHERE m.channel_id = ? ORDER BY k DESC, r DESC LIMIT ?) ORDER BY k, r`, ch, limit)
-		if err != nil {
-			return err
-		}
-		out, err = scanMessagesR(rows)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("client: history: %w", err)
-	}
-	return out, nil
-}
-
-func scanMessagesR(rows *sql.Rows) ([]Message, error) {
-	defer rows.Close()
-	var out []Message
-	for rows.Next() {
-		var m Message
-		var seq, k, r int64
-		var ev string
-		if err := rows.Scan(&m.Channel, &m.MessageID, &seq, &m.Sender, &m.DisplayName, &m.Text, &m.ReplyTo, &m.SentUnixMs, &m.Outgoing, &ev, &k, &r); err != nil {
-			return nil, err
-		}
-		m.Seq, m.Event = uint64(seq), parseEvent(ev)
-		out = append(out, m)
-	}
-	return out, rows.Err()
-}
-
-// Received returns incoming messages not returned before (recv and watch
-// print them), oldest first, and marks them shown.
-func (c *Client) Received(ctx context.Context) ([]Message, error) {
-	var out []Message
-	err := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT `+messageColumns+` FROM messages m JOIN groups g ON g.channel_id = m.channel_id
-			WHERE m.shown = 0 ORDER BY m.rowid`)
-		if err != nil {
-			return err
-		}
-		if out, err = scanMessages(rows); err != nil {
-			return err
-		}
-		_, err = tx.ExecContext(ctx, `UPDATE messages SET shown = 1 WHERE shown = 0`)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("client: read messages: %w", err)
-	}
-	return out, nil
+	return fmt.Errorf("%w (%s): it is not delivered; qpc outbox shows it (retry or discard)", ErrRefused, lastErr)
 }

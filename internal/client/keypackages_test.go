@@ -2,11 +2,13 @@ package client
 
 import (
 	"database/sql"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/quicprochat/quicprochat/internal/mls"
 	"github.com/quicprochat/quicprochat/internal/server/servertest"
+	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
@@ -99,5 +101,43 @@ func TestKeyPackageUpkeep(t *testing.T) {
 	}
 	if rep.Purged == 0 {
 		t.Fatalf("nothing purged: %+v", rep)
+	}
+}
+
+// TestKeyPackageDrainRefilledAtOnce: when others take a device's
+// KeyPackages (here as far as the server's per-fetcher limit lets one
+// account go), the server's refill signal on the device's next fetch makes
+// Sync top the stock up at once, not at the hourly check.
+func TestKeyPackageDrainRefilledAtOnce(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	ctx := ctxT(t)
+	erin := registered(t, srv, "erin")
+	if _, err := erin.Sync(ctx, 0); err != nil { // the hourly check is now done
+		t.Fatal(err)
+	}
+	frank := registered(t, srv, "frank")
+	taken := 0
+	for {
+		var fr qpcv1.FetchKeyPackagesResponse
+		err := frank.call(ctx, "FetchKeyPackages", &qpcv1.FetchKeyPackagesRequest{AccountName: "erin"}, &fr)
+		var se *wire.StatusError
+		if errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_RESOURCE_EXHAUSTED && se.RetryAfter > 0 {
+			break
+		}
+		if err != nil || taken == DefaultStock {
+			t.Fatalf("fetch %d: %v", taken+1, err)
+		}
+		taken++
+	}
+	if taken == 0 || taken >= DefaultStock {
+		t.Fatalf("frank took %d of erin's %d KeyPackages", taken, DefaultStock)
+	}
+	// (Not counting erin's stock here: a count is the device looking, which
+	// clears the signal.)
+	if _, err := erin.Sync(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := erin.KeyPackageStock(ctx); err != nil || int(st.GetDeviceCount()) != DefaultStock {
+		t.Fatalf("stock after erin's next sync: %v %v (want %d)", st, err, DefaultStock)
 	}
 }

@@ -133,9 +133,14 @@ func (ks KeySource) derive(create bool) (secret.Bytes, error) {
 	if ks.SaltFile == "" {
 		return secret.Bytes{}, fmt.Errorf("%w: no salt file path", ErrSaltFile)
 	}
-	raw, err := os.ReadFile(ks.SaltFile)
+	// The salt is not secret, but whoever may rewrite it can weaken the
+	// Argon2id parameters: it is held to the key file's rule (0600).
+	saltBytes, err := secret.ReadPrivateFile(ks.SaltFile, maxKeyFileSize)
+	raw := saltBytes.Reveal()
 	var p argonParams
 	switch {
+	case errors.Is(err, secret.ErrOpenToOthers):
+		return secret.Bytes{}, fmt.Errorf("%w: %s: only its owner may access the salt file (%w)", ErrSaltFile, ks.SaltFile, err)
 	case errors.Is(err, fs.ErrNotExist) && create:
 		p = argonParams{time: argonTime, memory: argonMemory, threads: argonThreads, salt: make([]byte, saltSize)}
 		if _, err := rand.Read(p.salt); err != nil {
@@ -157,7 +162,7 @@ func (ks KeySource) derive(create bool) (secret.Bytes, error) {
 }
 
 func (ks KeySource) keyFile(create bool) (secret.Bytes, error) {
-	st, err := os.Stat(ks.KeyFile)
+	raw, err := secret.ReadPrivateFile(ks.KeyFile, maxKeyFileSize)
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && create:
 		b := make([]byte, KeySize)
@@ -172,22 +177,22 @@ func (ks KeySource) keyFile(create bool) (secret.Bytes, error) {
 		return k, nil
 	case errors.Is(err, fs.ErrNotExist):
 		return secret.Bytes{}, fmt.Errorf("%w: %s does not exist; run qpc init, or set %s or %s", ErrNoKey, ks.KeyFile, EnvKey, EnvPassphrase)
+	case errors.Is(err, secret.ErrOpenToOthers):
+		return secret.Bytes{}, fmt.Errorf("%w: %s: only its owner may access the database key file (%w)", ErrKeyFile, ks.KeyFile, err)
 	case err != nil:
-		return secret.Bytes{}, fmt.Errorf("%w: %w", ErrKeyFile, err)
-	case st.Mode().Perm()&0o077 != 0:
-		return secret.Bytes{}, fmt.Errorf("%w: %s has mode %s; run chmod 600 %s", ErrKeyFile, ks.KeyFile, st.Mode().Perm(), ks.KeyFile)
+		return secret.Bytes{}, fmt.Errorf("%w: %s: %w", ErrKeyFile, ks.KeyFile, err)
 	}
-	raw, err := os.ReadFile(ks.KeyFile)
-	if err != nil {
-		return secret.Bytes{}, fmt.Errorf("%w: %w", ErrKeyFile, err)
-	}
-	k, err := secret.FromHex(strings.TrimSpace(string(raw)), KeySize)
-	secret.Wipe(raw)
+	defer raw.Wipe()
+	k, err := secret.FromHex(strings.TrimSpace(string(raw.Reveal())), KeySize)
 	if err != nil {
 		return secret.Bytes{}, fmt.Errorf("%w: %s must hold %d hex characters: %w", ErrKeyFile, ks.KeyFile, 2*KeySize, err)
 	}
 	return k, nil
 }
+
+// maxKeyFileSize bounds what is read of a key or salt file; both are a
+// line of text.
+const maxKeyFileSize = 4 << 10
 
 // writeExclusive creates path (0600) with data; it never replaces a file.
 func writeExclusive(path string, data []byte) error {

@@ -2,6 +2,7 @@ package client
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,8 +33,14 @@ func TestKeyFile(t *testing.T) {
 	if err := os.Chmod(ks.KeyFile, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ks.Load(false); !errors.Is(err, ErrKeyFile) || !strings.Contains(err.Error(), "chmod 600") {
-		t.Fatalf("group-readable key file: %v", err)
+	for _, mode := range []os.FileMode{0o644, 0o640, 0o620, 0o604} {
+		if err := os.Chmod(ks.KeyFile, mode); err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("%s: only its owner may access the database key file (it has mode %04o; run: chmod 600 %s)", ks.KeyFile, uint32(mode), ks.KeyFile)
+		if _, err := ks.Load(true); !errors.Is(err, ErrKeyFile) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("key file mode %04o: %v", mode, err)
+		}
 	}
 	_ = os.Chmod(ks.KeyFile, 0o600)
 	if err := os.WriteFile(ks.KeyFile, []byte("zz\n"), 0o600); err != nil {
@@ -82,6 +89,14 @@ func TestPassphraseArgon2id(t *testing.T) {
 	if err != nil || k3.Equal(k1) {
 		t.Fatalf("another passphrase gives the same key: %v", err)
 	}
+	// Whoever may rewrite the salt file could weaken the parameters.
+	if err := os.Chmod(salt, 0o664); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ks.Load(true); !errors.Is(err, ErrSaltFile) || !strings.Contains(err.Error(), "it has mode 0664; run: chmod 600 "+salt) {
+		t.Fatalf("salt file open to others: %v", err)
+	}
+	_ = os.Chmod(salt, 0o600)
 	for _, bad := range []string{"", "argon2id t=3 m=65536 p=4", "argon2id t=0 m=65536 p=4 salt=00112233445566778899aabbccddeeff",
 		"argon2id t=3 m=65536 p=4 salt=0011", "scrypt t=3 m=65536 p=4 salt=00112233445566778899aabbccddeeff",
 		"argon2id t=3 m=99999999 p=4 salt=00112233445566778899aabbccddeeff"} {

@@ -70,11 +70,57 @@ func (c *Client) QueueMLS(ctx context.Context, channelID, mlsMessage, groupInfo 
 	return id, err
 }
 
+// ErrRefused: the server refused a message for good (see IsRefusal); the
+// outbox entry is marked failed and history shows it as not delivered.
+var ErrRefused = errors.New("client: the server refused the message")
+
+// NotSentError: messages wait in the outbox because the server could not
+// take them now (unreachable, certificate changed, busy, failing, or the
+// deadline passed). Nothing is lost: the next Flush (send, recv, watch)
+// sends them, in order.
+type NotSentError struct {
+	Pending int // entries still pending
+	Err     error
+}
+
+func (e *NotSentError) Error() string {
+	return fmt.Sprintf("client: not sent yet (%d message(s) wait in the outbox and go out on the next send, recv or watch): %v", e.Pending, e.Err)
+}
+
+func (e *NotSentError) Unwrap() error { return e.Err }
+
+// IsRefusal reports whether err is the server refusing a message for good:
+// retrying the same message cannot succeed. Those are INVALID_ARGUMENT
+// (malformed, or a message id too old), PERMISSION_DENIED (not a member of
+// the channel), NOT_FOUND (no such channel), ALREADY_EXISTS (the message id
+// belongs to another sender) and RESOURCE_EXHAUSTED without a retry-after
+// (over the payload cap). Everything else is not a refusal of the message:
+// transport and TLS failures (a changed certificate included), deadlines,
+// UNAVAILABLE, DRAINING, RESOURCE_EXHAUSTED with a retry-after (rate limit,
+// disk full), UNAUTHENTICATED (log in again), UNSUPPORTED_VERSION (upgrade)
+// and INTERNAL: the server stores a message id once, so sending again is
+// safe. STALE_EPOCH is handled by Flush (redo).
+func IsRefusal(err error) bool {
+	var se *wire.StatusError
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.Code {
+	case qpcv1.Status_STATUS_INVALID_ARGUMENT, qpcv1.Status_STATUS_PERMISSION_DENIED,
+		qpcv1.Status_STATUS_NOT_FOUND, qpcv1.Status_STATUS_ALREADY_EXISTS:
+		return true
+	case qpcv1.Status_STATUS_RESOURCE_EXHAUSTED:
+		return se.RetryAfter <= 0
+	}
+	return false
+}
+
 // OutboxEntry is one outbox row.
 type OutboxEntry struct {
 	ID        int64  `json:"-"`
 	MessageID string `json:"message_id"`
 	ChannelID []byte `json:"channel_id"`
+	Channel   string `json:"channel"` // the group or @DM name on this device ("" if forgotten)
 	Status    string `json:"status"`
 	Seq       uint64 `json:"seq,omitempty"`
 	Attempts  int    `json:"attempts"`
@@ -92,11 +138,88 @@ func (c *Client) Outbox(ctx context.Context) ([]OutboxEntry, error) {
 	return c.outboxWhere(ctx, "1 = 1")
 }
 
+// ErrNoOutboxEntry: no outbox entry with that message id, or none in a
+// state the operation applies to.
+var ErrNoOutboxEntry = errors.New("client: no such message in the outbox")
+
+// RetryOutbox puts failed messages back to pending (all of them when
+// messageID is ""), so the next Flush sends them again; it returns how many.
+// This also recovers messages that older versions marked failed after a
+// transport or certificate failure. A refused commit cannot be retried (its
+// change was dropped from the group state): do the change again.
+func (c *Client) RetryOutbox(ctx context.Context, messageID string) (int, error) {
+	var n int64
+	err := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		if messageID != "" {
+			var kind, status string
+			err := tx.QueryRowContext(ctx, `SELECT kind, status FROM outbox WHERE message_id = ?`, messageID).Scan(&kind, &status)
+			if errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("%w: %s (qpc outbox lists them)", ErrNoOutboxEntry, messageID)
+			}
+			if err != nil {
+				return err
+			}
+			if status != OutboxFailed {
+				return fmt.Errorf("%w: %s is %s, not failed; only failed messages are retried", ErrNoOutboxEntry, messageID, status)
+			}
+			if kind == "commit" || kind == "proposal" {
+				return fmt.Errorf("client: %s is a group change the server refused; it was dropped from the group state: make the change again (qpc group add/remove/leave), or discard it", messageID)
+			}
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE outbox SET status = ?, last_error = '' WHERE status = ? AND kind IN ('app', 'raw') AND (? = '' OR message_id = ?)`,
+			OutboxPending, OutboxFailed, messageID, messageID)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return int(n), nil
+}
+
+// DiscardOutbox drops a message that was not delivered (pending, failed or
+// stale) from the outbox; history keeps it, marked discarded. A discarded
+// pending commit is also dropped from the group state.
+func (c *Client) DiscardOutbox(ctx context.Context, messageID string) error {
+	c.sendMu.Lock() // not while a Flush is sending it
+	defer c.sendMu.Unlock()
+	c.groupMu.Lock()
+	defer c.groupMu.Unlock()
+	return c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		var kind, status string
+		var ch []byte
+		err := tx.QueryRowContext(ctx, `SELECT kind, status, channel_id FROM outbox WHERE message_id = ?`, messageID).Scan(&kind, &status, &ch)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("%w: %s (qpc outbox lists them)", ErrNoOutboxEntry, messageID)
+		}
+		if err != nil {
+			return err
+		}
+		if status == OutboxSent {
+			return fmt.Errorf("%w: %s was delivered already; it cannot be discarded", ErrNoOutboxEntry, messageID)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM outbox WHERE message_id = ?`, messageID); err != nil {
+			return err
+		}
+		if kind == "commit" && status == OutboxPending {
+			if _, g, err := openGroup(ctx, tx, "", ch); err == nil && g.Pending() != nil {
+				g.ClearPendingCommit()
+				return saveGroup(ctx, tx, ch, g, c.now().UnixMilli())
+			}
+		}
+		return nil
+	})
+}
+
 func (c *Client) outboxWhere(ctx context.Context, where string, args ...any) ([]OutboxEntry, error) {
 	var out []OutboxEntry
 	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT id, message_id, channel_id, status, seq, attempts, last_error, mls_message, group_info, kind, intent
-			FROM outbox WHERE `+where+` ORDER BY id`, args...)
+		rows, err := tx.QueryContext(ctx, `SELECT o.id, o.message_id, o.channel_id, COALESCE(g.name, ''), o.status, o.seq, o.attempts, o.last_error,
+			o.mls_message, o.group_info, o.kind, o.intent
+			FROM (SELECT * FROM outbox WHERE `+where+`) o LEFT JOIN groups g ON g.channel_id = o.channel_id ORDER BY o.id`, args...)
 		if err != nil {
 			return err
 		}
@@ -104,7 +227,7 @@ func (c *Client) outboxWhere(ctx context.Context, where string, args ...any) ([]
 		for rows.Next() {
 			var e OutboxEntry
 			var seq int64
-			if err := rows.Scan(&e.ID, &e.MessageID, &e.ChannelID, &e.Status, &seq, &e.Attempts, &e.LastError, &e.mls, &e.gi, &e.kind, &e.intent); err != nil {
+			if err := rows.Scan(&e.ID, &e.MessageID, &e.ChannelID, &e.Channel, &e.Status, &seq, &e.Attempts, &e.LastError, &e.mls, &e.gi, &e.kind, &e.intent); err != nil {
 				return err
 			}
 			e.Seq, e.Kind = uint64(seq), e.kind
@@ -133,9 +256,10 @@ const maxRedo = 8
 
 // Flush sends every pending outbox entry in order.
 //
-// A transient failure (server down, draining, rate-limited; retried with
-// backoff first) stops the flush; the entry and those after it stay
-// pending for the next Flush. The server stores a message id once, so an
+// A failure that is not a refusal by the server (server down, draining,
+// rate-limited, failing; the certificate no longer matching the pin; a
+// deadline) stops the flush; the entry and those after it stay pending for
+// the next Flush. The server stores a message id once, so an
 // entry whose reply was lost is sent again harmlessly: each message is
 // delivered exactly once.
 //
@@ -144,7 +268,8 @@ const maxRedo = 8
 // is its Welcome sent. STALE_EPOCH (another member's commit won) drops
 // the pending commit, fetches and processes the winner, and redoes the
 // change (or re-encrypts an application message) under the same rules.
-// Any other refusal marks the entry failed.
+// A refusal (IsRefusal) marks the entry failed; anything else leaves it
+// pending and stops the flush with a *NotSentError.
 func (c *Client) Flush(ctx context.Context) (FlushReport, error) {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
@@ -172,10 +297,6 @@ func (c *Client) Flush(ctx context.Context) (FlushReport, error) {
 					return rep, err
 				}
 				continue
-			case Retryable(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
-				c.bumpAttempts(ctx, e.ID, err)
-				rep.Pending = len(pending) - i
-				return rep, fmt.Errorf("client: send (will retry; %d message(s) wait in the outbox): %w", rep.Pending, err)
 			case errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_STALE_EPOCH && e.kind != "raw":
 				if redo >= maxRedo {
 					return rep, fmt.Errorf("client: still refused after %d redos: %w", redo, err)
@@ -186,12 +307,19 @@ func (c *Client) Flush(ctx context.Context) (FlushReport, error) {
 					return rep, err
 				}
 				stale = true
-			default:
+			case IsRefusal(err) || (errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_STALE_EPOCH):
 				rep.Failed++
 				if err := c.refused(ctx, e, err); err != nil {
 					return rep, err
 				}
 				continue
+			default:
+				// Not a refusal: the server unreachable, its certificate
+				// changed, a deadline, a busy or failing server. The entry
+				// and those after it stay pending, in order.
+				c.bumpAttempts(ctx, e.ID, err)
+				rep.Pending = len(pending) - i
+				return rep, &NotSentError{Pending: rep.Pending, Err: err}
 			}
 			if stale {
 				break // the outbox changed: read it again
@@ -389,9 +517,20 @@ func (c *Client) redo(ctx context.Context, e OutboxEntry, cause error) error {
 	if err != nil {
 		return fmt.Errorf("client: drop refused commit: %w", err)
 	}
+	// If the fetch fails the change is queued again anyway (it may be
+	// refused as stale once more and redone then): a redo never drops it.
 	if _, err := c.Sync(ctx, 0); err != nil {
-		return fmt.Errorf("client: fetch the winning commit: %w", err)
+		if rerr := c.requeue(ctx, e); rerr != nil {
+			return errors.Join(fmt.Errorf("client: fetch the winning commit: %w", err), rerr)
+		}
+		return &NotSentError{Pending: 1, Err: fmt.Errorf("client: fetch the winning commit: %w", err)}
 	}
+	return c.requeue(ctx, e)
+}
+
+// requeue queues the change of a stale entry again: a new commit, or the
+// application message encrypted in the current epoch.
+func (c *Client) requeue(ctx context.Context, e OutboxEntry) error {
 	switch e.kind {
 	case "commit":
 		var in commitIntent
@@ -404,6 +543,9 @@ func (c *Client) redo(ctx context.Context, e OutboxEntry, cause error) error {
 		err := c.queueCommit(ctx, e.ChannelID, in)
 		if errors.Is(err, ErrNotMember) && in.Op == "remove" {
 			return nil // someone else removed them first
+		}
+		if errors.Is(err, errNothingToAdd) {
+			return nil // someone else added them first
 		}
 		return err
 	case "app":

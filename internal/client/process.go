@@ -278,6 +278,9 @@ func (c *Client) processWelcomes(ctx context.Context, me *Identity) (int, error)
 			if it.kind == int32(qpcv1.InboxKind_INBOX_KIND_MEMBERSHIP) {
 				return c.processInboxEvent(ctx, tx, me, it)
 			}
+			if it.kind == int32(qpcv1.InboxKind_INBOX_KIND_ACCOUNT_EVENT) {
+				return c.storeAccountEvent(ctx, tx, it.seq, it.payload)
+			}
 			if it.kind != int32(qpcv1.InboxKind_INBOX_KIND_WELCOME) {
 				return nil
 			}
@@ -326,7 +329,17 @@ func (c *Client) join(ctx context.Context, tx *sql.Tx, me *Identity, it inboxIte
 		return err
 	}
 	if existing != nil && existing.status == statusActive {
-		return nil // already a member; an old Welcome
+		var epoch int64
+		if err := tx.QueryRowContext(ctx, `SELECT epoch FROM groups WHERE channel_id = ?`, it.channelID).Scan(&epoch); err != nil {
+			return err
+		}
+		if g.Epoch() <= uint64(epoch) {
+			return nil // already a member; an old Welcome
+		}
+		// A newer Welcome for a group this device holds: it was removed
+		// without seeing it (the notice expired) and has accepted a new
+		// invitation; the new state replaces the stale one.
+		c.log.Info("client: a newer Welcome replaces a stale group state", "group", existing.name)
 	}
 	kind, peer := kindGroup, ""
 	short := hex.EncodeToString(it.channelID)

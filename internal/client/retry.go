@@ -13,6 +13,12 @@ type Backoff struct {
 	Base        time.Duration // default 100ms
 	Max         time.Duration // cap of one wait; default 10s
 	MaxAttempts int           // calls in all, first included; default 8
+	// DialTimeout bounds one attempt to connect (0: only the QUIC
+	// handshake timeout, 10s); interactive commands set it shorter.
+	DialTimeout time.Duration
+	// OnRetry, if set, is told before each wait (attempt counts from 1):
+	// the CLI shows it as progress on a terminal.
+	OnRetry func(method string, attempt, maxAttempts int, wait time.Duration, err error)
 	// Rand returns a uniform value in [0, n); nil: math/rand/v2. Tests
 	// inject a fixed source.
 	Rand func(n int64) int64

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -31,6 +32,10 @@ type SyncReport struct {
 	Gaps       []Gap `json:"gaps,omitempty"`
 	Processed  int   `json:"processed"` // handed to the group layer and done
 	Rejoined   int   `json:"rejoined"`  // groups rejoined by external commit after a gap
+	// RemovedFrom names the groups and DMs this Sync found this device
+	// removed from (by a commit it processed, or because the server no
+	// longer counts it in the channel): each is reported once.
+	RemovedFrom []string `json:"removed_from,omitempty"`
 }
 
 // fetchLimit is the page size asked for.
@@ -46,6 +51,11 @@ func (c *Client) Sync(ctx context.Context, wait time.Duration) (SyncReport, erro
 	c.syncMu.Lock()
 	defer c.syncMu.Unlock()
 	var rep SyncReport
+	active, err := c.activeGroups(ctx)
+	if err != nil {
+		return rep, err
+	}
+	refill := false // the server saw others take this device's KeyPackages
 	for {
 		var resp qpcv1.FetchResponse
 		var err error
@@ -57,6 +67,7 @@ func (c *Client) Sync(ctx context.Context, wait time.Duration) (SyncReport, erro
 		if err != nil {
 			return rep, fmt.Errorf("client: fetch: %w", err)
 		}
+		refill = refill || resp.GetRefillKeyPackages()
 		ack, err := c.store(ctx, &resp, &rep)
 		if err != nil {
 			return rep, err
@@ -75,7 +86,12 @@ func (c *Client) Sync(ctx context.Context, wait time.Duration) (SyncReport, erro
 			return rep, err
 		}
 		if !resp.GetMore() {
-			c.maybeUpkeep(ctx, rep.Inbox > 0)
+			// A Welcome used a KeyPackage up; a refill signal means others
+			// took some (perhaps a drain): either way, top up now.
+			c.maybeUpkeep(ctx, rep.Inbox > 0 || refill)
+			if rep.RemovedFrom, err = c.membershipCheck(ctx, active); err != nil {
+				return rep, err
+			}
 			if len(rep.Gaps) > 0 {
 				n, err := c.rejoinGaps(ctx)
 				rep.Rejoined += n
@@ -246,13 +262,15 @@ func (c *Client) Cursors(ctx context.Context) ([]Cursor, error) {
 	return out, nil
 }
 
-// upkeepEvery is how often Sync checks the KeyPackage stock (besides after
-// every Welcome, which uses one up).
+// upkeepEvery is how often Sync runs the full KeyPackage upkeep (which also
+// replaces KeyPackages about to expire), besides after every Welcome.
 const upkeepEvery = time.Hour
 
-// maybeUpkeep runs KeyPackageUpkeep when a Welcome arrived or the last
-// check is older than upkeepEvery. Failures are logged, not returned: the
-// stock is checked again next time.
+// maybeUpkeep runs KeyPackageUpkeep when a Welcome arrived, the last full
+// check is older than upkeepEvery, or the server's stock (counted on every
+// Sync: one cheap call) is below the target or lacks the last-resort
+// KeyPackage, as after the server was restored from an older backup.
+// Failures are logged, not returned: the stock is checked again next time.
 func (c *Client) maybeUpkeep(ctx context.Context, force bool) {
 	now := c.now().UnixMilli()
 	var last int64
@@ -260,7 +278,15 @@ func (c *Client) maybeUpkeep(ctx context.Context, force bool) {
 		return tx.QueryRowContext(ctx, `SELECT COALESCE((SELECT value FROM kv WHERE key = 'kp_checked_ms'), 0)`).Scan(&last)
 	})
 	if !force && now-last < upkeepEvery.Milliseconds() {
-		return
+		short, err := c.stockShort(ctx)
+		if err != nil {
+			c.log.Warn("client: count KeyPackages", "err", err)
+			return
+		}
+		if !short {
+			return
+		}
+		c.log.Info("client: the server's KeyPackage stock of this device is short; uploading")
 	}
 	if _, err := c.KeyPackageUpkeep(ctx); err != nil {
 		c.log.Warn("client: KeyPackage upkeep", "err", err)
@@ -270,4 +296,122 @@ func (c *Client) maybeUpkeep(ctx context.Context, force bool) {
 		_, err := tx.ExecContext(ctx, `INSERT INTO kv (key, value) VALUES ('kp_checked_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, now)
 		return err
 	})
+}
+
+// stockShort reports whether the server holds fewer of this device's
+// KeyPackages than the target, or no last-resort one.
+func (c *Client) stockShort(ctx context.Context) (bool, error) {
+	if _, err := c.Identity(ctx); err != nil {
+		return false, nil // not registered: nothing to keep
+	}
+	s, err := c.Settings(ctx)
+	if err != nil {
+		return false, err
+	}
+	n, err := c.KeyPackageStock(ctx)
+	if err != nil {
+		return false, err
+	}
+	return int(n.GetDeviceCount()) < s.Stock || !n.GetHasLastResort(), nil
+}
+
+// activeGroups returns the channel ids (as map keys) of the groups and DMs
+// this device is an active member of, with their names.
+func (c *Client) activeGroups(ctx context.Context) (map[string]string, error) {
+	out := map[string]string{}
+	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT channel_id, name FROM groups WHERE status = ?`, statusActive)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var ch []byte
+			var name string
+			if err := rows.Scan(&ch, &name); err != nil {
+				return err
+			}
+			out[string(ch)] = name
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("client: read groups: %w", err)
+	}
+	return out, nil
+}
+
+// membershipCheck finds the groups of before (active when the Sync began)
+// this device is no longer in: removed by a commit processed meanwhile, or
+// dropped from the channel on the server (a removed member cannot fetch
+// the commit that removed her, so without this she would learn it only
+// when a send is refused). Those the server dropped are marked removed.
+// It returns their names.
+func (c *Client) membershipCheck(ctx context.Context, before map[string]string) ([]string, error) {
+	if len(before) == 0 {
+		return nil, nil
+	}
+	var lc qpcv1.ListChannelsResponse
+	if err := c.call(ctx, "ListChannels", &qpcv1.ListChannelsRequest{}, &lc); err != nil {
+		c.log.Warn("client: list channels", "err", err)
+		return c.removedSince(ctx, before, nil)
+	}
+	on := map[string]bool{}
+	for _, ch := range lc.GetChannels() {
+		on[string(ch.GetChannelId())] = true
+	}
+	missing := false
+	for ch := range before {
+		missing = missing || !on[ch]
+	}
+	if missing {
+		// A channel this device is invited to (and has not accepted) is
+		// not a removal: its state stays until the answer (accepting
+		// brings a newer Welcome, which replaces it).
+		var li qpcv1.ListInvitationsResponse
+		if err := c.call(ctx, "ListInvitations", &qpcv1.ListInvitationsRequest{}, &li); err != nil {
+			c.log.Warn("client: list invitations", "err", err)
+			return c.removedSince(ctx, before, nil)
+		}
+		for _, in := range li.GetInvitations() {
+			if _, ok := before[string(in.GetChannelId())]; ok {
+				on[string(in.GetChannelId())] = true
+			}
+		}
+	}
+	return c.removedSince(ctx, before, on)
+}
+
+// removedSince marks groups of before missing from on (when on is not nil)
+// removed, and returns the names of those of before not active any more.
+func (c *Client) removedSince(ctx context.Context, before map[string]string, on map[string]bool) ([]string, error) {
+	var out []string
+	err := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		out = nil
+		for ch, name := range before {
+			if on != nil && !on[ch] {
+				if _, err := tx.ExecContext(ctx, `UPDATE groups SET status = ?, state = NULL, updated_ms = ? WHERE channel_id = ? AND status = ?`,
+					statusRemoved, c.now().UnixMilli(), []byte(ch), statusActive); err != nil {
+					return err
+				}
+			}
+			var status string
+			err := tx.QueryRowContext(ctx, `SELECT status FROM groups WHERE channel_id = ?`, []byte(ch)).Scan(&status)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if status == statusRemoved {
+				out = append(out, name)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("client: record removal: %w", err)
+	}
+	slices.Sort(out)
+	return out, nil
 }

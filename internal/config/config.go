@@ -32,6 +32,7 @@ var ErrInvalid = errors.New("config: invalid configuration")
 type Config struct {
 	Listen    string // listen: "127.0.0.1:7443"; QUIC (UDP) address
 	OpsListen string // ops_listen: "127.0.0.1:7444"; HTTP /metrics /healthz /readyz; "" disables
+	OpsPprof  string // ops_pprof: off|on; default off (on serves /debug/pprof/ on ops_listen)
 	DataDir   string // data_dir: "./data"
 
 	Store struct {
@@ -65,15 +66,32 @@ type Config struct {
 		Format string // log.format: text|json; default text
 	}
 	Limits struct {
-		MaxConnections    int           // limits.max_connections: 1000
-		IdleTimeout       time.Duration // limits.idle_timeout: 60s (QUIC idle timeout)
-		KeepAlive         time.Duration // limits.keep_alive: 15s (QUIC keep-alive period; 0 disables)
-		MaxPayloadBytes   int           // limits.max_payload_bytes: 5242880 (5 MiB)
-		RateLimit         float64       // limits.rate_limit: 50 (requests/s per IP, account and device)
-		RateBurst         int           // limits.rate_burst: 100
-		LongPollMax       time.Duration // limits.long_poll_max: 30s
-		DrainTimeout      time.Duration // limits.drain_timeout: 15s (0 closes at once)
-		MaxStreamsPerConn int           // limits.max_streams_per_conn: 100 (concurrent RPCs per connection)
+		MaxConnections           int           // limits.max_connections: 1000
+		MaxConnectionsPerAddress int           // limits.max_connections_per_address: 32 (per IPv4 address or IPv6 /64)
+		FirstRequestTimeout      time.Duration // limits.first_request_timeout: 10s (a connection silent this long after its handshake is closed)
+		IdleTimeout              time.Duration // limits.idle_timeout: 60s (QUIC idle timeout; also closes connections with no request for this long)
+		KeepAlive                time.Duration // limits.keep_alive: 0 (server keep-alive period; 0 disables, clients keep alive)
+		MaxPayloadBytes          int           // limits.max_payload_bytes: 5242880 (5 MiB)
+		RateLimit                float64       // limits.rate_limit: 50 (requests/s per IP, account and device)
+		RateBurst                int           // limits.rate_burst: 100
+		LongPollMax              time.Duration // limits.long_poll_max: 30s
+		DrainTimeout             time.Duration // limits.drain_timeout: 15s (0 closes at once)
+		MaxStreamsPerConn        int           // limits.max_streams_per_conn: 100 (concurrent RPCs per connection)
+		// ByteRate and ByteBurst are a token bucket per account on the
+		// payload bytes it asks the server to store (Enqueue, SendToInbox
+		// counted per recipient), beside the request rate limit.
+		ByteRate          int // limits.byte_rate: 1048576 (1 MiB/s per account)
+		ByteBurst         int // limits.byte_burst: 33554432 (32 MiB); at least max_payload_bytes and max_inbox_call_bytes
+		MaxInboxCallBytes int // limits.max_inbox_call_bytes: 8388608 (8 MiB; one SendToInbox's payload x recipients)
+	}
+	// Quota bounds what each account keeps stored (see docs/operations.md,
+	// "Per-account quotas"); 0 disables a limit.
+	Quota struct {
+		MessageBytes int // quota.message_bytes: 1073741824 (1 GiB of stored channel messages it sent)
+		Messages     int // quota.messages: 100000 (stored channel messages it sent)
+		InboxBytes   int // quota.inbox_bytes: 67108864 (64 MiB of unacknowledged inbox items it sent)
+		InboxItems   int // quota.inbox_items: 10000
+		Channels     int // quota.channels: 500 (channels it created, groups and DMs)
 	}
 	Retention struct {
 		Messages     time.Duration // retention.messages: 168h (7 days)
@@ -82,6 +100,11 @@ type Config struct {
 	KeyPackages struct {
 		TTL           time.Duration // keypackages.ttl: 24h
 		MaxPerAccount int           // keypackages.max_per_account: 100
+		// Fetch limits against draining another account's pool (per qpcd
+		// node; token buckets refilled evenly over FetchWindow).
+		FetchPerPair   int           // keypackages.fetch_per_pair: 5 fetches of one account's KeyPackages by one other account per window
+		FetchPerTarget int           // keypackages.fetch_per_target: 30 fetches of one account's KeyPackages by all accounts together per window
+		FetchWindow    time.Duration // keypackages.fetch_window: 1h
 	}
 	Invitations struct {
 		TTL             time.Duration // invitations.ttl: 168h (an unanswered invitation lapses)
@@ -93,6 +116,8 @@ type Config struct {
 		AccessTokenTTL  time.Duration // auth.access_token_ttl: 15m
 		RefreshTokenTTL time.Duration // auth.refresh_token_ttl: 720h (30 days)
 		Registration    string        // auth.registration: open|invite|closed; default open
+		ChallengeRate   float64       // auth.challenge_rate: 0.5 (login challenges/s per target device and source address)
+		ChallengeBurst  int           // auth.challenge_burst: 10
 	}
 	Admin struct {
 		Socket string // admin.socket: "" = <data_dir>/admin.sock
@@ -118,6 +143,7 @@ func Default() Config {
 	var c Config
 	c.Listen = "127.0.0.1:7443"
 	c.OpsListen = "127.0.0.1:7444"
+	c.OpsPprof = "off"
 	c.DataDir = "./data"
 	c.Store.Backend = BackendSQLCipher
 	c.DB.MemorySecurity = "off"
@@ -128,18 +154,30 @@ func Default() Config {
 	c.Log.Level = "info"
 	c.Log.Format = "text"
 	c.Limits.MaxConnections = 1000
+	c.Limits.MaxConnectionsPerAddress = 32
+	c.Limits.FirstRequestTimeout = 10 * time.Second
 	c.Limits.IdleTimeout = 60 * time.Second
-	c.Limits.KeepAlive = 15 * time.Second
 	c.Limits.MaxPayloadBytes = 5 << 20
 	c.Limits.RateLimit = 50
 	c.Limits.RateBurst = 100
 	c.Limits.LongPollMax = 30 * time.Second
 	c.Limits.DrainTimeout = 15 * time.Second
 	c.Limits.MaxStreamsPerConn = 100
+	c.Limits.ByteRate = 1 << 20
+	c.Limits.ByteBurst = 32 << 20
+	c.Limits.MaxInboxCallBytes = 8 << 20
+	c.Quota.MessageBytes = 1 << 30
+	c.Quota.Messages = 100_000
+	c.Quota.InboxBytes = 64 << 20
+	c.Quota.InboxItems = 10_000
+	c.Quota.Channels = 500
 	c.Retention.Messages = 7 * 24 * time.Hour
 	c.Retention.EpochsBehind = 2
 	c.KeyPackages.TTL = 24 * time.Hour
 	c.KeyPackages.MaxPerAccount = 100
+	c.KeyPackages.FetchPerPair = 5
+	c.KeyPackages.FetchPerTarget = 30
+	c.KeyPackages.FetchWindow = time.Hour
 	c.Invitations.TTL = 7 * 24 * time.Hour
 	c.Invitations.MaxPerHour = 30
 	c.Invitations.MaxPending = 50
@@ -147,6 +185,8 @@ func Default() Config {
 	c.Auth.AccessTokenTTL = 15 * time.Minute
 	c.Auth.RefreshTokenTTL = 30 * 24 * time.Hour
 	c.Auth.Registration = RegistrationOpen
+	c.Auth.ChallengeRate = 0.5
+	c.Auth.ChallengeBurst = 10
 	return c
 }
 
@@ -224,6 +264,7 @@ func (c Config) Validate() error {
 		validateTLS,
 		validateLog,
 		validateLimits,
+		validateQuota,
 		validateRetention,
 		validateInvitations,
 		validateAuth,
@@ -239,6 +280,9 @@ func (c Config) Validate() error {
 
 func validateAddresses(c Config) *FieldError {
 	if fe := checkHostPort("listen", c.Listen, "127.0.0.1:7443"); fe != nil {
+		return fe
+	}
+	if fe := checkEnum("ops_pprof", c.OpsPprof, "off", "on"); fe != nil {
 		return fe
 	}
 	if c.OpsListen != "" {
@@ -280,16 +324,20 @@ func validateDBKey(c Config) *FieldError {
 		}
 		return nil
 	}
-	if c.DB.KeyFile == "" || isAbsentDefault(c.DB.KeyFile, c.DataDir, DefaultDBKeyFile) {
+	path := c.DB.KeyFile
+	if path == "" {
+		return checkDefaultKeyMode("db.key_file", filepath.Join(c.DataDir, DefaultDBKeyFile), "the database key")
+	}
+	if isAbsentDefault(path, c.DataDir, DefaultDBKeyFile) {
 		return nil
 	}
-	k, err := ReadKeyFile(c.DB.KeyFile)
+	k, err := ReadKeyFile(path)
 	if err != nil {
 		var fe *FieldError
 		if errors.As(err, &fe) {
 			return fe
 		}
-		return &FieldError{Key: "db.key_file", Value: c.DB.KeyFile, Expected: "a readable file holding 64 hex characters", Err: err}
+		return &FieldError{Key: "db.key_file", Value: path, Expected: "a readable file holding 64 hex characters", Err: err}
 	}
 	k.Wipe()
 	return nil
@@ -365,22 +413,27 @@ func isAbsentDefault(path, dataDir, name string) bool {
 }
 
 // ReadKeyFile reads a database key file: 64 hex characters (32 bytes),
-// surrounding whitespace allowed. Errors are *FieldError for db.key_file and
-// never contain the file's content.
+// surrounding whitespace allowed, in a regular file that neither group nor
+// others may access (anyone who can read it can decrypt the database and its
+// backups). Errors are *FieldError for db.key_file and never contain the
+// file's content.
 func ReadKeyFile(path string) (secret.Bytes, error) {
-	b, err := os.ReadFile(path)
+	b, err := secret.ReadPrivateFile(path, maxKeyFileSize)
 	if err != nil {
-		return secret.Bytes{}, &FieldError{Key: "db.key_file", Value: path,
-			Expected: "a readable file holding 64 hex characters (" + causeText(err) + ")", Err: err}
+		return secret.Bytes{}, privateFileError("db.key_file", path, "64 hex characters", "the database key", err)
 	}
-	defer secret.Wipe(b)
-	k, err := secret.FromHex(strings.TrimSpace(string(b)), DBKeySize)
+	defer b.Wipe()
+	k, err := secret.FromHex(strings.TrimSpace(string(b.Reveal())), DBKeySize)
 	if err != nil {
 		return secret.Bytes{}, &FieldError{Key: "db.key_file", Value: path,
 			Expected: "a file holding 64 hex characters (32 bytes); this file's content is not", Err: secret.ErrBadHex}
 	}
 	return k, nil
 }
+
+// maxKeyFileSize bounds what ReadKeyFile reads: 64 hex characters and
+// whitespace, with room for comments no one should write.
+const maxKeyFileSize = 4 << 10
 
 // causeText describes a file error without repeating the path.
 func causeText(err error) string {
@@ -395,7 +448,7 @@ func validateTLS(c Config) *FieldError {
 	cert, key := c.TLS.CertFile, c.TLS.KeyFile
 	switch {
 	case cert == "" && key == "":
-		return nil
+		return checkDefaultKeyMode("tls.key_file", filepath.Join(c.DataDir, DefaultTLSKeyFile), "the server's TLS private key")
 	case cert == "":
 		return &FieldError{Key: "tls.cert_file", Value: "", Expected: "a certificate file, because tls.key_file is set (set both or neither)"}
 	case key == "":
@@ -404,19 +457,39 @@ func validateTLS(c Config) *FieldError {
 	if isAbsentDefault(cert, c.DataDir, DefaultTLSCertFile) && isAbsentDefault(key, c.DataDir, DefaultTLSKeyFile) {
 		return nil
 	}
-	for _, f := range []struct{ key, path string }{{"tls.cert_file", cert}, {"tls.key_file", key}} {
-		fh, err := os.Open(f.path)
-		if err != nil {
-			return &FieldError{Key: f.key, Value: f.path, Expected: "a readable PEM file (" + causeText(err) + ")", Err: err}
-		}
-		_ = fh.Close()
+	certPEM, err := os.ReadFile(cert)
+	if err != nil {
+		return &FieldError{Key: "tls.cert_file", Value: cert, Expected: "a readable PEM file (" + causeText(err) + ")", Err: err}
 	}
-	if _, err := tls.LoadX509KeyPair(cert, key); err != nil {
+	keyPEM, err := secret.ReadPrivateFile(key, maxTLSKeyFileSize)
+	if err != nil {
+		return privateFileError("tls.key_file", key, "a PEM private key", "the server's TLS private key", err)
+	}
+	defer keyPEM.Wipe()
+	if _, err := tls.X509KeyPair(certPEM, keyPEM.Reveal()); err != nil {
 		return &FieldError{Key: "tls.cert_file", Value: cert,
 			Expected: "a PEM certificate matching the private key in tls.key_file (" + err.Error() + ")", Err: err}
 	}
 	return nil
 }
+
+// checkDefaultKeyMode holds a key file at its default place in data_dir
+// (which qpcd generates, 0600) to the mode rule of a named one. Only the
+// mode: its content is checked where it is read, and an absent or
+// unreadable file is left to that place too.
+func checkDefaultKeyMode(key, path, guards string) *FieldError {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil
+	}
+	if err := secret.CheckFileMode(path, fi.Mode()); err != nil {
+		return privateFileError(key, path, "", guards, err)
+	}
+	return nil
+}
+
+// maxTLSKeyFileSize bounds what validateTLS reads of tls.key_file.
+const maxTLSKeyFileSize = 1 << 20
 
 func validateLog(c Config) *FieldError {
 	if fe := checkEnum("log.level", c.Log.Level, "debug", "info", "warn", "error"); fe != nil {
@@ -466,6 +539,12 @@ func validateLimits(c Config) *FieldError {
 	if fe := checkMinInt("limits.max_connections", l.MaxConnections, 1); fe != nil {
 		return fe
 	}
+	if fe := checkMinInt("limits.max_connections_per_address", l.MaxConnectionsPerAddress, 1); fe != nil {
+		return fe
+	}
+	if fe := checkPositive("limits.first_request_timeout", l.FirstRequestTimeout, "10s"); fe != nil {
+		return fe
+	}
 	if fe := checkPositive("limits.idle_timeout", l.IdleTimeout, "60s"); fe != nil {
 		return fe
 	}
@@ -496,6 +575,33 @@ func validateLimits(c Config) *FieldError {
 	return checkMinInt("limits.max_streams_per_conn", l.MaxStreamsPerConn, 1)
 }
 
+func validateQuota(c Config) *FieldError {
+	l := c.Limits
+	if l.ByteRate < 1 {
+		return &FieldError{Key: "limits.byte_rate", Value: strconv.Itoa(l.ByteRate),
+			Expected: "a number of bytes per second > 0, such as 1048576 (1 MiB/s)"}
+	}
+	if l.MaxInboxCallBytes < l.MaxPayloadBytes {
+		return &FieldError{Key: "limits.max_inbox_call_bytes", Value: strconv.Itoa(l.MaxInboxCallBytes),
+			Expected: "a number of bytes at least limits.max_payload_bytes (" + strconv.Itoa(l.MaxPayloadBytes) + "), such as 8388608 (8 MiB)"}
+	}
+	if need := max(l.MaxPayloadBytes, l.MaxInboxCallBytes); l.ByteBurst < need {
+		return &FieldError{Key: "limits.byte_burst", Value: strconv.Itoa(l.ByteBurst),
+			Expected: "a number of bytes at least limits.max_payload_bytes and limits.max_inbox_call_bytes (" + strconv.Itoa(need) + "), so that the largest request fits, such as 33554432 (32 MiB)"}
+	}
+	q := c.Quota
+	for _, f := range []struct {
+		key string
+		v   int
+	}{{"quota.message_bytes", q.MessageBytes}, {"quota.messages", q.Messages}, {"quota.inbox_bytes", q.InboxBytes},
+		{"quota.inbox_items", q.InboxItems}, {"quota.channels", q.Channels}} {
+		if fe := checkMinInt(f.key, f.v, 0); fe != nil {
+			return fe
+		}
+	}
+	return nil
+}
+
 func validateRetention(c Config) *FieldError {
 	if fe := checkPositive("retention.messages", c.Retention.Messages, "168h"); fe != nil {
 		return fe
@@ -506,7 +612,17 @@ func validateRetention(c Config) *FieldError {
 	if fe := checkPositive("keypackages.ttl", c.KeyPackages.TTL, "24h"); fe != nil {
 		return fe
 	}
-	return checkMinInt("keypackages.max_per_account", c.KeyPackages.MaxPerAccount, 1)
+	if fe := checkMinInt("keypackages.max_per_account", c.KeyPackages.MaxPerAccount, 1); fe != nil {
+		return fe
+	}
+	if fe := checkMinInt("keypackages.fetch_per_pair", c.KeyPackages.FetchPerPair, 1); fe != nil {
+		return fe
+	}
+	if c.KeyPackages.FetchPerTarget < c.KeyPackages.FetchPerPair {
+		return &FieldError{Key: "keypackages.fetch_per_target", Value: strconv.Itoa(c.KeyPackages.FetchPerTarget),
+			Expected: fmt.Sprintf("an integer >= keypackages.fetch_per_pair (%d), such as 30", c.KeyPackages.FetchPerPair)}
+	}
+	return checkPositive("keypackages.fetch_window", c.KeyPackages.FetchWindow, "1h")
 }
 
 func validateInvitations(c Config) *FieldError {
@@ -534,6 +650,13 @@ func validateAuth(c Config) *FieldError {
 	if a.RefreshTokenTTL <= a.AccessTokenTTL {
 		return &FieldError{Key: "auth.refresh_token_ttl", Value: FormatDuration(a.RefreshTokenTTL),
 			Expected: "a duration longer than auth.access_token_ttl (" + FormatDuration(a.AccessTokenTTL) + ")"}
+	}
+	if !(a.ChallengeRate > 0) || math.IsInf(a.ChallengeRate, 0) {
+		return &FieldError{Key: "auth.challenge_rate", Value: strconv.FormatFloat(a.ChallengeRate, 'g', -1, 64),
+			Expected: "a number of login challenges per second > 0, such as 0.5"}
+	}
+	if fe := checkMinInt("auth.challenge_burst", a.ChallengeBurst, 1); fe != nil {
+		return fe
 	}
 	return checkEnum("auth.registration", a.Registration, RegistrationOpen, RegistrationInvite, RegistrationClosed)
 }

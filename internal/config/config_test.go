@@ -34,6 +34,9 @@ func writeFile(t *testing.T, dir, name, content string, mode os.FileMode) string
 	if err := os.WriteFile(p, []byte(content), mode); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Chmod(p, mode); err != nil { // the mode exactly, whatever the umask
+		t.Fatal(err)
+	}
 	return p
 }
 
@@ -111,7 +114,7 @@ auth:
 			c.Limits.RateLimit != 7.5 || c.Auth.Registration != "invite" {
 			t.Fatalf("file not applied: %+v", c)
 		}
-		if c.Limits.KeepAlive != 15*time.Second || c.OpsListen != "127.0.0.1:7444" {
+		if c.Limits.KeepAlive != 0 || c.OpsListen != "127.0.0.1:7444" || c.OpsPprof != "off" {
 			t.Fatalf("keys absent from the file must keep their defaults: %+v", c)
 		}
 	})
@@ -231,6 +234,9 @@ func TestInvalidValues(t *testing.T) {
 	unreadable := writeFile(t, dir, "unreadable.key", testKeyHex, 0o000)
 	shortKey := writeFile(t, dir, "short.key", "abcd\n", 0o600)
 	goodKey := writeFile(t, dir, "good.key", testKeyHex+"\n", 0o600)
+	openKey := writeFile(t, dir, "open.key", testKeyHex+"\n", 0o644)
+	groupKey := writeFile(t, dir, "group key", testKeyHex+"\n", 0o640)
+	openTLSKey := writeFile(t, dir, "tls-open.pem", "-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n", 0o644)
 	base := []string{"QPC_DATA_DIR=" + dir}
 
 	cases := []struct {
@@ -259,12 +265,26 @@ func TestInvalidValues(t *testing.T) {
 			key: "limits.max_connections", value: "0", expect: ">= 1"},
 		{name: "keep-alive not below idle timeout", env: []string{"QPC_LIMITS_KEEP_ALIVE=2m"},
 			key: "limits.keep_alive", value: "2m", expect: "shorter than limits.idle_timeout"},
+		{name: "per-address cap below one", env: []string{"QPC_LIMITS_MAX_CONNECTIONS_PER_ADDRESS=0"},
+			key: "limits.max_connections_per_address", value: "0", expect: ">= 1"},
+		{name: "first request timeout zero", yaml: "limits:\n  first_request_timeout: 0s\n",
+			key: "limits.first_request_timeout", value: "0s", expect: "positive duration"},
+		{name: "bad pprof switch", env: []string{"QPC_OPS_PPROF=yes"},
+			key: "ops_pprof", value: "yes", expect: "one of off, on"},
 		{name: "refresh shorter than access", env: []string{"QPC_AUTH_REFRESH_TOKEN_TTL=1m"},
 			key: "auth.refresh_token_ttl", value: "1m", expect: "longer than auth.access_token_ttl"},
 		{name: "payload too small", env: []string{"QPC_LIMITS_MAX_PAYLOAD_BYTES=10"},
 			key: "limits.max_payload_bytes", value: "10", expect: "from 1024"},
 		{name: "rate limit zero", env: []string{"QPC_LIMITS_RATE_LIMIT=0"},
 			key: "limits.rate_limit", value: "0", expect: "> 0"},
+		{name: "byte rate zero", env: []string{"QPC_LIMITS_BYTE_RATE=0"},
+			key: "limits.byte_rate", value: "0", expect: "bytes per second > 0"},
+		{name: "byte burst below the largest request", env: []string{"QPC_LIMITS_BYTE_BURST=1048576"},
+			key: "limits.byte_burst", value: "1048576", expect: "at least limits.max_payload_bytes and limits.max_inbox_call_bytes (8388608)"},
+		{name: "inbox call cap below the payload cap", env: []string{"QPC_LIMITS_MAX_INBOX_CALL_BYTES=4096"},
+			key: "limits.max_inbox_call_bytes", value: "4096", expect: "at least limits.max_payload_bytes (5242880)"},
+		{name: "negative quota", yaml: "quota:\n  messages: -1\n",
+			key: "quota.messages", value: "-1", expect: ">= 0"},
 		{name: "port out of range", env: []string{"QPC_LISTEN=127.0.0.1:70000"},
 			key: "listen", value: "127.0.0.1:70000", expect: "to 65535"},
 		{name: "port negative", args: []string{"--ops-listen", "127.0.0.1:-1"},
@@ -296,7 +316,13 @@ func TestInvalidValues(t *testing.T) {
 		{name: "key file unreadable", env: []string{"QPC_DB_KEY_FILE=" + unreadable},
 			key: "db.key_file", value: unreadable, expect: "readable file", skipAsRoot: true},
 		{name: "key file is a directory", env: []string{"QPC_DB_KEY_FILE=" + dir},
-			key: "db.key_file", value: dir, expect: "readable file"},
+			key: "db.key_file", value: dir, expect: "a regular file"},
+		{name: "key file readable by all", env: []string{"QPC_DB_KEY_FILE=" + openKey},
+			key: "db.key_file", value: openKey, expect: "only its owner may access, because it holds the database key (it has mode 0644; run: chmod 600 " + openKey + ")"},
+		{name: "key file readable by group", args: []string{"--db-key-file", groupKey},
+			key: "db.key_file", value: groupKey, expect: "it has mode 0640; run: chmod 600 '" + groupKey + "'"},
+		{name: "tls key file readable by all", env: []string{"QPC_TLS_CERT_FILE=" + goodKey, "QPC_TLS_KEY_FILE=" + openTLSKey},
+			key: "tls.key_file", value: openTLSKey, expect: "because it holds the server's TLS private key (it has mode 0644; run: chmod 600 " + openTLSKey + ")"},
 		{name: "key file wrong content", env: []string{"QPC_DB_KEY_FILE=" + shortKey},
 			key: "db.key_file", value: shortKey, expect: "64 hex characters"},
 		{name: "tls cert without key", args: []string{"--tls-cert-file", goodKey},
@@ -555,5 +581,35 @@ func TestEveryOptionSettableFromEnv(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %+v\nwant %+v", got, want)
+	}
+}
+
+// TestDefaultKeyFilesModeChecked: the key files qpcd generates in data_dir
+// are held to the same mode rule as named ones once they exist (a broken
+// content is left to where they are read, as before).
+func TestDefaultKeyFilesModeChecked(t *testing.T) {
+	dir := t.TempDir()
+	env := []string{"QPC_DATA_DIR=" + dir}
+	if _, err := load(t, "", env); err != nil {
+		t.Fatalf("absent defaults: %v", err)
+	}
+	dbKey := writeFile(t, dir, DefaultDBKeyFile, "not even hex\n", 0o600)
+	tlsKey := writeFile(t, dir, DefaultTLSKeyFile, "not a key\n", 0o600)
+	if _, err := load(t, "", env); err != nil {
+		t.Fatalf("0600 defaults: %v", err)
+	}
+	for _, c := range []struct{ key, path string }{{"db.key_file", dbKey}, {"tls.key_file", tlsKey}} {
+		if err := os.Chmod(c.path, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := load(t, "", env)
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Key != c.key || fe.Value != c.path ||
+			!strings.Contains(fe.Expected, "it has mode 0644; run: chmod 600 "+c.path) {
+			t.Fatalf("%s at 0644: %v", c.key, err)
+		}
+		if err := os.Chmod(c.path, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -28,6 +28,7 @@ var sectionTitles = []struct{ section, title string }{
 	{"tls", "TLS (tls)"},
 	{"log", "Logging (log)"},
 	{"limits", "Limits (limits)"},
+	{"quota", "Per-account quotas (quota)"},
 	{"retention", "Retention (retention)"},
 	{"keypackages", "KeyPackages (keypackages)"},
 	{"invitations", "Invitations to channels and DMs (invitations)"},

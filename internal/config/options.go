@@ -27,6 +27,8 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.Listen }},
 	{key: "ops_listen", flag: "ops-listen", help: "HTTP address for /metrics, /healthz and /readyz; empty disables",
 		ptr: func(c *Config) any { return &c.OpsListen }},
+	{key: "ops_pprof", flag: "ops-pprof", help: "on serves Go's pprof profiles under /debug/pprof/ on ops_listen (no authentication: keep ops_listen private); off (default) does not",
+		ptr: func(c *Config) any { return &c.OpsPprof }},
 	{key: "data_dir", flag: "data-dir", help: "directory for the database, generated keys and the admin socket",
 		ptr: func(c *Config) any { return &c.DataDir }},
 	{key: "store.backend", flag: "store-backend", help: "storage engine: sqlcipher (embedded database in data_dir) or postgres (several qpcd nodes share one PostgreSQL database, see postgres.*)",
@@ -63,9 +65,13 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.Log.Format }},
 	{key: "limits.max_connections", flag: "max-connections", help: "maximum open QUIC connections; further handshakes are refused",
 		ptr: func(c *Config) any { return &c.Limits.MaxConnections }},
-	{key: "limits.idle_timeout", help: "QUIC idle timeout: a connection with no traffic for this long is closed",
+	{key: "limits.max_connections_per_address", flag: "max-connections-per-address", help: "maximum open QUIC connections from one source address (IPv4 address or IPv6 /64, loopback included), so one host cannot take every slot of max_connections",
+		ptr: func(c *Config) any { return &c.Limits.MaxConnectionsPerAddress }},
+	{key: "limits.first_request_timeout", help: "a connection that sends no request this long after its handshake is closed",
+		ptr: func(c *Config) any { return &c.Limits.FirstRequestTimeout }},
+	{key: "limits.idle_timeout", help: "QUIC idle timeout: a connection with no traffic, or with no request, for this long is closed (keep-alives do not count as requests)",
 		ptr: func(c *Config) any { return &c.Limits.IdleTimeout }},
-	{key: "limits.keep_alive", help: "QUIC keep-alive period, shorter than idle_timeout; 0 disables",
+	{key: "limits.keep_alive", help: "QUIC keep-alive period of the server, shorter than idle_timeout; 0 (default) disables: clients keep their connections alive",
 		ptr: func(c *Config) any { return &c.Limits.KeepAlive }},
 	{key: "limits.max_payload_bytes", flag: "max-payload-bytes", help: "largest frame accepted, in bytes (5 MiB); longer frames are refused before allocation",
 		ptr: func(c *Config) any { return &c.Limits.MaxPayloadBytes }},
@@ -79,6 +85,22 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.Limits.DrainTimeout }},
 	{key: "limits.max_streams_per_conn", help: "concurrent RPCs (streams) per connection",
 		ptr: func(c *Config) any { return &c.Limits.MaxStreamsPerConn }},
+	{key: "limits.byte_rate", help: "sustained payload bytes per second one account may ask the server to store (Enqueue, and SendToInbox counted once per recipient); 1048576 = 1 MiB/s",
+		ptr: func(c *Config) any { return &c.Limits.ByteRate }},
+	{key: "limits.byte_burst", help: "payload bytes an account may send in a burst above byte_rate; at least max_payload_bytes and max_inbox_call_bytes",
+		ptr: func(c *Config) any { return &c.Limits.ByteBurst }},
+	{key: "limits.max_inbox_call_bytes", help: "most bytes one SendToInbox may store: its payload times its recipient devices (8 MiB); at least max_payload_bytes",
+		ptr: func(c *Config) any { return &c.Limits.MaxInboxCallBytes }},
+	{key: "quota.message_bytes", help: "per account: bytes of channel messages it sent that are still stored (until retention deletes them); 1 GiB; 0 = no limit",
+		ptr: func(c *Config) any { return &c.Quota.MessageBytes }},
+	{key: "quota.messages", help: "per account: channel messages it sent that are still stored; 0 = no limit",
+		ptr: func(c *Config) any { return &c.Quota.Messages }},
+	{key: "quota.inbox_bytes", help: "per account: bytes of inbox items (Welcomes) it sent that are not yet acknowledged or expired; 64 MiB; 0 = no limit",
+		ptr: func(c *Config) any { return &c.Quota.InboxBytes }},
+	{key: "quota.inbox_items", help: "per account: inbox items it sent that are not yet acknowledged or expired; 0 = no limit",
+		ptr: func(c *Config) any { return &c.Quota.InboxItems }},
+	{key: "quota.channels", help: "per account: channels (groups and DMs) it created; channels are kept, so this bounds them for good; 0 = no limit",
+		ptr: func(c *Config) any { return &c.Quota.Channels }},
 	{key: "retention.messages", help: "how long stored messages are kept (168h = 7 days)",
 		ptr: func(c *Config) any { return &c.Retention.Messages }},
 	{key: "retention.epochs_behind", help: "application messages are accepted for this many epochs before a group's current one",
@@ -87,6 +109,12 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.KeyPackages.TTL }},
 	{key: "keypackages.max_per_account", help: "most unused KeyPackages stored per account; uploads beyond are refused",
 		ptr: func(c *Config) any { return &c.KeyPackages.MaxPerAccount }},
+	{key: "keypackages.fetch_per_pair", flag: "keypackage-fetch-per-pair", help: "fetches of one account's KeyPackages that one other account may make per fetch_window (each uses one KeyPackage per device); beyond: RESOURCE_EXHAUSTED",
+		ptr: func(c *Config) any { return &c.KeyPackages.FetchPerPair }},
+	{key: "keypackages.fetch_per_target", flag: "keypackage-fetch-per-target", help: "fetches of one account's KeyPackages by all accounts together per fetch_window, so many accounts cannot drain it either; >= fetch_per_pair",
+		ptr: func(c *Config) any { return &c.KeyPackages.FetchPerTarget }},
+	{key: "keypackages.fetch_window", flag: "keypackage-fetch-window", help: "window of the KeyPackage fetch limits (each refills evenly over it); limits count per qpcd node",
+		ptr: func(c *Config) any { return &c.KeyPackages.FetchWindow }},
 	{key: "invitations.ttl", help: "how long an invitation to a channel or DM waits for its invitee's answer (168h = 7 days)",
 		ptr: func(c *Config) any { return &c.Invitations.TTL }},
 	{key: "invitations.max_per_hour", flag: "invitations-max-per-hour", help: "invitations (group adds and new DMs) one account may send per hour; more are refused with resource_exhausted",
@@ -101,13 +129,17 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.Auth.RefreshTokenTTL }},
 	{key: "auth.registration", flag: "registration", help: "who may create accounts: open, invite (invite code needed) or closed",
 		ptr: func(c *Config) any { return &c.Auth.Registration }},
+	{key: "auth.challenge_rate", flag: "challenge-rate", help: "sustained login challenges per second one source address may ask for one device (challenges are stateless, so this only bounds the work; limits.rate_limit applies too)",
+		ptr: func(c *Config) any { return &c.Auth.ChallengeRate }},
+	{key: "auth.challenge_burst", flag: "challenge-burst", help: "login challenges allowed in a burst above challenge_rate, per device and source address",
+		ptr: func(c *Config) any { return &c.Auth.ChallengeBurst }},
 	{key: "admin.socket", flag: "admin-socket", help: "admin API Unix socket (mode 0600); empty = <data_dir>/admin.sock",
 		ptr: func(c *Config) any { return &c.Admin.Socket }},
 }
 
 // sections are the YAML mappings that group keys.
 var sections = map[string]bool{"store": true, "db": true, "postgres": true, "tls": true, "log": true, "limits": true,
-	"retention": true, "keypackages": true, "invitations": true, "auth": true, "admin": true}
+	"quota": true, "retention": true, "keypackages": true, "invitations": true, "auth": true, "admin": true}
 
 func optionByKey(key string) (option, bool) {
 	for _, o := range options {
@@ -175,7 +207,7 @@ func (o option) set(c *Config, s string) *FieldError {
 	switch p := o.ptr(c).(type) {
 	case *string:
 		switch o.key {
-		case "log.level", "log.format", "auth.registration", "store.backend", "postgres.sslmode":
+		case "log.level", "log.format", "auth.registration", "store.backend", "postgres.sslmode", "ops_pprof":
 			s = strings.ToLower(s)
 		}
 		*p = s

@@ -6,7 +6,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -139,46 +138,34 @@ const maxDSNFileSize = 64 << 10
 // readDSNFile reads a connection string from path: a regular file that
 // neither group nor others may access, surrounding whitespace ignored.
 func readDSNFile(path string) (secret.Bytes, *FieldError) {
-	fail := func(expected string, err error) (secret.Bytes, *FieldError) {
-		return secret.Bytes{}, &FieldError{Key: "postgres.dsn_file", Value: path, Expected: expected, Err: err}
-	}
-	f, err := os.Open(path)
+	b, err := secret.ReadPrivateFile(path, maxDSNFileSize)
 	if err != nil {
-		return fail("a readable file holding the connection string ("+causeText(err)+")", err)
+		return secret.Bytes{}, privateFileError("postgres.dsn_file", path, "the connection string", "the database password", err)
 	}
-	defer func() { _ = f.Close() }()
-	fi, err := f.Stat()
-	if err != nil {
-		return fail("a readable file holding the connection string ("+causeText(err)+")", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return fail("a regular file holding the connection string (this is not one)", nil)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return fail(fmt.Sprintf("a file that only its owner may access, because it holds the database password "+
-			"(it has mode %04o; run: chmod 600 %s)", perm, shellQuote(path)), nil)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, maxDSNFileSize+1))
-	defer secret.Wipe(b)
-	if err != nil {
-		return fail("a readable file holding the connection string ("+causeText(err)+")", err)
-	}
-	if len(b) > maxDSNFileSize {
-		return fail("a file of at most 64 KiB holding the connection string", nil)
-	}
-	s := bytes.TrimSpace(b)
+	defer b.Wipe()
+	s := bytes.TrimSpace(b.Reveal())
 	if len(s) == 0 {
-		return fail("a file holding the connection string (this file is empty)", nil)
+		return secret.Bytes{}, &FieldError{Key: "postgres.dsn_file", Value: path, Expected: "a file holding the connection string (this file is empty)"}
 	}
 	return secret.New(bytes.Clone(s)), nil
 }
 
-// shellQuote quotes path for a shell command line when it needs it.
-func shellQuote(path string) string {
-	if path != "" && strings.Trim(path, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+,:@") == "" {
-		return path
+// privateFileError turns a secret.ReadPrivateFile error for the file named by
+// option key into a *FieldError: holds says what the file should hold, guards
+// what its content gives away.
+func privateFileError(key, path, holds, guards string, err error) *FieldError {
+	var me *secret.ModeError
+	switch {
+	case errors.As(err, &me):
+		return &FieldError{Key: key, Value: path, Err: err,
+			Expected: "a file that only its owner may access, because it holds " + guards + " (" + me.Error() + ")"}
+	case errors.Is(err, secret.ErrNotRegular):
+		return &FieldError{Key: key, Value: path, Err: err, Expected: "a regular file holding " + holds + " (this is not one)"}
+	case errors.Is(err, secret.ErrFileTooLarge):
+		return &FieldError{Key: key, Value: path, Err: err, Expected: "a small file holding " + holds + " (" + err.Error() + ")"}
+	default:
+		return &FieldError{Key: key, Value: path, Err: err, Expected: "a readable file holding " + holds + " (" + causeText(err) + ")"}
 	}
-	return "'" + strings.ReplaceAll(path, "'", `'\''`) + "'"
 }
 
 // checkCAFile checks that path is a PEM file of X.509 certificates only.

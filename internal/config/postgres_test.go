@@ -453,18 +453,6 @@ func TestDSNParamsApplied(t *testing.T) {
 	}
 }
 
-func TestShellQuote(t *testing.T) {
-	for in, want := range map[string]string{
-		"/etc/qpcd/dsn": "/etc/qpcd/dsn",
-		"/my dsn":       "'/my dsn'",
-		"/it's":         `'/it'\''s'`,
-	} {
-		if got := shellQuote(in); got != want {
-			t.Errorf("shellQuote(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 // FuzzRedactDSN checks RedactDSN against pgx's own parser: whatever pgx
 // reads as the password of a connection string is gone from the redacted
 // form, which still parses the same way.

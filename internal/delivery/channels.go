@@ -94,6 +94,9 @@ func (s *Service) CreateGroup(ctx context.Context, c Caller, groupID []byte, epo
 		case !errors.Is(err, sql.ErrNoRows):
 			return err
 		}
+		if err := s.chargeChannel(ctx, tx, c); err != nil {
+			return err
+		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO channels (id, kind, group_id, epoch, created_by, created_at)
 			VALUES (?, ?, ?, ?, ?, ?)`, id, KindGroup, groupID, int64(epoch), c.AccountID, now); err != nil {
 			return err
@@ -163,6 +166,9 @@ func (s *Service) CreateDM(ctx context.Context, c Caller, peerName string, group
 		case err == nil:
 			return ErrChannelExists
 		case !errors.Is(err, sql.ErrNoRows):
+			return err
+		}
+		if err := s.chargeChannel(ctx, tx, c); err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO channels (id, kind, group_id, epoch, ttl_ms, created_by, created_at)

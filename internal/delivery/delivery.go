@@ -58,7 +58,9 @@ var (
 	// ErrChannelExists: the group id is bound to a channel the caller is not
 	// a member of (ALREADY_EXISTS).
 	ErrChannelExists = errors.New("delivery: a channel for this group id exists")
-	// ErrTooLarge: the payload is above limits.max_payload_bytes (RESOURCE_EXHAUSTED).
+	// ErrTooLarge: the payload is above limits.max_payload_bytes, or a
+	// SendToInbox's payload times its recipients is above
+	// limits.max_inbox_call_bytes (RESOURCE_EXHAUSTED).
 	ErrTooLarge = errors.New("delivery: payload too large")
 	// ErrUnknownAccount: no such active account or device (NOT_FOUND).
 	ErrUnknownAccount = errors.New("delivery: unknown account or device")
@@ -109,6 +111,12 @@ type Options struct {
 	EpochsBehind int
 	// MaxPayload caps an MLS message, GroupInfo or inbox payload; default 5 MiB.
 	MaxPayload int
+	// MaxInboxCallBytes caps what one SendToInbox stores: the payload
+	// times its recipient devices; default 8 MiB.
+	MaxInboxCallBytes int
+	// Quota bounds what each account keeps stored (quota.go); the zero
+	// value is no limit (the server passes the configured defaults).
+	Quota Quota
 	// LongPollMax caps FetchWait; default 30s.
 	LongPollMax time.Duration
 	// FetchLinger is how long a woken FetchWait waits for more messages
@@ -145,6 +153,8 @@ type Service struct {
 	retention   time.Duration
 	behind      uint64
 	maxPayload  int
+	maxInbox    int
+	quota       Quota
 	longPollMax time.Duration
 	linger      time.Duration
 	hub         *hub
@@ -168,8 +178,8 @@ func New(o Options) (*Service, error) {
 	s := &Service{
 		db: o.DB, dir: o.Directory, log: o.Logger, audit: o.Audit, now: o.Now,
 		retention: o.Retention, behind: uint64(max(o.EpochsBehind, 0)), maxPayload: o.MaxPayload,
-		longPollMax: o.LongPollMax,
-		stop:        make(chan struct{}), done: make(chan struct{}),
+		maxInbox: o.MaxInboxCallBytes, quota: o.Quota, longPollMax: o.LongPollMax,
+		stop: make(chan struct{}), done: make(chan struct{}),
 		inviteTTL: o.InvitationTTL, invitesPerHour: o.InvitationsPerHour, maxPending: o.MaxPendingInvitations,
 		maxHeldWelcome: o.MaxHeldWelcome,
 	}
@@ -196,6 +206,9 @@ func New(o Options) (*Service, error) {
 	}
 	if s.maxPayload <= 0 {
 		s.maxPayload = 5 << 20
+	}
+	if s.maxInbox <= 0 {
+		s.maxInbox = 8 << 20
 	}
 	if s.longPollMax <= 0 {
 		s.longPollMax = 30 * time.Second
@@ -249,10 +262,17 @@ const (
 const (
 	InboxWelcome = 1
 	InboxOther   = 2
+	// InboxAccountEvent (3, events.go) is the other server-written kind.
 	// InboxMembership: a server-written MembershipEvent for an account
 	// that cannot read the channel's log (an invitee, a removed member).
-	InboxMembership = 3
+	InboxMembership = 4
 )
+
+// chargedInbox selects the inbox kinds a sender's quota pays for: those a
+// client sends (SendToInbox). The server's own notices (account and
+// membership events) are charged to nobody, so acknowledging or expiring
+// them must not give room back to the account named as their sender.
+const chargedInbox = `kind IN (1, 2)`
 
 func kindLabel(kind int) string {
 	if kind == KindDM {

@@ -112,6 +112,9 @@ func (s *Service) Enqueue(ctx context.Context, c Caller, id []byte, messageID st
 	case err == nil:
 	case errors.Is(err, ErrStaleEpoch):
 		result = "stale_epoch"
+	case errors.Is(err, ErrQuotaExceeded):
+		result = "quota"
+		s.countQuotaRefusal(ctx, c, err)
 	case errors.Is(err, ErrNotMember), errors.Is(err, ErrNotFound):
 		result = "denied"
 		s.denied(ctx, c, "enqueue", err)
@@ -185,6 +188,11 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 		plan, err := decideEnqueue(st, req)
 		if err != nil || plan.duplicate {
 			res.Seq, res.Epoch, res.Duplicate = plan.seq, plan.epoch, plan.duplicate
+			return err
+		}
+		// After the channel's lock: the sender's usage row is the second
+		// lock (the same order in every enqueue).
+		if err := s.charge(ctx, tx, c.AccountID, Usage{MessageBytes: int64(len(msg)), Messages: 1}); err != nil {
 			return err
 		}
 		ins, err := s.db.WriteStmt(ctx, tx, enqueueInsert)
@@ -363,8 +371,18 @@ func (s *Service) SendToInbox(ctx context.Context, c Caller, channelID []byte, k
 	if len(payload) == 0 {
 		return 0, fmt.Errorf("%w: empty payload", ErrInvalidRequest)
 	}
-	if len(payload)*max(len(to), 1) > s.maxPayload*4 || len(payload) > s.maxPayload {
-		return 0, fmt.Errorf("%w: %d bytes to %d devices", ErrTooLarge, len(payload), len(to))
+	if len(payload) > s.maxPayload {
+		return 0, fmt.Errorf("%w: %d bytes, at most %d (limits.max_payload_bytes)", ErrTooLarge, len(payload), s.maxPayload)
+	}
+	// Every recipient device gets its own copy, so one call stores the
+	// payload times the recipients: bounded per call here, and counted
+	// in full against the sender's inbox quota below.
+	if int64(len(payload))*int64(len(to)) > int64(s.maxInbox) {
+		s.metrics.quotaRefusals.WithLabelValues(LimitInboxCallBytes).Inc()
+		s.audit.Event(ctx, "quota.refused", slog.String("account_id", c.AccountID), slog.String("device_id", c.DeviceID),
+			slog.String("limit", LimitInboxCallBytes), slog.Int64("adding", int64(len(payload))*int64(len(to))), slog.Int64("max", int64(s.maxInbox)))
+		return 0, fmt.Errorf("%w: %s to %d devices stores %s, at most %s per call (limits.max_inbox_call_bytes, QPC_LIMITS_MAX_INBOX_CALL_BYTES); send to fewer devices per call",
+			ErrTooLarge, FormatBytes(int64(len(payload))), len(to), FormatBytes(int64(len(payload))*int64(len(to))), FormatBytes(int64(s.maxInbox)))
 	}
 	if kind == InboxWelcome {
 		var m mls.MLSMessage
@@ -392,32 +410,55 @@ func (s *Service) SendToInbox(ctx context.Context, c Caller, channelID []byte, k
 		}
 	}
 	now := s.now().UnixMilli()
-	held := 0
+	held, dropped := 0, 0
 	err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
 		if _, _, err := loadForMember(ctx, tx, c, channelID); err != nil {
 			return err
 		}
-		held = 0
+		held, dropped = 0, 0
+		// A held Welcome that replaces an earlier one for the same device
+		// gives the earlier one's room back to its sender.
+		replaced := map[string]Usage{}
 		for _, d := range devs {
 			// Members get the item; a pending invitee's Welcome waits with
 			// its invitation (one for a declined invitee is dropped);
 			// anyone else, or a recipient that blocked the sender, refuses
 			// the whole call (members.go).
-			act, err := s.inboxRecipient(ctx, tx, c, channelID, d, kind, payload, now)
+			act, err := s.inboxRecipient(ctx, tx, c, channelID, d, kind, payload, now, replaced)
 			if err != nil {
 				return err
 			}
-			if act != inboxDeliver {
-				held++ // held with an invitation, or dropped
+			switch act {
+			case inboxHold:
+				held++
+				continue
+			case inboxDrop:
+				dropped++
 				continue
 			}
 			if err := s.insertInbox(ctx, tx, d.ID, kind, channelID, c.AccountID, c.DeviceID, now, payload); err != nil {
 				return err
 			}
 		}
-		return nil
+		// Last, after the inbox heads: Ack takes the same locks in that
+		// order. A held Welcome is stored, so it is charged now like an
+		// inbox item (it becomes one when its invitee accepts, and its
+		// room is given back when it is acknowledged, declined, withdrawn
+		// or expires); a dropped one stores nothing.
+		n := int64(len(devs) - dropped)
+		if mine, ok := replaced[c.AccountID]; ok {
+			delete(replaced, c.AccountID)
+			if err := s.release(ctx, tx, map[string]Usage{c.AccountID: mine}); err != nil {
+				return err
+			}
+		}
+		if err := s.charge(ctx, tx, c.AccountID, Usage{InboxBytes: n * int64(len(payload)), InboxItems: n}); err != nil {
+			return err
+		}
+		return s.release(ctx, tx, replaced)
 	})
 	if err != nil {
+		s.countQuotaRefusal(ctx, c, err)
 		s.denied(ctx, c, "send_to_inbox", err)
 		return 0, fmt.Errorf("delivery: send to inbox: %w", err)
 	}
@@ -431,7 +472,7 @@ func (s *Service) SendToInbox(ctx context.Context, c Caller, channelID []byte, k
 	s.metrics.inboxItems.WithLabelValues(kl).Add(float64(len(devs)))
 	s.metrics.enqueuedBytes.WithLabelValues("inbox").Add(float64(len(payload) * len(devs)))
 	s.audit.Event(ctx, "delivery.inbox_send", slog.String("account_id", c.AccountID), slog.String("device_id", c.DeviceID),
-		slog.String("channel_id", hexID(channelID)), slog.String("kind", kl), slog.Int("recipients", len(devs)), slog.Int("held", held), slog.Int("size", len(payload)))
+		slog.String("channel_id", hexID(channelID)), slog.String("kind", kl), slog.Int("recipients", len(devs)), slog.Int("held", held), slog.Int("dropped", dropped), slog.Int("size", len(payload)))
 	return len(devs), nil
 }
 

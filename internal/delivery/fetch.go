@@ -335,7 +335,10 @@ func (s *Service) Ack(ctx context.Context, c Caller, cursors []Cursor, inboxSeq 
 	if inboxSeq > 1<<62 {
 		return fmt.Errorf("delivery: ack: %w: inbox seq", ErrInvalidRequest)
 	}
-	err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
+	// READ COMMITTED with the acknowledged inbox rows locked: the usage
+	// rows of their senders are updated relative to their latest version,
+	// so an Ack does not retry against its senders' concurrent writes.
+	err := s.db.WriteTxLocked(ctx, func(tx *sql.Tx) error {
 		for _, cu := range cursors {
 			_, head, err := loadForMember(ctx, tx, c, cu.ChannelID)
 			if err != nil {
@@ -357,7 +360,18 @@ func (s *Service) Ack(ctx context.Context, c Caller, cursors []Cursor, inboxSeq 
 				seq, seq, c.DeviceID, seq, seq); err != nil {
 				return err
 			}
+			// The items leave their senders' inbox quotas (the server's own
+			// notices were charged to nobody). The rows are locked first:
+			// the sweep may be deleting some of them.
+			freed, err := senderUsage(ctx, tx, `SELECT sender_account, COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM inbox
+				WHERE id IN (SELECT id FROM inbox WHERE device_id = ? AND seq <= ?`+s.db.ForUpdate()+`) AND `+chargedInbox+` GROUP BY sender_account`, c.DeviceID, int64(inboxSeq))
+			if err != nil {
+				return err
+			}
 			if _, err := tx.ExecContext(ctx, `DELETE FROM inbox WHERE device_id = ? AND seq <= ?`, c.DeviceID, int64(inboxSeq)); err != nil {
+				return err
+			}
+			if err := s.release(ctx, tx, freed); err != nil {
 				return err
 			}
 		}

@@ -460,7 +460,7 @@ func (s *Service) RemoveMembers(ctx context.Context, c Caller, id []byte, refs [
 			mayRemove := self || admin == c.AccountID
 			// Anyone may withdraw its own pending invitations; the
 			// invitee and the admin withdraw any.
-			n, err := cancelInvitations(ctx, tx, id, t.Member, c.AccountID, mayRemove, nowMS)
+			n, err := s.cancelInvitations(ctx, tx, id, t.Member, c.AccountID, mayRemove, nowMS)
 			if err != nil {
 				return err
 			}
@@ -546,7 +546,7 @@ func (s *Service) whyNotRemoved(ctx context.Context, tx *sql.Tx, id []byte, m Me
 // cancelInvitations withdraws pending invitations of m to the channel: any
 // (anyone true: the invitee itself or the admin) or only those the caller
 // made. It returns how many.
-func cancelInvitations(ctx context.Context, tx *sql.Tx, id []byte, m Member, caller string, anyone bool, nowMS int64) (int, error) {
+func (s *Service) cancelInvitations(ctx context.Context, tx *sql.Tx, id []byte, m Member, caller string, anyone bool, nowMS int64) (int, error) {
 	q := `SELECT id FROM invitations WHERE channel_id = ? AND account_id = ? AND status = ? AND expires_at > ?`
 	args := []any{id, m.AccountID, invPending, nowMS}
 	if m.DeviceID != "" {
@@ -575,19 +575,34 @@ func cancelInvitations(ctx context.Context, tx *sql.Tx, id []byte, m Member, cal
 		return 0, err
 	}
 	for _, inv := range ids {
-		if err := settleInvitation(ctx, tx, inv, invCancelled, nowMS); err != nil {
+		if err := s.settleInvitation(ctx, tx, inv, invCancelled, nowMS); err != nil {
 			return 0, err
 		}
 	}
 	return len(ids), nil
 }
 
-func settleInvitation(ctx context.Context, tx *sql.Tx, id string, status int, nowMS int64) error {
+// settleInvitation records an answer to an invitation and deletes the
+// Welcomes held for it. Unless it was accepted (AcceptInvitation moved them
+// into inboxes, where they stay charged to their senders), the Welcomes
+// leave their senders' inbox quotas.
+func (s *Service) settleInvitation(ctx context.Context, tx *sql.Tx, id string, status int, nowMS int64) error {
 	if _, err := tx.ExecContext(ctx, `UPDATE invitations SET status = ?, decided_at = ? WHERE id = ?`, status, nowMS, id); err != nil {
 		return err
 	}
-	_, err := tx.ExecContext(ctx, `DELETE FROM invitation_welcomes WHERE invitation_id = ?`, id)
-	return err
+	var freed map[string]Usage
+	if status != invAccepted {
+		var err error
+		freed, err = senderUsage(ctx, tx, `SELECT sender_account, COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM invitation_welcomes
+			WHERE invitation_id = ? GROUP BY sender_account`, id)
+		if err != nil {
+			return err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM invitation_welcomes WHERE invitation_id = ?`, id); err != nil {
+		return err
+	}
+	return s.release(ctx, tx, freed)
 }
 
 // removeMembership ends m's membership of the channel and returns the rows
@@ -792,7 +807,7 @@ func (s *Service) AcceptInvitation(ctx context.Context, c Caller, invID string) 
 			}
 			welcomes = append(welcomes, h.device)
 		}
-		if err := settleInvitation(ctx, tx, invID, invAccepted, nowMS); err != nil {
+		if err := s.settleInvitation(ctx, tx, invID, invAccepted, nowMS); err != nil {
 			return err
 		}
 		ev := &qpcv1.MembershipEvent{Type: qpcv1.MembershipEventType_MEMBERSHIP_EVENT_TYPE_JOINED, ChannelId: id,
@@ -846,7 +861,7 @@ func (s *Service) DeclineInvitation(ctx context.Context, c Caller, invID string)
 }
 
 func (s *Service) decline(ctx context.Context, tx *sql.Tx, account, name, invID string, channelID []byte, device string, nowMS int64) (pendingEvent, error) {
-	if err := settleInvitation(ctx, tx, invID, invDeclined, nowMS); err != nil {
+	if err := s.settleInvitation(ctx, tx, invID, invDeclined, nowMS); err != nil {
 		return pendingEvent{}, err
 	}
 	ev := &qpcv1.MembershipEvent{Type: qpcv1.MembershipEventType_MEMBERSHIP_EVENT_TYPE_DECLINED, ChannelId: channelID,
@@ -997,7 +1012,11 @@ const (
 // adder's client sends it after its commit whatever happened meanwhile, and
 // nothing is stored), or refuse (not a member, or the recipient blocked
 // the sender).
-func (s *Service) inboxRecipient(ctx context.Context, tx *sql.Tx, c Caller, channelID []byte, d Device, kind int, payload []byte, nowMS int64) (int, error) {
+//
+// A held Welcome replaces an earlier one for the same invitation and device;
+// the earlier one's size is added to replaced under its sender, whose quota
+// it no longer uses.
+func (s *Service) inboxRecipient(ctx context.Context, tx *sql.Tx, c Caller, channelID []byte, d Device, kind int, payload []byte, nowMS int64, replaced map[string]Usage) (int, error) {
 	if b, err := blocked(ctx, tx, c.AccountID, d.AccountID); err != nil {
 		return 0, err
 	} else if b {
@@ -1028,6 +1047,18 @@ func (s *Service) inboxRecipient(ctx context.Context, tx *sql.Tx, c Caller, chan
 		return 0, fmt.Errorf("%w: a Welcome held for an invitee is at most %d bytes (invitations.max_welcome_bytes), this one is %d",
 			ErrTooLarge, s.maxHeldWelcome, len(payload))
 	}
+	var prevSender string
+	var prevSize int64
+	err = tx.QueryRowContext(ctx, `SELECT sender_account, LENGTH(body) FROM invitation_welcomes WHERE invitation_id = ? AND device_id = ?`,
+		invID, d.ID).Scan(&prevSender, &prevSize)
+	switch {
+	case err == nil:
+		u := replaced[prevSender]
+		u.InboxBytes, u.InboxItems = u.InboxBytes+prevSize, u.InboxItems+1
+		replaced[prevSender] = u
+	case !errors.Is(err, sql.ErrNoRows):
+		return 0, err
+	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO invitation_welcomes (invitation_id, device_id, sender_account, sender_device, created_at, body)
 		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (invitation_id, device_id) DO UPDATE SET sender_account = excluded.sender_account,
 		sender_device = excluded.sender_device, created_at = excluded.created_at, body = excluded.body`,
@@ -1045,8 +1076,17 @@ func (s *Service) sweepInvitations(ctx context.Context) (int64, error) {
 		if ok, err := s.db.TryJobLock(ctx, tx, "delivery.sweep"); err != nil || !ok {
 			return err
 		}
+		// Held Welcomes of expired invitations leave their senders' quotas.
+		freed, err := senderUsage(ctx, tx, `SELECT sender_account, COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM invitation_welcomes
+			WHERE invitation_id IN (SELECT id FROM invitations WHERE expires_at <= ?) GROUP BY sender_account`, now)
+		if err != nil {
+			return err
+		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM invitation_welcomes WHERE invitation_id IN
 			(SELECT id FROM invitations WHERE expires_at <= ?)`, now); err != nil {
+			return err
+		}
+		if err := s.release(ctx, tx, freed); err != nil {
 			return err
 		}
 		r, err := tx.ExecContext(ctx, `DELETE FROM invitations WHERE expires_at <= ?`, now)

@@ -20,6 +20,7 @@ type metrics struct {
 	waiters         prometheus.Gauge       // qpcd_long_poll_waiters
 	denied          *prometheus.CounterVec // qpcd_delivery_denied_total{operation}
 	expired         *prometheus.CounterVec // qpcd_delivery_expired_total{kind}
+	quotaRefusals   *prometheus.CounterVec // qpcd_quota_refusals_total{limit}
 	// qpcd_membership_events_total{type}
 	membership *prometheus.CounterVec
 	// qpcd_invitations_refused_total{reason}
@@ -29,7 +30,7 @@ type metrics struct {
 func newMetrics() *metrics {
 	m := &metrics{
 		enqueued: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "qpcd_enqueue_total", Help: "Enqueue requests by channel type (group, dm) and result (ok, duplicate, stale_epoch, denied, invalid, error).",
+			Name: "qpcd_enqueue_total", Help: "Enqueue requests by channel type (group, dm) and result (ok, duplicate, stale_epoch, denied, invalid, quota, error).",
 		}, []string{"channel_type", "result"}),
 		enqueuedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "qpcd_enqueue_bytes_total", Help: "Bytes of MLS messages stored, by channel type (group, dm, inbox).",
@@ -64,6 +65,9 @@ func newMetrics() *metrics {
 		expired: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "qpcd_delivery_expired_total", Help: "Messages, inbox items and invitations deleted by the retention sweep, by kind (message, inbox, invitation).",
 		}, []string{"kind"}),
+		quotaRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qpcd_quota_refusals_total", Help: "Writes refused by a per-account quota, by limit (message_bytes, messages, inbox_bytes, inbox_items, channels, inbox_call_bytes).",
+		}, []string{"limit"}),
 		membership: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "qpcd_membership_events_total", Help: "Server-side membership changes announced to channels, by type (invited, joined, declined, left, removed, cancelled).",
 		}, []string{"type"}),
@@ -77,8 +81,12 @@ func newMetrics() *metrics {
 	for _, r := range []string{"blocked", "per_inviter", "per_invitee"} {
 		m.invitationsRefused.WithLabelValues(r)
 	}
+	for _, l := range quotaLimits {
+		m.quotaRefusals.WithLabelValues(l.name)
+	}
+	m.quotaRefusals.WithLabelValues(LimitInboxCallBytes)
 	for _, t := range []string{"group", "dm"} {
-		for _, r := range []string{"ok", "duplicate", "stale_epoch", "denied", "invalid", "error"} {
+		for _, r := range []string{"ok", "duplicate", "stale_epoch", "denied", "invalid", "quota", "error"} {
 			m.enqueued.WithLabelValues(t, r)
 		}
 	}
@@ -105,7 +113,8 @@ func newMetrics() *metrics {
 func (m *metrics) register(r prometheus.Registerer) error {
 	var errs []error
 	for _, c := range []prometheus.Collector{m.enqueued, m.enqueuedBytes, m.inboxItems, m.fetches, m.fetchedMessages,
-		m.fetchedBytes, m.depth, m.oldest, m.wakeups, m.waiters, m.denied, m.expired, m.membership, m.invitationsRefused} {
+		m.fetchedBytes, m.depth, m.oldest, m.wakeups, m.waiters, m.denied, m.expired, m.quotaRefusals,
+		m.membership, m.invitationsRefused} {
 		if err := r.Register(c); err != nil {
 			errs = append(errs, err)
 		}

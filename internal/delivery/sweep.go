@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/quicprochat/quicprochat/internal/store"
@@ -92,20 +93,50 @@ func (s *Service) Sweep(ctx context.Context) (int64, error) {
 	for {
 		now := s.now().UnixMilli()
 		var n int64
-		err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		// READ COMMITTED with the rows locked: an Ack deleting the same
+		// items waits (or was first, and its rows are skipped), so each
+		// deleted item leaves its sender's usage exactly once.
+		err := s.db.WriteTxLocked(ctx, func(tx *sql.Tx) error {
 			n = 0
 			// Several nodes on one PostgreSQL database: one sweeps at a time
 			// (the deletes are idempotent; the lock only saves repeated work).
 			if ok, err := s.db.TryJobLock(ctx, tx, "delivery.sweep"); err != nil || !ok {
 				return err
 			}
-			r, err := tx.ExecContext(ctx, `DELETE FROM inbox WHERE id IN
-				(SELECT id FROM inbox WHERE expires_at <= ? LIMIT ?)`, now, sweepBatch)
+			rows, err := tx.QueryContext(ctx, `SELECT id, sender_account, LENGTH(body), `+chargedInbox+` FROM inbox WHERE expires_at <= ? ORDER BY id LIMIT ?`+s.db.ForUpdate(), now, sweepBatch)
 			if err != nil {
 				return err
 			}
-			n, err = r.RowsAffected()
-			return err
+			var ids []any
+			freed := map[string]Usage{}
+			for rows.Next() {
+				var id, size int64
+				var sender string
+				var charged bool
+				if err := rows.Scan(&id, &sender, &size, &charged); err != nil {
+					rows.Close()
+					return err
+				}
+				ids = append(ids, id)
+				if !charged {
+					continue // a server notice: charged to nobody
+				}
+				f := freed[sender]
+				f.InboxBytes, f.InboxItems = f.InboxBytes+size, f.InboxItems+1
+				freed[sender] = f
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil || len(ids) == 0 {
+				return err
+			}
+			r, err := tx.ExecContext(ctx, `DELETE FROM inbox WHERE id IN (?`+strings.Repeat(", ?", len(ids)-1)+`)`, ids...)
+			if err != nil {
+				return err
+			}
+			if n, err = r.RowsAffected(); err != nil {
+				return err
+			}
+			return s.release(ctx, tx, freed)
 		})
 		if err != nil {
 			return total, fmt.Errorf("delivery: sweep inbox: %w", err)
@@ -125,7 +156,10 @@ func (s *Service) Sweep(ctx context.Context) (int64, error) {
 func (s *Service) sweepChannel(ctx context.Context, id []byte) (int64, error) {
 	now := s.now().UnixMilli()
 	var n int64
-	err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
+	// READ COMMITTED: nothing but the sweep (one at a time, under the job
+	// lock) deletes messages, and the usage rows are updated relative to
+	// their latest version, so no serializable retries against enqueues.
+	err := s.db.WriteTxLocked(ctx, func(tx *sql.Tx) error {
 		n = 0
 		if ok, err := s.db.TryJobLock(ctx, tx, "delivery.sweep"); err != nil || !ok {
 			return err
@@ -150,12 +184,24 @@ func (s *Service) sweepChannel(ctx context.Context, id []byte) (int64, error) {
 		if err := rows.Err(); err != nil || upto < 0 {
 			return err
 		}
+		// Server events (membership changes) have no sending account and
+		// are charged to nobody.
+		freed, err := senderUsage(ctx, tx, `SELECT sender_account, COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM messages
+			WHERE channel_id = ? AND seq <= ? AND sender_account <> '' GROUP BY sender_account`, id, upto)
+		if err != nil {
+			return err
+		}
+		for a, f := range freed {
+			freed[a] = Usage{MessageBytes: f.InboxBytes, Messages: f.InboxItems}
+		}
 		r, err := tx.ExecContext(ctx, `DELETE FROM messages WHERE channel_id = ? AND seq <= ?`, id, upto)
 		if err != nil {
 			return err
 		}
-		n, err = r.RowsAffected()
-		return err
+		if n, err = r.RowsAffected(); err != nil {
+			return err
+		}
+		return s.release(ctx, tx, freed)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("delivery: sweep messages: %w", err)
@@ -210,4 +256,24 @@ func (s *Service) RefreshStats(ctx context.Context) error {
 		s.metrics.oldest.WithLabelValues(label).Set(age)
 	}
 	return nil
+}
+
+// senderUsage runs query (sender account, count, bytes) and returns the
+// counts per sender as inbox usage; callers relabel them for messages.
+func senderUsage(ctx context.Context, tx *sql.Tx, query string, args ...any) (map[string]Usage, error) {
+	rows, err := tx.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]Usage{}
+	for rows.Next() {
+		var a string
+		var n, b int64
+		if err := rows.Scan(&a, &n, &b); err != nil {
+			return nil, err
+		}
+		out[a] = Usage{InboxBytes: b, InboxItems: n}
+	}
+	return out, rows.Err()
 }

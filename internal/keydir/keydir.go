@@ -89,6 +89,9 @@ type Options struct {
 	// stock gauges refreshed; default 1m. Negative: no background sweeper
 	// (tests call Sweep).
 	SweepInterval time.Duration
+	// FetchLimits bound fetches of one account's KeyPackages (zero fields:
+	// the defaults, see FetchLimits).
+	FetchLimits FetchLimits
 	// Registry receives the directory's metrics when not nil.
 	Registry prometheus.Registerer
 }
@@ -104,6 +107,8 @@ type Directory struct {
 	max     int
 	suites  map[mls.CipherSuiteID]bool
 	metrics *metrics
+	limiter *fetchLimiter
+	refill  refillSignals
 
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -118,6 +123,7 @@ func New(o Options) (*Directory, error) {
 	d := &Directory{
 		db: o.DB, devices: o.Devices, log: o.Logger, audit: o.Audit, now: o.Now,
 		ttl: o.TTL, max: o.MaxPerAccount, suites: map[mls.CipherSuiteID]bool{},
+		limiter: newFetchLimiter(o.FetchLimits), refill: refillSignals{m: map[string]time.Time{}},
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	if d.log == nil {
@@ -202,6 +208,7 @@ func (d *Directory) runSweep(ctx context.Context) {
 	if n > 0 {
 		d.log.Debug("keydir: expired KeyPackages deleted", "count", n)
 	}
+	d.refill.forgetBefore(d.now().Add(-d.ttl))
 	if err := d.RefreshStats(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, store.ErrClosed) {
 		d.log.Warn("keydir: stock gauges not refreshed", "err", err)
 	}

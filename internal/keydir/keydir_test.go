@@ -103,7 +103,8 @@ func openDB(t *testing.T) *store.DB {
 func newEnv(t *testing.T, mut func(*Options)) *env {
 	t.Helper()
 	e := &env{devs: &fakeDevices{devices: map[string]Device{}, accounts: map[string]Account{}}, clock: newClock(), reg: prometheus.NewRegistry()}
-	o := Options{DB: openDB(t), Devices: e.devs, Now: e.clock.Now, SweepInterval: -1, Registry: e.reg, MaxPerAccount: 10}
+	o := Options{DB: openDB(t), Devices: e.devs, Now: e.clock.Now, SweepInterval: -1, Registry: e.reg, MaxPerAccount: 10,
+		FetchLimits: FetchLimits{PerPair: 1 << 20, PerTarget: 1 << 20}} // limits_test.go tests the limits
 	if mut != nil {
 		mut(&o)
 	}

@@ -22,6 +22,7 @@ type metrics struct {
 	fetched            *prometheus.CounterVec // qpcd_keypackages_fetched_total{kind}
 	missing            prometheus.Counter     // qpcd_keypackages_fetch_missing_total
 	expired            prometheus.Counter     // qpcd_keypackages_expired_total
+	fetchRefused       *prometheus.CounterVec // qpcd_keypackages_fetch_refused_total{reason}
 }
 
 func newMetrics() *metrics {
@@ -50,6 +51,10 @@ func newMetrics() *metrics {
 		expired: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "qpcd_keypackages_expired_total", Help: "KeyPackages deleted by the sweeper after their expiry.",
 		}),
+		fetchRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qpcd_keypackages_fetch_refused_total",
+			Help: "KeyPackage fetches refused by the fetch limits, by reason (pair: one account fetching another's too often; target: all accounts together fetching one account's too often).",
+		}, []string{"reason"}),
 	}
 	for _, k := range []string{kindPool, kindLastResort} {
 		m.stock.WithLabelValues(k)
@@ -58,12 +63,15 @@ func newMetrics() *metrics {
 	for _, r := range []string{"invalid", "suite", "not_owner"} {
 		m.rejected.WithLabelValues(r)
 	}
+	for _, r := range []string{ReasonPair, ReasonTarget} {
+		m.fetchRefused.WithLabelValues(r)
+	}
 	return m
 }
 
 func (m *metrics) register(r prometheus.Registerer) error {
 	var errs []error
-	for _, c := range []prometheus.Collector{m.stock, m.accounts, m.uploaded, m.uploadedLastResort, m.rejected, m.fetched, m.missing, m.expired} {
+	for _, c := range []prometheus.Collector{m.stock, m.accounts, m.uploaded, m.uploadedLastResort, m.rejected, m.fetched, m.missing, m.expired, m.fetchRefused} {
 		if err := r.Register(c); err != nil {
 			errs = append(errs, err)
 		}

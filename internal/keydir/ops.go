@@ -99,6 +99,7 @@ func (d *Directory) Upload(ctx context.Context, deviceID string, pool [][]byte, 
 	if err != nil {
 		return UploadResult{}, fmt.Errorf("keydir: upload: %w", err)
 	}
+	d.refill.clear(dev.ID)
 	d.metrics.uploaded.Add(float64(res.Accepted))
 	if res.LastResortSet {
 		d.metrics.uploadedLastResort.Inc()
@@ -173,6 +174,10 @@ func (d *Directory) Fetch(ctx context.Context, byAccountID, byDeviceID, accountN
 	if deviceID != "" && len(targets) == 0 {
 		return FetchResult{}, fmt.Errorf("%w: %q has no active device %q", ErrUnknownDevice, accountName, deviceID)
 	}
+	if lerr, first := d.limiter.admit(d.now(), byAccountID, acct.ID, acct.Name); lerr != nil {
+		d.fetchRefused(ctx, lerr, first, byAccountID, byDeviceID, acct.ID)
+		return FetchResult{}, lerr
+	}
 	now := d.now().UnixMilli()
 	var res FetchResult
 	// Single use across nodes: on PostgreSQL the oldest KeyPackage is
@@ -215,13 +220,16 @@ func (d *Directory) Fetch(ctx context.Context, byAccountID, byDeviceID, accountN
 		return FetchResult{}, fmt.Errorf("keydir: fetch: %w", err)
 	}
 	pool, lr := 0, 0
+	taken := make([]string, 0, len(res.Packages))
 	for _, p := range res.Packages {
 		if p.LastResort {
 			lr++
 		} else {
 			pool++
 		}
+		taken = append(taken, p.DeviceID)
 	}
+	d.refill.mark(d.now(), taken)
 	d.metrics.fetched.WithLabelValues(kindPool).Add(float64(pool))
 	d.metrics.fetched.WithLabelValues(kindLastResort).Add(float64(lr))
 	d.metrics.missing.Add(float64(len(res.Missing)))
@@ -230,6 +238,23 @@ func (d *Directory) Fetch(ctx context.Context, byAccountID, byDeviceID, accountN
 		slog.String("target_account_id", acct.ID), slog.String("target_device_id", deviceID),
 		slog.Int("pool", pool), slog.Int("last_resort", lr), slog.Int("missing", len(res.Missing)))
 	return res, nil
+}
+
+// fetchRefused counts a refused fetch and, once per run of refusals of the
+// same bucket, audits it; a drain of one target by many accounts is also
+// logged, as the operator will want to know who is behind it.
+func (d *Directory) fetchRefused(ctx context.Context, e *FetchLimitError, first bool, byAccountID, byDeviceID, targetID string) {
+	d.metrics.fetchRefused.WithLabelValues(e.Reason).Inc()
+	if !first {
+		return
+	}
+	d.audit.Event(ctx, "keypackage.fetch_refused", slog.String("reason", e.Reason),
+		slog.String("account_id", byAccountID), slog.String("device_id", byDeviceID),
+		slog.String("target_account_id", targetID), slog.Int64("retry_after_ms", e.RetryAfter.Milliseconds()))
+	if e.Reason == ReasonTarget {
+		d.log.Warn("keydir: KeyPackages of an account fetched beyond keypackages.fetch_per_target; fetches refused until it refills",
+			"target_account_id", targetID, "last_fetcher_account_id", byAccountID, "limit", e.Limit, "window", e.Window)
+	}
 }
 
 // Count is a device's view of its stock.
@@ -255,5 +280,6 @@ func (d *Directory) Count(ctx context.Context, accountID, deviceID string) (Coun
 	if err != nil {
 		return Count{}, fmt.Errorf("keydir: count: %w", err)
 	}
+	d.refill.clear(deviceID) // the device is looking: it refills now if it needs to
 	return c, nil
 }

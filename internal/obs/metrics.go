@@ -32,6 +32,9 @@ const (
 	ScopeIP      = "ip"
 	ScopeAccount = "account"
 	ScopeDevice  = "device"
+	// ScopeAccountBytes is the per-account limit on payload bytes per
+	// second (limits.byte_rate), beside the request limits.
+	ScopeAccountBytes = "account_bytes"
 )
 
 // RPCDurationBuckets are the latency buckets of qpcd_rpc_duration_seconds,
@@ -95,7 +98,7 @@ func NewMetrics(store *StoreGauges) *Metrics {
 			Name: "qpcd_frames_rejected_total", Help: "Request frames refused before dispatch, by reason.",
 		}, []string{"reason"}),
 		RateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "qpcd_rate_limited_total", Help: "Requests refused by a rate limit, by scope (ip, account, device).",
+			Name: "qpcd_rate_limited_total", Help: "Requests refused by a rate limit, by scope (ip, account, device: requests per second; account_bytes: payload bytes per second).",
 		}, []string{"scope"}),
 		AuthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "qpcd_auth_failures_total", Help: "Failed authentications, by reason.",
@@ -156,7 +159,7 @@ func NewMetrics(store *StoreGauges) *Metrics {
 	for _, r := range []string{FrameOversized, FrameMalformed, FrameUnsupportedVersion, FrameInvalidArgument} {
 		m.FramesRejected.WithLabelValues(r)
 	}
-	for _, s := range []string{ScopeIP, ScopeAccount, ScopeDevice} {
+	for _, s := range []string{ScopeIP, ScopeAccount, ScopeDevice, ScopeAccountBytes} {
 		m.RateLimited.WithLabelValues(s)
 	}
 	return m

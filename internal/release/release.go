@@ -97,12 +97,13 @@ func (p PublicKey) String() string { return p.key.String() }
 
 // MarshalText returns the minisign.pub file contents.
 func (p PublicKey) MarshalText() ([]byte, error) {
-	b, err := p.key.MarshalText()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrPublicKey, err)
+	// Exactly two lines, as the minisign tool writes and reads them: the
+	// library's own MarshalText already carries a comment line, and a second
+	// one makes `minisign -p` fail ("base64 conversion failed").
+	if p.raw == nil {
+		return nil, fmt.Errorf("%w: empty key", ErrPublicKey)
 	}
-	comment := "untrusted comment: minisign public key " + p.ID() + "\n"
-	return append([]byte(comment), append(b, '\n')...), nil
+	return []byte("untrusted comment: minisign public key " + p.ID() + "\n" + p.key.String() + "\n"), nil
 }
 
 // ParsePublicKey reads a minisign public key (with or without its comment line).
@@ -345,8 +346,9 @@ func VerifyFile(path, sigPath, pubPath string) (Result, error) {
 	return res, err
 }
 
-// keyID formats a key id as the minisign tool prints it.
-func keyID(id uint64) string { return fmt.Sprintf("%016X", id) }
+// keyID is the key id as the minisign tool prints it: upper-case hex without
+// leading zeros, so our minisign.pub is byte-identical to the tool's.
+func keyID(id uint64) string { return fmt.Sprintf("%X", id) }
 
 func causeText(err error) string {
 	var pe *os.PathError

@@ -71,7 +71,6 @@ func RunVerify(cfg VerifyConfig, stdout io.Writer) (int, error) {
 			rep.Error = err.Error()
 		}
 		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
 		if werr := enc.Encode(rep); werr != nil {
 			return ExitFailed, fmt.Errorf("%w: writing report: %v", ErrIO, werr)
 		}

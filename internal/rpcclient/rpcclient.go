@@ -20,9 +20,115 @@ import (
 
 // Client is safe for concurrent calls.
 type Client struct {
-	conn     *quic.Conn
-	nextID   atomic.Uint64
-	maxFrame int
+	conn      *quic.Conn
+	nextID    atomic.Uint64
+	maxFrame  int
+	deadlines atomic.Pointer[Deadlines]
+}
+
+// Deadlines bound each call, so that a call on a dead connection (a server
+// that crashed and cannot reset it, froze, or became unreachable) fails
+// with a *DeadlineError instead of hanging until QUIC's idle timeout or
+// for ever. Zero fields take the defaults.
+type Deadlines struct {
+	// Call bounds an ordinary call; default 30s.
+	Call time.Duration
+	// PerMiB is added for each whole MiB of request, for uploads on slow
+	// links; default 10s.
+	PerMiB time.Duration
+	// LongPollMargin is added to a long poll's own wait (FetchWait's
+	// timeout_ms, Ping's hold_ms), which replaces Call for it; default 10s.
+	LongPollMargin time.Duration
+}
+
+// DefaultDeadlines are the deadlines of a new Client.
+var DefaultDeadlines = Deadlines{Call: 30 * time.Second, PerMiB: 10 * time.Second, LongPollMargin: 10 * time.Second}
+
+func (d Deadlines) withDefaults() Deadlines {
+	if d.Call <= 0 {
+		d.Call = DefaultDeadlines.Call
+	}
+	if d.PerMiB <= 0 {
+		d.PerMiB = DefaultDeadlines.PerMiB
+	}
+	if d.LongPollMargin <= 0 {
+		d.LongPollMargin = DefaultDeadlines.LongPollMargin
+	}
+	return d
+}
+
+// longPoll is a request that asks the server to hold its answer.
+type longPoll interface{ GetTimeoutMs() uint32 }
+type heldPing interface{ GetHoldMs() uint32 }
+
+// For is the deadline of a call with request req (nil: unknown) whose
+// encoded size is size bytes.
+func (d Deadlines) For(req proto.Message, size int) time.Duration {
+	d = d.withDefaults()
+	base := d.Call
+	switch r := req.(type) {
+	case longPoll:
+		base = time.Duration(r.GetTimeoutMs())*time.Millisecond + d.LongPollMargin
+	case heldPing:
+		if r.GetHoldMs() > 0 {
+			base = time.Duration(r.GetHoldMs())*time.Millisecond + d.LongPollMargin
+		}
+	}
+	return base + d.PerMiB*time.Duration(size>>20)
+}
+
+// ErrCallDeadline matches every *DeadlineError with errors.Is.
+var ErrCallDeadline = errors.New("rpcclient: call deadline exceeded")
+
+// DeadlineError is a call that got no answer within its deadline. The
+// connection is presumably dead: close it, reconnect and retry (the call
+// may or may not have reached the server). It matches ErrCallDeadline and
+// context.DeadlineExceeded.
+type DeadlineError struct {
+	Method string
+	After  time.Duration
+}
+
+func (e *DeadlineError) Error() string {
+	return fmt.Sprintf("rpcclient: %s got no answer within %s; the connection may be dead: reconnect and retry", e.Method, e.After)
+}
+
+// Is matches ErrCallDeadline and context.DeadlineExceeded.
+func (e *DeadlineError) Is(target error) bool {
+	return target == ErrCallDeadline || target == context.DeadlineExceeded
+}
+
+// Timeout marks the error as a timeout (net.Error style).
+func (e *DeadlineError) Timeout() bool { return true }
+
+// SetDeadlines replaces the call deadlines (zero fields: the defaults).
+func (c *Client) SetDeadlines(d Deadlines) {
+	d = d.withDefaults()
+	c.deadlines.Store(&d)
+}
+
+// Deadlines are the call deadlines in force.
+func (c *Client) Deadlines() Deadlines {
+	if d := c.deadlines.Load(); d != nil {
+		return *d
+	}
+	return DefaultDeadlines
+}
+
+// withDeadline bounds ctx by d; when d is what expires, the context's
+// cause is a *DeadlineError naming method.
+func withDeadline(ctx context.Context, method string, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeoutCause(ctx, d, &DeadlineError{Method: method, After: d})
+}
+
+// ctxError is why ctx ended: the call's *DeadlineError, or the caller's
+// own cancellation or deadline.
+func ctxError(ctx context.Context) error {
+	var de *DeadlineError
+	if cause := context.Cause(ctx); errors.As(cause, &de) {
+		return de
+	}
+	return ctx.Err()
 }
 
 // Dial connects to a qpcd at addr (host:port, UDP).
@@ -47,14 +153,18 @@ func (c *Client) Close() error { return c.conn.CloseWithError(transport.CodeNoEr
 
 // Call sends req to method with an optional access token and decodes the
 // reply into resp. A non-OK status comes back as *wire.StatusError; a
-// connection closed by a draining server comes back as STATUS_DRAINING.
+// connection closed by a draining server comes back as STATUS_DRAINING;
+// no answer within the call's deadline (see Deadlines) comes back as
+// *DeadlineError.
 func (c *Client) Call(ctx context.Context, method, token string, req, resp proto.Message) error {
 	body, err := wire.Marshal(req)
 	if err != nil {
 		return fmt.Errorf("rpcclient: encode %s request: %w", method, err)
 	}
 	env := &qpcv1.Request{Version: wire.ProtocolVersion, Method: method, AccessToken: token, Body: body}
-	out, err := c.Do(ctx, env)
+	ctx, cancel := withDeadline(ctx, method, c.Deadlines().For(req, len(body)))
+	defer cancel()
+	out, err := c.do(ctx, env)
 	if err != nil {
 		return err
 	}
@@ -68,8 +178,15 @@ func (c *Client) Call(ctx context.Context, method, token string, req, resp proto
 }
 
 // Do sends a raw envelope (the request id is filled in when zero) and
-// returns the raw response. Tests use it to send what Call never would.
+// returns the raw response, within the deadline of an ordinary call of
+// its size. Tests use it to send what Call never would.
 func (c *Client) Do(ctx context.Context, env *qpcv1.Request) (*qpcv1.Response, error) {
+	ctx, cancel := withDeadline(ctx, env.GetMethod(), c.Deadlines().For(nil, len(env.GetBody())))
+	defer cancel()
+	return c.do(ctx, env)
+}
+
+func (c *Client) do(ctx context.Context, env *qpcv1.Request) (*qpcv1.Response, error) {
 	if env.RequestId == 0 {
 		env.RequestId = c.nextID.Add(1)
 	}
@@ -77,13 +194,23 @@ func (c *Client) Do(ctx context.Context, env *qpcv1.Request) (*qpcv1.Response, e
 	if err != nil {
 		return nil, err
 	}
-	return c.DoFrame(ctx, wire.AppendFrame(nil, frame))
+	return c.doFrame(ctx, wire.AppendFrame(nil, frame))
 }
 
-// DoFrame writes raw bytes on a new stream and reads one response frame.
+// DoFrame writes raw bytes on a new stream and reads one response frame,
+// within the deadline of an ordinary call of that size.
 func (c *Client) DoFrame(ctx context.Context, raw []byte) (*qpcv1.Response, error) {
+	ctx, cancel := withDeadline(ctx, "(raw frame)", c.Deadlines().For(nil, len(raw)))
+	defer cancel()
+	return c.doFrame(ctx, raw)
+}
+
+func (c *Client) doFrame(ctx context.Context, raw []byte) (*qpcv1.Response, error) {
 	s, err := c.conn.OpenStreamSync(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctxError(ctx)
+		}
 		return nil, connError(err)
 	}
 	stop := context.AfterFunc(ctx, func() {
@@ -121,7 +248,7 @@ func (c *Client) DoFrame(ctx context.Context, raw []byte) (*qpcv1.Response, erro
 
 func (c *Client) streamError(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
-		return ctx.Err()
+		return ctxError(ctx)
 	}
 	if cause := context.Cause(c.conn.Context()); cause != nil && c.conn.Context().Err() != nil {
 		return connError(cause)
@@ -154,7 +281,8 @@ func IsRetryable(err error) bool {
 	}
 	var idle *quic.IdleTimeoutError
 	var app *quic.ApplicationError
-	return errors.As(err, &idle) || errors.As(err, &app) || errors.Is(err, context.DeadlineExceeded)
+	var reset *quic.StatelessResetError
+	return errors.As(err, &idle) || errors.As(err, &app) || errors.As(err, &reset) || errors.Is(err, context.DeadlineExceeded)
 }
 
 func msDuration(ms uint32) time.Duration { return time.Duration(ms) * time.Millisecond }

@@ -59,18 +59,56 @@ func (ts *testServer) addDevice(t *testing.T, d *testDevice) *testDevice {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var resp qpcv1.AddDeviceResponse
-	if err := d.call(t, MethodAddDevice, &qpcv1.AddDeviceRequest{SignatureKey: pub, DeviceName: "second"}, &resp); err != nil {
+	id, err := d.addKey(t, pub, "second")
+	if err != nil {
 		t.Fatalf("add device: %v", err)
 	}
 	c := ts.dial(t)
-	nd := &testDevice{Client: c, AccountID: d.AccountID, AccountName: d.AccountName, DeviceID: resp.GetDeviceId(), SigKey: priv}
+	nd := &testDevice{Client: c, AccountID: d.AccountID, AccountName: d.AccountName, DeviceID: id, SigKey: priv}
 	tok, err := loginDevice(t, c, nd.DeviceID, priv)
 	if err != nil {
 		t.Fatalf("login added device: %v", err)
 	}
 	nd.Token, nd.RefreshToken = tok.GetAccessToken(), tok.GetRefreshToken()
 	return nd
+}
+
+// reauth asks for a re-authentication challenge for one change and signs
+// it with the device's key.
+func (d *testDevice) reauth(t *testing.T, p qpcv1.ReauthPurpose, target string, newKey []byte) (*qpcv1.Reauth, error) {
+	t.Helper()
+	var ch qpcv1.ReauthChallengeResponse
+	if err := d.call(t, MethodReauthChallenge, &qpcv1.ReauthChallengeRequest{Purpose: p, TargetDeviceId: target, NewSignatureKey: newKey}, &ch); err != nil {
+		return nil, err
+	}
+	ap, param := auth.PurposeAddDevice, newKey
+	if p == qpcv1.ReauthPurpose_REAUTH_PURPOSE_REVOKE_DEVICE {
+		ap, param = auth.PurposeRevokeDevice, []byte(target)
+	}
+	sig := ed25519.Sign(d.SigKey, auth.ReauthMessage(ap, d.AccountID, d.DeviceID, auth.ReauthBinding(param), ch.GetChallenge()))
+	return &qpcv1.Reauth{Challenge: ch.GetChallenge(), Signature: sig}, nil
+}
+
+// addKey adds a device with key pub to d's account, re-authenticated by d.
+func (d *testDevice) addKey(t *testing.T, pub []byte, name string) (string, error) {
+	t.Helper()
+	r, err := d.reauth(t, qpcv1.ReauthPurpose_REAUTH_PURPOSE_ADD_DEVICE, "", pub)
+	if err != nil {
+		return "", err
+	}
+	var resp qpcv1.AddDeviceResponse
+	err = d.call(t, MethodAddDevice, &qpcv1.AddDeviceRequest{SignatureKey: pub, DeviceName: name, Reauth: r}, &resp)
+	return resp.GetDeviceId(), err
+}
+
+// revoke revokes target from d's account, re-authenticated by d.
+func (d *testDevice) revoke(t *testing.T, target string) error {
+	t.Helper()
+	r, err := d.reauth(t, qpcv1.ReauthPurpose_REAUTH_PURPOSE_REVOKE_DEVICE, target, nil)
+	if err != nil {
+		return err
+	}
+	return d.call(t, MethodRevokeDevice, &qpcv1.RevokeDeviceRequest{DeviceId: target, Reauth: r}, &qpcv1.RevokeDeviceResponse{})
 }
 
 // loginDevice runs LoginChallenge and Login for a device key.

@@ -251,7 +251,7 @@ func TestAddDeviceRPC(t *testing.T) {
 	if who.GetAccountId() != d.AccountID || who.GetDeviceId() == d.DeviceID {
 		t.Fatalf("second device whoami %v", &who)
 	}
-	err := d.call(t, MethodAddDevice, &qpcv1.AddDeviceRequest{SignatureKey: d2.SigKey.Public().(ed25519.PublicKey)}, &qpcv1.AddDeviceResponse{})
+	_, err := d.addKey(t, d2.SigKey.Public().(ed25519.PublicKey), "")
 	wantStatus(t, "key in use", err, qpcv1.Status_STATUS_ALREADY_EXISTS)
 	pub, _ := newKey(t)
 	err = d.Client.Call(ctxT(t), MethodAddDevice, "", &qpcv1.AddDeviceRequest{SignatureKey: pub}, &qpcv1.AddDeviceResponse{})
@@ -288,9 +288,9 @@ func TestRevokeDeviceRPC(t *testing.T) {
 	if err := d2.call(t, MethodWhoAmI, &qpcv1.WhoAmIRequest{}, &qpcv1.WhoAmIResponse{}); err != nil {
 		t.Fatal(err)
 	}
-	err := other.call(t, MethodRevokeDevice, &qpcv1.RevokeDeviceRequest{DeviceId: d2.DeviceID}, &qpcv1.RevokeDeviceResponse{})
+	err := other.revoke(t, d2.DeviceID)
 	wantStatus(t, "another account's device", err, qpcv1.Status_STATUS_NOT_FOUND)
-	if err := d.call(t, MethodRevokeDevice, &qpcv1.RevokeDeviceRequest{DeviceId: d2.DeviceID}, &qpcv1.RevokeDeviceResponse{}); err != nil {
+	if err := d.revoke(t, d2.DeviceID); err != nil {
 		t.Fatal(err)
 	}
 	// The revoked device's very next RPC fails, on its existing connection and token.
@@ -349,7 +349,7 @@ func TestLookupAccountRPC(t *testing.T) {
 		t.Fatal("lookup returned wrong keys")
 	}
 	// Revoked devices disappear from the lookup.
-	if err := a.call(t, MethodRevokeDevice, &qpcv1.RevokeDeviceRequest{DeviceId: a2.DeviceID}, &qpcv1.RevokeDeviceResponse{}); err != nil {
+	if err := a.revoke(t, a2.DeviceID); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.call(t, MethodLookupAccount, &qpcv1.LookupAccountRequest{AccountName: "alice"}, &resp); err != nil {

@@ -268,7 +268,7 @@ func TestClusterRevokedDeviceRefusedEverywhere(t *testing.T) {
 		t.Fatalf("before revocation: %v", err) // and node B now has the device's state cached
 	}
 	seen := nodes[1].gauge(t, "qpcd_db_notifications_total")
-	if err := bob.call(t, MethodRevokeDevice, &qpcv1.RevokeDeviceRequest{DeviceId: bob2.DeviceID}, &qpcv1.RevokeDeviceResponse{}); err != nil {
+	if err := bob.revoke(t, bob2.DeviceID); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "node B hears of the revocation", func() bool {

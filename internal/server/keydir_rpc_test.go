@@ -2,6 +2,8 @@ package server
 
 import (
 	"bytes"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,6 +21,8 @@ func svcConfig(t *testing.T) config.Config {
 	cfg := testConfig(t)
 	cfg.Limits.RateLimit = 100000
 	cfg.Limits.RateBurst = 100000
+	cfg.KeyPackages.FetchPerPair = 100000 // TestKeyPackageDrainRefused tests these
+	cfg.KeyPackages.FetchPerTarget = 100000
 	return cfg
 }
 
@@ -245,4 +249,89 @@ func relogin(t *testing.T, d *testDevice) {
 		t.Fatalf("relogin: %v", err)
 	}
 	d.Token, d.RefreshToken = tok.GetAccessToken(), tok.GetRefreshToken()
+}
+
+// TestKeyPackageDrainRefused is issue 23's KeyPackage drain over QUIC: one
+// account fetching another's KeyPackages in a loop used to take the whole
+// pool of 100 in about a second, leaving every later adder the same
+// last-resort KeyPackage. Now one fetcher gets keypackages.fetch_per_pair,
+// any number of fetchers together keypackages.fetch_per_target, each
+// refusal is RESOURCE_EXHAUSTED with the wait, the owner's device is told
+// to refill, and refusals are counted.
+func TestKeyPackageDrainRefused(t *testing.T) {
+	clk := newFakeClock()
+	cfg := testConfig(t)
+	// Request rate limits out of the way: the fetch limits alone must stop the drain.
+	cfg.Limits.RateLimit, cfg.Limits.RateBurst = 100000, 100000
+	if cfg.KeyPackages.FetchPerPair != 5 || cfg.KeyPackages.FetchPerTarget != 30 || cfg.KeyPackages.FetchWindow != time.Hour {
+		t.Fatalf("defaults changed: %+v", cfg.KeyPackages)
+	}
+	ts := startServerWith(t, cfg, clk.Now)
+	alice := ts.newDevice(t, "alice")
+	var up qpcv1.UploadKeyPackagesResponse
+	if err := alice.call(t, MethodUploadKeyPackages, &qpcv1.UploadKeyPackagesRequest{
+		KeyPackages: keyPackages(t, alice, 100), LastResort: keyPackage(t, alice, time.Now(), nil)}, &up); err != nil || up.GetAccepted() != 100 {
+		t.Fatalf("upload: %v %v", &up, err)
+	}
+	// drain fetches alice's KeyPackages until refused; none may be the last resort.
+	drain := func(d *testDevice) (int, *wire.StatusError) {
+		t.Helper()
+		for n := 0; n < 100; n++ {
+			var resp qpcv1.FetchKeyPackagesResponse
+			err := d.call(t, MethodFetchKeyPackages, &qpcv1.FetchKeyPackagesRequest{AccountName: "alice"}, &resp)
+			if err != nil {
+				return n, wantStatus(t, d.AccountName+"'s fetch beyond the limit", err, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED)
+			}
+			if len(resp.GetKeyPackages()) != 1 || resp.GetKeyPackages()[0].GetLastResort() {
+				t.Fatalf("%s's fetch %d: %v", d.AccountName, n+1, &resp)
+			}
+		}
+		t.Fatalf("%s fetched 100 KeyPackages without a refusal", d.AccountName)
+		return 0, nil
+	}
+	mallory := ts.newDevice(t, "mallory")
+	n, se := drain(mallory)
+	if n != 5 {
+		t.Fatalf("one fetcher took %d KeyPackages, want 5", n)
+	}
+	if se.RetryAfter < 11*time.Minute || se.RetryAfter > 12*time.Minute+time.Second ||
+		!strings.Contains(se.Message, `"alice"`) || !strings.Contains(se.Message, "5 times per 1h0m0s") {
+		t.Fatalf("refusal: retry after %v, %q", se.RetryAfter, se.Message)
+	}
+	// The owner's device hears of it with its next fetch, until it looks.
+	if !fetch(t, alice).GetRefillKeyPackages() {
+		t.Fatal("the owner's device is not told to refill")
+	}
+	var cnt qpcv1.CountKeyPackagesResponse
+	if err := alice.call(t, MethodCountKeyPackages, &qpcv1.CountKeyPackagesRequest{}, &cnt); err != nil || cnt.GetDeviceCount() != 95 {
+		t.Fatalf("count: %v %v", &cnt, err)
+	}
+	if fetch(t, alice).GetRefillKeyPackages() {
+		t.Fatal("the refill signal outlived the device's count")
+	}
+	// Sybils: together no more than the target's 30 per hour.
+	total := n
+	var last *wire.StatusError
+	for i := range 10 {
+		k, se := drain(ts.newDevice(t, fmt.Sprintf("sybil%d", i)))
+		total, last = total+k, se
+	}
+	if total != 30 {
+		t.Fatalf("eleven fetchers took %d KeyPackages, want 30", total)
+	}
+	if !strings.Contains(last.Message, "by all accounts together") || last.RetryAfter <= 0 || last.RetryAfter > 2*time.Minute+time.Second {
+		t.Fatalf("target refusal: retry after %v, %q", last.RetryAfter, last.Message)
+	}
+	if got := ts.gauge(t, "qpcd_keypackages_fetch_refused_total"); got != 11 {
+		t.Fatalf("qpcd_keypackages_fetch_refused_total = %v, want 11", got)
+	}
+	if got := ts.gauge(t, "qpcd_keypackages_fetched_total"); got != 30 {
+		t.Fatalf("qpcd_keypackages_fetched_total = %v, want 30 (no last resort)", got)
+	}
+	// After the advertised wait, someone new adds alice with a fresh KeyPackage.
+	clk.Advance(last.RetryAfter)
+	bob := ts.newDevice(t, "bob")
+	if r := fetchKP(t, bob, "alice", ""); len(r.GetKeyPackages()) != 1 || r.GetKeyPackages()[0].GetLastResort() {
+		t.Fatalf("bob after the wait: %v", r)
+	}
 }

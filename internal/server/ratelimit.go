@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/quicprochat/quicprochat/internal/delivery"
 	"github.com/quicprochat/quicprochat/internal/obs"
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
@@ -19,6 +20,8 @@ const (
 	scopeIP      = obs.ScopeIP
 	scopeAccount = obs.ScopeAccount
 	scopeDevice  = obs.ScopeDevice
+	// scopeAccountBytes buckets hold payload bytes, not requests.
+	scopeAccountBytes = obs.ScopeAccountBytes
 )
 
 // Limiter-table bounds: at most maxLimiters token buckets live at once.
@@ -44,11 +47,14 @@ type limiterEntry struct {
 }
 
 // rateLimits holds one token bucket per source IP, account and device,
-// all with limits.rate_limit per second and limits.rate_burst. Time comes
-// from the server's clock, so tests drive it.
+// all with limits.rate_limit per second and limits.rate_burst; a second
+// table (bytes set) holds one bucket of payload bytes per account, with
+// limits.byte_rate and limits.byte_burst. Time comes from the server's
+// clock, so tests drive it.
 type rateLimits struct {
 	limit   rate.Limit
 	burst   int
+	bytes   bool // the tokens are payload bytes (refusals say so)
 	now     func() time.Time
 	metrics *obs.Metrics
 	audit   *obs.Audit
@@ -74,9 +80,17 @@ func (r *rateLimits) idleAfter() time.Duration {
 // allow takes one token from the bucket of (scope, key) or refuses with
 // RESOURCE_EXHAUSTED and the time until a token is available.
 func (r *rateLimits) allow(ctx context.Context, scope, key string) error {
-	if key == "" {
+	return r.allowN(ctx, scope, key, 1)
+}
+
+// allowN takes n tokens, or refuses with RESOURCE_EXHAUSTED and the time
+// until n are available. n above the burst is taken as the burst: the size
+// caps refuse such requests anyway, and a bucket never holds more.
+func (r *rateLimits) allowN(ctx context.Context, scope, key string, n int) error {
+	if key == "" || n <= 0 {
 		return nil
 	}
+	n = min(n, r.burst)
 	now := r.now()
 	r.mu.Lock()
 	k := limiterKey{scope, key}
@@ -89,7 +103,7 @@ func (r *rateLimits) allow(ctx context.Context, scope, key string) error {
 		r.m[k] = e
 	}
 	e.last = now
-	res := e.lim.ReserveN(now, 1)
+	res := e.lim.ReserveN(now, n)
 	delay := res.DelayFrom(now)
 	if res.OK() && delay == 0 {
 		r.mu.Unlock()
@@ -117,6 +131,11 @@ func (r *rateLimits) allow(ctx context.Context, scope, key string) error {
 			slog.Int64("retry_after_ms", retry.Milliseconds()), slog.Int("suppressed", suppressed))
 	}
 	e2 := wire.Errorf(qpcv1.Status_STATUS_RESOURCE_EXHAUSTED, "rate limit (%s) exceeded; retry later", scope)
+	if r.bytes {
+		e2 = wire.Errorf(qpcv1.Status_STATUS_RESOURCE_EXHAUSTED,
+			"byte rate limit exceeded: this request stores %s; an account may store %s/s with bursts of %s (limits.byte_rate, limits.byte_burst); retry in %s",
+			delivery.FormatBytes(int64(n)), delivery.FormatBytes(int64(r.limit)), delivery.FormatBytes(int64(r.burst)), retry)
+	}
 	e2.RetryAfter = retry
 	return e2
 }

@@ -271,6 +271,9 @@ var serviceErrors = []struct {
 	{auth.ErrRefreshInvalid, qpcv1.Status_STATUS_UNAUTHENTICATED},
 	{auth.ErrRefreshExpired, qpcv1.Status_STATUS_UNAUTHENTICATED},
 	{auth.ErrRefreshReused, qpcv1.Status_STATUS_UNAUTHENTICATED},
+	// Not UNAUTHENTICATED: the token is fine, a fresh token would not help.
+	{auth.ErrReauthRequired, qpcv1.Status_STATUS_PERMISSION_DENIED},
+	{auth.ErrReauthFailed, qpcv1.Status_STATUS_PERMISSION_DENIED},
 	// keydir
 	{keydir.ErrInvalidKeyPackage, qpcv1.Status_STATUS_INVALID_ARGUMENT},
 	{keydir.ErrUnsupportedSuite, qpcv1.Status_STATUS_INVALID_ARGUMENT},
@@ -288,6 +291,7 @@ var serviceErrors = []struct {
 	{delivery.ErrMessageIDExpired, qpcv1.Status_STATUS_INVALID_ARGUMENT},
 	{delivery.ErrChannelExists, qpcv1.Status_STATUS_ALREADY_EXISTS},
 	{delivery.ErrTooLarge, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
+	{delivery.ErrQuotaExceeded, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
 	{delivery.ErrUnknownAccount, qpcv1.Status_STATUS_NOT_FOUND},
 	{delivery.ErrNotAllowed, qpcv1.Status_STATUS_PERMISSION_DENIED},
 	{delivery.ErrRefused, qpcv1.Status_STATUS_PERMISSION_DENIED},

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -150,22 +151,28 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	}
 	s.registerMethods(s.rpc.methods)
 
+	resetKey, err := transport.LoadStatelessResetKey(filepath.Join(cfg.DataDir, transport.ResetSecretFile))
+	if err != nil {
+		return nil, err
+	}
+	connMetrics, err := obs.NewConnectionMetrics(s.metrics)
+	if err != nil {
+		return nil, err
+	}
 	s.ln, err = transport.Listen(transport.ListenerConfig{
-		Addr:              cfg.Listen,
-		TLS:               s.certs.ServerTLSConfig(),
-		MaxConnections:    cfg.Limits.MaxConnections,
-		MaxStreamsPerConn: int64(cfg.Limits.MaxStreamsPerConn),
-		IdleTimeout:       cfg.Limits.IdleTimeout,
-		KeepAlive:         cfg.Limits.KeepAlive,
-		Logger:            log,
-		Events: transport.Events{
-			ConnAccepted: func() {
-				s.metrics.Connections.Inc()
-				s.metrics.ConnectionsTotal.WithLabelValues("accepted").Inc()
-			},
-			ConnClosed:   func() { s.metrics.Connections.Dec() },
-			ConnRejected: func(reason string) { s.metrics.ConnectionsTotal.WithLabelValues("rejected_" + reason).Inc() },
-		},
+		Addr:                  cfg.Listen,
+		TLS:                   s.certs.ServerTLSConfig(),
+		MaxConnections:        cfg.Limits.MaxConnections,
+		MaxConnectionsPerAddr: cfg.Limits.MaxConnectionsPerAddress,
+		MaxStreamsPerConn:     int64(cfg.Limits.MaxStreamsPerConn),
+		IdleTimeout:           cfg.Limits.IdleTimeout,
+		FirstStreamTimeout:    cfg.Limits.FirstRequestTimeout,
+		KeepAlive:             cfg.Limits.KeepAlive,
+		StatelessResetKey:     resetKey,
+		// The listener keeps real time: the server's clock may be a test's
+		// fake that jumps hours ahead, which must not reap every connection.
+		Logger: log,
+		Events: connEvents(s.metrics, connMetrics),
 	}, s.rpc)
 	if err != nil {
 		return nil, fmt.Errorf("%w (set listen / QPC_LISTEN / --listen to a free address)", err)
@@ -175,8 +182,13 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("server: ops listener on %s/tcp: %w (set ops_listen / QPC_OPS_LISTEN)", cfg.OpsListen, err)
 		}
+		var h http.Handler = obs.NewOpsHandler(s.metrics, s.readiness)
+		if cfg.OpsPprof == "on" {
+			h = obs.WithPprof(h)
+			log.Warn("pprof profiles served on the ops listener: keep it private (ops_pprof=on)", "ops", s.opsLn.Addr().String())
+		}
 		s.ops = &http.Server{
-			Handler:           obs.NewOpsHandler(s.metrics, s.readiness),
+			Handler:           h,
 			ReadHeaderTimeout: 5 * time.Second,
 		}
 	}
@@ -194,12 +206,60 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		"registration", cfg.Auth.Registration,
 	}
 	if genKey || genCert {
-		attrs = append(attrs, "dev_generated", devNote(genKey, genCert))
-		log.Warn("qpcd ready; generated files are for development only: configure db.key_file and tls.cert_file/tls.key_file for production", attrs...)
+		// First start without operator-supplied files: a supported way to
+		// begin (packages do it), with two duties the operator must know.
+		attrs = append(attrs, "generated", devNote(genKey, genCert))
+		log.Warn("qpcd ready; generated on first start: "+firstStartDuties(genKey, genCert), attrs...)
 	} else {
 		log.Info("qpcd ready", attrs...)
 	}
+	if cfg.Auth.Registration == config.RegistrationOpen && !loopbackOnly(s.ln.Addr()) {
+		log.Warn("registration is open: anyone who can reach "+s.ln.Addr().String()+"/udp can create an account; "+
+			"set auth.registration (QPC_AUTH_REGISTRATION) to invite and create invites with qpcctl invites create",
+			"registration", cfg.Auth.Registration)
+	}
 	return s, nil
+}
+
+// firstStartDuties says what the operator must do about generated files.
+func firstStartDuties(key, cert bool) string {
+	var d []string
+	if key {
+		d = append(d, "a database key in the data directory (back it up apart from the database, or set db.key_file)")
+	}
+	if cert {
+		d = append(d, "a self-signed certificate (clients pin cert_sha256 with qpc init --pin, or set tls.cert_file and tls.key_file)")
+	}
+	return strings.Join(d, "; ") + "; see docs/operations.md"
+}
+
+// loopbackOnly reports whether addr accepts only loopback clients.
+func loopbackOnly(addr net.Addr) bool {
+	ua, ok := addr.(*net.UDPAddr)
+	return ok && ua.IP.IsLoopback()
+}
+
+// connEvents counts the listener's admissions, refusals and reapings.
+func connEvents(m *obs.Metrics, cm *obs.ConnectionMetrics) transport.Events {
+	refused := map[string]string{
+		transport.RejectLimit:      obs.RefusedGlobalCap,
+		transport.RejectPerAddress: obs.RefusedPerAddress,
+		transport.RejectDraining:   obs.RefusedDraining,
+	}
+	return transport.Events{
+		ConnAccepted: func() {
+			m.Connections.Inc()
+			m.ConnectionsTotal.WithLabelValues(obs.ConnAccepted).Inc()
+		},
+		ConnClosed: func() { m.Connections.Dec() },
+		ConnRejected: func(reason string) {
+			m.ConnectionsTotal.WithLabelValues("rejected_" + reason).Inc()
+			if r, ok := refused[reason]; ok {
+				cm.Refused.WithLabelValues(r).Inc()
+			}
+		},
+		ConnReaped: func(reason string) { cm.Reaped.WithLabelValues(reason).Inc() },
+	}
 }
 
 func keySource(cfg config.Config) string {

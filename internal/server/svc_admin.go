@@ -556,7 +556,43 @@ func (b adminBackend) GetAccount(ctx context.Context, idOrName string) (admin.Ac
 	for _, d := range devs {
 		out.Devices = append(out.Devices, deviceOut(d))
 	}
+	u, err := b.s.delivery.Usage(ctx, a.ID)
+	if err != nil {
+		return admin.Account{}, err
+	}
+	out.Usage = usageOut(u)
 	return out, nil
+}
+
+// RecountUsage rebuilds the account's usage row from its stored data.
+func (b adminBackend) RecountUsage(ctx context.Context, idOrName string) (admin.Account, error) {
+	a, err := b.resolveAccount(ctx, idOrName)
+	if err != nil {
+		return admin.Account{}, err
+	}
+	if _, _, err := b.s.delivery.RecountUsage(ctx, a.ID); err != nil {
+		return admin.Account{}, err
+	}
+	return b.GetAccount(ctx, a.ID)
+}
+
+// usageOut lists an account's usage against each quota.
+func usageOut(au delivery.AccountUsage) []admin.UsageLimit {
+	u, q := au.Usage, au.Quota
+	row := func(limit string, bytes bool, used, quota int64) admin.UsageLimit {
+		unit := "count"
+		if bytes {
+			unit = "bytes"
+		}
+		return admin.UsageLimit{Limit: limit, Unit: unit, Used: max(used, 0), Quota: quota, Option: delivery.QuotaOption(limit)}
+	}
+	return []admin.UsageLimit{
+		row(delivery.LimitMessageBytes, true, u.MessageBytes, q.MessageBytes),
+		row(delivery.LimitMessages, false, u.Messages, q.Messages),
+		row(delivery.LimitInboxBytes, true, u.InboxBytes, q.InboxBytes),
+		row(delivery.LimitInboxItems, false, u.InboxItems, q.InboxItems),
+		row(delivery.LimitChannels, false, u.Channels, q.Channels),
+	}
 }
 
 func (b adminBackend) SetAccountDisabled(ctx context.Context, idOrName string, disabled bool) (admin.Account, error) {

@@ -2,12 +2,14 @@ package server
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
 
 	"github.com/quicprochat/quicprochat/internal/auth"
 	"github.com/quicprochat/quicprochat/internal/secret"
+	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
@@ -22,7 +24,14 @@ const (
 	MethodRevokeDevice   = "RevokeDevice"
 	MethodWhoAmI         = "WhoAmI"
 	MethodLookupAccount  = "LookupAccount"
+	// MethodReauthChallenge: a challenge the calling device signs to prove
+	// its key for one account change (AddDevice, RevokeDevice).
+	MethodReauthChallenge = "ReauthChallenge"
 )
+
+// scopeLoginChallenge is the rate-limit scope (metric label) of login
+// challenges per target device and source address.
+const scopeLoginChallenge = "login_challenge"
 
 // authPart holds the auth service's state inside Server.
 type authPart struct {
@@ -30,6 +39,11 @@ type authPart struct {
 	// auth.Device to check a device's account, key and status.
 	auth   *auth.Service
 	limits *rateLimits
+	// challengeLimits bounds login challenges per (target device, source
+	// address). Not per device alone: whoever drains a device's own bucket
+	// would lock its owner out again, the very attack stateless challenges
+	// stop (docs/threat-model.md).
+	challengeLimits *rateLimits
 }
 
 func (s *Server) initAuth(ctx context.Context) error {
@@ -41,12 +55,14 @@ func (s *Server) initAuth(ctx context.Context) error {
 		Registration: s.cfg.Auth.Registration,
 		AccessTTL:    s.cfg.Auth.AccessTokenTTL,
 		RefreshTTL:   s.cfg.Auth.RefreshTokenTTL,
+		Events:       authEvents{s},
 	})
 	if err != nil {
 		return err
 	}
 	s.auth = a
 	s.limits = newRateLimits(s.cfg.Limits.RateLimit, s.cfg.Limits.RateBurst, s.now, s.metrics, s.audit)
+	s.challengeLimits = newRateLimits(s.cfg.Auth.ChallengeRate, s.cfg.Auth.ChallengeBurst, s.now, s.metrics, s.audit)
 	s.rpc.admit = s.admitIP
 	s.rpc.authenticate = s.authenticateCall
 	return nil
@@ -69,6 +85,7 @@ func (s *Server) registerAuth(t map[string]*method) {
 	register(t, MethodRevokeDevice, false, s.revokeDevice)
 	register(t, MethodWhoAmI, false, s.whoAmI)
 	register(t, MethodLookupAccount, false, s.lookupAccount)
+	register(t, MethodReauthChallenge, false, s.reauthChallenge)
 }
 
 // callCtx carries the caller's address into auth's audit events.
@@ -146,6 +163,8 @@ func authFailureReason(err error) string {
 		{auth.ErrRefreshReused, "refresh_reused"},
 		{auth.ErrRegistrationClosed, "registration_closed"},
 		{auth.ErrInviteInvalid, "invite_invalid"},
+		{auth.ErrReauthRequired, "reauth_missing"},
+		{auth.ErrReauthFailed, "reauth_failed"},
 	} {
 		if errors.Is(err, r.err) {
 			return r.reason
@@ -176,6 +195,11 @@ func (s *Server) register(ctx context.Context, call *Call, req *qpcv1.RegisterRe
 }
 
 func (s *Server) loginChallenge(ctx context.Context, call *Call, req *qpcv1.LoginChallengeRequest) (*qpcv1.LoginChallengeResponse, error) {
+	if call.Conn != nil && call.Conn.Q != nil {
+		if err := s.challengeLimits.allow(ctx, scopeLoginChallenge, req.GetDeviceId()+" from "+ipKey(call.Conn.RemoteIP())); err != nil {
+			return nil, err
+		}
+	}
 	nonce, exp, err := s.auth.Challenge(callCtx(ctx, call), req.GetDeviceId())
 	if err != nil {
 		return nil, err
@@ -216,10 +240,38 @@ func tokensPB(t auth.Tokens) *qpcv1.Tokens {
 	return out
 }
 
-func (s *Server) addDevice(ctx context.Context, call *Call, req *qpcv1.AddDeviceRequest) (*qpcv1.AddDeviceResponse, error) {
-	id, err := s.auth.AddDevice(callCtx(ctx, call), call.Principal.AccountID, req.GetSignatureKey(), req.GetDeviceName())
+func actorOf(call *Call) auth.Actor {
+	return auth.Actor{AccountID: call.Principal.AccountID, DeviceID: call.Principal.DeviceID}
+}
+
+func reauthOf(r *qpcv1.Reauth) auth.Reauth {
+	return auth.Reauth{Challenge: r.GetChallenge(), Signature: r.GetSignature()}
+}
+
+func (s *Server) reauthChallenge(ctx context.Context, call *Call, req *qpcv1.ReauthChallengeRequest) (*qpcv1.ReauthChallengeResponse, error) {
+	var (
+		p     auth.Purpose
+		param []byte
+	)
+	switch req.GetPurpose() {
+	case qpcv1.ReauthPurpose_REAUTH_PURPOSE_ADD_DEVICE:
+		p, param = auth.PurposeAddDevice, req.GetNewSignatureKey()
+	case qpcv1.ReauthPurpose_REAUTH_PURPOSE_REVOKE_DEVICE:
+		p, param = auth.PurposeRevokeDevice, []byte(req.GetTargetDeviceId())
+	default:
+		return nil, wire.Errorf(qpcv1.Status_STATUS_INVALID_ARGUMENT, "re-authentication purpose %v; want ADD_DEVICE or REVOKE_DEVICE", req.GetPurpose())
+	}
+	c, exp, err := s.auth.ReauthChallenge(ctx, actorOf(call), p, param)
 	if err != nil {
 		return nil, err
+	}
+	return &qpcv1.ReauthChallengeResponse{Challenge: c, ExpiresUnixMs: exp.UnixMilli()}, nil
+}
+
+func (s *Server) addDevice(ctx context.Context, call *Call, req *qpcv1.AddDeviceRequest) (*qpcv1.AddDeviceResponse, error) {
+	id, err := s.auth.AddDevice(callCtx(ctx, call), actorOf(call), req.GetSignatureKey(), req.GetDeviceName(), reauthOf(req.GetReauth()))
+	if err != nil {
+		return nil, s.countAuthFailure(err)
 	}
 	return &qpcv1.AddDeviceResponse{DeviceId: id}, nil
 }
@@ -244,8 +296,8 @@ func (s *Server) listDevices(ctx context.Context, call *Call, _ *qpcv1.ListDevic
 }
 
 func (s *Server) revokeDevice(ctx context.Context, call *Call, req *qpcv1.RevokeDeviceRequest) (*qpcv1.RevokeDeviceResponse, error) {
-	if err := s.auth.RevokeDevice(callCtx(ctx, call), call.Principal.AccountID, req.GetDeviceId()); err != nil {
-		return nil, err
+	if err := s.auth.RevokeDevice(callCtx(ctx, call), actorOf(call), req.GetDeviceId(), reauthOf(req.GetReauth())); err != nil {
+		return nil, s.countAuthFailure(err)
 	}
 	return &qpcv1.RevokeDeviceResponse{}, nil
 }
@@ -271,4 +323,31 @@ func (s *Server) lookupAccount(ctx context.Context, _ *Call, req *qpcv1.LookupAc
 		out.Devices = append(out.Devices, &qpcv1.PublicDevice{DeviceId: d.ID, SignatureKey: d.SignatureKey})
 	}
 	return out, nil
+}
+
+// authEvents delivers auth's device events to the account's other devices
+// as inbox items (kind INBOX_KIND_ACCOUNT_EVENT), the channel every device
+// already fetches, in the transaction that makes the change.
+type authEvents struct{ s *Server }
+
+func (e authEvents) RecordDeviceEvent(ctx context.Context, tx *sql.Tx, ev auth.DeviceEvent) error {
+	if e.s.delivery == nil {
+		return errors.New("server: device event before the delivery service is up")
+	}
+	kind := qpcv1.AccountEventKind_ACCOUNT_EVENT_KIND_DEVICE_ADDED
+	if ev.Kind == auth.DeviceRevoked {
+		kind = qpcv1.AccountEventKind_ACCOUNT_EVENT_KIND_DEVICE_REVOKED
+	}
+	body, err := wire.Marshal(&qpcv1.AccountEvent{Kind: kind, DeviceId: ev.DeviceID, DeviceName: ev.DeviceName,
+		SignatureKey: ev.SignatureKey, ByDeviceId: ev.By, TimeUnixMs: ev.At.UnixMilli()})
+	if err != nil {
+		return err
+	}
+	return e.s.delivery.RecordAccountEventTx(ctx, tx, ev.AccountID, ev.By, ev.Notify, body)
+}
+
+func (e authEvents) DeviceEventCommitted(ev auth.DeviceEvent) {
+	if e.s.delivery != nil {
+		e.s.delivery.WakeDevices(context.Background(), ev.AccountID, ev.Notify)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quicprochat/quicprochat/internal/auth"
+	"github.com/quicprochat/quicprochat/internal/config"
 	"github.com/quicprochat/quicprochat/internal/delivery"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
@@ -35,6 +36,8 @@ const (
 // deliveryPart holds the delivery service's state inside Server.
 type deliveryPart struct {
 	delivery *delivery.Service
+	// byteLimits: one bucket of payload bytes per account (limits.byte_rate).
+	byteLimits *rateLimits
 }
 
 func (s *Server) initDelivery(ctx context.Context) error {
@@ -50,6 +53,9 @@ func (s *Server) initDelivery(ctx context.Context) error {
 		LongPollMax:  s.cfg.Limits.LongPollMax,
 		Registry:     s.metrics.Registry,
 
+		MaxInboxCallBytes: s.cfg.Limits.MaxInboxCallBytes,
+		Quota:             quotaOf(s.cfg),
+
 		InvitationTTL:         s.cfg.Invitations.TTL,
 		InvitationsPerHour:    s.cfg.Invitations.MaxPerHour,
 		MaxPendingInvitations: s.cfg.Invitations.MaxPending,
@@ -59,7 +65,24 @@ func (s *Server) initDelivery(ctx context.Context) error {
 		return err
 	}
 	s.delivery = d
+	s.byteLimits = newRateLimits(float64(s.cfg.Limits.ByteRate), s.cfg.Limits.ByteBurst, s.now, s.metrics, s.audit)
+	s.byteLimits.bytes = true
 	return nil
+}
+
+// quotaOf is the configured per-account quota.
+func quotaOf(cfg config.Config) delivery.Quota {
+	q := cfg.Quota
+	return delivery.Quota{
+		MessageBytes: int64(q.MessageBytes), Messages: int64(q.Messages),
+		InboxBytes: int64(q.InboxBytes), InboxItems: int64(q.InboxItems), Channels: int64(q.Channels),
+	}
+}
+
+// allowBytes applies the account's byte-rate limit to what a request asks
+// the server to store.
+func (s *Server) allowBytes(ctx context.Context, c delivery.Caller, n int) error {
+	return s.byteLimits.allowN(ctx, scopeAccountBytes, c.AccountID, n)
 }
 
 func (s *Server) closeDelivery() error {
@@ -191,6 +214,9 @@ func (s *Server) enqueue(ctx context.Context, call *Call, req *qpcv1.EnqueueRequ
 	if err != nil {
 		return nil, err
 	}
+	if err := s.allowBytes(ctx, c, len(req.GetMlsMessage())+len(req.GetGroupInfo())); err != nil {
+		return nil, err
+	}
 	r, err := s.delivery.Enqueue(ctx, c, req.GetChannelId(), req.GetMessageId(), req.GetMlsMessage(), req.GetGroupInfo())
 	if err != nil {
 		return nil, err
@@ -206,6 +232,10 @@ func (s *Server) sendToInbox(ctx context.Context, call *Call, req *qpcv1.SendToI
 	to := make([]delivery.InboxRecipient, 0, len(req.GetRecipients()))
 	for _, r := range req.GetRecipients() {
 		to = append(to, delivery.InboxRecipient{AccountName: r.GetAccountName(), DeviceID: r.GetDeviceId()})
+	}
+	// Each recipient gets a copy: the bytes stored are payload x recipients.
+	if err := s.allowBytes(ctx, c, len(req.GetPayload())*len(to)); err != nil {
+		return nil, err
 	}
 	n, err := s.delivery.SendToInbox(ctx, c, req.GetChannelId(), int(req.GetKind()), req.GetPayload(), to)
 	if err != nil {
@@ -259,7 +289,7 @@ func (s *Server) fetch(ctx context.Context, call *Call, req *qpcv1.FetchRequest)
 	if err != nil {
 		return nil, err
 	}
-	return batchProto(b), nil
+	return s.withRefillSignal(batchProto(b), c.DeviceID), nil
 }
 
 // fetchWait long-polls; the wait is clipped to limits.long_poll_max and
@@ -274,7 +304,7 @@ func (s *Server) fetchWait(ctx context.Context, call *Call, req *qpcv1.FetchWait
 	if err != nil {
 		return nil, err
 	}
-	return batchProto(b), nil
+	return s.withRefillSignal(batchProto(b), c.DeviceID), nil
 }
 
 func (s *Server) ack(ctx context.Context, call *Call, req *qpcv1.AckRequest) (*qpcv1.AckResponse, error) {

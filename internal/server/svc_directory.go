@@ -32,7 +32,12 @@ func (s *Server) initDirectory(ctx context.Context) error {
 		Now:           s.now,
 		TTL:           s.cfg.KeyPackages.TTL,
 		MaxPerAccount: s.cfg.KeyPackages.MaxPerAccount,
-		Registry:      s.metrics.Registry,
+		FetchLimits: keydir.FetchLimits{
+			PerPair:   s.cfg.KeyPackages.FetchPerPair,
+			PerTarget: s.cfg.KeyPackages.FetchPerTarget,
+			Window:    s.cfg.KeyPackages.FetchWindow,
+		},
+		Registry: s.metrics.Registry,
 	})
 	if err != nil {
 		return err
@@ -84,6 +89,12 @@ func (s *Server) fetchKeyPackages(ctx context.Context, call *Call, req *qpcv1.Fe
 		return nil, err
 	}
 	res, err := s.keydir.Fetch(ctx, p.AccountID, p.DeviceID, req.GetAccountName(), req.GetDeviceId())
+	var limited *keydir.FetchLimitError
+	if errors.As(err, &limited) {
+		st := wire.Errorf(qpcv1.Status_STATUS_RESOURCE_EXHAUSTED, "%v", err)
+		st.RetryAfter = limited.RetryAfter
+		return nil, st
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -107,6 +118,13 @@ func (s *Server) countKeyPackages(ctx context.Context, call *Call, _ *qpcv1.Coun
 		DeviceCount: uint32(c.Device), AccountCount: uint32(c.Account),
 		MaxPerAccount: uint32(c.MaxPerAccount), HasLastResort: c.HasLastResort,
 	}, nil
+}
+
+// withRefillSignal tells a fetching device that others took its KeyPackages
+// (keydir.NeedsRefill), so it refills at once: the answer to a drain.
+func (s *Server) withRefillSignal(resp *qpcv1.FetchResponse, deviceID string) *qpcv1.FetchResponse {
+	resp.RefillKeyPackages = s.keydir.NeedsRefill(deviceID)
+	return resp
 }
 
 // keydirDevices adapts internal/auth to keydir.Devices.

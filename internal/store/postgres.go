@@ -98,6 +98,13 @@ type pgEngine struct {
 	maxRetries int
 	log        *slog.Logger
 	events     *pgEvents
+	// txTimeout bounds one transaction attempt on this side: statement_timeout
+	// is enforced by the server, so across a partition (nothing answers,
+	// nothing resets) a query on a pooled connection would wait for TCP to
+	// give up; with the deadline it fails, the connection is dropped, and
+	// the request is answered UNAVAILABLE. Twice the statement timeout plus
+	// the connect timeout.
+	txTimeout time.Duration
 
 	retries atomic.Int64 // write functions re-run after a serialization failure or deadlock
 	queued  atomic.Int64 // transactions waiting for a connection
@@ -162,6 +169,7 @@ func OpenPostgres(ctx context.Context, opts PostgresOptions) (*DB, error) {
 		target:     pgTarget(cfg),
 		maxRetries: retries,
 		log:        log,
+		txTimeout:  2*stmtTimeout + cfg.ConnectTimeout,
 	}
 	e.pool = sql.OpenDB(pgConnector{inner: stdlib.GetConnector(*cfg)})
 	e.pool.SetMaxOpenConns(maxConns)
@@ -370,6 +378,8 @@ func (e *pgEngine) writeTx(ctx context.Context, iso sql.IsolationLevel, fn func(
 }
 
 func (e *pgEngine) runTx(ctx context.Context, iso sql.IsolationLevel, fn func(tx *sql.Tx) error, onCommit func(time.Duration)) (err error) {
+	ctx, cancel := context.WithTimeout(ctx, e.txTimeout)
+	defer cancel()
 	e.stmts.prepareWanted(ctx, e.pool)
 	tx, err := e.begin(ctx, &sql.TxOptions{Isolation: iso})
 	if err != nil {
@@ -415,6 +425,8 @@ func (e *pgEngine) call(fn func(*sql.Tx) error, tx *sql.Tx) (err error) {
 // as on SQLite.
 func (e *pgEngine) readTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error) {
 	defer e.observe("read", time.Now())
+	ctx, cancel := context.WithTimeout(ctx, e.txTimeout)
+	defer cancel()
 	e.stmts.prepareWanted(ctx, e.pool)
 	tx, err := e.begin(ctx, &sql.TxOptions{ReadOnly: true, Isolation: sql.LevelRepeatableRead})
 	if err != nil {

@@ -17,6 +17,7 @@ const (
 	CodeDraining        quic.ApplicationErrorCode = 0x1 // server shutting down: reconnect and retry
 	CodeConnectionLimit quic.ApplicationErrorCode = 0x2 // server at its connection cap: back off
 	CodeInternal        quic.ApplicationErrorCode = 0x3
+	CodeIdle            quic.ApplicationErrorCode = 0x4 // no request soon enough after the handshake, or none for the idle timeout: reconnect when needed
 )
 
 // IsDraining reports whether err is a connection closed by a draining server.
@@ -24,6 +25,10 @@ func IsDraining(err error) bool { return hasAppCode(err, CodeDraining) }
 
 // IsConnectionLimit reports whether err is a connection refused at the server's cap.
 func IsConnectionLimit(err error) bool { return hasAppCode(err, CodeConnectionLimit) }
+
+// IsIdleClose reports whether err is a connection the server closed because
+// it carried no request (silent after the handshake, or idle).
+func IsIdleClose(err error) bool { return hasAppCode(err, CodeIdle) }
 
 func hasAppCode(err error, code quic.ApplicationErrorCode) bool {
 	var ae *quic.ApplicationError

@@ -27,6 +27,9 @@ type DialOptions struct {
 	ALPN        string        // default "qpc"; tests set others to check refusal
 	IdleTimeout time.Duration // default 60s
 	KeepAlive   time.Duration // default 15s
+	// LocalAddr is the local UDP address to send from, e.g. "127.0.0.2:0"
+	// (tests of per-address limits); empty: the system chooses.
+	LocalAddr string
 }
 
 // Dial opens a QUIC connection to addr with TLS 1.3 and ALPN "qpc".
@@ -80,11 +83,17 @@ func Dial(ctx context.Context, addr string, o DialOptions) (*quic.Conn, error) {
 	if keep <= 0 {
 		keep = 15 * time.Second
 	}
-	qc, err := quic.DialAddr(ctx, addr, tlsConf, &quic.Config{
+	qconf := &quic.Config{
 		MaxIdleTimeout:       idle,
 		KeepAlivePeriod:      keep,
 		HandshakeIdleTimeout: 10 * time.Second,
-	})
+	}
+	var qc *quic.Conn
+	if o.LocalAddr == "" {
+		qc, err = quic.DialAddr(ctx, addr, tlsConf, qconf)
+	} else {
+		qc, err = dialFrom(ctx, o.LocalAddr, addr, tlsConf, qconf)
+	}
 	if err != nil {
 		mu.Lock()
 		defer mu.Unlock()
@@ -93,5 +102,34 @@ func Dial(ctx context.Context, addr string, o DialOptions) (*quic.Conn, error) {
 		}
 		return nil, fmt.Errorf("transport: dial %s: %w", addr, err)
 	}
+	return qc, nil
+}
+
+// dialFrom dials addr from the local UDP address local; the socket is
+// closed when the connection ends.
+func dialFrom(ctx context.Context, local, addr string, tlsConf *tls.Config, qconf *quic.Config) (*quic.Conn, error) {
+	la, err := net.ResolveUDPAddr("udp", local)
+	if err != nil {
+		return nil, fmt.Errorf("local address %q: %w", local, err)
+	}
+	ra, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	udp, err := net.ListenUDP("udp", la)
+	if err != nil {
+		return nil, err
+	}
+	tr := &quic.Transport{Conn: udp}
+	qc, err := tr.Dial(ctx, ra, tlsConf, qconf)
+	if err != nil {
+		_ = tr.Close()
+		_ = udp.Close()
+		return nil, err
+	}
+	context.AfterFunc(qc.Context(), func() {
+		_ = tr.Close()
+		_ = udp.Close()
+	})
 	return qc, nil
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,19 +25,50 @@ type Handler interface {
 type Events struct {
 	ConnAccepted func()
 	ConnClosed   func()
-	ConnRejected func(reason string) // "limit", "draining"
+	// ConnRejected is a handshake refused at admission: RejectLimit,
+	// RejectPerAddress or RejectDraining.
+	ConnRejected func(reason string)
+	// ConnReaped is an admitted connection the server closed for carrying
+	// no request: ReapSilent or ReapIdle.
+	ConnReaped func(reason string)
 }
+
+// Reasons passed to Events.ConnRejected and Events.ConnReaped.
+const (
+	RejectLimit      = "limit"       // the global cap (MaxConnections)
+	RejectPerAddress = "per_address" // the per-address cap (MaxConnectionsPerAddr)
+	RejectDraining   = "draining"
+	ReapSilent       = "silent" // no stream within FirstStreamTimeout of the handshake
+	ReapIdle         = "idle"   // no stream activity for IdleTimeout
+)
 
 // ListenerConfig configures Listen. Zero values take the documented defaults.
 type ListenerConfig struct {
-	Addr              string        // UDP address, e.g. 127.0.0.1:7443
-	TLS               *tls.Config   // from CertStore.ServerTLSConfig
-	MaxConnections    int           // default 1000; the next connection is closed with CodeConnectionLimit
-	MaxStreamsPerConn int64         // concurrent RPCs per connection, default 100
-	IdleTimeout       time.Duration // default 60s
-	KeepAlive         time.Duration // default 15s; 0 keeps the default, negative disables
-	Logger            *slog.Logger
-	Events            Events
+	Addr           string      // UDP address, e.g. 127.0.0.1:7443
+	TLS            *tls.Config // from CertStore.ServerTLSConfig
+	MaxConnections int         // default 1000; the next connection is closed with CodeConnectionLimit
+	// MaxConnectionsPerAddr caps the connections of one source address
+	// (an IPv4 address, an IPv6 /64), so one host cannot take every slot
+	// of MaxConnections; default 32. Loopback is not exempt.
+	MaxConnectionsPerAddr int
+	MaxStreamsPerConn     int64         // concurrent RPCs per connection, default 100
+	IdleTimeout           time.Duration // default 60s; also closes connections with no RPC for this long
+	// FirstStreamTimeout closes (CodeIdle) a connection that opens no
+	// stream this long after its handshake; default 10s.
+	FirstStreamTimeout time.Duration
+	KeepAlive          time.Duration // default 0: the server sends no keep-alives (clients do); negative also disables
+	// StatelessResetKey lets the listener answer packets of connections it
+	// does not know (those of a previous process) with a stateless reset;
+	// nil: no resets (clients of a crashed server wait for their idle
+	// timeout). See LoadStatelessResetKey.
+	StatelessResetKey *quic.StatelessResetKey
+	// RefusalLogEvery is the least time between two WARN lines about
+	// refused or reaped connections of one reason; the lines in between
+	// are counted and reported by the next one. Default 1m.
+	RefusalLogEvery time.Duration
+	Now             func() time.Time // clock for the inactivity rules; nil: time.Now
+	Logger          *slog.Logger
+	Events          Events
 }
 
 // Conn is an accepted connection as handlers see it.
@@ -44,7 +76,11 @@ type Conn struct {
 	Q  *quic.Conn
 	ID uint64
 
-	lastReply atomic.Int64 // UnixNano when the last reply was handed to QUIC; 0: none
+	addrKey    string       // per-address limit key
+	active     atomic.Int32 // streams being served
+	served     atomic.Bool  // at least one stream was opened
+	lastActive atomic.Int64 // UnixNano of admission or of the last stream start or end
+	lastReply  atomic.Int64 // UnixNano when the last reply was handed to QUIC; 0: none
 }
 
 // ReplySent records that a reply was just handed to QUIC. A draining
@@ -79,6 +115,27 @@ func (c *Conn) RemoteIP() string {
 	return host
 }
 
+// AddrKey is the key the per-address connection limit counts by: the
+// address for IPv4, the /64 prefix for IPv6 (one host usually owns a
+// whole /64).
+func AddrKey(a net.Addr) string {
+	var ip netip.Addr
+	if ua, ok := a.(*net.UDPAddr); ok {
+		ip, _ = netip.AddrFromSlice(ua.IP)
+	} else if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+		ip = ap.Addr()
+	}
+	if !ip.IsValid() {
+		return a.String()
+	}
+	ip = ip.Unmap().WithZone("")
+	if ip.Is4() {
+		return ip.String()
+	}
+	p, _ := ip.Prefix(64)
+	return p.String()
+}
+
 // Listener accepts QUIC connections and hands each stream to a Handler.
 type Listener struct {
 	cfg     ListenerConfig
@@ -89,9 +146,15 @@ type Listener struct {
 	ln      *quic.Listener
 	streams inflight
 	connWG  sync.WaitGroup
+	refused *refusalLog
+
+	stopSweep chan struct{}
+	sweepDone chan struct{}
+	sweeps    atomic.Uint64 // sweeps done (tests wait on it)
 
 	mu       sync.Mutex
 	conns    map[*quic.Conn]*Conn
+	perAddr  map[string]int
 	nextID   uint64
 	draining bool
 }
@@ -104,17 +167,26 @@ func Listen(cfg ListenerConfig, h Handler) (*Listener, error) {
 	if cfg.MaxConnections <= 0 {
 		cfg.MaxConnections = 1000
 	}
+	if cfg.MaxConnectionsPerAddr <= 0 {
+		cfg.MaxConnectionsPerAddr = 32
+	}
 	if cfg.MaxStreamsPerConn <= 0 {
 		cfg.MaxStreamsPerConn = 100
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 60 * time.Second
 	}
-	switch {
-	case cfg.KeepAlive == 0:
-		cfg.KeepAlive = 15 * time.Second
-	case cfg.KeepAlive < 0:
+	if cfg.FirstStreamTimeout <= 0 {
+		cfg.FirstStreamTimeout = 10 * time.Second
+	}
+	if cfg.KeepAlive < 0 {
 		cfg.KeepAlive = 0
+	}
+	if cfg.RefusalLogEvery <= 0 {
+		cfg.RefusalLogEvery = time.Minute
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -131,7 +203,7 @@ func Listen(cfg ListenerConfig, h Handler) (*Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("transport: listen on %s/udp: %w", cfg.Addr, err)
 	}
-	tr := &quic.Transport{Conn: udp}
+	tr := &quic.Transport{Conn: udp, StatelessResetKey: cfg.StatelessResetKey}
 	ln, err := tr.Listen(tlsConf, &quic.Config{
 		MaxIdleTimeout:        cfg.IdleTimeout,
 		KeepAlivePeriod:       cfg.KeepAlive,
@@ -143,7 +215,14 @@ func Listen(cfg ListenerConfig, h Handler) (*Listener, error) {
 		udp.Close()
 		return nil, fmt.Errorf("transport: quic listen: %w", err)
 	}
-	return &Listener{cfg: cfg, h: h, log: cfg.Logger, udp: udp, tr: tr, ln: ln, conns: map[*quic.Conn]*Conn{}}, nil
+	l := &Listener{
+		cfg: cfg, h: h, log: cfg.Logger, udp: udp, tr: tr, ln: ln,
+		refused:   &refusalLog{every: cfg.RefusalLogEvery, now: cfg.Now, log: cfg.Logger, reasons: map[string]*refusalState{}},
+		stopSweep: make(chan struct{}), sweepDone: make(chan struct{}),
+		conns: map[*quic.Conn]*Conn{}, perAddr: map[string]int{},
+	}
+	go l.sweep()
+	return l, nil
 }
 
 // Addr is the bound UDP address (useful with port 0 in tests).
@@ -171,24 +250,35 @@ func (l *Listener) Serve() error {
 }
 
 func (l *Listener) admit(qc *quic.Conn) {
+	key := AddrKey(qc.RemoteAddr())
 	l.mu.Lock()
 	if l.draining {
 		l.mu.Unlock()
-		l.event(l.cfg.Events.ConnRejected, "draining")
+		l.event(l.cfg.Events.ConnRejected, RejectDraining)
 		_ = qc.CloseWithError(CodeDraining, "server draining")
 		return
 	}
-	if len(l.conns) >= l.cfg.MaxConnections {
-		n := len(l.conns)
+	if n := len(l.conns); n >= l.cfg.MaxConnections {
 		l.mu.Unlock()
-		l.event(l.cfg.Events.ConnRejected, "limit")
-		l.log.Warn("connection refused: at connection limit", "remote", qc.RemoteAddr().String(), "open", n, "limit", l.cfg.MaxConnections)
+		l.event(l.cfg.Events.ConnRejected, RejectLimit)
+		l.refused.note(RejectLimit, "connection refused: at connection limit",
+			"remote", qc.RemoteAddr().String(), "open", n, "limit", l.cfg.MaxConnections)
 		_ = qc.CloseWithError(CodeConnectionLimit, fmt.Sprintf("server at its connection limit (%d); retry later", l.cfg.MaxConnections))
 		return
 	}
+	if n := l.perAddr[key]; n >= l.cfg.MaxConnectionsPerAddr {
+		l.mu.Unlock()
+		l.event(l.cfg.Events.ConnRejected, RejectPerAddress)
+		l.refused.note(RejectPerAddress, "connection refused: too many connections from one address",
+			"remote", qc.RemoteAddr().String(), "address", key, "open", n, "limit", l.cfg.MaxConnectionsPerAddr)
+		_ = qc.CloseWithError(CodeConnectionLimit, fmt.Sprintf("too many connections from your address (limit %d); close some or retry later", l.cfg.MaxConnectionsPerAddr))
+		return
+	}
 	l.nextID++
-	c := &Conn{Q: qc, ID: l.nextID}
+	c := &Conn{Q: qc, ID: l.nextID, addrKey: key}
+	c.lastActive.Store(l.cfg.Now().UnixNano())
 	l.conns[qc] = c
+	l.perAddr[key]++
 	l.connWG.Add(1)
 	l.mu.Unlock()
 	if f := l.cfg.Events.ConnAccepted; f != nil {
@@ -202,6 +292,9 @@ func (l *Listener) serveConn(c *Conn) {
 	defer func() {
 		l.mu.Lock()
 		delete(l.conns, c.Q)
+		if l.perAddr[c.addrKey]--; l.perAddr[c.addrKey] <= 0 {
+			delete(l.perAddr, c.addrKey)
+		}
 		l.mu.Unlock()
 		if f := l.cfg.Events.ConnClosed; f != nil {
 			f()
@@ -213,11 +306,86 @@ func (l *Listener) serveConn(c *Conn) {
 		if err != nil {
 			return // connection closed, by either side
 		}
+		c.active.Add(1)
+		c.served.Store(true)
+		c.lastActive.Store(l.cfg.Now().UnixNano())
 		l.streams.add()
 		go func() {
 			defer l.streams.done()
+			defer func() {
+				c.lastActive.Store(l.cfg.Now().UnixNano())
+				c.active.Add(-1)
+			}()
 			l.h.ServeStream(ctx, c, s)
 		}()
+	}
+}
+
+// sweepInterval is how often the inactivity rules are checked: often
+// enough to close a connection within a quarter of its bound, at most
+// once a second.
+func (l *Listener) sweepInterval() time.Duration {
+	d := min(l.cfg.FirstStreamTimeout, l.cfg.IdleTimeout, l.cfg.RefusalLogEvery) / 4
+	return min(max(d, 5*time.Millisecond), time.Second)
+}
+
+// sweep closes connections that carry no request: silent ones (no stream
+// within FirstStreamTimeout of the handshake) and idle ones (no stream
+// activity for IdleTimeout). Keep-alives do not count as activity, so
+// neither side's PINGs can hold a connection slot for ever. It also
+// reports refusals that the rate-limited log held back.
+func (l *Listener) sweep() {
+	defer close(l.sweepDone)
+	t := time.NewTicker(l.sweepInterval())
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stopSweep:
+			return
+		case <-t.C:
+		}
+		l.reapInactive()
+		l.refused.flush()
+		l.sweeps.Add(1)
+	}
+}
+
+type reapVictim struct {
+	c      *Conn
+	reason string
+}
+
+func (l *Listener) reapInactive() {
+	now := l.cfg.Now()
+	var victims []reapVictim
+	l.mu.Lock()
+	for _, c := range l.conns {
+		if c.active.Load() > 0 {
+			continue
+		}
+		quiet := now.Sub(time.Unix(0, c.lastActive.Load()))
+		switch {
+		case !c.served.Load() && quiet >= l.cfg.FirstStreamTimeout:
+			victims = append(victims, reapVictim{c, ReapSilent})
+		case c.served.Load() && quiet >= l.cfg.IdleTimeout:
+			victims = append(victims, reapVictim{c, ReapIdle})
+		}
+	}
+	l.mu.Unlock()
+	for _, v := range victims {
+		if v.c.active.Load() > 0 { // a stream arrived meanwhile
+			continue
+		}
+		l.event(l.cfg.Events.ConnReaped, v.reason)
+		remote := v.c.Q.RemoteAddr().String()
+		if v.reason == ReapSilent {
+			l.refused.note(ReapSilent, "connection closed: no request after the handshake",
+				"remote", remote, "within", l.cfg.FirstStreamTimeout.String())
+			_ = v.c.Q.CloseWithError(CodeIdle, fmt.Sprintf("no request within %s of the handshake", l.cfg.FirstStreamTimeout))
+		} else {
+			l.log.Debug("connection closed: idle", "remote", remote, "idle_timeout", l.cfg.IdleTimeout.String())
+			_ = v.c.Q.CloseWithError(CodeIdle, fmt.Sprintf("no request for %s", l.cfg.IdleTimeout))
+		}
 	}
 }
 
@@ -235,8 +403,13 @@ func (l *Listener) event(f func(string), reason string) {
 // ctx.Err() if in-flight streams had to be cut off.
 func (l *Listener) Shutdown(ctx context.Context) error {
 	l.mu.Lock()
+	wasDraining := l.draining
 	l.draining = true
 	l.mu.Unlock()
+	if !wasDraining {
+		close(l.stopSweep)
+	}
+	<-l.sweepDone
 	_ = l.ln.Close()
 
 	waitErr := l.streams.wait(ctx)
@@ -294,6 +467,12 @@ func (f *inflight) done() {
 	f.mu.Unlock()
 }
 
+func (f *inflight) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n
+}
+
 func (f *inflight) wait(ctx context.Context) error {
 	f.mu.Lock()
 	if f.n == 0 {
@@ -310,5 +489,67 @@ func (f *inflight) wait(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// refusalLog keeps refusals from writing one WARN line each: the first
+// refusal of a reason is logged at once, later ones at most once per
+// interval with the count held back meanwhile. The metrics count every
+// refusal; the log only has to say that it is happening.
+type refusalLog struct {
+	every time.Duration
+	now   func() time.Time
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	reasons map[string]*refusalState
+}
+
+type refusalState struct {
+	last       time.Time // when the last line for this reason was written
+	suppressed int       // refusals since then, not logged
+	msg        string
+}
+
+func (r *refusalLog) note(reason, msg string, attrs ...any) {
+	now := r.now()
+	r.mu.Lock()
+	st := r.reasons[reason]
+	if st == nil {
+		st = &refusalState{}
+		r.reasons[reason] = st
+	}
+	st.msg = msg
+	if !st.last.IsZero() && now.Sub(st.last) < r.every {
+		st.suppressed++
+		r.mu.Unlock()
+		return
+	}
+	held := st.suppressed
+	st.last, st.suppressed = now, 0
+	r.mu.Unlock()
+	attrs = append(attrs, "reason", reason, "suppressed", held,
+		"note", "further lines for this reason at most every "+r.every.String()+"; qpcd_connections_refused_total and qpcd_connections_reaped_total count all")
+	r.log.Warn(msg, attrs...)
+}
+
+// flush writes the count of refusals held back for a full interval.
+func (r *refusalLog) flush() {
+	now := r.now()
+	type line struct {
+		reason, msg string
+		n           int
+	}
+	var lines []line
+	r.mu.Lock()
+	for reason, st := range r.reasons {
+		if st.suppressed > 0 && now.Sub(st.last) >= r.every {
+			lines = append(lines, line{reason, st.msg, st.suppressed})
+			st.last, st.suppressed = now, 0
+		}
+	}
+	r.mu.Unlock()
+	for _, ln := range lines {
+		r.log.Warn(ln.msg+" (summary)", "reason", ln.reason, "count", ln.n, "over", r.every.String())
 	}
 }

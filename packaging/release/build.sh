@@ -14,6 +14,10 @@
 #   RELEASE_REF        commit to build (default HEAD); the build runs in a clean
 #                      checkout of it, so uncommitted changes never ship.
 #                      RELEASE_REF=worktree builds the working tree as it is.
+#   QPC_PACKAGE_SIGNING_KEY  armored GPG secret key (no passphrase, or
+#                      NFPM_RPM_PASSPHRASE) that signs the .rpm packages and
+#                      the apt and yum repositories in $DIST/repo; unset: a
+#                      throwaway key, with a warning (QPC_RELEASE_REQUIRE_KEY=1: error).
 #   QPC_RELEASE_KEY    minisign secret key file; QPC_RELEASE_KEY_PASSWORD if encrypted.
 #                      Unset: a throwaway development key is made (never publish
 #                      such a build); QPC_RELEASE_REQUIRE_KEY=1 makes that an error.
@@ -66,7 +70,12 @@ DATE=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
 # Package version: the tag without "v", or a sortable development version.
 case "$VERSION" in
 v[0-9]*.*.* | [0-9]*.*.*) PKG_VERSION=${VERSION#v} ;;
-*) PKG_VERSION=0.0.0-dev.$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y%m%d%H%M%S).$COMMIT ;;
+*)
+	PKG_VERSION=0.0.0-dev.$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y%m%d%H%M%S).$COMMIT
+	# An untagged build: the binaries report the package version, so
+	# `qpcd version` and the package manager name the same build.
+	VERSION=$PKG_VERSION
+	;;
 esac
 
 cmds=()
@@ -144,6 +153,47 @@ if [ -n "${QPC_RELEASE_KEY:-}" ] && [ -f "$published" ] &&
 	die "QPC_RELEASE_KEY does not match the published key packaging/release/minisign.pub"
 fi
 
+# --- changelog, man pages ------------------------------------------------------
+# Package release 1: the .deb is then non-native (changelog.Debian.gz) and
+# the .rpm's Release is 1, as in packaging/nfpm*.yaml.
+prev_tag=$(git -C "$src" describe --tags --abbrev=0 HEAD^ 2>/dev/null || true)
+if [ -n "$prev_tag" ]; then
+	git -C "$src" log --no-merges --format='%h %s' "$prev_tag..HEAD" >"$DIST/build/gitlog.txt"
+else
+	git -C "$src" log --no-merges --format='%h %s' -n 50 HEAD >"$DIST/build/gitlog.txt" 2>/dev/null || : >"$DIST/build/gitlog.txt"
+fi
+# nfpm writes a pre-release's "-" as "~" in both package formats.
+"$qpc_release" changelog --version "${PKG_VERSION/-/\~}-1" --epoch "$SOURCE_DATE_EPOCH" \
+	--git-log "$DIST/build/gitlog.txt" --out "$DIST/build/changelog.yml" >&2
+man_dir=$DIST/build/man
+rm -rf "$man_dir" && mkdir -p "$man_dir"
+for page in "$src"/packaging/man/*.1; do
+	gzip -9n -c "$page" >"$man_dir/$(basename "$page").gz"
+done
+# nfpm does not expand variables in `changelog`: package from copies of the
+# configurations that name this build's changelog.
+for cfg in nfpm.yaml nfpm-qpc.yaml; do
+	[ -f "$src/packaging/$cfg" ] || continue
+	{ cat "$src/packaging/$cfg"; printf '\nchangelog: %s\n' "$DIST/build/changelog.yml"; } >"$DIST/build/$cfg"
+done
+rpm_key=${QPC_PACKAGE_SIGNING_KEY:-}
+if [ -z "$rpm_key" ]; then
+	[ "${QPC_RELEASE_REQUIRE_KEY:-0}" = 1 ] && die "QPC_PACKAGE_SIGNING_KEY is not set (QPC_RELEASE_REQUIRE_KEY=1)"
+	# Like the minisign key: a throwaway GPG key, so a dry run's packages
+	# and repositories are signed the way a release's are (never publish them).
+	rpm_key=$DIST/build/dev-key/package-signing.asc
+	if [ ! -f "$rpm_key" ]; then
+		command -v gpg >/dev/null || die "gpg is needed for the throwaway package signing key (apt install gpg), or set QPC_PACKAGE_SIGNING_KEY"
+		gh=$(mktemp -d)
+		gpg --homedir "$gh" --batch --passphrase '' --quick-gen-key "quicprochat development build (do not trust) <dev@quicprochat.invalid>" rsa3072 sign 30d 2>/dev/null
+		mkdir -p "$(dirname "$rpm_key")"
+		(umask 077 && gpg --homedir "$gh" --batch --armor --export-secret-keys >"$rpm_key")
+		rm -rf "$gh"
+	fi
+	export NFPM_RPM_PASSPHRASE=''
+	log "WARNING: no QPC_PACKAGE_SIGNING_KEY: packages and repositories are signed with the throwaway key $rpm_key"
+fi
+
 # --- binaries, SBOMs, packages ----------------------------------------------
 artifacts=()
 for arch in $RELEASE_ARCHES; do
@@ -171,8 +221,8 @@ for arch in $RELEASE_ARCHES; do
 		for cfg in nfpm.yaml nfpm-qpc.yaml; do
 			[ -f "$src/packaging/$cfg" ] || continue
 			[ "$cfg" = nfpm-qpc.yaml ] && { [ -x "$bin/qpc" ] || continue; [ "$p" = ipk ] && continue; }
-			out=$(cd "$src" && PKG_VERSION=$PKG_VERSION PKG_ARCH=$a BIN_DIR=$bin DIST_DIR=$DIST \
-				"$nfpm" pkg --config "packaging/$cfg" --packager "$p" --target "$DIST/" 2>&1) ||
+			out=$(cd "$src" && PKG_VERSION=$PKG_VERSION PKG_ARCH=$a BIN_DIR=$bin DIST_DIR=$DIST MAN_DIR=$man_dir \
+				RPM_SIGNING_KEY=$rpm_key "$nfpm" pkg --config "$DIST/build/$cfg" --packager "$p" --target "$DIST/" 2>&1) ||
 				{ echo "$out" >&2; die "nfpm $p $a failed"; }
 			f=$(printf '%s\n' "$out" | sed -n 's|^created package: ||p')
 			[ -n "$f" ] || { echo "$out" >&2; die "nfpm did not report its package"; }
@@ -182,6 +232,13 @@ for arch in $RELEASE_ARCHES; do
 	done
 done
 artifacts+=(minisign.pub)
+
+# --- signed apt and yum repositories (not in SHA256SUMS: they carry their own
+# GPG signatures over the same packages) ---------------------------------------
+gnupg=$(mktemp -d)
+GNUPGHOME=$gnupg gpg --batch --import "$rpm_key" 2>/dev/null
+GNUPGHOME=$gnupg "$src/packaging/release/repos.sh" "$DIST" "$DIST/repo" >&2
+rm -rf "$gnupg"
 
 # --- checksums and signatures -------------------------------------------------
 cd "$DIST"

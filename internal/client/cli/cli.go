@@ -15,7 +15,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/quicprochat/quicprochat/internal/clidoc"
 	"github.com/quicprochat/quicprochat/internal/client"
+	"github.com/quicprochat/quicprochat/internal/clikit"
+	"github.com/quicprochat/quicprochat/internal/safetext"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/version"
 	"github.com/quicprochat/quicprochat/internal/wire"
@@ -54,6 +57,9 @@ type app struct {
 	keyFile string
 	verbose bool
 	timeout time.Duration
+	// interactive: a person waits for this command (everything but
+	// watch): fewer retries and a shorter dial timeout.
+	interactive bool
 }
 
 // Run runs qpc with args (without the program name) and returns the exit
@@ -65,7 +71,7 @@ func Run(ctx context.Context, args []string, o IO) int {
 	if o.Stdin == nil {
 		o.Stdin = strings.NewReader("")
 	}
-	a := &app{io: o}
+	a := &app{io: o, interactive: true}
 	root := &cobra.Command{
 		Use:   "qpc",
 		Short: "quicprochat end-to-end encrypted messenger client",
@@ -93,11 +99,29 @@ func Run(ctx context.Context, args []string, o IO) int {
 		}},
 		a.initCmd(), a.registerCmd(), a.loginCmd(), a.whoamiCmd(), a.devicesCmd(), a.keysCmd(),
 		a.groupCmd(), a.dmCmd(), a.sendCmd(), a.recvCmd(), a.watchCmd(), a.historyCmd(), a.outboxCmd(),
-		a.invitationsCmd(),
+		a.invitationsCmd(), clidoc.Command(),
 	)
 	root.AddCommand(a.blockCmds()...)
 	for _, c := range root.Commands() {
-		wrapArgs(c)
+		switch c.Name() {
+		case "send", "history":
+			c.ValidArgsFunction = a.completeGroups
+		case "group":
+			for _, sc := range c.Commands() {
+				if sc.Name() != "create" && sc.Name() != "list" {
+					sc.ValidArgsFunction = a.completeGroups
+				}
+			}
+		}
+	}
+	clikit.Strict(root, func(err error) error { return usageError{err} })
+	root.Version = version.String()
+	jsonOut := clikit.WantsJSON(args)
+	if jsonOut {
+		b, _ := json.Marshal(map[string]string{"version": version.Version})
+		root.SetVersionTemplate(string(b) + "\n")
+	} else {
+		root.SetVersionTemplate("qpc {{.Version}}\n")
 	}
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
@@ -110,26 +134,10 @@ func Run(ctx context.Context, args []string, o IO) int {
 		code = ExitUsage
 	}
 	fmt.Fprintln(o.Stderr, "qpc:", err)
-	if a.json {
+	if a.json || jsonOut {
 		_ = json.NewEncoder(o.Stdout).Encode(map[string]any{"error": err.Error(), "exit_code": code})
 	}
 	return code
-}
-
-// wrapArgs turns cobra's argument-count errors into usage errors.
-func wrapArgs(c *cobra.Command) {
-	if c.Args != nil {
-		check := c.Args
-		c.Args = func(cmd *cobra.Command, args []string) error {
-			if err := check(cmd, args); err != nil {
-				return usageError{fmt.Errorf("%w (usage: %s)", err, cmd.UseLine())}
-			}
-			return nil
-		}
-	}
-	for _, s := range c.Commands() {
-		wrapArgs(s)
-	}
 }
 
 func isCobraUsage(err error) bool {
@@ -168,7 +176,42 @@ func (a *app) options() (client.Options, error) {
 	if a.verbose {
 		o.Logger = slog.New(slog.NewTextHandler(a.io.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
+	if a.interactive {
+		// A person waits: give up on an unreachable server after about
+		// half a minute rather than minutes (watch keeps the defaults).
+		o.Backoff = client.Backoff{MaxAttempts: 4, Max: 4 * time.Second, DialTimeout: 5 * time.Second}
+	}
+	if a.progress() {
+		o.Backoff.OnRetry = func(method string, attempt, maxAttempts int, wait time.Duration, err error) {
+			fmt.Fprintf(a.io.Stderr, "qpc: %s: attempt %d of %d failed (%v); next try in %s\n", method, attempt, maxAttempts, shortErr(err), wait.Round(100*time.Millisecond))
+		}
+	}
 	return o, nil
+}
+
+// progress reports whether retries are shown on stderr: a terminal (or
+// QPC_PROGRESS=1), not --json.
+func (a *app) progress() bool {
+	if a.json {
+		return false
+	}
+	if a.io.Getenv("QPC_PROGRESS") == "1" {
+		return true
+	}
+	f, ok := a.io.Stderr.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func shortErr(err error) string {
+	s := err.Error()
+	if len(s) > 120 {
+		s = s[:120] + "..."
+	}
+	return s
 }
 
 func (a *app) open(ctx context.Context) (*client.Client, error) {
@@ -207,8 +250,15 @@ func explain(err error) error {
 			return fmt.Errorf("%w (a server bug or storage failure: report it to the operator with this message)", err)
 		}
 	}
-	if client.Retryable(err) {
-		return fmt.Errorf("%w (the server is unreachable or busy; check the address and that qpcd runs, then retry)", err)
+	var te *client.TrustError
+	if errors.As(err, &te) {
+		return err // it names the fix itself
+	}
+	if client.Retryable(err) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w (the server is unreachable or busy: check the address in qpc whoami / qpc init, that qpcd runs and that UDP to its port is open, then retry; --timeout and -v change how long and how visibly qpc tries)", err)
+	}
+	if errors.Is(err, safetext.ErrUnsafe) {
+		return usageError{err}
 	}
 	return err
 }

@@ -2,15 +2,21 @@ package cli
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/quicprochat/quicprochat/internal/client"
+	"github.com/quicprochat/quicprochat/internal/safetext"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
 func (a *app) initCmd() *cobra.Command {
@@ -23,7 +29,10 @@ func (a *app) initCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if t.Addr == "" {
-				return usagef("--server HOST:PORT is required")
+				return usagef("--server HOST:PORT is required (usage: %s)", cmd.UseLine())
+			}
+			if err := checkServerAddr(t.Addr); err != nil {
+				return err
 			}
 			if t.PinSHA256 != "" && t.CAFile != "" {
 				return usagef("use --pin or --ca, not both")
@@ -34,6 +43,17 @@ func (a *app) initCmd() *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), a.timeout)
 			defer cancel()
+			var p *qpcv1.PingResponse
+			var pingErr error
+			if !offline {
+				// Ask first: settings the server cannot be trusted with are
+				// not saved (the next command would only fail the same way).
+				p, pingErr = client.ProbeServer(ctx, t, o)
+				var te *client.TrustError
+				if errors.As(pingErr, &te) {
+					return fmt.Errorf("nothing saved: %w", pingErr)
+				}
+			}
 			c, err := client.Init(ctx, o, t, stock)
 			if err != nil {
 				return explain(err)
@@ -41,9 +61,8 @@ func (a *app) initCmd() *cobra.Command {
 			defer c.Close()
 			out := map[string]any{"home": o.Home, "server": t.Addr, "pinned": t.PinSHA256 != ""}
 			if !offline {
-				p, err := c.Ping(ctx)
-				if err != nil {
-					return explain(fmt.Errorf("saved, but the server did not answer: %w", err))
+				if pingErr != nil {
+					return explain(fmt.Errorf("saved, but the server did not answer: %w", pingErr))
 				}
 				out["server_version"] = p.GetServerVersion()
 			}
@@ -62,6 +81,29 @@ func (a *app) initCmd() *cobra.Command {
 	f.IntVar(&stock, "stock", client.DefaultStock, "KeyPackages to keep on the server")
 	f.BoolVar(&offline, "offline", false, "do not contact the server now")
 	return cmd
+}
+
+// checkServerAddr refuses what cannot be a qpcd address (a usage error):
+// it must be HOST:PORT with a numeric UDP port, no scheme or path.
+func checkServerAddr(addr string) error {
+	bad := func(why string) error {
+		return usagef("--server %q: %s; want HOST:PORT, for example 127.0.0.1:7443 or chat.example.org:7443", addr, why)
+	}
+	if strings.Contains(addr, "://") || strings.Contains(addr, "/") {
+		return bad("no scheme or path (qpcd speaks QUIC, not HTTPS)")
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return bad("missing or malformed port")
+	}
+	if host == "" {
+		return bad("missing host")
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return bad("the port must be a number from 1 to 65535")
+	}
+	return nil
 }
 
 func (a *app) registerCmd() *cobra.Command {
@@ -134,7 +176,7 @@ func (a *app) whoamiCmd() *cobra.Command {
 }
 
 func (a *app) devicesCmd() *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "devices",
 		Short: "List this account's devices",
 		Args:  cobra.NoArgs,
@@ -166,6 +208,72 @@ func (a *app) devicesCmd() *cobra.Command {
 			})
 		},
 	}
+	cmd.AddCommand(a.deviceAddCmd(), a.deviceRevokeCmd())
+	return cmd
+}
+
+func (a *app) deviceAddCmd() *cobra.Command {
+	var name string
+	cmd := &cobra.Command{
+		Use:   "add KEY",
+		Short: "Add a device by its Ed25519 public key (64 hex characters); this device's key signs the change",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			key, err := hex.DecodeString(strings.TrimSpace(args[0]))
+			if err != nil || len(key) != ed25519.PublicKeySize {
+				return usagef("KEY must be the new device's Ed25519 public key as 64 hex characters")
+			}
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				id, err := c.AddDevice(ctx, key, name)
+				if err != nil {
+					return err
+				}
+				return a.emit(map[string]any{"device_id": id, "name": name}, fmt.Sprintf("added device %s (%s); your other devices are told", id, name))
+			})
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "name of the new device in device lists")
+	return cmd
+}
+
+func (a *app) deviceRevokeCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "revoke DEVICE",
+		Short: "Revoke a device of this account (its tokens stop at once); this device's key signs the change",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				if err := c.RevokeDevice(ctx, args[0]); err != nil {
+					return err
+				}
+				return a.emit(map[string]any{"device_id": args[0], "revoked": true}, fmt.Sprintf("revoked device %s; your other devices are told", args[0]))
+			})
+		},
+	}
+}
+
+// printAccountEvents shows the server's notices about this account's devices.
+func (a *app) printAccountEvents(evs []client.AccountEvent) error {
+	for _, ev := range evs {
+		by := "by the server operator"
+		if ev.ByDeviceID != "" {
+			by = "by device " + ev.ByDeviceID
+		}
+		what := "added to"
+		if ev.Kind == "device_revoked" {
+			what = "revoked from"
+		}
+		text := fmt.Sprintf("[account] %s device %s (%q, key sha256 %s) was %s your account %s; if that was not you, revoke it with qpc devices revoke and tell the operator",
+			time.UnixMilli(ev.ServerMs).Local().Format("2006-01-02 15:04:05"), ev.DeviceID, ev.DeviceName, ev.KeySHA256[:16], what, by)
+		if ev.Kind == "device_revoked" {
+			text = fmt.Sprintf("[account] %s device %s (%q) was %s your account %s",
+				time.UnixMilli(ev.ServerMs).Local().Format("2006-01-02 15:04:05"), ev.DeviceID, ev.DeviceName, what, by)
+		}
+		if err := a.emit(map[string]any{"account_event": ev}, text); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (a *app) keysCmd() *cobra.Command {
@@ -222,7 +330,7 @@ func (a *app) groupCmd() *cobra.Command {
 				for _, g := range gs {
 					// The channel id and this device's epoch are what an
 					// operator needs to recover a wedged group.
-					if err := a.emit(g, fmt.Sprintf("%-20s %-5s %-7s epoch %-4d channel %s", g.Name, g.Kind, g.Status, g.Epoch, g.ChannelID)); err != nil {
+					if err := a.emit(g, fmt.Sprintf("%-20s %-5s %-7s epoch %-4d channel %s", safetext.Line(g.Name), g.Kind, g.Status, g.Epoch, g.ChannelID)); err != nil {
 						return err
 					}
 				}
@@ -289,7 +397,7 @@ func (a *app) groupCmd() *cobra.Command {
 					return err
 				}
 				for _, m := range ms {
-					if err := a.emit(m, m.Account+"/"+m.Device); err != nil {
+					if err := a.emit(m, safetext.Line(m.Account+"/"+m.Device)); err != nil {
 						return err
 					}
 				}
@@ -338,9 +446,15 @@ func (a *app) sendCmd() *cobra.Command {
 			}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				id, err := c.Send(ctx, args[0], text, replyTo)
-				queued := id != "" && (client.Retryable(err) || errors.Is(err, context.DeadlineExceeded))
+				// Not refused: the message waits in the outbox.
+				queued := id != "" && err != nil && !errors.Is(err, client.ErrRefused)
 				if err != nil && !queued {
 					return err
+				}
+				if queued && !client.Retryable(err) && !errors.Is(err, context.DeadlineExceeded) {
+					// It waits for something only the user can fix (a changed
+					// certificate, a login): say so and fail.
+					return fmt.Errorf("message %s is kept in the outbox and goes out with the next send, recv or watch once this is fixed: %w", id, explain(err))
 				}
 				if err != nil {
 					// Queued but not yet delivered: the outbox sends it later.
@@ -357,40 +471,82 @@ func (a *app) sendCmd() *cobra.Command {
 
 func (a *app) printMessages(ms []client.Message) error {
 	for _, m := range ms {
-		if m.Event != nil {
-			// A membership change the server announced.
-			if err := a.emit(m, fmt.Sprintf("[%s] %s * %s", m.Channel, time.UnixMilli(m.SentUnixMs).Local().Format("15:04:05"), m.Text)); err != nil {
-				return err
-			}
-			continue
-		}
-		who := m.DisplayName
-		if who == "" {
-			who = m.Sender
-		}
-		if err := a.emit(m, fmt.Sprintf("[%s] %s <%s>: %s", m.Channel, time.UnixMilli(m.SentUnixMs).Local().Format("15:04:05"), who, m.Text)); err != nil {
+		if err := a.emit(m, humanMessage(m)); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// humanMessage is one message for a terminal. Everything other people
+// chose (text, names) is made safe to print (safetext), and the sender is
+// shown as "display (account)" whenever the display name is not the account
+// name, so a display name cannot pass for another account.
+func humanMessage(m client.Message) string {
+	if m.Event != nil {
+		// A membership change the server announced: its text is built from
+		// account names, which are no safer than a message.
+		return fmt.Sprintf("[%s] %s * %s", safetext.Line(m.Channel), time.UnixMilli(m.SentUnixMs).Local().Format("15:04:05"), safetext.Line(m.Text))
+	}
+	account, _, _ := strings.Cut(m.Sender, "/")
+	who := safetext.Line(account)
+	if m.DisplayName != "" && m.DisplayName != account {
+		who = safetext.Line(m.DisplayName) + " (" + who + ")"
+	}
+	line := fmt.Sprintf("[%s] %s <%s>: %s", safetext.Line(m.Channel), time.UnixMilli(m.SentUnixMs).Local().Format("15:04:05"), who, safetext.Display(m.Text, "    "))
+	switch m.Delivery {
+	case client.DeliveryPending:
+		line += "  [not delivered yet: waiting in the outbox]"
+	case client.DeliveryRefused:
+		line += "  [NOT DELIVERED: refused by the server (" + safetext.Line(m.DeliveryError) + "); qpc outbox retry or discard]"
+	case client.DeliveryDiscarded:
+		line += "  [NOT DELIVERED: discarded]"
+	}
+	return line
+}
+
 // receive flushes the outbox, syncs once (waiting up to wait) and prints
 // what was decrypted.
 func (a *app) receive(ctx context.Context, c *client.Client, wait time.Duration) error {
-	if _, err := c.Flush(ctx); err != nil {
-		return err
+	// A message that cannot go out now stays in the outbox; it must not
+	// keep this device from receiving.
+	_, flushErr := c.Flush(ctx)
+	var ns *client.NotSentError
+	if flushErr != nil && !errors.As(flushErr, &ns) {
+		return flushErr
 	}
 	rep, err := c.Sync(ctx, wait)
 	if err != nil {
 		return err
 	}
 	// Processing may have queued a commit (a member's leave proposal).
-	if _, err := c.Flush(ctx); err != nil {
-		return err
+	if flushErr == nil {
+		if _, flushErr = c.Flush(ctx); flushErr != nil && !errors.As(flushErr, &ns) {
+			return flushErr
+		}
+	}
+	if flushErr != nil {
+		fmt.Fprintln(a.io.Stderr, "qpc:", explain(flushErr))
 	}
 	for _, g := range rep.Gaps {
 		fmt.Fprintf(a.io.Stderr, "qpc: messages %d-%d of channel %x expired before this device fetched them\n", g.From, g.To, g.ChannelID)
+	}
+	evs, err := c.AccountEvents(ctx)
+	if err != nil {
+		return err
+	}
+	if err := a.printAccountEvents(evs); err != nil {
+		return err
+	}
+	for _, name := range rep.RemovedFrom {
+		// A notice, not a failure: recv did its job (documented in docs/client.md).
+		fmt.Fprintf(a.io.Stderr, "qpc: you were removed from %s by another member; you no longer receive or send there (its history stays: qpc history %s)\n",
+			safetext.Line(name), safetext.Line(name))
+		if a.json {
+			if err := a.emit(map[string]any{"removed_from": name}, ""); err != nil {
+				return err
+			}
+		}
 	}
 	ms, err := c.Received(ctx)
 	if err != nil {
@@ -404,7 +560,7 @@ func (a *app) receive(ctx context.Context, c *client.Client, wait time.Duration)
 		return err
 	}
 	for _, in := range invs {
-		if err := a.emit(map[string]any{"invitation": in}, invitationLine(in)+"; qpc invitations accept "+in.ID+" (or decline)"); err != nil {
+		if err := a.emit(map[string]any{"invitation": in}, invitationLine(in)+"; qpc invitations accept "+safetext.Line(in.ID)+" (or decline)"); err != nil {
 			return err
 		}
 	}
@@ -418,7 +574,9 @@ func invitationLine(in client.Invitation) string {
 	} else if in.Members > 0 {
 		what = fmt.Sprintf("a group of %d", in.Members)
 	}
-	return fmt.Sprintf("invitation %s: %s invites you to %s (expires %s)", in.ID, in.Inviter, what,
+	// The id and the inviter's name come from the server: made safe to
+	// print like everything else other people chose.
+	return fmt.Sprintf("invitation %s: %s invites you to %s (expires %s)", safetext.Line(in.ID), safetext.Line(in.Inviter), what,
 		time.UnixMilli(in.ExpiresMs).UTC().Format(time.RFC3339))
 }
 
@@ -511,7 +669,7 @@ func (a *app) blockCmds() []*cobra.Command {
 					return a.emit(nil, "no blocked accounts")
 				}
 				for _, b := range bl {
-					if err := a.emit(b, fmt.Sprintf("%s  since %s", b.Account, time.UnixMilli(b.SinceMs).UTC().Format(time.RFC3339))); err != nil {
+					if err := a.emit(b, fmt.Sprintf("%s  since %s", safetext.Line(b.Account), time.UnixMilli(b.SinceMs).UTC().Format(time.RFC3339))); err != nil {
 						return err
 					}
 				}
@@ -538,6 +696,7 @@ func (a *app) watchCmd() *cobra.Command {
 		Use: "watch", Short: "Print messages as they arrive until interrupted", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			a.interactive = false
 			c, err := a.open(ctx)
 			if err != nil {
 				return explain(err)
@@ -582,8 +741,8 @@ func (a *app) historyCmd() *cobra.Command {
 }
 
 func (a *app) outboxCmd() *cobra.Command {
-	return &cobra.Command{
-		Use: "outbox", Short: "List messages waiting to be sent (and recent ones)", Args: cobra.NoArgs,
+	ob := &cobra.Command{
+		Use: "outbox", Short: "List messages waiting to be sent, refused ones and recent ones (retry or discard them)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				es, err := c.Outbox(ctx)
@@ -591,9 +750,16 @@ func (a *app) outboxCmd() *cobra.Command {
 					return err
 				}
 				for _, e := range es {
-					human := fmt.Sprintf("%s  %-7s seq %d  attempts %d", e.MessageID, e.Status, e.Seq, e.Attempts)
+					ch := e.Channel
+					if ch == "" {
+						ch = fmt.Sprintf("%x", e.ChannelID)
+					}
+					human := fmt.Sprintf("%s  %-7s %-8s %-20s seq %d  attempts %d", e.MessageID, e.Status, e.Kind, safetext.Line(ch), e.Seq, e.Attempts)
 					if e.LastError != "" {
-						human += "  " + e.LastError
+						human += "  " + safetext.Line(e.LastError)
+					}
+					if e.Status == client.OutboxFailed {
+						human += "  (qpc outbox retry " + e.MessageID + " | qpc outbox discard " + e.MessageID + ")"
 					}
 					if err := a.emit(e, human); err != nil {
 						return err
@@ -603,4 +769,68 @@ func (a *app) outboxCmd() *cobra.Command {
 			})
 		},
 	}
+	var all bool
+	retry := &cobra.Command{
+		Use: "retry [MESSAGE_ID | --all]", Short: "Send refused (failed) messages again", Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if (len(args) == 1) == all {
+				return usagef("give one MESSAGE_ID or --all (usage: %s)", cmd.UseLine())
+			}
+			id := ""
+			if len(args) == 1 {
+				id = args[0]
+			}
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				n, err := c.RetryOutbox(ctx, id)
+				if err != nil {
+					return err
+				}
+				rep, err := c.Flush(ctx)
+				if err != nil {
+					return err
+				}
+				return a.emit(map[string]any{"retried": n, "sent": rep.Sent, "failed": rep.Failed},
+					fmt.Sprintf("retried %d message(s): %d sent, %d refused again", n, rep.Sent, rep.Failed))
+			})
+		},
+	}
+	retry.Flags().BoolVar(&all, "all", false, "retry every failed message")
+	ob.AddCommand(retry, &cobra.Command{
+		Use: "discard MESSAGE_ID", Short: "Drop a message that was not delivered (history keeps it, marked discarded)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				if err := c.DiscardOutbox(ctx, args[0]); err != nil {
+					return err
+				}
+				return a.emit(map[string]any{"message_id": args[0], "discarded": true}, "discarded "+args[0])
+			})
+		},
+	})
+	return ob
+}
+
+// completeGroups completes the first argument with this device's group and
+// DM names (shell completion; nothing when the state cannot be opened).
+func (a *app) completeGroups(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+	if len(args) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Second)
+	defer cancel()
+	c, err := a.open(ctx)
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	defer c.Close()
+	gs, err := c.Groups(ctx)
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var out []string
+	for _, g := range gs {
+		if safetext.Check("group name", g.Name) == nil {
+			out = append(out, g.Name)
+		}
+	}
+	return out, cobra.ShellCompDirectiveNoFileComp
 }

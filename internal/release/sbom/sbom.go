@@ -233,8 +233,15 @@ func Augment(bom *cdx.BOM, libs []Library, opts Options) int {
 			CPE:         l.CPE,
 			Properties:  &props,
 		})
-		deps := append([]string(nil), l.DependsOn...)
-		addDependency(bom, cdx.Dependency{Ref: l.PURL, Dependencies: &deps})
+		// A library with no dependencies gets an entry without dependsOn:
+		// a pointer to an empty slice would be written as null, which the
+		// CycloneDX schema refuses ("dependsOn must be array").
+		d := cdx.Dependency{Ref: l.PURL}
+		if len(l.DependsOn) > 0 {
+			deps := slices.Clone(l.DependsOn)
+			d.Dependencies = &deps
+		}
+		addDependency(bom, d)
 		added++
 	}
 	addDependsOn(bom, parent, refs)
@@ -272,8 +279,12 @@ func addDependsOn(bom *cdx.BOM, parent string, refs []string) {
 		}
 		return
 	}
-	r := append([]string(nil), refs...)
-	*bom.Dependencies = append(deps, cdx.Dependency{Ref: parent, Dependencies: &r})
+	d := cdx.Dependency{Ref: parent}
+	if len(refs) > 0 {
+		r := slices.Clone(refs)
+		d.Dependencies = &r
+	}
+	*bom.Dependencies = append(deps, d)
 }
 
 // Decode reads a CycloneDX JSON SBOM.

@@ -25,6 +25,106 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ReauthPurpose names the account change a re-authentication is for.
+type ReauthPurpose int32
+
+const (
+	ReauthPurpose_REAUTH_PURPOSE_UNSPECIFIED   ReauthPurpose = 0
+	ReauthPurpose_REAUTH_PURPOSE_ADD_DEVICE    ReauthPurpose = 1
+	ReauthPurpose_REAUTH_PURPOSE_REVOKE_DEVICE ReauthPurpose = 2
+)
+
+// Enum value maps for ReauthPurpose.
+var (
+	ReauthPurpose_name = map[int32]string{
+		0: "REAUTH_PURPOSE_UNSPECIFIED",
+		1: "REAUTH_PURPOSE_ADD_DEVICE",
+		2: "REAUTH_PURPOSE_REVOKE_DEVICE",
+	}
+	ReauthPurpose_value = map[string]int32{
+		"REAUTH_PURPOSE_UNSPECIFIED":   0,
+		"REAUTH_PURPOSE_ADD_DEVICE":    1,
+		"REAUTH_PURPOSE_REVOKE_DEVICE": 2,
+	}
+)
+
+func (x ReauthPurpose) Enum() *ReauthPurpose {
+	p := new(ReauthPurpose)
+	*p = x
+	return p
+}
+
+func (x ReauthPurpose) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReauthPurpose) Descriptor() protoreflect.EnumDescriptor {
+	return file_qpc_v1_auth_proto_enumTypes[0].Descriptor()
+}
+
+func (ReauthPurpose) Type() protoreflect.EnumType {
+	return &file_qpc_v1_auth_proto_enumTypes[0]
+}
+
+func (x ReauthPurpose) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReauthPurpose.Descriptor instead.
+func (ReauthPurpose) EnumDescriptor() ([]byte, []int) {
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{0}
+}
+
+// AccountEventKind is what changed on the account.
+type AccountEventKind int32
+
+const (
+	AccountEventKind_ACCOUNT_EVENT_KIND_UNSPECIFIED    AccountEventKind = 0
+	AccountEventKind_ACCOUNT_EVENT_KIND_DEVICE_ADDED   AccountEventKind = 1
+	AccountEventKind_ACCOUNT_EVENT_KIND_DEVICE_REVOKED AccountEventKind = 2
+)
+
+// Enum value maps for AccountEventKind.
+var (
+	AccountEventKind_name = map[int32]string{
+		0: "ACCOUNT_EVENT_KIND_UNSPECIFIED",
+		1: "ACCOUNT_EVENT_KIND_DEVICE_ADDED",
+		2: "ACCOUNT_EVENT_KIND_DEVICE_REVOKED",
+	}
+	AccountEventKind_value = map[string]int32{
+		"ACCOUNT_EVENT_KIND_UNSPECIFIED":    0,
+		"ACCOUNT_EVENT_KIND_DEVICE_ADDED":   1,
+		"ACCOUNT_EVENT_KIND_DEVICE_REVOKED": 2,
+	}
+)
+
+func (x AccountEventKind) Enum() *AccountEventKind {
+	p := new(AccountEventKind)
+	*p = x
+	return p
+}
+
+func (x AccountEventKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AccountEventKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_qpc_v1_auth_proto_enumTypes[1].Descriptor()
+}
+
+func (AccountEventKind) Type() protoreflect.EnumType {
+	return &file_qpc_v1_auth_proto_enumTypes[1]
+}
+
+func (x AccountEventKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AccountEventKind.Descriptor instead.
+func (AccountEventKind) EnumDescriptor() ([]byte, []int) {
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{1}
+}
+
 // Register creates an account with its first device.
 type RegisterRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -152,7 +252,10 @@ func (x *RegisterResponse) GetDeviceId() string {
 	return ""
 }
 
-// LoginChallenge asks for a single-use nonce for a device.
+// LoginChallenge asks for a single-use nonce for a device. The nonce is a
+// stateless challenge (docs/protocol.md, "Challenges"): the server keeps
+// nothing until it is answered, so asking for more challenges never
+// invalidates one already handed out.
 type LoginChallengeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
@@ -541,18 +644,196 @@ func (x *RefreshResponse) GetTokens() *Tokens {
 	return nil
 }
 
+// ReauthChallenge asks for a single-use challenge bound to one account
+// change: the calling device signs it with its device key and sends the
+// result in the change's request (Reauth). A bearer token alone cannot
+// change the account's devices.
+type ReauthChallengeRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Purpose ReauthPurpose          `protobuf:"varint,1,opt,name=purpose,proto3,enum=qpc.v1.ReauthPurpose" json:"purpose,omitempty"`
+	// REVOKE_DEVICE: the device to revoke.
+	TargetDeviceId string `protobuf:"bytes,2,opt,name=target_device_id,json=targetDeviceId,proto3" json:"target_device_id,omitempty"`
+	// ADD_DEVICE: the new device's Ed25519 signature public key.
+	NewSignatureKey []byte `protobuf:"bytes,3,opt,name=new_signature_key,json=newSignatureKey,proto3" json:"new_signature_key,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ReauthChallengeRequest) Reset() {
+	*x = ReauthChallengeRequest{}
+	mi := &file_qpc_v1_auth_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReauthChallengeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReauthChallengeRequest) ProtoMessage() {}
+
+func (x *ReauthChallengeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_auth_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReauthChallengeRequest.ProtoReflect.Descriptor instead.
+func (*ReauthChallengeRequest) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ReauthChallengeRequest) GetPurpose() ReauthPurpose {
+	if x != nil {
+		return x.Purpose
+	}
+	return ReauthPurpose_REAUTH_PURPOSE_UNSPECIFIED
+}
+
+func (x *ReauthChallengeRequest) GetTargetDeviceId() string {
+	if x != nil {
+		return x.TargetDeviceId
+	}
+	return ""
+}
+
+func (x *ReauthChallengeRequest) GetNewSignatureKey() []byte {
+	if x != nil {
+		return x.NewSignatureKey
+	}
+	return nil
+}
+
+type ReauthChallengeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 32 bytes; answer it before expires_unix_ms.
+	Challenge     []byte `protobuf:"bytes,1,opt,name=challenge,proto3" json:"challenge,omitempty"`
+	ExpiresUnixMs int64  `protobuf:"varint,2,opt,name=expires_unix_ms,json=expiresUnixMs,proto3" json:"expires_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReauthChallengeResponse) Reset() {
+	*x = ReauthChallengeResponse{}
+	mi := &file_qpc_v1_auth_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReauthChallengeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReauthChallengeResponse) ProtoMessage() {}
+
+func (x *ReauthChallengeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_auth_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReauthChallengeResponse.ProtoReflect.Descriptor instead.
+func (*ReauthChallengeResponse) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ReauthChallengeResponse) GetChallenge() []byte {
+	if x != nil {
+		return x.Challenge
+	}
+	return nil
+}
+
+func (x *ReauthChallengeResponse) GetExpiresUnixMs() int64 {
+	if x != nil {
+		return x.ExpiresUnixMs
+	}
+	return 0
+}
+
+// Reauth proves possession of the calling device's key for one change.
+type Reauth struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Challenge []byte                 `protobuf:"bytes,1,opt,name=challenge,proto3" json:"challenge,omitempty"`
+	// Ed25519 by the calling device's key over
+	// "qpc-reauth-v1" || 0x00 || purpose name || 0x00 || account_id (32 ASCII)
+	// || device_id (32 ASCII) || binding (32) || challenge (docs/protocol.md).
+	Signature     []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reauth) Reset() {
+	*x = Reauth{}
+	mi := &file_qpc_v1_auth_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reauth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reauth) ProtoMessage() {}
+
+func (x *Reauth) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_auth_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reauth.ProtoReflect.Descriptor instead.
+func (*Reauth) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Reauth) GetChallenge() []byte {
+	if x != nil {
+		return x.Challenge
+	}
+	return nil
+}
+
+func (x *Reauth) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
 // AddDevice adds a device to the caller's account.
 type AddDeviceRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SignatureKey  []byte                 `protobuf:"bytes,1,opt,name=signature_key,json=signatureKey,proto3" json:"signature_key,omitempty"`
-	DeviceName    string                 `protobuf:"bytes,2,opt,name=device_name,json=deviceName,proto3" json:"device_name,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	SignatureKey []byte                 `protobuf:"bytes,1,opt,name=signature_key,json=signatureKey,proto3" json:"signature_key,omitempty"`
+	DeviceName   string                 `protobuf:"bytes,2,opt,name=device_name,json=deviceName,proto3" json:"device_name,omitempty"`
+	// Required: a re-authentication for REAUTH_PURPOSE_ADD_DEVICE and this
+	// signature_key. Without it the call fails with PERMISSION_DENIED.
+	Reauth        *Reauth `protobuf:"bytes,3,opt,name=reauth,proto3" json:"reauth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AddDeviceRequest) Reset() {
 	*x = AddDeviceRequest{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[9]
+	mi := &file_qpc_v1_auth_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -564,7 +845,7 @@ func (x *AddDeviceRequest) String() string {
 func (*AddDeviceRequest) ProtoMessage() {}
 
 func (x *AddDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[9]
+	mi := &file_qpc_v1_auth_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -577,7 +858,7 @@ func (x *AddDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddDeviceRequest.ProtoReflect.Descriptor instead.
 func (*AddDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{9}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AddDeviceRequest) GetSignatureKey() []byte {
@@ -594,6 +875,13 @@ func (x *AddDeviceRequest) GetDeviceName() string {
 	return ""
 }
 
+func (x *AddDeviceRequest) GetReauth() *Reauth {
+	if x != nil {
+		return x.Reauth
+	}
+	return nil
+}
+
 type AddDeviceResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
@@ -603,7 +891,7 @@ type AddDeviceResponse struct {
 
 func (x *AddDeviceResponse) Reset() {
 	*x = AddDeviceResponse{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[10]
+	mi := &file_qpc_v1_auth_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -615,7 +903,7 @@ func (x *AddDeviceResponse) String() string {
 func (*AddDeviceResponse) ProtoMessage() {}
 
 func (x *AddDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[10]
+	mi := &file_qpc_v1_auth_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -628,7 +916,7 @@ func (x *AddDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddDeviceResponse.ProtoReflect.Descriptor instead.
 func (*AddDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{10}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AddDeviceResponse) GetDeviceId() string {
@@ -655,7 +943,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[11]
+	mi := &file_qpc_v1_auth_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -667,7 +955,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[11]
+	mi := &file_qpc_v1_auth_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -680,7 +968,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{11}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Device) GetDeviceId() string {
@@ -733,7 +1021,7 @@ type ListDevicesRequest struct {
 
 func (x *ListDevicesRequest) Reset() {
 	*x = ListDevicesRequest{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[12]
+	mi := &file_qpc_v1_auth_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -745,7 +1033,7 @@ func (x *ListDevicesRequest) String() string {
 func (*ListDevicesRequest) ProtoMessage() {}
 
 func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[12]
+	mi := &file_qpc_v1_auth_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -758,7 +1046,7 @@ func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
 func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{12}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{15}
 }
 
 type ListDevicesResponse struct {
@@ -770,7 +1058,7 @@ type ListDevicesResponse struct {
 
 func (x *ListDevicesResponse) Reset() {
 	*x = ListDevicesResponse{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[13]
+	mi := &file_qpc_v1_auth_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -782,7 +1070,7 @@ func (x *ListDevicesResponse) String() string {
 func (*ListDevicesResponse) ProtoMessage() {}
 
 func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[13]
+	mi := &file_qpc_v1_auth_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -795,7 +1083,7 @@ func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
 func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{13}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListDevicesResponse) GetDevices() []*Device {
@@ -807,15 +1095,18 @@ func (x *ListDevicesResponse) GetDevices() []*Device {
 
 // RevokeDevice revokes one of the caller's devices (possibly the calling one).
 type RevokeDeviceRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// Required: a re-authentication for REAUTH_PURPOSE_REVOKE_DEVICE and this
+	// device_id. Without it the call fails with PERMISSION_DENIED.
+	Reauth        *Reauth `protobuf:"bytes,2,opt,name=reauth,proto3" json:"reauth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RevokeDeviceRequest) Reset() {
 	*x = RevokeDeviceRequest{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[14]
+	mi := &file_qpc_v1_auth_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +1118,7 @@ func (x *RevokeDeviceRequest) String() string {
 func (*RevokeDeviceRequest) ProtoMessage() {}
 
 func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[14]
+	mi := &file_qpc_v1_auth_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +1131,7 @@ func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceRequest.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{14}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RevokeDeviceRequest) GetDeviceId() string {
@@ -848,6 +1139,13 @@ func (x *RevokeDeviceRequest) GetDeviceId() string {
 		return x.DeviceId
 	}
 	return ""
+}
+
+func (x *RevokeDeviceRequest) GetReauth() *Reauth {
+	if x != nil {
+		return x.Reauth
+	}
+	return nil
 }
 
 type RevokeDeviceResponse struct {
@@ -858,7 +1156,7 @@ type RevokeDeviceResponse struct {
 
 func (x *RevokeDeviceResponse) Reset() {
 	*x = RevokeDeviceResponse{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[15]
+	mi := &file_qpc_v1_auth_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +1168,7 @@ func (x *RevokeDeviceResponse) String() string {
 func (*RevokeDeviceResponse) ProtoMessage() {}
 
 func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[15]
+	mi := &file_qpc_v1_auth_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +1181,7 @@ func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{15}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{18}
 }
 
 type WhoAmIRequest struct {
@@ -897,7 +1195,7 @@ type WhoAmIRequest struct {
 
 func (x *WhoAmIRequest) Reset() {
 	*x = WhoAmIRequest{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[16]
+	mi := &file_qpc_v1_auth_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +1207,7 @@ func (x *WhoAmIRequest) String() string {
 func (*WhoAmIRequest) ProtoMessage() {}
 
 func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[16]
+	mi := &file_qpc_v1_auth_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1220,7 @@ func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIRequest.ProtoReflect.Descriptor instead.
 func (*WhoAmIRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{16}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WhoAmIRequest) GetDeviceId() string {
@@ -944,7 +1242,7 @@ type WhoAmIResponse struct {
 
 func (x *WhoAmIResponse) Reset() {
 	*x = WhoAmIResponse{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[17]
+	mi := &file_qpc_v1_auth_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -956,7 +1254,7 @@ func (x *WhoAmIResponse) String() string {
 func (*WhoAmIResponse) ProtoMessage() {}
 
 func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[17]
+	mi := &file_qpc_v1_auth_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -969,7 +1267,7 @@ func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIResponse.ProtoReflect.Descriptor instead.
 func (*WhoAmIResponse) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{17}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WhoAmIResponse) GetAccountId() string {
@@ -1011,7 +1309,7 @@ type LookupAccountRequest struct {
 
 func (x *LookupAccountRequest) Reset() {
 	*x = LookupAccountRequest{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[18]
+	mi := &file_qpc_v1_auth_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1023,7 +1321,7 @@ func (x *LookupAccountRequest) String() string {
 func (*LookupAccountRequest) ProtoMessage() {}
 
 func (x *LookupAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[18]
+	mi := &file_qpc_v1_auth_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1036,7 +1334,7 @@ func (x *LookupAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupAccountRequest.ProtoReflect.Descriptor instead.
 func (*LookupAccountRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{18}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LookupAccountRequest) GetAccountName() string {
@@ -1056,7 +1354,7 @@ type PublicDevice struct {
 
 func (x *PublicDevice) Reset() {
 	*x = PublicDevice{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[19]
+	mi := &file_qpc_v1_auth_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1068,7 +1366,7 @@ func (x *PublicDevice) String() string {
 func (*PublicDevice) ProtoMessage() {}
 
 func (x *PublicDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[19]
+	mi := &file_qpc_v1_auth_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1081,7 +1379,7 @@ func (x *PublicDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublicDevice.ProtoReflect.Descriptor instead.
 func (*PublicDevice) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{19}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PublicDevice) GetDeviceId() string {
@@ -1110,7 +1408,7 @@ type LookupAccountResponse struct {
 
 func (x *LookupAccountResponse) Reset() {
 	*x = LookupAccountResponse{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[20]
+	mi := &file_qpc_v1_auth_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1122,7 +1420,7 @@ func (x *LookupAccountResponse) String() string {
 func (*LookupAccountResponse) ProtoMessage() {}
 
 func (x *LookupAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[20]
+	mi := &file_qpc_v1_auth_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1135,7 +1433,7 @@ func (x *LookupAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupAccountResponse.ProtoReflect.Descriptor instead.
 func (*LookupAccountResponse) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{20}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *LookupAccountResponse) GetAccountId() string {
@@ -1157,6 +1455,97 @@ func (x *LookupAccountResponse) GetDevices() []*PublicDevice {
 		return x.Devices
 	}
 	return nil
+}
+
+// AccountEvent is written by the server into the inbox of an account's
+// other active devices (InboxItem kind INBOX_KIND_ACCOUNT_EVENT) in the
+// transaction that adds or revokes a device, so that a device added or
+// removed behind the user's back does not go unnoticed.
+type AccountEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  AccountEventKind       `protobuf:"varint,1,opt,name=kind,proto3,enum=qpc.v1.AccountEventKind" json:"kind,omitempty"`
+	// The device added or revoked.
+	DeviceId   string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	DeviceName string `protobuf:"bytes,3,opt,name=device_name,json=deviceName,proto3" json:"device_name,omitempty"`
+	// Its Ed25519 signature public key.
+	SignatureKey []byte `protobuf:"bytes,4,opt,name=signature_key,json=signatureKey,proto3" json:"signature_key,omitempty"`
+	// The device that made the change; empty when the operator did (admin API).
+	ByDeviceId    string `protobuf:"bytes,5,opt,name=by_device_id,json=byDeviceId,proto3" json:"by_device_id,omitempty"`
+	TimeUnixMs    int64  `protobuf:"varint,6,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccountEvent) Reset() {
+	*x = AccountEvent{}
+	mi := &file_qpc_v1_auth_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccountEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccountEvent) ProtoMessage() {}
+
+func (x *AccountEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_auth_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccountEvent.ProtoReflect.Descriptor instead.
+func (*AccountEvent) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *AccountEvent) GetKind() AccountEventKind {
+	if x != nil {
+		return x.Kind
+	}
+	return AccountEventKind_ACCOUNT_EVENT_KIND_UNSPECIFIED
+}
+
+func (x *AccountEvent) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *AccountEvent) GetDeviceName() string {
+	if x != nil {
+		return x.DeviceName
+	}
+	return ""
+}
+
+func (x *AccountEvent) GetSignatureKey() []byte {
+	if x != nil {
+		return x.SignatureKey
+	}
+	return nil
+}
+
+func (x *AccountEvent) GetByDeviceId() string {
+	if x != nil {
+		return x.ByDeviceId
+	}
+	return ""
+}
+
+func (x *AccountEvent) GetTimeUnixMs() int64 {
+	if x != nil {
+		return x.TimeUnixMs
+	}
+	return 0
 }
 
 var File_qpc_v1_auth_proto protoreflect.FileDescriptor
@@ -1198,11 +1587,22 @@ const file_qpc_v1_auth_proto_rawDesc = "" +
 	"\tdevice_id\x18\x01 \x01(\tB\b\x92\x82\x19\x04\b \x18\x01R\bdeviceId\x12-\n" +
 	"\rrefresh_token\x18\x02 \x01(\fB\b\x92\x82\x19\x04\b \x18\x01R\frefreshToken\"9\n" +
 	"\x0fRefreshResponse\x12&\n" +
-	"\x06tokens\x18\x01 \x01(\v2\x0e.qpc.v1.TokensR\x06tokens\"j\n" +
+	"\x06tokens\x18\x01 \x01(\v2\x0e.qpc.v1.TokensR\x06tokens\"\xaf\x01\n" +
+	"\x16ReauthChallengeRequest\x12/\n" +
+	"\apurpose\x18\x01 \x01(\x0e2\x15.qpc.v1.ReauthPurposeR\apurpose\x120\n" +
+	"\x10target_device_id\x18\x02 \x01(\tB\x06\x92\x82\x19\x02\b R\x0etargetDeviceId\x122\n" +
+	"\x11new_signature_key\x18\x03 \x01(\fB\x06\x92\x82\x19\x02\b R\x0fnewSignatureKey\"_\n" +
+	"\x17ReauthChallengeResponse\x12\x1c\n" +
+	"\tchallenge\x18\x01 \x01(\fR\tchallenge\x12&\n" +
+	"\x0fexpires_unix_ms\x18\x02 \x01(\x03R\rexpiresUnixMs\"X\n" +
+	"\x06Reauth\x12&\n" +
+	"\tchallenge\x18\x01 \x01(\fB\b\x92\x82\x19\x04\b \x18\x01R\tchallenge\x12&\n" +
+	"\tsignature\x18\x02 \x01(\fB\b\x92\x82\x19\x04\b@\x18\x01R\tsignature\"\x92\x01\n" +
 	"\x10AddDeviceRequest\x12-\n" +
 	"\rsignature_key\x18\x01 \x01(\fB\b\x92\x82\x19\x04\b \x18\x01R\fsignatureKey\x12'\n" +
 	"\vdevice_name\x18\x02 \x01(\tB\x06\x92\x82\x19\x02\x10@R\n" +
-	"deviceName\"0\n" +
+	"deviceName\x12&\n" +
+	"\x06reauth\x18\x03 \x01(\v2\x0e.qpc.v1.ReauthR\x06reauth\"0\n" +
 	"\x11AddDeviceResponse\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"\xc9\x01\n" +
 	"\x06Device\x12\x1b\n" +
@@ -1214,9 +1614,10 @@ const file_qpc_v1_auth_proto_rawDesc = "" +
 	"\x11last_seen_unix_ms\x18\x06 \x01(\x03R\x0elastSeenUnixMs\"\x14\n" +
 	"\x12ListDevicesRequest\"?\n" +
 	"\x13ListDevicesResponse\x12(\n" +
-	"\adevices\x18\x01 \x03(\v2\x0e.qpc.v1.DeviceR\adevices\"<\n" +
+	"\adevices\x18\x01 \x03(\v2\x0e.qpc.v1.DeviceR\adevices\"d\n" +
 	"\x13RevokeDeviceRequest\x12%\n" +
-	"\tdevice_id\x18\x01 \x01(\tB\b\x92\x82\x19\x04\b \x18\x01R\bdeviceId\"\x16\n" +
+	"\tdevice_id\x18\x01 \x01(\tB\b\x92\x82\x19\x04\b \x18\x01R\bdeviceId\x12&\n" +
+	"\x06reauth\x18\x02 \x01(\v2\x0e.qpc.v1.ReauthR\x06reauth\"\x16\n" +
 	"\x14RevokeDeviceResponse\"4\n" +
 	"\rWhoAmIRequest\x12#\n" +
 	"\tdevice_id\x18\x01 \x01(\tB\x06\x92\x82\x19\x02\b R\bdeviceId\"\xa2\x01\n" +
@@ -1235,7 +1636,25 @@ const file_qpc_v1_auth_proto_rawDesc = "" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12!\n" +
 	"\faccount_name\x18\x02 \x01(\tR\vaccountName\x12.\n" +
-	"\adevices\x18\x03 \x03(\v2\x14.qpc.v1.PublicDeviceR\adevicesB>Z<github.com/quicprochat/quicprochat/internal/wire/qpcv1;qpcv1b\x06proto3"
+	"\adevices\x18\x03 \x03(\v2\x14.qpc.v1.PublicDeviceR\adevices\"\xe3\x01\n" +
+	"\fAccountEvent\x12,\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x18.qpc.v1.AccountEventKindR\x04kind\x12\x1b\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x1f\n" +
+	"\vdevice_name\x18\x03 \x01(\tR\n" +
+	"deviceName\x12#\n" +
+	"\rsignature_key\x18\x04 \x01(\fR\fsignatureKey\x12 \n" +
+	"\fby_device_id\x18\x05 \x01(\tR\n" +
+	"byDeviceId\x12 \n" +
+	"\ftime_unix_ms\x18\x06 \x01(\x03R\n" +
+	"timeUnixMs*p\n" +
+	"\rReauthPurpose\x12\x1e\n" +
+	"\x1aREAUTH_PURPOSE_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19REAUTH_PURPOSE_ADD_DEVICE\x10\x01\x12 \n" +
+	"\x1cREAUTH_PURPOSE_REVOKE_DEVICE\x10\x02*\x82\x01\n" +
+	"\x10AccountEventKind\x12\"\n" +
+	"\x1eACCOUNT_EVENT_KIND_UNSPECIFIED\x10\x00\x12#\n" +
+	"\x1fACCOUNT_EVENT_KIND_DEVICE_ADDED\x10\x01\x12%\n" +
+	"!ACCOUNT_EVENT_KIND_DEVICE_REVOKED\x10\x02B>Z<github.com/quicprochat/quicprochat/internal/wire/qpcv1;qpcv1b\x06proto3"
 
 var (
 	file_qpc_v1_auth_proto_rawDescOnce sync.Once
@@ -1249,40 +1668,51 @@ func file_qpc_v1_auth_proto_rawDescGZIP() []byte {
 	return file_qpc_v1_auth_proto_rawDescData
 }
 
-var file_qpc_v1_auth_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_qpc_v1_auth_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_qpc_v1_auth_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_qpc_v1_auth_proto_goTypes = []any{
-	(*RegisterRequest)(nil),        // 0: qpc.v1.RegisterRequest
-	(*RegisterResponse)(nil),       // 1: qpc.v1.RegisterResponse
-	(*LoginChallengeRequest)(nil),  // 2: qpc.v1.LoginChallengeRequest
-	(*LoginChallengeResponse)(nil), // 3: qpc.v1.LoginChallengeResponse
-	(*LoginRequest)(nil),           // 4: qpc.v1.LoginRequest
-	(*Tokens)(nil),                 // 5: qpc.v1.Tokens
-	(*LoginResponse)(nil),          // 6: qpc.v1.LoginResponse
-	(*RefreshRequest)(nil),         // 7: qpc.v1.RefreshRequest
-	(*RefreshResponse)(nil),        // 8: qpc.v1.RefreshResponse
-	(*AddDeviceRequest)(nil),       // 9: qpc.v1.AddDeviceRequest
-	(*AddDeviceResponse)(nil),      // 10: qpc.v1.AddDeviceResponse
-	(*Device)(nil),                 // 11: qpc.v1.Device
-	(*ListDevicesRequest)(nil),     // 12: qpc.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),    // 13: qpc.v1.ListDevicesResponse
-	(*RevokeDeviceRequest)(nil),    // 14: qpc.v1.RevokeDeviceRequest
-	(*RevokeDeviceResponse)(nil),   // 15: qpc.v1.RevokeDeviceResponse
-	(*WhoAmIRequest)(nil),          // 16: qpc.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),         // 17: qpc.v1.WhoAmIResponse
-	(*LookupAccountRequest)(nil),   // 18: qpc.v1.LookupAccountRequest
-	(*PublicDevice)(nil),           // 19: qpc.v1.PublicDevice
-	(*LookupAccountResponse)(nil),  // 20: qpc.v1.LookupAccountResponse
+	(ReauthPurpose)(0),              // 0: qpc.v1.ReauthPurpose
+	(AccountEventKind)(0),           // 1: qpc.v1.AccountEventKind
+	(*RegisterRequest)(nil),         // 2: qpc.v1.RegisterRequest
+	(*RegisterResponse)(nil),        // 3: qpc.v1.RegisterResponse
+	(*LoginChallengeRequest)(nil),   // 4: qpc.v1.LoginChallengeRequest
+	(*LoginChallengeResponse)(nil),  // 5: qpc.v1.LoginChallengeResponse
+	(*LoginRequest)(nil),            // 6: qpc.v1.LoginRequest
+	(*Tokens)(nil),                  // 7: qpc.v1.Tokens
+	(*LoginResponse)(nil),           // 8: qpc.v1.LoginResponse
+	(*RefreshRequest)(nil),          // 9: qpc.v1.RefreshRequest
+	(*RefreshResponse)(nil),         // 10: qpc.v1.RefreshResponse
+	(*ReauthChallengeRequest)(nil),  // 11: qpc.v1.ReauthChallengeRequest
+	(*ReauthChallengeResponse)(nil), // 12: qpc.v1.ReauthChallengeResponse
+	(*Reauth)(nil),                  // 13: qpc.v1.Reauth
+	(*AddDeviceRequest)(nil),        // 14: qpc.v1.AddDeviceRequest
+	(*AddDeviceResponse)(nil),       // 15: qpc.v1.AddDeviceResponse
+	(*Device)(nil),                  // 16: qpc.v1.Device
+	(*ListDevicesRequest)(nil),      // 17: qpc.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),     // 18: qpc.v1.ListDevicesResponse
+	(*RevokeDeviceRequest)(nil),     // 19: qpc.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),    // 20: qpc.v1.RevokeDeviceResponse
+	(*WhoAmIRequest)(nil),           // 21: qpc.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),          // 22: qpc.v1.WhoAmIResponse
+	(*LookupAccountRequest)(nil),    // 23: qpc.v1.LookupAccountRequest
+	(*PublicDevice)(nil),            // 24: qpc.v1.PublicDevice
+	(*LookupAccountResponse)(nil),   // 25: qpc.v1.LookupAccountResponse
+	(*AccountEvent)(nil),            // 26: qpc.v1.AccountEvent
 }
 var file_qpc_v1_auth_proto_depIdxs = []int32{
-	5,  // 0: qpc.v1.LoginResponse.tokens:type_name -> qpc.v1.Tokens
-	5,  // 1: qpc.v1.RefreshResponse.tokens:type_name -> qpc.v1.Tokens
-	11, // 2: qpc.v1.ListDevicesResponse.devices:type_name -> qpc.v1.Device
-	19, // 3: qpc.v1.LookupAccountResponse.devices:type_name -> qpc.v1.PublicDevice
-	4,  // [4:4] is the sub-list for method output_type
-	4,  // [4:4] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	7,  // 0: qpc.v1.LoginResponse.tokens:type_name -> qpc.v1.Tokens
+	7,  // 1: qpc.v1.RefreshResponse.tokens:type_name -> qpc.v1.Tokens
+	0,  // 2: qpc.v1.ReauthChallengeRequest.purpose:type_name -> qpc.v1.ReauthPurpose
+	13, // 3: qpc.v1.AddDeviceRequest.reauth:type_name -> qpc.v1.Reauth
+	16, // 4: qpc.v1.ListDevicesResponse.devices:type_name -> qpc.v1.Device
+	13, // 5: qpc.v1.RevokeDeviceRequest.reauth:type_name -> qpc.v1.Reauth
+	24, // 6: qpc.v1.LookupAccountResponse.devices:type_name -> qpc.v1.PublicDevice
+	1,  // 7: qpc.v1.AccountEvent.kind:type_name -> qpc.v1.AccountEventKind
+	8,  // [8:8] is the sub-list for method output_type
+	8,  // [8:8] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_qpc_v1_auth_proto_init() }
@@ -1296,13 +1726,14 @@ func file_qpc_v1_auth_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qpc_v1_auth_proto_rawDesc), len(file_qpc_v1_auth_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   21,
+			NumEnums:      2,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_qpc_v1_auth_proto_goTypes,
 		DependencyIndexes: file_qpc_v1_auth_proto_depIdxs,
+		EnumInfos:         file_qpc_v1_auth_proto_enumTypes,
 		MessageInfos:      file_qpc_v1_auth_proto_msgTypes,
 	}.Build()
 	File_qpc_v1_auth_proto = out.File

@@ -83,10 +83,13 @@ const (
 	InboxKind_INBOX_KIND_UNSPECIFIED InboxKind = 0
 	InboxKind_INBOX_KIND_WELCOME     InboxKind = 1
 	InboxKind_INBOX_KIND_OTHER       InboxKind = 2
+	// Written by the server only: the payload is an AccountEvent (auth.proto)
+	// about the receiving device's own account. Clients cannot send it.
+	InboxKind_INBOX_KIND_ACCOUNT_EVENT InboxKind = 3
 	// Written by the server, never by a client: a MembershipEvent (payload)
 	// for an account that cannot read the channel's log: an invitation to it,
 	// or its removal from the channel.
-	InboxKind_INBOX_KIND_MEMBERSHIP InboxKind = 3
+	InboxKind_INBOX_KIND_MEMBERSHIP InboxKind = 4
 )
 
 // Enum value maps for InboxKind.
@@ -95,13 +98,15 @@ var (
 		0: "INBOX_KIND_UNSPECIFIED",
 		1: "INBOX_KIND_WELCOME",
 		2: "INBOX_KIND_OTHER",
-		3: "INBOX_KIND_MEMBERSHIP",
+		3: "INBOX_KIND_ACCOUNT_EVENT",
+		4: "INBOX_KIND_MEMBERSHIP",
 	}
 	InboxKind_value = map[string]int32{
-		"INBOX_KIND_UNSPECIFIED": 0,
-		"INBOX_KIND_WELCOME":     1,
-		"INBOX_KIND_OTHER":       2,
-		"INBOX_KIND_MEMBERSHIP":  3,
+		"INBOX_KIND_UNSPECIFIED":   0,
+		"INBOX_KIND_WELCOME":       1,
+		"INBOX_KIND_OTHER":         2,
+		"INBOX_KIND_ACCOUNT_EVENT": 3,
+		"INBOX_KIND_MEMBERSHIP":    4,
 	}
 )
 
@@ -1577,9 +1582,15 @@ type FetchResponse struct {
 	Messages []*ChannelMessage      `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
 	Inbox    []*InboxItem           `protobuf:"bytes,2,rep,name=inbox,proto3" json:"inbox,omitempty"`
 	// True: more is waiting beyond the limit.
-	More          bool `protobuf:"varint,3,opt,name=more,proto3" json:"more,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	More bool `protobuf:"varint,3,opt,name=more,proto3" json:"more,omitempty"`
+	// True: KeyPackages of this device were handed out to others since it
+	// last counted or uploaded its own (CountKeyPackages, UploadKeyPackages):
+	// it should top its stock up now rather than at its next periodic check,
+	// so a drain of its pool is refilled at once. Set by the node that served
+	// the fetch of its KeyPackages.
+	RefillKeyPackages bool `protobuf:"varint,4,opt,name=refill_key_packages,json=refillKeyPackages,proto3" json:"refill_key_packages,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *FetchResponse) Reset() {
@@ -1629,6 +1640,13 @@ func (x *FetchResponse) GetInbox() []*InboxItem {
 func (x *FetchResponse) GetMore() bool {
 	if x != nil {
 		return x.More
+	}
+	return false
+}
+
+func (x *FetchResponse) GetRefillKeyPackages() bool {
+	if x != nil {
+		return x.RefillKeyPackages
 	}
 	return false
 }
@@ -2792,11 +2810,12 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x124\n" +
 	"\x05after\x18\x03 \x03(\v2\x15.qpc.v1.ChannelCursorB\a\x92\x82\x19\x03 \xe8\aR\x05after\x12\x1f\n" +
 	"\vinbox_after\x18\x04 \x01(\x04R\n" +
-	"inboxAfter\"\x80\x01\n" +
+	"inboxAfter\"\xb0\x01\n" +
 	"\rFetchResponse\x122\n" +
 	"\bmessages\x18\x01 \x03(\v2\x16.qpc.v1.ChannelMessageR\bmessages\x12'\n" +
 	"\x05inbox\x18\x02 \x03(\v2\x11.qpc.v1.InboxItemR\x05inbox\x12\x12\n" +
-	"\x04more\x18\x03 \x01(\bR\x04more\"J\n" +
+	"\x04more\x18\x03 \x01(\bR\x04more\x12.\n" +
+	"\x13refill_key_packages\x18\x04 \x01(\bR\x11refillKeyPackages\"J\n" +
 	"\rChannelCursor\x12'\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\fB\b\x92\x82\x19\x04\b\x10\x18\x01R\tchannelId\x12\x10\n" +
@@ -2870,12 +2889,13 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\vChannelType\x12\x1c\n" +
 	"\x18CHANNEL_TYPE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12CHANNEL_TYPE_GROUP\x10\x01\x12\x13\n" +
-	"\x0fCHANNEL_TYPE_DM\x10\x02*p\n" +
+	"\x0fCHANNEL_TYPE_DM\x10\x02*\x8e\x01\n" +
 	"\tInboxKind\x12\x1a\n" +
 	"\x16INBOX_KIND_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12INBOX_KIND_WELCOME\x10\x01\x12\x14\n" +
-	"\x10INBOX_KIND_OTHER\x10\x02\x12\x19\n" +
-	"\x15INBOX_KIND_MEMBERSHIP\x10\x03*\x98\x02\n" +
+	"\x10INBOX_KIND_OTHER\x10\x02\x12\x1c\n" +
+	"\x18INBOX_KIND_ACCOUNT_EVENT\x10\x03\x12\x19\n" +
+	"\x15INBOX_KIND_MEMBERSHIP\x10\x04*\x98\x02\n" +
 	"\x13MembershipEventType\x12%\n" +
 	"!MEMBERSHIP_EVENT_TYPE_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dMEMBERSHIP_EVENT_TYPE_INVITED\x10\x01\x12 \n" +
