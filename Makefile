@@ -126,13 +126,21 @@ CROSS_DEBS_arm64 := gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 CROSS_CC_amd64   := x86_64-linux-gnu-gcc
 CROSS_DEBS_amd64 := gcc-x86-64-linux-gnu libc6-dev-amd64-cross
 
-.PHONY: release release-check sbom lint-actions deps-release
+.PHONY: release release-check container-test sbom lint-actions deps-release
 
 release: deps-release
 	RELEASE_ARCHES="$(RELEASE_ARCHES)" packaging/release/build.sh release
 
 sbom:
 	RELEASE_ARCHES="$(RELEASE_ARCHES)" packaging/release/build.sh sbom
+
+# The release image (packaging/docker/Containerfile.release: static binaries
+# on scratch) built with buildah and run with podman as non-root: health
+# check, a chat through it, restart on the same volume, SIGTERM. Needs root.
+container-test:
+	@command -v buildah >/dev/null 2>&1 && command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(APT_INSTALL) buildah podman runc; }
+	QPC_CONTAINER_TEST=1 $(GO) test -count=1 -timeout 20m -run '^TestContainerImage$$' -v ./packaging
 
 # The third-party verifiers (minisign, the CycloneDX schema, lintian,
 # rpmlint) on a `make release` output: DIST=dir (default dist).

@@ -29,6 +29,9 @@ var (
 	ErrConflict    = errors.New("admin: conflict")
 	ErrUnavailable = errors.New("admin: unavailable")
 	ErrInternal    = errors.New("admin: internal error")
+	// ErrNoSpace: the operation needs disk space that is not there; nothing
+	// was changed. HTTP 507 Insufficient Storage.
+	ErrNoSpace = errors.New("admin: no space left on disk")
 	// ErrNotRunning: nothing answers on the admin socket.
 	ErrNotRunning = errors.New("admin: qpcd is not running or not reachable on its admin socket")
 )
@@ -39,12 +42,13 @@ var kinds = map[string]error{
 	"conflict":    ErrConflict,
 	"unavailable": ErrUnavailable,
 	"internal":    ErrInternal,
+	"no_space":    ErrNoSpace,
 }
 
 // ErrorBody is the JSON body of every non-2xx response.
 type ErrorBody struct {
 	Error string `json:"error"` // one line, names the fix
-	Kind  string `json:"kind"`  // not_found, invalid, conflict, unavailable, internal
+	Kind  string `json:"kind"`  // not_found, invalid, conflict, unavailable, internal, no_space
 }
 
 // Status is GET /v1/status.

@@ -64,13 +64,7 @@ func (s *Server) watchDatabase() (stop func()) {
 			s.log.Info("database reachable again; ready")
 		}
 		// qpcd_ready follows /readyz.
-		if s.metrics != nil && s.ready.Load() && !s.draining.Load() {
-			if err != nil {
-				s.metrics.Ready.Set(0)
-			} else {
-				s.metrics.Ready.Set(1)
-			}
-		}
+		s.refreshReady()
 	}
 	check()
 	go func() {

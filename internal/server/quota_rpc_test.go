@@ -174,7 +174,8 @@ func TestSendToInboxAmplificationOverRPC(t *testing.T) {
 		clk.Advance(30 * time.Second) // the byte bucket refills: the per-call cap is what refuses
 	}
 	for _, d := range devs {
-		// Only mallory's items count: the invitation notices are the server's.
+		// Only mallory's items count: the invitation notices and
+		// account events are the server's.
 		for _, it := range fetch(t, d).GetInbox() {
 			if it.GetKind() == qpcv1.InboxKind_INBOX_KIND_OTHER {
 				t.Fatalf("device %s holds an inbox item of mallory's: %v", d.DeviceID, it)

@@ -86,6 +86,8 @@ type rpcServer struct {
 	// authenticate resolves a token to a principal (and applies the account
 	// and device limits); nil until auth is wired.
 	authenticate func(ctx context.Context, call *Call) error
+	// diskFull is the message for a write refused by a full disk.
+	diskFull string
 }
 
 func (r *rpcServer) ServeStream(ctx context.Context, c *transport.Conn, s *quic.Stream) {
@@ -206,6 +208,15 @@ func (r *rpcServer) toStatus(call *Call, err error) *wire.StatusError {
 	var se *wire.StatusError
 	if errors.As(err, &se) {
 		return se
+	}
+	if store.IsDiskFull(err) {
+		// Retryable: nothing was stored and the write succeeds once space
+		// is freed. Debug only, like UNAVAILABLE: the condition is logged
+		// once by the disk watch and shown on /readyz and qpcd_disk_full.
+		r.log.Debug("rpc: write refused, disk full", "method", call.Method, "request_id", call.RequestID, "err", err)
+		e := wire.Errorf(qpcv1.Status_STATUS_RESOURCE_EXHAUSTED, "%s (request id %s)", r.diskFull, strconv.FormatUint(call.RequestID, 10))
+		e.RetryAfter = diskFullRetryAfter
+		return e
 	}
 	if st := mapServiceError(err); st != nil {
 		return st

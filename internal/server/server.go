@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/quicprochat/quicprochat/internal/config"
+	"github.com/quicprochat/quicprochat/internal/diskwatch"
 	"github.com/quicprochat/quicprochat/internal/obs"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/store"
@@ -55,6 +56,11 @@ type Server struct {
 	// pointer or nil error: reachable). watchDatabase keeps it current.
 	dbHealth    atomic.Pointer[error]
 	dbWatchStop func()
+
+	// disk follows whether writes are refused for lack of space
+	// (diskfull.go); diskStop ends its checks.
+	disk     *diskwatch.Watch
+	diskStop func()
 
 	ready    atomic.Bool
 	draining atomic.Bool
@@ -117,6 +123,9 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		store.SetMemorySecurity(cfg.DB.MemorySecurity == "on")
 		s.db, err = store.Open(ctx, store.Options{Path: dbPath, Key: key, Logger: log})
 	}
+	if store.IsDiskFull(err) && !pg {
+		return nil, fmt.Errorf("%w; qpcd cannot open its database on a full disk: free space in %s (never delete qpcd.db-wal: it holds committed messages), see docs/runbooks/disk-full.md", err, cfg.DataDir)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -128,9 +137,13 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		},
 		WriteQueue: func() float64 { return float64(s.db.QueueLen()) },
 	})
+	if s.diskStop, err = s.watchDisk(pg); err != nil {
+		return nil, err
+	}
 	s.db.SetCommitObserver(func(writes int, took time.Duration) {
 		s.metrics.DBCommitDuration.Observe(took.Seconds())
 		s.metrics.DBCommitWrites.Observe(float64(writes))
+		s.disk.Succeeded()
 	})
 	if pg {
 		if err := registerPostgresMetrics(s.metrics.Registry, s.db, &s.dbHealth); err != nil {
@@ -145,6 +158,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		methods:    map[string]*method{},
 		maxPayload: cfg.Limits.MaxPayloadBytes,
 		draining:   s.draining.Load,
+		diskFull:   diskFullMessage(pg),
 	}
 	if err := s.initServices(ctx); err != nil {
 		return nil, err
@@ -320,7 +334,7 @@ func (s *Server) readiness() error {
 	if err := s.dbHealth.Load(); err != nil && *err != nil {
 		return fmt.Errorf("database unreachable: %w", *err)
 	}
-	return nil
+	return s.diskReadiness()
 }
 
 // Run serves until ctx is cancelled, then drains: /readyz turns unready,
@@ -339,6 +353,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.started = s.now()
 	s.ready.Store(true)
 	s.metrics.Ready.Set(1)
+	s.refreshReady()
 	s.serveAdmin()
 
 	var runErr error
@@ -373,6 +388,9 @@ func (s *Server) drain() error {
 	if s.dbWatchStop != nil {
 		s.dbWatchStop()
 	}
+	if s.diskStop != nil {
+		s.diskStop()
+	}
 	errs = append(errs, s.db.Close(), s.unlockDataDir())
 	s.log.Info("stopped", "drain_took", s.now().Sub(start).Round(time.Millisecond).String())
 	return errors.Join(errs...)
@@ -398,6 +416,9 @@ func (s *Server) closeAll() {
 	_ = s.closeServices()
 	if s.dbWatchStop != nil {
 		s.dbWatchStop()
+	}
+	if s.diskStop != nil {
+		s.diskStop()
 	}
 	if s.db != nil {
 		_ = s.db.Close()

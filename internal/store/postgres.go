@@ -455,7 +455,7 @@ func (db *DB) Backend() string {
 // a check made after the lock is current.
 func (db *DB) WriteTxLocked(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	if db.pg != nil {
-		return db.pgWrite(ctx, sql.LevelReadCommitted, fn)
+		return db.classify(db.pgWrite(ctx, sql.LevelReadCommitted, fn))
 	}
 	return db.WriteTx(ctx, fn)
 }
