@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go vet fmt-check ops-check proto proto-interop fuzz deps-test clean chaos chaos-short soak
+.PHONY: all build run test test-go vet fmt-check ops-check proto proto-interop interop fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test
 
 all: build
 
@@ -105,6 +105,40 @@ soak: deps-test
 	for csv in $(BIN)/soak-*.csv; do [ -f "$$csv" ] || continue; \
 		gnuplot -e "csv='$$csv'; png='$${csv%.csv}.png'" scripts/soak.gp && echo "plot: $${csv%.csv}.png"; done; \
 	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/soak.log; exit $$rc; fi
+
+# internal/mls against ts-mls (interop/): installs the peers exactly as
+# their lockfiles pin them, then runs the Go test that drives both sides.
+# Needs Node.js 20+ and npm; every exchanged message is kept under
+# INTEROP_ARTIFACTS.
+INTEROP_ARTIFACTS ?= $(BIN)/interop-artifacts
+interop:
+	cd interop/ts-mls && npm ci --no-audit --no-fund
+	cd interop/ts-mls-rc10 && npm ci --no-audit --no-fund
+	@mkdir -p $(INTEROP_ARTIFACTS)
+	QPC_INTEROP_ARTIFACTS=$(abspath $(INTEROP_ARTIFACTS)) $(GO) test -tags interop -count=1 -v ./interop/
+
+# N-1 compatibility (internal/compat, docs/release.md "Compatibility with
+# the previous release"): the previous release (scripts/previous-release.sh)
+# is built once with its own release script into bin/compat/<commit>/, then
+# old qpc <-> new qpcd, new qpc <-> old qpcd and a mixed group run the client
+# lifecycle, and the new qpcd migrates a database of the old one, on both
+# backends (QPC_TEST_BACKENDS narrows). `make test` runs a short form
+# (SQLCipher, two directions) only once the cache exists.
+COMPAT_RUN = rc=0; $(GO) test -count=1 -v $(1) ./internal/compat/ > $(BIN)/$(2).log 2>&1 || rc=$$?; \
+	grep -E '^(compat:|ok|FAIL|--- FAIL|--- SKIP|    --- SKIP)' $(BIN)/$(2).log; \
+	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/$(2).log; exit $$rc; fi
+compat: deps-test
+	@mkdir -p $(BIN); scripts/compat-build.sh >/dev/null
+	@QPC_COMPAT=1; export QPC_COMPAT; $(call COMPAT_RUN,-timeout 30m -run '^TestCompat',compat)
+
+# Package upgrade (internal/compat TestPackageUpgrade, docs/release.md
+# "Upgrading and downgrading the package"): the previous release's .deb,
+# then this commit's, with dpkg in a debootstrapped Debian bookworm root
+# (cached as bin/debootstrap/bookworm-minbase.tar.gz). Needs root. Slow: not
+# part of make test. Both .debs come from each version's own release build.
+package-upgrade-test:
+	@mkdir -p $(BIN); scripts/compat-build.sh >/dev/null; scripts/compat-build.sh HEAD >/dev/null; scripts/debian-root.sh >/dev/null
+	@QPC_PACKAGE_UPGRADE=1; export QPC_PACKAGE_UPGRADE; $(call COMPAT_RUN,-timeout 30m -run '^TestPackageUpgrade$$',package-upgrade)
 
 # Short fuzzing of every decoder; FUZZTIME=60s for a longer run.
 FUZZTIME ?= 10s

@@ -20,6 +20,7 @@ import (
 
 	"github.com/quicprochat/quicprochat/internal/auth"
 	"github.com/quicprochat/quicprochat/internal/rpcclient"
+	"github.com/quicprochat/quicprochat/internal/store/pgtest"
 	"github.com/quicprochat/quicprochat/internal/testutil"
 	"github.com/quicprochat/quicprochat/internal/transport"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
@@ -44,6 +45,10 @@ func TestMain(m *testing.M) {
 		}
 	}
 	code := m.Run()
+	// The PostgreSQL tests (migrate_test.go) share one throwaway cluster.
+	if err := pgtest.StopShared(); err != nil && code == 0 {
+		code = 1
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

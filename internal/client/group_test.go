@@ -222,7 +222,7 @@ func TestConcurrentCommitsConverge(t *testing.T) {
 		c    *Client
 		name string
 	}{{alice, "carol"}, {bob, "dave"}} {
-		kps, err := p.c.fetchKeyPackages(ctx, p.name)
+		kps, _, err := p.c.fetchKeyPackages(ctx, p.name, Suite)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -498,7 +498,7 @@ func TestCommitAcceptedReplyLost(t *testing.T) {
 	if err := alice.CreateGroup(ctx, "team"); err != nil {
 		t.Fatal(err)
 	}
-	kps, err := alice.fetchKeyPackages(ctx, "bob")
+	kps, _, err := alice.fetchKeyPackages(ctx, "bob", Suite)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,9 +23,10 @@ import (
 // caused it: the outbox entry it produced, or the inbound message (and the
 // channel's processed cursor) it consumed.
 
-// mlsConfig is the MLS configuration of every group (suite 1 only,
-// handshake messages encrypted, three past epochs kept).
-var mlsConfig = mls.Config{}
+// mlsConfig is the MLS configuration of every group (the suites a device
+// can use; handshake messages encrypted, three past epochs kept). Which of
+// them a group may use is the server's policy (suites.go).
+var mlsConfig = mls.Config{AllowedSuites: SupportedSuites}
 
 // ErrNoGroup: no group or DM by that name on this device.
 var ErrNoGroup = errors.New("client: no such group")
@@ -83,22 +84,6 @@ type intentKP struct {
 type inboxAddress struct {
 	Account string `json:"account_name"`
 	Device  string `json:"device_id"`
-}
-
-func (c *Client) signer(ctx context.Context) (*Identity, mls.SignaturePrivateKey, error) {
-	id, err := c.Identity(ctx)
-	if err != nil {
-		return nil, mls.SignaturePrivateKey{}, err
-	}
-	s, err := mls.Suite(Suite)
-	if err != nil {
-		return nil, mls.SignaturePrivateKey{}, err
-	}
-	sk, _, err := s.SignaturePrivateKeyFromBytes(id.key.Reveal())
-	if err != nil {
-		return nil, mls.SignaturePrivateKey{}, fmt.Errorf("client: device key: %w", err)
-	}
-	return id, sk, nil
 }
 
 func validGroupName(name string) error {
@@ -195,16 +180,28 @@ func (c *Client) Groups(ctx context.Context) ([]GroupSummary, error) {
 }
 
 // CreateGroup creates an MLS group (this device its only member) and its
-// channel, under a local name.
+// channel, under a local name, on the server's most preferred suite this
+// device supports.
 func (c *Client) CreateGroup(ctx context.Context, name string) error {
+	return c.CreateGroupWithSuite(ctx, name, 0)
+}
+
+// CreateGroupWithSuite is CreateGroup on the given suite (0: the most
+// preferred); a suite the server or this device does not allow wraps
+// ErrSuiteUnavailable.
+func (c *Client) CreateGroupWithSuite(ctx context.Context, name string, suite mls.CipherSuiteID) error {
 	if err := validGroupName(name); err != nil {
 		return err
 	}
-	_, err := c.createGroup(ctx, name, kindGroup, "")
+	suites, err := c.newGroupSuites(ctx, suite)
+	if err != nil {
+		return err
+	}
+	_, err = c.createGroup(ctx, name, kindGroup, "", suites[0])
 	return err
 }
 
-func (c *Client) createGroup(ctx context.Context, name, kind, peer string) ([]byte, error) {
+func (c *Client) createGroup(ctx context.Context, name, kind, peer string, suite mls.CipherSuiteID) ([]byte, error) {
 	c.groupMu.Lock()
 	defer c.groupMu.Unlock()
 	var exists bool
@@ -218,12 +215,12 @@ func (c *Client) createGroup(ctx context.Context, name, kind, peer string) ([]by
 	if exists {
 		return nil, fmt.Errorf("client: a group named %q exists on this device; choose another name", name)
 	}
-	id, sk, err := c.signer(ctx)
+	id, sk, err := c.signerFor(ctx, suite)
 	if err != nil {
 		return nil, err
 	}
 	defer id.key.Wipe()
-	g, err := mls.CreateGroup(mlsConfig, mls.NewGroupID(), Suite, mls.BasicIdentity(id.AccountName, id.DeviceID), sk, mls.GroupOptions{})
+	g, err := mls.CreateGroup(mlsConfig, mls.NewGroupID(), suite, mls.BasicIdentity(id.AccountName, id.DeviceID), sk, mls.GroupOptions{})
 	if err != nil {
 		sk.Wipe()
 		return nil, fmt.Errorf("client: create MLS group: %w", err)
@@ -272,32 +269,44 @@ func explainLookup(err error, account string) error {
 	return err
 }
 
-// fetchKeyPackages consumes one KeyPackage per active device of account
-// and checks each: valid, of our suite, with the credential
-// "<account>/<device_id>".
-func (c *Client) fetchKeyPackages(ctx context.Context, account string) ([]intentKP, error) {
+// fetchKeyPackages consumes one KeyPackage per active device of account,
+// of the first of suites (preference order) that all of them have, and
+// checks each: valid, of that suite, with the credential
+// "<account>/<device_id>". It returns the suite.
+func (c *Client) fetchKeyPackages(ctx context.Context, account string, suites ...mls.CipherSuiteID) ([]intentKP, mls.CipherSuiteID, error) {
 	var resp qpcv1.FetchKeyPackagesResponse
-	if err := c.call(ctx, "FetchKeyPackages", &qpcv1.FetchKeyPackagesRequest{AccountName: account}, &resp); err != nil {
-		return nil, fmt.Errorf("client: KeyPackages of %s: %w", account, explainLookup(err, account))
+	if err := c.call(ctx, "FetchKeyPackages", fetchRequest(account, suites), &resp); err != nil {
+		return nil, 0, fmt.Errorf("client: KeyPackages of %s: %w", account, explainLookup(err, account))
+	}
+	suite, err := c.fetchedSuite(ctx, &resp, suites)
+	if err != nil {
+		return nil, 0, fmt.Errorf("client: KeyPackages of %s: %w", account, err)
 	}
 	var out []intentKP
 	for _, f := range resp.GetKeyPackages() {
 		kp, err := parseKeyPackage(f.GetKeyPackage())
 		if err != nil {
-			return nil, fmt.Errorf("client: KeyPackage of %s/%s: %w", account, f.GetDeviceId(), err)
+			return nil, 0, fmt.Errorf("client: KeyPackage of %s/%s: %w", account, f.GetDeviceId(), err)
 		}
 		if want := string(mls.BasicIdentity(account, f.GetDeviceId())); string(kp.LeafNode.Credential.Identity) != want {
-			return nil, fmt.Errorf("client: KeyPackage of %s/%s carries the credential %q", account, f.GetDeviceId(), kp.LeafNode.Credential.Identity)
+			return nil, 0, fmt.Errorf("client: KeyPackage of %s/%s carries the credential %q", account, f.GetDeviceId(), kp.LeafNode.Credential.Identity)
 		}
-		if err := mls.ValidateKeyPackage(kp, mls.KeyPackagePolicy{Now: c.now(), GroupSuite: Suite}); err != nil {
-			return nil, fmt.Errorf("client: KeyPackage of %s/%s: %w", account, f.GetDeviceId(), err)
+		if err := c.checkGroupSuite(ctx, kp.CipherSuite, suite); err != nil {
+			return nil, 0, fmt.Errorf("client: KeyPackage of %s/%s: %w", account, f.GetDeviceId(), err)
+		}
+		if err := mls.ValidateKeyPackage(kp, mls.KeyPackagePolicy{Now: c.now(), GroupSuite: suite, AllowedSuites: c.opts.Suites}); err != nil {
+			return nil, 0, fmt.Errorf("client: KeyPackage of %s/%s: %w", account, f.GetDeviceId(), err)
 		}
 		out = append(out, intentKP{Account: account, Device: f.GetDeviceId(), KP: f.GetKeyPackage()})
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("client: %s has no KeyPackages on the server (missing for %d device(s)); ask them to run qpc keys --upload", account, len(resp.GetMissingDeviceIds()))
+		if len(suites) == 1 && len(resp.GetMissingDeviceIds()) > 0 {
+			return nil, 0, fmt.Errorf("%w: %s has no KeyPackage of %v, the group's cipher suite, on %d device(s) (their qpc may not support it, or has not uploaded one yet: qpc keys --upload)",
+				ErrSuiteUnavailable, account, suites[0], len(resp.GetMissingDeviceIds()))
+		}
+		return nil, 0, fmt.Errorf("client: %s has no KeyPackages on the server (missing for %d device(s)); ask them to run qpc keys --upload", account, len(resp.GetMissingDeviceIds()))
 	}
-	return out, nil
+	return out, suite, nil
 }
 
 func parseKeyPackage(raw []byte) (*mls.KeyPackage, error) {
@@ -316,9 +325,13 @@ func parseKeyPackage(raw []byte) (*mls.KeyPackage, error) {
 // fetches their KeyPackages, commits the Add, and sends the Welcome only
 // after the server accepted the commit.
 func (c *Client) AddMembers(ctx context.Context, name string, accounts []string) error {
+	suite, err := c.GroupSuite(ctx, name)
+	if err != nil {
+		return err
+	}
 	var kps []intentKP
 	for _, a := range accounts {
-		k, err := c.fetchKeyPackages(ctx, a)
+		k, _, err := c.fetchKeyPackages(ctx, a, suite)
 		if err != nil {
 			return err
 		}
@@ -344,7 +357,7 @@ func (c *Client) AddMembers(ctx context.Context, name string, accounts []string)
 	if err := c.call(ctx, "AddMembers", &qpcv1.AddMembersRequest{ChannelId: ch, Members: refs}, &qpcv1.AddMembersResponse{}); err != nil {
 		return fmt.Errorf("client: add to channel: %w", err)
 	}
-	err := c.queueCommit(ctx, ch, commitIntent{Op: "add", Accounts: accounts, KeyPackages: kps})
+	err = c.queueCommit(ctx, ch, commitIntent{Op: "add", Accounts: accounts, KeyPackages: kps})
 	if errors.Is(err, errNothingToAdd) {
 		return fmt.Errorf("%w: every device of %s is in %s already (qpc group members %s)", ErrAlreadyMember, strings.Join(accounts, ", "), name, name)
 	}
@@ -605,11 +618,15 @@ func (c *Client) DM(ctx context.Context, peer string) (string, error) {
 		}
 		return joined, nil
 	}
-	kps, err := c.fetchKeyPackages(ctx, peer)
+	suites, err := c.newGroupSuites(ctx, 0)
 	if err != nil {
 		return "", err
 	}
-	ch, err := c.createGroup(ctx, name, kindDM, peer)
+	kps, suite, err := c.fetchKeyPackages(ctx, peer, suites...)
+	if err != nil {
+		return "", err
+	}
+	ch, err := c.createGroup(ctx, name, kindDM, peer, suite)
 	if err != nil {
 		return "", err
 	}

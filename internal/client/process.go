@@ -262,6 +262,10 @@ func (c *Client) processWelcomes(ctx context.Context, me *Identity) (int, error)
 	if err != nil || len(items) == 0 {
 		return 0, err
 	}
+	// Known before the transactions below: join checks each Welcome's suite.
+	if _, err := c.SuitePolicy(ctx); err != nil {
+		return 0, err
+	}
 	dms := map[string]bool{}
 	var lc qpcv1.ListChannelsResponse
 	if err := c.call(ctx, "ListChannels", &qpcv1.ListChannelsRequest{}, &lc); err == nil {
@@ -319,6 +323,12 @@ func (c *Client) join(ctx context.Context, tx *sql.Tx, me *Identity, it inboxIte
 		return nil
 	}
 	defer bundle.Wipe()
+	// Downgrade guard: the Welcome's suite must be the KeyPackage's (mls
+	// checks that too) and one the server's policy admits.
+	if err := c.checkGroupSuite(ctx, m.Welcome.CipherSuite, bundle.KeyPackage.CipherSuite); err != nil {
+		c.log.Warn("client: Welcome refused", "err", err)
+		return nil
+	}
 	g, err := mls.JoinFromWelcome(mlsConfig, it.payload, bundle, mls.JoinOptions{})
 	if err != nil {
 		c.log.Warn("client: Welcome refused", "err", err)

@@ -27,17 +27,21 @@ func (c *Client) Rejoin(ctx context.Context, name string) error {
 }
 
 func (c *Client) rejoin(ctx context.Context, channelID []byte) error {
-	id, sk, err := c.signer(ctx)
-	if err != nil {
-		return err
-	}
-	defer id.key.Wipe()
-	defer sk.Wipe()
 	for attempt := 0; attempt < maxRedo; attempt++ {
 		var gi qpcv1.GetGroupInfoResponse
 		if err := c.call(ctx, "GetGroupInfo", &qpcv1.GetGroupInfoRequest{ChannelId: channelID}, &gi); err != nil {
 			return fmt.Errorf("client: rejoin: GroupInfo: %w", err)
 		}
+		suite, err := c.rejoinSuite(ctx, channelID, gi.GetGroupInfo())
+		if err != nil {
+			return fmt.Errorf("client: rejoin: %w", err)
+		}
+		id, sk, err := c.signerFor(ctx, suite)
+		if err != nil {
+			return err
+		}
+		defer id.key.Wipe()
+		defer sk.Wipe()
 		c.groupMu.Lock()
 		g, commit, err := mls.JoinExternal(mlsConfig, gi.GetGroupInfo(), mls.BasicIdentity(id.AccountName, id.DeviceID), sk,
 			mls.ExternalJoinOptions{RemovePrior: true})

@@ -122,6 +122,15 @@ type Config struct {
 	Admin struct {
 		Socket string // admin.socket: "" = <data_dir>/admin.sock
 	}
+	Cluster struct {
+		Heartbeat time.Duration // cluster.heartbeat: 10s (node registry; stale after three missed)
+	}
+	MLS struct {
+		// mls.allowed_suites: comma-separated MLS cipher suites, most
+		// preferred first (names or numbers, see mls.go); default
+		// DefaultMLSSuites (suite 1 only).
+		AllowedSuites string
+	}
 }
 
 // Registration policies for Auth.Registration.
@@ -182,11 +191,13 @@ func Default() Config {
 	c.Invitations.MaxPerHour = 30
 	c.Invitations.MaxPending = 50
 	c.Invitations.MaxWelcomeBytes = 256 << 10
+	c.MLS.AllowedSuites = DefaultMLSSuites
 	c.Auth.AccessTokenTTL = 15 * time.Minute
 	c.Auth.RefreshTokenTTL = 30 * 24 * time.Hour
 	c.Auth.Registration = RegistrationOpen
 	c.Auth.ChallengeRate = 0.5
 	c.Auth.ChallengeBurst = 10
+	c.Cluster.Heartbeat = 10 * time.Second
 	return c
 }
 
@@ -269,6 +280,8 @@ func (c Config) Validate() error {
 		validateInvitations,
 		validateAuth,
 		validateAdmin,
+		validateCluster,
+		validateMLS,
 	}
 	for _, check := range checks {
 		if fe := check(c); fe != nil {
@@ -598,6 +611,16 @@ func validateQuota(c Config) *FieldError {
 		if fe := checkMinInt(f.key, f.v, 0); fe != nil {
 			return fe
 		}
+	}
+	return nil
+}
+
+// minHeartbeat keeps the node registry's writes negligible.
+const minHeartbeat = 100 * time.Millisecond
+
+func validateCluster(c Config) *FieldError {
+	if c.Cluster.Heartbeat < minHeartbeat {
+		return &FieldError{Key: "cluster.heartbeat", Value: FormatDuration(c.Cluster.Heartbeat), Expected: "a duration of at least 100ms such as 10s"}
 	}
 	return nil
 }

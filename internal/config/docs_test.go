@@ -32,8 +32,10 @@ var sectionTitles = []struct{ section, title string }{
 	{"retention", "Retention (retention)"},
 	{"keypackages", "KeyPackages (keypackages)"},
 	{"invitations", "Invitations to channels and DMs (invitations)"},
+	{"mls", "MLS cipher suites (mls)"},
 	{"auth", "Authentication (auth)"},
 	{"admin", "Admin API (admin)"},
+	{"cluster", "Several nodes (cluster)"},
 }
 
 func optionsIn(section string) []option {

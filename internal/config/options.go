@@ -133,13 +133,17 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.Auth.ChallengeRate }},
 	{key: "auth.challenge_burst", flag: "challenge-burst", help: "login challenges allowed in a burst above challenge_rate, per device and source address",
 		ptr: func(c *Config) any { return &c.Auth.ChallengeBurst }},
+	{key: "mls.allowed_suites", flag: "mls-allowed-suites", help: "MLS cipher suites the server accepts KeyPackages, Welcomes and GroupInfos of, most preferred first, comma-separated names or numbers (1 = MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519, 0xF00D = MLS_256_XWING_AES256GCM_SHA512_Ed25519, ...); clients create groups on the first one every invited device has; the weakest listed is the minimum",
+		ptr: func(c *Config) any { return &c.MLS.AllowedSuites }},
 	{key: "admin.socket", flag: "admin-socket", help: "admin API Unix socket (mode 0600); empty = <data_dir>/admin.sock",
 		ptr: func(c *Config) any { return &c.Admin.Socket }},
+	{key: "cluster.heartbeat", help: "how often a node records itself in the node registry (qpcctl status lists the nodes); a node three heartbeats late is shown as stale",
+		ptr: func(c *Config) any { return &c.Cluster.Heartbeat }},
 }
 
 // sections are the YAML mappings that group keys.
 var sections = map[string]bool{"store": true, "db": true, "postgres": true, "tls": true, "log": true, "limits": true,
-	"quota": true, "retention": true, "keypackages": true, "invitations": true, "auth": true, "admin": true}
+	"quota": true, "retention": true, "keypackages": true, "invitations": true, "auth": true, "admin": true, "cluster": true, "mls": true}
 
 func optionByKey(key string) (option, bool) {
 	for _, o := range options {

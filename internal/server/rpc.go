@@ -288,6 +288,7 @@ var serviceErrors = []struct {
 	// keydir
 	{keydir.ErrInvalidKeyPackage, qpcv1.Status_STATUS_INVALID_ARGUMENT},
 	{keydir.ErrUnsupportedSuite, qpcv1.Status_STATUS_INVALID_ARGUMENT},
+	{ErrSuiteDowngrade, qpcv1.Status_STATUS_INVALID_ARGUMENT},
 	{keydir.ErrNotOwner, qpcv1.Status_STATUS_PERMISSION_DENIED},
 	{keydir.ErrCapExceeded, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
 	{keydir.ErrUnknownAccount, qpcv1.Status_STATUS_NOT_FOUND},

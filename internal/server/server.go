@@ -61,6 +61,10 @@ type Server struct {
 	// (diskfull.go); diskStop ends its checks.
 	disk     *diskwatch.Watch
 	diskStop func()
+	// nodeID and hostname name this run in the node registry (nodes.go)
+	// and in cross-node broadcasts; stopHeartbeat ends its heartbeat.
+	nodeID, hostname string
+	stopHeartbeat    func()
 
 	ready    atomic.Bool
 	draining atomic.Bool
@@ -83,6 +87,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	cfg := opts.Config.Resolved()
 
 	s := &Server{cfg: cfg, log: log, audit: obs.NewAudit(log), now: now, drainCh: make(chan struct{})}
+	s.nodeID, s.hostname = newNodeID()
 	defer func() {
 		if err != nil {
 			s.closeAll()
@@ -118,7 +123,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	}
 	dbPath := filepath.Join(cfg.DataDir, "qpcd.db")
 	if pg {
-		s.db, err = openPostgres(ctx, cfg, log)
+		s.db, err = openPostgres(ctx, cfg, log, s.nodeID)
 	} else {
 		store.SetMemorySecurity(cfg.DB.MemorySecurity == "on")
 		s.db, err = store.Open(ctx, store.Options{Path: dbPath, Key: key, Logger: log})
@@ -213,6 +218,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		"ops", s.OpsAddr(),
 		"data_dir", cfg.DataDir,
 		"backend", s.db.Backend(),
+		"node", s.nodeID,
 		"db", dbPath,
 		"db_key_file", keySource(cfg),
 		"tls_cert", cfg.TLS.CertFile,
@@ -351,6 +357,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 	s.started = s.now()
+	s.stopHeartbeat = s.startHeartbeat()
 	s.ready.Store(true)
 	s.metrics.Ready.Set(1)
 	s.refreshReady()
@@ -383,6 +390,9 @@ func (s *Server) drain() error {
 		octx, ocancel := context.WithTimeout(context.Background(), 2*time.Second)
 		errs = append(errs, ignoreClosed(s.ops.Shutdown(octx)))
 		ocancel()
+	}
+	if s.stopHeartbeat != nil {
+		s.stopHeartbeat()
 	}
 	errs = append(errs, s.closeServices())
 	if s.dbWatchStop != nil {

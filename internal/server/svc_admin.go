@@ -312,11 +312,22 @@ func (b adminBackend) Status(ctx context.Context) (admin.Status, error) {
 	if err != nil {
 		return st, fmt.Errorf("%w: read counts: %v", admin.ErrUnavailable, err)
 	}
+	if suites, err := s.keydir.StockBySuite(ctx); err == nil {
+		for _, x := range suites {
+			st.KeyPackages.Suites = append(st.KeyPackages.Suites, admin.KeyPackageSuite{
+				Suite: x.Suite.String(), ID: uint16(x.Suite), Allowed: x.Allowed, Pool: x.Pool, LastResort: x.LastResort})
+		}
+	}
 	if rec, err := s.lastBackup(ctx); err == nil {
 		st.LastBackup = rec
 	}
 	if id, created, err := s.activeTokenKey(ctx); err == nil {
 		st.TokenKeyID, st.TokenKeySince = id, created.UTC()
+	}
+	st.SigningKeyID = s.auth.ActiveKeyID()
+	st.NodeID = s.nodeID
+	if nodes, err := s.nodes(ctx); err == nil {
+		st.Nodes = nodes
 	}
 	return st, nil
 }

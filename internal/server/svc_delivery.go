@@ -217,6 +217,9 @@ func (s *Server) enqueue(ctx context.Context, call *Call, req *qpcv1.EnqueueRequ
 	if err := s.allowBytes(ctx, c, len(req.GetMlsMessage())+len(req.GetGroupInfo())); err != nil {
 		return nil, err
 	}
+	if err := s.checkGroupInfoSuite(ctx, c, req.GetChannelId(), req.GetGroupInfo()); err != nil {
+		return nil, err
+	}
 	r, err := s.delivery.Enqueue(ctx, c, req.GetChannelId(), req.GetMessageId(), req.GetMlsMessage(), req.GetGroupInfo())
 	if err != nil {
 		return nil, err
@@ -236,6 +239,11 @@ func (s *Server) sendToInbox(ctx context.Context, call *Call, req *qpcv1.SendToI
 	// Each recipient gets a copy: the bytes stored are payload x recipients.
 	if err := s.allowBytes(ctx, c, len(req.GetPayload())*len(to)); err != nil {
 		return nil, err
+	}
+	if req.GetKind() == qpcv1.InboxKind_INBOX_KIND_WELCOME {
+		if err := s.checkWelcomeSuite(ctx, c, req.GetChannelId(), req.GetPayload()); err != nil {
+			return nil, err
+		}
 	}
 	n, err := s.delivery.SendToInbox(ctx, c, req.GetChannelId(), int(req.GetKind()), req.GetPayload(), to)
 	if err != nil {

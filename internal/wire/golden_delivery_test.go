@@ -30,8 +30,13 @@ func keydirGolden() map[string]proto.Message {
 		"keydir_fetch_response": &qpcv1.FetchKeyPackagesResponse{AccountId: "fedcba9876543210fedcba9876543210",
 			KeyPackages:      []*qpcv1.FetchedKeyPackage{{DeviceId: "0123456789abcdef0123456789abcdef", KeyPackage: []byte{0, 1, 0, 5, 9}, LastResort: true}},
 			MissingDeviceIds: []string{"00000000000000000000000000000000"}},
-		"keydir_count_request":  &qpcv1.CountKeyPackagesRequest{},
-		"keydir_count_response": &qpcv1.CountKeyPackagesResponse{DeviceCount: 3, AccountCount: 5, MaxPerAccount: 100, HasLastResort: true},
+		"keydir_count_request":        &qpcv1.CountKeyPackagesRequest{},
+		"keydir_count_response":       &qpcv1.CountKeyPackagesResponse{DeviceCount: 3, AccountCount: 5, MaxPerAccount: 100, HasLastResort: true},
+		"keydir_fetch_request_suites": &qpcv1.FetchKeyPackagesRequest{AccountName: "alice", CipherSuites: []uint32{0xF00D, 1}},
+		"keydir_fetch_response_suite": &qpcv1.FetchKeyPackagesResponse{AccountId: "fedcba9876543210fedcba9876543210",
+			KeyPackages: []*qpcv1.FetchedKeyPackage{{DeviceId: "0123456789abcdef0123456789abcdef", KeyPackage: []byte{0, 1, 0xF0, 0x0D, 9}}}, CipherSuite: 0xF00D},
+		"keydir_count_response_suites": &qpcv1.CountKeyPackagesResponse{DeviceCount: 3, AccountCount: 5, MaxPerAccount: 100, HasLastResort: true,
+			Suites: []*qpcv1.SuiteStock{{CipherSuite: 1, DeviceCount: 2, HasLastResort: true}, {CipherSuite: 0xF00D, DeviceCount: 1}}},
 	}
 }
 

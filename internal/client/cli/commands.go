@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/quicprochat/quicprochat/internal/client"
+	"github.com/quicprochat/quicprochat/internal/mls"
 	"github.com/quicprochat/quicprochat/internal/safetext"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
@@ -289,8 +290,15 @@ func (a *app) keysCmd() *cobra.Command {
 					if err != nil {
 						return err
 					}
-					return a.emit(r, fmt.Sprintf("uploaded %d KeyPackage(s)%s; stock %d of %d, last resort %v",
-						r.Uploaded, lrNote(r.NewLastResort), r.ServerStock, r.Target, r.LastResort))
+					line := fmt.Sprintf("uploaded %d KeyPackage(s)%s; stock %d of %d, last resort %v",
+						r.Uploaded, lrNote(r.NewLastResort), r.ServerStock, r.Target, r.LastResort)
+					if len(r.Suites) > 1 {
+						line = fmt.Sprintf("uploaded %d KeyPackage(s)%s", r.Uploaded, lrNote(r.NewLastResort))
+						for _, x := range r.Suites {
+							line += fmt.Sprintf("\n  %s: stock %d of %d, last resort %v", x.Suite, x.ServerStock, r.Target, x.LastResort)
+						}
+					}
+					return a.emit(r, line)
 				}
 				n, err := c.KeyPackageStock(ctx)
 				if err != nil {
@@ -300,9 +308,17 @@ func (a *app) keysCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
+				line := fmt.Sprintf("stock %d of %d, last resort %v (account: %d of %d)", n.GetDeviceCount(), s.Stock, n.GetHasLastResort(), n.GetAccountCount(), n.GetMaxPerAccount())
+				var suites []map[string]any
+				for _, x := range n.GetSuites() {
+					name := mls.CipherSuiteID(x.GetCipherSuite()).String()
+					suites = append(suites, map[string]any{"suite": name, "id": x.GetCipherSuite(), "server_stock": x.GetDeviceCount(), "last_resort": x.GetHasLastResort()})
+					if len(n.GetSuites()) > 1 {
+						line += fmt.Sprintf("\n  %s: stock %d of %d, last resort %v", name, x.GetDeviceCount(), s.Stock, x.GetHasLastResort())
+					}
+				}
 				return a.emit(map[string]any{"server_stock": n.GetDeviceCount(), "target": s.Stock, "last_resort": n.GetHasLastResort(),
-					"account_stock": n.GetAccountCount(), "account_cap": n.GetMaxPerAccount()},
-					fmt.Sprintf("stock %d of %d, last resort %v (account: %d of %d)", n.GetDeviceCount(), s.Stock, n.GetHasLastResort(), n.GetAccountCount(), n.GetMaxPerAccount()))
+					"account_stock": n.GetAccountCount(), "account_cap": n.GetMaxPerAccount(), "suites": suites}, line)
 			})
 		},
 	}
@@ -337,17 +353,7 @@ func (a *app) groupCmd() *cobra.Command {
 				return nil
 			})
 		},
-	}, &cobra.Command{
-		Use: "create NAME", Short: "Create a group (you are its only member)", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				if err := c.CreateGroup(ctx, args[0]); err != nil {
-					return err
-				}
-				return a.emit(map[string]any{"group": args[0], "created": true}, "created group "+args[0])
-			})
-		},
-	}, &cobra.Command{
+	}, a.groupCreateCmd(), a.groupInfoCmd(), &cobra.Command{
 		Use: "add NAME USER...", Short: "Invite accounts (all their devices) to a group; they join when they accept", Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
@@ -833,4 +839,79 @@ func (a *app) completeGroups(cmd *cobra.Command, args []string, _ string) ([]str
 		}
 	}
 	return out, cobra.ShellCompDirectiveNoFileComp
+}
+
+func (a *app) groupCreateCmd() *cobra.Command {
+	var suiteName string
+	cmd := &cobra.Command{
+		Use:   "create NAME [--suite SUITE]",
+		Short: "Create a group (you are its only member) on the server's most preferred MLS cipher suite, or --suite",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var suite mls.CipherSuiteID
+			if suiteName != "" {
+				var err error
+				if suite, err = mls.ParseCipherSuite(suiteName); err != nil {
+					return usagef("--suite %q: give a suite name such as MLS_256_XWING_AES256GCM_SHA512_Ed25519 or a number such as 1 or 0xF00D", suiteName)
+				}
+			}
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				if err := c.CreateGroupWithSuite(ctx, args[0], suite); err != nil {
+					return err
+				}
+				got, err := c.GroupSuite(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				return a.emit(map[string]any{"group": args[0], "created": true, "suite": got.String()},
+					fmt.Sprintf("created group %s (%s)", args[0], got))
+			})
+		},
+	}
+	cmd.Flags().StringVar(&suiteName, "suite", "", "MLS cipher suite (name or number) within the server's policy; default: the server's most preferred one this device supports")
+	return cmd
+}
+
+func (a *app) groupInfoCmd() *cobra.Command {
+	return &cobra.Command{
+		Use: "info NAME", Short: "Show a group's kind, status, epoch, channel and MLS cipher suite", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				gs, err := c.Groups(ctx)
+				if err != nil {
+					return err
+				}
+				for _, g := range gs {
+					if g.Name != args[0] {
+						continue
+					}
+					suite, err := c.GroupSuite(ctx, g.Name)
+					if err != nil {
+						return err
+					}
+					members, err := c.Members(ctx, g.Name)
+					if err != nil {
+						return err
+					}
+					return a.emit(map[string]any{"name": g.Name, "kind": g.Kind, "status": g.Status, "epoch": g.Epoch, "channel_id": g.ChannelID,
+						"suite": suite.String(), "suite_id": uint16(suite), "post_quantum": isPostQuantum(suite), "members": len(members)},
+						fmt.Sprintf("%s (%s, %s)\nepoch:    %d\nchannel:  %s\nsuite:    %s%s\nmembers:  %d",
+							safetext.Line(g.Name), g.Kind, g.Status, g.Epoch, g.ChannelID, suite, pqNote(suite), len(members)))
+				}
+				return fmt.Errorf("%w %q; see qpc group list", client.ErrNoGroup, args[0])
+			})
+		},
+	}
+}
+
+func isPostQuantum(id mls.CipherSuiteID) bool {
+	s, err := mls.Suite(id)
+	return err == nil && s.PostQuantum()
+}
+
+func pqNote(id mls.CipherSuiteID) string {
+	if isPostQuantum(id) {
+		return " (post-quantum hybrid)"
+	}
+	return ""
 }

@@ -34,6 +34,12 @@ func TestPublishedSBOMValidatesAgainstCycloneDXSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// cyclonedx-gomod reads the main module's version with go-git, which
+	// cannot open a linked git worktree (.git is a file there): build.sh
+	// always runs it in a clone. Say so rather than fail for the wrong reason.
+	if fi, err := os.Stat(filepath.Join(root, ".git")); err == nil && !fi.IsDir() {
+		t.Skip("a linked git worktree: cyclonedx-gomod cannot read its version (run in a clone, as build.sh does)")
+	}
 	tool := filepath.Join(t.TempDir(), "cyclonedx-gomod")
 	if out, err := exec.Command("go", "build", "-o", tool, "github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod").CombinedOutput(); err != nil {
 		t.Fatalf("build cyclonedx-gomod: %v\n%s", err, out)
