@@ -369,7 +369,8 @@ func (c *Client) membershipCheck(ctx context.Context, before map[string]string) 
 		// not a removal: its state stays until the answer (accepting
 		// brings a newer Welcome, which replaces it).
 		var li qpcv1.ListInvitationsResponse
-		if err := c.call(ctx, "ListInvitations", &qpcv1.ListInvitationsRequest{}, &li); err != nil {
+		// A server older than invitations has none to list.
+		if err := c.call(ctx, "ListInvitations", &qpcv1.ListInvitationsRequest{}, &li); err != nil && !olderServer(err) {
 			c.log.Warn("client: list invitations", "err", err)
 			return c.removedSince(ctx, before, nil)
 		}
