@@ -1,4 +1,4 @@
--- 0007_invitations (PostgreSQL): consent-based joining and blocks
+-- 0009_invitations (PostgreSQL): consent-based joining and blocks
 -- (internal/delivery); see the SQLite step for the meaning of each column.
 
 CREATE TABLE invitations (

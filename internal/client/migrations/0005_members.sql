@@ -1,4 +1,4 @@
--- 0004_members: invitations this device was told about, and server events
+-- 0005_members: invitations this device was told about, and server events
 -- (membership changes) kept in the history beside the messages.
 
 -- Pending invitations as the inbox notices announced them; the server's

@@ -1,4 +1,4 @@
--- 0007_invitations: consent-based joining and blocks (internal/delivery).
+-- 0009_invitations: consent-based joining and blocks (internal/delivery).
 -- An invitation is what AddMembers and CreateDMChannel make for another
 -- account: it reads nothing of the channel until it accepts. Rows stay
 -- after an answer until they expire, so per-inviter limits count them.
