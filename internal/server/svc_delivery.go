@@ -263,7 +263,11 @@ func batchProto(b delivery.Batch) *qpcv1.FetchResponse {
 			// A membership change the server wrote (delivery/members.go).
 			ev := &qpcv1.MembershipEvent{}
 			if err := proto.Unmarshal(m.Body, ev); err == nil {
-				cm.Event, cm.MlsMessage, cm.SenderAccountId = ev, nil, ""
+				// mls_message keeps the encoded event: a client older than
+				// events stores every message's body (an empty one failed
+				// its NOT NULL column and wedged its receive) and drops it
+				// as a malformed MLS message.
+				cm.Event, cm.SenderAccountId = ev, ""
 			}
 		}
 		out.Messages = append(out.Messages, cm)

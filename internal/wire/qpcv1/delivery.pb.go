@@ -1249,8 +1249,10 @@ type ChannelMessage struct {
 	MlsMessage       []byte                 `protobuf:"bytes,6,opt,name=mls_message,json=mlsMessage,proto3" json:"mls_message,omitempty"`
 	ServerTimeUnixMs int64                  `protobuf:"varint,7,opt,name=server_time_unix_ms,json=serverTimeUnixMs,proto3" json:"server_time_unix_ms,omitempty"`
 	Epoch            uint64                 `protobuf:"varint,8,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	// Set (and mls_message empty, sender ids empty) on a membership change
-	// the server wrote into the log: every member sees it in order.
+	// Set (sender ids empty) on a membership change the server wrote into
+	// the log: every member sees it in order. mls_message then holds the
+	// same MembershipEvent encoded, which older clients store and drop as a
+	// malformed MLS message.
 	Event         *MembershipEvent `protobuf:"bytes,9,opt,name=event,proto3" json:"event,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
