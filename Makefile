@@ -140,14 +140,24 @@ package-upgrade-test:
 	@mkdir -p $(BIN); scripts/compat-build.sh >/dev/null; scripts/compat-build.sh HEAD >/dev/null; scripts/debian-root.sh >/dev/null
 	@QPC_PACKAGE_UPGRADE=1; export QPC_PACKAGE_UPGRADE; $(call COMPAT_RUN,-timeout 30m -run '^TestPackageUpgrade$$',package-upgrade)
 
-# Short fuzzing of every decoder; FUZZTIME=60s for a longer run.
+# Fuzzing of every fuzz target, one after another: FUZZTIME per target
+# (10s; the nightly workflow uses 2m), FUZZPARALLEL workers each (default:
+# one per core). A long run, e.g. FUZZTIME=130s FUZZPARALLEL=1 over the ~30
+# targets, totals a CPU-hour. Every target runs even after a failure; the
+# summary names the failures and their inputs stay in testdata/fuzz/ as
+# regression cases. Server fuzzing uses the SQLCipher backend.
 FUZZTIME ?= 10s
+FUZZPARALLEL ?= $(shell nproc 2>/dev/null || echo 1)
 fuzz:
-	@for pkg in $$($(GO) list ./... ); do \
+	@mkdir -p $(BIN); failed=""; n=0; for pkg in $$($(GO) list ./... ); do \
 		for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
-			echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+			n=$$((n+1)); echo "== $$pkg $$f"; \
+			rc=0; QPC_TEST_BACKENDS=sqlcipher $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -parallel $(FUZZPARALLEL) $$pkg \
+				> $(BIN)/fuzz-last.log 2>&1 || rc=$$?; \
+			grep -E '^(--- FAIL|    |ok|FAIL)' $(BIN)/fuzz-last.log; grep -E '^fuzz: elapsed' $(BIN)/fuzz-last.log | tail -1; \
+			[ $$rc = 0 ] || failed="$$failed $$pkg.$$f"; \
 		done; \
-	done
+	done; echo "fuzz: $$n targets, $(FUZZTIME) each, $(FUZZPARALLEL) worker(s); failed:$${failed:- none}"; [ -z "$$failed" ]
 
 # --- Release (docs/release.md) ---------------------------------------------
 # Static binaries for RELEASE_ARCHES, SBOMs, .deb/.rpm/.ipk, SHA256SUMS and
