@@ -214,9 +214,12 @@ func soak(t *testing.T, backend string, duration time.Duration) {
 	// expire after `retention`, swept every 30 s.
 	retention := min(time.Minute, duration/4)
 	interval := min(5*time.Second, max(2*time.Second, duration/120))
-	// The churn invites user3 every few seconds: above the hourly default.
+	// The churn invites user3, fetching its KeyPackages, every few seconds:
+	// above the hourly invitation and KeyPackage fetch limits (5 fetches
+	// per pair an hour held the churn to a handful of cycles).
 	n := newNode(t, backend, "QPC_RETENTION_MESSAGES="+retention.String(), "QPC_AUTH_ACCESS_TOKEN_TTL=1m",
-		"QPC_LIMITS_LONG_POLL_MAX=5s", "QPC_INVITATIONS_MAX_PER_HOUR=100000")
+		"QPC_LIMITS_LONG_POLL_MAX=5s", "QPC_INVITATIONS_MAX_PER_HOUR=100000",
+		"QPC_KEYPACKAGES_FETCH_PER_PAIR=100000", "QPC_KEYPACKAGES_FETCH_PER_TARGET=100000")
 	n.start()
 	csvPath := os.Getenv("QPC_SOAK_CSV")
 	if csvPath == "" {
