@@ -37,6 +37,7 @@ func TestGroupSuiteCommands(t *testing.T) {
 		t.Fatalf("info classic: %q", out)
 	}
 	alice.ok("group", "add", "pq", "bob")
+	acceptInvitations(t, bob)
 	alice.ok("send", "pq", "hello")
 	if out := bob.ok("recv"); !strings.Contains(out, "<alice>: hello") {
 		t.Fatalf("bob recv: %q", out)

@@ -280,6 +280,28 @@ func login(c *rpcclient.Client, deviceID string, key ed25519.PrivateKey) (*qpcv1
 	return lr.GetTokens(), nil
 }
 
+// acceptInvitations logs a device in and accepts its account's pending
+// invitations (joining is by consent: AddMembers only invites).
+func acceptInvitations(t *testing.T, c *rpcclient.Client, deviceID string, key ed25519.PrivateKey) {
+	t.Helper()
+	tok, err := login(c, deviceID, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := rpcCtx()
+	defer cancel()
+	var li qpcv1.ListInvitationsResponse
+	if err := c.Call(ctx, "ListInvitations", tok.GetAccessToken(), &qpcv1.ListInvitationsRequest{}, &li); err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range li.GetInvitations() {
+		if err := c.Call(ctx, "AcceptInvitation", tok.GetAccessToken(), &qpcv1.AcceptInvitationRequest{InvitationId: in.GetInvitationId()},
+			&qpcv1.AcceptInvitationResponse{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func whoAmI(c *rpcclient.Client, token string) error {
 	ctx, cancel := rpcCtx()
 	defer cancel()

@@ -77,7 +77,9 @@ func (ch *chatter) history(t *testing.T) []string {
 	}
 	var out []string
 	for _, m := range ms {
-		out = append(out, m.Text)
+		if m.Event == nil { // membership events are not messages
+			out = append(out, m.Text)
+		}
 	}
 	return out
 }
@@ -151,6 +153,16 @@ func TestMigrateToPostgresEndToEnd(t *testing.T) {
 	}
 	if err := alice.c.AddMembers(ctxMinute(t), "team", []string{"bob", "carol"}); err != nil {
 		t.Fatal(err)
+	}
+	// Joining is by consent: bob and carol accept.
+	for _, p := range []*chatter{bob, carol} {
+		invs, err := p.c.Invitations(ctxMinute(t))
+		if err != nil || len(invs) != 1 {
+			t.Fatalf("%s's invitations: %v, %v", p.name, invs, err)
+		}
+		if _, err := p.c.AcceptInvitation(ctxMinute(t), invs[0].ID); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for round := range 3 {
 		for _, p := range people {

@@ -184,7 +184,27 @@ func setupChannels(t *testing.T, n *node, senders, nch int) (*device, []*device,
 			t.Fatal(err)
 		}
 	}
+	// Joining is by consent: each sender accepts its invitation.
+	for _, d := range devs {
+		if err := acceptInvitations(c, d); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return owner, devs, cs
+}
+
+// acceptInvitations accepts every pending invitation of d's account.
+func acceptInvitations(c *rpcclient.Client, d *device) error {
+	var li qpcv1.ListInvitationsResponse
+	if err := d.call(c, 10*time.Second, "ListInvitations", &qpcv1.ListInvitationsRequest{}, &li); err != nil {
+		return fmt.Errorf("%s: list invitations: %w", d.name, err)
+	}
+	for _, in := range li.GetInvitations() {
+		if err := d.call(c, 10*time.Second, "AcceptInvitation", &qpcv1.AcceptInvitationRequest{InvitationId: in.GetInvitationId()}, &qpcv1.AcceptInvitationResponse{}); err != nil {
+			return fmt.Errorf("%s: accept: %w", d.name, err)
+		}
+	}
+	return nil
 }
 
 // readChannels reads every channel from the start as reader (who never
@@ -284,7 +304,8 @@ func TestChaosCrash(t *testing.T) {
 		rounds := pick(3, 20)
 		perRound := pick(150, 400) // acknowledgements between kills, at least
 		rng := mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 21))
-		n := newNode(t, backend)
+		// The owner invites all senders at once: above the hourly default.
+		n := newNode(t, backend, fmt.Sprintf("QPC_INVITATIONS_MAX_PER_HOUR=%d", 2*senders))
 		n.start()
 		owner, devs, cs := setupChannels(t, n, senders, nch)
 		l := &crashLoad{n: n, chans: cs, senders: devs, acked: map[string]ackRecord{}, lastAck: make([]time.Time, senders)}

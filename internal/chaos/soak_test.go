@@ -214,8 +214,12 @@ func soak(t *testing.T, backend string, duration time.Duration) {
 	// expire after `retention`, swept every 30 s.
 	retention := min(time.Minute, duration/4)
 	interval := min(5*time.Second, max(2*time.Second, duration/120))
+	// The churn invites user3, fetching its KeyPackages, every few seconds:
+	// above the hourly invitation and KeyPackage fetch limits (5 fetches
+	// per pair an hour held the churn to a handful of cycles).
 	n := newNode(t, backend, "QPC_RETENTION_MESSAGES="+retention.String(), "QPC_AUTH_ACCESS_TOKEN_TTL=1m",
-		"QPC_LIMITS_LONG_POLL_MAX=5s")
+		"QPC_LIMITS_LONG_POLL_MAX=5s", "QPC_INVITATIONS_MAX_PER_HOUR=100000",
+		"QPC_KEYPACKAGES_FETCH_PER_PAIR=100000", "QPC_KEYPACKAGES_FETCH_PER_TARGET=100000")
 	n.start()
 	csvPath := os.Getenv("QPC_SOAK_CSV")
 	if csvPath == "" {
@@ -253,8 +257,11 @@ func soak(t *testing.T, backend string, duration time.Duration) {
 	must(cs[3].CreateGroup(ctx, "g1"))
 	must(cs[3].AddMembers(ctx, "g1", names[4:6]))
 	must(cs[0].CreateGroup(ctx, "churn"))
+	// Joining is by consent: the invited accept (groups, then DMs).
 	for _, c := range cs {
-		_, err := c.Sync(ctx, 0)
+		_, err := acceptAll(ctx, c)
+		must(err)
+		_, err = c.Sync(ctx, 0)
 		must(err)
 	}
 	dms := make([]string, users)
@@ -263,7 +270,9 @@ func soak(t *testing.T, backend string, duration time.Duration) {
 		must(err)
 	}
 	for _, c := range cs {
-		_, err := c.Sync(ctx, 0)
+		_, err := acceptAll(ctx, c)
+		must(err)
+		_, err = c.Sync(ctx, 0)
 		must(err)
 	}
 	// Joined members see a group under a local name until a message names
@@ -329,14 +338,15 @@ func soak(t *testing.T, backend string, duration time.Duration) {
 			}
 		}()
 	}
-	// Churn: user0 adds user3 to "churn" (KeyPackage fetch, commit,
-	// Welcome), user3 joins by the Welcome, then user0 removes it (commit).
+	// Churn: user0 invites user3 to "churn" (KeyPackage fetch, commit,
+	// Welcome held), user3 accepts and joins by the Welcome, then user0
+	// removes it (server first, then the commit).
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for ctx.Err() == nil {
 			timed("add", func() error { return cs[0].AddMembers(ctx, "churn", []string{names[3]}) })
-			timed("join", func() error { _, err := cs[3].Sync(ctx, 0); return err })
+			timed("join", func() error { _, err := acceptAll(ctx, cs[3]); return err })
 			timed("remove", func() error { return cs[0].RemoveMember(ctx, "churn", names[3]) })
 			churns.Add(1)
 			select {

@@ -232,7 +232,7 @@ func (c *Client) createGroup(ctx context.Context, name, kind, peer string, suite
 			return nil, fmt.Errorf("client: create DM channel with %s: %w", peer, explainLookup(err, peer))
 		}
 		if !resp.GetCreated() {
-			return nil, fmt.Errorf("client: %s already opened a DM with you; run qpc recv to join it", peer)
+			return nil, fmt.Errorf("client: a DM with %s exists on the server but not on this device; run qpc recv to join it", peer)
 		}
 		ch = resp.GetChannel()
 	} else {
@@ -375,14 +375,39 @@ var ErrAlreadyMember = errors.New("client: already a member")
 // errNothingToAdd: an add commit found every device in the group already.
 var errNothingToAdd = errors.New("client: nothing to add")
 
-// RemoveMember removes every device of an account from the group; once
-// the commit is accepted the account is also removed from the channel.
+// RemoveMember removes every device of an account from the group. The
+// channel comes first: the server refuses a removal the caller may not
+// make (only the member itself or the channel's admin may remove; see
+// docs/protocol.md) and announces the one it makes to every member; then
+// the MLS commit drops the account's leaves.
 func (c *Client) RemoveMember(ctx context.Context, name, account string) error {
 	ch, err := c.channelOf(ctx, name)
 	if err != nil {
 		return err
 	}
-	if err := c.queueCommit(ctx, ch, commitIntent{Op: "remove", Accounts: []string{account}}); err != nil {
+	ms, err := c.Members(ctx, name)
+	if err != nil {
+		return err
+	}
+	inGroup := false
+	for _, m := range ms {
+		inGroup = inGroup || m.Account == account
+	}
+	err = c.call(ctx, "RemoveMembers", &qpcv1.RemoveMembersRequest{ChannelId: ch, Members: []*qpcv1.MemberRef{{AccountName: account}}}, &qpcv1.RemoveMembersResponse{})
+	var se *wire.StatusError
+	switch {
+	case err == nil:
+	case errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_NOT_FOUND && inGroup:
+		// No longer on the channel (it declined, or left): only its leaves remain.
+	case errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_NOT_FOUND:
+		return fmt.Errorf("%w: %s is not in %s", ErrNotMember, account, name)
+	default:
+		return fmt.Errorf("client: remove %s from %s: %w", account, name, err)
+	}
+	if !inGroup {
+		return nil // a pending invitation, withdrawn: no leaves to drop
+	}
+	if err := c.queueCommit(ctx, ch, commitIntent{Op: "drop", Accounts: []string{account}}); err != nil {
 		return err
 	}
 	_, err = c.Flush(ctx)
@@ -443,13 +468,19 @@ func (c *Client) queueCommitLocked(ctx context.Context, channelID []byte, in com
 			if len(opts.Add) == 0 {
 				return errNothingToAdd
 			}
-		case "remove":
+		case "remove", "drop":
+			// drop: the account's channel membership is already gone (the
+			// server removed it first, or it declined); only the MLS leaves
+			// remain, and a drop with nothing left to do is done.
 			for _, m := range g.Members() {
 				for _, a := range in.Accounts {
 					if strings.HasPrefix(string(m.Identity), a+"/") && m.Leaf != g.OwnLeaf() {
 						opts.Remove = append(opts.Remove, m.Leaf)
 					}
 				}
+			}
+			if len(opts.Remove) == 0 && in.Op == "drop" {
+				return nil
 			}
 			if len(opts.Remove) == 0 {
 				return fmt.Errorf("%w: %s is not in %s", ErrNotMember, strings.Join(in.Accounts, ", "), r.name)
@@ -498,9 +529,14 @@ func (c *Client) Leave(ctx context.Context, name string) error {
 	}
 	c.groupMu.Lock()
 	err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
-		_, g, err := openGroup(ctx, tx, "", ch)
+		r, g, err := openGroup(ctx, tx, "", ch)
 		if err != nil {
 			return err
+		}
+		if r.kind == kindDM {
+			// The server keeps a DM's two members fixed (a left DM could
+			// not be opened again: its id is derived from the accounts).
+			return fmt.Errorf("client: a DM cannot be left; to refuse its new messages' sender elsewhere, qpc block %s", r.peer)
 		}
 		raw, err := g.Propose(&mls.Proposal{Type: mls.ProposalTypeRemove, Remove: &mls.Remove{Removed: g.OwnLeaf()}}, nil)
 		if err != nil {
@@ -568,6 +604,19 @@ func (c *Client) DM(ctx context.Context, peer string) (string, error) {
 	id.key.Wipe()
 	if peer == id.AccountName {
 		return "", errors.New("client: a DM needs another account")
+	}
+	// The peer opened the DM first: asking for it is consent; accept.
+	if inv, err := c.pendingDMInvitation(ctx, peer); err != nil {
+		return "", err
+	} else if inv != "" {
+		joined, err := c.AcceptInvitation(ctx, inv)
+		if err != nil {
+			return "", err
+		}
+		if joined == "" {
+			return "", fmt.Errorf("client: accepted %s's DM invitation; its Welcome has not arrived yet, run qpc recv in a moment", peer)
+		}
+		return joined, nil
 	}
 	suites, err := c.newGroupSuites(ctx, 0)
 	if err != nil {

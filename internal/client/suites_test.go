@@ -90,6 +90,7 @@ func TestSuiteNegotiation(t *testing.T) {
 	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
 		t.Fatal(err)
 	}
+	acceptAll(t, bob)
 	send(t, alice, "team", "post-quantum hello")
 	if got := texts(t, bob, "team"); strings.Join(got, "|") != "post-quantum hello" {
 		t.Fatalf("bob read %q", got)
@@ -128,6 +129,7 @@ func TestSuiteNegotiation(t *testing.T) {
 		t.Fatalf("bob-carol DM on %v", s)
 	}
 	send(t, bob, "@carol", "classic hello")
+	acceptAll(t, carol) // the DM (and the group "classic") are invitations
 	if got := texts(t, carol, "@bob"); strings.Join(got, "|") != "classic hello" {
 		t.Fatalf("carol read %q", got)
 	}
@@ -159,6 +161,8 @@ func TestClientDowngradeGuards(t *testing.T) {
 	bob.policy.mu.Lock()
 	bob.policy.got = &SuitePolicy{Allowed: []mls.CipherSuiteID{xwing}, Minimum: xwing}
 	bob.policy.mu.Unlock()
+	// Bob accepts: the held Welcome reaches his inbox and is refused.
+	acceptAll(t, bob)
 	if _, err := bob.Sync(ctx, 0); err != nil {
 		t.Fatal(err)
 	}

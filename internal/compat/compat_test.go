@@ -75,9 +75,27 @@ func lifecycle(t *testing.T, s *server, alice, bob *user) float64 {
 		}
 	}
 
-	// A group: alice creates it and adds bob; messages both ways.
+	// A group: alice creates it and adds bob; messages both ways. On the
+	// new qpcd joining is by consent: bob is invited and must accept, which
+	// the old qpc cannot do (docs/protocol.md, "Compatibility"). The old
+	// qpc meets the invitation without failing and reads nothing; bob then
+	// upgrades his qpc (the new one opens his home) and accepts.
+	consent := s.rel.name == newRel.name
 	alice.ok("group", "create", "team")
 	alice.ok("group", "add", "team", "bob")
+	if consent && bob.rel.name != newRel.name {
+		r := bob.run("--json", "recv")
+		if r.code != 0 {
+			t.Fatalf("%s qpc recv with an invitation waiting: exit %d, stderr %q", bob.rel.name, r.code, r.stderr)
+		}
+		if tx := texts(jsonLines(t, r.stdout)); len(tx) != 0 {
+			t.Fatalf("%s qpc recv printed %q before accepting", bob.rel.name, tx)
+		}
+		bob.rel = newRel
+	}
+	if consent {
+		bob.acceptInvitations()
+	}
 	fromAlice := "hello bob from " + alice.rel.name
 	alice.ok("send", "team", fromAlice)
 	bob.recvUntil(fromAlice)
@@ -95,6 +113,9 @@ func lifecycle(t *testing.T, s *server, alice, bob *user) float64 {
 		t.Fatalf("%s qpc dm bob: %v", alice.rel.name, d)
 	}
 	alice.ok("send", "@bob", "just us")
+	if consent {
+		bob.acceptInvitations() // the DM is an invitation too
+	}
 	bob.recvUntil("just us")
 	bob.ok("send", "@alice", "just us, back")
 	alice.recvUntil("just us, back")
@@ -170,13 +191,16 @@ func TestCompatOldClientAccountEvent(t *testing.T) {
 	needOld(t)
 	s := newServer(t, backends(t)[0])
 	s.start(newRel)
-	alice, bob := newUser(t, "alice", oldRel), newUser(t, "bob", oldRel)
+	// Bob uses the new qpc: joining is by consent on the new qpcd, and only
+	// the new qpc accepts (the old client under test is alice's).
+	alice, bob := newUser(t, "alice", oldRel), newUser(t, "bob", newRel)
 	for _, u := range []*user{alice, bob} {
 		u.ok("init", "--server", s.listen, "--pin", s.pin)
 		u.ok("register", u.name)
 	}
 	alice.ok("group", "create", "team")
 	alice.ok("group", "add", "team", "bob")
+	bob.acceptInvitations()
 	alice.ok("send", "team", "welcome")
 	bob.recvUntil("welcome")
 

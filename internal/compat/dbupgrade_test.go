@@ -79,6 +79,7 @@ func TestCompatDatabaseUpgrade(t *testing.T) {
 			carol.ok("init", "--server", s.listen, "--pin", s.pin)
 			carol.ok("register", "carol")
 			alice.ok("group", "add", "team", "carol")
+			carol.acceptInvitations() // joining is by consent on the new qpcd
 			alice.ok("send", "team", "hi carol")
 			carol.recvUntil("hi carol")
 			bob.recvUntil("hi carol")

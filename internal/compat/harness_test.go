@@ -499,6 +499,19 @@ func count(list []string, s string) int {
 	return n
 }
 
+// acceptInvitations accepts every pending invitation with the new qpc
+// (joining is by consent on the new qpcd; the old qpc cannot accept).
+func (u *user) acceptInvitations() {
+	u.t.Helper()
+	invs := u.jsonOK("invitations")
+	if len(invs) == 0 {
+		u.t.Fatalf("%s qpc invitations (%s): none to accept", u.rel.name, u.name)
+	}
+	for _, in := range invs {
+		u.ok("invitations", "accept", fmt.Sprint(in["id"]))
+	}
+}
+
 // recvUntil runs recv until every text in want has arrived (a condition
 // with a deadline: delivery after a commit can take a second fetch); it
 // returns every text received.

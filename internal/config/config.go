@@ -106,6 +106,12 @@ type Config struct {
 		FetchPerTarget int           // keypackages.fetch_per_target: 30 fetches of one account's KeyPackages by all accounts together per window
 		FetchWindow    time.Duration // keypackages.fetch_window: 1h
 	}
+	Invitations struct {
+		TTL             time.Duration // invitations.ttl: 168h (an unanswered invitation lapses)
+		MaxPerHour      int           // invitations.max_per_hour: 30 (invitations one account sends per hour)
+		MaxPending      int           // invitations.max_pending: 50 (unanswered invitations one account holds)
+		MaxWelcomeBytes int           // invitations.max_welcome_bytes: 262144 (largest Welcome held for an invitee)
+	}
 	Auth struct {
 		AccessTokenTTL  time.Duration // auth.access_token_ttl: 15m
 		RefreshTokenTTL time.Duration // auth.refresh_token_ttl: 720h (30 days)
@@ -181,6 +187,10 @@ func Default() Config {
 	c.KeyPackages.FetchPerPair = 5
 	c.KeyPackages.FetchPerTarget = 30
 	c.KeyPackages.FetchWindow = time.Hour
+	c.Invitations.TTL = 7 * 24 * time.Hour
+	c.Invitations.MaxPerHour = 30
+	c.Invitations.MaxPending = 50
+	c.Invitations.MaxWelcomeBytes = 256 << 10
 	c.MLS.AllowedSuites = DefaultMLSSuites
 	c.Auth.AccessTokenTTL = 15 * time.Minute
 	c.Auth.RefreshTokenTTL = 30 * 24 * time.Hour
@@ -267,6 +277,7 @@ func (c Config) Validate() error {
 		validateLimits,
 		validateQuota,
 		validateRetention,
+		validateInvitations,
 		validateAuth,
 		validateAdmin,
 		validateCluster,
@@ -635,6 +646,20 @@ func validateRetention(c Config) *FieldError {
 			Expected: fmt.Sprintf("an integer >= keypackages.fetch_per_pair (%d), such as 30", c.KeyPackages.FetchPerPair)}
 	}
 	return checkPositive("keypackages.fetch_window", c.KeyPackages.FetchWindow, "1h")
+}
+
+func validateInvitations(c Config) *FieldError {
+	i := c.Invitations
+	if fe := checkPositive("invitations.ttl", i.TTL, "168h"); fe != nil {
+		return fe
+	}
+	if fe := checkMinInt("invitations.max_per_hour", i.MaxPerHour, 1); fe != nil {
+		return fe
+	}
+	if fe := checkMinInt("invitations.max_pending", i.MaxPending, 1); fe != nil {
+		return fe
+	}
+	return checkMinInt("invitations.max_welcome_bytes", i.MaxWelcomeBytes, 1024)
 }
 
 func validateAuth(c Config) *FieldError {

@@ -31,6 +31,7 @@ var sectionTitles = []struct{ section, title string }{
 	{"quota", "Per-account quotas (quota)"},
 	{"retention", "Retention (retention)"},
 	{"keypackages", "KeyPackages (keypackages)"},
+	{"invitations", "Invitations to channels and DMs (invitations)"},
 	{"mls", "MLS cipher suites (mls)"},
 	{"auth", "Authentication (auth)"},
 	{"admin", "Admin API (admin)"},

@@ -115,6 +115,14 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.KeyPackages.FetchPerTarget }},
 	{key: "keypackages.fetch_window", flag: "keypackage-fetch-window", help: "window of the KeyPackage fetch limits (each refills evenly over it); limits count per qpcd node",
 		ptr: func(c *Config) any { return &c.KeyPackages.FetchWindow }},
+	{key: "invitations.ttl", help: "how long an invitation to a channel or DM waits for its invitee's answer (168h = 7 days)",
+		ptr: func(c *Config) any { return &c.Invitations.TTL }},
+	{key: "invitations.max_per_hour", flag: "invitations-max-per-hour", help: "invitations (group adds and new DMs) one account may send per hour; more are refused with resource_exhausted",
+		ptr: func(c *Config) any { return &c.Invitations.MaxPerHour }},
+	{key: "invitations.max_pending", help: "unanswered invitations one account may hold; further invitations to it are refused",
+		ptr: func(c *Config) any { return &c.Invitations.MaxPending }},
+	{key: "invitations.max_welcome_bytes", help: "largest MLS Welcome held for an invitee until it accepts, in bytes (256 KiB)",
+		ptr: func(c *Config) any { return &c.Invitations.MaxWelcomeBytes }},
 	{key: "auth.access_token_ttl", help: "lifetime of an access token",
 		ptr: func(c *Config) any { return &c.Auth.AccessTokenTTL }},
 	{key: "auth.refresh_token_ttl", help: "lifetime of a refresh token (720h = 30 days); longer than access_token_ttl",
@@ -135,7 +143,7 @@ var options = []option{
 
 // sections are the YAML mappings that group keys.
 var sections = map[string]bool{"store": true, "db": true, "postgres": true, "tls": true, "log": true, "limits": true,
-	"quota": true, "retention": true, "keypackages": true, "auth": true, "admin": true, "cluster": true, "mls": true}
+	"quota": true, "retention": true, "keypackages": true, "invitations": true, "auth": true, "admin": true, "cluster": true, "mls": true}
 
 func optionByKey(key string) (option, bool) {
 	for _, o := range options {

@@ -28,7 +28,9 @@ func readAll(t *testing.T, d *testDevice, ch []byte) []*qpcv1.ChannelMessage {
 		}
 		for _, m := range r.GetMessages() {
 			if string(m.GetChannelId()) == string(ch) {
-				out = append(out, m)
+				if m.GetEvent() == nil { // membership events are not messages
+					out = append(out, m)
+				}
 				after = m.GetSeq()
 			}
 		}

@@ -305,6 +305,9 @@ var serviceErrors = []struct {
 	{delivery.ErrTooLarge, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
 	{delivery.ErrQuotaExceeded, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
 	{delivery.ErrUnknownAccount, qpcv1.Status_STATUS_NOT_FOUND},
+	{delivery.ErrNotAllowed, qpcv1.Status_STATUS_PERMISSION_DENIED},
+	{delivery.ErrRefused, qpcv1.Status_STATUS_PERMISSION_DENIED},
+	{delivery.ErrInvitationLimit, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
 }
 
 var _ = fmt.Sprintf

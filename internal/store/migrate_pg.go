@@ -85,6 +85,9 @@ var copyPlan = []copyTable{
 	{name: "inbox"},
 	{name: "inbox_heads"},
 	{name: "account_usage"},
+	{name: "invitations"},
+	{name: "invitation_welcomes"},
+	{name: "blocks"},
 	// The SQLCipher node's registry row would list a node that no longer
 	// exists; the PostgreSQL nodes register themselves.
 	{name: "nodes", mode: copySkip},

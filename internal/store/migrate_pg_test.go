@@ -75,6 +75,11 @@ func fillSource(t *testing.T, db *DB, messages int) {
 			{"INSERT INTO inbox_heads (device_id, head_seq, acked_seq) VALUES ('d2', 1, 0)", nil},
 			{"INSERT INTO nodes (id, hostname, address, version, started_at, last_seen_at, heartbeat_ms) VALUES ('old-node', 'h', '127.0.0.1:7443', 'v1', 1, 2, 10000)", nil},
 			{"INSERT INTO account_usage (account_id, message_bytes, messages, inbox_bytes, inbox_items, channels) VALUES ('a1', 10, 2, 7, 1, 1)", nil},
+			{"INSERT INTO invitations (id, channel_id, account_id, device_id, inviter_id, inviter_device, from_seq, status, created_at, expires_at, decided_at) VALUES ('inv1', ?, 'a2', '', 'a1', 'd1', 3, 1, 1, 2, 0), ('inv2', ?, 'a2', 'd2', 'a1', 'd1', 0, 3, 5, 6, 7)",
+				[]any{bytes.Repeat([]byte{1}, 16), bytes.Repeat([]byte{1}, 16)}},
+			{"INSERT INTO invitation_welcomes (invitation_id, device_id, sender_account, sender_device, created_at, body) VALUES ('inv1', 'd2', 'a1', 'd1', 1, ?)",
+				[]any{[]byte("held welcome \x00\xff")}},
+			{"INSERT INTO blocks (account_id, blocked_id, created_at) VALUES ('a2', 'a1', 5)", nil},
 		}
 		for _, s := range stmts {
 			if _, err := tx.ExecContext(ctx, s.q, s.args...); err != nil {

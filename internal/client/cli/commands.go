@@ -354,17 +354,18 @@ func (a *app) groupCmd() *cobra.Command {
 			})
 		},
 	}, a.groupCreateCmd(), a.groupInfoCmd(), &cobra.Command{
-		Use: "add NAME USER...", Short: "Add accounts (all their devices) to a group", Args: cobra.MinimumNArgs(2),
+		Use: "add NAME USER...", Short: "Invite accounts (all their devices) to a group; they join when they accept", Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				if err := c.AddMembers(ctx, args[0], args[1:]); err != nil {
 					return err
 				}
-				return a.emit(map[string]any{"group": args[0], "added": args[1:]}, fmt.Sprintf("added %s to %s", strings.Join(args[1:], ", "), args[0]))
+				return a.emit(map[string]any{"group": args[0], "added": args[1:], "invited": args[1:]},
+					fmt.Sprintf("invited %s to %s; they join when they accept (qpc invitations)", strings.Join(args[1:], ", "), args[0]))
 			})
 		},
 	}, &cobra.Command{
-		Use: "remove NAME USER", Short: "Remove an account from a group", Args: cobra.ExactArgs(2),
+		Use: "remove NAME USER", Short: "Remove an account from a group (the group's admin only; everyone sees it)", Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				if err := c.RemoveMember(ctx, args[0], args[1]); err != nil {
@@ -488,6 +489,11 @@ func (a *app) printMessages(ms []client.Message) error {
 // shown as "display (account)" whenever the display name is not the account
 // name, so a display name cannot pass for another account.
 func humanMessage(m client.Message) string {
+	if m.Event != nil {
+		// A membership change the server announced: its text is built from
+		// account names, which are no safer than a message.
+		return fmt.Sprintf("[%s] %s * %s", safetext.Line(m.Channel), time.UnixMilli(m.SentUnixMs).Local().Format("15:04:05"), safetext.Line(m.Text))
+	}
 	account, _, _ := strings.Cut(m.Sender, "/")
 	who := safetext.Line(account)
 	if m.DisplayName != "" && m.DisplayName != account {
@@ -552,7 +558,131 @@ func (a *app) receive(ctx context.Context, c *client.Client, wait time.Duration)
 	if err != nil {
 		return err
 	}
-	return a.printMessages(ms)
+	if err := a.printMessages(ms); err != nil {
+		return err
+	}
+	invs, err := c.NewInvitations(ctx)
+	if err != nil {
+		return err
+	}
+	for _, in := range invs {
+		if err := a.emit(map[string]any{"invitation": in}, invitationLine(in)+"; qpc invitations accept "+safetext.Line(in.ID)+" (or decline)"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func invitationLine(in client.Invitation) string {
+	what := "a group"
+	if in.Kind == "dm" {
+		what = "a DM"
+	} else if in.Members > 0 {
+		what = fmt.Sprintf("a group of %d", in.Members)
+	}
+	// The id and the inviter's name come from the server: made safe to
+	// print like everything else other people chose.
+	return fmt.Sprintf("invitation %s: %s invites you to %s (expires %s)", safetext.Line(in.ID), safetext.Line(in.Inviter), what,
+		time.UnixMilli(in.ExpiresMs).UTC().Format(time.RFC3339))
+}
+
+func (a *app) invitationsCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "invitations",
+		Short: "List pending invitations to groups and DMs; accept or decline one",
+		Long: "Adding you to a group or opening a DM with you makes an invitation: nothing of the channel reaches\n" +
+			"you until you accept it. Without arguments, lists the pending ones.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				invs, err := c.Invitations(ctx)
+				if err != nil {
+					return err
+				}
+				if len(invs) == 0 && !a.json {
+					return a.emit(nil, "no pending invitations")
+				}
+				for _, in := range invs {
+					if err := a.emit(in, invitationLine(in)); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		},
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use: "accept ID", Short: "Accept an invitation and join the group or DM", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				name, err := c.AcceptInvitation(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				if name == "" {
+					return a.emit(map[string]any{"invitation": args[0], "accepted": true, "joined": false},
+						"accepted; the group's Welcome has not arrived yet: qpc recv joins it when it does")
+				}
+				return a.emit(map[string]any{"invitation": args[0], "accepted": true, "joined": true, "group": name}, "joined "+name)
+			})
+		},
+	}, &cobra.Command{
+		Use: "decline ID", Short: "Decline an invitation (its group is told)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				if err := c.DeclineInvitation(ctx, args[0]); err != nil {
+					return err
+				}
+				return a.emit(map[string]any{"invitation": args[0], "declined": true}, "declined "+args[0])
+			})
+		},
+	})
+	return cmd
+}
+
+func (a *app) blockCmds() []*cobra.Command {
+	return []*cobra.Command{{
+		Use: "block USER", Short: "Refuse invitations, DMs and inbox items from an account (declines its pending invitations)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				n, err := c.Block(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				return a.emit(map[string]any{"blocked": args[0], "invitations_declined": n},
+					fmt.Sprintf("blocked %s (%d pending invitation(s) declined); groups you already share are unchanged", args[0], n))
+			})
+		},
+	}, {
+		Use: "unblock USER", Short: "Lift a block", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				if err := c.Unblock(ctx, args[0]); err != nil {
+					return err
+				}
+				return a.emit(map[string]any{"unblocked": args[0]}, "unblocked "+args[0])
+			})
+		},
+	}, {
+		Use: "blocked", Short: "List the accounts you block", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				bl, err := c.Blocked(ctx)
+				if err != nil {
+					return err
+				}
+				if len(bl) == 0 && !a.json {
+					return a.emit(nil, "no blocked accounts")
+				}
+				for _, b := range bl {
+					if err := a.emit(b, fmt.Sprintf("%s  since %s", safetext.Line(b.Account), time.UnixMilli(b.SinceMs).UTC().Format(time.RFC3339))); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		},
+	}}
 }
 
 func (a *app) recvCmd() *cobra.Command {
