@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go vet fmt-check ops-check proto proto-interop fuzz deps-test clean
+.PHONY: all build run test test-go vet fmt-check ops-check proto proto-interop interop fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test
 
 all: build
 
@@ -26,12 +26,14 @@ build:
 run: build
 	./$(BIN)/qpcd
 
-test: deps-test vet fmt-check lint-actions ops-check test-go
+test: deps-test vet fmt-check lint-actions ops-check test-go chaos-short
 
 # internal/mls runs verbosely so the per-file MLS vector counts are printed
 # (go test hides a passing package's output); a failure prints its log.
+# The chaos suite runs on its own afterwards (chaos-short), not beside the
+# other packages: its figures are timings.
 test-go:
-	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v '/internal/mls$$')
+	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e '/internal/mls$$' -e '/internal/chaos$$')
 	@mkdir -p $(BIN); rc=0; $(GO) test -count=1 -timeout 15m -v ./internal/mls/ > $(BIN)/mls-test.log 2>&1 || rc=$$?; \
 	grep -E '^(mls vectors:|ok|FAIL)' $(BIN)/mls-test.log; \
 	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/mls-test.log; exit $$rc; fi
@@ -45,10 +47,11 @@ fmt-check:
 
 # Debian tools the tests use, installed only when missing: promtool,
 # PostgreSQL's server for internal/store/pgtest, and the third-party
-# verifiers of release artefacts (minisign, lintian, rpmlint with rpm).
+# verifiers of release artefacts (minisign, lintian, rpmlint with rpm) and
+# the repository tools (apt-ftparchive, createrepo_c, gpg).
 deps-test:
 	@command -v promtool >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) prometheus; }
-	@missing=""; for t in minisign:minisign lintian:lintian rpmlint:rpmlint rpm:rpm; do \
+	@missing=""; for t in minisign:minisign lintian:lintian rpmlint:rpmlint rpm:rpm apt-ftparchive:apt-utils createrepo_c:createrepo-c gpg:gpg gpgv:gpgv; do \
 		command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) postgresql; }
@@ -75,14 +78,86 @@ proto-interop:
 		--go-grpc_out=. --go-grpc_opt=module=$(PKG) "--go-grpc_opt=Mmlsinterop/mls_client.proto=$(INTEROP_PB);mlsclientpb" \
 		proto/mlsinterop/mls_client.proto
 
-# Short fuzzing of every decoder; FUZZTIME=60s for a longer run.
+# The chaos suite (internal/chaos, docs/reliability.md): crash, client crash,
+# network faults, database partition and bad input, on both backends
+# (QPC_TEST_BACKENDS narrows). chaos-short is part of make test; chaos is the
+# long mode for the nightly workflow. Each scenario prints a "chaos:" figures
+# line; a failure prints the whole log.
+CHAOS_RUN = rc=0; $(GO) test -count=1 -v -run '^TestChaos' $(1) ./internal/chaos/ > $(BIN)/$(2).log 2>&1 || rc=$$?; \
+	grep -E '^(chaos:|ok|FAIL|--- FAIL)' $(BIN)/$(2).log; \
+	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/$(2).log; exit $$rc; fi
+chaos-short: deps-test
+	@mkdir -p $(BIN); $(call CHAOS_RUN,-timeout 15m,chaos-short)
+chaos: deps-test
+	@mkdir -p $(BIN); QPC_CHAOS=long; export QPC_CHAOS; $(call CHAOS_RUN,-timeout 3h,chaos-long)
+
+# Soak (internal/chaos TestSoak): a steady mixed workload against one qpcd
+# for DURATION, sampled into $(BIN)/soak-<backend>.csv and plotted to .png
+# with gnuplot (Debian's, installed when missing); fails when a resource
+# trends upward. SOAK_BACKENDS=sqlcipher,postgres for both.
+DURATION ?= 10m
+SOAK_BACKENDS ?= sqlcipher
+soak: deps-test
+	@command -v gnuplot >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) gnuplot-nox; }
+	@mkdir -p $(BIN); rc=0; QPC_TEST_BACKENDS=$(SOAK_BACKENDS) QPC_SOAK_DURATION=$(DURATION) QPC_SOAK_CSV=$(abspath $(BIN))/soak \
+		$(GO) test -count=1 -v -timeout 0 -run '^TestSoak$$' ./internal/chaos/ > $(BIN)/soak.log 2>&1 || rc=$$?; \
+	grep -E '^(chaos:|ok|FAIL|--- FAIL)' $(BIN)/soak.log; \
+	for csv in $(BIN)/soak-*.csv; do [ -f "$$csv" ] || continue; \
+		gnuplot -e "csv='$$csv'; png='$${csv%.csv}.png'" scripts/soak.gp && echo "plot: $${csv%.csv}.png"; done; \
+	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/soak.log; exit $$rc; fi
+
+# internal/mls against ts-mls (interop/): installs the peers exactly as
+# their lockfiles pin them, then runs the Go test that drives both sides.
+# Needs Node.js 20+ and npm; every exchanged message is kept under
+# INTEROP_ARTIFACTS.
+INTEROP_ARTIFACTS ?= $(BIN)/interop-artifacts
+interop:
+	cd interop/ts-mls && npm ci --no-audit --no-fund
+	cd interop/ts-mls-rc10 && npm ci --no-audit --no-fund
+	@mkdir -p $(INTEROP_ARTIFACTS)
+	QPC_INTEROP_ARTIFACTS=$(abspath $(INTEROP_ARTIFACTS)) $(GO) test -tags interop -count=1 -v ./interop/
+
+# N-1 compatibility (internal/compat, docs/release.md "Compatibility with
+# the previous release"): the previous release (scripts/previous-release.sh)
+# is built once with its own release script into bin/compat/<commit>/, then
+# old qpc <-> new qpcd, new qpc <-> old qpcd and a mixed group run the client
+# lifecycle, and the new qpcd migrates a database of the old one, on both
+# backends (QPC_TEST_BACKENDS narrows). `make test` runs a short form
+# (SQLCipher, two directions) only once the cache exists.
+COMPAT_RUN = rc=0; $(GO) test -count=1 -v $(1) ./internal/compat/ > $(BIN)/$(2).log 2>&1 || rc=$$?; \
+	grep -E '^(compat:|ok|FAIL|--- FAIL|--- SKIP|    --- SKIP)' $(BIN)/$(2).log; \
+	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/$(2).log; exit $$rc; fi
+compat: deps-test
+	@mkdir -p $(BIN); scripts/compat-build.sh >/dev/null
+	@QPC_COMPAT=1; export QPC_COMPAT; $(call COMPAT_RUN,-timeout 30m -run '^TestCompat',compat)
+
+# Package upgrade (internal/compat TestPackageUpgrade, docs/release.md
+# "Upgrading and downgrading the package"): the previous release's .deb,
+# then this commit's, with dpkg in a debootstrapped Debian bookworm root
+# (cached as bin/debootstrap/bookworm-minbase.tar.gz). Needs root. Slow: not
+# part of make test. Both .debs come from each version's own release build.
+package-upgrade-test:
+	@mkdir -p $(BIN); scripts/compat-build.sh >/dev/null; scripts/compat-build.sh HEAD >/dev/null; scripts/debian-root.sh >/dev/null
+	@QPC_PACKAGE_UPGRADE=1; export QPC_PACKAGE_UPGRADE; $(call COMPAT_RUN,-timeout 30m -run '^TestPackageUpgrade$$',package-upgrade)
+
+# Fuzzing of every fuzz target, one after another: FUZZTIME per target
+# (10s; the nightly workflow uses 2m), FUZZPARALLEL workers each (default:
+# one per core). A long run, e.g. FUZZTIME=130s FUZZPARALLEL=1 over the ~30
+# targets, totals a CPU-hour. Every target runs even after a failure; the
+# summary names the failures and their inputs stay in testdata/fuzz/ as
+# regression cases. Server fuzzing uses the SQLCipher backend.
 FUZZTIME ?= 10s
+FUZZPARALLEL ?= $(shell nproc 2>/dev/null || echo 1)
 fuzz:
-	@for pkg in $$($(GO) list ./... ); do \
+	@mkdir -p $(BIN); failed=""; n=0; for pkg in $$($(GO) list ./... ); do \
 		for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
-			echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+			n=$$((n+1)); echo "== $$pkg $$f"; \
+			rc=0; QPC_TEST_BACKENDS=sqlcipher $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -parallel $(FUZZPARALLEL) $$pkg \
+				> $(BIN)/fuzz-last.log 2>&1 || rc=$$?; \
+			grep -E '^(--- FAIL|    |ok|FAIL)' $(BIN)/fuzz-last.log; grep -E '^fuzz: elapsed' $(BIN)/fuzz-last.log | tail -1; \
+			[ $$rc = 0 ] || failed="$$failed $$pkg.$$f"; \
 		done; \
-	done
+	done; echo "fuzz: $$n targets, $(FUZZTIME) each, $(FUZZPARALLEL) worker(s); failed:$${failed:- none}"; [ -z "$$failed" ]
 
 # --- Release (docs/release.md) ---------------------------------------------
 # Static binaries for RELEASE_ARCHES, SBOMs, .deb/.rpm/.ipk, SHA256SUMS and
@@ -95,7 +170,7 @@ CROSS_DEBS_arm64 := gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 CROSS_CC_amd64   := x86_64-linux-gnu-gcc
 CROSS_DEBS_amd64 := gcc-x86-64-linux-gnu libc6-dev-amd64-cross
 
-.PHONY: release release-check sbom lint-actions deps-release
+.PHONY: release release-check container-test sbom lint-actions deps-release
 
 release: deps-release
 	RELEASE_ARCHES="$(RELEASE_ARCHES)" packaging/release/build.sh release
@@ -103,12 +178,21 @@ release: deps-release
 sbom:
 	RELEASE_ARCHES="$(RELEASE_ARCHES)" packaging/release/build.sh sbom
 
+# The release image (packaging/docker/Containerfile.release: static binaries
+# on scratch) built with buildah and run with podman as non-root: health
+# check, a chat through it, restart on the same volume, SIGTERM. Needs root.
+container-test:
+	@command -v buildah >/dev/null 2>&1 && command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(APT_INSTALL) buildah podman runc; }
+	QPC_CONTAINER_TEST=1 $(GO) test -count=1 -timeout 20m -run '^TestContainerImage$$' -v ./packaging
+
 # The third-party verifiers (minisign, the CycloneDX schema, lintian,
 # rpmlint) on a `make release` output: DIST=dir (default dist).
 release-check: deps-test
 	QPC_RELEASE_DIST="$(abspath $(or $(DIST),dist))" $(GO) test -count=1 -run '^TestReleaseArtefacts$$' -v ./packaging
 
-# C cross compilers from Debian for the non-host arches, installed only when missing.
+# C cross compilers from Debian for the non-host arches, and the repository
+# tools (apt-ftparchive, createrepo_c, gpg), installed only when missing.
 deps-release:
 	@for a in $(filter-out $(HOST_ARCH),$(RELEASE_ARCHES)); do \
 		case $$a in \
@@ -118,6 +202,9 @@ deps-release:
 		esac; \
 		command -v $$cc >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) $$debs; } || exit 1; \
 	done
+	@missing=""; for t in apt-ftparchive:apt-utils createrepo_c:createrepo-c gpg:gpg; do \
+		command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; }
 
 # GitHub Actions workflows, checked by actionlint (a Go tool dependency).
 lint-actions:

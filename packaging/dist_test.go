@@ -66,6 +66,24 @@ func TestReleaseArtefacts(t *testing.T) {
 	if report := strings.TrimSpace(strings.ReplaceAll(string(out), "running with root privileges is not recommended!", "")); err != nil || report != "" {
 		t.Errorf("lintian: %v\n%s", err, report)
 	}
+	// rpm (and rpmlint's signature check) against a private database
+	// holding only the repository's published key.
+	home := t.TempDir()
+	if err := os.WriteFile(filepath.Join(home, ".rpmmacros"), []byte("%_dbpath "+filepath.Join(home, "rpmdb")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("HOME", home)
+	rpm := tool(t, "rpm")
+	for _, args := range [][]string{{"--initdb"}, {"--import", filepath.Join(dist, "repo", "yum", "RPM-GPG-KEY-quicprochat")}} {
+		if out, err := exec.Command(rpm, args...).CombinedOutput(); err != nil {
+			t.Fatalf("rpm %v: %v\n%s", args, err, out)
+		}
+	}
+	for _, p := range rpms {
+		if out, err := exec.Command(rpm, "-K", p).CombinedOutput(); err != nil || !strings.Contains(string(out), "signatures OK") {
+			t.Errorf("rpm -K %s: %v\n%s", filepath.Base(p), err, out)
+		}
+	}
 	shim := cpioShim(t)
 	t.Setenv("PATH", shim+string(os.PathListSeparator)+os.Getenv("PATH"))
 	out, err = exec.Command(tool(t, "rpmlint"), append([]string{"-c", filepath.Join(root, "packaging", "rpmlint.toml"), "-r", filepath.Join(root, "packaging", "rpmlintrc")}, rpms...)...).CombinedOutput()

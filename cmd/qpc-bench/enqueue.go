@@ -131,9 +131,18 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 		for rest := refs; len(rest) > 0; {
 			n := min(len(rest), 100)
 			if err := owner.call(setup, server.MethodAddMembers, &qpcv1.AddMembersRequest{ChannelId: channels[c], Members: rest[:n]}, &qpcv1.AddMembersResponse{}); err != nil {
-				return report{}, fmt.Errorf("add members: %w", err)
+				return report{}, fmt.Errorf("add members: %w (against an external qpcd, raise QPC_INVITATIONS_MAX_PER_HOUR and QPC_INVITATIONS_MAX_PENDING)", err)
 			}
 			rest = rest[n:]
+		}
+	}
+	// Joining is by consent: every other account accepts its invitations
+	// and acknowledges the notices, so that long polls start quiet.
+	for _, d := range devs {
+		if d != owner {
+			if err := acceptAll(setup, d); err != nil {
+				return report{}, fmt.Errorf("%s joins: %w", d.name, err)
+			}
 		}
 	}
 
@@ -238,6 +247,36 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 	return finish(r), nil
 }
 
+// acceptAll accepts the device's pending invitations and acknowledges its
+// inbox (the invitation notices).
+func acceptAll(ctx context.Context, d *device) error {
+	var li qpcv1.ListInvitationsResponse
+	if err := d.call(ctx, server.MethodListInvitations, &qpcv1.ListInvitationsRequest{}, &li); err != nil {
+		return err
+	}
+	for _, in := range li.GetInvitations() {
+		if err := d.call(ctx, server.MethodAcceptInvitation, &qpcv1.AcceptInvitationRequest{InvitationId: in.GetInvitationId()}, &qpcv1.AcceptInvitationResponse{}); err != nil {
+			return err
+		}
+	}
+	for {
+		var f qpcv1.FetchResponse
+		if err := d.call(ctx, server.MethodFetch, &qpcv1.FetchRequest{Limit: 1000}, &f); err != nil {
+			return err
+		}
+		var inbox uint64
+		for _, it := range f.GetInbox() {
+			inbox = max(inbox, it.GetSeq())
+		}
+		if inbox == 0 {
+			return nil
+		}
+		if err := d.call(ctx, server.MethodAck, &qpcv1.AckRequest{InboxSeq: inbox}, &qpcv1.AckResponse{}); err != nil {
+			return err
+		}
+	}
+}
+
 // receive long-polls with FetchWait from its own read-ahead position and
 // acknowledges at most every ackEvery, as a client that batches its
 // acknowledgements does (each Ack is a database write).
@@ -264,6 +303,9 @@ func receive(ctx context.Context, d *device, w *window, lat *samples, delivered 
 		var mine []time.Duration
 		for _, msg := range f.GetMessages() {
 			pos[string(msg.GetChannelId())] = max(pos[string(msg.GetChannelId())], msg.GetSeq())
+			if msg.GetEvent() != nil {
+				continue // a membership event the server wrote at setup
+			}
 			delivered.Add(1)
 			if err := m.Unmarshal(msg.GetMlsMessage()); err != nil || m.PrivateMessage == nil || len(m.PrivateMessage.Ciphertext) < 8 {
 				continue
@@ -343,6 +385,9 @@ func startInProcess(ctx context.Context, o options) (*server.Server, func(), err
 	cfg.Limits.MaxStreamsPerConn = 1000
 	// Every bench client connects from loopback: one address.
 	cfg.Limits.MaxConnectionsPerAddress = cfg.Limits.MaxConnections
+	// The owner invites every other bench account into every channel.
+	cfg.Invitations.MaxPerHour = 1 << 30
+	cfg.Invitations.MaxPending = 1 << 30
 	if err := cfg.Validate(); err != nil {
 		return nil, nil, err
 	}

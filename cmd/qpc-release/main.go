@@ -136,6 +136,9 @@ func sbomCommand(stdout io.Writer) *cobra.Command {
 			if err := sbom.Validate(buf.Bytes(), schemaDir); err != nil {
 				return fmt.Errorf("%s: %w", out, err)
 			}
+			if err := sbom.CheckLicenses(bom); err != nil {
+				return fmt.Errorf("%s: %w", out, err)
+			}
 			if err := os.WriteFile(out, buf.Bytes(), 0o644); err != nil {
 				return fmt.Errorf("%w: %v", sbom.ErrWrite, err)
 			}

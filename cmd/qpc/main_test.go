@@ -129,6 +129,32 @@ func TestHelpGolden(t *testing.T) {
 	}
 }
 
+// acceptInvitations accepts u's pending invitations through the binary.
+func acceptInvitations(t *testing.T, u *user) {
+	t.Helper()
+	invs := jsonLines(t, u.ok("--json", "invitations"))
+	if len(invs) == 0 {
+		t.Fatal("no invitation to accept")
+	}
+	for _, in := range invs {
+		id, _ := in["id"].(string)
+		if out := u.ok("invitations", "accept", id); !strings.Contains(out, "joined") && !strings.Contains(out, "accepted") {
+			t.Fatalf("accept: %q", out)
+		}
+	}
+}
+
+// withoutEvents drops membership events and invitation notices from JSON lines.
+func withoutEvents(ms []map[string]any) []map[string]any {
+	var out []map[string]any
+	for _, m := range ms {
+		if m["event"] == nil && m["invitation"] == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
 func TestUsageErrorsExit2(t *testing.T) {
 	u := newUser(t)
 	for _, args := range [][]string{
@@ -190,7 +216,15 @@ func TestTwoUsers(t *testing.T) {
 	}
 
 	alice.ok("group", "create", "team")
-	alice.ok("group", "add", "team", "bob")
+	if out := alice.ok("group", "add", "team", "bob"); !strings.Contains(out, "invited bob") {
+		t.Fatalf("group add: %q", out)
+	}
+	// bob is invited: recv tells him, nothing of the group reaches him
+	// until he accepts.
+	if out := bob.ok("recv"); !strings.Contains(out, "alice invites you") || !strings.Contains(out, "qpc invitations accept") {
+		t.Fatalf("bob recv before accepting: %q", out)
+	}
+	acceptInvitations(t, bob)
 	alice.ok("send", "team", "hello bob")
 	if out := bob.ok("recv"); !strings.Contains(out, "[team]") || !strings.Contains(out, "<alice>: hello bob") {
 		t.Fatalf("bob recv: %q", out)
@@ -198,11 +232,13 @@ func TestTwoUsers(t *testing.T) {
 	if r := bob.runIn("hi alice\n", "send", "team"); r.code != 0 {
 		t.Fatalf("send from stdin: %d %s", r.code, r.stderr)
 	}
-	msgs := jsonLines(t, alice.ok("--json", "recv"))
+	msgs := withoutEvents(jsonLines(t, alice.ok("--json", "recv")))
 	if len(msgs) != 1 || msgs[0]["text"] != "hi alice" || msgs[0]["display_name"] != "Bob B." || msgs[0]["channel"] != "team" {
 		t.Fatalf("alice recv --json: %v", msgs)
 	}
-	if out := alice.ok("history", "team"); strings.Count(out, "\n") != 2 || !strings.Contains(out, "hello bob") || !strings.Contains(out, "hi alice") {
+	out := alice.ok("history", "team")
+	if strings.Count(out, "\n")-strings.Count(out, " * ") != 2 || !strings.Contains(out, "hello bob") || !strings.Contains(out, "hi alice") ||
+		!strings.Contains(out, "* alice invited bob") || !strings.Contains(out, "* bob joined") {
 		t.Fatalf("history: %q", out)
 	}
 	if ms := jsonLines(t, bob.ok("--json", "group", "members", "team")); len(ms) != 2 {
@@ -214,6 +250,9 @@ func TestTwoUsers(t *testing.T) {
 		t.Fatalf("dm: %q", out)
 	}
 	alice.ok("send", "@bob", "just us")
+	if out := bob.ok("dm", "alice"); !strings.Contains(out, "@alice") { // accepts alice's DM invitation
+		t.Fatalf("bob's dm: %q", out)
+	}
 	w := bob.cmd("", "--json", "watch")
 	stdout, err := w.StdoutPipe()
 	if err != nil {
@@ -228,7 +267,7 @@ func TestTwoUsers(t *testing.T) {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) == nil {
+			if json.Unmarshal(sc.Bytes(), &m) == nil && m["event"] == nil && m["invitation"] == nil {
 				lines <- m
 			}
 		}
@@ -275,6 +314,7 @@ func TestQueuedWhileServerDown(t *testing.T) {
 	}
 	alice.ok("group", "create", "team")
 	alice.ok("group", "add", "team", "bob")
+	acceptInvitations(t, bob)
 	alice.ok("send", "team", "one")
 	bob.ok("recv")
 
@@ -296,6 +336,60 @@ func TestQueuedWhileServerDown(t *testing.T) {
 	if strings.Count(hist, ">: two") != 1 || strings.Count(hist, ">: one") != 1 {
 		t.Fatalf("bob's history after the restart:\n%s", hist)
 	}
+}
+
+// TestInvitationsAndBlocks: decline, block and unblock through the binary,
+// human and --json.
+func TestInvitationsAndBlocks(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	alice, bob := newUser(t), newUser(t)
+	for i, u := range []*user{alice, bob} {
+		u.ok("init", "--server", srv.Addr(), "--pin", srv.Pin())
+		u.ok("register", []string{"alice", "bob"}[i])
+	}
+	alice.ok("group", "create", "team")
+	alice.ok("group", "add", "team", "bob")
+	if out := bob.ok("invitations"); !strings.Contains(out, "alice invites you to a group") {
+		t.Fatalf("invitations: %q", out)
+	}
+	invs := jsonLines(t, bob.ok("--json", "invitations"))
+	if len(invs) != 1 || invs[0]["inviter"] != "alice" || invs[0]["kind"] != "group" {
+		t.Fatalf("invitations --json: %v", invs)
+	}
+	id, _ := invs[0]["id"].(string)
+	if out := bob.ok("invitations", "decline", id); !strings.Contains(out, "declined "+id) {
+		t.Fatalf("decline: %q", out)
+	}
+	if r := bob.run("invitations", "accept", id); r.code != 1 || !strings.Contains(r.stderr, "not_found") {
+		t.Fatalf("accept after decline: exit %d, %q", r.code, r.stderr)
+	}
+	if out := bob.ok("invitations"); !strings.Contains(out, "no pending invitations") {
+		t.Fatalf("invitations after decline: %q", out)
+	}
+	if out := alice.ok("recv"); !strings.Contains(out, "* bob declined the invitation") {
+		t.Fatalf("alice recv after the decline: %q", out)
+	}
+
+	if out := jsonLines(t, bob.ok("--json", "block", "alice")); len(out) != 1 || out[0]["blocked"] != "alice" {
+		t.Fatalf("block --json: %v", out)
+	}
+	if r := alice.run("group", "add", "team", "bob"); r.code != 1 || !strings.Contains(r.stderr, "permission_denied") {
+		t.Fatalf("invite by a blocked account: exit %d, %q", r.code, r.stderr)
+	}
+	if r := alice.run("dm", "bob"); r.code != 1 || !strings.Contains(r.stderr, "permission_denied") {
+		t.Fatalf("DM by a blocked account: exit %d, %q", r.code, r.stderr)
+	}
+	if out := bob.ok("blocked"); !strings.Contains(out, "alice") {
+		t.Fatalf("blocked: %q", out)
+	}
+	bob.ok("unblock", "alice")
+	if r := bob.run("unblock", "alice"); r.code != 1 || !strings.Contains(r.stderr, "not blocked") {
+		t.Fatalf("unblock twice: exit %d, %q", r.code, r.stderr)
+	}
+	if r := bob.run("block"); r.code != 2 {
+		t.Fatalf("block without USER: exit %d", r.code)
+	}
+	alice.ok("group", "add", "team", "bob")
 }
 
 // TestKeyFilesOpenToOthersRefused: qpc refuses a database key file (the

@@ -95,6 +95,7 @@ func TestMessageSurvivesCertificateRotation(t *testing.T) {
 	}
 	alice.ok("group", "create", "team")
 	alice.ok("group", "add", "team", "bob")
+	acceptInvitations(t, bob)
 	alice.ok("send", "team", "one")
 	bob.ok("recv")
 
@@ -144,6 +145,7 @@ func TestWhatOthersChooseCannotFoolTheTerminal(t *testing.T) {
 	}
 	mallory.ok("group", "create", "team")
 	mallory.ok("group", "add", "team", "bob")
+	acceptInvitations(t, bob)
 	mallory.ok("send", "team", "pay \u202Egnp.exe\x1b[2J now\n[team] 12:00:00 <bob>: forged")
 	out := bob.ok("recv")
 	if !strings.Contains(out, "<alice (mallory)>") {
@@ -174,6 +176,7 @@ func TestRecvTellsRemovedMember(t *testing.T) {
 	}
 	alice.ok("group", "create", "team")
 	alice.ok("group", "add", "team", "carol")
+	acceptInvitations(t, carol)
 	alice.ok("send", "team", "hi")
 	carol.ok("recv")
 	if r := alice.run("group", "add", "team", "carol"); r.code != 1 || !strings.Contains(r.stderr, "already") {

@@ -26,6 +26,7 @@ func TestVerifyLinkAndNewDeviceWarnings(t *testing.T) {
 	}
 	alice.ok("group", "create", "team")
 	alice.ok("group", "add", "team", "bob")
+	acceptInvitations(t, bob)
 	alice.ok("send", "team", "hi")
 	bob.ok("recv")
 

@@ -52,6 +52,16 @@ func TestChannelsRevertEpoch(t *testing.T) {
 		&qpcv1.AddMembersResponse{}); err != nil {
 		t.Fatal(err)
 	}
+	for _, who := range []string{"bob", "mallory"} { // they join by accepting
+		var li qpcv1.ListInvitationsResponse
+		if err := call(who, "ListInvitations", &qpcv1.ListInvitationsRequest{}, &li); err != nil || len(li.GetInvitations()) != 1 {
+			t.Fatalf("%s's invitations: %v %v", who, &li, err)
+		}
+		if err := call(who, "AcceptInvitation", &qpcv1.AcceptInvitationRequest{InvitationId: li.GetInvitations()[0].GetInvitationId()},
+			&qpcv1.AcceptInvitationResponse{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	n := 0
 	commit := func(who string, epoch uint64) error {
 		n++

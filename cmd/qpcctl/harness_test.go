@@ -20,6 +20,7 @@ import (
 
 	"github.com/quicprochat/quicprochat/internal/auth"
 	"github.com/quicprochat/quicprochat/internal/rpcclient"
+	"github.com/quicprochat/quicprochat/internal/store/pgtest"
 	"github.com/quicprochat/quicprochat/internal/testutil"
 	"github.com/quicprochat/quicprochat/internal/transport"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
@@ -44,6 +45,10 @@ func TestMain(m *testing.M) {
 		}
 	}
 	code := m.Run()
+	// The PostgreSQL tests (migrate_test.go) share one throwaway cluster.
+	if err := pgtest.StopShared(); err != nil && code == 0 {
+		code = 1
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -273,6 +278,28 @@ func login(c *rpcclient.Client, deviceID string, key ed25519.PrivateKey) (*qpcv1
 		return nil, err
 	}
 	return lr.GetTokens(), nil
+}
+
+// acceptInvitations logs a device in and accepts its account's pending
+// invitations (joining is by consent: AddMembers only invites).
+func acceptInvitations(t *testing.T, c *rpcclient.Client, deviceID string, key ed25519.PrivateKey) {
+	t.Helper()
+	tok, err := login(c, deviceID, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := rpcCtx()
+	defer cancel()
+	var li qpcv1.ListInvitationsResponse
+	if err := c.Call(ctx, "ListInvitations", tok.GetAccessToken(), &qpcv1.ListInvitationsRequest{}, &li); err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range li.GetInvitations() {
+		if err := c.Call(ctx, "AcceptInvitation", tok.GetAccessToken(), &qpcv1.AcceptInvitationRequest{InvitationId: in.GetInvitationId()},
+			&qpcv1.AcceptInvitationResponse{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func whoAmI(c *rpcclient.Client, token string) error {

@@ -492,7 +492,7 @@ func TestAccountsDevicesInvites(t *testing.T) {
 
 	// Human status output names every area.
 	r = ctl(t, dataDir, "status")
-	for _, want := range []string{"uptime:", "readiness:    ready", "connections:", "accounts:     1", "devices:", "channels:", "keypackages:", "database:", "last backup:  never"} {
+	for _, want := range []string{"uptime:", "readiness:    ready", "connections:", "accounts:     1", "devices:", "channels:", "keypackages:", "  MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519", "database:", "last backup:  never"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("status lacks %q:\n%s", want, r.stdout)
 		}

@@ -155,6 +155,7 @@ func newDrill(t *testing.T) *drill {
 	if err != nil {
 		t.Fatal(err)
 	}
+	acceptInvitations(t, c, bobDev, bobKey) // bob joins by accepting
 	_ = c.Close()
 
 	s := &sender{addr: quicAddr, pin: st.Pin, token: aliceTok.GetAccessToken(), channel: channel, group: group, stop: make(chan struct{}), done: make(chan struct{})}

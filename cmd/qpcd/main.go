@@ -117,7 +117,8 @@ func load(cmd *cobra.Command, file string) (config.Config, error) {
 	return config.Load(config.LoadOptions{File: file, Flags: cmd.Flags()})
 }
 
-// serve runs qpcd until SIGINT or SIGTERM, then drains; SIGHUP reloads TLS.
+// serve runs qpcd until SIGINT or SIGTERM, then drains; SIGHUP reloads TLS
+// and, on PostgreSQL with postgres.dsn_file, the database credentials.
 func serve(parent context.Context, cfg config.Config, stderr io.Writer) error {
 	log, err := obs.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
@@ -138,6 +139,7 @@ func serve(parent context.Context, cfg config.Config, stderr io.Writer) error {
 	go func() {
 		for range hup {
 			_ = srv.ReloadTLS()
+			_ = srv.ReloadDatabaseCredentials(ctx)
 		}
 	}()
 	return srv.Run(ctx)

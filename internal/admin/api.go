@@ -29,6 +29,9 @@ var (
 	ErrConflict    = errors.New("admin: conflict")
 	ErrUnavailable = errors.New("admin: unavailable")
 	ErrInternal    = errors.New("admin: internal error")
+	// ErrNoSpace: the operation needs disk space that is not there; nothing
+	// was changed. HTTP 507 Insufficient Storage.
+	ErrNoSpace = errors.New("admin: no space left on disk")
 	// ErrNotRunning: nothing answers on the admin socket.
 	ErrNotRunning = errors.New("admin: qpcd is not running or not reachable on its admin socket")
 )
@@ -39,12 +42,13 @@ var kinds = map[string]error{
 	"conflict":    ErrConflict,
 	"unavailable": ErrUnavailable,
 	"internal":    ErrInternal,
+	"no_space":    ErrNoSpace,
 }
 
 // ErrorBody is the JSON body of every non-2xx response.
 type ErrorBody struct {
 	Error string `json:"error"` // one line, names the fix
-	Kind  string `json:"kind"`  // not_found, invalid, conflict, unavailable, internal
+	Kind  string `json:"kind"`  // not_found, invalid, conflict, unavailable, internal, no_space
 }
 
 // Status is GET /v1/status.
@@ -67,6 +71,32 @@ type Status struct {
 	TLSFingerprint string         `json:"tls_cert_sha256"`
 	TokenKeyID     string         `json:"token_key_id,omitempty"`
 	TokenKeySince  time.Time      `json:"token_key_created_at,omitzero"`
+	// SigningKeyID is the token key this node signs with now: on several
+	// nodes it follows TokenKeyID (the database's) within the auth.keys
+	// broadcast's delivery time after a rotation.
+	SigningKeyID string `json:"signing_key_id,omitempty"`
+	// NodeID names this node in the node registry.
+	NodeID string `json:"node_id,omitempty"`
+	// Nodes is the node registry: every node of the deployment that runs,
+	// stopped answering (stale) or stopped within the last day.
+	Nodes []Node `json:"nodes,omitempty"`
+}
+
+// Node is one row of the node registry.
+type Node struct {
+	ID               string    `json:"id"`
+	Hostname         string    `json:"hostname"`
+	Address          string    `json:"address"` // QUIC, as bound
+	OpsAddress       string    `json:"ops_address,omitempty"`
+	Version          string    `json:"version"`
+	StartedAt        time.Time `json:"started_at"`
+	LastSeen         time.Time `json:"last_seen"`
+	HeartbeatSeconds float64   `json:"heartbeat_seconds"`
+	StoppedAt        time.Time `json:"stopped_at,omitzero"`
+	// State is running, stale (more than three heartbeats late: killed,
+	// hung or cut off from the database) or stopped (shut down cleanly).
+	State string `json:"state"`
+	Self  bool   `json:"self,omitempty"` // the node that answered
 }
 
 // Counts are row counts; -1 when the table does not exist in this build.
@@ -83,6 +113,18 @@ type Counts struct {
 type KeyPackageInfo struct {
 	Pool       int64 `json:"pool"`        // unexpired single-use KeyPackages
 	LastResort int64 `json:"last_resort"` // unexpired last-resort KeyPackages
+	// Suites is the same per MLS cipher suite: the allowlist in the
+	// server's preference order, then suites stored but no longer allowed.
+	Suites []KeyPackageSuite `json:"suites,omitempty"`
+}
+
+// KeyPackageSuite is the KeyPackage stock of one cipher suite.
+type KeyPackageSuite struct {
+	Suite      string `json:"suite"` // name, e.g. MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519
+	ID         uint16 `json:"id"`
+	Allowed    bool   `json:"allowed"` // in mls.allowed_suites
+	Pool       int64  `json:"pool"`
+	LastResort int64  `json:"last_resort"`
 }
 
 // BackupRecord is the last backup qpcctl confirmed as written.

@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/quicprochat/quicprochat/internal/store"
 )
 
 // Client calls the admin API of a running qpcd over its Unix socket.
@@ -257,6 +259,9 @@ func (c *Client) Backup(ctx context.Context, out string, force bool, progress fu
 	}
 	dir := filepath.Dir(abs)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(abs)+".tmp-*")
+	if store.IsDiskFull(err) {
+		return BackupResult{}, fmt.Errorf("%w: no space left in %s to create the backup file: %v; free space there or choose another --out", ErrNoSpace, dir, err)
+	}
 	if err != nil {
 		return BackupResult{}, fmt.Errorf("admin: create a temporary file in %s: %w (check that the directory exists and is writable)", dir, err)
 	}
@@ -284,17 +289,28 @@ func (c *Client) Backup(ctx context.Context, out string, force bool, progress fu
 	if progress != nil {
 		src = &progressReader{r: resp.Body, total: total, fn: progress}
 	}
+	noSpace := func(n int64, err error) error {
+		return fmt.Errorf("%w: no space left in %s for the backup (%d bytes written before the disk filled: %v); the partial file was removed and the live database is untouched: free space there or choose another --out", ErrNoSpace, dir, n, err)
+	}
 	n, err := io.Copy(tmp, src)
+	if store.IsDiskFull(err) {
+		return BackupResult{}, noSpace(n, err)
+	}
 	if err != nil {
 		return BackupResult{}, fmt.Errorf("admin: receiving the backup: %w (after %d bytes; check free space in %s and qpcd's log)", err, n, dir)
 	}
 	if total >= 0 && n != total {
 		return BackupResult{}, fmt.Errorf("admin: backup transfer ended after %d of %d bytes; check qpcd's log and retry", n, total)
 	}
-	if err := tmp.Sync(); err != nil {
+	// Some filesystems report a full disk only when the data is flushed.
+	if err := tmp.Sync(); store.IsDiskFull(err) {
+		return BackupResult{}, noSpace(n, err)
+	} else if err != nil {
 		return BackupResult{}, fmt.Errorf("admin: fsync %s: %w (check the disk)", tmpName, err)
 	}
-	if err := tmp.Close(); err != nil {
+	if err := tmp.Close(); store.IsDiskFull(err) {
+		return BackupResult{}, noSpace(n, err)
+	} else if err != nil {
 		return BackupResult{}, fmt.Errorf("admin: close %s: %w (check the disk)", tmpName, err)
 	}
 	b, err := OpenBackup(tmpName)

@@ -299,6 +299,8 @@ func (s *Server) reply(w http.ResponseWriter, r *http.Request, v any, err error)
 			code = http.StatusConflict
 		case "unavailable":
 			code = http.StatusServiceUnavailable
+		case "no_space":
+			code = http.StatusInsufficientStorage
 		}
 		s.log.Warn("admin: request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeJSON(w, code, ErrorBody{Error: oneLine(err.Error()), Kind: kind})

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quicprochat/quicprochat/internal/mls"
 	"github.com/quicprochat/quicprochat/internal/rpcclient"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/store"
@@ -59,6 +60,10 @@ type Options struct {
 	// KeyPackageMargin: KeyPackages are replaced this long before they
 	// expire; default 2h.
 	KeyPackageMargin time.Duration
+	// Suites are the MLS cipher suites this device uses (stocks
+	// KeyPackages of and creates groups on, with the server's allowlist);
+	// default SupportedSuites. Tests narrow it to play an older client.
+	Suites []mls.CipherSuiteID
 }
 
 func (o *Options) defaults() error {
@@ -83,6 +88,9 @@ func (o *Options) defaults() error {
 	if o.KeyPackageMargin <= 0 {
 		o.KeyPackageMargin = 2 * time.Hour
 	}
+	if len(o.Suites) == 0 {
+		o.Suites = SupportedSuites
+	}
 	return nil
 }
 
@@ -101,6 +109,8 @@ type Client struct {
 	// across processes the write transaction (BEGIN IMMEDIATE) that loads,
 	// changes and saves a state does.
 	groupMu sync.Mutex
+
+	policy policyCache // the server's MLS suite policy (suites.go)
 }
 
 func openDB(ctx context.Context, o Options, create bool) (*store.DB, error) {

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
@@ -101,6 +102,11 @@ func explainDeviceChange(op string, err error) error {
 	if errors.As(err, &se) {
 		switch se.Code {
 		case qpcv1.Status_STATUS_NOT_FOUND:
+			// A server older than this client does not know the
+			// re-authentication call at all: say so, not "no such device".
+			if strings.Contains(se.Message, "unknown method") {
+				return fmt.Errorf("client: %s: %w; the server is older than this client and cannot make this change safely (ask the operator to upgrade qpcd)", op, err)
+			}
 			return fmt.Errorf("client: %s: %w; list the account's devices with qpc devices", op, err)
 		case qpcv1.Status_STATUS_ALREADY_EXISTS:
 			return fmt.Errorf("client: %s: %w; every device needs its own key", op, err)

@@ -28,7 +28,28 @@ func texts(t *testing.T, c *Client, channel string) []string {
 	}
 	var out []string
 	for _, m := range ms {
-		out = append(out, m.Text)
+		if m.Event == nil { // membership events: see events()
+			out = append(out, m.Text)
+		}
+	}
+	return out
+}
+
+// events syncs c and returns the membership events in its history of channel.
+func events(t *testing.T, c *Client, channel string) []string {
+	t.Helper()
+	if _, err := c.Sync(ctxT(t), 0); err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+	ms, err := c.History(ctxT(t), channel, 1000)
+	if err != nil {
+		t.Fatalf("history %s: %v", channel, err)
+	}
+	var out []string
+	for _, m := range ms {
+		if m.Event != nil {
+			out = append(out, m.Text)
+		}
 	}
 	return out
 }
@@ -70,6 +91,7 @@ func TestGroupLifecycle(t *testing.T) {
 	if err := alice.AddMembers(ctx, "team", []string{"bob", "carol"}); err != nil {
 		t.Fatal(err)
 	}
+	acceptAll(t, bob, carol)
 	send(t, alice, "team", "hello team")
 	// Bob and carol join from the Welcome; the group takes alice's name
 	// from her first message.
@@ -192,6 +214,7 @@ func TestConcurrentCommitsConverge(t *testing.T) {
 	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
 		t.Fatal(err)
 	}
+	acceptAll(t, bob)
 	send(t, alice, "team", "x")
 	texts(t, bob, "team")
 	// Both queue a commit at the same epoch before either is sent.
@@ -199,7 +222,7 @@ func TestConcurrentCommitsConverge(t *testing.T) {
 		c    *Client
 		name string
 	}{{alice, "carol"}, {bob, "dave"}} {
-		kps, err := p.c.fetchKeyPackages(ctx, p.name)
+		kps, _, err := p.c.fetchKeyPackages(ctx, p.name, Suite)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -265,6 +288,7 @@ func TestFiftyMembers(t *testing.T) {
 	// per-address connection cap (meant for distinct hosts) are raised.
 	cfg.Limits.RateLimit, cfg.Limits.RateBurst = 2000, 2000
 	cfg.Limits.MaxConnectionsPerAddress = 2 * n
+	cfg.Invitations.MaxPerHour = 2 * n // one account invites 49
 	srv := servertest.Start(t, cfg)
 	cs := make([]*Client, n)
 	names := make([]string, n)
@@ -308,9 +332,7 @@ func TestFiftyMembers(t *testing.T) {
 	phase = time.Now()
 	// Every member joins and sends one message.
 	for i := 1; i < n; i++ {
-		if _, err := cs[i].Sync(ctx, 0); err != nil {
-			t.Fatal(err)
-		}
+		acceptAll(t, cs[i])
 		send(t, cs[i], "big", "from "+names[i])
 	}
 	t.Logf("%d joins from the Welcome and %d sends: %s", n-1, n-1, time.Since(phase).Round(time.Millisecond))
@@ -356,6 +378,7 @@ func TestRestartMidConversation(t *testing.T) {
 	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
 		t.Fatal(err)
 	}
+	acceptAll(t, bob)
 	send(t, alice, "team", "before")
 	texts(t, bob, "team")
 
@@ -423,6 +446,7 @@ func TestRejoinAfterRetention(t *testing.T) {
 	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
 		t.Fatal(err)
 	}
+	acceptAll(t, bob)
 	send(t, alice, "team", "m1")
 	texts(t, bob, "team")
 	// Bob is offline; the group moves on (carol joins) and a week passes.
@@ -474,12 +498,15 @@ func TestCommitAcceptedReplyLost(t *testing.T) {
 	if err := alice.CreateGroup(ctx, "team"); err != nil {
 		t.Fatal(err)
 	}
-	kps, err := alice.fetchKeyPackages(ctx, "bob")
+	kps, _, err := alice.fetchKeyPackages(ctx, "bob", Suite)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ch, _ := alice.channelOf(ctx, "team")
 	if err := alice.call(ctx, "AddMembers", addReq(ch, "bob"), &qpcv1.AddMembersResponse{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.Sync(ctx, 0); err != nil { // the invitation notice
 		t.Fatal(err)
 	}
 	if err := alice.queueCommit(ctx, ch, commitIntent{Op: "add", Accounts: []string{"bob"}, KeyPackages: kps}); err != nil {
@@ -509,6 +536,7 @@ func TestCommitAcceptedReplyLost(t *testing.T) {
 	if ob[0].Seq != first.GetSeq() {
 		t.Fatalf("commit stored twice: seq %d then %d", first.GetSeq(), ob[0].Seq)
 	}
+	acceptAll(t, bob)
 	send(t, alice, "team", "welcome bob")
 	if got := strings.Join(texts(t, bob, "team"), "|"); got != "welcome bob" {
 		t.Fatalf("bob: %q", got)
@@ -516,4 +544,123 @@ func TestCommitAcceptedReplyLost(t *testing.T) {
 	if ea, eb := epochOf(t, alice, "team"), epochOf(t, bob, "team"); ea != 1 || eb != 1 {
 		t.Fatalf("epochs alice %d bob %d, want 1", ea, eb)
 	}
+}
+
+// TestInvitationConsent: adding someone makes an invitation; nothing
+// reaches them until they accept (then the Welcome held for them joins
+// them, and they read from the point they were invited); a decline makes
+// the group drop their leaves; a blocked account cannot invite; a member
+// cannot remove another unnoticed (only the admin may, and everyone sees it).
+func TestInvitationConsent(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	alice := registered(t, srv, "alice")
+	bob := registered(t, srv, "bob")
+	carol := registered(t, srv, "carol")
+	dave := registered(t, srv, "dave")
+	mallory := registered(t, srv, "mallory")
+	ctx := ctxT(t)
+	if err := alice.CreateGroup(ctx, "team"); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.AddMembers(ctx, "team", []string{"bob", "carol"}); err != nil {
+		t.Fatal(err)
+	}
+	send(t, alice, "team", "before bob answers")
+	if _, err := bob.Sync(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if gs, _ := bob.Groups(ctx); len(gs) != 0 {
+		t.Fatalf("bob joined without accepting: %v", gs)
+	}
+	invs, err := bob.NewInvitations(ctx)
+	if err != nil || len(invs) != 1 || invs[0].Inviter != "alice" || invs[0].Kind != "group" {
+		t.Fatalf("bob's new invitations: %v %v", invs, err)
+	}
+	if again, _ := bob.NewInvitations(ctx); len(again) != 0 {
+		t.Fatal("an invitation was announced twice")
+	}
+	name, err := bob.AcceptInvitation(ctx, invs[0].ID)
+	if err != nil || name == "" {
+		t.Fatalf("accept: %q %v", name, err)
+	}
+	if got := strings.Join(texts(t, bob, name), "|"); got != "before bob answers" {
+		t.Fatalf("bob after accepting: %q", got)
+	}
+
+	// carol declines: alice's client drops her leaf by commit.
+	cinv, err := carol.Invitations(ctx)
+	if err != nil || len(cinv) != 1 || !cinv[0].WelcomeHeld {
+		t.Fatalf("carol's invitations: %v %v", cinv, err)
+	}
+	if err := carol.DeclineInvitation(ctx, cinv[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.Sync(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ms, _ := alice.Members(ctx, "team"); fmt.Sprint(accounts(ms)) != "[alice bob]" {
+		t.Fatalf("members after carol declined: %v", accounts(ms))
+	}
+	if got := events(t, bob, name); !contains(got, "carol declined the invitation") {
+		t.Fatalf("bob's events: %q", got)
+	}
+	send(t, alice, "team", "after the decline")
+	if got := texts(t, bob, name); got[len(got)-1] != "after the decline" {
+		t.Fatalf("bob: %q", got)
+	}
+
+	// bob blocks mallory: her invitations are refused.
+	if _, err := bob.Block(ctx, "mallory"); err != nil {
+		t.Fatal(err)
+	}
+	if err := mallory.CreateGroup(ctx, "spam"); err != nil {
+		t.Fatal(err)
+	}
+	if err := mallory.AddMembers(ctx, "spam", []string{"bob"}); err == nil || !strings.Contains(err.Error(), "permission_denied") {
+		t.Fatalf("a blocked account's invitation: %v", err)
+	}
+	if bl, err := bob.Blocked(ctx); err != nil || len(bl) != 1 || bl[0].Account != "mallory" {
+		t.Fatalf("blocked: %v %v", bl, err)
+	}
+
+	// dave joins; bob (a plain member) cannot remove him; alice can, and
+	// bob and dave both see it.
+	if err := alice.AddMembers(ctx, "team", []string{"dave"}); err != nil {
+		t.Fatal(err)
+	}
+	acceptAll(t, dave)
+	if _, err := bob.Sync(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.RemoveMember(ctx, name, "dave"); err == nil || !strings.Contains(err.Error(), "permission_denied") {
+		t.Fatalf("a plain member removed another: %v", err)
+	}
+	if err := alice.RemoveMember(ctx, "team", "dave"); err != nil {
+		t.Fatal(err)
+	}
+	if got := events(t, bob, name); !contains(got, "alice removed dave") {
+		t.Fatalf("bob did not see dave's removal: %q", got)
+	}
+	if _, err := dave.Sync(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	gs, _ := dave.Groups(ctx)
+	if len(gs) != 1 || gs[0].Status != statusRemoved {
+		t.Fatalf("dave's group after his removal: %v", gs)
+	}
+	if got := events(t, dave, gs[0].Name); !contains(got, "alice removed dave") {
+		t.Fatalf("dave was not told: %q", got)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
 }

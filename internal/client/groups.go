@@ -23,9 +23,10 @@ import (
 // caused it: the outbox entry it produced, or the inbound message (and the
 // channel's processed cursor) it consumed.
 
-// mlsConfig is the MLS configuration of every group (suite 1 only,
-// handshake messages encrypted, three past epochs kept).
-var mlsConfig = mls.Config{}
+// mlsConfig is the MLS configuration of every group (the suites a device
+// can use; handshake messages encrypted, three past epochs kept). Which of
+// them a group may use is the server's policy (suites.go).
+var mlsConfig = mls.Config{AllowedSuites: SupportedSuites}
 
 // ErrNoGroup: no group or DM by that name on this device.
 var ErrNoGroup = errors.New("client: no such group")
@@ -83,22 +84,6 @@ type intentKP struct {
 type inboxAddress struct {
 	Account string `json:"account_name"`
 	Device  string `json:"device_id"`
-}
-
-func (c *Client) signer(ctx context.Context) (*Identity, mls.SignaturePrivateKey, error) {
-	id, err := c.Identity(ctx)
-	if err != nil {
-		return nil, mls.SignaturePrivateKey{}, err
-	}
-	s, err := mls.Suite(Suite)
-	if err != nil {
-		return nil, mls.SignaturePrivateKey{}, err
-	}
-	sk, _, err := s.SignaturePrivateKeyFromBytes(id.key.Reveal())
-	if err != nil {
-		return nil, mls.SignaturePrivateKey{}, fmt.Errorf("client: device key: %w", err)
-	}
-	return id, sk, nil
 }
 
 func validGroupName(name string) error {
@@ -195,16 +180,28 @@ func (c *Client) Groups(ctx context.Context) ([]GroupSummary, error) {
 }
 
 // CreateGroup creates an MLS group (this device its only member) and its
-// channel, under a local name.
+// channel, under a local name, on the server's most preferred suite this
+// device supports.
 func (c *Client) CreateGroup(ctx context.Context, name string) error {
+	return c.CreateGroupWithSuite(ctx, name, 0)
+}
+
+// CreateGroupWithSuite is CreateGroup on the given suite (0: the most
+// preferred); a suite the server or this device does not allow wraps
+// ErrSuiteUnavailable.
+func (c *Client) CreateGroupWithSuite(ctx context.Context, name string, suite mls.CipherSuiteID) error {
 	if err := validGroupName(name); err != nil {
 		return err
 	}
-	_, err := c.createGroup(ctx, name, kindGroup, "")
+	suites, err := c.newGroupSuites(ctx, suite)
+	if err != nil {
+		return err
+	}
+	_, err = c.createGroup(ctx, name, kindGroup, "", suites[0])
 	return err
 }
 
-func (c *Client) createGroup(ctx context.Context, name, kind, peer string) ([]byte, error) {
+func (c *Client) createGroup(ctx context.Context, name, kind, peer string, suite mls.CipherSuiteID) ([]byte, error) {
 	c.groupMu.Lock()
 	defer c.groupMu.Unlock()
 	var exists bool
@@ -218,12 +215,12 @@ func (c *Client) createGroup(ctx context.Context, name, kind, peer string) ([]by
 	if exists {
 		return nil, fmt.Errorf("client: a group named %q exists on this device; choose another name", name)
 	}
-	id, sk, err := c.signer(ctx)
+	id, sk, err := c.signerFor(ctx, suite)
 	if err != nil {
 		return nil, err
 	}
 	defer id.key.Wipe()
-	g, err := mls.CreateGroup(mlsConfig, mls.NewGroupID(), Suite, mls.BasicIdentity(id.AccountName, id.DeviceID), sk, mls.GroupOptions{LeafExtensions: id.leafExtensions()})
+	g, err := mls.CreateGroup(mlsConfig, mls.NewGroupID(), suite, mls.BasicIdentity(id.AccountName, id.DeviceID), sk, mls.GroupOptions{LeafExtensions: id.leafExtensions()})
 	if err != nil {
 		sk.Wipe()
 		return nil, fmt.Errorf("client: create MLS group: %w", err)
@@ -235,7 +232,7 @@ func (c *Client) createGroup(ctx context.Context, name, kind, peer string) ([]by
 			return nil, fmt.Errorf("client: create DM channel with %s: %w", peer, explainLookup(err, peer))
 		}
 		if !resp.GetCreated() {
-			return nil, fmt.Errorf("client: %s already opened a DM with you; run qpc recv to join it", peer)
+			return nil, fmt.Errorf("client: a DM with %s exists on the server but not on this device; run qpc recv to join it", peer)
 		}
 		ch = resp.GetChannel()
 	} else {
@@ -272,36 +269,48 @@ func explainLookup(err error, account string) error {
 	return err
 }
 
-// fetchKeyPackages consumes one KeyPackage per active device of account
-// and checks each: valid, of our suite, with the credential
-// "<account>/<device_id>".
-func (c *Client) fetchKeyPackages(ctx context.Context, account string) ([]intentKP, error) {
+// fetchKeyPackages consumes one KeyPackage per active device of account,
+// of the first of suites (preference order) that all of them have, and
+// checks each: valid, of that suite, with the credential
+// "<account>/<device_id>". It returns the suite.
+func (c *Client) fetchKeyPackages(ctx context.Context, account string, suites ...mls.CipherSuiteID) ([]intentKP, mls.CipherSuiteID, error) {
 	var resp qpcv1.FetchKeyPackagesResponse
-	if err := c.call(ctx, "FetchKeyPackages", &qpcv1.FetchKeyPackagesRequest{AccountName: account}, &resp); err != nil {
-		return nil, fmt.Errorf("client: KeyPackages of %s: %w", account, explainLookup(err, account))
+	if err := c.call(ctx, "FetchKeyPackages", fetchRequest(account, suites), &resp); err != nil {
+		return nil, 0, fmt.Errorf("client: KeyPackages of %s: %w", account, explainLookup(err, account))
+	}
+	suite, err := c.fetchedSuite(ctx, &resp, suites)
+	if err != nil {
+		return nil, 0, fmt.Errorf("client: KeyPackages of %s: %w", account, err)
 	}
 	var out []intentKP
 	for _, f := range resp.GetKeyPackages() {
 		kp, err := parseKeyPackage(f.GetKeyPackage())
 		if err != nil {
-			return nil, fmt.Errorf("client: KeyPackage of %s/%s: %w", account, f.GetDeviceId(), err)
+			return nil, 0, fmt.Errorf("client: KeyPackage of %s/%s: %w", account, f.GetDeviceId(), err)
 		}
 		if want := string(mls.BasicIdentity(account, f.GetDeviceId())); string(kp.LeafNode.Credential.Identity) != want {
-			return nil, fmt.Errorf("client: KeyPackage of %s/%s carries the credential %q", account, f.GetDeviceId(), kp.LeafNode.Credential.Identity)
+			return nil, 0, fmt.Errorf("client: KeyPackage of %s/%s carries the credential %q", account, f.GetDeviceId(), kp.LeafNode.Credential.Identity)
 		}
-		if err := mls.ValidateKeyPackage(kp, mls.KeyPackagePolicy{Now: c.now(), GroupSuite: Suite}); err != nil {
-			return nil, fmt.Errorf("client: KeyPackage of %s/%s: %w", account, f.GetDeviceId(), err)
+		if err := c.checkGroupSuite(ctx, kp.CipherSuite, suite); err != nil {
+			return nil, 0, fmt.Errorf("client: KeyPackage of %s/%s: %w", account, f.GetDeviceId(), err)
+		}
+		if err := mls.ValidateKeyPackage(kp, mls.KeyPackagePolicy{Now: c.now(), GroupSuite: suite, AllowedSuites: c.opts.Suites}); err != nil {
+			return nil, 0, fmt.Errorf("client: KeyPackage of %s/%s: %w", account, f.GetDeviceId(), err)
 		}
 		// Never trust the server's word for whose device this is (trust.go).
 		if err := c.checkKeyPackageTrust(ctx, account, f.GetDeviceId(), &kp.LeafNode); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		out = append(out, intentKP{Account: account, Device: f.GetDeviceId(), KP: f.GetKeyPackage()})
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("client: %s has no KeyPackages on the server (missing for %d device(s)); ask them to run qpc keys --upload", account, len(resp.GetMissingDeviceIds()))
+		if len(suites) == 1 && len(resp.GetMissingDeviceIds()) > 0 {
+			return nil, 0, fmt.Errorf("%w: %s has no KeyPackage of %v, the group's cipher suite, on %d device(s) (their qpc may not support it, or has not uploaded one yet: qpc keys --upload)",
+				ErrSuiteUnavailable, account, suites[0], len(resp.GetMissingDeviceIds()))
+		}
+		return nil, 0, fmt.Errorf("client: %s has no KeyPackages on the server (missing for %d device(s)); ask them to run qpc keys --upload", account, len(resp.GetMissingDeviceIds()))
 	}
-	return out, nil
+	return out, suite, nil
 }
 
 func parseKeyPackage(raw []byte) (*mls.KeyPackage, error) {
@@ -320,9 +329,13 @@ func parseKeyPackage(raw []byte) (*mls.KeyPackage, error) {
 // fetches their KeyPackages, commits the Add, and sends the Welcome only
 // after the server accepted the commit.
 func (c *Client) AddMembers(ctx context.Context, name string, accounts []string) error {
+	suite, err := c.GroupSuite(ctx, name)
+	if err != nil {
+		return err
+	}
 	var kps []intentKP
 	for _, a := range accounts {
-		k, err := c.fetchKeyPackages(ctx, a)
+		k, _, err := c.fetchKeyPackages(ctx, a, suite)
 		if err != nil {
 			return err
 		}
@@ -348,7 +361,7 @@ func (c *Client) AddMembers(ctx context.Context, name string, accounts []string)
 	if err := c.call(ctx, "AddMembers", &qpcv1.AddMembersRequest{ChannelId: ch, Members: refs}, &qpcv1.AddMembersResponse{}); err != nil {
 		return fmt.Errorf("client: add to channel: %w", err)
 	}
-	err := c.queueCommit(ctx, ch, commitIntent{Op: "add", Accounts: accounts, KeyPackages: kps})
+	err = c.queueCommit(ctx, ch, commitIntent{Op: "add", Accounts: accounts, KeyPackages: kps})
 	if errors.Is(err, errNothingToAdd) {
 		return fmt.Errorf("%w: every device of %s is in %s already (qpc group members %s)", ErrAlreadyMember, strings.Join(accounts, ", "), name, name)
 	}
@@ -366,14 +379,39 @@ var ErrAlreadyMember = errors.New("client: already a member")
 // errNothingToAdd: an add commit found every device in the group already.
 var errNothingToAdd = errors.New("client: nothing to add")
 
-// RemoveMember removes every device of an account from the group; once
-// the commit is accepted the account is also removed from the channel.
+// RemoveMember removes every device of an account from the group. The
+// channel comes first: the server refuses a removal the caller may not
+// make (only the member itself or the channel's admin may remove; see
+// docs/protocol.md) and announces the one it makes to every member; then
+// the MLS commit drops the account's leaves.
 func (c *Client) RemoveMember(ctx context.Context, name, account string) error {
 	ch, err := c.channelOf(ctx, name)
 	if err != nil {
 		return err
 	}
-	if err := c.queueCommit(ctx, ch, commitIntent{Op: "remove", Accounts: []string{account}}); err != nil {
+	ms, err := c.Members(ctx, name)
+	if err != nil {
+		return err
+	}
+	inGroup := false
+	for _, m := range ms {
+		inGroup = inGroup || m.Account == account
+	}
+	err = c.call(ctx, "RemoveMembers", &qpcv1.RemoveMembersRequest{ChannelId: ch, Members: []*qpcv1.MemberRef{{AccountName: account}}}, &qpcv1.RemoveMembersResponse{})
+	var se *wire.StatusError
+	switch {
+	case err == nil:
+	case errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_NOT_FOUND && inGroup:
+		// No longer on the channel (it declined, or left): only its leaves remain.
+	case errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_NOT_FOUND:
+		return fmt.Errorf("%w: %s is not in %s", ErrNotMember, account, name)
+	default:
+		return fmt.Errorf("client: remove %s from %s: %w", account, name, err)
+	}
+	if !inGroup {
+		return nil // a pending invitation, withdrawn: no leaves to drop
+	}
+	if err := c.queueCommit(ctx, ch, commitIntent{Op: "drop", Accounts: []string{account}}); err != nil {
 		return err
 	}
 	_, err = c.Flush(ctx)
@@ -434,13 +472,19 @@ func (c *Client) queueCommitLocked(ctx context.Context, channelID []byte, in com
 			if len(opts.Add) == 0 {
 				return errNothingToAdd
 			}
-		case "remove":
+		case "remove", "drop":
+			// drop: the account's channel membership is already gone (the
+			// server removed it first, or it declined); only the MLS leaves
+			// remain, and a drop with nothing left to do is done.
 			for _, m := range g.Members() {
 				for _, a := range in.Accounts {
 					if strings.HasPrefix(string(m.Identity), a+"/") && m.Leaf != g.OwnLeaf() {
 						opts.Remove = append(opts.Remove, m.Leaf)
 					}
 				}
+			}
+			if len(opts.Remove) == 0 && in.Op == "drop" {
+				return nil
 			}
 			if len(opts.Remove) == 0 {
 				return fmt.Errorf("%w: %s is not in %s", ErrNotMember, strings.Join(in.Accounts, ", "), r.name)
@@ -489,9 +533,14 @@ func (c *Client) Leave(ctx context.Context, name string) error {
 	}
 	c.groupMu.Lock()
 	err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
-		_, g, err := openGroup(ctx, tx, "", ch)
+		r, g, err := openGroup(ctx, tx, "", ch)
 		if err != nil {
 			return err
+		}
+		if r.kind == kindDM {
+			// The server keeps a DM's two members fixed (a left DM could
+			// not be opened again: its id is derived from the accounts).
+			return fmt.Errorf("client: a DM cannot be left; to refuse its new messages' sender elsewhere, qpc block %s", r.peer)
 		}
 		raw, err := g.Propose(&mls.Proposal{Type: mls.ProposalTypeRemove, Remove: &mls.Remove{Removed: g.OwnLeaf()}}, nil)
 		if err != nil {
@@ -560,11 +609,28 @@ func (c *Client) DM(ctx context.Context, peer string) (string, error) {
 	if peer == id.AccountName {
 		return "", errors.New("client: a DM needs another account")
 	}
-	kps, err := c.fetchKeyPackages(ctx, peer)
+	// The peer opened the DM first: asking for it is consent; accept.
+	if inv, err := c.pendingDMInvitation(ctx, peer); err != nil {
+		return "", err
+	} else if inv != "" {
+		joined, err := c.AcceptInvitation(ctx, inv)
+		if err != nil {
+			return "", err
+		}
+		if joined == "" {
+			return "", fmt.Errorf("client: accepted %s's DM invitation; its Welcome has not arrived yet, run qpc recv in a moment", peer)
+		}
+		return joined, nil
+	}
+	suites, err := c.newGroupSuites(ctx, 0)
 	if err != nil {
 		return "", err
 	}
-	ch, err := c.createGroup(ctx, name, kindDM, peer)
+	kps, suite, err := c.fetchKeyPackages(ctx, peer, suites...)
+	if err != nil {
+		return "", err
+	}
+	ch, err := c.createGroup(ctx, name, kindDM, peer, suite)
 	if err != nil {
 		return "", err
 	}

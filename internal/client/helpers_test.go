@@ -63,3 +63,20 @@ func registeredAt(t testing.TB, srv *servertest.Server, name string, now func() 
 	}
 	return c
 }
+
+// acceptAll accepts every pending invitation of each client (joining the
+// groups whose Welcomes arrived).
+func acceptAll(t testing.TB, cs ...*Client) {
+	t.Helper()
+	for _, c := range cs {
+		invs, err := c.Invitations(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, in := range invs {
+			if _, err := c.AcceptInvitation(ctxT(t), in.ID); err != nil {
+				t.Fatalf("accept %s: %v", in.ID, err)
+			}
+		}
+	}
+}

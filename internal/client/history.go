@@ -30,24 +30,26 @@ type Message struct {
 	Delivery string `json:"delivery,omitempty"`
 	// DeliveryError is why a refused message was refused.
 	DeliveryError string `json:"delivery_error,omitempty"`
+	// Set on a membership change the server announced (Text says it in words).
+	Event *Event `json:"event,omitempty"`
 }
 
 // messageColumns are the columns scanMessages reads; the query joins
 // groups g, messages m and (LEFT) outbox o.
 const messageColumns = `g.name, m.message_id, m.seq, m.sender, m.display, m.text, m.reply_to, m.sent_ms, m.outgoing,
-	COALESCE(o.status, ''), COALESCE(o.last_error, '')`
+	COALESCE(o.status, ''), COALESCE(o.last_error, ''), m.event`
 
 const messageJoins = `messages m JOIN groups g ON g.channel_id = m.channel_id LEFT JOIN outbox o ON o.message_id = m.message_id`
 
 func scanMessage(rows *sql.Rows, extra ...any) (Message, error) {
 	var m Message
 	var seq int64
-	var status, lastErr string
-	dst := append([]any{&m.Channel, &m.MessageID, &seq, &m.Sender, &m.DisplayName, &m.Text, &m.ReplyTo, &m.SentUnixMs, &m.Outgoing, &status, &lastErr}, extra...)
+	var status, lastErr, ev string
+	dst := append([]any{&m.Channel, &m.MessageID, &seq, &m.Sender, &m.DisplayName, &m.Text, &m.ReplyTo, &m.SentUnixMs, &m.Outgoing, &status, &lastErr, &ev}, extra...)
 	if err := rows.Scan(dst...); err != nil {
 		return m, err
 	}
-	m.Seq = uint64(seq)
+	m.Seq, m.Event = uint64(seq), parseEvent(ev)
 	if m.Outgoing {
 		m.Delivery = deliveryOf(m.Seq, status)
 		if m.Delivery == DeliveryRefused {

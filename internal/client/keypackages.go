@@ -15,7 +15,8 @@ import (
 // DefaultStock is how many KeyPackages a device keeps on the server.
 const DefaultStock = 10
 
-// Suite is the MLS cipher suite the client uses (the project's baseline).
+// Suite is the project's baseline MLS cipher suite, the one a server that
+// advertises no policy allows (suites.go negotiates the others).
 const Suite = mls.MLS128DHKEMX25519AES128GCMSHA256Ed25519
 
 // keyPackageLifetime is the lifetime written into a KeyPackage: long
@@ -29,17 +30,32 @@ const keyPackageLifetime = 8 * 24 * time.Hour
 // inbox (the server's retention is 7 days).
 const privateKeyRetention = 7 * 24 * time.Hour
 
-// StockReport is what KeyPackageUpkeep found and did.
+// StockReport is what KeyPackageUpkeep found and did: totals over the
+// suites the device stocks, and each suite's own report.
 type StockReport struct {
-	Target        int  `json:"target"`
+	Target        int  `json:"target"`       // per suite
 	ServerStock   int  `json:"server_stock"` // unused pool KeyPackages of this device on the server, after upkeep
 	Uploaded      int  `json:"uploaded"`
 	RejectedOver  int  `json:"rejected_over_cap"`
-	LastResort    bool `json:"last_resort"`
+	LastResort    bool `json:"last_resort"` // every stocked suite has one
 	NewLastResort bool `json:"new_last_resort"`
 	AccountStock  int  `json:"account_stock"`
 	AccountCap    int  `json:"account_cap"`
 	Purged        int  `json:"purged"` // local private keys dropped (long expired)
+	// Suites is the stock of each suite this device and the server both
+	// allow, in the server's preference order.
+	Suites []SuiteStockReport `json:"suites"`
+}
+
+// SuiteStockReport is one suite's part of a StockReport.
+type SuiteStockReport struct {
+	Suite         string `json:"suite"`
+	ID            uint16 `json:"id"`
+	ServerStock   int    `json:"server_stock"`
+	Uploaded      int    `json:"uploaded"`
+	RejectedOver  int    `json:"rejected_over_cap"`
+	LastResort    bool   `json:"last_resort"`
+	NewLastResort bool   `json:"new_last_resort"`
 }
 
 // generated is a new KeyPackage with its private keys.
@@ -51,11 +67,11 @@ type generated struct {
 
 func (g *generated) wipe() { g.bundle.Wipe() }
 
-// newKeyPackage builds a KeyPackage for the device with internal/mls:
-// BasicCredential "<account_name>/<device_id>", signature key = the
-// device's Ed25519 key, fresh init and encryption keys.
-func newKeyPackage(id *Identity, now time.Time, lastResort bool) (*generated, error) {
-	suite, err := mls.Suite(Suite)
+// newKeyPackage builds a KeyPackage of the given suite for the device with
+// internal/mls: BasicCredential "<account_name>/<device_id>", signature
+// key = the device's Ed25519 key, fresh init and encryption keys.
+func newKeyPackage(id *Identity, suiteID mls.CipherSuiteID, now time.Time, lastResort bool) (*generated, error) {
+	suite, err := mls.Suite(suiteID)
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +79,7 @@ func newKeyPackage(id *Identity, now time.Time, lastResort bool) (*generated, er
 	if err != nil {
 		return nil, fmt.Errorf("client: device key: %w", err)
 	}
-	b, err := mls.GenerateKeyPackage(Suite, mls.BasicIdentity(id.AccountName, id.DeviceID), sk,
+	b, err := mls.GenerateKeyPackage(suiteID, mls.BasicIdentity(id.AccountName, id.DeviceID), sk,
 		mls.KeyPackageOptions{Now: now, Lifetime: keyPackageLifetime, LastResort: lastResort, LeafExtensions: id.leafExtensions()})
 	if err != nil {
 		sk.Wipe()
@@ -94,7 +110,8 @@ func (c *Client) KeyPackageStock(ctx context.Context) (*qpcv1.CountKeyPackagesRe
 	return &resp, nil
 }
 
-// KeyPackageUpkeep keeps the configured stock of KeyPackages on the server
+// KeyPackageUpkeep keeps, for every cipher suite that this device and the
+// server both allow, the configured stock of KeyPackages on the server
 // plus a last-resort one, replacing those that the server drops within the
 // margin (KeyPackageMargin before the TTL), and forgets private keys no
 // Welcome can need any more.
@@ -108,28 +125,82 @@ func (c *Client) KeyPackageUpkeep(ctx context.Context) (*StockReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	suites, err := c.stockSuites(ctx)
+	if err != nil {
+		return nil, err
+	}
 	count, err := c.KeyPackageStock(ctx)
 	if err != nil {
 		return nil, err
 	}
+	rep := &StockReport{Target: s.Stock, AccountCap: int(count.GetMaxPerAccount()), LastResort: true}
+	for _, suite := range suites {
+		sr, err := c.upkeepSuite(ctx, id, suite, s.Stock, serverSuiteStock(count, suite))
+		if err != nil {
+			return nil, err
+		}
+		rep.Suites = append(rep.Suites, *sr)
+		rep.ServerStock += sr.ServerStock
+		rep.Uploaded += sr.Uploaded
+		rep.RejectedOver += sr.RejectedOver
+		rep.LastResort = rep.LastResort && sr.LastResort
+		rep.NewLastResort = rep.NewLastResort || sr.NewLastResort
+	}
+	rep.AccountStock = int(count.GetAccountCount()) + rep.Uploaded
+	// Private keys of KeyPackages the server dropped long enough ago that no
+	// Welcome made from them can still arrive.
+	err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM key_packages WHERE expires_ms < ?`, c.now().Add(-privateKeyRetention).UnixMilli())
+		if err != nil {
+			return err
+		}
+		n, _ := res.RowsAffected()
+		rep.Purged = int(n)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("client: purge KeyPackage keys: %w", err)
+	}
+	return rep, nil
+}
+
+// serverSuiteStock is the server's count of one suite (a server without
+// per-suite counts holds suite 1 only).
+func serverSuiteStock(count *qpcv1.CountKeyPackagesResponse, suite mls.CipherSuiteID) *qpcv1.SuiteStock {
+	if len(count.GetSuites()) == 0 {
+		if suite == mls.MLS128DHKEMX25519AES128GCMSHA256Ed25519 {
+			return &qpcv1.SuiteStock{CipherSuite: uint32(suite), DeviceCount: count.GetDeviceCount(), HasLastResort: count.GetHasLastResort()}
+		}
+		return &qpcv1.SuiteStock{CipherSuite: uint32(suite)}
+	}
+	for _, st := range count.GetSuites() {
+		if st.GetCipherSuite() == uint32(suite) {
+			return st
+		}
+	}
+	return &qpcv1.SuiteStock{CipherSuite: uint32(suite)}
+}
+
+// upkeepSuite tops up one suite's stock and last resort (one upload).
+func (c *Client) upkeepSuite(ctx context.Context, id *Identity, suite mls.CipherSuiteID, target int, count *qpcv1.SuiteStock) (*SuiteStockReport, error) {
 	now := c.now()
 	soon := now.Add(c.opts.KeyPackageMargin).UnixMilli()
 	var expiring, lrFresh int
-	err = c.db.ReadTx(ctx, func(tx *sql.Tx) error {
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM key_packages WHERE uploaded = 1 AND last_resort = 0 AND expires_ms > ? AND expires_ms <= ?`,
-			now.UnixMilli(), soon).Scan(&expiring); err != nil {
+	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM key_packages WHERE suite = ? AND uploaded = 1 AND last_resort = 0 AND expires_ms > ? AND expires_ms <= ?`,
+			int(suite), now.UnixMilli(), soon).Scan(&expiring); err != nil {
 			return err
 		}
-		return tx.QueryRowContext(ctx, `SELECT count(*) FROM key_packages WHERE uploaded = 1 AND last_resort = 1 AND expires_ms > ?`, soon).Scan(&lrFresh)
+		return tx.QueryRowContext(ctx, `SELECT count(*) FROM key_packages WHERE suite = ? AND uploaded = 1 AND last_resort = 1 AND expires_ms > ?`, int(suite), soon).Scan(&lrFresh)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("client: read KeyPackages: %w", err)
 	}
-	rep := &StockReport{Target: s.Stock, AccountCap: int(count.GetMaxPerAccount())}
+	rep := &SuiteStockReport{Suite: suite.String(), ID: uint16(suite)}
 	// Those about to expire may still be unused on the server; count them
 	// out so replacements are ready before they go.
 	fresh := max(int(count.GetDeviceCount())-expiring, 0)
-	need := max(s.Stock-fresh, 0)
+	need := max(target-fresh, 0)
 	needLR := !count.GetHasLastResort() || lrFresh == 0
 	var batch []*generated
 	var lr *generated
@@ -142,97 +213,86 @@ func (c *Client) KeyPackageUpkeep(ctx context.Context) (*StockReport, error) {
 		}
 	}()
 	for range need {
-		g, err := newKeyPackage(id, now, false)
+		g, err := newKeyPackage(id, suite, now, false)
 		if err != nil {
 			return nil, err
 		}
 		batch = append(batch, g)
 	}
 	if needLR {
-		if lr, err = newKeyPackage(id, now, true); err != nil {
+		if lr, err = newKeyPackage(id, suite, now, true); err != nil {
 			return nil, err
 		}
 	}
-	if len(batch) > 0 || lr != nil {
-		// The private keys are stored before the upload: a crash after the
-		// server took them must not leave KeyPackages nobody can open.
-		expires := now.Add(c.opts.KeyPackageTTL).UnixMilli()
-		err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
-			ins := func(g *generated, last int) error {
-				_, err := tx.ExecContext(ctx, `INSERT INTO key_packages (ref, key_package, bundle, last_resort, created_ms, expires_ms, uploaded)
-					VALUES (?, ?, ?, ?, ?, ?, 0)`, g.ref, g.msg, g.bundle.Reveal(), last, now.UnixMilli(), expires)
-				return err
-			}
-			for _, g := range batch {
-				if err := ins(g, 0); err != nil {
-					return err
-				}
-			}
-			if lr != nil {
-				return ins(lr, 1)
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("client: store KeyPackage keys: %w", err)
-		}
-		req := &qpcv1.UploadKeyPackagesRequest{}
-		for _, g := range batch {
-			req.KeyPackages = append(req.KeyPackages, g.msg)
-		}
-		if lr != nil {
-			req.LastResort = lr.msg
-		}
-		var up qpcv1.UploadKeyPackagesResponse
-		if err := c.call(ctx, "UploadKeyPackages", req, &up); err != nil {
-			return nil, fmt.Errorf("client: upload KeyPackages: %w", err)
-		}
-		err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
-			mark := func(g *generated) error {
-				_, err := tx.ExecContext(ctx, `UPDATE key_packages SET uploaded = 1 WHERE ref = ?`, g.ref)
-				return err
-			}
-			for _, g := range batch {
-				if err := mark(g); err != nil {
-					return err
-				}
-			}
-			if lr != nil {
-				// The server keeps one last resort per device: the new one replaces the old.
-				if _, err := tx.ExecContext(ctx, `UPDATE key_packages SET expires_ms = min(expires_ms, ?) WHERE last_resort = 1 AND ref != ?`, now.UnixMilli(), lr.ref); err != nil {
-					return err
-				}
-				return mark(lr)
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("client: mark KeyPackages uploaded: %w", err)
-		}
-		rep.Uploaded = int(up.GetAccepted())
-		rep.RejectedOver = int(up.GetRejectedOverCap())
-		rep.NewLastResort = lr != nil && up.GetLastResortSet()
-		rep.ServerStock = int(up.GetDeviceStock())
-		rep.LastResort = up.GetLastResortSet() || count.GetHasLastResort()
-	} else {
+	if len(batch) == 0 && lr == nil {
 		rep.ServerStock = int(count.GetDeviceCount())
 		rep.LastResort = count.GetHasLastResort()
+		return rep, nil
 	}
-	rep.AccountStock = int(count.GetAccountCount()) + rep.Uploaded
-	// Private keys of KeyPackages the server dropped long enough ago that no
-	// Welcome made from them can still arrive.
+	// The private keys are stored before the upload: a crash after the
+	// server took them must not leave KeyPackages nobody can open.
+	expires := now.Add(c.opts.KeyPackageTTL).UnixMilli()
 	err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `DELETE FROM key_packages WHERE expires_ms < ?`, now.Add(-privateKeyRetention).UnixMilli())
-		if err != nil {
+		ins := func(g *generated, last int) error {
+			_, err := tx.ExecContext(ctx, `INSERT INTO key_packages (ref, key_package, bundle, last_resort, created_ms, expires_ms, uploaded, suite)
+				VALUES (?, ?, ?, ?, ?, ?, 0, ?)`, g.ref, g.msg, g.bundle.Reveal(), last, now.UnixMilli(), expires, int(suite))
 			return err
 		}
-		n, _ := res.RowsAffected()
-		rep.Purged = int(n)
+		for _, g := range batch {
+			if err := ins(g, 0); err != nil {
+				return err
+			}
+		}
+		if lr != nil {
+			return ins(lr, 1)
+		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("client: purge KeyPackage keys: %w", err)
+		return nil, fmt.Errorf("client: store KeyPackage keys: %w", err)
 	}
+	req := &qpcv1.UploadKeyPackagesRequest{}
+	for _, g := range batch {
+		req.KeyPackages = append(req.KeyPackages, g.msg)
+	}
+	if lr != nil {
+		req.LastResort = lr.msg
+	}
+	var up qpcv1.UploadKeyPackagesResponse
+	if err := c.call(ctx, "UploadKeyPackages", req, &up); err != nil {
+		return nil, fmt.Errorf("client: upload %v KeyPackages: %w", suite, err)
+	}
+	err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		mark := func(g *generated) error {
+			_, err := tx.ExecContext(ctx, `UPDATE key_packages SET uploaded = 1 WHERE ref = ?`, g.ref)
+			return err
+		}
+		for _, g := range batch {
+			if err := mark(g); err != nil {
+				return err
+			}
+		}
+		if lr != nil {
+			// The server keeps one last resort per device and suite: the
+			// new one replaces the old one of this suite.
+			if _, err := tx.ExecContext(ctx, `UPDATE key_packages SET expires_ms = min(expires_ms, ?) WHERE last_resort = 1 AND suite = ? AND ref != ?`,
+				now.UnixMilli(), int(suite), lr.ref); err != nil {
+				return err
+			}
+			return mark(lr)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("client: mark KeyPackages uploaded: %w", err)
+	}
+	rep.Uploaded = int(up.GetAccepted())
+	rep.RejectedOver = int(up.GetRejectedOverCap())
+	rep.NewLastResort = lr != nil && up.GetLastResortSet()
+	// The upload reports the device's whole pool; this suite's is what the
+	// server counted plus what it took now.
+	rep.ServerStock = int(count.GetDeviceCount()) + rep.Uploaded
+	rep.LastResort = up.GetLastResortSet() || count.GetHasLastResort()
 	return rep, nil
 }
 

@@ -24,6 +24,7 @@ func TestLinkSecondDeviceAndWarnings(t *testing.T) {
 	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
 		t.Fatal(err)
 	}
+	acceptAll(t, bob)
 	send(t, alice, "team", "one")
 	if got := texts(t, bob, "team"); len(got) != 1 {
 		t.Fatalf("bob's history %q", got)

@@ -91,6 +91,7 @@ func TestOutboxKeepsMessageWhenCertificateChanges(t *testing.T) {
 	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
 		t.Fatal(err)
 	}
+	acceptAll(t, bob)
 	send(t, alice, "team", "before")
 
 	newPin := rotateCert(t, srv)
@@ -160,6 +161,7 @@ func TestOutboxRetryAndDiscard(t *testing.T) {
 	if err := alice.AddMembers(ctx, "team", []string{"bob", "carol"}); err != nil {
 		t.Fatal(err)
 	}
+	acceptAll(t, bob, carol)
 	send(t, alice, "team", "hello")
 	if got := texts(t, carol, "team"); strings.Join(got, "|") != "hello" {
 		t.Fatalf("carol's history %q", got)

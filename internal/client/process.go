@@ -32,6 +32,11 @@ func (c *Client) process(ctx context.Context) (int, error) {
 		return n, err
 	}
 	var followups [][]byte
+	type dropReq struct {
+		channelID []byte
+		account   string
+	}
+	var drops []dropReq
 	for {
 		batch, err := c.inboundBatch(ctx)
 		if err != nil {
@@ -40,9 +45,13 @@ func (c *Client) process(ctx context.Context) (int, error) {
 		progressed := false
 		for _, in := range batch {
 			var follow bool
-			done, err := c.processOne(ctx, me, in, &follow)
+			var drop string
+			done, err := c.processOne(ctx, me, in, &follow, &drop)
 			if err != nil {
 				return n, err
+			}
+			if drop != "" {
+				drops = append(drops, dropReq{in.channelID, drop})
 			}
 			if done {
 				n++
@@ -61,6 +70,13 @@ func (c *Client) process(ctx context.Context) (int, error) {
 	for _, ch := range followups {
 		if err := c.queueCommitLocked(ctx, ch, commitIntent{Op: "commit"}); err != nil {
 			c.log.Warn("client: commit of a leave proposal", "err", err)
+		}
+	}
+	// An invitee declined: the remaining member with the lowest leaf drops
+	// its leaves from the MLS group (members.go).
+	for _, d := range drops {
+		if err := c.queueCommitLocked(ctx, d.channelID, commitIntent{Op: "drop", Accounts: []string{d.account}}); err != nil {
+			c.log.Warn("client: removing a declined invitee from the group", "account", d.account, "err", err)
 		}
 	}
 	return n, nil
@@ -103,10 +119,11 @@ func (c *Client) inboundBatch(ctx context.Context) ([]inboundMsg, error) {
 }
 
 // processOne applies one channel message. follow reports a leave proposal
-// this device should commit.
-func (c *Client) processOne(ctx context.Context, me *Identity, in inboundMsg, follow *bool) (bool, error) {
+// this device should commit; drop, an account whose leaves this device
+// should remove (it declined its invitation).
+func (c *Client) processOne(ctx context.Context, me *Identity, in inboundMsg, follow *bool, drop *string) (bool, error) {
 	err := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
-		*follow = false
+		*follow, *drop = false, ""
 		done := func() error {
 			if _, err := tx.ExecContext(ctx, `DELETE FROM inbound WHERE channel_id = ? AND seq = ?`, in.channelID, in.seq); err != nil {
 				return err
@@ -117,6 +134,14 @@ func (c *Client) processOne(ctx context.Context, me *Identity, in inboundMsg, fo
 		r, state, err := loadGroupRow(ctx, tx, "channel_id = ?", in.channelID)
 		if err != nil {
 			return err
+		}
+		if in.senderDev == "" && r != nil {
+			// A membership change the server announced (no device sends
+			// with an empty id).
+			if *drop, err = c.processEvent(ctx, tx, me, r, state, in); err != nil {
+				return err
+			}
+			return done()
 		}
 		// Own messages: commits were merged when the server accepted them,
 		// application messages stored when sent (MLS senders cannot decrypt
@@ -237,6 +262,10 @@ func (c *Client) processWelcomes(ctx context.Context, me *Identity) (int, error)
 	if err != nil || len(items) == 0 {
 		return 0, err
 	}
+	// Known before the transactions below: join checks each Welcome's suite.
+	if _, err := c.SuitePolicy(ctx); err != nil {
+		return 0, err
+	}
 	dms := map[string]bool{}
 	var lc qpcv1.ListChannelsResponse
 	if err := c.call(ctx, "ListChannels", &qpcv1.ListChannelsRequest{}, &lc); err == nil {
@@ -249,6 +278,9 @@ func (c *Client) processWelcomes(ctx context.Context, me *Identity) (int, error)
 		err := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
 			if _, err := tx.ExecContext(ctx, `DELETE FROM inbox WHERE seq = ?`, it.seq); err != nil {
 				return err
+			}
+			if it.kind == int32(qpcv1.InboxKind_INBOX_KIND_MEMBERSHIP) {
+				return c.processInboxEvent(ctx, tx, me, it)
 			}
 			if it.kind == int32(qpcv1.InboxKind_INBOX_KIND_ACCOUNT_EVENT) {
 				return c.storeAccountEvent(ctx, tx, it.seq, it.payload)
@@ -291,6 +323,12 @@ func (c *Client) join(ctx context.Context, tx *sql.Tx, me *Identity, it inboxIte
 		return nil
 	}
 	defer bundle.Wipe()
+	// Downgrade guard: the Welcome's suite must be the KeyPackage's (mls
+	// checks that too) and one the server's policy admits.
+	if err := c.checkGroupSuite(ctx, m.Welcome.CipherSuite, bundle.KeyPackage.CipherSuite); err != nil {
+		c.log.Warn("client: Welcome refused", "err", err)
+		return nil
+	}
 	g, err := mls.JoinFromWelcome(mlsConfig, it.payload, bundle, mls.JoinOptions{})
 	if err != nil {
 		c.log.Warn("client: Welcome refused", "err", err)
@@ -301,7 +339,17 @@ func (c *Client) join(ctx context.Context, tx *sql.Tx, me *Identity, it inboxIte
 		return err
 	}
 	if existing != nil && existing.status == statusActive {
-		return nil // already a member; an old Welcome
+		var epoch int64
+		if err := tx.QueryRowContext(ctx, `SELECT epoch FROM groups WHERE channel_id = ?`, it.channelID).Scan(&epoch); err != nil {
+			return err
+		}
+		if g.Epoch() <= uint64(epoch) {
+			return nil // already a member; an old Welcome
+		}
+		// A newer Welcome for a group this device holds: it was removed
+		// without seeing it (the notice expired) and has accepted a new
+		// invitation; the new state replaces the stale one.
+		c.log.Info("client: a newer Welcome replaces a stale group state", "group", existing.name)
 	}
 	kind, peer := kindGroup, ""
 	short := hex.EncodeToString(it.channelID)

@@ -39,6 +39,7 @@ func TestOperatorRecoversAWedgedGroup(t *testing.T) {
 	if err := alice.AddMembers(ctx, "team", []string{"bob", "mallory"}); err != nil {
 		t.Fatal(err)
 	}
+	acceptAll(t, bob, mallory)
 	send(t, alice, "team", "hello")
 	if got := texts(t, bob, "team"); len(got) != 1 {
 		t.Fatalf("bob: %q", got)

@@ -27,17 +27,21 @@ func (c *Client) Rejoin(ctx context.Context, name string) error {
 }
 
 func (c *Client) rejoin(ctx context.Context, channelID []byte) error {
-	id, sk, err := c.signer(ctx)
-	if err != nil {
-		return err
-	}
-	defer id.key.Wipe()
-	defer sk.Wipe()
 	for attempt := 0; attempt < maxRedo; attempt++ {
 		var gi qpcv1.GetGroupInfoResponse
 		if err := c.call(ctx, "GetGroupInfo", &qpcv1.GetGroupInfoRequest{ChannelId: channelID}, &gi); err != nil {
 			return fmt.Errorf("client: rejoin: GroupInfo: %w", err)
 		}
+		suite, err := c.rejoinSuite(ctx, channelID, gi.GetGroupInfo())
+		if err != nil {
+			return fmt.Errorf("client: rejoin: %w", err)
+		}
+		id, sk, err := c.signerFor(ctx, suite)
+		if err != nil {
+			return err
+		}
+		defer id.key.Wipe()
+		defer sk.Wipe()
 		c.groupMu.Lock()
 		g, commit, err := mls.JoinExternal(mlsConfig, gi.GetGroupInfo(), mls.BasicIdentity(id.AccountName, id.DeviceID), sk,
 			mls.ExternalJoinOptions{RemovePrior: true, Leaf: mls.KeyPackageOptions{LeafExtensions: id.leafExtensions()}})
@@ -111,10 +115,43 @@ func (c *Client) rejoinGaps(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("client: read cursors: %w", err)
 	}
-	for _, ch := range chans {
-		if err := c.rejoin(ctx, ch); err != nil {
-			return 0, err
-		}
+	if len(chans) == 0 {
+		return 0, nil
 	}
-	return len(chans), nil
+	// A gap matters only if a commit expired in it: then the channel's
+	// epoch has moved past the group's. A gap of application messages
+	// and server events only (membership announcements expire like
+	// messages) leaves the group state current: those are lost, no rejoin.
+	var lc qpcv1.ListChannelsResponse
+	if err := c.call(ctx, "ListChannels", &qpcv1.ListChannelsRequest{}, &lc); err != nil {
+		return 0, fmt.Errorf("client: list channels: %w", err)
+	}
+	serverEpoch := map[string]uint64{}
+	for _, ch := range lc.GetChannels() {
+		serverEpoch[string(ch.GetChannelId())] = ch.GetEpoch()
+	}
+	n := 0
+	for _, ch := range chans {
+		var local int64
+		if err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+			return tx.QueryRowContext(ctx, `SELECT epoch FROM groups WHERE channel_id = ?`, ch).Scan(&local)
+		}); err != nil {
+			return n, fmt.Errorf("client: read group: %w", err)
+		}
+		if e, ok := serverEpoch[string(ch)]; ok && e == uint64(local) {
+			if err := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+				_, err := tx.ExecContext(ctx, `UPDATE cursors SET gap_from = 0, gap_to = 0 WHERE channel_id = ?`, ch)
+				return err
+			}); err != nil {
+				return n, fmt.Errorf("client: clear gap: %w", err)
+			}
+			c.log.Info("client: a gap held no commit; the group state is current", "channel", fmt.Sprintf("%x", ch), "epoch", local)
+			continue
+		}
+		if err := c.rejoin(ctx, ch); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
 }

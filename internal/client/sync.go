@@ -8,6 +8,8 @@ import (
 	"slices"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
@@ -153,9 +155,18 @@ func (c *Client) store(ctx context.Context, resp *qpcv1.FetchResponse, rep *Sync
 				c.log.Warn("client: messages expired before this device fetched them; the group needs an external rejoin",
 					"channel", fmt.Sprintf("%x", g.ChannelID), "from", g.From, "to", g.To)
 			}
+			body := m.GetMlsMessage()
+			if ev := m.GetEvent(); ev != nil {
+				// A server event: kept encoded, with no sender device
+				// (process.go tells it apart by that).
+				var err error
+				if body, err = proto.Marshal(ev); err != nil {
+					return err
+				}
+			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO inbound (channel_id, seq, message_id, sender_account_id, sender_device_id, mls_message, epoch, server_ms)
 				VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`, m.GetChannelId(), int64(seq), m.GetMessageId(),
-				m.GetSenderAccountId(), m.GetSenderDeviceId(), m.GetMlsMessage(), int64(m.GetEpoch()), m.GetServerTimeUnixMs()); err != nil {
+				m.GetSenderAccountId(), m.GetSenderDeviceId(), body, int64(m.GetEpoch()), m.GetServerTimeUnixMs()); err != nil {
 				return err
 			}
 			rep.Messages++
@@ -348,6 +359,26 @@ func (c *Client) membershipCheck(ctx context.Context, before map[string]string) 
 	on := map[string]bool{}
 	for _, ch := range lc.GetChannels() {
 		on[string(ch.GetChannelId())] = true
+	}
+	missing := false
+	for ch := range before {
+		missing = missing || !on[ch]
+	}
+	if missing {
+		// A channel this device is invited to (and has not accepted) is
+		// not a removal: its state stays until the answer (accepting
+		// brings a newer Welcome, which replaces it).
+		var li qpcv1.ListInvitationsResponse
+		// A server older than invitations has none to list.
+		if err := c.call(ctx, "ListInvitations", &qpcv1.ListInvitationsRequest{}, &li); err != nil && !olderServer(err) {
+			c.log.Warn("client: list invitations", "err", err)
+			return c.removedSince(ctx, before, nil)
+		}
+		for _, in := range li.GetInvitations() {
+			if _, ok := before[string(in.GetChannelId())]; ok {
+				on[string(in.GetChannelId())] = true
+			}
+		}
 	}
 	return c.removedSince(ctx, before, on)
 }

@@ -44,7 +44,7 @@ func TestSyncLongPollAndInbox(t *testing.T) {
 	srv := servertest.Start(t, servertest.Config(t))
 	alice := registered(t, srv, "alice")
 	bob := registered(t, srv, "bob")
-	ch, group := rawChannel(t, alice, "bob")
+	ch, group := rawChannel(t, alice, bob)
 	ctx := ctxT(t)
 	type result struct {
 		rep SyncReport
@@ -94,7 +94,7 @@ func TestLongPollAcrossDrain(t *testing.T) {
 	alice := registered(t, srv, "alice")
 	bob := registered(t, srv, "bob")
 	bob.conn.backoff = Backoff{Base: 20 * time.Millisecond, Max: 500 * time.Millisecond, MaxAttempts: 100}.withDefaults()
-	ch, group := rawChannel(t, alice, "bob")
+	ch, group := rawChannel(t, alice, bob)
 	ctx := ctxT(t)
 	got := make(chan SyncReport, 1)
 	errs := make(chan error, 1)

@@ -131,6 +131,7 @@ func TestMaliciousDirectoryForgedDeviceRefused(t *testing.T) {
 	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
 		t.Fatalf("honest add: %v", err)
 	}
+	acceptAll(t, bob)
 	send(t, alice, "team", "hi bob")
 	if got := texts(t, bob, "team"); strings.Join(got, "|") != "hi bob" {
 		t.Fatalf("bob's history %q", got)
@@ -223,6 +224,7 @@ func TestMaliciousDirectoryForgedDeviceRefused(t *testing.T) {
 	if err := alice.AddMembers(ctx, "team", []string{"carol"}); err != nil {
 		t.Fatal(err)
 	}
+	acceptAll(t, carol)
 	send(t, alice, "team", "welcome carol")
 	if got := texts(t, carol, "team"); len(got) != 1 {
 		t.Fatalf("carol's history %q", got)

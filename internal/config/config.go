@@ -106,6 +106,12 @@ type Config struct {
 		FetchPerTarget int           // keypackages.fetch_per_target: 30 fetches of one account's KeyPackages by all accounts together per window
 		FetchWindow    time.Duration // keypackages.fetch_window: 1h
 	}
+	Invitations struct {
+		TTL             time.Duration // invitations.ttl: 168h (an unanswered invitation lapses)
+		MaxPerHour      int           // invitations.max_per_hour: 30 (invitations one account sends per hour)
+		MaxPending      int           // invitations.max_pending: 50 (unanswered invitations one account holds)
+		MaxWelcomeBytes int           // invitations.max_welcome_bytes: 262144 (largest Welcome held for an invitee)
+	}
 	Auth struct {
 		AccessTokenTTL  time.Duration // auth.access_token_ttl: 15m
 		RefreshTokenTTL time.Duration // auth.refresh_token_ttl: 720h (30 days)
@@ -115,6 +121,15 @@ type Config struct {
 	}
 	Admin struct {
 		Socket string // admin.socket: "" = <data_dir>/admin.sock
+	}
+	Cluster struct {
+		Heartbeat time.Duration // cluster.heartbeat: 10s (node registry; stale after three missed)
+	}
+	MLS struct {
+		// mls.allowed_suites: comma-separated MLS cipher suites, most
+		// preferred first (names or numbers, see mls.go); default
+		// DefaultMLSSuites (suite 1 only).
+		AllowedSuites string
 	}
 }
 
@@ -172,11 +187,17 @@ func Default() Config {
 	c.KeyPackages.FetchPerPair = 5
 	c.KeyPackages.FetchPerTarget = 30
 	c.KeyPackages.FetchWindow = time.Hour
+	c.Invitations.TTL = 7 * 24 * time.Hour
+	c.Invitations.MaxPerHour = 30
+	c.Invitations.MaxPending = 50
+	c.Invitations.MaxWelcomeBytes = 256 << 10
+	c.MLS.AllowedSuites = DefaultMLSSuites
 	c.Auth.AccessTokenTTL = 15 * time.Minute
 	c.Auth.RefreshTokenTTL = 30 * 24 * time.Hour
 	c.Auth.Registration = RegistrationOpen
 	c.Auth.ChallengeRate = 0.5
 	c.Auth.ChallengeBurst = 10
+	c.Cluster.Heartbeat = 10 * time.Second
 	return c
 }
 
@@ -256,8 +277,11 @@ func (c Config) Validate() error {
 		validateLimits,
 		validateQuota,
 		validateRetention,
+		validateInvitations,
 		validateAuth,
 		validateAdmin,
+		validateCluster,
+		validateMLS,
 	}
 	for _, check := range checks {
 		if fe := check(c); fe != nil {
@@ -591,6 +615,16 @@ func validateQuota(c Config) *FieldError {
 	return nil
 }
 
+// minHeartbeat keeps the node registry's writes negligible.
+const minHeartbeat = 100 * time.Millisecond
+
+func validateCluster(c Config) *FieldError {
+	if c.Cluster.Heartbeat < minHeartbeat {
+		return &FieldError{Key: "cluster.heartbeat", Value: FormatDuration(c.Cluster.Heartbeat), Expected: "a duration of at least 100ms such as 10s"}
+	}
+	return nil
+}
+
 func validateRetention(c Config) *FieldError {
 	if fe := checkPositive("retention.messages", c.Retention.Messages, "168h"); fe != nil {
 		return fe
@@ -612,6 +646,20 @@ func validateRetention(c Config) *FieldError {
 			Expected: fmt.Sprintf("an integer >= keypackages.fetch_per_pair (%d), such as 30", c.KeyPackages.FetchPerPair)}
 	}
 	return checkPositive("keypackages.fetch_window", c.KeyPackages.FetchWindow, "1h")
+}
+
+func validateInvitations(c Config) *FieldError {
+	i := c.Invitations
+	if fe := checkPositive("invitations.ttl", i.TTL, "168h"); fe != nil {
+		return fe
+	}
+	if fe := checkMinInt("invitations.max_per_hour", i.MaxPerHour, 1); fe != nil {
+		return fe
+	}
+	if fe := checkMinInt("invitations.max_pending", i.MaxPending, 1); fe != nil {
+		return fe
+	}
+	return checkMinInt("invitations.max_welcome_bytes", i.MaxWelcomeBytes, 1024)
 }
 
 func validateAuth(c Config) *FieldError {

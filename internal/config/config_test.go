@@ -253,6 +253,8 @@ func TestInvalidValues(t *testing.T) {
 			key: "limits.idle_timeout", value: "-5s", expect: "positive duration"},
 		{name: "negative duration file", yaml: "retention:\n  messages: -1h\n",
 			key: "retention.messages", value: "-1h", expect: "positive duration"},
+		{name: "heartbeat too short", env: []string{"QPC_CLUSTER_HEARTBEAT=10ms"},
+			key: "cluster.heartbeat", value: "10ms", expect: "at least 100ms"},
 		{name: "negative drain", env: []string{"QPC_LIMITS_DRAIN_TIMEOUT=-1s"},
 			key: "limits.drain_timeout", value: "-1s", expect: "duration >= 0"},
 		{name: "duration type error", env: []string{"QPC_AUTH_ACCESS_TOKEN_TTL=abc"},

@@ -31,8 +31,11 @@ var sectionTitles = []struct{ section, title string }{
 	{"quota", "Per-account quotas (quota)"},
 	{"retention", "Retention (retention)"},
 	{"keypackages", "KeyPackages (keypackages)"},
+	{"invitations", "Invitations to channels and DMs (invitations)"},
+	{"mls", "MLS cipher suites (mls)"},
 	{"auth", "Authentication (auth)"},
 	{"admin", "Admin API (admin)"},
+	{"cluster", "Several nodes (cluster)"},
 }
 
 func optionsIn(section string) []option {

@@ -115,6 +115,14 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.KeyPackages.FetchPerTarget }},
 	{key: "keypackages.fetch_window", flag: "keypackage-fetch-window", help: "window of the KeyPackage fetch limits (each refills evenly over it); limits count per qpcd node",
 		ptr: func(c *Config) any { return &c.KeyPackages.FetchWindow }},
+	{key: "invitations.ttl", help: "how long an invitation to a channel or DM waits for its invitee's answer (168h = 7 days)",
+		ptr: func(c *Config) any { return &c.Invitations.TTL }},
+	{key: "invitations.max_per_hour", flag: "invitations-max-per-hour", help: "invitations (group adds and new DMs) one account may send per hour; more are refused with resource_exhausted",
+		ptr: func(c *Config) any { return &c.Invitations.MaxPerHour }},
+	{key: "invitations.max_pending", help: "unanswered invitations one account may hold; further invitations to it are refused",
+		ptr: func(c *Config) any { return &c.Invitations.MaxPending }},
+	{key: "invitations.max_welcome_bytes", help: "largest MLS Welcome held for an invitee until it accepts, in bytes (256 KiB)",
+		ptr: func(c *Config) any { return &c.Invitations.MaxWelcomeBytes }},
 	{key: "auth.access_token_ttl", help: "lifetime of an access token",
 		ptr: func(c *Config) any { return &c.Auth.AccessTokenTTL }},
 	{key: "auth.refresh_token_ttl", help: "lifetime of a refresh token (720h = 30 days); longer than access_token_ttl",
@@ -125,13 +133,17 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.Auth.ChallengeRate }},
 	{key: "auth.challenge_burst", flag: "challenge-burst", help: "login challenges allowed in a burst above challenge_rate, per device and source address",
 		ptr: func(c *Config) any { return &c.Auth.ChallengeBurst }},
+	{key: "mls.allowed_suites", flag: "mls-allowed-suites", help: "MLS cipher suites the server accepts KeyPackages, Welcomes and GroupInfos of, most preferred first, comma-separated names or numbers (1 = MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519, 0xF00D = MLS_256_XWING_AES256GCM_SHA512_Ed25519, ...); clients create groups on the first one every invited device has; the weakest listed is the minimum",
+		ptr: func(c *Config) any { return &c.MLS.AllowedSuites }},
 	{key: "admin.socket", flag: "admin-socket", help: "admin API Unix socket (mode 0600); empty = <data_dir>/admin.sock",
 		ptr: func(c *Config) any { return &c.Admin.Socket }},
+	{key: "cluster.heartbeat", help: "how often a node records itself in the node registry (qpcctl status lists the nodes); a node three heartbeats late is shown as stale",
+		ptr: func(c *Config) any { return &c.Cluster.Heartbeat }},
 }
 
 // sections are the YAML mappings that group keys.
 var sections = map[string]bool{"store": true, "db": true, "postgres": true, "tls": true, "log": true, "limits": true,
-	"quota": true, "retention": true, "keypackages": true, "auth": true, "admin": true}
+	"quota": true, "retention": true, "keypackages": true, "invitations": true, "auth": true, "admin": true, "cluster": true, "mls": true}
 
 func optionByKey(key string) (option, bool) {
 	for _, o := range options {

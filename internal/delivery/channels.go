@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
 // Sizes of ids.
@@ -19,19 +21,22 @@ const (
 
 // Channel is a channel with its members.
 type Channel struct {
-	ID      []byte
-	Kind    int // KindGroup or KindDM
-	GroupID []byte
-	Epoch   uint64
-	HeadSeq uint64
-	TTL     time.Duration // 0: the server's retention
-	Members []Member
+	ID        []byte
+	Kind      int // KindGroup or KindDM
+	GroupID   []byte
+	Epoch     uint64
+	HeadSeq   uint64
+	TTL       time.Duration // 0: the server's retention
+	CreatedBy string        // account id
+	Members   []Member
+	Invited   []Member // pending invitations (not members)
 }
 
 // Member is an account (DeviceID "") or one device of it.
 type Member struct {
 	AccountID string
 	DeviceID  string
+	AddedBy   string // account id of who added (invited) it
 }
 
 // MemberRef names a member by account name.
@@ -115,8 +120,9 @@ func (s *Service) CreateGroup(ctx context.Context, c Caller, groupID []byte, epo
 }
 
 // CreateDM creates (or returns) the DM channel between the caller's
-// account and peerName's. Both accounts are members; ttl, when set and
-// below the retention, bounds its messages' lifetime.
+// account and peerName's. The caller is a member; the peer gets an
+// invitation it accepts (a peer that blocked the caller refuses it). ttl,
+// when set and below the retention, bounds its messages' lifetime.
 func (s *Service) CreateDM(ctx context.Context, c Caller, peerName string, groupID []byte, ttl time.Duration) (Channel, bool, error) {
 	if len(groupID) != GroupIDSize {
 		return Channel{}, false, fmt.Errorf("%w: group id is %d bytes, want %d", ErrInvalidRequest, len(groupID), GroupIDSize)
@@ -133,18 +139,28 @@ func (s *Service) CreateDM(ctx context.Context, c Caller, peerName string, group
 		ttlMS = ttl.Milliseconds()
 	}
 	id := DMChannelID(c.AccountID, peer.ID)
-	now := s.now().UnixMilli()
+	actorName := s.accountName(ctx, c.AccountID)
+	inboxes, err := s.activeDevices(ctx, peer.ID)
+	if err != nil {
+		return Channel{}, false, err
+	}
 	var created bool
+	var evs []pendingEvent
 	err = s.db.WriteTx(ctx, func(tx *sql.Tx) error {
-		created = false
-		var one int
-		err := tx.QueryRowContext(ctx, `SELECT 1 FROM channels WHERE id = ?`, id).Scan(&one)
+		created, evs = false, nil
+		now := s.now()
+		var member bool
+		err := tx.QueryRowContext(ctx, `SELECT `+isMember+` FROM channels c WHERE c.id = ?`, c.AccountID, c.DeviceID, id).Scan(&member)
 		switch {
-		case err == nil:
+		case err == nil && member:
 			return nil
+		case err == nil:
+			// The peer opened it and invited the caller.
+			return fmt.Errorf("%w: %s already opened this DM and invited you; accept the invitation (qpc invitations)", ErrChannelExists, peerName)
 		case !errors.Is(err, sql.ErrNoRows):
 			return err
 		}
+		var one int
 		err = tx.QueryRowContext(ctx, `SELECT 1 FROM channels WHERE group_id = ?`, groupID).Scan(&one)
 		switch {
 		case err == nil:
@@ -156,15 +172,26 @@ func (s *Service) CreateDM(ctx context.Context, c Caller, peerName string, group
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO channels (id, kind, group_id, epoch, ttl_ms, created_by, created_at)
-			VALUES (?, ?, ?, 0, ?, ?, ?)`, id, KindDM, groupID, ttlMS, c.AccountID, now); err != nil {
+			VALUES (?, ?, ?, 0, ?, ?, ?)`, id, KindDM, groupID, ttlMS, c.AccountID, now.UnixMilli()); err != nil {
 			return err
 		}
-		for _, a := range []string{c.AccountID, peer.ID} {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO channel_members (channel_id, account_id, device_id, from_seq, added_by, added_at)
-				VALUES (?, ?, '', 0, ?, ?)`, id, a, c.AccountID, now); err != nil {
-				return err
-			}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO channel_members (channel_id, account_id, device_id, from_seq, added_by, added_at)
+			VALUES (?, ?, '', 0, ?, ?)`, id, c.AccountID, c.AccountID, now.UnixMilli()); err != nil {
+			return err
 		}
+		inv, err := s.invite(ctx, tx, c, id, KindDM, 0, Member{AccountID: peer.ID}, now)
+		if err != nil {
+			return err
+		}
+		inv.InviterAccountName = actorName
+		ev := &qpcv1.MembershipEvent{Type: qpcv1.MembershipEventType_MEMBERSHIP_EVENT_TYPE_INVITED, ChannelId: id,
+			ActorAccountId: c.AccountID, ActorAccountName: actorName, SubjectAccountId: peer.ID, SubjectAccountName: peer.Name,
+			Invitation: inv, TimeUnixMs: now.UnixMilli()}
+		seq, err := s.writeEvent(ctx, tx, ev, inboxes, now.UnixMilli())
+		if err != nil {
+			return err
+		}
+		evs = []pendingEvent{{channelID: id, seq: seq, typ: ev.Type, devices: inboxes, accounts: []string{peer.ID}}}
 		created = true
 		return nil
 	})
@@ -172,7 +199,7 @@ func (s *Service) CreateDM(ctx context.Context, c Caller, peerName string, group
 		return Channel{}, false, fmt.Errorf("delivery: create DM channel: %w", err)
 	}
 	if created {
-		s.hub.publish(accountKey(peer.ID))
+		s.publishEvents(evs)
 		s.audit.Event(ctx, "channel.create", slog.String("account_id", c.AccountID), slog.String("device_id", c.DeviceID),
 			slog.String("channel_id", hexID(id)), slog.String("channel_type", "dm"), slog.String("peer_account_id", peer.ID))
 	}
@@ -231,95 +258,6 @@ func loadForMember(ctx context.Context, tx *sql.Tx, c Caller, id []byte) (kind i
 	return kind, uint64(h), nil
 }
 
-// AddMembers adds accounts (or single devices) to a group channel. Any
-// member may add. New members read from the current head on.
-func (s *Service) AddMembers(ctx context.Context, c Caller, id []byte, refs []MemberRef) (Channel, error) {
-	members, err := s.resolve(ctx, refs)
-	if err != nil {
-		return Channel{}, err
-	}
-	now := s.now().UnixMilli()
-	err = s.db.WriteTx(ctx, func(tx *sql.Tx) error {
-		kind, head, err := loadForMember(ctx, tx, c, id)
-		if err != nil {
-			return err
-		}
-		if kind == KindDM {
-			return fmt.Errorf("%w: a DM's members are fixed", ErrInvalidRequest)
-		}
-		for _, m := range members {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO channel_members
-				(channel_id, account_id, device_id, from_seq, added_by, added_at) VALUES (?, ?, ?, ?, ?, ?)
-				ON CONFLICT DO NOTHING`,
-				id, m.AccountID, m.DeviceID, int64(head), c.AccountID, now); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		s.denied(ctx, c, "add_members", err)
-		return Channel{}, fmt.Errorf("delivery: add members: %w", err)
-	}
-	for _, m := range members {
-		s.hub.publish(accountKey(m.AccountID))
-		s.audit.Event(ctx, "channel.member_add", slog.String("account_id", c.AccountID), slog.String("device_id", c.DeviceID),
-			slog.String("channel_id", hexID(id)), slog.String("member_account_id", m.AccountID), slog.String("member_device_id", m.DeviceID))
-	}
-	return s.channel(ctx, c, id)
-}
-
-// RemoveMembers removes accounts (DeviceID "": every membership row of the
-// account) or single devices from a group channel. Any member may remove
-// any member, itself included (leave). It returns the rows removed.
-func (s *Service) RemoveMembers(ctx context.Context, c Caller, id []byte, refs []MemberRef) (int, error) {
-	members, err := s.resolve(ctx, refs)
-	if err != nil {
-		return 0, err
-	}
-	var removed int
-	err = s.db.WriteTx(ctx, func(tx *sql.Tx) error {
-		removed = 0
-		kind, _, err := loadForMember(ctx, tx, c, id)
-		if err != nil {
-			return err
-		}
-		if kind == KindDM {
-			return fmt.Errorf("%w: a DM's members are fixed", ErrInvalidRequest)
-		}
-		for _, m := range members {
-			var r sql.Result
-			if m.DeviceID == "" {
-				r, err = tx.ExecContext(ctx, `DELETE FROM channel_members WHERE channel_id = ? AND account_id = ?`, id, m.AccountID)
-				if err == nil {
-					_, err = tx.ExecContext(ctx, `DELETE FROM cursors WHERE channel_id = ? AND account_id = ?`, id, m.AccountID)
-				}
-			} else {
-				r, err = tx.ExecContext(ctx, `DELETE FROM channel_members WHERE channel_id = ? AND account_id = ? AND device_id = ?`, id, m.AccountID, m.DeviceID)
-				if err == nil {
-					_, err = tx.ExecContext(ctx, `DELETE FROM cursors WHERE channel_id = ? AND device_id = ?`, id, m.DeviceID)
-				}
-			}
-			if err != nil {
-				return err
-			}
-			n, _ := r.RowsAffected()
-			removed += int(n)
-		}
-		return nil
-	})
-	if err != nil {
-		s.denied(ctx, c, "remove_members", err)
-		return 0, fmt.Errorf("delivery: remove members: %w", err)
-	}
-	for _, m := range members {
-		s.hub.publish(accountKey(m.AccountID))
-		s.audit.Event(ctx, "channel.member_remove", slog.String("account_id", c.AccountID), slog.String("device_id", c.DeviceID),
-			slog.String("channel_id", hexID(id)), slog.String("member_account_id", m.AccountID), slog.String("member_device_id", m.DeviceID))
-	}
-	return removed, nil
-}
-
 // ListChannels returns the channels the calling device may read.
 func (s *Service) ListChannels(ctx context.Context, c Caller) ([]Channel, error) {
 	var out []Channel
@@ -344,7 +282,7 @@ func (s *Service) ListChannels(ctx context.Context, c Caller) ([]Channel, error)
 			return err
 		}
 		for _, id := range ids {
-			ch, err := readChannel(ctx, tx, id)
+			ch, err := readChannel(ctx, tx, id, s.now().UnixMilli())
 			if err != nil {
 				return err
 			}
@@ -373,7 +311,7 @@ func (s *Service) channel(ctx context.Context, c Caller, id []byte) (Channel, er
 			return ErrNotMember
 		}
 		var err error
-		ch, err = readChannel(ctx, tx, id)
+		ch, err = readChannel(ctx, tx, id, s.now().UnixMilli())
 		return err
 	})
 	if err != nil {
@@ -382,28 +320,40 @@ func (s *Service) channel(ctx context.Context, c Caller, id []byte) (Channel, er
 	return ch, nil
 }
 
-func readChannel(ctx context.Context, tx *sql.Tx, id []byte) (Channel, error) {
+func readChannel(ctx context.Context, tx *sql.Tx, id []byte, now int64) (Channel, error) {
 	ch := Channel{ID: id}
 	var epoch, head, ttl int64
-	if err := tx.QueryRowContext(ctx, `SELECT kind, group_id, epoch, head_seq, ttl_ms FROM channels WHERE id = ?`, id).
-		Scan(&ch.Kind, &ch.GroupID, &epoch, &head, &ttl); err != nil {
+	if err := tx.QueryRowContext(ctx, `SELECT kind, group_id, epoch, head_seq, ttl_ms, created_by FROM channels WHERE id = ?`, id).
+		Scan(&ch.Kind, &ch.GroupID, &epoch, &head, &ttl, &ch.CreatedBy); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return Channel{}, ErrNotFound
 		}
 		return Channel{}, err
 	}
 	ch.Epoch, ch.HeadSeq, ch.TTL = uint64(epoch), uint64(head), time.Duration(ttl)*time.Millisecond
-	rows, err := tx.QueryContext(ctx, `SELECT account_id, device_id FROM channel_members WHERE channel_id = ? ORDER BY account_id, device_id`, id)
-	if err != nil {
+	var err error
+	if ch.Members, err = readMembers(ctx, tx, `SELECT account_id, device_id, added_by FROM channel_members WHERE channel_id = ?
+		ORDER BY account_id, device_id`, id); err != nil {
 		return Channel{}, err
 	}
+	ch.Invited, err = readMembers(ctx, tx, `SELECT account_id, device_id, inviter_id FROM invitations WHERE channel_id = ? AND status = ? AND expires_at > ?
+		ORDER BY account_id, device_id`, id, invPending, now)
+	return ch, err
+}
+
+func readMembers(ctx context.Context, tx *sql.Tx, q string, args ...any) ([]Member, error) {
+	rows, err := tx.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
 	defer rows.Close()
+	var out []Member
 	for rows.Next() {
 		var m Member
-		if err := rows.Scan(&m.AccountID, &m.DeviceID); err != nil {
-			return Channel{}, err
+		if err := rows.Scan(&m.AccountID, &m.DeviceID, &m.AddedBy); err != nil {
+			return nil, err
 		}
-		ch.Members = append(ch.Members, m)
+		out = append(out, m)
 	}
-	return ch, rows.Err()
+	return out, rows.Err()
 }

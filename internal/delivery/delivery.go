@@ -8,10 +8,11 @@
 // content type) to fence commits: a commit must carry the channel's current
 // epoch and advances it, so of two concurrent commits exactly one wins.
 //
-// Who may change membership (mirroring the MLS group, where any member may
-// commit Add and Remove proposals): any member may add accounts or devices
-// to a group channel; any member may remove others; a member may always
-// remove itself (leave). A DM's membership is its two accounts, fixed.
+// Who may change membership (members.go): any member may invite; joining
+// another account takes its consent (a pending invitation it accepts); a
+// member removes itself, the channel's admin removes anyone; every change
+// is announced in the channel's log. A DM's membership is its two
+// accounts, the peer joining by accepting.
 package delivery
 
 import (
@@ -83,7 +84,10 @@ type Device struct {
 // names or ids return an error wrapping ErrUnknownAccount.
 type Directory interface {
 	AccountByName(ctx context.Context, name string) (Account, error)
+	AccountByID(ctx context.Context, id string) (Account, error)
 	Device(ctx context.Context, deviceID string) (Device, error)
+	// Devices lists an account's devices (revoked ones included).
+	Devices(ctx context.Context, accountID string) ([]Device, error)
 }
 
 // Caller is the authenticated device making a request.
@@ -123,6 +127,18 @@ type Options struct {
 	// gauges refreshed; default 30s. Negative: no background sweeper (tests
 	// call Sweep and RefreshStats).
 	SweepInterval time.Duration
+	// InvitationTTL is how long an invitation waits for an answer; default
+	// DefaultInvitationTTL.
+	InvitationTTL time.Duration
+	// InvitationsPerHour caps the invitations one account sends per hour;
+	// default DefaultInvitationsPerHour.
+	InvitationsPerHour int
+	// MaxPendingInvitations caps the unanswered invitations one account
+	// holds; default DefaultMaxPendingPerInvitee.
+	MaxPendingInvitations int
+	// MaxHeldWelcome caps a Welcome held for a pending invitee; default
+	// DefaultMaxHeldWelcome.
+	MaxHeldWelcome int
 	// Registry receives the service's metrics when not nil.
 	Registry prometheus.Registerer
 }
@@ -144,6 +160,11 @@ type Service struct {
 	hub         *hub
 	metrics     *metrics
 
+	inviteTTL      time.Duration
+	invitesPerHour int
+	maxPending     int
+	maxHeldWelcome int
+
 	stop     chan struct{}
 	stopOnce sync.Once
 	done     chan struct{}
@@ -159,6 +180,20 @@ func New(o Options) (*Service, error) {
 		retention: o.Retention, behind: uint64(max(o.EpochsBehind, 0)), maxPayload: o.MaxPayload,
 		maxInbox: o.MaxInboxCallBytes, quota: o.Quota, longPollMax: o.LongPollMax,
 		stop: make(chan struct{}), done: make(chan struct{}),
+		inviteTTL: o.InvitationTTL, invitesPerHour: o.InvitationsPerHour, maxPending: o.MaxPendingInvitations,
+		maxHeldWelcome: o.MaxHeldWelcome,
+	}
+	if s.inviteTTL <= 0 {
+		s.inviteTTL = DefaultInvitationTTL
+	}
+	if s.invitesPerHour <= 0 {
+		s.invitesPerHour = DefaultInvitationsPerHour
+	}
+	if s.maxPending <= 0 {
+		s.maxPending = DefaultMaxPendingPerInvitee
+	}
+	if s.maxHeldWelcome <= 0 {
+		s.maxHeldWelcome = DefaultMaxHeldWelcome
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -227,7 +262,17 @@ const (
 const (
 	InboxWelcome = 1
 	InboxOther   = 2
+	// InboxAccountEvent (3, events.go) is the other server-written kind.
+	// InboxMembership: a server-written MembershipEvent for an account
+	// that cannot read the channel's log (an invitee, a removed member).
+	InboxMembership = 4
 )
+
+// chargedInbox selects the inbox kinds a sender's quota pays for: those a
+// client sends (SendToInbox). The server's own notices (account and
+// membership events) are charged to nobody, so acknowledging or expiring
+// them must not give room back to the account named as their sender.
+const chargedInbox = `kind IN (1, 2)`
 
 func kindLabel(kind int) string {
 	if kind == KindDM {

@@ -38,6 +38,29 @@ func (f *fakeDir) AccountByName(_ context.Context, name string) (Account, error)
 	return a, nil
 }
 
+func (f *fakeDir) AccountByID(_ context.Context, id string) (Account, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, a := range f.accounts {
+		if a.ID == id {
+			return a, nil
+		}
+	}
+	return Account{}, fmt.Errorf("%w: %s", ErrUnknownAccount, id)
+}
+
+func (f *fakeDir) Devices(_ context.Context, accountID string) ([]Device, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []Device
+	for _, d := range f.devices {
+		if d.AccountID == accountID {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
 func (f *fakeDir) Device(_ context.Context, id string) (Device, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -126,11 +149,74 @@ func (e *env) group(t *testing.T, owner user, others ...user) (Channel, []byte) 
 		refs = append(refs, MemberRef{AccountName: o.name})
 	}
 	if len(refs) > 0 {
-		if ch, err = e.svc.AddMembers(ctx, owner.Caller, ch.ID, refs); err != nil {
+		if _, err = e.svc.AddMembers(ctx, owner.Caller, ch.ID, refs); err != nil {
 			t.Fatal(err)
 		}
+		for _, o := range others {
+			e.accept(t, o, ch.ID)
+		}
+		if ch, err = e.svc.channel(ctx, owner.Caller, ch.ID); err != nil {
+			t.Fatal(err)
+		}
+		// The membership events and invitation notices are read and
+		// acknowledged: tests start from a quiet channel at ch.HeadSeq.
+		e.drainAll(t, append([]user{owner}, others...)...)
 	}
 	return ch, g
+}
+
+// accept accepts u's pending invitation to channel id.
+func (e *env) accept(t *testing.T, u user, id []byte) {
+	t.Helper()
+	invs, err := e.svc.ListInvitations(ctx, u.Caller)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, inv := range invs {
+		if bytes.Equal(inv.ChannelID, id) {
+			if _, _, err := e.svc.AcceptInvitation(ctx, u.Caller, inv.ID); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
+	t.Fatalf("%s has no invitation to the channel", u.name)
+}
+
+// drainAll fetches and acknowledges everything waiting for every device of
+// the users' accounts.
+func (e *env) drainAll(t *testing.T, us ...user) {
+	t.Helper()
+	for _, u := range us {
+		devs, _ := e.dir.Devices(ctx, u.AccountID)
+		for _, d := range devs {
+			c := Caller{AccountID: u.AccountID, DeviceID: d.ID}
+			for {
+				b, err := e.svc.Fetch(ctx, c, MaxFetchLimit, After{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if b.empty() {
+					break
+				}
+				top := map[string]uint64{}
+				var inbox uint64
+				for _, m := range b.Messages {
+					top[string(m.ChannelID)] = max(top[string(m.ChannelID)], m.Seq)
+				}
+				for _, it := range b.Inbox {
+					inbox = max(inbox, it.Seq)
+				}
+				var cs []Cursor
+				for id, seq := range top {
+					cs = append(cs, Cursor{ChannelID: []byte(id), Seq: seq})
+				}
+				if err := e.svc.Ack(ctx, c, cs, inbox); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
 }
 
 func (e *env) send(t *testing.T, u user, ch []byte, body []byte) Enqueued {
@@ -155,8 +241,9 @@ func TestGroupChannelEnqueueFetchAck(t *testing.T) {
 	if err != nil || created || !bytes.Equal(again.ID, ch.ID) {
 		t.Fatalf("second create: %v %v", created, err)
 	}
+	base := ch.HeadSeq // the membership events
 	for i := range 3 {
-		if r := e.send(t, alice, ch.ID, dt.Application(g, 0, 100+i)); r.Seq != uint64(i+1) || r.Duplicate {
+		if r := e.send(t, alice, ch.ID, dt.Application(g, 0, 100+i)); r.Seq != base+uint64(i+1) || r.Duplicate {
 			t.Fatalf("enqueue %d: %+v", i, r)
 		}
 	}
@@ -166,7 +253,7 @@ func TestGroupChannelEnqueueFetchAck(t *testing.T) {
 			t.Fatalf("fetch %s: %+v %v", dev.DeviceID, b, err)
 		}
 		for i, m := range b.Messages {
-			if m.Seq != uint64(i+1) || m.SenderAccount != alice.AccountID || m.SenderDevice != "a1" || len(m.Body) == 0 {
+			if m.Seq != base+uint64(i+1) || m.SenderAccount != alice.AccountID || m.SenderDevice != "a1" || len(m.Body) == 0 {
 				t.Fatalf("message %d: %+v", i, m)
 			}
 		}
@@ -177,41 +264,41 @@ func TestGroupChannelEnqueueFetchAck(t *testing.T) {
 		t.Fatalf("limited fetch: %d more=%v", len(b.Messages), b.More)
 	}
 	// Ack moves only bob's b1 cursor; b2 still sees everything.
-	if err := e.svc.Ack(ctx, bob.Caller, []Cursor{{ChannelID: ch.ID, Seq: 2}}, 0); err != nil {
+	if err := e.svc.Ack(ctx, bob.Caller, []Cursor{{ChannelID: ch.ID, Seq: base + 2}}, 0); err != nil {
 		t.Fatal(err)
 	}
-	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); len(b.Messages) != 1 || b.Messages[0].Seq != 3 {
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); len(b.Messages) != 1 || b.Messages[0].Seq != base+3 {
 		t.Fatalf("after ack: %+v", b)
 	}
 	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0, After{}); len(b.Messages) != 3 {
 		t.Fatalf("other device: %d", len(b.Messages))
 	}
 	// Cursors never go back and never pass the head.
-	if err := e.svc.Ack(ctx, bob.Caller, []Cursor{{ChannelID: ch.ID, Seq: 1}}, 0); err != nil {
+	if err := e.svc.Ack(ctx, bob.Caller, []Cursor{{ChannelID: ch.ID, Seq: base + 1}}, 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.svc.Ack(ctx, bob.Caller, []Cursor{{ChannelID: ch.ID, Seq: 1000}}, 0); err != nil {
 		t.Fatal(err)
 	}
 	e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
-	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); len(b.Messages) != 1 || b.Messages[0].Seq != 4 {
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); len(b.Messages) != 1 || b.Messages[0].Seq != base+4 {
 		t.Fatalf("ack past head skipped a later message: %+v", b)
 	}
 	// Read-ahead positions: bob2 holds 1..3 without acknowledging them.
-	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0, After{Channels: map[string]uint64{string(ch.ID): 3}}); len(b.Messages) != 1 || b.Messages[0].Seq != 4 {
+	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0, After{Channels: map[string]uint64{string(ch.ID): base + 3}}); len(b.Messages) != 1 || b.Messages[0].Seq != base+4 {
 		t.Fatalf("fetch after 3: %+v", b)
 	}
 	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0, After{Channels: map[string]uint64{string(ch.ID): 1 << 63}}); len(b.Messages) != 0 {
 		t.Fatalf("a position beyond the head wrapped around: %+v", b)
 	}
 	list, err := e.svc.ListChannels(ctx, bob2.Caller)
-	if err != nil || len(list) != 1 || list[0].HeadSeq != 4 {
+	if err != nil || len(list) != 1 || list[0].HeadSeq != base+4 {
 		t.Fatalf("list %+v %v", list, err)
 	}
 }
 
 func TestOneRowPerMessageHoweverManyMembers(t *testing.T) {
-	e := newEnv(t, nil)
+	e := newEnv(t, func(o *Options) { o.InvitationsPerHour = 1000 })
 	owner := e.dir.add("owner", "o1")
 	var members []user
 	for i := range 1000 {
@@ -231,14 +318,23 @@ func TestOneRowPerMessageHoweverManyMembers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	for _, m := range members {
+		e.accept(t, m, ch.ID)
+	}
+	var before int
+	if err := e.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRow(`SELECT COUNT(*) FROM messages`).Scan(&before)
+	}); err != nil {
+		t.Fatal(err)
+	}
 	e.send(t, owner, ch.ID, dt.Application(g, 0, 1024))
 	var rows int
 	if err := e.db.ReadTx(ctx, func(tx *sql.Tx) error {
 		return tx.QueryRow(`SELECT COUNT(*) FROM messages`).Scan(&rows)
-	}); err != nil || rows != 1 {
+	}); err != nil || rows != before+1 {
 		t.Fatalf("messages rows = %d (%v), want 1", rows, err)
 	}
-	if b, _ := e.svc.Fetch(ctx, members[999].Caller, 0, After{}); len(b.Messages) != 1 {
+	if b, _ := e.svc.Fetch(ctx, members[999].Caller, 0, After{Channels: map[string]uint64{string(ch.ID): uint64(before)}}); len(b.Messages) != 1 {
 		t.Fatal("member 999 does not see the message")
 	}
 }
@@ -248,12 +344,23 @@ func TestDMChannel(t *testing.T) {
 	alice, bob, carol := e.dir.add("alice", "a1"), e.dir.add("bob", "b1"), e.dir.add("carol", "c1")
 	g := groupID()
 	ch, created, err := e.svc.CreateDM(ctx, alice.Caller, "bob", g, time.Hour)
-	if err != nil || !created || ch.Kind != KindDM || ch.TTL != time.Hour || len(ch.Members) != 2 {
+	if err != nil || !created || ch.Kind != KindDM || ch.TTL != time.Hour || len(ch.Members) != 1 || len(ch.Invited) != 1 || ch.Invited[0].AccountID != bob.AccountID {
 		t.Fatalf("create DM: %+v %v %v", ch, created, err)
 	}
 	if !bytes.Equal(ch.ID, DMChannelID(bob.AccountID, alice.AccountID)) {
 		t.Fatal("DM id is not derived from the two accounts")
 	}
+	// The peer is invited: it reads nothing until it accepts, and its own
+	// create points it at the invitation.
+	if _, _, err := e.svc.CreateDM(ctx, bob.Caller, "alice", groupID(), 0); !errors.Is(err, ErrChannelExists) {
+		t.Fatalf("invitee's create: %v", err)
+	}
+	e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); len(b.Messages) != 0 {
+		t.Fatalf("the DM's invitee read it: %+v", b)
+	}
+	e.accept(t, bob, ch.ID)
+	e.drainAll(t, alice, bob)
 	// A second create, from either side, returns the same channel.
 	ch2, created, err := e.svc.CreateDM(ctx, bob.Caller, "alice", groupID(), 0)
 	if err != nil || created || !bytes.Equal(ch2.ID, ch.ID) || !bytes.Equal(ch2.GroupID, g) {
@@ -281,7 +388,8 @@ func TestDMChannel(t *testing.T) {
 	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); len(b.Messages) != 0 {
 		t.Fatal("DM message returned after its TTL")
 	}
-	if n, err := e.svc.Sweep(ctx); err != nil || n != 1 {
+	// The message and the two membership events before it.
+	if n, err := e.svc.Sweep(ctx); err != nil || n != 4 {
 		t.Fatalf("sweep: %d %v", n, err)
 	}
 }
@@ -356,16 +464,19 @@ func TestMembershipChanges(t *testing.T) {
 	carol2 := e.dir.add("carol", "c2")
 	ch, g := e.group(t, alice, bob)
 	e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
-	// Any member adds; a new member reads from the head at its addition on.
+	// Any member invites; the invitee reads nothing until it accepts, then
+	// from the point it was invited on.
 	if _, err := e.svc.AddMembers(ctx, bob.Caller, ch.ID, []MemberRef{{AccountName: "carol", DeviceID: "c1"}}); err != nil {
 		t.Fatal(err)
 	}
-	if b, _ := e.svc.Fetch(ctx, carol.Caller, 0, After{}); !b.empty() {
-		t.Fatal("new member sees messages from before it was added")
+	if b, _ := e.svc.Fetch(ctx, carol.Caller, 0, After{}); len(b.Messages) != 0 || len(b.Inbox) != 1 || b.Inbox[0].Kind != InboxMembership {
+		t.Fatalf("invitee: %+v", b)
 	}
-	e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
-	if b, _ := e.svc.Fetch(ctx, carol.Caller, 0, After{}); len(b.Messages) != 1 || b.Messages[0].Seq != 2 {
-		t.Fatalf("carol: %+v", b)
+	e.accept(t, carol, ch.ID)
+	sent := e.send(t, alice, ch.ID, dt.Application(g, 0, 10))
+	b, _ := e.svc.Fetch(ctx, carol.Caller, 0, After{})
+	if len(b.Messages) != 3 || !b.Messages[0].IsEvent() || !b.Messages[1].IsEvent() || b.Messages[2].Seq != sent.Seq {
+		t.Fatalf("carol (invited, joined, then the message): %+v", b)
 	}
 	// Device membership: carol's other device is not a member.
 	if _, err := e.svc.Enqueue(ctx, carol2.Caller, ch.ID, newMsgID(), dt.Application(g, 0, 10), nil); !errors.Is(err, ErrNotMember) {
@@ -374,8 +485,12 @@ func TestMembershipChanges(t *testing.T) {
 	if _, err := e.svc.AddMembers(ctx, bob.Caller, ch.ID, []MemberRef{{AccountName: "carol", DeviceID: "b1"}}); !errors.Is(err, ErrUnknownAccount) {
 		t.Fatalf("adding another account's device: %v", err)
 	}
-	// Members remove others; a member may leave.
-	if n, err := e.svc.RemoveMembers(ctx, bob.Caller, ch.ID, []MemberRef{{AccountName: "carol"}}); err != nil || n != 1 {
+	// A plain member cannot remove another; the admin (the creator) can; a
+	// member may leave.
+	if _, err := e.svc.RemoveMembers(ctx, bob.Caller, ch.ID, []MemberRef{{AccountName: "carol"}}); !errors.Is(err, ErrNotAllowed) {
+		t.Fatalf("bob removes carol: %v", err)
+	}
+	if n, err := e.svc.RemoveMembers(ctx, alice.Caller, ch.ID, []MemberRef{{AccountName: "carol"}}); err != nil || n != 1 {
 		t.Fatalf("remove carol: %d %v", n, err)
 	}
 	if _, err := e.svc.Enqueue(ctx, carol.Caller, ch.ID, newMsgID(), dt.Application(g, 0, 10), nil); !errors.Is(err, ErrNotMember) {
@@ -384,8 +499,11 @@ func TestMembershipChanges(t *testing.T) {
 	if n, err := e.svc.RemoveMembers(ctx, bob.Caller, ch.ID, []MemberRef{{AccountName: "bob"}}); err != nil || n != 1 {
 		t.Fatalf("leave: %d %v", n, err)
 	}
-	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); !b.empty() {
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); len(b.Messages) != 0 {
 		t.Fatal("a member that left still reads")
+	}
+	if _, err := e.svc.RemoveMembers(ctx, alice.Caller, ch.ID, []MemberRef{{AccountName: "bob"}}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("removing a non-member: %v", err)
 	}
 }
 
@@ -510,22 +628,25 @@ func TestInbox(t *testing.T) {
 	}
 	e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxOther, []byte("x"), []InboxRecipient{{"bob", "b1"}})
 	b, err := e.svc.Fetch(ctx, bob.Caller, 0, After{})
-	if err != nil || len(b.Inbox) != 2 || b.Inbox[0].Seq != 1 || b.Inbox[1].Seq != 2 || b.Inbox[0].Kind != InboxWelcome || !bytes.Equal(b.Inbox[0].Body, welcome) {
+	// Each inbox started with the invitation notice (acknowledged by e.group).
+	if err != nil || len(b.Inbox) != 2 || b.Inbox[1].Seq != b.Inbox[0].Seq+1 || b.Inbox[0].Kind != InboxWelcome || !bytes.Equal(b.Inbox[0].Body, welcome) {
 		t.Fatalf("bob's inbox: %+v %v", b, err)
 	}
+	first := b.Inbox[0].Seq
 	if b, _ := e.svc.Fetch(ctx, bob.Caller, 1, After{}); len(b.Inbox) != 1 || !b.More {
 		t.Fatalf("limited inbox fetch: %+v", b)
 	}
-	if err := e.svc.Ack(ctx, bob.Caller, nil, 1); err != nil {
+	if err := e.svc.Ack(ctx, bob.Caller, nil, first); err != nil {
 		t.Fatal(err)
 	}
-	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); len(b.Inbox) != 1 || b.Inbox[0].Seq != 2 {
+	if b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{}); len(b.Inbox) != 1 || b.Inbox[0].Seq != first+1 {
 		t.Fatalf("after ack: %+v", b)
 	}
-	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0, After{}); len(b.Inbox) != 1 {
+	b2, _ := e.svc.Fetch(ctx, bob2.Caller, 0, After{})
+	if len(b2.Inbox) != 1 {
 		t.Fatal("b2's inbox is separate")
 	}
-	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0, After{Inbox: 1}); len(b.Inbox) != 0 {
+	if b, _ := e.svc.Fetch(ctx, bob2.Caller, 0, After{Inbox: b2.Inbox[0].Seq}); len(b.Inbox) != 0 {
 		t.Fatal("inbox read-ahead position ignored")
 	}
 	// Refusals: a non-member sender, a non-member recipient, a device of
@@ -596,7 +717,7 @@ func TestFetchWait(t *testing.T) {
 	if r := <-wait(bob); len(r.b.Messages) != 1 {
 		t.Fatal("pending message not returned at once")
 	}
-	if err := e.svc.Ack(ctx, bob.Caller, []Cursor{{ChannelID: ch.ID, Seq: 1}}, 0); err != nil {
+	if err := e.svc.Ack(ctx, bob.Caller, []Cursor{{ChannelID: ch.ID, Seq: ch.HeadSeq + 1}}, 0); err != nil {
 		t.Fatal(err)
 	}
 	// An inbox item wakes the device; a new channel wakes the account.
@@ -605,10 +726,11 @@ func TestFetchWait(t *testing.T) {
 	if _, err := e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxOther, []byte("hi"), []InboxRecipient{{"bob", "b1"}}); err != nil {
 		t.Fatal(err)
 	}
-	if r := <-o; len(r.b.Inbox) != 1 {
+	r := <-o
+	if len(r.b.Inbox) != 1 {
 		t.Fatalf("inbox wake: %+v", r.b)
 	}
-	if err := e.svc.Ack(ctx, bob.Caller, nil, 1); err != nil {
+	if err := e.svc.Ack(ctx, bob.Caller, nil, r.b.Inbox[0].Seq); err != nil {
 		t.Fatal(err)
 	}
 	o = wait(bob)
@@ -687,13 +809,14 @@ func TestRetention(t *testing.T) {
 	e.clock.Advance(24*time.Hour + time.Second)
 	// Expired before the sweep: never returned; the gap in seq shows it.
 	b, _ := e.svc.Fetch(ctx, bob.Caller, 0, After{})
-	if len(b.Messages) != 1 || b.Messages[0].Seq != 2 {
+	if len(b.Messages) != 1 || b.Messages[0].Seq != ch.HeadSeq+2 {
 		t.Fatalf("after retention: %+v", b)
 	}
-	if n, err := e.svc.Sweep(ctx); err != nil || n != 1 {
+	// The expired message and the membership events before it.
+	if n, err := e.svc.Sweep(ctx); err != nil || n != int64(ch.HeadSeq)+1 {
 		t.Fatalf("sweep: %d %v", n, err)
 	}
-	if v := testutil.ToFloat64(e.svc.metrics.expired.WithLabelValues("message")); v != 1 {
+	if v := testutil.ToFloat64(e.svc.metrics.expired.WithLabelValues("message")); v != float64(ch.HeadSeq)+1 {
 		t.Fatalf("expired metric %v", v)
 	}
 }
@@ -766,7 +889,7 @@ func TestExpiredMessageIDRefused(t *testing.T) {
 		t.Fatalf("replay within the lifetime: %+v %v", again, err)
 	}
 	e.clock.Advance(4*24*time.Hour + time.Second)
-	if n, err := e.svc.Sweep(ctx); err != nil || n != 1 {
+	if n, err := e.svc.Sweep(ctx); err != nil || n != int64(ch.HeadSeq)+1 { // with the membership events
 		t.Fatalf("sweep: %d %v", n, err)
 	}
 	if _, err := e.svc.Enqueue(ctx, alice.Caller, ch.ID, id, body, nil); !errors.Is(err, ErrMessageIDExpired) {

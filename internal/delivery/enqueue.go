@@ -361,7 +361,9 @@ type InboxRecipient struct {
 // SendToInbox stores a payload in each recipient device's inbox. The caller
 // must be a member of channelID, and each recipient account (or device) a
 // member too: Welcomes are sent after the commit that adds the recipient
-// was accepted and the recipient was added to the channel.
+// was accepted and the recipient was added to the channel. A Welcome for a
+// pending invitee is held with its invitation instead (members.go); the
+// count returned includes it.
 func (s *Service) SendToInbox(ctx context.Context, c Caller, channelID []byte, kind int, payload []byte, to []InboxRecipient) (int, error) {
 	if kind != InboxWelcome && kind != InboxOther {
 		return 0, fmt.Errorf("%w: inbox kind %d", ErrInvalidRequest, kind)
@@ -408,33 +410,52 @@ func (s *Service) SendToInbox(ctx context.Context, c Caller, channelID []byte, k
 		}
 	}
 	now := s.now().UnixMilli()
-	exp := now + s.retention.Milliseconds()
+	held, dropped := 0, 0
 	err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
 		if _, _, err := loadForMember(ctx, tx, c, channelID); err != nil {
 			return err
 		}
+		held, dropped = 0, 0
+		// A held Welcome that replaces an earlier one for the same device
+		// gives the earlier one's room back to its sender.
+		replaced := map[string]Usage{}
 		for _, d := range devs {
-			var ok bool
-			if err := tx.QueryRowContext(ctx, `SELECT `+isMember+` FROM channels c WHERE c.id = ?`, d.AccountID, d.ID, channelID).Scan(&ok); err != nil {
+			// Members get the item; a pending invitee's Welcome waits with
+			// its invitation (one for a declined invitee is dropped);
+			// anyone else, or a recipient that blocked the sender, refuses
+			// the whole call (members.go).
+			act, err := s.inboxRecipient(ctx, tx, c, channelID, d, kind, payload, now, replaced)
+			if err != nil {
 				return err
 			}
-			if !ok {
-				return fmt.Errorf("%w: recipient device %s is not a member of the channel; add it first", ErrNotMember, d.ID)
+			switch act {
+			case inboxHold:
+				held++
+				continue
+			case inboxDrop:
+				dropped++
+				continue
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO inbox_heads (device_id, head_seq) VALUES (?, 1)
-				ON CONFLICT (device_id) DO UPDATE SET head_seq = inbox_heads.head_seq + 1`, d.ID); err != nil {
-				return err
-			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO inbox
-				(device_id, seq, kind, channel_id, sender_account, sender_device, created_at, expires_at, body)
-				VALUES (?, (SELECT head_seq FROM inbox_heads WHERE device_id = ?), ?, ?, ?, ?, ?, ?, ?)`,
-				d.ID, d.ID, kind, channelID, c.AccountID, c.DeviceID, now, exp, payload); err != nil {
+			if err := s.insertInbox(ctx, tx, d.ID, kind, channelID, c.AccountID, c.DeviceID, now, payload); err != nil {
 				return err
 			}
 		}
-		// Last, after the inbox heads: Ack takes the same locks in that order.
-		n := int64(len(devs))
-		return s.charge(ctx, tx, c.AccountID, Usage{InboxBytes: n * int64(len(payload)), InboxItems: n})
+		// Last, after the inbox heads: Ack takes the same locks in that
+		// order. A held Welcome is stored, so it is charged now like an
+		// inbox item (it becomes one when its invitee accepts, and its
+		// room is given back when it is acknowledged, declined, withdrawn
+		// or expires); a dropped one stores nothing.
+		n := int64(len(devs) - dropped)
+		if mine, ok := replaced[c.AccountID]; ok {
+			delete(replaced, c.AccountID)
+			if err := s.release(ctx, tx, map[string]Usage{c.AccountID: mine}); err != nil {
+				return err
+			}
+		}
+		if err := s.charge(ctx, tx, c.AccountID, Usage{InboxBytes: n * int64(len(payload)), InboxItems: n}); err != nil {
+			return err
+		}
+		return s.release(ctx, tx, replaced)
 	})
 	if err != nil {
 		s.countQuotaRefusal(ctx, c, err)
@@ -451,7 +472,7 @@ func (s *Service) SendToInbox(ctx context.Context, c Caller, channelID []byte, k
 	s.metrics.inboxItems.WithLabelValues(kl).Add(float64(len(devs)))
 	s.metrics.enqueuedBytes.WithLabelValues("inbox").Add(float64(len(payload) * len(devs)))
 	s.audit.Event(ctx, "delivery.inbox_send", slog.String("account_id", c.AccountID), slog.String("device_id", c.DeviceID),
-		slog.String("channel_id", hexID(channelID)), slog.String("kind", kl), slog.Int("recipients", len(devs)), slog.Int("size", len(payload)))
+		slog.String("channel_id", hexID(channelID)), slog.String("kind", kl), slog.Int("recipients", len(devs)), slog.Int("held", held), slog.Int("dropped", dropped), slog.Int("size", len(payload)))
 	return len(devs), nil
 }
 

@@ -360,10 +360,11 @@ func (s *Service) Ack(ctx context.Context, c Caller, cursors []Cursor, inboxSeq 
 				seq, seq, c.DeviceID, seq, seq); err != nil {
 				return err
 			}
-			// The items leave their senders' inbox quotas. The rows are
-			// locked first: the sweep may be deleting some of them.
+			// The items leave their senders' inbox quotas (the server's own
+			// notices were charged to nobody). The rows are locked first:
+			// the sweep may be deleting some of them.
 			freed, err := senderUsage(ctx, tx, `SELECT sender_account, COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM inbox
-				WHERE id IN (SELECT id FROM inbox WHERE device_id = ? AND seq <= ?`+s.db.ForUpdate()+`) GROUP BY sender_account`, c.DeviceID, int64(inboxSeq))
+				WHERE id IN (SELECT id FROM inbox WHERE device_id = ? AND seq <= ?`+s.db.ForUpdate()+`) AND `+chargedInbox+` GROUP BY sender_account`, c.DeviceID, int64(inboxSeq))
 			if err != nil {
 				return err
 			}

@@ -21,6 +21,10 @@ type metrics struct {
 	denied          *prometheus.CounterVec // qpcd_delivery_denied_total{operation}
 	expired         *prometheus.CounterVec // qpcd_delivery_expired_total{kind}
 	quotaRefusals   *prometheus.CounterVec // qpcd_quota_refusals_total{limit}
+	// qpcd_membership_events_total{type}
+	membership *prometheus.CounterVec
+	// qpcd_invitations_refused_total{reason}
+	invitationsRefused *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -59,11 +63,23 @@ func newMetrics() *metrics {
 			Name: "qpcd_delivery_denied_total", Help: "Delivery requests refused because the caller is not a member of the channel, by operation.",
 		}, []string{"operation"}),
 		expired: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "qpcd_delivery_expired_total", Help: "Messages and inbox items deleted by the retention sweep, by kind (message, inbox).",
+			Name: "qpcd_delivery_expired_total", Help: "Messages, inbox items and invitations deleted by the retention sweep, by kind (message, inbox, invitation).",
 		}, []string{"kind"}),
 		quotaRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "qpcd_quota_refusals_total", Help: "Writes refused by a per-account quota, by limit (message_bytes, messages, inbox_bytes, inbox_items, channels, inbox_call_bytes).",
 		}, []string{"limit"}),
+		membership: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qpcd_membership_events_total", Help: "Server-side membership changes announced to channels, by type (invited, joined, declined, left, removed, cancelled).",
+		}, []string{"type"}),
+		invitationsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qpcd_invitations_refused_total", Help: "Invitations and DMs refused, by reason (blocked, per_inviter, per_invitee).",
+		}, []string{"reason"}),
+	}
+	for _, t := range []string{"invited", "joined", "declined", "left", "removed", "cancelled"} {
+		m.membership.WithLabelValues(t)
+	}
+	for _, r := range []string{"blocked", "per_inviter", "per_invitee"} {
+		m.invitationsRefused.WithLabelValues(r)
 	}
 	for _, l := range quotaLimits {
 		m.quotaRefusals.WithLabelValues(l.name)
@@ -88,7 +104,7 @@ func newMetrics() *metrics {
 	for _, o := range []string{"enqueue", "send_to_inbox", "add_members", "remove_members", "ack", "group_info"} {
 		m.denied.WithLabelValues(o)
 	}
-	for _, k := range []string{"message", "inbox"} {
+	for _, k := range []string{"message", "inbox", "invitation"} {
 		m.expired.WithLabelValues(k)
 	}
 	return m
@@ -97,7 +113,8 @@ func newMetrics() *metrics {
 func (m *metrics) register(r prometheus.Registerer) error {
 	var errs []error
 	for _, c := range []prometheus.Collector{m.enqueued, m.enqueuedBytes, m.inboxItems, m.fetches, m.fetchedMessages,
-		m.fetchedBytes, m.depth, m.oldest, m.wakeups, m.waiters, m.denied, m.expired, m.quotaRefusals} {
+		m.fetchedBytes, m.depth, m.oldest, m.wakeups, m.waiters, m.denied, m.expired, m.quotaRefusals,
+		m.membership, m.invitationsRefused} {
 		if err := r.Register(c); err != nil {
 			errs = append(errs, err)
 		}

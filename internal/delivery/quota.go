@@ -21,8 +21,14 @@ import (
 //
 // What counts against an account is what it sent that the server still
 // keeps: channel messages until the retention sweep deletes them, inbox
-// items until their recipient acknowledges them or they expire, and the
-// channels it created (channels are not deleted). GroupInfos are not
+// items until their recipient acknowledges them or they expire (a Welcome
+// held for a pending invitee counts as an inbox item from when it is
+// stored until it is acknowledged after acceptance, or dropped by a
+// decline, a withdrawal or the invitation's expiry), and the channels it
+// created (channels are not deleted). What the server writes itself
+// (membership events in a channel's log, account and membership notices
+// in inboxes) is charged to nobody: it is bounded by the invitation limits
+// and the request rate limit. GroupInfos are not
 // counted: there is one per channel, replaced by each commit, so they are
 // bounded by the channel quota times the payload cap.
 //
@@ -296,7 +302,12 @@ func (s *Service) RecountUsage(ctx context.Context, accountID string) (before, a
 			Scan(&after.MessageBytes, &after.Messages); e != nil {
 			return e
 		}
-		if e := tx.QueryRowContext(ctx, `SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*) FROM inbox WHERE sender_account = ?`, accountID).
+		// Inbox items it sent (not the server's notices naming it) and
+		// Welcomes held for invitees until they answer.
+		if e := tx.QueryRowContext(ctx, `SELECT COALESCE(SUM(b), 0), COALESCE(SUM(n), 0) FROM (
+			SELECT SUM(LENGTH(body)) AS b, COUNT(*) AS n FROM inbox WHERE sender_account = ? AND `+chargedInbox+`
+			UNION ALL
+			SELECT SUM(LENGTH(body)), COUNT(*) FROM invitation_welcomes WHERE sender_account = ?) t`, accountID, accountID).
 			Scan(&after.InboxBytes, &after.InboxItems); e != nil {
 			return e
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	dt "github.com/quicprochat/quicprochat/internal/delivery/deliverytest"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
 func TestCheckQuota(t *testing.T) {
@@ -71,10 +72,18 @@ func (e *env) usageOf(t *testing.T, accountID string) (counted, scanned Usage) {
 			Scan(&scanned.MessageBytes, &scanned.Messages); err != nil {
 			return err
 		}
-		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*) FROM inbox WHERE sender_account = ?`, accountID).
-			Scan(&scanned.InboxBytes, &scanned.InboxItems); err != nil {
+		// Inbox items the account sent (not server notices naming it)
+		// and Welcomes held for invitees.
+		var hb, hn int64
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*) FROM inbox WHERE sender_account = ? AND kind IN (?, ?)`,
+			accountID, InboxWelcome, InboxOther).Scan(&scanned.InboxBytes, &scanned.InboxItems); err != nil {
 			return err
 		}
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(SUM(LENGTH(body)), 0), COUNT(*) FROM invitation_welcomes WHERE sender_account = ?`, accountID).
+			Scan(&hb, &hn); err != nil {
+			return err
+		}
+		scanned.InboxBytes, scanned.InboxItems = scanned.InboxBytes+hb, scanned.InboxItems+hn
 		return tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM channels WHERE created_by = ?`, accountID).Scan(&scanned.Channels)
 	})
 	if err != nil {
@@ -133,7 +142,9 @@ func TestQuotaStopsEnqueueStorageExhaustion(t *testing.T) {
 	// A replayed id is answered from the stored original and costs nothing.
 	id := newMsgID()
 	e.clock.Advance(8 * 24 * time.Hour)
-	if n, err := e.svc.Sweep(ctx); err != nil || n != int64(stored)+1 {
+	// The channel's log also holds the membership events of the setup
+	// (up to ch.HeadSeq).
+	if n, err := e.svc.Sweep(ctx); err != nil || n != int64(ch.HeadSeq)+int64(stored)+1 {
 		t.Fatalf("sweep: %d %v", n, err)
 	}
 	if u := e.checkUsage(t, mallory.AccountID); u != (Usage{Channels: 1}) {
@@ -253,7 +264,11 @@ func TestSendToInboxAmplification(t *testing.T) {
 		t.Fatalf("usage %+v", u)
 	}
 	// The recipient fetches and acknowledges two: they leave the quota.
-	if err := e.svc.Ack(ctx, victims[0].Caller, nil, 2); err != nil {
+	b, err := e.svc.Fetch(ctx, victims[0].Caller, MaxFetchLimit, After{})
+	if err != nil || len(b.Inbox) != 3 {
+		t.Fatalf("victim's inbox %v, %v", b.Inbox, err)
+	}
+	if err := e.svc.Ack(ctx, victims[0].Caller, nil, b.Inbox[1].Seq); err != nil {
 		t.Fatal(err)
 	}
 	if u := e.checkUsage(t, mallory.AccountID); u.InboxBytes != 1<<20 || u.InboxItems != 1 {
@@ -338,5 +353,184 @@ func TestRecountUsageRepairsDrift(t *testing.T) {
 	// An account without a row gets one with zeros.
 	if _, after, err := e.svc.RecountUsage(ctx, "acct-nobody"); err != nil || after != (Usage{}) {
 		t.Fatalf("recount of an empty account: %+v %v", after, err)
+	}
+}
+
+// A Welcome held for a pending invitee is stored, so it is charged to its
+// sender like an inbox item: from when it is stored, through its move into
+// the inbox when the invitee accepts, until the invitee acknowledges it; a
+// replacement Welcome, a decline, a withdrawal and the invitation's expiry
+// give the room back. A Welcome for an invitee who already answered is
+// dropped and charged nothing. The quota bounds what invitations park.
+func TestHeldWelcomeCharged(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.Quota = Quota{InboxBytes: 64 << 10, InboxItems: 3} })
+	alice := e.dir.add("alice", "a1")
+	bob := e.dir.add("bob", "b1")
+	bob2 := e.dir.add("bob", "b2")
+	carol := e.dir.add("carol", "c1")
+	dave := e.dir.add("dave", "d1")
+	ch, _ := e.group(t, alice)
+	if _, err := e.svc.AddMembers(ctx, alice.Caller, ch.ID, []MemberRef{{AccountName: "bob"}, {AccountName: "carol"}, {AccountName: "dave"}}); err != nil {
+		t.Fatal(err)
+	}
+	w := dt.SizedWelcome(1000)
+	toBob := []InboxRecipient{{"bob", bob.DeviceID}, {"bob", bob2.DeviceID}}
+	if _, err := e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxWelcome, w, toBob); err != nil {
+		t.Fatal(err)
+	}
+	if u := e.checkUsage(t, alice.AccountID); u.InboxItems != 2 || u.InboxBytes != 2*int64(len(w)) {
+		t.Fatalf("after holding two Welcomes: %+v", u)
+	}
+	// A newer Welcome for the same device replaces the held one: charged once.
+	w2 := dt.SizedWelcome(2000)
+	if _, err := e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxWelcome, w2, toBob[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if u := e.checkUsage(t, alice.AccountID); u.InboxItems != 2 || u.InboxBytes != int64(len(w)+len(w2)) {
+		t.Fatalf("after replacing one: %+v", u)
+	}
+	// Held Welcomes count against the quota: two held, one more fits,
+	// the next is refused.
+	if _, err := e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxWelcome, w, []InboxRecipient{{"carol", carol.DeviceID}}); err != nil {
+		t.Fatal(err)
+	}
+	var qe *QuotaError
+	if _, err := e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxWelcome, w, []InboxRecipient{{"dave", dave.DeviceID}}); !errors.As(err, &qe) || qe.Limit != LimitInboxItems {
+		t.Fatalf("a fourth held Welcome: %v; want an inbox_items refusal", err)
+	}
+	// Bob accepts: the Welcomes move into his inboxes and stay charged
+	// until he acknowledges them.
+	e.accept(t, bob, ch.ID)
+	if u := e.checkUsage(t, alice.AccountID); u.InboxItems != 3 {
+		t.Fatalf("after bob accepted: %+v", u)
+	}
+	e.drainAll(t, bob)
+	if u := e.checkUsage(t, alice.AccountID); u.InboxItems != 1 || u.InboxBytes != int64(len(w)) {
+		t.Fatalf("after bob acknowledged: %+v", u)
+	}
+	// Carol declines: her held Welcome is dropped and released; a Welcome
+	// sent to her afterwards is dropped and charged nothing.
+	invs, err := e.svc.ListInvitations(ctx, carol.Caller)
+	if err != nil || len(invs) != 1 {
+		t.Fatalf("carol's invitations %v, %v", invs, err)
+	}
+	if err := e.svc.DeclineInvitation(ctx, carol.Caller, invs[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxWelcome, w, []InboxRecipient{{"carol", carol.DeviceID}}); err != nil {
+		t.Fatal(err)
+	}
+	if u := e.checkUsage(t, alice.AccountID); u.InboxItems != 0 || u.InboxBytes != 0 {
+		t.Fatalf("after carol declined: %+v", u)
+	}
+	// Dave's Welcome is held, then alice withdraws the invitation.
+	if _, err := e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxWelcome, w, []InboxRecipient{{"dave", dave.DeviceID}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.RemoveMembers(ctx, alice.Caller, ch.ID, []MemberRef{{AccountName: "dave"}}); err != nil {
+		t.Fatal(err)
+	}
+	if u := e.checkUsage(t, alice.AccountID); u.InboxItems != 0 {
+		t.Fatalf("after the withdrawal: %+v", u)
+	}
+	// Invited again, a Welcome held, and the invitation expires unanswered.
+	if _, err := e.svc.AddMembers(ctx, alice.Caller, ch.ID, []MemberRef{{AccountName: "dave"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.SendToInbox(ctx, alice.Caller, ch.ID, InboxWelcome, w, []InboxRecipient{{"dave", dave.DeviceID}}); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(DefaultInvitationTTL + time.Hour)
+	if _, err := e.svc.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if u := e.checkUsage(t, alice.AccountID); u.InboxItems != 0 || u.InboxBytes != 0 {
+		t.Fatalf("after the invitation expired: %+v", u)
+	}
+	// A recount agrees with the counters.
+	if before, after, err := e.svc.RecountUsage(ctx, alice.AccountID); err != nil || before != after {
+		t.Fatalf("recount: %+v -> %+v, %v", before, after, err)
+	}
+}
+
+// The server's own notices (membership events in the log and in inboxes,
+// account events) are charged to nobody. Before, acknowledging one released
+// its "sender" (the inviter, the remover, the account whose device changed)
+// from usage it had never been charged, so an account could push its usage
+// below zero and then store more than its quota.
+func TestServerNoticesChargeNobody(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.Quota = Quota{InboxBytes: 1 << 20, InboxItems: 2} })
+	alice := e.dir.add("alice", "a1")
+	bob := e.dir.add("bob", "b1")
+	alice2 := e.dir.add("alice", "a2")
+	ch, _ := e.group(t, alice)
+	// Invitations and withdrawals: each puts a notice into bob's inbox
+	// naming alice as the sender.
+	for range 3 {
+		if _, err := e.svc.AddMembers(ctx, alice.Caller, ch.ID, []MemberRef{{AccountName: "bob"}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.svc.RemoveMembers(ctx, alice.Caller, ch.ID, []MemberRef{{AccountName: "bob"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An account event for alice's other device, as the auth service writes one.
+	err := e.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		return e.svc.RecordAccountEventTx(ctx, tx, alice.AccountID, alice.DeviceID, []string{alice2.DeviceID}, []byte("device added"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.drainAll(t, bob, alice)
+	if u := e.checkUsage(t, alice.AccountID); u != (Usage{Channels: 1}) {
+		t.Fatalf("alice's usage after her notices were acknowledged: %+v; want only her channel", u)
+	}
+	// So the quota is still the quota: two items, not more.
+	ch2, _ := e.group(t, alice)
+	if _, err := e.svc.AddMembers(ctx, alice.Caller, ch2.ID, []MemberRef{{AccountName: "alice", DeviceID: alice2.DeviceID}}); err != nil {
+		t.Fatal(err)
+	}
+	to := []InboxRecipient{{"alice", alice2.DeviceID}}
+	for i := range 3 {
+		_, err := e.svc.SendToInbox(ctx, alice.Caller, ch2.ID, InboxOther, []byte("x"), to)
+		if (i < 2) != (err == nil) {
+			t.Fatalf("inbox item %d: %v", i, err)
+		}
+	}
+	// Expired notices leave nothing behind either.
+	if _, err := e.svc.AddMembers(ctx, alice.Caller, ch.ID, []MemberRef{{AccountName: "bob"}}); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(8 * 24 * time.Hour)
+	if _, err := e.svc.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if u := e.checkUsage(t, alice.AccountID); u != (Usage{Channels: 2}) {
+		t.Fatalf("alice's usage after the sweep: %+v", u)
+	}
+	au, err := e.svc.Usage(ctx, "")
+	if err != nil || au.Usage != (Usage{}) {
+		t.Fatalf("usage of the empty account (server events): %+v, %v", au.Usage, err)
+	}
+}
+
+// The stored inbox kinds are the wire's: the server-written kinds must not
+// share a number (each side of a merge once took 3).
+func TestInboxKindsMatchTheWire(t *testing.T) {
+	for _, c := range []struct {
+		stored int
+		wire   qpcv1.InboxKind
+	}{
+		{InboxWelcome, qpcv1.InboxKind_INBOX_KIND_WELCOME},
+		{InboxOther, qpcv1.InboxKind_INBOX_KIND_OTHER},
+		{InboxAccountEvent, qpcv1.InboxKind_INBOX_KIND_ACCOUNT_EVENT},
+		{InboxMembership, qpcv1.InboxKind_INBOX_KIND_MEMBERSHIP},
+	} {
+		if c.stored != int(c.wire) {
+			t.Errorf("%v is %d on the wire, %d when stored", c.wire, c.wire, c.stored)
+		}
+	}
+	if InboxAccountEvent == InboxMembership {
+		t.Fatal("account and membership events share an inbox kind")
 	}
 }

@@ -50,7 +50,7 @@ func (s *Service) ChannelForAdmin(ctx context.Context, id []byte, commits int) (
 	commits = min(max(commits, 0), 1000)
 	var out ChannelAdmin
 	err := s.db.ReadTx(ctx, func(tx *sql.Tx) error {
-		ch, err := readChannel(ctx, tx, id)
+		ch, err := readChannel(ctx, tx, id, s.now().UnixMilli())
 		if err != nil {
 			return err
 		}

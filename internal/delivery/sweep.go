@@ -103,7 +103,7 @@ func (s *Service) Sweep(ctx context.Context) (int64, error) {
 			if ok, err := s.db.TryJobLock(ctx, tx, "delivery.sweep"); err != nil || !ok {
 				return err
 			}
-			rows, err := tx.QueryContext(ctx, `SELECT id, sender_account, LENGTH(body) FROM inbox WHERE expires_at <= ? ORDER BY id LIMIT ?`+s.db.ForUpdate(), now, sweepBatch)
+			rows, err := tx.QueryContext(ctx, `SELECT id, sender_account, LENGTH(body), `+chargedInbox+` FROM inbox WHERE expires_at <= ? ORDER BY id LIMIT ?`+s.db.ForUpdate(), now, sweepBatch)
 			if err != nil {
 				return err
 			}
@@ -112,11 +112,15 @@ func (s *Service) Sweep(ctx context.Context) (int64, error) {
 			for rows.Next() {
 				var id, size int64
 				var sender string
-				if err := rows.Scan(&id, &sender, &size); err != nil {
+				var charged bool
+				if err := rows.Scan(&id, &sender, &size, &charged); err != nil {
 					rows.Close()
 					return err
 				}
 				ids = append(ids, id)
+				if !charged {
+					continue // a server notice: charged to nobody
+				}
 				f := freed[sender]
 				f.InboxBytes, f.InboxItems = f.InboxBytes+size, f.InboxItems+1
 				freed[sender] = f
@@ -140,7 +144,9 @@ func (s *Service) Sweep(ctx context.Context) (int64, error) {
 		total += n
 		s.metrics.expired.WithLabelValues("inbox").Add(float64(n))
 		if n < sweepBatch {
-			return total, nil
+			// Expired invitations too (counted in their own metric).
+			_, err := s.sweepInvitations(ctx)
+			return total, err
 		}
 	}
 }
@@ -178,8 +184,10 @@ func (s *Service) sweepChannel(ctx context.Context, id []byte) (int64, error) {
 		if err := rows.Err(); err != nil || upto < 0 {
 			return err
 		}
+		// Server events (membership changes) have no sending account and
+		// are charged to nobody.
 		freed, err := senderUsage(ctx, tx, `SELECT sender_account, COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM messages
-			WHERE channel_id = ? AND seq <= ? GROUP BY sender_account`, id, upto)
+			WHERE channel_id = ? AND seq <= ? AND sender_account <> '' GROUP BY sender_account`, id, upto)
 		if err != nil {
 			return err
 		}

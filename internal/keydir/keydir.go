@@ -89,7 +89,8 @@ type Options struct {
 	// MaxPerAccount caps the unused pool KeyPackages of an account (last-resort
 	// ones do not count); default 100.
 	MaxPerAccount int
-	// Suites is the cipher-suite allowlist; default DefaultSuites ({1}).
+	// Suites is the cipher-suite allowlist, most preferred first (clients
+	// learn it from Policy); default DefaultSuites ({1}).
 	Suites []mls.CipherSuiteID
 	// SweepInterval is how often expired KeyPackages are deleted and the
 	// stock gauges refreshed; default 1m. Negative: no background sweeper
@@ -112,6 +113,7 @@ type Directory struct {
 	ttl     time.Duration
 	max     int
 	suites  map[mls.CipherSuiteID]bool
+	order   []mls.CipherSuiteID // the allowlist in preference order
 	metrics *metrics
 	limiter *fetchLimiter
 	refill  refillSignals
@@ -151,6 +153,9 @@ func New(o Options) (*Directory, error) {
 	for _, s := range suites {
 		if _, err := mls.Suite(s); err != nil {
 			return nil, fmt.Errorf("keydir: allowlist: %w", err)
+		}
+		if !d.suites[s] {
+			d.order = append(d.order, s)
 		}
 		d.suites[s] = true
 	}
@@ -271,5 +276,5 @@ func (d *Directory) RefreshStats(ctx context.Context) error {
 	d.metrics.stock.WithLabelValues(kindPool).Set(float64(pool))
 	d.metrics.stock.WithLabelValues(kindLastResort).Set(float64(lastResort))
 	d.metrics.accounts.Set(float64(accounts))
-	return nil
+	return d.refreshSuiteStats(ctx, now)
 }

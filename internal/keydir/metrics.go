@@ -15,6 +15,7 @@ const (
 
 type metrics struct {
 	stock              *prometheus.GaugeVec   // qpcd_keypackages_stock{kind}
+	suiteStock         *prometheus.GaugeVec   // qpcd_keypackages_suite_stock{suite,kind}
 	accounts           prometheus.Gauge       // qpcd_keypackages_accounts
 	uploaded           prometheus.Counter     // qpcd_keypackages_uploaded_total
 	uploadedLastResort prometheus.Counter     // qpcd_keypackages_last_resort_uploaded_total
@@ -30,6 +31,10 @@ func newMetrics() *metrics {
 		stock: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "qpcd_keypackages_stock", Help: "Unexpired KeyPackages stored, by kind (pool, last_resort); refreshed by the sweeper.",
 		}, []string{"kind"}),
+		suiteStock: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "qpcd_keypackages_suite_stock",
+			Help: "Unexpired KeyPackages stored, by cipher suite (name; only allowlisted suites are stored) and kind (pool, last_resort); refreshed by the sweeper.",
+		}, []string{"suite", "kind"}),
 		accounts: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "qpcd_keypackages_accounts", Help: "Accounts with at least one unexpired pool KeyPackage; refreshed by the sweeper.",
 		}),
@@ -71,7 +76,7 @@ func newMetrics() *metrics {
 
 func (m *metrics) register(r prometheus.Registerer) error {
 	var errs []error
-	for _, c := range []prometheus.Collector{m.stock, m.accounts, m.uploaded, m.uploadedLastResort, m.rejected, m.fetched, m.missing, m.expired, m.fetchRefused} {
+	for _, c := range []prometheus.Collector{m.stock, m.suiteStock, m.accounts, m.uploaded, m.uploadedLastResort, m.rejected, m.fetched, m.missing, m.expired, m.fetchRefused} {
 		if err := r.Register(c); err != nil {
 			errs = append(errs, err)
 		}

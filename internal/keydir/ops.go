@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/quicprochat/quicprochat/internal/mls"
 )
 
 // UploadResult reports an upload.
@@ -18,7 +20,8 @@ type UploadResult struct {
 }
 
 // Upload validates and stores pool KeyPackages and, if lastResort is not
-// empty, the device's last-resort KeyPackage (replacing the previous one).
+// empty, the device's last-resort KeyPackage (replacing the previous one of
+// the same cipher suite).
 // Any invalid KeyPackage refuses the whole upload. Pool KeyPackages beyond
 // the account's cap are not stored; if none fit, the error wraps
 // ErrCapExceeded.
@@ -82,7 +85,10 @@ func (d *Directory) Upload(ctx context.Context, deviceID string, pool [][]byte, 
 			res.Accepted++
 		}
 		if lr != nil {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM keypackages WHERE device_id = ? AND (last_resort = 1 OR ref = ?)`, dev.ID, lr.ref); err != nil {
+			// One last resort per device and suite: a device stocking
+			// several suites keeps one of each.
+			if _, err := tx.ExecContext(ctx, `DELETE FROM keypackages WHERE device_id = ? AND ((last_resort = 1 AND suite = ?) OR ref = ?)`,
+				dev.ID, int(lr.suite), lr.ref); err != nil {
 				return err
 			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO keypackages
@@ -152,14 +158,20 @@ type FetchResult struct {
 	AccountID string
 	Packages  []Fetched
 	Missing   []string // active devices with neither a pool nor a last-resort KeyPackage
+	// Suite is the cipher suite chosen from the fetch's suites (0 when the
+	// fetch named none).
+	Suite mls.CipherSuiteID
 }
 
 // Fetch consumes one pool KeyPackage of each active device of the account
 // named accountName (or only of deviceID when it is not empty), falling back
 // to the device's last-resort KeyPackage (returned, flagged, not consumed)
 // when its pool is empty. Consuming happens in the transaction that reads,
-// so two fetchers never receive the same pool KeyPackage.
-func (d *Directory) Fetch(ctx context.Context, byAccountID, byDeviceID, accountName, deviceID string) (FetchResult, error) {
+// so two fetchers never receive the same pool KeyPackage. suites, when not
+// empty, are the acceptable cipher suites in preference order: the
+// KeyPackages are of the first one every target device holds (see
+// chooseSuite), and only that suite's are consumed.
+func (d *Directory) Fetch(ctx context.Context, byAccountID, byDeviceID, accountName, deviceID string, suites ...mls.CipherSuiteID) (FetchResult, error) {
 	acct, devs, err := d.devices.Account(ctx, accountName)
 	if err != nil {
 		return FetchResult{}, err
@@ -186,15 +198,24 @@ func (d *Directory) Fetch(ctx context.Context, byAccountID, byDeviceID, accountN
 	// locked with SKIP LOCKED, so concurrent fetchers each take a different
 	// one without waiting for or retrying after each other; the DELETE in the
 	// same transaction consumes it. (SQLite's one writer serialises fetches.)
+	// suite = ? or, without a suite, any: (? = 0 OR suite = ?).
 	pick := `SELECT id, data FROM keypackages
-				WHERE device_id = ? AND account_id = ? AND last_resort = 0 AND expires_at > ?
+				WHERE device_id = ? AND account_id = ? AND last_resort = 0 AND expires_at > ? AND (? = 0 OR suite = ?)
 				ORDER BY id LIMIT 1` + d.db.ForUpdateSkipLocked()
 	err = d.db.WriteTxLocked(ctx, func(tx *sql.Tx) error {
 		res = FetchResult{AccountID: acct.ID}
+		if len(suites) > 0 {
+			s, err := d.chooseSuite(ctx, tx, acct.ID, targets, suites, now)
+			if err != nil {
+				return err
+			}
+			res.Suite = s
+		}
+		want := int(res.Suite)
 		for _, dev := range targets {
 			var id int64
 			var data []byte
-			err := tx.QueryRowContext(ctx, pick, dev, acct.ID, now).Scan(&id, &data)
+			err := tx.QueryRowContext(ctx, pick, dev, acct.ID, now, want, want).Scan(&id, &data)
 			switch {
 			case err == nil:
 				if _, err := tx.ExecContext(ctx, `DELETE FROM keypackages WHERE id = ?`, id); err != nil {
@@ -206,7 +227,8 @@ func (d *Directory) Fetch(ctx context.Context, byAccountID, byDeviceID, accountN
 				return err
 			}
 			err = tx.QueryRowContext(ctx, `SELECT data FROM keypackages
-				WHERE device_id = ? AND account_id = ? AND last_resort = 1 AND expires_at > ?`, dev, acct.ID, now).Scan(&data)
+				WHERE device_id = ? AND account_id = ? AND last_resort = 1 AND expires_at > ? AND (? = 0 OR suite = ?)
+				ORDER BY id LIMIT 1`, dev, acct.ID, now, want, want).Scan(&data)
 			switch {
 			case err == nil:
 				res.Packages = append(res.Packages, Fetched{DeviceID: dev, Data: data, LastResort: true})
@@ -263,7 +285,10 @@ func (d *Directory) fetchRefused(ctx context.Context, e *FetchLimitError, first 
 type Count struct {
 	Device, Account int
 	MaxPerAccount   int
-	HasLastResort   bool
+	HasLastResort   bool // of any suite
+	// Suites is the device's stock per cipher suite it holds, in the
+	// policy's preference order.
+	Suites []SuiteCount
 }
 
 // Count returns the calling device's and its account's unused, unexpired
@@ -271,13 +296,20 @@ type Count struct {
 func (d *Directory) Count(ctx context.Context, accountID, deviceID string) (Count, error) {
 	now := d.now().UnixMilli()
 	c := Count{MaxPerAccount: d.max}
+	var lastResorts int
 	err := d.db.ReadTx(ctx, func(tx *sql.Tx) error {
-		return tx.QueryRowContext(ctx, `SELECT
+		if err := tx.QueryRowContext(ctx, `SELECT
 			COUNT(CASE WHEN last_resort = 0 AND device_id = ? THEN 1 END),
 			COUNT(CASE WHEN last_resort = 0 THEN 1 END),
 			COUNT(CASE WHEN last_resort = 1 AND device_id = ? THEN 1 END)
 			FROM keypackages WHERE account_id = ? AND expires_at > ?`,
-			deviceID, deviceID, accountID, now).Scan(&c.Device, &c.Account, &c.HasLastResort)
+			deviceID, deviceID, accountID, now).Scan(&c.Device, &c.Account, &lastResorts); err != nil {
+			return err
+		}
+		c.HasLastResort = lastResorts > 0 // one per suite the device stocks
+		var err error
+		c.Suites, err = d.suiteCounts(ctx, tx, accountID, deviceID, now)
+		return err
 	})
 	if err != nil {
 		return Count{}, fmt.Errorf("keydir: count: %w", err)

@@ -76,16 +76,26 @@ func (c *Config) allowed(id CipherSuiteID) bool {
 }
 
 // suiteLevel is the security level of a suite in bits, for the
-// downgrade guard.
+// downgrade guard. The X-Wing hybrids rank above every classical suite:
+// moving from one to a classical suite loses the protection against a
+// quantum attacker, whatever the classical strength.
 func suiteLevel(id CipherSuiteID) int {
 	switch id {
 	case 1, 2, 3:
 		return 128
 	case 4, 5, 6, 7:
 		return 256
+	case MLS256XWingAES256GCMSHA512Ed25519, MLS256XWingChaCha20Poly1305SHA512Ed25519:
+		return 384
 	}
 	return 0
 }
+
+// SuiteStrength ranks suites for downgrade decisions: 128-bit classical
+// suites (1-3) < 256-bit classical suites (4-7) < post-quantum hybrids
+// (X-Wing). Unknown suites rank 0. A group never changes suite; the rank
+// decides what a ReInit may move to and what a policy's minimum admits.
+func SuiteStrength(id CipherSuiteID) int { return suiteLevel(id) }
 
 // checkSuiteChange refuses moving from suite from to suite to if to is
 // outside the allowlist or weaker.

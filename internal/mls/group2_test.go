@@ -10,9 +10,15 @@ import (
 // twoMembers returns alice and bob in one group (bob joined by Welcome).
 func twoMembers(t *testing.T, cfg Config) (*testClient, *testClient) {
 	t.Helper()
-	alice, bob := newTestClient(t, "alice"), newTestClient(t, "bob")
+	return twoSuiteMembers(t, cfg, 1)
+}
+
+// twoSuiteMembers is twoMembers in a group of suite id (cfg must allow it).
+func twoSuiteMembers(t *testing.T, cfg Config, id CipherSuiteID) (*testClient, *testClient) {
+	t.Helper()
+	alice, bob := newSuiteClient(t, "alice", id), newSuiteClient(t, "bob", id)
 	var err error
-	alice.g, err = CreateGroup(cfg, NewGroupID(), 1, BasicIdentity("alice", "d1"), alice.sig, GroupOptions{})
+	alice.g, err = CreateGroup(cfg, NewGroupID(), id, BasicIdentity("alice", "d1"), alice.sig, GroupOptions{})
 	mustNoErr(t, err, "CreateGroup")
 	bb := bob.bundle(t)
 	pc, err := alice.g.Commit(CommitOptions{Add: []*KeyPackage{&bb.KeyPackage}})
@@ -23,12 +29,14 @@ func twoMembers(t *testing.T, cfg Config) (*testClient, *testClient) {
 	return alice, bob
 }
 
-func TestExternalJoin(t *testing.T) {
-	cfg := Config{}
-	alice, bob := twoMembers(t, cfg)
+func TestExternalJoin(t *testing.T) { forEachSuite(t, testExternalJoin) }
+
+func testExternalJoin(t *testing.T, id CipherSuiteID) {
+	cfg := withSuite(Config{}, id)
+	alice, bob := twoSuiteMembers(t, cfg, id)
 	gi, err := alice.g.GroupInfo()
 	mustNoErr(t, err, "GroupInfo")
-	carol := newTestClient(t, "carol")
+	carol := newSuiteClient(t, "carol", id)
 	g, commit, err := JoinExternal(cfg, gi, BasicIdentity("carol", "d1"), carol.sig, ExternalJoinOptions{})
 	mustNoErr(t, err, "JoinExternal")
 	carol.g = g
@@ -52,10 +60,12 @@ func TestExternalJoin(t *testing.T) {
 
 }
 
-func TestPSKAndExtensions(t *testing.T) {
+func TestPSKAndExtensions(t *testing.T) { forEachSuite(t, testPSKAndExtensions) }
+
+func testPSKAndExtensions(t *testing.T, suite CipherSuiteID) {
 	psk := NewSecret(bytes.Repeat([]byte{7}, 32))
-	cfg := Config{PSKs: func(id []byte) (Secret, bool) { return psk, string(id) == "k1" }}
-	alice, bob := twoMembers(t, cfg)
+	cfg := withSuite(Config{PSKs: func(id []byte) (Secret, bool) { return psk, string(id) == "k1" }}, suite)
+	alice, bob := twoSuiteMembers(t, cfg, suite)
 	pc, err := alice.g.Commit(CommitOptions{PSKs: []PreSharedKeyID{alice.g.ExternalPSK([]byte("k1")), alice.g.ResumptionPSKID(alice.g.Epoch())}})
 	mustNoErr(t, err, "commit PSKs")
 	deliver(t, pc.Message, bob)
@@ -65,8 +75,8 @@ func TestPSKAndExtensions(t *testing.T) {
 		t.Fatalf("unknown PSK: %v", err)
 	}
 	// External senders via GroupContextExtensions, then an external Remove proposal.
-	ext := newTestClient(t, "server")
-	s, _ := Suite(1)
+	ext := newSuiteClient(t, "server", suite)
+	s, _ := Suite(suite)
 	_, extPub, _ := s.SignaturePrivateKeyFromBytes(ext.sig.Bytes())
 	x, err := ExternalSendersExtension([]ExternalSender{{SignatureKey: extPub, Credential: Credential{Type: CredentialTypeBasic, Identity: []byte("server")}}})
 	mustNoErr(t, err, "extension")
@@ -76,7 +86,7 @@ func TestPSKAndExtensions(t *testing.T) {
 	deliver(t, pc.Message, alice)
 	mustNoErr(t, bob.g.MergePendingCommit(pc), "merge")
 	sameEpoch(t, alice, bob)
-	carol := newTestClient(t, "carol")
+	carol := newSuiteClient(t, "carol", suite)
 	cb := carol.bundle(t)
 	gc := alice.g.Context()
 	msg, err := ExternalProposal(&gc, 0, &Proposal{Type: ProposalTypeAdd, Add: &Add{KeyPackage: cb.KeyPackage}}, ext.sig)
@@ -129,9 +139,11 @@ func TestReInitAndBranch(t *testing.T) {
 	chat(t, b2, a2)
 }
 
-func TestEpochGuards(t *testing.T) {
-	cfg := Config{MaxPastEpochs: 1}
-	alice, bob := twoMembers(t, cfg)
+func TestEpochGuards(t *testing.T) { forEachSuite(t, testEpochGuards) }
+
+func testEpochGuards(t *testing.T, id CipherSuiteID) {
+	cfg := withSuite(Config{MaxPastEpochs: 1}, id)
+	alice, bob := twoSuiteMembers(t, cfg, id)
 	m1, _ := bob.g.Protect([]byte("e1"), nil)
 	for i := 0; i < 2; i++ {
 		pc, err := alice.g.Commit(CommitOptions{})
@@ -158,7 +170,7 @@ func TestEpochGuards(t *testing.T) {
 	mustNoErr(t, alice.g.MergePendingCommit(pcA), "merge")
 	sameEpoch(t, alice, bob)
 	// Other group.
-	other, _ := twoMembers(t, cfg)
+	other, _ := twoSuiteMembers(t, cfg, id)
 	m, _ := other.g.Protect([]byte("x"), nil)
 	if _, err := alice.g.ProcessMessage(m); !errors.Is(err, ErrWrongGroup) {
 		t.Fatalf("other group: %v", err)
@@ -228,16 +240,18 @@ func forgeCommit(t *testing.T, g *Group, c *Commit, tag []byte) []byte {
 	return raw
 }
 
-func TestCommitValidation(t *testing.T) {
-	cfg := Config{PublicHandshake: true}
-	alice, bob := twoMembers(t, cfg)
-	carol := newTestClient(t, "carol")
+func TestCommitValidation(t *testing.T) { forEachSuite(t, testCommitValidation) }
+
+func testCommitValidation(t *testing.T, id CipherSuiteID) {
+	cfg := withSuite(Config{PublicHandshake: true}, id)
+	alice, bob := twoSuiteMembers(t, cfg, id)
+	carol := newSuiteClient(t, "carol", id)
 	cb := carol.bundle(t)
 	pc, err := alice.g.Commit(CommitOptions{Add: []*KeyPackage{&cb.KeyPackage}})
 	mustNoErr(t, err, "add carol")
 	deliver(t, pc.Message, bob)
 	mustNoErr(t, alice.g.MergePendingCommit(pc), "merge")
-	tag := make([]byte, 32)
+	tag := make([]byte, alice.g.suite.Nh())
 	cases := []struct {
 		name string
 		c    *Commit
@@ -253,9 +267,9 @@ func TestCommitValidation(t *testing.T) {
 		{"external init by member", &Commit{Proposals: []ProposalOrRef{{Type: ProposalOrRefTypeProposal, Proposal: &Proposal{Type: ProposalTypeExternalInit, ExternalInit: &ExternalInit{KEMOutput: make([]byte, 32)}}}}}, ErrInvalidProposal},
 		{"unknown reference", &Commit{Proposals: []ProposalOrRef{{Type: ProposalOrRefTypeReference, Reference: make([]byte, 32)}}}, ErrInvalidProposal},
 		{"reinit with others", &Commit{Proposals: []ProposalOrRef{
-			{Type: ProposalOrRefTypeProposal, Proposal: &Proposal{Type: ProposalTypeReInit, ReInit: &ReInit{GroupID: []byte("x"), Version: 1, CipherSuite: 1}}},
+			{Type: ProposalOrRefTypeProposal, Proposal: &Proposal{Type: ProposalTypeReInit, ReInit: &ReInit{GroupID: []byte("x"), Version: 1, CipherSuite: id}}},
 			{Type: ProposalOrRefTypeProposal, Proposal: &Proposal{Type: ProposalTypePSK, PreSharedKey: &PreSharedKey{PSK: alice.g.ExternalPSK([]byte("k"))}}}}}, ErrInvalidProposal},
-		{"bad confirmation tag (add without path)", &Commit{Proposals: []ProposalOrRef{{Type: ProposalOrRefTypeProposal, Proposal: &Proposal{Type: ProposalTypeAdd, Add: &Add{KeyPackage: newTestClient(t, "dave").bundle(t).KeyPackage}}}}}, ErrBadConfirmationTag},
+		{"bad confirmation tag (add without path)", &Commit{Proposals: []ProposalOrRef{{Type: ProposalOrRefTypeProposal, Proposal: &Proposal{Type: ProposalTypeAdd, Add: &Add{KeyPackage: newSuiteClient(t, "dave", id).bundle(t).KeyPackage}}}}}, ErrBadConfirmationTag},
 	}
 	before := bob.g.EpochAuthenticator()
 	for _, tc := range cases {
@@ -282,11 +296,13 @@ func TestCommitValidation(t *testing.T) {
 	sameEpoch(t, alice, bob)
 }
 
-func TestCommitWithoutPath(t *testing.T) {
+func TestCommitWithoutPath(t *testing.T) { forEachSuite(t, testCommitWithoutPath) }
+
+func testCommitWithoutPath(t *testing.T, suite CipherSuiteID) {
 	psk := NewSecret(bytes.Repeat([]byte{9}, 32))
-	cfg := Config{PSKs: func(id []byte) (Secret, bool) { return psk, true }}
-	alice, bob := twoMembers(t, cfg)
-	carol := newTestClient(t, "carol")
+	cfg := withSuite(Config{PSKs: func(id []byte) (Secret, bool) { return psk, true }}, suite)
+	alice, bob := twoSuiteMembers(t, cfg, suite)
+	carol := newSuiteClient(t, "carol", suite)
 	cb := carol.bundle(t)
 	pc, err := alice.g.Commit(CommitOptions{Add: []*KeyPackage{&cb.KeyPackage}, PSKs: []PreSharedKeyID{alice.g.ExternalPSK([]byte("k"))}, NoPath: true})
 	mustNoErr(t, err, "partial commit")

@@ -53,33 +53,38 @@ type benchGroup struct {
 var (
 	benchMu     sync.Mutex
 	benchGroups = map[string]*benchGroup{}
-	benchBundle = map[int][]*KeyPackageBundle{}
+	benchBundle = map[string][]*KeyPackageBundle{}
 )
 
-func bundles(tb testing.TB, n int) []*KeyPackageBundle {
+func bundles(tb testing.TB, n int) []*KeyPackageBundle { return suiteBundles(tb, 1, n) }
+
+// suiteBundles returns n KeyPackage bundles of suite id (cached).
+func suiteBundles(tb testing.TB, id CipherSuiteID, n int) []*KeyPackageBundle {
 	benchMu.Lock()
 	defer benchMu.Unlock()
-	if kb := benchBundle[n]; kb != nil {
+	key := fmt.Sprintf("%d/%d", id, n)
+	if kb := benchBundle[key]; kb != nil {
 		return kb
 	}
-	s, _ := Suite(1)
+	s, _ := Suite(id)
 	out := make([]*KeyPackageBundle, n)
 	for i := range out {
 		sig, _, err := s.GenerateSignatureKey()
 		mustNoErr(tb, err, "sig")
-		out[i], err = GenerateKeyPackage(1, BasicIdentity("user"+strconv.Itoa(i), "d"), sig, KeyPackageOptions{})
+		out[i], err = GenerateKeyPackage(id, BasicIdentity("user"+strconv.Itoa(i), "d"), sig, KeyPackageOptions{})
 		mustNoErr(tb, err, "kp")
 	}
-	benchBundle[n] = out
+	benchBundle[key] = out
 	return out
 }
 
-var benchCfg = Config{PublicHandshake: true, PaddingBlock: -1}
+var benchCfg = Config{PublicHandshake: true, PaddingBlock: -1,
+	AllowedSuites: []CipherSuiteID{1, MLS256XWingAES256GCMSHA512Ed25519, MLS256XWingChaCha20Poly1305SHA512Ed25519}}
 
 // freshGroup creates the group with one add-all commit; b joins.
-func freshGroup(tb testing.TB, n int) (*Group, *Group, []*KeyPackageBundle) {
-	kb := bundles(tb, n)
-	a, err := CreateGroup(benchCfg, NewGroupID(), 1, kb[0].KeyPackage.LeafNode.Credential.Identity, kb[0].SignaturePriv, GroupOptions{})
+func freshGroup(tb testing.TB, id CipherSuiteID, n int) (*Group, *Group, []*KeyPackageBundle) {
+	kb := suiteBundles(tb, id, n)
+	a, err := CreateGroup(benchCfg, NewGroupID(), id, kb[0].KeyPackage.LeafNode.Credential.Identity, kb[0].SignaturePriv, GroupOptions{})
 	mustNoErr(tb, err, "CreateGroup")
 	kps := make([]*KeyPackage, 0, n-1)
 	for _, x := range kb[1:] {
@@ -137,22 +142,26 @@ func populate(tb testing.TB, a, b *Group, kb []*KeyPackageBundle) {
 }
 
 func getBenchGroup(tb testing.TB, shape string, n int) *benchGroup {
-	key := fmt.Sprintf("%s/%d", shape, n)
+	return getSuiteBenchGroup(tb, 1, shape, n)
+}
+
+func getSuiteBenchGroup(tb testing.TB, id CipherSuiteID, shape string, n int) *benchGroup {
+	key := fmt.Sprintf("%d/%s/%d", id, shape, n)
 	benchMu.Lock()
 	bg := benchGroups[key]
 	benchMu.Unlock()
 	if bg != nil {
 		return bg
 	}
-	a, b, kb := freshGroup(tb, n)
+	a, b, kb := freshGroup(tb, id, n)
 	if shape == "populated" {
 		populate(tb, a, b, kb)
 	}
 	bg = &benchGroup{a: a, b: b, kps: kb}
-	s, _ := Suite(1)
+	s, _ := Suite(id)
 	sig, _, _ := s.GenerateSignatureKey()
 	var err error
-	bg.joiner, err = GenerateKeyPackage(1, []byte("joiner/d"), sig, KeyPackageOptions{})
+	bg.joiner, err = GenerateKeyPackage(id, []byte("joiner/d"), sig, KeyPackageOptions{})
 	mustNoErr(tb, err, "joiner kp")
 	pc, err := a.Commit(CommitOptions{Add: []*KeyPackage{&bg.joiner.KeyPackage}})
 	mustNoErr(tb, err, "add joiner")

@@ -4,27 +4,65 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
 
 type testClient struct {
-	name string
-	sig  SignaturePrivateKey
-	g    *Group
+	name  string
+	suite CipherSuiteID
+	sig   SignaturePrivateKey
+	g     *Group
+}
+
+// groupTestSuites are the suites the group state machine tests run on:
+// the baseline and both X-Wing hybrids (which have no official vectors,
+// so these tests are what covers them end to end).
+var groupTestSuites = []CipherSuiteID{
+	MLS128DHKEMX25519AES128GCMSHA256Ed25519,
+	MLS256XWingAES256GCMSHA512Ed25519,
+	MLS256XWingChaCha20Poly1305SHA512Ed25519,
+}
+
+// forEachSuite runs f as one subtest per suite of groupTestSuites.
+func forEachSuite(t *testing.T, f func(t *testing.T, id CipherSuiteID)) {
+	t.Helper()
+	for _, id := range groupTestSuites {
+		t.Run(fmt.Sprintf("suite=%#x", uint16(id)), func(t *testing.T) { f(t, id) })
+	}
+}
+
+// withSuite returns cfg with id added to its allowlist (the default
+// allowlist is suite 1 only).
+func withSuite(cfg Config, id CipherSuiteID) Config {
+	allowed := cfg.AllowedSuites
+	if len(allowed) == 0 {
+		allowed = []CipherSuiteID{1}
+	}
+	if !slices.Contains(allowed, id) {
+		allowed = append(slices.Clone(allowed), id)
+	}
+	cfg.AllowedSuites = allowed
+	return cfg
 }
 
 func newTestClient(t testing.TB, name string) *testClient {
+	return newSuiteClient(t, name, 1)
+}
+
+func newSuiteClient(t testing.TB, name string, id CipherSuiteID) *testClient {
 	t.Helper()
-	s, _ := Suite(1)
+	s, err := Suite(id)
+	mustNoErr(t, err, "suite")
 	sig, _, err := s.GenerateSignatureKey()
 	mustNoErr(t, err, "signature key")
-	return &testClient{name: name, sig: sig}
+	return &testClient{name: name, suite: id, sig: sig}
 }
 
 func (c *testClient) bundle(t testing.TB) *KeyPackageBundle {
 	t.Helper()
-	b, err := GenerateKeyPackage(1, BasicIdentity(c.name, "d1"), c.sig, KeyPackageOptions{})
+	b, err := GenerateKeyPackage(c.suite, BasicIdentity(c.name, "d1"), c.sig, KeyPackageOptions{})
 	mustNoErr(t, err, "GenerateKeyPackage")
 	return b
 }
@@ -62,13 +100,15 @@ func chat(t testing.TB, from *testClient, to ...*testClient) {
 	}
 }
 
-func TestGroupLifecycle(t *testing.T) {
+func TestGroupLifecycle(t *testing.T) { forEachSuite(t, testGroupLifecycle) }
+
+func testGroupLifecycle(t *testing.T, id CipherSuiteID) {
 	for _, public := range []bool{false, true} {
 		t.Run(fmt.Sprintf("public=%v", public), func(t *testing.T) {
-			cfg := Config{PublicHandshake: public}
-			alice, bob, carol := newTestClient(t, "alice"), newTestClient(t, "bob"), newTestClient(t, "carol")
+			cfg := withSuite(Config{PublicHandshake: public}, id)
+			alice, bob, carol := newSuiteClient(t, "alice", id), newSuiteClient(t, "bob", id), newSuiteClient(t, "carol", id)
 			var err error
-			alice.g, err = CreateGroup(cfg, NewGroupID(), 1, BasicIdentity("alice", "d1"), alice.sig, GroupOptions{})
+			alice.g, err = CreateGroup(cfg, NewGroupID(), id, BasicIdentity("alice", "d1"), alice.sig, GroupOptions{})
 			mustNoErr(t, err, "CreateGroup")
 
 			// alice adds bob.

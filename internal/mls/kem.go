@@ -12,13 +12,15 @@ import (
 
 // kemParams are what DeriveKeyPair (RFC 9180 §7.1.3) needs of a DHKEM:
 // its KDF hash, private key size Nsk and, for the NIST curves, the bit mask
-// applied to each candidate scalar's first byte.
+// applied to each candidate scalar's first byte. generic marks a KEM that is
+// not a DHKEM (X-Wing): it derives keys its own way.
 type kemParams struct {
 	id      hpke.KEM
 	hash    crypto.Hash
 	nsk     int
 	nist    bool
 	bitmask byte
+	generic bool
 }
 
 var (
@@ -27,6 +29,9 @@ var (
 	kemP256   = kemParams{id: hpke.KEM_P256_HKDF_SHA256, hash: crypto.SHA256, nsk: 32, nist: true, bitmask: 0xff}
 	kemP384   = kemParams{id: hpke.KEM_P384_HKDF_SHA384, hash: crypto.SHA384, nsk: 48, nist: true, bitmask: 0xff}
 	kemP521   = kemParams{id: hpke.KEM_P521_HKDF_SHA512, hash: crypto.SHA512, nsk: 66, nist: true, bitmask: 0x01}
+	// kemXWing is X-Wing (HPKE KEM id 0x647a): private keys are the
+	// 32-byte seed, public keys 1216 bytes, encapsulations 1120 bytes.
+	kemXWing = kemParams{id: hpke.KEM_XWING, nsk: 32, generic: true}
 )
 
 // labeledExtract and labeledExpand are RFC 9180 §4 with suite_id
@@ -56,6 +61,9 @@ func (k kemParams) labelPrefix() []byte {
 func (s *CipherSuite) DeriveKeyPair(ikm []byte) (HPKEPrivateKey, HPKEPublicKey, error) {
 	k := s.kem
 	sch := k.id.Scheme()
+	if k.generic {
+		return s.deriveGenericKeyPair(ikm)
+	}
 	prk, err := k.labeledExtract(nil, "dkp_prk", ikm)
 	if err != nil {
 		return HPKEPrivateKey{}, nil, fmt.Errorf("%w: DeriveKeyPair: %v", ErrInvalidArgument, err)
@@ -82,6 +90,19 @@ func (s *CipherSuite) DeriveKeyPair(ikm []byte) (HPKEPrivateKey, HPKEPublicKey, 
 		clear(raw)
 	}
 	return HPKEPrivateKey{}, nil, fmt.Errorf("%w: DeriveKeyPair found no valid scalar", ErrInvalidKey)
+}
+
+// deriveGenericKeyPair is X-Wing's HPKE DeriveKeyPair: the 32-byte seed is
+// SHAKE256(ikm, 32) and the key pair is expanded from it
+// (draft-connolly-cfrg-xwing-kem, "Use in HPKE"). circl's HPKE wrapper for
+// X-Wing computes exactly that for any ikm length; the seed it derives is
+// the private key's serialisation, so MarshalBinary gives it back.
+func (s *CipherSuite) deriveGenericKeyPair(ikm []byte) (HPKEPrivateKey, HPKEPublicKey, error) {
+	if len(ikm) == 0 {
+		return HPKEPrivateKey{}, nil, fmt.Errorf("%w: DeriveKeyPair with empty ikm", ErrInvalidArgument)
+	}
+	pk, sk := s.kem.id.Scheme().DeriveKeyPair(ikm)
+	return s.hpkePair(sk.MarshalBinary, pk.MarshalBinary)
 }
 
 // hpkeExportSend sets up an HPKE base-mode sender to pub with empty info

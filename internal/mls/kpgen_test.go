@@ -6,15 +6,18 @@ import (
 	"time"
 )
 
-func TestGenerateKeyPackage(t *testing.T) {
-	s, _ := Suite(1)
+func TestGenerateKeyPackage(t *testing.T) { forEachSuite(t, testGenerateKeyPackage) }
+
+func testGenerateKeyPackage(t *testing.T, id CipherSuiteID) {
+	s, _ := Suite(id)
 	sig, _, err := s.GenerateSignatureKey()
 	mustNoErr(t, err, "sig key")
 	now := time.Unix(1_800_000_000, 0)
-	b, err := GenerateKeyPackage(1, BasicIdentity("alice", "dev1"), sig, KeyPackageOptions{Now: now, LastResort: true})
+	b, err := GenerateKeyPackage(id, BasicIdentity("alice", "dev1"), sig, KeyPackageOptions{Now: now, LastResort: true})
 	mustNoErr(t, err, "GenerateKeyPackage")
-	mustNoErr(t, ValidateKeyPackage(&b.KeyPackage, KeyPackagePolicy{Now: now}), "ValidateKeyPackage")
-	if err := ValidateKeyPackage(&b.KeyPackage, KeyPackagePolicy{Now: now.Add(31 * 24 * time.Hour)}); !errors.Is(err, ErrInvalidKeyPackage) {
+	allow := KeyPackagePolicy{Now: now, AllowedSuites: []CipherSuiteID{id}}
+	mustNoErr(t, ValidateKeyPackage(&b.KeyPackage, allow), "ValidateKeyPackage")
+	if err := ValidateKeyPackage(&b.KeyPackage, KeyPackagePolicy{Now: now.Add(31 * 24 * time.Hour), AllowedSuites: allow.AllowedSuites}); !errors.Is(err, ErrInvalidKeyPackage) {
 		t.Errorf("expired: %v", err)
 	}
 	if err := ValidateKeyPackage(&b.KeyPackage, KeyPackagePolicy{Now: now, AllowedSuites: []CipherSuiteID{3}}); !errors.Is(err, ErrUnsupportedCipherSuite) {
@@ -28,7 +31,7 @@ func TestGenerateKeyPackage(t *testing.T) {
 	mustHex(t, raw2, raw, "bundle round trip")
 	bad := b.KeyPackage
 	bad.LeafNode.Capabilities.Credentials = nil
-	if err := ValidateKeyPackage(&bad, KeyPackagePolicy{Now: now}); !errors.Is(err, ErrInvalidKeyPackage) {
+	if err := ValidateKeyPackage(&bad, allow); !errors.Is(err, ErrInvalidKeyPackage) {
 		t.Errorf("capabilities: %v", err)
 	}
 	for i := range raw {

@@ -10,6 +10,7 @@ import (
 	_ "crypto/sha512" // registers crypto.SHA384 and SHA512
 	"fmt"
 	"log/slog"
+	"slices"
 
 	"github.com/cloudflare/circl/hpke"
 )
@@ -27,6 +28,15 @@ const (
 	MLS256DHKEMP521AES256GCMSHA512P521             CipherSuiteID = 5
 	MLS256DHKEMX448ChaCha20Poly1305SHA512Ed448     CipherSuiteID = 6
 	MLS256DHKEMP384AES256GCMSHA384P384             CipherSuiteID = 7
+)
+
+// X-Wing hybrid suites (ML-KEM-768 + X25519, draft-connolly-cfrg-xwing-kem)
+// in the private-use range of RFC 9420 §17.1. No X-Wing suite is
+// IANA-registered; these are the code points ts-mls 2.0 uses, so the two
+// implementations can talk (docs/mls.md "Cipher suites" says why).
+const (
+	MLS256XWingAES256GCMSHA512Ed25519        CipherSuiteID = 0xF00D
+	MLS256XWingChaCha20Poly1305SHA512Ed25519 CipherSuiteID = 0xF00E
 )
 
 // CipherSuite provides the hash, KDF, MAC, AEAD, HPKE and signature
@@ -59,7 +69,26 @@ var suites = map[CipherSuiteID]*CipherSuite{
 		crypto.SHA512, kemX448, hpke.KDF_HKDF_SHA512, hpke.AEAD_ChaCha20Poly1305, ed448Scheme{}),
 	MLS256DHKEMP384AES256GCMSHA384P384: newSuite(MLS256DHKEMP384AES256GCMSHA384P384,
 		crypto.SHA384, kemP384, hpke.KDF_HKDF_SHA384, hpke.AEAD_AES256GCM, ecdsaScheme{elliptic.P384(), crypto.SHA384}),
+	MLS256XWingAES256GCMSHA512Ed25519: newSuite(MLS256XWingAES256GCMSHA512Ed25519,
+		crypto.SHA512, kemXWing, hpke.KDF_HKDF_SHA512, hpke.AEAD_AES256GCM, ed25519Scheme{}),
+	MLS256XWingChaCha20Poly1305SHA512Ed25519: newSuite(MLS256XWingChaCha20Poly1305SHA512Ed25519,
+		crypto.SHA512, kemXWing, hpke.KDF_HKDF_SHA512, hpke.AEAD_ChaCha20Poly1305, ed25519Scheme{}),
 }
+
+// SuiteIDs returns the implemented suites in ascending order.
+func SuiteIDs() []CipherSuiteID {
+	ids := make([]CipherSuiteID, 0, len(suites))
+	for id := range suites {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// PostQuantum reports whether the suite's KEM resists a quantum attacker
+// (the X-Wing hybrids), which is what protects recorded traffic from
+// being decrypted later ("harvest now, decrypt later").
+func (s *CipherSuite) PostQuantum() bool { return s.kem.generic }
 
 func newSuite(id CipherSuiteID, h crypto.Hash, kem kemParams, kdf hpke.KDF, aead hpke.AEAD, sig signatureScheme) *CipherSuite {
 	return &CipherSuite{id: id, hash: h, kem: kem, aead: aead, hpke: hpke.NewSuite(kem.id, kdf, aead), sig: sig}

@@ -69,7 +69,7 @@ func TestWelcomeVectors(t *testing.T) {
 // TestWelcomeSealer checks the batched HPKE sealer against circl's
 // receiver (DecryptWithLabel) for every suite.
 func TestWelcomeSealer(t *testing.T) {
-	for id := CipherSuiteID(1); id <= 7; id++ {
+	for _, id := range SuiteIDs() {
 		s, err := Suite(id)
 		mustNoErr(t, err, "suite")
 		priv, pub, err := s.GenerateHPKEKey()

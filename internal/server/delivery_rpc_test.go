@@ -44,8 +44,61 @@ func groupChannel(t *testing.T, owner *testDevice, others ...*testDevice) ([]byt
 		if err := owner.call(t, MethodAddMembers, &qpcv1.AddMembersRequest{ChannelId: id, Members: refs}, &ar); err != nil {
 			t.Fatalf("add members: %v", err)
 		}
+		for _, o := range others {
+			acceptInvitations(t, o, id)
+		}
 	}
 	return id, g
+}
+
+// drain fetches and acknowledges everything waiting for d and returns its
+// inbox position.
+func drain(t *testing.T, d *testDevice) uint64 {
+	t.Helper()
+	var inbox uint64
+	for {
+		f := fetch(t, d)
+		ack := &qpcv1.AckRequest{}
+		top := map[string]uint64{}
+		for _, m := range f.GetMessages() {
+			top[string(m.GetChannelId())] = max(top[string(m.GetChannelId())], m.GetSeq())
+		}
+		for ch, seq := range top {
+			ack.Cursors = append(ack.Cursors, &qpcv1.ChannelCursor{ChannelId: []byte(ch), Seq: seq})
+		}
+		for _, it := range f.GetInbox() {
+			inbox = max(inbox, it.GetSeq())
+		}
+		ack.InboxSeq = inbox
+		if len(ack.Cursors) == 0 && len(f.GetInbox()) == 0 {
+			return inbox
+		}
+		if err := d.call(t, MethodAck, ack, &qpcv1.AckResponse{}); err != nil {
+			t.Fatalf("ack: %v", err)
+		}
+	}
+}
+
+// acceptInvitations accepts d's pending invitations to channel ch (all of
+// them when ch is nil) and returns how many.
+func acceptInvitations(t *testing.T, d *testDevice, ch []byte) int {
+	t.Helper()
+	var lr qpcv1.ListInvitationsResponse
+	if err := d.call(t, MethodListInvitations, &qpcv1.ListInvitationsRequest{}, &lr); err != nil {
+		t.Fatalf("list invitations: %v", err)
+	}
+	n := 0
+	for _, inv := range lr.GetInvitations() {
+		if ch != nil && !bytes.Equal(inv.GetChannelId(), ch) {
+			continue
+		}
+		var ar qpcv1.AcceptInvitationResponse
+		if err := d.call(t, MethodAcceptInvitation, &qpcv1.AcceptInvitationRequest{InvitationId: inv.GetInvitationId()}, &ar); err != nil {
+			t.Fatalf("accept invitation: %v", err)
+		}
+		n++
+	}
+	return n
 }
 
 func enqueue(t *testing.T, d *testDevice, ch []byte, msgID string, msg, gi []byte) (*qpcv1.EnqueueResponse, error) {
@@ -120,9 +173,18 @@ func TestDeliveryRPCs(t *testing.T) {
 		t.Fatalf("list: %v %v", &lr, err)
 	}
 
+	// The log starts with the server's membership events (bob invited,
+	// bob joined); everything below counts from there.
+	base := lr.GetChannels()[0].GetHeadSeq()
+	if base != 2 {
+		t.Fatalf("head after invite and accept: %d, want 2 (two membership events)", base)
+	}
+	drain(t, bob)
+	inboxBase := drain(t, bob2) // the invitation notice
+
 	// Enqueue: a commit with its GroupInfo, then application messages.
 	r, err := enqueue(t, alice, ch, newMessageID(), dt.Commit(g, 0), dt.GroupInfo(g, 1))
-	if err != nil || r.GetSeq() != 1 || r.GetEpoch() != 1 || r.GetDuplicate() || r.GetServerTimeUnixMs() == 0 {
+	if err != nil || r.GetSeq() != base+1 || r.GetEpoch() != 1 || r.GetDuplicate() || r.GetServerTimeUnixMs() == 0 {
 		t.Fatalf("commit: %v %v", r, err)
 	}
 	var gi qpcv1.GetGroupInfoResponse
@@ -130,19 +192,19 @@ func TestDeliveryRPCs(t *testing.T) {
 		t.Fatalf("group info: %v %v", &gi, err)
 	}
 	app := dt.Application(g, 1, 1024)
-	if r := mustEnqueue(t, alice, ch, app); r.GetSeq() != 2 {
+	if r := mustEnqueue(t, alice, ch, app); r.GetSeq() != base+2 {
 		t.Fatalf("application: %v", r)
 	}
 
 	// Fetch with sequence numbers; Ack advances only the acking device.
 	f := fetch(t, bob)
-	if len(f.GetMessages()) != 2 || f.GetMessages()[0].GetSeq() != 1 || f.GetMessages()[1].GetSeq() != 2 ||
+	if len(f.GetMessages()) != 2 || f.GetMessages()[0].GetSeq() != base+1 || f.GetMessages()[1].GetSeq() != base+2 ||
 		!bytes.Equal(f.GetMessages()[1].GetMlsMessage(), app) || f.GetMessages()[1].GetSenderAccountId() != alice.AccountID ||
 		f.GetMessages()[1].GetSenderDeviceId() != alice.DeviceID || f.GetMessages()[1].GetEpoch() != 1 {
 		t.Fatalf("fetch: %v", f)
 	}
 	var ack qpcv1.AckResponse
-	if err := bob.call(t, MethodAck, &qpcv1.AckRequest{Cursors: []*qpcv1.ChannelCursor{{ChannelId: ch, Seq: 2}}}, &ack); err != nil {
+	if err := bob.call(t, MethodAck, &qpcv1.AckRequest{Cursors: []*qpcv1.ChannelCursor{{ChannelId: ch, Seq: base + 2}}}, &ack); err != nil {
 		t.Fatal(err)
 	}
 	if f := fetch(t, bob); len(f.GetMessages()) != 0 {
@@ -151,11 +213,11 @@ func TestDeliveryRPCs(t *testing.T) {
 	if f := fetch(t, bob2); len(f.GetMessages()) != 2 {
 		t.Fatalf("other device after bob's ack: %v", f)
 	}
-	// Read-ahead: bob2 holds seq 1 without acknowledging it.
+	// Read-ahead: bob2 holds seq base+1 without acknowledging it.
 	var ra qpcv1.FetchResponse
-	if err := bob2.call(t, MethodFetch, &qpcv1.FetchRequest{After: []*qpcv1.ChannelCursor{{ChannelId: ch, Seq: 1}}}, &ra); err != nil ||
-		len(ra.GetMessages()) != 1 || ra.GetMessages()[0].GetSeq() != 2 {
-		t.Fatalf("fetch after 1: %v %v", &ra, err)
+	if err := bob2.call(t, MethodFetch, &qpcv1.FetchRequest{After: []*qpcv1.ChannelCursor{{ChannelId: ch, Seq: base + 1}}}, &ra); err != nil ||
+		len(ra.GetMessages()) != 1 || ra.GetMessages()[0].GetSeq() != base+2 {
+		t.Fatalf("fetch after %d: %v %v", base+1, &ra, err)
 	}
 
 	// SendToInbox: a Welcome to one device.
@@ -165,11 +227,11 @@ func TestDeliveryRPCs(t *testing.T) {
 		t.Fatalf("send to inbox: %v %v", &sr, err)
 	}
 	f = fetch(t, bob2)
-	if len(f.GetInbox()) != 1 || f.GetInbox()[0].GetSeq() != 1 || f.GetInbox()[0].GetKind() != qpcv1.InboxKind_INBOX_KIND_WELCOME ||
+	if len(f.GetInbox()) != 1 || f.GetInbox()[0].GetSeq() != inboxBase+1 || f.GetInbox()[0].GetKind() != qpcv1.InboxKind_INBOX_KIND_WELCOME ||
 		f.GetInbox()[0].GetSenderDeviceId() != alice.DeviceID || !bytes.Equal(f.GetInbox()[0].GetPayload(), dt.Welcome()) {
 		t.Fatalf("inbox: %v", f)
 	}
-	if err := bob2.call(t, MethodAck, &qpcv1.AckRequest{InboxSeq: 1, Cursors: []*qpcv1.ChannelCursor{{ChannelId: ch, Seq: 2}}}, &ack); err != nil {
+	if err := bob2.call(t, MethodAck, &qpcv1.AckRequest{InboxSeq: inboxBase + 1, Cursors: []*qpcv1.ChannelCursor{{ChannelId: ch, Seq: base + 2}}}, &ack); err != nil {
 		t.Fatal(err)
 	}
 	if f := fetch(t, bob2); len(f.GetInbox())+len(f.GetMessages()) != 0 {
@@ -183,6 +245,12 @@ func TestDeliveryRPCs(t *testing.T) {
 	var d1, d2 qpcv1.CreateDMChannelResponse
 	if err := alice.call(t, MethodCreateDMChannel, &qpcv1.CreateDMChannelRequest{PeerAccountName: "bob", GroupId: newGroupID(), TtlSeconds: 3600}, &d1); err != nil || !d1.GetCreated() {
 		t.Fatalf("create DM: %v %v", &d1, err)
+	}
+	// bob is invited, not a member, until he accepts.
+	expectStatus(t, bob.call(t, MethodCreateDMChannel, &qpcv1.CreateDMChannelRequest{PeerAccountName: "alice", GroupId: newGroupID()}, &d2),
+		qpcv1.Status_STATUS_ALREADY_EXISTS)
+	if n := acceptInvitations(t, bob, d1.GetChannel().GetChannelId()); n != 1 {
+		t.Fatalf("DM invitations accepted: %d", n)
 	}
 	if err := bob.call(t, MethodCreateDMChannel, &qpcv1.CreateDMChannelRequest{PeerAccountName: "alice", GroupId: newGroupID()}, &d2); err != nil || d2.GetCreated() ||
 		!bytes.Equal(d1.GetChannel().GetChannelId(), d2.GetChannel().GetChannelId()) || d2.GetChannel().GetTtlSeconds() != 3600 ||
@@ -308,6 +376,8 @@ func TestFetchWaitWakesOnEnqueue(t *testing.T) {
 	alice, bob := ts.newDevice(t, "alice"), ts.newDevice(t, "bob")
 	bob2 := ts.addDevice(t, bob)
 	ch, g := groupChannel(t, alice, bob)
+	drain(t, bob)
+	drain(t, bob2)
 	type result struct {
 		r   *qpcv1.FetchResponse
 		err error
@@ -382,6 +452,7 @@ func TestMessageExpiry(t *testing.T) {
 	ts := startServerWith(t, svcConfig(t), clk.Now)
 	alice, bob := ts.newDevice(t, "alice"), ts.newDevice(t, "bob")
 	ch, g := groupChannel(t, alice, bob)
+	drain(t, bob) // the membership events (seq 1, 2) and bob's invitation notice
 	mustEnqueue(t, alice, ch, dt.Application(g, 0, 10))
 	clk.Advance(6 * 24 * time.Hour)
 	relogin(t, alice)
@@ -389,10 +460,11 @@ func TestMessageExpiry(t *testing.T) {
 	clk.Advance(24*time.Hour + time.Minute) // the first is 7 days + 1 min old
 	relogin(t, bob)
 	f := fetch(t, bob)
-	if len(f.GetMessages()) != 1 || f.GetMessages()[0].GetSeq() != 2 {
+	if len(f.GetMessages()) != 1 || f.GetMessages()[0].GetSeq() != 4 {
 		t.Fatalf("after retention: %v", f)
 	}
-	if n, err := ts.delivery.Sweep(ctxT(t)); err != nil || n != 1 {
+	// The expired message and the two membership events before it.
+	if n, err := ts.delivery.Sweep(ctxT(t)); err != nil || n != 3 {
 		t.Fatalf("sweep: %d %v", n, err)
 	}
 }

@@ -38,5 +38,16 @@ func (s *Server) ping(ctx context.Context, _ *Call, req *qpcv1.PingRequest) (*qp
 		ServerTimeUnixMs: s.now().UnixMilli(),
 		ServerVersion:    version.Version,
 		ProtocolVersion:  wire.ProtocolVersion,
+		MlsPolicy:        s.mlsPolicy(),
 	}, nil
+}
+
+// mlsPolicy is the directory's cipher-suite policy for PingResponse.
+func (s *Server) mlsPolicy() *qpcv1.MLSPolicy {
+	p := s.keydir.Policy()
+	out := &qpcv1.MLSPolicy{MinimumSuite: uint32(p.Minimum)}
+	for _, id := range p.Allowed {
+		out.AllowedSuites = append(out.AllowedSuites, uint32(id))
+	}
+	return out
 }

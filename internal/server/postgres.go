@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -16,13 +14,12 @@ import (
 )
 
 // openPostgres opens the PostgreSQL backend from the validated config.
-func openPostgres(ctx context.Context, cfg config.Config, log *slog.Logger) (*store.DB, error) {
+func openPostgres(ctx context.Context, cfg config.Config, log *slog.Logger, nodeID string) (*store.DB, error) {
 	pc, err := cfg.PostgresConn()
 	if err != nil {
 		return nil, err
 	}
 	defer pc.DSN.Wipe()
-	host, _ := os.Hostname()
 	db, err := store.OpenPostgres(ctx, store.PostgresOptions{
 		DSN:              pc.DSN,
 		MaxConns:         pc.MaxConns,
@@ -30,7 +27,7 @@ func openPostgres(ctx context.Context, cfg config.Config, log *slog.Logger) (*st
 		StatementTimeout: pc.StatementTimeout,
 		ConnectTimeout:   pc.ConnectTimeout,
 		Logger:           log,
-		NodeID:           host + "-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(time.Now().UnixNano()%1e6, 36),
+		NodeID:           nodeID,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w (target %s, sslmode %s)", err, config.RedactDSN(string(pc.DSN.Reveal())), pc.SSLMode)
@@ -64,13 +61,7 @@ func (s *Server) watchDatabase() (stop func()) {
 			s.log.Info("database reachable again; ready")
 		}
 		// qpcd_ready follows /readyz.
-		if s.metrics != nil && s.ready.Load() && !s.draining.Load() {
-			if err != nil {
-				s.metrics.Ready.Set(0)
-			} else {
-				s.metrics.Ready.Set(1)
-			}
-		}
+		s.refreshReady()
 	}
 	check()
 	go func() {
@@ -141,5 +132,35 @@ func registerPostgresMetrics(reg *prometheus.Registry, db *store.DB, health *ato
 		}
 	}
 	db.SetTxObserver(func(kind string, took time.Duration) { txDur.WithLabelValues(kind).Observe(took.Seconds()) })
+	return nil
+}
+
+// ReloadDatabaseCredentials re-reads postgres.dsn_file and, if the
+// connection string in it logs in, makes every new database connection use
+// it (store.DB.SetPostgresDSN): the way to rotate the database password
+// without a restart (ALTER ROLE ... PASSWORD, rewrite the file, SIGHUP).
+// A file that is unreadable, open to others, unparseable, names another
+// database or does not log in is refused with one log line naming the file,
+// and the credentials in use stay. It does nothing (nil) unless the
+// backend is PostgreSQL with the DSN in postgres.dsn_file: a DSN given
+// inline or in the environment cannot change without a restart.
+func (s *Server) ReloadDatabaseCredentials(ctx context.Context) error {
+	if s.db.Backend() != store.BackendPostgres || s.cfg.Postgres.DSNFile == "" || !s.cfg.Postgres.DSN.IsZero() {
+		return nil
+	}
+	file := s.cfg.Postgres.DSNFile
+	pc, err := s.cfg.PostgresConn()
+	if err == nil {
+		defer pc.DSN.Wipe()
+		ctx, cancel := context.WithTimeout(ctx, pc.ConnectTimeout+2*time.Second)
+		err = s.db.SetPostgresDSN(ctx, pc.DSN)
+		cancel()
+	}
+	if err != nil {
+		s.log.Error("database credentials not reloaded; the ones in use stay", "file", file, "err", err)
+		return err
+	}
+	s.log.Info("database credentials reloaded; new connections use them", "file", file)
+	s.audit.Event(ctx, "db.credentials_reload", slog.String("file", file))
 	return nil
 }

@@ -88,6 +88,8 @@ type rpcServer struct {
 	// authenticate resolves a token to a principal (and applies the account
 	// and device limits); nil until auth is wired.
 	authenticate func(ctx context.Context, call *Call) error
+	// diskFull is the message for a write refused by a full disk.
+	diskFull string
 }
 
 func (r *rpcServer) ServeStream(ctx context.Context, c *transport.Conn, s *quic.Stream) {
@@ -212,6 +214,15 @@ func (r *rpcServer) toStatus(call *Call, err error) *wire.StatusError {
 	if errors.As(err, &se) {
 		return se
 	}
+	if store.IsDiskFull(err) {
+		// Retryable: nothing was stored and the write succeeds once space
+		// is freed. Debug only, like UNAVAILABLE: the condition is logged
+		// once by the disk watch and shown on /readyz and qpcd_disk_full.
+		r.log.Debug("rpc: write refused, disk full", "method", call.Method, "request_id", call.RequestID, "err", err)
+		e := wire.Errorf(qpcv1.Status_STATUS_RESOURCE_EXHAUSTED, "%s (request id %s)", r.diskFull, strconv.FormatUint(call.RequestID, 10))
+		e.RetryAfter = diskFullRetryAfter
+		return e
+	}
 	if st := mapServiceError(err); st != nil {
 		return st
 	}
@@ -285,6 +296,7 @@ var serviceErrors = []struct {
 	// keydir
 	{keydir.ErrInvalidKeyPackage, qpcv1.Status_STATUS_INVALID_ARGUMENT},
 	{keydir.ErrUnsupportedSuite, qpcv1.Status_STATUS_INVALID_ARGUMENT},
+	{ErrSuiteDowngrade, qpcv1.Status_STATUS_INVALID_ARGUMENT},
 	{keydir.ErrNotOwner, qpcv1.Status_STATUS_PERMISSION_DENIED},
 	{keydir.ErrUncertified, qpcv1.Status_STATUS_PERMISSION_DENIED},
 	{keydir.ErrCapExceeded, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
@@ -302,6 +314,9 @@ var serviceErrors = []struct {
 	{delivery.ErrTooLarge, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
 	{delivery.ErrQuotaExceeded, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
 	{delivery.ErrUnknownAccount, qpcv1.Status_STATUS_NOT_FOUND},
+	{delivery.ErrNotAllowed, qpcv1.Status_STATUS_PERMISSION_DENIED},
+	{delivery.ErrRefused, qpcv1.Status_STATUS_PERMISSION_DENIED},
+	{delivery.ErrInvitationLimit, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
 }
 
 var _ = fmt.Sprintf

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/quicprochat/quicprochat/internal/config"
+	"github.com/quicprochat/quicprochat/internal/diskwatch"
 	"github.com/quicprochat/quicprochat/internal/obs"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/store"
@@ -63,6 +64,15 @@ type Server struct {
 	dbHealth    atomic.Pointer[error]
 	dbWatchStop func()
 
+	// disk follows whether writes are refused for lack of space
+	// (diskfull.go); diskStop ends its checks.
+	disk     *diskwatch.Watch
+	diskStop func()
+	// nodeID and hostname name this run in the node registry (nodes.go)
+	// and in cross-node broadcasts; stopHeartbeat ends its heartbeat.
+	nodeID, hostname string
+	stopHeartbeat    func()
+
 	ready    atomic.Bool
 	draining atomic.Bool
 	drainCh  chan struct{} // closed when draining starts: wakes long-polls
@@ -84,6 +94,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	cfg := opts.Config.Resolved()
 
 	s := &Server{cfg: cfg, log: log, audit: obs.NewAudit(log), now: now, drainCh: make(chan struct{})}
+	s.nodeID, s.hostname = newNodeID()
 	defer func() {
 		if err != nil {
 			s.closeAll()
@@ -119,10 +130,13 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	}
 	dbPath := filepath.Join(cfg.DataDir, "qpcd.db")
 	if pg {
-		s.db, err = openPostgres(ctx, cfg, log)
+		s.db, err = openPostgres(ctx, cfg, log, s.nodeID)
 	} else {
 		store.SetMemorySecurity(cfg.DB.MemorySecurity == "on")
 		s.db, err = store.Open(ctx, store.Options{Path: dbPath, Key: key, Logger: log})
+	}
+	if store.IsDiskFull(err) && !pg {
+		return nil, fmt.Errorf("%w; qpcd cannot open its database on a full disk: free space in %s (never delete qpcd.db-wal: it holds committed messages), see docs/runbooks/disk-full.md", err, cfg.DataDir)
 	}
 	if err != nil {
 		return nil, err
@@ -135,9 +149,13 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		},
 		WriteQueue: func() float64 { return float64(s.db.QueueLen()) },
 	})
+	if s.diskStop, err = s.watchDisk(pg); err != nil {
+		return nil, err
+	}
 	s.db.SetCommitObserver(func(writes int, took time.Duration) {
 		s.metrics.DBCommitDuration.Observe(took.Seconds())
 		s.metrics.DBCommitWrites.Observe(float64(writes))
+		s.disk.Succeeded()
 	})
 	if pg {
 		if err := registerPostgresMetrics(s.metrics.Registry, s.db, &s.dbHealth); err != nil {
@@ -153,6 +171,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		maxPayload: cfg.Limits.MaxPayloadBytes,
 		draining:   s.draining.Load,
 		lie:        opts.LieInResponse,
+		diskFull:   diskFullMessage(pg),
 	}
 	if err := s.initServices(ctx); err != nil {
 		return nil, err
@@ -207,6 +226,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		"ops", s.OpsAddr(),
 		"data_dir", cfg.DataDir,
 		"backend", s.db.Backend(),
+		"node", s.nodeID,
 		"db", dbPath,
 		"db_key_file", keySource(cfg),
 		"tls_cert", cfg.TLS.CertFile,
@@ -328,7 +348,7 @@ func (s *Server) readiness() error {
 	if err := s.dbHealth.Load(); err != nil && *err != nil {
 		return fmt.Errorf("database unreachable: %w", *err)
 	}
-	return nil
+	return s.diskReadiness()
 }
 
 // Run serves until ctx is cancelled, then drains: /readyz turns unready,
@@ -345,8 +365,10 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 	s.started = s.now()
+	s.stopHeartbeat = s.startHeartbeat()
 	s.ready.Store(true)
 	s.metrics.Ready.Set(1)
+	s.refreshReady()
 	s.serveAdmin()
 
 	var runErr error
@@ -377,9 +399,15 @@ func (s *Server) drain() error {
 		errs = append(errs, ignoreClosed(s.ops.Shutdown(octx)))
 		ocancel()
 	}
+	if s.stopHeartbeat != nil {
+		s.stopHeartbeat()
+	}
 	errs = append(errs, s.closeServices())
 	if s.dbWatchStop != nil {
 		s.dbWatchStop()
+	}
+	if s.diskStop != nil {
+		s.diskStop()
 	}
 	errs = append(errs, s.db.Close(), s.unlockDataDir())
 	s.log.Info("stopped", "drain_took", s.now().Sub(start).Round(time.Millisecond).String())
@@ -406,6 +434,9 @@ func (s *Server) closeAll() {
 	_ = s.closeServices()
 	if s.dbWatchStop != nil {
 		s.dbWatchStop()
+	}
+	if s.diskStop != nil {
+		s.diskStop()
 	}
 	if s.db != nil {
 		_ = s.db.Close()

@@ -312,11 +312,22 @@ func (b adminBackend) Status(ctx context.Context) (admin.Status, error) {
 	if err != nil {
 		return st, fmt.Errorf("%w: read counts: %v", admin.ErrUnavailable, err)
 	}
+	if suites, err := s.keydir.StockBySuite(ctx); err == nil {
+		for _, x := range suites {
+			st.KeyPackages.Suites = append(st.KeyPackages.Suites, admin.KeyPackageSuite{
+				Suite: x.Suite.String(), ID: uint16(x.Suite), Allowed: x.Allowed, Pool: x.Pool, LastResort: x.LastResort})
+		}
+	}
 	if rec, err := s.lastBackup(ctx); err == nil {
 		st.LastBackup = rec
 	}
 	if id, created, err := s.activeTokenKey(ctx); err == nil {
 		st.TokenKeyID, st.TokenKeySince = id, created.UTC()
+	}
+	st.SigningKeyID = s.auth.ActiveKeyID()
+	st.NodeID = s.nodeID
+	if nodes, err := s.nodes(ctx); err == nil {
+		st.Nodes = nodes
 	}
 	return st, nil
 }
@@ -345,6 +356,10 @@ func (b adminBackend) snapshot(ctx context.Context) (admin.Snapshot, error) {
 	tmp := filepath.Join(s.cfg.DataDir, "backup-"+hex.EncodeToString(rnd)+".tmp")
 	created := s.now().UTC()
 	fr, err := s.db.Snapshot(ctx, tmp)
+	if store.IsDiskFull(err) {
+		return admin.Snapshot{}, fmt.Errorf("%w: not enough disk space for the backup snapshot: %v; the live database is unchanged and the partial snapshot was removed; qpcd writes the snapshot (about the database's size, %s) into its data directory %s before sending it: free space there and retry",
+			admin.ErrNoSpace, err, sizeText(s.db), s.cfg.DataDir)
+	}
 	if err != nil {
 		return admin.Snapshot{}, fmt.Errorf("%w: snapshot: %v (check free space in %s)", admin.ErrInternal, err, s.cfg.DataDir)
 	}
@@ -433,6 +448,12 @@ func (b adminBackend) rotateDBKey(ctx context.Context) (admin.RotateDBKeyResult,
 			return store.SyncDir(dir)
 		},
 	})
+	if err != nil && store.IsDiskFull(err) && !strings.Contains(err.Error(), "now encrypted under the new key") {
+		_ = os.Remove(newFile)
+		dbDir := filepath.Dir(s.db.Path())
+		return admin.RotateDBKeyResult{}, fmt.Errorf("%w: not enough disk space to rotate the database key: %v; the live database and its key are unchanged and the partial files were removed; the rotation writes a re-encrypted copy of the database (%s) into %s: free space there and retry",
+			admin.ErrNoSpace, err, sizeText(s.db), dbDir)
+	}
 	if err != nil {
 		_ = os.Remove(newFile)
 		if errors.Is(err, store.ErrRekey) && strings.Contains(err.Error(), "now encrypted under the new key") {
@@ -818,4 +839,14 @@ func (b adminBackend) RevertEpoch(ctx context.Context, hexID string, r admin.Rev
 	}
 	return admin.RevertEpochResult{ChannelID: hex.EncodeToString(id), From: res.From, To: res.To,
 		GroupInfoCleared: res.GroupInfoCleared, RemovedAccount: remove.Name, RemovedMemberships: res.Removed}, nil
+}
+
+// sizeText is the database's size on disk for messages ("unknown" if it
+// cannot be read).
+func sizeText(db *store.DB) string {
+	n, err := db.Size()
+	if err != nil {
+		return "unknown"
+	}
+	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/quicprochat/quicprochat/internal/auth"
 	"github.com/quicprochat/quicprochat/internal/config"
 	"github.com/quicprochat/quicprochat/internal/delivery"
@@ -23,6 +25,12 @@ const (
 	MethodFetchWait          = "FetchWait"
 	MethodAck                = "Ack"
 	MethodGetGroupInfo       = "GetGroupInfo"
+	MethodListInvitations    = "ListInvitations"
+	MethodAcceptInvitation   = "AcceptInvitation"
+	MethodDeclineInvitation  = "DeclineInvitation"
+	MethodBlockAccount       = "BlockAccount"
+	MethodUnblockAccount     = "UnblockAccount"
+	MethodListBlocked        = "ListBlocked"
 )
 
 // deliveryPart holds the delivery service's state inside Server.
@@ -47,6 +55,11 @@ func (s *Server) initDelivery(ctx context.Context) error {
 
 		MaxInboxCallBytes: s.cfg.Limits.MaxInboxCallBytes,
 		Quota:             quotaOf(s.cfg),
+
+		InvitationTTL:         s.cfg.Invitations.TTL,
+		InvitationsPerHour:    s.cfg.Invitations.MaxPerHour,
+		MaxPendingInvitations: s.cfg.Invitations.MaxPending,
+		MaxHeldWelcome:        s.cfg.Invitations.MaxWelcomeBytes,
 	})
 	if err != nil {
 		return err
@@ -91,6 +104,12 @@ func (s *Server) registerDelivery(t map[string]*method) {
 	register(t, MethodFetchWait, false, s.fetchWait)
 	register(t, MethodAck, false, s.ack)
 	register(t, MethodGetGroupInfo, false, s.getGroupInfo)
+	register(t, MethodListInvitations, false, s.listInvitations)
+	register(t, MethodAcceptInvitation, false, s.acceptInvitation)
+	register(t, MethodDeclineInvitation, false, s.declineInvitation)
+	register(t, MethodBlockAccount, false, s.blockAccount)
+	register(t, MethodUnblockAccount, false, s.unblockAccount)
+	register(t, MethodListBlocked, false, s.listBlocked)
 }
 
 func caller(call *Call) (delivery.Caller, error) {
@@ -107,9 +126,12 @@ func channelProto(ch delivery.Channel) *qpcv1.Channel {
 		t = qpcv1.ChannelType_CHANNEL_TYPE_DM
 	}
 	out := &qpcv1.Channel{ChannelId: ch.ID, Type: t, GroupId: ch.GroupID, Epoch: ch.Epoch, HeadSeq: ch.HeadSeq,
-		TtlSeconds: uint32(ch.TTL / time.Second)}
+		TtlSeconds: uint32(ch.TTL / time.Second), CreatedByAccountId: ch.CreatedBy}
 	for _, m := range ch.Members {
-		out.Members = append(out.Members, &qpcv1.Member{AccountId: m.AccountID, DeviceId: m.DeviceID})
+		out.Members = append(out.Members, &qpcv1.Member{AccountId: m.AccountID, DeviceId: m.DeviceID, AddedByAccountId: m.AddedBy})
+	}
+	for _, m := range ch.Invited {
+		out.Invited = append(out.Invited, &qpcv1.Member{AccountId: m.AccountID, DeviceId: m.DeviceID, AddedByAccountId: m.AddedBy})
 	}
 	return out
 }
@@ -195,6 +217,9 @@ func (s *Server) enqueue(ctx context.Context, call *Call, req *qpcv1.EnqueueRequ
 	if err := s.allowBytes(ctx, c, len(req.GetMlsMessage())+len(req.GetGroupInfo())); err != nil {
 		return nil, err
 	}
+	if err := s.checkGroupInfoSuite(ctx, c, req.GetChannelId(), req.GetGroupInfo()); err != nil {
+		return nil, err
+	}
 	r, err := s.delivery.Enqueue(ctx, c, req.GetChannelId(), req.GetMessageId(), req.GetMlsMessage(), req.GetGroupInfo())
 	if err != nil {
 		return nil, err
@@ -215,6 +240,11 @@ func (s *Server) sendToInbox(ctx context.Context, call *Call, req *qpcv1.SendToI
 	if err := s.allowBytes(ctx, c, len(req.GetPayload())*len(to)); err != nil {
 		return nil, err
 	}
+	if req.GetKind() == qpcv1.InboxKind_INBOX_KIND_WELCOME {
+		if err := s.checkWelcomeSuite(ctx, c, req.GetChannelId(), req.GetPayload()); err != nil {
+			return nil, err
+		}
+	}
 	n, err := s.delivery.SendToInbox(ctx, c, req.GetChannelId(), int(req.GetKind()), req.GetPayload(), to)
 	if err != nil {
 		return nil, err
@@ -225,10 +255,22 @@ func (s *Server) sendToInbox(ctx context.Context, call *Call, req *qpcv1.SendToI
 func batchProto(b delivery.Batch) *qpcv1.FetchResponse {
 	out := &qpcv1.FetchResponse{More: b.More}
 	for _, m := range b.Messages {
-		out.Messages = append(out.Messages, &qpcv1.ChannelMessage{
+		cm := &qpcv1.ChannelMessage{
 			ChannelId: m.ChannelID, Seq: m.Seq, MessageId: m.MessageID, SenderAccountId: m.SenderAccount,
 			SenderDeviceId: m.SenderDevice, MlsMessage: m.Body, ServerTimeUnixMs: m.Time.UnixMilli(), Epoch: m.Epoch,
-		})
+		}
+		if m.IsEvent() {
+			// A membership change the server wrote (delivery/members.go).
+			ev := &qpcv1.MembershipEvent{}
+			if err := proto.Unmarshal(m.Body, ev); err == nil {
+				// mls_message keeps the encoded event: a client older than
+				// events stores every message's body (an empty one failed
+				// its NOT NULL column and wedged its receive) and drops it
+				// as a malformed MLS message.
+				cm.Event, cm.SenderAccountId = ev, ""
+			}
+		}
+		out.Messages = append(out.Messages, cm)
 	}
 	for _, it := range b.Inbox {
 		out.Inbox = append(out.Inbox, &qpcv1.InboxItem{
@@ -304,6 +346,92 @@ func (s *Server) getGroupInfo(ctx context.Context, call *Call, req *qpcv1.GetGro
 	return &qpcv1.GetGroupInfoResponse{GroupInfo: gi, Epoch: epoch}, nil
 }
 
+func (s *Server) listInvitations(ctx context.Context, call *Call, _ *qpcv1.ListInvitationsRequest) (*qpcv1.ListInvitationsResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	list, err := s.delivery.ListInvitations(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	out := &qpcv1.ListInvitationsResponse{}
+	for _, inv := range list {
+		t := qpcv1.ChannelType_CHANNEL_TYPE_GROUP
+		if inv.ChannelKind == delivery.KindDM {
+			t = qpcv1.ChannelType_CHANNEL_TYPE_DM
+		}
+		out.Invitations = append(out.Invitations, &qpcv1.Invitation{
+			InvitationId: inv.ID, ChannelId: inv.ChannelID, ChannelType: t, InviterAccountId: inv.InviterID,
+			InviterAccountName: inv.InviterName, CreatedUnixMs: inv.Created.UnixMilli(), ExpiresUnixMs: inv.Expires.UnixMilli(),
+			MemberCount: uint32(inv.Members), DeviceId: inv.DeviceID, WelcomesHeld: uint32(inv.WelcomesHeld),
+		})
+	}
+	return out, nil
+}
+
+func (s *Server) acceptInvitation(ctx context.Context, call *Call, req *qpcv1.AcceptInvitationRequest) (*qpcv1.AcceptInvitationResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	ch, n, err := s.delivery.AcceptInvitation(ctx, c, req.GetInvitationId())
+	if err != nil {
+		return nil, err
+	}
+	return &qpcv1.AcceptInvitationResponse{Channel: channelProto(ch), Welcomes: uint32(n)}, nil
+}
+
+func (s *Server) declineInvitation(ctx context.Context, call *Call, req *qpcv1.DeclineInvitationRequest) (*qpcv1.DeclineInvitationResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.delivery.DeclineInvitation(ctx, c, req.GetInvitationId()); err != nil {
+		return nil, err
+	}
+	return &qpcv1.DeclineInvitationResponse{}, nil
+}
+
+func (s *Server) blockAccount(ctx context.Context, call *Call, req *qpcv1.BlockAccountRequest) (*qpcv1.BlockAccountResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	n, err := s.delivery.Block(ctx, c, req.GetAccountName())
+	if err != nil {
+		return nil, err
+	}
+	return &qpcv1.BlockAccountResponse{InvitationsDeclined: uint32(n)}, nil
+}
+
+func (s *Server) unblockAccount(ctx context.Context, call *Call, req *qpcv1.UnblockAccountRequest) (*qpcv1.UnblockAccountResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.delivery.Unblock(ctx, c, req.GetAccountName()); err != nil {
+		return nil, err
+	}
+	return &qpcv1.UnblockAccountResponse{}, nil
+}
+
+func (s *Server) listBlocked(ctx context.Context, call *Call, _ *qpcv1.ListBlockedRequest) (*qpcv1.ListBlockedResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	list, err := s.delivery.ListBlocked(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	out := &qpcv1.ListBlockedResponse{}
+	for _, b := range list {
+		out.Blocked = append(out.Blocked, &qpcv1.BlockedAccount{AccountId: b.AccountID, AccountName: b.AccountName, SinceUnixMs: b.Since.UnixMilli()})
+	}
+	return out, nil
+}
+
 // deliveryDirectory adapts internal/auth to delivery.Directory.
 type deliveryDirectory struct{ a *auth.Service }
 
@@ -313,6 +441,26 @@ func (d deliveryDirectory) AccountByName(ctx context.Context, name string) (deli
 		return delivery.Account{}, lookupErr(delivery.ErrUnknownAccount, err)
 	}
 	return delivery.Account{ID: a.ID, Name: a.Name, Active: a.Status == "active"}, nil
+}
+
+func (d deliveryDirectory) AccountByID(ctx context.Context, id string) (delivery.Account, error) {
+	a, err := d.a.GetAccount(ctx, id)
+	if err != nil {
+		return delivery.Account{}, lookupErr(delivery.ErrUnknownAccount, err)
+	}
+	return delivery.Account{ID: a.ID, Name: a.Name, Active: a.Status == "active"}, nil
+}
+
+func (d deliveryDirectory) Devices(ctx context.Context, accountID string) ([]delivery.Device, error) {
+	devs, err := d.a.ListDevices(ctx, accountID)
+	if err != nil {
+		return nil, lookupErr(delivery.ErrUnknownAccount, err)
+	}
+	out := make([]delivery.Device, 0, len(devs))
+	for _, dev := range devs {
+		out = append(out, delivery.Device{ID: dev.ID, AccountID: dev.AccountID, Active: dev.Active()})
+	}
+	return out, nil
 }
 
 func (d deliveryDirectory) Device(ctx context.Context, id string) (delivery.Device, error) {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/quicprochat/quicprochat/internal/auth"
 	"github.com/quicprochat/quicprochat/internal/keydir"
+	"github.com/quicprochat/quicprochat/internal/mls"
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
@@ -24,7 +25,12 @@ type directoryPart struct {
 }
 
 func (s *Server) initDirectory(ctx context.Context) error {
+	suites, err := s.cfg.MLSSuites()
+	if err != nil {
+		return err
+	}
 	d, err := keydir.New(keydir.Options{
+		Suites:        suites,
 		DB:            s.db,
 		Devices:       keydirDevices{s.auth},
 		Logger:        s.log,
@@ -88,7 +94,14 @@ func (s *Server) fetchKeyPackages(ctx context.Context, call *Call, req *qpcv1.Fe
 	if err != nil {
 		return nil, err
 	}
-	res, err := s.keydir.Fetch(ctx, p.AccountID, p.DeviceID, req.GetAccountName(), req.GetDeviceId())
+	var suites []mls.CipherSuiteID
+	for _, id := range req.GetCipherSuites() {
+		if id > 0xffff {
+			return nil, wire.Errorf(qpcv1.Status_STATUS_INVALID_ARGUMENT, "cipher_suites: %d is not a 16-bit suite id", id)
+		}
+		suites = append(suites, mls.CipherSuiteID(id))
+	}
+	res, err := s.keydir.Fetch(ctx, p.AccountID, p.DeviceID, req.GetAccountName(), req.GetDeviceId(), suites...)
 	var limited *keydir.FetchLimitError
 	if errors.As(err, &limited) {
 		st := wire.Errorf(qpcv1.Status_STATUS_RESOURCE_EXHAUSTED, "%v", err)
@@ -98,7 +111,7 @@ func (s *Server) fetchKeyPackages(ctx context.Context, call *Call, req *qpcv1.Fe
 	if err != nil {
 		return nil, err
 	}
-	out := &qpcv1.FetchKeyPackagesResponse{AccountId: res.AccountID, MissingDeviceIds: res.Missing}
+	out := &qpcv1.FetchKeyPackagesResponse{AccountId: res.AccountID, MissingDeviceIds: res.Missing, CipherSuite: uint32(res.Suite)}
 	for _, k := range res.Packages {
 		out.KeyPackages = append(out.KeyPackages, &qpcv1.FetchedKeyPackage{DeviceId: k.DeviceID, KeyPackage: k.Data, LastResort: k.LastResort})
 	}
@@ -114,10 +127,14 @@ func (s *Server) countKeyPackages(ctx context.Context, call *Call, _ *qpcv1.Coun
 	if err != nil {
 		return nil, err
 	}
-	return &qpcv1.CountKeyPackagesResponse{
+	out := &qpcv1.CountKeyPackagesResponse{
 		DeviceCount: uint32(c.Device), AccountCount: uint32(c.Account),
 		MaxPerAccount: uint32(c.MaxPerAccount), HasLastResort: c.HasLastResort,
-	}, nil
+	}
+	for _, sc := range c.Suites {
+		out.Suites = append(out.Suites, &qpcv1.SuiteStock{CipherSuite: uint32(sc.Suite), DeviceCount: uint32(sc.Device), HasLastResort: sc.HasLastResort})
+	}
+	return out, nil
 }
 
 // withRefillSignal tells a fetching device that others took its KeyPackages

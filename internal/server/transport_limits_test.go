@@ -43,7 +43,9 @@ func (ts *testServer) labelled(t *testing.T, name, label, value string) float64 
 func TestConnectionLimitsAndTheirMetrics(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Limits.MaxConnectionsPerAddress = 2
-	cfg.Limits.FirstRequestTimeout = 300 * time.Millisecond
+	// Long enough that the first two are still open when the third dials,
+	// even on a loaded machine; short enough to wait for their reaping.
+	cfg.Limits.FirstRequestTimeout = 3 * time.Second
 	ts := startServer(t, cfg)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

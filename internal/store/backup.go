@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -110,6 +111,8 @@ func ExportFile(ctx context.Context, src string, srcKey secret.Bytes, dst string
 // exportFile runs the export from src into dst and verifies the result.
 func exportFile(ctx context.Context, src string, srcKey *secret.Bytes, dst string, dstKey *secret.Bytes) (rep FileReport, err error) {
 	start := time.Now()
+	// The copy is what needs the space: a full disk names dst's directory.
+	defer func() { err = asDiskFull(err, filepath.Dir(dst)) }()
 	if _, err := os.Lstat(dst); err == nil {
 		return FileReport{}, fmt.Errorf("%w: %s; remove it or choose another name", ErrExists, dst)
 	} else if !errors.Is(err, fs.ErrNotExist) {

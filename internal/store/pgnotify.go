@@ -38,7 +38,7 @@ const (
 const resyncTopic = "*"
 
 type pgEvents struct {
-	cfg  *pgx.ConnConfig
+	cfg  func() *pgx.ConnConfig // the settings in use, a copy per call
 	node string
 	log  *slog.Logger
 
@@ -58,7 +58,7 @@ type pgEvents struct {
 	up            atomic.Bool
 }
 
-func startPGEvents(cfg *pgx.ConnConfig, node string, log *slog.Logger) *pgEvents {
+func startPGEvents(cfg func() *pgx.ConnConfig, node string, log *slog.Logger) *pgEvents {
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &pgEvents{
 		cfg:       cfg,
@@ -104,7 +104,7 @@ func (e *pgEvents) stats() (reconnects int64, up bool, received int64) {
 // connect opens a dedicated connection (not from the pool: LISTEN state
 // belongs to a session, and the sender must not wait behind requests).
 func (e *pgEvents) connect(ctx context.Context, params map[string]string) (*pgx.Conn, error) {
-	cfg := e.cfg.Copy()
+	cfg := e.cfg()
 	for k, v := range params {
 		cfg.RuntimeParams[k] = v
 	}

@@ -91,13 +91,24 @@ type PostgresOptions struct {
 
 // pgEngine is the PostgreSQL side of DB.
 type pgEngine struct {
-	pool       *sql.DB
-	connCfg    *pgx.ConnConfig // for the dedicated LISTEN and NOTIFY connections
+	pool *sql.DB
+	// connCfg is the connection settings in use: the pool's new
+	// connections and the dedicated LISTEN and NOTIFY connections take
+	// them when they connect; SetPostgresDSN replaces them.
+	connCfg    atomic.Pointer[pgx.ConnConfig]
+	opts       PostgresOptions // as opened, without the DSN
 	target     string          // host:port/database, safe to log
 	stmts      stmtCache
 	maxRetries int
 	log        *slog.Logger
 	events     *pgEvents
+	// txTimeout bounds one transaction attempt on this side: statement_timeout
+	// is enforced by the server, so across a partition (nothing answers,
+	// nothing resets) a query on a pooled connection would wait for TCP to
+	// give up; with the deadline it fails, the connection is dropped, and
+	// the request is answered UNAVAILABLE. Twice the statement timeout plus
+	// the connect timeout.
+	txTimeout time.Duration
 
 	retries atomic.Int64 // write functions re-run after a serialization failure or deadlock
 	queued  atomic.Int64 // transactions waiting for a connection
@@ -117,10 +128,9 @@ func OpenPostgres(ctx context.Context, opts PostgresOptions) (*DB, error) {
 	if opts.DSN.IsZero() {
 		return nil, fmt.Errorf("%w: no connection string; set postgres.dsn (QPC_POSTGRES_DSN) or postgres.dsn_file", ErrPostgresConfig)
 	}
-	cfg, err := pgx.ParseConfig(string(opts.DSN.Reveal()))
+	cfg, stmtTimeout, err := pgConnConfig(opts)
 	if err != nil {
-		// pgconn's parse errors redact the password.
-		return nil, fmt.Errorf("%w: postgres.dsn: %v", ErrPostgresConfig, err)
+		return nil, err
 	}
 	maxConns := opts.MaxConns
 	if maxConns == 0 {
@@ -133,22 +143,6 @@ func OpenPostgres(ctx context.Context, opts PostgresOptions) (*DB, error) {
 	if maxConns < 1 || minConns < 0 || minConns > maxConns {
 		return nil, fmt.Errorf("%w: pool size %d (min %d); set postgres.max_conns >= postgres.min_conns >= 0", ErrPostgresConfig, maxConns, minConns)
 	}
-	stmtTimeout := opts.StatementTimeout
-	if stmtTimeout == 0 {
-		stmtTimeout = 30 * time.Second
-	}
-	if opts.ConnectTimeout > 0 {
-		cfg.ConnectTimeout = opts.ConnectTimeout
-	} else if cfg.ConnectTimeout == 0 {
-		cfg.ConnectTimeout = 10 * time.Second
-	}
-	if cfg.RuntimeParams == nil {
-		cfg.RuntimeParams = map[string]string{}
-	}
-	cfg.RuntimeParams["statement_timeout"] = strconv.FormatInt(stmtTimeout.Milliseconds(), 10)
-	if cfg.RuntimeParams["application_name"] == "" {
-		cfg.RuntimeParams["application_name"] = "qpcd"
-	}
 	retries := opts.MaxRetries
 	if retries == 0 {
 		retries = 20
@@ -158,12 +152,17 @@ func OpenPostgres(ctx context.Context, opts PostgresOptions) (*DB, error) {
 		nodeID = strconv.FormatUint(rand.Uint64(), 36)
 	}
 	e := &pgEngine{
-		connCfg:    cfg,
+		opts:       opts,
 		target:     pgTarget(cfg),
 		maxRetries: retries,
 		log:        log,
+		txTimeout:  2*stmtTimeout + cfg.ConnectTimeout,
 	}
-	e.pool = sql.OpenDB(pgConnector{inner: stdlib.GetConnector(*cfg)})
+	e.opts.DSN = secret.Bytes{} // the engine keeps the parsed config, not the string
+	e.connCfg.Store(cfg)
+	// Every new pooled connection uses the current settings, so that a
+	// password changed by SetPostgresDSN applies without a restart.
+	e.pool = sql.OpenDB(pgConnector{inner: stdlib.GetConnector(*cfg, stdlib.OptionBeforeConnect(e.beforeConnect))})
 	e.pool.SetMaxOpenConns(maxConns)
 	e.pool.SetMaxIdleConns(maxConns)
 	e.pool.SetConnMaxLifetime(time.Hour)
@@ -196,7 +195,7 @@ func OpenPostgres(ctx context.Context, opts PostgresOptions) (*DB, error) {
 	for _, c := range warm {
 		_ = c.Close()
 	}
-	e.events = startPGEvents(cfg, nodeID, log)
+	e.events = startPGEvents(e.currentConfig, nodeID, log)
 	lctx, lcancel := context.WithTimeout(ctx, cfg.ConnectTimeout+time.Second)
 	err = e.events.waitListening(lctx)
 	lcancel()
@@ -214,6 +213,85 @@ func OpenPostgres(ctx context.Context, opts PostgresOptions) (*DB, error) {
 // pgTarget names the server and database without credentials.
 func pgTarget(cfg *pgx.ConnConfig) string {
 	return net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))) + "/" + cfg.Database
+}
+
+// pgConnConfig parses opts.DSN and applies the options that override it
+// (connect and statement timeouts, application_name).
+func pgConnConfig(opts PostgresOptions) (*pgx.ConnConfig, time.Duration, error) {
+	if opts.DSN.IsZero() {
+		return nil, 0, fmt.Errorf("%w: no connection string; set postgres.dsn (QPC_POSTGRES_DSN) or postgres.dsn_file", ErrPostgresConfig)
+	}
+	cfg, err := pgx.ParseConfig(string(opts.DSN.Reveal()))
+	if err != nil {
+		// pgconn's parse errors redact the password.
+		return nil, 0, fmt.Errorf("%w: postgres.dsn: %v", ErrPostgresConfig, err)
+	}
+	stmtTimeout := opts.StatementTimeout
+	if stmtTimeout == 0 {
+		stmtTimeout = 30 * time.Second
+	}
+	if opts.ConnectTimeout > 0 {
+		cfg.ConnectTimeout = opts.ConnectTimeout
+	} else if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = 10 * time.Second
+	}
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = map[string]string{}
+	}
+	cfg.RuntimeParams["statement_timeout"] = strconv.FormatInt(stmtTimeout.Milliseconds(), 10)
+	if cfg.RuntimeParams["application_name"] == "" {
+		cfg.RuntimeParams["application_name"] = "qpcd"
+	}
+	return cfg, stmtTimeout, nil
+}
+
+// currentConfig is a copy of the connection settings in use.
+func (e *pgEngine) currentConfig() *pgx.ConnConfig { return e.connCfg.Load().Copy() }
+
+// beforeConnect gives a new pooled connection the current settings.
+func (e *pgEngine) beforeConnect(_ context.Context, cc *pgx.ConnConfig) error {
+	*cc = *e.currentConfig()
+	return nil
+}
+
+// ErrDSNRefused: a new connection string was not taken; the old one stays
+// in use.
+var ErrDSNRefused = errors.New("store: new PostgreSQL connection string refused; the old one stays in use")
+
+// SetPostgresDSN replaces the connection settings (typically the password,
+// after ALTER ROLE ... PASSWORD) without a restart: connections already
+// open, and the work on them, carry on; every connection opened from now
+// on (pool, and the LISTEN and NOTIFY connections when they reconnect)
+// uses the new settings. The new settings must name the same database and
+// must log in: a connection is made with them first, and on any failure
+// the old settings stay in use and the error (ErrDSNRefused, with the
+// reason; never the password) says why.
+func (db *DB) SetPostgresDSN(ctx context.Context, dsn secret.Bytes) error {
+	if db.pg == nil {
+		return fmt.Errorf("%w: the database is SQLCipher", ErrNotSupported)
+	}
+	e := db.pg
+	o := e.opts
+	o.DSN = dsn
+	cfg, _, err := pgConnConfig(o)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrDSNRefused, err)
+	}
+	old := e.connCfg.Load()
+	if cfg.Database != old.Database {
+		return fmt.Errorf("%w: it names database %q, the nodes run on %q; moving to another database needs a restart", ErrDSNRefused, cfg.Database, old.Database)
+	}
+	probe := cfg.Copy()
+	cctx, cancel := context.WithTimeout(ctx, probe.ConnectTimeout+time.Second)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(cctx, probe)
+	if err != nil {
+		return fmt.Errorf("%w: a test connection with it failed: %w", ErrDSNRefused, explainPG(err, pgTarget(cfg)))
+	}
+	_ = conn.Close(context.WithoutCancel(ctx))
+	e.connCfg.Store(cfg)
+	e.log.Info("store: PostgreSQL connection settings replaced; new connections use them", "target", pgTarget(cfg), "user", cfg.User)
+	return nil
 }
 
 // explainPG turns a connection failure into one error that names the
@@ -370,6 +448,8 @@ func (e *pgEngine) writeTx(ctx context.Context, iso sql.IsolationLevel, fn func(
 }
 
 func (e *pgEngine) runTx(ctx context.Context, iso sql.IsolationLevel, fn func(tx *sql.Tx) error, onCommit func(time.Duration)) (err error) {
+	ctx, cancel := context.WithTimeout(ctx, e.txTimeout)
+	defer cancel()
 	e.stmts.prepareWanted(ctx, e.pool)
 	tx, err := e.begin(ctx, &sql.TxOptions{Isolation: iso})
 	if err != nil {
@@ -415,6 +495,8 @@ func (e *pgEngine) call(fn func(*sql.Tx) error, tx *sql.Tx) (err error) {
 // as on SQLite.
 func (e *pgEngine) readTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error) {
 	defer e.observe("read", time.Now())
+	ctx, cancel := context.WithTimeout(ctx, e.txTimeout)
+	defer cancel()
 	e.stmts.prepareWanted(ctx, e.pool)
 	tx, err := e.begin(ctx, &sql.TxOptions{ReadOnly: true, Isolation: sql.LevelRepeatableRead})
 	if err != nil {
@@ -443,7 +525,7 @@ func (db *DB) Backend() string {
 // a check made after the lock is current.
 func (db *DB) WriteTxLocked(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	if db.pg != nil {
-		return db.pgWrite(ctx, sql.LevelReadCommitted, fn)
+		return db.classify(db.pgWrite(ctx, sql.LevelReadCommitted, fn))
 	}
 	return db.WriteTx(ctx, fn)
 }

@@ -117,7 +117,8 @@ type DB struct {
 	wstmts stmtCache // statements prepared on wdb (writer goroutine)
 	rstmts stmtCache // statements prepared on rdb
 
-	onCommit atomic.Pointer[func(writes int, took time.Duration)] // SetCommitObserver
+	onCommit   atomic.Pointer[func(writes int, took time.Duration)] // SetCommitObserver
+	onDiskFull atomic.Pointer[func(err error)]                      // SetDiskFullObserver
 
 	// pg is set when the database is PostgreSQL (OpenPostgres); the
 	// SQLite fields above are then unused.
@@ -186,7 +187,9 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 			_ = db.wdb.Close()
 		}
 		db.key.Wipe()
-		return nil, err
+		// Opening needs a little space (the WAL's index, -shm): on a full
+		// disk say so rather than "disk I/O error".
+		return nil, asDiskFull(err, filepath.Dir(opts.Path))
 	}
 
 	created, err := prepareFile(opts.Path, log)
@@ -284,7 +287,7 @@ func (db *DB) ReadTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error)
 	db.mu.RUnlock()
 	defer db.reads.Done()
 	if db.pg != nil {
-		return db.pg.readTx(ctx, fn)
+		return asDiskFull(db.pg.readTx(ctx, fn), db.diskFullWhere())
 	}
 	db.swap.RLock()
 	defer db.swap.RUnlock()
@@ -292,10 +295,11 @@ func (db *DB) ReadTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error)
 	db.rstmts.prepareWanted(ctx, db.rdb)
 	tx, err := db.rdb.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
-		return fmt.Errorf("store: begin read transaction: %w", err)
+		return asDiskFull(fmt.Errorf("store: begin read transaction: %w", err), db.diskFullWhere())
 	}
 	defer func() {
-		err = errors.Join(err, ignoreDone(tx.Rollback()))
+		// A read can need space too (a temporary file for a large sort).
+		err = asDiskFull(errors.Join(err, ignoreDone(tx.Rollback())), db.diskFullWhere())
 	}()
 	return fn(tx)
 }
@@ -399,9 +403,17 @@ func (db *DB) Close() error {
 		errs = append(errs, fmt.Errorf("store: close readers: %w", err))
 	}
 	// TRUNCATE leaves the data in the main file and an empty WAL; closing the
-	// last connection then removes -wal and -shm.
+	// last connection then removes -wal and -shm. On a full disk the main
+	// file cannot grow to take the WAL's pages: that loses nothing (every
+	// committed write is in the WAL, which the next Open replays), so it is
+	// a warning, not a failed close.
 	if _, err := db.wdb.ExecContext(context.Background(), "PRAGMA wal_checkpoint(TRUNCATE)"); err != nil {
-		errs = append(errs, fmt.Errorf("store: checkpoint: %w", err))
+		if IsDiskFull(err) {
+			db.log.Warn("store: checkpoint at close failed: disk full; the WAL is kept and replayed at the next start (nothing is lost); free space in the data directory",
+				"path", db.path, "dir", db.diskFullWhere(), "err", err)
+		} else {
+			errs = append(errs, fmt.Errorf("store: checkpoint: %w", err))
+		}
 	}
 	if err := db.wdb.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("store: close writer: %w", err))

@@ -86,13 +86,13 @@ func (db *DB) WriteTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 		return errors.New("store: WriteTx with nil function")
 	}
 	if db.pg != nil {
-		return db.pgWrite(ctx, sql.LevelSerializable, fn)
+		return db.classify(db.pgWrite(ctx, sql.LevelSerializable, fn))
 	}
 	r := &request{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	if err := db.enqueue(ctx, db.queue, r); err != nil {
 		return err
 	}
-	return r.wait()
+	return db.classify(r.wait())
 }
 
 // exclusive runs job on the writer goroutine between batches: no write
@@ -277,6 +277,21 @@ func (db *DB) attempt(reqs []*request, budget bool) (retry, leftover []*request)
 				r.finish(fmt.Errorf("%w; its writes were rolled back", ErrTxMisuse))
 				return ok, reqs[i+1:]
 			}
+		case IsDiskFull(fnErr) || IsDiskFull(spErr):
+			// The disk filled while r ran and SQLite rolled the transaction
+			// back: the disk, not a function, is at fault. r and the
+			// functions before it fail (none of their writes is in the
+			// database) instead of each being re-run alone against a full
+			// disk; those not started yet go to the next batch.
+			if !IsDiskFull(fnErr) {
+				fnErr = fmt.Errorf("%w: %w", ErrTxAborted, spErr)
+			}
+			db.abandon(tx)
+			r.finish(fnErr)
+			for _, o := range ok {
+				o.finish(fnErr)
+			}
+			return nil, reqs[i+1:]
 		default:
 			// SQLite rolled the transaction back while r ran (or r broke its
 			// savepoint). r gets the blame; the others are re-run.
@@ -296,6 +311,18 @@ func (db *DB) attempt(reqs []*request, budget bool) (retry, leftover []*request)
 	commitStart := time.Now()
 	if err := tx.Commit(); err != nil {
 		db.abandon(nil)
+		if IsDiskFull(err) {
+			// A full disk fails the COMMIT whichever functions the batch
+			// holds: all of them get the error (the batch was rolled back,
+			// none of their writes is in the database) rather than being
+			// re-run one by one against a full disk. The writer carries on
+			// with the next batch, which succeeds once space is freed.
+			err = fmt.Errorf("store: commit: %w", err)
+			for _, r := range ok {
+				r.finish(err)
+			}
+			return nil, leftover
+		}
 		if len(ok) > 1 {
 			// Which function caused it (a deferred constraint, say) is
 			// unknown: run each alone so only the culprit fails.

@@ -30,8 +30,13 @@ func keydirGolden() map[string]proto.Message {
 		"keydir_fetch_response": &qpcv1.FetchKeyPackagesResponse{AccountId: "fedcba9876543210fedcba9876543210",
 			KeyPackages:      []*qpcv1.FetchedKeyPackage{{DeviceId: "0123456789abcdef0123456789abcdef", KeyPackage: []byte{0, 1, 0, 5, 9}, LastResort: true}},
 			MissingDeviceIds: []string{"00000000000000000000000000000000"}},
-		"keydir_count_request":  &qpcv1.CountKeyPackagesRequest{},
-		"keydir_count_response": &qpcv1.CountKeyPackagesResponse{DeviceCount: 3, AccountCount: 5, MaxPerAccount: 100, HasLastResort: true},
+		"keydir_count_request":        &qpcv1.CountKeyPackagesRequest{},
+		"keydir_count_response":       &qpcv1.CountKeyPackagesResponse{DeviceCount: 3, AccountCount: 5, MaxPerAccount: 100, HasLastResort: true},
+		"keydir_fetch_request_suites": &qpcv1.FetchKeyPackagesRequest{AccountName: "alice", CipherSuites: []uint32{0xF00D, 1}},
+		"keydir_fetch_response_suite": &qpcv1.FetchKeyPackagesResponse{AccountId: "fedcba9876543210fedcba9876543210",
+			KeyPackages: []*qpcv1.FetchedKeyPackage{{DeviceId: "0123456789abcdef0123456789abcdef", KeyPackage: []byte{0, 1, 0xF0, 0x0D, 9}}}, CipherSuite: 0xF00D},
+		"keydir_count_response_suites": &qpcv1.CountKeyPackagesResponse{DeviceCount: 3, AccountCount: 5, MaxPerAccount: 100, HasLastResort: true,
+			Suites: []*qpcv1.SuiteStock{{CipherSuite: 1, DeviceCount: 2, HasLastResort: true}, {CipherSuite: 0xF00D, DeviceCount: 1}}},
 	}
 }
 
@@ -73,5 +78,38 @@ func deliveryGolden() map[string]proto.Message {
 		"delivery_ack_response":            &qpcv1.AckResponse{},
 		"delivery_get_group_info_request":  &qpcv1.GetGroupInfoRequest{ChannelId: goldenChannelID(1)},
 		"delivery_get_group_info_response": &qpcv1.GetGroupInfoResponse{GroupInfo: []byte{0, 1, 0, 4, 8}, Epoch: 4},
+		"delivery_channel_with_invited": &qpcv1.Channel{ChannelId: goldenChannelID(1), Type: qpcv1.ChannelType_CHANNEL_TYPE_GROUP, GroupId: goldenGroupID(2),
+			Epoch: 3, HeadSeq: 42, Members: []*qpcv1.Member{{AccountId: "a1", AddedByAccountId: "a1"}},
+			Invited: []*qpcv1.Member{{AccountId: "a2", AddedByAccountId: "a1"}}, CreatedByAccountId: "a1"},
+		"delivery_fetch_response_event": &qpcv1.FetchResponse{
+			Messages: []*qpcv1.ChannelMessage{{ChannelId: goldenChannelID(1), Seq: 44, MessageId: "event-1", ServerTimeUnixMs: 1764000000000, Epoch: 3,
+				Event: goldenEvent()}},
+			Inbox: []*qpcv1.InboxItem{{Seq: 6, Kind: qpcv1.InboxKind_INBOX_KIND_MEMBERSHIP, ChannelId: goldenChannelID(1), SenderAccountId: "a1",
+				Payload: []byte{8, 5}, ServerTimeUnixMs: 1764000000001}}},
+		"delivery_list_invitations_request":    &qpcv1.ListInvitationsRequest{},
+		"delivery_list_invitations_response":   &qpcv1.ListInvitationsResponse{Invitations: []*qpcv1.Invitation{goldenInvitation()}},
+		"delivery_accept_invitation_request":   &qpcv1.AcceptInvitationRequest{InvitationId: "0123456789abcdef0123456789abcdef"},
+		"delivery_accept_invitation_response":  &qpcv1.AcceptInvitationResponse{Channel: channel, Welcomes: 2},
+		"delivery_decline_invitation_request":  &qpcv1.DeclineInvitationRequest{InvitationId: "0123456789abcdef0123456789abcdef"},
+		"delivery_decline_invitation_response": &qpcv1.DeclineInvitationResponse{},
+		"delivery_block_request":               &qpcv1.BlockAccountRequest{AccountName: "mallory"},
+		"delivery_block_response":              &qpcv1.BlockAccountResponse{InvitationsDeclined: 1},
+		"delivery_unblock_request":             &qpcv1.UnblockAccountRequest{AccountName: "mallory"},
+		"delivery_unblock_response":            &qpcv1.UnblockAccountResponse{},
+		"delivery_list_blocked_request":        &qpcv1.ListBlockedRequest{},
+		"delivery_list_blocked_response": &qpcv1.ListBlockedResponse{Blocked: []*qpcv1.BlockedAccount{
+			{AccountId: "a9", AccountName: "mallory", SinceUnixMs: 1764000000000}}},
 	}
+}
+
+func goldenInvitation() *qpcv1.Invitation {
+	return &qpcv1.Invitation{InvitationId: "0123456789abcdef0123456789abcdef", ChannelId: goldenChannelID(1),
+		ChannelType: qpcv1.ChannelType_CHANNEL_TYPE_GROUP, InviterAccountId: "a1", InviterAccountName: "alice",
+		CreatedUnixMs: 1764000000000, ExpiresUnixMs: 1764604800000, MemberCount: 3, WelcomesHeld: 1}
+}
+
+func goldenEvent() *qpcv1.MembershipEvent {
+	return &qpcv1.MembershipEvent{Type: qpcv1.MembershipEventType_MEMBERSHIP_EVENT_TYPE_INVITED, ChannelId: goldenChannelID(1),
+		ActorAccountId: "a1", ActorAccountName: "alice", SubjectAccountId: "a2", SubjectAccountName: "bob",
+		Invitation: goldenInvitation(), TimeUnixMs: 1764000000000}
 }

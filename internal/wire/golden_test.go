@@ -41,6 +41,8 @@ func envelopeGolden() map[string]proto.Message {
 			Message: "slow down", RetryAfterMs: 250, Body: []byte{4, 5}},
 		"ping_request":  &qpcv1.PingRequest{Echo: "hello", HoldMs: 10},
 		"ping_response": &qpcv1.PingResponse{Echo: "hello", ServerTimeUnixMs: 1764000000000, ServerVersion: "1.0.0", ProtocolVersion: 1},
+		"ping_response_mls_policy": &qpcv1.PingResponse{Echo: "hello", ServerTimeUnixMs: 1764000000000, ServerVersion: "1.0.0", ProtocolVersion: 1,
+			MlsPolicy: &qpcv1.MLSPolicy{AllowedSuites: []uint32{0xF00D, 1}, MinimumSuite: 1}},
 	}
 }
 

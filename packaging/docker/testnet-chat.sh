@@ -3,8 +3,8 @@
 # It pins qpcd's self-signed certificate (read from qpcd's volume), registers
 # NAME once, and then posts to the group "testnet" every QPC_TESTNET_EVERY
 # seconds (default 30) while printing what the others wrote. The user named
-# by QPC_TESTNET_CREATOR creates the group and adds every PEER as soon as the
-# peer has registered.
+# by QPC_TESTNET_CREATOR creates the group and invites every PEER as soon as
+# the peer has registered; the peers accept the invitation.
 set -eu
 me=${1:?usage: testnet-chat.sh NAME [PEER...]}
 shift
@@ -36,6 +36,10 @@ fi
 n=0
 while :; do
 	n=$((n + 1))
+	# Joining is by consent: accept the creator's invitation once it is there.
+	for id in $(qpc invitations 2>/dev/null | sed -n 's/^invitation \([0-9a-f]*\):.*/\1/p'); do
+		qpc invitations accept "$id" || true
+	done
 	qpc recv --wait 5s || true
 	qpc send testnet "hello #$n from $me" || echo "not in the group testnet yet"
 	sleep "$every"

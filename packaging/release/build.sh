@@ -14,9 +14,10 @@
 #   RELEASE_REF        commit to build (default HEAD); the build runs in a clean
 #                      checkout of it, so uncommitted changes never ship.
 #                      RELEASE_REF=worktree builds the working tree as it is.
-#   QPC_RPM_SIGNING_KEY  armored GPG secret key that signs the .rpm packages
-#                      (NFPM_RPM_PASSPHRASE if it has one); unset: unsigned
-#                      .rpm, with a warning (QPC_RELEASE_REQUIRE_KEY=1: error).
+#   QPC_PACKAGE_SIGNING_KEY  armored GPG secret key (no passphrase, or
+#                      NFPM_RPM_PASSPHRASE) that signs the .rpm packages and
+#                      the apt and yum repositories in $DIST/repo; unset: a
+#                      throwaway key, with a warning (QPC_RELEASE_REQUIRE_KEY=1: error).
 #   QPC_RELEASE_KEY    minisign secret key file; QPC_RELEASE_KEY_PASSWORD if encrypted.
 #                      Unset: a throwaway development key is made (never publish
 #                      such a build); QPC_RELEASE_REQUIRE_KEY=1 makes that an error.
@@ -161,7 +162,8 @@ if [ -n "$prev_tag" ]; then
 else
 	git -C "$src" log --no-merges --format='%h %s' -n 50 HEAD >"$DIST/build/gitlog.txt" 2>/dev/null || : >"$DIST/build/gitlog.txt"
 fi
-"$qpc_release" changelog --version "$PKG_VERSION-1" --epoch "$SOURCE_DATE_EPOCH" \
+# nfpm writes a pre-release's "-" as "~" in both package formats.
+"$qpc_release" changelog --version "${PKG_VERSION/-/\~}-1" --epoch "$SOURCE_DATE_EPOCH" \
 	--git-log "$DIST/build/gitlog.txt" --out "$DIST/build/changelog.yml" >&2
 man_dir=$DIST/build/man
 rm -rf "$man_dir" && mkdir -p "$man_dir"
@@ -174,22 +176,22 @@ for cfg in nfpm.yaml nfpm-qpc.yaml; do
 	[ -f "$src/packaging/$cfg" ] || continue
 	{ cat "$src/packaging/$cfg"; printf '\nchangelog: %s\n' "$DIST/build/changelog.yml"; } >"$DIST/build/$cfg"
 done
-rpm_key=${QPC_RPM_SIGNING_KEY:-}
+rpm_key=${QPC_PACKAGE_SIGNING_KEY:-}
 if [ -z "$rpm_key" ]; then
-	[ "${QPC_RELEASE_REQUIRE_KEY:-0}" = 1 ] && die "QPC_RPM_SIGNING_KEY is not set (QPC_RELEASE_REQUIRE_KEY=1)"
+	[ "${QPC_RELEASE_REQUIRE_KEY:-0}" = 1 ] && die "QPC_PACKAGE_SIGNING_KEY is not set (QPC_RELEASE_REQUIRE_KEY=1)"
 	# Like the minisign key: a throwaway GPG key, so a dry run's packages
-	# are signed the way a release's are (never publish them).
-	rpm_key=$DIST/build/dev-key/rpm-signing.asc
+	# and repositories are signed the way a release's are (never publish them).
+	rpm_key=$DIST/build/dev-key/package-signing.asc
 	if [ ! -f "$rpm_key" ]; then
-		command -v gpg >/dev/null || die "gpg is needed for the throwaway rpm signing key (apt install gpg), or set QPC_RPM_SIGNING_KEY"
-		gh=$DIST/build/dev-key/gnupg
-		mkdir -p "$gh" && chmod 700 "$gh"
+		command -v gpg >/dev/null || die "gpg is needed for the throwaway package signing key (apt install gpg), or set QPC_PACKAGE_SIGNING_KEY"
+		gh=$(mktemp -d)
 		gpg --homedir "$gh" --batch --passphrase '' --quick-gen-key "quicprochat development build (do not trust) <dev@quicprochat.invalid>" rsa3072 sign 30d 2>/dev/null
+		mkdir -p "$(dirname "$rpm_key")"
 		(umask 077 && gpg --homedir "$gh" --batch --armor --export-secret-keys >"$rpm_key")
-		gpg --homedir "$gh" --batch --armor --export >"$DIST/build/dev-key/rpm-signing.pub"
+		rm -rf "$gh"
 	fi
 	export NFPM_RPM_PASSPHRASE=''
-	log "WARNING: no QPC_RPM_SIGNING_KEY: the .rpm packages are signed with the throwaway key $rpm_key"
+	log "WARNING: no QPC_PACKAGE_SIGNING_KEY: packages and repositories are signed with the throwaway key $rpm_key"
 fi
 
 # --- binaries, SBOMs, packages ----------------------------------------------
@@ -230,6 +232,13 @@ for arch in $RELEASE_ARCHES; do
 	done
 done
 artifacts+=(minisign.pub)
+
+# --- signed apt and yum repositories (not in SHA256SUMS: they carry their own
+# GPG signatures over the same packages) ---------------------------------------
+gnupg=$(mktemp -d)
+GNUPGHOME=$gnupg gpg --batch --import "$rpm_key" 2>/dev/null
+GNUPGHOME=$gnupg "$src/packaging/release/repos.sh" "$DIST" "$DIST/repo" >&2
+rm -rf "$gnupg"
 
 # --- checksums and signatures -------------------------------------------------
 cd "$DIST"

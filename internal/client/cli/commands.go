@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/quicprochat/quicprochat/internal/client"
+	"github.com/quicprochat/quicprochat/internal/mls"
 	"github.com/quicprochat/quicprochat/internal/safetext"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
@@ -290,8 +291,15 @@ func (a *app) keysCmd() *cobra.Command {
 					if err != nil {
 						return err
 					}
-					return a.emit(r, fmt.Sprintf("uploaded %d KeyPackage(s)%s; stock %d of %d, last resort %v",
-						r.Uploaded, lrNote(r.NewLastResort), r.ServerStock, r.Target, r.LastResort))
+					line := fmt.Sprintf("uploaded %d KeyPackage(s)%s; stock %d of %d, last resort %v",
+						r.Uploaded, lrNote(r.NewLastResort), r.ServerStock, r.Target, r.LastResort)
+					if len(r.Suites) > 1 {
+						line = fmt.Sprintf("uploaded %d KeyPackage(s)%s", r.Uploaded, lrNote(r.NewLastResort))
+						for _, x := range r.Suites {
+							line += fmt.Sprintf("\n  %s: stock %d of %d, last resort %v", x.Suite, x.ServerStock, r.Target, x.LastResort)
+						}
+					}
+					return a.emit(r, line)
 				}
 				n, err := c.KeyPackageStock(ctx)
 				if err != nil {
@@ -301,9 +309,17 @@ func (a *app) keysCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
+				line := fmt.Sprintf("stock %d of %d, last resort %v (account: %d of %d)", n.GetDeviceCount(), s.Stock, n.GetHasLastResort(), n.GetAccountCount(), n.GetMaxPerAccount())
+				var suites []map[string]any
+				for _, x := range n.GetSuites() {
+					name := mls.CipherSuiteID(x.GetCipherSuite()).String()
+					suites = append(suites, map[string]any{"suite": name, "id": x.GetCipherSuite(), "server_stock": x.GetDeviceCount(), "last_resort": x.GetHasLastResort()})
+					if len(n.GetSuites()) > 1 {
+						line += fmt.Sprintf("\n  %s: stock %d of %d, last resort %v", name, x.GetDeviceCount(), s.Stock, x.GetHasLastResort())
+					}
+				}
 				return a.emit(map[string]any{"server_stock": n.GetDeviceCount(), "target": s.Stock, "last_resort": n.GetHasLastResort(),
-					"account_stock": n.GetAccountCount(), "account_cap": n.GetMaxPerAccount()},
-					fmt.Sprintf("stock %d of %d, last resort %v (account: %d of %d)", n.GetDeviceCount(), s.Stock, n.GetHasLastResort(), n.GetAccountCount(), n.GetMaxPerAccount()))
+					"account_stock": n.GetAccountCount(), "account_cap": n.GetMaxPerAccount(), "suites": suites}, line)
 			})
 		},
 	}
@@ -338,28 +354,19 @@ func (a *app) groupCmd() *cobra.Command {
 				return nil
 			})
 		},
-	}, &cobra.Command{
-		Use: "create NAME", Short: "Create a group (you are its only member)", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				if err := c.CreateGroup(ctx, args[0]); err != nil {
-					return err
-				}
-				return a.emit(map[string]any{"group": args[0], "created": true}, "created group "+args[0])
-			})
-		},
-	}, a.allowUnverifiedFlag(&cobra.Command{
-		Use: "add NAME USER...", Short: "Add accounts (all their devices) to a group", Args: cobra.MinimumNArgs(2),
+	}, a.groupCreateCmd(), a.groupInfoCmd(), a.allowUnverifiedFlag(&cobra.Command{
+		Use: "add NAME USER...", Short: "Invite accounts (all their devices) to a group; they join when they accept", Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				if err := c.AddMembers(a.trustCtx(ctx), args[0], args[1:]); err != nil {
 					return err
 				}
-				return a.emit(map[string]any{"group": args[0], "added": args[1:]}, fmt.Sprintf("added %s to %s", strings.Join(args[1:], ", "), args[0]))
+				return a.emit(map[string]any{"group": args[0], "added": args[1:], "invited": args[1:]},
+					fmt.Sprintf("invited %s to %s; they join when they accept (qpc invitations)", strings.Join(args[1:], ", "), args[0]))
 			})
 		},
 	}), &cobra.Command{
-		Use: "remove NAME USER", Short: "Remove an account from a group", Args: cobra.ExactArgs(2),
+		Use: "remove NAME USER", Short: "Remove an account from a group (the group's admin only; everyone sees it)", Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				if err := c.RemoveMember(ctx, args[0], args[1]); err != nil {
@@ -483,6 +490,11 @@ func (a *app) printMessages(ms []client.Message) error {
 // shown as "display (account)" whenever the display name is not the account
 // name, so a display name cannot pass for another account.
 func humanMessage(m client.Message) string {
+	if m.Event != nil {
+		// A membership change the server announced: its text is built from
+		// account names, which are no safer than a message.
+		return fmt.Sprintf("[%s] %s * %s", safetext.Line(m.Channel), time.UnixMilli(m.SentUnixMs).Local().Format("15:04:05"), safetext.Line(m.Text))
+	}
 	account, _, _ := strings.Cut(m.Sender, "/")
 	who := safetext.Line(account)
 	if m.DisplayName != "" && m.DisplayName != account {
@@ -554,7 +566,131 @@ func (a *app) receive(ctx context.Context, c *client.Client, wait time.Duration)
 	if err != nil {
 		return err
 	}
-	return a.printMessages(ms)
+	if err := a.printMessages(ms); err != nil {
+		return err
+	}
+	invs, err := c.NewInvitations(ctx)
+	if err != nil {
+		return err
+	}
+	for _, in := range invs {
+		if err := a.emit(map[string]any{"invitation": in}, invitationLine(in)+"; qpc invitations accept "+safetext.Line(in.ID)+" (or decline)"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func invitationLine(in client.Invitation) string {
+	what := "a group"
+	if in.Kind == "dm" {
+		what = "a DM"
+	} else if in.Members > 0 {
+		what = fmt.Sprintf("a group of %d", in.Members)
+	}
+	// The id and the inviter's name come from the server: made safe to
+	// print like everything else other people chose.
+	return fmt.Sprintf("invitation %s: %s invites you to %s (expires %s)", safetext.Line(in.ID), safetext.Line(in.Inviter), what,
+		time.UnixMilli(in.ExpiresMs).UTC().Format(time.RFC3339))
+}
+
+func (a *app) invitationsCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "invitations",
+		Short: "List pending invitations to groups and DMs; accept or decline one",
+		Long: "Adding you to a group or opening a DM with you makes an invitation: nothing of the channel reaches\n" +
+			"you until you accept it. Without arguments, lists the pending ones.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				invs, err := c.Invitations(ctx)
+				if err != nil {
+					return err
+				}
+				if len(invs) == 0 && !a.json {
+					return a.emit(nil, "no pending invitations")
+				}
+				for _, in := range invs {
+					if err := a.emit(in, invitationLine(in)); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		},
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use: "accept ID", Short: "Accept an invitation and join the group or DM", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				name, err := c.AcceptInvitation(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				if name == "" {
+					return a.emit(map[string]any{"invitation": args[0], "accepted": true, "joined": false},
+						"accepted; the group's Welcome has not arrived yet: qpc recv joins it when it does")
+				}
+				return a.emit(map[string]any{"invitation": args[0], "accepted": true, "joined": true, "group": name}, "joined "+name)
+			})
+		},
+	}, &cobra.Command{
+		Use: "decline ID", Short: "Decline an invitation (its group is told)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				if err := c.DeclineInvitation(ctx, args[0]); err != nil {
+					return err
+				}
+				return a.emit(map[string]any{"invitation": args[0], "declined": true}, "declined "+args[0])
+			})
+		},
+	})
+	return cmd
+}
+
+func (a *app) blockCmds() []*cobra.Command {
+	return []*cobra.Command{{
+		Use: "block USER", Short: "Refuse invitations, DMs and inbox items from an account (declines its pending invitations)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				n, err := c.Block(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				return a.emit(map[string]any{"blocked": args[0], "invitations_declined": n},
+					fmt.Sprintf("blocked %s (%d pending invitation(s) declined); groups you already share are unchanged", args[0], n))
+			})
+		},
+	}, {
+		Use: "unblock USER", Short: "Lift a block", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				if err := c.Unblock(ctx, args[0]); err != nil {
+					return err
+				}
+				return a.emit(map[string]any{"unblocked": args[0]}, "unblocked "+args[0])
+			})
+		},
+	}, {
+		Use: "blocked", Short: "List the accounts you block", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				bl, err := c.Blocked(ctx)
+				if err != nil {
+					return err
+				}
+				if len(bl) == 0 && !a.json {
+					return a.emit(nil, "no blocked accounts")
+				}
+				for _, b := range bl {
+					if err := a.emit(b, fmt.Sprintf("%s  since %s", safetext.Line(b.Account), time.UnixMilli(b.SinceMs).UTC().Format(time.RFC3339))); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		},
+	}}
 }
 
 func (a *app) recvCmd() *cobra.Command {
@@ -711,4 +847,79 @@ func (a *app) completeGroups(cmd *cobra.Command, args []string, _ string) ([]str
 		}
 	}
 	return out, cobra.ShellCompDirectiveNoFileComp
+}
+
+func (a *app) groupCreateCmd() *cobra.Command {
+	var suiteName string
+	cmd := &cobra.Command{
+		Use:   "create NAME [--suite SUITE]",
+		Short: "Create a group (you are its only member) on the server's most preferred MLS cipher suite, or --suite",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var suite mls.CipherSuiteID
+			if suiteName != "" {
+				var err error
+				if suite, err = mls.ParseCipherSuite(suiteName); err != nil {
+					return usagef("--suite %q: give a suite name such as MLS_256_XWING_AES256GCM_SHA512_Ed25519 or a number such as 1 or 0xF00D", suiteName)
+				}
+			}
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				if err := c.CreateGroupWithSuite(ctx, args[0], suite); err != nil {
+					return err
+				}
+				got, err := c.GroupSuite(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				return a.emit(map[string]any{"group": args[0], "created": true, "suite": got.String()},
+					fmt.Sprintf("created group %s (%s)", args[0], got))
+			})
+		},
+	}
+	cmd.Flags().StringVar(&suiteName, "suite", "", "MLS cipher suite (name or number) within the server's policy; default: the server's most preferred one this device supports")
+	return cmd
+}
+
+func (a *app) groupInfoCmd() *cobra.Command {
+	return &cobra.Command{
+		Use: "info NAME", Short: "Show a group's kind, status, epoch, channel and MLS cipher suite", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				gs, err := c.Groups(ctx)
+				if err != nil {
+					return err
+				}
+				for _, g := range gs {
+					if g.Name != args[0] {
+						continue
+					}
+					suite, err := c.GroupSuite(ctx, g.Name)
+					if err != nil {
+						return err
+					}
+					members, err := c.Members(ctx, g.Name)
+					if err != nil {
+						return err
+					}
+					return a.emit(map[string]any{"name": g.Name, "kind": g.Kind, "status": g.Status, "epoch": g.Epoch, "channel_id": g.ChannelID,
+						"suite": suite.String(), "suite_id": uint16(suite), "post_quantum": isPostQuantum(suite), "members": len(members)},
+						fmt.Sprintf("%s (%s, %s)\nepoch:    %d\nchannel:  %s\nsuite:    %s%s\nmembers:  %d",
+							safetext.Line(g.Name), g.Kind, g.Status, g.Epoch, g.ChannelID, suite, pqNote(suite), len(members)))
+				}
+				return fmt.Errorf("%w %q; see qpc group list", client.ErrNoGroup, args[0])
+			})
+		},
+	}
+}
+
+func isPostQuantum(id mls.CipherSuiteID) bool {
+	s, err := mls.Suite(id)
+	return err == nil && s.PostQuantum()
+}
+
+func pqNote(id mls.CipherSuiteID) string {
+	if isPostQuantum(id) {
+		return " (post-quantum hybrid)"
+	}
+	return ""
 }

@@ -55,9 +55,12 @@ func GroupInfo(group []byte, epoch uint64) []byte {
 }
 
 // Welcome returns an MLSMessage(Welcome) with no secrets.
-func Welcome() []byte {
+func Welcome() []byte { return SizedWelcome(64) }
+
+// SizedWelcome is Welcome with an encrypted GroupInfo of n bytes.
+func SizedWelcome(n int) []byte {
 	m := &mls.MLSMessage{Version: mls.ProtocolVersionMLS10, WireFormat: mls.WireFormatWelcome,
-		Welcome: &mls.Welcome{CipherSuite: 1, EncryptedGroupInfo: make([]byte, 64)}}
+		Welcome: &mls.Welcome{CipherSuite: 1, EncryptedGroupInfo: make([]byte, n)}}
 	b, _ := m.Marshal()
 	return b
 }

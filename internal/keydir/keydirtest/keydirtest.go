@@ -19,8 +19,11 @@ type Spec struct {
 	Identity string             // BasicCredential identity, "<account_name>/<device_id>"
 	Key      ed25519.PrivateKey // signs the KeyPackage and the leaf; its public key is the leaf key
 	Suite    mls.CipherSuiteID  // default 1; another value is claimed, keys and signatures stay suite 1's
-	Now      time.Time          // default time.Now()
-	NotAfter time.Time          // default Now + 90 days; may lie in the past
+	// Generate builds a genuine KeyPackage of this suite instead of suite
+	// 1 (one signing with Ed25519: 1, 3 or an X-Wing suite).
+	Generate mls.CipherSuiteID
+	Now      time.Time // default time.Now()
+	NotAfter time.Time // default Now + 90 days; may lie in the past
 	// BadSignature corrupts the KeyPackage signature.
 	BadSignature bool
 	// Bare returns a bare KeyPackage instead of an MLSMessage.
@@ -38,7 +41,11 @@ func KeyPackage(s Spec) ([]byte, error) {
 	if s.NotAfter.IsZero() {
 		s.NotAfter = s.Now.Add(90 * 24 * time.Hour)
 	}
-	base, err := mls.Suite(mls.MLS128DHKEMX25519AES128GCMSHA256Ed25519)
+	id := mls.MLS128DHKEMX25519AES128GCMSHA256Ed25519
+	if s.Generate != 0 {
+		id = s.Generate
+	}
+	base, err := mls.Suite(id)
 	if err != nil {
 		return nil, err
 	}

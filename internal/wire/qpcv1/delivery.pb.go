@@ -86,6 +86,10 @@ const (
 	// Written by the server only: the payload is an AccountEvent (auth.proto)
 	// about the receiving device's own account. Clients cannot send it.
 	InboxKind_INBOX_KIND_ACCOUNT_EVENT InboxKind = 3
+	// Written by the server, never by a client: a MembershipEvent (payload)
+	// for an account that cannot read the channel's log: an invitation to it,
+	// or its removal from the channel.
+	InboxKind_INBOX_KIND_MEMBERSHIP InboxKind = 4
 )
 
 // Enum value maps for InboxKind.
@@ -95,12 +99,14 @@ var (
 		1: "INBOX_KIND_WELCOME",
 		2: "INBOX_KIND_OTHER",
 		3: "INBOX_KIND_ACCOUNT_EVENT",
+		4: "INBOX_KIND_MEMBERSHIP",
 	}
 	InboxKind_value = map[string]int32{
 		"INBOX_KIND_UNSPECIFIED":   0,
 		"INBOX_KIND_WELCOME":       1,
 		"INBOX_KIND_OTHER":         2,
 		"INBOX_KIND_ACCOUNT_EVENT": 3,
+		"INBOX_KIND_MEMBERSHIP":    4,
 	}
 )
 
@@ -129,6 +135,71 @@ func (x InboxKind) Number() protoreflect.EnumNumber {
 // Deprecated: Use InboxKind.Descriptor instead.
 func (InboxKind) EnumDescriptor() ([]byte, []int) {
 	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{1}
+}
+
+type MembershipEventType int32
+
+const (
+	MembershipEventType_MEMBERSHIP_EVENT_TYPE_UNSPECIFIED MembershipEventType = 0
+	MembershipEventType_MEMBERSHIP_EVENT_TYPE_INVITED     MembershipEventType = 1
+	// An invitee accepted, or an account added its own device.
+	MembershipEventType_MEMBERSHIP_EVENT_TYPE_JOINED   MembershipEventType = 2
+	MembershipEventType_MEMBERSHIP_EVENT_TYPE_DECLINED MembershipEventType = 3
+	// The subject removed itself (or one of its devices).
+	MembershipEventType_MEMBERSHIP_EVENT_TYPE_LEFT MembershipEventType = 4
+	// The actor removed the subject.
+	MembershipEventType_MEMBERSHIP_EVENT_TYPE_REMOVED MembershipEventType = 5
+	// The actor withdrew a pending invitation.
+	MembershipEventType_MEMBERSHIP_EVENT_TYPE_INVITATION_CANCELLED MembershipEventType = 6
+)
+
+// Enum value maps for MembershipEventType.
+var (
+	MembershipEventType_name = map[int32]string{
+		0: "MEMBERSHIP_EVENT_TYPE_UNSPECIFIED",
+		1: "MEMBERSHIP_EVENT_TYPE_INVITED",
+		2: "MEMBERSHIP_EVENT_TYPE_JOINED",
+		3: "MEMBERSHIP_EVENT_TYPE_DECLINED",
+		4: "MEMBERSHIP_EVENT_TYPE_LEFT",
+		5: "MEMBERSHIP_EVENT_TYPE_REMOVED",
+		6: "MEMBERSHIP_EVENT_TYPE_INVITATION_CANCELLED",
+	}
+	MembershipEventType_value = map[string]int32{
+		"MEMBERSHIP_EVENT_TYPE_UNSPECIFIED":          0,
+		"MEMBERSHIP_EVENT_TYPE_INVITED":              1,
+		"MEMBERSHIP_EVENT_TYPE_JOINED":               2,
+		"MEMBERSHIP_EVENT_TYPE_DECLINED":             3,
+		"MEMBERSHIP_EVENT_TYPE_LEFT":                 4,
+		"MEMBERSHIP_EVENT_TYPE_REMOVED":              5,
+		"MEMBERSHIP_EVENT_TYPE_INVITATION_CANCELLED": 6,
+	}
+)
+
+func (x MembershipEventType) Enum() *MembershipEventType {
+	p := new(MembershipEventType)
+	*p = x
+	return p
+}
+
+func (x MembershipEventType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MembershipEventType) Descriptor() protoreflect.EnumDescriptor {
+	return file_qpc_v1_delivery_proto_enumTypes[2].Descriptor()
+}
+
+func (MembershipEventType) Type() protoreflect.EnumType {
+	return &file_qpc_v1_delivery_proto_enumTypes[2]
+}
+
+func (x MembershipEventType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MembershipEventType.Descriptor instead.
+func (MembershipEventType) EnumDescriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{2}
 }
 
 // MemberRef names an account, or one of its devices.
@@ -189,9 +260,11 @@ type Member struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	AccountId string                 `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
 	// Empty: every device of the account.
-	DeviceId      string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DeviceId string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// Who added the member (who invited it, for a member that accepted).
+	AddedByAccountId string `protobuf:"bytes,3,opt,name=added_by_account_id,json=addedByAccountId,proto3" json:"added_by_account_id,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Member) Reset() {
@@ -238,6 +311,13 @@ func (x *Member) GetDeviceId() string {
 	return ""
 }
 
+func (x *Member) GetAddedByAccountId() string {
+	if x != nil {
+		return x.AddedByAccountId
+	}
+	return ""
+}
+
 type Channel struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	ChannelId []byte                 `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
@@ -248,10 +328,16 @@ type Channel struct {
 	// Sequence number of the last message (0: none yet).
 	HeadSeq uint64 `protobuf:"varint,5,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
 	// Message lifetime on this channel; 0: the server's retention.
-	TtlSeconds    uint32    `protobuf:"varint,6,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
-	Members       []*Member `protobuf:"bytes,7,rep,name=members,proto3" json:"members,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TtlSeconds uint32    `protobuf:"varint,6,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	Members    []*Member `protobuf:"bytes,7,rep,name=members,proto3" json:"members,omitempty"`
+	// Accounts invited and not yet answered: not members (they read nothing
+	// until they accept).
+	Invited []*Member `protobuf:"bytes,8,rep,name=invited,proto3" json:"invited,omitempty"`
+	// The account that created the channel; while a member it may remove
+	// anyone (docs/protocol.md, "Who may change membership").
+	CreatedByAccountId string `protobuf:"bytes,9,opt,name=created_by_account_id,json=createdByAccountId,proto3" json:"created_by_account_id,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Channel) Reset() {
@@ -331,6 +417,20 @@ func (x *Channel) GetMembers() []*Member {
 		return x.Members
 	}
 	return nil
+}
+
+func (x *Channel) GetInvited() []*Member {
+	if x != nil {
+		return x.Invited
+	}
+	return nil
+}
+
+func (x *Channel) GetCreatedByAccountId() string {
+	if x != nil {
+		return x.CreatedByAccountId
+	}
+	return ""
 }
 
 type CreateGroupChannelRequest struct {
@@ -553,7 +653,9 @@ func (x *CreateDMChannelResponse) GetCreated() bool {
 	return false
 }
 
-// AddMembers: any member may add (as any MLS member may commit an Add).
+// AddMembers: any member may invite. Another account becomes a pending
+// invitee (an Invitation it accepts or declines), not a member; the caller's
+// own account's devices are added at once.
 type AddMembersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ChannelId     []byte                 `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
@@ -650,8 +752,9 @@ func (x *AddMembersResponse) GetChannel() *Channel {
 	return nil
 }
 
-// RemoveMembers: any member may remove others (as any MLS member may commit
-// a Remove); a member may always remove itself (leave).
+// RemoveMembers: a member may remove itself or one of its devices (leave);
+// the channel's creator (while a member) removes anyone; an inviter may
+// cancel its own pending invitation. NOT_FOUND when nothing matched.
 type RemoveMembersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ChannelId     []byte                 `protobuf:"bytes,1,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
@@ -1146,8 +1249,13 @@ type ChannelMessage struct {
 	MlsMessage       []byte                 `protobuf:"bytes,6,opt,name=mls_message,json=mlsMessage,proto3" json:"mls_message,omitempty"`
 	ServerTimeUnixMs int64                  `protobuf:"varint,7,opt,name=server_time_unix_ms,json=serverTimeUnixMs,proto3" json:"server_time_unix_ms,omitempty"`
 	Epoch            uint64                 `protobuf:"varint,8,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Set (sender ids empty) on a membership change the server wrote into
+	// the log: every member sees it in order. mls_message then holds the
+	// same MembershipEvent encoded, which older clients store and drop as a
+	// malformed MLS message.
+	Event         *MembershipEvent `protobuf:"bytes,9,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ChannelMessage) Reset() {
@@ -1234,6 +1342,13 @@ func (x *ChannelMessage) GetEpoch() uint64 {
 		return x.Epoch
 	}
 	return 0
+}
+
+func (x *ChannelMessage) GetEvent() *MembershipEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
 }
 
 type InboxItem struct {
@@ -1777,6 +1892,812 @@ func (x *GetGroupInfoResponse) GetEpoch() uint64 {
 	return 0
 }
 
+// An invitation to a channel: the invitee reads nothing of it until it
+// accepts.
+type Invitation struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	InvitationId       string                 `protobuf:"bytes,1,opt,name=invitation_id,json=invitationId,proto3" json:"invitation_id,omitempty"`
+	ChannelId          []byte                 `protobuf:"bytes,2,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
+	ChannelType        ChannelType            `protobuf:"varint,3,opt,name=channel_type,json=channelType,proto3,enum=qpc.v1.ChannelType" json:"channel_type,omitempty"`
+	InviterAccountId   string                 `protobuf:"bytes,4,opt,name=inviter_account_id,json=inviterAccountId,proto3" json:"inviter_account_id,omitempty"`
+	InviterAccountName string                 `protobuf:"bytes,5,opt,name=inviter_account_name,json=inviterAccountName,proto3" json:"inviter_account_name,omitempty"`
+	CreatedUnixMs      int64                  `protobuf:"varint,6,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
+	ExpiresUnixMs      int64                  `protobuf:"varint,7,opt,name=expires_unix_ms,json=expiresUnixMs,proto3" json:"expires_unix_ms,omitempty"`
+	// Members of the channel when listed.
+	MemberCount uint32 `protobuf:"varint,8,opt,name=member_count,json=memberCount,proto3" json:"member_count,omitempty"`
+	// Empty: every device of the invitee's account.
+	DeviceId string `protobuf:"bytes,9,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// Welcomes held for the invitee's devices, delivered when it accepts.
+	WelcomesHeld  uint32 `protobuf:"varint,10,opt,name=welcomes_held,json=welcomesHeld,proto3" json:"welcomes_held,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Invitation) Reset() {
+	*x = Invitation{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Invitation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Invitation) ProtoMessage() {}
+
+func (x *Invitation) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Invitation.ProtoReflect.Descriptor instead.
+func (*Invitation) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *Invitation) GetInvitationId() string {
+	if x != nil {
+		return x.InvitationId
+	}
+	return ""
+}
+
+func (x *Invitation) GetChannelId() []byte {
+	if x != nil {
+		return x.ChannelId
+	}
+	return nil
+}
+
+func (x *Invitation) GetChannelType() ChannelType {
+	if x != nil {
+		return x.ChannelType
+	}
+	return ChannelType_CHANNEL_TYPE_UNSPECIFIED
+}
+
+func (x *Invitation) GetInviterAccountId() string {
+	if x != nil {
+		return x.InviterAccountId
+	}
+	return ""
+}
+
+func (x *Invitation) GetInviterAccountName() string {
+	if x != nil {
+		return x.InviterAccountName
+	}
+	return ""
+}
+
+func (x *Invitation) GetCreatedUnixMs() int64 {
+	if x != nil {
+		return x.CreatedUnixMs
+	}
+	return 0
+}
+
+func (x *Invitation) GetExpiresUnixMs() int64 {
+	if x != nil {
+		return x.ExpiresUnixMs
+	}
+	return 0
+}
+
+func (x *Invitation) GetMemberCount() uint32 {
+	if x != nil {
+		return x.MemberCount
+	}
+	return 0
+}
+
+func (x *Invitation) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *Invitation) GetWelcomesHeld() uint32 {
+	if x != nil {
+		return x.WelcomesHeld
+	}
+	return 0
+}
+
+// A change of a channel's server-side membership, written by the server
+// into the channel's log (ChannelMessage.event) and, for an account that
+// cannot read the log (an invitee, a removed member), into its devices'
+// inboxes (INBOX_KIND_MEMBERSHIP).
+type MembershipEvent struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Type               MembershipEventType    `protobuf:"varint,1,opt,name=type,proto3,enum=qpc.v1.MembershipEventType" json:"type,omitempty"`
+	ChannelId          []byte                 `protobuf:"bytes,2,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`
+	ActorAccountId     string                 `protobuf:"bytes,3,opt,name=actor_account_id,json=actorAccountId,proto3" json:"actor_account_id,omitempty"`
+	ActorAccountName   string                 `protobuf:"bytes,4,opt,name=actor_account_name,json=actorAccountName,proto3" json:"actor_account_name,omitempty"`
+	SubjectAccountId   string                 `protobuf:"bytes,5,opt,name=subject_account_id,json=subjectAccountId,proto3" json:"subject_account_id,omitempty"`
+	SubjectAccountName string                 `protobuf:"bytes,6,opt,name=subject_account_name,json=subjectAccountName,proto3" json:"subject_account_name,omitempty"`
+	// Empty: the whole account.
+	SubjectDeviceId string `protobuf:"bytes,7,opt,name=subject_device_id,json=subjectDeviceId,proto3" json:"subject_device_id,omitempty"`
+	// With INVITED, for the invitee.
+	Invitation    *Invitation `protobuf:"bytes,8,opt,name=invitation,proto3" json:"invitation,omitempty"`
+	TimeUnixMs    int64       `protobuf:"varint,9,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MembershipEvent) Reset() {
+	*x = MembershipEvent{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembershipEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembershipEvent) ProtoMessage() {}
+
+func (x *MembershipEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembershipEvent.ProtoReflect.Descriptor instead.
+func (*MembershipEvent) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *MembershipEvent) GetType() MembershipEventType {
+	if x != nil {
+		return x.Type
+	}
+	return MembershipEventType_MEMBERSHIP_EVENT_TYPE_UNSPECIFIED
+}
+
+func (x *MembershipEvent) GetChannelId() []byte {
+	if x != nil {
+		return x.ChannelId
+	}
+	return nil
+}
+
+func (x *MembershipEvent) GetActorAccountId() string {
+	if x != nil {
+		return x.ActorAccountId
+	}
+	return ""
+}
+
+func (x *MembershipEvent) GetActorAccountName() string {
+	if x != nil {
+		return x.ActorAccountName
+	}
+	return ""
+}
+
+func (x *MembershipEvent) GetSubjectAccountId() string {
+	if x != nil {
+		return x.SubjectAccountId
+	}
+	return ""
+}
+
+func (x *MembershipEvent) GetSubjectAccountName() string {
+	if x != nil {
+		return x.SubjectAccountName
+	}
+	return ""
+}
+
+func (x *MembershipEvent) GetSubjectDeviceId() string {
+	if x != nil {
+		return x.SubjectDeviceId
+	}
+	return ""
+}
+
+func (x *MembershipEvent) GetInvitation() *Invitation {
+	if x != nil {
+		return x.Invitation
+	}
+	return nil
+}
+
+func (x *MembershipEvent) GetTimeUnixMs() int64 {
+	if x != nil {
+		return x.TimeUnixMs
+	}
+	return 0
+}
+
+type ListInvitationsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInvitationsRequest) Reset() {
+	*x = ListInvitationsRequest{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInvitationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInvitationsRequest) ProtoMessage() {}
+
+func (x *ListInvitationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInvitationsRequest.ProtoReflect.Descriptor instead.
+func (*ListInvitationsRequest) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{30}
+}
+
+type ListInvitationsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Invitations   []*Invitation          `protobuf:"bytes,1,rep,name=invitations,proto3" json:"invitations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInvitationsResponse) Reset() {
+	*x = ListInvitationsResponse{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInvitationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInvitationsResponse) ProtoMessage() {}
+
+func (x *ListInvitationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInvitationsResponse.ProtoReflect.Descriptor instead.
+func (*ListInvitationsResponse) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ListInvitationsResponse) GetInvitations() []*Invitation {
+	if x != nil {
+		return x.Invitations
+	}
+	return nil
+}
+
+// AcceptInvitation makes the caller's account (or the invited device) a
+// member from the point it was invited, and moves the Welcomes held for
+// the invitation into its devices' inboxes.
+type AcceptInvitationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	InvitationId  string                 `protobuf:"bytes,1,opt,name=invitation_id,json=invitationId,proto3" json:"invitation_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcceptInvitationRequest) Reset() {
+	*x = AcceptInvitationRequest{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcceptInvitationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcceptInvitationRequest) ProtoMessage() {}
+
+func (x *AcceptInvitationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcceptInvitationRequest.ProtoReflect.Descriptor instead.
+func (*AcceptInvitationRequest) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *AcceptInvitationRequest) GetInvitationId() string {
+	if x != nil {
+		return x.InvitationId
+	}
+	return ""
+}
+
+type AcceptInvitationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Channel       *Channel               `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
+	Welcomes      uint32                 `protobuf:"varint,2,opt,name=welcomes,proto3" json:"welcomes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcceptInvitationResponse) Reset() {
+	*x = AcceptInvitationResponse{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcceptInvitationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcceptInvitationResponse) ProtoMessage() {}
+
+func (x *AcceptInvitationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcceptInvitationResponse.ProtoReflect.Descriptor instead.
+func (*AcceptInvitationResponse) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *AcceptInvitationResponse) GetChannel() *Channel {
+	if x != nil {
+		return x.Channel
+	}
+	return nil
+}
+
+func (x *AcceptInvitationResponse) GetWelcomes() uint32 {
+	if x != nil {
+		return x.Welcomes
+	}
+	return 0
+}
+
+// DeclineInvitation drops the invitation and the Welcomes held for it.
+type DeclineInvitationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	InvitationId  string                 `protobuf:"bytes,1,opt,name=invitation_id,json=invitationId,proto3" json:"invitation_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeclineInvitationRequest) Reset() {
+	*x = DeclineInvitationRequest{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeclineInvitationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeclineInvitationRequest) ProtoMessage() {}
+
+func (x *DeclineInvitationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeclineInvitationRequest.ProtoReflect.Descriptor instead.
+func (*DeclineInvitationRequest) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *DeclineInvitationRequest) GetInvitationId() string {
+	if x != nil {
+		return x.InvitationId
+	}
+	return ""
+}
+
+type DeclineInvitationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeclineInvitationResponse) Reset() {
+	*x = DeclineInvitationResponse{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeclineInvitationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeclineInvitationResponse) ProtoMessage() {}
+
+func (x *DeclineInvitationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeclineInvitationResponse.ProtoReflect.Descriptor instead.
+func (*DeclineInvitationResponse) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{35}
+}
+
+// BlockAccount: the account's invitations (and DMs) to the caller are
+// refused, its pending ones declined, and it cannot put anything into the
+// caller's devices' inboxes.
+type BlockAccountRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AccountName   string                 `protobuf:"bytes,1,opt,name=account_name,json=accountName,proto3" json:"account_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlockAccountRequest) Reset() {
+	*x = BlockAccountRequest{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlockAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlockAccountRequest) ProtoMessage() {}
+
+func (x *BlockAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlockAccountRequest.ProtoReflect.Descriptor instead.
+func (*BlockAccountRequest) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *BlockAccountRequest) GetAccountName() string {
+	if x != nil {
+		return x.AccountName
+	}
+	return ""
+}
+
+type BlockAccountResponse struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	InvitationsDeclined uint32                 `protobuf:"varint,1,opt,name=invitations_declined,json=invitationsDeclined,proto3" json:"invitations_declined,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *BlockAccountResponse) Reset() {
+	*x = BlockAccountResponse{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlockAccountResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlockAccountResponse) ProtoMessage() {}
+
+func (x *BlockAccountResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlockAccountResponse.ProtoReflect.Descriptor instead.
+func (*BlockAccountResponse) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *BlockAccountResponse) GetInvitationsDeclined() uint32 {
+	if x != nil {
+		return x.InvitationsDeclined
+	}
+	return 0
+}
+
+type UnblockAccountRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AccountName   string                 `protobuf:"bytes,1,opt,name=account_name,json=accountName,proto3" json:"account_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnblockAccountRequest) Reset() {
+	*x = UnblockAccountRequest{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnblockAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnblockAccountRequest) ProtoMessage() {}
+
+func (x *UnblockAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnblockAccountRequest.ProtoReflect.Descriptor instead.
+func (*UnblockAccountRequest) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *UnblockAccountRequest) GetAccountName() string {
+	if x != nil {
+		return x.AccountName
+	}
+	return ""
+}
+
+type UnblockAccountResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnblockAccountResponse) Reset() {
+	*x = UnblockAccountResponse{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnblockAccountResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnblockAccountResponse) ProtoMessage() {}
+
+func (x *UnblockAccountResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnblockAccountResponse.ProtoReflect.Descriptor instead.
+func (*UnblockAccountResponse) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{39}
+}
+
+type ListBlockedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBlockedRequest) Reset() {
+	*x = ListBlockedRequest{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBlockedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBlockedRequest) ProtoMessage() {}
+
+func (x *ListBlockedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBlockedRequest.ProtoReflect.Descriptor instead.
+func (*ListBlockedRequest) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{40}
+}
+
+type BlockedAccount struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AccountId     string                 `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	AccountName   string                 `protobuf:"bytes,2,opt,name=account_name,json=accountName,proto3" json:"account_name,omitempty"`
+	SinceUnixMs   int64                  `protobuf:"varint,3,opt,name=since_unix_ms,json=sinceUnixMs,proto3" json:"since_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlockedAccount) Reset() {
+	*x = BlockedAccount{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlockedAccount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlockedAccount) ProtoMessage() {}
+
+func (x *BlockedAccount) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlockedAccount.ProtoReflect.Descriptor instead.
+func (*BlockedAccount) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *BlockedAccount) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *BlockedAccount) GetAccountName() string {
+	if x != nil {
+		return x.AccountName
+	}
+	return ""
+}
+
+func (x *BlockedAccount) GetSinceUnixMs() int64 {
+	if x != nil {
+		return x.SinceUnixMs
+	}
+	return 0
+}
+
+type ListBlockedResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Blocked       []*BlockedAccount      `protobuf:"bytes,1,rep,name=blocked,proto3" json:"blocked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBlockedResponse) Reset() {
+	*x = ListBlockedResponse{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBlockedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBlockedResponse) ProtoMessage() {}
+
+func (x *ListBlockedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBlockedResponse.ProtoReflect.Descriptor instead.
+func (*ListBlockedResponse) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ListBlockedResponse) GetBlocked() []*BlockedAccount {
+	if x != nil {
+		return x.Blocked
+	}
+	return nil
+}
+
 var File_qpc_v1_delivery_proto protoreflect.FileDescriptor
 
 const file_qpc_v1_delivery_proto_rawDesc = "" +
@@ -1784,11 +2705,12 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\x15qpc/v1/delivery.proto\x12\x06qpc.v1\x1a\x14qpc/v1/options.proto\"]\n" +
 	"\tMemberRef\x12+\n" +
 	"\faccount_name\x18\x01 \x01(\tB\b\x92\x82\x19\x04\x10 \x18\x01R\vaccountName\x12#\n" +
-	"\tdevice_id\x18\x02 \x01(\tB\x06\x92\x82\x19\x02\x10@R\bdeviceId\"D\n" +
+	"\tdevice_id\x18\x02 \x01(\tB\x06\x92\x82\x19\x02\x10@R\bdeviceId\"s\n" +
 	"\x06Member\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12\x1b\n" +
-	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\"\xe8\x01\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12-\n" +
+	"\x13added_by_account_id\x18\x03 \x01(\tR\x10addedByAccountId\"\xc5\x02\n" +
 	"\aChannel\x12\x1d\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\fR\tchannelId\x12'\n" +
@@ -1798,7 +2720,9 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\bhead_seq\x18\x05 \x01(\x04R\aheadSeq\x12\x1f\n" +
 	"\vttl_seconds\x18\x06 \x01(\rR\n" +
 	"ttlSeconds\x12(\n" +
-	"\amembers\x18\a \x03(\v2\x0e.qpc.v1.MemberR\amembers\"V\n" +
+	"\amembers\x18\a \x03(\v2\x0e.qpc.v1.MemberR\amembers\x12(\n" +
+	"\ainvited\x18\b \x03(\v2\x0e.qpc.v1.MemberR\ainvited\x121\n" +
+	"\x15created_by_account_id\x18\t \x01(\tR\x12createdByAccountId\"V\n" +
 	"\x19CreateGroupChannelRequest\x12#\n" +
 	"\bgroup_id\x18\x01 \x01(\fB\b\x92\x82\x19\x04\b \x18\x01R\agroupId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"a\n" +
@@ -1854,7 +2778,7 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\x04kind\x18\x03 \x01(\x0e2\x11.qpc.v1.InboxKindR\x04kind\x12%\n" +
 	"\apayload\x18\x04 \x01(\fB\v\x92\x82\x19\a\x10\x80\x80\xc0\x02\x18\x01R\apayload\"3\n" +
 	"\x13SendToInboxResponse\x12\x1c\n" +
-	"\tdelivered\x18\x01 \x01(\rR\tdelivered\"\x9c\x02\n" +
+	"\tdelivered\x18\x01 \x01(\rR\tdelivered\"\xcb\x02\n" +
 	"\x0eChannelMessage\x12\x1d\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\fR\tchannelId\x12\x10\n" +
@@ -1866,7 +2790,8 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\vmls_message\x18\x06 \x01(\fR\n" +
 	"mlsMessage\x12-\n" +
 	"\x13server_time_unix_ms\x18\a \x01(\x03R\x10serverTimeUnixMs\x12\x14\n" +
-	"\x05epoch\x18\b \x01(\x04R\x05epoch\"\x82\x02\n" +
+	"\x05epoch\x18\b \x01(\x04R\x05epoch\x12-\n" +
+	"\x05event\x18\t \x01(\v2\x17.qpc.v1.MembershipEventR\x05event\"\x82\x02\n" +
 	"\tInboxItem\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12%\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x11.qpc.v1.InboxKindR\x04kind\x12\x1d\n" +
@@ -1908,16 +2833,79 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\x14GetGroupInfoResponse\x12\x1d\n" +
 	"\n" +
 	"group_info\x18\x01 \x01(\fR\tgroupInfo\x12\x14\n" +
-	"\x05epoch\x18\x02 \x01(\x04R\x05epoch*X\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"\x9d\x03\n" +
+	"\n" +
+	"Invitation\x12#\n" +
+	"\rinvitation_id\x18\x01 \x01(\tR\finvitationId\x12\x1d\n" +
+	"\n" +
+	"channel_id\x18\x02 \x01(\fR\tchannelId\x126\n" +
+	"\fchannel_type\x18\x03 \x01(\x0e2\x13.qpc.v1.ChannelTypeR\vchannelType\x12,\n" +
+	"\x12inviter_account_id\x18\x04 \x01(\tR\x10inviterAccountId\x120\n" +
+	"\x14inviter_account_name\x18\x05 \x01(\tR\x12inviterAccountName\x12&\n" +
+	"\x0fcreated_unix_ms\x18\x06 \x01(\x03R\rcreatedUnixMs\x12&\n" +
+	"\x0fexpires_unix_ms\x18\a \x01(\x03R\rexpiresUnixMs\x12!\n" +
+	"\fmember_count\x18\b \x01(\rR\vmemberCount\x12\x1b\n" +
+	"\tdevice_id\x18\t \x01(\tR\bdeviceId\x12#\n" +
+	"\rwelcomes_held\x18\n" +
+	" \x01(\rR\fwelcomesHeld\"\x9b\x03\n" +
+	"\x0fMembershipEvent\x12/\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x1b.qpc.v1.MembershipEventTypeR\x04type\x12\x1d\n" +
+	"\n" +
+	"channel_id\x18\x02 \x01(\fR\tchannelId\x12(\n" +
+	"\x10actor_account_id\x18\x03 \x01(\tR\x0eactorAccountId\x12,\n" +
+	"\x12actor_account_name\x18\x04 \x01(\tR\x10actorAccountName\x12,\n" +
+	"\x12subject_account_id\x18\x05 \x01(\tR\x10subjectAccountId\x120\n" +
+	"\x14subject_account_name\x18\x06 \x01(\tR\x12subjectAccountName\x12*\n" +
+	"\x11subject_device_id\x18\a \x01(\tR\x0fsubjectDeviceId\x122\n" +
+	"\n" +
+	"invitation\x18\b \x01(\v2\x12.qpc.v1.InvitationR\n" +
+	"invitation\x12 \n" +
+	"\ftime_unix_ms\x18\t \x01(\x03R\n" +
+	"timeUnixMs\"\x18\n" +
+	"\x16ListInvitationsRequest\"O\n" +
+	"\x17ListInvitationsResponse\x124\n" +
+	"\vinvitations\x18\x01 \x03(\v2\x12.qpc.v1.InvitationR\vinvitations\"H\n" +
+	"\x17AcceptInvitationRequest\x12-\n" +
+	"\rinvitation_id\x18\x01 \x01(\tB\b\x92\x82\x19\x04\x10@\x18\x01R\finvitationId\"a\n" +
+	"\x18AcceptInvitationResponse\x12)\n" +
+	"\achannel\x18\x01 \x01(\v2\x0f.qpc.v1.ChannelR\achannel\x12\x1a\n" +
+	"\bwelcomes\x18\x02 \x01(\rR\bwelcomes\"I\n" +
+	"\x18DeclineInvitationRequest\x12-\n" +
+	"\rinvitation_id\x18\x01 \x01(\tB\b\x92\x82\x19\x04\x10@\x18\x01R\finvitationId\"\x1b\n" +
+	"\x19DeclineInvitationResponse\"B\n" +
+	"\x13BlockAccountRequest\x12+\n" +
+	"\faccount_name\x18\x01 \x01(\tB\b\x92\x82\x19\x04\x10 \x18\x01R\vaccountName\"I\n" +
+	"\x14BlockAccountResponse\x121\n" +
+	"\x14invitations_declined\x18\x01 \x01(\rR\x13invitationsDeclined\"D\n" +
+	"\x15UnblockAccountRequest\x12+\n" +
+	"\faccount_name\x18\x01 \x01(\tB\b\x92\x82\x19\x04\x10 \x18\x01R\vaccountName\"\x18\n" +
+	"\x16UnblockAccountResponse\"\x14\n" +
+	"\x12ListBlockedRequest\"v\n" +
+	"\x0eBlockedAccount\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x01 \x01(\tR\taccountId\x12!\n" +
+	"\faccount_name\x18\x02 \x01(\tR\vaccountName\x12\"\n" +
+	"\rsince_unix_ms\x18\x03 \x01(\x03R\vsinceUnixMs\"G\n" +
+	"\x13ListBlockedResponse\x120\n" +
+	"\ablocked\x18\x01 \x03(\v2\x16.qpc.v1.BlockedAccountR\ablocked*X\n" +
 	"\vChannelType\x12\x1c\n" +
 	"\x18CHANNEL_TYPE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12CHANNEL_TYPE_GROUP\x10\x01\x12\x13\n" +
-	"\x0fCHANNEL_TYPE_DM\x10\x02*s\n" +
+	"\x0fCHANNEL_TYPE_DM\x10\x02*\x8e\x01\n" +
 	"\tInboxKind\x12\x1a\n" +
 	"\x16INBOX_KIND_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12INBOX_KIND_WELCOME\x10\x01\x12\x14\n" +
 	"\x10INBOX_KIND_OTHER\x10\x02\x12\x1c\n" +
-	"\x18INBOX_KIND_ACCOUNT_EVENT\x10\x03B>Z<github.com/quicprochat/quicprochat/internal/wire/qpcv1;qpcv1b\x06proto3"
+	"\x18INBOX_KIND_ACCOUNT_EVENT\x10\x03\x12\x19\n" +
+	"\x15INBOX_KIND_MEMBERSHIP\x10\x04*\x98\x02\n" +
+	"\x13MembershipEventType\x12%\n" +
+	"!MEMBERSHIP_EVENT_TYPE_UNSPECIFIED\x10\x00\x12!\n" +
+	"\x1dMEMBERSHIP_EVENT_TYPE_INVITED\x10\x01\x12 \n" +
+	"\x1cMEMBERSHIP_EVENT_TYPE_JOINED\x10\x02\x12\"\n" +
+	"\x1eMEMBERSHIP_EVENT_TYPE_DECLINED\x10\x03\x12\x1e\n" +
+	"\x1aMEMBERSHIP_EVENT_TYPE_LEFT\x10\x04\x12!\n" +
+	"\x1dMEMBERSHIP_EVENT_TYPE_REMOVED\x10\x05\x12.\n" +
+	"*MEMBERSHIP_EVENT_TYPE_INVITATION_CANCELLED\x10\x06B>Z<github.com/quicprochat/quicprochat/internal/wire/qpcv1;qpcv1b\x06proto3"
 
 var (
 	file_qpc_v1_delivery_proto_rawDescOnce sync.Once
@@ -1931,62 +2919,86 @@ func file_qpc_v1_delivery_proto_rawDescGZIP() []byte {
 	return file_qpc_v1_delivery_proto_rawDescData
 }
 
-var file_qpc_v1_delivery_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_qpc_v1_delivery_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_qpc_v1_delivery_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_qpc_v1_delivery_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_qpc_v1_delivery_proto_goTypes = []any{
 	(ChannelType)(0),                   // 0: qpc.v1.ChannelType
 	(InboxKind)(0),                     // 1: qpc.v1.InboxKind
-	(*MemberRef)(nil),                  // 2: qpc.v1.MemberRef
-	(*Member)(nil),                     // 3: qpc.v1.Member
-	(*Channel)(nil),                    // 4: qpc.v1.Channel
-	(*CreateGroupChannelRequest)(nil),  // 5: qpc.v1.CreateGroupChannelRequest
-	(*CreateGroupChannelResponse)(nil), // 6: qpc.v1.CreateGroupChannelResponse
-	(*CreateDMChannelRequest)(nil),     // 7: qpc.v1.CreateDMChannelRequest
-	(*CreateDMChannelResponse)(nil),    // 8: qpc.v1.CreateDMChannelResponse
-	(*AddMembersRequest)(nil),          // 9: qpc.v1.AddMembersRequest
-	(*AddMembersResponse)(nil),         // 10: qpc.v1.AddMembersResponse
-	(*RemoveMembersRequest)(nil),       // 11: qpc.v1.RemoveMembersRequest
-	(*RemoveMembersResponse)(nil),      // 12: qpc.v1.RemoveMembersResponse
-	(*ListChannelsRequest)(nil),        // 13: qpc.v1.ListChannelsRequest
-	(*ListChannelsResponse)(nil),       // 14: qpc.v1.ListChannelsResponse
-	(*EnqueueRequest)(nil),             // 15: qpc.v1.EnqueueRequest
-	(*EnqueueResponse)(nil),            // 16: qpc.v1.EnqueueResponse
-	(*InboxRecipient)(nil),             // 17: qpc.v1.InboxRecipient
-	(*SendToInboxRequest)(nil),         // 18: qpc.v1.SendToInboxRequest
-	(*SendToInboxResponse)(nil),        // 19: qpc.v1.SendToInboxResponse
-	(*ChannelMessage)(nil),             // 20: qpc.v1.ChannelMessage
-	(*InboxItem)(nil),                  // 21: qpc.v1.InboxItem
-	(*FetchRequest)(nil),               // 22: qpc.v1.FetchRequest
-	(*FetchWaitRequest)(nil),           // 23: qpc.v1.FetchWaitRequest
-	(*FetchResponse)(nil),              // 24: qpc.v1.FetchResponse
-	(*ChannelCursor)(nil),              // 25: qpc.v1.ChannelCursor
-	(*AckRequest)(nil),                 // 26: qpc.v1.AckRequest
-	(*AckResponse)(nil),                // 27: qpc.v1.AckResponse
-	(*GetGroupInfoRequest)(nil),        // 28: qpc.v1.GetGroupInfoRequest
-	(*GetGroupInfoResponse)(nil),       // 29: qpc.v1.GetGroupInfoResponse
+	(MembershipEventType)(0),           // 2: qpc.v1.MembershipEventType
+	(*MemberRef)(nil),                  // 3: qpc.v1.MemberRef
+	(*Member)(nil),                     // 4: qpc.v1.Member
+	(*Channel)(nil),                    // 5: qpc.v1.Channel
+	(*CreateGroupChannelRequest)(nil),  // 6: qpc.v1.CreateGroupChannelRequest
+	(*CreateGroupChannelResponse)(nil), // 7: qpc.v1.CreateGroupChannelResponse
+	(*CreateDMChannelRequest)(nil),     // 8: qpc.v1.CreateDMChannelRequest
+	(*CreateDMChannelResponse)(nil),    // 9: qpc.v1.CreateDMChannelResponse
+	(*AddMembersRequest)(nil),          // 10: qpc.v1.AddMembersRequest
+	(*AddMembersResponse)(nil),         // 11: qpc.v1.AddMembersResponse
+	(*RemoveMembersRequest)(nil),       // 12: qpc.v1.RemoveMembersRequest
+	(*RemoveMembersResponse)(nil),      // 13: qpc.v1.RemoveMembersResponse
+	(*ListChannelsRequest)(nil),        // 14: qpc.v1.ListChannelsRequest
+	(*ListChannelsResponse)(nil),       // 15: qpc.v1.ListChannelsResponse
+	(*EnqueueRequest)(nil),             // 16: qpc.v1.EnqueueRequest
+	(*EnqueueResponse)(nil),            // 17: qpc.v1.EnqueueResponse
+	(*InboxRecipient)(nil),             // 18: qpc.v1.InboxRecipient
+	(*SendToInboxRequest)(nil),         // 19: qpc.v1.SendToInboxRequest
+	(*SendToInboxResponse)(nil),        // 20: qpc.v1.SendToInboxResponse
+	(*ChannelMessage)(nil),             // 21: qpc.v1.ChannelMessage
+	(*InboxItem)(nil),                  // 22: qpc.v1.InboxItem
+	(*FetchRequest)(nil),               // 23: qpc.v1.FetchRequest
+	(*FetchWaitRequest)(nil),           // 24: qpc.v1.FetchWaitRequest
+	(*FetchResponse)(nil),              // 25: qpc.v1.FetchResponse
+	(*ChannelCursor)(nil),              // 26: qpc.v1.ChannelCursor
+	(*AckRequest)(nil),                 // 27: qpc.v1.AckRequest
+	(*AckResponse)(nil),                // 28: qpc.v1.AckResponse
+	(*GetGroupInfoRequest)(nil),        // 29: qpc.v1.GetGroupInfoRequest
+	(*GetGroupInfoResponse)(nil),       // 30: qpc.v1.GetGroupInfoResponse
+	(*Invitation)(nil),                 // 31: qpc.v1.Invitation
+	(*MembershipEvent)(nil),            // 32: qpc.v1.MembershipEvent
+	(*ListInvitationsRequest)(nil),     // 33: qpc.v1.ListInvitationsRequest
+	(*ListInvitationsResponse)(nil),    // 34: qpc.v1.ListInvitationsResponse
+	(*AcceptInvitationRequest)(nil),    // 35: qpc.v1.AcceptInvitationRequest
+	(*AcceptInvitationResponse)(nil),   // 36: qpc.v1.AcceptInvitationResponse
+	(*DeclineInvitationRequest)(nil),   // 37: qpc.v1.DeclineInvitationRequest
+	(*DeclineInvitationResponse)(nil),  // 38: qpc.v1.DeclineInvitationResponse
+	(*BlockAccountRequest)(nil),        // 39: qpc.v1.BlockAccountRequest
+	(*BlockAccountResponse)(nil),       // 40: qpc.v1.BlockAccountResponse
+	(*UnblockAccountRequest)(nil),      // 41: qpc.v1.UnblockAccountRequest
+	(*UnblockAccountResponse)(nil),     // 42: qpc.v1.UnblockAccountResponse
+	(*ListBlockedRequest)(nil),         // 43: qpc.v1.ListBlockedRequest
+	(*BlockedAccount)(nil),             // 44: qpc.v1.BlockedAccount
+	(*ListBlockedResponse)(nil),        // 45: qpc.v1.ListBlockedResponse
 }
 var file_qpc_v1_delivery_proto_depIdxs = []int32{
 	0,  // 0: qpc.v1.Channel.type:type_name -> qpc.v1.ChannelType
-	3,  // 1: qpc.v1.Channel.members:type_name -> qpc.v1.Member
-	4,  // 2: qpc.v1.CreateGroupChannelResponse.channel:type_name -> qpc.v1.Channel
-	4,  // 3: qpc.v1.CreateDMChannelResponse.channel:type_name -> qpc.v1.Channel
-	2,  // 4: qpc.v1.AddMembersRequest.members:type_name -> qpc.v1.MemberRef
-	4,  // 5: qpc.v1.AddMembersResponse.channel:type_name -> qpc.v1.Channel
-	2,  // 6: qpc.v1.RemoveMembersRequest.members:type_name -> qpc.v1.MemberRef
-	4,  // 7: qpc.v1.ListChannelsResponse.channels:type_name -> qpc.v1.Channel
-	17, // 8: qpc.v1.SendToInboxRequest.recipients:type_name -> qpc.v1.InboxRecipient
-	1,  // 9: qpc.v1.SendToInboxRequest.kind:type_name -> qpc.v1.InboxKind
-	1,  // 10: qpc.v1.InboxItem.kind:type_name -> qpc.v1.InboxKind
-	25, // 11: qpc.v1.FetchRequest.after:type_name -> qpc.v1.ChannelCursor
-	25, // 12: qpc.v1.FetchWaitRequest.after:type_name -> qpc.v1.ChannelCursor
-	20, // 13: qpc.v1.FetchResponse.messages:type_name -> qpc.v1.ChannelMessage
-	21, // 14: qpc.v1.FetchResponse.inbox:type_name -> qpc.v1.InboxItem
-	25, // 15: qpc.v1.AckRequest.cursors:type_name -> qpc.v1.ChannelCursor
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	4,  // 1: qpc.v1.Channel.members:type_name -> qpc.v1.Member
+	4,  // 2: qpc.v1.Channel.invited:type_name -> qpc.v1.Member
+	5,  // 3: qpc.v1.CreateGroupChannelResponse.channel:type_name -> qpc.v1.Channel
+	5,  // 4: qpc.v1.CreateDMChannelResponse.channel:type_name -> qpc.v1.Channel
+	3,  // 5: qpc.v1.AddMembersRequest.members:type_name -> qpc.v1.MemberRef
+	5,  // 6: qpc.v1.AddMembersResponse.channel:type_name -> qpc.v1.Channel
+	3,  // 7: qpc.v1.RemoveMembersRequest.members:type_name -> qpc.v1.MemberRef
+	5,  // 8: qpc.v1.ListChannelsResponse.channels:type_name -> qpc.v1.Channel
+	18, // 9: qpc.v1.SendToInboxRequest.recipients:type_name -> qpc.v1.InboxRecipient
+	1,  // 10: qpc.v1.SendToInboxRequest.kind:type_name -> qpc.v1.InboxKind
+	32, // 11: qpc.v1.ChannelMessage.event:type_name -> qpc.v1.MembershipEvent
+	1,  // 12: qpc.v1.InboxItem.kind:type_name -> qpc.v1.InboxKind
+	26, // 13: qpc.v1.FetchRequest.after:type_name -> qpc.v1.ChannelCursor
+	26, // 14: qpc.v1.FetchWaitRequest.after:type_name -> qpc.v1.ChannelCursor
+	21, // 15: qpc.v1.FetchResponse.messages:type_name -> qpc.v1.ChannelMessage
+	22, // 16: qpc.v1.FetchResponse.inbox:type_name -> qpc.v1.InboxItem
+	26, // 17: qpc.v1.AckRequest.cursors:type_name -> qpc.v1.ChannelCursor
+	0,  // 18: qpc.v1.Invitation.channel_type:type_name -> qpc.v1.ChannelType
+	2,  // 19: qpc.v1.MembershipEvent.type:type_name -> qpc.v1.MembershipEventType
+	31, // 20: qpc.v1.MembershipEvent.invitation:type_name -> qpc.v1.Invitation
+	31, // 21: qpc.v1.ListInvitationsResponse.invitations:type_name -> qpc.v1.Invitation
+	5,  // 22: qpc.v1.AcceptInvitationResponse.channel:type_name -> qpc.v1.Channel
+	44, // 23: qpc.v1.ListBlockedResponse.blocked:type_name -> qpc.v1.BlockedAccount
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_qpc_v1_delivery_proto_init() }
@@ -2000,8 +3012,8 @@ func file_qpc_v1_delivery_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qpc_v1_delivery_proto_rawDesc), len(file_qpc_v1_delivery_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   28,
+			NumEnums:      3,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -163,7 +163,14 @@ type FetchKeyPackagesRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	AccountName string                 `protobuf:"bytes,1,opt,name=account_name,json=accountName,proto3" json:"account_name,omitempty"`
 	// Optional: only this device of the account.
-	DeviceId      string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	DeviceId string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// Optional: acceptable cipher suites, most preferred first. The server
+	// returns KeyPackages of the first suite every target device has one
+	// for (pool or last resort), consuming only those; if no suite covers
+	// every device, the first suite, with the uncovered devices in
+	// missing_device_ids. Empty: one KeyPackage per device of any suite (the
+	// oldest), as before suites were negotiated.
+	CipherSuites  []uint32 `protobuf:"varint,3,rep,packed,name=cipher_suites,json=cipherSuites,proto3" json:"cipher_suites,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -210,6 +217,13 @@ func (x *FetchKeyPackagesRequest) GetDeviceId() string {
 		return x.DeviceId
 	}
 	return ""
+}
+
+func (x *FetchKeyPackagesRequest) GetCipherSuites() []uint32 {
+	if x != nil {
+		return x.CipherSuites
+	}
+	return nil
 }
 
 type FetchedKeyPackage struct {
@@ -278,8 +292,10 @@ type FetchKeyPackagesResponse struct {
 	AccountId        string                 `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
 	KeyPackages      []*FetchedKeyPackage   `protobuf:"bytes,2,rep,name=key_packages,json=keyPackages,proto3" json:"key_packages,omitempty"`
 	MissingDeviceIds []string               `protobuf:"bytes,3,rep,name=missing_device_ids,json=missingDeviceIds,proto3" json:"missing_device_ids,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The suite chosen from cipher_suites (0 when none were given).
+	CipherSuite   uint32 `protobuf:"varint,4,opt,name=cipher_suite,json=cipherSuite,proto3" json:"cipher_suite,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FetchKeyPackagesResponse) Reset() {
@@ -333,6 +349,13 @@ func (x *FetchKeyPackagesResponse) GetMissingDeviceIds() []string {
 	return nil
 }
 
+func (x *FetchKeyPackagesResponse) GetCipherSuite() uint32 {
+	if x != nil {
+		return x.CipherSuite
+	}
+	return 0
+}
+
 // CountKeyPackages tells the calling device its stock, so it can top up.
 type CountKeyPackagesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -378,6 +401,8 @@ type CountKeyPackagesResponse struct {
 	AccountCount  uint32 `protobuf:"varint,2,opt,name=account_count,json=accountCount,proto3" json:"account_count,omitempty"`
 	MaxPerAccount uint32 `protobuf:"varint,3,opt,name=max_per_account,json=maxPerAccount,proto3" json:"max_per_account,omitempty"`
 	HasLastResort bool   `protobuf:"varint,4,opt,name=has_last_resort,json=hasLastResort,proto3" json:"has_last_resort,omitempty"`
+	// The device's stock per cipher suite it holds KeyPackages of.
+	Suites        []*SuiteStock `protobuf:"bytes,5,rep,name=suites,proto3" json:"suites,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -440,6 +465,75 @@ func (x *CountKeyPackagesResponse) GetHasLastResort() bool {
 	return false
 }
 
+func (x *CountKeyPackagesResponse) GetSuites() []*SuiteStock {
+	if x != nil {
+		return x.Suites
+	}
+	return nil
+}
+
+// SuiteStock is one device's KeyPackage stock of one cipher suite.
+type SuiteStock struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	CipherSuite uint32                 `protobuf:"varint,1,opt,name=cipher_suite,json=cipherSuite,proto3" json:"cipher_suite,omitempty"`
+	// Unused, unexpired pool KeyPackages of this suite.
+	DeviceCount   uint32 `protobuf:"varint,2,opt,name=device_count,json=deviceCount,proto3" json:"device_count,omitempty"`
+	HasLastResort bool   `protobuf:"varint,3,opt,name=has_last_resort,json=hasLastResort,proto3" json:"has_last_resort,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SuiteStock) Reset() {
+	*x = SuiteStock{}
+	mi := &file_qpc_v1_keydir_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SuiteStock) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SuiteStock) ProtoMessage() {}
+
+func (x *SuiteStock) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_keydir_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SuiteStock.ProtoReflect.Descriptor instead.
+func (*SuiteStock) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_keydir_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SuiteStock) GetCipherSuite() uint32 {
+	if x != nil {
+		return x.CipherSuite
+	}
+	return 0
+}
+
+func (x *SuiteStock) GetDeviceCount() uint32 {
+	if x != nil {
+		return x.DeviceCount
+	}
+	return 0
+}
+
+func (x *SuiteStock) GetHasLastResort() bool {
+	if x != nil {
+		return x.HasLastResort
+	}
+	return false
+}
+
 var File_qpc_v1_keydir_proto protoreflect.FileDescriptor
 
 const file_qpc_v1_keydir_proto_rawDesc = "" +
@@ -454,27 +548,35 @@ const file_qpc_v1_keydir_proto_rawDesc = "" +
 	"\baccepted\x18\x01 \x01(\rR\baccepted\x12*\n" +
 	"\x11rejected_over_cap\x18\x02 \x01(\rR\x0frejectedOverCap\x12!\n" +
 	"\fdevice_stock\x18\x03 \x01(\rR\vdeviceStock\x12&\n" +
-	"\x0flast_resort_set\x18\x04 \x01(\bR\rlastResortSet\"k\n" +
+	"\x0flast_resort_set\x18\x04 \x01(\bR\rlastResortSet\"\x98\x01\n" +
 	"\x17FetchKeyPackagesRequest\x12+\n" +
 	"\faccount_name\x18\x01 \x01(\tB\b\x92\x82\x19\x04\x10 \x18\x01R\vaccountName\x12#\n" +
-	"\tdevice_id\x18\x02 \x01(\tB\x06\x92\x82\x19\x02\x10@R\bdeviceId\"r\n" +
+	"\tdevice_id\x18\x02 \x01(\tB\x06\x92\x82\x19\x02\x10@R\bdeviceId\x12+\n" +
+	"\rcipher_suites\x18\x03 \x03(\rB\x06\x92\x82\x19\x02 \x10R\fcipherSuites\"r\n" +
 	"\x11FetchedKeyPackage\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1f\n" +
 	"\vkey_package\x18\x02 \x01(\fR\n" +
 	"keyPackage\x12\x1f\n" +
 	"\vlast_resort\x18\x03 \x01(\bR\n" +
-	"lastResort\"\xa5\x01\n" +
+	"lastResort\"\xc8\x01\n" +
 	"\x18FetchKeyPackagesResponse\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12<\n" +
 	"\fkey_packages\x18\x02 \x03(\v2\x19.qpc.v1.FetchedKeyPackageR\vkeyPackages\x12,\n" +
-	"\x12missing_device_ids\x18\x03 \x03(\tR\x10missingDeviceIds\"\x19\n" +
-	"\x17CountKeyPackagesRequest\"\xb2\x01\n" +
+	"\x12missing_device_ids\x18\x03 \x03(\tR\x10missingDeviceIds\x12!\n" +
+	"\fcipher_suite\x18\x04 \x01(\rR\vcipherSuite\"\x19\n" +
+	"\x17CountKeyPackagesRequest\"\xde\x01\n" +
 	"\x18CountKeyPackagesResponse\x12!\n" +
 	"\fdevice_count\x18\x01 \x01(\rR\vdeviceCount\x12#\n" +
 	"\raccount_count\x18\x02 \x01(\rR\faccountCount\x12&\n" +
 	"\x0fmax_per_account\x18\x03 \x01(\rR\rmaxPerAccount\x12&\n" +
-	"\x0fhas_last_resort\x18\x04 \x01(\bR\rhasLastResortB>Z<github.com/quicprochat/quicprochat/internal/wire/qpcv1;qpcv1b\x06proto3"
+	"\x0fhas_last_resort\x18\x04 \x01(\bR\rhasLastResort\x12*\n" +
+	"\x06suites\x18\x05 \x03(\v2\x12.qpc.v1.SuiteStockR\x06suites\"z\n" +
+	"\n" +
+	"SuiteStock\x12!\n" +
+	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12!\n" +
+	"\fdevice_count\x18\x02 \x01(\rR\vdeviceCount\x12&\n" +
+	"\x0fhas_last_resort\x18\x03 \x01(\bR\rhasLastResortB>Z<github.com/quicprochat/quicprochat/internal/wire/qpcv1;qpcv1b\x06proto3"
 
 var (
 	file_qpc_v1_keydir_proto_rawDescOnce sync.Once
@@ -488,7 +590,7 @@ func file_qpc_v1_keydir_proto_rawDescGZIP() []byte {
 	return file_qpc_v1_keydir_proto_rawDescData
 }
 
-var file_qpc_v1_keydir_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_qpc_v1_keydir_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_qpc_v1_keydir_proto_goTypes = []any{
 	(*UploadKeyPackagesRequest)(nil),  // 0: qpc.v1.UploadKeyPackagesRequest
 	(*UploadKeyPackagesResponse)(nil), // 1: qpc.v1.UploadKeyPackagesResponse
@@ -497,14 +599,16 @@ var file_qpc_v1_keydir_proto_goTypes = []any{
 	(*FetchKeyPackagesResponse)(nil),  // 4: qpc.v1.FetchKeyPackagesResponse
 	(*CountKeyPackagesRequest)(nil),   // 5: qpc.v1.CountKeyPackagesRequest
 	(*CountKeyPackagesResponse)(nil),  // 6: qpc.v1.CountKeyPackagesResponse
+	(*SuiteStock)(nil),                // 7: qpc.v1.SuiteStock
 }
 var file_qpc_v1_keydir_proto_depIdxs = []int32{
 	3, // 0: qpc.v1.FetchKeyPackagesResponse.key_packages:type_name -> qpc.v1.FetchedKeyPackage
-	1, // [1:1] is the sub-list for method output_type
-	1, // [1:1] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	7, // 1: qpc.v1.CountKeyPackagesResponse.suites:type_name -> qpc.v1.SuiteStock
+	2, // [2:2] is the sub-list for method output_type
+	2, // [2:2] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_qpc_v1_keydir_proto_init() }
@@ -519,7 +623,7 @@ func file_qpc_v1_keydir_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qpc_v1_keydir_proto_rawDesc), len(file_qpc_v1_keydir_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

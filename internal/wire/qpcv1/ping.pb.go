@@ -82,8 +82,10 @@ type PingResponse struct {
 	ServerTimeUnixMs int64                  `protobuf:"varint,2,opt,name=server_time_unix_ms,json=serverTimeUnixMs,proto3" json:"server_time_unix_ms,omitempty"`
 	ServerVersion    string                 `protobuf:"bytes,3,opt,name=server_version,json=serverVersion,proto3" json:"server_version,omitempty"`
 	ProtocolVersion  uint32                 `protobuf:"varint,4,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The server's MLS cipher-suite policy (docs/mls.md, "Negotiation").
+	MlsPolicy     *MLSPolicy `protobuf:"bytes,5,opt,name=mls_policy,json=mlsPolicy,proto3" json:"mls_policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PingResponse) Reset() {
@@ -144,6 +146,71 @@ func (x *PingResponse) GetProtocolVersion() uint32 {
 	return 0
 }
 
+func (x *PingResponse) GetMlsPolicy() *MLSPolicy {
+	if x != nil {
+		return x.MlsPolicy
+	}
+	return nil
+}
+
+// MLSPolicy tells clients which MLS cipher suites the server accepts.
+type MLSPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// RFC 9420 cipher suite ids the server takes KeyPackages, Welcomes and
+	// GroupInfos of, most preferred first: a new group or DM uses the first
+	// one every invited device has a KeyPackage for.
+	AllowedSuites []uint32 `protobuf:"varint,1,rep,packed,name=allowed_suites,json=allowedSuites,proto3" json:"allowed_suites,omitempty"`
+	// The weakest suite of the list (by mls.SuiteStrength): a group on a
+	// weaker suite is a downgrade, refused by server and clients.
+	MinimumSuite  uint32 `protobuf:"varint,2,opt,name=minimum_suite,json=minimumSuite,proto3" json:"minimum_suite,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MLSPolicy) Reset() {
+	*x = MLSPolicy{}
+	mi := &file_qpc_v1_ping_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MLSPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MLSPolicy) ProtoMessage() {}
+
+func (x *MLSPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_ping_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MLSPolicy.ProtoReflect.Descriptor instead.
+func (*MLSPolicy) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_ping_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *MLSPolicy) GetAllowedSuites() []uint32 {
+	if x != nil {
+		return x.AllowedSuites
+	}
+	return nil
+}
+
+func (x *MLSPolicy) GetMinimumSuite() uint32 {
+	if x != nil {
+		return x.MinimumSuite
+	}
+	return 0
+}
+
 var File_qpc_v1_ping_proto protoreflect.FileDescriptor
 
 const file_qpc_v1_ping_proto_rawDesc = "" +
@@ -151,12 +218,17 @@ const file_qpc_v1_ping_proto_rawDesc = "" +
 	"\x11qpc/v1/ping.proto\x12\x06qpc.v1\x1a\x14qpc/v1/options.proto\"C\n" +
 	"\vPingRequest\x12\x1b\n" +
 	"\x04echo\x18\x01 \x01(\tB\a\x92\x82\x19\x03\x10\x80\bR\x04echo\x12\x17\n" +
-	"\ahold_ms\x18\x02 \x01(\rR\x06holdMs\"\xa3\x01\n" +
+	"\ahold_ms\x18\x02 \x01(\rR\x06holdMs\"\xd5\x01\n" +
 	"\fPingResponse\x12\x12\n" +
 	"\x04echo\x18\x01 \x01(\tR\x04echo\x12-\n" +
 	"\x13server_time_unix_ms\x18\x02 \x01(\x03R\x10serverTimeUnixMs\x12%\n" +
 	"\x0eserver_version\x18\x03 \x01(\tR\rserverVersion\x12)\n" +
-	"\x10protocol_version\x18\x04 \x01(\rR\x0fprotocolVersionB>Z<github.com/quicprochat/quicprochat/internal/wire/qpcv1;qpcv1b\x06proto3"
+	"\x10protocol_version\x18\x04 \x01(\rR\x0fprotocolVersion\x120\n" +
+	"\n" +
+	"mls_policy\x18\x05 \x01(\v2\x11.qpc.v1.MLSPolicyR\tmlsPolicy\"W\n" +
+	"\tMLSPolicy\x12%\n" +
+	"\x0eallowed_suites\x18\x01 \x03(\rR\rallowedSuites\x12#\n" +
+	"\rminimum_suite\x18\x02 \x01(\rR\fminimumSuiteB>Z<github.com/quicprochat/quicprochat/internal/wire/qpcv1;qpcv1b\x06proto3"
 
 var (
 	file_qpc_v1_ping_proto_rawDescOnce sync.Once
@@ -170,17 +242,19 @@ func file_qpc_v1_ping_proto_rawDescGZIP() []byte {
 	return file_qpc_v1_ping_proto_rawDescData
 }
 
-var file_qpc_v1_ping_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_qpc_v1_ping_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_qpc_v1_ping_proto_goTypes = []any{
 	(*PingRequest)(nil),  // 0: qpc.v1.PingRequest
 	(*PingResponse)(nil), // 1: qpc.v1.PingResponse
+	(*MLSPolicy)(nil),    // 2: qpc.v1.MLSPolicy
 }
 var file_qpc_v1_ping_proto_depIdxs = []int32{
-	0, // [0:0] is the sub-list for method output_type
-	0, // [0:0] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	2, // 0: qpc.v1.PingResponse.mls_policy:type_name -> qpc.v1.MLSPolicy
+	1, // [1:1] is the sub-list for method output_type
+	1, // [1:1] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_qpc_v1_ping_proto_init() }
@@ -195,7 +269,7 @@ func file_qpc_v1_ping_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qpc_v1_ping_proto_rawDesc), len(file_qpc_v1_ping_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,5 +1,5 @@
--- 0007_identity (issue 19): account identity keys, device certificates and
--- pending device links; the same step as migrations/0007_identity.sql.
+-- 0010_identity (issue 19): account identity keys, device certificates and
+-- pending device links; the same step as migrations/0010_identity.sql.
 
 ALTER TABLE accounts ADD COLUMN identity_key BYTEA;
 

@@ -1,6 +1,6 @@
--- 0007_identity (issue 19): account identity keys, device certificates and
+-- 0010_identity (issue 19): account identity keys, device certificates and
 -- pending device links. See docs/protocol.md, "Account identity and device
--- certificates". (Planned as 0008; the number follows the last step merged.)
+-- certificates".
 
 -- The account's Ed25519 identity public key; NULL for accounts registered
 -- before identity keys (their KeyPackages are not required to be certified).

@@ -1,4 +1,4 @@
--- 0004_identity (issue 19): the account identity key, this device's
+-- 0006_identity (issue 19): the account identity key, this device's
 -- certificate, and what this device knows about other accounts' identity
 -- keys and devices (trust on first use, verification). See docs/client.md,
 -- "Verifying contacts".
