@@ -161,7 +161,7 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 		serverPID = 0 // the server is this process
 	}
 	cpu := startCPU(serverPID)
-	side := startSide(serverPID, o.cpuComm)
+	side := startSide(serverPID, o.cpuComm, o.cpuTree)
 	var swg sync.WaitGroup
 	for i, d := range senders {
 		swg.Add(1)
@@ -208,7 +208,7 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 	if o.serve || o.serverPID > 0 {
 		cpuPerReq = cpu.perRequest(sent.Load())
 	}
-	serverCPU, commUsed := side.used()
+	serverCPU, commUsed, treeUsed := side.used()
 	// Let receivers catch up with everything sent (bounded).
 	want := sent.Load() * int64(len(receivers))
 	deadline := time.Now().Add(10 * time.Second)
@@ -221,10 +221,11 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 	r := report{Mode: "enqueue", Clients: o.clients, Receivers: o.receivers, Size: o.size, TargetRate: o.rate,
 		Seconds: w.seconds(stopped), Requests: w.counted(), Errors: errs.Load(), RPC: rpcLat.summary(),
 		Delivery: delLat.summary(), ServerInPro: o.serve, CPUPerReq: cpuPerReq,
-		Channels: len(channels), Sent: sent.Load(), ServerCPU: serverCPU, CommCPU: commUsed}
+		Channels: len(channels), Sent: sent.Load(), ServerCPU: serverCPU, CommCPU: commUsed, TreeCPU: treeUsed}
 	if n := sent.Load(); n > 0 {
 		r.ServerCPUPerReq = serverCPU / float64(n)
 		r.CommCPUPerReq = commUsed / float64(n)
+		r.TreeCPUPerReq = treeUsed / float64(n)
 	}
 	r.Delivered = int64(r.Delivery.Count)
 	r.Throughput = float64(r.Requests) / r.Seconds

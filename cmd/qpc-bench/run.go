@@ -41,6 +41,7 @@ type options struct {
 	warmup     time.Duration
 	channels   int
 	cpuComm    string
+	cpuTree    int
 }
 
 func parse(args []string, stderr io.Writer) (options, error) {
@@ -65,6 +66,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.serverPID, "server-pid", 0, "qpcd's process id, to add its CPU time to the per-request CPU figure (Linux)")
 	fs.IntVar(&o.channels, "channels", 1, "enqueue mode: group channels the senders are spread over (sender i uses channel i%N; every receiver is in all of them)")
 	fs.StringVar(&o.cpuComm, "cpu-comm", "", "also report the CPU time of every process with this command name (e.g. postgres) per request (Linux)")
+	fs.IntVar(&o.cpuTree, "cpu-tree", 0, "also report the CPU time of this process and all its descendants, exited ones included (e.g. PostgreSQL's postmaster), per request (Linux)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -83,6 +85,8 @@ func parse(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-size %d: want 64..1048576", o.size)
 	case o.channels < 1 || o.channels > 1024:
 		return o, fmt.Errorf("-channels %d: want 1..1024", o.channels)
+	case o.cpuTree < 0:
+		return o, fmt.Errorf("-cpu-tree %d: want a process id", o.cpuTree)
 	case o.rate < 0:
 		return o, fmt.Errorf("-rate %v: must not be negative", o.rate)
 	}
@@ -129,8 +133,11 @@ type report struct {
 	ServerCPUPerReq float64 `json:"server_cpu_us_per_request,omitempty"`
 	CommCPU         float64 `json:"comm_cpu_us,omitempty"`
 	CommCPUPerReq   float64 `json:"comm_cpu_us_per_request,omitempty"`
-	GOMAXPROCS      int     `json:"gomaxprocs"`
-	ServerInPro     bool    `json:"server_in_process"`
+	// TreeCPU is the CPU microseconds the -cpu-tree process tree used.
+	TreeCPU       float64 `json:"tree_cpu_us,omitempty"`
+	TreeCPUPerReq float64 `json:"tree_cpu_us_per_request,omitempty"`
+	GOMAXPROCS    int     `json:"gomaxprocs"`
+	ServerInPro   bool    `json:"server_in_process"`
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -203,8 +210,9 @@ func printTable(w io.Writer, rs []report) {
 			cpu = fmt.Sprintf("%.0f (%.0f)", r.CPUPerReq, r.CPUCapacity)
 		}
 		fmt.Fprintf(w, "%-9s %7d %6d %9d %8d %10.0f | %-26s | %-26s | %s\n", r.Mode, r.Clients, r.Size, r.Requests, r.Errors, r.Throughput, r.RPC.String(), del, cpu)
-		if r.ServerCPUPerReq > 0 || r.CommCPUPerReq > 0 {
-			fmt.Fprintf(w, "  %s: channels %d, cpu µs/req: qpcd %.0f, -cpu-comm processes %.0f\n", r.Mode, r.Channels, r.ServerCPUPerReq, r.CommCPUPerReq)
+		if r.ServerCPUPerReq > 0 || r.CommCPUPerReq > 0 || r.TreeCPUPerReq > 0 {
+			fmt.Fprintf(w, "  %s: channels %d, cpu µs/req: qpcd %.0f, -cpu-comm processes %.0f, -cpu-tree processes %.0f\n",
+				r.Mode, r.Channels, r.ServerCPUPerReq, r.CommCPUPerReq, r.TreeCPUPerReq)
 		}
 	}
 	var base, enq float64
