@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go vet fmt-check ops-check proto proto-interop fuzz deps-test clean chaos chaos-short soak
+.PHONY: all build run test test-go vet fmt-check ops-check proto proto-interop fuzz deps-test clean chaos chaos-short soak bench-peers
 
 all: build
 
@@ -105,6 +105,18 @@ soak: deps-test
 	for csv in $(BIN)/soak-*.csv; do [ -f "$$csv" ] || continue; \
 		gnuplot -e "csv='$$csv'; png='$${csv%.csv}.png'" scripts/soak.gp && echo "plot: $${csv%.csv}.png"; done; \
 	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/soak.log; exit $$rc; fi
+
+# qpcd's durable enqueue next to NATS JetStream, pgbench and the bare QUIC
+# loop in one interleaved run (scripts/bench-peers.sh, docs/benchmarks.md):
+# bench-out/bench-peers.json, .md and .png (BENCH_OUT=dir). BENCH_QUICK=1
+# runs one short round of each as a smoke check. Needs PostgreSQL's server
+# (with pgbench) and gnuplot, installed from Debian when missing.
+bench-peers:
+	@ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) postgresql; }
+	@command -v gnuplot >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) gnuplot-nox; }
+	@missing=""; for t in jq:jq curl:curl /usr/bin/time:time; do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; }
+	scripts/bench-peers.sh
 
 # Short fuzzing of every decoder; FUZZTIME=60s for a longer run.
 FUZZTIME ?= 10s
