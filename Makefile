@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go vet fmt-check ops-check proto proto-interop fuzz deps-test clean chaos chaos-short soak bench-peers
+.PHONY: all build run test test-go test-tools vet fmt-check ops-check proto proto-interop fuzz deps-test clean chaos chaos-short soak bench-peers
 
 all: build
 
@@ -26,7 +26,7 @@ build:
 run: build
 	./$(BIN)/qpcd
 
-test: deps-test vet fmt-check lint-actions ops-check test-go chaos-short
+test: deps-test vet fmt-check lint-actions ops-check test-go test-tools chaos-short
 
 # internal/mls runs verbosely so the per-file MLS vector counts are printed
 # (go test hides a passing package's output); a failure prints its log.
@@ -37,6 +37,11 @@ test-go:
 	@mkdir -p $(BIN); rc=0; $(GO) test -count=1 -timeout 15m -v ./internal/mls/ > $(BIN)/mls-test.log 2>&1 || rc=$$?; \
 	grep -E '^(mls vectors:|ok|FAIL)' $(BIN)/mls-test.log; \
 	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/mls-test.log; exit $$rc; fi
+
+# The tool modules' own tests (tools/nats: the NATS peer of bench-peers,
+# against a real nats-server), vetted in their own modules.
+test-tools:
+	cd tools/nats && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 vet:
 	$(GO) vet ./...

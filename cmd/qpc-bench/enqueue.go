@@ -336,6 +336,11 @@ func startInProcess(ctx context.Context, o options) (*server.Server, func(), err
 	cfg.DataDir = dir
 	cfg.Listen = "127.0.0.1:0"
 	cfg.OpsListen = ""
+	if o.mode == "idle" {
+		// Idle mode reads the server's metrics and profiles.
+		cfg.OpsListen, cfg.OpsPprof = "127.0.0.1:0", "on"
+		cfg.Limits.MaxConnections = max(cfg.Limits.MaxConnections, o.clients+64)
+	}
 	cfg.Limits.RateLimit = 1e9
 	cfg.Limits.RateBurst = 1 << 30
 	cfg.Limits.ByteRate = 1 << 40
