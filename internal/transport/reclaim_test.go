@@ -26,7 +26,7 @@ func TestReclaimRule(t *testing.T) {
 		{2 * time.Second, 600, false},   // above half of it
 		{3 * time.Second, 500, true},    // half: reclaim; the mark restarts at 500
 		{4 * time.Second, 100, false},   // a further drop, but within the minute
-		{61 * time.Second, 50, false},   // 450 below the mark, not yet at half (250)? 50 <= 250 but see next
+		{61 * time.Second, 50, false},   // still within the minute (58 s since the reclaim)
 		{62 * time.Second, 1200, false}, // a new crowd
 		{63 * time.Second, 1150, false}, // a small drop
 		{64 * time.Second, 10, true},    // they all left
