@@ -225,6 +225,20 @@ normalize() {
 		 load1_start: $l0, load1_end: $l1}' "$5"
 }
 
+# failed SYSTEM SENDERS ROUND RAW: one run failed. The round goes on (a
+# long benchmark is not thrown away for one bad run); the row says so, and
+# the client's output and the server's log (without audit lines) are kept
+# in BENCH_OUT.
+failed() {
+	local keep="$BENCH_OUT/failed-$1-$2-$3"
+	log "round $3 $1 $2 senders FAILED; client output and server log in $keep.*"
+	cp "$4.txt" "$keep.client.txt" 2>/dev/null || :
+	[ -f "$tmp/$1.log" ] && grep -v 'level=AUDIT' "$tmp/$1.log" | tail -200 >"$keep.server.log"
+	tail -5 "$4.txt" >&2 || :
+	jq -nc --arg sys "$1" --argjson n "$2" --argjson round "$3" --arg err "$(tail -1 "$4.txt" 2>/dev/null | cut -c1-300)" \
+		'{system: $sys, senders: $n, round: $round, failed: true, error: $err}' >"$4.row"
+}
+
 runone() { # system senders round
 	local sys=$1 n=$2 r=$3 raw="$tmp/runs/$1-$2-$3" l0
 	l0=$(load1)
@@ -235,28 +249,28 @@ runone() { # system senders round
 		timeout "$STEP_TIMEOUT" bin/qpc-bench -mode enqueue -addr "${qaddr[$sys]}" -data-dir "$tmp/$sys" \
 			-server-pid "${qpid[$sys]}" "${extra[@]}" -n "$n" -channels "$CHANNELS" -receivers 1 -size "$SIZE" \
 			-duration "${DURATION}s" -warmup "${WARMUP}s" -json "$raw.json" >"$raw.txt" 2>&1 ||
-			{ cat "$raw.txt" >&2; tail -20 "$tmp/$sys.log" >&2; die "$sys failed"; }
+			{ failed "$sys" "$n" "$r" "$raw"; return; }
 		;;
 	nats-sync | nats-default)
 		timeout "$STEP_TIMEOUT" bin/natsbench -url "${nurl[$sys]}" -server-pid "${npid[$sys]}" -n "$n" -size "$SIZE" \
 			-duration "${DURATION}s" -warmup "${WARMUP}s" -json "$raw.json" >"$raw.txt" 2>&1 ||
-			{ cat "$raw.txt" >&2; tail -20 "$tmp/$sys.log" >&2; die "$sys failed"; }
+			{ failed "$sys" "$n" "$r" "$raw"; return; }
 		;;
 	quic-bare)
 		timeout "$STEP_TIMEOUT" bin/qpc-bench -mode baseline -n "$n" -size "$SIZE" \
 			-duration "${DURATION}s" -warmup "${WARMUP}s" -json "$raw.json" >"$raw.txt" 2>&1 ||
-			{ cat "$raw.txt" >&2; die "$sys failed"; }
+			{ failed "$sys" "$n" "$r" "$raw"; return; }
 		;;
 	pgbench)
 		local pgb=("$PGBIN/pgbench" -n -c "$n" -j 2 -f "$tmp/insert.sql")
-		timeout "$STEP_TIMEOUT" "${pgb[@]}" -T "$WARMUP" pgb >"$raw.warmup.txt" 2>&1 ||
-			{ cat "$raw.warmup.txt" >&2; die "pgbench warm-up failed"; }
+		timeout "$STEP_TIMEOUT" "${pgb[@]}" -T "$WARMUP" pgb >"$raw.txt" 2>&1 ||
+			{ failed "$sys" "$n" "$r" "$raw"; return; }
 		mkdir -p "$raw.logs"
 		chmod 777 "$raw.logs"
 		local c0 c1
 		c0=$(treecpu "$postmaster")
 		(cd "$raw.logs" && timeout "$STEP_TIMEOUT" /usr/bin/time -f '%U %S' -o "$raw.time" \
-			"${pgb[@]}" -T "$DURATION" -l pgb) >"$raw.txt" 2>&1 || { cat "$raw.txt" >&2; die "pgbench failed"; }
+			"${pgb[@]}" -T "$DURATION" -l pgb) >"$raw.txt" 2>&1 || { failed "$sys" "$n" "$r" "$raw"; return; }
 		c1=$(treecpu "$postmaster")
 		# Per-transaction latencies (µs, the log's third column), as one
 		# JSON report in qpc-bench's shape.
@@ -270,11 +284,11 @@ runone() { # system senders round
 			      printf "[{\"mode\":\"pgbench\",\"clients\":%d,\"throughput_per_s\":%s,\"cpu_us_per_request\":%.3f,", n, tps, (ticks * 10000 + client * 1e6) / NR
 			      printf "\"rpc_latency\":{\"count\":%d,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f},", NR, pct(0.5), pct(0.99), pct(0.999), v[NR] / 1000
 			      printf "\"errors\":%d,\"sent\":%d}]\n", failed + 0, NR }' "$raw.lat" >"$raw.json" ||
-			die "pgbench wrote no transaction log"
+			{ echo "pgbench wrote no transaction log" >>"$raw.txt"; failed "$sys" "$n" "$r" "$raw"; return; }
 		rm -rf "$raw.logs" "$raw.lat"
 		;;
 	esac
-	normalize "$sys" "$n" "$r" "$l0" "$raw.json" >"$raw.row"
+	normalize "$sys" "$n" "$r" "$l0" "$raw.json" >"$raw.row" || { echo "unreadable report $raw.json" >>"$raw.txt"; failed "$sys" "$n" "$r" "$raw"; return; }
 	jq -r '"bench-peers: round \(.round) \(.system) \(.senders) senders: \(.msgs_per_s | floor) msg/s, \(.cpu_us_per_msg | floor) CPU µs/msg, ack p50/p99/p999 \(.ack_p50_ms*100|round/100)/\(.ack_p99_ms*100|round/100)/\(.ack_p999_ms*100|round/100) ms, delivery p99 \(if .delivery_p99_ms then (.delivery_p99_ms*100|round/100|tostring) else "-" end) ms, \(.errors) errors, load \(.load1_start)-\(.load1_end)"' "$raw.row" >&2
 }
 
@@ -309,14 +323,14 @@ jq -s --slurpfile rounds "$tmp/rounds.jsonl" --arg systems "$SYSTEMS" \
 	 commit: $commit, date: $date, quick: $quick,
 	 config: {duration_s: $duration, warmup_s: $warmup, size_bytes: $size, qpcd_channels: $channels, rounds: ($rounds | length)},
 	 rounds: $rounds,
-	 rows: (group_by([.system, .senders]) | map({
-		system: .[0].system, senders: .[0].senders, runs: length,
+	 rows: (group_by([.system, .senders]) | map((map(select(.failed | not))) as $ok | {
+		system: .[0].system, senders: .[0].senders, runs: ($ok | length), failed_runs: (map(select(.failed)) | length),
 		durable: (.[0].system != "nats-default"),
-		msgs_per_s: med(.msgs_per_s), msgs_per_s_min: (map(.msgs_per_s) | min), msgs_per_s_max: (map(.msgs_per_s) | max),
+		msgs_per_s: med(.msgs_per_s), msgs_per_s_min: ($ok | map(.msgs_per_s) | min), msgs_per_s_max: ($ok | map(.msgs_per_s) | max),
 		cpu_us_per_msg: med(.cpu_us_per_msg), ack_p50_ms: med(.ack_p50_ms), ack_p99_ms: med(.ack_p99_ms),
 		ack_p999_ms: med(.ack_p999_ms), delivery_p50_ms: med(.delivery_p50_ms), delivery_p99_ms: med(.delivery_p99_ms),
-		delivery_p999_ms: med(.delivery_p999_ms), errors: (map(.errors) | add),
-		load1: map(.load1_end)})
+		delivery_p999_ms: med(.delivery_p999_ms), errors: ($ok | map(.errors) | add),
+		load1: ($ok | map(.load1_end))})
 		| sort_by(.system as $s | [($order | index($s)), .senders])),
 	 runs: sort_by(.round, .senders, (.system as $s | $order | index($s)))}' "$tmp"/runs/*.row >"$BENCH_OUT/bench-peers.json"
 
@@ -328,9 +342,9 @@ jq -r '
 	"\(.config.rounds) round(s) of \(.config.duration_s) s after \(.config.warmup_s) s warm-up, \(.config.size_bytes)-byte messages, closed loop; medians over the rounds",
 	"Load average (1 min) per round, start → end: \([.rounds[] | "\(.load1_start) → \(.load1_end)"] | join(", "))",
 	"",
-	"| System | Senders | msgs/s median (min-max) | CPU µs/msg | ack p50 / p99 / p999 ms | delivery p99 ms | errors |",
-	"|---|---:|---|---:|---|---:|---:|",
-	(.rows[] | "| \(.system)\(if .durable then "" else " (not durable)" end) | \(.senders) | \(.msgs_per_s | r0) (\(.msgs_per_s_min | r0)-\(.msgs_per_s_max | r0)) | \(.cpu_us_per_msg | r0) | \(.ack_p50_ms | r2) / \(.ack_p99_ms | r2) / \(.ack_p999_ms | r2) | \(.delivery_p99_ms | r2) | \(.errors) |")
+	"| System | Senders | msgs/s median (min-max) | CPU µs/msg | ack p50 / p99 / p999 ms | delivery p99 ms | errors | failed runs |",
+	"|---|---:|---|---:|---|---:|---:|---:|",
+	(.rows[] | "| \(.system)\(if .durable then "" else " (not durable)" end) | \(.senders) | \(if .msgs_per_s == null then "-" else "\(.msgs_per_s | r0) (\(.msgs_per_s_min | r0)-\(.msgs_per_s_max | r0))" end) | \(.cpu_us_per_msg | r0) | \(.ack_p50_ms | r2) / \(.ack_p99_ms | r2) / \(.ack_p999_ms | r2) | \(.delivery_p99_ms | r2) | \(.errors // "-") | \(.failed_runs) |")
 	' "$BENCH_OUT/bench-peers.json" | tee "$BENCH_OUT/bench-peers.md"
 
 # The chart: one line per system with each concurrency's median, min and
@@ -341,7 +355,7 @@ if command -v gnuplot >/dev/null; then
 		([$rows[].system] | reduce .[] as $s ([]; if index([$s]) then . else . + [$s] end))[] as $s |
 		[$s] + [$ns[] as $n | ($rows[] | select(.system == $s and .senders == $n)) //
 			{msgs_per_s: 0, msgs_per_s_min: 0, msgs_per_s_max: 0, cpu_us_per_msg: 0}
-			| .msgs_per_s, .msgs_per_s_min, .msgs_per_s_max, (.cpu_us_per_msg // 0)] | @tsv' \
+			| (.msgs_per_s // 0), (.msgs_per_s_min // 0), (.msgs_per_s_max // 0), (.cpu_us_per_msg // 0)] | @tsv' \
 		"$BENCH_OUT/bench-peers.json" >"$BENCH_OUT/bench-peers.tsv"
 	sub1=$(jq -r '"\(.machine.nproc) × \(.machine.cpu), commit \(.commit), \(.date); \(.config.rounds) round(s) × \(.config.duration_s) s, \(.config.size_bytes) B, closed loop"' "$BENCH_OUT/bench-peers.json")
 	sub2=$(jq -r '"load average (1 min) per round, start → end: \([.rounds[] | "\(.load1_start) → \(.load1_end)"] | join(", "))"' "$BENCH_OUT/bench-peers.json")
@@ -351,3 +365,5 @@ else
 	log "gnuplot not installed: no chart (Debian: apt-get install gnuplot-nox)"
 fi
 log "results: $BENCH_OUT/bench-peers.json"
+nfailed=$(jq '[.rows[].failed_runs] | add' "$BENCH_OUT/bench-peers.json")
+[ "$nfailed" = 0 ] || die "$nfailed run(s) failed: see $BENCH_OUT/failed-*"
