@@ -28,21 +28,25 @@ const (
 	reclaimEvery = time.Minute
 )
 
-// reclaimRule decides when to return memory: when the open connections
-// have fallen to half of their high-water mark since the last reclaim, by
-// at least minDrop, and the last reclaim is at least every ago.
+// reclaimRule decides when to return memory: once the open connections
+// have stopped falling (so one reclaim covers the whole exodus), having
+// fallen to half of their high-water mark since the last reclaim and by at
+// least minDrop, and the last reclaim is at least every ago.
 type reclaimRule struct {
 	minDrop int
 	every   time.Duration
 	high    int
+	prev    int // open connections at the previous observation
 	last    time.Time
 }
 
 // observe records the number of open connections at now and reports
 // whether to reclaim memory now.
 func (r *reclaimRule) observe(now time.Time, open int) bool {
+	falling := open < r.prev
+	r.prev = open
 	r.high = max(r.high, open)
-	if r.high-open < r.minDrop || open > r.high/2 || (!r.last.IsZero() && now.Sub(r.last) < r.every) {
+	if falling || r.high-open < r.minDrop || open > r.high/2 || (!r.last.IsZero() && now.Sub(r.last) < r.every) {
 		return false
 	}
 	r.high, r.last = open, now

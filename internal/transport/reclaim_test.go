@@ -23,14 +23,18 @@ func TestReclaimRule(t *testing.T) {
 	}{
 		{0, 50, false},                  // growing
 		{time.Second, 1000, false},      // high-water mark 1000
-		{2 * time.Second, 600, false},   // above half of it
-		{3 * time.Second, 500, true},    // half: reclaim; the mark restarts at 500
-		{4 * time.Second, 100, false},   // a further drop, but within the minute
-		{61 * time.Second, 50, false},   // still within the minute (58 s since the reclaim)
-		{62 * time.Second, 1200, false}, // a new crowd
-		{63 * time.Second, 1150, false}, // a small drop
-		{64 * time.Second, 10, true},    // they all left
-		{125 * time.Second, 0, false},   // only 10 since: below minDrop
+		{2 * time.Second, 600, false},   // falling, above half
+		{3 * time.Second, 500, false},   // at half, still falling
+		{4 * time.Second, 300, false},   // still falling
+		{5 * time.Second, 300, true},    // settled: reclaim; the mark restarts at 300
+		{6 * time.Second, 100, false},   // a further drop
+		{7 * time.Second, 100, false},   // settled, but within the minute
+		{66 * time.Second, 1200, false}, // a new crowd
+		{67 * time.Second, 1150, false}, // a small drop
+		{68 * time.Second, 10, false},   // they all left
+		{69 * time.Second, 10, true},    // settled, 62 s since the last reclaim
+		{130 * time.Second, 0, false},   // only 10 since: below minDrop
+		{131 * time.Second, 0, false},
 	}
 	for i, s := range steps {
 		if got := r.observe(t0.Add(s.after), s.open); got != s.want {
