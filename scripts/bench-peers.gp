@@ -25,8 +25,10 @@ set style histogram errorbars gap 2 lw 1
 set style data histograms
 plot for [i=1:ns] tsv using (column(2+4*(i-1))):(column(3+4*(i-1))):(column(4+4*(i-1))):xtic(1) title word(senders, i).' senders'
 
-set title 'CPU µs per message, every process of the system (lower is better)'
+set title 'CPU µs per message, every process of the system (lower is better; logarithmic scale)'
 set style histogram clustered gap 2
+set logscale y
+set yrange [10:*]
 plot for [i=1:ns] tsv using (column(5+4*(i-1))):xtic(1) title word(senders, i).' senders'
 
 unset multiplot
