@@ -43,10 +43,14 @@ type idleReport struct {
 	Before idleSample   `json:"before"`
 	Idle   idleSample   `json:"idle"`
 	After  []idleSample `json:"after"`
+	// IdleLive: the same moment right after a forced GC (taken with the
+	// heap profile, -profile-dir), so its heap is the live heap alone.
+	IdleLive *idleSample `json:"idle_after_gc,omitempty"`
 	// Per long-polling device, from Before to Idle.
 	RSSPerDevice        float64 `json:"rss_bytes_per_device"`
 	GoroutinesPerDevice float64 `json:"goroutines_per_device"`
 	HeapPerDevice       float64 `json:"heap_inuse_bytes_per_device"`
+	LiveHeapPerDevice   float64 `json:"live_heap_bytes_per_device,omitempty"`
 	// qpcd's CPU while every device waited, over IdleSeconds.
 	IdleSeconds     float64 `json:"idle_seconds"`
 	IdleCPUPercent  float64 `json:"idle_cpu_percent_of_one_core"`
@@ -185,12 +189,15 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 		closeAll()
 		return r, err
 	}
+	n := float64(o.clients)
 	if o.profileDir != "" {
 		if err := saveProfiles(ctx, o.ops, o.profileDir); err != nil {
 			fmt.Fprintln(stdout, "qpc-bench: profiles:", err)
+		} else if s, err := sample(); err == nil {
+			r.IdleLive = &s
+			r.LiveHeapPerDevice = (s.HeapInuse - r.Before.HeapInuse) / n
 		}
 	}
-	n := float64(o.clients)
 	r.RSSPerDevice = (r.Idle.RSSBytes - r.Before.RSSBytes) / n
 	r.GoroutinesPerDevice = (r.Idle.Goroutines - r.Before.Goroutines) / n
 	r.HeapPerDevice = (r.Idle.HeapInuse - r.Before.HeapInuse) / n
@@ -267,7 +274,7 @@ func saveProfiles(ctx context.Context, ops, dir string) error {
 		return err
 	}
 	for file, path := range map[string]string{
-		"heap.pb.gz":     "/debug/pprof/heap",
+		"heap.pb.gz":     "/debug/pprof/heap?gc=1", // after a GC: the live heap
 		"goroutines.txt": "/debug/pprof/goroutine?debug=1",
 	} {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+ops+path, nil)
@@ -299,8 +306,8 @@ func printIdle(w io.Writer, r idleReport) {
 	fmt.Fprintf(w, "  before: RSS %.1f MiB, heap in use %.1f MiB, %.0f goroutines\n", mib(r.Before.RSSBytes), mib(r.Before.HeapInuse), r.Before.Goroutines)
 	fmt.Fprintf(w, "  idle:   RSS %.1f MiB, heap in use %.1f MiB, %.0f goroutines, %.0f connections, %.0f polls held\n",
 		mib(r.Idle.RSSBytes), mib(r.Idle.HeapInuse), r.Idle.Goroutines, r.Idle.Connections, r.Idle.InFlight)
-	fmt.Fprintf(w, "  per device: %.1f KiB RSS, %.1f KiB heap, %.2f goroutines; qpcd CPU while idle: %.2f%% of one core (%.1f µs per device per second)\n",
-		r.RSSPerDevice/1024, r.HeapPerDevice/1024, r.GoroutinesPerDevice, r.IdleCPUPercent, r.IdleCPUPerDevUs)
+	fmt.Fprintf(w, "  per device: %.1f KiB RSS, %.1f KiB heap (%.1f KiB live after a GC), %.2f goroutines; qpcd CPU while idle: %.2f%% of one core (%.1f µs per device per second)\n",
+		r.RSSPerDevice/1024, r.HeapPerDevice/1024, r.LiveHeapPerDevice/1024, r.GoroutinesPerDevice, r.IdleCPUPercent, r.IdleCPUPerDevUs)
 	if n := len(r.After); n > 0 {
 		a := r.After[n-1]
 		fmt.Fprintf(w, "  %.0f s after they left: RSS %.1f MiB, heap in use %.1f MiB, released %.1f MiB, %.0f goroutines, %.0f connections\n",

@@ -124,7 +124,7 @@ func TestIdleModeInProcess(t *testing.T) {
 	switch {
 	case r.Devices != 20 || r.Idle.InFlight < 20 || r.Idle.Connections < 20:
 		t.Fatalf("want 20 devices connected and polling: %+v", r.Idle)
-	case r.GoroutinesPerDevice <= 0 || r.HeapPerDevice <= 0:
+	case r.GoroutinesPerDevice <= 0 || r.HeapPerDevice <= 0 || r.IdleLive == nil || r.LiveHeapPerDevice <= 0:
 		t.Fatalf("no per-device cost: %+v", r)
 	case len(r.After) == 0:
 		t.Fatal("no samples after the devices left")
