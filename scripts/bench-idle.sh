@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEVICES=${DEVICES:-1000}
-IDLE=${IDLE:-10s}
+IDLE=${IDLE:-30s}   # at least limits.long_poll_max (30 s): one round of poll renewals
 AFTER=${AFTER:-30s}
 BENCH_OUT=${BENCH_OUT:-bench-out}
 BENCH_TMP=${BENCH_TMP:-/var/tmp}
