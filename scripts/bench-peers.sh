@@ -27,7 +27,8 @@
 #                   one process (no storage, no receiver)
 # CPU µs per message is summed over every process of the system (client and
 # servers; PostgreSQL's whole process tree, exited backends included),
-# divided by every message acknowledged while metered (warm-up included).
+# divided by every message acknowledged while metered (warm-up included);
+# the server's share (qpcd, nats-server) and PostgreSQL's are kept apart too.
 #
 # Output in BENCH_OUT (default bench-out/): bench-peers.json (rows of
 # medians per system and concurrency, every run, each round's load average,
@@ -219,6 +220,8 @@ normalize() {
 		def del(f): if (.delivered // 0) > 0 then f else null end;
 		{system: $sys, senders: $n, round: $round, msgs_per_s: .throughput_per_s,
 		 cpu_us_per_msg: ((.cpu_us_per_request // 0) + (.tree_cpu_us_per_request // 0)),
+		 server_cpu_us_per_msg: (.server_cpu_us_per_request // (if (.server_cpu_us // 0) > 0 and .sent > 0 then .server_cpu_us / .sent else null end)),
+		 db_cpu_us_per_msg: .tree_cpu_us_per_request,
 		 ack_p50_ms: .rpc_latency.p50_ms, ack_p99_ms: .rpc_latency.p99_ms, ack_p999_ms: .rpc_latency.p999_ms,
 		 delivery_p50_ms: del(.delivery_latency.p50_ms), delivery_p99_ms: del(.delivery_latency.p99_ms),
 		 delivery_p999_ms: del(.delivery_latency.p999_ms), errors: .errors, first_error: .first_error,
@@ -281,7 +284,8 @@ runone() { # system senders round
 			{ v[NR] = $1 }
 			function pct(q,   i) { i = int(q * NR + 0.999999); if (i < 1) i = 1; if (i > NR) i = NR; return v[i] / 1000 }
 			END { if (NR == 0) exit 1
-			      printf "[{\"mode\":\"pgbench\",\"clients\":%d,\"throughput_per_s\":%s,\"cpu_us_per_request\":%.3f,", n, tps, (ticks * 10000 + client * 1e6) / NR
+			      printf "[{\"mode\":\"pgbench\",\"clients\":%d,\"throughput_per_s\":%s,\"cpu_us_per_request\":%.3f,", n, tps, client * 1e6 / NR
+			      printf "\"tree_cpu_us_per_request\":%.3f,", ticks * 10000 / NR
 			      printf "\"rpc_latency\":{\"count\":%d,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f},", NR, pct(0.5), pct(0.99), pct(0.999), v[NR] / 1000
 			      printf "\"errors\":%d,\"sent\":%d}]\n", failed + 0, NR }' "$raw.lat" >"$raw.json" ||
 			{ echo "pgbench wrote no transaction log" >>"$raw.txt"; failed "$sys" "$n" "$r" "$raw"; return; }
@@ -327,7 +331,8 @@ jq -s --slurpfile rounds "$tmp/rounds.jsonl" --arg systems "$SYSTEMS" \
 		system: .[0].system, senders: .[0].senders, runs: ($ok | length), failed_runs: (map(select(.failed)) | length),
 		durable: (.[0].system != "nats-default"),
 		msgs_per_s: med(.msgs_per_s), msgs_per_s_min: ($ok | map(.msgs_per_s) | min), msgs_per_s_max: ($ok | map(.msgs_per_s) | max),
-		cpu_us_per_msg: med(.cpu_us_per_msg), ack_p50_ms: med(.ack_p50_ms), ack_p99_ms: med(.ack_p99_ms),
+		cpu_us_per_msg: med(.cpu_us_per_msg), server_cpu_us_per_msg: med(.server_cpu_us_per_msg),
+		db_cpu_us_per_msg: med(.db_cpu_us_per_msg), ack_p50_ms: med(.ack_p50_ms), ack_p99_ms: med(.ack_p99_ms),
 		ack_p999_ms: med(.ack_p999_ms), delivery_p50_ms: med(.delivery_p50_ms), delivery_p99_ms: med(.delivery_p99_ms),
 		delivery_p999_ms: med(.delivery_p999_ms), errors: ($ok | map(.errors) | add),
 		load1: ($ok | map(.load1_end))})
