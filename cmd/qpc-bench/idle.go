@@ -100,6 +100,33 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 	run := make([]byte, 3)
 	_, _ = rand.Read(run)
 	prefix := "i" + hex.EncodeToString(run)
+
+	// Each device long-polls as soon as it has logged in, until told to
+	// stop: a connection that waited for all the others to be set up would
+	// carry no RPC for longer than qpcd's idle timeout and be reaped.
+	pctx, pstop := context.WithCancel(ctx)
+	defer pstop()
+	var polls, errs atomic.Int64
+	var firstErr atomic.Value
+	var pwg sync.WaitGroup
+	poll := func(d *device) {
+		defer pwg.Done()
+		for pctx.Err() == nil {
+			var f qpcv1.FetchResponse
+			err := d.call(pctx, server.MethodFetchWait, &qpcv1.FetchWaitRequest{TimeoutMs: 30000, Limit: 100}, &f)
+			switch {
+			case err == nil:
+				polls.Add(1)
+			case pctx.Err() == nil:
+				errs.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+				select { // back off before polling again
+				case <-pctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}
+	}
 	devs := make([]*device, o.clients)
 	setup, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
@@ -116,48 +143,32 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 			d, err := newDevice(setup, addr, pin, fmt.Sprintf("%s-%d", prefix, i))
 			mu.Lock()
 			defer mu.Unlock()
-			if err != nil && setupErr == nil {
-				setupErr = fmt.Errorf("device %d: %w (are limits.max_connections and max_connections_per_address at least -n, and the rate limit raised?)", i, err)
+			if err != nil {
+				if setupErr == nil {
+					setupErr = fmt.Errorf("device %d: %w (are limits.max_connections and max_connections_per_address at least -n, and the rate limit raised?)", i, err)
+				}
+				return
 			}
 			devs[i] = d
+			pwg.Add(1)
+			go poll(d)
 		}()
 	}
 	wg.Wait()
-	closeAll := func() {
+	leave := func() {
+		pstop()
 		for _, d := range devs {
 			if d != nil {
 				_ = d.c.Close()
 			}
 		}
+		pwg.Wait()
 	}
 	if setupErr != nil {
-		closeAll()
+		leave()
 		return r, setupErr
 	}
 
-	// Every device long-polls until told to stop.
-	pctx, pstop := context.WithCancel(ctx)
-	var polls, errs atomic.Int64
-	var firstErr atomic.Value
-	var pwg sync.WaitGroup
-	for _, d := range devs {
-		pwg.Add(1)
-		go func() {
-			defer pwg.Done()
-			for pctx.Err() == nil {
-				var f qpcv1.FetchResponse
-				err := d.call(pctx, server.MethodFetchWait, &qpcv1.FetchWaitRequest{TimeoutMs: 30000, Limit: 100}, &f)
-				switch {
-				case err == nil:
-					polls.Add(1)
-				case pctx.Err() == nil:
-					errs.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-					time.Sleep(100 * time.Millisecond)
-				}
-			}
-		}()
-	}
 	// Wait until qpcd holds every poll, then let it settle.
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -165,18 +176,24 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 		if err == nil && s.InFlight >= float64(o.clients) {
 			break
 		}
-		if time.Now().After(deadline) {
-			pstop()
-			closeAll()
-			return r, fmt.Errorf("qpcd holds %v of %d polls after 2 minutes", s.InFlight, o.clients)
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			leave()
+			return r, fmt.Errorf("qpcd holds %v of %d polls (after %v; %d poll errors, first: %v)", s.InFlight, o.clients,
+				time.Since(t0).Round(time.Second), errs.Load(), firstErr.Load())
 		}
 		time.Sleep(200 * time.Millisecond) // polling qpcd's metrics
 	}
 	r.ConnectSeconds = time.Since(t0).Seconds()
-	time.Sleep(2 * time.Second) // settle: connection setup garbage collected
+	if !sleepCtx(ctx, 2*time.Second) { // settle after the connection storm
+		leave()
+		return r, ctx.Err()
+	}
 	cpu0, cpuErr := processCPU(o.serverPID)
 	idleStart := time.Now()
-	time.Sleep(o.duration)
+	if !sleepCtx(ctx, o.duration) {
+		leave()
+		return r, ctx.Err()
+	}
 	cpu1, cpuErr1 := processCPU(o.serverPID)
 	r.IdleSeconds = time.Since(idleStart).Seconds()
 	if o.serverPID > 0 && cpuErr == nil && cpuErr1 == nil {
@@ -185,8 +202,7 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 		r.IdleCPUPerDevUs = used / r.IdleSeconds / float64(o.clients)
 	}
 	if r.Idle, err = sample(); err != nil {
-		pstop()
-		closeAll()
+		leave()
 		return r, err
 	}
 	n := float64(o.clients)
@@ -203,9 +219,7 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 	r.HeapPerDevice = (r.Idle.HeapInuse - r.Before.HeapInuse) / n
 
 	// Leave: close every connection, then watch qpcd give memory back.
-	pstop()
-	closeAll()
-	pwg.Wait()
+	leave()
 	r.Polls, r.Errors = polls.Load(), errs.Load()
 	if v, ok := firstErr.Load().(string); ok {
 		r.FirstError = v
@@ -215,12 +229,23 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 		if err == nil {
 			r.After = append(r.After, s)
 		}
-		if !time.Now().Before(end) {
+		if !time.Now().Before(end) || !sleepCtx(ctx, time.Second) { // one sample a second
 			break
 		}
-		time.Sleep(time.Second) // one sample a second
 	}
-	return r, nil
+	return r, ctx.Err()
+}
+
+// sleepCtx waits for d; false if ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // scrape reads the gauges idleSample holds from qpcd's /metrics.
