@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go vet fmt-check ops-check proto proto-interop interop fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test
+.PHONY: all build run test test-go test-tools vet fmt-check ops-check proto proto-interop interop fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test bench-peers
 
 all: build
 
@@ -26,7 +26,7 @@ build:
 run: build
 	./$(BIN)/qpcd
 
-test: deps-test vet fmt-check lint-actions ops-check test-go chaos-short
+test: deps-test vet fmt-check lint-actions ops-check test-go test-tools chaos-short
 
 # internal/mls runs verbosely so the per-file MLS vector counts are printed
 # (go test hides a passing package's output); a failure prints its log.
@@ -37,6 +37,11 @@ test-go:
 	@mkdir -p $(BIN); rc=0; $(GO) test -count=1 -timeout 15m -v ./internal/mls/ > $(BIN)/mls-test.log 2>&1 || rc=$$?; \
 	grep -E '^(mls vectors:|ok|FAIL)' $(BIN)/mls-test.log; \
 	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/mls-test.log; exit $$rc; fi
+
+# The tool modules' own tests (tools/nats: the NATS peer of bench-peers,
+# against a real nats-server), vetted in their own modules.
+test-tools:
+	cd tools/nats && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 vet:
 	$(GO) vet ./...
@@ -139,6 +144,19 @@ compat: deps-test
 package-upgrade-test:
 	@mkdir -p $(BIN); scripts/compat-build.sh >/dev/null; scripts/compat-build.sh HEAD >/dev/null; scripts/debian-root.sh >/dev/null
 	@QPC_PACKAGE_UPGRADE=1; export QPC_PACKAGE_UPGRADE; $(call COMPAT_RUN,-timeout 30m -run '^TestPackageUpgrade$$',package-upgrade)
+
+# qpcd's durable enqueue next to NATS JetStream, pgbench and the bare QUIC
+# loop in one interleaved run (scripts/bench-peers.sh, docs/benchmarks.md):
+# bench-out/bench-peers.json, .md and .png (BENCH_OUT=dir). BENCH_QUICK=1
+# runs one short round of each as a smoke check. Needs PostgreSQL's server
+# (with pgbench) and gnuplot, installed from Debian when missing.
+bench-peers:
+	@ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) postgresql; }
+	@command -v gnuplot >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) gnuplot-nox; }
+	@missing=""; for t in jq:jq curl:curl /usr/bin/time:time; do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; }
+	scripts/bench-peers.sh
+
 
 # Fuzzing of every fuzz target, one after another: FUZZTIME per target
 # (10s; the nightly workflow uses 2m), FUZZPARALLEL workers each (default:

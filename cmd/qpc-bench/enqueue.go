@@ -170,7 +170,7 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 		serverPID = 0 // the server is this process
 	}
 	cpu := startCPU(serverPID)
-	side := startSide(serverPID, o.cpuComm)
+	side := startSide(serverPID, o.cpuComm, o.cpuTree)
 	var swg sync.WaitGroup
 	for i, d := range senders {
 		swg.Add(1)
@@ -217,7 +217,7 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 	if o.serve || o.serverPID > 0 {
 		cpuPerReq = cpu.perRequest(sent.Load())
 	}
-	serverCPU, commUsed := side.used()
+	serverCPU, commUsed, treeUsed := side.used()
 	// Let receivers catch up with everything sent (bounded).
 	want := sent.Load() * int64(len(receivers))
 	deadline := time.Now().Add(10 * time.Second)
@@ -230,10 +230,11 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 	r := report{Mode: "enqueue", Clients: o.clients, Receivers: o.receivers, Size: o.size, TargetRate: o.rate,
 		Seconds: w.seconds(stopped), Requests: w.counted(), Errors: errs.Load(), RPC: rpcLat.summary(),
 		Delivery: delLat.summary(), ServerInPro: o.serve, CPUPerReq: cpuPerReq,
-		Channels: len(channels), Sent: sent.Load(), ServerCPU: serverCPU, CommCPU: commUsed}
+		Channels: len(channels), Sent: sent.Load(), ServerCPU: serverCPU, CommCPU: commUsed, TreeCPU: treeUsed}
 	if n := sent.Load(); n > 0 {
 		r.ServerCPUPerReq = serverCPU / float64(n)
 		r.CommCPUPerReq = commUsed / float64(n)
+		r.TreeCPUPerReq = treeUsed / float64(n)
 	}
 	r.Delivered = int64(r.Delivery.Count)
 	r.Throughput = float64(r.Requests) / r.Seconds
@@ -377,6 +378,11 @@ func startInProcess(ctx context.Context, o options) (*server.Server, func(), err
 	cfg.DataDir = dir
 	cfg.Listen = "127.0.0.1:0"
 	cfg.OpsListen = ""
+	if o.mode == "idle" {
+		// Idle mode reads the server's metrics and profiles.
+		cfg.OpsListen, cfg.OpsPprof = "127.0.0.1:0", "on"
+		cfg.Limits.MaxConnections = max(cfg.Limits.MaxConnections, o.clients+64)
+	}
 	cfg.Limits.RateLimit = 1e9
 	cfg.Limits.RateBurst = 1 << 30
 	cfg.Limits.ByteRate = 1 << 40

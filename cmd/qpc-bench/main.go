@@ -5,10 +5,14 @@
 //
 //	qpc-bench -mode both -n 64 -duration 20s -serve        # in-process qpcd
 //	qpc-bench -mode enqueue -addr 127.0.0.1:7443 -data-dir ./data -n 64
+//	qpc-bench -mode idle -addr 127.0.0.1:7443 -data-dir ./data -ops 127.0.0.1:7444 -n 1000
 //
 // Modes: baseline (quic-go echo, one stream per RPC, 1 KiB requests, no
 // storage), enqueue (register, shared group channel, senders Enqueue 1 KiB
-// MLS messages, receivers FetchWait), both (baseline, then enqueue).
+// MLS messages, receivers FetchWait), both (baseline, then enqueue), idle
+// (N devices long-poll while nothing is sent: qpcd's memory, goroutines and
+// CPU per device from its metrics, and its memory after they leave).
+// scripts/bench-peers.sh and scripts/bench-idle.sh drive it.
 package main
 
 import (

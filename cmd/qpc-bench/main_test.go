@@ -18,6 +18,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"-addr", "192.0.2.1:7443", "-mode", "enqueue"}, // not loopback
 		{"-size", "1"},
 		{"-channels", "0"},
+		{"-mode", "idle"}, // no -ops to read qpcd's metrics from
+		{"-cpu-tree", "-1"},
 		{"extra"},
 	} {
 		var out, errb bytes.Buffer
@@ -93,5 +95,50 @@ func TestSummarize(t *testing.T) {
 	}
 	if (summarize(nil) != summary{}) {
 		t.Fatal("empty")
+	}
+}
+
+// Idle mode end to end against an in-process qpcd: every device's poll is
+// held, the per-device figures come from qpcd's own metrics, the profiles
+// are saved, and the connections are gone once the devices leave.
+func TestIdleModeInProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server")
+	}
+	dir := t.TempDir()
+	out := filepath.Join(dir, "idle.json")
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"-mode", "idle", "-serve", "-n", "20", "-duration", "300ms", "-after", "1s",
+		"-profile-dir", filepath.Join(dir, "prof"), "-json", out}, &stdout, &stderr)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s %s", code, stdout.String(), stderr.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r idleReport
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatalf("json: %v %s", err, b)
+	}
+	switch {
+	case r.Devices != 20 || r.Idle.InFlight < 20 || r.Idle.Connections < 20:
+		t.Fatalf("want 20 devices connected and polling: %+v", r.Idle)
+	case r.GoroutinesPerDevice <= 0 || r.HeapPerDevice <= 0 || r.IdleLive == nil || r.LiveHeapPerDevice <= 0:
+		t.Fatalf("no per-device cost: %+v", r)
+	case len(r.After) == 0:
+		t.Fatal("no samples after the devices left")
+	case r.After[len(r.After)-1].Connections != r.Before.Connections:
+		t.Fatalf("%v connections after the devices left, %v before", r.After[len(r.After)-1].Connections, r.Before.Connections)
+	case r.Errors != 0:
+		t.Fatalf("%d poll errors: %s", r.Errors, r.FirstError)
+	}
+	for _, f := range []string{"heap.pb.gz", "goroutines.txt"} {
+		if fi, err := os.Stat(filepath.Join(dir, "prof", f)); err != nil || fi.Size() == 0 {
+			t.Fatalf("profile %s: %v", f, err)
+		}
+	}
+	if !strings.Contains(stdout.String(), "per device:") {
+		t.Fatalf("no summary: %s", stdout.String())
 	}
 }

@@ -41,13 +41,17 @@ type options struct {
 	warmup     time.Duration
 	channels   int
 	cpuComm    string
+	cpuTree    int
+	ops        string
+	after      time.Duration
+	profileDir string
 }
 
 func parse(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("qpc-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.mode, "mode", "both", "baseline | enqueue | both (baseline then enqueue, same concurrency)")
+	fs.StringVar(&o.mode, "mode", "both", "baseline | enqueue | both (baseline then enqueue, same concurrency) | idle (-n devices long-poll an idle qpcd for -duration: its memory, goroutines and CPU)")
 	fs.IntVar(&o.clients, "n", 32, "concurrent clients (each its own QUIC connection): senders in enqueue mode")
 	fs.IntVar(&o.receivers, "receivers", 4, "enqueue mode: receiving devices long-polling with FetchWait")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long each mode runs (after warm-up)")
@@ -65,15 +69,23 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.serverPID, "server-pid", 0, "qpcd's process id, to add its CPU time to the per-request CPU figure (Linux)")
 	fs.IntVar(&o.channels, "channels", 1, "enqueue mode: group channels the senders are spread over (sender i uses channel i%N; every receiver is in all of them)")
 	fs.StringVar(&o.cpuComm, "cpu-comm", "", "also report the CPU time of every process with this command name (e.g. postgres) per request (Linux)")
+	fs.IntVar(&o.cpuTree, "cpu-tree", 0, "also report the CPU time of this process and all its descendants, exited ones included (e.g. PostgreSQL's postmaster), per request (Linux)")
+	fs.StringVar(&o.ops, "ops", "", "idle mode: qpcd's ops_listen address (its /metrics, and /debug/pprof with ops_pprof=on)")
+	fs.DurationVar(&o.after, "after", 30*time.Second, "idle mode: how long to watch qpcd's memory after every device has left")
+	fs.StringVar(&o.profileDir, "profile-dir", "", "idle mode: save qpcd's heap profile and goroutine dump here while the devices wait (needs ops_pprof=on)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	switch {
 	case fs.NArg() > 0:
 		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
-	case o.mode != "baseline" && o.mode != "enqueue" && o.mode != "both":
-		return o, fmt.Errorf("-mode %q: want baseline, enqueue or both", o.mode)
-	case o.clients < 1 || o.clients > 4096:
+	case o.mode != "baseline" && o.mode != "enqueue" && o.mode != "both" && o.mode != "idle":
+		return o, fmt.Errorf("-mode %q: want baseline, enqueue, both or idle", o.mode)
+	case o.mode == "idle" && (o.clients < 1 || o.clients > 20000):
+		return o, fmt.Errorf("-n %d: want 1..20000 idle devices", o.clients)
+	case o.mode == "idle" && !o.serve && o.ops == "":
+		return o, errors.New("-mode idle reads qpcd's metrics: set -ops to its ops_listen address (or -serve)")
+	case o.mode != "idle" && (o.clients < 1 || o.clients > 4096):
 		return o, fmt.Errorf("-n %d: want 1..4096", o.clients)
 	case o.receivers < 1 || o.receivers > 256:
 		return o, fmt.Errorf("-receivers %d: want 1..256", o.receivers)
@@ -83,6 +95,8 @@ func parse(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-size %d: want 64..1048576", o.size)
 	case o.channels < 1 || o.channels > 1024:
 		return o, fmt.Errorf("-channels %d: want 1..1024", o.channels)
+	case o.cpuTree < 0:
+		return o, fmt.Errorf("-cpu-tree %d: want a process id", o.cpuTree)
 	case o.rate < 0:
 		return o, fmt.Errorf("-rate %v: must not be negative", o.rate)
 	}
@@ -129,8 +143,11 @@ type report struct {
 	ServerCPUPerReq float64 `json:"server_cpu_us_per_request,omitempty"`
 	CommCPU         float64 `json:"comm_cpu_us,omitempty"`
 	CommCPUPerReq   float64 `json:"comm_cpu_us_per_request,omitempty"`
-	GOMAXPROCS      int     `json:"gomaxprocs"`
-	ServerInPro     bool    `json:"server_in_process"`
+	// TreeCPU is the CPU microseconds the -cpu-tree process tree used.
+	TreeCPU       float64 `json:"tree_cpu_us,omitempty"`
+	TreeCPUPerReq float64 `json:"tree_cpu_us_per_request,omitempty"`
+	GOMAXPROCS    int     `json:"gomaxprocs"`
+	ServerInPro   bool    `json:"server_in_process"`
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -154,6 +171,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return exitFailure
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if o.mode == "idle" {
+		r, err := runIdle(ctx, o, stdout)
+		if err != nil {
+			fmt.Fprintln(stderr, "qpc-bench: idle:", err)
+			return exitFailure
+		}
+		printIdle(stdout, r)
+		if o.jsonOut != "" {
+			b, _ := json.MarshalIndent(r, "", "  ")
+			if err := os.WriteFile(o.jsonOut, append(b, '\n'), 0o644); err != nil {
+				fmt.Fprintln(stderr, "qpc-bench:", err)
+				return exitFailure
+			}
+		}
+		return exitOK
 	}
 	var reports []report
 	if o.mode == "baseline" || o.mode == "both" {
@@ -203,8 +236,9 @@ func printTable(w io.Writer, rs []report) {
 			cpu = fmt.Sprintf("%.0f (%.0f)", r.CPUPerReq, r.CPUCapacity)
 		}
 		fmt.Fprintf(w, "%-9s %7d %6d %9d %8d %10.0f | %-26s | %-26s | %s\n", r.Mode, r.Clients, r.Size, r.Requests, r.Errors, r.Throughput, r.RPC.String(), del, cpu)
-		if r.ServerCPUPerReq > 0 || r.CommCPUPerReq > 0 {
-			fmt.Fprintf(w, "  %s: channels %d, cpu µs/req: qpcd %.0f, -cpu-comm processes %.0f\n", r.Mode, r.Channels, r.ServerCPUPerReq, r.CommCPUPerReq)
+		if r.ServerCPUPerReq > 0 || r.CommCPUPerReq > 0 || r.TreeCPUPerReq > 0 {
+			fmt.Fprintf(w, "  %s: channels %d, cpu µs/req: qpcd %.0f, -cpu-comm processes %.0f, -cpu-tree processes %.0f\n",
+				r.Mode, r.Channels, r.ServerCPUPerReq, r.CommCPUPerReq, r.TreeCPUPerReq)
 		}
 	}
 	var base, enq float64

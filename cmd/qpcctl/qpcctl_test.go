@@ -486,6 +486,11 @@ func TestAccountsDevicesInvites(t *testing.T) {
 	if invs[0].State != "revoked" {
 		t.Fatalf("after revoke: %+v", invs)
 	}
+	// An unknown invite points at the invite list, not the account list.
+	if r := ctl(t, dataDir, "invites", "revoke", "0123456789abcdef0123456789abcdef"); r.code != 1 ||
+		!strings.Contains(r.stderr, "qpcctl invites list") || strings.Contains(r.stderr, "accounts list") {
+		t.Fatalf("revoke of an unknown invite: %+v", r)
+	}
 	if r := ctl(t, dataDir, "invites", "create", "--ttl", "10000h"); r.code != 1 {
 		t.Fatalf("over-long invite: %+v", r)
 	}

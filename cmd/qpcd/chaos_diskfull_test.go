@@ -288,7 +288,15 @@ func TestChaosDiskFull(t *testing.T) {
 	case walLeft && err != nil:
 		t.Fatalf("start on the full disk with the WAL kept: %v", err)
 	case walLeft:
-		if code, body := p1.get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "disk full") {
+		// Until its start-up finishes /readyz says "starting"; then it
+		// must say the disk is full (it does not become ready).
+		var code int
+		var body string
+		waitFor(t, 15*time.Second, "start-up finished", func() bool {
+			code, body = p1.get("/readyz")
+			return !strings.Contains(body, "starting")
+		})
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "disk full") {
 			t.Fatalf("started on a full disk: /readyz %d %q", code, body)
 		}
 		bob1 := &user{c: p1.dial(t), deviceID: bob.deviceID, token: bob.token}

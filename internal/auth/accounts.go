@@ -119,7 +119,7 @@ func (s *Service) Register(ctx context.Context, p RegisterParams) (accountID, de
 	invite := s.registration == config.RegistrationInvite
 	if invite && p.InviteCode == "" {
 		s.event(ctx, "account.register_refused", slog.String("reason", "invite_missing"), slog.String("account_name", p.AccountName))
-		return "", "", fmt.Errorf("%w: this server needs an invite code to register", ErrInviteInvalid)
+		return "", "", ErrInviteRequired
 	}
 	if accountID, err = newID(16); err != nil {
 		return "", "", err

@@ -29,11 +29,14 @@ var (
 	ErrKeyInUse           = errors.New("auth: signature key already registered")
 	ErrRegistrationClosed = errors.New("auth: registration is closed")
 	ErrInviteInvalid      = errors.New("auth: invite code invalid, used, revoked or expired")
-	ErrLoginFailed        = errors.New("auth: login failed")
-	ErrDeviceRevoked      = errors.New("auth: device revoked")
-	ErrAccountDisabled    = errors.New("auth: account disabled")
-	ErrNotFound           = errors.New("auth: not found")
-	ErrTooManyDevices     = errors.New("auth: too many devices on this account")
+	// ErrInviteRequired: an invite-only server and no code was given (not
+	// the same as a bad code: the user has to ask the operator for one).
+	ErrInviteRequired  = errors.New("auth: this server registers by invite only: ask its operator for an invite code (qpcctl invites create) and register with --invite CODE")
+	ErrLoginFailed     = errors.New("auth: login failed")
+	ErrDeviceRevoked   = errors.New("auth: device revoked")
+	ErrAccountDisabled = errors.New("auth: account disabled")
+	ErrNotFound        = errors.New("auth: not found")
+	ErrTooManyDevices  = errors.New("auth: too many devices on this account")
 
 	ErrTokenMissing   = errors.New("auth: access token missing")
 	ErrTokenMalformed = errors.New("auth: access token malformed")

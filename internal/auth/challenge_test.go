@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"database/sql"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -158,6 +159,41 @@ func TestChallengeSingleUseUnderConcurrency(t *testing.T) {
 	wg.Wait()
 	if ok != 1 {
 		t.Fatalf("%d logins with one challenge", ok)
+	}
+}
+
+// Many devices logging in at once all succeed: on PostgreSQL each login's
+// challenge bookkeeping (prune expired, insert this one) made concurrent
+// SERIALIZABLE logins conflict until their retries ran out.
+func TestConcurrentLoginsOfManyDevicesSucceed(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	type dev struct {
+		id   string
+		priv ed25519.PrivateKey
+	}
+	var devs []dev
+	for i := range 24 {
+		a := e.register(t, fmt.Sprintf("user%d", i))
+		devs = append(devs, dev{a.id, a.priv})
+	}
+	for round := range 3 {
+		var wg sync.WaitGroup
+		for _, d := range devs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				nonce, _, err := e.s.Challenge(ctx, d.id)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := e.s.Login(ctx, d.id, nonce, ed25519.Sign(d.priv, LoginMessage(d.id, nonce))); err != nil {
+					t.Errorf("round %d: login of %s: %v", round, d.id, err)
+				}
+			}()
+		}
+		wg.Wait()
 	}
 }
 

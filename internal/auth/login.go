@@ -81,7 +81,14 @@ func (s *Service) Login(ctx context.Context, deviceID string, nonce, sig []byte)
 		dev    Device
 		gen    uint64
 	)
-	err = s.db.WriteTx(ctx, func(tx *sql.Tx) error {
+	// READ COMMITTED on PostgreSQL (WriteTxLocked): every login prunes
+	// expired challenges and inserts its own, so under SERIALIZABLE
+	// concurrent logins of different devices conflicted with each other
+	// until their retries ran out (INTERNAL). Nothing here needs more: the
+	// challenge's single use is the unique key's insert-if-absent, and a
+	// revocation racing this login is caught when the token is verified
+	// (token_gen).
+	err = s.db.WriteTxLocked(ctx, func(tx *sql.Tx) error {
 		reason = ""
 		var err error
 		dev, err = scanDevice(tx.QueryRowContext(ctx, "SELECT "+deviceCols+

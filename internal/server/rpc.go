@@ -273,6 +273,7 @@ var serviceErrors = []struct {
 	{auth.ErrKeyInUse, qpcv1.Status_STATUS_ALREADY_EXISTS},
 	{auth.ErrRegistrationClosed, qpcv1.Status_STATUS_PERMISSION_DENIED},
 	{auth.ErrInviteInvalid, qpcv1.Status_STATUS_PERMISSION_DENIED},
+	{auth.ErrInviteRequired, qpcv1.Status_STATUS_PERMISSION_DENIED},
 	{auth.ErrLoginFailed, qpcv1.Status_STATUS_UNAUTHENTICATED},
 	{auth.ErrDeviceRevoked, qpcv1.Status_STATUS_UNAUTHENTICATED},
 	{auth.ErrAccountDisabled, qpcv1.Status_STATUS_PERMISSION_DENIED},

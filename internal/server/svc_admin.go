@@ -711,7 +711,11 @@ func (b adminBackend) ListInvites(ctx context.Context) ([]admin.Invite, error) {
 }
 
 func (b adminBackend) RevokeInvite(ctx context.Context, id string) error {
-	return authErr(b.s.auth.RevokeInvite(ctx, id))
+	err := b.s.auth.RevokeInvite(ctx, id)
+	if errors.Is(err, auth.ErrNotFound) {
+		return fmt.Errorf("%w: %v (list invites with `qpcctl invites list`)", admin.ErrNotFound, err)
+	}
+	return authErr(err)
 }
 
 // finishKeyRotation completes or rolls back a `rotate db-key` that a crash

@@ -164,6 +164,7 @@ func authFailureReason(err error) string {
 		{auth.ErrRefreshReused, "refresh_reused"},
 		{auth.ErrRegistrationClosed, "registration_closed"},
 		{auth.ErrInviteInvalid, "invite_invalid"},
+		{auth.ErrInviteRequired, "invite_missing"},
 		{auth.ErrReauthRequired, "reauth_missing"},
 		{auth.ErrReauthFailed, "reauth_failed"},
 	} {

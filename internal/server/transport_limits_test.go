@@ -58,7 +58,12 @@ func TestConnectionLimitsAndTheirMetrics(t *testing.T) {
 		t.Cleanup(func() { _ = qc.CloseWithError(0, "") })
 		return qc
 	}
-	a, b, refused := dial(), dial(), dial()
+	// The server admits a connection when its side of the handshake
+	// completes, which on a loaded machine can come after the client's
+	// Dial returned: dial the third only once both are admitted.
+	a, b := dial(), dial()
+	waitFor(t, 10*time.Second, "two connections admitted", func() bool { return ts.ln.Connections() == 2 })
+	refused := dial()
 	waitFor(t, 10*time.Second, "the third connection refused", func() bool { return refused.Context().Err() != nil })
 	if err := context.Cause(refused.Context()); !transport.IsConnectionLimit(err) {
 		t.Fatalf("third connection from one address closed with %v, want the connection-limit code", err)

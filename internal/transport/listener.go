@@ -69,6 +69,16 @@ type ListenerConfig struct {
 	Now             func() time.Time // clock for the inactivity rules; nil: time.Now
 	Logger          *slog.Logger
 	Events          Events
+	// ReclaimMinDrop and ReclaimEvery: once at least ReclaimMinDrop
+	// connections have closed since the high-water mark and the open ones
+	// have fallen to half of it, the sweep returns their memory to the
+	// operating system (two forced GCs, see reclaim.go), at most once per
+	// ReclaimEvery. Defaults 256 and 1m; a negative ReclaimMinDrop
+	// disables it.
+	ReclaimMinDrop int
+	ReclaimEvery   time.Duration
+	// reclaimed, when set (tests), runs after each reclaim in its place.
+	reclaimed func()
 }
 
 // Conn is an accepted connection as handlers see it.
@@ -151,6 +161,7 @@ type Listener struct {
 	stopSweep chan struct{}
 	sweepDone chan struct{}
 	sweeps    atomic.Uint64 // sweeps done (tests wait on it)
+	reclaim   *reclaimer    // nil: disabled
 
 	mu       sync.Mutex
 	conns    map[*quic.Conn]*Conn
@@ -191,6 +202,12 @@ func Listen(cfg ListenerConfig, h Handler) (*Listener, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if cfg.ReclaimMinDrop == 0 {
+		cfg.ReclaimMinDrop = reclaimMinDrop
+	}
+	if cfg.ReclaimEvery <= 0 {
+		cfg.ReclaimEvery = reclaimEvery
+	}
 	tlsConf := cfg.TLS.Clone()
 	tlsConf.MinVersion, tlsConf.MaxVersion = tls.VersionTLS13, tls.VersionTLS13
 	tlsConf.NextProtos = []string{ALPN}
@@ -220,6 +237,12 @@ func Listen(cfg ListenerConfig, h Handler) (*Listener, error) {
 		refused:   &refusalLog{every: cfg.RefusalLogEvery, now: cfg.Now, log: cfg.Logger, reasons: map[string]*refusalState{}},
 		stopSweep: make(chan struct{}), sweepDone: make(chan struct{}),
 		conns: map[*quic.Conn]*Conn{}, perAddr: map[string]int{},
+	}
+	if cfg.ReclaimMinDrop > 0 {
+		l.reclaim = &reclaimer{rule: reclaimRule{minDrop: cfg.ReclaimMinDrop, every: cfg.ReclaimEvery}, free: freeMemory}
+		if cfg.reclaimed != nil {
+			l.reclaim.free = cfg.reclaimed
+		}
 	}
 	go l.sweep()
 	return l, nil
@@ -333,7 +356,8 @@ func (l *Listener) sweepInterval() time.Duration {
 // within FirstStreamTimeout of the handshake) and idle ones (no stream
 // activity for IdleTimeout). Keep-alives do not count as activity, so
 // neither side's PINGs can hold a connection slot for ever. It also
-// reports refusals that the rate-limited log held back.
+// reports refusals that the rate-limited log held back, and returns the
+// memory of a crowd of connections once they have left (reclaim.go).
 func (l *Listener) sweep() {
 	defer close(l.sweepDone)
 	t := time.NewTicker(l.sweepInterval())
@@ -346,6 +370,9 @@ func (l *Listener) sweep() {
 		}
 		l.reapInactive()
 		l.refused.flush()
+		if l.reclaim != nil {
+			l.reclaim.observe(l.cfg.Now(), l.Connections())
+		}
 		l.sweeps.Add(1)
 	}
 }

@@ -245,6 +245,13 @@ func explain(err error) error {
 	if errors.As(err, &se) {
 		switch se.Code {
 		case qpcv1.Status_STATUS_UNAUTHENTICATED:
+			// A revoked device cannot log in again: qpc login would fail
+			// the same way, so do not suggest it.
+			if strings.Contains(se.Message, "device revoked") {
+				return fmt.Errorf("%w (this device was revoked from its account, by another of its devices or by the operator; "+
+					"it cannot log in again: add this install as a new device from a device that is still active, "+
+					"see docs/client.md, or register a new account)", err)
+			}
 			return fmt.Errorf("%w (run qpc login)", err)
 		case qpcv1.Status_STATUS_UNSUPPORTED_VERSION:
 			return fmt.Errorf("%w (upgrade qpc)", err)
