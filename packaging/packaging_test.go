@@ -539,7 +539,7 @@ func TestCodeownersCoverPackages(t *testing.T) {
 			}
 		}
 	}
-	for _, p := range []string{"/internal/mls/", "/internal/auth/", "/proto/"} {
+	for _, p := range []string{"/internal/mls/", "/internal/auth/", "/internal/identity/", "/proto/"} {
 		if !owned[p] {
 			t.Errorf(".github/CODEOWNERS has no line for %s (two reviews, CONTRIBUTING.md)", p)
 		}
