@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -44,23 +45,22 @@ func TestReclaimRule(t *testing.T) {
 }
 
 // Buffers parked in a sync.Pool, as quic-go parks its packet buffers,
-// survive one GC in the pool's victim cache: one forced collection leaves
-// them in use and only the second frees them. freeMemory collects twice.
+// survive one GC in the pool's victim cache, which is why freeMemory
+// collects twice: whatever collections ran before it (a background GC may
+// already have moved them to the victim cache), after it the pooled memory
+// is freed and returned to the OS.
 func TestFreeMemoryFreesPooledBuffers(t *testing.T) {
 	const n, size = 64, 1 << 20
+	// No collection between filling the pool and measuring it.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	var pool sync.Pool
 	for range n {
 		pool.Put(make([]byte, size))
 	}
-	var before, once, after runtime.MemStats
+	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	runtime.GC()
-	runtime.ReadMemStats(&once)
 	freeMemory()
 	runtime.ReadMemStats(&after)
-	if once.HeapInuse+n*size/2 < before.HeapInuse {
-		t.Fatalf("one GC freed the pooled buffers (%d -> %d bytes in use): freeMemory's second collection is no longer needed", before.HeapInuse, once.HeapInuse)
-	}
 	if after.HeapInuse > before.HeapInuse-n*size/2 {
 		t.Fatalf("heap in use %d -> %d after freeMemory: the %d MiB in the pool were not freed", before.HeapInuse, after.HeapInuse, n*size>>20)
 	}
