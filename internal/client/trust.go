@@ -298,7 +298,22 @@ func (c *Client) MembersTrust(ctx context.Context, name string) ([]MemberTrust, 
 		return nil, err
 	}
 	var out []MemberTrust
-	err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+	err = c.assessMembers(ctx, name, own, ownKey, func(_ *sql.Tx, _ mls.Member, acc, dev string, a assessment) error {
+		mt := MemberTrust{Account: acc, Device: dev, Trust: a.status}
+		if !a.certKey.IsZero() {
+			mt.IdentityKey = identity.Fingerprint(a.certKey[:])
+		}
+		out = append(out, mt)
+		return nil
+	})
+	return out, err
+}
+
+// assessMembers runs fn with the trust assessment of every member of the
+// group, in one write transaction (fn may record what it accepts).
+func (c *Client) assessMembers(ctx context.Context, name string, own *Identity, ownKey identity.PublicKey,
+	fn func(tx *sql.Tx, m mls.Member, acc, dev string, a assessment) error) error {
+	return c.db.WriteTx(ctx, func(tx *sql.Tx) error {
 		_, g, err := openGroup(ctx, tx, name, nil)
 		if err != nil {
 			return err
@@ -309,15 +324,12 @@ func (c *Client) MembersTrust(ctx context.Context, name string) ([]MemberTrust, 
 			if err != nil {
 				return err
 			}
-			mt := MemberTrust{Account: acc, Device: dev, Trust: a.status}
-			if !a.certKey.IsZero() {
-				mt.IdentityKey = identity.Fingerprint(a.certKey[:])
+			if err := fn(tx, m, acc, dev, a); err != nil {
+				return err
 			}
-			out = append(out, mt)
 		}
 		return nil
 	})
-	return out, err
 }
 
 // CheckGroupTrust returns an error when the group holds a device the user
@@ -330,32 +342,18 @@ func (c *Client) CheckGroupTrust(ctx context.Context, name string) error {
 		return err
 	}
 	var refused error
-	err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
-		_, g, err := openGroup(ctx, tx, name, nil)
-		if err != nil {
-			return err
+	err = c.assessMembers(ctx, name, own, ownKey, func(tx *sql.Tx, m mls.Member, acc, dev string, a assessment) error {
+		r := refusal(a, acc, dev, false)
+		if r == nil || acc == own.AccountName {
+			return nil
 		}
-		for _, m := range g.Members() {
-			acc, dev, _ := strings.Cut(string(m.Identity), "/")
-			a, err := c.assess(ctx, tx, own, ownKey, acc, dev, m.LeafNode, name)
-			if err != nil {
-				return err
+		if !allowed(ctx) {
+			if refused == nil {
+				refused = fmt.Errorf("%w (in %s)", r, name)
 			}
-			r := refusal(a, acc, dev, false)
-			if r == nil || acc == own.AccountName {
-				continue
-			}
-			if !allowed(ctx) {
-				if refused == nil {
-					refused = fmt.Errorf("%w (in %s)", r, name)
-				}
-				continue
-			}
-			if err := accept(ctx, tx, a, acc, dev, m.SignatureKey, c.now().UnixMilli()); err != nil {
-				return err
-			}
+			return nil
 		}
-		return nil
+		return accept(ctx, tx, a, acc, dev, m.SignatureKey, c.now().UnixMilli())
 	})
 	if err != nil {
 		return err
