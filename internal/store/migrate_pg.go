@@ -213,7 +213,7 @@ func (db *DB) CopyToPostgres(ctx context.Context, o CopyOptions) (rep CopyReport
 			if err != nil {
 				return err
 			}
-			tables, rows, err := copyAll(ctx, src, pc, plan, progress)
+			tables, rows, err := copyAll(ctx, sqlSource{src}, pc, plan, progress, nil)
 			rep.Tables, rep.Rows = tables, rows
 			return err
 		})
@@ -294,73 +294,73 @@ type planned struct {
 
 // matchSchemas checks that both sides have exactly the plan's tables with
 // the same columns, and returns the plan with the columns filled in.
-func matchSchemas(ctx context.Context, src *sql.Tx, dst *sql.Conn, target string) ([]planned, error) {
+func matchSchemas(ctx context.Context, src *sql.Tx, dst querier, target string) ([]planned, error) {
 	srcTables, err := stringList(ctx, src, "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
 	if err != nil {
 		return nil, fmt.Errorf("store: list the SQLCipher tables: %w", err)
 	}
-	dstTables, err := stringList(ctx, dst, "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'")
+	if err := checkKnownTables("the SQLCipher database", srcTables); err != nil {
+		return nil, err
+	}
+	plan, err := planPG(ctx, dst, target)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range plan {
+		if !slices.Contains(srcTables, p.name) {
+			return nil, fmt.Errorf("%w: table %q is in %s but not in the SQLCipher database", ErrSchemaMismatch, p.name, target)
+		}
+		if p.copyTable.cols != nil {
+			continue
+		}
+		srcCols, err := stringList(ctx, src, "SELECT name FROM pragma_table_info(?)", p.name)
+		if err != nil {
+			return nil, fmt.Errorf("store: columns of %s in the SQLCipher database: %w", p.name, err)
+		}
+		sort.Strings(srcCols)
+		if !slices.Equal(srcCols, p.cols) {
+			return nil, fmt.Errorf("%w: table %s has columns %v in the SQLCipher database and %v in %s", ErrSchemaMismatch, p.name, srcCols, p.cols, target)
+		}
+	}
+	return plan, nil
+}
+
+// checkKnownTables refuses a table the plan does not name.
+func checkKnownTables(where string, tables []string) error {
+	for _, t := range tables {
+		if !slices.ContainsFunc(copyPlan, func(c copyTable) bool { return c.name == t }) {
+			return fmt.Errorf("%w: %s has table %q, which this qpcctl does not know how to copy; use the qpcctl of the same release as the qpcd that migrated it (a developer adding a table adds it to copyPlan in internal/store/migrate_pg.go)", ErrUnknownTable, where, t)
+		}
+	}
+	return nil
+}
+
+// planPG reads the plan's tables from a PostgreSQL database of qpcd's:
+// every table of the plan must be there and no other; columns come sorted,
+// with their kinds and the identity columns.
+func planPG(ctx context.Context, q querier, target string) ([]planned, error) {
+	tables, err := stringList(ctx, q, "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'")
 	if err != nil {
 		return nil, fmt.Errorf("store: list the tables of %s: %w", target, err)
 	}
-	inPlan := map[string]bool{}
-	for _, t := range copyPlan {
-		inPlan[t.name] = true
-	}
-	for _, side := range []struct {
-		what   string
-		tables []string
-	}{{"the SQLCipher database", srcTables}, {target, dstTables}} {
-		for _, t := range side.tables {
-			if !inPlan[t] {
-				return nil, fmt.Errorf("%w: %s has table %q, which this qpcctl does not know how to copy; use the qpcctl of the same release as the qpcd that migrated it (a developer adding a table adds it to copyPlan in internal/store/migrate_pg.go)", ErrUnknownTable, side.what, t)
-			}
-		}
+	if err := checkKnownTables(target, tables); err != nil {
+		return nil, err
 	}
 	var plan []planned
 	for _, t := range copyPlan {
-		inSrc, inDst := slices.Contains(srcTables, t.name), slices.Contains(dstTables, t.name)
-		if !inSrc || !inDst {
-			return nil, fmt.Errorf("%w: table %q is in the SQLCipher database: %v, in %s: %v", ErrSchemaMismatch, t.name, inSrc, target, inDst)
+		if !slices.Contains(tables, t.name) {
+			return nil, fmt.Errorf("%w: table %q is missing in %s", ErrSchemaMismatch, t.name, target)
 		}
-		srcCols, err := stringList(ctx, src, "SELECT name FROM pragma_table_info(?)", t.name)
-		if err != nil {
-			return nil, fmt.Errorf("store: columns of %s in the SQLCipher database: %w", t.name, err)
-		}
-		rows, err := dst.QueryContext(ctx, `SELECT column_name, data_type, is_identity FROM information_schema.columns
-			WHERE table_schema = current_schema() AND table_name = ?`, t.name)
+		types, identity, err := pgColumns(ctx, q, t.name)
 		if err != nil {
 			return nil, fmt.Errorf("store: columns of %s on %s: %w", t.name, target, err)
 		}
-		types := map[string]string{}
-		var identity []string
-		for rows.Next() {
-			var name, typ, ident string
-			if err := rows.Scan(&name, &typ, &ident); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			types[name] = typ
-			if ident == "YES" {
-				identity = append(identity, name)
-			}
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, err
-		}
 		cols := t.cols
 		if cols == nil {
-			sort.Strings(srcCols)
-			dstCols := make([]string, 0, len(types))
 			for c := range types {
-				dstCols = append(dstCols, c)
+				cols = append(cols, c)
 			}
-			sort.Strings(dstCols)
-			if !slices.Equal(srcCols, dstCols) {
-				return nil, fmt.Errorf("%w: table %s has columns %v in the SQLCipher database and %v in %s", ErrSchemaMismatch, t.name, srcCols, dstCols, target)
-			}
-			cols = srcCols
+			sort.Strings(cols)
 		}
 		p := planned{copyTable: t, cols: cols, identity: identity}
 		for _, c := range cols {
@@ -373,6 +373,30 @@ func matchSchemas(ctx context.Context, src *sql.Tx, dst *sql.Conn, target string
 		plan = append(plan, p)
 	}
 	return plan, nil
+}
+
+// pgColumns reads a PostgreSQL table's columns (name -> data_type) and its
+// identity columns.
+func pgColumns(ctx context.Context, q querier, table string) (map[string]string, []string, error) {
+	rows, err := q.QueryContext(ctx, `SELECT column_name, data_type, is_identity FROM information_schema.columns
+		WHERE table_schema = current_schema() AND table_name = ?`, table)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	types := map[string]string{}
+	var identity []string
+	for rows.Next() {
+		var name, typ, ident string
+		if err := rows.Scan(&name, &typ, &ident); err != nil {
+			return nil, nil, err
+		}
+		types[name] = typ
+		if ident == "YES" {
+			identity = append(identity, name)
+		}
+	}
+	return types, identity, rows.Err()
 }
 
 // checkTargetEmpty refuses a target with any data beyond what migrations
@@ -401,9 +425,58 @@ func checkTargetEmpty(ctx context.Context, dst *sql.Conn, plan []planned, target
 	return nil
 }
 
+// rowSource hands copyAll the rows of each table of the plan, in plan
+// order: the SQLCipher database of a migration or the payload of a
+// PostgreSQL backup.
+type rowSource interface {
+	// table starts t: its row count (for progress) and an iterator that
+	// returns nil at the end; done releases what the iterator holds.
+	table(ctx context.Context, t planned) (total int64, next func() ([]any, error), done func(), err error)
+}
+
+// sqlSource reads tables from a database/sql read transaction (SQLCipher
+// for a migration, the PostgreSQL snapshot for a backup).
+type sqlSource struct{ tx *sql.Tx }
+
+func (s sqlSource) table(ctx context.Context, t planned) (int64, func() ([]any, error), func(), error) {
+	var n int64
+	if err := s.tx.QueryRowContext(ctx, "SELECT count(*) FROM "+quoteIdent(t.name)).Scan(&n); err != nil {
+		return 0, nil, nil, fmt.Errorf("store: count %s: %w", t.name, err)
+	}
+	rows, err := s.tx.QueryContext(ctx, selectCols(t))
+	if err != nil {
+		return 0, nil, nil, fmt.Errorf("store: read %s: %w", t.name, err)
+	}
+	raw := make([]any, len(t.cols))
+	ptrs := make([]any, len(t.cols))
+	for i := range raw {
+		ptrs[i] = &raw[i]
+	}
+	next := func() ([]any, error) {
+		if !rows.Next() {
+			return nil, rows.Err()
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			return nil, err
+		}
+		return raw, nil
+	}
+	return n, next, func() { rows.Close() }, nil
+}
+
+// selectCols is the query that reads a table's planned columns.
+func selectCols(t planned) string {
+	quoted := make([]string, len(t.cols))
+	for i, c := range t.cols {
+		quoted[i] = quoteIdent(c)
+	}
+	return "SELECT " + strings.Join(quoted, ", ") + " FROM " + quoteIdent(t.name)
+}
+
 // copyAll copies and verifies every table in one transaction on dst and
-// commits it only if every table matches.
-func copyAll(ctx context.Context, src *sql.Tx, dst *pgx.Conn, plan []planned, progress func(CopyProgress)) (out []CopiedTable, total int64, err error) {
+// commits it only if every table matches. finish, when set, runs in the
+// transaction after the verification and before the commit.
+func copyAll(ctx context.Context, src rowSource, dst *pgx.Conn, plan []planned, progress func(CopyProgress), finish func(context.Context, pgx.Tx) error) (out []CopiedTable, total int64, err error) {
 	tx, err := dst.Begin(ctx)
 	if err != nil {
 		return nil, 0, fmt.Errorf("store: begin the copy transaction: %w", err)
@@ -421,11 +494,13 @@ func copyAll(ctx context.Context, src *sql.Tx, dst *pgx.Conn, plan []planned, pr
 		if t.mode == copySkip {
 			continue
 		}
-		var n int64
-		if err := src.QueryRowContext(ctx, "SELECT count(*) FROM "+quoteIdent(t.name)).Scan(&n); err != nil {
-			return nil, 0, fmt.Errorf("store: count %s: %w", t.name, err)
+		n, next, done, err := src.table(ctx, t)
+		if err != nil {
+			return nil, 0, err
 		}
-		if sums[i], err = copyTableRows(ctx, src, tx, t, n, progress); err != nil {
+		sums[i], err = copyTableRows(ctx, next, tx, t, n, progress)
+		done()
+		if err != nil {
 			return nil, 0, err
 		}
 		if t.mode == copyRows || t.mode == copyReplace {
@@ -442,7 +517,7 @@ func copyAll(ctx context.Context, src *sql.Tx, dst *pgx.Conn, plan []planned, pr
 			return nil, 0, err
 		}
 		if got.rows != sums[i].rows || got.sum != sums[i].sum {
-			return nil, 0, fmt.Errorf("%w: table %s: the SQLCipher database has %d rows (checksum %s), PostgreSQL %d (checksum %s); nothing was committed",
+			return nil, 0, fmt.Errorf("%w: table %s: the source has %d rows (checksum %s), PostgreSQL %d (checksum %s); nothing was committed",
 				ErrCopyVerify, t.name, sums[i].rows, sums[i].hex(), got.rows, got.hex())
 		}
 		ct := CopiedTable{Table: t.name, Rows: got.rows, Checksum: got.hex(), Copied: t.mode == copyRows || t.mode == copyReplace}
@@ -456,6 +531,11 @@ func copyAll(ctx context.Context, src *sql.Tx, dst *pgx.Conn, plan []planned, pr
 		}
 		out = append(out, ct)
 	}
+	if finish != nil {
+		if err := finish(ctx, tx); err != nil {
+			return nil, 0, err
+		}
+	}
 	if err := tx.Commit(ctx); err != nil {
 		return nil, 0, fmt.Errorf("store: commit the copy: %w", err)
 	}
@@ -464,27 +544,14 @@ func copyAll(ctx context.Context, src *sql.Tx, dst *pgx.Conn, plan []planned, pr
 
 // copyTableRows streams one table from src into dst with COPY and returns
 // the digest of what it read.
-func copyTableRows(ctx context.Context, src *sql.Tx, dst pgx.Tx, t planned, total int64, progress func(CopyProgress)) (d tableDigest, err error) {
-	quoted := make([]string, len(t.cols))
-	for i, c := range t.cols {
-		quoted[i] = quoteIdent(c)
-	}
-	rows, err := src.QueryContext(ctx, "SELECT "+strings.Join(quoted, ", ")+" FROM "+quoteIdent(t.name))
-	if err != nil {
-		return d, fmt.Errorf("store: read %s: %w", t.name, err)
-	}
-	defer rows.Close()
-	raw := make([]any, len(t.cols))
-	ptrs := make([]any, len(t.cols))
-	for i := range raw {
-		ptrs[i] = &raw[i]
-	}
+func copyTableRows(ctx context.Context, read func() ([]any, error), dst pgx.Tx, t planned, total int64, progress func(CopyProgress)) (d tableDigest, err error) {
 	next := func() ([]any, error) {
-		if !rows.Next() {
-			return nil, rows.Err()
-		}
-		if err := rows.Scan(ptrs...); err != nil {
+		raw, err := read()
+		if raw == nil || err != nil {
 			return nil, err
+		}
+		if len(raw) != len(t.cols) {
+			return nil, fmt.Errorf("%s: a row of %d values for %d columns", t.name, len(raw), len(t.cols))
 		}
 		vals := make([]any, len(raw))
 		for i, v := range raw {
@@ -521,7 +588,7 @@ func copyTableRows(ctx context.Context, src *sql.Tx, dst pgx.Tx, t planned, tota
 		})
 		n, err := dst.CopyFrom(ctx, pgx.Identifier{t.name}, t.cols, src)
 		if readErr != nil {
-			return d, fmt.Errorf("store: read %s from the SQLCipher database: %w", t.name, readErr)
+			return d, fmt.Errorf("store: read %s from the source: %w", t.name, readErr)
 		}
 		if err != nil {
 			return d, fmt.Errorf("store: copy %s into PostgreSQL: %w", t.name, err)
