@@ -24,7 +24,7 @@ import (
 //	str     = uvarint(len) bytes
 //
 // Tables come in copyPlan order, each at most once, with their columns
-// sorted; every row's values match the column kinds; each 'E' repeats the
+// sorted (or, for schema_migrations, the plan's columns); every row's values match the column kinds; each 'E' repeats the
 // table's row count and order-independent checksum (tableDigest), which the
 // reader recomputes. Nothing may follow 'Z'.
 
@@ -278,11 +278,14 @@ func (d *dumpReader) nextTable() (*dumpedTable, error) {
 		default:
 			return nil, corrupt("column %s.%s has kind %q", name, c, k)
 		}
-		if n := len(t.cols); n > 0 && t.cols[n-1] >= string(c) {
+		if n := len(t.cols); n > 0 && t.cols[n-1] >= string(c) && copyPlan[idx].cols == nil {
 			return nil, corrupt("columns of %s are not sorted and unique", name)
 		}
 		t.cols = append(t.cols, string(c))
 		t.kinds = append(t.kinds, valueKind(k))
+	}
+	if fixed := copyPlan[idx].cols; fixed != nil && !slices.Equal(fixed, t.cols) {
+		return nil, corrupt("table %s has columns %v, a backup holds %v", name, t.cols, fixed)
 	}
 	d.cur = t
 	return t, nil
