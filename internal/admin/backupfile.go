@@ -19,23 +19,30 @@ import (
 	"github.com/quicprochat/quicprochat/internal/store"
 )
 
-// Backup file layout (format 1), all of it written by WriteBackup:
+// Backup file layout (formats 1 and 2), all of it written by WriteBackup:
 //
 //	magic        8 bytes  "QPCDBAK\n"
 //	manifest_len 4 bytes  big-endian length of the manifest
 //	manifest     JSON     Manifest
 //	manifest_sum 32 bytes SHA-256 of the manifest bytes
-//	database     manifest.db_bytes bytes: the SQLCipher database file,
-//	             encrypted under the database key (manifest.key_id names it)
+//	database     manifest.db_bytes bytes: format 1, the SQLCipher database
+//	             file, encrypted under the database key; format 2
+//	             (manifest.backend "postgres"), the PostgreSQL dump stream
+//	             encrypted under the backup key (backupcrypt.go).
+//	             manifest.key_id names the key either way.
 //
 // Nothing may follow the database. The manifest's own checksum and the
 // database's SHA-256 (manifest.db_sha256) tell a damaged file from a
 // truncated one and from a file in another format.
 const (
-	backupMagic       = "QPCDBAK\n"
-	BackupFormat      = 1 // the format this build writes and reads
-	maxManifestLen    = 1 << 20
-	backupHeaderFixed = len(backupMagic) + 4
+	backupMagic  = "QPCDBAK\n"
+	BackupFormat = 1 // SQLCipher backups: the format this build writes and reads
+	// BackupFormatPostgres is the format of PostgreSQL backups; a qpcctl
+	// that only knows format 1 refuses them by their number instead of
+	// trying to open a dump as a SQLCipher file.
+	BackupFormatPostgres = 2
+	maxManifestLen       = 1 << 20
+	backupHeaderFixed    = len(backupMagic) + 4
 )
 
 // Distinct backup errors; each message names the fix.
@@ -46,6 +53,9 @@ var (
 	ErrBackupWrongKey  = errors.New("admin: backup does not open with this database key")
 	ErrBackupIntegrity = errors.New("admin: backup database failed its integrity check")
 	ErrBackupSchema    = errors.New("admin: backup schema is newer than this qpcd")
+	// ErrBackupBackend: the backup is of one storage backend and the
+	// restore target is the other.
+	ErrBackupBackend = errors.New("admin: backup is of another storage backend")
 )
 
 // Manifest describes a backup.
@@ -56,9 +66,19 @@ type Manifest struct {
 	CreatedAt     time.Time        `json:"created_at"`
 	DBBytes       int64            `json:"db_bytes"`
 	DBSHA256      string           `json:"db_sha256"`
-	KeyID         string           `json:"key_id"` // store.KeyID of the database key
+	KeyID         string           `json:"key_id"` // store.KeyID of the database key (format 2: of the backup key)
 	Tables        map[string]int64 `json:"tables"` // row counts at the snapshot
+
+	// Format 2 (PostgreSQL) only.
+	Backend         string            `json:"backend,omitempty"`          // "postgres"; absent: SQLCipher
+	PostgresVersion string            `json:"postgres_version,omitempty"` // server_version of the source
+	Cipher          string            `json:"cipher,omitempty"`           // payload encryption (payloadCipher)
+	Salt            string            `json:"salt,omitempty"`             // hex; HKDF salt of the payload key
+	Checksums       map[string]string `json:"checksums,omitempty"`        // per table, order-independent SHA-256 (as migrate to-postgres)
 }
+
+// IsPostgres reports whether the backup is of a PostgreSQL deployment.
+func (m Manifest) IsPostgres() bool { return m.Backend == store.BackendPostgres }
 
 // FileSHA256 hashes a file.
 func FileSHA256(path string) (string, int64, error) {
@@ -172,8 +192,8 @@ func OpenBackup(path string) (*BackupFile, error) {
 	if err := dec.Decode(&m); err != nil {
 		return nil, fmt.Errorf("%w: %s: manifest: %v; use another copy", ErrBackupCorrupt, path, err)
 	}
-	if m.Format != BackupFormat {
-		return nil, fmt.Errorf("%w: %s is backup format %d, this qpcctl reads format %d; use the qpcctl that matches the qpcd which wrote it", ErrBackupFormat, path, m.Format, BackupFormat)
+	if err := checkFormat(m); err != nil {
+		return nil, fmt.Errorf("%w: %s %s", ErrBackupFormat, path, err)
 	}
 	off := int64(backupHeaderFixed) + mlen + sha256.Size
 	switch want := off + m.DBBytes; {
@@ -247,8 +267,11 @@ func VerifyBackup(ctx context.Context, path string, key secret.Bytes, tmpDir str
 	}
 	rep := VerifyReport{Path: path, Bytes: b.Size, Manifest: b.Manifest,
 		Checks: []string{"layout", "manifest checksum", "size", "sha256"}}
-	if id := store.KeyID(key); b.Manifest.KeyID != "" && id != b.Manifest.KeyID {
-		return rep, fmt.Errorf("%w: %s was encrypted under the key with id %s, the key given has id %s; give the database key that was in use when the backup was taken (backup verify --key-file, restore --backup-key-file)", ErrBackupWrongKey, path, b.Manifest.KeyID, id)
+	if b.Manifest.IsPostgres() {
+		return verifyPostgresBackup(b, key, rep)
+	}
+	if err := checkKeyID(path, b.Manifest, key); err != nil {
+		return rep, err
 	}
 	dir, err := os.MkdirTemp(tmpDir, "qpcctl-verify-")
 	if err != nil {

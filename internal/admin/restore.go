@@ -89,6 +89,9 @@ func Restore(ctx context.Context, o RestoreOptions) (rep RestoreReport, err erro
 	}
 
 	step("verifying the backup")
+	if b, err := OpenBackup(o.Backup); err == nil && b.Manifest.IsPostgres() {
+		return rep, fmt.Errorf("%w: %s is a backup of a PostgreSQL deployment; restore it into an empty PostgreSQL database (store.backend: postgres with postgres.dsn_file, or --dsn-file); restoring it into SQLCipher is not supported", ErrBackupBackend, o.Backup)
+	}
 	vr, err := VerifyBackup(ctx, o.Backup, backupKey, o.TmpDir)
 	rep.Backup = vr
 	if err != nil {
