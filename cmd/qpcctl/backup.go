@@ -13,7 +13,7 @@ import (
 func newBackupCommand(g *globals) *cobra.Command {
 	b := &cobra.Command{Use: "backup", Short: "Take and check backups", Args: cobra.NoArgs}
 
-	var out string
+	var out, createKeyFile, dsn, dsnFile string
 	var force bool
 	create := &cobra.Command{
 		Use:   "create --out FILE",
@@ -21,11 +21,21 @@ func newBackupCommand(g *globals) *cobra.Command {
 		Long: "The backup is a snapshot of the database taken in one read transaction while qpcd keeps serving,\n" +
 			"encrypted under the database key, with a manifest (format, qpcd and schema versions, time, SHA-256).\n" +
 			"It is written atomically: temporary file, fsync, checks, rename. Back the database key up separately:\n" +
-			"the backup cannot be opened without it.",
+			"the backup cannot be opened without it.\n" +
+			"PostgreSQL (store.backend: postgres, or --dsn-file): qpcctl reads every table in one REPEATABLE READ\n" +
+			"snapshot itself, while the nodes keep serving, and encrypts the dump under the backup key (--key-file,\n" +
+			"else db.key_file / <data_dir>/db.key: 64 hex characters, e.g. openssl rand -hex 32); the manifest\n" +
+			"carries each table's row count and checksum. See docs/operations.md, \"Backups on PostgreSQL\".",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
 				return usageError{fmt.Errorf("backup create needs --out FILE")}
+			}
+			if pg, cfg := g.postgresDeployment(dsn, dsnFile); pg {
+				return g.createPostgresBackup(cmd, cfg, out, force, createKeyFile, dsn, dsnFile)
+			}
+			if createKeyFile != "" {
+				return usageError{fmt.Errorf("--key-file is for PostgreSQL deployments; a SQLCipher backup is encrypted under the database key")}
 			}
 			c, err := g.client()
 			if err != nil {
@@ -59,6 +69,9 @@ func newBackupCommand(g *globals) *cobra.Command {
 	}
 	create.Flags().StringVar(&out, "out", "", "backup file to write (must not exist unless --force)")
 	create.Flags().BoolVar(&force, "force", false, "replace --out if it exists")
+	create.Flags().StringVar(&createKeyFile, "key-file", "", "PostgreSQL: the backup key file (default: the configured database key file)")
+	create.Flags().StringVar(&dsn, "dsn", "", "PostgreSQL: the deployment's connection string (default: postgres.dsn; visible in the process list: prefer --dsn-file)")
+	create.Flags().StringVar(&dsnFile, "dsn-file", "", "PostgreSQL: file holding the connection string (default: postgres.dsn_file)")
 
 	var keyFile, tmpDir string
 	verify := &cobra.Command{
@@ -93,7 +106,9 @@ func newBackupCommand(g *globals) *cobra.Command {
 	}
 	verify.Flags().StringVar(&keyFile, "key-file", "", "key file the backup was encrypted under (default: the configured database key)")
 	verify.Flags().StringVar(&tmpDir, "tmp-dir", "", "directory for the extracted database while it is checked (default: system temp)")
-	b.AddCommand(create, verify)
+	restore := newRestoreCommand(g)
+	restore.Short = "Same as qpcctl restore: " + restore.Short
+	b.AddCommand(create, verify, restore)
 	return b
 }
 
@@ -122,6 +137,12 @@ func printManifest(w io.Writer, m admin.Manifest) {
 	fmt.Fprintf(w, "qpcd version:   %s\n", m.QPCDVersion)
 	fmt.Fprintf(w, "schema version: %d\n", m.SchemaVersion)
 	fmt.Fprintf(w, "format:         %d\n", m.Format)
+	if m.IsPostgres() {
+		fmt.Fprintf(w, "backend:        postgres (server %s)\n", m.PostgresVersion)
+		fmt.Fprintf(w, "payload sha256: %s\n", m.DBSHA256)
+		fmt.Fprintf(w, "backup key id:  %s\n", m.KeyID)
+		return
+	}
 	fmt.Fprintf(w, "db sha256:      %s\n", m.DBSHA256)
 	fmt.Fprintf(w, "db key id:      %s\n", m.KeyID)
 }

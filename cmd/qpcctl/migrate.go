@@ -33,19 +33,9 @@ func newMigrateCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if dsn != "" && dsnFile != "" {
-				return usageError{errors.New("pass --dsn or --dsn-file, not both")}
-			}
-			if dsn != "" {
-				cfg.Postgres.DSN = secret.New([]byte(dsn))
-			}
-			if dsnFile != "" {
-				cfg.Postgres.DSN = secret.Bytes{}
-				cfg.Postgres.DSNFile = dsnFile
-			}
-			pc, err := cfg.PostgresConn()
+			pc, err := postgresTarget(cfg, dsn, dsnFile, "qpcctl migrate to-postgres: give the target with --dsn-file FILE or --dsn")
 			if err != nil {
-				return usageError{fmt.Errorf("%w (qpcctl migrate to-postgres: give the target with --dsn-file FILE or --dsn)", err)}
+				return err
 			}
 			defer pc.DSN.Wipe()
 			key, err := g.dbKey(cfg)
@@ -81,6 +71,12 @@ func newMigrateCommand(g *globals) *cobra.Command {
 
 func printCopyReport(w io.Writer, rep store.CopyReport) {
 	fmt.Fprintf(w, "copied into %s: %d rows, schema version %d, verified, in %.1fs\n", rep.Target, rep.Rows, rep.SchemaVersion, rep.TookSeconds)
+	printCopyTables(w, rep)
+	fmt.Fprintln(w, "next: start qpcd with store.backend: postgres and this database (postgres.dsn_file); keep the SQLCipher data directory until the new deployment is trusted")
+}
+
+// printCopyTables prints what a copy into PostgreSQL did, table by table.
+func printCopyTables(w io.Writer, rep store.CopyReport) {
 	if rep.TargetMigrated {
 		fmt.Fprintln(w, "the target was empty and was migrated first")
 	}
@@ -104,5 +100,25 @@ func printCopyReport(w io.Writer, rep store.CopyReport) {
 		rows = append(rows, []string{t.Table, fmt.Sprint(t.Rows), how, sum, next})
 	}
 	tableRows(w, []string{"TABLE", "ROWS", "", "CHECKSUM", "NEXT ID"}, rows)
-	fmt.Fprintln(w, "next: start qpcd with store.backend: postgres and this database (postgres.dsn_file); keep the SQLCipher data directory until the new deployment is trusted")
+}
+
+// postgresTarget resolves the PostgreSQL connection string: --dsn-file,
+// --dsn, else qpcd's postgres.dsn / postgres.dsn_file (postgres.sslmode
+// and postgres.ca_file apply either way). hint says how to give one.
+func postgresTarget(cfg config.Config, dsn, dsnFile, hint string) (config.PostgresConn, error) {
+	if dsn != "" && dsnFile != "" {
+		return config.PostgresConn{}, usageError{errors.New("pass --dsn or --dsn-file, not both")}
+	}
+	if dsn != "" {
+		cfg.Postgres.DSN = secret.New([]byte(dsn))
+	}
+	if dsnFile != "" {
+		cfg.Postgres.DSN = secret.Bytes{}
+		cfg.Postgres.DSNFile = dsnFile
+	}
+	pc, err := cfg.PostgresConn()
+	if err != nil {
+		return config.PostgresConn{}, usageError{fmt.Errorf("%w (%s)", err, hint)}
+	}
+	return pc, nil
 }
