@@ -44,6 +44,8 @@ func newRestoreCommand(g *globals) *cobra.Command {
 			case openErr != nil && pgTarget:
 				return failed(openErr)
 			case openErr != nil:
+			case b.Manifest.IsPostgres() && !pgTarget:
+				return failed(fmt.Errorf("%w: %s is a backup of a PostgreSQL deployment and this deployment is SQLCipher; restore it into a new, empty PostgreSQL database (--dsn-file FILE, or store.backend: postgres with postgres.dsn_file); restoring it into SQLCipher is not supported", admin.ErrBackupBackend, args[0]))
 			case b.Manifest.IsPostgres():
 				if dryRun {
 					return usageError{fmt.Errorf("--dry-run is for SQLCipher backups; check a PostgreSQL backup with qpcctl backup verify, or restore it into a scratch database")}
