@@ -43,7 +43,7 @@ func FuzzOpenBackup(f *testing.F) {
 		}
 		b, err := OpenBackup(p)
 		if err == nil {
-			if b.Manifest.Format != BackupFormat || b.Size != int64(len(in)) {
+			if checkFormat(b.Manifest) != nil || b.Size != int64(len(in)) {
 				t.Fatalf("accepted an inconsistent backup: %+v", b)
 			}
 			return
@@ -65,6 +65,10 @@ func FuzzBackupManifest(f *testing.F) {
 	f.Add(good, db)
 	f.Add([]byte(`{"format":1,"db_bytes":-5}`), db)
 	f.Add([]byte(`{"format":99}`), []byte{})
+	pg, _ := json.Marshal(Manifest{Format: BackupFormatPostgres, Backend: "postgres", Cipher: payloadCipher, Salt: hex.EncodeToString(make([]byte, payloadSaltSize)),
+		Tables: map[string]int64{"accounts": 1}, Checksums: map[string]string{"accounts": hex.EncodeToString(sum[:])}, DBBytes: int64(len(db)), DBSHA256: hex.EncodeToString(sum[:])})
+	f.Add(pg, db)
+	f.Add([]byte(`{"format":2,"backend":"postgres","cipher":"x"}`), db)
 	f.Add([]byte(`{"db_bytes":9223372036854775807}`), db)
 	f.Fuzz(func(t *testing.T, manifest, dbBytes []byte) {
 		if len(manifest) == 0 || len(manifest) > maxManifestLen {
