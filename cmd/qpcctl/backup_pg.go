@@ -80,6 +80,9 @@ func (g *globals) createPostgresBackup(cmd *cobra.Command, cfg config.Config, ou
 		printManifest(w, res.Manifest)
 		fmt.Fprintf(w, "took:           %.2fs\n", res.TookSeconds)
 		printTables(w, res.Manifest.Tables)
+		if !res.Recorded {
+			fmt.Fprintln(w, "note: the backup could not be recorded in the database (meta admin.last_backup); QpcdBackupTooOld does not see it")
+		}
 	})
 }
 

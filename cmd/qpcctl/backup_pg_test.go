@@ -7,9 +7,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -110,7 +113,8 @@ func writeBackupKey(t *testing.T, hexByte string) string {
 func TestPostgresBackupEndToEnd(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
 	dsnFile := writeDSNFile(t, shortDir(t), dsn)
-	env := []string{"QPC_STORE_BACKEND=postgres", "QPC_POSTGRES_DSN_FILE=" + dsnFile}
+	// A short heartbeat: the nodes pick up the backup record sooner.
+	env := []string{"QPC_STORE_BACKEND=postgres", "QPC_POSTGRES_DSN_FILE=" + dsnFile, "QPC_CLUSTER_HEARTBEAT=500ms"}
 	dirA, dirB := shortDir(t), shortDir(t)
 	nodeA := startQPCD(t, dirA, env...)
 	copyTree(t, filepath.Join(dirA, "tls"), filepath.Join(dirB, "tls"))
@@ -189,6 +193,15 @@ func TestPostgresBackupEndToEnd(t *testing.T) {
 		t.Fatalf("backup manifest %+v", m)
 	}
 	t.Logf("backup: %d bytes, %d messages, taken in %.2fs while alice and bob sent", res.Bytes, m.Tables["messages"], res.TookSeconds)
+	// Recorded in the database; both nodes export it for QpcdBackupTooOld.
+	if !res.Recorded {
+		t.Fatal("the backup was not recorded in the database")
+	}
+	for _, n := range []*daemon{nodeA, nodeB} {
+		waitFor(t, 20*time.Second, "node exports the backup time", func() bool {
+			return metricValue(t, n, "qpcd_backup_last_success_timestamp_seconds") == float64(m.CreatedAt.UnixNano())/1e9
+		})
+	}
 
 	// verify: OK with the key; JSON names the checks.
 	var vr admin.VerifyReport
@@ -395,6 +408,30 @@ func TestPostgresBackupVerifyDetectsDamage(t *testing.T) {
 	if r := ctl(t, sq, "restore", backup, "--backup-key-file", keyFile); r.code != 1 || !strings.Contains(r.stderr, "PostgreSQL deployment") {
 		t.Fatalf("restore of a PostgreSQL backup into SQLCipher: exit %d, stderr %q", r.code, r.stderr)
 	}
+}
+
+// metricValue scrapes one unlabelled metric from a node's ops endpoint (-1: absent).
+func metricValue(t *testing.T, d *daemon, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + d.ops + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	return -1
 }
 
 // nodeDSNFile finds the DSN file a startPGNodes node runs on (from its log).

@@ -127,6 +127,11 @@ type KeyPackageSuite struct {
 	LastResort int64  `json:"last_resort"`
 }
 
+// MetaLastBackup is the meta row that holds the last BackupRecord (JSON):
+// written by qpcd when qpcctl confirms a SQLCipher backup, by qpcctl itself
+// for a PostgreSQL backup.
+const MetaLastBackup = "admin.last_backup"
+
 // BackupRecord is the last backup qpcctl confirmed as written.
 type BackupRecord struct {
 	At       time.Time `json:"at"`

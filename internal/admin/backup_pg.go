@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -167,7 +168,17 @@ func CreatePostgresBackup(ctx context.Context, o PostgresBackupOptions) (res Bac
 	}
 	done = true
 	_ = store.SyncDir(dir)
-	return BackupResult{File: abs, Bytes: b.Size, Manifest: b.Manifest, TookSeconds: time.Since(start).Seconds()}, nil
+	res = BackupResult{File: abs, Bytes: b.Size, Manifest: b.Manifest, TookSeconds: time.Since(start).Seconds()}
+	// Record it where every node reads it (status, the backup-age alert).
+	rec, err := json.Marshal(BackupRecord{At: m.CreatedAt, Bytes: b.Size, DBSHA256: m.DBSHA256, File: abs})
+	if err == nil {
+		err = store.SetMetaPostgres(ctx, o.DSN, MetaLastBackup, string(rec))
+	}
+	res.Recorded = err == nil
+	if err != nil && o.Logger != nil {
+		o.Logger.Warn("admin: the backup was written but not recorded in the database", "err", err)
+	}
+	return res, nil
 }
 
 // payloadReader opens the backup's payload for reading, decrypted under

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/quicprochat/quicprochat/internal/admin"
+	"github.com/quicprochat/quicprochat/internal/store"
 	"github.com/quicprochat/quicprochat/internal/version"
 )
 
@@ -75,6 +76,15 @@ func (s *Server) startHeartbeat() (stop func()) {
 			// A database outage is reported by its own check; this is the
 			// registry's consequence of it.
 			s.log.Debug("node registry heartbeat failed", "node", s.nodeID, "err", err)
+		}
+		if err == nil && s.db.Backend() == store.BackendPostgres && s.backupLast != nil {
+			// On PostgreSQL qpcctl records backups in the database itself
+			// (no node is involved): every node picks the record up here.
+			rctx, rcancel := context.WithTimeout(ctx, heartbeatTimeout)
+			if rec, err := s.lastBackup(rctx); err == nil && rec != nil {
+				s.backupLast.Set(float64(rec.At.UnixNano()) / 1e9)
+			}
+			rcancel()
 		}
 	}
 	beat()

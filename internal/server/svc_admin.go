@@ -47,7 +47,7 @@ type adminPart struct {
 
 // meta keys the admin service keeps in the database.
 const (
-	metaLastBackup   = "admin.last_backup"
+	metaLastBackup   = admin.MetaLastBackup
 	metaDBKeyRotated = "admin.db_key_rotated_at"
 )
 

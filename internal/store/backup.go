@@ -77,7 +77,7 @@ type FileReport struct {
 // on error it is removed.
 func (db *DB) Snapshot(ctx context.Context, dst string) (FileReport, error) {
 	if db.pg != nil {
-		return FileReport{}, fmt.Errorf("%w: Snapshot copies a SQLCipher file; on PostgreSQL use the database's own backup tools (docs/operations.md)", ErrNotSupported)
+		return FileReport{}, fmt.Errorf("%w: qpcd snapshots SQLCipher files; on PostgreSQL qpcctl backup create reads the database itself: run it with qpcd's configuration (store.backend: postgres) or --dsn-file (docs/operations.md, \"Backups on PostgreSQL\")", ErrNotSupported)
 	}
 	db.maint.Lock()
 	defer db.maint.Unlock()

@@ -408,3 +408,18 @@ func checkNodesStopped(ctx context.Context, q querier, target string, now time.T
 	}
 	return nil
 }
+
+// SetMetaPostgres writes one meta row of the PostgreSQL deployment at dsn
+// (qpcctl records a backup there; the nodes read it on their heartbeat).
+func SetMetaPostgres(ctx context.Context, dsn secret.Bytes, key, value string) error {
+	pool, conn, target, err := openPGConn(ctx, dsn, "qpcctl")
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", key, value); err != nil {
+		return fmt.Errorf("store: %s: write meta %s: %w", target, key, err)
+	}
+	return nil
+}
