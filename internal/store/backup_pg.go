@@ -129,7 +129,8 @@ func DumpPostgres(ctx context.Context, o DumpOptions, w io.Writer) (rep DumpRepo
 		return rep, fmt.Errorf("%w (back it up with the qpcctl of the release its qpcd nodes run)", err)
 	}
 	rep.SchemaVersion = st.version()
-	plan, err := planPG(ctx, tx, target)
+	// A deployment at an older schema than this qpcctl's has fewer tables.
+	plan, err := planPG(ctx, tx, target, rep.SchemaVersion < len(known))
 	if err != nil {
 		return rep, err
 	}
@@ -285,7 +286,9 @@ func RestorePostgres(ctx context.Context, o RestoreOptions, r io.Reader) (rep Re
 			return rep, fmt.Errorf("%w: %s is at schema version %d, the backup at %d; restore into a new, empty database (createdb -O USER NAME)", ErrSchemaMismatch, target, v, dr.schemaVersion)
 		}
 	}
-	plan, err := planPG(ctx, conn, target)
+	// The target is at the backup's schema version, which may be older
+	// than this qpcctl's (the nodes migrate it further when they start).
+	plan, err := planPG(ctx, conn, target, dr.schemaVersion < len(known))
 	if err != nil {
 		return rep, err
 	}

@@ -302,7 +302,7 @@ func matchSchemas(ctx context.Context, src *sql.Tx, dst querier, target string) 
 	if err := checkKnownTables("the SQLCipher database", srcTables); err != nil {
 		return nil, err
 	}
-	plan, err := planPG(ctx, dst, target)
+	plan, err := planPG(ctx, dst, target, false)
 	if err != nil {
 		return nil, err
 	}
@@ -336,9 +336,10 @@ func checkKnownTables(where string, tables []string) error {
 }
 
 // planPG reads the plan's tables from a PostgreSQL database of qpcd's:
-// every table of the plan must be there and no other; columns come sorted,
-// with their kinds and the identity columns.
-func planPG(ctx context.Context, q querier, target string) ([]planned, error) {
+// every table of the plan must be there (unless olderSchema: a database at
+// an older schema version lacks the tables of later migrations) and no
+// other; columns come sorted, with their kinds and the identity columns.
+func planPG(ctx context.Context, q querier, target string, olderSchema bool) ([]planned, error) {
 	tables, err := stringList(ctx, q, "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'")
 	if err != nil {
 		return nil, fmt.Errorf("store: list the tables of %s: %w", target, err)
@@ -349,6 +350,9 @@ func planPG(ctx context.Context, q querier, target string) ([]planned, error) {
 	var plan []planned
 	for _, t := range copyPlan {
 		if !slices.Contains(tables, t.name) {
+			if olderSchema {
+				continue
+			}
 			return nil, fmt.Errorf("%w: table %q is missing in %s", ErrSchemaMismatch, t.name, target)
 		}
 		types, identity, err := pgColumns(ctx, q, t.name)
