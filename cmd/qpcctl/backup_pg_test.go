@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -403,10 +404,27 @@ func TestPostgresBackupVerifyDetectsDamage(t *testing.T) {
 	if r := ctl(t, dir, "backup", "verify", fb, "--key-file", keyFile); r.code != 1 || !strings.Contains(r.stderr, "does not authenticate") {
 		t.Fatalf("forged payload: exit %d, stderr %q", r.code, r.stderr)
 	}
-	// A SQLCipher data directory cannot take a PostgreSQL backup.
+	// A SQLCipher data directory cannot take a PostgreSQL backup, and a
+	// PostgreSQL database cannot take a SQLCipher backup.
 	sq := shortDir(t)
-	if r := ctl(t, sq, "restore", backup, "--backup-key-file", keyFile); r.code != 1 || !strings.Contains(r.stderr, "PostgreSQL deployment") {
+	if r := ctl(t, sq, "restore", backup, "--backup-key-file", keyFile); r.code != 1 || !strings.Contains(r.stderr, "another storage backend") || !strings.Contains(r.stderr, "PostgreSQL deployment") {
 		t.Fatalf("restore of a PostgreSQL backup into SQLCipher: exit %d, stderr %q", r.code, r.stderr)
+	}
+	page := filepath.Join(shortDir(t), "db")
+	if err := os.WriteFile(page, []byte("a SQLCipher file's bytes"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sum, n, err := admin.FileSHA256(page)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sqb bytes.Buffer
+	if err := admin.WriteBackup(&sqb, admin.Manifest{Format: admin.BackupFormat, SchemaVersion: 10, DBBytes: n, DBSHA256: sum, KeyID: "k"}, page); err != nil {
+		t.Fatal(err)
+	}
+	sqFile := variant("sqlcipher.qpcbak", sqb.Bytes())
+	if r := ctl(t, sq, "backup", "restore", sqFile, "--dsn-file", writeDSNFile(t, shortDir(t), pgtest.NewDatabase(t))); r.code != 1 || !strings.Contains(r.stderr, "another storage backend") || !strings.Contains(r.stderr, "migrate to-postgres") {
+		t.Fatalf("restore of a SQLCipher backup into PostgreSQL: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
 
