@@ -52,11 +52,13 @@ func TestPostgresBackupRoundTrip(t *testing.T) {
 	src := openPG(t, srcDSN, PostgresOptions{})
 	var progress []CopyProgress
 	var buf bytes.Buffer
+	dumpStart := time.Now()
 	rep, err := DumpPostgres(context.Background(), DumpOptions{DSN: secret.New([]byte(srcDSN)), Progress: func(p CopyProgress) { progress = append(progress, p) }}, &buf)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dump := buf.Bytes()
+	dumpTook := time.Since(dumpStart)
 	if rep.SchemaVersion != KnownPostgresSchemaVersion() || rep.PostgresVersion == "" || rep.SnapshotAt.IsZero() || len(rep.Tables) != len(copyPlan)-1 {
 		t.Fatalf("dump report %+v", rep)
 	}
@@ -78,10 +80,12 @@ func TestPostgresBackupRoundTrip(t *testing.T) {
 	}
 
 	dstDSN := pgtest.NewDatabase(t)
+	restoreStart := time.Now()
 	rrep, err := RestorePostgres(context.Background(), RestoreOptions{DSN: secret.New([]byte(dstDSN)), Expect: expectOf(rep.Tables)}, bytes.NewReader(dump))
 	if err != nil {
 		t.Fatalf("RestorePostgres: %v", err)
 	}
+	t.Logf("%d rows, %d-byte dump: dump %v, restore (migrate, copy, verify, commit) %v", rep.Rows, len(dump), dumpTook.Round(time.Millisecond), time.Since(restoreStart).Round(time.Millisecond))
 	if !rrep.TargetMigrated || rrep.KeyPackagesInvalidated != 2 || rrep.SchemaVersion != rep.SchemaVersion {
 		t.Fatalf("restore report %+v", rrep)
 	}
