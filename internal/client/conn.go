@@ -43,6 +43,10 @@ var ErrPinMismatch = transport.ErrPinMismatch
 // it, a live server is never silent that long).
 const DefaultIdleTimeout = 10 * time.Second
 
+// NodeDialTimeout bounds a connection attempt to one of several nodes
+// while others remain to be tried.
+const NodeDialTimeout = 3 * time.Second
+
 // Conn is a connection to qpcd that redials when the server drains, the
 // connection idles out or closes, and retries transient failures with
 // Backoff. Given several nodes, it uses one at a time and fails over to
@@ -168,14 +172,20 @@ func (c *Conn) client(ctx context.Context) (*rpcclient.Client, int, error) {
 		defer c.mu.Unlock()
 		return c.rc, c.rcNode, nil
 	}
+	var moved string
 	if c.rc != nil {
+		// The connection ended under us (the node closed it, drained, or
+		// went silent past the idle timeout): that node failed.
 		_ = c.rc.Close()
 		c.rc = nil
+		if c.nodes.failed(c.rcNode) {
+			_, moved = c.nodes.current()
+			c.log.Warn("client: connection to a server node lost; moving to the next", "node", c.nodes.addrs[c.rcNode], "next", moved)
+		}
 	}
 	var (
 		firstTrust *TrustError
 		lastErr    error
-		moved      string
 	)
 	defer func() {
 		f := c.onMove
@@ -184,9 +194,17 @@ func (c *Conn) client(ctx context.Context) (*rpcclient.Client, int, error) {
 			f(moved)
 		}
 	}()
-	for range c.nodes.addrs {
+	for k := range c.nodes.addrs {
 		i, addr := c.nodes.current()
-		rc, err := c.dialNode(ctx, addr)
+		// While other nodes remain to be tried, a node that does not
+		// answer quickly is given up on (QUIC has no "connection refused":
+		// a dead node's port just stays silent); the last one gets the
+		// full handshake time.
+		timeout := c.backoff.DialTimeout
+		if k < len(c.nodes.addrs)-1 && (timeout <= 0 || timeout > NodeDialTimeout) {
+			timeout = NodeDialTimeout
+		}
+		rc, err := c.dialNode(ctx, addr, timeout)
 		if err == nil {
 			c.rc, c.rcNode = rc, i
 			return rc, i, nil
@@ -212,11 +230,11 @@ func (c *Conn) client(ctx context.Context) (*rpcclient.Client, int, error) {
 }
 
 // dialNode dials one node (c.mu held).
-func (c *Conn) dialNode(ctx context.Context, addr string) (*rpcclient.Client, error) {
+func (c *Conn) dialNode(ctx context.Context, addr string, timeout time.Duration) (*rpcclient.Client, error) {
 	dctx := ctx
-	if c.backoff.DialTimeout > 0 {
+	if timeout > 0 {
 		var cancel context.CancelFunc
-		dctx, cancel = context.WithTimeout(ctx, c.backoff.DialTimeout)
+		dctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
 	rc, err := rpcclient.Dial(dctx, addr, c.opts)

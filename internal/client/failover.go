@@ -104,7 +104,8 @@ func (l *nodeList) coolingDown(i int) bool { return l.b.Now().Before(l.until[i])
 // failed records that node i failed. Its cool-down is a jittered wait in
 // [Base, min(Max, Base*2^(fails-1))]; if it was the node in use, the client
 // moves to the next node after it (in list order, wrapping) that is not
-// cooling down, or, when all are, to the one whose cool-down ends first.
+// cooling down, or, when all are, to the one whose cool-down ends first
+// (unless its own ends sooner).
 // It reports whether the node in use changed.
 func (l *nodeList) failed(i int) bool {
 	l.fails[i]++
@@ -127,7 +128,7 @@ func (l *nodeList) failed(i int) bool {
 			best = j
 		}
 	}
-	if best >= 0 && (!l.coolingDown(best) || l.until[best].Before(l.until[i])) {
+	if best >= 0 && (!l.coolingDown(best) || !l.until[i].Before(l.until[best])) {
 		l.cur = best
 	}
 	return l.cur != i
