@@ -1,6 +1,7 @@
 package client
 
 import (
+	"database/sql"
 	"errors"
 	"slices"
 	"testing"
@@ -151,5 +152,54 @@ func TestConnFailsOverAndSticks(t *testing.T) {
 	var te *TrustError
 	if !errors.As(err, &te) || te.Addr != b.Addr() {
 		t.Fatalf("with a down and b untrusted: %v", err)
+	}
+}
+
+// A home made before several nodes existed (schema 0006: one address, one
+// pin, no current_node) opens, migrates and works as a list of one.
+func TestHomeFromBeforeClustersKeepsWorking(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	c, o := newTestClient(t, srv, testKey(t))
+	ctx := ctxT(t)
+	// Turn the home back into a 0006 one.
+	err := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		for _, q := range []string{
+			`CREATE TABLE settings_0006 (id INTEGER PRIMARY KEY CHECK (id = 1), server_addr TEXT NOT NULL,
+				pin_sha256 TEXT NOT NULL DEFAULT '', ca_file TEXT NOT NULL DEFAULT '', server_name TEXT NOT NULL DEFAULT '',
+				kp_stock INTEGER NOT NULL DEFAULT 10)`,
+			`INSERT INTO settings_0006 SELECT id, server_addr, pin_sha256, ca_file, server_name, kp_stock FROM settings`,
+			`DROP TABLE settings`,
+			`ALTER TABLE settings_0006 RENAME TO settings`,
+			`DELETE FROM schema_migrations WHERE version = 7`,
+		} {
+			if _, err := tx.ExecContext(ctx, q); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c, err = Open(ctx, o)
+	if err != nil {
+		t.Fatalf("open a 0006 home: %v", err)
+	}
+	defer c.Close()
+	var last string
+	if err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `SELECT current_node FROM settings WHERE id = 1`).Scan(&last)
+	}); err != nil || last != "" {
+		t.Fatalf("migration 0007 on the old home: current_node %q, %v", last, err)
+	}
+	nodes, cur := c.Servers()
+	if !slices.Equal(nodes, []string{srv.Addr()}) || cur != srv.Addr() {
+		t.Fatalf("servers %v, current %s", nodes, cur)
+	}
+	if _, err := c.Ping(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
