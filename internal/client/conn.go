@@ -240,10 +240,10 @@ func (c *Conn) dialNode(ctx context.Context, addr string, timeout time.Duration)
 	rc, err := rpcclient.Dial(dctx, addr, c.opts)
 	if err != nil {
 		if errors.Is(err, transport.ErrPinMismatch) {
-			return nil, &TrustError{Addr: addr, Presented: presentedFingerprint(err), err: err, pinned: true}
+			return nil, &TrustError{Addr: addr, Presented: presentedFingerprint(err), err: err, pinned: true, servers: c.trust.Addr, pins: c.trust.PinSHA256}
 		}
 		if fp, ok := untrustedCert(err); ok {
-			return nil, &TrustError{Addr: addr, Presented: fp, err: err}
+			return nil, &TrustError{Addr: addr, Presented: fp, err: err, servers: c.trust.Addr, pins: c.trust.PinSHA256}
 		}
 		return nil, &dialError{addr: addr, err: err}
 	}
@@ -284,10 +284,13 @@ func (c *Conn) nodeOK(node int) {
 // self-signed qpcd reached without --pin). Retrying cannot help; the user
 // must check the fingerprint and re-pin. Outbox entries stay pending.
 type TrustError struct {
-	Addr      string
+	Addr      string // the node that presented the certificate
 	Presented string // SHA-256 of the certificate the server presented ("" if unknown)
 	pinned    bool
 	err       error
+	// With several nodes, the whole list and the pins in force, so the
+	// advice re-pins without dropping the other nodes.
+	servers, pins string
 }
 
 func (e *TrustError) Error() string {
@@ -295,12 +298,19 @@ func (e *TrustError) Error() string {
 	if fp == "" {
 		fp = "<fingerprint>"
 	}
+	server, pin := e.Addr, fp
+	if len(SplitList(e.servers)) > 1 {
+		server = e.servers
+		if e.pins != "" {
+			pin = e.pins + "," + fp // keep the other nodes' pins
+		}
+	}
 	if e.pinned {
 		return fmt.Sprintf("client: the server's certificate changed (%v); if the operator rotated it, check the new fingerprint with them (cert_sha256 in qpcd's log, or qpcctl status) and re-pin: qpc init --server %s --pin %s",
-			e.err, e.Addr, fp)
+			e.err, server, pin)
 	}
 	return fmt.Sprintf("client: the server's certificate is not trusted (%v); for a self-signed qpcd, check its fingerprint (cert_sha256 in qpcd's log, or qpcctl status) and pin it: qpc init --server %s --pin %s",
-		e.err, e.Addr, fp)
+		e.err, server, pin)
 }
 
 func (e *TrustError) Unwrap() error { return e.err }
@@ -400,10 +410,16 @@ func (c *Conn) Once(ctx context.Context, method, token string, req, resp proto.M
 	return err
 }
 
-// once is Once; it also reports whether the client moved to another node.
+// once is Once; it also reports whether the client moved to a node with
+// no recent failure (the retry need not wait long for it).
 func (c *Conn) once(ctx context.Context, method, token string, req, resp proto.Message) (moved bool, err error) {
 	before := c.Current()
-	defer func() { moved = c.Current() != before }()
+	defer func() {
+		c.mu.Lock()
+		i, now := c.nodes.current()
+		moved = now != before && c.nodes.fails[i] == 0
+		c.mu.Unlock()
+	}()
 	rc, node, err := c.client(ctx)
 	if err != nil {
 		return false, err
@@ -434,9 +450,10 @@ func (c *Conn) once(ctx context.Context, method, token string, req, resp proto.M
 // Call makes the call, retrying transient failures (after reconnecting
 // where the connection was lost) with capped exponential backoff and full
 // jitter. Only idempotent calls (or calls whose repetition is harmless)
-// should use it. When a failure moved the client to another node, that
-// node is tried after a short jittered wait (the first retry's), not the
-// grown backoff: it has not failed.
+// should use it. When a failure moved the client to another node that
+// has not failed lately, that node is tried after a short jittered wait
+// (the first retry's), not the grown backoff; when every node fails (a
+// database outage behind them all), the waits grow as with one node.
 func (c *Conn) Call(ctx context.Context, method, token string, req, resp proto.Message) error {
 	return c.CallAuth(ctx, method, func(context.Context, bool) (string, error) { return token, nil }, req, resp)
 }

@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -152,6 +153,10 @@ func TestConnFailsOverAndSticks(t *testing.T) {
 	var te *TrustError
 	if !errors.As(err, &te) || te.Addr != b.Addr() {
 		t.Fatalf("with a down and b untrusted: %v", err)
+	}
+	// The advice keeps every node and the pin in force.
+	if want := "qpc init --server " + b.Addr() + "," + a.Addr() + " --pin " + a.Pin() + "," + b.Pin(); !strings.Contains(err.Error(), want) {
+		t.Fatalf("advice %q lacks %q", err, want)
 	}
 }
 
