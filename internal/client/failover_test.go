@@ -1,8 +1,10 @@
 package client
 
 import (
+	"context"
 	"database/sql"
 	"errors"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -207,4 +209,40 @@ func TestHomeFromBeforeClustersKeepsWorking(t *testing.T) {
 	if _, err := c.Ping(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// When every node fails, the waits between attempts grow as with one node
+// (a failover does not turn an outage of them all into a tight loop).
+func TestAllNodesDownBacksOff(t *testing.T) {
+	var addrs []string
+	for range 3 {
+		addrs = append(addrs, freeUDPAddr(t))
+	}
+	var waits []time.Duration
+	b := Backoff{Base: 100 * time.Millisecond, Max: 10 * time.Second, MaxAttempts: 4, DialTimeout: 50 * time.Millisecond,
+		Rand:  func(n int64) int64 { return n - 1 },
+		Sleep: func(ctx context.Context, d time.Duration) error { waits = append(waits, d); return nil }}
+	c, err := NewConn(ServerTrust{Addr: strings.Join(addrs, ","), PinSHA256: strings.Repeat("ab", 32)}, b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resp qpcv1.PingResponse
+	err = c.Call(ctxT(t), "Ping", "", &qpcv1.PingRequest{}, &resp)
+	if !Retryable(err) {
+		t.Fatalf("all nodes down: %v", err)
+	}
+	if want := []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond}; !slices.Equal(waits, want) {
+		t.Fatalf("waits %v, want %v", waits, want)
+	}
+}
+
+// freeUDPAddr is a loopback UDP address nothing listens on.
+func freeUDPAddr(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	return pc.LocalAddr().String()
 }
