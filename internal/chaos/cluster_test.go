@@ -3,6 +3,7 @@ package chaos
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quicprochat/quicprochat/internal/chaos/faultproxy"
 	"github.com/quicprochat/quicprochat/internal/client"
 	"github.com/quicprochat/quicprochat/internal/store"
 	"github.com/quicprochat/quicprochat/internal/store/pgtest"
@@ -342,4 +344,52 @@ func roundAll(ds []time.Duration) []string {
 		out[i] = d.Round(time.Millisecond).String()
 	}
 	return out
+}
+
+// A node cut off from the database (the TCP fault proxy partitions its
+// PostgreSQL link; the QUIC side stays up) answers UNAVAILABLE: its SDK
+// client moves to a node that still reaches the database and its call
+// succeeds there, without waiting for the partition to heal.
+func TestChaosClusterNodeUnavailable(t *testing.T) {
+	requirePostgres(t)
+	dsn := pgtest.NewDatabase(t)
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := faultproxy.ListenTCP("127.0.0.1:0", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	proxied := *u
+	proxied.Host = p.Addr()
+	env := []string{"QPC_STORE_BACKEND=postgres", "QPC_POSTGRES_STATEMENT_TIMEOUT=2s", "QPC_POSTGRES_CONNECT_TIMEOUT=2s"}
+	a := newNode(t, "", append(env, "QPC_POSTGRES_DSN="+proxied.String())...)
+	a.start()
+	b := newNode(t, "", append(env, "QPC_POSTGRES_DSN="+dsn)...)
+	b.start()
+	c := clusterClient(t, []*node{a, b}, 0, "uma", 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := c.Sync(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, cur := c.Servers(); cur != a.listen {
+		t.Fatalf("on %s before the partition, not node A", cur)
+	}
+	p.Set(faultproxy.Faults{Partition: true})
+	cut := time.Now()
+	// A fetch needs the database (WhoAmI may be answered from caches).
+	if _, err := c.Sync(ctx, 0); err != nil {
+		t.Fatalf("fetch with node A cut off from the database: %v", err)
+	}
+	took := time.Since(cut)
+	if _, cur := c.Servers(); cur != b.listen {
+		t.Fatalf("on %s after node A answered UNAVAILABLE, want node B", cur)
+	}
+	if !a.alive() {
+		t.Fatal("node A exited; the test is about a live node that answers UNAVAILABLE")
+	}
+	summary(t, "node A cut off from PostgreSQL (statement timeout 2s): the client's call answered by node B %s after the cut", took.Round(time.Millisecond))
 }
