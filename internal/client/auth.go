@@ -288,22 +288,11 @@ func (c *Client) token(ctx context.Context, force bool) (string, error) {
 	return c.loginLocked(ctx)
 }
 
-// call is an authenticated call with retries; a refused token is renewed
-// once.
+// call is an authenticated call with retries. Every attempt asks for the
+// token afresh (a retry after a long backoff renews one that expired
+// meanwhile); a token the server refuses is renewed once per call.
 func (c *Client) call(ctx context.Context, method string, req, resp proto.Message) error {
-	tok, err := c.token(ctx, false)
-	if err != nil {
-		return err
-	}
-	err = c.conn.Call(ctx, method, tok, req, resp)
-	var se *wire.StatusError
-	if errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_UNAUTHENTICATED {
-		if tok, err = c.token(ctx, true); err != nil {
-			return err
-		}
-		err = c.conn.Call(ctx, method, tok, req, resp)
-	}
-	return err
+	return c.conn.CallAuth(ctx, method, c.token, req, resp)
 }
 
 // WhoAmI asks the server who the current token belongs to.

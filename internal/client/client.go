@@ -54,6 +54,11 @@ type Options struct {
 	// 30s, long polls their wait + 10s), so a dead connection fails a call
 	// with a retryable error instead of hanging it.
 	CallDeadlines rpcclient.Deadlines
+	// IdleTimeout is how long a connection may stay silent before it
+	// counts as dead and the client redials (moving to the next server
+	// node, if it has several); keep-alives go every third of it. Default
+	// DefaultIdleTimeout (10s).
+	IdleTimeout time.Duration
 	// KeyPackageTTL is how long the server keeps an uploaded KeyPackage;
 	// default 24h (the server's keypackages.ttl).
 	KeyPackageTTL time.Duration
@@ -214,7 +219,36 @@ func newClient(ctx context.Context, o Options, db *store.DB) (*Client, error) {
 		return nil, err
 	}
 	conn.SetCallDeadlines(o.CallDeadlines)
-	return &Client{opts: o, db: db, log: o.Logger, now: o.Now, conn: conn}, nil
+	conn.SetIdleTimeout(o.IdleTimeout)
+	c := &Client{opts: o, db: db, log: o.Logger, now: o.Now, conn: conn}
+	// Start from the node that worked last time, and remember each move.
+	var last string
+	_ = db.ReadTx(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `SELECT current_node FROM settings WHERE id = 1`).Scan(&last)
+	})
+	conn.UseNode(last)
+	conn.OnMove(c.rememberNode)
+	return c, nil
+}
+
+// rememberNode records the node in use for the next run (best effort: a
+// failure only costs the next run a try of the old node).
+func (c *Client) rememberNode(addr string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE settings SET current_node = ? WHERE id = 1`, addr)
+		return err
+	})
+	if err != nil {
+		c.log.Debug("client: remember server node", "err", err)
+	}
+}
+
+// Servers are the server nodes this client was given and the one in use
+// (or tried next).
+func (c *Client) Servers() (nodes []string, current string) {
+	return c.conn.Nodes(), c.conn.Current()
 }
 
 // Close closes the connection and the database.

@@ -22,19 +22,35 @@ import (
 
 // ServerTrust says how to reach and trust the server.
 type ServerTrust struct {
-	Addr       string // host:port (UDP)
-	PinSHA256  string // leaf certificate fingerprint; empty: verify with CAs
+	// Addr is host:port (UDP), or the nodes of one deployment as a
+	// comma-separated list "host:port,host:port" (Addrs); the client
+	// fails over between them (failover.go).
+	Addr string
+	// PinSHA256 is the leaf certificate fingerprint, or a comma-separated
+	// list of them (Pins): every node must present a certificate that
+	// matches one. Empty: verify with CAs.
+	PinSHA256  string
 	CAFile     string // PEM roots for CA verification; empty: the system roots
-	ServerName string // TLS name; empty: the host of Addr
+	ServerName string // TLS name; empty: the host of the node's address
 }
 
 // ErrPinMismatch: the server's certificate is not the pinned one. The
 // wrapped error names both fingerprints.
 var ErrPinMismatch = transport.ErrPinMismatch
 
+// DefaultIdleTimeout is how long a connection may stay silent before the
+// client counts it as dead and moves on (with keep-alives every third of
+// it, a live server is never silent that long).
+const DefaultIdleTimeout = 10 * time.Second
+
+// NodeDialTimeout bounds a connection attempt to one of several nodes
+// while others remain to be tried.
+const NodeDialTimeout = 3 * time.Second
+
 // Conn is a connection to qpcd that redials when the server drains, the
 // connection idles out or closes, and retries transient failures with
-// Backoff. It is safe for concurrent use.
+// Backoff. Given several nodes, it uses one at a time and fails over to
+// the next when that one fails (failover.go). It is safe for concurrent use.
 type Conn struct {
 	trust   ServerTrust
 	opts    transport.DialOptions
@@ -42,8 +58,11 @@ type Conn struct {
 	log     *slog.Logger
 
 	mu        sync.Mutex
+	nodes     *nodeList
 	rc        *rpcclient.Client
+	rcNode    int // the node rc is connected to
 	deadlines rpcclient.Deadlines
+	onMove    func(addr string)
 }
 
 // SetCallDeadlines sets the deadline of every call (zero fields: the
@@ -59,17 +78,30 @@ func (c *Conn) SetCallDeadlines(d rpcclient.Deadlines) {
 	}
 }
 
+// SetIdleTimeout sets how long a silent connection lives (0: the default,
+// DefaultIdleTimeout); it applies from the next dial.
+func (c *Conn) SetIdleTimeout(d time.Duration) {
+	if d <= 0 {
+		d = DefaultIdleTimeout
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.opts.IdleTimeout = d
+	c.opts.KeepAlive = max(d/3, time.Millisecond)
+}
+
 // NewConn prepares a connection; nothing is dialled until the first call.
 func NewConn(trust ServerTrust, b Backoff, log *slog.Logger) (*Conn, error) {
-	if trust.Addr == "" {
-		return nil, errors.New("client: no server address; run qpc init --server HOST:PORT")
+	addrs := trust.Addrs()
+	if err := checkAddrs(addrs); err != nil {
+		return nil, err
 	}
-	o := transport.DialOptions{PinSHA256: trust.PinSHA256, ServerName: trust.ServerName}
-	if trust.PinSHA256 != "" {
-		if _, err := transport.NormalizeFingerprint(trust.PinSHA256); err != nil {
-			return nil, fmt.Errorf("client: --pin: %w; copy cert_sha256 from qpcd's start-up log", err)
-		}
+	pins := trust.Pins()
+	if err := checkPins(pins); err != nil {
+		return nil, err
 	}
+	o := transport.DialOptions{Pins: pins, ServerName: trust.ServerName,
+		IdleTimeout: DefaultIdleTimeout, KeepAlive: DefaultIdleTimeout / 3}
 	if trust.CAFile != "" {
 		pem, err := os.ReadFile(trust.CAFile)
 		if err != nil {
@@ -84,7 +116,37 @@ func NewConn(trust ServerTrust, b Backoff, log *slog.Logger) (*Conn, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Conn{trust: trust, opts: o, backoff: b.withDefaults(), log: log}, nil
+	b = b.withDefaults()
+	return &Conn{trust: trust, opts: o, backoff: b, log: log, nodes: newNodeList(addrs, b)}, nil
+}
+
+// Nodes are the server addresses, in the order they are tried.
+func (c *Conn) Nodes() []string { return append([]string(nil), c.nodes.addrs...) }
+
+// Current is the address of the node in use (or tried next).
+func (c *Conn) Current() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, a := c.nodes.current()
+	return a
+}
+
+// UseNode makes addr the node tried first (the one that worked last
+// time); an address not in the list is ignored.
+func (c *Conn) UseNode(addr string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.rc == nil {
+		c.nodes.use(addr)
+	}
+}
+
+// OnMove sets a function told the new node's address each time the client
+// moves to another node (the SDK remembers it for the next run).
+func (c *Conn) OnMove(f func(addr string)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.onMove = f
 }
 
 // Close closes the current connection, if any.
@@ -99,45 +161,121 @@ func (c *Conn) Close() error {
 	return err
 }
 
-func (c *Conn) client(ctx context.Context) (*rpcclient.Client, error) {
+// client returns the connection to the node in use, dialling it first if
+// needed. A node that cannot be reached (or presents a certificate this
+// client does not trust) counts as failed and the next one is tried, each
+// node at most once per call; if none answers, the first trust failure is
+// returned, else the last dial failure.
+func (c *Conn) client(ctx context.Context) (*rpcclient.Client, int, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.rc != nil && c.rc.Conn().Context().Err() == nil {
-		return c.rc, nil
+		defer c.mu.Unlock()
+		return c.rc, c.rcNode, nil
 	}
+	var moved string
 	if c.rc != nil {
+		// The connection ended under us (the node closed it, drained, or
+		// went silent past the idle timeout): that node failed.
 		_ = c.rc.Close()
 		c.rc = nil
+		if c.nodes.failed(c.rcNode) {
+			_, moved = c.nodes.current()
+			c.log.Warn("client: connection to a server node lost; moving to the next", "node", c.nodes.addrs[c.rcNode], "next", moved)
+		}
 	}
+	var (
+		firstTrust *TrustError
+		lastErr    error
+	)
+	defer func() {
+		f := c.onMove
+		c.mu.Unlock()
+		if moved != "" && f != nil {
+			f(moved)
+		}
+	}()
+	for k := range c.nodes.addrs {
+		i, addr := c.nodes.current()
+		// While other nodes remain to be tried, a node that does not
+		// answer quickly is given up on (QUIC has no "connection refused":
+		// a dead node's port just stays silent); the last one gets the
+		// full handshake time.
+		timeout := c.backoff.DialTimeout
+		if k < len(c.nodes.addrs)-1 && (timeout <= 0 || timeout > NodeDialTimeout) {
+			timeout = NodeDialTimeout
+		}
+		rc, err := c.dialNode(ctx, addr, timeout)
+		if err == nil {
+			c.rc, c.rcNode = rc, i
+			return rc, i, nil
+		}
+		if ctx.Err() != nil {
+			return nil, i, err
+		}
+		var te *TrustError
+		if errors.As(err, &te) && firstTrust == nil {
+			firstTrust = te
+		}
+		lastErr = err
+		if !c.nodes.failed(i) {
+			break // no other node to try now
+		}
+		_, moved = c.nodes.current()
+		c.log.Warn("client: server node failed; moving to the next", "node", addr, "next", moved, "err", err)
+	}
+	if firstTrust != nil {
+		return nil, c.nodes.cur, firstTrust
+	}
+	return nil, c.nodes.cur, lastErr
+}
+
+// dialNode dials one node (c.mu held).
+func (c *Conn) dialNode(ctx context.Context, addr string, timeout time.Duration) (*rpcclient.Client, error) {
 	dctx := ctx
-	if c.backoff.DialTimeout > 0 {
+	if timeout > 0 {
 		var cancel context.CancelFunc
-		dctx, cancel = context.WithTimeout(ctx, c.backoff.DialTimeout)
+		dctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	rc, err := rpcclient.Dial(dctx, c.trust.Addr, c.opts)
+	rc, err := rpcclient.Dial(dctx, addr, c.opts)
 	if err != nil {
 		if errors.Is(err, transport.ErrPinMismatch) {
-			return nil, &TrustError{Addr: c.trust.Addr, Presented: presentedFingerprint(err), err: err, pinned: true}
+			return nil, &TrustError{Addr: addr, Presented: presentedFingerprint(err), err: err, pinned: true, servers: c.trust.Addr, pins: c.trust.PinSHA256}
 		}
 		if fp, ok := untrustedCert(err); ok {
-			return nil, &TrustError{Addr: c.trust.Addr, Presented: fp, err: err}
+			return nil, &TrustError{Addr: addr, Presented: fp, err: err, servers: c.trust.Addr, pins: c.trust.PinSHA256}
 		}
-		return nil, &dialError{err: err}
+		return nil, &dialError{addr: addr, err: err}
 	}
 	rc.SetDeadlines(c.deadlines)
-	c.rc = rc
 	return rc, nil
 }
 
-// drop forgets rc so the next call redials (unless another call already did).
-func (c *Conn) drop(rc *rpcclient.Client) {
+// nodeFailed drops rc (if it is still the connection in use) and records
+// that its node failed, moving to the next node; the retry redials there.
+func (c *Conn) nodeFailed(rc *rpcclient.Client, node int, why error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.rc == rc {
 		_ = rc.Close()
 		c.rc = nil
 	}
+	moved := ""
+	if c.nodes.failed(node) {
+		_, moved = c.nodes.current()
+		c.log.Warn("client: server node failed; moving to the next", "node", c.nodes.addrs[node], "next", moved, "err", why)
+	}
+	f := c.onMove
+	c.mu.Unlock()
+	if moved != "" && f != nil {
+		f(moved)
+	}
+}
+
+// nodeOK records that node answered.
+func (c *Conn) nodeOK(node int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.nodes.ok(node)
 }
 
 // TrustError: the server answered but its certificate is not the one this
@@ -146,10 +284,13 @@ func (c *Conn) drop(rc *rpcclient.Client) {
 // self-signed qpcd reached without --pin). Retrying cannot help; the user
 // must check the fingerprint and re-pin. Outbox entries stay pending.
 type TrustError struct {
-	Addr      string
+	Addr      string // the node that presented the certificate
 	Presented string // SHA-256 of the certificate the server presented ("" if unknown)
 	pinned    bool
 	err       error
+	// With several nodes, the whole list and the pins in force, so the
+	// advice re-pins without dropping the other nodes.
+	servers, pins string
 }
 
 func (e *TrustError) Error() string {
@@ -157,12 +298,19 @@ func (e *TrustError) Error() string {
 	if fp == "" {
 		fp = "<fingerprint>"
 	}
+	server, pin := e.Addr, fp
+	if len(SplitList(e.servers)) > 1 {
+		server = e.servers
+		if e.pins != "" {
+			pin = e.pins + "," + fp // keep the other nodes' pins
+		}
+	}
 	if e.pinned {
 		return fmt.Sprintf("client: the server's certificate changed (%v); if the operator rotated it, check the new fingerprint with them (cert_sha256 in qpcd's log, or qpcctl status) and re-pin: qpc init --server %s --pin %s",
-			e.err, e.Addr, fp)
+			e.err, server, pin)
 	}
 	return fmt.Sprintf("client: the server's certificate is not trusted (%v); for a self-signed qpcd, check its fingerprint (cert_sha256 in qpcd's log, or qpcctl status) and pin it: qpc init --server %s --pin %s",
-		e.err, e.Addr, fp)
+		e.err, server, pin)
 }
 
 func (e *TrustError) Unwrap() error { return e.err }
@@ -213,10 +361,13 @@ func untrustedCert(err error) (string, bool) {
 }
 
 // dialError is a failure to reach the server: always worth retrying.
-type dialError struct{ err error }
+type dialError struct {
+	addr string
+	err  error
+}
 
 func (e *dialError) Error() string {
-	return fmt.Sprintf("client: cannot reach the server: %v", e.err)
+	return fmt.Sprintf("client: cannot reach the server %s: %v", e.addr, e.err)
 }
 func (e *dialError) Unwrap() error { return e.err }
 
@@ -251,43 +402,97 @@ func Retryable(err error) bool {
 }
 
 // Once makes a single attempt (reconnecting first if needed): for calls that
-// must not be repeated blindly, such as Refresh.
+// must not be repeated blindly, such as Refresh. A failure of the node
+// (lost connection, DRAINING, UNAVAILABLE) makes the next attempt go to the
+// next node.
 func (c *Conn) Once(ctx context.Context, method, token string, req, resp proto.Message) error {
-	rc, err := c.client(ctx)
+	_, err := c.once(ctx, method, token, req, resp)
+	return err
+}
+
+// once is Once; it also reports whether the client moved to a node with
+// no recent failure (the retry need not wait long for it).
+func (c *Conn) once(ctx context.Context, method, token string, req, resp proto.Message) (moved bool, err error) {
+	before := c.Current()
+	defer func() {
+		c.mu.Lock()
+		i, now := c.nodes.current()
+		moved = now != before && c.nodes.fails[i] == 0
+		c.mu.Unlock()
+	}()
+	rc, node, err := c.client(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	err = rc.Call(ctx, method, token, req, resp)
 	var se *wire.StatusError
 	switch {
 	case err == nil:
+		c.nodeOK(node)
 	case errors.As(err, &se):
-		if se.Code == qpcv1.Status_STATUS_DRAINING {
-			c.drop(rc) // the server closed the connection; the retry redials
+		switch se.Code {
+		case qpcv1.Status_STATUS_DRAINING, qpcv1.Status_STATUS_UNAVAILABLE:
+			// A draining server closes the connection; an unavailable
+			// one may be cut off from the database while others are not.
+			c.nodeFailed(rc, node, err)
+		default:
+			c.nodeOK(node)
 		}
 	case ctx.Err() != nil:
-		return err
+		return false, err
 	default:
-		c.drop(rc)
-		return &connLostError{err: err}
+		c.nodeFailed(rc, node, err)
+		return false, &connLostError{err: err}
 	}
-	return err
+	return false, err
 }
 
 // Call makes the call, retrying transient failures (after reconnecting
 // where the connection was lost) with capped exponential backoff and full
 // jitter. Only idempotent calls (or calls whose repetition is harmless)
-// should use it.
+// should use it. When a failure moved the client to another node that
+// has not failed lately, that node is tried after a short jittered wait
+// (the first retry's), not the grown backoff; when every node fails (a
+// database outage behind them all), the waits grow as with one node.
 func (c *Conn) Call(ctx context.Context, method, token string, req, resp proto.Message) error {
+	return c.CallAuth(ctx, method, func(context.Context, bool) (string, error) { return token, nil }, req, resp)
+}
+
+// TokenSource returns the access token for the next attempt of a call:
+// the stored one while the client's clock calls it fresh, else a renewed
+// one; force renews it whatever the clock says (the server refused it).
+type TokenSource func(ctx context.Context, force bool) (string, error)
+
+// CallAuth is Call with an access token asked of tokens before every
+// attempt, so a retry after a long backoff does not carry a token that
+// expired while it waited. An UNAUTHENTICATED answer (the server's clock
+// or a revocation says the token is no good) forces one renewal and one
+// more attempt per call; a second refusal is returned.
+func (c *Conn) CallAuth(ctx context.Context, method string, tokens TokenSource, req, resp proto.Message) error {
 	var err error
-	for n := 0; ; n++ {
-		err = c.Once(ctx, method, token, req, resp)
+	renewed := false
+	for n, k := 0, 0; ; n, k = n+1, k+1 {
+		var tok string
+		if tok, err = tokens(ctx, false); err != nil {
+			return err
+		}
+		var moved bool
+		moved, err = c.once(ctx, method, tok, req, resp)
+		if !renewed && wire.Code(err) == qpcv1.Status_STATUS_UNAUTHENTICATED {
+			renewed = true
+			if tok, err = tokens(ctx, true); err != nil {
+				return err
+			}
+			moved, err = c.once(ctx, method, tok, req, resp)
+		}
 		if err == nil || !Retryable(err) || ctx.Err() != nil || n+1 >= c.backoff.MaxAttempts {
 			return err
 		}
-		var retryAfter = retryAfterOf(err)
-		d := c.backoff.Delay(n, retryAfter)
-		c.log.Debug("client: retrying", "method", method, "attempt", n+1, "wait", d, "err", err)
+		if moved {
+			k = 0
+		}
+		d := c.backoff.Delay(k, retryAfterOf(err))
+		c.log.Debug("client: retrying", "method", method, "attempt", n+1, "node", c.Current(), "wait", d, "err", err)
 		if c.backoff.OnRetry != nil {
 			c.backoff.OnRetry(method, n+1, c.backoff.MaxAttempts, d, err)
 		}

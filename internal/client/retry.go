@@ -25,6 +25,9 @@ type Backoff struct {
 	// Sleep waits d or until ctx ends; nil: a real timer. Tests inject a
 	// fake that records the waits.
 	Sleep func(ctx context.Context, d time.Duration) error
+	// Now is the clock of the failover rules (how long a failed node is
+	// avoided, failover.go); nil: time.Now. Tests inject a fake.
+	Now func() time.Time
 }
 
 func (b Backoff) withDefaults() Backoff {
@@ -42,6 +45,9 @@ func (b Backoff) withDefaults() Backoff {
 	}
 	if b.Sleep == nil {
 		b.Sleep = sleepCtx
+	}
+	if b.Now == nil {
+		b.Now = time.Now
 	}
 	return b
 }

@@ -21,7 +21,10 @@ var ErrPinMismatch = errors.New("transport: server certificate does not match th
 // used (self-signed servers); otherwise the chain is verified against
 // RootCAs (nil: the system roots) for ServerName.
 type DialOptions struct {
-	PinSHA256   string
+	PinSHA256 string
+	// Pins are more accepted leaf fingerprints: the certificate must match
+	// PinSHA256 or one of them (the nodes of a cluster may each have their own).
+	Pins        []string
 	RootCAs     *x509.CertPool
 	ServerName  string        // default: the host part of addr
 	ALPN        string        // default "qpc"; tests set others to check refusal
@@ -55,18 +58,25 @@ func Dial(ctx context.Context, addr string, o DialOptions) (*quic.Conn, error) {
 		mu       sync.Mutex
 		mismatch error
 	)
-	if o.PinSHA256 != "" {
-		pin, err := NormalizeFingerprint(o.PinSHA256)
+	var pins [][]byte
+	for _, p := range append([]string{o.PinSHA256}, o.Pins...) {
+		if p == "" {
+			continue
+		}
+		pin, err := NormalizeFingerprint(p)
 		if err != nil {
 			return nil, err
 		}
+		pins = append(pins, pin)
+	}
+	if len(pins) > 0 {
 		tlsConf.InsecureSkipVerify = true // replaced by the exact pin check below
 		tlsConf.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
 			if len(raw) == 0 {
 				return fmt.Errorf("%w: server sent no certificate", ErrPinMismatch)
 			}
-			if !fingerprintMatches(raw[0], pin) {
-				err := fmt.Errorf("%w: server presented %s, pinned %x", ErrPinMismatch, Fingerprint(raw[0]), pin)
+			if !anyFingerprintMatches(raw[0], pins) {
+				err := fmt.Errorf("%w: server presented %s, pinned %s", ErrPinMismatch, Fingerprint(raw[0]), pinList(pins))
 				mu.Lock()
 				mismatch = err
 				mu.Unlock()

@@ -97,10 +97,24 @@ func NormalizeFingerprint(s string) ([]byte, error) {
 	return b, nil
 }
 
-// fingerprintMatches compares in constant time.
-func fingerprintMatches(der, pin []byte) bool {
+// anyFingerprintMatches compares der's fingerprint with every pin, each in
+// constant time, and does not stop at the first match.
+func anyFingerprintMatches(der []byte, pins [][]byte) bool {
 	sum := sha256.Sum256(der)
-	return subtle.ConstantTimeCompare(sum[:], pin) == 1
+	match := 0
+	for _, p := range pins {
+		match |= subtle.ConstantTimeCompare(sum[:], p)
+	}
+	return match == 1
+}
+
+// pinList names the pins in an error: "X" or "X or Y".
+func pinList(pins [][]byte) string {
+	s := make([]string, len(pins))
+	for i, p := range pins {
+		s[i] = hex.EncodeToString(p)
+	}
+	return strings.Join(s, " or ")
 }
 
 // EnsureDevCertificate creates a self-signed ECDSA P-256 certificate for

@@ -99,7 +99,7 @@ func Run(ctx context.Context, args []string, o IO) int {
 		&cobra.Command{Use: "version", Short: "Print the version", Args: cobra.NoArgs, RunE: func(*cobra.Command, []string) error {
 			return a.emit(map[string]string{"version": version.Version}, "qpc "+version.String())
 		}},
-		a.initCmd(), a.registerCmd(), a.loginCmd(), a.whoamiCmd(), a.devicesCmd(), a.keysCmd(),
+		a.initCmd(), a.statusCmd(), a.registerCmd(), a.loginCmd(), a.whoamiCmd(), a.devicesCmd(), a.keysCmd(),
 		a.groupCmd(), a.dmCmd(), a.sendCmd(), a.recvCmd(), a.watchCmd(), a.historyCmd(), a.outboxCmd(),
 		a.verifyCmd(), a.invitationsCmd(), clidoc.Command(),
 	)

@@ -22,19 +22,38 @@ import (
 
 func (a *app) initCmd() *cobra.Command {
 	var t client.ServerTrust
+	var pins []string
 	var stock int
 	var offline bool
 	cmd := &cobra.Command{
-		Use:   "init --server HOST:PORT [--pin SHA256 | --ca FILE]",
-		Short: "Create the local state and record the server (pin a self-signed server's certificate)",
-		Args:  cobra.NoArgs,
+		Use:   "init --server HOST:PORT[,HOST:PORT...] [--pin SHA256[,SHA256...] | --ca FILE]",
+		Short: "Create the local state and record the server's nodes (pin a self-signed server's certificate)",
+		Long: "--server names one qpcd, or every node of a cluster as a comma-separated list: the client uses one\n" +
+			"node at a time and moves to the next when it fails or drains. The nodes may share one certificate\n" +
+			"(one --pin) or each have their own: repeat --pin or give a comma-separated list; every node must\n" +
+			"present a certificate that matches one of the pins.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if t.Addr == "" {
+			addrs := client.SplitList(t.Addr)
+			if len(addrs) == 0 {
 				return usagef("--server HOST:PORT is required (usage: %s)", cmd.UseLine())
 			}
-			if err := checkServerAddr(t.Addr); err != nil {
-				return err
+			seen := map[string]bool{}
+			for _, addr := range addrs {
+				if err := checkServerAddr(addr); err != nil {
+					return err
+				}
+				if seen[addr] {
+					return usagef("--server lists %s twice", addr)
+				}
+				seen[addr] = true
 			}
+			t.Addr = strings.Join(addrs, ",")
+			var ps []string
+			for _, p := range pins {
+				ps = append(ps, client.SplitList(p)...)
+			}
+			t.PinSHA256 = strings.Join(ps, ",")
 			if t.PinSHA256 != "" && t.CAFile != "" {
 				return usagef("use --pin or --ca, not both")
 			}
@@ -49,10 +68,21 @@ func (a *app) initCmd() *cobra.Command {
 			if !offline {
 				// Ask first: settings the server cannot be trusted with are
 				// not saved (the next command would only fail the same way).
-				p, pingErr = client.ProbeServer(ctx, t, o)
-				var te *client.TrustError
-				if errors.As(pingErr, &te) {
-					return fmt.Errorf("nothing saved: %w", pingErr)
+				// Every node is asked: each must present a trusted certificate.
+				for _, addr := range addrs {
+					one := t
+					one.Addr = addr
+					r, err := client.ProbeServer(ctx, one, o)
+					var te *client.TrustError
+					if errors.As(err, &te) {
+						return fmt.Errorf("nothing saved: %w", err)
+					}
+					if err != nil && pingErr == nil {
+						pingErr = fmt.Errorf("%s: %w", addr, err)
+					}
+					if err == nil && p == nil {
+						p = r
+					}
 				}
 			}
 			c, err := client.Init(ctx, o, t, stock)
@@ -60,27 +90,88 @@ func (a *app) initCmd() *cobra.Command {
 				return explain(err)
 			}
 			defer c.Close()
-			out := map[string]any{"home": o.Home, "server": t.Addr, "pinned": t.PinSHA256 != ""}
+			out := map[string]any{"home": o.Home, "server": t.Addr, "servers": addrs, "pinned": t.PinSHA256 != ""}
 			if !offline {
 				if pingErr != nil {
-					return explain(fmt.Errorf("saved, but the server did not answer: %w", pingErr))
+					return explain(fmt.Errorf("saved, but a server node did not answer: %w", pingErr))
 				}
 				out["server_version"] = p.GetServerVersion()
 			}
 			trust := "CA-verified"
 			if t.PinSHA256 != "" {
-				trust = "pinned " + t.PinSHA256
+				trust = "pinned " + strings.ReplaceAll(t.PinSHA256, ",", " or ")
 			}
-			return a.emit(out, fmt.Sprintf("initialised %s for %s (%s)", o.Home, t.Addr, trust))
+			return a.emit(out, fmt.Sprintf("initialised %s for %s (%s)", o.Home, strings.Join(addrs, ", "), trust))
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&t.Addr, "server", "", "qpcd address HOST:PORT (UDP)")
-	f.StringVar(&t.PinSHA256, "pin", "", "SHA-256 of a self-signed server's certificate (cert_sha256 in qpcd's log)")
+	f.StringVar(&t.Addr, "server", "", "qpcd address HOST:PORT (UDP); a cluster's nodes as a comma-separated list")
+	f.StringSliceVar(&pins, "pin", nil, "SHA-256 of a self-signed server's certificate (cert_sha256 in qpcd's log); repeat or comma-separate for nodes with their own certificates")
 	f.StringVar(&t.CAFile, "ca", "", "PEM file of CA roots to verify the server with (default: the system roots)")
-	f.StringVar(&t.ServerName, "server-name", "", "TLS server name (default: the host of --server)")
+	f.StringVar(&t.ServerName, "server-name", "", "TLS server name (default: the host of each --server address)")
 	f.IntVar(&stock, "stock", client.DefaultStock, "KeyPackages to keep on the server")
 	f.BoolVar(&offline, "offline", false, "do not contact the server now")
+	return cmd
+}
+
+// statusCmd shows where this client connects: the server nodes, the one
+// in use, how they are trusted, and (unless --offline) which node answers.
+func (a *app) statusCmd() *cobra.Command {
+	var offline bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the server nodes, the one in use, the account, and whether the server answers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				s, err := c.Settings(ctx)
+				if err != nil {
+					return err
+				}
+				nodes, current := c.Servers()
+				out := map[string]any{"servers": nodes, "current": current, "pins": s.Trust.Pins(), "ca_file": s.Trust.CAFile}
+				var lines []string
+				lines = append(lines, "servers:")
+				for _, n := range nodes {
+					mark := "  "
+					if n == current {
+						mark = "* "
+					}
+					lines = append(lines, "  "+mark+n)
+				}
+				switch {
+				case len(s.Trust.Pins()) > 0:
+					lines = append(lines, "trust: pinned "+strings.Join(s.Trust.Pins(), " or "))
+				case s.Trust.CAFile != "":
+					lines = append(lines, "trust: CA file "+s.Trust.CAFile)
+				default:
+					lines = append(lines, "trust: system CA roots")
+				}
+				if id, err := c.Identity(ctx); err == nil {
+					out["account"], out["device_id"] = id.AccountName, id.DeviceID
+					lines = append(lines, fmt.Sprintf("account: %s (device %s)", id.AccountName, id.DeviceID))
+					id.Wipe()
+				} else {
+					lines = append(lines, "account: none on this device (qpc register NAME)")
+				}
+				if !offline {
+					p, err := c.Ping(ctx)
+					_, current = c.Servers()
+					out["current"] = current
+					if err != nil {
+						out["reachable"] = false
+						out["error"] = err.Error()
+						lines = append(lines, "server: NOT REACHABLE: "+err.Error())
+					} else {
+						out["reachable"], out["server_version"] = true, p.GetServerVersion()
+						lines = append(lines, fmt.Sprintf("server: %s answers (qpcd %s)", current, p.GetServerVersion()))
+					}
+				}
+				return a.emit(out, strings.Join(lines, "\n"))
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&offline, "offline", false, "do not contact the server")
 	return cmd
 }
 
@@ -169,8 +260,9 @@ func (a *app) whoamiCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return a.emit(map[string]any{"account": w.GetAccountName(), "account_id": w.GetAccountId(), "device_id": w.GetDeviceId(), "server": s.Trust.Addr},
-					fmt.Sprintf("%s (account %s, device %s) on %s", w.GetAccountName(), w.GetAccountId(), w.GetDeviceId(), s.Trust.Addr))
+				_, current := c.Servers()
+				return a.emit(map[string]any{"account": w.GetAccountName(), "account_id": w.GetAccountId(), "device_id": w.GetDeviceId(), "server": current, "servers": s.Trust.Addrs()},
+					fmt.Sprintf("%s (account %s, device %s) on %s", w.GetAccountName(), w.GetAccountId(), w.GetDeviceId(), current))
 			})
 		},
 	}
