@@ -129,7 +129,11 @@ func (s *Service) Enqueue(ctx context.Context, c Caller, id []byte, messageID st
 	}
 	if !res.Duplicate {
 		s.metrics.enqueuedBytes.WithLabelValues(label).Add(float64(len(msg)))
-		s.hub.publishChannel(id, res.Seq)
+		if s.db.Backend() != store.BackendPostgres {
+			// On PostgreSQL the batch woke the channel's waiters, once for
+			// all its messages (enqueue_pg.go).
+			s.hub.publishChannel(id, res.Seq)
+		}
 	}
 	s.audit.Event(ctx, "delivery.enqueue", slog.String("account_id", c.AccountID), slog.String("device_id", c.DeviceID),
 		slog.String("channel_id", hexID(id)), slog.Uint64("seq", res.Seq), slog.Uint64("epoch", res.Epoch),

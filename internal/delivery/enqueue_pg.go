@@ -28,7 +28,9 @@ import (
 //     uses (decideEnqueue, checkQuota), each accepted message moving the
 //     head, the epoch and the sender's usage the next request sees;
 //  5. one statement stores every accepted message and moves the channel's
-//     head and the senders' usage; then one COMMIT.
+//     head and the senders' usage; then one COMMIT;
+//  6. one wake-up for the batch's new head, here and (one NOTIFY) on the
+//     other nodes.
 //
 // Five round trips and one commit whatever the batch holds (six with a
 // GroupInfo to store, one more when a usage row is new). A request refused
@@ -153,10 +155,20 @@ func (s *Service) storeBatch(id []byte, batch []*pgEnqueue) {
 	err := s.db.WriteTxLocked(ctx, func(tx *sql.Tx) error {
 		return s.storeBatchTx(ctx, tx, id, batch, out)
 	})
-	for i, r := range batch {
+	var head uint64
+	for i := range out {
 		if err != nil {
 			out[i] = pgEnqueued{kind: out[i].kind, err: err}
+		} else if out[i].err == nil && !out[i].res.Duplicate {
+			head = max(head, out[i].res.Seq)
 		}
+	}
+	if head > 0 {
+		// One wake-up (and one NOTIFY to the other nodes) for the batch:
+		// a waiter reads everything up to the new head.
+		s.hub.publishChannel(id, head)
+	}
+	for i, r := range batch {
 		r.done <- out[i]
 	}
 }
