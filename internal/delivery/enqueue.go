@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -147,6 +149,11 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 	}
 	if messageID == "" || len(messageID) > 64 {
 		return Enqueued{}, 0, fmt.Errorf("%w: message id must be 1..64 bytes", ErrInvalidRequest)
+	}
+	if !utf8.ValidString(messageID) || strings.ContainsRune(messageID, 0) {
+		// PostgreSQL's text refuses NUL, and one bad id must not fail the
+		// batch it would share with other senders' messages.
+		return Enqueued{}, 0, fmt.Errorf("%w: message id must be UTF-8 text without NUL", ErrInvalidRequest)
 	}
 	if len(msg)+len(groupInfo) > s.maxPayload {
 		return Enqueued{}, 0, fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, len(msg)+len(groupInfo), s.maxPayload)

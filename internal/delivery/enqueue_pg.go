@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/quicprochat/quicprochat/internal/store"
 )
 
 // Group commit of enqueues on PostgreSQL.
@@ -155,6 +157,15 @@ func (s *Service) storeBatch(id []byte, batch []*pgEnqueue) {
 	err := s.db.WriteTxLocked(ctx, func(tx *sql.Tx) error {
 		return s.storeBatchTx(ctx, tx, id, batch, out)
 	})
+	if err != nil && len(batch) > 1 && !store.IsUnavailable(err) && !store.IsDiskFull(err) && !errors.Is(err, store.ErrClosed) {
+		// The database refused a statement of the batch: which request
+		// caused it is unknown, so each is stored alone and only the
+		// culprit fails (as the SQLite writer does with a failed batch).
+		for _, r := range batch {
+			s.storeBatch(id, []*pgEnqueue{r})
+		}
+		return
+	}
 	var head uint64
 	for i := range out {
 		if err != nil {

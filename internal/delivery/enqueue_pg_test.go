@@ -282,3 +282,49 @@ func TestEnqueueCancelledBeforeStoredLeavesNothing(t *testing.T) {
 		t.Fatalf("next message at seq %d, want 1 (no gap)", r.Seq)
 	}
 }
+
+// A message id that is not text is refused before it can share a batch.
+func TestEnqueueMessageIDMustBeText(t *testing.T) {
+	e := newEnv(t, nil)
+	alice := e.dir.add("alice", "a1")
+	ch, g := e.group(t, alice)
+	for _, id := range []string{"a\x00b", "bad\xff"} {
+		if _, err := e.svc.Enqueue(ctx, alice.Caller, ch.ID, id, dt.Application(g, 0, 10), nil); !errors.Is(err, ErrInvalidRequest) {
+			t.Fatalf("message id %q: %v, want invalid request", id, err)
+		}
+	}
+}
+
+// A request the database refuses (here a device id PostgreSQL's text
+// cannot hold) fails alone: the others of its batch are stored.
+func TestEnqueueBatchRefusedStatementFailsOnlyTheCulprit(t *testing.T) {
+	e := newEnv(t, nil)
+	alice := e.dir.add("alice", "a1")
+	bob := e.dir.add("bob", "b1")
+	ch, g := e.group(t, alice, bob)
+	odd := bob
+	odd.DeviceID = "odd\x00dev" // a member's account, a device id only SQLite stores
+	var wg sync.WaitGroup
+	var stored atomic.Int64
+	for i := range 60 {
+		u := alice
+		if i%6 == 0 {
+			u = odd
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := e.svc.Enqueue(ctx, u.Caller, ch.ID, fmt.Sprintf("m-%d", i), dt.Application(g, 0, 10), nil)
+			switch {
+			case err == nil:
+				stored.Add(1)
+			case u == alice:
+				t.Errorf("alice's message %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if ids, seqs := storedSeqs(t, e.db, ch.ID); int64(len(ids)) != stored.Load()+2 || seqs[len(seqs)-1] != uint64(len(seqs)) {
+		t.Fatalf("%d rows (%d acknowledged + 2 membership events), last seq %d", len(ids), stored.Load(), seqs[len(seqs)-1])
+	}
+}
