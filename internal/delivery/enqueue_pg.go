@@ -99,7 +99,9 @@ func (s *Service) enqueuePG(ctx context.Context, c Caller, id []byte, messageID 
 	b.queues[key] = append(q, r)
 	b.mu.Unlock()
 	if !running {
-		go s.runEnqueues(id)
+		// The runner outlives this request: it works from its own copy of
+		// the id (the key), not from the request's buffer.
+		go s.runEnqueues(key)
 	}
 	select {
 	case out := <-r.done:
@@ -116,8 +118,8 @@ func (s *Service) enqueuePG(ctx context.Context, c Caller, id []byte, messageID 
 // runEnqueues is a channel's runner: it stores the channel's queued
 // enqueues a batch at a time and ends when none is left. Requests that
 // arrive while a batch runs make the next one.
-func (s *Service) runEnqueues(id []byte) {
-	key := string(id)
+func (s *Service) runEnqueues(key string) {
+	id := []byte(key)
 	b := &s.batcher
 	for {
 		b.mu.Lock()
