@@ -34,8 +34,9 @@ import (
 //  6. one wake-up for the batch's new head, here and (one NOTIFY) on the
 //     other nodes.
 //
-// Five round trips and one commit whatever the batch holds (six with a
-// GroupInfo to store, one more when a usage row is new). A request refused
+// Six round trips (BEGIN and COMMIT included) and one commit whatever the
+// batch holds (one more with a GroupInfo to store, one more when a usage
+// row is new), where one transaction per enqueue took eight each. A request refused
 // by a rule (stale epoch, quota, not a member, an id of another sender) gets
 // its own error and takes nothing from the others; an error of the
 // transaction (the database unreachable, the commit's outcome unknown) is
