@@ -137,7 +137,7 @@ if wants qpcd-postgres || wants pgbench; then
 	EOF
 	# PG_STATEMENTS=1: count the statements qpcd sends (pg_stat_statements,
 	# in the postgres database so that qpc's stays empty for qpcd).
-	[ -n "${PG_STATEMENTS:-}" ] && echo "shared_preload_libraries = 'pg_stat_statements'" >>"$tmp/pg/postgresql.conf"
+	[ -n "${PG_STATEMENTS:-}" ] && printf "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track_planning = on\n" >>"$tmp/pg/postgresql.conf"
 	pg -w -t 60 start >/dev/null
 	pg_started=1
 	export PGHOST=127.0.0.1 PGPORT PGUSER=postgres
@@ -324,7 +324,7 @@ if [ -n "${PG_STATEMENTS:-}" ] && wants qpcd-postgres; then
 	# Statements per stored message: every statement qpcd ran on qpc (the
 	# set-up's too, a few hundred), by calls.
 	msgs=$("$PGBIN/psql" -qtA -d qpc -c 'SELECT count(*) FROM messages')
-	"$PGBIN/psql" -q -d postgres -c "SELECT s.calls, round(s.calls::numeric / $msgs, 3) AS per_msg, round(s.total_exec_time::numeric / $msgs * 1000, 1) AS exec_us_per_msg, left(regexp_replace(s.query, '\s+', ' ', 'g'), 110) AS query
+	"$PGBIN/psql" -q -d postgres -c "SELECT s.calls, round(s.calls::numeric / $msgs, 3) AS per_msg, round(s.total_exec_time::numeric / $msgs * 1000, 1) AS exec_us_per_msg, round(s.total_plan_time::numeric / $msgs * 1000, 1) AS plan_us_per_msg, left(regexp_replace(s.query, '\s+', ' ', 'g'), 110) AS query
 		FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = 'qpc' ORDER BY s.calls DESC LIMIT 25" \
 		>"$BENCH_OUT/pg-statements.txt"
 	echo "messages stored: $msgs" >>"$BENCH_OUT/pg-statements.txt"

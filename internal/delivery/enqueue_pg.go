@@ -189,7 +189,15 @@ func (s *Service) storeBatch(id []byte, batch []*pgEnqueue) {
 
 // Statements of the batch (the SQLite path's are in enqueue.go).
 const (
-	batchLock = `SELECT kind, group_id, epoch, head_seq, ttl_ms FROM channels WHERE id = ? FOR UPDATE`
+	// The lock also switches the rest of the transaction to generic plans
+	// (set_config(..., true) lasts until COMMIT). The batch's statements
+	// take arrays; a custom plan knows their length, a generic one guesses
+	// ten rows, so for small batches PostgreSQL kept choosing custom plans
+	// and planned the three statements again for every batch: 0.9 ms of
+	// planning per message at 16 channels, more than the writes
+	// (docs/benchmarks.md). Their generic plans use the same indexes.
+	batchLock = `SELECT set_config('plan_cache_mode', 'force_generic_plan', true), kind, group_id, epoch, head_seq, ttl_ms
+		FROM channels WHERE id = ? FOR UPDATE`
 	// After the lock, so that what another node's batch committed while this
 	// one waited is seen: the callers that are members ('m': account,
 	// device) and the ids already stored ('d': id, device, seq). The ids
@@ -221,7 +229,8 @@ const (
 func (s *Service) storeBatchTx(ctx context.Context, tx *sql.Tx, id []byte, batch []*pgEnqueue, out []pgEnqueued) error {
 	clear(out)
 	var ch enqueueState
-	err := tx.QueryRowContext(ctx, batchLock, id).Scan(&ch.kind, &ch.groupID, &ch.epoch, &ch.head, &ch.ttlMS)
+	var planMode string
+	err := tx.QueryRowContext(ctx, batchLock, id).Scan(&planMode, &ch.kind, &ch.groupID, &ch.epoch, &ch.head, &ch.ttlMS)
 	if errors.Is(err, sql.ErrNoRows) {
 		for i := range out {
 			out[i].err = ErrNotMember
