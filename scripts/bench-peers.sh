@@ -111,7 +111,9 @@ treecpu() {
 # --- build ------------------------------------------------------------------
 log "building qpcd, qpc-bench, nats-server and natsbench"
 go build -o bin/ ./cmd/qpcd ./cmd/qpc-bench
-(cd tools/nats && go build -o ../../bin/nats-server github.com/nats-io/nats-server/v2 && go build -o ../../bin/natsbench .)
+if wants nats-sync || wants nats-default; then
+	(cd tools/nats && go build -o ../../bin/nats-server github.com/nats-io/nats-server/v2 && go build -o ../../bin/natsbench .)
+fi
 
 # --- PostgreSQL -------------------------------------------------------------
 asuser=()
@@ -133,10 +135,14 @@ if wants qpcd-postgres || wants pgbench; then
 		fsync = on
 		synchronous_commit = on
 	EOF
+	# PG_STATEMENTS=1: count the statements qpcd sends (pg_stat_statements,
+	# in the postgres database so that qpc's stays empty for qpcd).
+	[ -n "${PG_STATEMENTS:-}" ] && printf "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track_planning = on\n" >>"$tmp/pg/postgresql.conf"
 	pg -w -t 60 start >/dev/null
 	pg_started=1
 	export PGHOST=127.0.0.1 PGPORT PGUSER=postgres
 	"$PGBIN/createdb" qpc
+	[ -n "${PG_STATEMENTS:-}" ] && "$PGBIN/psql" -q -d postgres -c 'CREATE EXTENSION pg_stat_statements'
 	"$PGBIN/createdb" pgb
 	"$PGBIN/psql" -q -d pgb -c 'CREATE TABLE bench_rows (id bigserial PRIMARY KEY, body bytea NOT NULL)'
 	printf "INSERT INTO bench_rows (body) VALUES (decode(repeat('ab', %d), 'hex'));\n" "$SIZE" >"$tmp/insert.sql"
@@ -146,7 +152,7 @@ if wants qpcd-postgres || wants pgbench; then
 fi
 
 # --- qpcd -------------------------------------------------------------------
-declare -A qaddr qpid
+declare -A qaddr qpid qops
 startqpcd() { # name backend
 	local n=$1 port ops env=()
 	port=$(freeudp)
@@ -161,13 +167,13 @@ startqpcd() { # name backend
 	env "${env[@]}" QPC_DATA_DIR="$tmp/$n" QPC_LISTEN="127.0.0.1:$port" QPC_OPS_LISTEN="127.0.0.1:$ops" \
 		QPC_LIMITS_RATE_LIMIT=1000000 QPC_LIMITS_RATE_BURST=1000000 QPC_LIMITS_MAX_STREAMS_PER_CONN=1000 \
 		QPC_LIMITS_MAX_CONNECTIONS_PER_ADDRESS=1000 \
-		QPC_LIMITS_BYTE_RATE=1073741824 QPC_LIMITS_BYTE_BURST=1073741824 QPC_QUOTA_MESSAGES=0 QPC_QUOTA_MESSAGE_BYTES=0 \
+		QPC_OPS_PPROF=$([ -n "${PROFILE:-}" ] && echo on || echo off) QPC_LIMITS_BYTE_RATE=1073741824 QPC_LIMITS_BYTE_BURST=1073741824 QPC_QUOTA_MESSAGES=0 QPC_QUOTA_MESSAGE_BYTES=0 QPC_INVITATIONS_MAX_PER_HOUR=100000 QPC_INVITATIONS_MAX_PENDING=100000 \
 		bin/qpcd 2>"$tmp/$n.log" &
 	local pid=$!
 	pids+=("$pid")
 	for _ in $(seq 300); do
 		if curl -fs "http://127.0.0.1:$ops/readyz" >/dev/null 2>&1 && [ -s "$tmp/$n/tls/cert.pem" ]; then
-			qaddr[$n]=127.0.0.1:$port qpid[$n]=$pid
+			qaddr[$n]=127.0.0.1:$port qpid[$n]=$pid qops[$n]=127.0.0.1:$ops
 			log "qpcd $n ($2): pid $pid, 127.0.0.1:$port"
 			return
 		fi
@@ -249,6 +255,9 @@ runone() { # system senders round
 	qpcd-sqlcipher | qpcd-postgres)
 		local extra=()
 		[ "$sys" = qpcd-postgres ] && extra=(-cpu-tree "$postmaster")
+		# PROFILE=S: a CPU profile of qpcd over S seconds after the warm-up.
+		[ -n "${PROFILE:-}" ] && (sleep "$WARMUP" && curl -fs "http://${qops[$sys]}/debug/pprof/profile?seconds=$PROFILE" \
+			-o "$BENCH_OUT/$sys-$n-$r.cpu.pb.gz") &
 		timeout "$STEP_TIMEOUT" bin/qpc-bench -mode enqueue -addr "${qaddr[$sys]}" -data-dir "$tmp/$sys" \
 			-server-pid "${qpid[$sys]}" "${extra[@]}" -n "$n" -channels "$CHANNELS" -receivers 1 -size "$SIZE" \
 			-duration "${DURATION}s" -warmup "${WARMUP}s" -json "$raw.json" >"$raw.txt" 2>&1 ||
@@ -311,6 +320,16 @@ for r in $(seq "$ROUNDS"); do
 done
 
 # --- results ------------------------------------------------------------------
+if [ -n "${PG_STATEMENTS:-}" ] && wants qpcd-postgres; then
+	# Statements per stored message: every statement qpcd ran on qpc (the
+	# set-up's too, a few hundred), by calls.
+	msgs=$("$PGBIN/psql" -qtA -d qpc -c 'SELECT count(*) FROM messages')
+	"$PGBIN/psql" -q -d postgres -c "SELECT s.calls, round(s.calls::numeric / $msgs, 3) AS per_msg, round(s.total_exec_time::numeric / $msgs * 1000, 1) AS exec_us_per_msg, round(s.total_plan_time::numeric / $msgs * 1000, 1) AS plan_us_per_msg, left(regexp_replace(s.query, '\s+', ' ', 'g'), 110) AS query
+		FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = 'qpc' ORDER BY s.calls DESC LIMIT 25" \
+		>"$BENCH_OUT/pg-statements.txt"
+	echo "messages stored: $msgs" >>"$BENCH_OUT/pg-statements.txt"
+	log "statements: $BENCH_OUT/pg-statements.txt"
+fi
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [ -z "$(git status --porcelain 2>/dev/null)" ] || commit="$commit-dirty"

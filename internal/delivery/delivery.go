@@ -159,6 +159,7 @@ type Service struct {
 	linger      time.Duration
 	hub         *hub
 	metrics     *metrics
+	batcher     enqueueBatcher // PostgreSQL: enqueues queued per channel (enqueue_pg.go)
 
 	inviteTTL      time.Duration
 	invitesPerHour int
@@ -182,6 +183,7 @@ func New(o Options) (*Service, error) {
 		stop: make(chan struct{}), done: make(chan struct{}),
 		inviteTTL: o.InvitationTTL, invitesPerHour: o.InvitationsPerHour, maxPending: o.MaxPendingInvitations,
 		maxHeldWelcome: o.MaxHeldWelcome,
+		batcher:        enqueueBatcher{queues: map[string][]*pgEnqueue{}},
 	}
 	if s.inviteTTL <= 0 {
 		s.inviteTTL = DefaultInvitationTTL

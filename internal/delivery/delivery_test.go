@@ -109,7 +109,12 @@ type env struct {
 
 func newEnv(t *testing.T, mut func(*Options)) *env {
 	t.Helper()
-	db := storetest.Open(t)
+	return newEnvOn(t, storetest.Open(t), mut)
+}
+
+// newEnvOn is newEnv on an open database (the caller closes it).
+func newEnvOn(t *testing.T, db *store.DB, mut func(*Options)) *env {
+	t.Helper()
 	e := &env{db: db, dir: &fakeDir{accounts: map[string]Account{}, devices: map[string]Device{}}, clock: newClock(), reg: prometheus.NewRegistry()}
 	o := Options{DB: db, Directory: e.dir, Now: e.clock.Now, EpochsBehind: 2, SweepInterval: -1, Registry: e.reg, MaxPayload: 64 << 10}
 	if mut != nil {

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -83,11 +85,6 @@ const (
 		(channel_id, seq, message_id, sender_account, sender_device, epoch, content_type, created_at, expires_at, body)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	enqueueUpdate = `UPDATE channels SET head_seq = ?, epoch = ? WHERE id = ?`
-
-	// PostgreSQL: lock the channel row, then look the id up (see loadEnqueueState).
-	enqueueLockPG = `SELECT c.kind, c.group_id, c.epoch, c.head_seq, c.ttl_ms, ` + isMember + `
-		FROM channels c WHERE c.id = ? FOR UPDATE`
-	enqueueDupPG = `SELECT seq, sender_device FROM messages WHERE channel_id = ? AND message_id = ?`
 )
 
 // Enqueued is the outcome of Enqueue.
@@ -134,7 +131,11 @@ func (s *Service) Enqueue(ctx context.Context, c Caller, id []byte, messageID st
 	}
 	if !res.Duplicate {
 		s.metrics.enqueuedBytes.WithLabelValues(label).Add(float64(len(msg)))
-		s.hub.publishChannel(id, res.Seq)
+		if s.db.Backend() != store.BackendPostgres {
+			// On PostgreSQL the batch woke the channel's waiters, once for
+			// all its messages (enqueue_pg.go).
+			s.hub.publishChannel(id, res.Seq)
+		}
 	}
 	s.audit.Event(ctx, "delivery.enqueue", slog.String("account_id", c.AccountID), slog.String("device_id", c.DeviceID),
 		slog.String("channel_id", hexID(id)), slog.Uint64("seq", res.Seq), slog.Uint64("epoch", res.Epoch),
@@ -148,6 +149,11 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 	}
 	if messageID == "" || len(messageID) > 64 {
 		return Enqueued{}, 0, fmt.Errorf("%w: message id must be 1..64 bytes", ErrInvalidRequest)
+	}
+	if !utf8.ValidString(messageID) || strings.ContainsRune(messageID, 0) {
+		// PostgreSQL's text refuses NUL, and one bad id must not fail the
+		// batch it would share with other senders' messages.
+		return Enqueued{}, 0, fmt.Errorf("%w: message id must be UTF-8 text without NUL", ErrInvalidRequest)
 	}
 	if len(msg)+len(groupInfo) > s.maxPayload {
 		return Enqueued{}, 0, fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, len(msg)+len(groupInfo), s.maxPayload)
@@ -172,13 +178,14 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 		device: c.DeviceID, framing: f, nowMS: nowMS, idMS: idMS, timedID: timedID,
 		retentionMS: s.retention.Milliseconds(), behind: s.behind,
 	}
+	if s.db.Backend() == store.BackendPostgres {
+		// Batched per channel under the channel's row lock (enqueue_pg.go).
+		return s.enqueuePG(ctx, c, id, messageID, msg, groupInfo, req, now)
+	}
 	var res Enqueued
 	var kind int
-	// WriteTxLocked: on PostgreSQL the channel's row lock queues the
-	// writers of one channel (several nodes may hold requests for it), so
-	// sequence numbers stay contiguous and the first commit of an epoch
-	// wins without serialization retries. On SQLite the one writer does it.
-	err = s.db.WriteTxLocked(ctx, func(tx *sql.Tx) error {
+	// SQLite: the one writer serialises the enqueues and group-commits them.
+	err = s.db.WriteTx(ctx, func(tx *sql.Tx) error {
 		res, kind = Enqueued{Time: now}, 0
 		st, err := s.loadEnqueueState(ctx, tx, c, id, messageID)
 		if err != nil {
@@ -190,8 +197,6 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 			res.Seq, res.Epoch, res.Duplicate = plan.seq, plan.epoch, plan.duplicate
 			return err
 		}
-		// After the channel's lock: the sender's usage row is the second
-		// lock (the same order in every enqueue).
 		if err := s.charge(ctx, tx, c.AccountID, Usage{MessageBytes: int64(len(msg)), Messages: 1}); err != nil {
 			return err
 		}
@@ -223,7 +228,7 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 }
 
 // enqueueState is what an enqueue decision rests on, loaded in the write
-// transaction (under the channel's row lock on PostgreSQL).
+// transaction (on PostgreSQL under the channel's row lock, enqueue_pg.go).
 type enqueueState struct {
 	kind               int
 	groupID            []byte
@@ -295,29 +300,15 @@ func decideEnqueue(st enqueueState, req enqueueRequest) (enqueuePlan, error) {
 }
 
 // loadEnqueueState reads the channel, the caller's membership and an
-// earlier message with messageID. On SQLite one joined read does it. On
-// PostgreSQL the channel row is locked first and the earlier message is
-// looked up after the lock, so a concurrent enqueue of the same id that
-// committed while this one waited is seen (a join evaluated before the
-// wait could miss it).
+// earlier message with messageID in one joined read (SQLite: the one
+// writer excludes every other writer, so the read is current).
 func (s *Service) loadEnqueueState(ctx context.Context, tx *sql.Tx, c Caller, id []byte, messageID string) (enqueueState, error) {
 	var st enqueueState
 	var dupSeq, dupEpoch sql.NullInt64
 	var dupDevice sql.NullString
-	var err error
-	if s.db.Backend() == store.BackendPostgres {
-		err = tx.QueryRowContext(ctx, enqueueLockPG, c.AccountID, c.DeviceID, id).Scan(&st.kind, &st.groupID, &st.epoch, &st.head, &st.ttlMS, &st.member)
-		if err == nil && st.member {
-			err = tx.QueryRowContext(ctx, enqueueDupPG, id, messageID).Scan(&dupSeq, &dupDevice)
-			if errors.Is(err, sql.ErrNoRows) {
-				err = nil
-			}
-		}
-	} else {
-		var sel *sql.Stmt
-		if sel, err = s.db.WriteStmt(ctx, tx, enqueueSelect); err == nil {
-			err = sel.QueryRowContext(ctx, c.AccountID, c.DeviceID, messageID, id).Scan(&st.kind, &st.groupID, &st.epoch, &st.head, &st.ttlMS, &st.member, &dupSeq, &dupEpoch, &dupDevice)
-		}
+	sel, err := s.db.WriteStmt(ctx, tx, enqueueSelect)
+	if err == nil {
+		err = sel.QueryRowContext(ctx, c.AccountID, c.DeviceID, messageID, id).Scan(&st.kind, &st.groupID, &st.epoch, &st.head, &st.ttlMS, &st.member, &dupSeq, &dupEpoch, &dupDevice)
 	}
 	switch {
 	case errors.Is(err, sql.ErrNoRows):

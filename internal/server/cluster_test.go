@@ -130,6 +130,99 @@ func TestClusterSequencesContiguous(t *testing.T) {
 	}
 }
 
+// Many senders on two nodes, each message sent to both nodes at once (a
+// client retrying on another node while its first try is in flight): the
+// nodes batch concurrent enqueues of a channel into shared commits, and
+// still every message is stored once, both answers name its seq, exactly
+// one of them is not a duplicate, and the log is 1..N without a gap.
+func TestClusterConcurrentRetriesExactlyOnce(t *testing.T) {
+	nodes := startCluster(t, 2)
+	alice, bob := nodes[0].newDevice(t, "alice"), nodes[0].newDevice(t, "bob")
+	ch, g := groupChannel(t, alice, bob)
+	const senders, each = 8, 15
+	type answer struct {
+		seq uint64
+		dup bool
+	}
+	var mu sync.Mutex
+	answers := map[string][]answer{}
+	var wg sync.WaitGroup
+	for i := range senders {
+		on := [2]*testDevice{alice.on(t, nodes[0]), alice.on(t, nodes[1])}
+		if i%2 == 1 {
+			on = [2]*testDevice{bob.on(t, nodes[0]), bob.on(t, nodes[1])}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				id := newMessageID()
+				msg := dt.Application(g, 0, 128)
+				var inner sync.WaitGroup
+				for _, d := range on {
+					inner.Add(1)
+					go func() {
+						defer inner.Done()
+						r, err := enqueue(t, d, ch, id, msg, nil)
+						if err != nil {
+							t.Errorf("enqueue %s: %v", id, err)
+							return
+						}
+						mu.Lock()
+						answers[id] = append(answers[id], answer{r.GetSeq(), r.GetDuplicate()})
+						mu.Unlock()
+					}()
+				}
+				inner.Wait()
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	db := openClusterDB(t, nodes[0])
+	var seqs []uint64
+	var ids []string
+	err := db.ReadTx(context.Background(), func(tx *sql.Tx) error {
+		seqs, ids = nil, nil
+		rows, err := tx.QueryContext(context.Background(), `SELECT seq, message_id FROM messages WHERE channel_id = ? ORDER BY seq`, ch)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var seq uint64
+			var id string
+			if err := rows.Scan(&seq, &id); err != nil {
+				return err
+			}
+			seqs, ids = append(seqs, seq), append(ids, id)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := 0
+	for i, id := range ids {
+		if seqs[i] != uint64(i+1) {
+			t.Fatalf("seq %d at position %d: not contiguous", seqs[i], i+1)
+		}
+		if strings.HasPrefix(id, "event-") {
+			continue
+		}
+		stored++
+		a := answers[id]
+		if len(a) != 2 || a[0].seq != seqs[i] || a[1].seq != seqs[i] || a[0].dup == a[1].dup {
+			t.Fatalf("message %s stored at %d, answered %+v", id, seqs[i], a)
+		}
+	}
+	if stored != senders*each || len(answers) != senders*each {
+		t.Fatalf("%d messages stored, %d sent", stored, len(answers))
+	}
+}
+
 // A message id replayed to another node answers with the original seq.
 func TestClusterReplayedMessageIDOnOtherNode(t *testing.T) {
 	nodes := startCluster(t, 2)
