@@ -65,6 +65,7 @@ deps-test:
 # Prometheus run are Go tests in ops/ (test-go).
 ops-check: deps-test
 	promtool check config ops/prometheus/prometheus.yml
+	promtool check config --syntax-only ops/prometheus/prometheus.compose.yml
 	promtool check rules ops/alerts/qpcd.rules.yml
 
 proto:

@@ -3,6 +3,7 @@
 //
 //	qpc-testnet postgres --dsn-file FILE [--dir-file FILE]
 //	qpc-testnet port
+//	qpc-testnet cert --dir DIR
 //
 // postgres starts a throwaway PostgreSQL server with internal/store/pgtest
 // (the one the tests use: a fresh directory, loopback only, a free port,
@@ -11,7 +12,10 @@
 // last, so its presence means ready) and the cluster directory to
 // --dir-file, then waits: SIGTERM or SIGINT stops the server and removes
 // its directory. port prints a TCP port on 127.0.0.1 that was free a
-// moment ago.
+// moment ago. cert writes DIR/cert.pem and DIR/key.pem, the self-signed
+// certificate for localhost that qpcd generates on a first start, unless
+// they exist: docker-compose.yml runs it once so that every qpcd replica
+// serves the same certificate.
 package main
 
 import (
@@ -28,6 +32,7 @@ import (
 	"time"
 
 	"github.com/quicprochat/quicprochat/internal/store/pgtest"
+	"github.com/quicprochat/quicprochat/internal/transport"
 )
 
 const (
@@ -42,7 +47,7 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: qpc-testnet postgres --dsn-file FILE [--dir-file FILE] | qpc-testnet port")
+		fmt.Fprintln(stderr, "usage: qpc-testnet postgres --dsn-file FILE [--dir-file FILE] | qpc-testnet port | qpc-testnet cert --dir DIR")
 		return exitUsage
 	}
 	switch args[0] {
@@ -57,8 +62,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		defer l.Close()
 		fmt.Fprintln(stdout, l.Addr().(*net.TCPAddr).Port)
 		return exitOK
+	case "cert":
+		return runCert(args[1:], stdout, stderr)
 	default:
-		fmt.Fprintf(stderr, "qpc-testnet: unknown command %q (want postgres or port)\n", args[0])
+		fmt.Fprintf(stderr, "qpc-testnet: unknown command %q (want postgres, port or cert)\n", args[0])
 		return exitUsage
 	}
 }
@@ -105,6 +112,31 @@ func runPostgres(args []string, stderr io.Writer) int {
 	if err := c.Stop(); err != nil {
 		fmt.Fprintf(stderr, "qpc-testnet postgres: %v\n", err)
 		return exitFailure
+	}
+	return exitOK
+}
+
+func runCert(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("qpc-testnet cert", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("dir", "", "directory for cert.pem and key.pem")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *dir == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "qpc-testnet cert: --dir is required, and no arguments")
+		return exitUsage
+	}
+	cert, key := filepath.Join(*dir, "cert.pem"), filepath.Join(*dir, "key.pem")
+	made, err := transport.EnsureDevCertificate(cert, key, time.Now())
+	if err != nil {
+		fmt.Fprintf(stderr, "qpc-testnet cert: %v\n", err)
+		return exitFailure
+	}
+	if made {
+		fmt.Fprintf(stdout, "wrote %s and %s\n", cert, key)
+	} else {
+		fmt.Fprintf(stdout, "%s exists; kept\n", cert)
 	}
 	return exitOK
 }

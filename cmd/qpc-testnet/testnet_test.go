@@ -297,4 +297,22 @@ func TestRunUsage(t *testing.T) {
 	if p, err := strconv.Atoi(strings.TrimSpace(out.String())); err != nil || p <= 0 || p > 65535 {
 		t.Errorf("port printed %q", out.String())
 	}
+
+	// cert writes a certificate once and keeps it afterwards.
+	dir := t.TempDir()
+	out.Reset()
+	if code := run([]string{"cert", "--dir", dir}, &out, &errb); code != exitOK || !strings.Contains(out.String(), "wrote") {
+		t.Fatalf("cert: exit %d, %q %q", code, out.String(), errb.String())
+	}
+	first := readFile(t, filepath.Join(dir, "cert.pem"))
+	out.Reset()
+	if code := run([]string{"cert", "--dir", dir}, &out, &errb); code != exitOK || !strings.Contains(out.String(), "kept") {
+		t.Fatalf("cert again: exit %d, %q", code, out.String())
+	}
+	if readFile(t, filepath.Join(dir, "cert.pem")) != first {
+		t.Error("cert replaced an existing certificate")
+	}
+	if code := run([]string{"cert"}, &out, &errb); code != exitUsage {
+		t.Errorf("cert without --dir: exit %d", code)
+	}
 }
