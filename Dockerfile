@@ -32,14 +32,20 @@ RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache
         -o "/out/bin/$c" "./cmd/$c"; \
     done; \
     CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w" \
-      -o /out/bin/qpc-healthcheck ./packaging/docker/healthcheck
+      -o /out/bin/qpc-healthcheck ./packaging/docker/healthcheck; \
+    CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w" \
+      -o /out/testnet/qpc-testnet ./cmd/qpc-testnet
 
 # --- testnet-client: qpc and a scripted chat for docker-compose.yml ---------
 # busybox supplies the shell for the script; the server image has none.
+# qpc-testnet writes the certificate every qpcd replica shares (tls-init);
+# /tls is the non-root mount point of that volume.
 FROM busybox:1.37.0-musl AS testnet-client
 COPY --from=build /out/bin/qpc /usr/local/bin/qpc
+COPY --from=build /out/testnet/qpc-testnet /usr/local/bin/qpc-testnet
 COPY packaging/docker/testnet-chat.sh /usr/local/bin/testnet-chat.sh
 COPY --from=build --chown=65532:65532 /out/data /home/qpc
+COPY --from=build --chown=65532:65532 /out/data /tls
 USER 65532:65532
 ENV QPC_HOME=/home/qpc
 VOLUME ["/home/qpc"]

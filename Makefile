@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go test-tools vet fmt-check ops-check proto proto-interop interop fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test bench-peers
+.PHONY: all build run test test-go test-tools vet fmt-check ops-check proto proto-interop interop fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test bench-peers testnet testnet-down
 
 all: build
 
@@ -65,6 +65,7 @@ deps-test:
 # Prometheus run are Go tests in ops/ (test-go).
 ops-check: deps-test
 	promtool check config ops/prometheus/prometheus.yml
+	promtool check config --syntax-only ops/prometheus/prometheus.compose.yml
 	promtool check rules ops/alerts/qpcd.rules.yml
 
 proto:
@@ -95,6 +96,18 @@ chaos-short: deps-test
 	@mkdir -p $(BIN); $(call CHAOS_RUN,-timeout 15m,chaos-short)
 chaos: deps-test
 	@mkdir -p $(BIN); QPC_CHAOS=long; export QPC_CHAOS; $(call CHAOS_RUN,-timeout 3h,chaos-long)
+
+# A local multi-node testnet (scripts/testnet.sh, docs/operations.md "A
+# local testnet"): a throwaway PostgreSQL, NODES qpcd nodes on it on
+# loopback ports, Prometheus scraping them with the shipped rules, and
+# chatting qpc clients spread over the nodes. It prints the addresses;
+# testnet-down stops all of it and removes its state (TESTNET_STATE,
+# default bin/testnet). go test ./cmd/qpc-testnet runs both with two nodes.
+NODES ?= 3
+testnet: build deps-test
+	NODES=$(NODES) scripts/testnet.sh up
+testnet-down:
+	scripts/testnet.sh down
 
 # Soak (internal/chaos TestSoak): a steady mixed workload against one qpcd
 # for DURATION, sampled into $(BIN)/soak-<backend>.csv and plotted to .png

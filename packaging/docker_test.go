@@ -277,7 +277,7 @@ func loadCompose(t *testing.T) *types.Project {
 
 func TestComposeTestnet(t *testing.T) {
 	p := loadCompose(t)
-	for _, name := range []string{"qpcd", "prometheus", "grafana"} {
+	for _, name := range []string{"postgres", "tls-init", "qpcd", "prometheus", "grafana"} {
 		if _, ok := p.Services[name]; !ok {
 			t.Fatalf("compose testnet lacks the %s service", name)
 		}
@@ -293,39 +293,126 @@ func TestComposeTestnet(t *testing.T) {
 			t.Errorf("qpcd environment %s is not a qpcd variable", k)
 		}
 	}
-	// Only QUIC faces the network; ops, Prometheus and Grafana stay local.
-	published := map[uint32]bool{}
+	env := func(k string) string {
+		if v := qpcd.Environment[k]; v != nil {
+			return *v
+		}
+		return ""
+	}
+
+	// A cluster: `--scale qpcd=N` needs replicas that do not collide (no
+	// container name, no single fixed host port, no named volume for the
+	// data directory, which qpcd locks), all on the one PostgreSQL service.
+	if qpcd.ContainerName != "" {
+		t.Errorf("qpcd has container_name %q: --scale cannot run replicas", qpcd.ContainerName)
+	}
 	for _, port := range qpcd.Ports {
-		published[port.Target] = true
 		if port.Protocol != "udp" && port.HostIP != "127.0.0.1" {
 			t.Errorf("port %d/%s is published on %q; keep it on 127.0.0.1", port.Target, port.Protocol, port.HostIP)
 		}
-	}
-	for _, want := range []uint32{7443, 7444, 9090, 3000} {
-		if !published[want] {
-			t.Errorf("qpcd's network namespace does not publish port %d", want)
+		if port.Target != 7443 || port.Protocol != "udp" || !strings.Contains(port.Published, "-") {
+			t.Errorf("qpcd publishes %d/%s as %q: with several replicas only QUIC is published, as a host port range", port.Target, port.Protocol, port.Published)
 		}
 	}
+	for _, v := range qpcd.Volumes {
+		if v.Target == "/var/lib/qpcd" {
+			t.Errorf("qpcd mounts %s at its data directory: replicas would share (and lock) one", v.Source)
+		}
+	}
+	if env("QPC_STORE_BACKEND") != "postgres" || !strings.Contains(env("QPC_POSTGRES_DSN"), "@postgres:5432/") {
+		t.Errorf("qpcd does not use the postgres service: backend %q, dsn %q", env("QPC_STORE_BACKEND"), env("QPC_POSTGRES_DSN"))
+	}
+	if d, ok := qpcd.DependsOn["postgres"]; !ok || d.Condition != types.ServiceConditionHealthy {
+		t.Errorf("qpcd does not wait for a healthy postgres: %+v", qpcd.DependsOn)
+	}
+	if pg := p.Services["postgres"]; pg.HealthCheck == nil || len(pg.HealthCheck.Test) == 0 {
+		t.Error("postgres has no health check")
+	}
+
+	// One certificate for every replica (docs/operations.md): tls-init
+	// writes it into the qpcd-tls volume, which qpcd reads read-only.
+	if d, ok := qpcd.DependsOn["tls-init"]; !ok || d.Condition != types.ServiceConditionCompletedSuccessfully {
+		t.Errorf("qpcd does not wait for tls-init to finish: %+v", qpcd.DependsOn)
+	}
+	mountsVolume := func(s types.ServiceConfig, source, target string, readOnly bool) bool {
+		for _, v := range s.Volumes {
+			if v.Source == source && v.Target == target && v.ReadOnly == readOnly {
+				return true
+			}
+		}
+		return false
+	}
+	if !mountsVolume(qpcd, "qpcd-tls", "/tls", true) || env("QPC_TLS_CERT_FILE") != "/tls/cert.pem" || env("QPC_TLS_KEY_FILE") != "/tls/key.pem" {
+		t.Errorf("qpcd does not serve the shared certificate from the qpcd-tls volume (read-only at /tls)")
+	}
+	tlsInit := p.Services["tls-init"]
+	if tlsInit.Build == nil || tlsInit.Build.Target != "testnet-client" || !slices.Equal(tlsInit.Entrypoint, types.ShellCommand{"/usr/local/bin/qpc-testnet", "cert", "--dir", "/tls"}) ||
+		!mountsVolume(tlsInit, "qpcd-tls", "/tls", false) {
+		t.Errorf("tls-init does not write the certificate with qpc-testnet cert into the qpcd-tls volume: %+v %v", tlsInit.Build, tlsInit.Entrypoint)
+	}
+
+	// Prometheus on the compose network finds every replica by DNS;
+	// Grafana shares its network namespace (the data source is 127.0.0.1:9090).
+	prom := p.Services["prometheus"]
+	published := map[uint32]bool{}
+	for _, port := range prom.Ports {
+		published[port.Target] = true
+		if port.HostIP != "127.0.0.1" {
+			t.Errorf("prometheus publishes %d on %q; keep it on 127.0.0.1", port.Target, port.HostIP)
+		}
+	}
+	for _, want := range []uint32{9090, 3000} {
+		if !published[want] {
+			t.Errorf("prometheus's network namespace does not publish port %d", want)
+		}
+	}
+	if nm := p.Services["grafana"].NetworkMode; nm != "service:prometheus" {
+		t.Errorf("grafana network_mode = %q, want service:prometheus (the data source queries 127.0.0.1:9090)", nm)
+	}
+	t.Run("prometheus finds every qpcd replica", func(t *testing.T) {
+		var conf struct {
+			ScrapeConfigs []struct {
+				JobName      string `yaml:"job_name"`
+				DNSSDConfigs []struct {
+					Names []string `yaml:"names"`
+					Type  string   `yaml:"type"`
+					Port  int      `yaml:"port"`
+				} `yaml:"dns_sd_configs"`
+			} `yaml:"scrape_configs"`
+		}
+		readOps(t, "ops/prometheus/prometheus.compose.yml", &conf)
+		ok := false
+		for _, sc := range conf.ScrapeConfigs {
+			for _, d := range sc.DNSSDConfigs {
+				if sc.JobName == "qpcd" && slices.Contains(d.Names, "qpcd") && d.Type == "A" && d.Port == 7444 {
+					ok = true
+				}
+			}
+		}
+		if !ok {
+			t.Error(`prometheus.compose.yml has no job "qpcd" discovering the qpcd service's replicas (dns_sd_configs, type A, port 7444)`)
+		}
+		if out, err := exec.Command("promtool", "check", "config", "--syntax-only", filepath.Join(root, "ops/prometheus/prometheus.compose.yml")).CombinedOutput(); err != nil {
+			t.Errorf("promtool check config --syntax-only: %v\n%s", err, out)
+		}
+	})
 
 	// Clients: the Dockerfile's testnet-client stage (qpc and a chat
-	// script), waiting for a healthy qpcd and reading its certificate.
+	// script), waiting for a healthy qpcd and pinning the shared certificate.
 	var clients []string
 	for name, s := range p.Services {
-		if s.Build == nil || s.Build.Target != "testnet-client" {
+		if s.Build == nil || s.Build.Target != "testnet-client" || name == "tls-init" {
 			continue
 		}
 		clients = append(clients, name)
 		if d, ok := s.DependsOn["qpcd"]; !ok || d.Condition != types.ServiceConditionHealthy {
 			t.Errorf("client %s does not wait for a healthy qpcd: %+v", name, s.DependsOn)
 		}
-		pinned := false
-		for _, v := range s.Volumes {
-			if v.Source == "qpcd-data" && v.Target == "/qpcd" && v.ReadOnly {
-				pinned = true
-			}
+		if !mountsVolume(s, "qpcd-tls", "/qpcd/tls", true) {
+			t.Errorf("client %s does not mount the qpcd-tls volume read-only at /qpcd/tls (the certificate it pins)", name)
 		}
-		if !pinned {
-			t.Errorf("client %s does not mount qpcd's volume read-only at /qpcd (the certificate it pins)", name)
+		if v := s.Environment["QPC_TESTNET_SERVER"]; v == nil || *v != "qpcd:7443" {
+			t.Errorf("client %s does not connect to the qpcd service (QPC_TESTNET_SERVER=qpcd:7443)", name)
 		}
 		if len(s.Command) == 0 {
 			t.Errorf("client %s has no user name argument", name)
@@ -337,7 +424,7 @@ func TestComposeTestnet(t *testing.T) {
 
 	// Prometheus and Grafana are provisioned from ops/, read-only.
 	wantMounts := map[string]map[string]string{
-		"prometheus": {"/etc/prometheus/prometheus.yml": "ops/prometheus/prometheus.yml", "/etc/alerts": "ops/alerts"},
+		"prometheus": {"/etc/prometheus/prometheus.yml": "ops/prometheus/prometheus.compose.yml", "/etc/alerts": "ops/alerts"},
 		"grafana":    {"/etc/grafana/provisioning": "ops/grafana/provisioning"},
 	}
 	var binds []string
@@ -363,10 +450,6 @@ func TestComposeTestnet(t *testing.T) {
 				t.Errorf("%s: %s is mounted from %q, want %s", svc, target, mounts[svc][target], src)
 			}
 		}
-		// The ops bundle addresses qpcd and Prometheus as 127.0.0.1.
-		if nm := p.Services[svc].NetworkMode; nm != "service:qpcd" {
-			t.Errorf("%s network_mode = %q, want service:qpcd (the ops files scrape and query 127.0.0.1)", svc, nm)
-		}
 	}
 
 	// What the ops files themselves point at must be mounted there.
@@ -374,7 +457,7 @@ func TestComposeTestnet(t *testing.T) {
 		var prom struct {
 			RuleFiles []string `yaml:"rule_files"`
 		}
-		readOps(t, "ops/prometheus/prometheus.yml", &prom)
+		readOps(t, "ops/prometheus/prometheus.compose.yml", &prom)
 		for _, rf := range prom.RuleFiles {
 			inContainer := rf
 			if !filepath.IsAbs(rf) {

@@ -132,7 +132,13 @@ type daemon struct {
 // line and its admin socket.
 func startQPCD(t *testing.T, dataDir string, env ...string) *daemon {
 	t.Helper()
-	cmd := exec.Command(qpcdBin, "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0",
+	return startQPCDBin(t, qpcdBin, dataDir, env...)
+}
+
+// startQPCDBin is startQPCD with another qpcd binary (a release of a drill).
+func startQPCDBin(t *testing.T, bin, dataDir string, env ...string) *daemon {
+	t.Helper()
+	cmd := exec.Command(bin, "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0",
 		"--log-format", "json", "--rate-limit", "100000")
 	cmd.Env = cleanEnv(append([]string{"QPC_LIMITS_RATE_BURST=100000", "QPC_LIMITS_DRAIN_TIMEOUT=5s"}, env...)...)
 	stderr, err := cmd.StderrPipe()

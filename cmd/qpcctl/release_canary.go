@@ -90,6 +90,9 @@ func addCanaryCommands(rel *cobra.Command, g *globals) {
 			"and unknown statuses over all RPCs) must stay within --max-error-ratio and the p99 latency (without\n" +
 			"FetchWait and Ping) within --max-p99. On failure: `current` goes back, qpcd restarts, and if the schema\n" +
 			"moved the pre-upgrade backup is restored (qpcd stopped meanwhile).\n" +
+			"On PostgreSQL (several nodes, one database) it upgrades this node only, gates on its metrics while the others\n" +
+			"keep serving, takes no file backup and never restores the shared database: a rollback switches this node's binary\n" +
+			"back (the new release's migrations must be expand-only). After promote, run it on each other node in turn.\n" +
 			"Exit codes: 0 the gate passed (then promote or roll back), 1 failed (rolled back, or see the error), 2 usage.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -318,6 +321,12 @@ func printCanary(w io.Writer, r canary.Report) {
 	if r.Backup != "" {
 		fmt.Fprintf(w, "backup:         %s (schema %d)\n", r.Backup, r.SchemaBefore)
 	}
+	if r.Shared {
+		fmt.Fprintf(w, "cluster:        shared PostgreSQL database (schema %d before), %d other node(s); no file backup, never restored by a rollback\n", r.SchemaBefore, len(r.Peers))
+		for _, p := range r.Peers {
+			fmt.Fprintf(w, "  node %s  %s  qpcd %s  %s\n", p.ID, p.Address, p.Version, p.State)
+		}
+	}
 	fmt.Fprintf(w, "bake:           %.1fs, %d polls, ready %v\n", g.BakeSeconds, g.Polls, g.Ready)
 	fmt.Fprintf(w, "rpcs:           %.0f, errors %.0f, ratio %.4f (max %.4f)\n", g.Requests, g.Errors, g.ErrorRatio, g.MaxErrorRatio)
 	if g.P99Seconds >= 0 {
@@ -328,6 +337,9 @@ func printCanary(w io.Writer, r canary.Report) {
 	switch {
 	case g.Passed:
 		fmt.Fprintf(w, "next:           `qpcctl release promote`, or `qpcctl release rollback` to return to %s\n", r.From)
+		if r.Shared && len(r.Peers) > 0 {
+			fmt.Fprintf(w, "then:           on each other node in turn, `qpcctl release canary` of the same artifact and `qpcctl release promote`\n")
+		}
 	case r.RolledBack:
 		fmt.Fprintf(w, "rolled back:    qpcd %s serves again", r.From)
 		if r.Restored {
@@ -348,7 +360,15 @@ func printReleaseStatus(w io.Writer, r canary.StatusReport) {
 	}
 	if c := r.Canary; c != nil {
 		fmt.Fprintf(w, "canary:    %s -> %s, %s (started %s, updated %s)\n", c.From, c.Version, c.Phase, fmtTime(c.StartedAt), fmtTime(c.UpdatedAt))
-		fmt.Fprintf(w, "backup:    %s (schema %d)\n", c.Backup, c.SchemaBefore)
+		if c.Shared {
+			fmt.Fprintf(w, "cluster:   shared PostgreSQL database (schema %d before); other nodes at the start:", c.SchemaBefore)
+			for _, p := range c.Peers {
+				fmt.Fprintf(w, " %s (%s, %s)", p.ID, p.Version, p.State)
+			}
+			fmt.Fprintln(w)
+		} else {
+			fmt.Fprintf(w, "backup:    %s (schema %d)\n", c.Backup, c.SchemaBefore)
+		}
 		if c.Stable != "" {
 			fmt.Fprintf(w, "stable:    %s\n", c.Stable)
 		}

@@ -46,7 +46,7 @@ type drill struct {
 	stopSender                              func()
 }
 
-func newDrill(t *testing.T) *drill {
+func newDrill(t *testing.T, env ...string) *drill {
 	t.Helper()
 	dir := shortDir(t)
 	bin := filepath.Join(dir, "bin")
@@ -96,7 +96,7 @@ func newDrill(t *testing.T) *drill {
 	supCmd := exec.Command(sup, "run", "--state", stateFile, "--",
 		filepath.Join(data, "releases", "current", "qpcd"), "--data-dir", data, "--listen", quicAddr, "--ops-listen", opsAddr,
 		"--log-format", "json", "--rate-limit", "100000")
-	supCmd.Env = cleanEnv("QPC_LIMITS_RATE_BURST=100000", "QPC_LIMITS_DRAIN_TIMEOUT=3s")
+	supCmd.Env = cleanEnv(append([]string{"QPC_LIMITS_RATE_BURST=100000", "QPC_LIMITS_DRAIN_TIMEOUT=3s"}, env...)...)
 	var supLog syncBuffer
 	supCmd.Stdout, supCmd.Stderr = &supLog, &supLog
 	if err := supCmd.Start(); err != nil {

@@ -53,18 +53,22 @@ type ErrorBody struct {
 
 // Status is GET /v1/status.
 type Status struct {
-	Version        string         `json:"version"`
-	Commit         string         `json:"commit"`
-	StartedAt      time.Time      `json:"started_at"`
-	UptimeSeconds  float64        `json:"uptime_seconds"`
-	Ready          bool           `json:"ready"`
-	Readiness      string         `json:"readiness"` // "ready", or why not
-	Connections    int            `json:"connections"`
-	Counts         Counts         `json:"counts"`
-	DBBytes        int64          `json:"db_bytes"`
-	DBPath         string         `json:"db_path"`
-	DBKeyID        string         `json:"db_key_id"`
-	SchemaVersion  int            `json:"schema_version"`
+	Version       string    `json:"version"`
+	Commit        string    `json:"commit"`
+	StartedAt     time.Time `json:"started_at"`
+	UptimeSeconds float64   `json:"uptime_seconds"`
+	Ready         bool      `json:"ready"`
+	Readiness     string    `json:"readiness"` // "ready", or why not
+	Connections   int       `json:"connections"`
+	Counts        Counts    `json:"counts"`
+	DBBytes       int64     `json:"db_bytes"`
+	DBPath        string    `json:"db_path"`
+	DBKeyID       string    `json:"db_key_id"`
+	SchemaVersion int       `json:"schema_version"`
+	// Backend is the storage engine: sqlcipher (this node's own file) or
+	// postgres (a database every node of the deployment shares). Empty
+	// from a qpcd older than the field.
+	Backend        string         `json:"backend,omitempty"`
 	KeyPackages    KeyPackageInfo `json:"keypackages"`
 	LastBackup     *BackupRecord  `json:"last_backup,omitempty"`
 	TLSNotAfter    time.Time      `json:"tls_not_after"`

@@ -275,6 +275,7 @@ func (b adminBackend) Status(ctx context.Context) (admin.Status, error) {
 		Readiness:      "ready",
 		Connections:    s.ln.Connections(),
 		DBPath:         s.db.Path(),
+		Backend:        s.db.Backend(),
 		DBKeyID:        s.db.KeyID(),
 		TLSNotAfter:    s.certs.NotAfter(),
 		TLSFingerprint: s.certs.Fingerprint(),

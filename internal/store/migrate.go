@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -195,24 +196,54 @@ func inspectApp(ctx context.Context, q querier, path string, app App) (dbState, 
 	return st, nil
 }
 
+// ExpandPrefix starts the name of an expand-only migration
+// (NNNN_expand_name.sql): one that only adds (tables, nullable columns or
+// columns with a default, indexes, rows) so that a qpcd one release older
+// can keep using the database it produced. A qpcd that finds steps it does
+// not know opens the database only if every one of them is expand-only
+// (docs/release.md, "Mixed versions on one database"); any other step
+// (a contract: dropping, renaming, tightening) refuses it with
+// ErrSchemaTooNew.
+const ExpandPrefix = "expand_"
+
 // checkApplied compares what the database has applied with the migrations
-// this binary knows: newer schema, gaps and renamed steps are errors.
+// this binary knows: gaps and renamed steps are errors, and so is a newer
+// schema unless every step beyond this binary's is expand-only.
 func checkApplied(st dbState, known []migration, path string) error {
 	if st.empty {
 		return nil
 	}
 	if v := st.version(); v > len(known) {
-		return fmt.Errorf("%w: %s is at schema version %d, this qpcd knows up to %d; run the newer qpcd (or restore the pre-upgrade backup)", ErrSchemaTooNew, path, v, len(known))
+		for _, a := range st.applied[min(len(known), len(st.applied)):] {
+			if !strings.HasPrefix(a.name, ExpandPrefix) {
+				return fmt.Errorf("%w: %s is at schema version %d, this qpcd knows up to %d, and step %04d_%s is not expand-only; run the newer qpcd (or restore the pre-upgrade backup)",
+					ErrSchemaTooNew, path, v, len(known), a.version, a.name)
+			}
+		}
 	}
 	for i, a := range st.applied {
 		if a.version != i+1 {
 			return fmt.Errorf("%w: %s: applied versions have a gap before %d", ErrMigrations, path, a.version)
+		}
+		if i >= len(known) {
+			continue // expand-only steps of a newer qpcd, checked above
 		}
 		if k := known[i]; k.name != a.name {
 			return fmt.Errorf("%w: %s: version %d was applied as %q but this qpcd names it %q; migrations must never be renamed or replaced once released", ErrMigrations, path, a.version, a.name, k.name)
 		}
 	}
 	return nil
+}
+
+// pending is what of known is not applied yet at version (none when a newer
+// qpcd's expand-only steps put the database ahead), logging the latter.
+func pending(known []migration, version int, target string, log *slog.Logger) []migration {
+	if version > len(known) {
+		log.Warn("store: the database schema is newer than this qpcd; its extra steps are expand-only, so this qpcd runs on it (mixed versions: upgrade this node soon)",
+			"target", target, "schema_version", version, "known_version", len(known))
+		return nil
+	}
+	return known[version:]
 }
 
 // migrate applies every pending migration, each in its own transaction that
@@ -229,7 +260,7 @@ func migrate(ctx context.Context, db *sql.DB, known []migration, path string, ap
 		return 0, err
 	}
 	version := st.version()
-	for _, m := range known[version:] {
+	for _, m := range pending(known, version, path, log) {
 		if err := applyOne(ctx, db, m, now); err != nil {
 			return version, fmt.Errorf("store: migration %04d_%s on %s: %w", m.version, m.name, path, err)
 		}
@@ -286,4 +317,33 @@ func ignoreDone(err error) error {
 		return nil
 	}
 	return err
+}
+
+// contractSQL matches statements an expand-only migration must not hold:
+// removing or renaming anything, changing a column's type or making it
+// NOT NULL, and new NOT NULL columns without a default (an older qpcd's
+// inserts would fail), checked case-insensitively on the migration's text.
+var contractSQL = []*regexp.Regexp{
+	regexp.MustCompile(`(?i)\bDROP\s+(TABLE|COLUMN|INDEX|VIEW|TRIGGER|CONSTRAINT|DEFAULT|NOT\s+NULL)\b`),
+	regexp.MustCompile(`(?i)\bRENAME\b`),
+	regexp.MustCompile(`(?i)\bALTER\s+(TABLE\s+\S+\s+ALTER\s+)?COLUMN\s+\S+\s+(SET\s+DATA\s+)?TYPE\b`),
+	regexp.MustCompile(`(?i)\bSET\s+NOT\s+NULL\b`),
+	regexp.MustCompile(`(?i)\bADD\s+(COLUMN\s+)?\S+\s+[^,;]*\bNOT\s+NULL\b(?:[^,;]*\bDEFAULT\b)?`),
+	regexp.MustCompile(`(?i)\bDELETE\s+FROM\b|\bTRUNCATE\b`),
+}
+
+// checkExpandOnly reports the first statement of an expand_ migration that
+// would break the release before it.
+func checkExpandOnly(m migration) error {
+	for _, re := range contractSQL {
+		if loc := re.FindStringIndex(m.sql); loc != nil {
+			hit := m.sql[loc[0]:loc[1]]
+			if re == contractSQL[4] && regexp.MustCompile(`(?i)\bDEFAULT\b`).MatchString(hit) {
+				continue // a NOT NULL column with a default is fine
+			}
+			return fmt.Errorf("%w: %04d_%s is named expand-only but contains %q, which a qpcd one release older cannot run with (docs/release.md, \"Mixed versions on one database\"): name it without the %s prefix and ship it in a later release than the code that stops needing the old shape",
+				ErrMigrations, m.version, m.name, strings.Join(strings.Fields(hit), " "), ExpandPrefix)
+		}
+	}
+	return nil
 }

@@ -360,7 +360,7 @@ func migratePG(ctx context.Context, pool *sql.DB, known []migration, target stri
 		return 0, err
 	}
 	version := st.version()
-	for _, m := range known[version:] {
+	for _, m := range pending(known, version, target, log) {
 		if err := applyStep(ctx, conn, m, time.Now, nil); err != nil {
 			return version, fmt.Errorf("store: migration %04d_%s on %s: %w", m.version, m.name, target, err)
 		}

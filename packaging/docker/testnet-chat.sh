@@ -4,12 +4,15 @@
 # NAME once, and then posts to the group "testnet" every QPC_TESTNET_EVERY
 # seconds (default 30) while printing what the others wrote. The user named
 # by QPC_TESTNET_CREATOR creates the group and invites every PEER as soon as
-# the peer has registered; the peers accept the invitation.
+# the peer has registered; the peers accept the invitation. The server is
+# QPC_TESTNET_SERVER (default qpcd:7443: in docker-compose.yml, the qpcd
+# service's replicas); scripts/testnet.sh spreads its clients over its nodes.
 set -eu
 me=${1:?usage: testnet-chat.sh NAME [PEER...]}
 shift
 cert=${QPC_TESTNET_CERT:-/qpcd/tls/cert.pem}
 every=${QPC_TESTNET_EVERY:-30}
+server=${QPC_TESTNET_SERVER:-qpcd:7443}
 
 until [ -s "$cert" ]; do
 	echo "waiting for $cert"
@@ -19,7 +22,7 @@ done
 pin=$(sed '/-----/d' "$cert" | base64 -d | sha256sum | cut -d' ' -f1)
 
 if [ ! -f "${QPC_HOME:?}/client.key" ]; then
-	qpc init --server qpcd:7443 --server-name localhost --pin "$pin"
+	qpc init --server "$server" --server-name localhost --pin "$pin"
 	until qpc register "$me"; do sleep 5; done
 fi
 

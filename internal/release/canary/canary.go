@@ -2,6 +2,15 @@
 // data directory, a health and metrics gate after the switch, and automatic
 // rollback (the binary, and the pre-upgrade backup if the schema moved).
 //
+// On a cluster (the PostgreSQL backend, several nodes on one database) it
+// upgrades the node it runs on, one of N, and gates on that node's metrics
+// while the others keep serving on the previous release. The database is
+// shared, so it takes no file backup and a rollback switches this node's
+// binary back without touching the database: that works because the new
+// release's migrations are expand-only (store.ExpandPrefix), which the old
+// release runs on. The others are upgraded after promote, one at a time,
+// each by its own canary.
+//
 // Layout (the releases directory, default <data_dir>/releases):
 //
 //	releases/1.4.0/qpcd       one directory per installed version
@@ -229,6 +238,22 @@ type Report struct {
 	RolledBack   bool      `json:"rolled_back"`
 	Restored     bool      `json:"restored_backup"`
 	State        State     `json:"state"`
+	// Shared and Peers: the cluster, see State.
+	Shared bool   `json:"shared_database,omitempty"`
+	Peers  []Peer `json:"peers,omitempty"`
+}
+
+// peersOf lists the registry's other nodes that run or stopped answering
+// (stopped ones are gone from the deployment).
+func peersOf(st admin.Status) []Peer {
+	var out []Peer
+	for _, n := range st.Nodes {
+		if n.Self || n.ID == st.NodeID || n.State == "stopped" {
+			continue
+		}
+		out = append(out, Peer{ID: n.ID, Address: n.Address, Version: n.Version, State: n.State})
+	}
+	return out
 }
 
 // Canary installs the artifact (after verifying its signature), takes a
@@ -281,20 +306,34 @@ func (m *Manager) Canary(ctx context.Context, artifact, sig string) (rep Report,
 		return rep, fmt.Errorf("%w: qpcd status before the upgrade: %w (qpcd must be running for a canary)", ErrBackup, err)
 	}
 	rep.SchemaBefore = before.SchemaVersion
-	if err := os.MkdirAll(m.cfg.BackupDir, 0o700); err != nil {
-		return rep, fmt.Errorf("%w: %v (check --backup-dir)", ErrBackup, err)
-	}
+	rep.Shared, rep.Peers = before.Backend == "postgres", peersOf(before)
 	now := m.cfg.Now()
-	backup := filepath.Join(m.cfg.BackupDir, "pre-"+inst.Version+"-"+now.UTC().Format("20060102T150405Z")+".qpcbak")
-	m.step("taking the pre-upgrade backup %s", backup)
-	if _, err := m.cfg.Admin.Backup(ctx, backup, false, nil); err != nil {
-		return rep, fmt.Errorf("%w: %w (nothing was switched; fix the backup, e.g. free space in %s, and run the canary again)", ErrBackup, err, m.cfg.BackupDir)
+	var backup string
+	if rep.Shared {
+		// A third version beside the two of a rolling upgrade is not
+		// covered by the mixed-version rule (N and N+1 only).
+		for _, p := range rep.Peers {
+			if p.Version != before.Version && p.Version != inst.Version {
+				return rep, fmt.Errorf("%w: node %s (%s) runs qpcd %s, this node %s: finish that upgrade first (upgrade or roll back every node to one version), then canary %s",
+					ErrConflict, p.ID, p.Address, p.Version, before.Version, inst.Version)
+			}
+		}
+		m.step("PostgreSQL: the database is shared with %d other node(s), which keep serving on their release; no file backup is taken and a rollback will not touch the database (back it up with PostgreSQL's tools; docs/release.md)", len(rep.Peers))
+	} else {
+		if err := os.MkdirAll(m.cfg.BackupDir, 0o700); err != nil {
+			return rep, fmt.Errorf("%w: %v (check --backup-dir)", ErrBackup, err)
+		}
+		backup = filepath.Join(m.cfg.BackupDir, "pre-"+inst.Version+"-"+now.UTC().Format("20060102T150405Z")+".qpcbak")
+		m.step("taking the pre-upgrade backup %s", backup)
+		if _, err := m.cfg.Admin.Backup(ctx, backup, false, nil); err != nil {
+			return rep, fmt.Errorf("%w: %w (nothing was switched; fix the backup, e.g. free space in %s, and run the canary again)", ErrBackup, err, m.cfg.BackupDir)
+		}
+		rep.Backup = backup
 	}
-	rep.Backup = backup
 
 	old, _ := m.probe.scrape(ctx) // StartTime 0 when the old qpcd has no ops listener
 	st = State{Phase: PhaseBaking, Version: inst.Version, From: cur, PrevPrevious: prev, StartedAt: now, UpdatedAt: now,
-		Backup: backup, SchemaBefore: before.SchemaVersion, Stable: st.Stable}
+		Backup: backup, SchemaBefore: before.SchemaVersion, Stable: st.Stable, Shared: rep.Shared, Peers: rep.Peers}
 	if err := m.l.writeState(st); err != nil {
 		return rep, err
 	}
@@ -323,6 +362,9 @@ func (m *Manager) Canary(ctx context.Context, artifact, sig string) (rep Report,
 		st.Phase, st.SchemaAfter, st.UpdatedAt = PhasePassed, rep.SchemaAfter, m.cfg.Now()
 		rep.State = st
 		m.step("gate passed: %s is current; promote it with `qpcctl release promote` or roll back with `qpcctl release rollback`", inst.Version)
+		if rep.Shared && len(rep.Peers) > 0 {
+			m.step("after promote, upgrade the other %d node(s) one at a time, each with `qpcctl release canary` of the same artifact and `promote` on its host", len(rep.Peers))
+		}
 		return rep, m.l.writeState(st)
 	}
 	if ctx.Err() != nil {
@@ -480,7 +522,7 @@ func (m *Manager) Rollback(ctx context.Context, acceptDataLoss bool) (State, err
 	if !have || st.Phase == PhaseRolledBack {
 		return st, fmt.Errorf("%w: no canary to roll back (see `qpcctl release status`); to run another release, run a canary of it", ErrConflict)
 	}
-	if !acceptDataLoss {
+	if !acceptDataLoss && !st.Shared {
 		s, err := m.cfg.Admin.Status(ctx)
 		if err != nil {
 			return st, fmt.Errorf("%w: cannot read the schema version from qpcd: %w; start qpcd, or pass --accept-data-loss to restore the pre-upgrade backup %s if the schema moved", ErrDataLoss, err, st.Backup)
@@ -520,7 +562,21 @@ func (m *Manager) rollback(ctx context.Context, st State, allowRestore bool) (St
 		_ = m.l.writeState(st)
 		return st, fmt.Errorf("%w: %w (current already points at %s; fix the cause and start qpcd with the service manager)", ErrRollback, err, st.From)
 	}
-	if schemaAfter == st.SchemaBefore {
+	if st.Shared {
+		// Never restore a database other nodes serve from: the old release
+		// runs on the new schema as long as its steps are expand-only.
+		m.step("restarting qpcd %s on the shared database (schema %d -> %d; left as it is)", st.From, st.SchemaBefore, schemaAfter)
+		if err := m.cfg.Service.Restart(ctx); err != nil {
+			return fail(err)
+		}
+		if _, err := m.waitUp(ctx, st.From, oldStart); err != nil {
+			if schemaAfter != st.SchemaBefore {
+				err = fmt.Errorf("%v; the schema moved (%d -> %d) and qpcd %s refuses it if a step is not expand-only (its log names the step): the shared database is not restored by a rollback; run %s on this node again (`qpcctl release canary` of it), or stop every node and restore the database with PostgreSQL's tools",
+					err, st.SchemaBefore, schemaAfter, st.From, st.Version)
+			}
+			return fail(fmt.Errorf("qpcd %s did not come back: %v", st.From, err))
+		}
+	} else if schemaAfter == st.SchemaBefore {
 		m.step("restarting qpcd %s (schema unchanged at %d)", st.From, schemaAfter)
 		if err := m.cfg.Service.Restart(ctx); err != nil {
 			return fail(err)
@@ -552,8 +608,10 @@ func (m *Manager) rollback(ctx context.Context, st State, allowRestore bool) (St
 			return fail(err)
 		}
 	}
-	if _, err := m.waitUp(ctx, st.From, oldStart); err != nil {
-		return fail(fmt.Errorf("qpcd %s did not come back: %v", st.From, err))
+	if !st.Shared {
+		if _, err := m.waitUp(ctx, st.From, oldStart); err != nil {
+			return fail(fmt.Errorf("qpcd %s did not come back: %v", st.From, err))
+		}
 	}
 	st.Phase, st.UpdatedAt = PhaseRolledBack, m.cfg.Now()
 	if st.Stable == st.Version {

@@ -71,6 +71,7 @@ func TestParseMetricsCountsOnlyServerErrors(t *testing.T) {
 type profile struct {
 	ready  bool
 	schema int // the schema this version migrates to (0: leaves it)
+	knows  int // the newest schema this version knows (0: any); on a newer one it refuses to start unless the steps are expand-only
 	errors int // internal errors per scrape
 	slow   int // RPCs of 2 s per scrape
 }
@@ -91,6 +92,9 @@ type fakeOps struct {
 	restored                         string
 	releases                         string
 	backupErr                        error
+	backend                          string       // "postgres": a cluster's shared database
+	peers                            []admin.Node // the registry's other nodes
+	contract                         bool         // the schema's newer steps are not expand-only
 }
 
 func newFakeOps() *fakeOps { return &fakeOps{profiles: map[string]profile{}, schema: 4} }
@@ -180,8 +184,14 @@ func (f *fakeOps) launch() error {
 	}
 	f.mu.Lock()
 	p, start := f.profiles[v], f.start+1
+	refused := p.knows != 0 && f.schema > p.knows && f.contract
+	if refused {
+		f.running = false // exits at once: schema newer, step not expand-only
+	}
 	f.mu.Unlock()
-	f.set(v, start, p)
+	if !refused {
+		f.set(v, start, p)
+	}
 	return nil
 }
 
@@ -204,7 +214,8 @@ func (f *fakeOps) Status(context.Context) (admin.Status, error) {
 	if !f.running {
 		return admin.Status{}, admin.ErrNotRunning
 	}
-	return admin.Status{Version: f.version, SchemaVersion: f.schema}, nil
+	nodes := append([]admin.Node{{ID: "self", Version: f.version, State: "running", Self: true}}, f.peers...)
+	return admin.Status{Version: f.version, SchemaVersion: f.schema, Backend: f.backend, NodeID: "self", Nodes: nodes}, nil
 }
 
 func (f *fakeOps) Backup(_ context.Context, out string, _ bool, _ func(int64, int64)) (admin.BackupResult, error) {
@@ -484,5 +495,98 @@ func TestReleaseLock(t *testing.T) {
 	unlock()
 	if _, err := r.m.Promote(context.Background()); err == nil || strings.Contains(err.Error(), "another qpcctl") {
 		t.Fatalf("promote after unlock: %v", err)
+	}
+}
+
+// clusterRig is a rig whose qpcd is one node of three on PostgreSQL.
+func clusterRig(t *testing.T) *rig {
+	r := newRig(t)
+	r.f.backend = "postgres"
+	r.f.peers = []admin.Node{
+		{ID: "b", Address: "10.0.0.2:7443", Version: "1.0.0", State: "running"},
+		{ID: "c", Address: "10.0.0.3:7443", Version: "1.0.0", State: "stale"},
+		{ID: "old", Address: "10.0.0.9:7443", Version: "0.9.0", State: "stopped"},
+	}
+	r.f.profiles["1.0.0"] = profile{ready: true, knows: 4}
+	return r
+}
+
+// On a cluster a failed canary that migrated the shared database (an
+// expand-only step) rolls back the binary only: no backup was taken, the
+// database is not stopped for, nor restored, and the old release serves on
+// the migrated schema.
+func TestCanaryClusterRollsBackBinaryOnly(t *testing.T) {
+	r := clusterRig(t)
+	r.f.profiles["2.0.0"] = profile{ready: true, schema: 5, errors: 30}
+	rep, err := r.m.Canary(context.Background(), r.artifact("2.0.0"), "")
+	if !errors.Is(err, ErrGate) {
+		t.Fatalf("canary: %v, want ErrGate", err)
+	}
+	if !rep.Shared || len(rep.Peers) != 2 || rep.Peers[0].ID != "b" || rep.Peers[1].State != "stale" {
+		t.Fatalf("cluster in the report: shared %v, peers %+v", rep.Shared, rep.Peers)
+	}
+	if rep.Backup != "" || !rep.RolledBack || rep.Restored || rep.SchemaAfter != 5 {
+		t.Fatalf("report: %+v", rep)
+	}
+	if calls := r.f.callList(); calls != "restart,restart" {
+		t.Fatalf("calls %q, want restart,restart (no backup, stop or restore)", calls)
+	}
+	if r.link(CurrentLink) != "1.0.0" || r.f.version != "1.0.0" || !r.f.running || r.f.schema != 5 {
+		t.Fatalf("after rollback: current %s, running %s (%v), schema %d", r.link(CurrentLink), r.f.version, r.f.running, r.f.schema)
+	}
+	st, _, _ := r.m.l.readState()
+	if !st.Shared || len(st.Peers) != 2 || st.Phase != PhaseRolledBack {
+		t.Fatalf("canary.json: %+v", st)
+	}
+}
+
+// If a step was not expand-only, the old release refuses the shared
+// database: the rollback says so and restores nothing.
+func TestCanaryClusterContractStepIsNotRestored(t *testing.T) {
+	r := clusterRig(t)
+	r.f.contract = true
+	r.f.profiles["2.0.0"] = profile{ready: true, schema: 5, errors: 30}
+	rep, err := r.m.Canary(context.Background(), r.artifact("2.0.0"), "")
+	if !errors.Is(err, ErrGate) || !errors.Is(err, ErrRollback) || !strings.Contains(err.Error(), "not expand-only") ||
+		!strings.Contains(err.Error(), "not restored") {
+		t.Fatalf("canary: %v, want ErrGate and ErrRollback explaining the contract step", err)
+	}
+	if rep.RolledBack || rep.Restored || strings.Contains(r.f.callList(), "restore") || strings.Contains(r.f.callList(), "backup") {
+		t.Fatalf("report %+v, calls %s", rep, r.f.callList())
+	}
+}
+
+// A manual rollback after a passing canary on a cluster needs no
+// --accept-data-loss although the schema moved: nothing is restored.
+func TestCanaryClusterPassThenRollback(t *testing.T) {
+	r := clusterRig(t)
+	r.f.profiles["2.0.0"] = profile{ready: true, schema: 5}
+	rep, err := r.m.Canary(context.Background(), r.artifact("2.0.0"), "")
+	if err != nil || !rep.Gate.Passed || !rep.Shared {
+		t.Fatalf("canary: %v %+v", err, rep)
+	}
+	st, err := r.m.Rollback(context.Background(), false)
+	if err != nil || st.Restored || st.Phase != PhaseRolledBack || r.f.version != "1.0.0" || r.f.schema != 5 {
+		t.Fatalf("rollback: %v %+v (running %s, schema %d)", err, st, r.f.version, r.f.schema)
+	}
+}
+
+// A node of a third version (a rolling upgrade left half done) stops the
+// canary before anything is switched.
+func TestCanaryClusterRefusesThirdVersion(t *testing.T) {
+	r := clusterRig(t)
+	r.f.peers[0].Version = "0.9.0"
+	r.f.profiles["2.0.0"] = profile{ready: true}
+	_, err := r.m.Canary(context.Background(), r.artifact("2.0.0"), "")
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "node b") {
+		t.Fatalf("canary: %v, want ErrConflict naming node b", err)
+	}
+	if r.link(CurrentLink) != "1.0.0" || r.f.callList() != "" {
+		t.Fatalf("switched anyway: current %s, calls %q", r.link(CurrentLink), r.f.callList())
+	}
+	// One of the two versions of the upgrade is fine: node b already runs 2.0.0.
+	r.f.peers[0].Version = "2.0.0"
+	if rep, err := r.m.Canary(context.Background(), r.artifact("2.0.0"), ""); err != nil || !rep.Gate.Passed {
+		t.Fatalf("canary beside a node already on 2.0.0: %v", err)
 	}
 }

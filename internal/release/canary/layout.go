@@ -60,6 +60,20 @@ type State struct {
 	Gate         *Gate     `json:"gate,omitempty"`
 	Restored     bool      `json:"restored,omitempty"` // rollback restored the pre-upgrade backup
 	Error        string    `json:"error,omitempty"`
+	// Shared: the database is PostgreSQL, shared with the deployment's
+	// other nodes; the canary took no file backup and a rollback never
+	// restores the database (docs/release.md, "Canary on a cluster").
+	Shared bool `json:"shared_database,omitempty"`
+	// Peers are the deployment's other nodes when the canary started.
+	Peers []Peer `json:"peers,omitempty"`
+}
+
+// Peer is another node of the deployment, from the node registry.
+type Peer struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+	Version string `json:"version"`
+	State   string `json:"state"` // running or stale
 }
 
 // layout is the releases directory.

@@ -1,0 +1,162 @@
+// Command qpc-testnet holds the parts of the local multi-node testnet
+// (scripts/testnet.sh, `make testnet`) that the shell cannot do well:
+//
+//	qpc-testnet postgres --dsn-file FILE [--dir-file FILE]
+//	qpc-testnet port
+//	qpc-testnet cert --dir DIR
+//
+// postgres starts a throwaway PostgreSQL server with internal/store/pgtest
+// (the one the tests use: a fresh directory, loopback only, a free port,
+// SCRAM, run as the "postgres" user when started as root), creates the
+// database "qpc", writes its connection string to FILE (mode 0600; written
+// last, so its presence means ready) and the cluster directory to
+// --dir-file, then waits: SIGTERM or SIGINT stops the server and removes
+// its directory. port prints a TCP port on 127.0.0.1 that was free a
+// moment ago. cert writes DIR/cert.pem and DIR/key.pem, the self-signed
+// certificate for localhost that qpcd generates on a first start, unless
+// they exist: docker-compose.yml runs it once so that every qpcd replica
+// serves the same certificate.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/quicprochat/quicprochat/internal/store/pgtest"
+	"github.com/quicprochat/quicprochat/internal/transport"
+)
+
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "usage: qpc-testnet postgres --dsn-file FILE [--dir-file FILE] | qpc-testnet port | qpc-testnet cert --dir DIR")
+		return exitUsage
+	}
+	switch args[0] {
+	case "postgres":
+		return runPostgres(args[1:], stderr)
+	case "port":
+		l, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			fmt.Fprintf(stderr, "qpc-testnet port: %v\n", err)
+			return exitFailure
+		}
+		defer l.Close()
+		fmt.Fprintln(stdout, l.Addr().(*net.TCPAddr).Port)
+		return exitOK
+	case "cert":
+		return runCert(args[1:], stdout, stderr)
+	default:
+		fmt.Fprintf(stderr, "qpc-testnet: unknown command %q (want postgres, port or cert)\n", args[0])
+		return exitUsage
+	}
+}
+
+func runPostgres(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("qpc-testnet postgres", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dsnFile := fs.String("dsn-file", "", "write the database's connection string here once it is ready (mode 0600)")
+	dirFile := fs.String("dir-file", "", "write the cluster directory here (for cleaning up after a SIGKILL)")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *dsnFile == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "qpc-testnet postgres: --dsn-file is required, and no arguments")
+		return exitUsage
+	}
+	// Signals that arrive while the server starts stop it right after.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	c, err := pgtest.Start(ctx, pgtest.Options{})
+	if err != nil {
+		cancel()
+		fmt.Fprintf(stderr, "qpc-testnet postgres: %v\n", err)
+		return exitFailure
+	}
+	dsn, err := c.CreateDatabase(ctx, "qpc")
+	cancel()
+	if err == nil && *dirFile != "" {
+		err = writeAtomic(*dirFile, c.Dir+"\n")
+	}
+	if err == nil {
+		err = writeAtomic(*dsnFile, dsn+"\n")
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "qpc-testnet postgres: %v\n", errors.Join(err, c.Stop()))
+		return exitFailure
+	}
+	fmt.Fprintf(stderr, "qpc-testnet postgres: PostgreSQL on %s:%d in %s, database qpc; SIGTERM stops it\n", c.Host, c.Port, c.Dir)
+
+	s := <-sig
+	fmt.Fprintf(stderr, "qpc-testnet postgres: %v: stopping PostgreSQL\n", s)
+	if err := c.Stop(); err != nil {
+		fmt.Fprintf(stderr, "qpc-testnet postgres: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func runCert(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("qpc-testnet cert", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("dir", "", "directory for cert.pem and key.pem")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *dir == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "qpc-testnet cert: --dir is required, and no arguments")
+		return exitUsage
+	}
+	cert, key := filepath.Join(*dir, "cert.pem"), filepath.Join(*dir, "key.pem")
+	made, err := transport.EnsureDevCertificate(cert, key, time.Now())
+	if err != nil {
+		fmt.Fprintf(stderr, "qpc-testnet cert: %v\n", err)
+		return exitFailure
+	}
+	if made {
+		fmt.Fprintf(stdout, "wrote %s and %s\n", cert, key)
+	} else {
+		fmt.Fprintf(stdout, "%s exists; kept\n", cert)
+	}
+	return exitOK
+}
+
+// writeAtomic writes a 0600 file through a rename, so a reader never sees
+// it half written.
+func writeAtomic(path, body string) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".qpc-testnet-*")
+	if err != nil {
+		return err
+	}
+	_, err = tmp.WriteString(body)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
+}
