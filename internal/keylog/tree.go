@@ -127,8 +127,12 @@ func (t *Tree) RootAt(size uint64) (Hash, error) {
 // RootWith is the root the tree would have after appending leaves, without
 // changing it (the server signs the head inside the transaction that may
 // still roll back).
-func (t *Tree) RootWith(leaves ...Hash) (Hash, error) {
-	r, err := t.rangeAt(t.Size())
+func (t *Tree) RootWith(leaves ...Hash) (Hash, error) { return t.RootAfter(t.Size(), leaves...) }
+
+// RootAfter is the root of the first size leaves followed by leaves,
+// without changing the tree.
+func (t *Tree) RootAfter(size uint64, leaves ...Hash) (Hash, error) {
+	r, err := t.rangeAt(size)
 	if err != nil {
 		return Hash{}, err
 	}
@@ -138,7 +142,9 @@ func (t *Tree) RootWith(leaves ...Hash) (Hash, error) {
 		}
 	}
 	if r.End() == 0 {
-		return t.RootAt(0)
+		var empty Hash
+		copy(empty[:], hasher.EmptyRoot())
+		return empty, nil
 	}
 	root, err := r.GetRootHash(nil)
 	if err != nil {
