@@ -87,9 +87,9 @@ func checkInclusion(t *testing.T, p *qpcv1.KeyLogProof, h *keylog.Head, kind key
 // self-check metric says the log is consistent.
 func TestKeyLogOverRPC(t *testing.T) {
 	ts := startServer(t, testConfig(t))
-	anon := ts.dial(t)
+	early := ts.newDevice(t, "early") // an account from before identity keys: no entry
 	var first qpcv1.GetKeyLogHeadResponse
-	if err := anon.Call(ctxT(t), MethodGetKeyLogHead, "", &qpcv1.GetKeyLogHeadRequest{}, &first); err != nil {
+	if err := early.call(t, MethodGetKeyLogHead, &qpcv1.GetKeyLogHeadRequest{}, &first); err != nil {
 		t.Fatal(err)
 	}
 	logKey := ed25519.PublicKey(first.GetLogPublicKey())
@@ -122,14 +122,14 @@ func TestKeyLogOverRPC(t *testing.T) {
 
 	// The first head is a prefix of the latest.
 	var cons qpcv1.GetKeyLogConsistencyResponse
-	if err := anon.Call(ctxT(t), MethodGetKeyLogConsistency, "", &qpcv1.GetKeyLogConsistencyRequest{FromSize: h0.Size}, &cons); err != nil {
+	if err := bob.call(t, MethodGetKeyLogConsistency, &qpcv1.GetKeyLogConsistencyRequest{FromSize: h0.Size}, &cons); err != nil {
 		t.Fatal(err)
 	}
 	latest := verifiedHead(t, cons.GetTreeHead(), logKey)
 	if err := keylog.VerifyConsistency(h0, latest, cons.GetProof()); err != nil {
 		t.Fatal(err)
 	}
-	err := anon.Call(ctxT(t), MethodGetKeyLogConsistency, "", &qpcv1.GetKeyLogConsistencyRequest{FromSize: 9, ToSize: 2}, &cons)
+	err := bob.call(t, MethodGetKeyLogConsistency, &qpcv1.GetKeyLogConsistencyRequest{FromSize: 9, ToSize: 2}, &cons)
 	var se *wire.StatusError
 	if !errors.As(err, &se) || se.Code != qpcv1.Status_STATUS_INVALID_ARGUMENT {
 		t.Fatalf("backwards range: %v", err)
@@ -145,7 +145,12 @@ func TestKeyLogOverRPC(t *testing.T) {
 	}
 	ts2 := startServer(t, ts.cfg)
 	var again qpcv1.GetKeyLogHeadResponse
-	if err := ts2.dial(t).Call(ctxT(t), MethodGetKeyLogHead, "", &qpcv1.GetKeyLogHeadRequest{}, &again); err != nil {
+	if err := ts2.dial(t).Call(ctxT(t), MethodGetKeyLogHead, "", &qpcv1.GetKeyLogHeadRequest{}, &again); err == nil {
+		t.Fatal("GetKeyLogHead answered without a token")
+	}
+	bob.Client = ts2.dial(t)
+	relogin(t, bob)
+	if err := bob.call(t, MethodGetKeyLogHead, &qpcv1.GetKeyLogHeadRequest{}, &again); err != nil {
 		t.Fatal(err)
 	}
 	if !logKey.Equal(ed25519.PublicKey(again.GetLogPublicKey())) {

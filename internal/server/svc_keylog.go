@@ -109,10 +109,10 @@ func (s *Server) closeKeyLog() error {
 }
 
 func (s *Server) registerKeyLog(t map[string]*method) {
-	// Public: heads and proofs are what the log publishes; a client pins
-	// the log key before it has an account.
-	register(t, MethodGetKeyLogHead, true, s.getKeyLogHead)
-	register(t, MethodGetKeyLogConsistency, true, s.getKeyLogConsistency)
+	// With a token, like every lookup: the rate limits per account apply,
+	// and a client pins the log key right after its first login.
+	register(t, MethodGetKeyLogHead, false, s.getKeyLogHead)
+	register(t, MethodGetKeyLogConsistency, false, s.getKeyLogConsistency)
 }
 
 func (s *Server) getKeyLogHead(ctx context.Context, _ *Call, _ *qpcv1.GetKeyLogHeadRequest) (*qpcv1.GetKeyLogHeadResponse, error) {

@@ -234,6 +234,39 @@ func (l *Log) AppendTx(ctx context.Context, tx *sql.Tx, e keylog.Entry, deviceID
 	return insertHead(ctx, tx, h)
 }
 
+// Append appends e in a transaction of its own. qpcd itself only appends
+// inside the transaction that stores what the entry records (AppendTx);
+// this is for tools and for tests in which the operator is the attacker.
+func (l *Log) Append(ctx context.Context, e keylog.Entry, deviceID string) error {
+	return l.db.WriteTx(ctx, func(tx *sql.Tx) error { return l.AppendTx(ctx, tx, e, deviceID) })
+}
+
+// Signer is the log's signing key. A dishonest operator holds it; tests of
+// what clients detect sign forged heads with it.
+func (l *Log) Signer() *keylog.Signer { return l.signer }
+
+// Entries returns every encoded entry in order (tests build forked trees
+// from them; qpcctl keylog verify reads the table itself).
+func (l *Log) Entries(ctx context.Context) ([][]byte, error) {
+	var out [][]byte
+	err := l.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, "SELECT entry FROM keylog_entries ORDER BY seq")
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var e []byte
+			if err := rows.Scan(&e); err != nil {
+				return err
+			}
+			out = append(out, e)
+		}
+		return rows.Err()
+	})
+	return out, err
+}
+
 func leavesTx(ctx context.Context, tx *sql.Tx, from, to uint64) ([]keylog.Hash, error) {
 	if from >= to {
 		return nil, nil
