@@ -2,8 +2,8 @@ package server
 
 import (
 	"crypto/ed25519"
-	"database/sql"
 	"crypto/rand"
+	"database/sql"
 	"errors"
 	"testing"
 	"time"

@@ -19,10 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/quicprochat/quicprochat/internal/admin"
-	"github.com/quicprochat/quicprochat/internal/keylog/logstore"
 	"github.com/quicprochat/quicprochat/internal/auth"
 	"github.com/quicprochat/quicprochat/internal/config"
 	"github.com/quicprochat/quicprochat/internal/delivery"
+	"github.com/quicprochat/quicprochat/internal/keylog/logstore"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/store"
 	"github.com/quicprochat/quicprochat/internal/version"

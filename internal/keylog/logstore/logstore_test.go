@@ -151,7 +151,7 @@ func TestAppendProveAndVerify(t *testing.T) {
 func TestVerifyFindsTampering(t *testing.T) {
 	cases := []struct {
 		name, sql, want string
-		args          []any
+		args            []any
 	}{
 		{"entry rewritten", "UPDATE keylog_entries SET entry = ?, data = ? WHERE seq = 1", "stored leaf hash", nil},
 		{"head root swapped", "UPDATE keylog_heads SET head = (SELECT head FROM keylog_heads WHERE tree_size = 2) WHERE tree_size = 3", "columns differ", nil},
