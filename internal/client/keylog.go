@@ -61,6 +61,9 @@ func (c *Client) keyLogPin(ctx context.Context) (ed25519.PublicKey, error) {
 	}
 	var resp qpcv1.GetKeyLogHeadResponse
 	if err := c.call(ctx, "GetKeyLogHead", &qpcv1.GetKeyLogHeadRequest{}, &resp); err != nil {
+		if olderServer(err) {
+			return nil, errNoKeyLog
+		}
 		return nil, fmt.Errorf("client: key log head: %w", err)
 	}
 	pub = resp.GetLogPublicKey()
@@ -90,10 +93,20 @@ func (c *Client) keyLogPin(ctx context.Context) (ed25519.PublicKey, error) {
 	return pub, nil
 }
 
+// errNoKeyLog: the server is older than the key log (it does not know
+// GetKeyLogHead) and nothing was pinned yet.
+var errNoKeyLog = errors.New("client: the server has no key log")
+
 // PinKeyLog pins the server's log key (Register and Link call it; a home
-// made before the key log pins on its first key lookup).
+// made before the key log pins on its first key lookup). A server older
+// than the key log is no error: nothing is pinned, and the client checks
+// no proofs until it meets a server with a log; once pinned, a log is
+// required from then on.
 func (c *Client) PinKeyLog(ctx context.Context) error {
 	_, err := c.keyLogPin(ctx)
+	if errors.Is(err, errNoKeyLog) {
+		return nil
+	}
 	return err
 }
 
@@ -276,6 +289,13 @@ func (c *Client) proveKeys(ctx context.Context, incl *qpcv1.KeyLogInclusion, acc
 		return nil // an account from before identity keys: nothing to prove
 	}
 	if incl == nil || len(incl.GetTreeHead()) == 0 {
+		// Only a server older than the key log may answer without proofs,
+		// and only to a client that never pinned a log key.
+		if _, err := c.keyLogPin(ctx); errors.Is(err, errNoKeyLog) {
+			return nil
+		} else if err != nil {
+			return err
+		}
 		return fmt.Errorf("%w: the server sent no key log proof for %s", ErrKeyLogProof, account)
 	}
 	h, err := c.acceptHead(ctx, incl.GetTreeHead(), "server")
@@ -356,7 +376,7 @@ func (c *Client) checkGossip(ctx context.Context) error {
 	}
 	for _, p := range ps {
 		_, err := c.acceptHead(ctx, p.raw, p.source)
-		settled := err == nil || errors.Is(err, ErrKeyLogFork) || errors.Is(err, ErrKeyLogKey) || errors.Is(err, ErrKeyLogProof)
+		settled := err == nil || errors.Is(err, ErrKeyLogFork) || errors.Is(err, ErrKeyLogKey) || errors.Is(err, ErrKeyLogProof) || errors.Is(err, errNoKeyLog)
 		if !settled && c.now().UnixMilli()-p.received < gossipRetryMs {
 			// The server could not be asked: try again on the next sync.
 			c.log.Info("client: key log gossip not checked yet", "source", p.source, "err", err)

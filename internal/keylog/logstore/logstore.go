@@ -138,7 +138,7 @@ func (l *Log) backfill(ctx context.Context) error {
 			return err
 		}
 		if err := collect(`SELECT a.name, d.id, d.certificate FROM devices d JOIN accounts a ON a.id = d.account_id WHERE d.certificate IS NOT NULL
-			AND NOT EXISTS (SELECT 1 FROM keylog_entries e WHERE e.kind = 2 AND e.device_id = d.id AND e.data = d.certificate)
+			AND NOT EXISTS (SELECT 1 FROM keylog_entries e WHERE e.account_name = a.name AND e.kind = 2 AND e.device_id = d.id AND e.data = d.certificate)
 			ORDER BY d.created_at, d.id`, &certs, true); err != nil {
 			return err
 		}
