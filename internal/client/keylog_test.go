@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -209,5 +210,71 @@ func expectFork(t *testing.T, c *Client, from string) {
 	}
 	if again, _ := c.KeyLogAlarms(ctxT(t)); len(again) != 0 {
 		t.Fatalf("alarm shown twice: %+v", again)
+	}
+}
+
+// TestKeyLogBadProofsRefused: a key lookup whose proof is missing, does
+// not lead to the signed root, or proves another entry (a real one, of
+// another account) is refused before anything is pinned, on both the
+// verify and the add path.
+func TestKeyLogBadProofsRefused(t *testing.T) {
+	var mode atomic.Int32
+	var aliceEntry atomic.Pointer[qpcv1.KeyLogProof]
+	doctor := func(incl *qpcv1.KeyLogInclusion) {
+		if incl == nil {
+			return
+		}
+		switch mode.Load() {
+		case 1:
+			incl.TreeHead, incl.Identity, incl.Devices = nil, nil, nil
+		case 2:
+			if p := incl.GetIdentity(); p != nil && len(p.Path) > 0 {
+				p.Path[0] = append([]byte(nil), p.Path[0]...)
+				p.Path[0][0] ^= 1
+			}
+		case 3:
+			incl.Identity = aliceEntry.Load()
+		}
+	}
+	cfg := servertest.Config(t)
+	srv := servertest.StartLying(t, cfg, func(_ context.Context, _ *server.Call, _ string, resp proto.Message) {
+		switch r := resp.(type) {
+		case *qpcv1.LookupAccountResponse:
+			if r.GetAccountName() == "alice" && aliceEntry.Load() == nil {
+				aliceEntry.Store(proto.Clone(r.GetKeyLog().GetIdentity()).(*qpcv1.KeyLogProof))
+			}
+			if r.GetAccountName() == "bob" {
+				doctor(r.KeyLog)
+			}
+		case *qpcv1.FetchKeyPackagesResponse:
+			doctor(r.KeyLog)
+		}
+	})
+	alice := registered(t, srv, "alice")
+	registered(t, srv, "bob")
+	carol := registered(t, srv, "carol")
+	ctx := ctxT(t)
+	if _, err := carol.SafetyNumber(ctx, "alice"); err != nil || aliceEntry.Load() == nil {
+		t.Fatalf("carol looks up alice: %v", err)
+	}
+	if err := alice.CreateGroup(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
+	for m, name := range map[int32]string{1: "no proof", 2: "a path that does not lead to the root", 3: "alice's entry as bob's"} {
+		mode.Store(m)
+		if _, err := alice.SafetyNumber(ctx, "bob"); !errors.Is(err, ErrKeyLogProof) {
+			t.Fatalf("%s, verify: %v", name, err)
+		}
+		if err := alice.AddMembers(ctx, "g", []string{"bob"}); !errors.Is(err, ErrKeyLogProof) {
+			t.Fatalf("%s, add: %v", name, err)
+		}
+	}
+	// Nothing was pinned: the honest answer is taken.
+	mode.Store(0)
+	if _, err := alice.SafetyNumber(ctx, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.AddMembers(ctx, "g", []string{"bob"}); err != nil {
+		t.Fatal(err)
 	}
 }
