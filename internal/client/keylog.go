@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/quicprochat/quicprochat/internal/keylog"
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
@@ -393,4 +395,49 @@ func (c *Client) checkGossip(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// GossipKeyLog sends the group a control message carrying only this
+// device's newest key log head (members handle it silently). Every
+// message Send writes carries the head already; this is for a group in
+// which nobody has anything to say.
+func (c *Client) GossipKeyLog(ctx context.Context, channel string) error {
+	mid, err := c.newMessageID()
+	if err != nil {
+		return err
+	}
+	now := c.now()
+	c.groupMu.Lock()
+	err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		head := newestHeadRaw(ctx, tx)
+		if head == nil {
+			return fmt.Errorf("client: no key log head to gossip yet")
+		}
+		r, g, err := openGroup(ctx, tx, channel, nil)
+		if err != nil {
+			return err
+		}
+		payload, err := proto.Marshal(&qpcv1.AppMessage{Version: 1, MessageId: mid, SentUnixMs: now.UnixMilli(), KeyLog: &qpcv1.KeyLogGossip{TreeHead: head}})
+		if err != nil {
+			return err
+		}
+		ct, err := g.Protect(payload, nil)
+		if err != nil {
+			return fmt.Errorf("client: encrypt: %w", err)
+		}
+		if err := saveGroup(ctx, tx, r.channelID, g, now.UnixMilli()); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO outbox (message_id, channel_id, mls_message, kind, intent, created_ms) VALUES (?, ?, ?, 'app', ?, ?)`,
+			mid, r.channelID, ct, payload, now.UnixMilli())
+		return err
+	})
+	c.groupMu.Unlock()
+	if err != nil {
+		return err
+	}
+	fctx, cancel := context.WithTimeout(ctx, sendFlushTimeout)
+	defer cancel()
+	_, err = c.Flush(fctx)
+	return err
 }

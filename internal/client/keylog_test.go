@@ -171,8 +171,14 @@ func TestKeyLogSplitViewDetectedByGossip(t *testing.T) {
 		t.Fatalf("alice's history %q", got)
 	}
 	expectFork(t, alice, "carol/")
-	send(t, alice, "team", "hello from alice")
-	texts(t, carol, "team")
+	// Alice has nothing to say: a control message carries her head, and
+	// carol shows no message for it.
+	if err := alice.GossipKeyLog(ctx, "team"); err != nil {
+		t.Fatal(err)
+	}
+	if got := texts(t, carol, "team"); strings.Join(got, "|") != "hi carol|hello from carol" {
+		t.Fatalf("carol's history %q", got)
+	}
 	expectFork(t, carol, "alice/")
 
 	// From now on every key lookup of carol's fails loudly with the typed
