@@ -63,7 +63,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	addCanaryCommands(rel, g) // release_canary.go
 	root.AddCommand(rel)
 	root.AddCommand(newStatusCommand(g), newBackupCommand(g), newRestoreCommand(g), newRotateCommand(g),
-		newAccountsCommand(g), newDevicesCommand(g), newInvitesCommand(g), newChannelsCommand(g), newDrainCommand(g), newMigrateCommand(g))
+		newAccountsCommand(g), newDevicesCommand(g), newInvitesCommand(g), newChannelsCommand(g), newDrainCommand(g), newMigrateCommand(g), newKeyLogCommand(g))
 	root.AddCommand(clidoc.Command())
 	clikit.Strict(root, func(err error) error { return usageError{err} })
 	root.Version = version.String()

@@ -20,6 +20,7 @@ const (
 	PathDevices        = "/v1/devices"
 	PathInvites        = "/v1/invites"
 	PathChannels       = "/v1/channels"
+	PathKeyLog         = "/v1/keylog"
 )
 
 // Error kinds carried in ErrorBody.Kind; the client maps them back to these sentinels.
@@ -314,4 +315,29 @@ type Backend interface {
 	RevokeInvite(ctx context.Context, id string) error
 	GetChannel(ctx context.Context, id string, commits int) (Channel, error)
 	RevertEpoch(ctx context.Context, id string, r RevertEpochRequest) (RevertEpochResult, error)
+	KeyLogStatus(ctx context.Context) (KeyLogStatus, error)
+	// KeyLogVerify recomputes the key log from its entries and checks
+	// every stored head against it.
+	KeyLogVerify(ctx context.Context) (KeyLogReport, error)
+}
+
+// KeyLogStatus is the key log's latest signed head (qpcctl keylog status).
+type KeyLogStatus struct {
+	Size       uint64    `json:"size"`
+	Root       string    `json:"root"`
+	KeyID      string    `json:"key_id"`
+	PublicKey  string    `json:"public_key"`
+	LastHeadAt time.Time `json:"last_head_at"`
+	Heads      int64     `json:"heads"`
+}
+
+// KeyLogReport is the outcome of a full re-check (qpcctl keylog verify).
+type KeyLogReport struct {
+	OK         bool      `json:"ok"`
+	Entries    uint64    `json:"entries"`
+	Heads      int       `json:"heads"`
+	Root       string    `json:"root"`
+	LastHeadAt time.Time `json:"last_head_at"`
+	Problems   []string  `json:"problems,omitempty"`
+	Took       string    `json:"took"`
 }

@@ -344,3 +344,15 @@ func (p *progressReader) Read(b []byte) (int, error) {
 	p.fn(p.done, p.total)
 	return n, err
 }
+
+// KeyLogStatus returns the key log's latest signed head.
+func (c *Client) KeyLogStatus(ctx context.Context) (KeyLogStatus, error) {
+	var r KeyLogStatus
+	return r, c.do(ctx, http.MethodGet, PathKeyLog, nil, &r)
+}
+
+// KeyLogVerify runs the full re-check of the key log.
+func (c *Client) KeyLogVerify(ctx context.Context) (KeyLogReport, error) {
+	var r KeyLogReport
+	return r, c.do(ctx, http.MethodPost, PathKeyLog+"/verify", nil, &r)
+}

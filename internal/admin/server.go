@@ -225,6 +225,14 @@ func (s *Server) handler() http.Handler {
 		res, err := s.b.RevertEpoch(r.Context(), r.PathValue("id"), req)
 		s.reply(w, r, res, err)
 	})
+	mux.HandleFunc("GET "+PathKeyLog, func(w http.ResponseWriter, r *http.Request) {
+		res, err := s.b.KeyLogStatus(r.Context())
+		s.reply(w, r, res, err)
+	})
+	mux.HandleFunc("POST "+PathKeyLog+"/verify", func(w http.ResponseWriter, r *http.Request) {
+		res, err := s.b.KeyLogVerify(r.Context())
+		s.reply(w, r, res, err)
+	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !allowed(r) {
 			writeJSON(w, http.StatusForbidden, ErrorBody{Error: "admin API: your uid may not use this socket; run qpcctl as the user qpcd runs as (or root)", Kind: "invalid"})

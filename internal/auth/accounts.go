@@ -13,6 +13,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/quicprochat/quicprochat/internal/config"
+	"github.com/quicprochat/quicprochat/internal/identity"
+	"github.com/quicprochat/quicprochat/internal/keylog"
 	"github.com/quicprochat/quicprochat/internal/safetext"
 )
 
@@ -155,9 +157,18 @@ func (s *Service) Register(ctx context.Context, p RegisterParams) (accountID, de
 			accountID, p.AccountName, now, nullBytes(p.IdentityKey)); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, "INSERT INTO devices (id, account_id, name, signature_key, created_at) VALUES (?, ?, ?, ?, ?)",
-			deviceID, accountID, p.DeviceName, p.SignatureKey, now)
-		return err
+		if _, err := tx.ExecContext(ctx, "INSERT INTO devices (id, account_id, name, signature_key, created_at) VALUES (?, ?, ?, ?, ?)",
+			deviceID, accountID, p.DeviceName, p.SignatureKey, now); err != nil {
+			return err
+		}
+		if len(p.IdentityKey) == 0 || s.keyLog == nil {
+			return nil
+		}
+		ik, err := identity.ParsePublicKey(p.IdentityKey)
+		if err != nil {
+			return err
+		}
+		return s.keyLog.AppendTx(ctx, tx, keylog.IdentityKeyEntry(p.AccountName, ik, fromMS(now)), "")
 	})
 	if err != nil {
 		if errors.Is(err, ErrInviteInvalid) {

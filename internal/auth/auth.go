@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/quicprochat/quicprochat/internal/config"
+	"github.com/quicprochat/quicprochat/internal/keylog"
 	"github.com/quicprochat/quicprochat/internal/obs"
 	"github.com/quicprochat/quicprochat/internal/store"
 )
@@ -75,6 +77,15 @@ type Options struct {
 	// Events receives device added/revoked notices for the account's other
 	// devices; nil: none are sent.
 	Events EventSink
+	// KeyLog records identity keys and device certificates in the key
+	// transparency log, inside the transaction that stores them; nil: not
+	// logged (tests of auth alone).
+	KeyLog KeyLog
+}
+
+// KeyLog appends to the key transparency log (internal/keylog/logstore).
+type KeyLog interface {
+	AppendTx(ctx context.Context, tx *sql.Tx, e keylog.Entry, deviceID string) error
 }
 
 // Service is safe for concurrent use.
@@ -89,6 +100,7 @@ type Service struct {
 	challengeTTL time.Duration
 	maxDevices   int
 	events       EventSink
+	keyLog       KeyLog
 
 	keys keyring
 
@@ -112,6 +124,7 @@ func New(ctx context.Context, o Options) (*Service, error) {
 		challengeTTL: o.ChallengeTTL,
 		maxDevices:   o.MaxDevices,
 		events:       o.Events,
+		keyLog:       o.KeyLog,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)

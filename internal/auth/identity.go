@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/quicprochat/quicprochat/internal/identity"
+	"github.com/quicprochat/quicprochat/internal/keylog"
 )
 
 // Account identity keys, device certificates and device links (issue 19;
@@ -90,8 +91,13 @@ func (s *Service) CertifyDevice(ctx context.Context, a Actor, deviceID string, r
 		if err := cert.Verify(identity.Expect{AccountName: dev.AccountName, DeviceID: dev.ID, DeviceKey: dev.SignatureKey, IdentityKey: &ik}); err != nil {
 			return fmt.Errorf("%w: %w", ErrInvalidCertificate, err)
 		}
-		_, err = tx.ExecContext(ctx, "UPDATE devices SET certificate = ? WHERE id = ?", raw, deviceID)
-		return err
+		if _, err = tx.ExecContext(ctx, "UPDATE devices SET certificate = ? WHERE id = ?", raw, deviceID); err != nil {
+			return err
+		}
+		if s.keyLog == nil {
+			return nil
+		}
+		return s.keyLog.AppendTx(ctx, tx, keylog.CertificateEntry(dev.AccountName, raw, s.now()), deviceID)
 	})
 	if err != nil {
 		s.event(ctx, "device.certify_refused", slog.String("account_id", a.AccountID), slog.String("device_id", a.DeviceID),

@@ -108,6 +108,10 @@ func (c *Client) Register(ctx context.Context, p RegisterParams) (*Identity, err
 	if err := c.CertifyThisDevice(ctx); err != nil {
 		return id, err
 	}
+	// The key log's key is pinned now, like the TLS pin at init.
+	if err := c.PinKeyLog(ctx); err != nil {
+		return id, err
+	}
 	if _, err := c.KeyPackageUpkeep(ctx); err != nil {
 		return id, err
 	}

@@ -347,6 +347,9 @@ func (c *Client) Link(ctx context.Context, account string, opts LinkOptions) (*I
 				return id, err
 			}
 			id.certificate = d.GetCertificate()
+			if err := c.PinKeyLog(ctx); err != nil {
+				return id, err
+			}
 			if _, err := c.KeyPackageUpkeep(ctx); err != nil {
 				return id, err
 			}

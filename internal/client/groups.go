@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/quicprochat/quicprochat/internal/identity"
 	"github.com/quicprochat/quicprochat/internal/mls"
 	"github.com/quicprochat/quicprochat/internal/safetext"
 	"github.com/quicprochat/quicprochat/internal/wire"
@@ -283,11 +284,38 @@ func (c *Client) fetchKeyPackages(ctx context.Context, account string, suites ..
 		return nil, 0, fmt.Errorf("client: KeyPackages of %s: %w", account, err)
 	}
 	var out []intentKP
-	for _, f := range resp.GetKeyPackages() {
+	kps := make([]*mls.KeyPackage, len(resp.GetKeyPackages()))
+	certs := map[string][]byte{}
+	idKeys := map[identity.PublicKey]bool{}
+	for i, f := range resp.GetKeyPackages() {
 		kp, err := parseKeyPackage(f.GetKeyPackage())
 		if err != nil {
 			return nil, 0, fmt.Errorf("client: KeyPackage of %s/%s: %w", account, f.GetDeviceId(), err)
 		}
+		kps[i] = kp
+		if raw := certificateOf(&kp.LeafNode); raw != nil {
+			certs[f.GetDeviceId()] = raw
+			if cert, err := identity.Parse(raw); err == nil {
+				idKeys[cert.IdentityKey] = true
+			}
+		}
+	}
+	// Every certificate, and the identity key it names, must be an entry
+	// of the key log before anything of it is pinned (keylog.go).
+	if len(idKeys) == 0 && len(certs) > 0 {
+		idKeys[identity.PublicKey{}] = true // certificates that do not parse: proven or refused below
+	}
+	for k := range idKeys {
+		var ik []byte
+		if !k.IsZero() {
+			ik = k.Bytes()
+		}
+		if err := c.proveKeys(ctx, resp.GetKeyLog(), account, ik, certs); err != nil {
+			return nil, 0, err
+		}
+	}
+	for i, f := range resp.GetKeyPackages() {
+		kp := kps[i]
 		if want := string(mls.BasicIdentity(account, f.GetDeviceId())); string(kp.LeafNode.Credential.Identity) != want {
 			return nil, 0, fmt.Errorf("client: KeyPackage of %s/%s carries the credential %q", account, f.GetDeviceId(), kp.LeafNode.Credential.Identity)
 		}
@@ -667,6 +695,11 @@ func (c *Client) Send(ctx context.Context, channel, text, replyTo string) (strin
 		am := &qpcv1.AppMessage{Version: 1, MessageId: mid, Text: text, SenderDisplayName: id.DisplayName, SentUnixMs: now.UnixMilli(), ReplyTo: replyTo}
 		if r.kind == kindGroup {
 			am.GroupName = r.name
+		}
+		// Every message carries the newest key log head this device holds,
+		// so members compare what the server showed each of them.
+		if head := newestHeadRaw(ctx, tx); head != nil {
+			am.KeyLog = &qpcv1.KeyLogGossip{TreeHead: head}
 		}
 		payload, err := proto.Marshal(am)
 		if err != nil {

@@ -214,6 +214,16 @@ func (c *Client) storeApp(ctx context.Context, tx *sql.Tx, r *groupRow, p *mls.P
 		c.log.Info("client: application payload of a newer version; upgrade qpc", "group", r.name, "version", am.GetVersion())
 		return nil
 	}
+	if g := am.GetKeyLog(); g != nil {
+		// The sender's newest key log head: checked after this batch
+		// (keylog.go), silently unless it disagrees with ours.
+		if err := queueGossip(ctx, tx, g.GetTreeHead(), fmt.Sprintf("%s in %s", p.SenderIdentity, r.name), c.now().UnixMilli()); err != nil {
+			return err
+		}
+		if am.GetText() == "" {
+			return nil // a control message only
+		}
+	}
 	mid := am.GetMessageId()
 	if mid == "" {
 		mid = in.messageID

@@ -92,6 +92,9 @@ func (c *Client) Sync(ctx context.Context, wait time.Duration) (SyncReport, erro
 			if rep.RemovedFrom, err = c.membershipCheck(ctx, active); err != nil {
 				return rep, err
 			}
+			if err := c.checkGossip(ctx); err != nil {
+				return rep, err
+			}
 			if len(rep.Gaps) > 0 {
 				n, err := c.rejoinGaps(ctx)
 				rep.Rejoined += n

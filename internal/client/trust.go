@@ -480,6 +480,10 @@ func (c *Client) contactKeys(ctx context.Context, account string) (pinned identi
 		if err != nil {
 			return pinned, nil, nil, err
 		}
+		// Pinned only once the key log proves it (keylog.go).
+		if err := c.proveKeys(ctx, resp.GetKeyLog(), account, k.Bytes(), nil); err != nil {
+			return pinned, nil, nil, err
+		}
 		sn.FirstSeenMs = c.now().UnixMilli()
 		err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
 			_, err := tx.ExecContext(ctx, `INSERT INTO contacts (account, identity_key, first_seen_ms) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`,

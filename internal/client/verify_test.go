@@ -13,6 +13,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quicprochat/quicprochat/internal/identity"
+	"github.com/quicprochat/quicprochat/internal/keylog"
+	"github.com/quicprochat/quicprochat/internal/keylog/logstore"
 	"github.com/quicprochat/quicprochat/internal/mls"
 	"github.com/quicprochat/quicprochat/internal/server"
 	"github.com/quicprochat/quicprochat/internal/server/servertest"
@@ -27,6 +29,7 @@ type forgery struct {
 	accountID string // whose fetches are answered with the forgery
 	deviceID  string
 	kp        []byte
+	log       *logstore.Log // set: forged KeyPackages come with the log's proofs
 }
 
 func (f *forgery) set(accountID, deviceID string, kp []byte) {
@@ -46,6 +49,35 @@ func (f *forgery) lie(_ context.Context, _ *server.Call, method string, resp pro
 	}
 	r.KeyPackages = []*qpcv1.FetchedKeyPackage{{DeviceId: f.deviceID, KeyPackage: f.kp}}
 	r.MissingDeviceIds = nil
+	if f.log != nil {
+		// Whatever the log holds for the forged device goes with it (an
+		// operator who logged its forgery proves it).
+		kp, err := parseKeyPackage(f.kp)
+		if err != nil {
+			return
+		}
+		account, _, _ := strings.Cut(string(kp.LeafNode.Credential.Identity), "/")
+		r.KeyLog = inclusionOf(f.log, account, f.deviceID)
+	}
+}
+
+// inclusionOf is what the server's lookups carry, made from the real log.
+func inclusionOf(l *logstore.Log, account string, deviceIDs ...string) *qpcv1.KeyLogInclusion {
+	ap, err := l.ProveAccount(context.Background(), account, deviceIDs)
+	if err != nil {
+		return nil
+	}
+	conv := func(p *logstore.Proof) *qpcv1.KeyLogProof {
+		if p == nil {
+			return nil
+		}
+		return &qpcv1.KeyLogProof{Index: p.Index, Entry: p.Entry, Path: p.Path}
+	}
+	out := &qpcv1.KeyLogInclusion{TreeHead: ap.Head.Marshal(), Identity: conv(ap.Identity), Devices: map[string]*qpcv1.KeyLogProof{}}
+	for d, p := range ap.Devices {
+		out.Devices[d] = conv(p)
+	}
+	return out
 }
 
 // forgeKeyPackage makes a valid KeyPackage whose credential says
@@ -118,6 +150,9 @@ func TestMaliciousDirectoryForgedDeviceRefused(t *testing.T) {
 	cfg.KeyPackages.FetchPerPair = 100 // this test fetches bob's many times
 	cfg.KeyPackages.FetchPerTarget = 100
 	srv := servertest.StartLying(t, cfg, f.lie)
+	f.mu.Lock()
+	f.log = srv.Server().KeyLog()
+	f.mu.Unlock()
 	alice := registered(t, srv, "alice")
 	bob := registered(t, srv, "bob")
 	carol := registered(t, srv, "carol")
@@ -166,7 +201,9 @@ func TestMaliciousDirectoryForgedDeviceRefused(t *testing.T) {
 		wantMsg string
 	}{
 		{"no certificate", fakeDev, nil, ErrUncertifiedDevice, "not certified by bob's identity key"},
-		{"certificate by the server's own identity key", fakeDev, certExt(t, forgedCert), ErrIdentityChanged, "the server may be serving a device it made"},
+		// Since the key log (issue 19), a certificate by an identity key the
+		// log does not hold for bob is refused before the trust check.
+		{"certificate by the server's own identity key", fakeDev, certExt(t, forgedCert), ErrKeyLogProof, "not proven in the server's key log"},
 		{"bob's real certificate on the server's key", bobID.DeviceID, stolen, ErrUncertifiedDevice, "another device key"},
 	}
 	if err := alice.CreateGroup(ctx, "g2"); err != nil {
@@ -229,8 +266,13 @@ func TestMaliciousDirectoryForgedDeviceRefused(t *testing.T) {
 	if got := texts(t, carol, "team"); len(got) != 1 {
 		t.Fatalf("carol's history %q", got)
 	}
+	// Since the key log, a forgery gets past anyone's client only if the
+	// operator also publishes it in the log, for everyone to see: it
+	// appends "bob -> its identity key" and the forged certificate.
+	logForgery(t, srv, "bob", evilID, forgedCert)
 	f.set(bobID.AccountID, fakeDev, forgeKeyPackage(t, "bob", fakeDev, evil, certExt(t, forgedCert)))
-	_ = carol.AddMembers(AllowUnverified(ctx), "team", []string{"bob"}) // the Welcome has nowhere to go
+	err = carol.AddMembers(AllowUnverified(ctx), "team", []string{"bob"}) // the Welcome has nowhere to go
+	t.Logf("carol adds the forgery: %v", err)
 	f.set("", "", nil)
 	if _, err := alice.Sync(ctx, 0); err != nil {
 		t.Fatal(err)
@@ -261,10 +303,17 @@ func TestMaliciousDirectoryForgedDeviceRefused(t *testing.T) {
 	// the two sides, which is what verifying catches.
 	dave := registered(t, srv, "dave")
 	daveID := whoami(t, dave)
-	f.set(daveID.AccountID, fakeDev, forgeKeyPackage(t, "dave", fakeDev, evil, certExt(t, mustIssue(t, evilID, "dave", fakeDev, evil))))
+	daveForged := mustIssue(t, evilID, "dave", fakeDev, evil)
+	f.set(daveID.AccountID, fakeDev, forgeKeyPackage(t, "dave", fakeDev, evil, certExt(t, daveForged)))
+	// Unlogged, the forgery is refused (the key log proves dave's real key).
 	if err := alice.CreateGroup(ctx, "g3"); err != nil {
 		t.Fatal(err)
 	}
+	if err := alice.AddMembers(ctx, "g3", []string{"dave"}); !errors.Is(err, ErrKeyLogProof) {
+		t.Fatalf("first contact with an unlogged forgery: %v", err)
+	}
+	// Logged (in public), it is taken on first use.
+	logForgery(t, srv, "dave", evilID, daveForged)
 	// The commit is accepted; only the Welcome has nowhere to go (this
 	// test's server did not bother to create the device on its side).
 	_ = alice.AddMembers(ctx, "g3", []string{"dave"})
@@ -285,6 +334,23 @@ func TestMaliciousDirectoryForgedDeviceRefused(t *testing.T) {
 	}
 	if _, err := alice.ConfirmSafetyNumber(ctx, "dave", ca.Number); !errors.Is(err, ErrSafetyNumberMismatch) {
 		t.Fatalf("confirming dave's real number against the forged key: %v", err)
+	}
+}
+
+// logForgery is the operator appending forged entries to its own key log:
+// the account's identity key replaced by k, and cert.
+func logForgery(t *testing.T, srv *servertest.Server, account string, k identity.PrivateKey, cert *identity.Certificate) {
+	t.Helper()
+	raw, err := cert.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := srv.Server().KeyLog()
+	if err := l.Append(ctxT(t), keylog.IdentityKeyEntry(account, k.Public(), time.Now()), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Append(ctxT(t), keylog.CertificateEntry(account, raw, time.Now()), cert.DeviceID); err != nil {
+		t.Fatal(err)
 	}
 }
 

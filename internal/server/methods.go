@@ -19,6 +19,7 @@ func (s *Server) registerMethods(t map[string]*method) {
 	s.registerAuth(t)
 	s.registerDirectory(t)
 	s.registerDelivery(t)
+	s.registerKeyLog(t)
 }
 
 // ping echoes, optionally after holding the reply (capped at the long-poll

@@ -15,6 +15,7 @@ import (
 	"github.com/quicprochat/quicprochat/internal/auth"
 	"github.com/quicprochat/quicprochat/internal/delivery"
 	"github.com/quicprochat/quicprochat/internal/keydir"
+	"github.com/quicprochat/quicprochat/internal/keylog/logstore"
 	"github.com/quicprochat/quicprochat/internal/obs"
 	"github.com/quicprochat/quicprochat/internal/store"
 	"github.com/quicprochat/quicprochat/internal/transport"
@@ -303,6 +304,9 @@ var serviceErrors = []struct {
 	{keydir.ErrCapExceeded, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
 	{keydir.ErrUnknownAccount, qpcv1.Status_STATUS_NOT_FOUND},
 	{keydir.ErrUnknownDevice, qpcv1.Status_STATUS_NOT_FOUND},
+	// key log
+	{logstore.ErrNoHead, qpcv1.Status_STATUS_NOT_FOUND},
+	{logstore.ErrBadRange, qpcv1.Status_STATUS_INVALID_ARGUMENT},
 	// delivery
 	{delivery.ErrNotFound, qpcv1.Status_STATUS_NOT_FOUND},
 	{delivery.ErrNotMember, qpcv1.Status_STATUS_PERMISSION_DENIED},

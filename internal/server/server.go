@@ -56,6 +56,7 @@ type Server struct {
 	// Each service area keeps its state in its own part (services.go).
 	authPart
 	directoryPart
+	keyLogPart
 	deliveryPart
 	adminPart
 

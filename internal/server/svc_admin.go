@@ -22,6 +22,7 @@ import (
 	"github.com/quicprochat/quicprochat/internal/auth"
 	"github.com/quicprochat/quicprochat/internal/config"
 	"github.com/quicprochat/quicprochat/internal/delivery"
+	"github.com/quicprochat/quicprochat/internal/keylog/logstore"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/store"
 	"github.com/quicprochat/quicprochat/internal/version"
@@ -854,4 +855,30 @@ func sizeText(db *store.DB) string {
 		return "unknown"
 	}
 	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+}
+
+func (b adminBackend) KeyLogStatus(ctx context.Context) (admin.KeyLogStatus, error) {
+	st, err := logstore.ReadStatus(ctx, b.s.db)
+	if err != nil {
+		return admin.KeyLogStatus{}, err
+	}
+	return admin.KeyLogStatus(st), nil
+}
+
+func (b adminBackend) KeyLogVerify(ctx context.Context) (admin.KeyLogReport, error) {
+	rep, err := logstore.Verify(ctx, b.s.db)
+	if err != nil {
+		return admin.KeyLogReport{}, err
+	}
+	// The operator's check feeds the same metric as the periodic one.
+	g := &b.s.keyLogGauge
+	g.checked.Set(float64(b.s.now().Unix()))
+	g.entries.Set(float64(rep.Entries))
+	if rep.OK {
+		g.consistent.Set(1)
+	} else {
+		g.consistent.Set(0)
+		g.failures.Inc()
+	}
+	return admin.KeyLogReport(rep), nil
 }

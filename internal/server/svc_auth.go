@@ -56,6 +56,7 @@ func (s *Server) initAuth(ctx context.Context) error {
 		AccessTTL:    s.cfg.Auth.AccessTokenTTL,
 		RefreshTTL:   s.cfg.Auth.RefreshTokenTTL,
 		Events:       authEvents{s},
+		KeyLog:       s.keyLog,
 	})
 	if err != nil {
 		return err
@@ -322,8 +323,13 @@ func (s *Server) lookupAccount(ctx context.Context, _ *Call, req *qpcv1.LookupAc
 		return nil, err
 	}
 	out := &qpcv1.LookupAccountResponse{AccountId: acc.ID, AccountName: acc.Name, IdentityKey: acc.IdentityKey}
+	var ids []string
 	for _, d := range devs {
 		out.Devices = append(out.Devices, &qpcv1.PublicDevice{DeviceId: d.ID, SignatureKey: d.SignatureKey, Certificate: d.Certificate})
+		ids = append(ids, d.ID)
+	}
+	if out.KeyLog, err = s.keyLogInclusion(ctx, acc.Name, ids); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

@@ -112,8 +112,13 @@ func (s *Server) fetchKeyPackages(ctx context.Context, call *Call, req *qpcv1.Fe
 		return nil, err
 	}
 	out := &qpcv1.FetchKeyPackagesResponse{AccountId: res.AccountID, MissingDeviceIds: res.Missing, CipherSuite: uint32(res.Suite)}
+	var ids []string
 	for _, k := range res.Packages {
 		out.KeyPackages = append(out.KeyPackages, &qpcv1.FetchedKeyPackage{DeviceId: k.DeviceID, KeyPackage: k.Data, LastResort: k.LastResort})
+		ids = append(ids, k.DeviceID)
+	}
+	if out.KeyLog, err = s.keyLogInclusion(ctx, req.GetAccountName(), ids); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

@@ -89,6 +89,9 @@ var copyPlan = []copyTable{
 	{name: "invitation_welcomes"},
 	{name: "blocks"},
 	{name: "link_requests"},
+	{name: "keylog_keys"},
+	{name: "keylog_entries"},
+	{name: "keylog_heads"},
 	// The SQLCipher node's registry row would list a node that no longer
 	// exists; the PostgreSQL nodes register themselves.
 	{name: "nodes", mode: copySkip},

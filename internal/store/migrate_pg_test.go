@@ -82,6 +82,12 @@ func fillSource(t *testing.T, db *DB, messages int) {
 			{"INSERT INTO blocks (account_id, blocked_id, created_at) VALUES ('a2', 'a1', 5)", nil},
 			{"INSERT INTO link_requests (signature_key, account_id, device_name, created_at, expires_at) VALUES (?, 'a1', 'phone ☎', 1, 600001)",
 				[]any{bytes.Repeat([]byte{0xab, 0}, 16)}},
+			{"INSERT INTO keylog_keys (id, private_key, public_key, created_at, active) VALUES ('00112233aabbccdd', ?, ?, 1, 1)",
+				[]any{bytes.Repeat([]byte{3}, 32), bytes.Repeat([]byte{4}, 32)}},
+			{"INSERT INTO keylog_entries (seq, kind, account_name, device_id, data, entry, leaf_hash, created_at) VALUES (0, 1, 'alice', '', ?, ?, ?, 5), (1, 2, 'alice', 'd1', ?, ?, ?, 6)",
+				[]any{[]byte("ik"), []byte("e0"), []byte("h0"), []byte("cert"), []byte("e1"), []byte("h1")}},
+			{"INSERT INTO keylog_heads (tree_size, root_hash, key_id, head, created_at) VALUES (1, ?, '00112233aabbccdd', ?, 5), (2, ?, '00112233aabbccdd', ?, 6)",
+				[]any{[]byte("r1"), []byte("head1"), []byte("r2"), []byte("head2")}},
 		}
 		for _, s := range stmts {
 			if _, err := tx.ExecContext(ctx, s.q, s.args...); err != nil {

@@ -644,6 +644,13 @@ func (a *app) receive(ctx context.Context, c *client.Client, wait time.Duration)
 	if err := a.printTrustNotices(tns); err != nil {
 		return err
 	}
+	alarms, err := c.KeyLogAlarms(ctx)
+	if err != nil {
+		return err
+	}
+	if err := a.printKeyLogAlarms(alarms); err != nil {
+		return err
+	}
 	for _, name := range rep.RemovedFrom {
 		// A notice, not a failure: recv did its job (documented in docs/client.md).
 		fmt.Fprintf(a.io.Stderr, "qpc: you were removed from %s by another member; you no longer receive or send there (its history stays: qpc history %s)\n",

@@ -26,3 +26,29 @@ func TestEventTextMadeSafe(t *testing.T) {
 		t.Fatalf("invitation printed with raw control characters: %q", in)
 	}
 }
+
+// TestKeyLogAlarmPrinted: recv and watch print fork evidence as [keylog]
+// lines naming both heads and where they came from, and as a
+// "keylog_alarm" object with --json; names from other people are made safe.
+func TestKeyLogAlarmPrinted(t *testing.T) {
+	al := client.KeyLogAlarm{Kind: "fork", Detail: "two roots for size 9", HeadA: "01aa", SourceA: "server", HeadB: "01bb",
+		SourceB: "carol/0f62\x1b[2J in team", AtMs: 1}
+	var out strings.Builder
+	a := &app{io: IO{Stdout: &out}}
+	if err := a.printKeyLogAlarms([]client.KeyLogAlarm{al}); err != nil {
+		t.Fatal(err)
+	}
+	text := out.String()
+	if !strings.HasPrefix(text, "[keylog] WARNING: the server showed different key logs (fork)") || !strings.Contains(text, "01aa") ||
+		!strings.Contains(text, "01bb") || strings.Contains(text, "\x1b") {
+		t.Fatalf("human alarm %q", text)
+	}
+	out.Reset()
+	a.json = true
+	if err := a.printKeyLogAlarms([]client.KeyLogAlarm{al}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `{"keylog_alarm":{"kind":"fork"`) || !strings.Contains(out.String(), `"head_b":"01bb"`) {
+		t.Fatalf("json alarm %q", out.String())
+	}
+}

@@ -239,6 +239,22 @@ func (a *app) printTrustNotices(ns []client.TrustNotice) error {
 	return nil
 }
 
+// printKeyLogAlarms shows the evidence that the server showed different
+// key logs (a fork): loudly, with both signed heads, on stdout like the
+// messages (docs/client.md, "The key log").
+func (a *app) printKeyLogAlarms(as []client.KeyLogAlarm) error {
+	for _, al := range as {
+		text := fmt.Sprintf("[keylog] WARNING: the server showed different key logs (%s): %s\n"+
+			"[keylog]   head from %s: %s\n[keylog]   head from %s: %s\n"+
+			"[keylog]   both are signed by the server's log key: keep them as evidence. Someone was shown a key the others were not; compare safety numbers in person (qpc verify @NAME) before trusting new keys, and tell the operator",
+			al.Kind, safetext.Line(al.Detail), safetext.Line(al.SourceA), al.HeadA, safetext.Line(al.SourceB), al.HeadB)
+		if err := a.emit(map[string]any{"keylog_alarm": al}, text); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // allowUnverifiedFlag adds --allow-unverified to a command that adds
 // devices to a group or encrypts to them.
 func (a *app) allowUnverifiedFlag(cmd *cobra.Command) *cobra.Command {

@@ -46,7 +46,10 @@ type AppMessage struct {
 	// Optional: the sender's name for the group, so that members who joined
 	// from a Welcome (which carries no name) can call it the same. Empty in
 	// DMs.
-	GroupName     string `protobuf:"bytes,7,opt,name=group_name,json=groupName,proto3" json:"group_name,omitempty"`
+	GroupName string `protobuf:"bytes,7,opt,name=group_name,json=groupName,proto3" json:"group_name,omitempty"`
+	// Optional control payload: the sender's newest key log head (issue 19).
+	// A message that carries only this (empty text) is not shown.
+	KeyLog        *KeyLogGossip `protobuf:"bytes,8,opt,name=key_log,json=keyLog,proto3" json:"key_log,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -130,11 +133,18 @@ func (x *AppMessage) GetGroupName() string {
 	return ""
 }
 
+func (x *AppMessage) GetKeyLog() *KeyLogGossip {
+	if x != nil {
+		return x.KeyLog
+	}
+	return nil
+}
+
 var File_qpc_v1_app_proto protoreflect.FileDescriptor
 
 const file_qpc_v1_app_proto_rawDesc = "" +
 	"\n" +
-	"\x10qpc/v1/app.proto\x12\x06qpc.v1\"\xe5\x01\n" +
+	"\x10qpc/v1/app.proto\x12\x06qpc.v1\x1a\x13qpc/v1/keylog.proto\"\x94\x02\n" +
 	"\n" +
 	"AppMessage\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
@@ -146,7 +156,8 @@ const file_qpc_v1_app_proto_rawDesc = "" +
 	"sentUnixMs\x12\x19\n" +
 	"\breply_to\x18\x06 \x01(\tR\areplyTo\x12\x1d\n" +
 	"\n" +
-	"group_name\x18\a \x01(\tR\tgroupNameB>Z<github.com/quicprochat/quicprochat/internal/wire/qpcv1;qpcv1b\x06proto3"
+	"group_name\x18\a \x01(\tR\tgroupName\x12-\n" +
+	"\akey_log\x18\b \x01(\v2\x14.qpc.v1.KeyLogGossipR\x06keyLogB>Z<github.com/quicprochat/quicprochat/internal/wire/qpcv1;qpcv1b\x06proto3"
 
 var (
 	file_qpc_v1_app_proto_rawDescOnce sync.Once
@@ -162,14 +173,16 @@ func file_qpc_v1_app_proto_rawDescGZIP() []byte {
 
 var file_qpc_v1_app_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
 var file_qpc_v1_app_proto_goTypes = []any{
-	(*AppMessage)(nil), // 0: qpc.v1.AppMessage
+	(*AppMessage)(nil),   // 0: qpc.v1.AppMessage
+	(*KeyLogGossip)(nil), // 1: qpc.v1.KeyLogGossip
 }
 var file_qpc_v1_app_proto_depIdxs = []int32{
-	0, // [0:0] is the sub-list for method output_type
-	0, // [0:0] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	1, // 0: qpc.v1.AppMessage.key_log:type_name -> qpc.v1.KeyLogGossip
+	1, // [1:1] is the sub-list for method output_type
+	1, // [1:1] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_qpc_v1_app_proto_init() }
@@ -177,6 +190,7 @@ func file_qpc_v1_app_proto_init() {
 	if File_qpc_v1_app_proto != nil {
 		return
 	}
+	file_qpc_v1_keylog_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

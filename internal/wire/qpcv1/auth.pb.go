@@ -1436,7 +1436,10 @@ type LookupAccountResponse struct {
 	// The account identity key as the server has it (empty for accounts
 	// registered without one). Clients pin it on first use and never take
 	// a different one from the server silently.
-	IdentityKey   []byte `protobuf:"bytes,4,opt,name=identity_key,json=identityKey,proto3" json:"identity_key,omitempty"`
+	IdentityKey []byte `protobuf:"bytes,4,opt,name=identity_key,json=identityKey,proto3" json:"identity_key,omitempty"`
+	// Inclusion proofs of identity_key and of the devices' certificates in
+	// the key log (docs/protocol.md, "Key log").
+	KeyLog        *KeyLogInclusion `protobuf:"bytes,5,opt,name=key_log,json=keyLog,proto3" json:"key_log,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1495,6 +1498,13 @@ func (x *LookupAccountResponse) GetDevices() []*PublicDevice {
 func (x *LookupAccountResponse) GetIdentityKey() []byte {
 	if x != nil {
 		return x.IdentityKey
+	}
+	return nil
+}
+
+func (x *LookupAccountResponse) GetKeyLog() *KeyLogInclusion {
+	if x != nil {
+		return x.KeyLog
 	}
 	return nil
 }
@@ -1952,7 +1962,7 @@ var File_qpc_v1_auth_proto protoreflect.FileDescriptor
 
 const file_qpc_v1_auth_proto_rawDesc = "" +
 	"\n" +
-	"\x11qpc/v1/auth.proto\x12\x06qpc.v1\x1a\x14qpc/v1/options.proto\"\xea\x01\n" +
+	"\x11qpc/v1/auth.proto\x12\x06qpc.v1\x1a\x13qpc/v1/keylog.proto\x1a\x14qpc/v1/options.proto\"\xea\x01\n" +
 	"\x0fRegisterRequest\x12+\n" +
 	"\faccount_name\x18\x01 \x01(\tB\b\x92\x82\x19\x04\x10 \x18\x01R\vaccountName\x12-\n" +
 	"\rsignature_key\x18\x02 \x01(\fB\b\x92\x82\x19\x04\b \x18\x01R\fsignatureKey\x12'\n" +
@@ -2034,13 +2044,14 @@ const file_qpc_v1_auth_proto_rawDesc = "" +
 	"\fPublicDevice\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12#\n" +
 	"\rsignature_key\x18\x02 \x01(\fR\fsignatureKey\x12 \n" +
-	"\vcertificate\x18\x03 \x01(\fR\vcertificate\"\xac\x01\n" +
+	"\vcertificate\x18\x03 \x01(\fR\vcertificate\"\xde\x01\n" +
 	"\x15LookupAccountResponse\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12!\n" +
 	"\faccount_name\x18\x02 \x01(\tR\vaccountName\x12.\n" +
 	"\adevices\x18\x03 \x03(\v2\x14.qpc.v1.PublicDeviceR\adevices\x12!\n" +
-	"\fidentity_key\x18\x04 \x01(\fR\videntityKey\"j\n" +
+	"\fidentity_key\x18\x04 \x01(\fR\videntityKey\x120\n" +
+	"\akey_log\x18\x05 \x01(\v2\x17.qpc.v1.KeyLogInclusionR\x06keyLog\"j\n" +
 	"\x14CertifyDeviceRequest\x12%\n" +
 	"\tdevice_id\x18\x01 \x01(\tB\b\x92\x82\x19\x04\b \x18\x01R\bdeviceId\x12+\n" +
 	"\vcertificate\x18\x02 \x01(\fB\t\x92\x82\x19\x05\x10\x80\x04\x18\x01R\vcertificate\"\x17\n" +
@@ -2131,6 +2142,7 @@ var file_qpc_v1_auth_proto_goTypes = []any{
 	(*LinkRequest)(nil),              // 31: qpc.v1.LinkRequest
 	(*ListLinkRequestsResponse)(nil), // 32: qpc.v1.ListLinkRequestsResponse
 	(*AccountEvent)(nil),             // 33: qpc.v1.AccountEvent
+	(*KeyLogInclusion)(nil),          // 34: qpc.v1.KeyLogInclusion
 }
 var file_qpc_v1_auth_proto_depIdxs = []int32{
 	7,  // 0: qpc.v1.LoginResponse.tokens:type_name -> qpc.v1.Tokens
@@ -2140,13 +2152,14 @@ var file_qpc_v1_auth_proto_depIdxs = []int32{
 	16, // 4: qpc.v1.ListDevicesResponse.devices:type_name -> qpc.v1.Device
 	13, // 5: qpc.v1.RevokeDeviceRequest.reauth:type_name -> qpc.v1.Reauth
 	24, // 6: qpc.v1.LookupAccountResponse.devices:type_name -> qpc.v1.PublicDevice
-	31, // 7: qpc.v1.ListLinkRequestsResponse.requests:type_name -> qpc.v1.LinkRequest
-	1,  // 8: qpc.v1.AccountEvent.kind:type_name -> qpc.v1.AccountEventKind
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	34, // 7: qpc.v1.LookupAccountResponse.key_log:type_name -> qpc.v1.KeyLogInclusion
+	31, // 8: qpc.v1.ListLinkRequestsResponse.requests:type_name -> qpc.v1.LinkRequest
+	1,  // 9: qpc.v1.AccountEvent.kind:type_name -> qpc.v1.AccountEventKind
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_qpc_v1_auth_proto_init() }
@@ -2154,6 +2167,7 @@ func file_qpc_v1_auth_proto_init() {
 	if File_qpc_v1_auth_proto != nil {
 		return
 	}
+	file_qpc_v1_keylog_proto_init()
 	file_qpc_v1_options_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{

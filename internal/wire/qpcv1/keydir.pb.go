@@ -293,7 +293,10 @@ type FetchKeyPackagesResponse struct {
 	KeyPackages      []*FetchedKeyPackage   `protobuf:"bytes,2,rep,name=key_packages,json=keyPackages,proto3" json:"key_packages,omitempty"`
 	MissingDeviceIds []string               `protobuf:"bytes,3,rep,name=missing_device_ids,json=missingDeviceIds,proto3" json:"missing_device_ids,omitempty"`
 	// The suite chosen from cipher_suites (0 when none were given).
-	CipherSuite   uint32 `protobuf:"varint,4,opt,name=cipher_suite,json=cipherSuite,proto3" json:"cipher_suite,omitempty"`
+	CipherSuite uint32 `protobuf:"varint,4,opt,name=cipher_suite,json=cipherSuite,proto3" json:"cipher_suite,omitempty"`
+	// Inclusion proofs of the account's identity key and of the returned
+	// devices' certificates in the key log (docs/protocol.md, "Key log").
+	KeyLog        *KeyLogInclusion `protobuf:"bytes,5,opt,name=key_log,json=keyLog,proto3" json:"key_log,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -354,6 +357,13 @@ func (x *FetchKeyPackagesResponse) GetCipherSuite() uint32 {
 		return x.CipherSuite
 	}
 	return 0
+}
+
+func (x *FetchKeyPackagesResponse) GetKeyLog() *KeyLogInclusion {
+	if x != nil {
+		return x.KeyLog
+	}
+	return nil
 }
 
 // CountKeyPackages tells the calling device its stock, so it can top up.
@@ -538,7 +548,7 @@ var File_qpc_v1_keydir_proto protoreflect.FileDescriptor
 
 const file_qpc_v1_keydir_proto_rawDesc = "" +
 	"\n" +
-	"\x13qpc/v1/keydir.proto\x12\x06qpc.v1\x1a\x14qpc/v1/options.proto\"t\n" +
+	"\x13qpc/v1/keydir.proto\x12\x06qpc.v1\x1a\x13qpc/v1/keylog.proto\x1a\x14qpc/v1/options.proto\"t\n" +
 	"\x18UploadKeyPackagesRequest\x12-\n" +
 	"\fkey_packages\x18\x01 \x03(\fB\n" +
 	"\x92\x82\x19\x06\x10\x80\x80\x01 dR\vkeyPackages\x12)\n" +
@@ -558,13 +568,14 @@ const file_qpc_v1_keydir_proto_rawDesc = "" +
 	"\vkey_package\x18\x02 \x01(\fR\n" +
 	"keyPackage\x12\x1f\n" +
 	"\vlast_resort\x18\x03 \x01(\bR\n" +
-	"lastResort\"\xc8\x01\n" +
+	"lastResort\"\xfa\x01\n" +
 	"\x18FetchKeyPackagesResponse\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12<\n" +
 	"\fkey_packages\x18\x02 \x03(\v2\x19.qpc.v1.FetchedKeyPackageR\vkeyPackages\x12,\n" +
 	"\x12missing_device_ids\x18\x03 \x03(\tR\x10missingDeviceIds\x12!\n" +
-	"\fcipher_suite\x18\x04 \x01(\rR\vcipherSuite\"\x19\n" +
+	"\fcipher_suite\x18\x04 \x01(\rR\vcipherSuite\x120\n" +
+	"\akey_log\x18\x05 \x01(\v2\x17.qpc.v1.KeyLogInclusionR\x06keyLog\"\x19\n" +
 	"\x17CountKeyPackagesRequest\"\xde\x01\n" +
 	"\x18CountKeyPackagesResponse\x12!\n" +
 	"\fdevice_count\x18\x01 \x01(\rR\vdeviceCount\x12#\n" +
@@ -600,15 +611,17 @@ var file_qpc_v1_keydir_proto_goTypes = []any{
 	(*CountKeyPackagesRequest)(nil),   // 5: qpc.v1.CountKeyPackagesRequest
 	(*CountKeyPackagesResponse)(nil),  // 6: qpc.v1.CountKeyPackagesResponse
 	(*SuiteStock)(nil),                // 7: qpc.v1.SuiteStock
+	(*KeyLogInclusion)(nil),           // 8: qpc.v1.KeyLogInclusion
 }
 var file_qpc_v1_keydir_proto_depIdxs = []int32{
 	3, // 0: qpc.v1.FetchKeyPackagesResponse.key_packages:type_name -> qpc.v1.FetchedKeyPackage
-	7, // 1: qpc.v1.CountKeyPackagesResponse.suites:type_name -> qpc.v1.SuiteStock
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	8, // 1: qpc.v1.FetchKeyPackagesResponse.key_log:type_name -> qpc.v1.KeyLogInclusion
+	7, // 2: qpc.v1.CountKeyPackagesResponse.suites:type_name -> qpc.v1.SuiteStock
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_qpc_v1_keydir_proto_init() }
@@ -616,6 +629,7 @@ func file_qpc_v1_keydir_proto_init() {
 	if File_qpc_v1_keydir_proto != nil {
 		return
 	}
+	file_qpc_v1_keylog_proto_init()
 	file_qpc_v1_options_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
