@@ -97,20 +97,31 @@ func (g *globals) client() (*admin.Client, error) {
 
 // dbKey returns the configured database key (inline or from the key file).
 func (g *globals) dbKey(cfg config.Config) (secret.Bytes, error) {
-	if !cfg.DB.Key.IsZero() {
-		return cfg.DB.Key.Clone(), nil
-	}
-	k, err := config.ReadKeyFile(cfg.DB.KeyFile)
+	k, err := g.configuredKey(cfg)
 	if err != nil {
 		return secret.Bytes{}, fmt.Errorf("%w; pass --db-key-file (or --config) so qpcctl finds the database key", err)
 	}
 	return k, nil
 }
 
-// readKey reads a key file given on the command line.
+// configuredKey is dbKey without the advice, for commands that take the
+// key another way too.
+func (g *globals) configuredKey(cfg config.Config) (secret.Bytes, error) {
+	if !cfg.DB.Key.IsZero() {
+		return cfg.DB.Key.Clone(), nil
+	}
+	return config.ReadKeyFile(cfg.DB.KeyFile)
+}
+
+// readKey reads a key file given on the command line; its errors name the
+// flag, not the configuration option.
 func readKey(path, flag string) (secret.Bytes, error) {
 	k, err := config.ReadKeyFile(path)
 	if err != nil {
+		var fe *config.FieldError
+		if errors.As(err, &fe) {
+			return secret.Bytes{}, fmt.Errorf("%s %s: expected %s", flag, path, fe.Expected)
+		}
 		return secret.Bytes{}, fmt.Errorf("%s %s: %w", flag, path, err)
 	}
 	return k, nil

@@ -33,7 +33,8 @@ func TestUsageAndExitCodes(t *testing.T) {
 		{[]string{"status"}, 1, "is qpcd running? start it"},
 		{[]string{"--json", "status"}, 1, "pass --socket"},
 		{[]string{"rotate", "tls"}, 1, "is qpcd running?"},
-		{[]string{"backup", "verify", "/nonexistent/b.qpcbak", "--key-file", "/nonexistent/key"}, 2, "--key-file"},
+		// The file is checked before the key is read.
+		{[]string{"backup", "verify", "/nonexistent/b.qpcbak", "--key-file", "/nonexistent/key"}, 1, "open /nonexistent/b.qpcbak: no such file"},
 	} {
 		r := ctl(t, dir, c.args...)
 		if r.code != c.code || !strings.Contains(r.stderr, c.want) {
@@ -204,6 +205,45 @@ func TestCorruptBackups(t *testing.T) {
 	}
 	if len(seen) != 4 {
 		t.Errorf("want 4 distinct errors, got %v", seen)
+	}
+
+	// Away from the server's directory (no key anywhere), the checks that
+	// need no key still run first: a missing or damaged file is told as
+	// such, a sound one is reported sound up to the key, and the message
+	// names the flag that gives the key (backup verify's --key-file).
+	away := filepath.Join(base, "elsewhere")
+	for _, cs := range []struct{ name, file, want string }{
+		{"missing", filepath.Join(base, "no-such.qpcbak"), "no such file or directory"},
+		{"truncated", cases[0].file, "truncated"},
+		{"bit flip", cases[2].file, "damaged (checksum mismatch)"},
+		{"wrong format", cases[4].file, "not a qpcd backup file"},
+	} {
+		r := ctl(t, away, "backup", "verify", cs.file)
+		if r.code != 1 || !strings.Contains(r.stderr, cs.want) || strings.Contains(r.stderr, "db.key") {
+			t.Errorf("verify %s without a key: exit %d, stderr %q; want exit 1, %q and no word of the key", cs.name, r.code, r.stderr, cs.want)
+		}
+	}
+	var m struct {
+		Manifest admin.Manifest `json:"manifest"`
+	}
+	ctlOK(t, dataDir, &m, "backup", "verify", good)
+	r := ctl(t, away, "backup", "verify", good)
+	for _, want := range []string{"layout, manifest checksum, size, sha256 passed", "key id " + m.Manifest.KeyID, "pass it with --key-file FILE"} {
+		if r.code != 1 || !strings.Contains(r.stderr, want) {
+			t.Errorf("verify of a sound backup without a key: exit %d, stderr %q; want exit 1 and %q", r.code, r.stderr, want)
+		}
+	}
+	if r := ctl(t, away, "backup", "verify", good, "--key-file", filepath.Join(dataDir, "db.key")); r.code != 0 || !strings.HasPrefix(r.stdout, "OK ") {
+		t.Errorf("verify with --key-file: %+v", r)
+	}
+	// A malformed key file: the message says what the file holds (not
+	// its content) and ends as a sentence, naming the flag given.
+	short := write("short.key", []byte("0123456789abcdef0123\n"))
+	r = ctl(t, away, "backup", "verify", good, "--key-file", short)
+	if r.code != 2 || !strings.Contains(r.stderr, "--key-file "+short+": expected a file holding 64 hex characters") ||
+		!strings.Contains(r.stderr, "this file holds 20 hex characters, not 64 (") || strings.Contains(r.stderr, "0123456789abcdef") ||
+		strings.Contains(r.stderr, "db.key_file") {
+		t.Errorf("malformed --key-file: exit %d, stderr %q", r.code, r.stderr)
 	}
 
 	d.drain(t)
@@ -568,7 +608,9 @@ func TestKeyFilesOpenToOthersRefused(t *testing.T) {
 	dbKey := write(filepath.Join(dataDir, "db.key"), 0o600)
 	open := write(filepath.Join(base, "open.key"), 0o644)
 	group := write(filepath.Join(base, "group.key"), 0o640)
-	backup := filepath.Join(base, "none.qpcbak") // never reached
+	// A backup sound in layout and checksums, so that verify gets to the
+	// key; its key-dependent checks are never reached.
+	backup := structurallySoundBackup(t, base)
 	check := func(args []string, path string, mode os.FileMode, mentions ...string) {
 		t.Helper()
 		r := ctl(t, dataDir, args...)
@@ -594,7 +636,36 @@ func TestKeyFilesOpenToOthersRefused(t *testing.T) {
 	if err := os.Chmod(dbKey, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if r := ctl(t, dataDir, "backup", "verify", backup); r.code != 1 || strings.Contains(r.stderr, "chmod") {
+	if r := ctl(t, dataDir, "backup", "verify", backup); r.code != 1 || strings.Contains(r.stderr, "chmod") || !strings.Contains(r.stderr, "does not open with this database key") {
 		t.Fatalf("after chmod 600: exit %d, stderr %q", r.code, r.stderr)
 	}
+}
+
+// structurallySoundBackup writes a backup file whose layout, manifest and
+// checksums are right around a database of random bytes (which no key opens).
+func structurallySoundBackup(t *testing.T, dir string) string {
+	t.Helper()
+	db := filepath.Join(dir, "random.db")
+	raw := make([]byte, 8192)
+	if _, err := rand.Read(raw); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(db, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sum, n, err := admin.FileSHA256(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "sound.qpcbak")
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m := admin.Manifest{Format: admin.BackupFormat, QPCDVersion: "test", SchemaVersion: 1, CreatedAt: time.Now().UTC(), DBBytes: n, DBSHA256: sum}
+	if err := admin.WriteBackup(f, m, db); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

@@ -245,8 +245,18 @@ func VerifyBackup(ctx context.Context, path string, key secret.Bytes, tmpDir str
 	if err != nil {
 		return VerifyReport{}, err
 	}
+	return b.Verify(ctx, key, tmpDir)
+}
+
+// StructuralChecks are what OpenBackup checked, without the key.
+var StructuralChecks = []string{"layout", "manifest checksum", "size", "sha256"}
+
+// Verify runs the checks of an opened backup that need the key: that the
+// database opens with it, its integrity, schema version and row counts.
+func (b *BackupFile) Verify(ctx context.Context, key secret.Bytes, tmpDir string) (VerifyReport, error) {
+	path := b.Path
 	rep := VerifyReport{Path: path, Bytes: b.Size, Manifest: b.Manifest,
-		Checks: []string{"layout", "manifest checksum", "size", "sha256"}}
+		Checks: append([]string(nil), StructuralChecks...)}
 	if id := store.KeyID(key); b.Manifest.KeyID != "" && id != b.Manifest.KeyID {
 		return rep, fmt.Errorf("%w: %s was encrypted under the key with id %s, the key given has id %s; give the database key that was in use when the backup was taken (backup verify --key-file, restore --backup-key-file)", ErrBackupWrongKey, path, b.Manifest.KeyID, id)
 	}
