@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
 	"flag"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/quicprochat/quicprochat/internal/admin"
 	"github.com/quicprochat/quicprochat/internal/transport"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
@@ -668,4 +670,35 @@ func structurallySoundBackup(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// TestInvitesListNamesTheAccount: an invite's USED BY is the account's name
+// (an operator knows people by name), its id stays in --json.
+func TestInvitesListNamesTheAccount(t *testing.T) {
+	base := shortDir(t)
+	dataDir := filepath.Join(base, "data")
+	d := startQPCD(t, dataDir, "QPC_AUTH_REGISTRATION=invite")
+	var inv admin.Invite
+	ctlOK(t, dataDir, &inv, "invites", "create")
+	c := d.mustDial(t)
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := rpcCtx()
+	defer cancel()
+	var resp qpcv1.RegisterResponse
+	if err := c.Call(ctx, "Register", "", &qpcv1.RegisterRequest{AccountName: "carol", SignatureKey: pub, InviteCode: inv.Code}, &resp); err != nil {
+		t.Fatal(err)
+	}
+	var invs []admin.Invite
+	ctlOK(t, dataDir, &invs, "invites", "list")
+	if len(invs) != 1 || invs[0].UsedBy != resp.GetAccountId() || invs[0].UsedByName != "carol" {
+		t.Fatalf("invites list --json: %+v; want used by %s (carol)", invs, resp.GetAccountId())
+	}
+	r := ctl(t, dataDir, "invites", "list")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(lines) != 2 || !strings.HasSuffix(lines[1], "  carol") || strings.Contains(r.stdout, resp.GetAccountId()) {
+		t.Fatalf("invites list shows %q; want carol in USED BY, not the account id", r.stdout)
+	}
 }

@@ -704,8 +704,13 @@ func (b adminBackend) ListInvites(ctx context.Context) ([]admin.Invite, error) {
 		return nil, authErr(err)
 	}
 	out := make([]admin.Invite, 0, len(invs))
+	names := map[string]string{}
 	for _, inv := range invs {
-		out = append(out, inviteOut(inv, b.s.now()))
+		o := inviteOut(inv, b.s.now())
+		if o.UsedBy != "" {
+			o.UsedByName = b.accountName(ctx, o.UsedBy, names)
+		}
+		out = append(out, o)
 	}
 	return out, nil
 }
