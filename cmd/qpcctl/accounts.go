@@ -153,6 +153,9 @@ func newInvitesCommand(g *globals) *cobra.Command {
 		if err != nil {
 			return err
 		}
+		if i.Warning != "" && !g.json {
+			fmt.Fprintln(g.stderr, "qpcctl: warning:", i.Warning)
+		}
 		return g.emit(i, func(w io.Writer) {
 			fmt.Fprintf(w, "invite %s: code %s\nexpires %s; the code is not shown again\n", i.ID, i.Code, fmtTime(i.ExpiresAt))
 		})

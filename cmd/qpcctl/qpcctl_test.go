@@ -518,14 +518,22 @@ func TestAccountsDevicesInvites(t *testing.T) {
 	if inv.Code == "" || inv.State != "open" || inv.CreatedBy != "ops" {
 		t.Fatalf("invite: %+v", inv)
 	}
+	// This server's registration is open: an invite is useless, and
+	// creating one says so (it used to succeed silently).
+	if !strings.Contains(inv.Warning, "auth.registration is open") {
+		t.Fatalf("invite on an open server carries no warning: %+v", inv)
+	}
+	if r := ctl(t, dataDir, "invites", "create"); r.code != 0 || !strings.Contains(r.stderr, "warning: auth.registration is open") {
+		t.Fatalf("invites create on an open server: %+v", r)
+	}
 	var invs []admin.Invite
 	ctlOK(t, dataDir, &invs, "invites", "list")
-	if len(invs) != 1 || invs[0].Code != "" || invs[0].ID != inv.ID {
+	if len(invs) != 2 || invs[1].Code != "" || invs[1].ID != inv.ID {
 		t.Fatalf("list shows %+v (the code must not be listed)", invs)
 	}
 	ctlOK(t, dataDir, nil, "invites", "revoke", inv.ID)
 	ctlOK(t, dataDir, &invs, "invites", "list")
-	if invs[0].State != "revoked" {
+	if invs[1].State != "revoked" {
 		t.Fatalf("after revoke: %+v", invs)
 	}
 	// An unknown invite points at the invite list, not the account list.
@@ -680,6 +688,9 @@ func TestInvitesListNamesTheAccount(t *testing.T) {
 	d := startQPCD(t, dataDir, "QPC_AUTH_REGISTRATION=invite")
 	var inv admin.Invite
 	ctlOK(t, dataDir, &inv, "invites", "create")
+	if inv.Warning != "" {
+		t.Fatalf("invite on an invite-only server warns: %q", inv.Warning)
+	}
 	c := d.mustDial(t)
 	pub, _, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {

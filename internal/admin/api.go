@@ -221,6 +221,9 @@ type Invite struct {
 	UsedAt     time.Time `json:"used_at,omitzero"`
 	Revoked    bool      `json:"revoked"`
 	State      string    `json:"state"` // open, used, revoked, expired
+	// Warning, on creation only: why the invite will not do what it is
+	// for (registration is not by invite).
+	Warning string `json:"warning,omitempty"`
 }
 
 // CreateInviteRequest is POST /v1/invites.

@@ -695,6 +695,12 @@ func (b adminBackend) CreateInvite(ctx context.Context, r admin.CreateInviteRequ
 	}
 	out := inviteOut(inv, b.s.now())
 	out.Code = code
+	switch b.s.auth.Registration() {
+	case config.RegistrationOpen:
+		out.Warning = "auth.registration is open: anyone may register without this code, and it will not be used; set auth.registration: invite (QPC_AUTH_REGISTRATION=invite) to require invites"
+	case config.RegistrationClosed:
+		out.Warning = "auth.registration is closed: no one can register, with or without this code; set auth.registration: invite (QPC_AUTH_REGISTRATION=invite) for invites to work"
+	}
 	return out, nil
 }
 
