@@ -33,7 +33,7 @@ func newBackupCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := g.ctx(cmd.Context())
+			ctx, cancel := g.longCtx(cmd.Context())
 			defer cancel()
 			p := g.newProgress()
 			p.step("taking a snapshot")
@@ -86,7 +86,7 @@ func newBackupCommand(g *globals) *cobra.Command {
 				return err
 			}
 			defer key.Wipe()
-			ctx, cancel := g.ctx(cmd.Context())
+			ctx, cancel := g.longCtx(cmd.Context())
 			defer cancel()
 			p.step("opening " + args[0] + " with the key and checking its integrity")
 			rep, err := b.Verify(ctx, key, tmpDir)

@@ -23,7 +23,7 @@ func newDrainCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := g.ctx(cmd.Context())
+			ctx, cancel := g.longCtx(cmd.Context())
 			defer cancel()
 			res, err := c.Drain(ctx)
 			if err != nil {

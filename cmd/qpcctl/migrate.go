@@ -53,7 +53,7 @@ func newMigrateCommand(g *globals) *cobra.Command {
 				return failed(err)
 			}
 			defer key.Wipe()
-			ctx, cancel := g.ctx(cmd.Context())
+			ctx, cancel := g.longCtx(cmd.Context())
 			defer cancel()
 			p := g.newProgress()
 			rep, err := admin.MigrateToPostgres(ctx, admin.MigrateOptions{

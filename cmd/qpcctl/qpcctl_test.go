@@ -1,15 +1,21 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -711,5 +717,109 @@ func TestInvitesListNamesTheAccount(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 	if r.code != 0 || len(lines) != 2 || !strings.HasSuffix(lines[1], "  carol") || strings.Contains(r.stdout, resp.GetAccountId()) {
 		t.Fatalf("invites list shows %q; want carol in USED BY, not the account id", r.stdout)
+	}
+}
+
+// TestStuckQPCDIsToldNotWaitedOn: a qpcd that accepts on its admin socket
+// and never answers used to hold every command silently for 10 minutes.
+// A quick command now gives up after its time limit (30 s by default),
+// says what is awaited while it waits (progress rules: QPC_PROGRESS=1
+// forces it off a terminal) and, at the end, what to check.
+func TestStuckQPCDIsToldNotWaitedOn(t *testing.T) {
+	sock := filepath.Join(shortDir(t), "stuck.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // read nothing, answer nothing
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	run := func(env []string, args ...string) (result, time.Duration) {
+		t.Helper()
+		cmd := exec.Command(qpcctlBin, append([]string{"--socket", sock}, args...)...)
+		cmd.Env = cleanEnv(env...)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		start := time.Now()
+		err := cmd.Run()
+		var ee *exec.ExitError
+		code := 0
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return result{out.String(), errb.String(), code}, time.Since(start)
+	}
+	r, took := run([]string{"QPC_PROGRESS=1"}, "--timeout", "3s", "status")
+	if r.code != 1 || took > 15*time.Second {
+		t.Fatalf("status against a stuck qpcd: exit %d after %s; want 1 after about 3s (%q)", r.code, took, r.stderr)
+	}
+	for _, want := range []string{"qpcctl: waiting for qpcd's answer (gives up after 3s, --timeout)...", "no answer within 3s", "qpcd may be stuck or overloaded", "pass a longer --timeout"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+		}
+	}
+	if strings.Contains(r.stderr, "\r") {
+		t.Errorf("forced progress off a terminal overwrites lines:\n%q", r.stderr)
+	}
+	// --json: the error as one object, and no progress on stderr.
+	r, _ = run([]string{"QPC_PROGRESS=1"}, "--json", "--timeout", "2s", "accounts", "list")
+	if r.code != 1 || strings.Contains(r.stderr, "waiting for") || !strings.Contains(r.stdout, `"exit_code":1`) || !strings.Contains(r.stdout, "no answer within 2s") {
+		t.Errorf("--json against a stuck qpcd: %+v", r)
+	}
+	// Without QPC_PROGRESS and off a terminal: quiet until the error.
+	r, _ = run(nil, "--timeout", "2s", "devices", "list")
+	if r.code != 1 || strings.Contains(r.stderr, "waiting for") {
+		t.Errorf("unforced progress off a terminal: %+v", r)
+	}
+}
+
+// TestDefaultTimeouts: without --timeout a quick admin call gives up after
+// 30 s and work on the whole database after 10 minutes; --timeout sets both.
+func TestDefaultTimeouts(t *testing.T) {
+	g := &globals{stdout: io.Discard, stderr: io.Discard}
+	left := func(ctx context.Context) time.Duration {
+		d, ok := ctx.Deadline()
+		if !ok {
+			t.Fatal("no deadline")
+		}
+		return time.Until(d)
+	}
+	ctx, cancel := g.ctx(context.Background())
+	if d := left(ctx); d > quickTimeout || d < quickTimeout-5*time.Second || quickTimeout != 30*time.Second {
+		t.Errorf("quick call deadline in %s", d)
+	}
+	cancel()
+	ctx, cancel = g.longCtx(context.Background())
+	if d := left(ctx); d > longTimeout || d < longTimeout-5*time.Second {
+		t.Errorf("long call deadline in %s", d)
+	}
+	cancel()
+	g.timeout = 90 * time.Second
+	for _, f := range []func(context.Context) (context.Context, context.CancelFunc){g.ctx, g.longCtx} {
+		ctx, cancel := f(context.Background())
+		if d := left(ctx); d > g.timeout || d < g.timeout-5*time.Second {
+			t.Errorf("--timeout 90s: deadline in %s", d)
+		}
+		cancel()
 	}
 }

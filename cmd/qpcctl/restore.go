@@ -42,7 +42,7 @@ func newRestoreCommand(g *globals) *cobra.Command {
 				}
 				defer bkey.Wipe()
 			}
-			ctx, cancel := g.ctx(cmd.Context())
+			ctx, cancel := g.longCtx(cmd.Context())
 			defer cancel()
 			p := g.newProgress()
 			rep, err := admin.Restore(ctx, admin.RestoreOptions{
