@@ -98,6 +98,35 @@ func (g *globals) client() (*admin.Client, error) {
 	return admin.NewClient(cfg.Admin.Socket), nil
 }
 
+// needDataDir refuses, as a usage error, a command that works on qpcd's
+// data directory when there is none where qpcctl looks: run elsewhere than
+// the deployment, the missing key file would otherwise be the first thing
+// it reported.
+func needDataDir(cfg config.Config, command string) error {
+	if _, err := os.Stat(cfg.DataDir); errors.Is(err, os.ErrNotExist) {
+		return usageError{fmt.Errorf("qpcd's data directory %s does not exist (from %s): %s works on the data directory of a stopped qpcd; "+
+			"pass its --data-dir or --config (for a new host or a drill: mkdir -m 0700 DIR, put the database key in DIR/db.key (0600), see docs/operations.md)",
+			cfg.DataDir, dataDirSource(cfg), command)}
+	}
+	return nil
+}
+
+// dataDirSource says where qpcctl took the data directory from.
+func dataDirSource(cfg config.Config) string {
+	if cfg.DataDir == config.Default().DataDir {
+		return "the default, relative to " + workingDir()
+	}
+	return "--data-dir, QPC_DATA_DIR or --config"
+}
+
+func workingDir() string {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "the working directory"
+	}
+	return wd
+}
+
 // dbKey returns the configured database key (inline or from the key file).
 func (g *globals) dbKey(cfg config.Config) (secret.Bytes, error) {
 	k, err := g.configuredKey(cfg)

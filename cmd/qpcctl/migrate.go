@@ -33,6 +33,9 @@ func newMigrateCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := needDataDir(cfg, "migrate to-postgres"); err != nil {
+				return err
+			}
 			if dsn != "" && dsnFile != "" {
 				return usageError{errors.New("pass --dsn or --dsn-file, not both")}
 			}

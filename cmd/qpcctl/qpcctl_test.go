@@ -41,6 +41,10 @@ func TestUsageAndExitCodes(t *testing.T) {
 		{[]string{"status"}, 1, "is qpcd running? start it"},
 		{[]string{"--json", "status"}, 1, "pass --socket"},
 		{[]string{"rotate", "tls"}, 1, "is qpcd running?"},
+		// Away from any deployment, restore and migrate say that there is
+		// no data directory (they used to complain of a missing db.key).
+		{[]string{"restore", "/nonexistent/b.qpcbak"}, 2, "data directory " + dir + " does not exist (from --data-dir"},
+		{[]string{"migrate", "to-postgres", "--dsn", "postgres://x@127.0.0.1/x"}, 2, "migrate to-postgres works on the data directory of a stopped qpcd; pass its --data-dir"},
 		// The file is checked before the key is read.
 		{[]string{"backup", "verify", "/nonexistent/b.qpcbak", "--key-file", "/nonexistent/key"}, 1, "open /nonexistent/b.qpcbak: no such file"},
 	} {

@@ -30,6 +30,9 @@ func newRestoreCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := needDataDir(cfg, "restore"); err != nil {
+				return err
+			}
 			key, err := g.dbKey(cfg)
 			if err != nil {
 				return failed(err)
