@@ -522,6 +522,10 @@ func TestAccountsDevicesInvites(t *testing.T) {
 	if _, err := login(c, dev, key); err == nil {
 		t.Fatal("a revoked device logged in")
 	}
+	// A malformed id says what an id looks like and where to find one.
+	if r := ctl(t, dataDir, "devices", "revoke", "nonesuch"); r.code != 1 || !strings.Contains(r.stderr, "32 hex characters") || !strings.Contains(r.stderr, "qpcctl devices list") {
+		t.Fatalf("revoke of a malformed id: %+v", r)
+	}
 
 	var inv admin.Invite
 	ctlOK(t, dataDir, &inv, "invites", "create", "--ttl", "1h", "--created-by", "ops")

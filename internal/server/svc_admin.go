@@ -515,7 +515,9 @@ func authErr(err error) error {
 		return nil
 	case errors.Is(err, auth.ErrNotFound):
 		return fmt.Errorf("%w: %v (list them with `qpcctl accounts list` / `qpcctl devices list`)", admin.ErrNotFound, err)
-	case errors.Is(err, auth.ErrInvalidID), errors.Is(err, auth.ErrInvalidName):
+	case errors.Is(err, auth.ErrInvalidID):
+		return fmt.Errorf("%w: %v (an id is 32 hex characters, as `qpcctl accounts list` / `qpcctl devices list` show them)", admin.ErrInvalid, err)
+	case errors.Is(err, auth.ErrInvalidName):
 		return fmt.Errorf("%w: %v", admin.ErrInvalid, err)
 	}
 	if strings.Contains(err.Error(), "want more than 0") {
