@@ -285,3 +285,23 @@ func TestRegisterInviteOnOpenServer(t *testing.T) {
 		t.Fatalf("register without a code: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 }
+
+// TestUnknownGroupSaysWhatToDo: every command that names a group answers an
+// unknown one with the same pointer (some said only "no such group").
+func TestUnknownGroupSaysWhatToDo(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	u := newUser(t)
+	u.ok("init", "--server", srv.Addr(), "--pin", srv.Pin())
+	u.ok("register", "ivy")
+	for _, args := range [][]string{
+		{"history", "nosuch"}, {"send", "nosuch", "hi"}, {"group", "members", "nosuch"},
+		{"group", "add", "nosuch", "ivy"}, {"group", "remove", "nosuch", "ivy"}, {"group", "leave", "nosuch"},
+	} {
+		if r := u.run(args...); r.code != 1 || !strings.Contains(r.stderr, `no such group "nosuch"; see qpc group list, or create it with qpc group create`) {
+			t.Errorf("qpc %v: exit %d, %q", args, r.code, r.stderr)
+		}
+	}
+	if r := u.run("history", "@carol"); r.code != 1 || !strings.Contains(r.stderr, "open the DM first with qpc dm carol") {
+		t.Errorf("qpc history @carol: exit %d, %q", r.code, r.stderr)
+	}
+}
