@@ -6,11 +6,13 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -829,5 +831,38 @@ func TestDefaultTimeouts(t *testing.T) {
 			t.Errorf("--timeout 90s: deadline in %s", d)
 		}
 		cancel()
+	}
+}
+
+// TestDrainWaitIsBounded: a qpcd that accepts the drain and never stops is
+// waited on for its drain timeout and a few seconds, not for the
+// command's 10 minutes, and the error says to look at its log.
+func TestDrainWaitIsBounded(t *testing.T) {
+	sock := filepath.Join(shortDir(t), "admin.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc(admin.PathDrain, func(w http.ResponseWriter, _ *http.Request) {
+		_ = json.NewEncoder(w).Encode(admin.DrainResult{Connections: 3, TimeoutSecs: 1})
+	})
+	mux.HandleFunc(admin.PathStatus, func(w http.ResponseWriter, _ *http.Request) {
+		_ = json.NewEncoder(w).Encode(admin.Status{Ready: false})
+	})
+	hs := &http.Server{Handler: mux}
+	go hs.Serve(ln)
+	defer hs.Close()
+	start := time.Now()
+	cmd := exec.Command(qpcctlBin, "--socket", sock, "drain")
+	cmd.Env = cleanEnv()
+	out, err := cmd.CombinedOutput()
+	took := time.Since(start)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "still answers") || !strings.Contains(string(out), "check its log") {
+		t.Fatalf("drain of a qpcd that never stops: %v\n%s", err, out)
+	}
+	if took > 1*time.Second+drainGrace+5*time.Second {
+		t.Fatalf("drain waited %s for a qpcd whose drain timeout is 1s", took)
 	}
 }
