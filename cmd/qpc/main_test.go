@@ -360,8 +360,8 @@ func TestInvitationsAndBlocks(t *testing.T) {
 	if out := bob.ok("invitations", "decline", id); !strings.Contains(out, "declined "+id) {
 		t.Fatalf("decline: %q", out)
 	}
-	if r := bob.run("invitations", "accept", id); r.code != 1 || !strings.Contains(r.stderr, "not_found") {
-		t.Fatalf("accept after decline: exit %d, %q", r.code, r.stderr)
+	if r := bob.run("invitations", "accept", id); r.code != 1 || !strings.Contains(r.stderr, "not_found") || strings.Count(r.stderr, "qpc invitations") != 1 {
+		t.Fatalf("accept after decline: exit %d, %q (the pointer to qpc invitations once)", r.code, r.stderr)
 	}
 	if out := bob.ok("invitations"); !strings.Contains(out, "no pending invitations") {
 		t.Fatalf("invitations after decline: %q", out)

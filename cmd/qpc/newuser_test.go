@@ -259,3 +259,49 @@ func TestErrorsPointTheRightWay(t *testing.T) {
 		t.Errorf("send to @bob before qpc dm: exit %d, %q", r.code, r.stderr)
 	}
 }
+
+// TestRegisterInviteOnOpenServer: an invite code given to a server that
+// lets anyone register is not used; qpc says so on stderr (and in --json)
+// instead of ignoring it silently, and says nothing without a code.
+func TestRegisterInviteOnOpenServer(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	u := newUser(t)
+	u.ok("init", "--server", srv.Addr(), "--pin", srv.Pin())
+	r := u.run("register", "erin", "--invite", "ABCD-EFGH-JKLM")
+	if r.code != 0 || !strings.Contains(r.stdout, "registered erin") ||
+		!strings.Contains(r.stderr, "warning: this server lets anyone register, so the invite code was not needed and was not used") {
+		t.Fatalf("register --invite on an open server: exit %d, stdout %q, stderr %q; want 0 and a warning", r.code, r.stdout, r.stderr)
+	}
+	v := newUser(t)
+	v.ok("init", "--server", srv.Addr(), "--pin", srv.Pin())
+	r = v.run("--json", "register", "frank", "--invite", "ABCD-EFGH-JKLM")
+	if objs := jsonLines(t, r.stdout); r.code != 0 || len(objs) != 1 || objs[0]["invite_code_unused"] != true {
+		t.Fatalf("--json register --invite on an open server: exit %d, stdout %q", r.code, r.stdout)
+	}
+	w := newUser(t)
+	w.ok("init", "--server", srv.Addr(), "--pin", srv.Pin())
+	r = w.run("--json", "register", "gina")
+	if objs := jsonLines(t, r.stdout); r.code != 0 || len(objs) != 1 || objs[0]["invite_code_unused"] != nil || strings.Contains(r.stderr, "invite") {
+		t.Fatalf("register without a code: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestUnknownGroupSaysWhatToDo: every command that names a group answers an
+// unknown one with the same pointer (some said only "no such group").
+func TestUnknownGroupSaysWhatToDo(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	u := newUser(t)
+	u.ok("init", "--server", srv.Addr(), "--pin", srv.Pin())
+	u.ok("register", "ivy")
+	for _, args := range [][]string{
+		{"history", "nosuch"}, {"send", "nosuch", "hi"}, {"group", "members", "nosuch"},
+		{"group", "add", "nosuch", "ivy"}, {"group", "remove", "nosuch", "ivy"}, {"group", "leave", "nosuch"},
+	} {
+		if r := u.run(args...); r.code != 1 || !strings.Contains(r.stderr, `no such group "nosuch"; see qpc group list, or create it with qpc group create`) {
+			t.Errorf("qpc %v: exit %d, %q", args, r.code, r.stderr)
+		}
+	}
+	if r := u.run("history", "@carol"); r.code != 1 || !strings.Contains(r.stderr, "open the DM first with qpc dm carol") {
+		t.Errorf("qpc history @carol: exit %d, %q", r.code, r.stderr)
+	}
+}

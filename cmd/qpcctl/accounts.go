@@ -153,6 +153,9 @@ func newInvitesCommand(g *globals) *cobra.Command {
 		if err != nil {
 			return err
 		}
+		if i.Warning != "" && !g.json {
+			fmt.Fprintln(g.stderr, "qpcctl: warning:", i.Warning)
+		}
 		return g.emit(i, func(w io.Writer) {
 			fmt.Fprintf(w, "invite %s: code %s\nexpires %s; the code is not shown again\n", i.ID, i.Code, fmtTime(i.ExpiresAt))
 		})
@@ -169,7 +172,7 @@ func newInvitesCommand(g *globals) *cobra.Command {
 		return g.emit(is, func(w io.Writer) {
 			rows := make([][]string, 0, len(is))
 			for _, i := range is {
-				rows = append(rows, []string{i.ID, i.State, i.CreatedBy, fmtTime(i.CreatedAt), fmtTime(i.ExpiresAt), i.UsedBy})
+				rows = append(rows, []string{i.ID, i.State, i.CreatedBy, fmtTime(i.CreatedAt), fmtTime(i.ExpiresAt), usedBy(i)})
 			}
 			tableRows(w, []string{"ID", "STATE", "CREATED BY", "CREATED", "EXPIRES", "USED BY"}, rows)
 		})
@@ -184,6 +187,15 @@ func newInvitesCommand(g *globals) *cobra.Command {
 	})
 	inv.AddCommand(create, list, revoke)
 	return inv
+}
+
+// usedBy names the account an invite was used for: its name, or its id
+// if the account has no name any more.
+func usedBy(i admin.Invite) string {
+	if i.UsedByName != "" {
+		return i.UsedByName
+	}
+	return i.UsedBy
 }
 
 // formatBytes prints a byte count in binary units (12.0 MiB).

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -41,7 +43,7 @@ func newBackupCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := g.ctx(cmd.Context())
+			ctx, cancel := g.longCtx(cmd.Context())
 			defer cancel()
 			p := g.newProgress()
 			p.step("taking a snapshot")
@@ -78,20 +80,29 @@ func newBackupCommand(g *globals) *cobra.Command {
 		Use:   "verify FILE",
 		Short: "Check a backup file: layout, checksums, opens with the key, cipher and SQLite integrity, schema, row counts",
 		Long: "Works on the file alone; qpcd may be running or not. The key is the configured database key\n" +
-			"(--config / --db-key-file / <data_dir>/db.key) unless --key-file names the key the backup was taken under.\n" +
+			"(--config / --db-key-file / DATA_DIR/db.key) unless --key-file names the key the backup was taken under.\n" +
+			"The checks that need no key (layout, checksums, size) run first, so a damaged file is told as such without one.\n" +
 			"Exit 1 with a distinct message for a truncated, damaged (bit-flipped), wrong-key or wrong-format file.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			key, err := g.keyOr(keyFile)
+			// The checks that need no key come first: a missing, truncated
+			// or damaged file is told as such wherever qpcctl runs.
+			p := g.newProgress()
+			p.step("checking the layout and checksums of " + args[0])
+			b, err := admin.OpenBackup(args[0])
+			p.done()
+			if err != nil {
+				return failed(err)
+			}
+			key, err := g.backupKey(keyFile, b)
 			if err != nil {
 				return err
 			}
 			defer key.Wipe()
-			ctx, cancel := g.ctx(cmd.Context())
+			ctx, cancel := g.longCtx(cmd.Context())
 			defer cancel()
-			p := g.newProgress()
-			p.step("verifying " + args[0])
-			rep, err := admin.VerifyBackup(ctx, args[0], key, tmpDir)
+			p.step("opening " + args[0] + " with the key and checking its integrity")
+			rep, err := b.Verify(ctx, key, tmpDir)
 			p.done()
 			if err != nil {
 				return failed(err)
@@ -112,8 +123,10 @@ func newBackupCommand(g *globals) *cobra.Command {
 	return b
 }
 
-// keyOr reads keyFile if given, else the configured database key.
-func (g *globals) keyOr(keyFile string) (secret.Bytes, error) {
+// backupKey is the key to open backup b with: --key-file if given, else
+// the configured database key. Without either it says that the checks
+// that need no key passed and how to give the key for the rest.
+func (g *globals) backupKey(keyFile string, b *admin.BackupFile) (secret.Bytes, error) {
 	if keyFile != "" {
 		k, err := readKey(keyFile, "--key-file")
 		if err != nil {
@@ -123,13 +136,26 @@ func (g *globals) keyOr(keyFile string) (secret.Bytes, error) {
 	}
 	cfg, err := g.loadConfig()
 	if err != nil {
-		return secret.Bytes{}, err
+		return secret.Bytes{}, err // the configuration itself is wrong: usage
 	}
-	k, err := g.dbKey(cfg)
-	if err != nil {
-		return secret.Bytes{}, failed(err)
+	k, err := g.configuredKey(cfg)
+	if err == nil {
+		return k, nil
 	}
-	return k, nil
+	var me *secret.ModeError
+	if errors.As(err, &me) {
+		return secret.Bytes{}, usageError{err} // there, but open to others: fix it first
+	}
+	which, copyOf := "the database key the backup was taken under", "a copy of that db.key"
+	if b.Manifest.IsPostgres() {
+		which, copyOf = "the backup key it was created with", "the backup key file"
+	}
+	if b.Manifest.KeyID != "" {
+		which += " (key id " + b.Manifest.KeyID + ")"
+	}
+	return secret.Bytes{}, failed(fmt.Errorf("%s: %s passed; the other checks (it opens with the key, integrity, schema version, row counts) "+
+		"need %s, and qpcctl has none: %v; pass it with --key-file FILE (%s), or --config / --data-dir to use qpcd's",
+		b.Path, strings.Join(admin.StructuralChecks, ", "), which, err, copyOf))
 }
 
 func printManifest(w io.Writer, m admin.Manifest) {

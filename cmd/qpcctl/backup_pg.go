@@ -24,10 +24,10 @@ func (g *globals) postgresDeployment(dsn, dsnFile string) (bool, config.Config) 
 	return err == nil && cfg.Store.Backend == config.BackendPostgres, cfg
 }
 
-// backupKey is the key a PostgreSQL backup is encrypted under: keyFile,
+// pgBackupKey is the key a PostgreSQL backup is encrypted under: keyFile,
 // else the configured database key file, with the fix named when neither
 // exists (PostgreSQL nodes do not create one).
-func (g *globals) backupKey(cfg config.Config, keyFile, flag string) (secret.Bytes, error) {
+func (g *globals) pgBackupKey(cfg config.Config, keyFile, flag string) (secret.Bytes, error) {
 	if keyFile != "" {
 		k, err := readKey(keyFile, flag)
 		if err != nil {
@@ -60,7 +60,7 @@ func (g *globals) createPostgresBackup(cmd *cobra.Command, cfg config.Config, ou
 		return err
 	}
 	defer pc.DSN.Wipe()
-	key, err := g.backupKey(cfg, keyFile, "--key-file")
+	key, err := g.pgBackupKey(cfg, keyFile, "--key-file")
 	if err != nil {
 		return err
 	}
@@ -94,7 +94,7 @@ func (g *globals) restorePostgres(cmd *cobra.Command, cfg config.Config, file, k
 		return err
 	}
 	defer pc.DSN.Wipe()
-	key, err := g.backupKey(cfg, keyFile, "--backup-key-file")
+	key, err := g.pgBackupKey(cfg, keyFile, "--backup-key-file")
 	if err != nil {
 		return err
 	}

@@ -23,7 +23,7 @@ func newDrainCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := g.ctx(cmd.Context())
+			ctx, cancel := g.longCtx(cmd.Context())
 			defer cancel()
 			res, err := c.Drain(ctx)
 			if err != nil {
@@ -34,8 +34,12 @@ func newDrainCommand(g *globals) *cobra.Command {
 				Stopped bool `json:"stopped"`
 			}{DrainResult: res}
 			if !noWait {
-				stop := g.newProgress().ticker(fmt.Sprintf("draining %d connections", res.Connections))
-				err := waitGone(ctx, c)
+				// qpcd stops within its drain timeout; wait that long and a
+				// little more, not the command's whole time limit.
+				wctx, wcancel := context.WithTimeout(ctx, time.Duration(res.TimeoutSecs*float64(time.Second))+drainGrace)
+				defer wcancel()
+				stop := g.newProgress().ticker(fmt.Sprintf("draining %d connections (qpcd's drain timeout %.0fs)", res.Connections, res.TimeoutSecs))
+				err := waitGone(wctx, c)
 				stop()
 				if err != nil {
 					return failed(fmt.Errorf("qpcd was asked to drain but still answers: %w; check its log (drain timeout %.0fs)", err, res.TimeoutSecs))
@@ -57,6 +61,10 @@ func newDrainCommand(g *globals) *cobra.Command {
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once qpcd has started draining")
 	return cmd
 }
+
+// drainGrace is how long past its drain timeout qpcd may take to close
+// its storage and exit.
+const drainGrace = 5 * time.Second
 
 // waitGone polls until nothing answers on the socket (or ctx ends).
 func waitGone(ctx context.Context, c *admin.Client) error {

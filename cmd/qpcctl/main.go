@@ -84,6 +84,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if errors.As(err, &ee) {
 			code = ee.code
 		}
+		g.endWaiting()
+		err = g.timeoutHint(err)
 		fmt.Fprintln(stderr, "qpcctl:", err)
 		// --json seen only in args (not parsed): an unknown command, or
 		// release verify's own --json, whose result already holds the error.

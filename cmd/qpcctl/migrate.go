@@ -33,6 +33,9 @@ func newMigrateCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := needDataDir(cfg, "migrate to-postgres"); err != nil {
+				return err
+			}
 			pc, err := postgresTarget(cfg, dsn, dsnFile, "qpcctl migrate to-postgres: give the target with --dsn-file FILE or --dsn")
 			if err != nil {
 				return err
@@ -43,7 +46,7 @@ func newMigrateCommand(g *globals) *cobra.Command {
 				return failed(err)
 			}
 			defer key.Wipe()
-			ctx, cancel := g.ctx(cmd.Context())
+			ctx, cancel := g.longCtx(cmd.Context())
 			defer cancel()
 			p := g.newProgress()
 			rep, err := admin.MigrateToPostgres(ctx, admin.MigrateOptions{

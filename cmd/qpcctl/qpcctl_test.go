@@ -1,20 +1,30 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/quicprochat/quicprochat/internal/admin"
 	"github.com/quicprochat/quicprochat/internal/transport"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
@@ -33,7 +43,12 @@ func TestUsageAndExitCodes(t *testing.T) {
 		{[]string{"status"}, 1, "is qpcd running? start it"},
 		{[]string{"--json", "status"}, 1, "pass --socket"},
 		{[]string{"rotate", "tls"}, 1, "is qpcd running?"},
-		{[]string{"backup", "verify", "/nonexistent/b.qpcbak", "--key-file", "/nonexistent/key"}, 2, "--key-file"},
+		// Away from any deployment, restore and migrate say that there is
+		// no data directory (they used to complain of a missing db.key).
+		{[]string{"restore", "/nonexistent/b.qpcbak"}, 2, "data directory " + dir + " does not exist (from --data-dir"},
+		{[]string{"migrate", "to-postgres", "--dsn", "postgres://x@127.0.0.1/x"}, 2, "migrate to-postgres works on the data directory of a stopped qpcd; pass its --data-dir"},
+		// The file is checked before the key is read.
+		{[]string{"backup", "verify", "/nonexistent/b.qpcbak", "--key-file", "/nonexistent/key"}, 1, "open /nonexistent/b.qpcbak: no such file"},
 	} {
 		r := ctl(t, dir, c.args...)
 		if r.code != c.code || !strings.Contains(r.stderr, c.want) {
@@ -204,6 +219,45 @@ func TestCorruptBackups(t *testing.T) {
 	}
 	if len(seen) != 4 {
 		t.Errorf("want 4 distinct errors, got %v", seen)
+	}
+
+	// Away from the server's directory (no key anywhere), the checks that
+	// need no key still run first: a missing or damaged file is told as
+	// such, a sound one is reported sound up to the key, and the message
+	// names the flag that gives the key (backup verify's --key-file).
+	away := filepath.Join(base, "elsewhere")
+	for _, cs := range []struct{ name, file, want string }{
+		{"missing", filepath.Join(base, "no-such.qpcbak"), "no such file or directory"},
+		{"truncated", cases[0].file, "truncated"},
+		{"bit flip", cases[2].file, "damaged (checksum mismatch)"},
+		{"wrong format", cases[4].file, "not a qpcd backup file"},
+	} {
+		r := ctl(t, away, "backup", "verify", cs.file)
+		if r.code != 1 || !strings.Contains(r.stderr, cs.want) || strings.Contains(r.stderr, "db.key") {
+			t.Errorf("verify %s without a key: exit %d, stderr %q; want exit 1, %q and no word of the key", cs.name, r.code, r.stderr, cs.want)
+		}
+	}
+	var m struct {
+		Manifest admin.Manifest `json:"manifest"`
+	}
+	ctlOK(t, dataDir, &m, "backup", "verify", good)
+	r := ctl(t, away, "backup", "verify", good)
+	for _, want := range []string{"layout, manifest checksum, size, sha256 passed", "key id " + m.Manifest.KeyID, "pass it with --key-file FILE"} {
+		if r.code != 1 || !strings.Contains(r.stderr, want) {
+			t.Errorf("verify of a sound backup without a key: exit %d, stderr %q; want exit 1 and %q", r.code, r.stderr, want)
+		}
+	}
+	if r := ctl(t, away, "backup", "verify", good, "--key-file", filepath.Join(dataDir, "db.key")); r.code != 0 || !strings.HasPrefix(r.stdout, "OK ") {
+		t.Errorf("verify with --key-file: %+v", r)
+	}
+	// A malformed key file: the message says what the file holds (not
+	// its content) and ends as a sentence, naming the flag given.
+	short := write("short.key", []byte("0123456789abcdef0123\n"))
+	r = ctl(t, away, "backup", "verify", good, "--key-file", short)
+	if r.code != 2 || !strings.Contains(r.stderr, "--key-file "+short+": expected a file holding 64 hex characters") ||
+		!strings.Contains(r.stderr, "this file holds 20 hex characters, not 64 (") || strings.Contains(r.stderr, "0123456789abcdef") ||
+		strings.Contains(r.stderr, "db.key_file") {
+		t.Errorf("malformed --key-file: exit %d, stderr %q", r.code, r.stderr)
 	}
 
 	d.drain(t)
@@ -470,20 +524,32 @@ func TestAccountsDevicesInvites(t *testing.T) {
 	if _, err := login(c, dev, key); err == nil {
 		t.Fatal("a revoked device logged in")
 	}
+	// A malformed id says what an id looks like and where to find one.
+	if r := ctl(t, dataDir, "devices", "revoke", "nonesuch"); r.code != 1 || !strings.Contains(r.stderr, "32 hex characters") || !strings.Contains(r.stderr, "qpcctl devices list") {
+		t.Fatalf("revoke of a malformed id: %+v", r)
+	}
 
 	var inv admin.Invite
 	ctlOK(t, dataDir, &inv, "invites", "create", "--ttl", "1h", "--created-by", "ops")
 	if inv.Code == "" || inv.State != "open" || inv.CreatedBy != "ops" {
 		t.Fatalf("invite: %+v", inv)
 	}
+	// This server's registration is open: an invite is useless, and
+	// creating one says so (it used to succeed silently).
+	if !strings.Contains(inv.Warning, "auth.registration is open") {
+		t.Fatalf("invite on an open server carries no warning: %+v", inv)
+	}
+	if r := ctl(t, dataDir, "invites", "create"); r.code != 0 || !strings.Contains(r.stderr, "warning: auth.registration is open") {
+		t.Fatalf("invites create on an open server: %+v", r)
+	}
 	var invs []admin.Invite
 	ctlOK(t, dataDir, &invs, "invites", "list")
-	if len(invs) != 1 || invs[0].Code != "" || invs[0].ID != inv.ID {
+	if len(invs) != 2 || invs[1].Code != "" || invs[1].ID != inv.ID {
 		t.Fatalf("list shows %+v (the code must not be listed)", invs)
 	}
 	ctlOK(t, dataDir, nil, "invites", "revoke", inv.ID)
 	ctlOK(t, dataDir, &invs, "invites", "list")
-	if invs[0].State != "revoked" {
+	if invs[1].State != "revoked" {
 		t.Fatalf("after revoke: %+v", invs)
 	}
 	// An unknown invite points at the invite list, not the account list.
@@ -568,7 +634,9 @@ func TestKeyFilesOpenToOthersRefused(t *testing.T) {
 	dbKey := write(filepath.Join(dataDir, "db.key"), 0o600)
 	open := write(filepath.Join(base, "open.key"), 0o644)
 	group := write(filepath.Join(base, "group.key"), 0o640)
-	backup := filepath.Join(base, "none.qpcbak") // never reached
+	// A backup sound in layout and checksums, so that verify gets to the
+	// key; its key-dependent checks are never reached.
+	backup := structurallySoundBackup(t, base)
 	check := func(args []string, path string, mode os.FileMode, mentions ...string) {
 		t.Helper()
 		r := ctl(t, dataDir, args...)
@@ -594,7 +662,207 @@ func TestKeyFilesOpenToOthersRefused(t *testing.T) {
 	if err := os.Chmod(dbKey, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if r := ctl(t, dataDir, "backup", "verify", backup); r.code != 1 || strings.Contains(r.stderr, "chmod") {
+	if r := ctl(t, dataDir, "backup", "verify", backup); r.code != 1 || strings.Contains(r.stderr, "chmod") || !strings.Contains(r.stderr, "does not open with this database key") {
 		t.Fatalf("after chmod 600: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+// structurallySoundBackup writes a backup file whose layout, manifest and
+// checksums are right around a database of random bytes (which no key opens).
+func structurallySoundBackup(t *testing.T, dir string) string {
+	t.Helper()
+	db := filepath.Join(dir, "random.db")
+	raw := make([]byte, 8192)
+	if _, err := rand.Read(raw); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(db, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sum, n, err := admin.FileSHA256(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "sound.qpcbak")
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m := admin.Manifest{Format: admin.BackupFormat, QPCDVersion: "test", SchemaVersion: 1, CreatedAt: time.Now().UTC(), DBBytes: n, DBSHA256: sum}
+	if err := admin.WriteBackup(f, m, db); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestInvitesListNamesTheAccount: an invite's USED BY is the account's name
+// (an operator knows people by name), its id stays in --json.
+func TestInvitesListNamesTheAccount(t *testing.T) {
+	base := shortDir(t)
+	dataDir := filepath.Join(base, "data")
+	d := startQPCD(t, dataDir, "QPC_AUTH_REGISTRATION=invite")
+	var inv admin.Invite
+	ctlOK(t, dataDir, &inv, "invites", "create")
+	if inv.Warning != "" {
+		t.Fatalf("invite on an invite-only server warns: %q", inv.Warning)
+	}
+	c := d.mustDial(t)
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := rpcCtx()
+	defer cancel()
+	var resp qpcv1.RegisterResponse
+	if err := c.Call(ctx, "Register", "", &qpcv1.RegisterRequest{AccountName: "carol", SignatureKey: pub, InviteCode: inv.Code}, &resp); err != nil {
+		t.Fatal(err)
+	}
+	var invs []admin.Invite
+	ctlOK(t, dataDir, &invs, "invites", "list")
+	if len(invs) != 1 || invs[0].UsedBy != resp.GetAccountId() || invs[0].UsedByName != "carol" {
+		t.Fatalf("invites list --json: %+v; want used by %s (carol)", invs, resp.GetAccountId())
+	}
+	r := ctl(t, dataDir, "invites", "list")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(lines) != 2 || !strings.HasSuffix(lines[1], "  carol") || strings.Contains(r.stdout, resp.GetAccountId()) {
+		t.Fatalf("invites list shows %q; want carol in USED BY, not the account id", r.stdout)
+	}
+}
+
+// TestStuckQPCDIsToldNotWaitedOn: a qpcd that accepts on its admin socket
+// and never answers used to hold every command silently for 10 minutes.
+// A quick command now gives up after its time limit (30 s by default),
+// says what is awaited while it waits (progress rules: QPC_PROGRESS=1
+// forces it off a terminal) and, at the end, what to check.
+func TestStuckQPCDIsToldNotWaitedOn(t *testing.T) {
+	sock := filepath.Join(shortDir(t), "stuck.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // read nothing, answer nothing
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	run := func(env []string, args ...string) (result, time.Duration) {
+		t.Helper()
+		cmd := exec.Command(qpcctlBin, append([]string{"--socket", sock}, args...)...)
+		cmd.Env = cleanEnv(env...)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		start := time.Now()
+		err := cmd.Run()
+		var ee *exec.ExitError
+		code := 0
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return result{out.String(), errb.String(), code}, time.Since(start)
+	}
+	r, took := run([]string{"QPC_PROGRESS=1"}, "--timeout", "3s", "status")
+	if r.code != 1 || took > 15*time.Second {
+		t.Fatalf("status against a stuck qpcd: exit %d after %s; want 1 after about 3s (%q)", r.code, took, r.stderr)
+	}
+	for _, want := range []string{"qpcctl: waiting for qpcd's answer (gives up after 3s, --timeout)...", "no answer within 3s", "qpcd may be stuck or overloaded", "pass a longer --timeout"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+		}
+	}
+	if strings.Contains(r.stderr, "\r") {
+		t.Errorf("forced progress off a terminal overwrites lines:\n%q", r.stderr)
+	}
+	// --json: the error as one object, and no progress on stderr.
+	r, _ = run([]string{"QPC_PROGRESS=1"}, "--json", "--timeout", "2s", "accounts", "list")
+	if r.code != 1 || strings.Contains(r.stderr, "waiting for") || !strings.Contains(r.stdout, `"exit_code":1`) || !strings.Contains(r.stdout, "no answer within 2s") {
+		t.Errorf("--json against a stuck qpcd: %+v", r)
+	}
+	// Without QPC_PROGRESS and off a terminal: quiet until the error.
+	r, _ = run(nil, "--timeout", "2s", "devices", "list")
+	if r.code != 1 || strings.Contains(r.stderr, "waiting for") {
+		t.Errorf("unforced progress off a terminal: %+v", r)
+	}
+}
+
+// TestDefaultTimeouts: without --timeout a quick admin call gives up after
+// 30 s and work on the whole database after 10 minutes; --timeout sets both.
+func TestDefaultTimeouts(t *testing.T) {
+	g := &globals{stdout: io.Discard, stderr: io.Discard}
+	left := func(ctx context.Context) time.Duration {
+		d, ok := ctx.Deadline()
+		if !ok {
+			t.Fatal("no deadline")
+		}
+		return time.Until(d)
+	}
+	ctx, cancel := g.ctx(context.Background())
+	if d := left(ctx); d > quickTimeout || d < quickTimeout-5*time.Second || quickTimeout != 30*time.Second {
+		t.Errorf("quick call deadline in %s", d)
+	}
+	cancel()
+	ctx, cancel = g.longCtx(context.Background())
+	if d := left(ctx); d > longTimeout || d < longTimeout-5*time.Second {
+		t.Errorf("long call deadline in %s", d)
+	}
+	cancel()
+	g.timeout = 90 * time.Second
+	for _, f := range []func(context.Context) (context.Context, context.CancelFunc){g.ctx, g.longCtx} {
+		ctx, cancel := f(context.Background())
+		if d := left(ctx); d > g.timeout || d < g.timeout-5*time.Second {
+			t.Errorf("--timeout 90s: deadline in %s", d)
+		}
+		cancel()
+	}
+}
+
+// TestDrainWaitIsBounded: a qpcd that accepts the drain and never stops is
+// waited on for its drain timeout and a few seconds, not for the
+// command's 10 minutes, and the error says to look at its log.
+func TestDrainWaitIsBounded(t *testing.T) {
+	sock := filepath.Join(shortDir(t), "admin.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc(admin.PathDrain, func(w http.ResponseWriter, _ *http.Request) {
+		_ = json.NewEncoder(w).Encode(admin.DrainResult{Connections: 3, TimeoutSecs: 1})
+	})
+	mux.HandleFunc(admin.PathStatus, func(w http.ResponseWriter, _ *http.Request) {
+		_ = json.NewEncoder(w).Encode(admin.Status{Ready: false})
+	})
+	hs := &http.Server{Handler: mux}
+	go hs.Serve(ln)
+	defer hs.Close()
+	start := time.Now()
+	cmd := exec.Command(qpcctlBin, "--socket", sock, "drain")
+	cmd.Env = cleanEnv()
+	out, err := cmd.CombinedOutput()
+	took := time.Since(start)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "still answers") || !strings.Contains(string(out), "check its log") {
+		t.Fatalf("drain of a qpcd that never stops: %v\n%s", err, out)
+	}
+	if took > 1*time.Second+drainGrace+5*time.Second {
+		t.Fatalf("drain waited %s for a qpcd whose drain timeout is 1s", took)
 	}
 }

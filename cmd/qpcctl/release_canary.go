@@ -62,7 +62,7 @@ func addCanaryCommands(rel *cobra.Command, g *globals) {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := g.ctx(cmd.Context())
+			ctx, cancel := g.longCtx(cmd.Context())
 			defer cancel()
 			inst, made, err := m.Install(ctx, args[0], f.sig)
 			if err != nil {
@@ -127,7 +127,7 @@ func addCanaryCommands(rel *cobra.Command, g *globals) {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := g.ctx(cmd.Context())
+			ctx, cancel := g.longCtx(cmd.Context())
 			defer cancel()
 			st, err := m.Promote(ctx)
 			if err != nil {
@@ -179,7 +179,7 @@ func addCanaryCommands(rel *cobra.Command, g *globals) {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := g.ctx(cmd.Context())
+			ctx, cancel := g.longCtx(cmd.Context())
 			defer cancel()
 			rep, err := m.Status(ctx)
 			if err != nil {

@@ -65,3 +65,24 @@ func TestReleaseVerify(t *testing.T) {
 		t.Fatalf("unknown flag: exit %d, want 2", code)
 	}
 }
+
+// TestReleaseVerifyWithoutKeyPointsAtOne: with no public key the message
+// says where a real one comes from; it used to send a user of a source
+// checkout to packaging/release/minisign.pub, which is not there until a
+// release key is published.
+func TestReleaseVerifyWithoutKeyPointsAtOne(t *testing.T) {
+	dir := t.TempDir()
+	artifact := filepath.Join(dir, "qpcd.tar.gz")
+	if err := os.WriteFile(artifact, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	code := run([]string{"release", "verify", "--pubkey", filepath.Join(dir, "missing.pub"), artifact}, &out, &errOut)
+	msg := errOut.String()
+	if code != 1 || !strings.Contains(msg, "pass --pubkey FILE with the project's release public key") {
+		t.Fatalf("exit %d, %q", code, msg)
+	}
+	if _, err := os.Stat("../../packaging/release/minisign.pub"); err != nil && !strings.Contains(msg, "only once a release key is published") {
+		t.Errorf("the message points at packaging/release/minisign.pub, which this checkout lacks: %q", msg)
+	}
+}

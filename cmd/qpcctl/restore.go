@@ -54,6 +54,9 @@ func newRestoreCommand(g *globals) *cobra.Command {
 			case pgTarget:
 				return failed(fmt.Errorf("%w: %s is a backup of a SQLCipher deployment and the target is PostgreSQL; restore it with store.backend: sqlcipher, then move it with qpcctl migrate to-postgres", admin.ErrBackupBackend, args[0]))
 			}
+			if err := needDataDir(cfg, "restore"); err != nil {
+				return err
+			}
 			key, err := g.dbKey(cfg)
 			if err != nil {
 				return failed(err)
@@ -66,7 +69,7 @@ func newRestoreCommand(g *globals) *cobra.Command {
 				}
 				defer bkey.Wipe()
 			}
-			ctx, cancel := g.ctx(cmd.Context())
+			ctx, cancel := g.longCtx(cmd.Context())
 			defer cancel()
 			p := g.newProgress()
 			rep, err := admin.Restore(ctx, admin.RestoreOptions{

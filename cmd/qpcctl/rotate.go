@@ -23,7 +23,7 @@ func newRotateCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := g.ctx(cmd.Context())
+			ctx, cancel := g.longCtx(cmd.Context())
 			defer cancel()
 			stop := g.newProgress().ticker("re-encrypting the database")
 			res, err := c.RotateDBKey(ctx)

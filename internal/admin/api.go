@@ -221,15 +221,19 @@ type Device struct {
 
 // Invite is an invite as the admin API shows it (the code only on creation).
 type Invite struct {
-	ID        string    `json:"id"`
-	Code      string    `json:"code,omitempty"`
-	CreatedBy string    `json:"created_by"`
-	CreatedAt time.Time `json:"created_at"`
-	ExpiresAt time.Time `json:"expires_at"`
-	UsedBy    string    `json:"used_by,omitempty"`
-	UsedAt    time.Time `json:"used_at,omitzero"`
-	Revoked   bool      `json:"revoked"`
-	State     string    `json:"state"` // open, used, revoked, expired
+	ID         string    `json:"id"`
+	Code       string    `json:"code,omitempty"`
+	CreatedBy  string    `json:"created_by"`
+	CreatedAt  time.Time `json:"created_at"`
+	ExpiresAt  time.Time `json:"expires_at"`
+	UsedBy     string    `json:"used_by,omitempty"`      // account id
+	UsedByName string    `json:"used_by_name,omitempty"` // that account's name
+	UsedAt     time.Time `json:"used_at,omitzero"`
+	Revoked    bool      `json:"revoked"`
+	State      string    `json:"state"` // open, used, revoked, expired
+	// Warning, on creation only: why the invite will not do what it is
+	// for (registration is not by invite).
+	Warning string `json:"warning,omitempty"`
 }
 
 // CreateInviteRequest is POST /v1/invites.

@@ -265,8 +265,18 @@ func VerifyBackup(ctx context.Context, path string, key secret.Bytes, tmpDir str
 	if err != nil {
 		return VerifyReport{}, err
 	}
+	return b.Verify(ctx, key, tmpDir)
+}
+
+// StructuralChecks are what OpenBackup checked, without the key.
+var StructuralChecks = []string{"layout", "manifest checksum", "size", "sha256"}
+
+// Verify runs the checks of an opened backup that need the key: that the
+// database opens with it, its integrity, schema version and row counts.
+func (b *BackupFile) Verify(ctx context.Context, key secret.Bytes, tmpDir string) (VerifyReport, error) {
+	path := b.Path
 	rep := VerifyReport{Path: path, Bytes: b.Size, Manifest: b.Manifest,
-		Checks: []string{"layout", "manifest checksum", "size", "sha256"}}
+		Checks: append([]string(nil), StructuralChecks...)}
 	if b.Manifest.IsPostgres() {
 		return verifyPostgresBackup(b, key, rep)
 	}

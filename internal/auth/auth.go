@@ -54,10 +54,11 @@ var (
 
 // Defaults for Options fields left zero.
 const (
-	DefaultAccessTTL    = 15 * time.Minute
-	DefaultRefreshTTL   = 30 * 24 * time.Hour
-	DefaultChallengeTTL = time.Minute
-	DefaultMaxDevices   = 32
+	DefaultAccessTTL     = 15 * time.Minute
+	DefaultRefreshTTL    = 30 * 24 * time.Hour
+	DefaultChallengeTTL  = time.Minute
+	DefaultMaxDevices    = 32
+	DefaultLastSeenEvery = 5 * time.Minute
 	// keyReloadEvery bounds how often an unknown key id makes the service
 	// re-read token_keys (another node may have rotated).
 	keyReloadEvery = time.Second
@@ -74,6 +75,11 @@ type Options struct {
 	RefreshTTL   time.Duration    // default 720h
 	ChallengeTTL time.Duration    // default 1m
 	MaxDevices   int              // active devices per account, default 32
+	// LastSeenEvery is how stale a device's last-seen time may get while
+	// it makes authenticated calls: Authenticate writes it at most once
+	// per this interval per device (a write per request would cost more
+	// than the answer is worth). Default 5m.
+	LastSeenEvery time.Duration
 	// Events receives device added/revoked notices for the account's other
 	// devices; nil: none are sent.
 	Events EventSink
@@ -101,6 +107,9 @@ type Service struct {
 	maxDevices   int
 	events       EventSink
 	keyLog       KeyLog
+	seenEvery    time.Duration
+
+	seen lastSeen
 
 	keys keyring
 
@@ -125,6 +134,7 @@ func New(ctx context.Context, o Options) (*Service, error) {
 		maxDevices:   o.MaxDevices,
 		events:       o.Events,
 		keyLog:       o.KeyLog,
+		seenEvery:    o.LastSeenEvery,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -151,6 +161,9 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	}
 	if s.maxDevices <= 0 {
 		s.maxDevices = DefaultMaxDevices
+	}
+	if s.seenEvery <= 0 {
+		s.seenEvery = DefaultLastSeenEvery
 	}
 	if err := s.ensureSigningKey(ctx); err != nil {
 		return nil, err

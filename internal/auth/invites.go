@@ -122,3 +122,7 @@ func (s *Service) RevokeInvite(ctx context.Context, id string) error {
 	s.event(ctx, "invite.revoke", slog.String("invite_id", id))
 	return nil
 }
+
+// Registration is the registration policy in force: config.RegistrationOpen,
+// RegistrationInvite or RegistrationClosed.
+func (s *Service) Registration() string { return s.registration }

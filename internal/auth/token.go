@@ -416,6 +416,7 @@ func (s *Service) Authenticate(ctx context.Context, tok string) (Identity, error
 	case st.gen != c.Gen:
 		return Identity{}, fmt.Errorf("%w: issued before the device's tokens were revoked", ErrTokenRevoked)
 	}
+	s.touch(ctx, c.DeviceID, s.now())
 	return Identity{AccountID: st.accountID, AccountName: st.accountName, DeviceID: c.DeviceID, TokenID: c.TokenID, ExpiresAt: c.ExpiresAt}, nil
 }
 

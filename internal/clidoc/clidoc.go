@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
+	"github.com/spf13/pflag"
 )
 
 // CommandName is the hidden subcommand every binary carries for this.
@@ -61,6 +62,7 @@ func WriteMan(root *cobra.Command, dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("%w: %v", ErrWrite, err)
 	}
+	escapePlaceholders(root)
 	header := &doc.GenManHeader{Section: "1", Source: "quicprochat", Manual: "quicprochat manual"}
 	var walk func(c *cobra.Command) error
 	walk = func(c *cobra.Command) error {
@@ -85,6 +87,34 @@ func WriteMan(root *cobra.Command, dir string) error {
 		return nil
 	}
 	return walk(root)
+}
+
+// placeholder is "<data_dir>" and the like, which the man page renderer
+// would take for an HTML tag and drop ("default /db.key").
+var placeholder = regexp.MustCompile(`<([A-Za-z_])`)
+
+// escapePlaceholders escapes the placeholders of every help text and flag
+// usage under root for the renderer (gen-docs runs in a process of its
+// own, so changing the tree is harmless).
+func escapePlaceholders(root *cobra.Command) {
+	esc := func(s string) string { return placeholder.ReplaceAllString(s, `\<$1`) }
+	seen := map[*pflag.Flag]bool{}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		c.Short, c.Long, c.Example = esc(c.Short), esc(c.Long), esc(c.Example)
+		for _, fs := range []*pflag.FlagSet{c.LocalFlags(), c.PersistentFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) {
+				if !seen[f] {
+					seen[f] = true
+					f.Usage = esc(f.Usage)
+				}
+			})
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
 }
 
 // WriteCompletions writes NAME.bash, _NAME (zsh) and NAME.fish.

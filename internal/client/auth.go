@@ -87,7 +87,7 @@ func (c *Client) Register(ctx context.Context, p RegisterParams) (*Identity, err
 		return nil, explainRegister(err)
 	}
 	id := &Identity{AccountName: p.AccountName, AccountID: resp.GetAccountId(), DeviceID: resp.GetDeviceId(),
-		DeviceName: p.DeviceName, DisplayName: p.DisplayName, key: seed.Clone()}
+		DeviceName: p.DeviceName, DisplayName: p.DisplayName, InviteCodeUnused: resp.GetInviteCodeUnused(), key: seed.Clone()}
 	err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO identity (id, account_name, account_id, device_id, device_name, display_name, sig_seed, created_ms)
 			VALUES (1, ?, ?, ?, ?, ?, ?, ?)`, id.AccountName, id.AccountID, id.DeviceID, id.DeviceName, id.DisplayName,

@@ -304,6 +304,10 @@ func (c *Client) Link(ctx context.Context, account string, opts LinkOptions) (*I
 	for st.GetDeviceId() == "" {
 		select {
 		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.Canceled) {
+				// Interrupted (Ctrl-C), not timed out: say so.
+				return nil, fmt.Errorf("client: stopped waiting before the link was approved (%w); an approval now adds a device this home does not hold: run qpc device link again and approve the new code", ctx.Err())
+			}
 			return nil, fmt.Errorf("client: the link was not approved in time (%w); run qpc device link again", ctx.Err())
 		case <-t.C:
 		}

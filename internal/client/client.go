@@ -296,8 +296,11 @@ type Identity struct {
 	DeviceID    string
 	DeviceName  string
 	DisplayName string
-	key         secret.Bytes // Ed25519 seed
-	certificate []byte       // signed by the account identity key; nil if none (certs.go)
+	// InviteCodeUnused is set by Register only: an invite code was given
+	// and the server did not use it (its registration is open to anyone).
+	InviteCodeUnused bool
+	key              secret.Bytes // Ed25519 seed
+	certificate      []byte       // signed by the account identity key; nil if none (certs.go)
 }
 
 // Wipe zeroes the device key held by this copy of the identity.

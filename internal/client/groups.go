@@ -32,6 +32,15 @@ var mlsConfig = mls.Config{AllowedSuites: SupportedSuites}
 // ErrNoGroup: no group or DM by that name on this device.
 var ErrNoGroup = errors.New("client: no such group")
 
+// noGroup is ErrNoGroup for name with what to do about it, the same for
+// every command that names a group.
+func noGroup(name string) error {
+	if peer, ok := strings.CutPrefix(name, "@"); ok {
+		return fmt.Errorf("%w %q; open the DM first with qpc dm %s", ErrNoGroup, name, peer)
+	}
+	return fmt.Errorf("%w %q; see qpc group list, or create it with qpc group create", ErrNoGroup, name)
+}
+
 // ErrNotMember: the account is not in the group.
 var ErrNotMember = errors.New("client: not a member")
 
@@ -125,10 +134,7 @@ func openGroup(ctx context.Context, tx *sql.Tx, name string, channelID []byte) (
 		return nil, nil, fmt.Errorf("client: read group: %w", err)
 	}
 	if r == nil {
-		if peer, ok := strings.CutPrefix(name, "@"); ok {
-			return nil, nil, fmt.Errorf("%w %q; open the DM first with qpc dm %s", ErrNoGroup, name, peer)
-		}
-		return nil, nil, fmt.Errorf("%w %q; see qpc group list, or create it with qpc group create", ErrNoGroup, name)
+		return nil, nil, noGroup(name)
 	}
 	if r.status != statusActive || state == nil {
 		how := map[string]string{statusLeft: "left", statusRemoved: "was removed from"}[r.status]
@@ -380,7 +386,7 @@ func (c *Client) AddMembers(ctx context.Context, name string, accounts []string)
 		return err
 	}
 	if ch == nil {
-		return fmt.Errorf("%w %q", ErrNoGroup, name)
+		return noGroup(name)
 	}
 	refs := make([]*qpcv1.MemberRef, 0, len(accounts))
 	for _, a := range accounts {
@@ -459,7 +465,7 @@ func (c *Client) channelOf(ctx context.Context, name string) ([]byte, error) {
 		return nil, fmt.Errorf("client: read group: %w", err)
 	}
 	if ch == nil {
-		return nil, fmt.Errorf("%w %q", ErrNoGroup, name)
+		return nil, noGroup(name)
 	}
 	return ch, nil
 }

@@ -1,7 +1,9 @@
 package client
 
 import (
+	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -126,5 +128,18 @@ func TestLinkSecondDeviceAndWarnings(t *testing.T) {
 	}
 	if tr := memberTrust(t, alice, "team"); tr["bob/"+id2.DeviceID] != TrustVerified {
 		t.Fatalf("members after confirming %v", tr)
+	}
+}
+
+// TestLinkInterruptedIsNotTimedOut: a link the user stops (Ctrl-C cancels
+// the context) is reported as stopped, not as "not approved in time".
+func TestLinkInterruptedIsNotTimedOut(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	registered(t, srv, "bob")
+	bob2, _ := newTestClient(t, srv, testKey(t))
+	ctx, cancel := context.WithCancel(ctxT(t))
+	_, err := bob2.Link(ctx, "bob", LinkOptions{Poll: 20 * time.Millisecond, Timeout: 30 * time.Second, Code: func(string) { cancel() }})
+	if err == nil || !strings.Contains(err.Error(), "stopped waiting before the link was approved") || strings.Contains(err.Error(), "in time") {
+		t.Fatalf("interrupted link: %v", err)
 	}
 }

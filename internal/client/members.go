@@ -193,7 +193,8 @@ func (c *Client) DeclineInvitation(ctx context.Context, id string) error {
 
 func explainInvitation(err error) error {
 	var se *wire.StatusError
-	if errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_NOT_FOUND {
+	// Servers since the invitations release name the command themselves.
+	if errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_NOT_FOUND && !strings.Contains(se.Message, "qpc invitations") {
 		return fmt.Errorf("%w (see qpc invitations for the pending ones)", err)
 	}
 	return err

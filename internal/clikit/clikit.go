@@ -1,8 +1,10 @@
-// Package clikit holds the command-line conventions qpc, qpcctl and qpcd share: unknown or missing subcommands and wrong argument counts are usage errors (exit 2) that name what is wrong and show the usage line, --version, and spotting --json before flags are parsed.
+// Package clikit holds the command-line conventions qpc, qpcctl and qpcd share: unknown or missing subcommands and wrong argument counts are usage errors (exit 2) that name what is wrong and show the usage line, --version, spotting --json before flags are parsed, and when progress goes to stderr (QPC_PROGRESS).
 package clikit
 
 import (
 	"fmt"
+	"io"
+	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -110,4 +112,31 @@ func WantsJSON(args []string) bool {
 		}
 	}
 	return false
+}
+
+// EnvProgress set to "1" makes qpc and qpcctl show progress on stderr even
+// when it is not a terminal (a log file, a CI job, a test).
+const EnvProgress = "QPC_PROGRESS"
+
+// ShowProgress is the one rule of both CLIs for progress on stderr: never
+// with --json (stdout is for machines, stderr stays quiet), always with
+// QPC_PROGRESS=1, otherwise when stderr is a terminal.
+func ShowProgress(json bool, getenv func(string) string, stderrIsTerminal bool) bool {
+	if json {
+		return false
+	}
+	if getenv != nil && getenv(EnvProgress) == "1" {
+		return true
+	}
+	return stderrIsTerminal
+}
+
+// IsTerminal reports whether w is a character device (a terminal).
+func IsTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }

@@ -26,3 +26,29 @@ func TestWantsJSON(t *testing.T) {
 		t.Error("WantsJSON")
 	}
 }
+
+func TestShowProgress(t *testing.T) {
+	forced := func(k string) string {
+		if k == EnvProgress {
+			return "1"
+		}
+		return ""
+	}
+	none := func(string) string { return "" }
+	for _, c := range []struct {
+		json     bool
+		getenv   func(string) string
+		terminal bool
+		want     bool
+	}{
+		{false, none, true, true},
+		{false, none, false, false},
+		{false, forced, false, true},
+		{true, forced, true, false},
+		{true, none, true, false},
+	} {
+		if got := ShowProgress(c.json, c.getenv, c.terminal); got != c.want {
+			t.Errorf("ShowProgress(json=%v, forced=%v, terminal=%v) = %v", c.json, c.getenv(EnvProgress) == "1", c.terminal, got)
+		}
+	}
+}

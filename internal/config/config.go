@@ -436,12 +436,28 @@ func ReadKeyFile(path string) (secret.Bytes, error) {
 		return secret.Bytes{}, privateFileError("db.key_file", path, "64 hex characters", "the database key", err)
 	}
 	defer b.Wipe()
-	k, err := secret.FromHex(strings.TrimSpace(string(b.Reveal())), DBKeySize)
+	text := strings.TrimSpace(string(b.Reveal()))
+	k, err := secret.FromHex(text, DBKeySize)
 	if err != nil {
 		return secret.Bytes{}, &FieldError{Key: "db.key_file", Value: path,
-			Expected: "a file holding 64 hex characters (32 bytes); this file's content is not", Err: secret.ErrBadHex}
+			Expected: "a file holding 64 hex characters (32 bytes), as qpcd writes it; this file holds " + keyFileShape(text) +
+				" (the wrong file, or one changed since; use the key file from where the key was made or backed up)", Err: secret.ErrBadHex}
 	}
 	return k, nil
+}
+
+// keyFileShape says what a malformed key file holds without showing any
+// of it: its length, and whether it is hex at all.
+func keyFileShape(text string) string {
+	n := len(text)
+	switch {
+	case n == 0:
+		return "nothing but white space"
+	case strings.Trim(text, "0123456789abcdefABCDEF") != "":
+		return fmt.Sprintf("%d characters, not all of them hex digits", n)
+	default:
+		return fmt.Sprintf("%d hex characters, not %d", n, 2*DBKeySize)
+	}
 }
 
 // maxKeyFileSize bounds what ReadKeyFile reads: 64 hex characters and

@@ -329,7 +329,8 @@ func VerifyFile(path, sigPath, pubPath string) (Result, error) {
 	pub, err := LoadPublicKey(pubPath)
 	if err != nil {
 		return Result{File: path, Signature: sigPath},
-			fmt.Errorf("%w (pass --pubkey with the published key, packaging/release/minisign.pub in the source tree)", err)
+			fmt.Errorf("%w (pass --pubkey FILE with the project's release public key: the minisign.pub published with the release, "+
+				"which the packages install as %s; a source checkout has packaging/release/minisign.pub only once a release key is published, see docs/release.md)", err, DefaultPublicKeyPath)
 	}
 	sig, err := os.ReadFile(sigPath)
 	if err != nil {

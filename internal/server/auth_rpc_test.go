@@ -112,10 +112,51 @@ func TestRegisterPolicies(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := reg("erin", code); err != nil {
+		pub, _ := newKey(t)
+		var resp qpcv1.RegisterResponse
+		if err := c.Call(ctxT(t), MethodRegister, "", &qpcv1.RegisterRequest{AccountName: "erin", SignatureKey: pub, InviteCode: code}, &resp); err != nil {
 			t.Fatalf("with invite: %v", err)
 		}
+		if resp.GetInviteCodeUnused() {
+			t.Fatal("an invite the invite policy used is reported unused")
+		}
 		wantStatus(t, "used invite", reg("frank", code), qpcv1.Status_STATUS_PERMISSION_DENIED)
+	})
+	// On an open server a code is neither checked nor used: the answer
+	// says so (the client warns), and the operator's log says it once.
+	t.Run("invite on an open server", func(t *testing.T) {
+		ts := startServer(t, testConfig(t))
+		c := ts.dial(t)
+		var unused int
+		for _, name := range []string{"gina", "hank"} {
+			pub, _ := newKey(t)
+			code, inv, err := ts.auth.CreateInvite(ctxT(t), "test", time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var resp qpcv1.RegisterResponse
+			if err := c.Call(ctxT(t), MethodRegister, "", &qpcv1.RegisterRequest{AccountName: name, SignatureKey: pub, InviteCode: code}, &resp); err != nil {
+				t.Fatal(err)
+			}
+			if resp.GetInviteCodeUnused() {
+				unused++
+			}
+			invs, err := ts.auth.ListInvites(ctxT(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, i := range invs {
+				if i.ID == inv.ID && i.UsedBy != "" {
+					t.Fatalf("the open policy consumed invite %s", i.ID)
+				}
+			}
+		}
+		if unused != 2 {
+			t.Fatalf("%d of 2 answers say the code was unused", unused)
+		}
+		if n := strings.Count(ts.logs(), "which was not used: auth.registration is open"); n != 1 {
+			t.Fatalf("the operator's warning was logged %d times, want once", n)
+		}
 	})
 }
 

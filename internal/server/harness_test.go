@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net/http"
 	"testing"
@@ -23,7 +22,11 @@ type testServer struct {
 	cfg    config.Config
 	cancel context.CancelFunc
 	done   chan error
+	log    *lockedBuffer // what the server logged (info and above)
 }
+
+// logs is what the server has logged so far.
+func (ts *testServer) logs() string { return ts.log.String() }
 
 func testConfig(t *testing.T) config.Config {
 	t.Helper()
@@ -50,12 +53,13 @@ func startServerWith(t *testing.T, cfg config.Config, now func() time.Time) *tes
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("test config invalid: %v", err)
 	}
-	srv, err := New(context.Background(), Options{Config: cfg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: now})
+	logBuf := &lockedBuffer{}
+	srv, err := New(context.Background(), Options{Config: cfg, Logger: slog.New(slog.NewTextHandler(logBuf, nil)), Now: now})
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ts := &testServer{Server: srv, cfg: cfg, cancel: cancel, done: make(chan error, 1)}
+	ts := &testServer{Server: srv, cfg: cfg, cancel: cancel, done: make(chan error, 1), log: logBuf}
 	go func() { ts.done <- srv.Run(ctx) }()
 	t.Cleanup(func() { ts.stop(t) })
 	waitFor(t, 10*time.Second, "server ready", func() bool { return ts.httpStatus("/readyz") == http.StatusOK })

@@ -45,6 +45,10 @@ type Server struct {
 	now     func() time.Time
 	started time.Time
 
+	// inviteUnusedLogged: the warning about invite codes an open
+	// registration policy ignores was logged (once per process).
+	inviteUnusedLogged atomic.Bool
+
 	db    *store.DB
 	certs *transport.CertStore
 	ln    *transport.Listener

@@ -517,7 +517,9 @@ func authErr(err error) error {
 		return nil
 	case errors.Is(err, auth.ErrNotFound):
 		return fmt.Errorf("%w: %v (list them with `qpcctl accounts list` / `qpcctl devices list`)", admin.ErrNotFound, err)
-	case errors.Is(err, auth.ErrInvalidID), errors.Is(err, auth.ErrInvalidName):
+	case errors.Is(err, auth.ErrInvalidID):
+		return fmt.Errorf("%w: %v (an id is 32 hex characters, as `qpcctl accounts list` / `qpcctl devices list` show them)", admin.ErrInvalid, err)
+	case errors.Is(err, auth.ErrInvalidName):
 		return fmt.Errorf("%w: %v", admin.ErrInvalid, err)
 	}
 	if strings.Contains(err.Error(), "want more than 0") {
@@ -697,6 +699,12 @@ func (b adminBackend) CreateInvite(ctx context.Context, r admin.CreateInviteRequ
 	}
 	out := inviteOut(inv, b.s.now())
 	out.Code = code
+	switch b.s.auth.Registration() {
+	case config.RegistrationOpen:
+		out.Warning = "auth.registration is open: anyone may register without this code, and it will not be used; set auth.registration: invite (QPC_AUTH_REGISTRATION=invite) to require invites"
+	case config.RegistrationClosed:
+		out.Warning = "auth.registration is closed: no one can register, with or without this code; set auth.registration: invite (QPC_AUTH_REGISTRATION=invite) for invites to work"
+	}
 	return out, nil
 }
 
@@ -706,8 +714,13 @@ func (b adminBackend) ListInvites(ctx context.Context) ([]admin.Invite, error) {
 		return nil, authErr(err)
 	}
 	out := make([]admin.Invite, 0, len(invs))
+	names := map[string]string{}
 	for _, inv := range invs {
-		out = append(out, inviteOut(inv, b.s.now()))
+		o := inviteOut(inv, b.s.now())
+		if o.UsedBy != "" {
+			o.UsedByName = b.accountName(ctx, o.UsedBy, names)
+		}
+		out = append(out, o)
 	}
 	return out, nil
 }

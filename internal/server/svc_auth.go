@@ -8,6 +8,7 @@ import (
 	"log/slog"
 
 	"github.com/quicprochat/quicprochat/internal/auth"
+	"github.com/quicprochat/quicprochat/internal/config"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
@@ -195,7 +196,19 @@ func (s *Server) register(ctx context.Context, call *Call, req *qpcv1.RegisterRe
 	if err != nil {
 		return nil, s.countAuthFailure(err)
 	}
-	return &qpcv1.RegisterResponse{AccountId: acc, DeviceId: dev}, nil
+	resp := &qpcv1.RegisterResponse{AccountId: acc, DeviceId: dev}
+	// A code the open policy did not need is neither checked nor used:
+	// say so to the client, and once to the operator, who may have meant
+	// to require invites.
+	if req.GetInviteCode() != "" && s.auth.Registration() != config.RegistrationInvite {
+		resp.InviteCodeUnused = true
+		if s.inviteUnusedLogged.CompareAndSwap(false, true) {
+			s.log.Warn("a client registered with an invite code, which was not used: auth.registration is "+s.auth.Registration()+
+				", so anyone may register; set auth.registration: invite (QPC_AUTH_REGISTRATION=invite) if invites are meant to be required (logged once)",
+				"account_id", acc)
+		}
+	}
+	return resp, nil
 }
 
 func (s *Server) loginChallenge(ctx context.Context, call *Call, req *qpcv1.LoginChallengeRequest) (*qpcv1.LoginChallengeResponse, error) {

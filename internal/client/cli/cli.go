@@ -191,21 +191,10 @@ func (a *app) options() (client.Options, error) {
 	return o, nil
 }
 
-// progress reports whether retries are shown on stderr: a terminal (or
-// QPC_PROGRESS=1), not --json.
+// progress reports whether retries are shown on stderr (clikit's rule: a
+// terminal or QPC_PROGRESS=1, never --json).
 func (a *app) progress() bool {
-	if a.json {
-		return false
-	}
-	if a.io.Getenv("QPC_PROGRESS") == "1" {
-		return true
-	}
-	f, ok := a.io.Stderr.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	return clikit.ShowProgress(a.json, a.io.Getenv, clikit.IsTerminal(a.io.Stderr))
 }
 
 func shortErr(err error) string {

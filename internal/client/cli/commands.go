@@ -212,12 +212,19 @@ func (a *app) registerCmd() *cobra.Command {
 					return err
 				}
 				id.Wipe()
-				return a.emit(map[string]any{"account": id.AccountName, "account_id": id.AccountID, "device_id": id.DeviceID, "credential": id.Credential()},
-					fmt.Sprintf("registered %s (device %s)", id.AccountName, id.DeviceID))
+				out := map[string]any{"account": id.AccountName, "account_id": id.AccountID, "device_id": id.DeviceID, "credential": id.Credential()}
+				if id.InviteCodeUnused {
+					// Not an error (the account exists), but not what the
+					// user asked for: the code is still unused.
+					out["invite_code_unused"] = true
+					fmt.Fprintln(a.io.Stderr, "qpc: warning: this server lets anyone register, so the invite code was not needed and was not used "+
+						"(it stays valid; tell the operator if invites were meant to be required)")
+				}
+				return a.emit(out, fmt.Sprintf("registered %s (device %s)", id.AccountName, id.DeviceID))
 			})
 		},
 	}
-	cmd.Flags().StringVar(&p.InviteCode, "invite", "", "invite code (servers with registration=invite)")
+	cmd.Flags().StringVar(&p.InviteCode, "invite", "", "invite code (servers with registration=invite; on an open server it is not used, and a warning says so)")
 	cmd.Flags().StringVar(&p.DeviceName, "device-name", "qpc", "name of this device in device lists")
 	cmd.Flags().StringVar(&p.DisplayName, "display-name", "", "name shown with your messages (default: the account name)")
 	return cmd

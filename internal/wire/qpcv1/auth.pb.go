@@ -214,9 +214,14 @@ type RegisterResponse struct {
 	// 32 lower-case hex characters (16 random bytes).
 	AccountId string `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
 	// 32 lower-case hex characters (16 random bytes).
-	DeviceId      string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DeviceId string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// True when the request carried an invite_code that the server did not
+	// use because its registration policy is not "invite" (anyone may
+	// register): the code was neither checked nor consumed. Clients tell the
+	// user, who may tell the operator.
+	InviteCodeUnused bool `protobuf:"varint,3,opt,name=invite_code_unused,json=inviteCodeUnused,proto3" json:"invite_code_unused,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *RegisterResponse) Reset() {
@@ -261,6 +266,13 @@ func (x *RegisterResponse) GetDeviceId() string {
 		return x.DeviceId
 	}
 	return ""
+}
+
+func (x *RegisterResponse) GetInviteCodeUnused() bool {
+	if x != nil {
+		return x.InviteCodeUnused
+	}
+	return false
 }
 
 // LoginChallenge asks for a single-use nonce for a device. The nonce is a
@@ -1970,11 +1982,12 @@ const file_qpc_v1_auth_proto_rawDesc = "" +
 	"deviceName\x12'\n" +
 	"\vinvite_code\x18\x04 \x01(\tB\x06\x92\x82\x19\x02\x10@R\n" +
 	"inviteCode\x12)\n" +
-	"\fidentity_key\x18\x05 \x01(\fB\x06\x92\x82\x19\x02\b R\videntityKey\"N\n" +
+	"\fidentity_key\x18\x05 \x01(\fB\x06\x92\x82\x19\x02\b R\videntityKey\"|\n" +
 	"\x10RegisterResponse\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12\x1b\n" +
-	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\">\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12,\n" +
+	"\x12invite_code_unused\x18\x03 \x01(\bR\x10inviteCodeUnused\">\n" +
 	"\x15LoginChallengeRequest\x12%\n" +
 	"\tdevice_id\x18\x01 \x01(\tB\b\x92\x82\x19\x04\b \x18\x01R\bdeviceId\"V\n" +
 	"\x16LoginChallengeResponse\x12\x14\n" +
