@@ -126,6 +126,12 @@ func (c *Client) CertifyThisDevice(ctx context.Context) error {
 	}
 	defer k.Wipe()
 	raw, err := c.certify(ctx, k, id.AccountName, id.DeviceID, id.PublicKey())
+	if olderServer(err) {
+		// A qpcd older than identity keys cannot store certificates: the
+		// device works uncertified (others see it as unverifiable) and
+		// KeyPackage upkeep certifies it once the server is upgraded.
+		return nil
+	}
 	if err != nil {
 		return err
 	}

@@ -121,6 +121,18 @@ func (c *Client) KeyPackageUpkeep(ctx context.Context) (*StockReport, error) {
 		return nil, err
 	}
 	defer id.key.Wipe()
+	if id.Certificate() == nil {
+		// Registered against a server older than identity keys (or before
+		// it was upgraded): certify now, so the KeyPackages below carry the
+		// certificate. A device without the identity key waits for approval.
+		if err := c.CertifyThisDevice(ctx); err != nil && !errors.Is(err, ErrNoIdentityKey) {
+			return nil, err
+		}
+		if id, err = c.Identity(ctx); err != nil {
+			return nil, err
+		}
+		defer id.key.Wipe()
+	}
 	s, err := c.Settings(ctx)
 	if err != nil {
 		return nil, err
