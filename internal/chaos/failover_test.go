@@ -461,15 +461,16 @@ func databaseFailover(t *testing.T, synchronous bool) {
 			return err == nil && m["qpcd_db_listen_up"] == 1 && m["qpcd_db_listen_reconnects_total"] >= 1
 		})
 	}
-	unavl := 0
+	unavl, other := 0, 0
 	for _, p := range probes {
 		unavl += p.unavl
+		other += len(p.other)
 	}
 	sort.Slice(gaps, func(i, j int) bool { return gaps[i] < gaps[j] })
 	summary(t, "replication %s; promote returned %s after the primary stopped; first enqueue on the new primary after %s / %s (the two nodes); "+
-		"%d probe enqueues answered UNAVAILABLE in the gap, 0 INTERNAL; chat %d+%d messages, outboxes drained %s after the chat stopped; "+
+		"%d probe enqueues answered UNAVAILABLE in the gap, %d otherwise; chat %d+%d messages, outboxes drained %s after the chat stopped; "+
 		"lost: %d chat, %d probe (of %d+%d acknowledged); duplicated %d; same processes",
 		map[bool]string{true: "synchronous", false: "asynchronous"}[synchronous], promoted.Round(time.Millisecond),
-		gaps[0].Round(time.Millisecond), gaps[1].Round(time.Millisecond), unavl, len(chatters[0].ids), len(chatters[1].ids),
+		gaps[0].Round(time.Millisecond), gaps[1].Round(time.Millisecond), unavl, other, len(chatters[0].ids), len(chatters[1].ids),
 		outboxTook.Round(time.Millisecond), lostChat, lostProbe, probes[0].ackCount(), probes[1].ackCount(), dupChat)
 }

@@ -68,19 +68,17 @@ func StartReplicated(ctx context.Context, opts ReplicationOptions) (_ *Replicate
 	ctx, cancel := withDefaultTimeout(ctx, defaultStartTimeout)
 	defer cancel()
 
-	standbyConf := map[string]string{"wal_level": "replica", "hot_standby": "on", "max_wal_senders": "10"}
+	// synchronous_commit is on in both settings (pgtest's default is off,
+	// for speed): asynchronous replication then means what it means in
+	// production, a commit waits for its local WAL flush but not for the
+	// standby.
+	standbyConf := map[string]string{"wal_level": "replica", "hot_standby": "on", "max_wal_senders": "10", "synchronous_commit": "on"}
 	for k, v := range opts.Options.Conf {
 		standbyConf[k] = v
 	}
 	primaryConf := make(map[string]string, len(standbyConf)+2)
 	for k, v := range standbyConf {
 		primaryConf[k] = v
-	}
-	if opts.Synchronous {
-		// synchronous_standby_names comes once the standby streams: before,
-		// every commit (the replication role's included) would wait for it.
-		primaryConf["synchronous_commit"] = "on"
-		standbyConf["synchronous_commit"] = "on"
 	}
 	po := opts.Options
 	po.Conf = primaryConf
@@ -110,6 +108,8 @@ func StartReplicated(ctx context.Context, opts ReplicationOptions) (_ *Replicate
 	if err := r.waitStreaming(ctx, "async"); err != nil {
 		return nil, err
 	}
+	// synchronous_standby_names comes once the standby streams: before,
+	// every commit (the replication role's included) would wait for it.
 	if opts.Synchronous {
 		if err := primary.exec(ctx, "ALTER SYSTEM SET synchronous_standby_names = '*'"); err != nil {
 			return nil, fmt.Errorf("pgtest: making the standby synchronous: %w", err)
