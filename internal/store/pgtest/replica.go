@@ -33,7 +33,8 @@ type ReplicationOptions struct {
 	// has flushed its WAL (synchronous_standby_names = '*' and
 	// synchronous_commit = on; the former with ALTER SYSTEM on the primary
 	// once the standby streams): an acknowledged commit survives the loss
-	// of the primary. Default false: asynchronous, a commit returns before
+	// of the primary. Default false: asynchronous, a commit returns once
+	// flushed locally (synchronous_commit is on in both settings), before
 	// the standby has it, and a failover may lose the last ones.
 	Synchronous bool
 	// Options apply to both servers (Conf, Fsync, Log). Conf may not set
