@@ -183,3 +183,87 @@ func TestPostgresFailoverToPromotedStandby(t *testing.T) {
 	t.Logf("failover: promotion took %s; first acknowledged write %s after the primary stopped; %d writes refused as unavailable in the gap; %d acknowledged, all stored once",
 		promoted.Round(time.Millisecond), gap.Round(time.Millisecond), gapErrs, stored)
 }
+
+// TestPostgresSynchronousStandbyLost: with synchronous replication and its
+// only standby down, a commit waits for the standby, and PostgreSQL's
+// statement_timeout does not bound that wait; qpcd's own per-transaction
+// deadline does: the write fails as unavailable (not hanging, not
+// INTERNAL) after about 2 x statement_timeout + connect_timeout. The
+// transaction stays pending on the primary, invisible, until the standby
+// is back, and then commits (a client's retry would find it); reads go on
+// meanwhile. Once the standby is back, writes are quick again.
+func TestPostgresSynchronousStandbyLost(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	r, err := pgtest.StartReplicated(ctx, pgtest.ReplicationOptions{Synchronous: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := r.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	if _, err := r.Primary.CreateDatabase(ctx, "synclost"); err != nil {
+		t.Fatal(err)
+	}
+	db := openPG(t, r.DSN("synclost"), PostgresOptions{StatementTimeout: time.Second, ConnectTimeout: 2 * time.Second})
+	write := func(key string) error {
+		return db.WriteTx(ctx, func(tx *sql.Tx) error {
+			_, err := tx.ExecContext(ctx, "INSERT INTO meta (key, value) VALUES (?, 'x') ON CONFLICT (key) DO NOTHING", key)
+			return err
+		})
+	}
+	has := func(key string) bool {
+		var n int
+		if err := db.ReadTx(ctx, func(tx *sql.Tx) error {
+			return tx.QueryRowContext(ctx, "SELECT count(*) FROM meta WHERE key = ?", key).Scan(&n)
+		}); err != nil {
+			t.Fatalf("read while the standby is down: %v", err)
+		}
+		return n == 1
+	}
+	if err := write("before"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Standby.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = write("stalled")
+	took := time.Since(start)
+	if err == nil || !IsUnavailable(err) {
+		t.Fatalf("write with the synchronous standby down: %v after %s, want an unavailable error", err, took)
+	}
+	// qpcd's deadline: 2 x 1 s + 2 s.
+	if took < 3*time.Second || took > 12*time.Second {
+		t.Fatalf("the write failed after %s, want about 4 s (qpcd's per-transaction deadline)", took)
+	}
+	if has("stalled") {
+		t.Fatal("the stalled write is visible while the synchronous standby is down")
+	}
+	if err := db.Ping(ctx); err != nil {
+		t.Fatalf("ping (readiness) with the standby down: %v", err)
+	}
+	if err := r.Standby.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for !has("stalled") {
+		if time.Now().After(deadline) {
+			t.Fatal("the stalled write did not commit once the standby was back")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for {
+		start = time.Now()
+		err = write("after")
+		if err == nil && time.Since(start) < 2*time.Second {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("writes not quick again after the standby came back: %v", err)
+		}
+	}
+	t.Logf("synchronous standby down: a write failed as unavailable after %s", took.Round(time.Millisecond))
+}
