@@ -108,8 +108,7 @@ func (c Config) postgresConn() (PostgresConn, *FieldError) {
 		if d.hostCount() > 1 {
 			params = append(params, [2]string{"target_session_attrs", "read-write"})
 		}
-	case "read-write", "primary":
-	default:
+	case "read-only", "standby", "prefer-standby":
 		return PostgresConn{}, badDSN(d.redacted, "target_session_attrs="+attrs+" would connect qpcd, which writes, to a read-only server; "+
 			"use read-write (the default when the DSN names several hosts) or primary")
 	}
