@@ -6,10 +6,13 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -272,10 +275,21 @@ func databaseFailover(t *testing.T, synchronous bool) {
 	if _, err := r.Primary.CreateDatabase(ctx, "qpc"); err != nil {
 		t.Fatal(err)
 	}
-	dsn := r.DSN("qpc")
+	// Without target_session_attrs: qpcd adds read-write itself for a DSN
+	// naming several hosts (else a new connection would land on the
+	// standby, and writes there fail). The DSN is in a file, reloaded on
+	// SIGHUP after the failover.
+	dsn := strings.Replace(r.DSN("qpc"), "&target_session_attrs=read-write", "", 1)
+	if strings.Contains(dsn, "target_session_attrs") {
+		t.Fatal("pgtest's DSN no longer ends in target_session_attrs=read-write")
+	}
+	dsnFile := filepath.Join(shortDir(t), "postgres.dsn")
+	if err := os.WriteFile(dsnFile, []byte(dsn+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	var nodes []*node
 	for range 2 {
-		n := newNode(t, store.BackendSQLCipher, "QPC_STORE_BACKEND=postgres", "QPC_POSTGRES_DSN="+dsn,
+		n := newNode(t, store.BackendSQLCipher, "QPC_STORE_BACKEND=postgres", "QPC_POSTGRES_DSN_FILE="+dsnFile,
 			"QPC_POSTGRES_CONNECT_TIMEOUT=2s", "QPC_POSTGRES_STATEMENT_TIMEOUT=5s")
 		n.backend = store.BackendPostgres
 		n.start()
@@ -447,6 +461,28 @@ func databaseFailover(t *testing.T, synchronous bool) {
 	for _, p := range probes {
 		lostProbe += p.check(t, synchronous)
 	}
+	// The rebuilt deployment's DSN, new primary first, reaches the running
+	// nodes with SIGHUP.
+	swapped := strings.Replace(dsn, fmt.Sprintf("%s:%d,%s:%d", r.Primary.Host, r.Primary.Port, r.Standby.Host, r.Standby.Port),
+		fmt.Sprintf("%s:%d,%s:%d", r.Standby.Host, r.Standby.Port, r.Primary.Host, r.Primary.Port), 1)
+	if swapped == dsn {
+		t.Fatal("could not reorder the DSN's hosts")
+	}
+	if err := os.WriteFile(dsnFile, []byte(swapped+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range nodes {
+		if err := n.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 30*time.Second, fmt.Sprintf("node %d reloaded the multi-host DSN", i), func() bool {
+			return strings.Contains(n.logTail(4<<20), "database credentials reloaded")
+		})
+		if k := strings.Count(n.logTail(4<<20), "credentials not reloaded"); k > 0 {
+			t.Errorf("node %d refused the reloaded DSN", i)
+		}
+	}
+
 	// No request was answered INTERNAL: qpcd logs each one.
 	for i, n := range nodes {
 		if k := strings.Count(n.logTail(4<<20), `"rpc: internal error"`); k > 0 {
