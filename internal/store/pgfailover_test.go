@@ -267,3 +267,35 @@ func TestPostgresSynchronousStandbyLost(t *testing.T) {
 	}
 	t.Logf("synchronous standby down: a write failed as unavailable after %s", took.Round(time.Millisecond))
 }
+
+// TestPostgresReadOnlyServerIsUnavailable: a write refused because the
+// server is read-only (SQLSTATE 25006, what a standby answers, here from
+// default_transaction_read_only) is unavailable, so the client retries,
+// not INTERNAL; writes resume when the server takes them again.
+func TestPostgresReadOnlyServerIsUnavailable(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	db := openPG(t, dsn, PostgresOptions{})
+	name := dsn[strings.LastIndex(dsn, "/")+1 : strings.Index(dsn, "?")]
+	c := pgtest.Shared(t)
+	superExec(t, c, "postgres", "ALTER DATABASE "+name+" SET default_transaction_read_only = on")
+	ctx := context.Background()
+	// Sessions take the setting when they start: end the pooled ones.
+	superExec(t, c, "postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '"+name+"' AND pid <> pg_backend_pid()")
+	write := func() error {
+		return db.WriteTx(ctx, func(tx *sql.Tx) error {
+			_, err := tx.ExecContext(ctx, "INSERT INTO meta (key, value) VALUES ('ro', 'x') ON CONFLICT (key) DO NOTHING")
+			return err
+		})
+	}
+	var err error
+	waitUntil(t, "a write refused as read-only", func() bool {
+		err = write()
+		return err != nil && strings.Contains(err.Error(), "25006")
+	})
+	if !IsUnavailable(err) {
+		t.Fatalf("write on a read-only server: %v, want unavailable", err)
+	}
+	superExec(t, c, "postgres", "ALTER DATABASE "+name+" SET default_transaction_read_only = off",
+		"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '"+name+"' AND pid <> pg_backend_pid()")
+	waitUntil(t, "writes taken again", func() bool { return write() == nil })
+}

@@ -707,9 +707,12 @@ func IsUnavailable(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		// Class 08: connection exception; 53300 too many connections;
-		// 57P01..57P03: the server is shutting down or starting.
+		// 57P01..57P03: the server is shutting down or starting; 25006:
+		// the server is read-only, as a standby is (a DNS name or virtual
+		// IP may point at one for a moment during a failover) or a
+		// database set default_transaction_read_only for maintenance.
 		return strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "53300" ||
-			pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03"
+			pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03" || pgErr.Code == "25006"
 	}
 	var connErr *pgconn.ConnectError
 	if errors.As(err, &connErr) {
