@@ -39,7 +39,7 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.DB.Key }},
 	{key: "db.memory_security", help: "SQLCipher cipher_memory_security: on zeroes and mlocks freed database buffers and uses SQLCipher's bundled crypto (no Go-heap key schedules), at about half the write throughput; off (default): Go's AES-NI page crypto",
 		ptr: func(c *Config) any { return &c.DB.MemorySecurity }},
-	{key: "postgres.dsn", help: "PostgreSQL connection string, URL (postgres://user:password@host:5432/db?...) or key=value form; wins over dsn_file; printed with its password redacted",
+	{key: "postgres.dsn", help: "PostgreSQL connection string, URL (postgres://user:password@host:5432/db?...) or key=value form; several hosts (h1:5432,h2:5432) for failover get target_session_attrs=read-write; wins over dsn_file; printed with its password redacted",
 		ptr: func(c *Config) any { return &c.Postgres.DSN }, dsn: true},
 	{key: "postgres.dsn_file", help: "file holding the connection string (mode 0600 or stricter; surrounding whitespace ignored); read when postgres.dsn is empty",
 		ptr: func(c *Config) any { return &c.Postgres.DSNFile }},

@@ -101,6 +101,17 @@ func (c Config) postgresConn() (PostgresConn, *FieldError) {
 	if rootCert == "system" {
 		mode = "verify-full" // what pgx and libpq do with sslrootcert=system
 	}
+	// qpcd writes: a connection to a standby is of no use to it. With
+	// several hosts (failover), connect to the one that takes writes.
+	switch attrs := d.settings["target_session_attrs"]; attrs {
+	case "", "any":
+		if d.hostCount() > 1 {
+			params = append(params, [2]string{"target_session_attrs", "read-write"})
+		}
+	case "read-only", "standby", "prefer-standby":
+		return PostgresConn{}, badDSN(d.redacted, "target_session_attrs="+attrs+" would connect qpcd, which writes, to a read-only server; "+
+			"use read-write (the default when the DSN names several hosts) or primary")
+	}
 	params = append(params,
 		[2]string{"connect_timeout", strconv.FormatInt(int64(p.ConnectTimeout/time.Second), 10)},
 		[2]string{"statement_timeout", strconv.FormatInt(p.StatementTimeout.Milliseconds(), 10)})
@@ -250,6 +261,20 @@ type dsn struct {
 	// trailingEmpty: key=value form ending in "key=", whose value would be
 	// the next word appended.
 	trailingEmpty bool
+	// urlHosts is how many hosts the URL form names before its path.
+	urlHosts int
+}
+
+// hostCount is how many servers the connection string names: a host (or
+// hostaddr) parameter's comma-separated list wins over the URL's hosts,
+// as in pgconn.
+func (d dsn) hostCount() int {
+	for _, k := range []string{"host", "hostaddr"} {
+		if v, ok := d.settings[k]; ok && v != "" {
+			return strings.Count(v, ",") + 1
+		}
+	}
+	return max(d.urlHosts, 1)
 }
 
 // parseDSN parses a connection string. Its errors never quote the input.
@@ -330,6 +355,7 @@ func parseDSNURL(s string) (dsn, error) {
 			p = p[1:]
 			p = p[indexOrLen(p, "/?,"):]
 		}
+		d.urlHosts++
 		if !strings.HasPrefix(p, ",") {
 			break
 		}

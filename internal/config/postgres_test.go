@@ -493,3 +493,80 @@ func FuzzRedactDSN(f *testing.F) {
 		}
 	})
 }
+
+// TestPostgresMultiHostDSN: a DSN naming several servers (failover) in
+// either form parses into one host plus fallbacks, prints with every host
+// and without the password, and gets target_session_attrs=read-write
+// unless it asks for read-write or primary itself; an attribute that would
+// put qpcd, which writes, on a standby is refused with the reason.
+func TestPostgresMultiHostDSN(t *testing.T) {
+	clearPGEnv(t)
+	cases := []struct {
+		name, dsn, redacted string
+		hosts               int
+		wantAttrs           string // in the DSN qpcd uses; "" none
+	}{
+		{"URL two hosts", "postgres://qpc:" + testPassword + "@db1.example:5432,db2.example:5433/qpc",
+			"postgres://qpc:REDACTED@db1.example:5432,db2.example:5433/qpc", 2, "read-write"},
+		{"URL three hosts default ports", "postgres://qpc:" + testPassword + "@a,b,c/qpc?sslmode=disable",
+			"postgres://qpc:REDACTED@a,b,c/qpc?sslmode=disable", 3, "read-write"},
+		{"URL IPv6 hosts", "postgres://qpc:" + testPassword + "@[::1]:5432,[::2]:5433/qpc",
+			"postgres://qpc:REDACTED@[::1]:5432,[::2]:5433/qpc", 2, "read-write"},
+		{"URL primary kept", "postgres://qpc:" + testPassword + "@a:1,b:2/qpc?target_session_attrs=primary",
+			"postgres://qpc:REDACTED@a:1,b:2/qpc?target_session_attrs=primary", 2, "primary"},
+		{"keyword two hosts", "host=db1,db2 port=5432,5433 user=qpc password=" + testPassword + " dbname=qpc",
+			"host=db1,db2 port=5432,5433 user=qpc password=REDACTED dbname=qpc", 2, "read-write"},
+		{"keyword any becomes read-write", "host=db1,db2 user=qpc password='" + testPassword + "' target_session_attrs=any",
+			"host=db1,db2 user=qpc password='REDACTED' target_session_attrs=any", 2, "read-write"},
+		{"keyword read-write kept", "host=db1,db2 user=qpc target_session_attrs=read-write",
+			"host=db1,db2 user=qpc target_session_attrs=read-write", 2, "read-write"},
+		{"one host left alone", "postgres://qpc:" + testPassword + "@db1:5432/qpc",
+			"postgres://qpc:REDACTED@db1:5432/qpc", 1, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := RedactDSN(tc.dsn); got != tc.redacted {
+				t.Fatalf("RedactDSN = %q, want %q", got, tc.redacted)
+			}
+			c, err := load(t, "", postgresEnv(t.TempDir(), "QPC_POSTGRES_DSN="+tc.dsn))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var buf bytes.Buffer
+			if err := c.WriteYAML(&buf); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(buf.String(), "dsn: "+tc.redacted+" ") || strings.Contains(buf.String(), testPassword) {
+				t.Fatalf("config print:\n%s\nwant dsn %q, no password", buf.String(), tc.redacted)
+			}
+			pc, cfg := parsed(t, c)
+			// sslmode=prefer doubles each host (TLS, then plain).
+			hosts := map[string]bool{fmt.Sprint(cfg.Host, ":", cfg.Port): true}
+			for _, fb := range cfg.Fallbacks {
+				hosts[fmt.Sprint(fb.Host, ":", fb.Port)] = true
+			}
+			if len(hosts) != tc.hosts {
+				t.Fatalf("%q parses to hosts %v, want %d", RedactDSN(string(pc.DSN.Reveal())), hosts, tc.hosts)
+			}
+			attrs, err := pgconn.ParseConfig(string(pc.DSN.Reveal()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// pgconn keeps target_session_attrs only as a validation hook.
+			if (attrs.ValidateConnect != nil) != (tc.wantAttrs != "") {
+				t.Fatalf("%q: connection validation %v, want target_session_attrs %q", RedactDSN(string(pc.DSN.Reveal())), attrs.ValidateConnect != nil, tc.wantAttrs)
+			}
+			if tc.wantAttrs != "" && !strings.Contains(string(pc.DSN.Reveal()), "target_session_attrs="+tc.wantAttrs) &&
+				!strings.Contains(string(pc.DSN.Reveal()), "target_session_attrs='"+tc.wantAttrs+"'") {
+				t.Fatalf("%q lacks target_session_attrs=%s", RedactDSN(string(pc.DSN.Reveal())), tc.wantAttrs)
+			}
+		})
+	}
+	for _, attrs := range []string{"read-only", "standby", "prefer-standby"} {
+		_, err := load(t, "", postgresEnv(t.TempDir(), "QPC_POSTGRES_DSN=postgres://qpc:"+testPassword+"@a,b/qpc?target_session_attrs="+attrs))
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Key != "postgres.dsn" || !strings.Contains(err.Error(), "read-only server") || strings.Contains(err.Error(), testPassword) {
+			t.Fatalf("target_session_attrs=%s: %v, want a postgres.dsn error naming the read-only server, without the password", attrs, err)
+		}
+	}
+}

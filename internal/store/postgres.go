@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -100,6 +101,7 @@ type pgEngine struct {
 	target     string          // host:port/database, safe to log
 	stmts      stmtCache
 	maxRetries int
+	maxConns   int // pool size
 	log        *slog.Logger
 	events     *pgEvents
 	// txTimeout bounds one transaction attempt on this side: statement_timeout
@@ -155,6 +157,7 @@ func OpenPostgres(ctx context.Context, opts PostgresOptions) (*DB, error) {
 		opts:       opts,
 		target:     pgTarget(cfg),
 		maxRetries: retries,
+		maxConns:   maxConns,
 		log:        log,
 		txTimeout:  2*stmtTimeout + cfg.ConnectTimeout,
 	}
@@ -210,9 +213,17 @@ func OpenPostgres(ctx context.Context, opts PostgresOptions) (*DB, error) {
 	return db, nil
 }
 
-// pgTarget names the server and database without credentials.
+// pgTarget names the servers and the database without credentials:
+// host:port/db, or h1:p1,h2:p2/db for a DSN naming several (failover).
 func pgTarget(cfg *pgx.ConnConfig) string {
-	return net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))) + "/" + cfg.Database
+	hosts := []string{net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))}
+	for _, fb := range cfg.Fallbacks {
+		// sslmode=prefer and allow list each host twice (TLS, then plain).
+		if h := net.JoinHostPort(fb.Host, strconv.Itoa(int(fb.Port))); !slices.Contains(hosts, h) {
+			hosts = append(hosts, h)
+		}
+	}
+	return strings.Join(hosts, ",") + "/" + cfg.Database
 }
 
 // pgConnConfig parses opts.DSN and applies the options that override it
@@ -421,7 +432,7 @@ func isConnLost(err error) bool {
 		return false
 	}
 	var netErr net.Error
-	return errors.As(err, &netErr) || errors.Is(err, sql.ErrConnDone) || pgconn.Timeout(err) ||
+	return errors.As(err, &netErr) || errors.Is(err, sql.ErrConnDone) || errors.Is(err, pgconn.ErrConnClosed) || pgconn.Timeout(err) ||
 		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
 }
 
@@ -468,6 +479,11 @@ func (e *pgEngine) runTx(ctx context.Context, iso sql.IsolationLevel, fn func(tx
 	err = tx.Commit()
 	committed = true
 	if err != nil {
+		if pgconn.SafeToRetry(err) {
+			// The connection was gone before COMMIT was sent (a failover
+			// cut it): nothing committed, the request may be retried.
+			return fmt.Errorf("%w: %s: connection lost before COMMIT: %w", ErrPostgresUnreachable, e.target, err)
+		}
 		if isConnLost(err) {
 			return fmt.Errorf("%w: %w", ErrCommitUnknown, err)
 		}
@@ -648,10 +664,22 @@ func (e *pgEngine) waiting() int64 { return e.queued.Load() }
 
 // begin starts a transaction, counting the caller as queued while it
 // waits for a connection.
+//
+// A pooled connection whose server went away (a failover, a restart) is
+// only found out when used; BEGIN changes nothing, so it is tried again on
+// another connection, up to once per pooled connection, instead of failing
+// the request. A failure to connect is not retried here: that is the
+// database being unreachable, and the caller hears so at once.
 func (e *pgEngine) begin(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error) {
 	e.queued.Add(1)
 	defer e.queued.Add(-1)
-	return e.pool.BeginTx(ctx, opts)
+	for attempt := 0; ; attempt++ {
+		tx, err := e.pool.BeginTx(ctx, opts)
+		var connectErr *pgconn.ConnectError
+		if err == nil || attempt >= e.maxConns || ctx.Err() != nil || errors.As(err, &connectErr) || !IsUnavailable(err) {
+			return tx, err
+		}
+	}
 }
 
 // beginPG registers a running call so that Close waits for it.
@@ -679,9 +707,12 @@ func IsUnavailable(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		// Class 08: connection exception; 53300 too many connections;
-		// 57P01..57P03: the server is shutting down or starting.
+		// 57P01..57P03: the server is shutting down or starting; 25006:
+		// the server is read-only, as a standby is (a DNS name or virtual
+		// IP may point at one for a moment during a failover) or a
+		// database set default_transaction_read_only for maintenance.
 		return strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "53300" ||
-			pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03"
+			pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03" || pgErr.Code == "25006"
 	}
 	var connErr *pgconn.ConnectError
 	if errors.As(err, &connErr) {

@@ -308,3 +308,16 @@ func procStat(pid int) (state byte, pgrp int, ok bool) {
 	}
 	return f[0][0], g, true
 }
+
+// tool is the path of another PostgreSQL program (pg_basebackup, ...):
+// next to pg_ctl, else on PATH.
+func (b bins) tool(name string) string {
+	p := filepath.Join(filepath.Dir(b.pgctl), name)
+	if isExecutable(p) {
+		return p
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	return p
+}
