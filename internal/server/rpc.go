@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quicprochat/quicprochat/internal/auth"
@@ -17,6 +19,7 @@ import (
 	"github.com/quicprochat/quicprochat/internal/keydir"
 	"github.com/quicprochat/quicprochat/internal/obs"
 	"github.com/quicprochat/quicprochat/internal/store"
+	"github.com/quicprochat/quicprochat/internal/tracing"
 	"github.com/quicprochat/quicprochat/internal/transport"
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
@@ -75,6 +78,10 @@ func register[Req, Resp proto.Message](table map[string]*method, name string, pu
 
 // rpcServer implements transport.Handler: one request frame in, one response frame out.
 type rpcServer struct {
+	// tracing is on: every RPC gets a server span from tracer. Off, the
+	// RPC path never touches the tracer (one branch on this bool).
+	tracing    bool
+	tracer     trace.Tracer
 	log        *slog.Logger
 	metrics    *obs.Metrics
 	methods    map[string]*method
@@ -98,7 +105,7 @@ func (r *rpcServer) ServeStream(ctx context.Context, c *transport.Conn, s *quic.
 	defer r.metrics.InFlight.Dec()
 
 	_ = s.SetReadDeadline(start.Add(requestReadTimeout))
-	resp, label := r.handle(ctx, c, s)
+	resp, label, span := r.handle(ctx, c, s, start)
 	resp.Version = wire.ProtocolVersion
 	out, err := wire.Marshal(resp)
 	if err == nil {
@@ -115,7 +122,17 @@ func (r *rpcServer) ServeStream(ctx context.Context, c *transport.Conn, s *quic.
 	}
 	status := wire.StatusName(resp.Status)
 	r.metrics.RPCs.WithLabelValues(label, status).Inc()
-	r.metrics.RPCDuration.WithLabelValues(label).Observe(time.Since(start).Seconds())
+	r.metrics.ObserveRPCDuration(label, time.Since(start), span.SpanContext())
+	if span.IsRecording() {
+		tracing.Set(span, tracing.Status(status), tracing.Int(tracing.KeyResponseSize, len(resp.GetBody())))
+		if resp.Status != qpcv1.Status_STATUS_OK {
+			tracing.Fail(span, status)
+		}
+		if err != nil {
+			tracing.Set(span, tracing.Result("response_not_delivered"))
+		}
+		span.End()
+	}
 	if err == nil {
 		awaitClientFIN(s)
 	}
@@ -137,9 +154,29 @@ func awaitClientFIN(s *quic.Stream) {
 	}
 }
 
-// handle returns the response and the method label for metrics (bounded:
-// unknown methods are "unknown").
-func (r *rpcServer) handle(ctx context.Context, c *transport.Conn, s *quic.Stream) (*qpcv1.Response, string) {
+// noSpan is the span of an untraced RPC: not recording, no allocation.
+var noSpan = trace.SpanFromContext(context.Background())
+
+// handle returns the response, the method label for metrics (bounded:
+// unknown methods are "unknown") and the RPC's server span (noSpan when
+// tracing is off or the request never decoded).
+func (r *rpcServer) handle(ctx context.Context, c *transport.Conn, s *quic.Stream, start time.Time) (*qpcv1.Response, string, trace.Span) {
+	span := noSpan
+	resp, label := r.serve(ctx, c, s, start, &span)
+	return resp, label, span
+}
+
+// startSpan begins the RPC's server span, continuing the client's trace
+// when the request carries one. The span starts when the stream arrived.
+func (r *rpcServer) startSpan(ctx context.Context, req *qpcv1.Request, name string, size int, start time.Time) (context.Context, trace.Span) {
+	ctx = tracing.Extract(ctx, req.GetTraceparent(), req.GetTracestate())
+	ctx, span := r.tracer.Start(ctx, "qpc."+name, trace.WithSpanKind(trace.SpanKindServer), trace.WithTimestamp(start))
+	tracing.Set(span, attribute.String(tracing.KeyRPCSystem, "qpc"), tracing.Method(name),
+		tracing.Int(tracing.KeyRequestSize, size), attribute.Int64(tracing.KeyRequestID, int64(req.GetRequestId()&(1<<63-1))))
+	return ctx, span
+}
+
+func (r *rpcServer) serve(ctx context.Context, c *transport.Conn, s *quic.Stream, start time.Time, spanOut *trace.Span) (*qpcv1.Response, string) {
 	frame, err := wire.ReadFrame(s, r.maxPayload+envelopeOverhead)
 	if err != nil {
 		switch {
@@ -167,6 +204,13 @@ func (r *rpcServer) handle(ctx context.Context, c *transport.Conn, s *quic.Strea
 		return errorResponse(id, wire.Errorf(qpcv1.Status_STATUS_INVALID_ARGUMENT, "%v", err)), "unknown"
 	}
 	m, ok := r.methods[req.GetMethod()]
+	if r.tracing {
+		name := "unknown"
+		if ok {
+			name = m.name
+		}
+		ctx, *spanOut = r.startSpan(ctx, req, name, len(req.GetBody()), start)
+	}
 	if !ok {
 		return errorResponse(req.GetRequestId(), wire.Errorf(qpcv1.Status_STATUS_NOT_FOUND, "unknown method %q", req.GetMethod())), "unknown"
 	}
@@ -183,12 +227,24 @@ func (r *rpcServer) handle(ctx context.Context, c *transport.Conn, s *quic.Strea
 		}
 	}
 	if !m.public && r.authenticate != nil {
-		if err := r.authenticate(ctx, call); err != nil {
+		actx, aspan := tracing.Start(ctx, "qpc.auth")
+		err := r.authenticate(actx, call)
+		if err != nil {
+			tracing.Fail(aspan, "denied")
+		}
+		aspan.End()
+		if err != nil {
 			return errorResponse(call.RequestID, r.toStatus(call, err)), m.name
 		}
 	}
 	in := m.newReq()
-	if err := wire.DecodeBody(req.GetBody(), in); err != nil {
+	_, vspan := tracing.Start(ctx, "qpc.validate")
+	err = wire.DecodeBody(req.GetBody(), in)
+	if err != nil {
+		tracing.Fail(vspan, "invalid_argument")
+	}
+	vspan.End()
+	if err != nil {
 		r.metrics.FramesRejected.WithLabelValues("invalid_argument").Inc()
 		return errorResponse(call.RequestID, wire.Errorf(qpcv1.Status_STATUS_INVALID_ARGUMENT, "%v", err)), m.name
 	}

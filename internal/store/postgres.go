@@ -7,6 +7,8 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"github.com/quicprochat/quicprochat/internal/tracing"
+	"go.opentelemetry.io/otel/attribute"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -451,7 +453,10 @@ func (e *pgEngine) runTx(ctx context.Context, iso sql.IsolationLevel, fn func(tx
 	ctx, cancel := context.WithTimeout(ctx, e.txTimeout)
 	defer cancel()
 	e.stmts.prepareWanted(ctx, e.pool)
+	// The wait for a pooled connection is PostgreSQL's write-queue wait.
+	_, wspan := tracing.Start(ctx, "db.write.wait")
 	tx, err := e.begin(ctx, &sql.TxOptions{Isolation: iso})
+	wspan.End()
 	if err != nil {
 		return fmt.Errorf("store: begin write transaction: %w", err)
 	}
@@ -465,8 +470,14 @@ func (e *pgEngine) runTx(ctx context.Context, iso sql.IsolationLevel, fn func(tx
 		return err
 	}
 	start := time.Now()
+	_, cspan := tracing.Start(ctx, "db.commit")
+	tracing.Set(cspan, attribute.String(tracing.KeyDBSystem, "postgresql"))
 	err = tx.Commit()
 	committed = true
+	if err != nil {
+		tracing.Fail(cspan, "commit_failed")
+	}
+	cspan.End()
 	if err != nil {
 		if isConnLost(err) {
 			return fmt.Errorf("%w: %w", ErrCommitUnknown, err)

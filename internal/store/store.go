@@ -20,6 +20,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/quicprochat/quicprochat/internal/tracing"
+	"go.opentelemetry.io/otel/attribute"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -286,6 +288,20 @@ func (db *DB) ReadTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error)
 	db.reads.Add(1)
 	db.mu.RUnlock()
 	defer db.reads.Done()
+	if ctx2, span := tracing.Start(ctx, "db.read"); span.IsRecording() {
+		ctx = ctx2
+		defer func() {
+			sys := "sqlite"
+			if db.pg != nil {
+				sys = "postgresql"
+			}
+			tracing.Set(span, attribute.String(tracing.KeyDBSystem, sys))
+			if err != nil {
+				tracing.Fail(span, "read_failed")
+			}
+			span.End()
+		}()
+	}
 	if db.pg != nil {
 		return asDiskFull(db.pg.readTx(ctx, fn), db.diskFullWhere())
 	}
