@@ -7,6 +7,8 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"github.com/quicprochat/quicprochat/internal/tracing"
+	"go.opentelemetry.io/otel/trace"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -64,6 +66,10 @@ type Options struct {
 	// KeyPackages of and creates groups on, with the server's allowlist);
 	// default SupportedSuites. Tests narrow it to play an older client.
 	Suites []mls.CipherSuiteID
+	// Tracer, when set, starts a trace for each Send, Sync and Flush; its
+	// context travels with every RPC so the server's spans join it (see
+	// internal/tracing). nil: no tracing.
+	Tracer trace.Tracer
 }
 
 func (o *Options) defaults() error {
@@ -217,6 +223,16 @@ func newClient(ctx context.Context, o Options, db *store.DB) (*Client, error) {
 	return &Client{opts: o, db: db, log: o.Logger, now: o.Now, conn: conn}, nil
 }
 
+// span starts the span of an SDK operation: a child when ctx already
+// carries a recording span (Flush inside Send), else the root of a new
+// trace from Options.Tracer; with no tracer it is a no-op.
+func (c *Client) span(ctx context.Context, name string) (context.Context, trace.Span) {
+	if parent := trace.SpanFromContext(ctx); parent.IsRecording() || c.opts.Tracer == nil {
+		return tracing.Start(ctx, name)
+	}
+	return c.opts.Tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient))
+}
+
 // Close closes the connection and the database.
 func (c *Client) Close() error {
 	return errors.Join(c.conn.Close(), c.db.Close())
@@ -318,4 +334,16 @@ func ProbeServer(ctx context.Context, trust ServerTrust, o Options) (*qpcv1.Ping
 		return nil, err
 	}
 	return &resp, nil
+}
+
+// endSpan ends an SDK operation's span, marked failed when *err is set
+// (with no error text: it can name accounts).
+func endSpan(span trace.Span, err *error) {
+	if !span.IsRecording() {
+		return
+	}
+	if *err != nil {
+		tracing.Fail(span, "error")
+	}
+	span.End()
 }
