@@ -223,7 +223,7 @@ func (r *rpcServer) serve(ctx context.Context, c *transport.Conn, s *quic.Stream
 	// The per-IP limit comes first, so token checks cannot be flooded.
 	if r.admit != nil {
 		if err := r.admit(ctx, call); err != nil {
-			return errorResponse(call.RequestID, r.toStatus(call, err)), m.name
+			return errorResponse(call.RequestID, r.toStatus(ctx, call, err)), m.name
 		}
 	}
 	if !m.public && r.authenticate != nil {
@@ -234,7 +234,7 @@ func (r *rpcServer) serve(ctx context.Context, c *transport.Conn, s *quic.Stream
 		}
 		aspan.End()
 		if err != nil {
-			return errorResponse(call.RequestID, r.toStatus(call, err)), m.name
+			return errorResponse(call.RequestID, r.toStatus(ctx, call, err)), m.name
 		}
 	}
 	in := m.newReq()
@@ -250,14 +250,14 @@ func (r *rpcServer) serve(ctx context.Context, c *transport.Conn, s *quic.Stream
 	}
 	out, err := m.handler(ctx, call, in)
 	if err != nil {
-		return errorResponse(call.RequestID, r.toStatus(call, err)), m.name
+		return errorResponse(call.RequestID, r.toStatus(ctx, call, err)), m.name
 	}
 	if r.lie != nil {
 		r.lie(ctx, call, m.name, out)
 	}
 	body, err := wire.Marshal(out)
 	if err != nil {
-		return errorResponse(call.RequestID, r.toStatus(call, err)), m.name
+		return errorResponse(call.RequestID, r.toStatus(ctx, call, err)), m.name
 	}
 	return &qpcv1.Response{RequestId: call.RequestID, Status: qpcv1.Status_STATUS_OK, Body: body}, m.name
 }
@@ -265,7 +265,7 @@ func (r *rpcServer) serve(ctx context.Context, c *transport.Conn, s *quic.Stream
 // toStatus is the one place where service errors become wire statuses.
 // Errors that carry no status are internal: the client gets a request id to
 // quote, the log gets the detail.
-func (r *rpcServer) toStatus(call *Call, err error) *wire.StatusError {
+func (r *rpcServer) toStatus(ctx context.Context, call *Call, err error) *wire.StatusError {
 	var se *wire.StatusError
 	if errors.As(err, &se) {
 		return se
@@ -274,7 +274,7 @@ func (r *rpcServer) toStatus(call *Call, err error) *wire.StatusError {
 		// Retryable: nothing was stored and the write succeeds once space
 		// is freed. Debug only, like UNAVAILABLE: the condition is logged
 		// once by the disk watch and shown on /readyz and qpcd_disk_full.
-		r.log.Debug("rpc: write refused, disk full", "method", call.Method, "request_id", call.RequestID, "err", err)
+		r.log.DebugContext(ctx, "rpc: write refused, disk full", "method", call.Method, "request_id", call.RequestID, "err", err)
 		e := wire.Errorf(qpcv1.Status_STATUS_RESOURCE_EXHAUSTED, "%s (request id %s)", r.diskFull, strconv.FormatUint(call.RequestID, 10))
 		e.RetryAfter = diskFullRetryAfter
 		return e
@@ -290,10 +290,10 @@ func (r *rpcServer) toStatus(call *Call, err error) *wire.StatusError {
 		// retrying, here or on another node, is the right move. Debug only:
 		// the outage itself is logged once by the database check, and a
 		// line per refused request would let load set the log volume.
-		r.log.Debug("rpc: database unavailable", "method", call.Method, "request_id", call.RequestID, "err", err)
+		r.log.DebugContext(ctx, "rpc: database unavailable", "method", call.Method, "request_id", call.RequestID, "err", err)
 		return wire.Errorf(qpcv1.Status_STATUS_UNAVAILABLE, "database unavailable; retry shortly (request id %s)", strconv.FormatUint(call.RequestID, 10))
 	}
-	r.log.Error("rpc: internal error", "method", call.Method, "request_id", call.RequestID, "err", err)
+	r.log.ErrorContext(ctx, "rpc: internal error", "method", call.Method, "request_id", call.RequestID, "err", err)
 	return wire.Errorf(qpcv1.Status_STATUS_INTERNAL, "internal error (request id %s)", strconv.FormatUint(call.RequestID, 10))
 }
 
