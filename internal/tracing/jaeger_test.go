@@ -1,15 +1,8 @@
 package tracing_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
-	"net/url"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,178 +12,8 @@ import (
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/server/servertest"
 	"github.com/quicprochat/quicprochat/internal/tracing"
+	"github.com/quicprochat/quicprochat/internal/tracing/jaegertest"
 )
-
-// jaegerBinary returns the Jaeger all-in-one binary: $QPC_JAEGER_BIN, else
-// bin/jaeger of the repository (`make jaeger`), built from the tools/jaeger
-// module when missing. The test is skipped only when it cannot be built.
-func jaegerBinary(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("QPC_JAEGER_BIN"); p != "" {
-		return p
-	}
-	root, err := filepath.Abs(filepath.Join("..", ".."))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(root, "bin", "jaeger")
-	if _, err := os.Stat(bin); err == nil {
-		return bin
-	}
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/jaegertracing/jaeger/cmd/jaeger")
-	cmd.Dir = filepath.Join(root, "tools", "jaeger")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Skipf("Jaeger (tools/jaeger) cannot be built here, so the real-backend tracing test does not run: %v\n%s", err, out)
-	}
-	return bin
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// startJaeger runs Jaeger all-in-one with in-memory storage, OTLP
-// receivers and the query API on free loopback ports, and returns the
-// OTLP gRPC and HTTP addresses and the query base URL.
-func startJaeger(t *testing.T) (otlpGRPC, otlpHTTP, query string) {
-	t.Helper()
-	bin := jaegerBinary(t)
-	g, h, q, qg := freePort(t), freePort(t), freePort(t), freePort(t)
-	conf := fmt.Sprintf(`service:
-  extensions: [jaeger_storage, jaeger_query]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [batch]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics:
-      level: none
-    logs:
-      level: warn
-extensions:
-  jaeger_query:
-    storage:
-      traces: mem
-    http:
-      endpoint: 127.0.0.1:%d
-    grpc:
-      endpoint: 127.0.0.1:%d
-  jaeger_storage:
-    backends:
-      mem:
-        memory:
-          max_traces: 10000
-receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: 127.0.0.1:%d
-      http:
-        endpoint: 127.0.0.1:%d
-processors:
-  batch:
-    timeout: 100ms
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: mem
-`, q, qg, g, h)
-	path := filepath.Join(t.TempDir(), "jaeger.yaml")
-	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var logs bytes.Buffer
-	cmd := exec.Command(bin, "--config", "file:"+path)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("jaeger output:\n%s", logs.String())
-		}
-	})
-	query = fmt.Sprintf("http://127.0.0.1:%d", q)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		select {
-		case err := <-exited:
-			t.Fatalf("jaeger exited: %v\n%s", err, logs.String())
-		default:
-		}
-		resp, err := http.Get(query + "/api/services")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("jaeger query API not up within 60s\n%s", logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Sprintf("127.0.0.1:%d", g), fmt.Sprintf("http://127.0.0.1:%d", h), query
-}
-
-// Jaeger's query API (v1 JSON) as far as the test reads it.
-type jTrace struct {
-	TraceID   string `json:"traceID"`
-	Spans     []jSpan
-	Processes map[string]struct {
-		ServiceName string `json:"serviceName"`
-	} `json:"processes"`
-}
-
-type jSpan struct {
-	TraceID       string `json:"traceID"`
-	SpanID        string `json:"spanID"`
-	OperationName string `json:"operationName"`
-	ProcessID     string `json:"processID"`
-	References    []struct {
-		RefType string `json:"refType"`
-		TraceID string `json:"traceID"`
-		SpanID  string `json:"spanID"`
-	} `json:"references"`
-	Tags []struct {
-		Key   string `json:"key"`
-		Type  string `json:"type"`
-		Value any    `json:"value"`
-	} `json:"tags"`
-}
-
-func queryTraces(t *testing.T, base, service, operation string) []jTrace {
-	t.Helper()
-	v := url.Values{"service": {service}, "limit": {"100"}, "lookback": {"1h"}}
-	if operation != "" {
-		v.Set("operation", operation)
-	}
-	resp, err := http.Get(base + "/api/traces?" + v.Encode())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var out struct{ Data []jTrace }
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		t.Fatal(err)
-	}
-	return out.Data
-}
-
-// jaegerTags are the tags Jaeger itself derives from a span (kind,
-// status, scope); everything else must be on qpc's allow-list.
-var jaegerTags = map[string]bool{"span.kind": true, "otel.status_code": true, "otel.status_description": true,
-	"otel.scope.name": true, "otel.scope.version": true, "error": true, "internal.span.format": true}
 
 // TestJaegerEndToEnd (issue 18): Jaeger all-in-one (built from
 // tools/jaeger), qpcd with tracing on (OTLP/gRPC), two real clients
@@ -200,16 +23,16 @@ var jaegerTags = map[string]bool{"span.kind": true, "otel.status_code": true, "o
 // FetchWait links to alice's enqueue, and no tag outside the allow-list or
 // carrying an account name or the message text is stored.
 func TestJaegerEndToEnd(t *testing.T) {
-	otlpGRPC, otlpHTTP, query := startJaeger(t)
+	j := jaegertest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
 	cfg := servertest.Config(t)
-	cfg.Tracing.Endpoint = otlpGRPC
+	cfg.Tracing.Endpoint = j.OTLPGRPC
 	cfg.Tracing.SampleRatio = 1
 	srv := servertest.Start(t, cfg)
 
-	clientTP, err := tracing.Setup(ctx, tracing.Config{Endpoint: otlpHTTP, SampleRatio: 1, ServiceName: "qpc", Version: "test"})
+	clientTP, err := tracing.Setup(ctx, tracing.Config{Endpoint: j.OTLPHTTP, SampleRatio: 1, ServiceName: "qpc", Version: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,10 +85,10 @@ func TestJaegerEndToEnd(t *testing.T) {
 	srv.Stop(t) // qpcd flushes its spans while shutting down
 
 	// Poll until the send's trace holds the server's part too.
-	var send jTrace
+	var send jaegertest.Trace
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		for _, tr := range queryTraces(t, query, "qpc", "client.send") {
+		for _, tr := range j.Traces(t, "qpc", "client.send") {
 			for _, s := range tr.Spans {
 				if s.OperationName == "db.commit" && tr.Processes[s.ProcessID].ServiceName == "qpcd" {
 					send = tr
@@ -279,21 +102,21 @@ func TestJaegerEndToEnd(t *testing.T) {
 	}
 	if send.TraceID == "" {
 		t.Fatalf("no client.send trace with qpcd's spans in Jaeger (services: qpc %d traces, qpcd %d traces)",
-			len(queryTraces(t, query, "qpc", "")), len(queryTraces(t, query, "qpcd", "")))
+			len(j.Traces(t, "qpc", "")), len(j.Traces(t, "qpcd", "")))
 	}
-	byID := map[string]jSpan{}
+	byID := map[string]jaegertest.Span{}
 	for _, s := range send.Spans {
 		byID[s.SpanID] = s
 	}
-	service := func(s jSpan) string { return send.Processes[s.ProcessID].ServiceName }
-	parentOf := func(s jSpan) (jSpan, bool) {
+	service := func(s jaegertest.Span) string { return send.Processes[s.ProcessID].ServiceName }
+	parentOf := func(s jaegertest.Span) (jaegertest.Span, bool) {
 		for _, r := range s.References {
 			if r.RefType == "CHILD_OF" {
 				p, ok := byID[r.SpanID]
 				return p, ok
 			}
 		}
-		return jSpan{}, false
+		return jaegertest.Span{}, false
 	}
 	want := map[string]string{"client.send": "qpc", "client.flush": "qpc", "qpc.client.Enqueue": "qpc",
 		"qpc.Enqueue": "qpcd", "qpc.auth": "qpcd", "qpc.validate": "qpcd", "delivery.enqueue": "qpcd",
@@ -334,7 +157,7 @@ func TestJaegerEndToEnd(t *testing.T) {
 		}
 	}
 	linked := false
-	all := append(queryTraces(t, query, "qpc", ""), queryTraces(t, query, "qpcd", "")...)
+	all := append(j.Traces(t, "qpc", ""), j.Traces(t, "qpcd", "")...)
 	for _, tr := range all {
 		for _, s := range tr.Spans {
 			if s.OperationName != "delivery.fetch_wait" {
@@ -356,7 +179,7 @@ func TestJaegerEndToEnd(t *testing.T) {
 	for _, tr := range all {
 		for _, s := range tr.Spans {
 			for _, tag := range s.Tags {
-				if !tracing.Allowed(tag.Key) && !jaegerTags[tag.Key] {
+				if !tracing.Allowed(tag.Key) && !jaegertest.DerivedTags[tag.Key] {
 					t.Errorf("span %s: tag %q is not on the allow-list", s.OperationName, tag.Key)
 				}
 				v := fmt.Sprint(tag.Value)
