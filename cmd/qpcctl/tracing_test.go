@@ -2,12 +2,11 @@ package main
 
 import (
 	"bytes"
+	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
-
-	"os/exec"
 
 	"github.com/quicprochat/quicprochat/internal/tracing"
 	"github.com/quicprochat/quicprochat/internal/tracing/jaegertest"

@@ -7,8 +7,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"github.com/quicprochat/quicprochat/internal/tracing"
-	"go.opentelemetry.io/otel/trace"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -16,10 +14,13 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/quicprochat/quicprochat/internal/mls"
 	"github.com/quicprochat/quicprochat/internal/rpcclient"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/store"
+	"github.com/quicprochat/quicprochat/internal/tracing"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 

@@ -7,15 +7,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/quicprochat/quicprochat/internal/tracing"
-	"go.opentelemetry.io/otel/trace"
 	"log/slog"
 	"time"
 
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/quicprochat/quicprochat/internal/mls"
 	"github.com/quicprochat/quicprochat/internal/store"
+	"github.com/quicprochat/quicprochat/internal/tracing"
 )
 
 // Framing is the cleartext part of a PublicMessage or PrivateMessage the

@@ -7,15 +7,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/quicprochat/quicprochat/internal/tracing"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/trace"
 	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/quicprochat/quicprochat/internal/tracing"
 	"github.com/quicprochat/quicprochat/internal/transport"
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/quicprochat/quicprochat/internal/tracing"
 
 	"github.com/quicprochat/quicprochat/internal/auth"
 	"github.com/quicprochat/quicprochat/internal/keydir"
 	"github.com/quicprochat/quicprochat/internal/mls"
+	"github.com/quicprochat/quicprochat/internal/tracing"
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )

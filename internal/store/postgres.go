@@ -7,8 +7,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"github.com/quicprochat/quicprochat/internal/tracing"
-	"go.opentelemetry.io/otel/attribute"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -22,8 +20,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/quicprochat/quicprochat/internal/secret"
+	"github.com/quicprochat/quicprochat/internal/tracing"
 )
 
 // The PostgreSQL backend. Several stateless qpcd nodes share one database:

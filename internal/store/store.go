@@ -20,8 +20,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"github.com/quicprochat/quicprochat/internal/tracing"
-	"go.opentelemetry.io/otel/attribute"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -30,7 +28,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+
 	"github.com/quicprochat/quicprochat/internal/secret"
+	"github.com/quicprochat/quicprochat/internal/tracing"
 )
 
 // KeySize is the length of the raw database key in bytes.
