@@ -105,9 +105,12 @@ func TestJaegerEndToEnd(t *testing.T) {
 			len(j.Traces(t, "qpc", "")), len(j.Traces(t, "qpcd", "")))
 	}
 	byID := map[string]jaegertest.Span{}
+	services := map[string]int{}
 	for _, s := range send.Spans {
 		byID[s.SpanID] = s
+		services[send.Processes[s.ProcessID].ServiceName]++
 	}
+	t.Logf("Jaeger holds the send's trace %s: %d spans by service %v", send.TraceID, len(send.Spans), services)
 	service := func(s jaegertest.Span) string { return send.Processes[s.ProcessID].ServiceName }
 	parentOf := func(s jaegertest.Span) (jaegertest.Span, bool) {
 		for _, r := range s.References {
@@ -173,12 +176,15 @@ func TestJaegerEndToEnd(t *testing.T) {
 	if !linked {
 		t.Error("no delivery.fetch_wait span links to the enqueue of the message it returned")
 	}
+	tags := 0
+	defer func() { t.Logf("checked %d tags of %d traces against the allow-list", tags, len(all)) }()
 
 	// Nothing stored in Jaeger carries a tag off the allow-list or a name.
 	forbidden := []string{"alicejaeger", "bobjaeger", "jaegergroup", text}
 	for _, tr := range all {
 		for _, s := range tr.Spans {
 			for _, tag := range s.Tags {
+				tags++
 				if !tracing.Allowed(tag.Key) && !jaegertest.DerivedTags[tag.Key] {
 					t.Errorf("span %s: tag %q is not on the allow-list", s.OperationName, tag.Key)
 				}
