@@ -175,7 +175,9 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 
 	s.tracing = opts.Tracing
 	if s.tracing == nil {
-		s.tracing, err = tracing.Setup(ctx, cfg.TracingConfig(s.nodeID, version.String()))
+		tc := cfg.TracingConfig(s.nodeID, version.String())
+		tc.Log = log
+		s.tracing, err = tracing.Setup(ctx, tc)
 		if err != nil {
 			return nil, err
 		}

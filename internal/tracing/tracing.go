@@ -10,11 +10,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
@@ -55,6 +57,10 @@ type Config struct {
 	// NodeID and Version are resource attributes (qpc.node_id,
 	// service.version); NodeID may be empty.
 	NodeID, Version string
+	// Log receives the exporter's errors (an unreachable collector) at
+	// warn level, at most one per export interval; nil drops them (the
+	// CLIs: a user's terminal is not the place).
+	Log *slog.Logger
 }
 
 // Enabled reports whether c sends spans anywhere.
@@ -125,6 +131,15 @@ func Setup(ctx context.Context, c Config) (*Provider, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The SDK reports export failures through one process-wide handler;
+	// the default prints unstructured lines on stderr.
+	log := c.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		log.Warn("tracing: spans not exported", "endpoint", redactEndpoint(c.Endpoint), "err", err)
+	}))
 	attrs := []attribute.KeyValue{
 		attribute.String("service.name", c.ServiceName),
 		attribute.String("service.version", c.Version),
@@ -206,6 +221,15 @@ func newExporter(ctx context.Context, c Config) (sdktrace.SpanExporter, error) {
 		}
 		return otlptracegrpc.New(ctx, opts...)
 	}
+}
+
+// redactEndpoint drops a password from an endpoint URL before logging.
+func redactEndpoint(ep string) string {
+	u, err := url.Parse(ep)
+	if err != nil || u.User == nil {
+		return ep
+	}
+	return u.Redacted()
 }
 
 // withTracesPath adds OTLP/HTTP's /v1/traces to a URL without a path, so

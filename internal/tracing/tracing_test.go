@@ -117,3 +117,12 @@ func TestOffCostsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestRedactEndpoint(t *testing.T) {
+	if got := redactEndpoint("https://user:hunter2@collector:4318"); got != "https://user:xxxxx@collector:4318" {
+		t.Fatalf("redacted %q", got)
+	}
+	if got := redactEndpoint("collector:4317"); got != "collector:4317" {
+		t.Fatalf("bare endpoint became %q", got)
+	}
+}

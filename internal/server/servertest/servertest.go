@@ -28,7 +28,8 @@ type Server struct {
 	// to make this a malicious server (tests of what clients detect).
 	LieInResponse func(ctx context.Context, call *server.Call, method string, resp proto.Message)
 	// Tracing is server.Options.Tracing: set it before Start to record
-	// the server's spans (tests of tracing).
+	// the server's spans (tests of tracing). Stop shuts it down, so a
+	// restarted server needs a new one.
 	Tracing *tracing.Provider
 	srv     *server.Server
 	cancel  context.CancelFunc
