@@ -36,21 +36,11 @@ var allowed = map[string]bool{
 	KeyResponseSize: true, KeyRequestID: true, KeyChannelKind: true, KeyResult: true,
 	KeyMessages: true, KeyInboxItems: true, KeyPayloadSize: true, KeyRecipients: true,
 	KeyKeyPackages: true, KeyWoken: true, KeyTimeoutMS: true, KeyDBSystem: true,
-	KeyBatchSize: true,
-	KeyExitCode:  true, KeyLinkedEnqueues: true,
+	KeyBatchSize: true, KeyExitCode: true, KeyLinkedEnqueues: true,
 }
 
 // Allowed reports whether key may be a span attribute.
 func Allowed(key string) bool { return allowed[key] }
-
-// AllowedKeys lists the allow-list (for tests and docs).
-func AllowedKeys() []string {
-	keys := make([]string, 0, len(allowed))
-	for k := range allowed {
-		keys = append(keys, k)
-	}
-	return keys
-}
 
 // Attribute constructors for the common keys, so call sites read short.
 func Method(m string) attribute.KeyValue      { return attribute.String(KeyRPCMethod, m) }
