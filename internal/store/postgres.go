@@ -550,7 +550,16 @@ func (db *DB) pgWrite(ctx context.Context, iso sql.IsolationLevel, fn func(tx *s
 		return err
 	}
 	defer db.reads.Done()
-	return db.pg.writeTx(ctx, iso, fn, db.pgCommitObserver())
+	ctx, span := tracing.Start(ctx, "db.write")
+	err := db.pg.writeTx(ctx, iso, fn, db.pgCommitObserver())
+	if span.IsRecording() {
+		tracing.Set(span, attribute.String(tracing.KeyDBSystem, "postgresql"))
+		if err != nil {
+			tracing.Fail(span, "write_failed")
+		}
+		span.End()
+	}
+	return err
 }
 
 // ForUpdate is the row-locking suffix for a SELECT inside WriteTxLocked:
