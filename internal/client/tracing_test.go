@@ -13,7 +13,12 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/quicprochat/quicprochat/internal/config"
+	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/server/servertest"
+	"github.com/quicprochat/quicprochat/internal/store"
+	"github.com/quicprochat/quicprochat/internal/store/pgtest"
+	"github.com/quicprochat/quicprochat/internal/store/storetest"
 	"github.com/quicprochat/quicprochat/internal/tracing"
 )
 
@@ -99,11 +104,26 @@ var enumValue = regexp.MustCompile(`^[A-Za-z0-9_.]{1,64}$`)
 // client's trace continues on the server and that a FetchWait that
 // returned a message links to the span that enqueued it.
 func TestSpanAttributesAllowListed(t *testing.T) {
+	backends, err := storetest.Backends()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) { spanSession(t, b) })
+	}
+}
+
+func spanSession(t *testing.T, backend string) {
 	rec := tracetest.NewSpanRecorder()
 	serverTP := tracing.NewWithProcessor(rec, map[string]string{"service.name": "qpcd"})
 	clientTP := tracing.NewWithProcessor(rec, map[string]string{"service.name": "qpc"})
 	t.Cleanup(func() { _ = clientTP.Shutdown(ctxT(t)) })
-	srv := &servertest.Server{Config: servertest.Config(t), Tracing: serverTP}
+	cfg := servertest.Config(t)
+	if backend == store.BackendPostgres {
+		cfg.Store.Backend = config.BackendPostgres
+		cfg.Postgres.DSN = secret.New([]byte(pgtest.NewDatabase(t)))
+	}
+	srv := &servertest.Server{Config: cfg, Tracing: serverTP}
 	srv.Start(t)
 	t.Cleanup(func() { srv.Stop(t) })
 
