@@ -277,10 +277,14 @@ func (p *Provider) ForceFlush(ctx context.Context) error {
 func Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
 	parent := trace.SpanFromContext(ctx)
 	if !parent.IsRecording() {
-		return ctx, parent
+		// Not the parent itself: a caller's End must not reach it.
+		return ctx, nonRecording
 	}
 	return parent.TracerProvider().Tracer(InstrumentationName).Start(ctx, name, opts...)
 }
+
+// nonRecording is the span Start returns when there is nothing to record.
+var nonRecording trace.Span = noop.Span{}
 
 // Set adds attributes to span, dropping any whose key is not on the
 // allow-list (Allowed); a non-recording span costs one call.
