@@ -22,7 +22,7 @@ var planTasks = []string{
 	"Idempotent ids", "Ordering", "Offline queue", "1:1 channels", "TTL eviction", "Client retry",
 	"Testnet", "Positive and negative E2E", "Compat matrix", "Fuzzing", "Golden wire",
 	"Persistence", "Soak", "Load", "Chaos",
-	"Backup and restore", "Canary and rollback", "Metrics and dashboards",
+	"Backup and restore", "Canary and rollback", "Metrics and dashboards", "Distributed tracing",
 }
 
 var (

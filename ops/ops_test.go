@@ -391,7 +391,7 @@ func query(base, expr string) (int, error) {
 
 // startPrometheus runs prometheus with a 1 s scrape of qpcd and the shipped
 // rules, on a free loopback port, and returns its base URL.
-func startPrometheus(t *testing.T, bin, dir, target string) string {
+func startPrometheus(t *testing.T, bin, dir, target string, flags ...string) string {
 	t.Helper()
 	rules, err := filepath.Abs(rulesFile)
 	if err != nil {
@@ -418,8 +418,9 @@ scrape_configs:
 		addr := ln.Addr().String()
 		ln.Close()
 		var log bytes.Buffer
-		cmd := exec.Command(bin, "--config.file="+conf, "--storage.tsdb.path="+filepath.Join(dir, fmt.Sprintf("tsdb%d", attempt)),
-			"--web.listen-address="+addr, "--log.level=warn")
+		args := append([]string{"--config.file=" + conf, "--storage.tsdb.path=" + filepath.Join(dir, fmt.Sprintf("tsdb%d", attempt)),
+			"--web.listen-address=" + addr, "--log.level=warn"}, flags...)
+		cmd := exec.Command(bin, args...)
 		cmd.Stdout, cmd.Stderr = &log, &log
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

@@ -65,6 +65,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root.AddCommand(newStatusCommand(g), newBackupCommand(g), newRestoreCommand(g), newRotateCommand(g),
 		newAccountsCommand(g), newDevicesCommand(g), newInvitesCommand(g), newChannelsCommand(g), newDrainCommand(g), newMigrateCommand(g), newKeyLogCommand(g))
 	root.AddCommand(clidoc.Command())
+	traceLongCommands(root, g) // tracing.go
 	clikit.Strict(root, func(err error) error { return usageError{err} })
 	root.Version = version.String()
 	if clikit.WantsJSON(args) {

@@ -14,10 +14,13 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/quicprochat/quicprochat/internal/mls"
 	"github.com/quicprochat/quicprochat/internal/rpcclient"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/store"
+	"github.com/quicprochat/quicprochat/internal/tracing"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
@@ -69,6 +72,10 @@ type Options struct {
 	// KeyPackages of and creates groups on, with the server's allowlist);
 	// default SupportedSuites. Tests narrow it to play an older client.
 	Suites []mls.CipherSuiteID
+	// Tracer, when set, starts a trace for each Send, Sync and Flush; its
+	// context travels with every RPC so the server's spans join it (see
+	// internal/tracing). nil: no tracing.
+	Tracer trace.Tracer
 }
 
 func (o *Options) defaults() error {
@@ -251,6 +258,16 @@ func (c *Client) Servers() (nodes []string, current string) {
 	return c.conn.Nodes(), c.conn.Current()
 }
 
+// span starts the span of an SDK operation: a child when ctx already
+// carries a recording span (Flush inside Send), else the root of a new
+// trace from Options.Tracer; with no tracer it is a no-op.
+func (c *Client) span(ctx context.Context, name string) (context.Context, trace.Span) {
+	if parent := trace.SpanFromContext(ctx); parent.IsRecording() || c.opts.Tracer == nil {
+		return tracing.Start(ctx, name)
+	}
+	return c.opts.Tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient))
+}
+
 // Close closes the connection and the database.
 func (c *Client) Close() error {
 	return errors.Join(c.conn.Close(), c.db.Close())
@@ -355,4 +372,16 @@ func ProbeServer(ctx context.Context, trust ServerTrust, o Options) (*qpcv1.Ping
 		return nil, err
 	}
 	return &resp, nil
+}
+
+// endSpan ends an SDK operation's span, marked failed when *err is set
+// (with no error text: it can name accounts).
+func endSpan(span trace.Span, err *error) {
+	if !span.IsRecording() {
+		return
+	}
+	if *err != nil {
+		tracing.Fail(span, "error")
+	}
+	span.End()
 }

@@ -681,7 +681,9 @@ const sendFlushTimeout = 15 * time.Second
 // Send encrypts text for a group or DM and sends it through the outbox. A
 // returned id with an error means the message is queued but not yet
 // delivered (the next Flush, recv or watch sends it).
-func (c *Client) Send(ctx context.Context, channel, text, replyTo string) (string, error) {
+func (c *Client) Send(ctx context.Context, channel, text, replyTo string) (_ string, err error) {
+	ctx, span := c.span(ctx, "client.send")
+	defer endSpan(span, &err)
 	id, err := c.Identity(ctx)
 	if err != nil {
 		return "", err

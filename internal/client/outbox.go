@@ -270,7 +270,9 @@ const maxRedo = 8
 // change (or re-encrypts an application message) under the same rules.
 // A refusal (IsRefusal) marks the entry failed; anything else leaves it
 // pending and stops the flush with a *NotSentError.
-func (c *Client) Flush(ctx context.Context) (FlushReport, error) {
+func (c *Client) Flush(ctx context.Context) (_ FlushReport, err error) {
+	ctx, span := c.span(ctx, "client.flush")
+	defer endSpan(span, &err)
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	var rep FlushReport

@@ -47,7 +47,9 @@ const fetchLimit = 100
 // safe on disk before the server forgets it; an ack lost to a crash only
 // makes the server send the same messages again, which the cursors
 // recognise as duplicates.
-func (c *Client) Sync(ctx context.Context, wait time.Duration) (SyncReport, error) {
+func (c *Client) Sync(ctx context.Context, wait time.Duration) (_ SyncReport, err error) {
+	ctx, span := c.span(ctx, "client.sync")
+	defer endSpan(span, &err)
 	c.syncMu.Lock()
 	defer c.syncMu.Unlock()
 	var rep SyncReport

@@ -125,6 +125,15 @@ type Config struct {
 	Cluster struct {
 		Heartbeat time.Duration // cluster.heartbeat: 10s (node registry; stale after three missed)
 	}
+	// Tracing sends OpenTelemetry spans to an OTLP collector
+	// (internal/tracing); off while Endpoint is empty.
+	Tracing struct {
+		Endpoint    string  // tracing.endpoint: "" (off); host:4317 for gRPC, http(s)://host:4318 for OTLP/HTTP
+		Protocol    string  // tracing.protocol: ""|grpc|http; "" = http for an http(s):// endpoint, else grpc
+		SampleRatio float64 // tracing.sample_ratio: 1 (share of new traces recorded, 0..1; a sampled client trace is always continued)
+		CAFile      string  // tracing.ca_file: ""; PEM CA bundle for the collector; set (or an https endpoint) turns TLS on
+		ServiceName string  // tracing.service_name: "qpcd"
+	}
 	MLS struct {
 		// mls.allowed_suites: comma-separated MLS cipher suites, most
 		// preferred first (names or numbers, see mls.go); default
@@ -198,6 +207,8 @@ func Default() Config {
 	c.Auth.ChallengeRate = 0.5
 	c.Auth.ChallengeBurst = 10
 	c.Cluster.Heartbeat = 10 * time.Second
+	c.Tracing.SampleRatio = 1
+	c.Tracing.ServiceName = "qpcd"
 	return c
 }
 
@@ -282,6 +293,7 @@ func (c Config) Validate() error {
 		validateAdmin,
 		validateCluster,
 		validateMLS,
+		validateTracing,
 	}
 	for _, check := range checks {
 		if fe := check(c); fe != nil {
@@ -626,6 +638,30 @@ func validateQuota(c Config) *FieldError {
 		{"quota.inbox_items", q.InboxItems}, {"quota.channels", q.Channels}} {
 		if fe := checkMinInt(f.key, f.v, 0); fe != nil {
 			return fe
+		}
+	}
+	return nil
+}
+
+func validateTracing(c Config) *FieldError {
+	t := c.Tracing
+	if fe := checkEnum("tracing.protocol", t.Protocol, "", "grpc", "http"); fe != nil {
+		return fe
+	}
+	if t.SampleRatio < 0 || t.SampleRatio > 1 || t.SampleRatio != t.SampleRatio {
+		return &FieldError{Key: "tracing.sample_ratio", Value: strconv.FormatFloat(t.SampleRatio, 'g', -1, 64), Expected: "a number from 0 to 1 such as 0.1"}
+	}
+	if strings.TrimSpace(t.ServiceName) == "" {
+		return &FieldError{Key: "tracing.service_name", Value: t.ServiceName, Expected: "a non-empty name such as qpcd"}
+	}
+	if t.Endpoint != "" {
+		if err := c.TracingConfig("", "").Validate(); err != nil {
+			return &FieldError{Key: "tracing.endpoint", Value: t.Endpoint, Expected: "host:port (OTLP/gRPC, e.g. collector:4317) or an http(s):// URL (OTLP/HTTP, e.g. http://collector:4318)", Err: err}
+		}
+	}
+	if t.CAFile != "" {
+		if _, err := os.Stat(t.CAFile); err != nil {
+			return &FieldError{Key: "tracing.ca_file", Value: t.CAFile, Expected: "a readable PEM file", Err: err}
 		}
 	}
 	return nil

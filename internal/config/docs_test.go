@@ -36,6 +36,7 @@ var sectionTitles = []struct{ section, title string }{
 	{"auth", "Authentication (auth)"},
 	{"admin", "Admin API (admin)"},
 	{"cluster", "Several nodes (cluster)"},
+	{"tracing", "Distributed tracing (tracing)"},
 }
 
 func optionsIn(section string) []option {

@@ -139,11 +139,21 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.Admin.Socket }},
 	{key: "cluster.heartbeat", help: "how often a node records itself in the node registry (qpcctl status lists the nodes); a node three heartbeats late is shown as stale",
 		ptr: func(c *Config) any { return &c.Cluster.Heartbeat }},
+	{key: "tracing.endpoint", flag: "tracing-endpoint", help: "OpenTelemetry collector that receives trace spans (OTLP): host:4317 for gRPC or http(s)://host:4318 for HTTP; empty (default) turns tracing off",
+		ptr: func(c *Config) any { return &c.Tracing.Endpoint }},
+	{key: "tracing.protocol", help: "OTLP protocol: grpc or http; empty = http for an http(s):// endpoint, grpc otherwise",
+		ptr: func(c *Config) any { return &c.Tracing.Protocol }},
+	{key: "tracing.sample_ratio", flag: "tracing-sample-ratio", help: "share of new traces recorded, 0 to 1; a trace a client sends sampled is always continued",
+		ptr: func(c *Config) any { return &c.Tracing.SampleRatio }},
+	{key: "tracing.ca_file", help: "PEM CA certificates verifying the collector; set (or an https:// endpoint) turns TLS to the collector on",
+		ptr: func(c *Config) any { return &c.Tracing.CAFile }},
+	{key: "tracing.service_name", help: "service.name of this node's spans",
+		ptr: func(c *Config) any { return &c.Tracing.ServiceName }},
 }
 
 // sections are the YAML mappings that group keys.
 var sections = map[string]bool{"store": true, "db": true, "postgres": true, "tls": true, "log": true, "limits": true,
-	"quota": true, "retention": true, "keypackages": true, "invitations": true, "auth": true, "admin": true, "cluster": true, "mls": true}
+	"quota": true, "retention": true, "keypackages": true, "invitations": true, "auth": true, "admin": true, "cluster": true, "mls": true, "tracing": true}
 
 func optionByKey(key string) (option, bool) {
 	for _, o := range options {

@@ -13,9 +13,11 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/quicprochat/quicprochat/internal/mls"
 	"github.com/quicprochat/quicprochat/internal/store"
+	"github.com/quicprochat/quicprochat/internal/tracing"
 )
 
 // Framing is the cleartext part of a PublicMessage or PrivateMessage the
@@ -101,6 +103,8 @@ type Enqueued struct {
 // messages are accepted for the current epoch and EpochsBehind earlier
 // ones. groupInfo, with a commit, replaces the channel's GroupInfo.
 func (s *Service) Enqueue(ctx context.Context, c Caller, id []byte, messageID string, msg, groupInfo []byte) (Enqueued, error) {
+	rpcSpan := trace.SpanFromContext(ctx)
+	ctx, span := tracing.Start(ctx, "delivery.enqueue")
 	res, kind, err := s.enqueue(ctx, c, id, messageID, msg, groupInfo)
 	result := "ok"
 	switch {
@@ -126,6 +130,16 @@ func (s *Service) Enqueue(ctx context.Context, c Caller, id []byte, messageID st
 		label = "unknown"
 	}
 	s.metrics.enqueued.WithLabelValues(label, result).Inc()
+	if span.IsRecording() {
+		tracing.Set(rpcSpan, tracing.ChannelKind(label))
+		tracing.Set(span, tracing.ChannelKind(label), tracing.Result(result), tracing.Int(tracing.KeyPayloadSize, len(msg)))
+		if err != nil {
+			tracing.Fail(span, result)
+		} else if !res.Duplicate {
+			s.links.remember(ctx, id, res.Seq)
+		}
+		span.End()
+	}
 	if err != nil {
 		return Enqueued{}, fmt.Errorf("delivery: enqueue: %w", err)
 	}
@@ -355,7 +369,17 @@ type InboxRecipient struct {
 // was accepted and the recipient was added to the channel. A Welcome for a
 // pending invitee is held with its invitation instead (members.go); the
 // count returned includes it.
-func (s *Service) SendToInbox(ctx context.Context, c Caller, channelID []byte, kind int, payload []byte, to []InboxRecipient) (int, error) {
+func (s *Service) SendToInbox(ctx context.Context, c Caller, channelID []byte, kind int, payload []byte, to []InboxRecipient) (n int, err error) {
+	ctx, span := tracing.Start(ctx, "delivery.send_to_inbox")
+	if span.IsRecording() {
+		tracing.Set(span, tracing.Int(tracing.KeyPayloadSize, len(payload)), tracing.Int(tracing.KeyRecipients, len(to)))
+		defer func() {
+			if err != nil {
+				tracing.Fail(span, "error")
+			}
+			span.End()
+		}()
+	}
 	if kind != InboxWelcome && kind != InboxOther {
 		return 0, fmt.Errorf("%w: inbox kind %d", ErrInvalidRequest, kind)
 	}
@@ -402,7 +426,7 @@ func (s *Service) SendToInbox(ctx context.Context, c Caller, channelID []byte, k
 	}
 	now := s.now().UnixMilli()
 	held, dropped := 0, 0
-	err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
+	err = s.db.WriteTx(ctx, func(tx *sql.Tx) error {
 		if _, _, err := loadForMember(ctx, tx, c, channelID); err != nil {
 			return err
 		}

@@ -7,6 +7,11 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/quicprochat/quicprochat/internal/tracing"
 )
 
 // Message is one stored channel message.
@@ -70,19 +75,44 @@ type After struct {
 // order per channel) and its unacknowledged inbox items. It does not move
 // cursors (Ack does).
 func (s *Service) Fetch(ctx context.Context, c Caller, limit int, after After) (Batch, error) {
+	ctx, span := tracing.Start(ctx, "delivery.fetch")
+	defer span.End()
 	b, _, err := s.read(ctx, c, limit, after)
 	if err != nil {
+		tracing.Fail(span, "error")
 		return Batch{}, err
 	}
 	s.fetched(ctx, c, &b, "fetch")
+	s.traceBatch(span, &b)
 	return b, nil
+}
+
+// traceBatch notes what a fetch returned on its span and links the span
+// to the spans that enqueued the messages.
+func (s *Service) traceBatch(span trace.Span, b *Batch) {
+	if !span.IsRecording() {
+		return
+	}
+	tracing.Set(span, tracing.Int(tracing.KeyMessages, len(b.Messages)), tracing.Int(tracing.KeyInboxItems, len(b.Inbox)))
+	s.links.link(span, b)
 }
 
 // FetchWait is Fetch that, when nothing is waiting, blocks until something
 // arrives for the device, timeout passes (clipped to the long-poll cap),
 // ctx ends or drain is closed; then it returns what there is (maybe nothing).
-func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration, limit int, after After, drain <-chan struct{}) (Batch, error) {
+func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration, limit int, after After, drain <-chan struct{}) (b Batch, err error) {
 	timeout = min(max(timeout, 0), s.longPollMax)
+	ctx, span := tracing.Start(ctx, "delivery.fetch_wait")
+	if span.IsRecording() {
+		tracing.Set(span, tracing.Int(tracing.KeyTimeoutMS, int(timeout.Milliseconds())))
+		defer func() {
+			if err != nil {
+				tracing.Fail(span, "error")
+			}
+			s.traceBatch(span, &b)
+			span.End()
+		}()
+	}
 	w := s.hub.newWaiter()
 	defer s.hub.remove(w)
 	// Account and inbox keys first: anything that changes the channel list
@@ -117,8 +147,11 @@ func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration
 			continue
 		}
 		s.hub.waiting(w)
+		_, wait := tracing.Start(ctx, "delivery.long_poll_wait")
+		woken := false
 		select {
 		case <-w.ch:
+			woken = true
 			// Linger: under load more messages follow within moments; one
 			// read (and one response) for several of them costs far less
 			// than one each. Bounded by the caller's timeout.
@@ -133,15 +166,28 @@ func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration
 				}
 				lt.Stop()
 			}
+			endWait(wait, woken)
 		case <-timer.C:
+			endWait(wait, woken)
 			s.fetched(ctx, c, &b, "fetch_wait")
 			return b, nil
 		case <-drain:
+			endWait(wait, woken)
 			s.fetched(ctx, c, &b, "fetch_wait")
 			return b, nil
 		case <-ctx.Done():
+			endWait(wait, woken)
 			return Batch{}, ctx.Err()
 		}
+	}
+}
+
+// endWait ends a long-poll wait span, noting whether a wake-up (rather
+// than the timeout, a drain or the caller) ended it.
+func endWait(span trace.Span, woken bool) {
+	if span.IsRecording() {
+		tracing.Set(span, attribute.Bool(tracing.KeyWoken, woken))
+		span.End()
 	}
 }
 

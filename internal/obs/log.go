@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"unicode"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/quicprochat/quicprochat/internal/secret"
 )
 
@@ -56,11 +58,38 @@ func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	}}
 	switch strings.ToLower(strings.TrimSpace(format)) {
 	case "text", "":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		return slog.New(TraceHandler{slog.NewTextHandler(w, opts)}), nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return slog.New(TraceHandler{slog.NewJSONHandler(w, opts)}), nil
 	}
 	return nil, fmt.Errorf("%w: %q", ErrLogFormat, format)
+}
+
+// TraceHandler adds trace_id and span_id to every record logged with a
+// context that carries a valid span (an RPC's, when tracing is on), so a
+// log line leads to its trace and a trace to its log lines. Without one it
+// adds nothing and costs one context lookup.
+type TraceHandler struct{ slog.Handler }
+
+// Handle implements slog.Handler.
+func (h TraceHandler) Handle(ctx context.Context, r slog.Record) error {
+	if ctx != nil {
+		if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+			r = r.Clone()
+			r.AddAttrs(slog.String("trace_id", sc.TraceID().String()), slog.String("span_id", sc.SpanID().String()))
+		}
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+// WithAttrs implements slog.Handler.
+func (h TraceHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return TraceHandler{h.Handler.WithAttrs(as)}
+}
+
+// WithGroup implements slog.Handler.
+func (h TraceHandler) WithGroup(name string) slog.Handler {
+	return TraceHandler{h.Handler.WithGroup(name)}
 }
 
 // secretWords are the words of an attribute key that mark its value secret.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/quicprochat/quicprochat/internal/version"
 )
@@ -169,6 +170,20 @@ func NewMetrics(store *StoreGauges) *Metrics {
 // package itself is broken (its tests check it); NewMetrics keeps its simple
 // signature and does not panic instead.
 func (m *Metrics) Err() error { return m.err }
+
+// ObserveRPCDuration records one RPC's latency. When the RPC's trace is
+// sampled the observation carries the trace id as an exemplar (served in
+// the OpenMetrics format), so a latency panel links to the trace.
+func (m *Metrics) ObserveRPCDuration(method string, d time.Duration, sc trace.SpanContext) {
+	o := m.RPCDuration.WithLabelValues(method)
+	if sc.IsSampled() {
+		if eo, ok := o.(prometheus.ExemplarObserver); ok {
+			eo.ObserveWithExemplar(d.Seconds(), prometheus.Labels{"trace_id": sc.TraceID().String()})
+			return
+		}
+	}
+	o.Observe(d.Seconds())
+}
 
 // ObserveRPC records one finished RPC: the request counter by method and
 // status, and the latency histogram by method. A nil *Metrics does nothing.

@@ -19,6 +19,10 @@ func NewOpsHandler(m *Metrics, ready func() error) http.Handler {
 	if m != nil && m.Registry != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{
 			ErrorHandling: promhttp.ContinueOnError,
+			// A scraper that asks for OpenMetrics (Prometheus does) gets
+			// the latency exemplars with their trace ids; others get the
+			// text format, without exemplars, as before.
+			EnableOpenMetrics: true,
 		}))
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {

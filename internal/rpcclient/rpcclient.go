@@ -11,8 +11,11 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/quicprochat/quicprochat/internal/tracing"
 	"github.com/quicprochat/quicprochat/internal/transport"
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
@@ -164,9 +167,27 @@ func (c *Client) Call(ctx context.Context, method, token string, req, resp proto
 	env := &qpcv1.Request{Version: wire.ProtocolVersion, Method: method, AccessToken: token, Body: body}
 	ctx, cancel := withDeadline(ctx, method, c.Deadlines().For(req, len(body)))
 	defer cancel()
+	// The caller's trace (qpc, the SDK) continues on the server: the call
+	// gets a client span whose context travels in the envelope. Untraced
+	// calls skip all of it.
+	span := trace.SpanFromContext(ctx)
+	if span.IsRecording() {
+		ctx, span = tracing.Start(ctx, "qpc.client."+method, trace.WithSpanKind(trace.SpanKindClient))
+		tracing.Set(span, attribute.String(tracing.KeyRPCSystem, "qpc"), tracing.Method(method), tracing.Int(tracing.KeyRequestSize, len(body)))
+		env.Traceparent, env.Tracestate = tracing.Inject(ctx)
+		defer span.End()
+	}
 	out, err := c.do(ctx, env)
 	if err != nil {
+		tracing.Fail(span, "transport_error")
 		return err
+	}
+	if span.IsRecording() {
+		st := wire.StatusName(out.GetStatus())
+		tracing.Set(span, tracing.Status(st), tracing.Int(tracing.KeyResponseSize, len(out.GetBody())))
+		if out.GetStatus() != qpcv1.Status_STATUS_OK {
+			tracing.Fail(span, st)
+		}
 	}
 	if out.GetStatus() != qpcv1.Status_STATUS_OK {
 		return statusError(out)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quicprochat/quicprochat/internal/auth"
@@ -18,6 +20,7 @@ import (
 	"github.com/quicprochat/quicprochat/internal/keylog/logstore"
 	"github.com/quicprochat/quicprochat/internal/obs"
 	"github.com/quicprochat/quicprochat/internal/store"
+	"github.com/quicprochat/quicprochat/internal/tracing"
 	"github.com/quicprochat/quicprochat/internal/transport"
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
@@ -76,6 +79,10 @@ func register[Req, Resp proto.Message](table map[string]*method, name string, pu
 
 // rpcServer implements transport.Handler: one request frame in, one response frame out.
 type rpcServer struct {
+	// tracing is on: every RPC gets a server span from tracer. Off, the
+	// RPC path never touches the tracer (one branch on this bool).
+	tracing    bool
+	tracer     trace.Tracer
 	log        *slog.Logger
 	metrics    *obs.Metrics
 	methods    map[string]*method
@@ -99,7 +106,7 @@ func (r *rpcServer) ServeStream(ctx context.Context, c *transport.Conn, s *quic.
 	defer r.metrics.InFlight.Dec()
 
 	_ = s.SetReadDeadline(start.Add(requestReadTimeout))
-	resp, label := r.handle(ctx, c, s)
+	resp, label, span := r.handle(ctx, c, s, start)
 	resp.Version = wire.ProtocolVersion
 	out, err := wire.Marshal(resp)
 	if err == nil {
@@ -116,7 +123,17 @@ func (r *rpcServer) ServeStream(ctx context.Context, c *transport.Conn, s *quic.
 	}
 	status := wire.StatusName(resp.Status)
 	r.metrics.RPCs.WithLabelValues(label, status).Inc()
-	r.metrics.RPCDuration.WithLabelValues(label).Observe(time.Since(start).Seconds())
+	r.metrics.ObserveRPCDuration(label, time.Since(start), span.SpanContext())
+	if span.IsRecording() {
+		tracing.Set(span, tracing.Status(status), tracing.Int(tracing.KeyResponseSize, len(resp.GetBody())))
+		if resp.Status != qpcv1.Status_STATUS_OK {
+			tracing.Fail(span, status)
+		}
+		if err != nil {
+			tracing.Set(span, tracing.Result("response_not_delivered"))
+		}
+		span.End()
+	}
 	if err == nil {
 		awaitClientFIN(s)
 	}
@@ -138,9 +155,29 @@ func awaitClientFIN(s *quic.Stream) {
 	}
 }
 
-// handle returns the response and the method label for metrics (bounded:
-// unknown methods are "unknown").
-func (r *rpcServer) handle(ctx context.Context, c *transport.Conn, s *quic.Stream) (*qpcv1.Response, string) {
+// noSpan is the span of an untraced RPC: not recording, no allocation.
+var noSpan = trace.SpanFromContext(context.Background())
+
+// handle returns the response, the method label for metrics (bounded:
+// unknown methods are "unknown") and the RPC's server span (noSpan when
+// tracing is off or the request never decoded).
+func (r *rpcServer) handle(ctx context.Context, c *transport.Conn, s *quic.Stream, start time.Time) (*qpcv1.Response, string, trace.Span) {
+	span := noSpan
+	resp, label := r.serve(ctx, c, s, start, &span)
+	return resp, label, span
+}
+
+// startSpan begins the RPC's server span, continuing the client's trace
+// when the request carries one. The span starts when the stream arrived.
+func (r *rpcServer) startSpan(ctx context.Context, req *qpcv1.Request, name string, size int, start time.Time) (context.Context, trace.Span) {
+	ctx = tracing.Extract(ctx, req.GetTraceparent(), req.GetTracestate())
+	ctx, span := r.tracer.Start(ctx, "qpc."+name, trace.WithSpanKind(trace.SpanKindServer), trace.WithTimestamp(start))
+	tracing.Set(span, attribute.String(tracing.KeyRPCSystem, "qpc"), tracing.Method(name),
+		tracing.Int(tracing.KeyRequestSize, size), attribute.Int64(tracing.KeyRequestID, int64(req.GetRequestId()&(1<<63-1))))
+	return ctx, span
+}
+
+func (r *rpcServer) serve(ctx context.Context, c *transport.Conn, s *quic.Stream, start time.Time, spanOut *trace.Span) (*qpcv1.Response, string) {
 	frame, err := wire.ReadFrame(s, r.maxPayload+envelopeOverhead)
 	if err != nil {
 		switch {
@@ -168,6 +205,13 @@ func (r *rpcServer) handle(ctx context.Context, c *transport.Conn, s *quic.Strea
 		return errorResponse(id, wire.Errorf(qpcv1.Status_STATUS_INVALID_ARGUMENT, "%v", err)), "unknown"
 	}
 	m, ok := r.methods[req.GetMethod()]
+	if r.tracing {
+		name := "unknown"
+		if ok {
+			name = m.name
+		}
+		ctx, *spanOut = r.startSpan(ctx, req, name, len(req.GetBody()), start)
+	}
 	if !ok {
 		return errorResponse(req.GetRequestId(), wire.Errorf(qpcv1.Status_STATUS_NOT_FOUND, "unknown method %q", req.GetMethod())), "unknown"
 	}
@@ -180,29 +224,41 @@ func (r *rpcServer) handle(ctx context.Context, c *transport.Conn, s *quic.Strea
 	// The per-IP limit comes first, so token checks cannot be flooded.
 	if r.admit != nil {
 		if err := r.admit(ctx, call); err != nil {
-			return errorResponse(call.RequestID, r.toStatus(call, err)), m.name
+			return errorResponse(call.RequestID, r.toStatus(ctx, call, err)), m.name
 		}
 	}
 	if !m.public && r.authenticate != nil {
-		if err := r.authenticate(ctx, call); err != nil {
-			return errorResponse(call.RequestID, r.toStatus(call, err)), m.name
+		actx, aspan := tracing.Start(ctx, "qpc.auth")
+		err := r.authenticate(actx, call)
+		if err != nil {
+			tracing.Fail(aspan, "denied")
+		}
+		aspan.End()
+		if err != nil {
+			return errorResponse(call.RequestID, r.toStatus(ctx, call, err)), m.name
 		}
 	}
 	in := m.newReq()
-	if err := wire.DecodeBody(req.GetBody(), in); err != nil {
+	_, vspan := tracing.Start(ctx, "qpc.validate")
+	err = wire.DecodeBody(req.GetBody(), in)
+	if err != nil {
+		tracing.Fail(vspan, "invalid_argument")
+	}
+	vspan.End()
+	if err != nil {
 		r.metrics.FramesRejected.WithLabelValues("invalid_argument").Inc()
 		return errorResponse(call.RequestID, wire.Errorf(qpcv1.Status_STATUS_INVALID_ARGUMENT, "%v", err)), m.name
 	}
 	out, err := m.handler(ctx, call, in)
 	if err != nil {
-		return errorResponse(call.RequestID, r.toStatus(call, err)), m.name
+		return errorResponse(call.RequestID, r.toStatus(ctx, call, err)), m.name
 	}
 	if r.lie != nil {
 		r.lie(ctx, call, m.name, out)
 	}
 	body, err := wire.Marshal(out)
 	if err != nil {
-		return errorResponse(call.RequestID, r.toStatus(call, err)), m.name
+		return errorResponse(call.RequestID, r.toStatus(ctx, call, err)), m.name
 	}
 	return &qpcv1.Response{RequestId: call.RequestID, Status: qpcv1.Status_STATUS_OK, Body: body}, m.name
 }
@@ -210,7 +266,7 @@ func (r *rpcServer) handle(ctx context.Context, c *transport.Conn, s *quic.Strea
 // toStatus is the one place where service errors become wire statuses.
 // Errors that carry no status are internal: the client gets a request id to
 // quote, the log gets the detail.
-func (r *rpcServer) toStatus(call *Call, err error) *wire.StatusError {
+func (r *rpcServer) toStatus(ctx context.Context, call *Call, err error) *wire.StatusError {
 	var se *wire.StatusError
 	if errors.As(err, &se) {
 		return se
@@ -219,7 +275,7 @@ func (r *rpcServer) toStatus(call *Call, err error) *wire.StatusError {
 		// Retryable: nothing was stored and the write succeeds once space
 		// is freed. Debug only, like UNAVAILABLE: the condition is logged
 		// once by the disk watch and shown on /readyz and qpcd_disk_full.
-		r.log.Debug("rpc: write refused, disk full", "method", call.Method, "request_id", call.RequestID, "err", err)
+		r.log.DebugContext(ctx, "rpc: write refused, disk full", "method", call.Method, "request_id", call.RequestID, "err", err)
 		e := wire.Errorf(qpcv1.Status_STATUS_RESOURCE_EXHAUSTED, "%s (request id %s)", r.diskFull, strconv.FormatUint(call.RequestID, 10))
 		e.RetryAfter = diskFullRetryAfter
 		return e
@@ -235,10 +291,10 @@ func (r *rpcServer) toStatus(call *Call, err error) *wire.StatusError {
 		// retrying, here or on another node, is the right move. Debug only:
 		// the outage itself is logged once by the database check, and a
 		// line per refused request would let load set the log volume.
-		r.log.Debug("rpc: database unavailable", "method", call.Method, "request_id", call.RequestID, "err", err)
+		r.log.DebugContext(ctx, "rpc: database unavailable", "method", call.Method, "request_id", call.RequestID, "err", err)
 		return wire.Errorf(qpcv1.Status_STATUS_UNAVAILABLE, "database unavailable; retry shortly (request id %s)", strconv.FormatUint(call.RequestID, 10))
 	}
-	r.log.Error("rpc: internal error", "method", call.Method, "request_id", call.RequestID, "err", err)
+	r.log.ErrorContext(ctx, "rpc: internal error", "method", call.Method, "request_id", call.RequestID, "err", err)
 	return wire.Errorf(qpcv1.Status_STATUS_INTERNAL, "internal error (request id %s)", strconv.FormatUint(call.RequestID, 10))
 }
 

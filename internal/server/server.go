@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"google.golang.org/protobuf/proto"
 	"io"
 	"log/slog"
 	"net"
@@ -14,11 +13,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/quicprochat/quicprochat/internal/config"
 	"github.com/quicprochat/quicprochat/internal/diskwatch"
 	"github.com/quicprochat/quicprochat/internal/obs"
 	"github.com/quicprochat/quicprochat/internal/secret"
 	"github.com/quicprochat/quicprochat/internal/store"
+	"github.com/quicprochat/quicprochat/internal/tracing"
 	"github.com/quicprochat/quicprochat/internal/transport"
 	"github.com/quicprochat/quicprochat/internal/version"
 )
@@ -34,6 +36,10 @@ type Options struct {
 	// KeyPackages) with the real server code around it; qpcd never sets
 	// it and no configuration option or flag reaches it.
 	LieInResponse func(ctx context.Context, call *Call, method string, resp proto.Message)
+	// Tracing, when set, is used instead of the provider tracing.* would
+	// build (tests: an in-memory span recorder). The server shuts it down
+	// (flushing its spans) after draining either way.
+	Tracing *tracing.Provider
 }
 
 // Server is a running qpcd.
@@ -56,6 +62,9 @@ type Server struct {
 	opsLn net.Listener
 
 	rpc *rpcServer
+	// tracing exports spans (a no-op provider when tracing is off); it is
+	// flushed and shut down last, after draining.
+	tracing *tracing.Provider
 
 	// Each service area keeps its state in its own part (services.go).
 	authPart
@@ -169,7 +178,18 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		s.dbWatchStop = s.watchDatabase()
 	}
 
+	s.tracing = opts.Tracing
+	if s.tracing == nil {
+		tc := cfg.TracingConfig(s.nodeID, version.String())
+		tc.Log = log
+		s.tracing, err = tracing.Setup(ctx, tc)
+		if err != nil {
+			return nil, err
+		}
+	}
 	s.rpc = &rpcServer{
+		tracing:    s.tracing.Enabled(),
+		tracer:     s.tracing.Tracer(),
 		log:        log,
 		metrics:    s.metrics,
 		methods:    map[string]*method{},
@@ -415,6 +435,7 @@ func (s *Server) drain() error {
 		s.diskStop()
 	}
 	errs = append(errs, s.db.Close(), s.unlockDataDir())
+	errs = append(errs, s.flushTraces())
 	s.log.Info("stopped", "drain_took", s.now().Sub(start).Round(time.Millisecond).String())
 	return errors.Join(errs...)
 }
@@ -427,7 +448,29 @@ func ignoreClosed(err error) error {
 }
 
 // closeAll releases whatever New opened before it failed.
+// traceFlushTimeout bounds how long shutdown waits for the collector.
+const traceFlushTimeout = 5 * time.Second
+
+// flushTraces exports the spans still queued (those of the drained RPCs
+// included) and stops the exporter. An unreachable collector costs at most
+// traceFlushTimeout and is logged, not returned: traces are not worth a
+// failed shutdown.
+func (s *Server) flushTraces() error {
+	if !s.tracing.Enabled() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), traceFlushTimeout)
+	defer cancel()
+	if err := s.tracing.Shutdown(ctx); err != nil {
+		s.log.Warn("tracing: spans not flushed at shutdown", "err", err)
+	}
+	return nil
+}
+
 func (s *Server) closeAll() {
+	if s.tracing != nil {
+		_ = s.flushTraces()
+	}
 	if s.ln != nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()

@@ -102,6 +102,9 @@ func (s *Server) initAdmin(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
+	if s.tracing.Enabled() {
+		srv.Trace(s.tracing.Tracer())
+	}
 	s.adminSrv = srv
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/quicprochat/quicprochat/internal/auth"
 	"github.com/quicprochat/quicprochat/internal/keydir"
 	"github.com/quicprochat/quicprochat/internal/mls"
+	"github.com/quicprochat/quicprochat/internal/tracing"
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
@@ -79,10 +80,15 @@ func (s *Server) uploadKeyPackages(ctx context.Context, call *Call, req *qpcv1.U
 	if err != nil {
 		return nil, err
 	}
-	res, err := s.keydir.Upload(ctx, p.DeviceID, req.GetKeyPackages(), req.GetLastResort())
+	kctx, span := tracing.Start(ctx, "keydir.upload")
+	res, err := s.keydir.Upload(kctx, p.DeviceID, req.GetKeyPackages(), req.GetLastResort())
 	if err != nil {
+		tracing.Fail(span, "error")
+		span.End()
 		return nil, err
 	}
+	tracing.Set(span, tracing.Int(tracing.KeyKeyPackages, res.Accepted))
+	span.End()
 	return &qpcv1.UploadKeyPackagesResponse{
 		Accepted: uint32(res.Accepted), RejectedOverCap: uint32(res.RejectedOverCap),
 		DeviceStock: uint32(res.DeviceStock), LastResortSet: res.LastResortSet,
@@ -101,7 +107,13 @@ func (s *Server) fetchKeyPackages(ctx context.Context, call *Call, req *qpcv1.Fe
 		}
 		suites = append(suites, mls.CipherSuiteID(id))
 	}
-	res, err := s.keydir.Fetch(ctx, p.AccountID, p.DeviceID, req.GetAccountName(), req.GetDeviceId(), suites...)
+	kctx, span := tracing.Start(ctx, "keydir.fetch")
+	res, err := s.keydir.Fetch(kctx, p.AccountID, p.DeviceID, req.GetAccountName(), req.GetDeviceId(), suites...)
+	if err != nil {
+		tracing.Fail(span, "error")
+	}
+	tracing.Set(span, tracing.Int(tracing.KeyKeyPackages, len(res.Packages)))
+	span.End()
 	var limited *keydir.FetchLimitError
 	if errors.As(err, &limited) {
 		st := wire.Errorf(qpcv1.Status_STATUS_RESOURCE_EXHAUSTED, "%v", err)

@@ -21,8 +21,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/quicprochat/quicprochat/internal/secret"
+	"github.com/quicprochat/quicprochat/internal/tracing"
 )
 
 // The PostgreSQL backend. Several stateless qpcd nodes share one database:
@@ -462,7 +464,10 @@ func (e *pgEngine) runTx(ctx context.Context, iso sql.IsolationLevel, fn func(tx
 	ctx, cancel := context.WithTimeout(ctx, e.txTimeout)
 	defer cancel()
 	e.stmts.prepareWanted(ctx, e.pool)
+	// The wait for a pooled connection is PostgreSQL's write-queue wait.
+	_, wspan := tracing.Start(ctx, "db.write.wait")
 	tx, err := e.begin(ctx, &sql.TxOptions{Isolation: iso})
+	wspan.End()
 	if err != nil {
 		return fmt.Errorf("store: begin write transaction: %w", err)
 	}
@@ -476,8 +481,14 @@ func (e *pgEngine) runTx(ctx context.Context, iso sql.IsolationLevel, fn func(tx
 		return err
 	}
 	start := time.Now()
+	_, cspan := tracing.Start(ctx, "db.commit")
+	tracing.Set(cspan, attribute.String(tracing.KeyDBSystem, "postgresql"))
 	err = tx.Commit()
 	committed = true
+	if err != nil {
+		tracing.Fail(cspan, "commit_failed")
+	}
+	cspan.End()
 	if err != nil {
 		if pgconn.SafeToRetry(err) {
 			// The connection was gone before COMMIT was sent (a failover
@@ -555,7 +566,16 @@ func (db *DB) pgWrite(ctx context.Context, iso sql.IsolationLevel, fn func(tx *s
 		return err
 	}
 	defer db.reads.Done()
-	return db.pg.writeTx(ctx, iso, fn, db.pgCommitObserver())
+	ctx, span := tracing.Start(ctx, "db.write")
+	err := db.pg.writeTx(ctx, iso, fn, db.pgCommitObserver())
+	if span.IsRecording() {
+		tracing.Set(span, attribute.String(tracing.KeyDBSystem, "postgresql"))
+		if err != nil {
+			tracing.Fail(span, "write_failed")
+		}
+		span.End()
+	}
+	return err
 }
 
 // ForUpdate is the row-locking suffix for a SELECT inside WriteTxLocked:

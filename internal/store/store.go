@@ -28,7 +28,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+
 	"github.com/quicprochat/quicprochat/internal/secret"
+	"github.com/quicprochat/quicprochat/internal/tracing"
 )
 
 // KeySize is the length of the raw database key in bytes.
@@ -286,6 +289,20 @@ func (db *DB) ReadTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error)
 	db.reads.Add(1)
 	db.mu.RUnlock()
 	defer db.reads.Done()
+	if ctx2, span := tracing.Start(ctx, "db.read"); span.IsRecording() {
+		ctx = ctx2
+		defer func() {
+			sys := "sqlite"
+			if db.pg != nil {
+				sys = "postgresql"
+			}
+			tracing.Set(span, attribute.String(tracing.KeyDBSystem, sys))
+			if err != nil {
+				tracing.Fail(span, "read_failed")
+			}
+			span.End()
+		}()
+	}
 	if db.pg != nil {
 		return asDiskFull(db.pg.readTx(ctx, fn), db.diskFullWhere())
 	}

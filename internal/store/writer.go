@@ -8,6 +8,11 @@ import (
 	"runtime/debug"
 	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/quicprochat/quicprochat/internal/tracing"
 )
 
 // batchMarkerTable is a per-connection TEMP table the writer stamps with the
@@ -33,6 +38,16 @@ type request struct {
 	job   func(ctx context.Context, w *sql.DB) error // exclusive writer work
 	state atomic.Int32
 	done  chan error // buffered 1; receives exactly one result
+
+	// When the caller's span records, the writer notes when it took the
+	// request and when the batch's COMMIT (with its fsync) ran, and the
+	// caller turns them into spans after the result arrived (writes happen
+	// before done is sent, so no lock is needed). Untraced requests cost
+	// one bool test.
+	traced                 bool
+	queued, taken          time.Time
+	commitStart, commitEnd time.Time
+	batch                  int
 }
 
 // take reports whether the writer may run r (now or again).
@@ -89,10 +104,40 @@ func (db *DB) WriteTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 		return db.classify(db.pgWrite(ctx, sql.LevelSerializable, fn))
 	}
 	r := &request{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	ctx, span := tracing.Start(ctx, "db.write")
+	if span.IsRecording() {
+		r.traced, r.queued = true, time.Now()
+		defer span.End()
+	}
 	if err := db.enqueue(ctx, db.queue, r); err != nil {
+		tracing.Fail(span, "not_queued")
 		return err
 	}
-	return db.classify(r.wait())
+	err := db.classify(r.wait())
+	if r.traced {
+		traceWrite(ctx, span, r, err)
+	}
+	return err
+}
+
+// traceWrite records a traced write's phases as children of its db.write
+// span: the wait for the single writer (the write-batch wait) and the
+// batch's commit with its fsync.
+func traceWrite(ctx context.Context, span trace.Span, r *request, err error) {
+	tracing.Set(span, attribute.String(tracing.KeyDBSystem, "sqlite"))
+	if err != nil {
+		tracing.Fail(span, "write_failed")
+	}
+	tracer := span.TracerProvider().Tracer(tracing.InstrumentationName)
+	if !r.taken.IsZero() {
+		_, w := tracer.Start(ctx, "db.write.wait", trace.WithTimestamp(r.queued))
+		w.End(trace.WithTimestamp(r.taken))
+	}
+	if !r.commitStart.IsZero() {
+		_, c := tracer.Start(ctx, "db.commit", trace.WithTimestamp(r.commitStart))
+		tracing.Set(c, attribute.Int(tracing.KeyBatchSize, r.batch))
+		c.End(trace.WithTimestamp(r.commitEnd))
+	}
 }
 
 // exclusive runs job on the writer goroutine between batches: no write
@@ -233,6 +278,9 @@ func (db *DB) attempt(reqs []*request, budget bool) (retry, leftover []*request)
 		if !r.take() {
 			continue // the caller gave up before it started
 		}
+		if r.traced && r.taken.IsZero() {
+			r.taken = time.Now()
+		}
 		if _, err := sp.begin.Exec(); err != nil {
 			// The transaction is unusable before r ran: r fails without
 			// having run, the rest start over.
@@ -333,6 +381,15 @@ func (db *DB) attempt(reqs []*request, budget bool) (retry, leftover []*request)
 	}
 	if f := db.onCommit.Load(); f != nil {
 		(*f)(len(ok), time.Since(commitStart))
+	}
+	var commitEnd time.Time
+	for _, r := range ok {
+		if r.traced {
+			if commitEnd.IsZero() {
+				commitEnd = time.Now()
+			}
+			r.commitStart, r.commitEnd, r.batch = commitStart, commitEnd, len(ok)
+		}
 	}
 	db.commits.Add(1)
 	db.committed.Add(int64(len(ok)))

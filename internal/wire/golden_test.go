@@ -37,6 +37,10 @@ func envelopeGolden() map[string]proto.Message {
 	return map[string]proto.Message{
 		"request": &qpcv1.Request{Version: ProtocolVersion, Method: "Ping", RequestId: 42,
 			AccessToken: "tok", Body: []byte{1, 2, 3}},
+		// Issue 18: the optional W3C trace context (fields 6 and 7).
+		"request_traced": &qpcv1.Request{Version: ProtocolVersion, Method: "Ping", RequestId: 42,
+			AccessToken: "tok", Body: []byte{1, 2, 3},
+			Traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", Tracestate: "qpc=1"},
 		"response": &qpcv1.Response{Version: ProtocolVersion, RequestId: 42, Status: qpcv1.Status_STATUS_RESOURCE_EXHAUSTED,
 			Message: "slow down", RetryAfterMs: 250, Body: []byte{4, 5}},
 		"ping_request":  &qpcv1.PingRequest{Echo: "hello", HoldMs: 10},

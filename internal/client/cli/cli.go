@@ -20,6 +20,7 @@ import (
 	"github.com/quicprochat/quicprochat/internal/clikit"
 	"github.com/quicprochat/quicprochat/internal/safetext"
 	"github.com/quicprochat/quicprochat/internal/secret"
+	"github.com/quicprochat/quicprochat/internal/tracing"
 	"github.com/quicprochat/quicprochat/internal/version"
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
@@ -51,6 +52,7 @@ func (u usageError) Unwrap() error { return u.err }
 func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
 
 type app struct {
+	tp      *tracing.Provider // set up on the first client opened (tracing.go)
 	io      IO
 	home    string
 	json    bool
@@ -127,6 +129,7 @@ func Run(ctx context.Context, args []string, o IO) int {
 	}
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
+	a.flushTraces()
 	if err == nil {
 		return ExitOK
 	}
@@ -167,6 +170,13 @@ func (a *app) options() (client.Options, error) {
 		return client.Options{}, err
 	}
 	o := client.Options{Home: home}
+	tp, err := a.tracer(context.Background())
+	if err != nil {
+		return client.Options{}, err
+	}
+	if tp.Enabled() {
+		o.Tracer = tp.Tracer()
+	}
 	switch {
 	case a.io.Getenv(client.EnvKey) != "":
 		o.Keys.Hex = secret.New([]byte(a.io.Getenv(client.EnvKey)))

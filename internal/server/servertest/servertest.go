@@ -13,6 +13,7 @@ import (
 
 	"github.com/quicprochat/quicprochat/internal/config"
 	"github.com/quicprochat/quicprochat/internal/server"
+	"github.com/quicprochat/quicprochat/internal/tracing"
 )
 
 // Server is a running qpcd. Stop and Start restart it on the same data
@@ -26,11 +27,15 @@ type Server struct {
 	// LieInResponse is server.Options.LieInResponse: set it before Start
 	// to make this a malicious server (tests of what clients detect).
 	LieInResponse func(ctx context.Context, call *server.Call, method string, resp proto.Message)
-	srv           *server.Server
-	cancel        context.CancelFunc
-	done          chan error
-	addr          string
-	pin           string
+	// Tracing is server.Options.Tracing: set it before Start to record
+	// the server's spans (tests of tracing). Stop shuts it down, so a
+	// restarted server needs a new one.
+	Tracing *tracing.Provider
+	srv     *server.Server
+	cancel  context.CancelFunc
+	done    chan error
+	addr    string
+	pin     string
 }
 
 // Config is qpcd's default configuration with a fresh data directory and
@@ -84,7 +89,7 @@ func (s *Server) Start(t testing.TB) {
 		t.Fatalf("servertest: config invalid: %v", err)
 	}
 	srv, err := server.New(context.Background(), server.Options{Config: cfg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: s.Now,
-		LieInResponse: s.LieInResponse})
+		LieInResponse: s.LieInResponse, Tracing: s.Tracing})
 	if err != nil {
 		t.Fatalf("servertest: server.New: %v", err)
 	}

@@ -120,7 +120,12 @@ type Request struct {
 	// Access token; empty for ping, register and login.
 	AccessToken string `protobuf:"bytes,4,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
 	// The method's request message, Protobuf-encoded.
-	Body          []byte `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
+	Body []byte `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
+	// W3C trace context of the client's span (https://www.w3.org/TR/trace-context/):
+	// optional; empty when the client does not trace. The server continues the
+	// trace when it traces too and ignores a malformed value.
+	Traceparent   string `protobuf:"bytes,6,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
+	Tracestate    string `protobuf:"bytes,7,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -188,6 +193,20 @@ func (x *Request) GetBody() []byte {
 		return x.Body
 	}
 	return nil
+}
+
+func (x *Request) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
+}
+
+func (x *Request) GetTracestate() string {
+	if x != nil {
+		return x.Tracestate
+	}
+	return ""
 }
 
 type Response struct {
@@ -281,14 +300,18 @@ var File_qpc_v1_envelope_proto protoreflect.FileDescriptor
 
 const file_qpc_v1_envelope_proto_rawDesc = "" +
 	"\n" +
-	"\x15qpc/v1/envelope.proto\x12\x06qpc.v1\x1a\x14qpc/v1/options.proto\"\xa4\x01\n" +
+	"\x15qpc/v1/envelope.proto\x12\x06qpc.v1\x1a\x14qpc/v1/options.proto\"\xf8\x01\n" +
 	"\aRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12 \n" +
 	"\x06method\x18\x02 \x01(\tB\b\x92\x82\x19\x04\x10@\x18\x01R\x06method\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\x04R\trequestId\x12*\n" +
 	"\faccess_token\x18\x04 \x01(\tB\a\x92\x82\x19\x03\x10\x80 R\vaccessToken\x12\x12\n" +
-	"\x04body\x18\x05 \x01(\fR\x04body\"\xbf\x01\n" +
+	"\x04body\x18\x05 \x01(\fR\x04body\x12)\n" +
+	"\vtraceparent\x18\x06 \x01(\tB\a\x92\x82\x19\x03\x10\x80\x01R\vtraceparent\x12'\n" +
+	"\n" +
+	"tracestate\x18\a \x01(\tB\a\x92\x82\x19\x03\x10\x80\x04R\n" +
+	"tracestate\"\xbf\x01\n" +
 	"\bResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
