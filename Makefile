@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go test-tools jaeger vet fmt-check ops-check proto proto-interop interop fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test bench-peers testnet testnet-down
+.PHONY: all build run test test-go test-tools jaeger trace-e2e vet fmt-check ops-check proto proto-interop interop fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test bench-peers testnet testnet-down
 
 all: build
 
@@ -32,16 +32,21 @@ test: deps-test vet fmt-check lint-actions ops-check test-go test-tools chaos-sh
 # (go test hides a passing package's output); a failure prints its log.
 # The chaos suite runs on its own afterwards (chaos-short), not beside the
 # other packages: its figures are timings.
-test-go: $(BIN)/jaeger
+test-go:
 	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e '/internal/mls$$' -e '/internal/chaos$$')
 	@mkdir -p $(BIN); rc=0; $(GO) test -count=1 -timeout 15m -v ./internal/mls/ > $(BIN)/mls-test.log 2>&1 || rc=$$?; \
 	grep -E '^(mls vectors:|ok|FAIL)' $(BIN)/mls-test.log; \
 	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/mls-test.log; exit $$rc; fi
 
 # Jaeger all-in-one, pinned as a Go tool in tools/jaeger: the real trace
-# backend of internal/tracing's TestJaegerEndToEnd (which finds it in
-# $(BIN)/jaeger, or QPC_JAEGER_BIN). Built once, when missing.
+# backend of the tracing tests (TestJaegerEndToEnd and the qpc/qpcctl
+# ones, which find it in $(BIN)/jaeger, or QPC_JAEGER_BIN). Built once, when
+# missing. It is some 2 300 packages, so `make test` does not build it (the
+# tests skip without it); `make trace-e2e` builds it and runs them, and the
+# nightly workflow runs that.
 jaeger: $(BIN)/jaeger
+trace-e2e: deps-test $(BIN)/jaeger
+	QPC_JAEGER_BUILD=1 $(GO) test -count=1 -timeout 20m -run 'Jaeger|TestTracingLongCommandsAndShutdownFlush|TestQPCTracing' ./internal/tracing/ ./cmd/qpcctl/ ./cmd/qpc/
 $(BIN)/jaeger: tools/jaeger/go.mod
 	@mkdir -p $(BIN)
 	cd tools/jaeger && $(GO) build -o $(abspath $(BIN))/jaeger github.com/jaegertracing/jaeger/cmd/jaeger
