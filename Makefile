@@ -118,7 +118,7 @@ chaos: deps-test
 # default bin/testnet). go test ./cmd/qpc-testnet runs both with two nodes.
 NODES ?= 3
 testnet: build deps-test
-	NODES=$(NODES) scripts/testnet.sh up
+	NODES=$(NODES) STANDBY=$(STANDBY) scripts/testnet.sh up
 testnet-down:
 	scripts/testnet.sh down
 

@@ -19,7 +19,12 @@
 # Prometheus, nodes, then PostgreSQL: SIGTERM to each process group, SIGKILL
 # after TESTNET_STOP_TIMEOUT seconds) and removes $TESTNET_STATE.
 #
-# Environment: NODES (3), CLIENTS (NODES, at least 2), TESTNET_STATE
+# STANDBY=sync|async adds a streaming-replication standby of the database
+# (synchronous: every commit waits for it; asynchronous: it may lag) and
+# gives the nodes a DSN naming both hosts, so a promoted standby takes over
+# without a node restart (docs/operations.md "Database failover").
+#
+# Environment: NODES (3), CLIENTS (NODES, at least 2), STANDBY (none), TESTNET_STATE
 # (bin/testnet), BIN (bin: qpcd, qpcctl, qpc, qpc-testnet), PROMETHEUS
 # (prometheus on PATH), TESTNET_SCRAPE_INTERVAL (5s), TESTNET_CHAT_EVERY
 # (seconds between a client's messages, 10), TESTNET_STOP_TIMEOUT (20).
@@ -35,6 +40,7 @@ PROMETHEUS=${PROMETHEUS:-prometheus}
 SCRAPE=${TESTNET_SCRAPE_INTERVAL:-5s}
 EVERY=${TESTNET_CHAT_EVERY:-10}
 STOP_TIMEOUT=${TESTNET_STOP_TIMEOUT:-20}
+STANDBY=${STANDBY:-}
 NAMES=(alice bob carol dave erin frank grace heidi ivan judy mallory niaj olivia peggy rupert sybil trent victor walter)
 
 die() {
@@ -108,8 +114,9 @@ up() {
 	# Whatever fails from here on, stop what was started.
 	trap 'rc=$?; if [ $rc != 0 ]; then echo "testnet: up failed; stopping what it started" >&2; down; fi' EXIT
 
-	echo "testnet: starting PostgreSQL"
-	start postgres "$BIN/qpc-testnet" postgres --dsn-file "$STATE/postgres.dsn" --dir-file "$STATE/postgres.dir"
+	case $STANDBY in '' | sync | async) ;; *) die "STANDBY=$STANDBY: want sync or async" ;; esac
+	echo "testnet: starting PostgreSQL${STANDBY:+ with a $STANDBY standby}"
+	start postgres "$BIN/qpc-testnet" postgres --dsn-file "$STATE/postgres.dsn" --dir-file "$STATE/postgres.dir" ${STANDBY:+--standby "$STANDBY"}
 	pg_up() {
 		alive "$(cat "$STATE/pids/postgres.pid")" || die "PostgreSQL did not start: $(cat "$STATE/logs/postgres.log")"
 		[ -s "$STATE/postgres.dsn" ]
@@ -190,7 +197,7 @@ EOF
 	done
 	cat <<EOF
   Prometheus  http://127.0.0.1:$prom_port  (try: up{job="qpcd"}, ALERTS)
-  PostgreSQL  connection string in $STATE/postgres.dsn
+  PostgreSQL  connection string in $STATE/postgres.dsn${STANDBY:+ (primary and $STANDBY standby: logs/postgres.log has both; stop the primary with pg_ctl stop -m immediate and pg_ctl promote the standby to watch the nodes follow)}
   certificate pin (every node) $pin
   clients     $(tr '\n' ' ' <"$STATE/clients.txt")
   logs        $STATE/logs/   addresses: $STATE/testnet.env
@@ -246,9 +253,10 @@ down() {
 	stop_group postgres
 	# The PostgreSQL helper stops its server; had it been SIGKILLed, the
 	# server would still run: end it by its own pid file.
-	if [ -s "$STATE/postgres.dir" ]; then
-		local pgdir pm
-		pgdir=$(cat "$STATE/postgres.dir")
+	# (With STANDBY, postgres.dir names the primary's and the standby's.)
+	local pgdir pm
+	if [ -s "$STATE/postgres.dir" ]; then while read -r pgdir; do
+		[ -n "$pgdir" ] || continue
 		if [ -s "$pgdir/data/postmaster.pid" ]; then
 			pm=$(head -1 "$pgdir/data/postmaster.pid")
 			kill -QUIT "$pm" 2>/dev/null || true
@@ -257,7 +265,7 @@ down() {
 			alive "$pm" && kill -KILL "$pm" 2>/dev/null || true
 		fi
 		case $pgdir in */pgtest-*) rm -rf "$pgdir" ;; esac
-	fi
+	done <"$STATE/postgres.dir"; fi
 	rm -rf "$STATE"
 	echo "testnet: stopped; $STATE removed"
 }

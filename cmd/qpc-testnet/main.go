@@ -1,7 +1,7 @@
 // Command qpc-testnet holds the parts of the local multi-node testnet
 // (scripts/testnet.sh, `make testnet`) that the shell cannot do well:
 //
-//	qpc-testnet postgres --dsn-file FILE [--dir-file FILE]
+//	qpc-testnet postgres --dsn-file FILE [--dir-file FILE] [--standby sync|async]
 //	qpc-testnet port
 //	qpc-testnet cert --dir DIR
 //
@@ -28,6 +28,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -74,7 +75,8 @@ func runPostgres(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("qpc-testnet postgres", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dsnFile := fs.String("dsn-file", "", "write the database's connection string here once it is ready (mode 0600)")
-	dirFile := fs.String("dir-file", "", "write the cluster directory here (for cleaning up after a SIGKILL)")
+	dirFile := fs.String("dir-file", "", "write the cluster directories here, one per line (for cleaning up after a SIGKILL)")
+	standby := fs.String("standby", "", "also run a streaming-replication standby: sync (commits wait for it) or async; the connection string then names both hosts")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -82,34 +84,43 @@ func runPostgres(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "qpc-testnet postgres: --dsn-file is required, and no arguments")
 		return exitUsage
 	}
+	if *standby != "" && *standby != "sync" && *standby != "async" {
+		fmt.Fprintf(stderr, "qpc-testnet postgres: --standby %q: want sync or async\n", *standby)
+		return exitUsage
+	}
 	// Signals that arrive while the server starts stop it right after.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	c, err := pgtest.Start(ctx, pgtest.Options{})
+	srv, err := startPostgres(ctx, *standby)
 	if err != nil {
 		cancel()
 		fmt.Fprintf(stderr, "qpc-testnet postgres: %v\n", err)
 		return exitFailure
 	}
-	dsn, err := c.CreateDatabase(ctx, "qpc")
+	dsn, err := srv.primary().CreateDatabase(ctx, "qpc")
 	cancel()
+	if srv.replicated != nil && err == nil {
+		// Both hosts, the read-write one chosen at connect: what qpcd
+		// needs to follow a promotion by itself.
+		dsn = srv.replicated.DSN("qpc")
+	}
 	if err == nil && *dirFile != "" {
-		err = writeAtomic(*dirFile, c.Dir+"\n")
+		err = writeAtomic(*dirFile, strings.Join(srv.dirs(), "\n")+"\n")
 	}
 	if err == nil {
 		err = writeAtomic(*dsnFile, dsn+"\n")
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "qpc-testnet postgres: %v\n", errors.Join(err, c.Stop()))
+		fmt.Fprintf(stderr, "qpc-testnet postgres: %v\n", errors.Join(err, srv.stop()))
 		return exitFailure
 	}
-	fmt.Fprintf(stderr, "qpc-testnet postgres: PostgreSQL on %s:%d in %s, database qpc; SIGTERM stops it\n", c.Host, c.Port, c.Dir)
+	fmt.Fprintf(stderr, "qpc-testnet postgres: %s; SIGTERM stops it\n", srv.describe())
 
 	s := <-sig
 	fmt.Fprintf(stderr, "qpc-testnet postgres: %v: stopping PostgreSQL\n", s)
-	if err := c.Stop(); err != nil {
+	if err := srv.stop(); err != nil {
 		fmt.Fprintf(stderr, "qpc-testnet postgres: %v\n", err)
 		return exitFailure
 	}
@@ -159,4 +170,54 @@ func writeAtomic(path, body string) error {
 		os.Remove(tmp.Name())
 	}
 	return err
+}
+
+// testnetPostgres is the testnet's database: one server, or a primary and
+// its standby.
+type testnetPostgres struct {
+	single     *pgtest.Cluster
+	replicated *pgtest.Replicated
+}
+
+func startPostgres(ctx context.Context, standby string) (*testnetPostgres, error) {
+	if standby == "" {
+		c, err := pgtest.Start(ctx, pgtest.Options{})
+		return &testnetPostgres{single: c}, err
+	}
+	r, err := pgtest.StartReplicated(ctx, pgtest.ReplicationOptions{Synchronous: standby == "sync"})
+	return &testnetPostgres{replicated: r}, err
+}
+
+func (p *testnetPostgres) primary() *pgtest.Cluster {
+	if p.replicated != nil {
+		return p.replicated.Primary
+	}
+	return p.single
+}
+
+func (p *testnetPostgres) dirs() []string {
+	if p.replicated != nil {
+		return []string{p.replicated.Primary.Dir, p.replicated.Standby.Dir}
+	}
+	return []string{p.single.Dir}
+}
+
+func (p *testnetPostgres) describe() string {
+	if r := p.replicated; r != nil {
+		mode := "asynchronous"
+		if r.Synchronous {
+			mode = "synchronous"
+		}
+		return fmt.Sprintf("PostgreSQL primary on %s:%d in %s, %s standby on %s:%d in %s, database qpc",
+			r.Primary.Host, r.Primary.Port, r.Primary.Dir, mode, r.Standby.Host, r.Standby.Port, r.Standby.Dir)
+	}
+	c := p.single
+	return fmt.Sprintf("PostgreSQL on %s:%d in %s, database qpc", c.Host, c.Port, c.Dir)
+}
+
+func (p *testnetPostgres) stop() error {
+	if p.replicated != nil {
+		return p.replicated.Stop()
+	}
+	return p.single.Stop()
 }

@@ -291,6 +291,10 @@ func TestRunUsage(t *testing.T) {
 		t.Errorf("postgres without --dsn-file: exit %d, %q", code, errb.String())
 	}
 	out.Reset()
+	errb.Reset()
+	if code := run([]string{"postgres", "--dsn-file", "x", "--standby", "hot"}, &out, &errb); code != exitUsage || !strings.Contains(errb.String(), "want sync or async") {
+		t.Errorf("postgres --standby hot: exit %d, %q", code, errb.String())
+	}
 	if code := run([]string{"port"}, &out, &errb); code != exitOK {
 		t.Fatalf("port: exit %d", code)
 	}

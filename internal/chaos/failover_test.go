@@ -192,9 +192,9 @@ func (p *probe) check(t *testing.T, mustKeep bool) (lost int) {
 	return lost
 }
 
-// chatter sends group messages from one SDK client until stopped and
+// groupChatter sends group messages from one SDK client until stopped and
 // remembers the id of every message it queued.
-type chatter struct {
+type groupChatter struct {
 	c     *client.Client
 	name  string
 	group string // the group's name on this device
@@ -206,8 +206,8 @@ type chatter struct {
 	done  chan struct{}
 }
 
-func startChatter(c *client.Client, name, group string) *chatter {
-	ch := &chatter{c: c, name: name, group: group, stop: make(chan struct{}), done: make(chan struct{})}
+func startChatter(c *client.Client, name, group string) *groupChatter {
+	ch := &groupChatter{c: c, name: name, group: group, stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(ch.done)
 		for i := 0; ; i++ {
@@ -236,7 +236,7 @@ func startChatter(c *client.Client, name, group string) *chatter {
 
 // lastErr is the error of the last Send that queued but did not deliver
 // at once, or of one that did not even queue.
-func (ch *chatter) lastErr() error {
+func (ch *groupChatter) lastErr() error {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	return ch.last
@@ -254,7 +254,7 @@ func waitForState(t *testing.T, within time.Duration, what string, state func() 
 	}
 }
 
-func (ch *chatter) count() int {
+func (ch *groupChatter) count() int {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	return len(ch.ids)
@@ -334,7 +334,7 @@ func databaseFailover(t *testing.T, synchronous bool) {
 		return bobGroup != ""
 	})
 	probes := []*probe{startProbe(t, nodes[0], "probe0"), startProbe(t, nodes[1], "probe1")}
-	chatters := []*chatter{startChatter(alice, "alice", "team"), startChatter(bob, "bob", bobGroup)}
+	chatters := []*groupChatter{startChatter(alice, "alice", "team"), startChatter(bob, "bob", bobGroup)}
 	chatters[0].ids = []string{hello}
 	progress := func() string {
 		return fmt.Sprintf("(chat %d+%d queued, probes %d+%d acknowledged; chat errors %v %v)", chatters[0].count(), chatters[1].count(),
