@@ -23,6 +23,16 @@ var AllowedLicenses = []string{
 	"blessing", // SQLite's public-domain dedication
 }
 
+// ReviewedLicenses are licences read by a person where cyclonedx-gomod's
+// detector found none, keyed by module@version so that an upgrade is
+// reviewed again. Augment records them as "concluded" (not declared by
+// the SBOM tool). Each entry names what was read.
+var ReviewedLicenses = map[string]string{
+	// LICENSE is the MIT text under "The MIT License (MIT)" and a
+	// copyright line; the detector's confidence falls short on it.
+	"github.com/cenkalti/backoff/v5@v5.0.3": "MIT",
+}
+
 // CheckLicenses returns ErrLicense naming every component (and the main
 // component) whose licence is missing or outside AllowedLicenses. A
 // component with several licences passes when any of them is allowed (the

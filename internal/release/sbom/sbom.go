@@ -193,8 +193,13 @@ func Augment(bom *cdx.BOM, libs []Library, opts Options) int {
 	// cyclonedx-gomod -std lists the standard library without a licence;
 	// it is under the Go project's BSD-3-Clause licence.
 	for i, c := range *bom.Components {
-		if c.Name == "std" && strings.HasPrefix(c.PackageURL, "pkg:golang/std@") && (c.Licenses == nil || len(*c.Licenses) == 0) {
+		if c.Licenses != nil && len(*c.Licenses) > 0 {
+			continue
+		}
+		if c.Name == "std" && strings.HasPrefix(c.PackageURL, "pkg:golang/std@") {
 			(*bom.Components)[i].Licenses = &cdx.Licenses{{License: &cdx.License{ID: "BSD-3-Clause"}}}
+		} else if id, ok := ReviewedLicenses[c.Name+"@"+c.Version]; ok {
+			(*bom.Components)[i].Licenses = &cdx.Licenses{{License: &cdx.License{ID: id, Acknowledgement: cdx.LicenseAcknowledgementConcluded}}}
 		}
 	}
 	var parent string

@@ -177,3 +177,28 @@ func TestAugmentWithoutSQLCipher(t *testing.T) {
 		t.Fatalf("a binary without go-sqlcipher got %d C components", n)
 	}
 }
+
+// A reviewed licence fills in only the exact module version it was read
+// for, and never overrides a detected one.
+func TestAugmentReviewedLicenses(t *testing.T) {
+	bom := cdx.NewBOM()
+	bom.Components = &[]cdx.Component{
+		{Name: "github.com/cenkalti/backoff/v5", Version: "v5.0.3"},
+		{Name: "github.com/cenkalti/backoff/v5", Version: "v5.0.4"},
+		{Name: "github.com/cenkalti/backoff/v5", Version: "v5.0.3", Licenses: &cdx.Licenses{{License: &cdx.License{ID: "Apache-2.0"}}}},
+	}
+	Augment(bom, nil, Options{})
+	cs := *bom.Components
+	if l := cs[0].Licenses; l == nil || (*l)[0].License.ID != "MIT" || (*l)[0].License.Acknowledgement != cdx.LicenseAcknowledgementConcluded {
+		t.Errorf("reviewed version: %+v", l)
+	}
+	if cs[1].Licenses != nil {
+		t.Errorf("unreviewed version got a licence: %+v", cs[1].Licenses)
+	}
+	if (*cs[2].Licenses)[0].License.ID != "Apache-2.0" {
+		t.Errorf("a detected licence was replaced: %+v", cs[2].Licenses)
+	}
+	if err := CheckLicenses(bom); err == nil || !strings.Contains(err.Error(), "v5.0.4 (none detected)") {
+		t.Errorf("CheckLicenses: %v", err)
+	}
+}
