@@ -73,7 +73,11 @@ func deliveryGolden() map[string]proto.Message {
 			Inbox: []*qpcv1.InboxItem{{Seq: 5, Kind: qpcv1.InboxKind_INBOX_KIND_OTHER, ChannelId: goldenChannelID(1), SenderAccountId: "a1",
 				SenderDeviceId: "d1", Payload: []byte{1}, ServerTimeUnixMs: 1764000000001}},
 			More: true},
-		"delivery_fetch_response_refill":   &qpcv1.FetchResponse{RefillKeyPackages: true},
+		"delivery_fetch_response_refill": &qpcv1.FetchResponse{RefillKeyPackages: true},
+		"delivery_fetch_response_incarnation": &qpcv1.FetchResponse{
+			Messages: []*qpcv1.ChannelMessage{{ChannelId: goldenChannelID(1), Seq: 3, MessageId: "m3", SenderAccountId: "a1", SenderDeviceId: "d1",
+				MlsMessage: []byte{0, 1, 0, 2, 9}, ServerTimeUnixMs: 1764000000002, Epoch: 1}},
+			StoreIncarnation: "0123456789abcdef0123456789abcdef"},
 		"delivery_ack_request":             &qpcv1.AckRequest{Cursors: []*qpcv1.ChannelCursor{{ChannelId: goldenChannelID(1), Seq: 43}}, InboxSeq: 5},
 		"delivery_ack_response":            &qpcv1.AckResponse{},
 		"delivery_get_group_info_request":  &qpcv1.GetGroupInfoRequest{ChannelId: goldenChannelID(1)},
