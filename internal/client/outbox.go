@@ -20,6 +20,9 @@ const (
 	OutboxSent    = "sent"    // the server has it (seq set)
 	OutboxStale   = "stale"   // a commit refused with STALE_EPOCH; the group layer redoes it
 	OutboxFailed  = "failed"  // refused for good (last_error says why)
+	// OutboxLost: accepted before the server was restored from a backup,
+	// and not accepted again (the group moved on, or is gone here).
+	OutboxLost = "lost"
 )
 
 // NewMessageID returns a time-ordered (version 7) UUID. Ids that sort by
@@ -126,6 +129,8 @@ type OutboxEntry struct {
 	Attempts  int    `json:"attempts"`
 	LastError string `json:"last_error,omitempty"`
 	Kind      string `json:"kind"`
+	// Replay: accepted before a server restore and queued again as it was.
+	Replay    bool `json:"replay,omitempty"`
 	mls, gi   []byte
 	kind      string
 	intent    []byte
@@ -218,7 +223,7 @@ func (c *Client) outboxWhere(ctx context.Context, where string, args ...any) ([]
 	var out []OutboxEntry
 	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
 		rows, err := tx.QueryContext(ctx, `SELECT o.id, o.message_id, o.channel_id, COALESCE(g.name, ''), o.status, o.seq, o.attempts, o.last_error,
-			o.mls_message, o.group_info, o.kind, o.intent
+			o.mls_message, o.group_info, o.kind, o.intent, o.replay
 			FROM (SELECT * FROM outbox WHERE `+where+`) o LEFT JOIN groups g ON g.channel_id = o.channel_id ORDER BY o.id`, args...)
 		if err != nil {
 			return err
@@ -227,7 +232,7 @@ func (c *Client) outboxWhere(ctx context.Context, where string, args ...any) ([]
 		for rows.Next() {
 			var e OutboxEntry
 			var seq int64
-			if err := rows.Scan(&e.ID, &e.MessageID, &e.ChannelID, &e.Channel, &e.Status, &seq, &e.Attempts, &e.LastError, &e.mls, &e.gi, &e.kind, &e.intent); err != nil {
+			if err := rows.Scan(&e.ID, &e.MessageID, &e.ChannelID, &e.Channel, &e.Status, &seq, &e.Attempts, &e.LastError, &e.mls, &e.gi, &e.kind, &e.intent, &e.Replay); err != nil {
 				return err
 			}
 			e.Seq, e.Kind = uint64(seq), e.kind
@@ -287,6 +292,10 @@ func (c *Client) Flush(ctx context.Context) (FlushReport, error) {
 			var resp qpcv1.EnqueueResponse
 			err := c.call(ctx, "Enqueue", &qpcv1.EnqueueRequest{ChannelId: e.ChannelID, MessageId: e.MessageID, MlsMessage: e.mls, GroupInfo: e.gi}, &resp)
 			var se *wire.StatusError
+			var ahead *GroupAheadError
+			if errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_STALE_EPOCH {
+				ahead = c.groupAhead(ctx, e.ChannelID)
+			}
 			switch {
 			case err == nil:
 				if err := c.accepted(ctx, e, &resp); err != nil {
@@ -294,6 +303,20 @@ func (c *Client) Flush(ctx context.Context) (FlushReport, error) {
 				}
 				rep.Sent++
 				if err := c.afterAccept(ctx, &rep); err != nil {
+					return rep, err
+				}
+				continue
+			case ahead != nil:
+				// The server was restored to an earlier epoch of the group:
+				// redoing cannot help until the lost commit is sent again.
+				c.bumpAttempts(ctx, e.ID, ahead)
+				rep.Pending = len(pending) - i
+				return rep, &NotSentError{Pending: rep.Pending, Err: ahead}
+			case errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_STALE_EPOCH && e.Replay && e.kind != "app":
+				// A change made before the server restore that no longer
+				// fits the channel (another commit took its epoch).
+				rep.Failed++
+				if err := c.lostInRestore(ctx, e, err); err != nil {
 					return rep, err
 				}
 				continue
@@ -341,11 +364,12 @@ func (c *Client) accepted(ctx context.Context, e OutboxEntry, resp *qpcv1.Enqueu
 			OutboxSent, int64(resp.GetSeq()), c.now().UnixMilli(), e.ID); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE messages SET seq = ?, server_ms = ? WHERE channel_id = ? AND message_id = ?`,
+		if _, err := tx.ExecContext(ctx, `UPDATE messages SET seq = ?, server_ms = ?, lost = 0 WHERE channel_id = ? AND message_id = ?`,
 			int64(resp.GetSeq()), resp.GetServerTimeUnixMs(), e.ChannelID, e.MessageID); err != nil {
 			return err
 		}
-		if e.kind != "commit" {
+		if e.kind != "commit" || e.Replay {
+			// A replayed commit was merged when first accepted.
 			return nil
 		}
 		r, g, err := openGroup(ctx, tx, "", e.ChannelID)
@@ -413,7 +437,9 @@ func (c *Client) afterAccept(ctx context.Context, rep *FlushReport) error {
 			for _, a := range in.Accounts {
 				refs = append(refs, &qpcv1.MemberRef{AccountName: a})
 			}
-			if err := c.call(ctx, "RemoveMembers", &qpcv1.RemoveMembersRequest{ChannelId: e.ChannelID, Members: refs}, &qpcv1.RemoveMembersResponse{}); err != nil {
+			// NOT_FOUND: none of them is in the channel any more (done
+			// before; a commit sent again after a server restore).
+			if err := c.call(ctx, "RemoveMembers", &qpcv1.RemoveMembersRequest{ChannelId: e.ChannelID, Members: refs}, &qpcv1.RemoveMembersResponse{}); err != nil && !isNotFound(err) {
 				return fmt.Errorf("client: remove from the channel (will retry): %w", err)
 			}
 		case "leave":
@@ -432,6 +458,12 @@ func (c *Client) afterAccept(ctx context.Context, rep *FlushReport) error {
 	return nil
 }
 
+// isNotFound reports a NOT_FOUND status from the server.
+func isNotFound(err error) bool {
+	var se *wire.StatusError
+	return errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_NOT_FOUND
+}
+
 func (c *Client) leaveChannel(ctx context.Context, channelID []byte) error {
 	id, err := c.Identity(ctx)
 	if err != nil {
@@ -439,7 +471,7 @@ func (c *Client) leaveChannel(ctx context.Context, channelID []byte) error {
 	}
 	id.key.Wipe()
 	ref := &qpcv1.MemberRef{AccountName: id.AccountName, DeviceId: id.DeviceID}
-	if err := c.call(ctx, "RemoveMembers", &qpcv1.RemoveMembersRequest{ChannelId: channelID, Members: []*qpcv1.MemberRef{ref}}, &qpcv1.RemoveMembersResponse{}); err != nil {
+	if err := c.call(ctx, "RemoveMembers", &qpcv1.RemoveMembersRequest{ChannelId: channelID, Members: []*qpcv1.MemberRef{ref}}, &qpcv1.RemoveMembersResponse{}); err != nil && !isNotFound(err) {
 		return fmt.Errorf("client: leave the channel: %w", err)
 	}
 	return nil
@@ -605,6 +637,24 @@ func (c *Client) refused(ctx context.Context, e OutboxEntry, cause error) error 
 		return fmt.Errorf("client: update outbox: %w", err)
 	}
 	c.log.Warn("client: message refused by the server", "message_id", e.MessageID, "err", cause)
+	return nil
+}
+
+// lostInRestore marks a replayed entry the restored server refused: lost,
+// and so is its message in history.
+func (c *Client) lostInRestore(ctx context.Context, e OutboxEntry, cause error) error {
+	err := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = ? WHERE id = ?`,
+			OutboxLost, "lost in a server restore: "+cause.Error(), e.ID); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `UPDATE messages SET lost = 1 WHERE channel_id = ? AND message_id = ?`, e.ChannelID, e.MessageID)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("client: update outbox: %w", err)
+	}
+	c.log.Warn("client: a change made before the server restore cannot be sent again", "message_id", e.MessageID, "kind", e.kind, "err", cause)
 	return nil
 }
 

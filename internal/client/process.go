@@ -149,6 +149,12 @@ func (c *Client) processOne(ctx context.Context, me *Identity, in inboundMsg, fo
 		if r == nil || r.status != statusActive || state == nil || in.senderDev == me.DeviceID {
 			return done()
 		}
+		// Its sender sent it again after a server restore: no longer lost
+		// (the sender's device id binds the id to its sender).
+		if _, err := tx.ExecContext(ctx, `UPDATE messages SET lost = 0, seq = ?, server_ms = ? WHERE channel_id = ? AND message_id = ? AND lost = 1 AND outgoing = 0
+			AND substr(sender, -length(?) - 1) = '/' || ?`, in.seq, in.serverMs, in.channelID, in.messageID, in.senderDev, in.senderDev); err != nil {
+			return err
+		}
 		g, err := mls.ImportGroup(mlsConfig, state)
 		if err != nil {
 			return fmt.Errorf("client: group state of %s: %w", r.name, err)

@@ -134,7 +134,7 @@ func channelProto(ch delivery.Channel) *qpcv1.Channel {
 		t = qpcv1.ChannelType_CHANNEL_TYPE_DM
 	}
 	out := &qpcv1.Channel{ChannelId: ch.ID, Type: t, GroupId: ch.GroupID, Epoch: ch.Epoch, HeadSeq: ch.HeadSeq,
-		TtlSeconds: uint32(ch.TTL / time.Second), CreatedByAccountId: ch.CreatedBy}
+		TtlSeconds: uint32(ch.TTL / time.Second), CreatedByAccountId: ch.CreatedBy, AckedSeq: ch.AckedSeq}
 	for _, m := range ch.Members {
 		out.Members = append(out.Members, &qpcv1.Member{AccountId: m.AccountID, DeviceId: m.DeviceID, AddedByAccountId: m.AddedBy})
 	}

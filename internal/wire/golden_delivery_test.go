@@ -78,6 +78,8 @@ func deliveryGolden() map[string]proto.Message {
 			Messages: []*qpcv1.ChannelMessage{{ChannelId: goldenChannelID(1), Seq: 3, MessageId: "m3", SenderAccountId: "a1", SenderDeviceId: "d1",
 				MlsMessage: []byte{0, 1, 0, 2, 9}, ServerTimeUnixMs: 1764000000002, Epoch: 1}},
 			StoreIncarnation: "0123456789abcdef0123456789abcdef"},
+		"delivery_channel_acked": &qpcv1.Channel{ChannelId: goldenChannelID(1), Type: qpcv1.ChannelType_CHANNEL_TYPE_GROUP, GroupId: goldenGroupID(2),
+			Epoch: 3, HeadSeq: 42, AckedSeq: 40},
 		"delivery_ack_request":             &qpcv1.AckRequest{Cursors: []*qpcv1.ChannelCursor{{ChannelId: goldenChannelID(1), Seq: 43}}, InboxSeq: 5},
 		"delivery_ack_response":            &qpcv1.AckResponse{},
 		"delivery_get_group_info_request":  &qpcv1.GetGroupInfoRequest{ChannelId: goldenChannelID(1)},

@@ -336,8 +336,12 @@ type Channel struct {
 	// The account that created the channel; while a member it may remove
 	// anyone (docs/protocol.md, "Who may change membership").
 	CreatedByAccountId string `protobuf:"bytes,9,opt,name=created_by_account_id,json=createdByAccountId,proto3" json:"created_by_account_id,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// ListChannels only: the calling device's acknowledged position in the
+	// channel (0: none). After a server restore a client moves its cursor
+	// down to it (docs/protocol.md, "Store incarnation").
+	AckedSeq      uint64 `protobuf:"varint,10,opt,name=acked_seq,json=ackedSeq,proto3" json:"acked_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Channel) Reset() {
@@ -431,6 +435,13 @@ func (x *Channel) GetCreatedByAccountId() string {
 		return x.CreatedByAccountId
 	}
 	return ""
+}
+
+func (x *Channel) GetAckedSeq() uint64 {
+	if x != nil {
+		return x.AckedSeq
+	}
+	return 0
 }
 
 type CreateGroupChannelRequest struct {
@@ -2724,7 +2735,7 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12-\n" +
-	"\x13added_by_account_id\x18\x03 \x01(\tR\x10addedByAccountId\"\xc5\x02\n" +
+	"\x13added_by_account_id\x18\x03 \x01(\tR\x10addedByAccountId\"\xe2\x02\n" +
 	"\aChannel\x12\x1d\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\fR\tchannelId\x12'\n" +
@@ -2736,7 +2747,9 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"ttlSeconds\x12(\n" +
 	"\amembers\x18\a \x03(\v2\x0e.qpc.v1.MemberR\amembers\x12(\n" +
 	"\ainvited\x18\b \x03(\v2\x0e.qpc.v1.MemberR\ainvited\x121\n" +
-	"\x15created_by_account_id\x18\t \x01(\tR\x12createdByAccountId\"V\n" +
+	"\x15created_by_account_id\x18\t \x01(\tR\x12createdByAccountId\x12\x1b\n" +
+	"\tacked_seq\x18\n" +
+	" \x01(\x04R\backedSeq\"V\n" +
 	"\x19CreateGroupChannelRequest\x12#\n" +
 	"\bgroup_id\x18\x01 \x01(\fB\b\x92\x82\x19\x04\b \x18\x01R\agroupId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"a\n" +
