@@ -18,8 +18,8 @@ type deployment struct {
 	t       *testing.T
 	dataDir string
 	node    *daemon
-	backup  func()  // takes the backup (qpcd running)
-	restore func()  // restores it (qpcd stopped) and starts qpcd again
+	backup  func() // takes the backup (qpcd running)
+	restore func() // restores it (qpcd stopped) and starts qpcd again
 }
 
 func sqlcipherDeployment(t *testing.T) *deployment {
