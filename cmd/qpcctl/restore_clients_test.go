@@ -272,3 +272,48 @@ func TestRestoreGroupEpochAhead(t *testing.T) {
 		t.Fatal("carol, removed, could still send to team")
 	}
 }
+
+// TestRestoreGroupRejoinWhenCommitterGone: as TestRestoreGroupEpochAhead,
+// but the member who made the lost commit never comes back. The others
+// follow the error's advice: each runs qpc group rejoin; the group works
+// again on the server's branch and the message that waited goes out,
+// readable.
+func TestRestoreGroupRejoinWhenCommitterGone(t *testing.T) {
+	d := sqlcipherDeployment(t)
+	people := team(t, d, "alice", "bob", "carol", "dave")
+	alice, bob, carol, dave := people[0], people[1], people[2], people[3]
+	d.backup()
+	if err := alice.c.RemoveMember(ctxMinute(t), "team", "carol"); err != nil {
+		t.Fatal(err)
+	}
+	bob.sync(t)
+	dave.sync(t)
+
+	d.stopRestoreStart(bob, dave) // alice's device is gone; carol stays away
+	_ = alice
+	_ = carol
+	bob.sync(t)
+	dave.sync(t)
+	_, err := bob.c.Send(ctxMinute(t), "team", "waited for the rejoin", "")
+	if !errors.Is(err, client.ErrGroupAheadOfServer) {
+		t.Fatalf("bob's send: %v, want ErrGroupAheadOfServer", err)
+	}
+	for _, p := range []*chatter{bob, dave} {
+		if err := p.c.Rejoin(ctxMinute(t), "team"); err != nil {
+			t.Fatalf("%s rejoins: %v", p.name, err)
+		}
+	}
+	bob.sync(t) // dave's external commit
+	if _, err := bob.c.Flush(ctxMinute(t)); err != nil {
+		t.Fatalf("bob's flush after rejoining: %v", err)
+	}
+	dave.sync(t)
+	if teamMessages(t, dave)["waited for the rejoin"].Text == "" {
+		t.Fatal("dave cannot read bob's message after both rejoined")
+	}
+	dave.send(t, "dave after rejoin")
+	bob.sync(t)
+	if teamMessages(t, bob)["dave after rejoin"].Text == "" {
+		t.Fatal("bob cannot read dave's message after both rejoined")
+	}
+}

@@ -177,7 +177,7 @@ func TestHomeFromBeforeClustersKeepsWorking(t *testing.T) {
 			`INSERT INTO settings_0006 SELECT id, server_addr, pin_sha256, ca_file, server_name, kp_stock FROM settings`,
 			`DROP TABLE settings`,
 			`ALTER TABLE settings_0006 RENAME TO settings`,
-			`DELETE FROM schema_migrations WHERE version = 7`,
+			`DELETE FROM schema_migrations WHERE version >= 7`,
 		} {
 			if _, err := tx.ExecContext(ctx, q); err != nil {
 				return err

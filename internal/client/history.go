@@ -42,7 +42,8 @@ type Message struct {
 // messageColumns are the columns scanMessages reads; the query joins
 // groups g, messages m and (LEFT) outbox o.
 const messageColumns = `g.name, m.message_id, m.seq, m.sender, m.display, m.text, m.reply_to, m.sent_ms, m.outgoing,
-	COALESCE(o.status, ''), COALESCE(o.last_error, ''), m.event, m.lost`
+	COALESCE(o.status, ''), COALESCE(o.last_error, ''), m.event,
+	EXISTS (SELECT 1 FROM restore_lost rl WHERE rl.channel_id = m.channel_id AND rl.message_id = m.message_id)`
 
 const messageJoins = `messages m JOIN groups g ON g.channel_id = m.channel_id LEFT JOIN outbox o ON o.message_id = m.message_id`
 

@@ -223,7 +223,7 @@ func (c *Client) outboxWhere(ctx context.Context, where string, args ...any) ([]
 	var out []OutboxEntry
 	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
 		rows, err := tx.QueryContext(ctx, `SELECT o.id, o.message_id, o.channel_id, COALESCE(g.name, ''), o.status, o.seq, o.attempts, o.last_error,
-			o.mls_message, o.group_info, o.kind, o.intent, o.replay
+			o.mls_message, o.group_info, o.kind, o.intent, EXISTS (SELECT 1 FROM outbox_replay r WHERE r.outbox_id = o.id)
 			FROM (SELECT * FROM outbox WHERE `+where+`) o LEFT JOIN groups g ON g.channel_id = o.channel_id ORDER BY o.id`, args...)
 		if err != nil {
 			return err
@@ -364,8 +364,11 @@ func (c *Client) accepted(ctx context.Context, e OutboxEntry, resp *qpcv1.Enqueu
 			OutboxSent, int64(resp.GetSeq()), c.now().UnixMilli(), e.ID); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE messages SET seq = ?, server_ms = ?, lost = 0 WHERE channel_id = ? AND message_id = ?`,
+		if _, err := tx.ExecContext(ctx, `UPDATE messages SET seq = ?, server_ms = ? WHERE channel_id = ? AND message_id = ?`,
 			int64(resp.GetSeq()), resp.GetServerTimeUnixMs(), e.ChannelID, e.MessageID); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM restore_lost WHERE channel_id = ? AND message_id = ?`, e.ChannelID, e.MessageID); err != nil {
 			return err
 		}
 		if e.kind != "commit" || e.Replay {
@@ -648,7 +651,7 @@ func (c *Client) lostInRestore(ctx context.Context, e OutboxEntry, cause error) 
 			OutboxLost, "lost in a server restore: "+cause.Error(), e.ID); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, `UPDATE messages SET lost = 1 WHERE channel_id = ? AND message_id = ?`, e.ChannelID, e.MessageID)
+		_, err := tx.ExecContext(ctx, `INSERT INTO restore_lost (channel_id, message_id) VALUES (?, ?) ON CONFLICT DO NOTHING`, e.ChannelID, e.MessageID)
 		return err
 	})
 	if err != nil {

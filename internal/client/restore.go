@@ -195,7 +195,8 @@ func (c *Client) reconcileRestore(ctx context.Context, inc string) (*ServerResto
 			if _, err := tx.ExecContext(ctx, `DELETE FROM inbound WHERE channel_id = ? AND seq > ?`, rc.ChannelID, head); err != nil {
 				return err
 			}
-			res, err := tx.ExecContext(ctx, `UPDATE messages SET lost = 1 WHERE channel_id = ? AND outgoing = 0 AND seq > ?`, rc.ChannelID, head)
+			res, err := tx.ExecContext(ctx, `INSERT INTO restore_lost (channel_id, message_id)
+				SELECT channel_id, message_id FROM messages WHERE channel_id = ? AND outgoing = 0 AND seq > ? ON CONFLICT DO NOTHING`, rc.ChannelID, head)
 			if err != nil {
 				return err
 			}
@@ -229,7 +230,10 @@ func (c *Client) reconcileRestore(ctx context.Context, inc string) (*ServerResto
 						OutboxLost, "lost in a server restore; the group is no longer active on this device", e.id); err != nil {
 						return err
 					}
-					if _, err := tx.ExecContext(ctx, `UPDATE messages SET lost = 1, seq = 0 WHERE channel_id = ? AND message_id = ?`, rc.ChannelID, e.mid); err != nil {
+					if _, err := tx.ExecContext(ctx, `UPDATE messages SET seq = 0 WHERE channel_id = ? AND message_id = ?`, rc.ChannelID, e.mid); err != nil {
+						return err
+					}
+					if _, err := tx.ExecContext(ctx, `INSERT INTO restore_lost (channel_id, message_id) VALUES (?, ?) ON CONFLICT DO NOTHING`, rc.ChannelID, e.mid); err != nil {
 						return err
 					}
 					rc.NotResent = append(rc.NotResent, e.mid)
@@ -241,8 +245,11 @@ func (c *Client) reconcileRestore(ctx context.Context, inc string) (*ServerResto
 				// leave is done again after it is accepted; a Welcome is
 				// not (the invitation it answered was lost with the restore:
 				// such members are invited again).
-				if _, err := tx.ExecContext(ctx, `UPDATE outbox SET status = ?, seq = 0, replay = 1, attempts = 0, last_error = '',
+				if _, err := tx.ExecContext(ctx, `UPDATE outbox SET status = ?, seq = 0, attempts = 0, last_error = '',
 					after_done = 0 WHERE id = ?`, OutboxPending, e.id); err != nil {
+					return err
+				}
+				if _, err := tx.ExecContext(ctx, `INSERT INTO outbox_replay (outbox_id) VALUES (?) ON CONFLICT DO NOTHING`, e.id); err != nil {
 					return err
 				}
 				if _, err := tx.ExecContext(ctx, `UPDATE messages SET seq = 0, server_ms = 0 WHERE channel_id = ? AND message_id = ?`, rc.ChannelID, e.mid); err != nil {
@@ -299,7 +306,8 @@ func (c *Client) RestoreNotice(ctx context.Context) (*ServerRestore, error) {
 		out.Lost = 0
 		for i := range out.Channels {
 			ch := &out.Channels[i]
-			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM messages WHERE channel_id = ? AND outgoing = 0 AND lost = 1`, ch.ChannelID).Scan(&ch.Lost); err != nil {
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM restore_lost rl JOIN messages m ON m.channel_id = rl.channel_id AND m.message_id = rl.message_id
+				WHERE rl.channel_id = ? AND m.outgoing = 0`, ch.ChannelID).Scan(&ch.Lost); err != nil {
 				return err
 			}
 			out.Lost += ch.Lost
