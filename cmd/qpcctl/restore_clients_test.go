@@ -282,6 +282,10 @@ func TestRestoreGroupRejoinWhenCommitterGone(t *testing.T) {
 	d := sqlcipherDeployment(t)
 	people := team(t, d, "alice", "bob", "carol", "dave")
 	alice, bob, carol, dave := people[0], people[1], people[2], people[3]
+	alice.send(t, "before") // carries the group's name to the others
+	for _, p := range people {
+		p.sync(t)
+	}
 	d.backup()
 	if err := alice.c.RemoveMember(ctxMinute(t), "team", "carol"); err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/quicprochat/quicprochat/internal/mls"
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
@@ -289,6 +290,9 @@ func (c *Client) Flush(ctx context.Context) (FlushReport, error) {
 		}
 		stale := false
 		for i, e := range pending {
+			if err := c.reprotectOld(ctx, &e); err != nil {
+				return rep, err
+			}
 			var resp qpcv1.EnqueueResponse
 			err := c.call(ctx, "Enqueue", &qpcv1.EnqueueRequest{ChannelId: e.ChannelID, MessageId: e.MessageID, MlsMessage: e.mls, GroupInfo: e.gi}, &resp)
 			var se *wire.StatusError
@@ -640,6 +644,56 @@ func (c *Client) refused(ctx context.Context, e OutboxEntry, cause error) error 
 		return fmt.Errorf("client: update outbox: %w", err)
 	}
 	c.log.Warn("client: message refused by the server", "message_id", e.MessageID, "err", cause)
+	return nil
+}
+
+// reprotectOld encrypts a queued application message again when the group
+// has moved to another epoch since it was encrypted (same message id: if
+// the server already took the old ciphertext under it, it answers
+// duplicate). Members who joined since can then read it, and members
+// removed since cannot; after a rejoin (a server restore) the old epoch may
+// be one the others never had.
+func (c *Client) reprotectOld(ctx context.Context, e *OutboxEntry) error {
+	if e.kind != "app" || len(e.intent) == 0 {
+		return nil
+	}
+	var m mls.MLSMessage
+	if err := m.Unmarshal(e.mls); err != nil || m.PrivateMessage == nil {
+		return nil // the server judges it
+	}
+	var epoch int64
+	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `SELECT epoch FROM groups WHERE channel_id = ? AND status = ? AND state IS NOT NULL`, e.ChannelID, statusActive).Scan(&epoch)
+	})
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && uint64(epoch) == m.PrivateMessage.Epoch) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("client: read group: %w", err)
+	}
+	c.groupMu.Lock()
+	defer c.groupMu.Unlock()
+	err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		_, g, err := openGroup(ctx, tx, "", e.ChannelID)
+		if err != nil {
+			return err
+		}
+		ct, err := g.Protect(e.intent, nil)
+		if err != nil {
+			return fmt.Errorf("client: encrypt again: %w", err)
+		}
+		if err := saveGroup(ctx, tx, e.ChannelID, g, c.now().UnixMilli()); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE outbox SET mls_message = ? WHERE id = ?`, ct, e.ID); err != nil {
+			return err
+		}
+		e.mls = ct
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("client: encrypt a queued message for the current epoch: %w", err)
+	}
 	return nil
 }
 
