@@ -49,6 +49,11 @@ func makeBackup(t *testing.T, key secret.Bytes) (string, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The backup carries the database's incarnation id (qpcd creates it
+	// at start); a restore must replace it.
+	if _, err := db.Incarnation(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	snap := filepath.Join(base, "snap.db")
 	fr, err := db.Snapshot(context.Background(), snap)
 	if err != nil {
@@ -90,6 +95,20 @@ func countKeyPackages(t *testing.T, path string, key secret.Bytes) int {
 	return n
 }
 
+func incarnation(t *testing.T, path string, key secret.Bytes) string {
+	t.Helper()
+	db, err := store.Open(context.Background(), store.Options{Path: path, Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	inc, err := db.Incarnation(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return inc
+}
+
 // TestRestoreInvalidatesKeyPackages: every KeyPackage in the backup, pool
 // and last resort, is gone from the restored database, so none that was
 // handed out after the backup can be handed out again.
@@ -116,6 +135,11 @@ func TestRestoreInvalidatesKeyPackages(t *testing.T) {
 	}
 	if n := countKeyPackages(t, live, key); n != 0 {
 		t.Fatalf("%d KeyPackages after restore", n)
+	}
+	// A new incarnation id, so clients notice the rollback (the backup's
+	// database had its own).
+	if before, after := incarnation(t, rep.PreRestore, key), incarnation(t, live, key); before == after || after == "" {
+		t.Fatalf("incarnation %q before the restore, %q after: want a new one", before, after)
 	}
 	// The kept file is the old database, KeyPackages and all.
 	if n := countKeyPackages(t, rep.PreRestore, key); n != 3 {

@@ -170,7 +170,8 @@ func Restore(ctx context.Context, o RestoreOptions) (rep RestoreReport, err erro
 }
 
 // prepareRestored opens the restored file with the store (which applies
-// pending migrations), deletes every KeyPackage and closes it cleanly.
+// pending migrations), gives it a new incarnation id, deletes every
+// KeyPackage and closes it cleanly.
 func prepareRestored(ctx context.Context, path string, key secret.Bytes) (int64, error) {
 	db, err := store.Open(ctx, store.Options{Path: path, Key: key})
 	if err != nil {
@@ -180,6 +181,11 @@ func prepareRestored(ctx context.Context, path string, key secret.Bytes) (int64,
 	err = db.WriteTx(ctx, func(tx *sql.Tx) error {
 		var exists int
 		if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'keypackages'").Scan(&exists); err != nil {
+			return err
+		}
+		// A new incarnation: clients that saw the store past this
+		// snapshot learn it was rolled back (store/incarnation.go).
+		if _, err := store.NewIncarnationTx(ctx, tx); err != nil {
 			return err
 		}
 		if exists == 0 {

@@ -12,6 +12,7 @@ const (
 	DeliveryPending   = "pending"   // in the outbox, not yet taken by the server
 	DeliveryRefused   = "refused"   // the server refused it for good (qpc outbox retry or discard)
 	DeliveryDiscarded = "discarded" // dropped from the outbox by the user; never delivered
+	DeliveryLost      = "lost"      // delivered, then lost when the server was restored from a backup, and not sent again
 )
 
 // Message is one decrypted message of a channel's history.
@@ -32,12 +33,17 @@ type Message struct {
 	DeliveryError string `json:"delivery_error,omitempty"`
 	// Set on a membership change the server announced (Text says it in words).
 	Event *Event `json:"event,omitempty"`
+	// LostInRestore: the server was restored from a backup taken before
+	// this message and no longer has it (others' messages: until their
+	// sender sends them again; outgoing ones: Delivery is lost).
+	LostInRestore bool `json:"lost_in_restore,omitempty"`
 }
 
 // messageColumns are the columns scanMessages reads; the query joins
 // groups g, messages m and (LEFT) outbox o.
 const messageColumns = `g.name, m.message_id, m.seq, m.sender, m.display, m.text, m.reply_to, m.sent_ms, m.outgoing,
-	COALESCE(o.status, ''), COALESCE(o.last_error, ''), m.event`
+	COALESCE(o.status, ''), COALESCE(o.last_error, ''), m.event,
+	EXISTS (SELECT 1 FROM restore_lost rl WHERE rl.channel_id = m.channel_id AND rl.message_id = m.message_id)`
 
 const messageJoins = `messages m JOIN groups g ON g.channel_id = m.channel_id LEFT JOIN outbox o ON o.message_id = m.message_id`
 
@@ -45,14 +51,17 @@ func scanMessage(rows *sql.Rows, extra ...any) (Message, error) {
 	var m Message
 	var seq int64
 	var status, lastErr, ev string
-	dst := append([]any{&m.Channel, &m.MessageID, &seq, &m.Sender, &m.DisplayName, &m.Text, &m.ReplyTo, &m.SentUnixMs, &m.Outgoing, &status, &lastErr, &ev}, extra...)
+	dst := append([]any{&m.Channel, &m.MessageID, &seq, &m.Sender, &m.DisplayName, &m.Text, &m.ReplyTo, &m.SentUnixMs, &m.Outgoing, &status, &lastErr, &ev, &m.LostInRestore}, extra...)
 	if err := rows.Scan(dst...); err != nil {
 		return m, err
 	}
 	m.Seq, m.Event = uint64(seq), parseEvent(ev)
 	if m.Outgoing {
 		m.Delivery = deliveryOf(m.Seq, status)
-		if m.Delivery == DeliveryRefused {
+		if m.LostInRestore || status == OutboxLost {
+			m.Delivery, m.LostInRestore = DeliveryLost, true
+		}
+		if m.Delivery == DeliveryRefused || m.Delivery == DeliveryLost {
 			m.DeliveryError = lastErr
 		}
 	}

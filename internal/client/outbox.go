@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/quicprochat/quicprochat/internal/mls"
 	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
@@ -20,6 +21,9 @@ const (
 	OutboxSent    = "sent"    // the server has it (seq set)
 	OutboxStale   = "stale"   // a commit refused with STALE_EPOCH; the group layer redoes it
 	OutboxFailed  = "failed"  // refused for good (last_error says why)
+	// OutboxLost: accepted before the server was restored from a backup,
+	// and not accepted again (the group moved on, or is gone here).
+	OutboxLost = "lost"
 )
 
 // NewMessageID returns a time-ordered (version 7) UUID. Ids that sort by
@@ -126,6 +130,8 @@ type OutboxEntry struct {
 	Attempts  int    `json:"attempts"`
 	LastError string `json:"last_error,omitempty"`
 	Kind      string `json:"kind"`
+	// Replay: accepted before a server restore and queued again as it was.
+	Replay    bool `json:"replay,omitempty"`
 	mls, gi   []byte
 	kind      string
 	intent    []byte
@@ -218,7 +224,7 @@ func (c *Client) outboxWhere(ctx context.Context, where string, args ...any) ([]
 	var out []OutboxEntry
 	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
 		rows, err := tx.QueryContext(ctx, `SELECT o.id, o.message_id, o.channel_id, COALESCE(g.name, ''), o.status, o.seq, o.attempts, o.last_error,
-			o.mls_message, o.group_info, o.kind, o.intent
+			o.mls_message, o.group_info, o.kind, o.intent, EXISTS (SELECT 1 FROM outbox_replay r WHERE r.outbox_id = o.id)
 			FROM (SELECT * FROM outbox WHERE `+where+`) o LEFT JOIN groups g ON g.channel_id = o.channel_id ORDER BY o.id`, args...)
 		if err != nil {
 			return err
@@ -227,7 +233,7 @@ func (c *Client) outboxWhere(ctx context.Context, where string, args ...any) ([]
 		for rows.Next() {
 			var e OutboxEntry
 			var seq int64
-			if err := rows.Scan(&e.ID, &e.MessageID, &e.ChannelID, &e.Channel, &e.Status, &seq, &e.Attempts, &e.LastError, &e.mls, &e.gi, &e.kind, &e.intent); err != nil {
+			if err := rows.Scan(&e.ID, &e.MessageID, &e.ChannelID, &e.Channel, &e.Status, &seq, &e.Attempts, &e.LastError, &e.mls, &e.gi, &e.kind, &e.intent, &e.Replay); err != nil {
 				return err
 			}
 			e.Seq, e.Kind = uint64(seq), e.kind
@@ -286,9 +292,16 @@ func (c *Client) Flush(ctx context.Context) (_ FlushReport, err error) {
 		}
 		stale := false
 		for i, e := range pending {
+			if err := c.reprotectOld(ctx, &e); err != nil {
+				return rep, err
+			}
 			var resp qpcv1.EnqueueResponse
 			err := c.call(ctx, "Enqueue", &qpcv1.EnqueueRequest{ChannelId: e.ChannelID, MessageId: e.MessageID, MlsMessage: e.mls, GroupInfo: e.gi}, &resp)
 			var se *wire.StatusError
+			var ahead *GroupAheadError
+			if errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_STALE_EPOCH {
+				ahead = c.groupAhead(ctx, e.ChannelID)
+			}
 			switch {
 			case err == nil:
 				if err := c.accepted(ctx, e, &resp); err != nil {
@@ -296,6 +309,20 @@ func (c *Client) Flush(ctx context.Context) (_ FlushReport, err error) {
 				}
 				rep.Sent++
 				if err := c.afterAccept(ctx, &rep); err != nil {
+					return rep, err
+				}
+				continue
+			case ahead != nil:
+				// The server was restored to an earlier epoch of the group:
+				// redoing cannot help until the lost commit is sent again.
+				c.bumpAttempts(ctx, e.ID, ahead)
+				rep.Pending = len(pending) - i
+				return rep, &NotSentError{Pending: rep.Pending, Err: ahead}
+			case errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_STALE_EPOCH && e.Replay && e.kind != "app":
+				// A change made before the server restore that no longer
+				// fits the channel (another commit took its epoch).
+				rep.Failed++
+				if err := c.lostInRestore(ctx, e, err); err != nil {
 					return rep, err
 				}
 				continue
@@ -347,7 +374,11 @@ func (c *Client) accepted(ctx context.Context, e OutboxEntry, resp *qpcv1.Enqueu
 			int64(resp.GetSeq()), resp.GetServerTimeUnixMs(), e.ChannelID, e.MessageID); err != nil {
 			return err
 		}
-		if e.kind != "commit" {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM restore_lost WHERE channel_id = ? AND message_id = ?`, e.ChannelID, e.MessageID); err != nil {
+			return err
+		}
+		if e.kind != "commit" || e.Replay {
+			// A replayed commit was merged when first accepted.
 			return nil
 		}
 		r, g, err := openGroup(ctx, tx, "", e.ChannelID)
@@ -415,7 +446,9 @@ func (c *Client) afterAccept(ctx context.Context, rep *FlushReport) error {
 			for _, a := range in.Accounts {
 				refs = append(refs, &qpcv1.MemberRef{AccountName: a})
 			}
-			if err := c.call(ctx, "RemoveMembers", &qpcv1.RemoveMembersRequest{ChannelId: e.ChannelID, Members: refs}, &qpcv1.RemoveMembersResponse{}); err != nil {
+			// NOT_FOUND: none of them is in the channel any more (done
+			// before; a commit sent again after a server restore).
+			if err := c.call(ctx, "RemoveMembers", &qpcv1.RemoveMembersRequest{ChannelId: e.ChannelID, Members: refs}, &qpcv1.RemoveMembersResponse{}); err != nil && !isNotFound(err) {
 				return fmt.Errorf("client: remove from the channel (will retry): %w", err)
 			}
 		case "leave":
@@ -434,6 +467,12 @@ func (c *Client) afterAccept(ctx context.Context, rep *FlushReport) error {
 	return nil
 }
 
+// isNotFound reports a NOT_FOUND status from the server.
+func isNotFound(err error) bool {
+	var se *wire.StatusError
+	return errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_NOT_FOUND
+}
+
 func (c *Client) leaveChannel(ctx context.Context, channelID []byte) error {
 	id, err := c.Identity(ctx)
 	if err != nil {
@@ -441,7 +480,7 @@ func (c *Client) leaveChannel(ctx context.Context, channelID []byte) error {
 	}
 	id.key.Wipe()
 	ref := &qpcv1.MemberRef{AccountName: id.AccountName, DeviceId: id.DeviceID}
-	if err := c.call(ctx, "RemoveMembers", &qpcv1.RemoveMembersRequest{ChannelId: channelID, Members: []*qpcv1.MemberRef{ref}}, &qpcv1.RemoveMembersResponse{}); err != nil {
+	if err := c.call(ctx, "RemoveMembers", &qpcv1.RemoveMembersRequest{ChannelId: channelID, Members: []*qpcv1.MemberRef{ref}}, &qpcv1.RemoveMembersResponse{}); err != nil && !isNotFound(err) {
 		return fmt.Errorf("client: leave the channel: %w", err)
 	}
 	return nil
@@ -607,6 +646,74 @@ func (c *Client) refused(ctx context.Context, e OutboxEntry, cause error) error 
 		return fmt.Errorf("client: update outbox: %w", err)
 	}
 	c.log.Warn("client: message refused by the server", "message_id", e.MessageID, "err", cause)
+	return nil
+}
+
+// reprotectOld encrypts a queued application message again when the group
+// has moved to another epoch since it was encrypted (same message id: if
+// the server already took the old ciphertext under it, it answers
+// duplicate). Members who joined since can then read it, and members
+// removed since cannot; after a rejoin (a server restore) the old epoch may
+// be one the others never had.
+func (c *Client) reprotectOld(ctx context.Context, e *OutboxEntry) error {
+	if e.kind != "app" || len(e.intent) == 0 {
+		return nil
+	}
+	var m mls.MLSMessage
+	if err := m.Unmarshal(e.mls); err != nil || m.PrivateMessage == nil {
+		return nil // the server judges it
+	}
+	var epoch int64
+	err := c.db.ReadTx(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, `SELECT epoch FROM groups WHERE channel_id = ? AND status = ? AND state IS NOT NULL`, e.ChannelID, statusActive).Scan(&epoch)
+	})
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && uint64(epoch) == m.PrivateMessage.Epoch) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("client: read group: %w", err)
+	}
+	c.groupMu.Lock()
+	defer c.groupMu.Unlock()
+	err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		_, g, err := openGroup(ctx, tx, "", e.ChannelID)
+		if err != nil {
+			return err
+		}
+		ct, err := g.Protect(e.intent, nil)
+		if err != nil {
+			return fmt.Errorf("client: encrypt again: %w", err)
+		}
+		if err := saveGroup(ctx, tx, e.ChannelID, g, c.now().UnixMilli()); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE outbox SET mls_message = ? WHERE id = ?`, ct, e.ID); err != nil {
+			return err
+		}
+		e.mls = ct
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("client: encrypt a queued message for the current epoch: %w", err)
+	}
+	return nil
+}
+
+// lostInRestore marks a replayed entry the restored server refused: lost,
+// and so is its message in history.
+func (c *Client) lostInRestore(ctx context.Context, e OutboxEntry, cause error) error {
+	err := c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = ? WHERE id = ?`,
+			OutboxLost, "lost in a server restore: "+cause.Error(), e.ID); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO restore_lost (channel_id, message_id) VALUES (?, ?) ON CONFLICT DO NOTHING`, e.ChannelID, e.MessageID)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("client: update outbox: %w", err)
+	}
+	c.log.Warn("client: a change made before the server restore cannot be sent again", "message_id", e.MessageID, "kind", e.kind, "err", cause)
 	return nil
 }
 

@@ -149,6 +149,20 @@ func (c *Client) processOne(ctx context.Context, me *Identity, in inboundMsg, fo
 		if r == nil || r.status != statusActive || state == nil || in.senderDev == me.DeviceID {
 			return done()
 		}
+		// Its sender sent it again after a server restore: no longer lost
+		// (the sender's device id binds the id to its sender).
+		res, err := tx.ExecContext(ctx, `DELETE FROM restore_lost WHERE channel_id = ? AND message_id = ? AND EXISTS (SELECT 1 FROM messages m
+			WHERE m.channel_id = restore_lost.channel_id AND m.message_id = restore_lost.message_id AND m.outgoing = 0
+			AND substr(m.sender, -length(?) - 1) = '/' || ?)`, in.channelID, in.messageID, in.senderDev, in.senderDev)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			if _, err := tx.ExecContext(ctx, `UPDATE messages SET seq = ?, server_ms = ? WHERE channel_id = ? AND message_id = ?`,
+				in.seq, in.serverMs, in.channelID, in.messageID); err != nil {
+				return err
+			}
+		}
 		g, err := mls.ImportGroup(mlsConfig, state)
 		if err != nil {
 			return fmt.Errorf("client: group state of %s: %w", r.name, err)

@@ -68,6 +68,12 @@ func (c *Client) rejoin(ctx context.Context, channelID []byte) error {
 		}
 		c.groupMu.Lock()
 		err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
+			// Application messages still queued were encrypted for the
+			// group state just replaced (after a server restore, possibly
+			// an epoch the server never had): encrypt them again.
+			if err := reprotectPending(ctx, tx, g, channelID); err != nil {
+				return err
+			}
 			state, err := g.Export()
 			if err != nil {
 				return err
@@ -91,6 +97,43 @@ func (c *Client) rejoin(ctx context.Context, channelID []byte) error {
 		return nil
 	}
 	return fmt.Errorf("client: rejoin: still refused after %d attempts; try again later", maxRedo)
+}
+
+// reprotectPending encrypts the channel's queued application messages
+// again under g (same message ids).
+func reprotectPending(ctx context.Context, tx *sql.Tx, g *mls.Group, channelID []byte) error {
+	rows, err := tx.QueryContext(ctx, `SELECT id, intent FROM outbox WHERE channel_id = ? AND status IN (?, ?) AND kind = 'app' AND intent IS NOT NULL ORDER BY id`,
+		channelID, OutboxPending, OutboxStale)
+	if err != nil {
+		return err
+	}
+	type entry struct {
+		id     int64
+		intent []byte
+	}
+	var due []entry
+	for rows.Next() {
+		var e entry
+		if err := rows.Scan(&e.id, &e.intent); err != nil {
+			rows.Close()
+			return err
+		}
+		due = append(due, e)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, e := range due {
+		ct, err := g.Protect(e.intent, nil)
+		if err != nil {
+			return fmt.Errorf("client: rejoin: encrypt a queued message again: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE outbox SET status = ?, mls_message = ? WHERE id = ?`, OutboxPending, ct, e.id); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // rejoinGaps rejoins every active group whose channel has a gap.

@@ -36,6 +36,10 @@ type SyncReport struct {
 	// removed from (by a commit it processed, or because the server no
 	// longer counts it in the channel): each is reported once.
 	RemovedFrom []string `json:"removed_from,omitempty"`
+	// ServerRestored is set by the Sync that found the server restored
+	// from a backup (its store incarnation changed) and reconciled this
+	// device with it (restore.go).
+	ServerRestored *ServerRestore `json:"server_restored,omitempty"`
 }
 
 // fetchLimit is the page size asked for.
@@ -70,6 +74,16 @@ func (c *Client) Sync(ctx context.Context, wait time.Duration) (_ SyncReport, er
 			return rep, fmt.Errorf("client: fetch: %w", err)
 		}
 		refill = refill || resp.GetRefillKeyPackages()
+		// Before storing: a restored server hands out again sequence
+		// numbers this device's cursors have passed.
+		restored, err := c.noteIncarnation(ctx, resp.GetStoreIncarnation())
+		if err != nil {
+			return rep, err
+		}
+		if restored != nil {
+			rep.ServerRestored = restored
+			refill = true // the restore deleted every unclaimed KeyPackage
+		}
 		ack, err := c.store(ctx, &resp, &rep)
 		if err != nil {
 			return rep, err

@@ -30,6 +30,10 @@ type Channel struct {
 	CreatedBy string        // account id
 	Members   []Member
 	Invited   []Member // pending invitations (not members)
+	// AckedSeq: the calling device's acknowledged position (ListChannels
+	// only; 0 when it has acknowledged nothing there). A client compares
+	// it with its own after a server restore (docs/protocol.md).
+	AckedSeq uint64
 }
 
 // Member is an account (DeviceID "") or one device of it.
@@ -286,6 +290,12 @@ func (s *Service) ListChannels(ctx context.Context, c Caller) ([]Channel, error)
 			if err != nil {
 				return err
 			}
+			var acked int64
+			err = tx.QueryRowContext(ctx, `SELECT acked_seq FROM cursors WHERE device_id = ? AND channel_id = ?`, c.DeviceID, id).Scan(&acked)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
+			ch.AckedSeq = uint64(acked)
 			out = append(out, ch)
 		}
 		return nil

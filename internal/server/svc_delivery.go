@@ -38,9 +38,17 @@ type deliveryPart struct {
 	delivery *delivery.Service
 	// byteLimits: one bucket of payload bytes per account (limits.byte_rate).
 	byteLimits *rateLimits
+	// incarnation: the store's incarnation id, read once at start (a
+	// restore needs every node stopped), sent with every fetch answer.
+	incarnation string
 }
 
 func (s *Server) initDelivery(ctx context.Context) error {
+	inc, err := s.db.Incarnation(ctx)
+	if err != nil {
+		return err
+	}
+	s.incarnation = inc
 	d, err := delivery.New(delivery.Options{
 		DB:           s.db,
 		Directory:    deliveryDirectory{s.auth},
@@ -126,7 +134,7 @@ func channelProto(ch delivery.Channel) *qpcv1.Channel {
 		t = qpcv1.ChannelType_CHANNEL_TYPE_DM
 	}
 	out := &qpcv1.Channel{ChannelId: ch.ID, Type: t, GroupId: ch.GroupID, Epoch: ch.Epoch, HeadSeq: ch.HeadSeq,
-		TtlSeconds: uint32(ch.TTL / time.Second), CreatedByAccountId: ch.CreatedBy}
+		TtlSeconds: uint32(ch.TTL / time.Second), CreatedByAccountId: ch.CreatedBy, AckedSeq: ch.AckedSeq}
 	for _, m := range ch.Members {
 		out.Members = append(out.Members, &qpcv1.Member{AccountId: m.AccountID, DeviceId: m.DeviceID, AddedByAccountId: m.AddedBy})
 	}
@@ -281,6 +289,12 @@ func batchProto(b delivery.Batch) *qpcv1.FetchResponse {
 	return out
 }
 
+// withIncarnation stamps a fetch answer with the store's incarnation id.
+func (s *Server) withIncarnation(resp *qpcv1.FetchResponse) *qpcv1.FetchResponse {
+	resp.StoreIncarnation = s.incarnation
+	return resp
+}
+
 func afterPositions(in []*qpcv1.ChannelCursor, inbox uint64) delivery.After {
 	a := delivery.After{Inbox: inbox}
 	if len(in) > 0 {
@@ -301,7 +315,7 @@ func (s *Server) fetch(ctx context.Context, call *Call, req *qpcv1.FetchRequest)
 	if err != nil {
 		return nil, err
 	}
-	return s.withRefillSignal(batchProto(b), c.DeviceID), nil
+	return s.withRefillSignal(s.withIncarnation(batchProto(b)), c.DeviceID), nil
 }
 
 // fetchWait long-polls; the wait is clipped to limits.long_poll_max and
@@ -316,7 +330,7 @@ func (s *Server) fetchWait(ctx context.Context, call *Call, req *qpcv1.FetchWait
 	if err != nil {
 		return nil, err
 	}
-	return s.withRefillSignal(batchProto(b), c.DeviceID), nil
+	return s.withRefillSignal(s.withIncarnation(batchProto(b)), c.DeviceID), nil
 }
 
 func (s *Server) ack(ctx context.Context, call *Call, req *qpcv1.AckRequest) (*qpcv1.AckResponse, error) {

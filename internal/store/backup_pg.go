@@ -318,6 +318,15 @@ func RestorePostgres(ctx context.Context, o RestoreOptions, r io.Reader) (rep Re
 				return fmt.Errorf("store: invalidate KeyPackages: %w", err)
 			}
 			rep.KeyPackagesInvalidated = tag.RowsAffected()
+			// A new incarnation: clients that saw the store past this
+			// snapshot learn it was rolled back (store/incarnation.go).
+			inc, err := NewIncarnation()
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", MetaIncarnation, inc); err != nil {
+				return fmt.Errorf("store: write a new incarnation id: %w", err)
+			}
 			return nil
 		})
 		rep.Tables, rep.Rows = tables, rows

@@ -607,6 +607,11 @@ func humanMessage(m client.Message) string {
 		line += "  [NOT DELIVERED: refused by the server (" + safetext.Line(m.DeliveryError) + "); qpc outbox retry or discard]"
 	case client.DeliveryDiscarded:
 		line += "  [NOT DELIVERED: discarded]"
+	case client.DeliveryLost:
+		line += "  [LOST: the server was restored from a backup taken before it, and it could not be sent again]"
+	}
+	if m.LostInRestore && !m.Outgoing {
+		line += "  [LOST on the server: restored from a backup taken before it; shown again here when its sender's client re-sends it]"
 	}
 	return line
 }
@@ -658,6 +663,9 @@ func (a *app) receive(ctx context.Context, c *client.Client, wait time.Duration)
 	if err := a.printKeyLogAlarms(alarms); err != nil {
 		return err
 	}
+	if err := a.printRestoreNotice(ctx, c); err != nil {
+		return err
+	}
 	for _, name := range rep.RemovedFrom {
 		// A notice, not a failure: recv did its job (documented in docs/client.md).
 		fmt.Fprintf(a.io.Stderr, "qpc: you were removed from %s by another member; you no longer receive or send there (its history stays: qpc history %s)\n",
@@ -683,6 +691,31 @@ func (a *app) receive(ctx context.Context, c *client.Client, wait time.Duration)
 		if err := a.emit(map[string]any{"invitation": in}, invitationLine(in)+"; qpc invitations accept "+safetext.Line(in.ID)+" (or decline)"); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// printRestoreNotice tells the user, once, that the server was restored
+// from a backup and what this device did about it (docs/client.md).
+func (a *app) printRestoreNotice(ctx context.Context, c *client.Client) error {
+	n, err := c.RestoreNotice(ctx)
+	if err != nil || n == nil {
+		return err
+	}
+	fmt.Fprintf(a.io.Stderr, "qpc: the server was restored from a backup: %d channel(s) set back; %d of your messages are sent again, %d received message(s) are marked lost until their senders' clients send them again (qpc history shows them)\n",
+		len(n.Channels), n.Resent, n.Lost)
+	for _, ch := range n.Channels {
+		if len(ch.NotResent) > 0 {
+			fmt.Fprintf(a.io.Stderr, "qpc: %s: %d of your messages were lost and cannot be sent again (the group is no longer active here): %s\n",
+				safetext.Line(ch.Channel), len(ch.NotResent), strings.Join(ch.NotResent, ", "))
+		}
+		if ch.LocalEpoch > ch.ServerEpoch {
+			fmt.Fprintf(a.io.Stderr, "qpc: %s is at epoch %d here and %d on the server: the member who changed the group since the backup must run qpc recv so the change is sent again\n",
+				safetext.Line(ch.Channel), ch.LocalEpoch, ch.ServerEpoch)
+		}
+	}
+	if a.json {
+		return a.emit(map[string]any{"server_restored": n}, "")
 	}
 	return nil
 }

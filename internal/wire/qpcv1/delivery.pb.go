@@ -336,8 +336,12 @@ type Channel struct {
 	// The account that created the channel; while a member it may remove
 	// anyone (docs/protocol.md, "Who may change membership").
 	CreatedByAccountId string `protobuf:"bytes,9,opt,name=created_by_account_id,json=createdByAccountId,proto3" json:"created_by_account_id,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// ListChannels only: the calling device's acknowledged position in the
+	// channel (0: none). After a server restore a client moves its cursor
+	// down to it (docs/protocol.md, "Store incarnation").
+	AckedSeq      uint64 `protobuf:"varint,10,opt,name=acked_seq,json=ackedSeq,proto3" json:"acked_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Channel) Reset() {
@@ -431,6 +435,13 @@ func (x *Channel) GetCreatedByAccountId() string {
 		return x.CreatedByAccountId
 	}
 	return ""
+}
+
+func (x *Channel) GetAckedSeq() uint64 {
+	if x != nil {
+		return x.AckedSeq
+	}
+	return 0
 }
 
 type CreateGroupChannelRequest struct {
@@ -1591,8 +1602,15 @@ type FetchResponse struct {
 	// so a drain of its pool is refilled at once. Set by the node that served
 	// the fetch of its KeyPackages.
 	RefillKeyPackages bool `protobuf:"varint,4,opt,name=refill_key_packages,json=refillKeyPackages,proto3" json:"refill_key_packages,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The store's incarnation id: random, created with the deployment's
+	// database and replaced by every restore from a backup. A client that
+	// sees it change knows the server was rolled back to a snapshot: channel
+	// heads may be below its cursors and sequence numbers past them are
+	// handed out again (docs/protocol.md, "Store incarnation"). Empty from a
+	// server older than the field.
+	StoreIncarnation string `protobuf:"bytes,5,opt,name=store_incarnation,json=storeIncarnation,proto3" json:"store_incarnation,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *FetchResponse) Reset() {
@@ -1651,6 +1669,13 @@ func (x *FetchResponse) GetRefillKeyPackages() bool {
 		return x.RefillKeyPackages
 	}
 	return false
+}
+
+func (x *FetchResponse) GetStoreIncarnation() string {
+	if x != nil {
+		return x.StoreIncarnation
+	}
+	return ""
 }
 
 type ChannelCursor struct {
@@ -2710,7 +2735,7 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12-\n" +
-	"\x13added_by_account_id\x18\x03 \x01(\tR\x10addedByAccountId\"\xc5\x02\n" +
+	"\x13added_by_account_id\x18\x03 \x01(\tR\x10addedByAccountId\"\xe2\x02\n" +
 	"\aChannel\x12\x1d\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\fR\tchannelId\x12'\n" +
@@ -2722,7 +2747,9 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"ttlSeconds\x12(\n" +
 	"\amembers\x18\a \x03(\v2\x0e.qpc.v1.MemberR\amembers\x12(\n" +
 	"\ainvited\x18\b \x03(\v2\x0e.qpc.v1.MemberR\ainvited\x121\n" +
-	"\x15created_by_account_id\x18\t \x01(\tR\x12createdByAccountId\"V\n" +
+	"\x15created_by_account_id\x18\t \x01(\tR\x12createdByAccountId\x12\x1b\n" +
+	"\tacked_seq\x18\n" +
+	" \x01(\x04R\backedSeq\"V\n" +
 	"\x19CreateGroupChannelRequest\x12#\n" +
 	"\bgroup_id\x18\x01 \x01(\fB\b\x92\x82\x19\x04\b \x18\x01R\agroupId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"a\n" +
@@ -2812,12 +2839,13 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x124\n" +
 	"\x05after\x18\x03 \x03(\v2\x15.qpc.v1.ChannelCursorB\a\x92\x82\x19\x03 \xe8\aR\x05after\x12\x1f\n" +
 	"\vinbox_after\x18\x04 \x01(\x04R\n" +
-	"inboxAfter\"\xb0\x01\n" +
+	"inboxAfter\"\xdd\x01\n" +
 	"\rFetchResponse\x122\n" +
 	"\bmessages\x18\x01 \x03(\v2\x16.qpc.v1.ChannelMessageR\bmessages\x12'\n" +
 	"\x05inbox\x18\x02 \x03(\v2\x11.qpc.v1.InboxItemR\x05inbox\x12\x12\n" +
 	"\x04more\x18\x03 \x01(\bR\x04more\x12.\n" +
-	"\x13refill_key_packages\x18\x04 \x01(\bR\x11refillKeyPackages\"J\n" +
+	"\x13refill_key_packages\x18\x04 \x01(\bR\x11refillKeyPackages\x12+\n" +
+	"\x11store_incarnation\x18\x05 \x01(\tR\x10storeIncarnation\"J\n" +
 	"\rChannelCursor\x12'\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\fB\b\x92\x82\x19\x04\b\x10\x18\x01R\tchannelId\x12\x10\n" +
