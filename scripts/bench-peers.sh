@@ -256,8 +256,12 @@ runone() { # system senders round
 		local extra=()
 		[ "$sys" = qpcd-postgres ] && extra=(-cpu-tree "$postmaster")
 		# PROFILE=S: a CPU profile of qpcd over S seconds after the warm-up.
+		# With it, an allocation profile over the same span (a delta:
+		# allocs?seconds=S), to be read with -sample_index=alloc_space.
 		[ -n "${PROFILE:-}" ] && (sleep "$WARMUP" && curl -fs "http://${qops[$sys]}/debug/pprof/profile?seconds=$PROFILE" \
 			-o "$BENCH_OUT/$sys-$n-$r.cpu.pb.gz") &
+		[ -n "${PROFILE:-}" ] && (sleep "$WARMUP" && curl -fs "http://${qops[$sys]}/debug/pprof/allocs?seconds=$PROFILE" \
+			-o "$BENCH_OUT/$sys-$n-$r.allocs.pb.gz") &
 		timeout "$STEP_TIMEOUT" bin/qpc-bench -mode enqueue -addr "${qaddr[$sys]}" -data-dir "$tmp/$sys" \
 			-server-pid "${qpid[$sys]}" "${extra[@]}" -n "$n" -channels "$CHANNELS" -receivers 1 -size "$SIZE" \
 			-duration "${DURATION}s" -warmup "${WARMUP}s" -json "$raw.json" >"$raw.txt" 2>&1 ||
