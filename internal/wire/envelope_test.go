@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"testing"
@@ -52,5 +53,28 @@ func TestStatusError(t *testing.T) {
 		if strings.HasPrefix(StatusName(qpcv1.Status(s)), "status_") {
 			t.Errorf("status %d has no short name", s)
 		}
+	}
+}
+
+// AppendMessageFrame writes the same bytes as framing Marshal's output, after
+// whatever dst already holds.
+func TestAppendMessageFrameMatchesMarshal(t *testing.T) {
+	msg := &qpcv1.Response{Version: ProtocolVersion, RequestId: 99, Status: qpcv1.Status_STATUS_OK, Body: bytes.Repeat([]byte{7}, 3000)}
+	plain, err := Marshal(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := AppendFrame([]byte("prefix"), plain)
+	got, err := AppendMessageFrame([]byte("prefix"), msg)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("err=%v, frames differ: %d and %d bytes", err, len(got), len(want))
+	}
+	body, err := ReadFrame(bytes.NewReader(got[len("prefix"):]), DefaultMaxFrame)
+	if err != nil || !bytes.Equal(body, plain) {
+		t.Fatalf("read back: err=%v", err)
+	}
+	got, err = AppendMarshal([]byte("x"), msg)
+	if err != nil || !bytes.Equal(got[1:], plain) || got[0] != 'x' {
+		t.Fatalf("AppendMarshal: err=%v", err)
 	}
 }
