@@ -92,8 +92,8 @@ cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
 	if [ -n "$pg_started" ]; then pg stop -m fast >/dev/null 2>&1; fi
-	git worktree prune 2>/dev/null
 	rm -rf "$tmp"
+	[ -n "${BASE:-}" ] && git worktree prune 2>/dev/null
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
