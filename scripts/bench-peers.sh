@@ -283,6 +283,9 @@ runone() { # system senders round
 			-server-pid "${qpid[$sys]}" "${extra[@]}" -n "$n" -channels "$CHANNELS" -receivers 1 -size "$SIZE" \
 			-duration "${DURATION}s" -warmup "${WARMUP}s" -json "$raw.json" >"$raw.txt" 2>&1 ||
 			{ failed "$sys" "$n" "$r" "$raw"; return; }
+		# With PROFILE, qpcd's metrics after the run too (counters are
+		# cumulative over the rounds: compare consecutive files).
+		[ -n "${PROFILE:-}" ] && curl -fs "http://${qops[$sys]}/metrics" -o "$BENCH_OUT/$sys-$n-$r.metrics.txt"
 		;;
 	nats-sync | nats-default)
 		timeout "$STEP_TIMEOUT" bin/natsbench -url "${nurl[$sys]}" -server-pid "${npid[$sys]}" -n "$n" -size "$SIZE" \
