@@ -5,6 +5,7 @@
 #   scripts/bench-peers.sh                     # 3 rounds x 15 s after 3 s warm-up, 32 and 64 senders
 #   BENCH_QUICK=1 scripts/bench-peers.sh       # one short round of each: a smoke check
 #   SYSTEMS="qpcd-sqlcipher nats-sync" SENDERS=64 ROUNDS=5 scripts/bench-peers.sh
+#   BASE=main SYSTEMS="qpcd-sqlcipher qpcd-sqlcipher-base" ROUNDS=5 scripts/bench-peers.sh
 #
 # Systems, run interleaved round-robin (every system at every concurrency in
 # round 1, then round 2, ...) so that a change in the machine's load falls
@@ -25,6 +26,11 @@
 #                   on, on the throwaway PostgreSQL (no receiver)
 #   quic-bare       qpc-bench -mode baseline: the bare quic-go echo loop, in
 #                   one process (no storage, no receiver)
+#   qpcd-sqlcipher-base, qpcd-postgres-base
+#                   with BASE=REV (a git revision): the same against qpcd
+#                   built from REV, interleaved with this tree's, so that a
+#                   change is compared with its base under the same load
+#                   (on PostgreSQL in a database of its own)
 # CPU µs per message is summed over every process of the system (client and
 # servers; PostgreSQL's whole process tree, exited backends included),
 # divided by every message acknowledged while metered (warm-up included);
@@ -66,12 +72,13 @@ for v in ROUNDS DURATION WARMUP SIZE CHANNELS; do
 done
 for s in $SYSTEMS; do
 	case $s in qpcd-sqlcipher | qpcd-postgres | nats-sync | nats-default | pgbench | quic-bare) ;;
+	qpcd-sqlcipher-base | qpcd-postgres-base) [ -n "${BASE:-}" ] || die "$s needs BASE=REV (the revision to build it from)" ;;
 	*) die "unknown system $s" ;;
 	esac
 done
 wants() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 for t in jq curl python3 /usr/bin/time; do command -v "$t" >/dev/null || die "needs $t"; done
-if wants qpcd-postgres || wants pgbench; then
+if wants qpcd-postgres || wants qpcd-postgres-base || wants pgbench; then
 	[ -x "$PGBIN/initdb" ] && [ -x "$PGBIN/pgbench" ] || die "needs PostgreSQL's server and pgbench (Debian: postgresql); PGBIN=$PGBIN"
 fi
 
@@ -86,6 +93,7 @@ cleanup() {
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
 	if [ -n "$pg_started" ]; then pg stop -m fast >/dev/null 2>&1; fi
 	rm -rf "$tmp"
+	[ -n "${BASE:-}" ] && git worktree prune 2>/dev/null
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -111,6 +119,12 @@ treecpu() {
 # --- build ------------------------------------------------------------------
 log "building qpcd, qpc-bench, nats-server and natsbench"
 go build -o bin/ ./cmd/qpcd ./cmd/qpc-bench
+if [ -n "${BASE:-}" ]; then
+	log "building qpcd at $BASE as bin/qpcd-base"
+	git worktree add -q --detach "$tmp/base-src" "$BASE"
+	(cd "$tmp/base-src" && go build -o "$OLDPWD/bin/qpcd-base" ./cmd/qpcd)
+	git worktree remove --force "$tmp/base-src"
+fi
 if wants nats-sync || wants nats-default; then
 	(cd tools/nats && go build -o ../../bin/nats-server github.com/nats-io/nats-server/v2 && go build -o ../../bin/natsbench .)
 fi
@@ -121,7 +135,7 @@ if [ "$(id -u)" = 0 ]; then asuser=(runuser -u postgres --); fi
 pg() { "${asuser[@]}" "$PGBIN/pg_ctl" -D "$tmp/pg" -l "$tmp/pg/server.log" "$@"; }
 chmod 755 "$tmp"
 pgversion=
-if wants qpcd-postgres || wants pgbench; then
+if wants qpcd-postgres || wants qpcd-postgres-base || wants pgbench; then
 	mkdir "$tmp/pg"
 	[ ${#asuser[@]} -gt 0 ] && chown postgres "$tmp/pg"
 	"${asuser[@]}" "$PGBIN/initdb" -D "$tmp/pg" -U postgres --auth=trust -E UTF8 >/dev/null
@@ -142,6 +156,7 @@ if wants qpcd-postgres || wants pgbench; then
 	pg_started=1
 	export PGHOST=127.0.0.1 PGPORT PGUSER=postgres
 	"$PGBIN/createdb" qpc
+	"$PGBIN/createdb" qpc_base
 	[ -n "${PG_STATEMENTS:-}" ] && "$PGBIN/psql" -q -d postgres -c 'CREATE EXTENSION pg_stat_statements'
 	"$PGBIN/createdb" pgb
 	"$PGBIN/psql" -q -d pgb -c 'CREATE TABLE bench_rows (id bigserial PRIMARY KEY, body bytea NOT NULL)'
@@ -153,13 +168,13 @@ fi
 
 # --- qpcd -------------------------------------------------------------------
 declare -A qaddr qpid qops
-startqpcd() { # name backend
-	local n=$1 port ops env=()
+startqpcd() { # name backend [binary [database]]
+	local n=$1 port ops env=() bin=${3:-bin/qpcd} db=${4:-qpc}
 	port=$(freeudp)
 	ops=$(freeport)
 	mkdir -m 700 -p "$tmp/$n"
 	if [ "$2" = postgres ]; then
-		env=(QPC_STORE_BACKEND=postgres "QPC_POSTGRES_DSN=postgres://postgres@127.0.0.1:$PGPORT/qpc?sslmode=disable"
+		env=(QPC_STORE_BACKEND=postgres "QPC_POSTGRES_DSN=postgres://postgres@127.0.0.1:$PGPORT/$db?sslmode=disable"
 			"QPC_POSTGRES_MAX_CONNS=$MAX_CONNS")
 	fi
 	# Rate limits and quotas out of the way: every bench client shares
@@ -168,7 +183,7 @@ startqpcd() { # name backend
 		QPC_LIMITS_RATE_LIMIT=1000000 QPC_LIMITS_RATE_BURST=1000000 QPC_LIMITS_MAX_STREAMS_PER_CONN=1000 \
 		QPC_LIMITS_MAX_CONNECTIONS_PER_ADDRESS=1000 \
 		QPC_OPS_PPROF=$([ -n "${PROFILE:-}" ] && echo on || echo off) QPC_LIMITS_BYTE_RATE=1073741824 QPC_LIMITS_BYTE_BURST=1073741824 QPC_QUOTA_MESSAGES=0 QPC_QUOTA_MESSAGE_BYTES=0 QPC_INVITATIONS_MAX_PER_HOUR=100000 QPC_INVITATIONS_MAX_PENDING=100000 \
-		bin/qpcd 2>"$tmp/$n.log" &
+		"$bin" 2>"$tmp/$n.log" &
 	local pid=$!
 	pids+=("$pid")
 	for _ in $(seq 300); do
@@ -184,6 +199,8 @@ startqpcd() { # name backend
 }
 wants qpcd-sqlcipher && startqpcd qpcd-sqlcipher sqlcipher
 wants qpcd-postgres && startqpcd qpcd-postgres postgres
+wants qpcd-sqlcipher-base && startqpcd qpcd-sqlcipher-base sqlcipher bin/qpcd-base
+wants qpcd-postgres-base && startqpcd qpcd-postgres-base postgres bin/qpcd-base qpc_base
 
 # --- NATS -------------------------------------------------------------------
 declare -A nurl npid
@@ -252,16 +269,23 @@ runone() { # system senders round
 	local sys=$1 n=$2 r=$3 raw="$tmp/runs/$1-$2-$3" l0
 	l0=$(load1)
 	case $sys in
-	qpcd-sqlcipher | qpcd-postgres)
+	qpcd-sqlcipher | qpcd-postgres | qpcd-sqlcipher-base | qpcd-postgres-base)
 		local extra=()
-		[ "$sys" = qpcd-postgres ] && extra=(-cpu-tree "$postmaster")
+		[[ $sys == qpcd-postgres* ]] && extra=(-cpu-tree "$postmaster")
 		# PROFILE=S: a CPU profile of qpcd over S seconds after the warm-up.
+		# With it, an allocation profile over the same span (a delta:
+		# allocs?seconds=S), to be read with -sample_index=alloc_space.
 		[ -n "${PROFILE:-}" ] && (sleep "$WARMUP" && curl -fs "http://${qops[$sys]}/debug/pprof/profile?seconds=$PROFILE" \
 			-o "$BENCH_OUT/$sys-$n-$r.cpu.pb.gz") &
+		[ -n "${PROFILE:-}" ] && (sleep "$WARMUP" && curl -fs "http://${qops[$sys]}/debug/pprof/allocs?seconds=$PROFILE" \
+			-o "$BENCH_OUT/$sys-$n-$r.allocs.pb.gz") &
 		timeout "$STEP_TIMEOUT" bin/qpc-bench -mode enqueue -addr "${qaddr[$sys]}" -data-dir "$tmp/$sys" \
 			-server-pid "${qpid[$sys]}" "${extra[@]}" -n "$n" -channels "$CHANNELS" -receivers 1 -size "$SIZE" \
 			-duration "${DURATION}s" -warmup "${WARMUP}s" -json "$raw.json" >"$raw.txt" 2>&1 ||
 			{ failed "$sys" "$n" "$r" "$raw"; return; }
+		# With PROFILE, qpcd's metrics after the run too (counters are
+		# cumulative over the rounds: compare consecutive files).
+		[ -n "${PROFILE:-}" ] && curl -fs "http://${qops[$sys]}/metrics" -o "$BENCH_OUT/$sys-$n-$r.metrics.txt"
 		;;
 	nats-sync | nats-default)
 		timeout "$STEP_TIMEOUT" bin/natsbench -url "${nurl[$sys]}" -server-pid "${npid[$sys]}" -n "$n" -size "$SIZE" \

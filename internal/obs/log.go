@@ -215,8 +215,10 @@ func (a *Audit) Event(ctx context.Context, event string, attrs ...slog.Attr) {
 	if a == nil || a.l == nil {
 		return
 	}
-	all := make([]slog.Attr, 0, len(attrs)+2)
-	all = append(all, slog.Bool("audit", true), slog.String("event", event))
+	// On the stack for the events qpcd writes (enqueue has ten attributes
+	// with these two): one allocation fewer per audit event.
+	var stack [12]slog.Attr
+	all := append(stack[:0], slog.Bool("audit", true), slog.String("event", event))
 	all = append(all, attrs...)
 	a.l.LogAttrs(ctx, LevelAudit, "audit", all...)
 }

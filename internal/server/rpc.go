@@ -106,13 +106,11 @@ func (r *rpcServer) ServeStream(ctx context.Context, c *transport.Conn, s *quic.
 	defer r.metrics.InFlight.Dec()
 
 	_ = s.SetReadDeadline(start.Add(requestReadTimeout))
-	resp, label, span := r.handle(ctx, c, s, start)
+	resp, label, span, release := r.handle(ctx, c, s, start)
 	resp.Version = wire.ProtocolVersion
-	out, err := wire.Marshal(resp)
-	if err == nil {
-		_ = s.SetWriteDeadline(time.Now().Add(requestReadTimeout))
-		err = wire.WriteFrame(s, out)
-	}
+	_ = s.SetWriteDeadline(time.Now().Add(requestReadTimeout))
+	err := writeResponse(s, resp)
+	release()
 	if err != nil {
 		r.log.Debug("rpc: response not delivered", "method", label, "err", err)
 		s.CancelWrite(streamCodeRefused)
@@ -159,13 +157,19 @@ func awaitClientFIN(s *quic.Stream) {
 var noSpan = trace.SpanFromContext(context.Background())
 
 // handle returns the response, the method label for metrics (bounded:
-// unknown methods are "unknown") and the RPC's server span (noSpan when
-// tracing is off or the request never decoded).
-func (r *rpcServer) handle(ctx context.Context, c *transport.Conn, s *quic.Stream, start time.Time) (*qpcv1.Response, string, trace.Span) {
+// unknown methods are "unknown"), the RPC's server span (noSpan when
+// tracing is off or the request never decoded) and release, to be called
+// once the response has been written (it returns pooled buffers).
+func (r *rpcServer) handle(ctx context.Context, c *transport.Conn, s *quic.Stream, start time.Time) (*qpcv1.Response, string, trace.Span, func()) {
 	span := noSpan
-	resp, label := r.serve(ctx, c, s, start, &span)
-	return resp, label, span
+	resp, label, release := r.serve(ctx, c, s, start, &span)
+	if release == nil {
+		release = noRelease
+	}
+	return resp, label, span, release
 }
+
+func noRelease() {}
 
 // startSpan begins the RPC's server span, continuing the client's trace
 // when the request carries one. The span starts when the stream arrived.
@@ -177,32 +181,37 @@ func (r *rpcServer) startSpan(ctx context.Context, req *qpcv1.Request, name stri
 	return ctx, span
 }
 
-func (r *rpcServer) serve(ctx context.Context, c *transport.Conn, s *quic.Stream, start time.Time, spanOut *trace.Span) (*qpcv1.Response, string) {
-	frame, err := wire.ReadFrame(s, r.maxPayload+envelopeOverhead)
+// serve is handle's body; release (nil when there is nothing to give back)
+// is called once the response has been written.
+func (r *rpcServer) serve(ctx context.Context, c *transport.Conn, s *quic.Stream, start time.Time, spanOut *trace.Span) (*qpcv1.Response, string, func()) {
+	frame, releaseFrame, err := readRequestFrame(s, r.maxPayload+envelopeOverhead)
 	if err != nil {
 		switch {
 		case errors.Is(err, wire.ErrFrameTooLarge):
 			r.metrics.FramesRejected.WithLabelValues("oversized").Inc()
 			s.CancelRead(streamCodeRefused)
-			return errorResponse(0, wire.Errorf(qpcv1.Status_STATUS_RESOURCE_EXHAUSTED, "%v", err)), "unknown"
+			return errorResponse(0, wire.Errorf(qpcv1.Status_STATUS_RESOURCE_EXHAUSTED, "%v", err)), "unknown", nil
 		default:
 			r.metrics.FramesRejected.WithLabelValues("malformed").Inc()
-			return errorResponse(0, wire.Errorf(qpcv1.Status_STATUS_INVALID_ARGUMENT, "%v", err)), "unknown"
+			return errorResponse(0, wire.Errorf(qpcv1.Status_STATUS_INVALID_ARGUMENT, "%v", err)), "unknown", nil
 		}
 	}
 	req, err := wire.DecodeRequest(frame)
+	// The envelope holds copies of the frame's bytes (protobuf's decoder
+	// copies bytes and strings), so the frame can go back now.
+	releaseFrame()
 	if err != nil {
 		id := req.GetRequestId()
 		switch {
 		case errors.Is(err, wire.ErrUnsupportedVersion):
 			r.metrics.FramesRejected.WithLabelValues("unsupported_version").Inc()
-			return errorResponse(id, wire.Errorf(qpcv1.Status_STATUS_UNSUPPORTED_VERSION, "%v", err)), "unknown"
+			return errorResponse(id, wire.Errorf(qpcv1.Status_STATUS_UNSUPPORTED_VERSION, "%v", err)), "unknown", nil
 		case errors.Is(err, wire.ErrInvalidField):
 			r.metrics.FramesRejected.WithLabelValues("invalid_argument").Inc()
 		default:
 			r.metrics.FramesRejected.WithLabelValues("malformed").Inc()
 		}
-		return errorResponse(id, wire.Errorf(qpcv1.Status_STATUS_INVALID_ARGUMENT, "%v", err)), "unknown"
+		return errorResponse(id, wire.Errorf(qpcv1.Status_STATUS_INVALID_ARGUMENT, "%v", err)), "unknown", nil
 	}
 	m, ok := r.methods[req.GetMethod()]
 	if r.tracing {
@@ -213,18 +222,18 @@ func (r *rpcServer) serve(ctx context.Context, c *transport.Conn, s *quic.Stream
 		ctx, *spanOut = r.startSpan(ctx, req, name, len(req.GetBody()), start)
 	}
 	if !ok {
-		return errorResponse(req.GetRequestId(), wire.Errorf(qpcv1.Status_STATUS_NOT_FOUND, "unknown method %q", req.GetMethod())), "unknown"
+		return errorResponse(req.GetRequestId(), wire.Errorf(qpcv1.Status_STATUS_NOT_FOUND, "unknown method %q", req.GetMethod())), "unknown", nil
 	}
 	if r.draining() {
 		e := wire.Errorf(qpcv1.Status_STATUS_DRAINING, "server draining; reconnect and retry")
 		e.RetryAfter = time.Second
-		return errorResponse(req.GetRequestId(), e), m.name
+		return errorResponse(req.GetRequestId(), e), m.name, nil
 	}
 	call := &Call{Method: m.name, RequestID: req.GetRequestId(), Conn: c, Token: req.GetAccessToken()}
 	// The per-IP limit comes first, so token checks cannot be flooded.
 	if r.admit != nil {
 		if err := r.admit(ctx, call); err != nil {
-			return errorResponse(call.RequestID, r.toStatus(ctx, call, err)), m.name
+			return errorResponse(call.RequestID, r.toStatus(ctx, call, err)), m.name, nil
 		}
 	}
 	if !m.public && r.authenticate != nil {
@@ -235,7 +244,7 @@ func (r *rpcServer) serve(ctx context.Context, c *transport.Conn, s *quic.Stream
 		}
 		aspan.End()
 		if err != nil {
-			return errorResponse(call.RequestID, r.toStatus(ctx, call, err)), m.name
+			return errorResponse(call.RequestID, r.toStatus(ctx, call, err)), m.name, nil
 		}
 	}
 	in := m.newReq()
@@ -247,20 +256,20 @@ func (r *rpcServer) serve(ctx context.Context, c *transport.Conn, s *quic.Stream
 	vspan.End()
 	if err != nil {
 		r.metrics.FramesRejected.WithLabelValues("invalid_argument").Inc()
-		return errorResponse(call.RequestID, wire.Errorf(qpcv1.Status_STATUS_INVALID_ARGUMENT, "%v", err)), m.name
+		return errorResponse(call.RequestID, wire.Errorf(qpcv1.Status_STATUS_INVALID_ARGUMENT, "%v", err)), m.name, nil
 	}
 	out, err := m.handler(ctx, call, in)
 	if err != nil {
-		return errorResponse(call.RequestID, r.toStatus(ctx, call, err)), m.name
+		return errorResponse(call.RequestID, r.toStatus(ctx, call, err)), m.name, nil
 	}
 	if r.lie != nil {
 		r.lie(ctx, call, m.name, out)
 	}
-	body, err := wire.Marshal(out)
+	body, release, err := encodeBody(out)
 	if err != nil {
-		return errorResponse(call.RequestID, r.toStatus(ctx, call, err)), m.name
+		return errorResponse(call.RequestID, r.toStatus(ctx, call, err)), m.name, nil
 	}
-	return &qpcv1.Response{RequestId: call.RequestID, Status: qpcv1.Status_STATUS_OK, Body: body}, m.name
+	return &qpcv1.Response{RequestId: call.RequestID, Status: qpcv1.Status_STATUS_OK, Body: body}, m.name, release
 }
 
 // toStatus is the one place where service errors become wire statuses.

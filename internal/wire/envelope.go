@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -53,7 +54,32 @@ func DecodeBody(body []byte, msg proto.Message) error {
 	return Validate(msg)
 }
 
+var marshalDeterministic = proto.MarshalOptions{Deterministic: true}
+
 // Marshal encodes deterministically, so the same message is always the same bytes.
 func Marshal(msg proto.Message) ([]byte, error) {
-	return proto.MarshalOptions{Deterministic: true}.Marshal(msg)
+	return marshalDeterministic.Marshal(msg)
+}
+
+// AppendMarshal is Marshal appending to dst (a reused buffer).
+func AppendMarshal(dst []byte, msg proto.Message) ([]byte, error) {
+	return marshalDeterministic.MarshalAppend(dst, msg)
+}
+
+// AppendMessageFrame appends msg, marshalled as Marshal does, as one frame
+// to dst: the same bytes as AppendFrame(dst, Marshal(msg)) without the
+// intermediate copy.
+func AppendMessageFrame(dst []byte, msg proto.Message) ([]byte, error) {
+	start := len(dst)
+	dst = append(dst, 0, 0, 0, 0)
+	dst, err := marshalDeterministic.MarshalAppend(dst, msg)
+	if err != nil {
+		return dst[:start], err
+	}
+	n := len(dst) - start - FrameHeaderLen
+	if uint64(n) > uint64(^uint32(0)) {
+		return dst[:start], fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, n)
+	}
+	binary.BigEndian.PutUint32(dst[start:], uint32(n))
+	return dst, nil
 }

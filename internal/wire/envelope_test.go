@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"testing"
@@ -52,5 +53,61 @@ func TestStatusError(t *testing.T) {
 		if strings.HasPrefix(StatusName(qpcv1.Status(s)), "status_") {
 			t.Errorf("status %d has no short name", s)
 		}
+	}
+}
+
+// AppendMessageFrame writes the same bytes as framing Marshal's output, after
+// whatever dst already holds.
+func TestAppendMessageFrameMatchesMarshal(t *testing.T) {
+	msg := &qpcv1.Response{Version: ProtocolVersion, RequestId: 99, Status: qpcv1.Status_STATUS_OK, Body: bytes.Repeat([]byte{7}, 3000)}
+	plain, err := Marshal(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := AppendFrame([]byte("prefix"), plain)
+	got, err := AppendMessageFrame([]byte("prefix"), msg)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("err=%v, frames differ: %d and %d bytes", err, len(got), len(want))
+	}
+	body, err := ReadFrame(bytes.NewReader(got[len("prefix"):]), DefaultMaxFrame)
+	if err != nil || !bytes.Equal(body, plain) {
+		t.Fatalf("read back: err=%v", err)
+	}
+	got, err = AppendMarshal([]byte("x"), msg)
+	if err != nil || !bytes.Equal(got[1:], plain) || got[0] != 'x' {
+		t.Fatalf("AppendMarshal: err=%v", err)
+	}
+}
+
+// The server gives a request's frame buffer back to its pool as soon as the
+// envelope is decoded, and the body's buffer once the method's message is:
+// so neither decoded message may refer to its input. Bytes, strings and
+// unknown fields are all checked.
+func TestDecodedMessagesDoNotAliasInput(t *testing.T) {
+	body, _ := Marshal(&qpcv1.EnqueueRequest{ChannelId: bytes.Repeat([]byte{1}, 16),
+		MessageId: "0193a3c4-6b1e-7cc2-9b4f-2a9e7d3c1f00", MlsMessage: bytes.Repeat([]byte{2}, 1024)})
+	frame, _ := Marshal(&qpcv1.Request{Version: ProtocolVersion, RequestId: 5, Method: "Enqueue", AccessToken: "qpcat1.x.y", Body: body})
+	frame = append(frame, 0xa2, 0x06, 0x03, 'u', 'n', 'k') // field 100, bytes: an unknown field
+	req, err := DecodeRequest(frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantReq, _ := Marshal(req)
+	in := &qpcv1.EnqueueRequest{}
+	if err := DecodeBody(req.GetBody(), in); err != nil {
+		t.Fatal(err)
+	}
+	wantIn, _ := Marshal(in)
+	for i := range frame {
+		frame[i] = 0
+	}
+	if got, _ := Marshal(req); !bytes.Equal(got, wantReq) {
+		t.Fatal("the request envelope changed with its frame's buffer")
+	}
+	for i := range req.Body {
+		req.Body[i] = 0
+	}
+	if got, _ := Marshal(in); !bytes.Equal(got, wantIn) {
+		t.Fatal("the method's message changed with the envelope's body")
 	}
 }

@@ -26,6 +26,12 @@ var (
 // allocated; the body buffer grows only as bytes actually arrive, so a peer
 // that announces a large frame and sends little cannot make us allocate it.
 func ReadFrame(r io.Reader, limit int) ([]byte, error) {
+	return ReadFrameInto(r, limit, nil)
+}
+
+// ReadFrameInto is ReadFrame reading into buf's storage (a reused buffer)
+// as far as its capacity goes; beyond that it grows as ReadFrame does.
+func ReadFrameInto(r io.Reader, limit int, buf []byte) ([]byte, error) {
 	var hdr [FrameHeaderLen]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
@@ -43,7 +49,9 @@ func ReadFrame(r io.Reader, limit int) ([]byte, error) {
 	// Grow geometrically from 64 KiB as data arrives, never past n.
 	const chunk = 64 << 10
 	size := int(n)
-	buf := make([]byte, 0, min(size, chunk))
+	if buf = buf[:0]; cap(buf) < min(size, chunk) {
+		buf = make([]byte, 0, min(size, chunk))
+	}
 	for len(buf) < size {
 		want := min(size-len(buf), max(chunk, len(buf)))
 		buf = slices.Grow(buf, want)

@@ -74,3 +74,28 @@ func TestFrameOverCapReadsOnlyHeader(t *testing.T) {
 		t.Fatalf("reader consumed %d body bytes", 1000-r.Len())
 	}
 }
+
+// ReadFrameInto reads into the buffer it is given while it fits, and still
+// reads frames larger than that buffer whole.
+func TestReadFrameIntoReusesBuffer(t *testing.T) {
+	reuse := make([]byte, 0, 4096)
+	for _, size := range []int{1, 1000, 4096, 4097, 200_000} {
+		body := bytes.Repeat([]byte{byte(size)}, size)
+		var buf bytes.Buffer
+		if err := WriteFrame(&buf, body); err != nil {
+			t.Fatal(err)
+		}
+		got, err := ReadFrameInto(&buf, DefaultMaxFrame, reuse)
+		if err != nil || !bytes.Equal(got, body) {
+			t.Fatalf("size %d: err=%v equal=%v", size, err, bytes.Equal(got, body))
+		}
+		if same := size <= cap(reuse) && &got[0] == &reuse[:1][0]; size <= cap(reuse) && !same {
+			t.Fatalf("size %d: a frame that fits the buffer was read into a new one", size)
+		}
+	}
+	// The announced size is still checked before anything is read.
+	over := binary.BigEndian.AppendUint32(nil, 5000)
+	if _, err := ReadFrameInto(bytes.NewReader(over), 4000, reuse); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("over the cap: %v", err)
+	}
+}
