@@ -143,13 +143,13 @@ func TestDiskFullWritesFailTypedAndResume(t *testing.T) {
 	})
 
 	l := startDiskLoad(db, 6)
-	testutil.WaitFor(t, 20*time.Second, 2*time.Millisecond, "writes before the disk fills", func() bool { a, _ := l.counts(); return a >= 200 })
+	testutil.WaitFor(t, time.Minute, 2*time.Millisecond, "writes before the disk fills", func() bool { a, _ := l.counts(); return a >= 200 })
 	if _, e := l.counts(); e > 0 {
 		_, errs := l.finish()
 		t.Fatalf("writes failed before the disk was filled: %v", errs[0])
 	}
 	filler := testutil.Fill(t, dir, "filler")
-	testutil.WaitFor(t, 20*time.Second, 2*time.Millisecond, "writes refused on the full disk", func() bool { _, e := l.counts(); return e >= 50 })
+	testutil.WaitFor(t, time.Minute, 2*time.Millisecond, "writes refused on the full disk", func() bool { _, e := l.counts(); return e >= 50 })
 
 	// Reads need no space.
 	if n := countRows(t, db, ""); n < 200 {
@@ -157,7 +157,7 @@ func TestDiskFullWritesFailTypedAndResume(t *testing.T) {
 	}
 	filler.Remove(t)
 	a0, _ := l.counts()
-	testutil.WaitFor(t, 20*time.Second, 2*time.Millisecond, "writes resuming after space was freed", func() bool { a, _ := l.counts(); return a >= a0+200 })
+	testutil.WaitFor(t, time.Minute, 2*time.Millisecond, "writes resuming after space was freed", func() bool { a, _ := l.counts(); return a >= a0+200 })
 	acked, errs := l.finish()
 
 	for _, err := range errs {
