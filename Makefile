@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go test-tools vet fmt-check ops-check proto proto-interop interop fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test bench-peers
+.PHONY: all build run test test-go test-tools vet fmt-check ops-check proto proto-interop interop interop-wg mlswg-runner fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test bench-peers
 
 all: build
 
@@ -116,11 +116,28 @@ soak: deps-test
 # Needs Node.js 20+ and npm; every exchanged message is kept under
 # INTEROP_ARTIFACTS.
 INTEROP_ARTIFACTS ?= $(BIN)/interop-artifacts
-interop:
+# It also runs the MLS working group's test-runner (TestMLSWGHarness) in
+# its short mode: all eight configs, every implemented suite, one random
+# assignment of the two qpc-mls-interop clients to the actors.
+interop: mlswg-runner
 	cd interop/ts-mls && npm ci --no-audit --no-fund
 	cd interop/ts-mls-rc10 && npm ci --no-audit --no-fund
 	@mkdir -p $(INTEROP_ARTIFACTS)
-	QPC_INTEROP_ARTIFACTS=$(abspath $(INTEROP_ARTIFACTS)) $(GO) test -tags interop -count=1 -v ./interop/
+	QPC_INTEROP_ARTIFACTS=$(abspath $(INTEROP_ARTIFACTS)) QPC_MLSWG_RUNNER=$(abspath $(MLSWG))/test-runner \
+		$(GO) test -tags interop -count=1 -timeout 30m -v ./interop/
+
+# The MLS working group's interop test-runner (mlswg/mls-implementations,
+# pinned; scripts/mlswg-runner.sh generates its gRPC code and builds it in
+# $(MLSWG)/src, a scratch copy) against two cmd/qpc-mls-interop processes,
+# in full: every assignment of the clients to the actors, all eight
+# configs, every implemented suite, PrivateMessage and PublicMessage.
+MLSWG ?= $(BIN)/mlswg
+mlswg-runner:
+	GO=$(GO) scripts/mlswg-runner.sh $(MLSWG)
+interop-wg: mlswg-runner
+	@mkdir -p $(INTEROP_ARTIFACTS)
+	QPC_INTEROP_ARTIFACTS=$(abspath $(INTEROP_ARTIFACTS)) QPC_MLSWG_RUNNER=$(abspath $(MLSWG))/test-runner QPC_MLSWG_MODE=full \
+		$(GO) test -tags interop -count=1 -timeout 90m -v -run '^TestMLSWGHarness$$' ./interop/
 
 # N-1 compatibility (internal/compat, docs/release.md "Compatibility with
 # the previous release"): the previous release (scripts/previous-release.sh)
