@@ -111,7 +111,8 @@ soak: deps-test
 		gnuplot -e "csv='$$csv'; png='$${csv%.csv}.png'" scripts/soak.gp && echo "plot: $${csv%.csv}.png"; done; \
 	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/soak.log; exit $$rc; fi
 
-# internal/mls against ts-mls (interop/): installs the peers exactly as
+# internal/mls against ts-mls and OpenMLS (Wire's core-crypto, WebAssembly)
+# (interop/): installs the peers exactly as
 # their lockfiles pin them, then runs the Go test that drives both sides.
 # Needs Node.js 20+ and npm; every exchanged message is kept under
 # INTEROP_ARTIFACTS.
@@ -122,6 +123,7 @@ INTEROP_ARTIFACTS ?= $(BIN)/interop-artifacts
 interop: mlswg-runner
 	cd interop/ts-mls && npm ci --no-audit --no-fund
 	cd interop/ts-mls-rc10 && npm ci --no-audit --no-fund
+	cd interop/openmls && npm ci --no-audit --no-fund
 	@mkdir -p $(INTEROP_ARTIFACTS)
 	QPC_INTEROP_ARTIFACTS=$(abspath $(INTEROP_ARTIFACTS)) QPC_MLSWG_RUNNER=$(abspath $(MLSWG))/test-runner \
 		$(GO) test -tags interop -count=1 -timeout 30m -v ./interop/
