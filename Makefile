@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go test-tools vet fmt-check ops-check proto proto-interop interop interop-wg mlswg-runner fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test bench-peers
+.PHONY: all build run test test-go test-tools vet fmt-check ops-check proto proto-interop interop interop-wg mlswg-runner test-mlswg fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test bench-peers
 
 all: build
 
@@ -26,7 +26,7 @@ build:
 run: build
 	./$(BIN)/qpcd
 
-test: deps-test vet fmt-check lint-actions ops-check test-go test-tools chaos-short
+test: deps-test vet fmt-check lint-actions ops-check test-go test-tools test-mlswg chaos-short
 
 # internal/mls runs verbosely so the per-file MLS vector counts are printed
 # (go test hides a passing package's output); a failure prints its log.
@@ -135,7 +135,15 @@ interop: mlswg-runner
 # configs, every implemented suite, PrivateMessage and PublicMessage.
 MLSWG ?= $(BIN)/mlswg
 mlswg-runner:
+	@command -v protoc >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) protobuf-compiler libprotobuf-dev; }
 	GO=$(GO) scripts/mlswg-runner.sh $(MLSWG)
+# The quick mode, part of make test (about a minute): every config but
+# deep_random, every suite, one random client assignment; needs no Node.
+test-mlswg: mlswg-runner
+	@mkdir -p $(BIN); rc=0; QPC_MLSWG_RUNNER=$(abspath $(MLSWG))/test-runner QPC_MLSWG_MODE=quick \
+		$(GO) test -tags interop -count=1 -timeout 20m -v -run '^TestMLSWGHarness$$' ./interop/ > $(BIN)/mlswg-test.log 2>&1 || rc=$$?; \
+	grep -E '(mlswg:|^ok|^FAIL)' $(BIN)/mlswg-test.log; \
+	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/mlswg-test.log; exit $$rc; fi
 interop-wg: mlswg-runner
 	@mkdir -p $(INTEROP_ARTIFACTS)
 	QPC_INTEROP_ARTIFACTS=$(abspath $(INTEROP_ARTIFACTS)) QPC_MLSWG_RUNNER=$(abspath $(MLSWG))/test-runner QPC_MLSWG_MODE=full \
