@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go test-tools jaeger trace-e2e vet fmt-check ops-check proto proto-interop interop fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test bench-peers testnet testnet-down
+.PHONY: all build run test test-go test-tools jaeger trace-e2e vet fmt-check ops-check proto proto-interop interop interop-wg mlswg-runner test-mlswg fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test bench-peers testnet testnet-down
 
 all: build
 
@@ -26,7 +26,7 @@ build:
 run: build
 	./$(BIN)/qpcd
 
-test: deps-test vet fmt-check lint-actions ops-check test-go test-tools chaos-short
+test: deps-test vet fmt-check lint-actions ops-check test-go test-tools test-mlswg chaos-short
 
 # internal/mls runs verbosely so the per-file MLS vector counts are printed
 # (go test hides a passing package's output); a failure prints its log.
@@ -137,16 +137,43 @@ soak: deps-test
 		gnuplot -e "csv='$$csv'; png='$${csv%.csv}.png'" scripts/soak.gp && echo "plot: $${csv%.csv}.png"; done; \
 	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/soak.log; exit $$rc; fi
 
-# internal/mls against ts-mls (interop/): installs the peers exactly as
+# internal/mls against ts-mls and OpenMLS (Wire's core-crypto, WebAssembly)
+# (interop/): installs the peers exactly as
 # their lockfiles pin them, then runs the Go test that drives both sides.
 # Needs Node.js 20+ and npm; every exchanged message is kept under
 # INTEROP_ARTIFACTS.
 INTEROP_ARTIFACTS ?= $(BIN)/interop-artifacts
-interop:
+# It also runs the MLS working group's test-runner (TestMLSWGHarness) in
+# its short mode: all eight configs, every implemented suite, one random
+# assignment of the two qpc-mls-interop clients to the actors.
+interop: mlswg-runner
 	cd interop/ts-mls && npm ci --no-audit --no-fund
 	cd interop/ts-mls-rc10 && npm ci --no-audit --no-fund
+	cd interop/openmls && npm ci --no-audit --no-fund
 	@mkdir -p $(INTEROP_ARTIFACTS)
-	QPC_INTEROP_ARTIFACTS=$(abspath $(INTEROP_ARTIFACTS)) $(GO) test -tags interop -count=1 -v ./interop/
+	QPC_INTEROP_ARTIFACTS=$(abspath $(INTEROP_ARTIFACTS)) QPC_MLSWG_RUNNER=$(abspath $(MLSWG))/test-runner \
+		$(GO) test -tags interop -count=1 -timeout 30m -v ./interop/
+
+# The MLS working group's interop test-runner (mlswg/mls-implementations,
+# pinned; scripts/mlswg-runner.sh generates its gRPC code and builds it in
+# $(MLSWG)/src, a scratch copy) against two cmd/qpc-mls-interop processes,
+# in full: every assignment of the clients to the actors, all eight
+# configs, every implemented suite, PrivateMessage and PublicMessage.
+MLSWG ?= $(BIN)/mlswg
+mlswg-runner:
+	@command -v protoc >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) protobuf-compiler libprotobuf-dev; }
+	GO=$(GO) scripts/mlswg-runner.sh $(MLSWG)
+# The quick mode, part of make test (about a minute): every config but
+# deep_random, every suite, one random client assignment; needs no Node.
+test-mlswg: mlswg-runner
+	@mkdir -p $(BIN); rc=0; QPC_MLSWG_RUNNER=$(abspath $(MLSWG))/test-runner QPC_MLSWG_MODE=quick \
+		$(GO) test -tags interop -count=1 -timeout 20m -v -run '^TestMLSWGHarness$$' ./interop/ > $(BIN)/mlswg-test.log 2>&1 || rc=$$?; \
+	grep -E '(mlswg:|^ok|^FAIL)' $(BIN)/mlswg-test.log; \
+	if [ $$rc != 0 ]; then grep -vE '^(=== |--- PASS|    --- PASS)' $(BIN)/mlswg-test.log; exit $$rc; fi
+interop-wg: mlswg-runner
+	@mkdir -p $(INTEROP_ARTIFACTS)
+	QPC_INTEROP_ARTIFACTS=$(abspath $(INTEROP_ARTIFACTS)) QPC_MLSWG_RUNNER=$(abspath $(MLSWG))/test-runner QPC_MLSWG_MODE=full \
+		$(GO) test -tags interop -count=1 -timeout 90m -v -run '^TestMLSWGHarness$$' ./interop/
 
 # N-1 compatibility (internal/compat, docs/release.md "Compatibility with
 # the previous release"): the previous release (scripts/previous-release.sh)

@@ -84,6 +84,10 @@ type applied struct {
 	ownGone  bool
 	updated  []leafIndex
 	extended bool
+	// joiner is the leaf an external commit's sender takes (set by
+	// processCommit when joined).
+	joiner leafIndex
+	joined bool
 }
 
 type addedMember struct {

@@ -41,6 +41,12 @@ type Config struct {
 	// client adds (test vectors carry expired ones). Leaves received in a
 	// tree or a commit are never refused for their lifetime alone.
 	SkipLifetimeCheck bool
+	// AllowWeakerReInit lets a ReInit move the group to an allowed suite
+	// that ranks below its own (SuiteStrength). RFC 9420 §12.1.5 permits
+	// any suite; the product refuses weaker ones as a downgrade, and only
+	// the interop harness (whose reinit scripts pick any other suite)
+	// turns this on. The allowlist still applies.
+	AllowWeakerReInit bool
 }
 
 func (c *Config) now() time.Time {
@@ -103,7 +109,7 @@ func (c *Config) checkSuiteChange(from, to CipherSuiteID) error {
 	if !c.allowed(to) {
 		return fmt.Errorf("%w: suite %d not in the allowlist", ErrDowngrade, to)
 	}
-	if suiteLevel(to) < suiteLevel(from) {
+	if suiteLevel(to) < suiteLevel(from) && !c.AllowWeakerReInit {
 		return fmt.Errorf("%w: suite %d is weaker than %d", ErrDowngrade, to, from)
 	}
 	return nil

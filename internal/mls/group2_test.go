@@ -324,3 +324,39 @@ func testCommitWithoutPath(t *testing.T, suite CipherSuiteID) {
 		t.Fatal("carol still active")
 	}
 }
+
+// TestExternalJoinReportsJoiner: the members processing an external
+// commit see the joiner in Processed.Added at the leaf it took, both for
+// a fresh join (a new leaf) and for a rejoin that removes the prior leaf
+// (the joiner is added and its old leaf removed). Before the fix Added
+// was empty and the joiner could only be found afterwards by identity.
+func TestExternalJoinReportsJoiner(t *testing.T) {
+	cfg := Config{}
+	alice, bob := twoMembers(t, cfg)
+	gi, err := alice.g.GroupInfo()
+	mustNoErr(t, err, "GroupInfo")
+	carol := newSuiteClient(t, "carol", 1)
+	g, commit, err := JoinExternal(cfg, gi, BasicIdentity("carol", "d1"), carol.sig, ExternalJoinOptions{})
+	mustNoErr(t, err, "JoinExternal")
+	carol.g = g
+	for i, p := range deliver(t, commit, alice, bob) {
+		if len(p.Added) != 1 || p.Added[0] != carol.g.OwnLeaf() || len(p.Removed) != 0 {
+			t.Fatalf("member %d: Added %v Removed %v after carol's external join at leaf %d", i, p.Added, p.Removed, carol.g.OwnLeaf())
+		}
+	}
+
+	// bob rejoins, removing his old leaf 1; he takes the leftmost blank
+	// leaf, which is that same leaf once the Remove is applied.
+	gi, err = carol.g.GroupInfo()
+	mustNoErr(t, err, "GroupInfo")
+	old := bob.g.OwnLeaf()
+	g, commit, err = JoinExternal(cfg, gi, BasicIdentity("bob", "d1"), bob.sig, ExternalJoinOptions{RemovePrior: true})
+	mustNoErr(t, err, "rejoin")
+	bob.g = g
+	for i, p := range deliver(t, commit, alice, carol) {
+		if len(p.Added) != 1 || p.Added[0] != bob.g.OwnLeaf() || len(p.Removed) != 1 || p.Removed[0] != old {
+			t.Fatalf("member %d: Added %v Removed %v after bob's rejoin at leaf %d (was %d)", i, p.Added, p.Removed, bob.g.OwnLeaf(), old)
+		}
+	}
+	sameEpoch(t, alice, bob, carol)
+}

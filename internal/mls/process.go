@@ -34,8 +34,9 @@ type Processed struct {
 	// Proposal is the content of a proposal message (now cached for the
 	// next commit).
 	Proposal *Proposal
-	// For commits: the members added, removed and updated (leaf
-	// indices), and whether this client was removed.
+	// For commits: the members added (by Add proposals, and the joiner
+	// of an external commit), removed and updated (leaf indices), and
+	// whether this client was removed.
 	Added, Removed, Updated []uint32
 	SelfRemoved             bool
 	// OwnCommit is set when the message was this client's pending commit
@@ -244,6 +245,10 @@ func (g *Group) ProcessMessage(raw []byte) (*Processed, error) {
 	for _, m := range a.added {
 		out.Added = append(out.Added, uint32(m.leaf))
 	}
+	if a.joined {
+		// An external joiner is a new member too, though no Add names it.
+		out.Added = append(out.Added, uint32(a.joiner))
+	}
 	for _, l := range a.removed {
 		out.Removed = append(out.Removed, uint32(l))
 	}
@@ -341,6 +346,7 @@ func (g *Group) processCommit(ac *AuthenticatedContent) (*Group, *applied, error
 		if uint32(committer) >= uint32(next.tree.leafCount()) {
 			next.tree.extend()
 		}
+		a.joiner, a.joined = committer, true
 		if c.Path == nil {
 			return nil, nil, fmt.Errorf("%w: external commit without path", ErrInvalidCommit)
 		}

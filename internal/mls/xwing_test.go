@@ -191,3 +191,35 @@ func FuzzParseCipherSuite(f *testing.F) {
 		}
 	})
 }
+
+// TestAllowWeakerReInit: with Config.AllowWeakerReInit (the interop
+// harness's setting) a ReInit from X-Wing to an allowed classical suite is
+// committed and processed; the allowlist still applies, and a member
+// without the flag refuses the same commit as a downgrade.
+func TestAllowWeakerReInit(t *testing.T) {
+	xw := MLS256XWingAES256GCMSHA512Ed25519
+	cfg := Config{AllowedSuites: []CipherSuiteID{1, xw}, AllowWeakerReInit: true}
+	alice, bob := twoSuiteMembers(t, cfg, xw)
+	if _, err := alice.g.Commit(CommitOptions{ReInit: &ReInit{GroupID: NewGroupID(), Version: 1, CipherSuite: 4}}); !errors.Is(err, ErrDowngrade) {
+		t.Fatalf("ReInit to suite 4 outside the allowlist: %v", err)
+	}
+	strict, err := ImportGroup(Config{AllowedSuites: []CipherSuiteID{1, xw}}, mustExportGroup(t, bob.g))
+	mustNoErr(t, err, "import bob without the flag")
+	pc, err := alice.g.Commit(CommitOptions{ReInit: &ReInit{GroupID: NewGroupID(), Version: 1, CipherSuite: 1}})
+	mustNoErr(t, err, "ReInit X-Wing -> 1 with AllowWeakerReInit")
+	if _, err := strict.ProcessMessage(pc.Message); !errors.Is(err, ErrDowngrade) {
+		t.Fatalf("member without AllowWeakerReInit processed a ReInit to a weaker suite: %v", err)
+	}
+	deliver(t, pc.Message, bob)
+	mustNoErr(t, alice.g.MergePendingCommit(pc), "merge")
+	if alice.g.PendingReInit() == nil || bob.g.PendingReInit() == nil {
+		t.Fatal("ReInit not pending after the commit")
+	}
+}
+
+func mustExportGroup(t *testing.T, g *Group) []byte {
+	t.Helper()
+	raw, err := g.Export()
+	mustNoErr(t, err, "Export")
+	return raw
+}

@@ -110,4 +110,50 @@ func TestScenarios(t *testing.T) {
 		}
 		_ = cm
 	})
+
+	// An external signer proposes an external and a resumption PSK
+	// (RFC 9420 §12.1.8), which it builds from the GroupInfo alone; both
+	// members hold the external PSK. Before the fix the server refused
+	// these proposals ("needs the group").
+	t.Run("external_psk_proposals", func(t *testing.T) {
+		sa, sb := setup()
+		sg, err := b.CreateExternalSigner(ctx, &pb.CreateExternalSignerRequest{CipherSuite: 1, Identity: []byte("ds")})
+		must(err)
+		p, err := a.AddExternalSigner(ctx, &pb.AddExternalSignerRequest{StateId: sa, ExternalSender: sg.ExternalSender})
+		must(err)
+		cm, err := a.Commit(ctx, &pb.CommitRequest{StateId: sa, ByReference: [][]byte{p.Proposal}})
+		must(err)
+		_, err = a.HandlePendingCommit(ctx, &pb.HandlePendingCommitRequest{StateId: sa})
+		must(err)
+		_, err = b.HandleCommit(ctx, &pb.HandleCommitRequest{StateId: sb, Proposal: [][]byte{p.Proposal}, Commit: cm.Commit})
+		must(err)
+		psk := []byte("0123456789abcdef0123456789abcdef")
+		for _, st := range []struct {
+			c  pb.MLSClientClient
+			id uint32
+		}{{a, sa}, {b, sb}} {
+			_, err := st.c.StorePSK(ctx, &pb.StorePSKRequest{StateOrTransactionId: st.id, PskId: []byte("k1"), PskSecret: psk})
+			must(err)
+		}
+		gi, err := a.GroupInfo(ctx, &pb.GroupInfoRequest{StateId: sa})
+		must(err)
+		var props [][]byte
+		for _, d := range []*pb.ProposalDescription{
+			{ProposalType: []byte("externalPSK"), PskId: []byte("k1")},
+			{ProposalType: []byte("resumptionPSK"), EpochId: 1},
+		} {
+			ep, err := b.ExternalSignerProposal(ctx, &pb.ExternalSignerProposalRequest{SignerId: sg.SignerId, SignerIndex: 0, GroupInfo: gi.GroupInfo, Description: d})
+			if err != nil {
+				t.Fatalf("external %s proposal: %v", d.ProposalType, err)
+			}
+			props = append(props, ep.Proposal)
+		}
+		cm, err = a.Commit(ctx, &pb.CommitRequest{StateId: sa, ByReference: props})
+		must(err)
+		ha, err := a.HandlePendingCommit(ctx, &pb.HandlePendingCommitRequest{StateId: sa})
+		must(err)
+		hb, err := b.HandleCommit(ctx, &pb.HandleCommitRequest{StateId: sb, Proposal: props, Commit: cm.Commit})
+		must(err)
+		eq(ha.EpochAuthenticator, hb.EpochAuthenticator, "external PSK proposals")
+	})
 }

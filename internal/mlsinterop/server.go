@@ -2,6 +2,7 @@ package mlsinterop
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"sync"
@@ -59,18 +60,28 @@ type signer struct {
 	identity []byte
 }
 
-// NewServer returns a server supporting cipher suite 1.
+// NewServer returns a server advertising every cipher suite internal/mls
+// implements (the seven of RFC 9420 and the X-Wing hybrids).
 func NewServer() *Server {
+	return NewServerWithSuites(mls.SuiteIDs())
+}
+
+// NewServerWithSuites returns a server advertising only suites (for a
+// shorter harness run).
+func NewServerWithSuites(suites []mls.CipherSuiteID) *Server {
 	return &Server{
 		states: map[uint32]*state{}, txs: map[uint32]*transaction{}, reinits: map[uint32]*reinit{}, signers: map[uint32]*signer{},
-		suites: []mls.CipherSuiteID{mls.MLS128DHKEMX25519AES128GCMSHA256Ed25519},
+		suites: append([]mls.CipherSuiteID(nil), suites...),
 	}
 }
 
 func (s *Server) id() uint32 { s.next++; return s.next }
 
+// config is the library configuration of every state: the advertised
+// suites, and ReInits to any of them (the harness's change_ciphersuite
+// picks any other suite; RFC 9420 §12.1.5 allows it, the product does not).
 func (s *Server) config(encrypt bool, psks pskMap) mls.Config {
-	return mls.Config{AllowedSuites: s.suites, PublicHandshake: !encrypt, PSKs: psks.store(), SkipLifetimeCheck: true}
+	return mls.Config{AllowedSuites: s.suites, PublicHandshake: !encrypt, PSKs: psks.store(), SkipLifetimeCheck: true, AllowWeakerReInit: true}
 }
 
 // fail maps a library error to a gRPC status.
@@ -461,9 +472,9 @@ func (s *Server) ReInitProposal(_ context.Context, r *pb.ReInitProposalRequest) 
 		GroupID: r.GetGroupId(), Version: mls.ProtocolVersionMLS10, CipherSuite: mls.CipherSuiteID(r.GetCipherSuite()), Extensions: extensions(r.GetExtensions())}})
 }
 
-// describe turns a ProposalDescription into a proposal for group g (nil
-// for proposals that need no group).
-func describe(g *mls.Group, d *pb.ProposalDescription) (*mls.Proposal, error) {
+// describe turns a ProposalDescription into a proposal for group g, or,
+// when g is nil (an external sender), for the group whose context gc is.
+func describe(g *mls.Group, gc *mls.GroupContext, d *pb.ProposalDescription) (*mls.Proposal, error) {
 	switch string(d.GetProposalType()) {
 	case "add":
 		kp, err := decodeKP(d.GetKeyPackage())
@@ -482,12 +493,24 @@ func describe(g *mls.Group, d *pb.ProposalDescription) (*mls.Proposal, error) {
 		return &mls.Proposal{Type: mls.ProposalTypeRemove, Remove: &mls.Remove{Removed: l}}, nil
 	case "externalPSK":
 		if g == nil {
-			return nil, status.Error(codes.Unimplemented, "external PSK proposal needs the group")
+			// An external sender (RFC 9420 §12.1.8) builds the PSK ID
+			// from the GroupInfo's context: the nonce is Nh random bytes
+			// of the group's suite (§8.4).
+			id, err := pskIDFor(gc, mls.PreSharedKeyID{Type: mls.PSKTypeExternal, PSKID: d.GetPskId()})
+			if err != nil {
+				return nil, err
+			}
+			return &mls.Proposal{Type: mls.ProposalTypePSK, PreSharedKey: &mls.PreSharedKey{PSK: id}}, nil
 		}
 		return &mls.Proposal{Type: mls.ProposalTypePSK, PreSharedKey: &mls.PreSharedKey{PSK: g.ExternalPSK(d.GetPskId())}}, nil
 	case "resumptionPSK":
 		if g == nil {
-			return nil, status.Error(codes.Unimplemented, "resumption PSK proposal needs the group")
+			id, err := pskIDFor(gc, mls.PreSharedKeyID{Type: mls.PSKTypeResumption, Usage: mls.ResumptionPSKUsageApplication,
+				PSKGroupID: gc.GroupID, PSKEpoch: d.GetEpochId()})
+			if err != nil {
+				return nil, err
+			}
+			return &mls.Proposal{Type: mls.ProposalTypePSK, PreSharedKey: &mls.PreSharedKey{PSK: id}}, nil
 		}
 		return &mls.Proposal{Type: mls.ProposalTypePSK, PreSharedKey: &mls.PreSharedKey{PSK: g.ResumptionPSKID(d.GetEpochId())}}, nil
 	case "groupContextExtensions":
@@ -511,7 +534,7 @@ func (s *Server) commit(r *pb.CommitRequest, reinit bool) (*pb.CommitResponse, e
 	}
 	opts := mls.CommitOptions{NoPath: !r.GetForcePath(), OmitRatchetTree: r.GetExternalTree(), PendingReInit: reinit}
 	for _, d := range r.GetByValue() {
-		p, err := describe(st.g, d)
+		p, err := describe(st.g, nil, d)
 		if err != nil {
 			return nil, err
 		}
@@ -862,7 +885,7 @@ func (s *Server) ExternalSignerProposal(_ context.Context, r *pb.ExternalSignerP
 		}
 		p = &mls.Proposal{Type: mls.ProposalTypeRemove, Remove: &mls.Remove{Removed: l}}
 	} else {
-		if p, err = describe(nil, d); err != nil {
+		if p, err = describe(nil, gc, d); err != nil {
 			return nil, err
 		}
 	}
@@ -871,6 +894,22 @@ func (s *Server) ExternalSignerProposal(_ context.Context, r *pb.ExternalSignerP
 		return nil, fail(err)
 	}
 	return &pb.ProposalResponse{Proposal: msg}, nil
+}
+
+// pskIDFor completes id with a fresh nonce of the length gc's suite
+// requires.
+func pskIDFor(gc *mls.GroupContext, id mls.PreSharedKeyID) (mls.PreSharedKeyID, error) {
+	su, err := mls.Suite(gc.CipherSuite)
+	if err != nil {
+		return id, fail(err)
+	}
+	id.PSKID = append([]byte(nil), id.PSKID...)
+	id.PSKGroupID = append([]byte(nil), id.PSKGroupID...)
+	id.PSKNonce = make([]byte, su.Nh())
+	if _, err := rand.Read(id.PSKNonce); err != nil {
+		return id, fail(err)
+	}
+	return id, nil
 }
 
 func treeFromGroupInfo(raw []byte) (mls.RatchetTree, error) {

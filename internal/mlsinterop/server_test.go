@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"slices"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/quicprochat/quicprochat/internal/mls"
 	pb "github.com/quicprochat/quicprochat/internal/mlsinterop/mlsclientpb"
 )
 
@@ -110,9 +112,19 @@ func TestTwoInstances(t *testing.T) {
 		if !bytes.Equal(ea.ExportedSecret, ec.ExportedSecret) {
 			t.Fatal("exported secrets differ")
 		}
-		// Unsupported suites are refused with Unimplemented.
-		if _, err := a.CreateGroup(ctx, &pb.CreateGroupRequest{GroupId: []byte("g"), CipherSuite: 2, Identity: []byte("x")}); status.Code(err) != codes.Unimplemented {
-			t.Fatalf("suite 2: %v", err)
+		// Every implemented suite is advertised; others are refused
+		// with Unimplemented.
+		sc, err := a.SupportedCiphersuites(ctx, &pb.SupportedCiphersuitesRequest{})
+		must(err)
+		var want []uint32
+		for _, id := range mls.SuiteIDs() {
+			want = append(want, uint32(id))
+		}
+		if !slices.Equal(sc.Ciphersuites, want) {
+			t.Fatalf("advertised suites %v, want %v", sc.Ciphersuites, want)
+		}
+		if _, err := a.CreateGroup(ctx, &pb.CreateGroupRequest{GroupId: []byte("g"), CipherSuite: 0x0BAD, Identity: []byte("x")}); status.Code(err) != codes.Unimplemented {
+			t.Fatalf("suite 0x0BAD: %v", err)
 		}
 	}
 }
