@@ -160,7 +160,6 @@ type Service struct {
 	hub         *hub
 	metrics     *metrics
 	batcher     enqueueBatcher // PostgreSQL: enqueues queued per channel (enqueue_pg.go)
-	links       *traceLinks
 
 	inviteTTL      time.Duration
 	invitesPerHour int
@@ -178,8 +177,7 @@ func New(o Options) (*Service, error) {
 		return nil, errors.New("delivery: Options.DB and Options.Directory are required")
 	}
 	s := &Service{
-		links: newTraceLinks(),
-		db:    o.DB, dir: o.Directory, log: o.Logger, audit: o.Audit, now: o.Now,
+		db: o.DB, dir: o.Directory, log: o.Logger, audit: o.Audit, now: o.Now,
 		retention: o.Retention, behind: uint64(max(o.EpochsBehind, 0)), maxPayload: o.MaxPayload,
 		maxInbox: o.MaxInboxCallBytes, quota: o.Quota, longPollMax: o.LongPollMax,
 		stop: make(chan struct{}), done: make(chan struct{}),

@@ -84,8 +84,8 @@ const (
 		FROM channels c LEFT JOIN messages d ON d.channel_id = c.id AND d.message_id = ?
 		WHERE c.id = ?`
 	enqueueInsert = `INSERT INTO messages
-		(channel_id, seq, message_id, sender_account, sender_device, epoch, content_type, created_at, expires_at, body)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+		(channel_id, seq, message_id, sender_account, sender_device, epoch, content_type, created_at, expires_at, body, trace_parent)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	enqueueUpdate = `UPDATE channels SET head_seq = ?, epoch = ? WHERE id = ?`
 )
 
@@ -135,8 +135,6 @@ func (s *Service) Enqueue(ctx context.Context, c Caller, id []byte, messageID st
 		tracing.Set(span, tracing.ChannelKind(label), tracing.Result(result), tracing.Int(tracing.KeyPayloadSize, len(msg)))
 		if err != nil {
 			tracing.Fail(span, result)
-		} else if !res.Duplicate {
-			s.links.remember(ctx, id, res.Seq)
 		}
 		span.End()
 	}
@@ -218,7 +216,7 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 		if err != nil {
 			return err
 		}
-		if _, err := ins.ExecContext(ctx, id, int64(plan.seq), messageID, c.AccountID, c.DeviceID, int64(f.Epoch), int(f.ContentType), nowMS, plan.expiresMS, msg); err != nil {
+		if _, err := ins.ExecContext(ctx, id, int64(plan.seq), messageID, c.AccountID, c.DeviceID, int64(f.Epoch), int(f.ContentType), nowMS, plan.expiresMS, msg, storedTraceParent(ctx)); err != nil {
 			return err
 		}
 		up, err := s.db.WriteStmt(ctx, tx, enqueueUpdate)

@@ -213,8 +213,10 @@ const (
 		WHERE account_id = ANY(?::text[]) ORDER BY account_id FOR UPDATE`
 	batchEnsureUsage = `INSERT INTO account_usage (account_id) SELECT unnest(?::text[]) ON CONFLICT (account_id) DO NOTHING`
 	batchStore       = `WITH stored AS (
-			INSERT INTO messages (channel_id, seq, message_id, sender_account, sender_device, epoch, content_type, created_at, expires_at, body)
-			SELECT ?::bytea, * FROM unnest(?::bigint[], ?::text[], ?::text[], ?::text[], ?::bigint[], ?::int[], ?::bigint[], ?::bigint[], ?::bytea[])
+			INSERT INTO messages (channel_id, seq, message_id, sender_account, sender_device, epoch, content_type, created_at, expires_at, body, trace_parent)
+			SELECT ?::bytea, s, mid, a, d, e, ct, c, x, b, NULLIF(tp, '')
+			FROM unnest(?::bigint[], ?::text[], ?::text[], ?::text[], ?::bigint[], ?::int[], ?::bigint[], ?::bigint[], ?::bytea[], ?::text[])
+				AS t(s, mid, a, d, e, ct, c, x, b, tp)
 		), head AS (
 			UPDATE channels SET head_seq = ?, epoch = ? WHERE id = ?
 		)
@@ -322,7 +324,7 @@ func (s *Service) storeBatchTx(ctx context.Context, tx *sql.Tx, id []byte, batch
 		}
 	}
 	ua, ub, un := w.usage()
-	_, err = tx.ExecContext(ctx, batchStore, id, w.seq, w.messageID, w.account, w.device, w.epoch, w.contentType, w.created, w.expires, w.body,
+	_, err = tx.ExecContext(ctx, batchStore, id, w.seq, w.messageID, w.account, w.device, w.epoch, w.contentType, w.created, w.expires, w.body, w.traceParent,
 		ch.head, ch.epoch, id, ua, ub, un)
 	return err
 }
@@ -383,6 +385,7 @@ type batchWrite struct {
 	messageID, account, device   []string
 	contentType                  []int32
 	body                         [][]byte
+	traceParent                  []string // "" (stored as NULL) when not sampled
 }
 
 func (w *batchWrite) add(r *pgEnqueue, p enqueuePlan) {
@@ -395,6 +398,8 @@ func (w *batchWrite) add(r *pgEnqueue, p enqueuePlan) {
 	w.created = append(w.created, r.req.nowMS)
 	w.expires = append(w.expires, p.expiresMS)
 	w.body = append(w.body, r.msg)
+	tp, _ := storedTraceParent(r.ctx).(string)
+	w.traceParent = append(w.traceParent, tp)
 }
 
 // usage sums the accepted messages per sender account.

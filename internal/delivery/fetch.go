@@ -24,6 +24,8 @@ type Message struct {
 	Epoch         uint64
 	Time          time.Time
 	Body          []byte
+
+	traceParent string // the enqueuing span's, when it was sampled
 }
 
 // InboxItem is one stored inbox payload.
@@ -94,7 +96,7 @@ func (s *Service) traceBatch(span trace.Span, b *Batch) {
 		return
 	}
 	tracing.Set(span, tracing.Int(tracing.KeyMessages, len(b.Messages)), tracing.Int(tracing.KeyInboxItems, len(b.Inbox)))
-	s.links.link(span, b)
+	linkEnqueuers(span, b)
 }
 
 // FetchWait is Fetch that, when nothing is waiting, blocks until something
@@ -216,7 +218,7 @@ const (
 		LEFT JOIN cursors cu ON cu.device_id = ? AND cu.channel_id = m.channel_id
 		WHERE m.account_id = ? AND m.device_id IN ('', ?)
 		GROUP BY c.id ORDER BY c.id`
-	fetchMessages = `SELECT seq, message_id, sender_account, sender_device, epoch, created_at, body
+	fetchMessages = `SELECT seq, message_id, sender_account, sender_device, epoch, created_at, body, trace_parent
 		FROM messages WHERE channel_id = ? AND seq > ? AND expires_at > ? ORDER BY seq LIMIT ?`
 	fetchInbox = `SELECT i.seq, i.kind, i.channel_id, i.sender_account, i.sender_device, i.created_at, i.body
 		FROM inbox i JOIN inbox_heads h ON h.device_id = i.device_id
@@ -316,13 +318,14 @@ func (s *Service) readMessages(ctx context.Context, tx *sql.Tx, p channelPos, no
 		}
 		m := Message{ChannelID: p.id}
 		var seq, epoch, created int64
-		if err := rows.Scan(&seq, &m.MessageID, &m.SenderAccount, &m.SenderDevice, &epoch, &created, &m.Body); err != nil {
+		var tp sql.NullString
+		if err := rows.Scan(&seq, &m.MessageID, &m.SenderAccount, &m.SenderDevice, &epoch, &created, &m.Body, &tp); err != nil {
 			return n, false, err
 		}
 		if *budget < len(m.Body) && len(b.Messages)+len(b.Inbox) > 0 {
 			return n, true, nil
 		}
-		m.Seq, m.Epoch, m.Time = uint64(seq), uint64(epoch), time.UnixMilli(created)
+		m.Seq, m.Epoch, m.Time, m.traceParent = uint64(seq), uint64(epoch), time.UnixMilli(created), tp.String
 		*budget -= len(m.Body)
 		b.Messages = append(b.Messages, m)
 		n++
