@@ -46,7 +46,7 @@ test-go:
 # nightly workflow runs that.
 jaeger: $(BIN)/jaeger
 trace-e2e: deps-test $(BIN)/jaeger
-	QPC_JAEGER_BUILD=1 $(GO) test -count=1 -timeout 20m -run 'Jaeger|TestTracingLongCommandsAndShutdownFlush|TestQPCTracing' ./internal/tracing/ ./cmd/qpcctl/ ./cmd/qpc/
+	QPC_JAEGER_BUILD=1 $(GO) test -count=1 -timeout 20m -run 'Jaeger|TestTracingLongCommandsAndShutdownFlush|TestQPCTracing|TestTestnetUpDown' ./internal/tracing/ ./cmd/qpcctl/ ./cmd/qpc/ ./cmd/qpc-testnet/
 $(BIN)/jaeger: tools/jaeger/go.mod
 	@mkdir -p $(BIN)
 	cd tools/jaeger && $(GO) build -o $(abspath $(BIN))/jaeger github.com/jaegertracing/jaeger/cmd/jaeger
@@ -117,8 +117,8 @@ chaos: deps-test
 # testnet-down stops all of it and removes its state (TESTNET_STATE,
 # default bin/testnet). go test ./cmd/qpc-testnet runs both with two nodes.
 NODES ?= 3
-testnet: build deps-test
-	NODES=$(NODES) STANDBY=$(STANDBY) scripts/testnet.sh up
+testnet: build deps-test $(if $(TRACING),$(BIN)/jaeger)
+	NODES=$(NODES) STANDBY=$(STANDBY) TRACING=$(TRACING) scripts/testnet.sh up
 testnet-down:
 	scripts/testnet.sh down
 

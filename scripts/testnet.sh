@@ -24,7 +24,13 @@
 # gives the nodes a DSN naming both hosts, so a promoted standby takes over
 # without a node restart (docs/operations.md "Database failover").
 #
-# Environment: NODES (3), CLIENTS (NODES, at least 2), STANDBY (none), TESTNET_STATE
+# TRACING=1 adds Jaeger all-in-one ($BIN/jaeger, `make jaeger`; in-memory,
+# OTLP on loopback) and has every node and client send it every trace, so a
+# latency exemplar in Prometheus leads to its trace (docs/operations.md
+# "From an alert to a trace").
+#
+# Environment: NODES (3), CLIENTS (NODES, at least 2), STANDBY (none),
+# TRACING (off), TESTNET_STATE
 # (bin/testnet), BIN (bin: qpcd, qpcctl, qpc, qpc-testnet), PROMETHEUS
 # (prometheus on PATH), TESTNET_SCRAPE_INTERVAL (5s), TESTNET_CHAT_EVERY
 # (seconds between a client's messages, 10), TESTNET_STOP_TIMEOUT (20).
@@ -41,6 +47,8 @@ SCRAPE=${TESTNET_SCRAPE_INTERVAL:-5s}
 EVERY=${TESTNET_CHAT_EVERY:-10}
 STOP_TIMEOUT=${TESTNET_STOP_TIMEOUT:-20}
 STANDBY=${STANDBY:-}
+TRACING=${TRACING:-}
+TRACE_ENV=()
 NAMES=(alice bob carol dave erin frank grace heidi ivan judy mallory niaj olivia peggy rupert sybil trent victor walter)
 
 die() {
@@ -90,7 +98,7 @@ start_node() {
 	if [ "$i" -gt 1 ]; then
 		cp -a "$STATE/node1/tls" "$dir/tls" # one certificate for every node
 	fi
-	start "node$i" env -u QPC_CONFIG \
+	start "node$i" env -u QPC_CONFIG "${TRACE_ENV[@]}" \
 		QPC_STORE_BACKEND=postgres QPC_POSTGRES_DSN_FILE="$STATE/postgres.dsn" \
 		QPC_CLUSTER_HEARTBEAT=2s QPC_AUTH_REGISTRATION=open QPC_LIMITS_DRAIN_TIMEOUT=2s \
 		"$BIN/qpcd" --data-dir "$dir" --listen 127.0.0.1:0 --ops-listen 127.0.0.1:0 --log-format json
@@ -123,6 +131,62 @@ up() {
 	}
 	wait_for 120 PostgreSQL pg_up || die "PostgreSQL not ready after 120 s"
 
+	local jaeger_ui=""
+	if [ -n "$TRACING" ]; then
+		[ -x "$BIN/jaeger" ] || die "TRACING=1 needs $BIN/jaeger: run make jaeger (or make testnet TRACING=1, which does)"
+		echo "testnet: starting Jaeger"
+		local jg jh jq jqg
+		jg=$("$BIN/qpc-testnet" port) jh=$("$BIN/qpc-testnet" port) jq=$("$BIN/qpc-testnet" port) jqg=$("$BIN/qpc-testnet" port)
+		cat >"$STATE/jaeger.yaml" <<EOF
+# Written by scripts/testnet.sh: Jaeger all-in-one, in memory, loopback only.
+service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+extensions:
+  jaeger_query:
+    storage:
+      traces: mem
+    http:
+      endpoint: 127.0.0.1:$jq
+    grpc:
+      endpoint: 127.0.0.1:$jqg
+  jaeger_storage:
+    backends:
+      mem:
+        memory:
+          max_traces: 100000
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:$jg
+      http:
+        endpoint: 127.0.0.1:$jh
+processors:
+  batch:
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: mem
+EOF
+		start jaeger "$BIN/jaeger" --config "file:$STATE/jaeger.yaml"
+		jaeger_ready() {
+			alive "$(cat "$STATE/pids/jaeger.pid")" || die "Jaeger exited: $(tail -20 "$STATE/logs/jaeger.log")"
+			curl -fsS "http://127.0.0.1:$jq/api/services" >/dev/null 2>&1
+		}
+		wait_for 60 Jaeger jaeger_ready || die "Jaeger not ready after 60 s"
+		jaeger_ui="http://127.0.0.1:$jq"
+		TRACE_ENV=(QPC_TRACING_ENDPOINT="127.0.0.1:$jg" QPC_TRACING_PROTOCOL=grpc QPC_TRACING_SAMPLE_RATIO=1)
+	fi
+
 	echo "testnet: starting $NODES qpcd node(s)"
 	start_node 1
 	wait_for 60 "node 1" node_ready 1 || die "node 1 not ready after 60 s"
@@ -153,7 +217,9 @@ scrape_configs:
     static_configs:
       - targets: [$targets]
 EOF
+	# Exemplar storage keeps the trace ids on the latency histograms.
 	start prometheus "$PROMETHEUS" --config.file="$STATE/prometheus.yml" --storage.tsdb.path="$STATE/prometheus" \
+		--enable-feature=exemplar-storage \
 		--web.listen-address="127.0.0.1:$prom_port" --log.level=warn
 	prom_ready() {
 		alive "$(cat "$STATE/pids/prometheus.pid")" || die "Prometheus exited: $(tail -20 "$STATE/logs/prometheus.log")"
@@ -168,7 +234,7 @@ EOF
 		mkdir -p "$STATE/clients/$name"
 		local args=("$name")
 		[ "$c" -eq 0 ] && args+=("${peers[@]}")
-		start "client-$name" env PATH="$BIN:$PATH" QPC_HOME="$STATE/clients/$name" \
+		start "client-$name" env "${TRACE_ENV[@]}" PATH="$BIN:$PATH" QPC_HOME="$STATE/clients/$name" \
 			QPC_TESTNET_CREATOR="${NAMES[0]}" QPC_TESTNET_EVERY="$EVERY" \
 			QPC_TESTNET_SERVER="${quic[$((n - 1))]}" QPC_TESTNET_CERT="$STATE/node$n/tls/cert.pem" \
 			sh "$root/packaging/docker/testnet-chat.sh" "${args[@]}"
@@ -181,6 +247,7 @@ EOF
 		echo "TESTNET_PIN=$pin"
 		echo "TESTNET_PROMETHEUS=http://127.0.0.1:$prom_port"
 		echo "TESTNET_POSTGRES_DSN_FILE=$STATE/postgres.dsn"
+		[ -z "$jaeger_ui" ] || echo "TESTNET_JAEGER=$jaeger_ui"
 		for ((i = 1; i <= NODES; i++)); do
 			echo "TESTNET_NODE${i}_QUIC=${quic[$((i - 1))]}"
 			echo "TESTNET_NODE${i}_OPS=${ops[$((i - 1))]}"
@@ -197,6 +264,7 @@ EOF
 	done
 	cat <<EOF
   Prometheus  http://127.0.0.1:$prom_port  (try: up{job="qpcd"}, ALERTS)
+  Jaeger      ${jaeger_ui:-off (TRACING=1 turns it on)}
   PostgreSQL  connection string in $STATE/postgres.dsn${STANDBY:+ (primary and $STANDBY standby: logs/postgres.log has both; stop the primary with pg_ctl stop -m immediate and pg_ctl promote the standby to watch the nodes follow)}
   certificate pin (every node) $pin
   clients     $(tr '\n' ' ' <"$STATE/clients.txt")
@@ -250,6 +318,7 @@ down() {
 	names=()
 	for f in "$STATE"/pids/node*.pid; do [ -f "$f" ] && names+=("$(basename "$f" .pid)"); done
 	[ ${#names[@]} -eq 0 ] || stop_group "${names[@]}"
+	stop_group jaeger # after the nodes, which flush their spans to it on SIGTERM
 	stop_group postgres
 	# The PostgreSQL helper stops its server; had it been SIGKILLed, the
 	# server would still run: end it by its own pid file.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -36,6 +37,21 @@ func TestTestnetUpDown(t *testing.T) {
 			t.Fatalf("building %s: %v\n%s", c, err, out)
 		}
 	}
+	// With Jaeger built (make jaeger, or QPC_JAEGER_BIN), the testnet runs
+	// with TRACING=1 and the traces are checked too; make trace-e2e runs it so.
+	tracingOn := false
+	jaegerBin := os.Getenv("QPC_JAEGER_BIN")
+	if jaegerBin == "" {
+		jaegerBin, _ = filepath.Abs("../../bin/jaeger")
+	}
+	if _, err := os.Stat(jaegerBin); err == nil {
+		if err := os.Symlink(jaegerBin, filepath.Join(bin, "jaeger")); err != nil {
+			t.Fatal(err)
+		}
+		tracingOn = true
+	} else {
+		t.Log("Jaeger is not built: the testnet runs without TRACING (make trace-e2e checks it with)")
+	}
 	// A short path: the nodes' admin sockets live in their data dirs.
 	tmp, err := os.MkdirTemp("", "tn")
 	if err != nil {
@@ -54,6 +70,9 @@ func TestTestnetUpDown(t *testing.T) {
 		cmd := exec.CommandContext(ctx, script, arg)
 		cmd.Env = append(os.Environ(), "NODES="+strconv.Itoa(nodes), "BIN="+bin, "TESTNET_STATE="+state, "PROMETHEUS="+prom,
 			"TESTNET_SCRAPE_INTERVAL=1s", "TESTNET_CHAT_EVERY=1", "TESTNET_STOP_TIMEOUT=15")
+		if tracingOn {
+			cmd.Env = append(cmd.Env, "TRACING=1")
+		}
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
@@ -139,6 +158,26 @@ func TestTestnetUpDown(t *testing.T) {
 		return len(got) == nodes
 	}, logs)
 
+	if tracingOn {
+		// Every node and client sends its traces to the testnet's Jaeger.
+		jaeger := env["TESTNET_JAEGER"]
+		if jaeger == "" {
+			t.Fatalf("TRACING=1 but testnet.env names no Jaeger: %v", env)
+		}
+		waitFor(t, 90*time.Second, "traces of qpcd and qpc in Jaeger", func() bool {
+			resp, err := http.Get(jaeger + "/api/services")
+			if err != nil {
+				return false
+			}
+			defer resp.Body.Close()
+			var got struct{ Data []string }
+			if json.NewDecoder(resp.Body).Decode(&got) != nil {
+				return false
+			}
+			return slices.Contains(got.Data, "qpcd") && slices.Contains(got.Data, "qpc")
+		}, logs)
+	}
+
 	// Everything down must be gone afterwards: the process groups of the
 	// pid files and the PostgreSQL server (its own pid file).
 	var groups []int
@@ -146,7 +185,11 @@ func TestTestnetUpDown(t *testing.T) {
 	for _, f := range pidFiles {
 		groups = append(groups, readPid(t, f))
 	}
-	if len(groups) != 1+nodes+1+nodes { // postgres, nodes, prometheus, clients (CLIENTS defaults to NODES)
+	want := 1 + nodes + 1 + nodes // postgres, nodes, prometheus, clients (CLIENTS defaults to NODES)
+	if tracingOn {
+		want++ // jaeger
+	}
+	if len(groups) != want {
 		t.Errorf("%d pid files: %v", len(groups), pidFiles)
 	}
 	pgDir := strings.TrimSpace(readFile(t, filepath.Join(state, "postgres.dir")))

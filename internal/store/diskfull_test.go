@@ -76,6 +76,11 @@ type diskLoad struct {
 	acked map[int64]bool
 	errs  []error
 	next  atomic.Int64
+	// gate pauses the writers (Lock) while the disk is being filled, so the
+	// filler takes all the free space, not a share of it that depends on
+	// how fast the writers race it (on a loaded machine it got so little
+	// that freeing it left no room to resume).
+	gate sync.RWMutex
 }
 
 func startDiskLoad(db *DB, writers int) *diskLoad {
@@ -96,10 +101,12 @@ func startDiskLoad(db *DB, writers int) *diskLoad {
 				if g == 0 && id%8 == 0 {
 					body = big
 				}
+				l.gate.RLock()
 				err := db.WriteTx(context.Background(), func(tx *sql.Tx) error {
 					_, err := tx.Exec("INSERT INTO rows (id, body) VALUES (?, ?)", id, body)
 					return err
 				})
+				l.gate.RUnlock()
 				l.mu.Lock()
 				if err != nil {
 					l.errs = append(l.errs, err)
@@ -148,7 +155,9 @@ func TestDiskFullWritesFailTypedAndResume(t *testing.T) {
 		_, errs := l.finish()
 		t.Fatalf("writes failed before the disk was filled: %v", errs[0])
 	}
+	l.gate.Lock()
 	filler := testutil.Fill(t, dir, "filler")
+	l.gate.Unlock()
 	testutil.WaitFor(t, time.Minute, 2*time.Millisecond, "writes refused on the full disk", func() bool { _, e := l.counts(); return e >= 50 })
 
 	// Reads need no space.
