@@ -207,20 +207,31 @@ func (c *Client) finishReset(ctx context.Context, out *IdentityReset) error {
 	if _, err := c.KeyPackageUpkeep(ctx); err != nil {
 		return err
 	}
-	groups, err := c.Groups(ctx)
-	if err != nil {
+	var err error
+	if out.GroupsRejoined, err = c.rejoinAll(ctx); err != nil {
 		return err
 	}
+	return c.DropRevokedDevices(ctx)
+}
+
+// rejoinAll rejoins every active group by external commit, so that this
+// device's leaf carries its current certificate.
+func (c *Client) rejoinAll(ctx context.Context) ([]string, error) {
+	groups, err := c.Groups(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var done []string
 	for _, g := range groups {
 		if g.Status != statusActive {
 			continue
 		}
 		if err := c.Rejoin(ctx, g.Name); err != nil {
-			return fmt.Errorf("client: rejoin %s with the new certificate: %w (run qpc group rejoin %s)", g.Name, err, g.Name)
+			return done, fmt.Errorf("client: rejoin %s with the new certificate: %w (run qpc group rejoin %s)", g.Name, err, g.Name)
 		}
-		out.GroupsRejoined = append(out.GroupsRejoined, g.Name)
+		done = append(done, g.Name)
 	}
-	return c.DropRevokedDevices(ctx)
+	return done, nil
 }
 
 // DropRevokedDevices removes from every group the leaves of this account's

@@ -60,6 +60,7 @@ func TestResetLostIdentityKey(t *testing.T) {
 	bob := registered(t, srv, "bob")
 	carol := registered(t, srv, "carol")
 	bob2 := linkDevice(t, srv, bob, "bob")
+	bob3 := linkDevice(t, srv, bob, "bob")
 	lost := whoami(t, bob).DeviceID
 	oldKey, err := bob.OwnIdentityKey(ctx)
 	if err != nil {
@@ -72,7 +73,7 @@ func TestResetLostIdentityKey(t *testing.T) {
 	if err := alice.AddMembers(ctx, "team", []string{"bob", "carol"}); err != nil {
 		t.Fatal(err)
 	}
-	acceptAll(t, bob, bob2, carol)
+	acceptAll(t, bob, bob2, bob3, carol)
 	bn, err := bob2.SafetyNumber(ctx, "alice")
 	if err != nil {
 		t.Fatal(err)
@@ -130,6 +131,21 @@ func TestResetLostIdentityKey(t *testing.T) {
 		len(res.GroupsRejoined) != 1 || res.Resumed {
 		t.Fatalf("reset %+v; old %s new %s", res, oldKey, newKey)
 	}
+	if len(res.Uncertified) != 1 || res.Uncertified[0] != whoami(t, bob3).DeviceID {
+		t.Fatalf("uncertified devices %v, want bob3 only", res.Uncertified)
+	}
+	// bob2 now holds the identity key: it approves bob3 again by the code
+	// bob3 shows (qpc whoami); bob3 takes the new certificate on its next
+	// sync and rejoins its groups with it.
+	if _, err := bob2.ApproveLink(ctx, deviceCode(t, bob3), ""); err != nil {
+		t.Fatalf("approve bob3 again: %v", err)
+	}
+	if _, err := bob3.Sync(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if c := whoami(t, bob3).Certificate(); c == nil || !c.IdentityKey.Equal(newKey) {
+		t.Fatalf("bob3's certificate after approval: %+v", c)
+	}
 	// bob2 now holds the identity key: it can approve devices.
 	if c := whoami(t, bob2).Certificate(); c == nil || !c.IdentityKey.Equal(newKey) {
 		t.Fatalf("bob2's certificate after the reset: %+v", c)
@@ -178,8 +194,10 @@ func TestResetLostIdentityKey(t *testing.T) {
 	if _, err := alice.SendChecked(ctx, "team", "after", ""); err != nil {
 		t.Fatalf("send after re-verifying: %v", err)
 	}
-	if got := texts(t, bob2, "team"); len(got) == 0 || got[len(got)-1] != "after" {
-		t.Fatalf("bob2 read %q", got)
+	for _, b := range []*Client{bob2, bob3} {
+		if got := texts(t, b, "team"); len(got) == 0 || got[len(got)-1] != "after" {
+			t.Fatalf("%s read %q", whoami(t, b).DeviceID, got)
+		}
 	}
 
 	// Carol, who never verified bob, sees the change too.
@@ -244,6 +262,17 @@ func TestResetLostIdentityKey(t *testing.T) {
 	}
 	srv.Stop(t)
 	verifyKeyLogOnDisk(t, srv)
+}
+
+// deviceCode is the code qpc whoami shows: the device key's fingerprint.
+func deviceCode(t *testing.T, c *Client) string {
+	t.Helper()
+	id, err := c.Identity(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer id.Wipe()
+	return identity.Fingerprint(id.PublicKey())
 }
 
 func mustIdentityKey(t *testing.T) identity.PublicKey {
