@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -325,5 +326,55 @@ func verifyKeyLogOnDisk(t *testing.T, srv *servertest.Server) {
 	rep, err := logstore.Verify(ctx, db)
 	if err != nil || !rep.OK {
 		t.Fatalf("key log verify: %+v %v", rep, err)
+	}
+}
+
+// TestAddDeviceByKeyIsCertified: qpc devices add KEY on the device that
+// holds the identity key certifies the new device; on a device that does
+// not, it is refused before anything is added (a device without a
+// certificate could not be reached), pointing at qpc device link.
+func TestAddDeviceByKeyIsCertified(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	ctx := ctxT(t)
+	alice := registered(t, srv, "alice")
+	alice2 := linkDevice(t, srv, alice, "alice")
+	ik, err := alice.OwnIdentityKey(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := mustIdentityKey(t) // any Ed25519 public key will do as a device key
+	d, err := alice.AddCertifiedDevice(ctx, key.Bytes(), "tablet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs, err := alice.Devices(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, dv := range devs {
+		if dv.GetDeviceId() != d.DeviceID {
+			continue
+		}
+		found = true
+		cert, err := identity.Parse(dv.GetCertificate())
+		if err != nil {
+			t.Fatalf("the added device has no certificate: %v", err)
+		}
+		if err := cert.Verify(identity.Expect{AccountName: "alice", DeviceID: d.DeviceID, DeviceKey: key.Bytes(), IdentityKey: &ik}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !found {
+		t.Fatalf("device %s not listed", d.DeviceID)
+	}
+	before := len(devs)
+	other := mustIdentityKey(t)
+	_, err = alice2.AddCertifiedDevice(ctx, other.Bytes(), "phone")
+	if !errors.Is(err, ErrNoIdentityKey) || !strings.Contains(err.Error(), "qpc device link alice") {
+		t.Fatalf("add by key from a device without the identity key: %v", err)
+	}
+	if devs, err := alice.Devices(ctx); err != nil || len(devs) != before {
+		t.Fatalf("a refused add changed the devices: %d, was %d (%v)", len(devs), before, err)
 	}
 }
