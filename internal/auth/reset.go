@@ -148,7 +148,7 @@ func (s *Service) ResetIdentityKey(ctx context.Context, a Actor, key []byte, r R
 		return IdentityReset{}, wrapStore("reset identity key", err)
 	}
 	s.event(ctx, "identity.reset", slog.String("account_id", a.AccountID), slog.String("account", accountName),
-		slog.String("by", a.DeviceID), slog.String("identity_key", identity.Fingerprint(key)),
+		slog.String("by", a.DeviceID), slog.String("fingerprint", identity.Fingerprint(key)),
 		slog.Int("uncertified", len(out.UncertifiedDevices)), slog.Int64("keypackages_deleted", out.KeyPackagesDeleted))
 	return out, nil
 }
