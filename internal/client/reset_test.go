@@ -378,3 +378,44 @@ func TestAddDeviceByKeyIsCertified(t *testing.T) {
 		t.Fatalf("a refused add changed the devices: %d, was %d (%v)", len(devs), before, err)
 	}
 }
+
+// TestResetIdentityResumes: a reset whose reply was lost (the server
+// replaced the key; this device stored the new key but stopped before
+// certifying itself) is finished by running the reset again, which does
+// not make another key.
+func TestResetIdentityResumes(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	ctx := ctxT(t)
+	bob := registered(t, srv, "bob")
+	bob2 := linkDevice(t, srv, bob, "bob")
+	k, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := k.Public()
+	if err := bob2.storeIdentityKey(ctx, k.Seed(), pub.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	r, err := bob2.reauth(ctx, &qpcv1.ReauthChallengeRequest{Purpose: qpcv1.ReauthPurpose_REAUTH_PURPOSE_RESET_IDENTITY, NewIdentityKey: pub.Bytes()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bob2.call(ctx, "ResetIdentityKey", &qpcv1.ResetIdentityKeyRequest{IdentityKey: pub.Bytes(), Reauth: r}, &qpcv1.ResetIdentityKeyResponse{}); err != nil {
+		t.Fatal(err)
+	}
+	// The device stopped here. Its KeyPackages are gone and it has no
+	// valid certificate; running the reset again finishes it.
+	res, err := bob2.ResetIdentity(ctx)
+	if err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	if !res.Resumed || res.NewIdentity != identity.Fingerprint(pub[:]) {
+		t.Fatalf("resume %+v, want the key made before (%s)", res, identity.Fingerprint(pub[:]))
+	}
+	if c := whoami(t, bob2).Certificate(); c == nil || !c.IdentityKey.Equal(pub) {
+		t.Fatalf("certificate after resuming: %+v", c)
+	}
+	if st, err := bob2.KeyPackageStock(ctx); err != nil || st.GetDeviceCount() == 0 {
+		t.Fatalf("no KeyPackages after resuming: %v %v", st, err)
+	}
+}
