@@ -3,6 +3,9 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -124,4 +127,98 @@ func TestVerifyLinkAndNewDeviceWarnings(t *testing.T) {
 		t.Fatalf("bob's new device: %q", got)
 	}
 	alice.ok("send", "team", "again")
+}
+
+// linkUser links a new home to account through qpc device link, approved
+// by approver with qpc device approve.
+func linkUser(t *testing.T, srv *servertest.Server, approver *user, account string) *user {
+	t.Helper()
+	u := newUser(t)
+	u.ok("init", "--server", srv.Addr(), "--pin", srv.Pin())
+	link := u.cmd("", "--json", "device", "link", account)
+	stdout, err := link.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var linkErr bytes.Buffer
+	link.Stderr = &linkErr
+	if err := link.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := bufio.NewScanner(stdout)
+	if !lines.Scan() {
+		t.Fatalf("device link printed nothing: %s", linkErr.String())
+	}
+	var first map[string]any
+	if err := json.Unmarshal(lines.Bytes(), &first); err != nil {
+		t.Fatal(err)
+	}
+	code, _ := first["code"].(string)
+	approver.ok("device", "approve", code)
+	for lines.Scan() {
+	}
+	if err := link.Wait(); err != nil {
+		t.Fatalf("device link: %v: %s", err, linkErr.String())
+	}
+	return u
+}
+
+// qpc identity reset from a linked device after the registering one is
+// lost: confirmation, the warning alice (who verified bob) gets, the send
+// that needs re-verification, the daily limit; qpc devices add refuses on
+// a device without the identity key.
+func TestIdentityResetCommand(t *testing.T) {
+	srv := servertest.Start(t, servertest.Config(t))
+	alice, bob := newUser(t), newUser(t)
+	alice.ok("init", "--server", srv.Addr(), "--pin", srv.Pin())
+	alice.ok("register", "alice")
+	bob.ok("init", "--server", srv.Addr(), "--pin", srv.Pin())
+	bob.ok("register", "bob")
+	bob2 := linkUser(t, srv, bob, "bob")
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	if r := bob2.run("devices", "add", hex.EncodeToString(pub)); r.code != 1 || !strings.Contains(r.stderr, "qpc device link bob") {
+		t.Fatalf("devices add without the identity key: exit %d, %q", r.code, r.stderr)
+	}
+	alice.ok("group", "create", "team")
+	alice.ok("group", "add", "team", "bob")
+	acceptInvitations(t, bob)
+	bob2.ok("recv")
+	bn := jsonLines(t, bob2.ok("--json", "verify", "@alice"))[0]["number"].(string)
+	alice.ok("verify", "@bob", "--confirm", bn)
+	alice.ok("send", "team", "before")
+
+	// bob's first device is lost.
+	var lost string
+	for _, d := range jsonLines(t, bob2.ok("--json", "devices")) {
+		if d["this_device"] != true {
+			lost, _ = d["device_id"].(string)
+		}
+	}
+	bob2.ok("devices", "revoke", lost)
+	if r := bob2.run("identity", "reset"); r.code != 2 || !strings.Contains(r.stderr, "--yes") {
+		t.Fatalf("reset without confirmation: exit %d, %q", r.code, r.stderr)
+	}
+	out := bob2.ok("identity", "reset", "--yes")
+	if !strings.Contains(out, "identity key is now") || !strings.Contains(out, "rejoined with the new certificate: team") {
+		t.Fatalf("reset: %q", out)
+	}
+	got := alice.ok("recv")
+	if !strings.Contains(got, "[trust] WARNING") || !strings.Contains(got, "you verified bob") {
+		t.Fatalf("alice's recv after bob's reset: %q", got)
+	}
+	if r := alice.run("send", "team", "after"); r.code != 1 || !strings.Contains(r.stderr, "--allow-unverified") || !strings.Contains(r.stderr, "identity key changed") {
+		t.Fatalf("alice's send after bob's reset: exit %d, %q", r.code, r.stderr)
+	}
+	if v := alice.ok("verify", "@bob"); !strings.Contains(v, "WARNING: a device certified by another identity key") {
+		t.Fatalf("verify after the reset: %q", v)
+	}
+	bn2 := jsonLines(t, bob2.ok("--json", "verify", "@alice"))[0]["number"].(string)
+	alice.ok("verify", "@bob", "--confirm", bn2)
+	alice.ok("send", "team", "after")
+	if got := bob2.ok("recv"); !strings.Contains(got, "after") {
+		t.Fatalf("bob2: %q", got)
+	}
+	if r := bob2.run("identity", "reset", "--yes"); r.code != 1 || !strings.Contains(r.stderr, "24 hours") {
+		t.Fatalf("a second reset the same day: exit %d, %q", r.code, r.stderr)
+	}
 }

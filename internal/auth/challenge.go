@@ -52,6 +52,9 @@ const (
 	PurposeLogin        Purpose = 1
 	PurposeAddDevice    Purpose = 2
 	PurposeRevokeDevice Purpose = 3
+	// PurposeResetIdentity: the account's identity key is replaced
+	// (ResetIdentityKey); the binding is SHA-256 of the new key.
+	PurposeResetIdentity Purpose = 4
 )
 
 func (p Purpose) String() string {
@@ -62,6 +65,8 @@ func (p Purpose) String() string {
 		return "add-device"
 	case PurposeRevokeDevice:
 		return "revoke-device"
+	case PurposeResetIdentity:
+		return "reset-identity"
 	}
 	return fmt.Sprintf("purpose(%d)", byte(p))
 }

@@ -61,7 +61,7 @@ func ReauthMessage(p Purpose, accountID, deviceID string, binding [32]byte, chal
 // checkReauthParam validates the parameter of a change.
 func checkReauthParam(p Purpose, param []byte) error {
 	switch p {
-	case PurposeAddDevice:
+	case PurposeAddDevice, PurposeResetIdentity:
 		return checkKey(param)
 	case PurposeRevokeDevice:
 		if !ValidID(string(param)) {

@@ -8,6 +8,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/quicprochat/quicprochat/internal/identity"
@@ -117,12 +118,18 @@ func (c *Client) CertifyThisDevice(ctx context.Context) error {
 		return err
 	}
 	defer id.Wipe()
-	if id.Certificate() != nil {
-		return nil
-	}
 	k, err := c.identityKey(ctx)
+	if errors.Is(err, ErrNoIdentityKey) {
+		// Approved (or approved again after an identity reset) by the
+		// device that holds the key: take the certificate it stored.
+		return c.takeServerCertificate(ctx, id)
+	}
 	if err != nil {
 		return err
+	}
+	if cert := id.Certificate(); cert != nil && cert.IdentityKey.Equal(k.Public()) {
+		k.Wipe()
+		return nil
 	}
 	defer k.Wipe()
 	raw, err := c.certify(ctx, k, id.AccountName, id.DeviceID, id.PublicKey())
@@ -136,6 +143,45 @@ func (c *Client) CertifyThisDevice(ctx context.Context) error {
 		return err
 	}
 	return c.saveCertificate(ctx, raw)
+}
+
+// takeServerCertificate saves the certificate the server holds for this
+// device when it differs from the one this device has, binds this device
+// and is by the account's identity key as the key log proves it (a device
+// that does not hold the identity key learns of a reset this way).
+func (c *Client) takeServerCertificate(ctx context.Context, id *Identity) error {
+	devs, err := c.Devices(ctx)
+	if err != nil {
+		return err
+	}
+	for _, d := range devs {
+		raw := d.GetCertificate()
+		if d.GetDeviceId() != id.DeviceID || len(raw) == 0 || subtle.ConstantTimeCompare(raw, id.certificate) == 1 {
+			continue
+		}
+		ik, err := c.ownServerIdentityKey(ctx, id.AccountName)
+		if err != nil {
+			return err
+		}
+		cert, err := identity.Parse(raw)
+		if err == nil {
+			err = cert.Verify(identity.Expect{AccountName: id.AccountName, DeviceID: id.DeviceID, DeviceKey: id.PublicKey(), IdentityKey: &ik})
+		}
+		if err != nil {
+			return fmt.Errorf("client: the certificate the server holds for this device does not check out: %w", err)
+		}
+		if err := c.saveCertificate(ctx, raw); err != nil {
+			return err
+		}
+		if old := id.Certificate(); old != nil && !old.IdentityKey.Equal(ik) {
+			// Approved again after an identity reset: the leaves in the
+			// groups still carry the old certificate.
+			_, err = c.rejoinAll(ctx)
+			return err
+		}
+		return nil
+	}
+	return nil
 }
 
 // certify signs a certificate for a device of this account and stores it
@@ -232,6 +278,12 @@ func (c *Client) ApproveLink(ctx context.Context, code, name string) (*ApprovedD
 		}
 	}
 	if match == nil {
+		// Not a new device: perhaps one of the account's devices left
+		// without a certificate by an identity reset (qpc whoami on it
+		// shows its code).
+		if d, err := c.recertify(ctx, k, id, want); d != nil || err != nil {
+			return d, err
+		}
 		return nil, fmt.Errorf("%w %s; run qpc device link ACCOUNT on the new device (requests expire after 10 minutes) and check the code", ErrLinkCode, want)
 	}
 	if name == "" {
@@ -245,6 +297,70 @@ func (c *Client) ApproveLink(ctx context.Context, code, name string) (*ApprovedD
 		return nil, fmt.Errorf("%w (the device %s was added but is not certified: revoke it with qpc devices revoke %s and link again)", err, devID, devID)
 	}
 	return &ApprovedDevice{DeviceID: devID, DeviceName: name, Code: want}, nil
+}
+
+// recertify certifies the account's active, uncertified device whose key
+// has the fingerprint code (nil, nil if there is none).
+func (c *Client) recertify(ctx context.Context, k identity.PrivateKey, id *Identity, code string) (*ApprovedDevice, error) {
+	devs, err := c.Devices(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range devs {
+		if d.GetStatus() != "active" || subtle.ConstantTimeCompare([]byte(identity.Fingerprint(d.GetSignatureKey())), []byte(code)) != 1 {
+			continue
+		}
+		if cert, err := identity.Parse(d.GetCertificate()); err == nil && cert.IdentityKey.Equal(k.Public()) {
+			return nil, fmt.Errorf("%w %s: device %s is already certified by this account's identity key", ErrLinkCode, code, d.GetDeviceId())
+		}
+		if _, err := c.certify(ctx, k, id.AccountName, d.GetDeviceId(), d.GetSignatureKey()); err != nil {
+			return nil, err
+		}
+		return &ApprovedDevice{DeviceID: d.GetDeviceId(), DeviceName: d.GetName(), Code: code}, nil
+	}
+	return nil, nil
+}
+
+// AddCertifiedDevice adds a device by its Ed25519 public key (qpc devices
+// add KEY) and certifies it with the account identity key, which this
+// device must hold: a device without a certificate is refused by the
+// server's KeyPackage directory and by every contact, so adding one would
+// only make a device nobody can reach. Accounts registered before identity
+// keys have nothing to certify with and get a plain AddDevice.
+func (c *Client) AddCertifiedDevice(ctx context.Context, key ed25519.PublicKey, name string) (*ApprovedDevice, error) {
+	id, err := c.Identity(ctx)
+	if err != nil {
+		return nil, err
+	}
+	id.Wipe()
+	code := identity.Fingerprint(key)
+	k, err := c.identityKey(ctx)
+	if errors.Is(err, ErrNoIdentityKey) {
+		if id.Certificate() == nil {
+			if _, lerr := c.ownServerIdentityKey(ctx, id.AccountName); lerr != nil && strings.Contains(lerr.Error(), "registered before identity keys") {
+				devID, err := c.AddDevice(ctx, key, name)
+				if err != nil {
+					return nil, err
+				}
+				return &ApprovedDevice{DeviceID: devID, DeviceName: name, Code: code}, nil
+			}
+		}
+		return nil, fmt.Errorf("%w, so a device added here would have no certificate and nobody could reach it; "+
+			"run qpc device link %s on the new device and approve its code with qpc device approve on the device that holds the identity key "+
+			"(if that device is lost: qpc identity reset)", err, id.AccountName)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer k.Wipe()
+	devID, err := c.AddDevice(ctx, key, name)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.certify(ctx, k, id.AccountName, devID, key); err != nil {
+		return nil, fmt.Errorf("%w (the device %s was added but is not certified: revoke it with qpc devices revoke %s and add it again)", err, devID, devID)
+	}
+	return &ApprovedDevice{DeviceID: devID, DeviceName: name, Code: code}, nil
 }
 
 // LinkOptions tune Link.

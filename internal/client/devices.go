@@ -41,8 +41,11 @@ func reauthMessage(purpose, accountID, deviceID string, param, challenge []byte)
 // reauth asks the server for a challenge for one change and signs it.
 func (c *Client) reauth(ctx context.Context, req *qpcv1.ReauthChallengeRequest) (*qpcv1.Reauth, error) {
 	purpose, param := "add-device", req.GetNewSignatureKey()
-	if req.GetPurpose() == qpcv1.ReauthPurpose_REAUTH_PURPOSE_REVOKE_DEVICE {
+	switch req.GetPurpose() {
+	case qpcv1.ReauthPurpose_REAUTH_PURPOSE_REVOKE_DEVICE:
 		purpose, param = "revoke-device", []byte(req.GetTargetDeviceId())
+	case qpcv1.ReauthPurpose_REAUTH_PURPOSE_RESET_IDENTITY:
+		purpose, param = "reset-identity", req.GetNewIdentityKey()
 	}
 	id, err := c.Identity(ctx)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -78,8 +79,11 @@ type groupRow struct {
 // commitIntent is what a queued commit was for, so it can be redone after
 // STALE_EPOCH (or followed up once accepted).
 type commitIntent struct {
-	Op          string         `json:"op"` // add, remove, leave, commit
-	Accounts    []string       `json:"accounts,omitempty"`
+	Op       string   `json:"op"` // add, remove, drop, drop-devices, leave, commit
+	Accounts []string `json:"accounts,omitempty"`
+	// Devices (drop-devices) are the MLS identities (account/device) of
+	// leaves to remove: this account's revoked devices.
+	Devices     []string       `json:"devices,omitempty"`
 	KeyPackages []intentKP     `json:"key_packages,omitempty"`
 	ServerAdd   bool           `json:"server_add,omitempty"`
 	Recipients  []inboxAddress `json:"-"`
@@ -522,6 +526,15 @@ func (c *Client) queueCommitLocked(ctx context.Context, channelID []byte, in com
 			}
 			if len(opts.Remove) == 0 {
 				return fmt.Errorf("%w: %s is not in %s", ErrNotMember, strings.Join(in.Accounts, ", "), r.name)
+			}
+		case "drop-devices":
+			for _, m := range g.Members() {
+				if slices.Contains(in.Devices, string(m.Identity)) && m.Leaf != g.OwnLeaf() {
+					opts.Remove = append(opts.Remove, m.Leaf)
+				}
+			}
+			if len(opts.Remove) == 0 {
+				return nil
 			}
 		case "commit":
 		default:

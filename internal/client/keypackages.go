@@ -121,18 +121,17 @@ func (c *Client) KeyPackageUpkeep(ctx context.Context) (*StockReport, error) {
 		return nil, err
 	}
 	defer id.key.Wipe()
-	if id.Certificate() == nil {
-		// Registered against a server older than identity keys (or before
-		// it was upgraded): certify now, so the KeyPackages below carry the
-		// certificate. A device without the identity key waits for approval.
-		if err := c.CertifyThisDevice(ctx); err != nil && !errors.Is(err, ErrNoIdentityKey) {
-			return nil, err
-		}
-		if id, err = c.Identity(ctx); err != nil {
-			return nil, err
-		}
-		defer id.key.Wipe()
+	// Certify now if this device has no certificate (registered against a
+	// server older than identity keys), or take a new one the device
+	// holding the identity key stored (approved again after an identity
+	// reset), so the KeyPackages below carry the current certificate.
+	if err := c.CertifyThisDevice(ctx); err != nil && !errors.Is(err, ErrNoIdentityKey) {
+		return nil, err
 	}
+	if id, err = c.Identity(ctx); err != nil {
+		return nil, err
+	}
+	defer id.key.Wipe()
 	s, err := c.Settings(ctx)
 	if err != nil {
 		return nil, err

@@ -578,11 +578,67 @@ func (c *Client) ConfirmSafetyNumber(ctx context.Context, account, typed string)
 			key.Bytes(), now, account); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, `UPDATE contact_devices SET confirmed = 1 WHERE account = ?`, account)
-		return err
+		if _, err := tx.ExecContext(ctx, `UPDATE contact_devices SET confirmed = 1 WHERE account = ?`, account); err != nil {
+			return err
+		}
+		if key.Equal(pinned) {
+			return nil
+		}
+		// The devices the user saw certified by the new key are the ones
+		// they just confirmed (an identity reset: docs/client.md).
+		return confirmDevicesCertifiedBy(ctx, tx, account, key, now)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("client: mark %s verified: %w", account, err)
 	}
 	return c.SafetyNumber(ctx, account)
+}
+
+// confirmDevicesCertifiedBy records as confirmed every device of account
+// in this client's active groups whose leaf is certified by key.
+func confirmDevicesCertifiedBy(ctx context.Context, tx *sql.Tx, account string, key identity.PublicKey, nowMs int64) error {
+	rows, err := tx.QueryContext(ctx, `SELECT channel_id FROM groups WHERE status = ? AND state IS NOT NULL`, statusActive)
+	if err != nil {
+		return err
+	}
+	var chans [][]byte
+	for rows.Next() {
+		var ch []byte
+		if err := rows.Scan(&ch); err != nil {
+			rows.Close()
+			return err
+		}
+		chans = append(chans, ch)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, ch := range chans {
+		_, g, err := openGroup(ctx, tx, "", ch)
+		if err != nil {
+			return err
+		}
+		for _, m := range g.Members() {
+			acc, dev, _ := strings.Cut(string(m.Identity), "/")
+			if acc != account {
+				continue
+			}
+			raw := certificateOf(m.LeafNode)
+			if raw == nil {
+				continue
+			}
+			cert, err := identity.Parse(raw)
+			if err != nil || !cert.IdentityKey.Equal(key) ||
+				cert.Verify(identity.Expect{AccountName: account, DeviceID: dev, DeviceKey: m.LeafNode.SignatureKey}) != nil {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO contact_devices (account, device_id, device_key, first_seen_ms, confirmed) VALUES (?, ?, ?, ?, 1)
+				ON CONFLICT (account, device_id) DO UPDATE SET device_key = excluded.device_key, confirmed = 1`,
+				account, dev, []byte(m.LeafNode.SignatureKey), nowMs); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

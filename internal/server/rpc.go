@@ -360,6 +360,8 @@ var serviceErrors = []struct {
 	{auth.ErrInvalidCertificate, qpcv1.Status_STATUS_INVALID_ARGUMENT},
 	{auth.ErrNoIdentityKey, qpcv1.Status_STATUS_INVALID_ARGUMENT},
 	{auth.ErrTooManyLinkRequests, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
+	{auth.ErrIdentityResetTooSoon, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED},
+	{auth.ErrIdentityResetUnavailable, qpcv1.Status_STATUS_PERMISSION_DENIED},
 	// keydir
 	{keydir.ErrInvalidKeyPackage, qpcv1.Status_STATUS_INVALID_ARGUMENT},
 	{keydir.ErrUnsupportedSuite, qpcv1.Status_STATUS_INVALID_ARGUMENT},

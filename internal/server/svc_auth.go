@@ -275,8 +275,10 @@ func (s *Server) reauthChallenge(ctx context.Context, call *Call, req *qpcv1.Rea
 		p, param = auth.PurposeAddDevice, req.GetNewSignatureKey()
 	case qpcv1.ReauthPurpose_REAUTH_PURPOSE_REVOKE_DEVICE:
 		p, param = auth.PurposeRevokeDevice, []byte(req.GetTargetDeviceId())
+	case qpcv1.ReauthPurpose_REAUTH_PURPOSE_RESET_IDENTITY:
+		p, param = auth.PurposeResetIdentity, req.GetNewIdentityKey()
 	default:
-		return nil, wire.Errorf(qpcv1.Status_STATUS_INVALID_ARGUMENT, "re-authentication purpose %v; want ADD_DEVICE or REVOKE_DEVICE", req.GetPurpose())
+		return nil, wire.Errorf(qpcv1.Status_STATUS_INVALID_ARGUMENT, "re-authentication purpose %v; want ADD_DEVICE, REVOKE_DEVICE or RESET_IDENTITY", req.GetPurpose())
 	}
 	c, exp, err := s.auth.ReauthChallenge(ctx, actorOf(call), p, param)
 	if err != nil {

@@ -11,6 +11,9 @@ const (
 	MethodCertifyDevice    = "CertifyDevice"
 	MethodRequestLink      = "RequestLink"
 	MethodListLinkRequests = "ListLinkRequests"
+	// MethodResetIdentityKey replaces a lost account identity key
+	// (re-authenticated like AddDevice).
+	MethodResetIdentityKey = "ResetIdentityKey"
 )
 
 func (s *Server) registerIdentity(t map[string]*method) {
@@ -19,6 +22,16 @@ func (s *Server) registerIdentity(t map[string]*method) {
 	// the per-account cap on pending requests bound it.
 	register(t, MethodRequestLink, true, s.requestLink)
 	register(t, MethodListLinkRequests, false, s.listLinkRequests)
+	register(t, MethodResetIdentityKey, false, s.resetIdentityKey)
+}
+
+func (s *Server) resetIdentityKey(ctx context.Context, call *Call, req *qpcv1.ResetIdentityKeyRequest) (*qpcv1.ResetIdentityKeyResponse, error) {
+	res, err := s.auth.ResetIdentityKey(callCtx(ctx, call), actorOf(call), req.GetIdentityKey(), reauthOf(req.GetReauth()))
+	if err != nil {
+		return nil, err
+	}
+	return &qpcv1.ResetIdentityKeyResponse{UncertifiedDeviceIds: res.UncertifiedDevices,
+		KeyPackagesDeleted: uint32(min(res.KeyPackagesDeleted, int64(^uint32(0))))}, nil
 }
 
 func (s *Server) certifyDevice(ctx context.Context, call *Call, req *qpcv1.CertifyDeviceRequest) (*qpcv1.CertifyDeviceResponse, error) {

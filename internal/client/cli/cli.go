@@ -103,7 +103,7 @@ func Run(ctx context.Context, args []string, o IO) int {
 		}},
 		a.initCmd(), a.statusCmd(), a.registerCmd(), a.loginCmd(), a.whoamiCmd(), a.devicesCmd(), a.keysCmd(),
 		a.groupCmd(), a.dmCmd(), a.sendCmd(), a.recvCmd(), a.watchCmd(), a.historyCmd(), a.outboxCmd(),
-		a.verifyCmd(), a.invitationsCmd(), clidoc.Command(),
+		a.verifyCmd(), a.identityCmd(), a.invitationsCmd(), clidoc.Command(),
 	)
 	root.AddCommand(a.blockCmds()...)
 	for _, c := range root.Commands() {

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/quicprochat/quicprochat/internal/client"
+	"github.com/quicprochat/quicprochat/internal/identity"
 	"github.com/quicprochat/quicprochat/internal/mls"
 	"github.com/quicprochat/quicprochat/internal/safetext"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
@@ -268,8 +269,14 @@ func (a *app) whoamiCmd() *cobra.Command {
 					return err
 				}
 				_, current := c.Servers()
-				return a.emit(map[string]any{"account": w.GetAccountName(), "account_id": w.GetAccountId(), "device_id": w.GetDeviceId(), "server": current, "servers": s.Trust.Addrs()},
-					fmt.Sprintf("%s (account %s, device %s) on %s", w.GetAccountName(), w.GetAccountId(), w.GetDeviceId(), current))
+				id, err := c.Identity(ctx)
+				if err != nil {
+					return err
+				}
+				code := identity.Fingerprint(id.PublicKey())
+				id.Wipe()
+				return a.emit(map[string]any{"account": w.GetAccountName(), "account_id": w.GetAccountId(), "device_id": w.GetDeviceId(), "server": current, "servers": s.Trust.Addrs(), "device_code": code},
+					fmt.Sprintf("%s (account %s, device %s, code %s) on %s", w.GetAccountName(), w.GetAccountId(), w.GetDeviceId(), code, current))
 			})
 		},
 	}
@@ -317,7 +324,7 @@ func (a *app) deviceAddCmd() *cobra.Command {
 	var name string
 	cmd := &cobra.Command{
 		Use:   "add KEY",
-		Short: "Add a device by its Ed25519 public key (64 hex characters); this device's key signs the change",
+		Short: "Add a device by its Ed25519 public key (64 hex characters) and certify it (on the device holding the identity key; else use qpc device link)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			key, err := hex.DecodeString(strings.TrimSpace(args[0]))
@@ -325,11 +332,12 @@ func (a *app) deviceAddCmd() *cobra.Command {
 				return usagef("KEY must be the new device's Ed25519 public key as 64 hex characters")
 			}
 			return a.withClient(cmd, func(ctx context.Context, c *client.Client) error {
-				id, err := c.AddDevice(ctx, key, name)
+				d, err := c.AddCertifiedDevice(ctx, key, name)
 				if err != nil {
 					return err
 				}
-				return a.emit(map[string]any{"device_id": id, "name": name}, fmt.Sprintf("added device %s (%s); your other devices are told", id, name))
+				return a.emit(map[string]any{"device_id": d.DeviceID, "name": name, "code": d.Code},
+					fmt.Sprintf("added and certified device %s (%s, code %s); your other devices are told", d.DeviceID, safetext.Line(name), d.Code))
 			})
 		},
 	}

@@ -157,7 +157,7 @@ func (a *app) deviceApproveCmd() *cobra.Command {
 	var name string
 	cmd := &cobra.Command{
 		Use:   "approve CODE [--name NAME]",
-		Short: "Add and certify the new device whose qpc device link shows CODE (on the device that registered the account)",
+		Short: "Add and certify the new device whose qpc device link shows CODE, or certify again one left uncertified by qpc identity reset (on the device holding the identity key)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if identity.NormaliseCode(args[0]) == "" {

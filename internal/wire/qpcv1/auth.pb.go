@@ -32,6 +32,8 @@ const (
 	ReauthPurpose_REAUTH_PURPOSE_UNSPECIFIED   ReauthPurpose = 0
 	ReauthPurpose_REAUTH_PURPOSE_ADD_DEVICE    ReauthPurpose = 1
 	ReauthPurpose_REAUTH_PURPOSE_REVOKE_DEVICE ReauthPurpose = 2
+	// ResetIdentityKey: the account's new identity key replaces its old one.
+	ReauthPurpose_REAUTH_PURPOSE_RESET_IDENTITY ReauthPurpose = 3
 )
 
 // Enum value maps for ReauthPurpose.
@@ -40,11 +42,13 @@ var (
 		0: "REAUTH_PURPOSE_UNSPECIFIED",
 		1: "REAUTH_PURPOSE_ADD_DEVICE",
 		2: "REAUTH_PURPOSE_REVOKE_DEVICE",
+		3: "REAUTH_PURPOSE_RESET_IDENTITY",
 	}
 	ReauthPurpose_value = map[string]int32{
-		"REAUTH_PURPOSE_UNSPECIFIED":   0,
-		"REAUTH_PURPOSE_ADD_DEVICE":    1,
-		"REAUTH_PURPOSE_REVOKE_DEVICE": 2,
+		"REAUTH_PURPOSE_UNSPECIFIED":    0,
+		"REAUTH_PURPOSE_ADD_DEVICE":     1,
+		"REAUTH_PURPOSE_REVOKE_DEVICE":  2,
+		"REAUTH_PURPOSE_RESET_IDENTITY": 3,
 	}
 )
 
@@ -678,8 +682,10 @@ type ReauthChallengeRequest struct {
 	TargetDeviceId string `protobuf:"bytes,2,opt,name=target_device_id,json=targetDeviceId,proto3" json:"target_device_id,omitempty"`
 	// ADD_DEVICE: the new device's Ed25519 signature public key.
 	NewSignatureKey []byte `protobuf:"bytes,3,opt,name=new_signature_key,json=newSignatureKey,proto3" json:"new_signature_key,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// RESET_IDENTITY: the account's new identity public key (Ed25519).
+	NewIdentityKey []byte `protobuf:"bytes,4,opt,name=new_identity_key,json=newIdentityKey,proto3" json:"new_identity_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ReauthChallengeRequest) Reset() {
@@ -729,6 +735,13 @@ func (x *ReauthChallengeRequest) GetTargetDeviceId() string {
 func (x *ReauthChallengeRequest) GetNewSignatureKey() []byte {
 	if x != nil {
 		return x.NewSignatureKey
+	}
+	return nil
+}
+
+func (x *ReauthChallengeRequest) GetNewIdentityKey() []byte {
+	if x != nil {
+		return x.NewIdentityKey
 	}
 	return nil
 }
@@ -1612,6 +1625,122 @@ func (*CertifyDeviceResponse) Descriptor() ([]byte, []int) {
 	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{25}
 }
 
+// ResetIdentityKey replaces the caller's account identity key with a new
+// one, for an account whose identity key was lost with the device that
+// held it (docs/protocol.md, "Resetting a lost identity key"). The server
+// appends the new key to the key log in the same transaction, so every
+// contact's client sees the change; every device certificate of the
+// account is dropped (the caller re-certifies itself with CertifyDevice)
+// and the account's KeyPackages are deleted. At most one reset per account
+// per 24 hours.
+type ResetIdentityKeyRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	IdentityKey []byte                 `protobuf:"bytes,1,opt,name=identity_key,json=identityKey,proto3" json:"identity_key,omitempty"`
+	// Required: a re-authentication for REAUTH_PURPOSE_RESET_IDENTITY and
+	// this identity_key. Without it the call fails with PERMISSION_DENIED.
+	Reauth        *Reauth `protobuf:"bytes,2,opt,name=reauth,proto3" json:"reauth,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResetIdentityKeyRequest) Reset() {
+	*x = ResetIdentityKeyRequest{}
+	mi := &file_qpc_v1_auth_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetIdentityKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetIdentityKeyRequest) ProtoMessage() {}
+
+func (x *ResetIdentityKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_auth_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetIdentityKeyRequest.ProtoReflect.Descriptor instead.
+func (*ResetIdentityKeyRequest) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ResetIdentityKeyRequest) GetIdentityKey() []byte {
+	if x != nil {
+		return x.IdentityKey
+	}
+	return nil
+}
+
+func (x *ResetIdentityKeyRequest) GetReauth() *Reauth {
+	if x != nil {
+		return x.Reauth
+	}
+	return nil
+}
+
+type ResetIdentityKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The account's active devices, every one now without a certificate.
+	UncertifiedDeviceIds []string `protobuf:"bytes,1,rep,name=uncertified_device_ids,json=uncertifiedDeviceIds,proto3" json:"uncertified_device_ids,omitempty"`
+	// KeyPackages deleted (they carried certificates by the old key).
+	KeyPackagesDeleted uint32 `protobuf:"varint,2,opt,name=key_packages_deleted,json=keyPackagesDeleted,proto3" json:"key_packages_deleted,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *ResetIdentityKeyResponse) Reset() {
+	*x = ResetIdentityKeyResponse{}
+	mi := &file_qpc_v1_auth_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetIdentityKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetIdentityKeyResponse) ProtoMessage() {}
+
+func (x *ResetIdentityKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_auth_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetIdentityKeyResponse.ProtoReflect.Descriptor instead.
+func (*ResetIdentityKeyResponse) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ResetIdentityKeyResponse) GetUncertifiedDeviceIds() []string {
+	if x != nil {
+		return x.UncertifiedDeviceIds
+	}
+	return nil
+}
+
+func (x *ResetIdentityKeyResponse) GetKeyPackagesDeleted() uint32 {
+	if x != nil {
+		return x.KeyPackagesDeleted
+	}
+	return 0
+}
+
 // RequestLink is sent (without a token) by a new device that wants to join
 // an account: the server keeps the request for a few minutes so that an
 // existing device can find it by the new key's fingerprint (qpc device
@@ -1628,7 +1757,7 @@ type RequestLinkRequest struct {
 
 func (x *RequestLinkRequest) Reset() {
 	*x = RequestLinkRequest{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[26]
+	mi := &file_qpc_v1_auth_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1640,7 +1769,7 @@ func (x *RequestLinkRequest) String() string {
 func (*RequestLinkRequest) ProtoMessage() {}
 
 func (x *RequestLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[26]
+	mi := &file_qpc_v1_auth_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1653,7 +1782,7 @@ func (x *RequestLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestLinkRequest.ProtoReflect.Descriptor instead.
 func (*RequestLinkRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{26}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RequestLinkRequest) GetAccountName() string {
@@ -1689,7 +1818,7 @@ type RequestLinkResponse struct {
 
 func (x *RequestLinkResponse) Reset() {
 	*x = RequestLinkResponse{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[27]
+	mi := &file_qpc_v1_auth_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +1830,7 @@ func (x *RequestLinkResponse) String() string {
 func (*RequestLinkResponse) ProtoMessage() {}
 
 func (x *RequestLinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[27]
+	mi := &file_qpc_v1_auth_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +1843,7 @@ func (x *RequestLinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestLinkResponse.ProtoReflect.Descriptor instead.
 func (*RequestLinkResponse) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{27}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RequestLinkResponse) GetAccountId() string {
@@ -1747,7 +1876,7 @@ type ListLinkRequestsRequest struct {
 
 func (x *ListLinkRequestsRequest) Reset() {
 	*x = ListLinkRequestsRequest{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[28]
+	mi := &file_qpc_v1_auth_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1888,7 @@ func (x *ListLinkRequestsRequest) String() string {
 func (*ListLinkRequestsRequest) ProtoMessage() {}
 
 func (x *ListLinkRequestsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[28]
+	mi := &file_qpc_v1_auth_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1901,7 @@ func (x *ListLinkRequestsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLinkRequestsRequest.ProtoReflect.Descriptor instead.
 func (*ListLinkRequestsRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{28}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{30}
 }
 
 type LinkRequest struct {
@@ -1786,7 +1915,7 @@ type LinkRequest struct {
 
 func (x *LinkRequest) Reset() {
 	*x = LinkRequest{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[29]
+	mi := &file_qpc_v1_auth_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +1927,7 @@ func (x *LinkRequest) String() string {
 func (*LinkRequest) ProtoMessage() {}
 
 func (x *LinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[29]
+	mi := &file_qpc_v1_auth_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +1940,7 @@ func (x *LinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkRequest.ProtoReflect.Descriptor instead.
 func (*LinkRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{29}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LinkRequest) GetSignatureKey() []byte {
@@ -1844,7 +1973,7 @@ type ListLinkRequestsResponse struct {
 
 func (x *ListLinkRequestsResponse) Reset() {
 	*x = ListLinkRequestsResponse{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[30]
+	mi := &file_qpc_v1_auth_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1856,7 +1985,7 @@ func (x *ListLinkRequestsResponse) String() string {
 func (*ListLinkRequestsResponse) ProtoMessage() {}
 
 func (x *ListLinkRequestsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[30]
+	mi := &file_qpc_v1_auth_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1869,7 +1998,7 @@ func (x *ListLinkRequestsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListLinkRequestsResponse.ProtoReflect.Descriptor instead.
 func (*ListLinkRequestsResponse) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{30}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListLinkRequestsResponse) GetRequests() []*LinkRequest {
@@ -1900,7 +2029,7 @@ type AccountEvent struct {
 
 func (x *AccountEvent) Reset() {
 	*x = AccountEvent{}
-	mi := &file_qpc_v1_auth_proto_msgTypes[31]
+	mi := &file_qpc_v1_auth_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1912,7 +2041,7 @@ func (x *AccountEvent) String() string {
 func (*AccountEvent) ProtoMessage() {}
 
 func (x *AccountEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_auth_proto_msgTypes[31]
+	mi := &file_qpc_v1_auth_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1925,7 +2054,7 @@ func (x *AccountEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccountEvent.ProtoReflect.Descriptor instead.
 func (*AccountEvent) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{31}
+	return file_qpc_v1_auth_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AccountEvent) GetKind() AccountEventKind {
@@ -2011,11 +2140,12 @@ const file_qpc_v1_auth_proto_rawDesc = "" +
 	"\tdevice_id\x18\x01 \x01(\tB\b\x92\x82\x19\x04\b \x18\x01R\bdeviceId\x12-\n" +
 	"\rrefresh_token\x18\x02 \x01(\fB\b\x92\x82\x19\x04\b \x18\x01R\frefreshToken\"9\n" +
 	"\x0fRefreshResponse\x12&\n" +
-	"\x06tokens\x18\x01 \x01(\v2\x0e.qpc.v1.TokensR\x06tokens\"\xaf\x01\n" +
+	"\x06tokens\x18\x01 \x01(\v2\x0e.qpc.v1.TokensR\x06tokens\"\xe1\x01\n" +
 	"\x16ReauthChallengeRequest\x12/\n" +
 	"\apurpose\x18\x01 \x01(\x0e2\x15.qpc.v1.ReauthPurposeR\apurpose\x120\n" +
 	"\x10target_device_id\x18\x02 \x01(\tB\x06\x92\x82\x19\x02\b R\x0etargetDeviceId\x122\n" +
-	"\x11new_signature_key\x18\x03 \x01(\fB\x06\x92\x82\x19\x02\b R\x0fnewSignatureKey\"_\n" +
+	"\x11new_signature_key\x18\x03 \x01(\fB\x06\x92\x82\x19\x02\b R\x0fnewSignatureKey\x120\n" +
+	"\x10new_identity_key\x18\x04 \x01(\fB\x06\x92\x82\x19\x02\b R\x0enewIdentityKey\"_\n" +
 	"\x17ReauthChallengeResponse\x12\x1c\n" +
 	"\tchallenge\x18\x01 \x01(\fR\tchallenge\x12&\n" +
 	"\x0fexpires_unix_ms\x18\x02 \x01(\x03R\rexpiresUnixMs\"X\n" +
@@ -2068,7 +2198,13 @@ const file_qpc_v1_auth_proto_rawDesc = "" +
 	"\x14CertifyDeviceRequest\x12%\n" +
 	"\tdevice_id\x18\x01 \x01(\tB\b\x92\x82\x19\x04\b \x18\x01R\bdeviceId\x12+\n" +
 	"\vcertificate\x18\x02 \x01(\fB\t\x92\x82\x19\x05\x10\x80\x04\x18\x01R\vcertificate\"\x17\n" +
-	"\x15CertifyDeviceResponse\"\x99\x01\n" +
+	"\x15CertifyDeviceResponse\"n\n" +
+	"\x17ResetIdentityKeyRequest\x12+\n" +
+	"\fidentity_key\x18\x01 \x01(\fB\b\x92\x82\x19\x04\b \x18\x01R\videntityKey\x12&\n" +
+	"\x06reauth\x18\x02 \x01(\v2\x0e.qpc.v1.ReauthR\x06reauth\"\x82\x01\n" +
+	"\x18ResetIdentityKeyResponse\x124\n" +
+	"\x16uncertified_device_ids\x18\x01 \x03(\tR\x14uncertifiedDeviceIds\x120\n" +
+	"\x14key_packages_deleted\x18\x02 \x01(\rR\x12keyPackagesDeleted\"\x99\x01\n" +
 	"\x12RequestLinkRequest\x12+\n" +
 	"\faccount_name\x18\x01 \x01(\tB\b\x92\x82\x19\x04\x10 \x18\x01R\vaccountName\x12-\n" +
 	"\rsignature_key\x18\x02 \x01(\fB\b\x92\x82\x19\x04\b \x18\x01R\fsignatureKey\x12'\n" +
@@ -2096,11 +2232,12 @@ const file_qpc_v1_auth_proto_rawDesc = "" +
 	"\fby_device_id\x18\x05 \x01(\tR\n" +
 	"byDeviceId\x12 \n" +
 	"\ftime_unix_ms\x18\x06 \x01(\x03R\n" +
-	"timeUnixMs*p\n" +
+	"timeUnixMs*\x93\x01\n" +
 	"\rReauthPurpose\x12\x1e\n" +
 	"\x1aREAUTH_PURPOSE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19REAUTH_PURPOSE_ADD_DEVICE\x10\x01\x12 \n" +
-	"\x1cREAUTH_PURPOSE_REVOKE_DEVICE\x10\x02*\x82\x01\n" +
+	"\x1cREAUTH_PURPOSE_REVOKE_DEVICE\x10\x02\x12!\n" +
+	"\x1dREAUTH_PURPOSE_RESET_IDENTITY\x10\x03*\x82\x01\n" +
 	"\x10AccountEventKind\x12\"\n" +
 	"\x1eACCOUNT_EVENT_KIND_UNSPECIFIED\x10\x00\x12#\n" +
 	"\x1fACCOUNT_EVENT_KIND_DEVICE_ADDED\x10\x01\x12%\n" +
@@ -2119,7 +2256,7 @@ func file_qpc_v1_auth_proto_rawDescGZIP() []byte {
 }
 
 var file_qpc_v1_auth_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_qpc_v1_auth_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_qpc_v1_auth_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_qpc_v1_auth_proto_goTypes = []any{
 	(ReauthPurpose)(0),               // 0: qpc.v1.ReauthPurpose
 	(AccountEventKind)(0),            // 1: qpc.v1.AccountEventKind
@@ -2149,13 +2286,15 @@ var file_qpc_v1_auth_proto_goTypes = []any{
 	(*LookupAccountResponse)(nil),    // 25: qpc.v1.LookupAccountResponse
 	(*CertifyDeviceRequest)(nil),     // 26: qpc.v1.CertifyDeviceRequest
 	(*CertifyDeviceResponse)(nil),    // 27: qpc.v1.CertifyDeviceResponse
-	(*RequestLinkRequest)(nil),       // 28: qpc.v1.RequestLinkRequest
-	(*RequestLinkResponse)(nil),      // 29: qpc.v1.RequestLinkResponse
-	(*ListLinkRequestsRequest)(nil),  // 30: qpc.v1.ListLinkRequestsRequest
-	(*LinkRequest)(nil),              // 31: qpc.v1.LinkRequest
-	(*ListLinkRequestsResponse)(nil), // 32: qpc.v1.ListLinkRequestsResponse
-	(*AccountEvent)(nil),             // 33: qpc.v1.AccountEvent
-	(*KeyLogInclusion)(nil),          // 34: qpc.v1.KeyLogInclusion
+	(*ResetIdentityKeyRequest)(nil),  // 28: qpc.v1.ResetIdentityKeyRequest
+	(*ResetIdentityKeyResponse)(nil), // 29: qpc.v1.ResetIdentityKeyResponse
+	(*RequestLinkRequest)(nil),       // 30: qpc.v1.RequestLinkRequest
+	(*RequestLinkResponse)(nil),      // 31: qpc.v1.RequestLinkResponse
+	(*ListLinkRequestsRequest)(nil),  // 32: qpc.v1.ListLinkRequestsRequest
+	(*LinkRequest)(nil),              // 33: qpc.v1.LinkRequest
+	(*ListLinkRequestsResponse)(nil), // 34: qpc.v1.ListLinkRequestsResponse
+	(*AccountEvent)(nil),             // 35: qpc.v1.AccountEvent
+	(*KeyLogInclusion)(nil),          // 36: qpc.v1.KeyLogInclusion
 }
 var file_qpc_v1_auth_proto_depIdxs = []int32{
 	7,  // 0: qpc.v1.LoginResponse.tokens:type_name -> qpc.v1.Tokens
@@ -2165,14 +2304,15 @@ var file_qpc_v1_auth_proto_depIdxs = []int32{
 	16, // 4: qpc.v1.ListDevicesResponse.devices:type_name -> qpc.v1.Device
 	13, // 5: qpc.v1.RevokeDeviceRequest.reauth:type_name -> qpc.v1.Reauth
 	24, // 6: qpc.v1.LookupAccountResponse.devices:type_name -> qpc.v1.PublicDevice
-	34, // 7: qpc.v1.LookupAccountResponse.key_log:type_name -> qpc.v1.KeyLogInclusion
-	31, // 8: qpc.v1.ListLinkRequestsResponse.requests:type_name -> qpc.v1.LinkRequest
-	1,  // 9: qpc.v1.AccountEvent.kind:type_name -> qpc.v1.AccountEventKind
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	36, // 7: qpc.v1.LookupAccountResponse.key_log:type_name -> qpc.v1.KeyLogInclusion
+	13, // 8: qpc.v1.ResetIdentityKeyRequest.reauth:type_name -> qpc.v1.Reauth
+	33, // 9: qpc.v1.ListLinkRequestsResponse.requests:type_name -> qpc.v1.LinkRequest
+	1,  // 10: qpc.v1.AccountEvent.kind:type_name -> qpc.v1.AccountEventKind
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_qpc_v1_auth_proto_init() }
@@ -2188,7 +2328,7 @@ func file_qpc_v1_auth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qpc_v1_auth_proto_rawDesc), len(file_qpc_v1_auth_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
