@@ -295,6 +295,11 @@ func (r *rpcServer) toStatus(ctx context.Context, call *Call, err error) *wire.S
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return wire.Errorf(qpcv1.Status_STATUS_UNAVAILABLE, "request cancelled")
 	}
+	if errors.Is(err, store.ErrContended) {
+		// Transient and nothing committed: the client retries.
+		r.log.DebugContext(ctx, "rpc: write contended", "method", call.Method, "request_id", call.RequestID, "err", err)
+		return wire.Errorf(qpcv1.Status_STATUS_UNAVAILABLE, "too many concurrent writes to the same data; retry shortly (request id %s)", strconv.FormatUint(call.RequestID, 10))
+	}
 	if store.IsUnavailable(err) {
 		// The database is unreachable (or a commit's outcome is unknown):
 		// retrying, here or on another node, is the right move. Debug only:

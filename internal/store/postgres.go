@@ -62,6 +62,11 @@ var (
 	// the transaction may or may not have committed. Callers whose writes
 	// are idempotent (message ids) retry; the others report it.
 	ErrCommitUnknown = errors.New("store: commit outcome unknown (connection lost during COMMIT)")
+	// ErrContended: a write kept failing on serialization conflicts or
+	// deadlocks through all its retries (MaxRetries). Nothing was
+	// committed; it is transient, so it is answered as UNAVAILABLE (the
+	// client retries), never as an internal error.
+	ErrContended = errors.New("store: write kept conflicting with concurrent writes")
 )
 
 // PostgresOptions configures OpenPostgres. Each field documents its default.
@@ -444,8 +449,11 @@ func (e *pgEngine) writeTx(ctx context.Context, iso sql.IsolationLevel, fn func(
 	defer e.observe("write", time.Now())
 	for attempt := 0; ; attempt++ {
 		err := e.runTx(ctx, iso, fn, onCommit)
-		if err == nil || !isRetryable(err) || attempt >= e.maxRetries {
+		if err == nil || !isRetryable(err) {
 			return err
+		}
+		if attempt >= e.maxRetries {
+			return fmt.Errorf("%w: %d attempts: %w", ErrContended, attempt+1, err)
 		}
 		e.retries.Add(1)
 		// Jittered backoff keeps conflicting writers from colliding again.
@@ -721,7 +729,7 @@ func IsUnavailable(err error) bool {
 	if err == nil {
 		return false
 	}
-	if errors.Is(err, ErrPostgresUnreachable) || errors.Is(err, ErrCommitUnknown) || errors.Is(err, driver.ErrBadConn) {
+	if errors.Is(err, ErrPostgresUnreachable) || errors.Is(err, ErrCommitUnknown) || errors.Is(err, ErrContended) || errors.Is(err, driver.ErrBadConn) {
 		return true
 	}
 	var pgErr *pgconn.PgError

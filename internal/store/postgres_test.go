@@ -193,6 +193,56 @@ func TestPostgresWriteTxRetriesSerializationFailures(t *testing.T) {
 	t.Logf("80 increments from 8 writers: %d runs, %d retries", runs.Load(), st.TxRetries)
 }
 
+// A write that keeps losing serialization conflicts through all its
+// retries ends in ErrContended, which is transient (IsUnavailable: the RPC
+// layer answers UNAVAILABLE and the client retries), not an unexplained
+// internal error. Each attempt is made to conflict: after the transaction
+// read the row, another connection commits a change to it.
+func TestPostgresExhaustedRetriesAreContended(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	db := openPG(t, dsn, PostgresOptions{MaxRetries: 2})
+	ctx := context.Background()
+	if err := db.WriteTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "INSERT INTO meta (key, value) VALUES ('counter', '0')")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	other, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	attempts := 0
+	err = db.WriteTx(ctx, func(tx *sql.Tx) error {
+		attempts++
+		var v string
+		if err := tx.QueryRowContext(ctx, "SELECT value FROM meta WHERE key = 'counter'").Scan(&v); err != nil {
+			return err
+		}
+		if _, err := other.ExecContext(ctx, "UPDATE meta SET value = value || 'y' WHERE key = 'counter'"); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, "UPDATE meta SET value = ? WHERE key = 'counter'", v+"x")
+		return err
+	})
+	if !errors.Is(err, ErrContended) || !IsUnavailable(err) {
+		t.Fatalf("after every attempt conflicted: %v, want ErrContended (and IsUnavailable)", err)
+	}
+	if attempts != 3 {
+		t.Fatalf("%d attempts, want 1 + MaxRetries (2)", attempts)
+	}
+	var v string
+	if err := db.ReadTx(ctx, func(tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, "SELECT value FROM meta WHERE key = 'counter'").Scan(&v)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if v != "0yyy" {
+		t.Fatalf("counter %q: only the other writer's three updates may have committed", v)
+	}
+}
+
 // Broadcasts reach the other node (not the sender), and a lost LISTEN
 // connection ends in a resync.
 func TestPostgresBroadcast(t *testing.T) {
