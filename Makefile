@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go test-tools jaeger trace-e2e vet fmt-check ops-check proto proto-interop interop interop-wg mlswg-runner test-mlswg fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test bench-peers testnet testnet-down
+.PHONY: all build run test test-go test-tools jaeger trace-e2e vet fmt-check ops-check proto proto-interop interop interop-wg mlswg-runner test-mlswg fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test bench-peers bench-compare testnet testnet-down
 
 all: build
 
@@ -203,6 +203,12 @@ package-upgrade-test:
 # bench-out/bench-peers.json, .md and .png (BENCH_OUT=dir). BENCH_QUICK=1
 # runs one short round of each as a smoke check. Needs PostgreSQL's server
 # (with pgbench) and gnuplot, installed from Debian when missing.
+# The nightly benchmark comparison (scripts/bench-compare.sh): MLS, store
+# and delivery benchmarks COUNT times, compared with benchstat (a Go tool in
+# tools/benchstat) against the last run's kept in BENCH_OUT.
+bench-compare:
+	scripts/bench-compare.sh
+
 bench-peers:
 	@ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) postgresql; }
 	@command -v gnuplot >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) gnuplot-nox; }
