@@ -168,8 +168,6 @@ type Group struct {
 	removed    bool
 	reinit     *ReInit
 	updateKeys []nodeKey
-	// treeSizeHint is the last encoded tree size (buffer preallocation).
-	treeSizeHint int
 	// ownProposals are the messages of our proposals this epoch (an echo
 	// from the server is recognised, not processed).
 	ownProposals [][]byte

@@ -84,6 +84,16 @@ func (t *ratchetTree) encodePublic(e *encoder) {
 	for end > 0 && t.nodes[end-1] == nil {
 		end--
 	}
+	// Size the buffer exactly first: a large tree's encoding is megabytes,
+	// and growing it by doubling copies and allocates several times that.
+	size := 4
+	for i := 0; i < end; i++ {
+		size++
+		if t.nodes[i] != nil {
+			size += len(t.nodeEncoding(nodeIndex(i)))
+		}
+	}
+	e.buf = slices.Grow(e.buf, size)
 	e.vector(func(e *encoder) {
 		for i := 0; i < end; i++ {
 			n := t.nodes[i]

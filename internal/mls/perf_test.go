@@ -1,0 +1,86 @@
+package mls
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestVerifyLeafSignaturesFirstBadLeaf: the parallel check of a large tree
+// reports the first bad leaf in leaf order, every time, whichever worker
+// finds which bad leaf first.
+func TestVerifyLeafSignaturesFirstBadLeaf(t *testing.T) {
+	const n = 200 // enough leaves for several workers
+	if runtime.GOMAXPROCS(0) < 2 {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	}
+	a, _, _ := freshGroup(t, 1, n)
+	groupID := a.Context().GroupID
+	mustNoErr(t, a.tree.verifyLeafSignatures(groupID), "valid tree")
+
+	corrupt := func(tree *ratchetTree, l leafIndex) {
+		x := l.node()
+		old := tree.nodes[x]
+		leaf := *old.Leaf
+		leaf.Signature = slices.Clone(leaf.Signature)
+		leaf.Signature[0] ^= 1
+		tree.set(x, &Node{Type: NodeTypeLeaf, Leaf: &leaf})
+	}
+	for _, bad := range [][]leafIndex{{n - 1}, {0}, {37, 150}, {150, 37, 38}, {5, 6, 7, 190}} {
+		tree := a.tree.clone()
+		for _, l := range bad {
+			corrupt(tree, l)
+		}
+		first := slices.Min(bad)
+		for range 20 {
+			err := tree.verifyLeafSignatures(groupID)
+			if !errors.Is(err, ErrInvalidTree) || !errors.Is(err, ErrInvalidSignature) {
+				t.Fatalf("bad leaves %v: error %v, want ErrInvalidTree wrapping ErrInvalidSignature", bad, err)
+			}
+			if want := fmt.Sprintf("leaf %d:", first); !strings.Contains(err.Error(), want) {
+				t.Fatalf("bad leaves %v: error %q does not name %q", bad, err, want)
+			}
+		}
+	}
+}
+
+// TestSignWithLabelAtMatchesSignWithLabel: signing the content in place
+// gives the signature of the copied SignContent, for every suite, and
+// leaves the content itself untouched.
+func TestSignWithLabelAtMatchesSignWithLabel(t *testing.T) {
+	for id := range suites {
+		t.Run(fmt.Sprint(id), func(t *testing.T) {
+			s := suites[id]
+			kb := suiteBundles(t, id, 1)[0]
+			pub := kb.KeyPackage.LeafNode.SignatureKey
+			for _, n := range []int{0, 10, 63, 64, 16383, 16384, 1 << 20} {
+				content := make([]byte, n)
+				for i := range content {
+					content[i] = byte(i * 7)
+				}
+				buf := append(make([]byte, 40), content...)
+				sig, err := s.signWithLabelAt(kb.SignaturePriv, "GroupInfoTBS", buf, 40)
+				mustNoErr(t, err, "signWithLabelAt")
+				if !slices.Equal(buf[40:], content) {
+					t.Fatalf("n=%d: content changed", n)
+				}
+				mustNoErr(t, s.VerifyWithLabel(pub, "GroupInfoTBS", content, sig), "verify in-place signature")
+				switch s.sig.(type) {
+				case ed25519Scheme, ed448Scheme: // deterministic signatures
+					want, err := s.SignWithLabel(kb.SignaturePriv, "GroupInfoTBS", content)
+					mustNoErr(t, err, "SignWithLabel")
+					if !slices.Equal(sig, want) {
+						t.Fatalf("n=%d: in-place signature differs from SignWithLabel's", n)
+					}
+				}
+				// Too little room falls back to copying.
+				sig, err = s.signWithLabelAt(kb.SignaturePriv, "GroupInfoTBS", buf[38:], 2)
+				mustNoErr(t, err, "signWithLabelAt without room")
+				mustNoErr(t, s.VerifyWithLabel(pub, "GroupInfoTBS", content, sig), "verify fallback signature")
+			}
+		})
+	}
+}
