@@ -84,3 +84,39 @@ func TestSignWithLabelAtMatchesSignWithLabel(t *testing.T) {
 		})
 	}
 }
+
+// TestEncodingsWithLengthFirst: the tree and extension encodings that
+// write their length header first are byte for byte the generic vector
+// encodings, across every varint header size.
+func TestEncodingsWithLengthFirst(t *testing.T) {
+	for _, n := range []int{2, 3, 50, 300} {
+		a, _, _ := freshGroup(t, 1, n)
+		fast := &encoder{}
+		a.tree.encodePublic(fast)
+		public := a.tree.public()
+		slow := &encoder{}
+		public.encode(slow)
+		mustNoErr(t, fast.err, "encodePublic")
+		if !slices.Equal(fast.buf, slow.buf) {
+			t.Fatalf("n=%d: encodePublic differs from RatchetTree.encode (%d vs %d bytes)", n, len(fast.buf), len(slow.buf))
+		}
+	}
+	for _, sizes := range [][]int{{}, {0}, {10}, {60}, {61, 2}, {16000}, {16400, 5}, {1 << 20, 3, 0}} {
+		var l []Extension
+		for i, s := range sizes {
+			l = append(l, Extension{Type: ExtensionType(i + 1), Data: make([]byte, s)})
+		}
+		fast := &encoder{}
+		encodeExtensions(fast, l)
+		slow := &encoder{}
+		slow.vector(func(e *encoder) {
+			for i := range l {
+				e.u16(uint16(l[i].Type))
+				e.opaque(l[i].Data)
+			}
+		})
+		if !slices.Equal(fast.buf, slow.buf) {
+			t.Fatalf("extension sizes %v: encodings differ", sizes)
+		}
+	}
+}

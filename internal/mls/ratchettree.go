@@ -84,27 +84,30 @@ func (t *ratchetTree) encodePublic(e *encoder) {
 	for end > 0 && t.nodes[end-1] == nil {
 		end--
 	}
-	// Size the buffer exactly first: a large tree's encoding is megabytes,
-	// and growing it by doubling copies and allocates several times that.
-	size := 4
+	// Size the buffer exactly first and write the length header before
+	// the body: a large tree's encoding is megabytes, and growing it by
+	// doubling (or shifting it behind a late header) copies it again.
+	size := 0
 	for i := 0; i < end; i++ {
 		size++
 		if t.nodes[i] != nil {
 			size += len(t.nodeEncoding(nodeIndex(i)))
 		}
 	}
-	e.buf = slices.Grow(e.buf, size)
-	e.vector(func(e *encoder) {
-		for i := 0; i < end; i++ {
-			n := t.nodes[i]
-			if n == nil {
-				e.u8(0)
-				continue
-			}
-			e.u8(1)
-			e.raw(t.nodeEncoding(nodeIndex(i)))
+	if size > maxVarint {
+		e.fail("ratchet tree of %d bytes exceeds 2^30-1", size)
+		return
+	}
+	e.buf = slices.Grow(e.buf, varintLen(size)+size)
+	e.buf = appendVarint(e.buf, uint32(size))
+	for i := 0; i < end; i++ {
+		if t.nodes[i] == nil {
+			e.u8(0)
+			continue
 		}
-	})
+		e.u8(1)
+		e.raw(t.nodeEncoding(nodeIndex(i)))
+	}
 }
 
 // nodeEncoding returns the cached encoding of non-blank node x (node
