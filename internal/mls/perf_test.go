@@ -120,3 +120,44 @@ func TestEncodingsWithLengthFirst(t *testing.T) {
 		}
 	}
 }
+
+// TestMergeUpdatePathRejectsKeyInTree: an UpdatePath whose parent key is
+// already some node's key in the tree is refused (§7.3 uniqueness), found
+// by the prefix filter for a leaf key and a parent key alike.
+func TestMergeUpdatePathRejectsKeyInTree(t *testing.T) {
+	const n = 40
+	a, _, kb := freshGroup(t, 1, n)
+	base := a.tree.clone()
+	from := leafIndex(n - 1)
+	gcFor := func(th []byte) (*GroupContext, error) {
+		gc := a.Context()
+		gc.TreeHash = th
+		return &gc, nil
+	}
+	// A full path from the last leaf gives the tree parents with keys.
+	tmpl := *base.leaf(from)
+	_, err := base.createUpdatePath(from, &tmpl, a.Context().GroupID, kb[from].SignaturePriv, gcFor, nil)
+	mustNoErr(t, err, "create UpdatePath")
+	sender := leafIndex(3)
+	for _, k := range []HPKEPublicKey{base.encKey(leafIndex(10).node()), base.encKey(base.root())} {
+		if k == nil {
+			t.Fatal("no key to reuse")
+		}
+		tmpl := *base.leaf(sender)
+		res, err := base.clone().createUpdatePath(sender, &tmpl, a.Context().GroupID, kb[sender].SignaturePriv, gcFor, nil)
+		mustNoErr(t, err, "create UpdatePath")
+		path := *res.path
+		path.Nodes = slices.Clone(path.Nodes)
+		path.Nodes[len(path.Nodes)-1].EncryptionKey = k
+		_, err = base.clone().mergeUpdatePath(sender, &path, a.Context().GroupID, nil)
+		if !errors.Is(err, ErrInvalidCommit) || !strings.Contains(err.Error(), "already in the tree") {
+			t.Fatalf("reused key: error %v, want the key-in-tree refusal", err)
+		}
+	}
+	// The same path with its own fresh keys merges.
+	tmpl = *base.leaf(sender)
+	res, err := base.clone().createUpdatePath(sender, &tmpl, a.Context().GroupID, kb[sender].SignaturePriv, gcFor, nil)
+	mustNoErr(t, err, "create UpdatePath")
+	_, err = base.clone().mergeUpdatePath(sender, res.path, a.Context().GroupID, nil)
+	mustNoErr(t, err, "merge fresh UpdatePath")
+}
