@@ -529,8 +529,7 @@ func (g *Group) commit(opts CommitOptions, pskUsage ResumptionPSKUsage) (*Pendin
 	if err != nil {
 		return nil, err
 	}
-	next := g.clone()
-	next.tree = a.tree
+	next := g.cloneWithTree(a.tree)
 	newGC := next.gc
 	newGC.Epoch = g.gc.Epoch + 1
 	newGC.Extensions = a.ext
