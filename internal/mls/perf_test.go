@@ -1,12 +1,15 @@
 package mls
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	mathrand "math/rand/v2"
 	"runtime"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestVerifyLeafSignaturesFirstBadLeaf: the parallel check of a large tree
@@ -160,4 +163,141 @@ func TestMergeUpdatePathRejectsKeyInTree(t *testing.T) {
 	mustNoErr(t, err, "create UpdatePath")
 	_, err = base.clone().mergeUpdatePath(sender, res.path, a.Context().GroupID, nil)
 	mustNoErr(t, err, "merge fresh UpdatePath")
+}
+
+// TestTreeCachesMatchRecomputedAfterRandomCommits: after every kind of
+// commit (full path, adds with and without a path, removes, committed
+// Update proposals, external joins) in a random sequence, every member's
+// cached node hashes and encodings give the tree hash and wire encoding
+// that a tree rebuilt from scratch gives, and all members agree. A cache
+// left stale where the tree changes fails here.
+func TestTreeCachesMatchRecomputedAfterRandomCommits(t *testing.T) {
+	seed := time.Now().UnixNano()
+	rng := mathrand.New(mathrand.NewPCG(uint64(seed), 1))
+	t.Logf("seed %d", seed)
+	cfg := Config{}
+	alice, bob := twoMembers(t, cfg)
+	members := []*testClient{alice, bob}
+	next := 0
+	newClient := func() *testClient {
+		next++
+		return newSuiteClient(t, fmt.Sprintf("c%d", next), 1)
+	}
+	others := func(c *testClient) []*testClient {
+		var out []*testClient
+		for _, m := range members {
+			if m != c {
+				out = append(out, m)
+			}
+		}
+		return out
+	}
+	check := func(step int, what string) {
+		t.Helper()
+		var want []byte
+		for _, m := range members {
+			tr := m.g.tree
+			fresh, err := treeFromPublic(tr.suite, tr.public())
+			mustNoErr(t, err, "rebuild tree")
+			got := tr.rootHash()
+			if !bytes.Equal(got, fresh.rootHash()) {
+				t.Fatalf("step %d (%s): %s's cached tree hash differs from a rebuilt tree's", step, what, m.name)
+			}
+			enc := &encoder{}
+			tr.encodePublic(enc)
+			pub := tr.public()
+			plain := &encoder{}
+			pub.encode(plain)
+			if !bytes.Equal(enc.buf, plain.buf) {
+				t.Fatalf("step %d (%s): %s's cached node encodings are stale", step, what, m.name)
+			}
+			mustNoErr(t, tr.verifyParentHashes(), "parent hashes")
+			if want == nil {
+				want = got
+			} else if !bytes.Equal(got, want) {
+				t.Fatalf("step %d (%s): members disagree on the tree hash", step, what)
+			}
+		}
+		sameEpoch(t, members...)
+	}
+	commit := func(c *testClient, opts CommitOptions) *PendingCommit {
+		t.Helper()
+		pc, err := c.g.Commit(opts)
+		mustNoErr(t, err, "Commit")
+		var rest []*testClient
+		for _, m := range others(c) {
+			if slices.Contains(opts.Remove, m.g.OwnLeaf()) {
+				continue
+			}
+			rest = append(rest, m)
+		}
+		deliver(t, pc.Message, rest...)
+		mustNoErr(t, c.g.MergePendingCommit(pc), "merge")
+		members = append(rest, c)
+		return pc
+	}
+	addNew := func(c *testClient, k int, noPath bool) {
+		var kps []*KeyPackage
+		var bundles []*KeyPackageBundle
+		var joiners []*testClient
+		for range k {
+			j := newClient()
+			b := j.bundle(t)
+			kps = append(kps, &b.KeyPackage)
+			bundles = append(bundles, b)
+			joiners = append(joiners, j)
+		}
+		pc := commit(c, CommitOptions{Add: kps, NoPath: noPath})
+		for i, j := range joiners {
+			g, err := JoinFromWelcome(cfg, pc.Welcome, bundles[i], JoinOptions{})
+			mustNoErr(t, err, "join")
+			j.g = g
+			members = append(members, j)
+		}
+	}
+	for step := range 40 {
+		c := members[rng.IntN(len(members))]
+		op := rng.IntN(6)
+		if len(members) < 3 && op == 2 {
+			op = 1
+		}
+		var what string
+		switch op {
+		case 0:
+			what = "empty commit with path"
+			commit(c, CommitOptions{})
+		case 1:
+			what = "add with path"
+			addNew(c, 1+rng.IntN(3), false)
+		case 2:
+			what = "remove"
+			o := others(c)
+			victim := o[rng.IntN(len(o))]
+			commit(c, CommitOptions{Remove: []uint32{victim.g.OwnLeaf()}})
+		case 3:
+			what = "add without path"
+			addNew(c, 1+rng.IntN(3), true)
+		case 4:
+			what = "committed Update proposal"
+			o := others(c)
+			u := o[rng.IntN(len(o))]
+			p, err := u.g.UpdateProposal()
+			mustNoErr(t, err, "UpdateProposal")
+			msg, err := u.g.Propose(p, nil)
+			mustNoErr(t, err, "Propose")
+			deliver(t, msg, others(u)...)
+			commit(c, CommitOptions{NoPath: rng.IntN(2) == 0})
+		case 5:
+			what = "external join"
+			gi, err := c.g.GroupInfo()
+			mustNoErr(t, err, "GroupInfo")
+			j := newClient()
+			g, msg, err := JoinExternal(cfg, gi, BasicIdentity(j.name, "d1"), j.sig, ExternalJoinOptions{})
+			mustNoErr(t, err, "JoinExternal")
+			j.g = g
+			deliver(t, msg, members...)
+			members = append(members, j)
+		}
+		check(step, what)
+	}
 }
