@@ -746,15 +746,11 @@ func (g *Group) groupInfo(withTree, withExternalPub bool) (*GroupInfo, error) {
 // MLSMessage encoding, encoding the (possibly large) tree only once.
 func (g *Group) groupInfoMsg(withTree, withExternalPub bool) (*GroupInfo, []byte, error) {
 	gi := &GroupInfo{GroupContext: g.Context(), ConfirmationTag: slices.Clone(g.confTag), Signer: uint32(g.own)}
-	treeSize := 0
+	treeSize, treeExt := 0, -1
 	if withTree {
-		e := &encoder{}
-		g.tree.encodePublic(e)
-		if e.err != nil {
-			return nil, nil, e.err
-		}
-		treeSize = len(e.buf)
-		gi.Extensions = append(gi.Extensions, Extension{Type: ExtensionTypeRatchetTree, Data: e.buf})
+		// Written straight into the message below (encodeContentWithTree).
+		treeSize, treeExt = g.tree.publicLen(), len(gi.Extensions)
+		gi.Extensions = append(gi.Extensions, Extension{Type: ExtensionTypeRatchetTree})
 	}
 	if withExternalPub {
 		_, pub, err := g.es.ExternalKeyPair()
@@ -772,7 +768,11 @@ func (g *Group) groupInfoMsg(withTree, withExternalPub bool) (*GroupInfo, []byte
 	e := &encoder{buf: make([]byte, signRoom, signRoom+treeSize+1024)}
 	e.u16(uint16(ProtocolVersionMLS10))
 	e.u16(uint16(WireFormatGroupInfo))
-	gi.encodeContent(e)
+	if treeExt >= 0 {
+		gi.encodeContentWithTree(e, treeExt, g.tree, treeSize)
+	} else {
+		gi.encodeContent(e)
+	}
 	if e.err != nil {
 		return nil, nil, e.err
 	}

@@ -103,6 +103,29 @@ func TestEncodingsWithLengthFirst(t *testing.T) {
 		if !slices.Equal(fast.buf, slow.buf) {
 			t.Fatalf("n=%d: encodePublic differs from RatchetTree.encode (%d vs %d bytes)", n, len(fast.buf), len(slow.buf))
 		}
+		if got := a.tree.publicLen(); got != len(slow.buf) {
+			t.Fatalf("n=%d: publicLen %d, encoding %d bytes", n, got, len(slow.buf))
+		}
+		// The GroupInfo written with the tree in place is the generic
+		// encoding of the GroupInfo it returns, whose tree extension is
+		// the tree.
+		for _, withPub := range []bool{false, true} {
+			gi, msg, err := a.groupInfoMsg(true, withPub)
+			mustNoErr(t, err, "groupInfoMsg")
+			generic := &encoder{}
+			generic.u16(uint16(ProtocolVersionMLS10))
+			generic.u16(uint16(WireFormatGroupInfo))
+			gi.encode(generic)
+			if !slices.Equal(msg, generic.buf) {
+				t.Fatalf("n=%d: GroupInfo message differs from its generic encoding", n)
+			}
+			if !slices.Equal(gi.Extensions[0].Data, slow.buf) || gi.Extensions[0].Type != ExtensionTypeRatchetTree {
+				t.Fatalf("n=%d: GroupInfo tree extension is not the tree", n)
+			}
+			tbs, err := gi.TBS()
+			mustNoErr(t, err, "GroupInfo TBS")
+			mustNoErr(t, a.suite.VerifyWithLabel(a.tree.leaf(0).SignatureKey, "GroupInfoTBS", tbs, gi.Signature), "GroupInfo signature")
+		}
 	}
 	for _, sizes := range [][]int{{}, {0}, {10}, {60}, {61, 2}, {16000}, {16400, 5}, {1 << 20, 3, 0}} {
 		var l []Extension

@@ -80,20 +80,11 @@ func (t *ratchetTree) public() RatchetTree {
 // encodePublic writes the tree in wire form (as public() would encode),
 // reusing each node's cached encoding.
 func (t *ratchetTree) encodePublic(e *encoder) {
-	end := len(t.nodes)
-	for end > 0 && t.nodes[end-1] == nil {
-		end--
-	}
+	end := t.publicEnd()
 	// Size the buffer exactly first and write the length header before
 	// the body: a large tree's encoding is megabytes, and growing it by
 	// doubling (or shifting it behind a late header) copies it again.
-	size := 0
-	for i := 0; i < end; i++ {
-		size++
-		if t.nodes[i] != nil {
-			size += len(t.nodeEncoding(nodeIndex(i)))
-		}
-	}
+	size := t.publicBodyLen(end)
 	if size > maxVarint {
 		e.fail("ratchet tree of %d bytes exceeds 2^30-1", size)
 		return
@@ -108,6 +99,34 @@ func (t *ratchetTree) encodePublic(e *encoder) {
 		e.u8(1)
 		e.raw(t.nodeEncoding(nodeIndex(i)))
 	}
+}
+
+// publicEnd is the number of nodes encodePublic writes (trailing blanks
+// dropped).
+func (t *ratchetTree) publicEnd() int {
+	end := len(t.nodes)
+	for end > 0 && t.nodes[end-1] == nil {
+		end--
+	}
+	return end
+}
+
+// publicBodyLen is the length of the body of encodePublic's vector.
+func (t *ratchetTree) publicBodyLen(end int) int {
+	size := 0
+	for i := 0; i < end; i++ {
+		size++
+		if t.nodes[i] != nil {
+			size += len(t.nodeEncoding(nodeIndex(i)))
+		}
+	}
+	return size
+}
+
+// publicLen is the length of encodePublic's output.
+func (t *ratchetTree) publicLen() int {
+	n := t.publicBodyLen(t.publicEnd())
+	return varintLen(n) + n
 }
 
 // nodeEncoding returns the cached encoding of non-blank node x (node
