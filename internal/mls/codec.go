@@ -32,6 +32,18 @@ func appendVarint(b []byte, v uint32) []byte {
 	}
 }
 
+// varintLen is the length of appendVarint's encoding of v.
+func varintLen(v int) int {
+	switch {
+	case v < 1<<6:
+		return 1
+	case v < 1<<14:
+		return 2
+	default:
+		return 4
+	}
+}
+
 // readVarint reads a minimally encoded MLS varint from s.
 func readVarint(s *cryptobyte.String) (uint32, error) {
 	var first uint8

@@ -529,8 +529,7 @@ func (g *Group) commit(opts CommitOptions, pskUsage ResumptionPSKUsage) (*Pendin
 	if err != nil {
 		return nil, err
 	}
-	next := g.clone()
-	next.tree = a.tree
+	next := g.cloneWithTree(a.tree)
 	newGC := next.gc
 	newGC.Epoch = g.gc.Epoch + 1
 	newGC.Extensions = a.ext
@@ -747,14 +746,11 @@ func (g *Group) groupInfo(withTree, withExternalPub bool) (*GroupInfo, error) {
 // MLSMessage encoding, encoding the (possibly large) tree only once.
 func (g *Group) groupInfoMsg(withTree, withExternalPub bool) (*GroupInfo, []byte, error) {
 	gi := &GroupInfo{GroupContext: g.Context(), ConfirmationTag: slices.Clone(g.confTag), Signer: uint32(g.own)}
+	treeSize, treeExt := 0, -1
 	if withTree {
-		e := &encoder{buf: make([]byte, 0, g.treeSizeHint)}
-		g.tree.encodePublic(e)
-		if e.err != nil {
-			return nil, nil, e.err
-		}
-		g.treeSizeHint = len(e.buf) + len(e.buf)/8
-		gi.Extensions = append(gi.Extensions, Extension{Type: ExtensionTypeRatchetTree, Data: e.buf})
+		// Written straight into the message below (encodeContentWithTree).
+		treeSize, treeExt = g.tree.publicLen(), len(gi.Extensions)
+		gi.Extensions = append(gi.Extensions, Extension{Type: ExtensionTypeRatchetTree})
 	}
 	if withExternalPub {
 		_, pub, err := g.es.ExternalKeyPair()
@@ -765,20 +761,30 @@ func (g *Group) groupInfoMsg(withTree, withExternalPub bool) (*GroupInfo, []byte
 		e.opaque(pub)
 		gi.Extensions = append(gi.Extensions, Extension{Type: ExtensionTypeExternalPub, Data: e.buf})
 	}
-	e := &encoder{buf: make([]byte, 0, g.treeSizeHint+512)}
+	// The message is encoded after signRoom scratch bytes, where the
+	// signature's SignContent header goes in front of GroupInfoTBS, so the
+	// (possibly megabytes of) TBS is signed where it lies, not copied.
+	const signRoom = 64
+	e := &encoder{buf: make([]byte, signRoom, signRoom+treeSize+1024)}
 	e.u16(uint16(ProtocolVersionMLS10))
 	e.u16(uint16(WireFormatGroupInfo))
-	gi.encodeContent(e)
+	if treeExt >= 0 {
+		gi.encodeContentWithTree(e, treeExt, g.tree, treeSize)
+	} else {
+		gi.encodeContent(e)
+	}
 	if e.err != nil {
 		return nil, nil, e.err
 	}
-	sig, err := g.suite.SignWithLabel(g.sigPriv, "GroupInfoTBS", e.buf[4:])
+	msgHeader := [4]byte(e.buf[signRoom : signRoom+4])
+	sig, err := g.suite.signWithLabelAt(g.sigPriv, "GroupInfoTBS", e.buf, signRoom+4)
 	if err != nil {
 		return nil, nil, err
 	}
+	copy(e.buf[signRoom:], msgHeader[:]) // the header overwrote it
 	gi.Signature = sig
 	e.opaque(sig)
-	return gi, e.buf, e.err
+	return gi, e.buf[signRoom:], e.err
 }
 
 // GroupInfo returns the signed MLSMessage GroupInfo of the current epoch

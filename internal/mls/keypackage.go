@@ -3,6 +3,7 @@ package mls
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -133,7 +134,27 @@ type Extension struct {
 }
 
 func encodeExtensions(e *encoder, l []Extension) {
-	e.vector(func(e *encoder) {
+	// With the length known up front the header is written first, where
+	// vector would shift the body into place: a GroupInfo's ratchet_tree
+	// extension is megabytes in a large group.
+	size := 0
+	for i := range l {
+		if len(l[i].Data) > maxVarint {
+			size = -1
+			break
+		}
+		size += 2 + varintLen(len(l[i].Data)) + len(l[i].Data)
+	}
+	if size >= 0 && size <= maxVarint {
+		e.buf = slices.Grow(e.buf, varintLen(size)+size)
+		e.buf = appendVarint(e.buf, uint32(size))
+		for i := range l {
+			e.u16(uint16(l[i].Type))
+			e.opaque(l[i].Data)
+		}
+		return
+	}
+	e.vector(func(e *encoder) { // reports the oversized vector
 		for i := range l {
 			e.u16(uint16(l[i].Type))
 			e.opaque(l[i].Data)

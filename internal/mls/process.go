@@ -331,8 +331,7 @@ func (g *Group) processCommit(ac *AuthenticatedContent) (*Group, *applied, error
 	if pathRequired(ps) && c.Path == nil {
 		return nil, nil, fmt.Errorf("%w: path required", ErrInvalidCommit)
 	}
-	next := g.clone()
-	next.tree = a.tree
+	next := g.cloneWithTree(a.tree)
 	next.updateKeys = nil
 	if ownUpdate != nil {
 		next.keys[g.own.node()] = *ownUpdate

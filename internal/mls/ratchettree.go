@@ -3,7 +3,10 @@ package mls
 import (
 	"bytes"
 	"fmt"
+	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 )
 
 // The ratchet tree (RFC 9420 §4, §7): nodes in array order, resolution,
@@ -77,21 +80,53 @@ func (t *ratchetTree) public() RatchetTree {
 // encodePublic writes the tree in wire form (as public() would encode),
 // reusing each node's cached encoding.
 func (t *ratchetTree) encodePublic(e *encoder) {
+	end := t.publicEnd()
+	// Size the buffer exactly first and write the length header before
+	// the body: a large tree's encoding is megabytes, and growing it by
+	// doubling (or shifting it behind a late header) copies it again.
+	size := t.publicBodyLen(end)
+	if size > maxVarint {
+		e.fail("ratchet tree of %d bytes exceeds 2^30-1", size)
+		return
+	}
+	e.buf = slices.Grow(e.buf, varintLen(size)+size)
+	e.buf = appendVarint(e.buf, uint32(size))
+	for i := 0; i < end; i++ {
+		if t.nodes[i] == nil {
+			e.u8(0)
+			continue
+		}
+		e.u8(1)
+		e.raw(t.nodeEncoding(nodeIndex(i)))
+	}
+}
+
+// publicEnd is the number of nodes encodePublic writes (trailing blanks
+// dropped).
+func (t *ratchetTree) publicEnd() int {
 	end := len(t.nodes)
 	for end > 0 && t.nodes[end-1] == nil {
 		end--
 	}
-	e.vector(func(e *encoder) {
-		for i := 0; i < end; i++ {
-			n := t.nodes[i]
-			if n == nil {
-				e.u8(0)
-				continue
-			}
-			e.u8(1)
-			e.raw(t.nodeEncoding(nodeIndex(i)))
+	return end
+}
+
+// publicBodyLen is the length of the body of encodePublic's vector.
+func (t *ratchetTree) publicBodyLen(end int) int {
+	size := 0
+	for i := 0; i < end; i++ {
+		size++
+		if t.nodes[i] != nil {
+			size += len(t.nodeEncoding(nodeIndex(i)))
 		}
-	})
+	}
+	return size
+}
+
+// publicLen is the length of encodePublic's output.
+func (t *ratchetTree) publicLen() int {
+	n := t.publicBodyLen(t.publicEnd())
+	return varintLen(n) + n
 }
 
 // nodeEncoding returns the cached encoding of non-blank node x (node
@@ -521,16 +556,71 @@ func (t *ratchetTree) hasEncKey(k []byte) bool {
 }
 
 // verifyLeafSignatures checks every leaf's signature (§7.3), with the
-// group id and leaf index as context for update and commit leaves.
+// group id and leaf index as context for update and commit leaves. A
+// joiner checks one signature per member, the bulk of a join's cost, so
+// large trees are checked by up to GOMAXPROCS goroutines; the error is
+// still the one for the first bad leaf in leaf order, as a sequential
+// walk would report.
 func (t *ratchetTree) verifyLeafSignatures(groupID []byte) error {
-	var err error
-	t.members(func(l leafIndex, ln *LeafNode) {
-		if err != nil {
-			return
+	var leaves []leafIndex
+	t.members(func(l leafIndex, _ *LeafNode) { leaves = append(leaves, l) })
+	check := func(l leafIndex) error {
+		if e := t.suite.VerifyLeafNodeSignature(t.nodes[l.node()].Leaf, groupID, uint32(l)); e != nil {
+			return fmt.Errorf("%w: leaf %d: %w", ErrInvalidTree, l, e)
 		}
-		if e := t.suite.VerifyLeafNodeSignature(ln, groupID, uint32(l)); e != nil {
-			err = fmt.Errorf("%w: leaf %d: %w", ErrInvalidTree, l, e)
+		return nil
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(leaves)/parallelVerifyMinPerWorker)
+	if workers < 2 {
+		for _, l := range leaves {
+			if err := check(l); err != nil {
+				return err
+			}
 		}
-	})
-	return err
+		return nil
+	}
+	errs := make([]error, len(leaves))
+	var next atomic.Int64
+	// firstBad is the lowest position known to fail: positions after it
+	// need no check, positions before it still do (an earlier bad leaf
+	// wins).
+	var firstBad atomic.Int64
+	firstBad.Store(int64(len(leaves)))
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				start := next.Add(verifyBatch) - verifyBatch
+				if start >= firstBad.Load() {
+					return
+				}
+				end := min(start+verifyBatch, int64(len(leaves)))
+				for i := start; i < end; i++ {
+					if err := check(leaves[i]); err != nil {
+						errs[i] = err
+						for {
+							cur := firstBad.Load()
+							if i >= cur || firstBad.CompareAndSwap(cur, i) {
+								break
+							}
+						}
+						break
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if i := firstBad.Load(); i < int64(len(leaves)) {
+		return errs[i]
+	}
+	return nil
 }
+
+const (
+	// parallelVerifyMinPerWorker keeps small trees on one goroutine,
+	// where starting others costs more than it saves.
+	parallelVerifyMinPerWorker = 32
+	// verifyBatch is how many leaves a worker claims at once.
+	verifyBatch = 16
+)

@@ -213,6 +213,30 @@ func (s *CipherSuite) SignWithLabel(priv SignaturePrivateKey, label string, cont
 	return s.sig.sign(priv.sk.Bytes(), msg)
 }
 
+// signWithLabelAt is SignWithLabel(priv, label, buf[at:]) without copying
+// the content: it writes the SignContent fields that precede the content
+// into buf[:at], overwriting what the caller keeps there. A GroupInfo
+// carrying the ratchet tree is megabytes in a large group, signed at
+// every commit.
+func (s *CipherSuite) signWithLabelAt(priv SignaturePrivateKey, label string, buf []byte, at int) ([]byte, error) {
+	n := len(buf) - at
+	if n > maxVarint {
+		return nil, fmt.Errorf("%w: content of %d bytes exceeds 2^30-1", ErrEncode, n)
+	}
+	hdr := &encoder{}
+	hdr.opaque(labelBytes(label))
+	hdr.buf = appendVarint(hdr.buf, uint32(n))
+	if hdr.err != nil || len(hdr.buf) > at {
+		return s.SignWithLabel(priv, label, buf[at:])
+	}
+	if priv.suite != s.id {
+		return nil, fmt.Errorf("%w: signature key of suite %d used with suite %d", ErrInvalidKey, priv.suite, s.id)
+	}
+	start := at - len(hdr.buf)
+	copy(buf[start:at], hdr.buf)
+	return s.sig.sign(priv.sk.Bytes(), buf[start:])
+}
+
 // VerifyWithLabel checks a SignWithLabel signature; failure wraps
 // ErrInvalidSignature.
 func (s *CipherSuite) VerifyWithLabel(pub SignaturePublicKey, label string, content, sig []byte) error {

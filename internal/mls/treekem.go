@@ -3,6 +3,7 @@ package mls
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"slices"
 )
@@ -212,10 +213,8 @@ func (t *ratchetTree) mergeUpdatePath(from leafIndex, path *UpdatePath, groupID 
 		seen[string(n.EncryptionKey)] = true
 		keys[i] = n.EncryptionKey
 	}
-	for i := range t.nodes {
-		if k := t.encKey(nodeIndex(i)); k != nil && seen[string(k)] {
-			return nil, fmt.Errorf("%w: UpdatePath key already in the tree", ErrInvalidCommit)
-		}
+	if t.holdsAnyKey(seen) {
+		return nil, fmt.Errorf("%w: UpdatePath key already in the tree", ErrInvalidCommit)
 	}
 	ph := t.applyPathNodes(from, fdp, keys)
 	if !bytes.Equal(ph, ln.ParentHash) {
@@ -285,4 +284,33 @@ func (t *ratchetTree) decryptPath(from, own leafIndex, fdp []pathStep, path *Upd
 		return Secret{}, Secret{}, nil, err
 	}
 	return first, adoptSecret(cs), out, nil
+}
+
+// holdsAnyKey reports whether any node's encryption key is in keys (a
+// path's worth). It runs over the whole tree at every processed commit,
+// so it compares an 8-byte prefix first (sorted, binary search) and only
+// hashes the keys whose prefix matches.
+func (t *ratchetTree) holdsAnyKey(keys map[string]bool) bool {
+	prefixes := make([]uint64, 0, len(keys))
+	for k := range keys {
+		prefixes = append(prefixes, keyPrefix([]byte(k)))
+	}
+	slices.Sort(prefixes)
+	for i := range t.nodes {
+		k := t.encKey(nodeIndex(i))
+		if k == nil {
+			continue
+		}
+		if _, found := slices.BinarySearch(prefixes, keyPrefix(k)); found && keys[string(k)] {
+			return true
+		}
+	}
+	return false
+}
+
+// keyPrefix is the first 8 bytes of k (fewer, zero-padded, for a short k).
+func keyPrefix(k []byte) uint64 {
+	var b [8]byte
+	copy(b[:], k)
+	return binary.BigEndian.Uint64(b[:])
 }

@@ -1,6 +1,9 @@
 package mls
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // Welcome, GroupInfo and GroupSecrets (RFC 9420 §12.4.3).
 
@@ -16,6 +19,44 @@ type GroupInfo struct {
 func (g *GroupInfo) encodeContent(e *encoder) {
 	g.GroupContext.encode(e)
 	encodeExtensions(e, g.Extensions)
+	e.opaque(g.ConfirmationTag)
+	e.u32(g.Signer)
+}
+
+// encodeContentWithTree is encodeContent with extension treeExt (its Data
+// empty) being the ratchet tree t, of encoded length treeLen, written
+// straight into e; that extension's Data is then set to the written
+// bytes. A 10 000-member tree is megabytes, encoded at every commit.
+func (g *GroupInfo) encodeContentWithTree(e *encoder, treeExt int, t *ratchetTree, treeLen int) {
+	g.GroupContext.encode(e)
+	size := 0
+	for i := range g.Extensions {
+		n := len(g.Extensions[i].Data)
+		if i == treeExt {
+			n = treeLen
+		}
+		size += 2 + varintLen(n) + n
+	}
+	if treeLen > maxVarint || size > maxVarint {
+		e.fail("GroupInfo extensions of %d bytes exceed 2^30-1", size)
+		return
+	}
+	e.buf = slices.Grow(e.buf, varintLen(size)+size)
+	e.buf = appendVarint(e.buf, uint32(size))
+	for i := range g.Extensions {
+		e.u16(uint16(g.Extensions[i].Type))
+		if i != treeExt {
+			e.opaque(g.Extensions[i].Data)
+			continue
+		}
+		e.buf = appendVarint(e.buf, uint32(treeLen))
+		start := len(e.buf)
+		t.encodePublic(e)
+		if len(e.buf)-start != treeLen && e.err == nil {
+			e.fail("ratchet tree encoded to %d bytes, expected %d", len(e.buf)-start, treeLen)
+		}
+		g.Extensions[i].Data = e.buf[start:len(e.buf):len(e.buf)]
+	}
 	e.opaque(g.ConfirmationTag)
 	e.u32(g.Signer)
 }
