@@ -137,46 +137,8 @@ up() {
 		echo "testnet: starting Jaeger"
 		local jg jh jq jqg
 		jg=$("$BIN/qpc-testnet" port) jh=$("$BIN/qpc-testnet" port) jq=$("$BIN/qpc-testnet" port) jqg=$("$BIN/qpc-testnet" port)
-		cat >"$STATE/jaeger.yaml" <<EOF
-# Written by scripts/testnet.sh: Jaeger all-in-one, in memory, loopback only.
-service:
-  extensions: [jaeger_storage, jaeger_query]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [batch]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics:
-      level: none
-    logs:
-      level: warn
-extensions:
-  jaeger_query:
-    storage:
-      traces: mem
-    http:
-      endpoint: 127.0.0.1:$jq
-    grpc:
-      endpoint: 127.0.0.1:$jqg
-  jaeger_storage:
-    backends:
-      mem:
-        memory:
-          max_traces: 100000
-receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: 127.0.0.1:$jg
-      http:
-        endpoint: 127.0.0.1:$jh
-processors:
-  batch:
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: mem
-EOF
+		# The configuration the tracing tests run (jaegertest.Config).
+		"$BIN/qpc-testnet" jaeger-config --otlp-grpc "$jg" --otlp-http "$jh" --query "$jq" --query-grpc "$jqg" >"$STATE/jaeger.yaml"
 		start jaeger "$BIN/jaeger" --config "file:$STATE/jaeger.yaml"
 		jaeger_ready() {
 			alive "$(cat "$STATE/pids/jaeger.pid")" || die "Jaeger exited: $(tail -20 "$STATE/logs/jaeger.log")"

@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/quicprochat/quicprochat/internal/store/pgtest"
+	"github.com/quicprochat/quicprochat/internal/tracing/jaegertest"
 	"github.com/quicprochat/quicprochat/internal/transport"
 )
 
@@ -48,7 +49,7 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: qpc-testnet postgres --dsn-file FILE [--dir-file FILE] | qpc-testnet port | qpc-testnet cert --dir DIR")
+		fmt.Fprintln(stderr, "usage: qpc-testnet postgres --dsn-file FILE [--dir-file FILE] [--standby sync|async] | qpc-testnet port | qpc-testnet cert --dir DIR | qpc-testnet jaeger-config --otlp-grpc P --otlp-http P --query P --query-grpc P")
 		return exitUsage
 	}
 	switch args[0] {
@@ -65,8 +66,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	case "cert":
 		return runCert(args[1:], stdout, stderr)
+	case "jaeger-config":
+		return runJaegerConfig(args[1:], stdout, stderr)
 	default:
-		fmt.Fprintf(stderr, "qpc-testnet: unknown command %q (want postgres, port or cert)\n", args[0])
+		fmt.Fprintf(stderr, "qpc-testnet: unknown command %q (want postgres, port, cert or jaeger-config)\n", args[0])
 		return exitUsage
 	}
 }
@@ -220,4 +223,27 @@ func (p *testnetPostgres) stop() error {
 		return p.replicated.Stop()
 	}
 	return p.single.Stop()
+}
+
+// runJaegerConfig prints the Jaeger all-in-one configuration the tracing
+// tests run (jaegertest.Config), for the given loopback ports.
+func runJaegerConfig(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("qpc-testnet jaeger-config", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var p jaegertest.Ports
+	fs.IntVar(&p.OTLPGRPC, "otlp-grpc", 0, "OTLP/gRPC receiver port")
+	fs.IntVar(&p.OTLPHTTP, "otlp-http", 0, "OTLP/HTTP receiver port")
+	fs.IntVar(&p.Query, "query", 0, "query API and UI port")
+	fs.IntVar(&p.QueryGRPC, "query-grpc", 0, "query gRPC API port")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	for _, port := range []int{p.OTLPGRPC, p.OTLPHTTP, p.Query, p.QueryGRPC} {
+		if port <= 0 || port > 65535 || fs.NArg() > 0 {
+			fmt.Fprintln(stderr, "qpc-testnet jaeger-config: --otlp-grpc, --otlp-http, --query and --query-grpc are required ports (1-65535), and no arguments")
+			return exitUsage
+		}
+	}
+	fmt.Fprint(stdout, jaegertest.Config(p, 100000))
+	return exitOK
 }

@@ -338,6 +338,16 @@ func TestRunUsage(t *testing.T) {
 	if code := run([]string{"postgres", "--dsn-file", "x", "--standby", "hot"}, &out, &errb); code != exitUsage || !strings.Contains(errb.String(), "want sync or async") {
 		t.Errorf("postgres --standby hot: exit %d, %q", code, errb.String())
 	}
+	errb.Reset()
+	if code := run([]string{"jaeger-config", "--otlp-grpc", "1"}, &out, &errb); code != exitUsage || !strings.Contains(errb.String(), "required ports") {
+		t.Errorf("jaeger-config without every port: exit %d, %q", code, errb.String())
+	}
+	out.Reset()
+	if code := run([]string{"jaeger-config", "--otlp-grpc", "4317", "--otlp-http", "4318", "--query", "16686", "--query-grpc", "16685"}, &out, &errb); code != exitOK ||
+		!strings.Contains(out.String(), "endpoint: 127.0.0.1:4317") || !strings.Contains(out.String(), "endpoint: 127.0.0.1:16686") {
+		t.Errorf("jaeger-config: exit %d, %q", code, out.String())
+	}
+	out.Reset()
 	if code := run([]string{"port"}, &out, &errb); code != exitOK {
 		t.Fatalf("port: exit %d", code)
 	}

@@ -84,45 +84,7 @@ func Start(t testing.TB) *Jaeger {
 	t.Helper()
 	bin := Binary(t)
 	g, h, q, qg := freePort(t), freePort(t), freePort(t), freePort(t)
-	conf := fmt.Sprintf(`service:
-  extensions: [jaeger_storage, jaeger_query]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [batch]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics:
-      level: none
-    logs:
-      level: warn
-extensions:
-  jaeger_query:
-    storage:
-      traces: mem
-    http:
-      endpoint: 127.0.0.1:%d
-    grpc:
-      endpoint: 127.0.0.1:%d
-  jaeger_storage:
-    backends:
-      mem:
-        memory:
-          max_traces: 10000
-receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: 127.0.0.1:%d
-      http:
-        endpoint: 127.0.0.1:%d
-processors:
-  batch:
-    timeout: 100ms
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: mem
-`, q, qg, g, h)
+	conf := Config(Ports{OTLPGRPC: g, OTLPHTTP: h, Query: q, QueryGRPC: qg}, 10000)
 	path := filepath.Join(t.TempDir(), "jaeger.yaml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
@@ -216,3 +178,54 @@ func (j *Jaeger) Traces(t testing.TB, service, operation string) []Trace {
 // status, scope); everything else must be on qpc's allow-list.
 var DerivedTags = map[string]bool{"span.kind": true, "otel.status_code": true, "otel.status_description": true,
 	"otel.scope.name": true, "otel.scope.version": true, "error": true, "internal.span.format": true}
+
+// Ports are the loopback ports of a Jaeger all-in-one.
+type Ports struct {
+	OTLPGRPC, OTLPHTTP int // OTLP receivers
+	Query, QueryGRPC   int // query API and UI; its gRPC API
+}
+
+// Config is the Jaeger all-in-one configuration the tests and the local
+// testnet (qpc-testnet jaeger-config) run: OTLP receivers and the query
+// API on loopback ports, traces kept in memory (at most maxTraces).
+func Config(p Ports, maxTraces int) string {
+	return fmt.Sprintf(`service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+extensions:
+  jaeger_query:
+    storage:
+      traces: mem
+    http:
+      endpoint: 127.0.0.1:%d
+    grpc:
+      endpoint: 127.0.0.1:%d
+  jaeger_storage:
+    backends:
+      mem:
+        memory:
+          max_traces: %d
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:%d
+      http:
+        endpoint: 127.0.0.1:%d
+processors:
+  batch:
+    timeout: 100ms
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: mem
+`, p.Query, p.QueryGRPC, maxTraces, p.OTLPGRPC, p.OTLPHTTP)
+}
