@@ -42,6 +42,22 @@ func (g *globals) pgBackupKey(cfg config.Config, keyFile, flag string) (secret.B
 	return k, nil
 }
 
+// pgBackupTarget is what backup create and restore on PostgreSQL both
+// need first: the database (hint says how to name it) and the backup key
+// (keyFile, given as keyFlag). The caller wipes both.
+func (g *globals) pgBackupTarget(cfg config.Config, dsn, dsnFile, hint, keyFile, keyFlag string) (config.PostgresConn, secret.Bytes, error) {
+	pc, err := postgresTarget(cfg, dsn, dsnFile, hint)
+	if err != nil {
+		return config.PostgresConn{}, secret.Bytes{}, err
+	}
+	key, err := g.pgBackupKey(cfg, keyFile, keyFlag)
+	if err != nil {
+		pc.DSN.Wipe()
+		return config.PostgresConn{}, secret.Bytes{}, err
+	}
+	return pc, key, nil
+}
+
 func copyProgress(p *progress) func(store.CopyProgress) {
 	return func(cp store.CopyProgress) {
 		if cp.Total > 0 {
@@ -55,15 +71,11 @@ func copyProgress(p *progress) func(store.CopyProgress) {
 // createPostgresBackup is backup create on PostgreSQL: qpcctl reads the
 // database itself, so it works with any number of nodes running.
 func (g *globals) createPostgresBackup(cmd *cobra.Command, cfg config.Config, out string, force bool, keyFile, dsn, dsnFile string) error {
-	pc, err := postgresTarget(cfg, dsn, dsnFile, "qpcctl backup create on PostgreSQL: set postgres.dsn_file in qpcd's configuration or pass --dsn-file FILE")
+	pc, key, err := g.pgBackupTarget(cfg, dsn, dsnFile, "qpcctl backup create on PostgreSQL: set postgres.dsn_file in qpcd's configuration or pass --dsn-file FILE", keyFile, "--key-file")
 	if err != nil {
 		return err
 	}
 	defer pc.DSN.Wipe()
-	key, err := g.pgBackupKey(cfg, keyFile, "--key-file")
-	if err != nil {
-		return err
-	}
 	defer key.Wipe()
 	ctx, cancel := g.ctx(cmd.Context())
 	defer cancel()
@@ -89,15 +101,11 @@ func (g *globals) createPostgresBackup(cmd *cobra.Command, cfg config.Config, ou
 // restorePostgres is restore for a PostgreSQL backup: into the empty
 // database of --dsn-file / --dsn / postgres.dsn.
 func (g *globals) restorePostgres(cmd *cobra.Command, cfg config.Config, file, keyFile, dsn, dsnFile string, allowRunning bool) error {
-	pc, err := postgresTarget(cfg, dsn, dsnFile, "qpcctl restore of a PostgreSQL backup: give the new, empty database with --dsn-file FILE or postgres.dsn_file")
+	pc, key, err := g.pgBackupTarget(cfg, dsn, dsnFile, "qpcctl restore of a PostgreSQL backup: give the new, empty database with --dsn-file FILE or postgres.dsn_file", keyFile, "--backup-key-file")
 	if err != nil {
 		return err
 	}
 	defer pc.DSN.Wipe()
-	key, err := g.pgBackupKey(cfg, keyFile, "--backup-key-file")
-	if err != nil {
-		return err
-	}
 	defer key.Wipe()
 	ctx, cancel := g.ctx(cmd.Context())
 	defer cancel()
