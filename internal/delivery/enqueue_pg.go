@@ -29,14 +29,18 @@ import (
 //  4. decide each request in arrival order, in Go, with the rules SQLite
 //     uses (decideEnqueue, checkQuota), each accepted message moving the
 //     head, the epoch and the sender's usage the next request sees;
-//  5. one statement stores every accepted message and moves the channel's
-//     head and the senders' usage; then one COMMIT;
+//  5. one statement stores every accepted message (and a commit's
+//     GroupInfo) and moves the channel's head and the senders' usage; then
+//     one COMMIT;
 //  6. one wake-up for the batch's new head, here and (one NOTIFY) on the
 //     other nodes.
 //
-// Six round trips (BEGIN and COMMIT included) and one commit whatever the
-// batch holds (one more with a GroupInfo to store, one more when a usage
-// row is new), where one transaction per enqueue took eight each. A request refused
+// Steps 1-3 are one call of the server-side function qpc_enqueue_lock
+// (migration 0013), which runs the same statements inside the database
+// server and decides nothing. So a batch is four round trips (BEGIN, the
+// function, the store statement, COMMIT) and one commit whatever it holds,
+// where one transaction per enqueue took eight each and the first batched
+// version six. A request refused
 // by a rule (stale epoch, quota, not a member, an id of another sender) gets
 // its own error and takes nothing from the others; an error of the
 // transaction (the database unreachable, the commit's outcome unknown) is
