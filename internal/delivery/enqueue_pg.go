@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -205,7 +206,7 @@ const (
 	// and planned them again for every batch: 0.9 ms of planning per
 	// message at 16 channels, more than the writes (docs/benchmarks.md).
 	// Their generic plans use the same indexes.
-	batchLock = `SELECT what, a, b, n1, n2, n3, n4, n5, g FROM qpc_enqueue_lock(?, ?::text[], ?::text[], ?::text[])`
+	batchLock = `SELECT what, a, b, n1, n2, n3, n4, n5, g FROM qpc_enqueue_lock(?, ?::text[], ?::text[], ?::text[], ?::text[])`
 	// batchStore stores every accepted message, moves the channel's head
 	// and the senders' usage and, when the batch holds a commit with a
 	// GroupInfo, stores it (the last five arguments; NULL: none).
@@ -245,7 +246,16 @@ func (s *Service) storeBatchTx(ctx context.Context, tx *sql.Tx, id []byte, batch
 	members := map[Caller]bool{}
 	dups := map[string]stored{}
 	usage := map[string]Usage{}
-	rows, err := tx.QueryContext(ctx, batchLock, id, accounts, devices, ids)
+	// The senders' usage rows are locked in account order, as every
+	// enqueue locks them.
+	senders := make([]string, 0, len(accounts))
+	for _, a := range accounts {
+		if !contains(senders, a) {
+			senders = append(senders, a)
+		}
+	}
+	sort.Strings(senders)
+	rows, err := tx.QueryContext(ctx, batchLock, id, accounts, devices, ids, senders)
 	if err != nil {
 		return err
 	}

@@ -21,7 +21,7 @@
 -- transaction to generic plans (set_config(..., true) lasts until COMMIT):
 -- the batch's statements take arrays, and custom plans were re-made for
 -- every small batch.
-CREATE FUNCTION qpc_enqueue_lock(p_channel BYTEA, p_accounts TEXT[], p_devices TEXT[], p_ids TEXT[])
+CREATE FUNCTION qpc_enqueue_lock(p_channel BYTEA, p_accounts TEXT[], p_devices TEXT[], p_ids TEXT[], p_usage_accounts TEXT[])
 RETURNS TABLE (what TEXT, a TEXT, b TEXT, n1 BIGINT, n2 BIGINT, n3 BIGINT, n4 BIGINT, n5 BIGINT, g BYTEA)
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -30,7 +30,6 @@ DECLARE
     v_epoch BIGINT;
     v_head BIGINT;
     v_ttl BIGINT;
-    v_accts TEXT[];
     v_found BIGINT;
 BEGIN
     PERFORM set_config('plan_cache_mode', 'force_generic_plan', true);
@@ -49,16 +48,19 @@ BEGIN
     RETURN QUERY SELECT 'd'::TEXT, i.mid, d.sender_device, d.seq, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT, NULL::BYTEA
         FROM unnest(p_ids) AS i(mid)
         CROSS JOIN LATERAL (SELECT m.sender_device, m.seq FROM messages m WHERE m.channel_id = p_channel AND m.message_id = i.mid LIMIT 1) d;
-    v_accts := ARRAY(SELECT DISTINCT x FROM unnest(p_accounts) AS x ORDER BY x);
-    PERFORM 1 FROM account_usage u WHERE u.account_id = ANY(v_accts) ORDER BY u.account_id FOR UPDATE;
-    GET DIAGNOSTICS v_found = ROW_COUNT;
-    IF v_found < cardinality(v_accts) THEN
-        -- A sender without a usage row yet: create it (a concurrent
-        -- creator makes this wait for its commit); the lock below takes it.
-        INSERT INTO account_usage (account_id) SELECT unnest(v_accts) ON CONFLICT (account_id) DO NOTHING;
-    END IF;
+    -- p_usage_accounts: the batch's distinct senders, sorted by the caller
+    -- (every enqueue locks usage rows in account order).
     RETURN QUERY SELECT 'u'::TEXT, u.account_id, NULL::TEXT, u.message_bytes, u.messages, u.inbox_bytes, u.inbox_items, u.channels, NULL::BYTEA
-        FROM account_usage u WHERE u.account_id = ANY(v_accts) ORDER BY u.account_id FOR UPDATE;
+        FROM account_usage u WHERE u.account_id = ANY(p_usage_accounts) ORDER BY u.account_id FOR UPDATE;
+    GET DIAGNOSTICS v_found = ROW_COUNT;
+    IF v_found < cardinality(p_usage_accounts) THEN
+        -- A sender without a usage row yet: create it (a concurrent
+        -- creator makes this wait for its commit) and lock again (the
+        -- rows already returned come again, unchanged: they are locked).
+        INSERT INTO account_usage (account_id) SELECT unnest(p_usage_accounts) ON CONFLICT (account_id) DO NOTHING;
+        RETURN QUERY SELECT 'u'::TEXT, u.account_id, NULL::TEXT, u.message_bytes, u.messages, u.inbox_bytes, u.inbox_items, u.channels, NULL::BYTEA
+            FROM account_usage u WHERE u.account_id = ANY(p_usage_accounts) ORDER BY u.account_id FOR UPDATE;
+    END IF;
 END
 $fn$;
 
@@ -80,7 +82,11 @@ CREATE FUNCTION qpc_fetch(p_account TEXT, p_device TEXT, p_after_ids BYTEA[], p_
     p_now BIGINT, p_limit INTEGER, p_budget BIGINT)
 RETURNS TABLE (what TEXT, ch BYTEA, kind INTEGER, seq BIGINT, head BIGINT, message_id TEXT, sender_account TEXT,
     sender_device TEXT, epoch BIGINT, created_at BIGINT, body BYTEA, trace_parent TEXT)
-LANGUAGE plpgsql STABLE AS $fn$
+LANGUAGE plpgsql STABLE
+-- Generic plans: a custom plan per call was most of the function's cost
+-- (the plans use the same indexes either way).
+SET plan_cache_mode = force_generic_plan
+AS $fn$
 DECLARE
     c RECORD;
     r RECORD;
@@ -91,14 +97,15 @@ DECLARE
     v_more BOOLEAN := false;
     v_done BOOLEAN := false;
 BEGIN
-    FOR c IN SELECT cc.id, cc.kind, cc.head_seq,
-            LEAST(GREATEST(MIN(m.from_seq), COALESCE(MAX(cu.acked_seq), 0), COALESCE(MAX(af.aseq), 0)), cc.head_seq) AS pos
+    FOR c IN SELECT cc.id, cc.kind, cc.head_seq, GREATEST(MIN(m.from_seq), COALESCE(MAX(cu.acked_seq), 0)) AS pos
         FROM channel_members m JOIN channels cc ON cc.id = m.channel_id
         LEFT JOIN cursors cu ON cu.device_id = p_device AND cu.channel_id = m.channel_id
-        LEFT JOIN unnest(p_after_ids, p_after_seqs) AS af(aid, aseq) ON af.aid = m.channel_id
         WHERE m.account_id = p_account AND m.device_id IN ('', p_device)
         GROUP BY cc.id ORDER BY cc.id
     LOOP
+        -- The later of membership start, cursor and read-ahead position,
+        -- never past the head.
+        c.pos := LEAST(GREATEST(c.pos, COALESCE(p_after_seqs[array_position(p_after_ids, c.id)], 0)), c.head_seq);
         what := 'c'; ch := c.id; kind := c.kind; seq := c.pos; head := c.head_seq; message_id := NULL;
         sender_account := NULL; sender_device := NULL; epoch := NULL; created_at := NULL; body := NULL; trace_parent := NULL;
         RETURN NEXT;
