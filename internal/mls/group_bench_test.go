@@ -210,6 +210,9 @@ func BenchmarkGroupCreateAddAll(b *testing.B) {
 }
 
 // BenchmarkGroupUpdateCommit: one member's empty commit with a full path.
+// It also reports the number of path-secret ciphertexts the commit carries
+// (the resolutions of the committer's copath: HPKE seals), which
+// scripts/bench-mls-peers.sh checks against ts-mls's for the same tree.
 func BenchmarkGroupUpdateCommit(b *testing.B) {
 	for _, shape := range shapes {
 		for _, n := range benchSizes() {
@@ -223,9 +226,20 @@ func BenchmarkGroupUpdateCommit(b *testing.B) {
 					}
 				}
 				bg.b.ClearPendingCommit()
+				b.ReportMetric(float64(pathCiphertexts(bg.b)), "path-cts")
 			})
 		}
 	}
+}
+
+// pathCiphertexts is the number of path secrets g's commit encrypts: the
+// sizes of the resolutions of its filtered direct path's copath nodes.
+func pathCiphertexts(g *Group) int {
+	c := 0
+	for _, st := range g.tree.filteredDirectPath(g.own) {
+		c += len(g.tree.resolution(st.copath))
+	}
+	return c
 }
 
 // BenchmarkGroupProcessCommit: processing that commit at another member.
