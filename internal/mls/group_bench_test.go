@@ -13,9 +13,10 @@ import (
 // scripts/bench-mls.sh. Sizes come from QPC_MLS_BENCH_SIZES (default
 // "2,10,100"; the script passes 2,10,100,1000 and 10000). Two tree shapes:
 //
-//   - fresh: the creator added everyone in one commit, so every other
-//     leaf is unmerged at the creator's path and the other parents are
-//     blank (large resolutions);
+//   - fresh: the creator added everyone in one commit with a path, so
+//     the creator's direct path is set (no unmerged leaves: the new
+//     members get their path secrets in the Welcome) and the other parents
+//     are blank (resolutions off that path are whole subtrees of leaves);
 //   - populated: every member has committed once (each has a full path);
 //     the per-member path updates are simulated at the TreeKEM level (keys
 //     and signed leaves are real, ciphertexts are skipped), then the last
