@@ -174,13 +174,16 @@ $profile
 MD
 )
 
-# Replace the section (from its header to the next "## " or the end).
+# Replace the section (from its header to the next "## " or the end),
+# keeping the "### " subsections other than its own "What dominates"
+# (added by hand for other measurements: they stay, after the new table).
 SECTION="$section" awk '
 BEGIN { skip=0; done=0; section=ENVIRON["SECTION"] }
 /^## / {
 	if ($0 == "## MLS groups") { print section; print ""; skip=1; done=1; next }
 	if (skip) skip=0
 }
+/^### / && skip && $0 != "### What dominates" { skip=0 }
 !skip { print }
 END { if (!done) { print ""; print section } }
 ' "$DOC" >"$tmp/doc.md"
