@@ -5,10 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
-	"runtime"
 	"slices"
-	"sync"
-	"sync/atomic"
 )
 
 // TreeKEM (RFC 9420 §7.4-§7.6): creating an UpdatePath for the
@@ -162,99 +159,20 @@ func (t *ratchetTree) createUpdatePath(from leafIndex, leafTmpl *LeafNode, group
 		return nil, err
 	}
 	up := &UpdatePath{LeafNode: ln, Nodes: make([]UpdatePathNode, len(fdp))}
-	var seals []pathSeal
 	for i, st := range fdp {
 		n := &up.Nodes[i]
 		n.EncryptionKey = pubs[i]
-		rs := t.excludedResolution(st.copath, exclude)
-		n.EncryptedPathSecret = make([]HPKECiphertext, len(rs))
-		for j, y := range rs {
-			seals = append(seals, pathSeal{pub: t.encKey(y), secret: secrets[i], out: &n.EncryptedPathSecret[j]})
+		for _, y := range t.excludedResolution(st.copath, exclude) {
+			ct, err := s.EncryptWithLabel(t.encKey(y), "UpdatePathNode", gcb, secrets[i])
+			if err != nil {
+				return nil, err
+			}
+			n.EncryptedPathSecret = append(n.EncryptedPathSecret, ct)
 		}
-	}
-	err = sealPathSecrets(s, gcb, seals)
-	for _, x := range secrets {
-		clear(x)
-	}
-	if err != nil {
-		return nil, err
+		clear(secrets[i])
 	}
 	res.path = up
 	return res, nil
-}
-
-// pathSeal is one path secret to encrypt to one resolution node.
-type pathSeal struct {
-	pub    HPKEPublicKey
-	secret []byte
-	out    *HPKECiphertext
-}
-
-const (
-	// parallelSealMinPerWorker keeps small commits on one goroutine,
-	// where starting others costs more than it saves.
-	parallelSealMinPerWorker = 16
-	// sealBatch is how many seals a worker claims at once.
-	sealBatch = 8
-)
-
-// sealPathSecrets encrypts every seal's secret to its key under the
-// provisional GroupContext gc (EncryptWithLabel "UpdatePathNode"), each
-// ciphertext into its own slot, so the output order is the resolution
-// order whatever goroutine made it. A commit whose copath resolutions are
-// large (a member's first commit after a big add: one HPKE seal per
-// recipient, almost all of its cost) is sealed by up to GOMAXPROCS
-// goroutines; that cuts wall time, not CPU. The error returned is the
-// first failing seal's in order.
-func sealPathSecrets(s *CipherSuite, gc []byte, seals []pathSeal) error {
-	info, err := encryptContext("UpdatePathNode", gc)
-	if err != nil {
-		return err
-	}
-	seal := func(x *pathSeal) error {
-		ct, err := s.encryptWithInfo(x.pub, info, x.secret)
-		if err != nil {
-			return err
-		}
-		*x.out = ct
-		return nil
-	}
-	workers := min(runtime.GOMAXPROCS(0), len(seals)/parallelSealMinPerWorker)
-	if workers < 2 {
-		for i := range seals {
-			if err := seal(&seals[i]); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	errs := make([]error, len(seals))
-	var next atomic.Int64
-	var failed atomic.Bool
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for !failed.Load() {
-				start := next.Add(sealBatch) - sealBatch
-				if start >= int64(len(seals)) {
-					return
-				}
-				for i := start; i < min(start+sealBatch, int64(len(seals))); i++ {
-					if errs[i] = seal(&seals[i]); errs[i] != nil {
-						failed.Store(true)
-						return
-					}
-				}
-			}
-		})
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // mergeUpdatePath validates the public part of path from leaf from and
