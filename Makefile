@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go test-tools jaeger trace-e2e vet fmt-check ops-check proto proto-interop interop interop-wg mlswg-runner test-mlswg fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test bench-peers bench-compare testnet testnet-down
+.PHONY: all build run test test-go test-tools jaeger trace-e2e vet fmt-check ops-check proto proto-interop interop interop-wg mlswg-runner test-mlswg fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test bench-peers bench-compare testnet testnet-down bench-mls-peers
 
 all: build
 
@@ -215,6 +215,15 @@ bench-peers:
 	@missing=""; for t in jq:jq curl:curl /usr/bin/time:time; do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; }
 	scripts/bench-peers.sh
+
+# internal/mls against ts-mls from npm (bench/ts-mls, pinned by its
+# package-lock.json, installed with npm ci when missing): the fresh-tree
+# commit at 100 and 1 000 members, interleaved, 3 rounds
+# (scripts/bench-mls-peers.sh, docs/benchmarks.md "Against ts-mls"):
+# bench-out/mls-peers.json and .md. BENCH_QUICK=1: 10 and 100 members, one
+# short round. Needs Node.js 20+ and npm, so not part of make test.
+bench-mls-peers:
+	scripts/bench-mls-peers.sh
 
 
 # Fuzzing of every fuzz target, one after another: FUZZTIME per target

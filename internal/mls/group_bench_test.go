@@ -13,9 +13,10 @@ import (
 // scripts/bench-mls.sh. Sizes come from QPC_MLS_BENCH_SIZES (default
 // "2,10,100"; the script passes 2,10,100,1000 and 10000). Two tree shapes:
 //
-//   - fresh: the creator added everyone in one commit, so every other
-//     leaf is unmerged at the creator's path and the other parents are
-//     blank (large resolutions);
+//   - fresh: the creator added everyone in one commit with a path, so
+//     the creator's direct path is set (no unmerged leaves: the new
+//     members get their path secrets in the Welcome) and the other parents
+//     are blank (resolutions off that path are whole subtrees of leaves);
 //   - populated: every member has committed once (each has a full path);
 //     the per-member path updates are simulated at the TreeKEM level (keys
 //     and signed leaves are real, ciphertexts are skipped), then the last
@@ -210,6 +211,9 @@ func BenchmarkGroupCreateAddAll(b *testing.B) {
 }
 
 // BenchmarkGroupUpdateCommit: one member's empty commit with a full path.
+// It also reports the number of path-secret ciphertexts the commit carries
+// (the resolutions of the committer's copath: HPKE seals), which
+// scripts/bench-mls-peers.sh checks against ts-mls's for the same tree.
 func BenchmarkGroupUpdateCommit(b *testing.B) {
 	for _, shape := range shapes {
 		for _, n := range benchSizes() {
@@ -223,9 +227,20 @@ func BenchmarkGroupUpdateCommit(b *testing.B) {
 					}
 				}
 				bg.b.ClearPendingCommit()
+				b.ReportMetric(float64(pathCiphertexts(bg.b)), "path-cts")
 			})
 		}
 	}
+}
+
+// pathCiphertexts is the number of path secrets g's commit encrypts: the
+// sizes of the resolutions of its filtered direct path's copath nodes.
+func pathCiphertexts(g *Group) int {
+	c := 0
+	for _, st := range g.tree.filteredDirectPath(g.own) {
+		c += len(g.tree.resolution(st.copath))
+	}
+	return c
 }
 
 // BenchmarkGroupProcessCommit: processing that commit at another member.
