@@ -136,16 +136,8 @@ type BatchResult struct {
 // with ErrInvalidRequest above MaxBatchItems items, and with ErrTooLarge
 // when the items' payloads together pass the payload cap.
 func (s *Service) EnqueueBatch(ctx context.Context, c Caller, items []EnqueueItem) ([]BatchResult, error) {
-	if len(items) == 0 || len(items) > MaxBatchItems {
-		return nil, fmt.Errorf("delivery: enqueue batch: %w: %d items, 1..%d per batch", ErrInvalidRequest, len(items), MaxBatchItems)
-	}
-	total := 0
-	for _, it := range items {
-		total += len(it.MLSMessage) + len(it.GroupInfo)
-	}
-	if total > s.maxPayload {
-		return nil, fmt.Errorf("delivery: enqueue batch: %w: the items hold %d bytes together, at most %d (limits.max_payload_bytes); send fewer per batch",
-			ErrTooLarge, total, s.maxPayload)
+	if err := s.CheckBatch(items); err != nil {
+		return nil, err
 	}
 	ops := make([]*enqueueOp, len(items))
 	for i, it := range items {
@@ -156,6 +148,24 @@ func (s *Service) EnqueueBatch(ctx context.Context, c Caller, items []EnqueueIte
 		out[i].Enqueued, out[i].Err = s.finishEnqueue(op)
 	}
 	return out, nil
+}
+
+// CheckBatch applies EnqueueBatch's caps to the batch as a whole: 1 to
+// MaxBatchItems items (ErrInvalidRequest), and the items' payloads
+// together within the payload cap (ErrTooLarge).
+func (s *Service) CheckBatch(items []EnqueueItem) error {
+	if len(items) == 0 || len(items) > MaxBatchItems {
+		return fmt.Errorf("delivery: enqueue batch: %w: %d items, 1..%d per batch", ErrInvalidRequest, len(items), MaxBatchItems)
+	}
+	total := 0
+	for _, it := range items {
+		total += len(it.MLSMessage) + len(it.GroupInfo)
+	}
+	if total > s.maxPayload {
+		return fmt.Errorf("delivery: enqueue batch: %w: the items hold %d bytes together, at most %d (limits.max_payload_bytes); send fewer per batch",
+			ErrTooLarge, total, s.maxPayload)
+	}
+	return nil
 }
 
 // enqueueOp is one message between startEnqueue, which checks it and
