@@ -60,16 +60,16 @@ func TestBothModesInProcess(t *testing.T) {
 	}
 }
 
-// Senders spread over several channels: every message still reaches the
-// receivers, who are members of all of them.
-func TestEnqueueChannels(t *testing.T) {
+// runReport runs qpc-bench with args plus -json and returns its one
+// report and what it printed.
+func runReport(t *testing.T, args ...string) (report, string) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("starts a server")
 	}
 	out := filepath.Join(t.TempDir(), "r.json")
 	var stdout, stderr bytes.Buffer
-	code := run(context.Background(), []string{"-mode", "enqueue", "-serve", "-n", "4", "-channels", "3", "-receivers", "1",
-		"-duration", "500ms", "-warmup", "100ms", "-json", out}, &stdout, &stderr)
+	code := run(context.Background(), append(args, "-json", out), &stdout, &stderr)
 	if code != exitOK {
 		t.Fatalf("exit %d: %s %s", code, stdout.String(), stderr.String())
 	}
@@ -81,7 +81,14 @@ func TestEnqueueChannels(t *testing.T) {
 	if err := json.Unmarshal(b, &rs); err != nil || len(rs) != 1 {
 		t.Fatalf("json: %v %s", err, b)
 	}
-	if r := rs[0]; r.Channels != 3 || r.Requests == 0 || r.Errors != 0 || r.Delivered == 0 || r.Sent < r.Requests {
+	return rs[0], stdout.String()
+}
+
+// Senders spread over several channels: every message still reaches the
+// receivers, who are members of all of them.
+func TestEnqueueChannels(t *testing.T) {
+	r, _ := runReport(t, "-mode", "enqueue", "-serve", "-n", "4", "-channels", "3", "-receivers", "1", "-duration", "500ms", "-warmup", "100ms")
+	if r.Channels != 3 || r.Requests == 0 || r.Errors != 0 || r.Delivered == 0 || r.Sent < r.Requests {
 		t.Fatalf("report: %+v", r)
 	}
 }
@@ -89,30 +96,12 @@ func TestEnqueueChannels(t *testing.T) {
 // With -batch each sender sends EnqueueBatch; messages are counted one by
 // one and all reach the receiver.
 func TestEnqueueBatchMode(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a server")
-	}
-	out := filepath.Join(t.TempDir(), "r.json")
-	var stdout, stderr bytes.Buffer
-	code := run(context.Background(), []string{"-mode", "enqueue", "-serve", "-n", "3", "-batch", "8", "-receivers", "1",
-		"-duration", "500ms", "-warmup", "100ms", "-json", out}, &stdout, &stderr)
-	if code != exitOK {
-		t.Fatalf("exit %d: %s %s", code, stdout.String(), stderr.String())
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rs []report
-	if err := json.Unmarshal(b, &rs); err != nil || len(rs) != 1 {
-		t.Fatalf("json: %v %s", err, b)
-	}
-	r := rs[0]
+	r, stdout := runReport(t, "-mode", "enqueue", "-serve", "-n", "3", "-batch", "8", "-receivers", "1", "-duration", "500ms", "-warmup", "100ms")
 	if r.Batch != 8 || r.Requests == 0 || r.Requests%8 != 0 || r.Sent%8 != 0 || r.Errors != 0 || r.Delivered < r.Requests || r.RPC.Count*8 != int(r.Requests) {
 		t.Fatalf("report: %+v", r)
 	}
-	if !strings.Contains(stdout.String(), "8 messages per EnqueueBatch") {
-		t.Fatalf("the table does not say the batch: %s", stdout.String())
+	if !strings.Contains(stdout, "8 messages per EnqueueBatch") {
+		t.Fatalf("the table does not say the batch: %s", stdout)
 	}
 }
 

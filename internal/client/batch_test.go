@@ -64,12 +64,7 @@ func TestFlushSendsBatches(t *testing.T) {
 	srv := servertest.Start(t, servertest.Config(t))
 	alice, bob := registered(t, srv, "alice"), registered(t, srv, "bob")
 	ctx := ctxT(t)
-	if err := alice.CreateGroup(ctx, "team"); err != nil {
-		t.Fatal(err)
-	}
-	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
-		t.Fatal(err)
-	}
+	team(t, alice, "bob")
 	acceptAll(t, bob)
 	send(t, alice, "team", "before")
 	want := []string{"before"}

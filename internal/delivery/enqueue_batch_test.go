@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -16,25 +15,12 @@ import (
 	"github.com/quicprochat/quicprochat/internal/obs"
 )
 
-// syncBuffer is a bytes.Buffer safe for the audit logger's writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-// auditEvents returns the audit events named event, decoded.
-func (s *syncBuffer) auditEvents(t *testing.T, event string) []map[string]any {
+// auditEvents returns the audit events named event in b (JSON lines),
+// decoded.
+func auditEvents(t *testing.T, b *bytes.Buffer, event string) []map[string]any {
 	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var out []map[string]any
-	for _, line := range strings.Split(strings.TrimSpace(s.b.String()), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(b.String()), "\n") {
 		if line == "" {
 			continue
 		}
@@ -57,7 +43,9 @@ func (s *syncBuffer) auditEvents(t *testing.T, event string) []map[string]any {
 // item. Across channels the items are decided independently, as
 // concurrent Enqueue calls would be.
 func TestEnqueueBatchMixedItems(t *testing.T) {
-	var audit syncBuffer
+	// Audit events are written by the caller's goroutine (finishEnqueue),
+	// and this test's calls are all on its own.
+	var audit bytes.Buffer
 	e := newEnv(t, func(o *Options) {
 		o.Audit = obs.NewAudit(slog.New(slog.NewJSONHandler(&audit, &slog.HandlerOptions{Level: obs.LevelAudit})))
 	})
@@ -136,7 +124,7 @@ func TestEnqueueBatchMixedItems(t *testing.T) {
 	}
 	// One audit event per successful item (duplicate included), as
 	// separate Enqueue calls write; one metric count per item.
-	ev := audit.auditEvents(t, "delivery.enqueue")
+	ev := auditEvents(t, &audit, "delivery.enqueue")
 	if len(ev) != 8 {
 		t.Fatalf("%d delivery.enqueue audit events, want 8 (7 stored, 1 duplicate)", len(ev))
 	}
