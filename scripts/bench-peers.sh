@@ -166,6 +166,9 @@ if wants qpcd-postgres || wants qpcd-postgres-base || wants qpcd-postgres-batch 
 	# PG_STATEMENTS=1: count the statements qpcd sends (pg_stat_statements,
 	# in the postgres database so that qpc's stays empty for qpcd).
 	[ -n "${PG_STATEMENTS:-}" ] && printf "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track_planning = on\n" >>"$tmp/pg/postgresql.conf"
+	# PG_STATEMENTS=all: the statements inside functions too (qpc_fetch,
+	# qpc_enqueue_lock), each listed beside the call that ran it.
+	[ "${PG_STATEMENTS:-}" = all ] && echo "pg_stat_statements.track = all" >>"$tmp/pg/postgresql.conf"
 	pg -w -t 60 start >/dev/null
 	pg_started=1
 	export PGHOST=127.0.0.1 PGPORT PGUSER=postgres
@@ -362,15 +365,20 @@ for r in $(seq "$ROUNDS"); do
 done
 
 # --- results ------------------------------------------------------------------
-if [ -n "${PG_STATEMENTS:-}" ] && wants qpcd-postgres; then
-	# Statements per stored message: every statement qpcd ran on qpc (the
-	# set-up's too, a few hundred), by calls.
-	msgs=$("$PGBIN/psql" -qtA -d qpc -c 'SELECT count(*) FROM messages')
-	"$PGBIN/psql" -q -d postgres -c "SELECT s.calls, round(s.calls::numeric / $msgs, 3) AS per_msg, round(s.total_exec_time::numeric / $msgs * 1000, 1) AS exec_us_per_msg, round(s.total_plan_time::numeric / $msgs * 1000, 1) AS plan_us_per_msg, left(regexp_replace(s.query, '\s+', ' ', 'g'), 110) AS query
-		FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = 'qpc' ORDER BY s.calls DESC LIMIT 25" \
-		>"$BENCH_OUT/pg-statements.txt"
-	echo "messages stored: $msgs" >>"$BENCH_OUT/pg-statements.txt"
-	log "statements: $BENCH_OUT/pg-statements.txt"
+if [ -n "${PG_STATEMENTS:-}" ]; then
+	# Statements per stored message: every statement qpcd ran on its
+	# database (the set-up's too, a few hundred), by calls; the base's
+	# qpcd (BASE=REV) in pg-statements-base.txt.
+	pgstatements() { # database, output file
+		local msgs
+		msgs=$("$PGBIN/psql" -qtA -d "$1" -c 'SELECT count(*) FROM messages')
+		"$PGBIN/psql" -q -d postgres -c "SELECT s.calls, round(s.calls::numeric / $msgs, 3) AS per_msg, round(s.total_exec_time::numeric / $msgs * 1000, 1) AS exec_us_per_msg, round(s.total_plan_time::numeric / $msgs * 1000, 1) AS plan_us_per_msg, left(regexp_replace(s.query, '\s+', ' ', 'g'), 110) AS query
+			FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = '$1' ORDER BY s.calls DESC LIMIT 40" >"$2"
+		echo "messages stored: $msgs" >>"$2"
+		log "statements: $2"
+	}
+	if wants qpcd-postgres; then pgstatements qpc "$BENCH_OUT/pg-statements.txt"; fi
+	if wants qpcd-postgres-base; then pgstatements qpc_base "$BENCH_OUT/pg-statements-base.txt"; fi
 fi
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)

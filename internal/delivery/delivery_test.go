@@ -1003,3 +1003,41 @@ func TestRevertEpochRecoversAWedgedGroup(t *testing.T) {
 		t.Fatalf("alice reads %d messages, want 4", len(b.Messages))
 	}
 }
+
+// The byte budget of a fetch cuts each channel at the first message that
+// does not fit and goes on with the next channel; the first item always
+// fits. On PostgreSQL this loop runs in qpc_fetch (migration 0013), so this
+// holds the two engines to one rule.
+func TestFetchBudgetAcrossChannels(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.MaxPayload = 4096 })
+	alice, bob := e.dir.add("alice", "a1"), e.dir.add("bob", "b1")
+	chA, gA := e.group(t, alice, bob)
+	chB, gB := e.group(t, alice, bob)
+	if bytes.Compare(chA.ID, chB.ID) > 0 { // A is read first
+		chA, gA, chB, gB = chB, gB, chA, gA
+	}
+	a1 := e.send(t, alice, chA.ID, dt.Application(gA, 0, 1000))
+	a2 := e.send(t, alice, chA.ID, dt.Application(gA, 0, 3500))
+	b1 := e.send(t, alice, chB.ID, dt.Application(gB, 0, 500))
+	b, err := e.svc.Fetch(ctx, bob.Caller, 0, After{})
+	if err != nil || len(b.Messages) != 2 || !b.More ||
+		!bytes.Equal(b.Messages[0].ChannelID, chA.ID) || b.Messages[0].Seq != a1.Seq ||
+		!bytes.Equal(b.Messages[1].ChannelID, chB.ID) || b.Messages[1].Seq != b1.Seq {
+		t.Fatalf("first fetch: %+v %v", b, err)
+	}
+	after := After{Channels: map[string]uint64{string(chA.ID): a1.Seq, string(chB.ID): b1.Seq}}
+	b, err = e.svc.Fetch(ctx, bob.Caller, 0, after)
+	if err != nil || len(b.Messages) != 1 || b.More || b.Messages[0].Seq != a2.Seq || len(b.Messages[0].Body) < 3500 {
+		t.Fatalf("second fetch: %+v %v", b, err)
+	}
+	// A read-ahead position past the head reads nothing, rather than wrapping.
+	after.Channels[string(chA.ID)] = 1 << 63
+	after.Channels[string(chB.ID)] = b1.Seq
+	if b, err = e.svc.Fetch(ctx, bob.Caller, 0, after); err != nil || len(b.Messages) != 0 || b.More {
+		t.Fatalf("past the head: %+v %v", b, err)
+	}
+	// The limit counts across channels.
+	if b, err = e.svc.Fetch(ctx, bob.Caller, 1, After{}); err != nil || len(b.Messages) != 1 || !b.More || b.Messages[0].Seq != a1.Seq {
+		t.Fatalf("limit 1: %+v %v", b, err)
+	}
+}

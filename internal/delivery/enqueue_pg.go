@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -29,14 +30,18 @@ import (
 //  4. decide each request in arrival order, in Go, with the rules SQLite
 //     uses (decideEnqueue, checkQuota), each accepted message moving the
 //     head, the epoch and the sender's usage the next request sees;
-//  5. one statement stores every accepted message and moves the channel's
-//     head and the senders' usage; then one COMMIT;
+//  5. one statement stores every accepted message (and a commit's
+//     GroupInfo) and moves the channel's head and the senders' usage; then
+//     one COMMIT;
 //  6. one wake-up for the batch's new head, here and (one NOTIFY) on the
 //     other nodes.
 //
-// Six round trips (BEGIN and COMMIT included) and one commit whatever the
-// batch holds (one more with a GroupInfo to store, one more when a usage
-// row is new), where one transaction per enqueue took eight each. A request refused
+// Steps 1-3 are one call of the server-side function qpc_enqueue_lock
+// (migration 0013), which runs the same statements inside the database
+// server and decides nothing. So a batch is four round trips (BEGIN, the
+// function, the store statement, COMMIT) and one commit whatever it holds,
+// where one transaction per enqueue took eight each and the first batched
+// version six. A request refused
 // by a rule (stale epoch, quota, not a member, an id of another sender) gets
 // its own error and takes nothing from the others; an error of the
 // transaction (the database unreachable, the commit's outcome unknown) is
@@ -193,98 +198,109 @@ func (s *Service) storeBatch(id []byte, batch []*pgEnqueue) {
 
 // Statements of the batch (the SQLite path's are in enqueue.go).
 const (
-	// The lock also switches the rest of the transaction to generic plans
-	// (set_config(..., true) lasts until COMMIT). The batch's statements
+	// batchLock is steps 1-3 in one call: qpc_enqueue_lock (migration
+	// 0013, internal/store/migrations_pg) locks the channel row, reads
+	// which callers are members and which message ids are stored, then
+	// locks (creating the missing ones) the senders' usage rows in account
+	// order, the same statements this file used to send one by one. It
+	// also switches the rest of the transaction to generic plans
+	// (set_config(..., true) lasts until COMMIT): the batch's statements
 	// take arrays; a custom plan knows their length, a generic one guesses
 	// ten rows, so for small batches PostgreSQL kept choosing custom plans
-	// and planned the three statements again for every batch: 0.9 ms of
-	// planning per message at 16 channels, more than the writes
-	// (docs/benchmarks.md). Their generic plans use the same indexes.
-	batchLock = `SELECT set_config('plan_cache_mode', 'force_generic_plan', true), kind, group_id, epoch, head_seq, ttl_ms
-		FROM channels WHERE id = ? FOR UPDATE`
-	// After the lock, so that what another node's batch committed while this
-	// one waited is seen: the callers that are members ('m': account,
-	// device) and the ids already stored ('d': id, device, seq). The ids
-	// are looked up one by one on the (channel_id, message_id) index: with
-	// `message_id = ANY(...)` the planner, on stale statistics, scanned the
-	// channel's whole log (4 ms a batch at 30 000 messages).
-	batchRead = `SELECT 'm', t.a, t.d, 0 FROM unnest(?::text[], ?::text[]) AS t(a, d)
-			WHERE EXISTS (SELECT 1 FROM channel_members m WHERE m.channel_id = ? AND m.account_id = t.a AND m.device_id IN ('', t.d))
-		UNION ALL
-		SELECT 'd', i.id, d.sender_device, d.seq FROM unnest(?::text[]) AS i(id)
-			CROSS JOIN LATERAL (SELECT sender_device, seq FROM messages WHERE channel_id = ? AND message_id = i.id LIMIT 1) d`
-	batchLockUsage = `SELECT account_id, message_bytes, messages, inbox_bytes, inbox_items, channels FROM account_usage
-		WHERE account_id = ANY(?::text[]) ORDER BY account_id FOR UPDATE`
-	batchEnsureUsage = `INSERT INTO account_usage (account_id) SELECT unnest(?::text[]) ON CONFLICT (account_id) DO NOTHING`
-	batchStore       = `WITH stored AS (
+	// and planned them again for every batch: 0.9 ms of planning per
+	// message at 16 channels, more than the writes (docs/benchmarks.md).
+	// Their generic plans use the same indexes.
+	batchLock = `SELECT what, a, b, n1, n2, n3, n4, n5, g FROM qpc_enqueue_lock(?, ?::text[], ?::text[], ?::text[], ?::text[])`
+	// batchStore stores every accepted message, moves the channel's head
+	// and the senders' usage and, when the batch holds a commit with a
+	// GroupInfo, stores it (the last five arguments; NULL: none).
+	batchStore = `WITH stored AS (
 			INSERT INTO messages (channel_id, seq, message_id, sender_account, sender_device, epoch, content_type, created_at, expires_at, body, trace_parent)
 			SELECT ?::bytea, s, mid, a, d, e, ct, c, x, b, NULLIF(tp, '')
 			FROM unnest(?::bigint[], ?::text[], ?::text[], ?::text[], ?::bigint[], ?::int[], ?::bigint[], ?::bigint[], ?::bytea[], ?::text[])
 				AS t(s, mid, a, d, e, ct, c, x, b, tp)
 		), head AS (
 			UPDATE channels SET head_seq = ?, epoch = ? WHERE id = ?
+		), gi AS (
+			INSERT INTO channel_group_info (channel_id, epoch, group_info)
+			SELECT ?::bytea, ?::bigint, gi FROM (SELECT ?::bytea AS gi) g WHERE gi IS NOT NULL
+			ON CONFLICT (channel_id) DO UPDATE SET epoch = excluded.epoch, group_info = excluded.group_info
 		)
 		UPDATE account_usage u SET message_bytes = u.message_bytes + t.b, messages = u.messages + t.n
 		FROM unnest(?::text[], ?::bigint[], ?::bigint[]) AS t(a, b, n) WHERE u.account_id = t.a`
-	batchGroupInfo = `INSERT INTO channel_group_info (channel_id, epoch, group_info) VALUES (?, ?, ?)
-		ON CONFLICT (channel_id) DO UPDATE SET epoch = excluded.epoch, group_info = excluded.group_info`
 )
 
 // storeBatchTx decides and stores batch in tx, filling out (reset first:
 // the store may run it again after a deadlock).
 func (s *Service) storeBatchTx(ctx context.Context, tx *sql.Tx, id []byte, batch []*pgEnqueue, out []pgEnqueued) error {
 	clear(out)
-	var ch enqueueState
-	var planMode string
-	err := tx.QueryRowContext(ctx, batchLock, id).Scan(&planMode, &ch.kind, &ch.groupID, &ch.epoch, &ch.head, &ch.ttlMS)
-	if errors.Is(err, sql.ErrNoRows) {
-		for i := range out {
-			out[i].err = ErrNotMember
-		}
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	for i := range out {
-		out[i].kind = ch.kind
-	}
-
-	// Who is a member, and which ids are stored.
 	accounts, devices, ids := make([]string, len(batch)), make([]string, len(batch)), make([]string, len(batch))
 	for i, r := range batch {
 		accounts[i], devices[i], ids[i] = r.c.AccountID, r.c.DeviceID, r.messageID
 	}
+
+	// The channel (locked), who is a member, which ids are stored, and the
+	// senders' usage (locked).
 	type stored struct {
 		seq    int64
 		device string
 	}
+	var ch enqueueState
+	found := false
 	members := map[Caller]bool{}
 	dups := map[string]stored{}
-	rows, err := tx.QueryContext(ctx, batchRead, accounts, devices, id, ids, id)
+	usage := map[string]Usage{}
+	// The senders' usage rows are locked in account order, as every
+	// enqueue locks them.
+	senders := make([]string, 0, len(accounts))
+	for _, a := range accounts {
+		if !contains(senders, a) {
+			senders = append(senders, a)
+		}
+	}
+	sort.Strings(senders)
+	rows, err := tx.QueryContext(ctx, batchLock, id, accounts, devices, ids, senders)
 	if err != nil {
 		return err
 	}
 	for rows.Next() {
-		var what, a, b string
-		var seq int64
-		if err := rows.Scan(&what, &a, &b, &seq); err != nil {
+		var what string
+		var a, b sql.NullString
+		var n [5]sql.NullInt64
+		var g []byte
+		if err := rows.Scan(&what, &a, &b, &n[0], &n[1], &n[2], &n[3], &n[4], &g); err != nil {
 			rows.Close()
 			return err
 		}
-		if what == "m" {
-			members[Caller{AccountID: a, DeviceID: b}] = true
-		} else {
-			dups[a] = stored{seq: seq, device: b}
+		switch what {
+		case "c":
+			found = true
+			ch.kind, ch.epoch, ch.head, ch.ttlMS, ch.groupID = int(n[0].Int64), n[1].Int64, n[2].Int64, n[3].Int64, g
+		case "m":
+			members[Caller{AccountID: a.String, DeviceID: b.String}] = true
+		case "d":
+			dups[a.String] = stored{seq: n[0].Int64, device: b.String}
+		case "u":
+			usage[a.String] = Usage{MessageBytes: n[0].Int64, Messages: n[1].Int64, InboxBytes: n[2].Int64, InboxItems: n[3].Int64, Channels: n[4].Int64}
+		default:
+			rows.Close()
+			return fmt.Errorf("qpc_enqueue_lock returned a row of kind %q", what)
 		}
 	}
 	if err := rows.Close(); err != nil {
 		return err
 	}
-
-	usage, err := s.lockBatchUsage(ctx, tx, accounts)
-	if err != nil {
+	if err := rows.Err(); err != nil {
 		return err
+	}
+	if !found {
+		for i := range out {
+			out[i].err = ErrNotMember
+		}
+		return nil
+	}
+	for i := range out {
+		out[i].kind = ch.kind
 	}
 
 	// Decide in arrival order; each accepted message is what the next
@@ -322,54 +338,10 @@ func (s *Service) storeBatchTx(ctx context.Context, tx *sql.Tx, id []byte, batch
 	if len(w.seq) == 0 {
 		return nil
 	}
-	if groupInfo != nil {
-		if _, err := tx.ExecContext(ctx, batchGroupInfo, id, giEpoch, groupInfo); err != nil {
-			return err
-		}
-	}
 	ua, ub, un := w.usage()
 	_, err = tx.ExecContext(ctx, batchStore, id, w.seq, w.messageID, w.account, w.device, w.epoch, w.contentType, w.created, w.expires, w.body, w.traceParent,
-		ch.head, ch.epoch, id, ua, ub, un)
+		ch.head, ch.epoch, id, id, giEpoch, groupInfo, ua, ub, un)
 	return err
-}
-
-// lockBatchUsage locks the usage rows of the batch's accounts, creating
-// the missing ones first, and returns them.
-func (s *Service) lockBatchUsage(ctx context.Context, tx *sql.Tx, accounts []string) (map[string]Usage, error) {
-	distinct := make([]string, 0, len(accounts))
-	for _, a := range accounts {
-		if !contains(distinct, a) {
-			distinct = append(distinct, a)
-		}
-	}
-	sort.Strings(distinct)
-	for attempt := 0; ; attempt++ {
-		usage := make(map[string]Usage, len(distinct))
-		rows, err := tx.QueryContext(ctx, batchLockUsage, distinct)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
-			var a string
-			var u Usage
-			if err := rows.Scan(&a, &u.MessageBytes, &u.Messages, &u.InboxBytes, &u.InboxItems, &u.Channels); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			usage[a] = u
-		}
-		if err := rows.Close(); err != nil {
-			return nil, err
-		}
-		if len(usage) == len(distinct) || attempt > 0 {
-			return usage, nil
-		}
-		// A sender without a usage row yet: create it (a concurrent
-		// creator makes this wait for its commit) and lock again.
-		if _, err := tx.ExecContext(ctx, batchEnsureUsage, distinct); err != nil {
-			return nil, err
-		}
-	}
 }
 
 // contains is slices.Contains for the few accounts of a batch.

@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/quicprochat/quicprochat/internal/store"
 	"github.com/quicprochat/quicprochat/internal/tracing"
 )
 
@@ -235,6 +236,9 @@ func (s *Service) read(ctx context.Context, c Caller, limit int, after After) (B
 	limit = min(limit, MaxFetchLimit)
 	budget := s.maxPayload
 	now := s.now().UnixMilli()
+	if s.db.Backend() == store.BackendPostgres {
+		return s.readPG(ctx, c, limit, after, now, budget)
+	}
 	var b Batch
 	var chans []channelPos
 	err := s.db.ReadTx(ctx, func(tx *sql.Tx) error {
@@ -295,6 +299,55 @@ func (s *Service) read(ctx context.Context, c Caller, limit int, after After) (B
 		}
 		return s.readInbox(ctx, tx, c.DeviceID, after.Inbox, now, left, &budget, &b)
 	})
+	if err != nil {
+		return Batch{}, nil, fmt.Errorf("delivery: fetch: %w", err)
+	}
+	return b, chans, nil
+}
+
+// fetchPG is read in one statement on PostgreSQL: qpc_fetch (migration
+// 0013) runs the loop of read above in the database server, on one
+// snapshot (docs/storage.md, "Fetch on PostgreSQL: one statement").
+const fetchPG = `SELECT what, ch, kind, seq, head, message_id, sender_account, sender_device, epoch, created_at, body, trace_parent
+	FROM qpc_fetch(?, ?, ?::bytea[], ?::bigint[], ?, ?, ?, ?)`
+
+// readPG is read on PostgreSQL: one round trip instead of a transaction
+// of up to five.
+func (s *Service) readPG(ctx context.Context, c Caller, limit int, after After, now int64, budget int) (Batch, []channelPos, error) {
+	afterIDs, afterSeqs := make([][]byte, 0, len(after.Channels)), make([]int64, 0, len(after.Channels))
+	for id, seq := range after.Channels {
+		afterIDs, afterSeqs = append(afterIDs, []byte(id)), append(afterSeqs, int64(min(seq, 1<<62)))
+	}
+	var b Batch
+	var chans []channelPos
+	err := s.db.ReadStatementPG(ctx, func(rows *sql.Rows) error {
+		for rows.Next() {
+			var what string
+			var ch, body []byte
+			var kind sql.NullInt32
+			var seq, head, epoch, created sql.NullInt64
+			var messageID, account, device, tp sql.NullString
+			if err := rows.Scan(&what, &ch, &kind, &seq, &head, &messageID, &account, &device, &epoch, &created, &body, &tp); err != nil {
+				return err
+			}
+			switch what {
+			case "c":
+				chans = append(chans, channelPos{id: ch, kind: int(kind.Int32), pos: uint64(seq.Int64), head: uint64(head.Int64)})
+			case "m":
+				b.Messages = append(b.Messages, Message{ChannelID: ch, Seq: uint64(seq.Int64), MessageID: messageID.String,
+					SenderAccount: account.String, SenderDevice: device.String, Epoch: uint64(epoch.Int64),
+					Time: time.UnixMilli(created.Int64), Body: body, traceParent: tp.String})
+			case "i":
+				b.Inbox = append(b.Inbox, InboxItem{Seq: uint64(seq.Int64), Kind: int(kind.Int32), ChannelID: ch,
+					SenderAccount: account.String, SenderDevice: device.String, Time: time.UnixMilli(created.Int64), Body: body})
+			case "M":
+				b.More = true
+			default:
+				return fmt.Errorf("qpc_fetch returned a row of kind %q", what)
+			}
+		}
+		return nil
+	}, fetchPG, c.AccountID, c.DeviceID, afterIDs, afterSeqs, int64(min(after.Inbox, 1<<62)), now, limit, int64(budget))
 	if err != nil {
 		return Batch{}, nil, fmt.Errorf("delivery: fetch: %w", err)
 	}

@@ -770,3 +770,54 @@ func (db *DB) SetTxObserver(f func(kind string, took time.Duration)) {
 	}
 	db.pg.onTx.Store(&f)
 }
+
+// ReadStatementPG runs one query on PostgreSQL outside any explicit
+// transaction and hands its rows to scan (which must not keep them). One
+// statement reads one snapshot (a STABLE function's queries read the
+// calling statement's), so a read made of one statement is as consistent
+// as ReadTx's REPEATABLE READ transaction, without the BEGIN and ROLLBACK
+// round trips; docs/storage.md, "Fetch on PostgreSQL". It answers
+// ErrNotSupported on SQLite, whose reads cost no round trip.
+func (db *DB) ReadStatementPG(ctx context.Context, scan func(rows *sql.Rows) error, query string, args ...any) (err error) {
+	if db.pg == nil {
+		return ErrNotSupported
+	}
+	if err := db.beginPG(); err != nil {
+		return err
+	}
+	defer db.reads.Done()
+	if ctx2, span := tracing.Start(ctx, "db.read"); span.IsRecording() {
+		ctx = ctx2
+		defer func() {
+			tracing.Set(span, attribute.String(tracing.KeyDBSystem, "postgresql"))
+			if err != nil {
+				tracing.Fail(span, "read_failed")
+			}
+			span.End()
+		}()
+	}
+	return asDiskFull(db.pg.readStatement(ctx, scan, query, args), db.diskFullWhere())
+}
+
+func (e *pgEngine) readStatement(ctx context.Context, scan func(rows *sql.Rows) error, query string, args []any) error {
+	defer e.observe("read", time.Now())
+	ctx, cancel := context.WithTimeout(ctx, e.txTimeout)
+	defer cancel()
+	// The pool retries a pooled connection found broken (database/sql's
+	// ErrBadConn) on another, as begin does for transactions.
+	rows, err := e.pool.QueryContext(ctx, query, args...)
+	if err != nil {
+		return fmt.Errorf("store: read: %w", err)
+	}
+	if err := scan(rows); err != nil {
+		rows.Close()
+		return err
+	}
+	if err := rows.Close(); err != nil {
+		return fmt.Errorf("store: read: %w", err)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("store: read: %w", err)
+	}
+	return nil
+}
