@@ -1085,9 +1085,10 @@ func (x *EnqueueResponse) GetServerTimeUnixMs() int64 {
 }
 
 // EnqueueBatch carries up to 64 messages in one RPC (outbox flushes, bots).
-// Each item is handled exactly as its own Enqueue would be, in the order
-// given: its own message id (idempotent), sequence number, acknowledgement
-// and error; items may name different channels. The mls_message and
+// Each item is handled exactly as its own Enqueue would be: its own
+// message id (idempotent), sequence number, acknowledgement and error.
+// Items may name different channels; within a channel they are decided in
+// the order given, across channels independently. The mls_message and
 // group_info bytes of all items together are capped as one Enqueue's
 // (limits.max_payload_bytes). A server older than the method answers
 // NOT_FOUND "unknown method": send each message with Enqueue instead.
@@ -1145,7 +1146,8 @@ type EnqueueBatchResult struct {
 	Status Status `protobuf:"varint,1,opt,name=status,proto3,enum=qpc.v1.Status" json:"status,omitempty"`
 	// Human-readable detail of a failure; never contains secrets.
 	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
-	// With RESOURCE_EXHAUSTED or UNAVAILABLE: when to retry the item.
+	// With RESOURCE_EXHAUSTED: when to retry the item (0: do not, as for
+	// Enqueue).
 	RetryAfterMs uint32 `protobuf:"varint,3,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"`
 	// With STATUS_OK.
 	Response      *EnqueueResponse `protobuf:"bytes,4,opt,name=response,proto3" json:"response,omitempty"`
