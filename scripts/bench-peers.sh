@@ -6,6 +6,7 @@
 #   BENCH_QUICK=1 scripts/bench-peers.sh       # one short round of each: a smoke check
 #   SYSTEMS="qpcd-sqlcipher nats-sync" SENDERS=64 ROUNDS=5 scripts/bench-peers.sh
 #   BASE=main SYSTEMS="qpcd-sqlcipher qpcd-sqlcipher-base" ROUNDS=5 scripts/bench-peers.sh
+#   BATCH=16 scripts/bench-peers.sh            # the default systems plus the two -batch ones
 #
 # Systems, run interleaved round-robin (every system at every concurrency in
 # round 1, then round 2, ...) so that a change in the machine's load falls
@@ -31,6 +32,17 @@
 #                   built from REV, interleaved with this tree's, so that a
 #                   change is compared with its base under the same load
 #                   (on PostgreSQL in a database of its own)
+#   qpcd-sqlcipher-batch, qpcd-postgres-batch
+#                   qpc-bench -batch BATCH (default 16) against a qpcd of
+#                   their own (on PostgreSQL in a database of its own):
+#                   each sender sends BATCH messages per EnqueueBatch and
+#                   waits for its one answer (every message acknowledged
+#                   durable). Messages/s and CPU per message count
+#                   messages, not RPCs; ack latency is per RPC. Run when
+#                   listed in SYSTEMS, or added to the default list by
+#                   setting BATCH. Not the same workload as pgbench's one
+#                   row per transaction: a batch amortises one round trip
+#                   (and, with one channel, one commit) over BATCH messages.
 # CPU µs per message is summed over every process of the system (client and
 # servers; PostgreSQL's whole process tree, exited backends included),
 # divided by every message acknowledged while metered (warm-up included);
@@ -56,7 +68,8 @@ else
 fi
 DURATION=${DURATION%s} WARMUP=${WARMUP%s} # whole seconds (pgbench -T)
 SENDERS=${SENDERS:-"32 64"}
-SYSTEMS=${SYSTEMS:-"qpcd-sqlcipher qpcd-postgres nats-sync nats-default pgbench quic-bare"}
+SYSTEMS=${SYSTEMS:-"qpcd-sqlcipher qpcd-postgres nats-sync nats-default pgbench quic-bare${BATCH:+ qpcd-sqlcipher-batch qpcd-postgres-batch}"}
+BATCH_N=${BATCH:-16}               # messages per EnqueueBatch for the -batch systems
 SIZE=${SIZE:-1024}
 CHANNELS=${CHANNELS:-1}            # qpcd: group channels the senders are spread over (qpc-bench -channels)
 BENCH_OUT=${BENCH_OUT:-bench-out}
@@ -67,18 +80,19 @@ PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1
 
 log() { echo "bench-peers: $*" >&2; }
 die() { log "$*"; exit 1; }
-for v in ROUNDS DURATION WARMUP SIZE CHANNELS; do
+for v in ROUNDS DURATION WARMUP SIZE CHANNELS BATCH_N; do
 	[[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -gt 0 ] || die "$v=${!v}: want a positive whole number (seconds for DURATION and WARMUP)"
 done
 for s in $SYSTEMS; do
 	case $s in qpcd-sqlcipher | qpcd-postgres | nats-sync | nats-default | pgbench | quic-bare) ;;
 	qpcd-sqlcipher-base | qpcd-postgres-base) [ -n "${BASE:-}" ] || die "$s needs BASE=REV (the revision to build it from)" ;;
+	qpcd-sqlcipher-batch | qpcd-postgres-batch) [ "$BATCH_N" -le 64 ] || die "BATCH=$BATCH_N: EnqueueBatch carries at most 64" ;;
 	*) die "unknown system $s" ;;
 	esac
 done
 wants() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 for t in jq curl python3 /usr/bin/time; do command -v "$t" >/dev/null || die "needs $t"; done
-if wants qpcd-postgres || wants qpcd-postgres-base || wants pgbench; then
+if wants qpcd-postgres || wants qpcd-postgres-base || wants qpcd-postgres-batch || wants pgbench; then
 	[ -x "$PGBIN/initdb" ] && [ -x "$PGBIN/pgbench" ] || die "needs PostgreSQL's server and pgbench (Debian: postgresql); PGBIN=$PGBIN"
 fi
 
@@ -135,7 +149,7 @@ if [ "$(id -u)" = 0 ]; then asuser=(runuser -u postgres --); fi
 pg() { "${asuser[@]}" "$PGBIN/pg_ctl" -D "$tmp/pg" -l "$tmp/pg/server.log" "$@"; }
 chmod 755 "$tmp"
 pgversion=
-if wants qpcd-postgres || wants qpcd-postgres-base || wants pgbench; then
+if wants qpcd-postgres || wants qpcd-postgres-base || wants qpcd-postgres-batch || wants pgbench; then
 	mkdir "$tmp/pg"
 	[ ${#asuser[@]} -gt 0 ] && chown postgres "$tmp/pg"
 	"${asuser[@]}" "$PGBIN/initdb" -D "$tmp/pg" -U postgres --auth=trust -E UTF8 >/dev/null
@@ -160,6 +174,7 @@ if wants qpcd-postgres || wants qpcd-postgres-base || wants pgbench; then
 	export PGHOST=127.0.0.1 PGPORT PGUSER=postgres
 	"$PGBIN/createdb" qpc
 	"$PGBIN/createdb" qpc_base
+	"$PGBIN/createdb" qpc_batch
 	[ -n "${PG_STATEMENTS:-}" ] && "$PGBIN/psql" -q -d postgres -c 'CREATE EXTENSION pg_stat_statements'
 	"$PGBIN/createdb" pgb
 	"$PGBIN/psql" -q -d pgb -c 'CREATE TABLE bench_rows (id bigserial PRIMARY KEY, body bytea NOT NULL)'
@@ -204,6 +219,8 @@ wants qpcd-sqlcipher && startqpcd qpcd-sqlcipher sqlcipher
 wants qpcd-postgres && startqpcd qpcd-postgres postgres
 wants qpcd-sqlcipher-base && startqpcd qpcd-sqlcipher-base sqlcipher bin/qpcd-base
 wants qpcd-postgres-base && startqpcd qpcd-postgres-base postgres bin/qpcd-base qpc_base
+wants qpcd-sqlcipher-batch && startqpcd qpcd-sqlcipher-batch sqlcipher
+wants qpcd-postgres-batch && startqpcd qpcd-postgres-batch postgres bin/qpcd qpc_batch
 
 # --- NATS -------------------------------------------------------------------
 declare -A nurl npid
@@ -272,9 +289,10 @@ runone() { # system senders round
 	local sys=$1 n=$2 r=$3 raw="$tmp/runs/$1-$2-$3" l0
 	l0=$(load1)
 	case $sys in
-	qpcd-sqlcipher | qpcd-postgres | qpcd-sqlcipher-base | qpcd-postgres-base)
+	qpcd-sqlcipher | qpcd-postgres | qpcd-sqlcipher-base | qpcd-postgres-base | qpcd-sqlcipher-batch | qpcd-postgres-batch)
 		local extra=()
 		[[ $sys == qpcd-postgres* ]] && extra=(-cpu-tree "$postmaster")
+		[[ $sys == *-batch ]] && extra+=(-batch "$BATCH_N")
 		# PROFILE=S: a CPU profile of qpcd over S seconds after the warm-up.
 		# With it, an allocation profile over the same span (a delta:
 		# allocs?seconds=S), to be read with -sample_index=alloc_space.
@@ -368,7 +386,7 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 jq -s --slurpfile rounds "$tmp/rounds.jsonl" --arg systems "$SYSTEMS" \
 	--arg cpu "$cpu" --argjson nproc "$(nproc)" --arg kernel "$(uname -r)" --arg go "$(go env GOVERSION)" \
 	--arg pg "$pgversion" --arg nats "$(bin/nats-server --version | awk '{print $2}')" --arg commit "$commit" \
-	--arg date "$(date -u +%FT%TZ)" --argjson duration "$DURATION" --argjson warmup "$WARMUP" --argjson size "$SIZE" --argjson channels "$CHANNELS" \
+	--arg date "$(date -u +%FT%TZ)" --argjson duration "$DURATION" --argjson warmup "$WARMUP" --argjson size "$SIZE" --argjson channels "$CHANNELS" --argjson batch "$BATCH_N" \
 	--argjson quick "$([ -n "$quick" ] && echo true || echo false)" '
 	def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
 		else (.[length / 2 - 1] + .[length / 2]) / 2 end;
@@ -376,7 +394,7 @@ jq -s --slurpfile rounds "$tmp/rounds.jsonl" --arg systems "$SYSTEMS" \
 	($systems | split(" ") | map(select(. != ""))) as $order |
 	{machine: {cpu: $cpu, nproc: $nproc, kernel: $kernel, go: $go, postgres: $pg, nats_server: $nats},
 	 commit: $commit, date: $date, quick: $quick,
-	 config: {duration_s: $duration, warmup_s: $warmup, size_bytes: $size, qpcd_channels: $channels, rounds: ($rounds | length)},
+	 config: {duration_s: $duration, warmup_s: $warmup, size_bytes: $size, qpcd_channels: $channels, qpcd_batch: $batch, rounds: ($rounds | length)},
 	 rounds: $rounds,
 	 rows: (group_by([.system, .senders]) | map((map(select(.failed | not))) as $ok | {
 		system: .[0].system, senders: .[0].senders, runs: ($ok | length), failed_runs: (map(select(.failed)) | length),

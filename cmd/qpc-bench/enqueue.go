@@ -195,18 +195,22 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 					errs.Add(1)
 					return
 				}
-				var r qpcv1.EnqueueResponse
-				err = d.call(ctx, server.MethodEnqueue, &qpcv1.EnqueueRequest{ChannelId: channel, MessageId: newMessageID(), MlsMessage: msg}, &r)
-				if err != nil {
-					if ctx.Err() == nil {
-						errs.Add(1)
-						firstErr.CompareAndSwap(nil, fmt.Sprintf("sender %d: %v", i, err))
-					}
+				acked, err := send(ctx, d, channel, msg, o.batch)
+				if err != nil && ctx.Err() == nil {
+					errs.Add(int64(o.batch - acked))
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("sender %d: %v", i, err))
+				}
+				if acked == 0 {
 					continue
 				}
-				sent.Add(1)
-				if w.count(at) {
-					mine = append(mine, time.Since(at))
+				sent.Add(int64(acked))
+				lat := time.Since(at)
+				counted := false
+				for range acked {
+					counted = w.count(at)
+				}
+				if counted {
+					mine = append(mine, lat)
 				}
 			}
 		}()
@@ -230,7 +234,7 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 	r := report{Mode: "enqueue", Clients: o.clients, Receivers: o.receivers, Size: o.size, TargetRate: o.rate,
 		Seconds: w.seconds(stopped), Requests: w.counted(), Errors: errs.Load(), RPC: rpcLat.summary(),
 		Delivery: delLat.summary(), ServerInPro: o.serve, CPUPerReq: cpuPerReq,
-		Channels: len(channels), Sent: sent.Load(), ServerCPU: serverCPU, CommCPU: commUsed, TreeCPU: treeUsed}
+		Channels: len(channels), Batch: o.batch, Sent: sent.Load(), ServerCPU: serverCPU, CommCPU: commUsed, TreeCPU: treeUsed}
 	if n := sent.Load(); n > 0 {
 		r.ServerCPUPerReq = serverCPU / float64(n)
 		r.CommCPUPerReq = commUsed / float64(n)
@@ -246,6 +250,40 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 		fmt.Fprintf(stderr, "qpc-bench: receivers got %d of %d deliveries\n", got, want)
 	}
 	return finish(r), nil
+}
+
+// send enqueues msg into channel: alone with Enqueue (batch 1), or batch
+// copies of it (each under its own message id) with one EnqueueBatch. It
+// returns how many were acknowledged, and the first error.
+func send(ctx context.Context, d *device, channel, msg []byte, batch int) (int, error) {
+	if batch == 1 {
+		var r qpcv1.EnqueueResponse
+		if err := d.call(ctx, server.MethodEnqueue, &qpcv1.EnqueueRequest{ChannelId: channel, MessageId: newMessageID(), MlsMessage: msg}, &r); err != nil {
+			return 0, err
+		}
+		return 1, nil
+	}
+	req := &qpcv1.EnqueueBatchRequest{Items: make([]*qpcv1.EnqueueRequest, batch)}
+	for k := range req.Items {
+		req.Items[k] = &qpcv1.EnqueueRequest{ChannelId: channel, MessageId: newMessageID(), MlsMessage: msg}
+	}
+	var r qpcv1.EnqueueBatchResponse
+	if err := d.call(ctx, server.MethodEnqueueBatch, req, &r); err != nil {
+		return 0, err
+	}
+	ok := 0
+	var first error
+	for k, it := range r.GetResults() {
+		if it.GetStatus() == qpcv1.Status_STATUS_OK {
+			ok++
+		} else if first == nil {
+			first = fmt.Errorf("item %d: %v: %s", k, it.GetStatus(), it.GetMessage())
+		}
+	}
+	if len(r.GetResults()) != batch && first == nil {
+		first = fmt.Errorf("%d results for %d items", len(r.GetResults()), batch)
+	}
+	return ok, first
 }
 
 // acceptAll accepts the device's pending invitations and acknowledges its

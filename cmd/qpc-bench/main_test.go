@@ -18,6 +18,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"-addr", "192.0.2.1:7443", "-mode", "enqueue"}, // not loopback
 		{"-size", "1"},
 		{"-channels", "0"},
+		{"-batch", "0"},
+		{"-batch", "65"},
 		{"-mode", "idle"}, // no -ops to read qpcd's metrics from
 		{"-cpu-tree", "-1"},
 		{"extra"},
@@ -58,16 +60,16 @@ func TestBothModesInProcess(t *testing.T) {
 	}
 }
 
-// Senders spread over several channels: every message still reaches the
-// receivers, who are members of all of them.
-func TestEnqueueChannels(t *testing.T) {
+// runReport runs qpc-bench with args plus -json and returns its one
+// report and what it printed.
+func runReport(t *testing.T, args ...string) (report, string) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("starts a server")
 	}
 	out := filepath.Join(t.TempDir(), "r.json")
 	var stdout, stderr bytes.Buffer
-	code := run(context.Background(), []string{"-mode", "enqueue", "-serve", "-n", "4", "-channels", "3", "-receivers", "1",
-		"-duration", "500ms", "-warmup", "100ms", "-json", out}, &stdout, &stderr)
+	code := run(context.Background(), append(args, "-json", out), &stdout, &stderr)
 	if code != exitOK {
 		t.Fatalf("exit %d: %s %s", code, stdout.String(), stderr.String())
 	}
@@ -79,8 +81,27 @@ func TestEnqueueChannels(t *testing.T) {
 	if err := json.Unmarshal(b, &rs); err != nil || len(rs) != 1 {
 		t.Fatalf("json: %v %s", err, b)
 	}
-	if r := rs[0]; r.Channels != 3 || r.Requests == 0 || r.Errors != 0 || r.Delivered == 0 || r.Sent < r.Requests {
+	return rs[0], stdout.String()
+}
+
+// Senders spread over several channels: every message still reaches the
+// receivers, who are members of all of them.
+func TestEnqueueChannels(t *testing.T) {
+	r, _ := runReport(t, "-mode", "enqueue", "-serve", "-n", "4", "-channels", "3", "-receivers", "1", "-duration", "500ms", "-warmup", "100ms")
+	if r.Channels != 3 || r.Requests == 0 || r.Errors != 0 || r.Delivered == 0 || r.Sent < r.Requests {
 		t.Fatalf("report: %+v", r)
+	}
+}
+
+// With -batch each sender sends EnqueueBatch; messages are counted one by
+// one and all reach the receiver.
+func TestEnqueueBatchMode(t *testing.T) {
+	r, stdout := runReport(t, "-mode", "enqueue", "-serve", "-n", "3", "-batch", "8", "-receivers", "1", "-duration", "500ms", "-warmup", "100ms")
+	if r.Batch != 8 || r.Requests == 0 || r.Requests%8 != 0 || r.Sent%8 != 0 || r.Errors != 0 || r.Delivered < r.Requests || r.RPC.Count*8 != int(r.Requests) {
+		t.Fatalf("report: %+v", r)
+	}
+	if !strings.Contains(stdout, "8 messages per EnqueueBatch") {
+		t.Fatalf("the table does not say the batch: %s", stdout)
 	}
 }
 

@@ -40,6 +40,7 @@ type options struct {
 	serverPID  int
 	warmup     time.Duration
 	channels   int
+	batch      int
 	cpuComm    string
 	cpuTree    int
 	ops        string
@@ -68,6 +69,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (with -serve: client and server)")
 	fs.IntVar(&o.serverPID, "server-pid", 0, "qpcd's process id, to add its CPU time to the per-request CPU figure (Linux)")
 	fs.IntVar(&o.channels, "channels", 1, "enqueue mode: group channels the senders are spread over (sender i uses channel i%N; every receiver is in all of them)")
+	fs.IntVar(&o.batch, "batch", 1, "enqueue mode: messages per RPC; above 1 each sender sends EnqueueBatch with this many (up to 64), and rates and CPU are counted per message")
 	fs.StringVar(&o.cpuComm, "cpu-comm", "", "also report the CPU time of every process with this command name (e.g. postgres) per request (Linux)")
 	fs.IntVar(&o.cpuTree, "cpu-tree", 0, "also report the CPU time of this process and all its descendants, exited ones included (e.g. PostgreSQL's postmaster), per request (Linux)")
 	fs.StringVar(&o.ops, "ops", "", "idle mode: qpcd's ops_listen address (its /metrics, and /debug/pprof with ops_pprof=on)")
@@ -95,6 +97,8 @@ func parse(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-size %d: want 64..1048576", o.size)
 	case o.channels < 1 || o.channels > 1024:
 		return o, fmt.Errorf("-channels %d: want 1..1024", o.channels)
+	case o.batch < 1 || o.batch > 64:
+		return o, fmt.Errorf("-batch %d: want 1..64 (EnqueueBatch carries at most 64)", o.batch)
 	case o.cpuTree < 0:
 		return o, fmt.Errorf("-cpu-tree %d: want a process id", o.cpuTree)
 	case o.rate < 0:
@@ -134,6 +138,11 @@ type report struct {
 	CPUCapacity float64 `json:"cpu_bound_per_s,omitempty"`
 	// Channels is how many group channels the senders were spread over.
 	Channels int `json:"channels,omitempty"`
+	// Batch is the messages per RPC (-batch; EnqueueBatch above 1).
+	// Requests, Throughput, Sent and the CPU figures count messages;
+	// rpc_latency is per RPC (every message of a batch is acknowledged
+	// with it).
+	Batch int `json:"batch,omitempty"`
 	// Sent is every acknowledged enqueue while the CPU was metered
 	// (warm-up included), the divisor of the CPU figures.
 	Sent int64 `json:"sent,omitempty"`
@@ -239,6 +248,9 @@ func printTable(w io.Writer, rs []report) {
 		if r.ServerCPUPerReq > 0 || r.CommCPUPerReq > 0 || r.TreeCPUPerReq > 0 {
 			fmt.Fprintf(w, "  %s: channels %d, cpu µs/req: qpcd %.0f, -cpu-comm processes %.0f, -cpu-tree processes %.0f\n",
 				r.Mode, r.Channels, r.ServerCPUPerReq, r.CommCPUPerReq, r.TreeCPUPerReq)
+		}
+		if r.Batch > 1 {
+			fmt.Fprintf(w, "  %s: %d messages per EnqueueBatch; requests, req/s and cpu µs/req count messages, rpc latency is per batch\n", r.Mode, r.Batch)
 		}
 	}
 	var base, enq float64

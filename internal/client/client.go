@@ -116,7 +116,12 @@ type Client struct {
 
 	authMu sync.Mutex // serialises login and refresh
 	sendMu sync.Mutex // serialises outbox flushes
-	syncMu sync.Mutex // serialises fetches
+	// noBatchUntil (under sendMu): the server answered EnqueueBatch with
+	// "unknown method" (older than the method); until then Flush sends
+	// one Enqueue per message, and asks again afterwards (it may have
+	// been upgraded).
+	noBatchUntil time.Time
+	syncMu       sync.Mutex // serialises fetches
 	// groupMu serialises changes of MLS group state within this process;
 	// across processes the write transaction (BEGIN IMMEDIATE) that loads,
 	// changes and saves a state does.

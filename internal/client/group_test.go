@@ -54,6 +54,19 @@ func events(t *testing.T, c *Client, channel string) []string {
 	return out
 }
 
+// team makes the group "team" owned by owner and invites each member
+// (acceptAll accepts for them).
+func team(t *testing.T, owner *Client, members ...string) {
+	t.Helper()
+	ctx := ctxT(t)
+	if err := owner.CreateGroup(ctx, "team"); err != nil {
+		t.Fatal(err)
+	}
+	if err := owner.AddMembers(ctx, "team", members); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func send(t *testing.T, c *Client, channel, text string) {
 	t.Helper()
 	if _, err := c.Send(ctxT(t), channel, text, ""); err != nil {
@@ -372,12 +385,7 @@ func TestRestartMidConversation(t *testing.T) {
 	}
 	bob := registered(t, srv, "bob")
 	ctx := ctxT(t)
-	if err := alice.CreateGroup(ctx, "team"); err != nil {
-		t.Fatal(err)
-	}
-	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
-		t.Fatal(err)
-	}
+	team(t, alice, "bob")
 	acceptAll(t, bob)
 	send(t, alice, "team", "before")
 	texts(t, bob, "team")

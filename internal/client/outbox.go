@@ -291,73 +291,192 @@ func (c *Client) Flush(ctx context.Context) (_ FlushReport, err error) {
 			return rep, err
 		}
 		stale := false
-		for i, e := range pending {
+		for i := 0; i < len(pending) && !stale; i++ {
+			if run := c.batchRun(pending[i:]); len(run) > 1 {
+				n, st, err := c.flushBatch(ctx, run, &rep, &redo)
+				var nse *NotSentError
+				switch {
+				case errors.As(err, &nse) && nse.Pending == 0:
+					// Some entries of the batch stay pending: so do those
+					// after it, in order.
+					rep.Pending = n + len(pending) - i - len(run)
+					nse.Pending = rep.Pending
+					return rep, nse
+				case err != nil:
+					return rep, err
+				case n >= 0:
+					stale = st
+					i += len(run) - 1
+					continue
+				}
+				// n < 0: not sent as a batch (an older server, or the call
+				// refused as a whole); this entry goes alone.
+			}
+			e := pending[i]
 			if err := c.reprotectOld(ctx, &e); err != nil {
 				return rep, err
 			}
 			var resp qpcv1.EnqueueResponse
 			err := c.call(ctx, "Enqueue", &qpcv1.EnqueueRequest{ChannelId: e.ChannelID, MessageId: e.MessageID, MlsMessage: e.mls, GroupInfo: e.gi}, &resp)
-			var se *wire.StatusError
-			var ahead *GroupAheadError
-			if errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_STALE_EPOCH {
-				ahead = c.groupAhead(ctx, e.ChannelID)
+			o, cause, err := c.settle(ctx, e, &resp, err, &rep, &redo)
+			if err != nil {
+				return rep, err
 			}
-			switch {
-			case err == nil:
-				if err := c.accepted(ctx, e, &resp); err != nil {
-					return rep, err
-				}
-				rep.Sent++
-				if err := c.afterAccept(ctx, &rep); err != nil {
-					return rep, err
-				}
-				continue
-			case ahead != nil:
-				// The server was restored to an earlier epoch of the group:
-				// redoing cannot help until the lost commit is sent again.
-				c.bumpAttempts(ctx, e.ID, ahead)
+			switch o {
+			case outcomeNotSent:
 				rep.Pending = len(pending) - i
-				return rep, &NotSentError{Pending: rep.Pending, Err: ahead}
-			case errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_STALE_EPOCH && e.Replay && e.kind != "app":
-				// A change made before the server restore that no longer
-				// fits the channel (another commit took its epoch).
-				rep.Failed++
-				if err := c.lostInRestore(ctx, e, err); err != nil {
-					return rep, err
-				}
-				continue
-			case errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_STALE_EPOCH && e.kind != "raw":
-				if redo >= maxRedo {
-					return rep, fmt.Errorf("client: still refused after %d redos: %w", redo, err)
-				}
-				redo++
-				rep.Redone++
-				if err := c.redo(ctx, e, err); err != nil {
-					return rep, err
-				}
-				stale = true
-			case IsRefusal(err) || (errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_STALE_EPOCH):
-				rep.Failed++
-				if err := c.refused(ctx, e, err); err != nil {
-					return rep, err
-				}
-				continue
-			default:
-				// Not a refusal: the server unreachable, its certificate
-				// changed, a deadline, a busy or failing server. The entry
-				// and those after it stay pending, in order.
-				c.bumpAttempts(ctx, e.ID, err)
-				rep.Pending = len(pending) - i
-				return rep, &NotSentError{Pending: rep.Pending, Err: err}
-			}
-			if stale {
-				break // the outbox changed: read it again
+				return rep, &NotSentError{Pending: rep.Pending, Err: cause}
+			case outcomeRedone:
+				stale = true // the outbox changed: read it again
 			}
 		}
 		if !stale {
 			return rep, nil
 		}
 	}
+}
+
+// What settle did with the server's answer to one entry.
+type outcome int
+
+const (
+	outcomeDone    outcome = iota // accepted, or refused for good
+	outcomeRedone                 // STALE_EPOCH: redone; the outbox changed
+	outcomeNotSent                // not a refusal: the entry stays pending
+)
+
+// settle acts on the server's answer to one outbox entry, sent alone or in
+// a batch: resp and err are what its Enqueue returned. With outcomeNotSent,
+// cause is why; err is a failure of the client itself.
+func (c *Client) settle(ctx context.Context, e OutboxEntry, resp *qpcv1.EnqueueResponse, sendErr error, rep *FlushReport, redo *int) (o outcome, cause, err error) {
+	var se *wire.StatusError
+	stale := errors.As(sendErr, &se) && se.Code == qpcv1.Status_STATUS_STALE_EPOCH
+	var ahead *GroupAheadError
+	if stale {
+		ahead = c.groupAhead(ctx, e.ChannelID)
+	}
+	switch {
+	case sendErr == nil:
+		if err := c.accepted(ctx, e, resp); err != nil {
+			return 0, nil, err
+		}
+		rep.Sent++
+		return outcomeDone, nil, c.afterAccept(ctx, rep)
+	case ahead != nil:
+		// The server was restored to an earlier epoch of the group:
+		// redoing cannot help until the lost commit is sent again.
+		c.bumpAttempts(ctx, e.ID, ahead)
+		return outcomeNotSent, ahead, nil
+	case stale && e.Replay && e.kind != "app":
+		// A change made before the server restore that no longer fits
+		// the channel (another commit took its epoch).
+		rep.Failed++
+		return outcomeDone, nil, c.lostInRestore(ctx, e, sendErr)
+	case stale && e.kind != "raw":
+		if *redo >= maxRedo {
+			return 0, nil, fmt.Errorf("client: still refused after %d redos: %w", *redo, sendErr)
+		}
+		*redo++
+		rep.Redone++
+		return outcomeRedone, nil, c.redo(ctx, e, sendErr)
+	case IsRefusal(sendErr) || stale:
+		rep.Failed++
+		return outcomeDone, nil, c.refused(ctx, e, sendErr)
+	default:
+		// Not a refusal: the server unreachable, its certificate changed,
+		// a deadline, a busy or failing server. The entry stays pending.
+		c.bumpAttempts(ctx, e.ID, sendErr)
+		return outcomeNotSent, sendErr, nil
+	}
+}
+
+// Bounds of one EnqueueBatch from Flush: the server's item cap, and a
+// share of the smallest payload cap a server is configured with in
+// practice, so a batch never meets the frame cap (a larger message goes
+// alone).
+const (
+	flushBatchMax      = 64
+	flushBatchMaxBytes = 1 << 20
+	// noBatchFor: after an "unknown method" answer, how long Flush sends
+	// one Enqueue per message before asking the server again.
+	noBatchFor = 10 * time.Minute
+)
+
+// batchRun returns the entries at the head of pending that may go in one
+// EnqueueBatch: consecutive application messages (no commits, proposals
+// or raw messages, whose answers change what the next entry must be), up
+// to the batch caps. Fewer than two: send alone.
+func (c *Client) batchRun(pending []OutboxEntry) []OutboxEntry {
+	if c.now().Before(c.noBatchUntil) {
+		return nil
+	}
+	size := 0
+	n := 0
+	for n < len(pending) && n < flushBatchMax {
+		e := pending[n]
+		if e.kind != "app" || len(e.gi) > 0 || size+len(e.mls) > flushBatchMaxBytes {
+			break
+		}
+		size += len(e.mls)
+		n++
+	}
+	return pending[:n]
+}
+
+// flushBatch sends run with one EnqueueBatch and settles every entry by
+// its own result, in order: an accepted one is marked sent, a refused one
+// failed, a stale one redone; one that failed for a passing reason (rate
+// limit, an unavailable database) stays pending alone while the others
+// are settled, and the flush stops after the batch with a *NotSentError
+// (Pending 0: the caller counts). n is how many stayed pending; n < 0
+// (with no error): nothing was sent as a batch, send the entries alone.
+func (c *Client) flushBatch(ctx context.Context, run []OutboxEntry, rep *FlushReport, redo *int) (n int, stale bool, err error) {
+	req := &qpcv1.EnqueueBatchRequest{Items: make([]*qpcv1.EnqueueRequest, len(run))}
+	for i := range run {
+		if err := c.reprotectOld(ctx, &run[i]); err != nil {
+			return 0, false, err
+		}
+		e := run[i]
+		req.Items[i] = &qpcv1.EnqueueRequest{ChannelId: e.ChannelID, MessageId: e.MessageID, MlsMessage: e.mls}
+	}
+	var resp qpcv1.EnqueueBatchResponse
+	err = c.call(ctx, "EnqueueBatch", req, &resp)
+	if olderServer(err) {
+		c.noBatchUntil = c.now().Add(noBatchFor)
+		c.log.Debug("client: the server has no EnqueueBatch; sending one message per call", "err", err)
+		return -1, false, nil
+	}
+	if err != nil || len(resp.GetResults()) != len(run) {
+		// Refused as a whole (a rate limit, the server busy or gone, an
+		// answer that does not fit): the entries go alone, and the first
+		// meets whatever stopped the batch.
+		return -1, false, nil
+	}
+	var first error
+	for i, e := range run {
+		r := resp.GetResults()[i]
+		var sendErr error
+		if r.GetStatus() != qpcv1.Status_STATUS_OK {
+			sendErr = &wire.StatusError{Code: r.GetStatus(), Message: r.GetMessage(), RetryAfter: time.Duration(r.GetRetryAfterMs()) * time.Millisecond}
+		}
+		o, cause, err := c.settle(ctx, e, r.GetResponse(), sendErr, rep, redo)
+		if err != nil {
+			return 0, false, err
+		}
+		switch o {
+		case outcomeNotSent:
+			n++
+			if first == nil {
+				first = cause
+			}
+		case outcomeRedone:
+			stale = true
+		}
+	}
+	if n > 0 {
+		return n, stale, &NotSentError{Err: first}
+	}
+	return 0, stale, nil
 }
 
 // accepted marks an entry sent and, for a commit, merges it into the group

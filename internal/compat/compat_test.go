@@ -234,3 +234,78 @@ func TestCompatOldClientAccountEvent(t *testing.T) {
 	bob.recvUntil("me too")
 	s.stop()
 }
+
+// TestCompatNewClientBatchOnOldServer: the new qpc flushes messages that
+// waited in its outbox with EnqueueBatch. The old qpcd does not know the
+// method (NOT_FOUND "unknown method"); the new qpc then sends each message
+// with Enqueue, and every one arrives once, in order. Against the new qpcd
+// the same flush is one EnqueueBatch and no Enqueue, so the test sees
+// which path was taken. (The old qpc never calls the method: its side is
+// TestCompatLifecycle.)
+func TestCompatNewClientBatchOnOldServer(t *testing.T) {
+	needOld(t)
+	for _, srvRel := range []release{oldRel, newRel} {
+		t.Run("qpcd="+short(srvRel), func(t *testing.T) {
+			s := newServer(t, backends(t)[0])
+			s.start(srvRel)
+			alice, bob := newUser(t, "alice", newRel), newUser(t, "bob", newRel)
+			for _, u := range []*user{alice, bob} {
+				u.ok("init", "--server", s.listen, "--pin", s.pin)
+				u.ok("register", u.name)
+			}
+			alice.ok("group", "create", "team")
+			alice.ok("group", "add", "team", "bob")
+			if srvRel.name == newRel.name {
+				bob.acceptInvitations()
+			}
+			alice.ok("send", "team", "before")
+			bob.recvUntil("before")
+
+			s.stop()
+			want := []string{"queued 1", "queued 2", "queued 3", "queued 4"}
+			for _, text := range want {
+				alice.run("--timeout", "3s", "send", "team", text)
+			}
+			pending := 0
+			for _, e := range alice.jsonOK("outbox") {
+				if e["status"] == "pending" {
+					pending++
+				}
+			}
+			if pending != len(want) {
+				t.Fatalf("%d messages pending in the outbox after %d sends with qpcd stopped, want all of them", pending, len(want))
+			}
+			s.start(srvRel)
+			enq0, batch0 := s.rpcCount(t, "Enqueue"), s.rpcCount(t, "EnqueueBatch")
+			alice.ok("send", "team", "after")
+			want = append(want, "after")
+			got := bob.recvUntil(want...)
+			last := -1
+			for _, w := range want {
+				i := indexOf(got, w)
+				if count(got, w) != 1 || i < last {
+					t.Fatalf("bob received %q; want each of %q once, in order", got, want)
+				}
+				last = i
+			}
+			enq, batch := s.rpcCount(t, "Enqueue")-enq0, s.rpcCount(t, "EnqueueBatch")-batch0
+			if srvRel.name == newRel.name && (batch != 1 || enq != 0) {
+				t.Fatalf("new qpcd: the flush of 5 pending messages made %v EnqueueBatch and %v Enqueue calls; want one batch", batch, enq)
+			}
+			if srvRel.name == oldRel.name && enq != 5 {
+				t.Fatalf("old qpcd: the flush of 5 pending messages made %v Enqueue calls; want 5 (one each, after the unknown method)", enq)
+			}
+			figure(t, "qpcd=%s: 5 pending messages flushed with %v EnqueueBatch and %v Enqueue calls", short(srvRel), batch, enq)
+			s.stop()
+		})
+	}
+}
+
+func indexOf(list []string, s string) int {
+	for i, v := range list {
+		if v == s {
+			return i
+		}
+	}
+	return -1
+}

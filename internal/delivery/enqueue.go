@@ -103,9 +103,106 @@ type Enqueued struct {
 // messages are accepted for the current epoch and EpochsBehind earlier
 // ones. groupInfo, with a commit, replaces the channel's GroupInfo.
 func (s *Service) Enqueue(ctx context.Context, c Caller, id []byte, messageID string, msg, groupInfo []byte) (Enqueued, error) {
-	rpcSpan := trace.SpanFromContext(ctx)
-	ctx, span := tracing.Start(ctx, "delivery.enqueue")
-	res, kind, err := s.enqueue(ctx, c, id, messageID, msg, groupInfo)
+	return s.finishEnqueue(s.startEnqueue(ctx, c, EnqueueItem{ChannelID: id, MessageID: messageID, MLSMessage: msg, GroupInfo: groupInfo}))
+}
+
+// MaxBatchItems is how many messages one EnqueueBatch carries at most
+// (EnqueueBatchRequest.items).
+const MaxBatchItems = 64
+
+// EnqueueItem is one message of EnqueueBatch.
+type EnqueueItem struct {
+	ChannelID  []byte
+	MessageID  string
+	MLSMessage []byte
+	GroupInfo  []byte
+}
+
+// BatchResult is the outcome of one EnqueueBatch item: what its own
+// Enqueue would have returned.
+type BatchResult struct {
+	Enqueued
+	Err error
+}
+
+// EnqueueBatch enqueues items as if each were its own Enqueue call, in the
+// order given (an item sees the writes of the earlier ones, a later item
+// of the same channel gets a later seq), and returns one result each: its
+// own seq, duplicate flag, error, metrics and audit event. Items may name
+// different channels. They are all queued before the first is waited for,
+// so they share group commits (SQLite's writer, PostgreSQL's per-channel
+// batches) instead of each waiting for its own; every result, an error or
+// not, is final and durable as Enqueue's. The call as a whole is refused
+// with ErrInvalidRequest above MaxBatchItems items, and with ErrTooLarge
+// when the items' payloads together pass the payload cap.
+func (s *Service) EnqueueBatch(ctx context.Context, c Caller, items []EnqueueItem) ([]BatchResult, error) {
+	if err := s.CheckBatch(items); err != nil {
+		return nil, err
+	}
+	ops := make([]*enqueueOp, len(items))
+	for i, it := range items {
+		ops[i] = s.startEnqueue(ctx, c, it)
+	}
+	out := make([]BatchResult, len(items))
+	for i, op := range ops {
+		out[i].Enqueued, out[i].Err = s.finishEnqueue(op)
+	}
+	return out, nil
+}
+
+// CheckBatch applies EnqueueBatch's caps to the batch as a whole: 1 to
+// MaxBatchItems items (ErrInvalidRequest), and the items' payloads
+// together within the payload cap (ErrTooLarge).
+func (s *Service) CheckBatch(items []EnqueueItem) error {
+	if len(items) == 0 || len(items) > MaxBatchItems {
+		return fmt.Errorf("delivery: enqueue batch: %w: %d items, 1..%d per batch", ErrInvalidRequest, len(items), MaxBatchItems)
+	}
+	total := 0
+	for _, it := range items {
+		total += len(it.MLSMessage) + len(it.GroupInfo)
+	}
+	if total > s.maxPayload {
+		return fmt.Errorf("delivery: enqueue batch: %w: the items hold %d bytes together, at most %d (limits.max_payload_bytes); send fewer per batch",
+			ErrTooLarge, total, s.maxPayload)
+	}
+	return nil
+}
+
+// enqueueOp is one message between startEnqueue, which checks it and
+// queues its write, and finishEnqueue, which waits for the write and
+// accounts for it.
+type enqueueOp struct {
+	ctx     context.Context // carries the delivery.enqueue span
+	rpcSpan trace.Span
+	span    trace.Span
+	c       Caller
+	item    EnqueueItem
+	// err: refused before its write was queued; otherwise wait gives
+	// the write's outcome.
+	err  error
+	wait func() (Enqueued, int, error)
+}
+
+// startEnqueue checks one message and queues its write without waiting
+// for it.
+func (s *Service) startEnqueue(ctx context.Context, c Caller, it EnqueueItem) *enqueueOp {
+	op := &enqueueOp{rpcSpan: trace.SpanFromContext(ctx), c: c, item: it}
+	op.ctx, op.span = tracing.Start(ctx, "delivery.enqueue")
+	op.wait, op.err = s.queueEnqueue(op.ctx, c, it.ChannelID, it.MessageID, it.MLSMessage, it.GroupInfo)
+	return op
+}
+
+// finishEnqueue waits for op's write and counts, traces, wakes and audits
+// its outcome.
+func (s *Service) finishEnqueue(op *enqueueOp) (Enqueued, error) {
+	ctx, c, span := op.ctx, op.c, op.span
+	id, msg, groupInfo := op.item.ChannelID, op.item.MLSMessage, op.item.GroupInfo
+	var res Enqueued
+	var kind int
+	err := op.err
+	if err == nil {
+		res, kind, err = op.wait()
+	}
 	result := "ok"
 	switch {
 	case err == nil && res.Duplicate:
@@ -131,7 +228,7 @@ func (s *Service) Enqueue(ctx context.Context, c Caller, id []byte, messageID st
 	}
 	s.metrics.enqueued.WithLabelValues(label, result).Inc()
 	if span.IsRecording() {
-		tracing.Set(rpcSpan, tracing.ChannelKind(label))
+		tracing.Set(op.rpcSpan, tracing.ChannelKind(label))
 		tracing.Set(span, tracing.ChannelKind(label), tracing.Result(result), tracing.Int(tracing.KeyPayloadSize, len(msg)))
 		if err != nil {
 			tracing.Fail(span, result)
@@ -155,32 +252,35 @@ func (s *Service) Enqueue(ctx context.Context, c Caller, id []byte, messageID st
 	return res, nil
 }
 
-func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID string, msg, groupInfo []byte) (Enqueued, int, error) {
+// queueEnqueue checks one message and queues its write: on SQLite to the
+// one writer, on PostgreSQL to the channel's runner. wait returns the
+// outcome; err is a refusal before anything was queued.
+func (s *Service) queueEnqueue(ctx context.Context, c Caller, id []byte, messageID string, msg, groupInfo []byte) (wait func() (Enqueued, int, error), err error) {
 	if len(id) != ChannelIDSize {
-		return Enqueued{}, 0, fmt.Errorf("%w: channel id is %d bytes", ErrInvalidRequest, len(id))
+		return nil, fmt.Errorf("%w: channel id is %d bytes", ErrInvalidRequest, len(id))
 	}
 	if messageID == "" || len(messageID) > 64 {
-		return Enqueued{}, 0, fmt.Errorf("%w: message id must be 1..64 bytes", ErrInvalidRequest)
+		return nil, fmt.Errorf("%w: message id must be 1..64 bytes", ErrInvalidRequest)
 	}
 	if !utf8.ValidString(messageID) || strings.ContainsRune(messageID, 0) {
 		// PostgreSQL's text refuses NUL, and one bad id must not fail the
 		// batch it would share with other senders' messages.
-		return Enqueued{}, 0, fmt.Errorf("%w: message id must be UTF-8 text without NUL", ErrInvalidRequest)
+		return nil, fmt.Errorf("%w: message id must be UTF-8 text without NUL", ErrInvalidRequest)
 	}
 	if len(msg)+len(groupInfo) > s.maxPayload {
-		return Enqueued{}, 0, fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, len(msg)+len(groupInfo), s.maxPayload)
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, len(msg)+len(groupInfo), s.maxPayload)
 	}
 	f, err := ParseFraming(msg)
 	if err != nil {
-		return Enqueued{}, 0, err
+		return nil, err
 	}
 	isCommit := f.ContentType == mls.ContentTypeCommit
 	if len(groupInfo) > 0 && !isCommit {
-		return Enqueued{}, 0, fmt.Errorf("%w: group_info only comes with a commit", ErrInvalidRequest)
+		return nil, fmt.Errorf("%w: group_info only comes with a commit", ErrInvalidRequest)
 	}
 	if isCommit && len(groupInfo) > 0 {
 		if err := parseGroupInfo(groupInfo, f.GroupID, f.Epoch+1); err != nil {
-			return Enqueued{}, 0, err
+			return nil, err
 		}
 	}
 	now := s.now()
@@ -192,12 +292,12 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 	}
 	if s.db.Backend() == store.BackendPostgres {
 		// Batched per channel under the channel's row lock (enqueue_pg.go).
-		return s.enqueuePG(ctx, c, id, messageID, msg, groupInfo, req, now)
+		return s.queueEnqueuePG(ctx, c, id, messageID, msg, groupInfo, req, now)
 	}
 	var res Enqueued
 	var kind int
 	// SQLite: the one writer serialises the enqueues and group-commits them.
-	err = s.db.WriteTx(ctx, func(tx *sql.Tx) error {
+	waitTx := s.db.QueueWriteTx(ctx, func(tx *sql.Tx) error {
 		res, kind = Enqueued{Time: now}, 0
 		st, err := s.loadEnqueueState(ctx, tx, c, id, messageID)
 		if err != nil {
@@ -236,7 +336,10 @@ func (s *Service) enqueue(ctx context.Context, c Caller, id []byte, messageID st
 		res.Seq, res.Epoch = plan.seq, plan.epoch
 		return nil
 	})
-	return res, kind, err
+	return func() (Enqueued, int, error) {
+		err := waitTx()
+		return res, kind, err
+	}, nil
 }
 
 // enqueueState is what an enqueue decision rests on, loaded in the write

@@ -90,12 +90,14 @@ type enqueueBatcher struct {
 	queues map[string][]*pgEnqueue
 }
 
-// enqueuePG stores one message through its channel's runner and waits for
-// the outcome. If ctx ends before the runner took the request it is never
-// stored; once taken, the real outcome is returned.
-func (s *Service) enqueuePG(ctx context.Context, c Caller, id []byte, messageID string, msg, groupInfo []byte, req enqueueRequest, now time.Time) (Enqueued, int, error) {
+// queueEnqueuePG queues one message for its channel's runner and returns
+// at once; wait gives the outcome. Messages one goroutine queues for a
+// channel are decided in that order. If ctx ends before the runner took
+// the request it is never stored; once taken, wait returns the real
+// outcome.
+func (s *Service) queueEnqueuePG(ctx context.Context, c Caller, id []byte, messageID string, msg, groupInfo []byte, req enqueueRequest, now time.Time) (wait func() (Enqueued, int, error), err error) {
 	if err := ctx.Err(); err != nil {
-		return Enqueued{}, 0, err
+		return nil, err
 	}
 	r := &pgEnqueue{ctx: ctx, c: c, messageID: messageID, msg: msg, groupInfo: groupInfo, req: req, now: now, done: make(chan pgEnqueued, 1)}
 	key := string(id)
@@ -109,16 +111,18 @@ func (s *Service) enqueuePG(ctx context.Context, c Caller, id []byte, messageID 
 		// the id (the key), not from the request's buffer.
 		go s.runEnqueues(key)
 	}
-	select {
-	case out := <-r.done:
-		return out.res, out.kind, out.err
-	case <-ctx.Done():
-		if r.state.CompareAndSwap(pgQueued, pgCancelled) {
-			return Enqueued{}, 0, ctx.Err()
+	return func() (Enqueued, int, error) {
+		select {
+		case out := <-r.done:
+			return out.res, out.kind, out.err
+		case <-ctx.Done():
+			if r.state.CompareAndSwap(pgQueued, pgCancelled) {
+				return Enqueued{}, 0, ctx.Err()
+			}
+			out := <-r.done
+			return out.res, out.kind, out.err
 		}
-		out := <-r.done
-		return out.res, out.kind, out.err
-	}
+	}, nil
 }
 
 // runEnqueues is a channel's runner: it stores the channel's queued

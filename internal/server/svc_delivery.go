@@ -20,6 +20,7 @@ const (
 	MethodRemoveMembers      = "RemoveMembers"
 	MethodListChannels       = "ListChannels"
 	MethodEnqueue            = "Enqueue"
+	MethodEnqueueBatch       = "EnqueueBatch"
 	MethodSendToInbox        = "SendToInbox"
 	MethodFetch              = "Fetch"
 	MethodFetchWait          = "FetchWait"
@@ -93,6 +94,19 @@ func (s *Server) allowBytes(ctx context.Context, c delivery.Caller, n int) error
 	return s.byteLimits.allowN(ctx, scopeAccountBytes, c.AccountID, n)
 }
 
+// allowAgain takes what one more call would take from the caller's
+// buckets (IP, account, device): a batch's further items each pay as a
+// call of their own would.
+func (s *Server) allowAgain(ctx context.Context, call *Call, c delivery.Caller) error {
+	if err := s.admitIP(ctx, call); err != nil {
+		return err
+	}
+	if err := s.limits.allow(ctx, scopeAccount, c.AccountID); err != nil {
+		return err
+	}
+	return s.limits.allow(ctx, scopeDevice, c.DeviceID)
+}
+
 func (s *Server) closeDelivery() error {
 	if s.delivery != nil {
 		return s.delivery.Close()
@@ -107,6 +121,7 @@ func (s *Server) registerDelivery(t map[string]*method) {
 	register(t, MethodRemoveMembers, false, s.removeMembers)
 	register(t, MethodListChannels, false, s.listChannels)
 	register(t, MethodEnqueue, false, s.enqueue)
+	register(t, MethodEnqueueBatch, false, s.enqueueBatch)
 	register(t, MethodSendToInbox, false, s.sendToInbox)
 	register(t, MethodFetch, false, s.fetch)
 	register(t, MethodFetchWait, false, s.fetchWait)
@@ -233,6 +248,63 @@ func (s *Server) enqueue(ctx context.Context, call *Call, req *qpcv1.EnqueueRequ
 		return nil, err
 	}
 	return &qpcv1.EnqueueResponse{Seq: r.Seq, Epoch: r.Epoch, Duplicate: r.Duplicate, ServerTimeUnixMs: r.Time.UnixMilli()}, nil
+}
+
+// enqueueBatch answers each item as its own Enqueue would be answered.
+// Every item counts against the rate limits (the call's own tokens pay for
+// the first; each further item takes one more from the IP, account and
+// device buckets) and the byte rate; an item refused there gets its own
+// RESOURCE_EXHAUSTED and is not stored, the others go on.
+func (s *Server) enqueueBatch(ctx context.Context, call *Call, req *qpcv1.EnqueueBatchRequest) (*qpcv1.EnqueueBatchResponse, error) {
+	c, err := caller(call)
+	if err != nil {
+		return nil, err
+	}
+	items := make([]delivery.EnqueueItem, len(req.GetItems()))
+	for i, it := range req.GetItems() {
+		items[i] = delivery.EnqueueItem{ChannelID: it.GetChannelId(), MessageID: it.GetMessageId(), MLSMessage: it.GetMlsMessage(), GroupInfo: it.GetGroupInfo()}
+	}
+	if err := s.delivery.CheckBatch(items); err != nil {
+		return nil, err
+	}
+	errs := make([]error, len(items))
+	admitted := make([]delivery.EnqueueItem, 0, len(items))
+	for i, it := range items {
+		if i > 0 {
+			errs[i] = s.allowAgain(ctx, call, c)
+		}
+		if errs[i] == nil {
+			errs[i] = s.allowBytes(ctx, c, len(it.MLSMessage)+len(it.GroupInfo))
+		}
+		if errs[i] == nil {
+			errs[i] = s.checkGroupInfoSuite(ctx, c, it.ChannelID, it.GroupInfo)
+		}
+		if errs[i] == nil {
+			admitted = append(admitted, it)
+		}
+	}
+	var res []delivery.BatchResult
+	if len(admitted) > 0 {
+		if res, err = s.delivery.EnqueueBatch(ctx, c, admitted); err != nil {
+			return nil, err
+		}
+	}
+	out := &qpcv1.EnqueueBatchResponse{Results: make([]*qpcv1.EnqueueBatchResult, len(items))}
+	for i := range items {
+		if errs[i] == nil {
+			r := res[0]
+			res = res[1:]
+			if errs[i] = r.Err; errs[i] == nil {
+				out.Results[i] = &qpcv1.EnqueueBatchResult{Status: qpcv1.Status_STATUS_OK,
+					Response: &qpcv1.EnqueueResponse{Seq: r.Seq, Epoch: r.Epoch, Duplicate: r.Duplicate, ServerTimeUnixMs: r.Time.UnixMilli()}}
+				continue
+			}
+		}
+		st := s.rpc.toStatus(ctx, call, errs[i])
+		out.Results[i] = &qpcv1.EnqueueBatchResult{Status: st.Code, Message: st.Message,
+			RetryAfterMs: uint32(min(st.RetryAfter.Milliseconds(), int64(^uint32(0))))}
+	}
+	return out, nil
 }
 
 func (s *Server) sendToInbox(ctx context.Context, call *Call, req *qpcv1.SendToInboxRequest) (*qpcv1.SendToInboxResponse, error) {

@@ -97,27 +97,43 @@ func (r *request) wait() error {
 // If ctx ends while fn is still queued, fn never runs and WriteTx returns
 // ctx's error; once fn has started, WriteTx waits for the real outcome.
 func (db *DB) WriteTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	return db.QueueWriteTx(ctx, fn)()
+}
+
+// QueueWriteTx queues fn as WriteTx does but returns at once; the returned
+// wait gives fn's outcome exactly as WriteTx would have, and must be
+// called. Functions one goroutine queues one after another run in that
+// order (each sees the writes of the earlier ones that succeeded), so a
+// caller with several independent writes queues them all, then waits for
+// each: they share the writer's group commits instead of paying for one
+// commit each. On PostgreSQL fn runs at once, in its own transaction,
+// before QueueWriteTx returns.
+func (db *DB) QueueWriteTx(ctx context.Context, fn func(tx *sql.Tx) error) (wait func() error) {
 	if fn == nil {
-		return errors.New("store: WriteTx with nil function")
+		return func() error { return errors.New("store: WriteTx with nil function") }
 	}
 	if db.pg != nil {
-		return db.classify(db.pgWrite(ctx, sql.LevelSerializable, fn))
+		err := db.classify(db.pgWrite(ctx, sql.LevelSerializable, fn))
+		return func() error { return err }
 	}
 	r := &request{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	ctx, span := tracing.Start(ctx, "db.write")
 	if span.IsRecording() {
 		r.traced, r.queued = true, time.Now()
-		defer span.End()
 	}
 	if err := db.enqueue(ctx, db.queue, r); err != nil {
 		tracing.Fail(span, "not_queued")
+		span.End()
+		return func() error { return err }
+	}
+	return func() error {
+		err := db.classify(r.wait())
+		if r.traced {
+			traceWrite(ctx, span, r, err)
+			span.End()
+		}
 		return err
 	}
-	err := db.classify(r.wait())
-	if r.traced {
-		traceWrite(ctx, span, r, err)
-	}
-	return err
 }
 
 // traceWrite records a traced write's phases as children of its db.write

@@ -58,6 +58,14 @@ func deliveryGolden() map[string]proto.Message {
 		"delivery_enqueue_request": &qpcv1.EnqueueRequest{ChannelId: goldenChannelID(1), MessageId: "6f1c1c1e-8a43-4c5e-9a43-8f0e6f2d9a10",
 			MlsMessage: []byte{0, 1, 0, 2, 7}, GroupInfo: []byte{0, 1, 0, 4, 8}},
 		"delivery_enqueue_response": &qpcv1.EnqueueResponse{Seq: 43, Epoch: 4, Duplicate: true, ServerTimeUnixMs: 1764000000000},
+		"delivery_enqueue_batch_request": &qpcv1.EnqueueBatchRequest{Items: []*qpcv1.EnqueueRequest{
+			{ChannelId: goldenChannelID(1), MessageId: "6f1c1c1e-8a43-4c5e-9a43-8f0e6f2d9a10", MlsMessage: []byte{0, 1, 0, 2, 7}, GroupInfo: []byte{0, 1, 0, 4, 8}},
+			{ChannelId: goldenChannelID(3), MessageId: "6f1c1c1e-8a43-4c5e-9a43-8f0e6f2d9a11", MlsMessage: []byte{0, 1, 0, 2, 8}}}},
+		"delivery_enqueue_batch_response": &qpcv1.EnqueueBatchResponse{Results: []*qpcv1.EnqueueBatchResult{
+			{Status: qpcv1.Status_STATUS_OK, Response: &qpcv1.EnqueueResponse{Seq: 43, Epoch: 4, ServerTimeUnixMs: 1764000000000}},
+			{Status: qpcv1.Status_STATUS_OK, Response: &qpcv1.EnqueueResponse{Seq: 7, Epoch: 1, Duplicate: true, ServerTimeUnixMs: 1764000000000}},
+			{Status: qpcv1.Status_STATUS_STALE_EPOCH, Message: "delivery: enqueue: delivery: stale epoch: commit for epoch 3, the channel is at epoch 4"},
+			{Status: qpcv1.Status_STATUS_RESOURCE_EXHAUSTED, Message: "rate limit (device) exceeded; retry later", RetryAfterMs: 250}}},
 		"delivery_send_to_inbox_request": &qpcv1.SendToInboxRequest{Recipients: []*qpcv1.InboxRecipient{{AccountName: "bob", DeviceId: "d2"}},
 			ChannelId: goldenChannelID(1), Kind: qpcv1.InboxKind_INBOX_KIND_WELCOME, Payload: []byte{0, 1, 0, 3, 9}},
 		"delivery_send_to_inbox_response": &qpcv1.SendToInboxResponse{Delivered: 1},

@@ -1084,6 +1084,182 @@ func (x *EnqueueResponse) GetServerTimeUnixMs() int64 {
 	return 0
 }
 
+// EnqueueBatch carries up to 64 messages in one RPC (outbox flushes, bots).
+// Each item is handled exactly as its own Enqueue would be: its own
+// message id (idempotent), sequence number, acknowledgement and error.
+// Items may name different channels; within a channel they are decided in
+// the order given, across channels independently. The mls_message and
+// group_info bytes of all items together are capped as one Enqueue's
+// (limits.max_payload_bytes). A server older than the method answers
+// NOT_FOUND "unknown method": send each message with Enqueue instead.
+type EnqueueBatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Items         []*EnqueueRequest      `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnqueueBatchRequest) Reset() {
+	*x = EnqueueBatchRequest{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnqueueBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnqueueBatchRequest) ProtoMessage() {}
+
+func (x *EnqueueBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnqueueBatchRequest.ProtoReflect.Descriptor instead.
+func (*EnqueueBatchRequest) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *EnqueueBatchRequest) GetItems() []*EnqueueRequest {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+// The outcome of one EnqueueBatchRequest item.
+type EnqueueBatchResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// STATUS_OK: stored (or an earlier copy found: response.duplicate), and
+	// durable. Anything else is the status that item's Enqueue would have
+	// got (STALE_EPOCH, RESOURCE_EXHAUSTED for a quota, a rate limit or a
+	// payload too large, PERMISSION_DENIED, ...); nothing of it was stored.
+	Status Status `protobuf:"varint,1,opt,name=status,proto3,enum=qpc.v1.Status" json:"status,omitempty"`
+	// Human-readable detail of a failure; never contains secrets.
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// With RESOURCE_EXHAUSTED: when to retry the item (0: do not, as for
+	// Enqueue).
+	RetryAfterMs uint32 `protobuf:"varint,3,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"`
+	// With STATUS_OK.
+	Response      *EnqueueResponse `protobuf:"bytes,4,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnqueueBatchResult) Reset() {
+	*x = EnqueueBatchResult{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnqueueBatchResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnqueueBatchResult) ProtoMessage() {}
+
+func (x *EnqueueBatchResult) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnqueueBatchResult.ProtoReflect.Descriptor instead.
+func (*EnqueueBatchResult) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *EnqueueBatchResult) GetStatus() Status {
+	if x != nil {
+		return x.Status
+	}
+	return Status_STATUS_UNSPECIFIED
+}
+
+func (x *EnqueueBatchResult) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *EnqueueBatchResult) GetRetryAfterMs() uint32 {
+	if x != nil {
+		return x.RetryAfterMs
+	}
+	return 0
+}
+
+func (x *EnqueueBatchResult) GetResponse() *EnqueueResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+// results[i] answers items[i]; a request the server refuses as a whole
+// (over the item or byte cap, unauthenticated) gets an error status and
+// no results.
+type EnqueueBatchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*EnqueueBatchResult  `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnqueueBatchResponse) Reset() {
+	*x = EnqueueBatchResponse{}
+	mi := &file_qpc_v1_delivery_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnqueueBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnqueueBatchResponse) ProtoMessage() {}
+
+func (x *EnqueueBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qpc_v1_delivery_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnqueueBatchResponse.ProtoReflect.Descriptor instead.
+func (*EnqueueBatchResponse) Descriptor() ([]byte, []int) {
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *EnqueueBatchResponse) GetResults() []*EnqueueBatchResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 type InboxRecipient struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	AccountName   string                 `protobuf:"bytes,1,opt,name=account_name,json=accountName,proto3" json:"account_name,omitempty"`
@@ -1094,7 +1270,7 @@ type InboxRecipient struct {
 
 func (x *InboxRecipient) Reset() {
 	*x = InboxRecipient{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[15]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1282,7 @@ func (x *InboxRecipient) String() string {
 func (*InboxRecipient) ProtoMessage() {}
 
 func (x *InboxRecipient) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[15]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1295,7 @@ func (x *InboxRecipient) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxRecipient.ProtoReflect.Descriptor instead.
 func (*InboxRecipient) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{15}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *InboxRecipient) GetAccountName() string {
@@ -1150,7 +1326,7 @@ type SendToInboxRequest struct {
 
 func (x *SendToInboxRequest) Reset() {
 	*x = SendToInboxRequest{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[16]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1338,7 @@ func (x *SendToInboxRequest) String() string {
 func (*SendToInboxRequest) ProtoMessage() {}
 
 func (x *SendToInboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[16]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1351,7 @@ func (x *SendToInboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendToInboxRequest.ProtoReflect.Descriptor instead.
 func (*SendToInboxRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{16}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SendToInboxRequest) GetRecipients() []*InboxRecipient {
@@ -1215,7 +1391,7 @@ type SendToInboxResponse struct {
 
 func (x *SendToInboxResponse) Reset() {
 	*x = SendToInboxResponse{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[17]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1227,7 +1403,7 @@ func (x *SendToInboxResponse) String() string {
 func (*SendToInboxResponse) ProtoMessage() {}
 
 func (x *SendToInboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[17]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1240,7 +1416,7 @@ func (x *SendToInboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendToInboxResponse.ProtoReflect.Descriptor instead.
 func (*SendToInboxResponse) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{17}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SendToInboxResponse) GetDelivered() uint32 {
@@ -1271,7 +1447,7 @@ type ChannelMessage struct {
 
 func (x *ChannelMessage) Reset() {
 	*x = ChannelMessage{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[18]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1283,7 +1459,7 @@ func (x *ChannelMessage) String() string {
 func (*ChannelMessage) ProtoMessage() {}
 
 func (x *ChannelMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[18]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1296,7 +1472,7 @@ func (x *ChannelMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChannelMessage.ProtoReflect.Descriptor instead.
 func (*ChannelMessage) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{18}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ChannelMessage) GetChannelId() []byte {
@@ -1377,7 +1553,7 @@ type InboxItem struct {
 
 func (x *InboxItem) Reset() {
 	*x = InboxItem{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[19]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1389,7 +1565,7 @@ func (x *InboxItem) String() string {
 func (*InboxItem) ProtoMessage() {}
 
 func (x *InboxItem) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[19]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1402,7 +1578,7 @@ func (x *InboxItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxItem.ProtoReflect.Descriptor instead.
 func (*InboxItem) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{19}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *InboxItem) GetSeq() uint64 {
@@ -1469,7 +1645,7 @@ type FetchRequest struct {
 
 func (x *FetchRequest) Reset() {
 	*x = FetchRequest{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[20]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1481,7 +1657,7 @@ func (x *FetchRequest) String() string {
 func (*FetchRequest) ProtoMessage() {}
 
 func (x *FetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[20]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1494,7 +1670,7 @@ func (x *FetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
 func (*FetchRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{20}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *FetchRequest) GetLimit() uint32 {
@@ -1532,7 +1708,7 @@ type FetchWaitRequest struct {
 
 func (x *FetchWaitRequest) Reset() {
 	*x = FetchWaitRequest{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[21]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1544,7 +1720,7 @@ func (x *FetchWaitRequest) String() string {
 func (*FetchWaitRequest) ProtoMessage() {}
 
 func (x *FetchWaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[21]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1557,7 +1733,7 @@ func (x *FetchWaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchWaitRequest.ProtoReflect.Descriptor instead.
 func (*FetchWaitRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{21}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *FetchWaitRequest) GetTimeoutMs() uint32 {
@@ -1615,7 +1791,7 @@ type FetchResponse struct {
 
 func (x *FetchResponse) Reset() {
 	*x = FetchResponse{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[22]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1627,7 +1803,7 @@ func (x *FetchResponse) String() string {
 func (*FetchResponse) ProtoMessage() {}
 
 func (x *FetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[22]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1640,7 +1816,7 @@ func (x *FetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchResponse.ProtoReflect.Descriptor instead.
 func (*FetchResponse) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{22}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *FetchResponse) GetMessages() []*ChannelMessage {
@@ -1688,7 +1864,7 @@ type ChannelCursor struct {
 
 func (x *ChannelCursor) Reset() {
 	*x = ChannelCursor{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[23]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1700,7 +1876,7 @@ func (x *ChannelCursor) String() string {
 func (*ChannelCursor) ProtoMessage() {}
 
 func (x *ChannelCursor) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[23]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1713,7 +1889,7 @@ func (x *ChannelCursor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChannelCursor.ProtoReflect.Descriptor instead.
 func (*ChannelCursor) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{23}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ChannelCursor) GetChannelId() []byte {
@@ -1742,7 +1918,7 @@ type AckRequest struct {
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[24]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +1930,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[24]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +1943,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{24}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AckRequest) GetCursors() []*ChannelCursor {
@@ -1792,7 +1968,7 @@ type AckResponse struct {
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[25]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1804,7 +1980,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[25]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1817,7 +1993,7 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{25}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{28}
 }
 
 type GetGroupInfoRequest struct {
@@ -1829,7 +2005,7 @@ type GetGroupInfoRequest struct {
 
 func (x *GetGroupInfoRequest) Reset() {
 	*x = GetGroupInfoRequest{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[26]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +2017,7 @@ func (x *GetGroupInfoRequest) String() string {
 func (*GetGroupInfoRequest) ProtoMessage() {}
 
 func (x *GetGroupInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[26]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +2030,7 @@ func (x *GetGroupInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetGroupInfoRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{26}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetGroupInfoRequest) GetChannelId() []byte {
@@ -1875,7 +2051,7 @@ type GetGroupInfoResponse struct {
 
 func (x *GetGroupInfoResponse) Reset() {
 	*x = GetGroupInfoResponse{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[27]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1887,7 +2063,7 @@ func (x *GetGroupInfoResponse) String() string {
 func (*GetGroupInfoResponse) ProtoMessage() {}
 
 func (x *GetGroupInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[27]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1900,7 +2076,7 @@ func (x *GetGroupInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetGroupInfoResponse) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{27}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetGroupInfoResponse) GetGroupInfo() []byte {
@@ -1940,7 +2116,7 @@ type Invitation struct {
 
 func (x *Invitation) Reset() {
 	*x = Invitation{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[28]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1952,7 +2128,7 @@ func (x *Invitation) String() string {
 func (*Invitation) ProtoMessage() {}
 
 func (x *Invitation) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[28]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1965,7 +2141,7 @@ func (x *Invitation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Invitation.ProtoReflect.Descriptor instead.
 func (*Invitation) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{28}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Invitation) GetInvitationId() string {
@@ -2061,7 +2237,7 @@ type MembershipEvent struct {
 
 func (x *MembershipEvent) Reset() {
 	*x = MembershipEvent{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[29]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2073,7 +2249,7 @@ func (x *MembershipEvent) String() string {
 func (*MembershipEvent) ProtoMessage() {}
 
 func (x *MembershipEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[29]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2086,7 +2262,7 @@ func (x *MembershipEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembershipEvent.ProtoReflect.Descriptor instead.
 func (*MembershipEvent) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{29}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *MembershipEvent) GetType() MembershipEventType {
@@ -2160,7 +2336,7 @@ type ListInvitationsRequest struct {
 
 func (x *ListInvitationsRequest) Reset() {
 	*x = ListInvitationsRequest{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[30]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2172,7 +2348,7 @@ func (x *ListInvitationsRequest) String() string {
 func (*ListInvitationsRequest) ProtoMessage() {}
 
 func (x *ListInvitationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[30]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2185,7 +2361,7 @@ func (x *ListInvitationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInvitationsRequest.ProtoReflect.Descriptor instead.
 func (*ListInvitationsRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{30}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{33}
 }
 
 type ListInvitationsResponse struct {
@@ -2197,7 +2373,7 @@ type ListInvitationsResponse struct {
 
 func (x *ListInvitationsResponse) Reset() {
 	*x = ListInvitationsResponse{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[31]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2209,7 +2385,7 @@ func (x *ListInvitationsResponse) String() string {
 func (*ListInvitationsResponse) ProtoMessage() {}
 
 func (x *ListInvitationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[31]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2222,7 +2398,7 @@ func (x *ListInvitationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInvitationsResponse.ProtoReflect.Descriptor instead.
 func (*ListInvitationsResponse) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{31}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListInvitationsResponse) GetInvitations() []*Invitation {
@@ -2244,7 +2420,7 @@ type AcceptInvitationRequest struct {
 
 func (x *AcceptInvitationRequest) Reset() {
 	*x = AcceptInvitationRequest{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[32]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2256,7 +2432,7 @@ func (x *AcceptInvitationRequest) String() string {
 func (*AcceptInvitationRequest) ProtoMessage() {}
 
 func (x *AcceptInvitationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[32]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2269,7 +2445,7 @@ func (x *AcceptInvitationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptInvitationRequest.ProtoReflect.Descriptor instead.
 func (*AcceptInvitationRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{32}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AcceptInvitationRequest) GetInvitationId() string {
@@ -2289,7 +2465,7 @@ type AcceptInvitationResponse struct {
 
 func (x *AcceptInvitationResponse) Reset() {
 	*x = AcceptInvitationResponse{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[33]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2301,7 +2477,7 @@ func (x *AcceptInvitationResponse) String() string {
 func (*AcceptInvitationResponse) ProtoMessage() {}
 
 func (x *AcceptInvitationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[33]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2314,7 +2490,7 @@ func (x *AcceptInvitationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptInvitationResponse.ProtoReflect.Descriptor instead.
 func (*AcceptInvitationResponse) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{33}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AcceptInvitationResponse) GetChannel() *Channel {
@@ -2341,7 +2517,7 @@ type DeclineInvitationRequest struct {
 
 func (x *DeclineInvitationRequest) Reset() {
 	*x = DeclineInvitationRequest{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[34]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2353,7 +2529,7 @@ func (x *DeclineInvitationRequest) String() string {
 func (*DeclineInvitationRequest) ProtoMessage() {}
 
 func (x *DeclineInvitationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[34]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2366,7 +2542,7 @@ func (x *DeclineInvitationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeclineInvitationRequest.ProtoReflect.Descriptor instead.
 func (*DeclineInvitationRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{34}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DeclineInvitationRequest) GetInvitationId() string {
@@ -2384,7 +2560,7 @@ type DeclineInvitationResponse struct {
 
 func (x *DeclineInvitationResponse) Reset() {
 	*x = DeclineInvitationResponse{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[35]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2396,7 +2572,7 @@ func (x *DeclineInvitationResponse) String() string {
 func (*DeclineInvitationResponse) ProtoMessage() {}
 
 func (x *DeclineInvitationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[35]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2409,7 +2585,7 @@ func (x *DeclineInvitationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeclineInvitationResponse.ProtoReflect.Descriptor instead.
 func (*DeclineInvitationResponse) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{35}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{38}
 }
 
 // BlockAccount: the account's invitations (and DMs) to the caller are
@@ -2424,7 +2600,7 @@ type BlockAccountRequest struct {
 
 func (x *BlockAccountRequest) Reset() {
 	*x = BlockAccountRequest{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[36]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2436,7 +2612,7 @@ func (x *BlockAccountRequest) String() string {
 func (*BlockAccountRequest) ProtoMessage() {}
 
 func (x *BlockAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[36]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2449,7 +2625,7 @@ func (x *BlockAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockAccountRequest.ProtoReflect.Descriptor instead.
 func (*BlockAccountRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{36}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *BlockAccountRequest) GetAccountName() string {
@@ -2468,7 +2644,7 @@ type BlockAccountResponse struct {
 
 func (x *BlockAccountResponse) Reset() {
 	*x = BlockAccountResponse{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[37]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2480,7 +2656,7 @@ func (x *BlockAccountResponse) String() string {
 func (*BlockAccountResponse) ProtoMessage() {}
 
 func (x *BlockAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[37]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2493,7 +2669,7 @@ func (x *BlockAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockAccountResponse.ProtoReflect.Descriptor instead.
 func (*BlockAccountResponse) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{37}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *BlockAccountResponse) GetInvitationsDeclined() uint32 {
@@ -2512,7 +2688,7 @@ type UnblockAccountRequest struct {
 
 func (x *UnblockAccountRequest) Reset() {
 	*x = UnblockAccountRequest{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[38]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2524,7 +2700,7 @@ func (x *UnblockAccountRequest) String() string {
 func (*UnblockAccountRequest) ProtoMessage() {}
 
 func (x *UnblockAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[38]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2537,7 +2713,7 @@ func (x *UnblockAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnblockAccountRequest.ProtoReflect.Descriptor instead.
 func (*UnblockAccountRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{38}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *UnblockAccountRequest) GetAccountName() string {
@@ -2555,7 +2731,7 @@ type UnblockAccountResponse struct {
 
 func (x *UnblockAccountResponse) Reset() {
 	*x = UnblockAccountResponse{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[39]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2567,7 +2743,7 @@ func (x *UnblockAccountResponse) String() string {
 func (*UnblockAccountResponse) ProtoMessage() {}
 
 func (x *UnblockAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[39]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2580,7 +2756,7 @@ func (x *UnblockAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnblockAccountResponse.ProtoReflect.Descriptor instead.
 func (*UnblockAccountResponse) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{39}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{42}
 }
 
 type ListBlockedRequest struct {
@@ -2591,7 +2767,7 @@ type ListBlockedRequest struct {
 
 func (x *ListBlockedRequest) Reset() {
 	*x = ListBlockedRequest{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[40]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2603,7 +2779,7 @@ func (x *ListBlockedRequest) String() string {
 func (*ListBlockedRequest) ProtoMessage() {}
 
 func (x *ListBlockedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[40]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2616,7 +2792,7 @@ func (x *ListBlockedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBlockedRequest.ProtoReflect.Descriptor instead.
 func (*ListBlockedRequest) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{40}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{43}
 }
 
 type BlockedAccount struct {
@@ -2630,7 +2806,7 @@ type BlockedAccount struct {
 
 func (x *BlockedAccount) Reset() {
 	*x = BlockedAccount{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[41]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2642,7 +2818,7 @@ func (x *BlockedAccount) String() string {
 func (*BlockedAccount) ProtoMessage() {}
 
 func (x *BlockedAccount) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[41]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2655,7 +2831,7 @@ func (x *BlockedAccount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockedAccount.ProtoReflect.Descriptor instead.
 func (*BlockedAccount) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{41}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *BlockedAccount) GetAccountId() string {
@@ -2688,7 +2864,7 @@ type ListBlockedResponse struct {
 
 func (x *ListBlockedResponse) Reset() {
 	*x = ListBlockedResponse{}
-	mi := &file_qpc_v1_delivery_proto_msgTypes[42]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2700,7 +2876,7 @@ func (x *ListBlockedResponse) String() string {
 func (*ListBlockedResponse) ProtoMessage() {}
 
 func (x *ListBlockedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qpc_v1_delivery_proto_msgTypes[42]
+	mi := &file_qpc_v1_delivery_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2713,7 +2889,7 @@ func (x *ListBlockedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBlockedResponse.ProtoReflect.Descriptor instead.
 func (*ListBlockedResponse) Descriptor() ([]byte, []int) {
-	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{42}
+	return file_qpc_v1_delivery_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListBlockedResponse) GetBlocked() []*BlockedAccount {
@@ -2727,7 +2903,7 @@ var File_qpc_v1_delivery_proto protoreflect.FileDescriptor
 
 const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\n" +
-	"\x15qpc/v1/delivery.proto\x12\x06qpc.v1\x1a\x14qpc/v1/options.proto\"]\n" +
+	"\x15qpc/v1/delivery.proto\x12\x06qpc.v1\x1a\x15qpc/v1/envelope.proto\x1a\x14qpc/v1/options.proto\"]\n" +
 	"\tMemberRef\x12+\n" +
 	"\faccount_name\x18\x01 \x01(\tB\b\x92\x82\x19\x04\x10 \x18\x01R\vaccountName\x12#\n" +
 	"\tdevice_id\x18\x02 \x01(\tB\x06\x92\x82\x19\x02\x10@R\bdeviceId\"s\n" +
@@ -2792,7 +2968,16 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1c\n" +
 	"\tduplicate\x18\x03 \x01(\bR\tduplicate\x12-\n" +
-	"\x13server_time_unix_ms\x18\x04 \x01(\x03R\x10serverTimeUnixMs\"d\n" +
+	"\x13server_time_unix_ms\x18\x04 \x01(\x03R\x10serverTimeUnixMs\"K\n" +
+	"\x13EnqueueBatchRequest\x124\n" +
+	"\x05items\x18\x01 \x03(\v2\x16.qpc.v1.EnqueueRequestB\x06\x92\x82\x19\x02 @R\x05items\"\xb1\x01\n" +
+	"\x12EnqueueBatchResult\x12&\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x0e.qpc.v1.StatusR\x06status\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12$\n" +
+	"\x0eretry_after_ms\x18\x03 \x01(\rR\fretryAfterMs\x123\n" +
+	"\bresponse\x18\x04 \x01(\v2\x17.qpc.v1.EnqueueResponseR\bresponse\"L\n" +
+	"\x14EnqueueBatchResponse\x124\n" +
+	"\aresults\x18\x01 \x03(\v2\x1a.qpc.v1.EnqueueBatchResultR\aresults\"d\n" +
 	"\x0eInboxRecipient\x12+\n" +
 	"\faccount_name\x18\x01 \x01(\tB\b\x92\x82\x19\x04\x10 \x18\x01R\vaccountName\x12%\n" +
 	"\tdevice_id\x18\x02 \x01(\tB\b\x92\x82\x19\x04\x10@\x18\x01R\bdeviceId\"\xcb\x01\n" +
@@ -2948,7 +3133,7 @@ func file_qpc_v1_delivery_proto_rawDescGZIP() []byte {
 }
 
 var file_qpc_v1_delivery_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_qpc_v1_delivery_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_qpc_v1_delivery_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_qpc_v1_delivery_proto_goTypes = []any{
 	(ChannelType)(0),                   // 0: qpc.v1.ChannelType
 	(InboxKind)(0),                     // 1: qpc.v1.InboxKind
@@ -2968,34 +3153,38 @@ var file_qpc_v1_delivery_proto_goTypes = []any{
 	(*ListChannelsResponse)(nil),       // 15: qpc.v1.ListChannelsResponse
 	(*EnqueueRequest)(nil),             // 16: qpc.v1.EnqueueRequest
 	(*EnqueueResponse)(nil),            // 17: qpc.v1.EnqueueResponse
-	(*InboxRecipient)(nil),             // 18: qpc.v1.InboxRecipient
-	(*SendToInboxRequest)(nil),         // 19: qpc.v1.SendToInboxRequest
-	(*SendToInboxResponse)(nil),        // 20: qpc.v1.SendToInboxResponse
-	(*ChannelMessage)(nil),             // 21: qpc.v1.ChannelMessage
-	(*InboxItem)(nil),                  // 22: qpc.v1.InboxItem
-	(*FetchRequest)(nil),               // 23: qpc.v1.FetchRequest
-	(*FetchWaitRequest)(nil),           // 24: qpc.v1.FetchWaitRequest
-	(*FetchResponse)(nil),              // 25: qpc.v1.FetchResponse
-	(*ChannelCursor)(nil),              // 26: qpc.v1.ChannelCursor
-	(*AckRequest)(nil),                 // 27: qpc.v1.AckRequest
-	(*AckResponse)(nil),                // 28: qpc.v1.AckResponse
-	(*GetGroupInfoRequest)(nil),        // 29: qpc.v1.GetGroupInfoRequest
-	(*GetGroupInfoResponse)(nil),       // 30: qpc.v1.GetGroupInfoResponse
-	(*Invitation)(nil),                 // 31: qpc.v1.Invitation
-	(*MembershipEvent)(nil),            // 32: qpc.v1.MembershipEvent
-	(*ListInvitationsRequest)(nil),     // 33: qpc.v1.ListInvitationsRequest
-	(*ListInvitationsResponse)(nil),    // 34: qpc.v1.ListInvitationsResponse
-	(*AcceptInvitationRequest)(nil),    // 35: qpc.v1.AcceptInvitationRequest
-	(*AcceptInvitationResponse)(nil),   // 36: qpc.v1.AcceptInvitationResponse
-	(*DeclineInvitationRequest)(nil),   // 37: qpc.v1.DeclineInvitationRequest
-	(*DeclineInvitationResponse)(nil),  // 38: qpc.v1.DeclineInvitationResponse
-	(*BlockAccountRequest)(nil),        // 39: qpc.v1.BlockAccountRequest
-	(*BlockAccountResponse)(nil),       // 40: qpc.v1.BlockAccountResponse
-	(*UnblockAccountRequest)(nil),      // 41: qpc.v1.UnblockAccountRequest
-	(*UnblockAccountResponse)(nil),     // 42: qpc.v1.UnblockAccountResponse
-	(*ListBlockedRequest)(nil),         // 43: qpc.v1.ListBlockedRequest
-	(*BlockedAccount)(nil),             // 44: qpc.v1.BlockedAccount
-	(*ListBlockedResponse)(nil),        // 45: qpc.v1.ListBlockedResponse
+	(*EnqueueBatchRequest)(nil),        // 18: qpc.v1.EnqueueBatchRequest
+	(*EnqueueBatchResult)(nil),         // 19: qpc.v1.EnqueueBatchResult
+	(*EnqueueBatchResponse)(nil),       // 20: qpc.v1.EnqueueBatchResponse
+	(*InboxRecipient)(nil),             // 21: qpc.v1.InboxRecipient
+	(*SendToInboxRequest)(nil),         // 22: qpc.v1.SendToInboxRequest
+	(*SendToInboxResponse)(nil),        // 23: qpc.v1.SendToInboxResponse
+	(*ChannelMessage)(nil),             // 24: qpc.v1.ChannelMessage
+	(*InboxItem)(nil),                  // 25: qpc.v1.InboxItem
+	(*FetchRequest)(nil),               // 26: qpc.v1.FetchRequest
+	(*FetchWaitRequest)(nil),           // 27: qpc.v1.FetchWaitRequest
+	(*FetchResponse)(nil),              // 28: qpc.v1.FetchResponse
+	(*ChannelCursor)(nil),              // 29: qpc.v1.ChannelCursor
+	(*AckRequest)(nil),                 // 30: qpc.v1.AckRequest
+	(*AckResponse)(nil),                // 31: qpc.v1.AckResponse
+	(*GetGroupInfoRequest)(nil),        // 32: qpc.v1.GetGroupInfoRequest
+	(*GetGroupInfoResponse)(nil),       // 33: qpc.v1.GetGroupInfoResponse
+	(*Invitation)(nil),                 // 34: qpc.v1.Invitation
+	(*MembershipEvent)(nil),            // 35: qpc.v1.MembershipEvent
+	(*ListInvitationsRequest)(nil),     // 36: qpc.v1.ListInvitationsRequest
+	(*ListInvitationsResponse)(nil),    // 37: qpc.v1.ListInvitationsResponse
+	(*AcceptInvitationRequest)(nil),    // 38: qpc.v1.AcceptInvitationRequest
+	(*AcceptInvitationResponse)(nil),   // 39: qpc.v1.AcceptInvitationResponse
+	(*DeclineInvitationRequest)(nil),   // 40: qpc.v1.DeclineInvitationRequest
+	(*DeclineInvitationResponse)(nil),  // 41: qpc.v1.DeclineInvitationResponse
+	(*BlockAccountRequest)(nil),        // 42: qpc.v1.BlockAccountRequest
+	(*BlockAccountResponse)(nil),       // 43: qpc.v1.BlockAccountResponse
+	(*UnblockAccountRequest)(nil),      // 44: qpc.v1.UnblockAccountRequest
+	(*UnblockAccountResponse)(nil),     // 45: qpc.v1.UnblockAccountResponse
+	(*ListBlockedRequest)(nil),         // 46: qpc.v1.ListBlockedRequest
+	(*BlockedAccount)(nil),             // 47: qpc.v1.BlockedAccount
+	(*ListBlockedResponse)(nil),        // 48: qpc.v1.ListBlockedResponse
+	(Status)(0),                        // 49: qpc.v1.Status
 }
 var file_qpc_v1_delivery_proto_depIdxs = []int32{
 	0,  // 0: qpc.v1.Channel.type:type_name -> qpc.v1.ChannelType
@@ -3007,26 +3196,30 @@ var file_qpc_v1_delivery_proto_depIdxs = []int32{
 	5,  // 6: qpc.v1.AddMembersResponse.channel:type_name -> qpc.v1.Channel
 	3,  // 7: qpc.v1.RemoveMembersRequest.members:type_name -> qpc.v1.MemberRef
 	5,  // 8: qpc.v1.ListChannelsResponse.channels:type_name -> qpc.v1.Channel
-	18, // 9: qpc.v1.SendToInboxRequest.recipients:type_name -> qpc.v1.InboxRecipient
-	1,  // 10: qpc.v1.SendToInboxRequest.kind:type_name -> qpc.v1.InboxKind
-	32, // 11: qpc.v1.ChannelMessage.event:type_name -> qpc.v1.MembershipEvent
-	1,  // 12: qpc.v1.InboxItem.kind:type_name -> qpc.v1.InboxKind
-	26, // 13: qpc.v1.FetchRequest.after:type_name -> qpc.v1.ChannelCursor
-	26, // 14: qpc.v1.FetchWaitRequest.after:type_name -> qpc.v1.ChannelCursor
-	21, // 15: qpc.v1.FetchResponse.messages:type_name -> qpc.v1.ChannelMessage
-	22, // 16: qpc.v1.FetchResponse.inbox:type_name -> qpc.v1.InboxItem
-	26, // 17: qpc.v1.AckRequest.cursors:type_name -> qpc.v1.ChannelCursor
-	0,  // 18: qpc.v1.Invitation.channel_type:type_name -> qpc.v1.ChannelType
-	2,  // 19: qpc.v1.MembershipEvent.type:type_name -> qpc.v1.MembershipEventType
-	31, // 20: qpc.v1.MembershipEvent.invitation:type_name -> qpc.v1.Invitation
-	31, // 21: qpc.v1.ListInvitationsResponse.invitations:type_name -> qpc.v1.Invitation
-	5,  // 22: qpc.v1.AcceptInvitationResponse.channel:type_name -> qpc.v1.Channel
-	44, // 23: qpc.v1.ListBlockedResponse.blocked:type_name -> qpc.v1.BlockedAccount
-	24, // [24:24] is the sub-list for method output_type
-	24, // [24:24] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	16, // 9: qpc.v1.EnqueueBatchRequest.items:type_name -> qpc.v1.EnqueueRequest
+	49, // 10: qpc.v1.EnqueueBatchResult.status:type_name -> qpc.v1.Status
+	17, // 11: qpc.v1.EnqueueBatchResult.response:type_name -> qpc.v1.EnqueueResponse
+	19, // 12: qpc.v1.EnqueueBatchResponse.results:type_name -> qpc.v1.EnqueueBatchResult
+	21, // 13: qpc.v1.SendToInboxRequest.recipients:type_name -> qpc.v1.InboxRecipient
+	1,  // 14: qpc.v1.SendToInboxRequest.kind:type_name -> qpc.v1.InboxKind
+	35, // 15: qpc.v1.ChannelMessage.event:type_name -> qpc.v1.MembershipEvent
+	1,  // 16: qpc.v1.InboxItem.kind:type_name -> qpc.v1.InboxKind
+	29, // 17: qpc.v1.FetchRequest.after:type_name -> qpc.v1.ChannelCursor
+	29, // 18: qpc.v1.FetchWaitRequest.after:type_name -> qpc.v1.ChannelCursor
+	24, // 19: qpc.v1.FetchResponse.messages:type_name -> qpc.v1.ChannelMessage
+	25, // 20: qpc.v1.FetchResponse.inbox:type_name -> qpc.v1.InboxItem
+	29, // 21: qpc.v1.AckRequest.cursors:type_name -> qpc.v1.ChannelCursor
+	0,  // 22: qpc.v1.Invitation.channel_type:type_name -> qpc.v1.ChannelType
+	2,  // 23: qpc.v1.MembershipEvent.type:type_name -> qpc.v1.MembershipEventType
+	34, // 24: qpc.v1.MembershipEvent.invitation:type_name -> qpc.v1.Invitation
+	34, // 25: qpc.v1.ListInvitationsResponse.invitations:type_name -> qpc.v1.Invitation
+	5,  // 26: qpc.v1.AcceptInvitationResponse.channel:type_name -> qpc.v1.Channel
+	47, // 27: qpc.v1.ListBlockedResponse.blocked:type_name -> qpc.v1.BlockedAccount
+	28, // [28:28] is the sub-list for method output_type
+	28, // [28:28] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_qpc_v1_delivery_proto_init() }
@@ -3034,6 +3227,7 @@ func file_qpc_v1_delivery_proto_init() {
 	if File_qpc_v1_delivery_proto != nil {
 		return
 	}
+	file_qpc_v1_envelope_proto_init()
 	file_qpc_v1_options_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3041,7 +3235,7 @@ func file_qpc_v1_delivery_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qpc_v1_delivery_proto_rawDesc), len(file_qpc_v1_delivery_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   43,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
