@@ -51,6 +51,7 @@ type Metrics struct {
 	ConnectionsTotal *prometheus.CounterVec   // qpcd_connections_total{result}
 	RPCs             *prometheus.CounterVec   // qpcd_rpc_requests_total{method,status}
 	RPCDuration      *prometheus.HistogramVec // qpcd_rpc_duration_seconds{method}
+	EnqueueMessages  *prometheus.CounterVec   // qpcd_enqueue_status_total{rpc,status}: wire status per message, alone or batched (the delivery SLO)
 	InFlight         prometheus.Gauge         // qpcd_rpc_in_flight
 	FramesRejected   *prometheus.CounterVec   // qpcd_frames_rejected_total{reason}
 	RateLimited      *prometheus.CounterVec   // qpcd_rate_limited_total{scope}
@@ -92,6 +93,9 @@ func NewMetrics(store *StoreGauges) *Metrics {
 			Name: "qpcd_rpc_duration_seconds", Help: "RPC handling time from request frame read to response written, by method.",
 			Buckets: RPCDurationBuckets,
 		}, []string{"method"}),
+		EnqueueMessages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qpcd_enqueue_status_total", Help: "Messages offered for delivery, by the RPC that carried them (Enqueue or EnqueueBatch) and their status: one per message, so a batch of 16 counts 16, each item by its own status (a batch refused before its items are read, malformed or over the item cap, is not counted).",
+		}, []string{"rpc", "status"}),
 		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "qpcd_rpc_in_flight", Help: "RPCs being handled now.",
 		}),
@@ -130,7 +134,7 @@ func NewMetrics(store *StoreGauges) *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo, start,
-		m.Connections, m.ConnectionsTotal, m.RPCs, m.RPCDuration, m.InFlight,
+		m.Connections, m.ConnectionsTotal, m.RPCs, m.RPCDuration, m.EnqueueMessages, m.InFlight,
 		m.FramesRejected, m.RateLimited, m.AuthFailures, m.Ready,
 		m.DBCommitDuration, m.DBCommitWrites,
 	}
@@ -162,6 +166,12 @@ func NewMetrics(store *StoreGauges) *Metrics {
 	}
 	for _, s := range []string{ScopeIP, ScopeAccount, ScopeDevice, ScopeAccountBytes} {
 		m.RateLimited.WithLabelValues(s)
+	}
+	// The delivery SLO's ratios read these from the first scrape.
+	for _, rpc := range []string{"Enqueue", "EnqueueBatch"} {
+		for _, st := range []string{"ok", "internal", "unavailable"} {
+			m.EnqueueMessages.WithLabelValues(rpc, st)
+		}
 	}
 	return m
 }

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	dt "github.com/quicprochat/quicprochat/internal/delivery/deliverytest"
 	"github.com/quicprochat/quicprochat/internal/obs"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
@@ -77,6 +79,15 @@ func TestEnqueueBatchOverRPC(t *testing.T) {
 			t.Errorf("item %d refused without a message, or with a response: %v", i, r)
 		}
 	}
+	// The delivery SLO counts messages: each item by its own status.
+	for st, n := range map[string]float64{"ok": 4, "stale_epoch": 1, "permission_denied": 1, "internal": 0} {
+		if got := enqueueMessages(ts, MethodEnqueueBatch, st); got != n {
+			t.Errorf("qpcd_enqueue_status_total{rpc=EnqueueBatch,status=%s} = %v, want %v", st, got, n)
+		}
+	}
+	if got := enqueueMessages(ts, MethodEnqueue, "ok"); got < 2 {
+		t.Errorf("qpcd_enqueue_status_total{rpc=Enqueue,status=ok} = %v, want at least the two single enqueues", got)
+	}
 	// Bob reads alice's batch in the log, in order.
 	var seqs []uint64
 	for _, m := range fetch(t, bob).GetMessages() {
@@ -103,6 +114,10 @@ func TestEnqueueBatchOverRPC(t *testing.T) {
 	se := wantStatus(t, "68 KiB under a 64 KiB cap", err, qpcv1.Status_STATUS_RESOURCE_EXHAUSTED)
 	if se.RetryAfter != 0 || !strings.Contains(se.Message, "limits.max_payload_bytes") {
 		t.Fatalf("over the byte cap: %v", se)
+	}
+	// Refused as a whole in the handler: each message counted with the call's status.
+	if got := enqueueMessages(ts, MethodEnqueueBatch, "resource_exhausted"); got != 2 {
+		t.Errorf("a batch of 2 over the byte cap counted %v resource_exhausted messages, want 2", got)
 	}
 	_, err = enqueueBatch(t, alice)
 	wantStatus(t, "no items", err, qpcv1.Status_STATUS_INVALID_ARGUMENT)
@@ -162,4 +177,8 @@ func TestEnqueueBatchRateLimitedPerItem(t *testing.T) {
 			t.Fatalf("retried item %d: %v %q seq %d", i, r.GetStatus(), r.GetMessage(), r.GetResponse().GetSeq())
 		}
 	}
+}
+
+func enqueueMessages(ts *testServer, rpc, status string) float64 {
+	return testutil.ToFloat64(ts.metrics.EnqueueMessages.WithLabelValues(rpc, status))
 }

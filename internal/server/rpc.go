@@ -121,6 +121,11 @@ func (r *rpcServer) ServeStream(ctx context.Context, c *transport.Conn, s *quic.
 	}
 	status := wire.StatusName(resp.Status)
 	r.metrics.RPCs.WithLabelValues(label, status).Inc()
+	if label == MethodEnqueue {
+		// One message, whatever refused it (EnqueueBatch counts its own
+		// items in its handler).
+		r.metrics.EnqueueMessages.WithLabelValues(MethodEnqueue, status).Inc()
+	}
 	r.metrics.ObserveRPCDuration(label, time.Since(start), span.SpanContext())
 	if span.IsRecording() {
 		tracing.Set(span, tracing.Status(status), tracing.Int(tracing.KeyResponseSize, len(resp.GetBody())))

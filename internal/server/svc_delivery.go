@@ -9,6 +9,7 @@ import (
 	"github.com/quicprochat/quicprochat/internal/auth"
 	"github.com/quicprochat/quicprochat/internal/config"
 	"github.com/quicprochat/quicprochat/internal/delivery"
+	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
@@ -256,6 +257,23 @@ func (s *Server) enqueue(ctx context.Context, call *Call, req *qpcv1.EnqueueRequ
 // device buckets) and the byte rate; an item refused there gets its own
 // RESOURCE_EXHAUSTED and is not stored, the others go on.
 func (s *Server) enqueueBatch(ctx context.Context, call *Call, req *qpcv1.EnqueueBatchRequest) (*qpcv1.EnqueueBatchResponse, error) {
+	out, err := s.enqueueBatchItems(ctx, call, req)
+	counted := s.metrics.EnqueueMessages
+	if err != nil {
+		// Refused as a whole: each of its messages has the call's status
+		// (the delivery SLO counts messages, not calls). The status error
+		// goes back as it is, so toStatus logs an internal error once.
+		st := s.rpc.toStatus(ctx, call, err)
+		counted.WithLabelValues(MethodEnqueueBatch, wire.StatusName(st.Code)).Add(float64(len(req.GetItems())))
+		return nil, st
+	}
+	for _, r := range out.Results {
+		counted.WithLabelValues(MethodEnqueueBatch, wire.StatusName(r.GetStatus())).Inc()
+	}
+	return out, nil
+}
+
+func (s *Server) enqueueBatchItems(ctx context.Context, call *Call, req *qpcv1.EnqueueBatchRequest) (*qpcv1.EnqueueBatchResponse, error) {
 	c, err := caller(call)
 	if err != nil {
 		return nil, err
