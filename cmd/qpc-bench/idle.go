@@ -31,6 +31,7 @@ type idleSample struct {
 	HeapSys      float64 `json:"heap_sys_bytes"`
 	Connections  float64 `json:"connections"`
 	InFlight     float64 `json:"rpcs_in_flight"`
+	Waiters      float64 `json:"long_poll_waiters"`
 }
 
 // idleReport is the result of -mode idle.
@@ -59,6 +60,8 @@ type idleReport struct {
 	Polls           int64   `json:"polls_completed"`
 	Errors          int64   `json:"errors"`
 	FirstError      string  `json:"first_error,omitempty"`
+	// Fanout is the fan-out step (-fanout), run while every device waits.
+	Fanout *fanoutReport `json:"fanout,omitempty"`
 }
 
 // runIdle measures what idle long-polling devices cost qpcd: o.clients
@@ -109,14 +112,34 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 	var polls, errs atomic.Int64
 	var firstErr atomic.Value
 	var pwg sync.WaitGroup
-	poll := func(d *device) {
+	var fan *fanout // set before any fan-out receiver polls
+	var fanSetup time.Duration
+	poll := func(d *device, receiver bool) {
 		defer pwg.Done()
+		// Read-ahead positions: what a poll returned is not returned
+		// again (nothing is acknowledged; idle devices get nothing).
+		pos := map[string]uint64{}
+		var inbox uint64
 		for pctx.Err() == nil {
+			req := &qpcv1.FetchWaitRequest{TimeoutMs: 30000, Limit: 100, InboxAfter: inbox}
+			for ch, seq := range pos {
+				req.After = append(req.After, &qpcv1.ChannelCursor{ChannelId: []byte(ch), Seq: seq})
+			}
 			var f qpcv1.FetchResponse
-			err := d.call(pctx, server.MethodFetchWait, &qpcv1.FetchWaitRequest{TimeoutMs: 30000, Limit: 100}, &f)
+			err := d.call(pctx, server.MethodFetchWait, req, &f)
 			switch {
 			case err == nil:
+				now := time.Now()
 				polls.Add(1)
+				for _, m := range f.GetMessages() {
+					pos[string(m.GetChannelId())] = max(pos[string(m.GetChannelId())], m.GetSeq())
+				}
+				for _, it := range f.GetInbox() {
+					inbox = max(inbox, it.GetSeq())
+				}
+				if receiver && len(f.GetMessages()) > 0 {
+					fan.received(now, f.GetMessages())
+				}
 			case pctx.Err() == nil:
 				errs.Add(1)
 				firstErr.CompareAndSwap(nil, err.Error())
@@ -134,27 +157,33 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 	var mu sync.Mutex
 	var setupErr error
 	sem := make(chan struct{}, 16)
-	for i := range devs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			d, err := newDevice(setup, addr, pin, fmt.Sprintf("%s-%d", prefix, i))
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				if setupErr == nil {
-					setupErr = fmt.Errorf("device %d: %w (are limits.max_connections and max_connections_per_address at least -n, and the rate limit raised?)", i, err)
+	// connect sets up devices from..to-1; with startPoll each starts to
+	// long-poll at once.
+	connect := func(from, to int, startPoll bool) {
+		for i := from; i < to; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				d, err := newDevice(setup, addr, pin, fmt.Sprintf("%s-%d", prefix, i))
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					if setupErr == nil {
+						setupErr = fmt.Errorf("device %d: %w (are limits.max_connections and max_connections_per_address at least -n, and the rate limit raised?)", i, err)
+					}
+					return
 				}
-				return
-			}
-			devs[i] = d
-			pwg.Add(1)
-			go poll(d)
-		}()
+				devs[i] = d
+				if startPoll {
+					pwg.Add(1)
+					go poll(d, false)
+				}
+			}()
+		}
+		wg.Wait()
 	}
-	wg.Wait()
 	leave := func() {
 		pstop()
 		for _, d := range devs {
@@ -162,7 +191,34 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 				_ = d.c.Close()
 			}
 		}
+		if fan != nil && fan.owner != nil {
+			_ = fan.owner.c.Close()
+		}
 		pwg.Wait()
+	}
+	if o.fanout > 0 {
+		// The fan-out receivers first: they join the channel before any
+		// of them polls, then poll like every other device.
+		connect(0, o.fanout, false)
+		if setupErr == nil {
+			f, err := setupFanout(setup, addr, pin, prefix, devs[:o.fanout])
+			fan = f
+			setupErr = err
+		}
+		if setupErr == nil {
+			for _, d := range devs[:o.fanout] {
+				pwg.Add(1)
+				go poll(d, true)
+			}
+			// The sender polls too (qpcd closes a connection that
+			// carries no RPC for its idle timeout).
+			pwg.Add(1)
+			go poll(fan.owner, false)
+			fanSetup = time.Since(t0)
+		}
+	}
+	if setupErr == nil {
+		connect(o.fanout, o.clients, true)
 	}
 	if setupErr != nil {
 		leave()
@@ -218,6 +274,18 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 	r.GoroutinesPerDevice = (r.Idle.Goroutines - r.Before.Goroutines) / n
 	r.HeapPerDevice = (r.Idle.HeapInuse - r.Before.HeapInuse) / n
 
+	if fan != nil {
+		// Every device waits; the receivers' polls are parked again
+		// before each message (but for renewals in flight: 1 %).
+		fr, err := fan.run(ctx, o, o.clients+1-o.clients/100, stdout)
+		fr.SetupSeconds = fanSetup.Seconds()
+		r.Fanout = &fr
+		if err != nil {
+			leave()
+			return r, err
+		}
+	}
+
 	// Leave: close every connection, then watch qpcd give memory back.
 	leave()
 	r.Polls, r.Errors = polls.Load(), errs.Load()
@@ -271,6 +339,7 @@ func scrape(ctx context.Context, ops string) (idleSample, error) {
 		"go_memstats_heap_sys_bytes":      &s.HeapSys,
 		"qpcd_connections":                &s.Connections,
 		"qpcd_rpc_in_flight":              &s.InFlight,
+		"qpcd_long_poll_waiters":          &s.Waiters,
 	}
 	found := 0
 	sc := bufio.NewScanner(resp.Body)
@@ -337,6 +406,9 @@ func printIdle(w io.Writer, r idleReport) {
 		a := r.After[n-1]
 		fmt.Fprintf(w, "  %.0f s after they left: RSS %.1f MiB, heap in use %.1f MiB, released %.1f MiB, %.0f goroutines, %.0f connections\n",
 			a.AtSeconds-r.After[0].AtSeconds, mib(a.RSSBytes), mib(a.HeapInuse), mib(a.HeapReleased), a.Goroutines, a.Connections)
+	}
+	if r.Fanout != nil {
+		printFanout(w, *r.Fanout)
 	}
 	if r.Errors > 0 {
 		fmt.Fprintf(w, "  %d poll errors (first: %s)\n", r.Errors, r.FirstError)
