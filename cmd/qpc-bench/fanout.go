@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -50,6 +51,7 @@ type fanout struct {
 	owner *device
 	chID  []byte
 	group []byte
+	head  uint64 // the channel's head once every receiver joined
 
 	mu     sync.Mutex
 	sentAt []time.Time       // by message number; zero: not sent yet
@@ -58,17 +60,14 @@ type fanout struct {
 	want   int               // receivers
 }
 
-// setupFanout creates the sender (an extra device, the channel's owner)
-// and a group channel with every receiver as a member (added by the
-// owner, accepted by each receiver: the real RPCs). It runs before the
-// receivers start to long-poll, so that the join events of 1 000 members
-// do not wake the others 1 000 times over.
-func setupFanout(ctx context.Context, addr, pin, prefix string, receivers []*device) (*fanout, error) {
+// newFanout creates the sender (an extra device, the channel's owner) and
+// the group channel.
+func newFanout(ctx context.Context, addr, pin, prefix string) (*fanout, error) {
 	owner, err := newDevice(ctx, addr, pin, prefix+"-fanout-sender")
 	if err != nil {
 		return nil, fmt.Errorf("fan-out sender: %w", err)
 	}
-	f := &fanout{owner: owner, group: make([]byte, 32), want: len(receivers)}
+	f := &fanout{owner: owner, group: make([]byte, 32)}
 	_, _ = rand.Read(f.group)
 	var tag [8]byte
 	_, _ = rand.Read(tag[:])
@@ -78,14 +77,24 @@ func setupFanout(ctx context.Context, addr, pin, prefix string, receivers []*dev
 		return f, fmt.Errorf("fan-out: create channel: %w", err)
 	}
 	f.chID = cr.GetChannel().GetChannelId()
+	return f, nil
+}
+
+// join makes every receiver a member (added by the owner, accepted by
+// each receiver: the real RPCs) and notes the channel's head after the
+// last join event. It runs before the receivers start to long-poll, so
+// that the join events of 1 000 members do not wake the others 1 000
+// times over, and the receivers then poll from the head on.
+func (f *fanout) join(ctx context.Context, receivers []*device) error {
+	f.want = len(receivers)
 	for rest := receivers; len(rest) > 0; {
 		n := min(len(rest), 100)
 		refs := make([]*qpcv1.MemberRef, n)
 		for i, d := range rest[:n] {
 			refs[i] = &qpcv1.MemberRef{AccountName: d.name}
 		}
-		if err := owner.call(ctx, server.MethodAddMembers, &qpcv1.AddMembersRequest{ChannelId: f.chID, Members: refs}, &qpcv1.AddMembersResponse{}); err != nil {
-			return f, fmt.Errorf("fan-out: add members: %w (raise QPC_INVITATIONS_MAX_PER_HOUR and QPC_INVITATIONS_MAX_PENDING)", err)
+		if err := f.owner.call(ctx, server.MethodAddMembers, &qpcv1.AddMembersRequest{ChannelId: f.chID, Members: refs}, &qpcv1.AddMembersResponse{}); err != nil {
+			return fmt.Errorf("fan-out: add members: %w (raise QPC_INVITATIONS_MAX_PER_HOUR and QPC_INVITATIONS_MAX_PENDING)", err)
 		}
 		rest = rest[n:]
 	}
@@ -107,7 +116,20 @@ func setupFanout(ctx context.Context, addr, pin, prefix string, receivers []*dev
 		}()
 	}
 	wg.Wait()
-	return f, firstErr
+	if firstErr != nil {
+		return firstErr
+	}
+	var lc qpcv1.ListChannelsResponse
+	if err := f.owner.call(ctx, server.MethodListChannels, &qpcv1.ListChannelsRequest{}, &lc); err != nil {
+		return fmt.Errorf("fan-out: list channels: %w", err)
+	}
+	for _, ch := range lc.GetChannels() {
+		if string(ch.GetChannelId()) == string(f.chID) {
+			f.head = ch.GetHeadSeq()
+			return nil
+		}
+	}
+	return errors.New("fan-out: the sender does not list its channel")
 }
 
 func cmpErr(old, new error) error {

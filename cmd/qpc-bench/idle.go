@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,6 +30,7 @@ type idleSample struct {
 	HeapInuse    float64 `json:"heap_inuse_bytes"`
 	HeapReleased float64 `json:"heap_released_bytes"`
 	HeapSys      float64 `json:"heap_sys_bytes"`
+	StackInuse   float64 `json:"stack_inuse_bytes"`
 	Connections  float64 `json:"connections"`
 	InFlight     float64 `json:"rpcs_in_flight"`
 	Waiters      float64 `json:"long_poll_waiters"`
@@ -119,6 +121,9 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 		// Read-ahead positions: what a poll returned is not returned
 		// again (nothing is acknowledged; idle devices get nothing).
 		pos := map[string]uint64{}
+		if fan != nil && fan.head > 0 {
+			pos[string(fan.chID)] = fan.head // joined before polling: from the head on
+		}
 		var inbox uint64
 		for pctx.Err() == nil {
 			req := &qpcv1.FetchWaitRequest{TimeoutMs: 30000, Limit: 100, InboxAfter: inbox}
@@ -199,12 +204,24 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 	if o.fanout > 0 {
 		// The fan-out receivers first: they join the channel before any
 		// of them polls, then poll like every other device.
-		connect(0, o.fanout, false)
+		// Until they poll, a Ping every 15 s keeps qpcd from closing
+		// their connections (no RPC for its 60 s idle timeout), as
+		// setting up 1 000 devices on a loaded machine can take longer.
+		fan, setupErr = newFanout(setup, addr, pin, prefix)
+		kstop := make(chan struct{})
+		kdone := make(chan struct{})
+		go func() {
+			defer close(kdone)
+			keepAlive(setup, kstop, &mu, devs[:o.fanout], fan)
+		}()
 		if setupErr == nil {
-			f, err := setupFanout(setup, addr, pin, prefix, devs[:o.fanout])
-			fan = f
-			setupErr = err
+			connect(0, o.fanout, false)
 		}
+		if setupErr == nil {
+			setupErr = fan.join(setup, devs[:o.fanout])
+		}
+		close(kstop)
+		<-kdone
 		if setupErr == nil {
 			for _, d := range devs[:o.fanout] {
 				pwg.Add(1)
@@ -304,6 +321,43 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 	return r, ctx.Err()
 }
 
+// keepAlive pings every device of devs (those set up so far) and the
+// fan-out sender every 15 s until stop is closed.
+func keepAlive(ctx context.Context, stop <-chan struct{}, mu *sync.Mutex, devs []*device, fan *fanout) {
+	t := time.NewTicker(15 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		mu.Lock()
+		ds := slices.Clone(devs)
+		mu.Unlock()
+		if fan != nil {
+			ds = append(ds, fan.owner)
+		}
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 16)
+		for _, d := range ds {
+			if d == nil {
+				continue
+			}
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				_ = d.call(ctx, server.MethodPing, &qpcv1.PingRequest{}, &qpcv1.PingResponse{})
+			}()
+		}
+		wg.Wait()
+	}
+}
+
 // sleepCtx waits for d; false if ctx ended first.
 func sleepCtx(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
@@ -337,6 +391,7 @@ func scrape(ctx context.Context, ops string) (idleSample, error) {
 		"go_memstats_heap_inuse_bytes":    &s.HeapInuse,
 		"go_memstats_heap_released_bytes": &s.HeapReleased,
 		"go_memstats_heap_sys_bytes":      &s.HeapSys,
+		"go_memstats_stack_inuse_bytes":   &s.StackInuse,
 		"qpcd_connections":                &s.Connections,
 		"qpcd_rpc_in_flight":              &s.InFlight,
 		"qpcd_long_poll_waiters":          &s.Waiters,
@@ -400,8 +455,8 @@ func printIdle(w io.Writer, r idleReport) {
 	fmt.Fprintf(w, "  before: RSS %.1f MiB, heap in use %.1f MiB, %.0f goroutines\n", mib(r.Before.RSSBytes), mib(r.Before.HeapInuse), r.Before.Goroutines)
 	fmt.Fprintf(w, "  idle:   RSS %.1f MiB, heap in use %.1f MiB, %.0f goroutines, %.0f connections, %.0f polls held\n",
 		mib(r.Idle.RSSBytes), mib(r.Idle.HeapInuse), r.Idle.Goroutines, r.Idle.Connections, r.Idle.InFlight)
-	fmt.Fprintf(w, "  per device: %.1f KiB RSS, %.1f KiB heap (%.1f KiB live after a GC), %.2f goroutines; qpcd CPU while idle: %.2f%% of one core (%.1f µs per device per second)\n",
-		r.RSSPerDevice/1024, r.HeapPerDevice/1024, r.LiveHeapPerDevice/1024, r.GoroutinesPerDevice, r.IdleCPUPercent, r.IdleCPUPerDevUs)
+	fmt.Fprintf(w, "  per device: %.1f KiB RSS, %.1f KiB heap (%.1f KiB live after a GC), %.1f KiB stacks, %.2f goroutines; qpcd CPU while idle: %.2f%% of one core (%.1f µs per device per second)\n",
+		r.RSSPerDevice/1024, r.HeapPerDevice/1024, r.LiveHeapPerDevice/1024, (r.Idle.StackInuse-r.Before.StackInuse)/float64(r.Devices)/1024, r.GoroutinesPerDevice, r.IdleCPUPercent, r.IdleCPUPerDevUs)
 	if n := len(r.After); n > 0 {
 		a := r.After[n-1]
 		fmt.Fprintf(w, "  %.0f s after they left: RSS %.1f MiB, heap in use %.1f MiB, released %.1f MiB, %.0f goroutines, %.0f connections\n",
