@@ -25,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEVICES=${DEVICES:-1000}
-IDLE=${IDLE:-30s}   # at least limits.long_poll_max (30 s): one round of poll renewals
+IDLE=${IDLE:-30s}   # renewals are spread over limits.long_poll_max (5 min): a window of 30 s sees a tenth of them
 AFTER=${AFTER:-30s}
 BENCH_OUT=${BENCH_OUT:-bench-out}
 BENCH_TMP=${BENCH_TMP:-/var/tmp}

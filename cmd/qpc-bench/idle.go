@@ -126,7 +126,7 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 		}
 		var inbox uint64
 		for pctx.Err() == nil {
-			req := &qpcv1.FetchWaitRequest{TimeoutMs: 30000, Limit: 100, InboxAfter: inbox}
+			req := &qpcv1.FetchWaitRequest{TimeoutMs: uint32(o.pollTimeout.Milliseconds()), Limit: 100, InboxAfter: inbox}
 			for ch, seq := range pos {
 				req.After = append(req.After, &qpcv1.ChannelCursor{ChannelId: []byte(ch), Seq: seq})
 			}

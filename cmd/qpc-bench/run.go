@@ -46,6 +46,7 @@ type options struct {
 	after      time.Duration
 	profileDir string
 
+	pollTimeout    time.Duration
 	fanout         int
 	fanoutMessages int
 }
@@ -76,6 +77,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.ops, "ops", "", "idle mode: qpcd's ops_listen address (its /metrics, and /debug/pprof with ops_pprof=on)")
 	fs.DurationVar(&o.after, "after", 30*time.Second, "idle mode: how long to watch qpcd's memory after every device has left")
 	fs.StringVar(&o.profileDir, "profile-dir", "", "idle mode: save qpcd's heap profile and goroutine dump here while the devices wait (needs ops_pprof=on)")
+	fs.DurationVar(&o.pollTimeout, "poll-timeout", time.Hour, "idle mode: the wait each FetchWait asks for, as qpc's client does (qpcd clips it to limits.long_poll_max)")
 	fs.IntVar(&o.fanout, "fanout", 0, "idle mode: this many of the -n devices join one group channel before they poll; once all wait, a sender enqueues -fanout-messages messages one at a time (each after every receiver got the previous one): time from the send to each receipt")
 	fs.IntVar(&o.fanoutMessages, "fanout-messages", 20, "idle mode with -fanout: messages sent")
 	if err := fs.Parse(args); err != nil {
@@ -90,6 +92,8 @@ func parse(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-n %d: want 1..20000 idle devices", o.clients)
 	case o.mode == "idle" && !o.serve && o.ops == "":
 		return o, errors.New("-mode idle reads qpcd's metrics: set -ops to its ops_listen address (or -serve)")
+	case o.pollTimeout < time.Second || o.pollTimeout > time.Hour:
+		return o, fmt.Errorf("-poll-timeout %v: want 1s..1h", o.pollTimeout)
 	case o.fanout < 0 || o.fanout > 0 && (o.mode != "idle" || o.fanout > o.clients):
 		return o, fmt.Errorf("-fanout %d: want 0..-n, in idle mode", o.fanout)
 	case o.fanout > 0 && (o.fanoutMessages < 1 || o.fanoutMessages > 100000):
