@@ -189,6 +189,14 @@ func (f *fanout) run(ctx context.Context, o options, parked int, stdout io.Write
 	f.got = make([][]time.Duration, o.fanoutMessages)
 	f.mu.Unlock()
 	var enq, last []time.Duration
+	if o.profileDir != "" {
+		// qpcd's CPU profile over (about) the first messages.
+		go func() {
+			if err := saveProfile(ctx, o.ops, "/debug/pprof/profile?seconds=20", o.profileDir, "fanout-cpu.pb.gz"); err != nil {
+				fmt.Fprintln(stdout, "qpc-bench: fan-out CPU profile:", err)
+			}
+		}()
+	}
 	cpu0, cpuErr := processCPU(o.serverPID)
 	for k := range o.fanoutMessages {
 		if err := waitParked(ctx, o.ops, parked); err != nil {

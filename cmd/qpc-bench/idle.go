@@ -426,27 +426,35 @@ func saveProfiles(ctx context.Context, ops, dir string) error {
 		"heap.pb.gz":     "/debug/pprof/heap?gc=1", // after a GC: the live heap
 		"goroutines.txt": "/debug/pprof/goroutine?debug=1",
 	} {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+ops+path, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err
-		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err != nil {
-			return err
-		}
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET %s: %s (is ops_pprof on?)", path, resp.Status)
-		}
-		if err := os.WriteFile(filepath.Join(dir, file), b, 0o644); err != nil {
+		if err := saveProfile(ctx, ops, path, dir, file); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// saveProfile fetches one of qpcd's /debug/pprof paths into dir/file.
+func saveProfile(ctx context.Context, ops, path, dir, file string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+ops+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s (is ops_pprof on?)", path, resp.Status)
+	}
+	return os.WriteFile(filepath.Join(dir, file), b, 0o644)
 }
 
 func printIdle(w io.Writer, r idleReport) {
