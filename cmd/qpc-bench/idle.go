@@ -261,12 +261,25 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 		leave()
 		return r, ctx.Err()
 	}
+	var profWG sync.WaitGroup
+	if secs := int(o.duration / time.Second); o.profileDir != "" && secs > 0 {
+		// What qpcd spends its idle CPU on (the profiler's own cost is
+		// in the figure too: 100 samples a second, small).
+		profWG.Add(1)
+		go func() {
+			defer profWG.Done()
+			if err := saveProfile(ctx, o.ops, fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), o.profileDir, "idle-cpu.pb.gz"); err != nil {
+				fmt.Fprintln(stdout, "qpc-bench: idle CPU profile:", err)
+			}
+		}()
+	}
 	cpu0, cpuErr := processCPU(o.serverPID)
 	idleStart := time.Now()
 	if !sleepCtx(ctx, o.duration) {
 		leave()
 		return r, ctx.Err()
 	}
+	profWG.Wait()
 	cpu1, cpuErr1 := processCPU(o.serverPID)
 	r.IdleSeconds = time.Since(idleStart).Seconds()
 	if o.serverPID > 0 && cpuErr == nil && cpuErr1 == nil {
