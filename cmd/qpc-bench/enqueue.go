@@ -108,7 +108,7 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 			if i >= o.clients {
 				name = fmt.Sprintf("%s-r%d", prefix, i-o.clients)
 			}
-			d, err := newDevice(setup, addr, pin, name)
+			d, err := newDevice(setup, addr, pin, name, 0)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil && setupErr == nil {
@@ -358,8 +358,10 @@ func receive(ctx context.Context, d *device, w *window, lat *samples, delivered 
 	}
 }
 
-func newDevice(ctx context.Context, addr, pin, name string) (*device, error) {
-	c, err := rpcclient.Dial(ctx, addr, transport.DialOptions{PinSHA256: pin})
+// newDevice registers and logs in a device on its own connection; keep is
+// its QUIC keep-alive period (0: the transport's default, 15 s).
+func newDevice(ctx context.Context, addr, pin, name string, keep time.Duration) (*device, error) {
+	c, err := rpcclient.Dial(ctx, addr, transport.DialOptions{PinSHA256: pin, KeepAlive: keep})
 	if err != nil {
 		return nil, err
 	}

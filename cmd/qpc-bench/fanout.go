@@ -62,8 +62,8 @@ type fanout struct {
 
 // newFanout creates the sender (an extra device, the channel's owner) and
 // the group channel.
-func newFanout(ctx context.Context, addr, pin, prefix string) (*fanout, error) {
-	owner, err := newDevice(ctx, addr, pin, prefix+"-fanout-sender")
+func newFanout(ctx context.Context, addr, pin, prefix string, keep time.Duration) (*fanout, error) {
+	owner, err := newDevice(ctx, addr, pin, prefix+"-fanout-sender", keep)
 	if err != nil {
 		return nil, fmt.Errorf("fan-out sender: %w", err)
 	}

@@ -171,7 +171,7 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 				defer wg.Done()
 				sem <- struct{}{}
 				defer func() { <-sem }()
-				d, err := newDevice(setup, addr, pin, fmt.Sprintf("%s-%d", prefix, i))
+				d, err := newDevice(setup, addr, pin, fmt.Sprintf("%s-%d", prefix, i), o.keepAlive)
 				mu.Lock()
 				defer mu.Unlock()
 				if err != nil {
@@ -207,7 +207,7 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 		// Until they poll, a Ping every 15 s keeps qpcd from closing
 		// their connections (no RPC for its 60 s idle timeout), as
 		// setting up 1 000 devices on a loaded machine can take longer.
-		fan, setupErr = newFanout(setup, addr, pin, prefix)
+		fan, setupErr = newFanout(setup, addr, pin, prefix, o.keepAlive)
 		kstop := make(chan struct{})
 		kdone := make(chan struct{})
 		go func() {

@@ -47,6 +47,7 @@ type options struct {
 	profileDir string
 
 	pollTimeout    time.Duration
+	keepAlive      time.Duration
 	fanout         int
 	fanoutMessages int
 }
@@ -78,6 +79,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.after, "after", 30*time.Second, "idle mode: how long to watch qpcd's memory after every device has left")
 	fs.StringVar(&o.profileDir, "profile-dir", "", "idle mode: save qpcd's heap profile and goroutine dump here while the devices wait (needs ops_pprof=on)")
 	fs.DurationVar(&o.pollTimeout, "poll-timeout", time.Hour, "idle mode: the wait each FetchWait asks for, as qpc's client does (qpcd clips it to limits.long_poll_max)")
+	fs.DurationVar(&o.keepAlive, "keepalive", 0, "idle mode: each device's QUIC keep-alive period (0: the transport's default, 15 s; quic-go sends at most every half of the idle timeout)")
 	fs.IntVar(&o.fanout, "fanout", 0, "idle mode: this many of the -n devices join one group channel before they poll; once all wait, a sender enqueues -fanout-messages messages one at a time (each after every receiver got the previous one): time from the send to each receipt")
 	fs.IntVar(&o.fanoutMessages, "fanout-messages", 20, "idle mode with -fanout: messages sent")
 	if err := fs.Parse(args); err != nil {
@@ -94,6 +96,8 @@ func parse(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("-mode idle reads qpcd's metrics: set -ops to its ops_listen address (or -serve)")
 	case o.pollTimeout < time.Second || o.pollTimeout > time.Hour:
 		return o, fmt.Errorf("-poll-timeout %v: want 1s..1h", o.pollTimeout)
+	case o.keepAlive < 0:
+		return o, fmt.Errorf("-keepalive %v: must not be negative", o.keepAlive)
 	case o.fanout < 0 || o.fanout > 0 && (o.mode != "idle" || o.fanout > o.clients):
 		return o, fmt.Errorf("-fanout %d: want 0..-n, in idle mode", o.fanout)
 	case o.fanout > 0 && (o.fanoutMessages < 1 || o.fanoutMessages > 100000):
