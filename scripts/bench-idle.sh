@@ -32,6 +32,7 @@ BENCH_TMP=${BENCH_TMP:-/var/tmp}
 LABEL=${LABEL:-}
 FANOUT=${FANOUT:-0}
 FANOUT_MESSAGES=${FANOUT_MESSAGES:-20}
+KEEPALIVE=${KEEPALIVE:-0} # the devices' QUIC keep-alive period (0: the client's default, 15 s)
 BACKENDS=${BACKENDS:-sqlcipher}
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 
@@ -110,7 +111,7 @@ for n in $DEVICES; do
 	log "$n devices against qpcd pid $pid on $backend (load average $(cut -d' ' -f1-3 /proc/loadavg))"
 	bin/qpc-bench -mode idle -addr "127.0.0.1:$port" -data-dir "$dir" -ops "127.0.0.1:$ops" -server-pid "$pid" \
 		-n "$n" -duration "$IDLE" -after "$AFTER" -profile-dir "$out.prof" -json "$out.json" \
-		-fanout "$((FANOUT < n ? FANOUT : n))" -fanout-messages "$FANOUT_MESSAGES" ||
+		-fanout "$((FANOUT < n ? FANOUT : n))" -fanout-messages "$FANOUT_MESSAGES" -keepalive "$KEEPALIVE" ||
 		{ log "qpc-bench failed; qpcd's log ends:"; tail -20 "$tmp/qpcd-$backend-$n.log" >&2; exit 1; }
 	cp "$tmp/qpcd-$backend-$n.log" "$out.qpcd.log"
 	log "load average after: $(cut -d' ' -f1-3 /proc/loadavg); results: $out.json, profiles: $out.prof/"
