@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,6 +27,7 @@ import (
 	"github.com/quicprochat/quicprochat/internal/rpcclient"
 	"github.com/quicprochat/quicprochat/internal/server"
 	"github.com/quicprochat/quicprochat/internal/transport"
+	"github.com/quicprochat/quicprochat/internal/wire"
 	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
@@ -40,7 +42,29 @@ type device struct {
 }
 
 func (d *device) call(ctx context.Context, method string, req, resp proto.Message) error {
-	return d.c.Call(ctx, method, d.token, req, resp)
+	return callRetry(ctx, d.c, method, d.token, req, resp)
+}
+
+// callRetry calls method, again (up to 20 times, backing off) while qpcd
+// answers unavailable: on PostgreSQL, setting up many devices and joining
+// them to one channel at once makes serialization conflicts qpcd reports
+// so ("retry shortly"), as a real client would retry them.
+func callRetry(ctx context.Context, c *rpcclient.Client, method, token string, req, resp proto.Message) error {
+	for attempt := 1; ; attempt++ {
+		err := c.Call(ctx, method, token, req, resp)
+		var se *wire.StatusError
+		if err == nil || attempt == 20 || !errors.As(err, &se) || se.Code != qpcv1.Status_STATUS_UNAVAILABLE {
+			return err
+		}
+		wait := max(se.RetryAfter, time.Duration(attempt)*10*time.Millisecond)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+	}
 }
 
 // runEnqueue measures the durable delivery path: o.clients senders enqueue
@@ -84,7 +108,7 @@ func runEnqueue(ctx context.Context, o options, stderr io.Writer) (report, error
 			if i >= o.clients {
 				name = fmt.Sprintf("%s-r%d", prefix, i-o.clients)
 			}
-			d, err := newDevice(setup, addr, pin, name)
+			d, err := newDevice(setup, addr, pin, name, 0)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil && setupErr == nil {
@@ -372,8 +396,10 @@ func receive(ctx context.Context, d *device, w *window, lat *samples, delivered 
 	}
 }
 
-func newDevice(ctx context.Context, addr, pin, name string) (*device, error) {
-	c, err := rpcclient.Dial(ctx, addr, transport.DialOptions{PinSHA256: pin})
+// newDevice registers and logs in a device on its own connection; keep is
+// its QUIC keep-alive period (0: the transport's default, 15 s).
+func newDevice(ctx context.Context, addr, pin, name string, keep time.Duration) (*device, error) {
+	c, err := rpcclient.Dial(ctx, addr, transport.DialOptions{PinSHA256: pin, KeepAlive: keep})
 	if err != nil {
 		return nil, err
 	}
@@ -382,17 +408,17 @@ func newDevice(ctx context.Context, addr, pin, name string) (*device, error) {
 		return nil, err
 	}
 	var reg qpcv1.RegisterResponse
-	if err := c.Call(ctx, server.MethodRegister, "", &qpcv1.RegisterRequest{AccountName: name, SignatureKey: pub, DeviceName: "qpc-bench"}, &reg); err != nil {
+	if err := callRetry(ctx, c, server.MethodRegister, "", &qpcv1.RegisterRequest{AccountName: name, SignatureKey: pub, DeviceName: "qpc-bench"}, &reg); err != nil {
 		_ = c.Close()
 		return nil, err
 	}
 	var ch qpcv1.LoginChallengeResponse
-	if err := c.Call(ctx, server.MethodLoginChallenge, "", &qpcv1.LoginChallengeRequest{DeviceId: reg.GetDeviceId()}, &ch); err != nil {
+	if err := callRetry(ctx, c, server.MethodLoginChallenge, "", &qpcv1.LoginChallengeRequest{DeviceId: reg.GetDeviceId()}, &ch); err != nil {
 		_ = c.Close()
 		return nil, err
 	}
 	var lr qpcv1.LoginResponse
-	if err := c.Call(ctx, server.MethodLogin, "", &qpcv1.LoginRequest{DeviceId: reg.GetDeviceId(), Nonce: ch.GetNonce(),
+	if err := callRetry(ctx, c, server.MethodLogin, "", &qpcv1.LoginRequest{DeviceId: reg.GetDeviceId(), Nonce: ch.GetNonce(),
 		Signature: ed25519.Sign(priv, auth.LoginMessage(reg.GetDeviceId(), ch.GetNonce()))}, &lr); err != nil {
 		_ = c.Close()
 		return nil, err

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,8 +30,10 @@ type idleSample struct {
 	HeapInuse    float64 `json:"heap_inuse_bytes"`
 	HeapReleased float64 `json:"heap_released_bytes"`
 	HeapSys      float64 `json:"heap_sys_bytes"`
+	StackInuse   float64 `json:"stack_inuse_bytes"`
 	Connections  float64 `json:"connections"`
 	InFlight     float64 `json:"rpcs_in_flight"`
+	Waiters      float64 `json:"long_poll_waiters"`
 }
 
 // idleReport is the result of -mode idle.
@@ -59,6 +62,8 @@ type idleReport struct {
 	Polls           int64   `json:"polls_completed"`
 	Errors          int64   `json:"errors"`
 	FirstError      string  `json:"first_error,omitempty"`
+	// Fanout is the fan-out step (-fanout), run while every device waits.
+	Fanout *fanoutReport `json:"fanout,omitempty"`
 }
 
 // runIdle measures what idle long-polling devices cost qpcd: o.clients
@@ -109,14 +114,37 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 	var polls, errs atomic.Int64
 	var firstErr atomic.Value
 	var pwg sync.WaitGroup
-	poll := func(d *device) {
+	var fan *fanout // set before any fan-out receiver polls
+	var fanSetup time.Duration
+	poll := func(d *device, receiver bool) {
 		defer pwg.Done()
+		// Read-ahead positions: what a poll returned is not returned
+		// again (nothing is acknowledged; idle devices get nothing).
+		pos := map[string]uint64{}
+		if fan != nil && fan.head > 0 {
+			pos[string(fan.chID)] = fan.head // joined before polling: from the head on
+		}
+		var inbox uint64
 		for pctx.Err() == nil {
+			req := &qpcv1.FetchWaitRequest{TimeoutMs: uint32(o.pollTimeout.Milliseconds()), Limit: 100, InboxAfter: inbox}
+			for ch, seq := range pos {
+				req.After = append(req.After, &qpcv1.ChannelCursor{ChannelId: []byte(ch), Seq: seq})
+			}
 			var f qpcv1.FetchResponse
-			err := d.call(pctx, server.MethodFetchWait, &qpcv1.FetchWaitRequest{TimeoutMs: 30000, Limit: 100}, &f)
+			err := d.call(pctx, server.MethodFetchWait, req, &f)
 			switch {
 			case err == nil:
+				now := time.Now()
 				polls.Add(1)
+				for _, m := range f.GetMessages() {
+					pos[string(m.GetChannelId())] = max(pos[string(m.GetChannelId())], m.GetSeq())
+				}
+				for _, it := range f.GetInbox() {
+					inbox = max(inbox, it.GetSeq())
+				}
+				if receiver && len(f.GetMessages()) > 0 {
+					fan.received(now, f.GetMessages())
+				}
 			case pctx.Err() == nil:
 				errs.Add(1)
 				firstErr.CompareAndSwap(nil, err.Error())
@@ -134,27 +162,33 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 	var mu sync.Mutex
 	var setupErr error
 	sem := make(chan struct{}, 16)
-	for i := range devs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			d, err := newDevice(setup, addr, pin, fmt.Sprintf("%s-%d", prefix, i))
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				if setupErr == nil {
-					setupErr = fmt.Errorf("device %d: %w (are limits.max_connections and max_connections_per_address at least -n, and the rate limit raised?)", i, err)
+	// connect sets up devices from..to-1; with startPoll each starts to
+	// long-poll at once.
+	connect := func(from, to int, startPoll bool) {
+		for i := from; i < to; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				d, err := newDevice(setup, addr, pin, fmt.Sprintf("%s-%d", prefix, i), o.keepAlive)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					if setupErr == nil {
+						setupErr = fmt.Errorf("device %d: %w (are limits.max_connections and max_connections_per_address at least -n, and the rate limit raised?)", i, err)
+					}
+					return
 				}
-				return
-			}
-			devs[i] = d
-			pwg.Add(1)
-			go poll(d)
-		}()
+				devs[i] = d
+				if startPoll {
+					pwg.Add(1)
+					go poll(d, false)
+				}
+			}()
+		}
+		wg.Wait()
 	}
-	wg.Wait()
 	leave := func() {
 		pstop()
 		for _, d := range devs {
@@ -162,7 +196,46 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 				_ = d.c.Close()
 			}
 		}
+		if fan != nil && fan.owner != nil {
+			_ = fan.owner.c.Close()
+		}
 		pwg.Wait()
+	}
+	if o.fanout > 0 {
+		// The fan-out receivers first: they join the channel before any
+		// of them polls, then poll like every other device.
+		// Until they poll, a Ping every 15 s keeps qpcd from closing
+		// their connections (no RPC for its 60 s idle timeout), as
+		// setting up 1 000 devices on a loaded machine can take longer.
+		fan, setupErr = newFanout(setup, addr, pin, prefix, o.keepAlive)
+		kstop := make(chan struct{})
+		kdone := make(chan struct{})
+		go func() {
+			defer close(kdone)
+			keepAlive(setup, kstop, &mu, devs[:o.fanout], fan)
+		}()
+		if setupErr == nil {
+			connect(0, o.fanout, false)
+		}
+		if setupErr == nil {
+			setupErr = fan.join(setup, devs[:o.fanout])
+		}
+		close(kstop)
+		<-kdone
+		if setupErr == nil {
+			for _, d := range devs[:o.fanout] {
+				pwg.Add(1)
+				go poll(d, true)
+			}
+			// The sender polls too (qpcd closes a connection that
+			// carries no RPC for its idle timeout).
+			pwg.Add(1)
+			go poll(fan.owner, false)
+			fanSetup = time.Since(t0)
+		}
+	}
+	if setupErr == nil {
+		connect(o.fanout, o.clients, true)
 	}
 	if setupErr != nil {
 		leave()
@@ -188,12 +261,25 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 		leave()
 		return r, ctx.Err()
 	}
+	var profWG sync.WaitGroup
+	if secs := int(o.duration / time.Second); o.profileDir != "" && secs > 0 {
+		// What qpcd spends its idle CPU on (the profiler's own cost is
+		// in the figure too: 100 samples a second, small).
+		profWG.Add(1)
+		go func() {
+			defer profWG.Done()
+			if err := saveProfile(ctx, o.ops, fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), o.profileDir, "idle-cpu.pb.gz"); err != nil {
+				fmt.Fprintln(stdout, "qpc-bench: idle CPU profile:", err)
+			}
+		}()
+	}
 	cpu0, cpuErr := processCPU(o.serverPID)
 	idleStart := time.Now()
 	if !sleepCtx(ctx, o.duration) {
 		leave()
 		return r, ctx.Err()
 	}
+	profWG.Wait()
 	cpu1, cpuErr1 := processCPU(o.serverPID)
 	r.IdleSeconds = time.Since(idleStart).Seconds()
 	if o.serverPID > 0 && cpuErr == nil && cpuErr1 == nil {
@@ -218,6 +304,18 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 	r.GoroutinesPerDevice = (r.Idle.Goroutines - r.Before.Goroutines) / n
 	r.HeapPerDevice = (r.Idle.HeapInuse - r.Before.HeapInuse) / n
 
+	if fan != nil {
+		// Every device waits; the receivers' polls are parked again
+		// before each message (but for renewals in flight: 1 %).
+		fr, err := fan.run(ctx, o, o.clients+1-o.clients/100, stdout)
+		fr.SetupSeconds = fanSetup.Seconds()
+		r.Fanout = &fr
+		if err != nil {
+			leave()
+			return r, err
+		}
+	}
+
 	// Leave: close every connection, then watch qpcd give memory back.
 	leave()
 	r.Polls, r.Errors = polls.Load(), errs.Load()
@@ -234,6 +332,43 @@ func runIdle(ctx context.Context, o options, stdout io.Writer) (idleReport, erro
 		}
 	}
 	return r, ctx.Err()
+}
+
+// keepAlive pings every device of devs (those set up so far) and the
+// fan-out sender every 15 s until stop is closed.
+func keepAlive(ctx context.Context, stop <-chan struct{}, mu *sync.Mutex, devs []*device, fan *fanout) {
+	t := time.NewTicker(15 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		mu.Lock()
+		ds := slices.Clone(devs)
+		mu.Unlock()
+		if fan != nil {
+			ds = append(ds, fan.owner)
+		}
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 16)
+		for _, d := range ds {
+			if d == nil {
+				continue
+			}
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				_ = d.call(ctx, server.MethodPing, &qpcv1.PingRequest{}, &qpcv1.PingResponse{})
+			}()
+		}
+		wg.Wait()
+	}
 }
 
 // sleepCtx waits for d; false if ctx ended first.
@@ -269,8 +404,10 @@ func scrape(ctx context.Context, ops string) (idleSample, error) {
 		"go_memstats_heap_inuse_bytes":    &s.HeapInuse,
 		"go_memstats_heap_released_bytes": &s.HeapReleased,
 		"go_memstats_heap_sys_bytes":      &s.HeapSys,
+		"go_memstats_stack_inuse_bytes":   &s.StackInuse,
 		"qpcd_connections":                &s.Connections,
 		"qpcd_rpc_in_flight":              &s.InFlight,
+		"qpcd_long_poll_waiters":          &s.Waiters,
 	}
 	found := 0
 	sc := bufio.NewScanner(resp.Body)
@@ -302,27 +439,35 @@ func saveProfiles(ctx context.Context, ops, dir string) error {
 		"heap.pb.gz":     "/debug/pprof/heap?gc=1", // after a GC: the live heap
 		"goroutines.txt": "/debug/pprof/goroutine?debug=1",
 	} {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+ops+path, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err
-		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err != nil {
-			return err
-		}
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET %s: %s (is ops_pprof on?)", path, resp.Status)
-		}
-		if err := os.WriteFile(filepath.Join(dir, file), b, 0o644); err != nil {
+		if err := saveProfile(ctx, ops, path, dir, file); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// saveProfile fetches one of qpcd's /debug/pprof paths into dir/file.
+func saveProfile(ctx context.Context, ops, path, dir, file string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+ops+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s (is ops_pprof on?)", path, resp.Status)
+	}
+	return os.WriteFile(filepath.Join(dir, file), b, 0o644)
 }
 
 func printIdle(w io.Writer, r idleReport) {
@@ -331,12 +476,15 @@ func printIdle(w io.Writer, r idleReport) {
 	fmt.Fprintf(w, "  before: RSS %.1f MiB, heap in use %.1f MiB, %.0f goroutines\n", mib(r.Before.RSSBytes), mib(r.Before.HeapInuse), r.Before.Goroutines)
 	fmt.Fprintf(w, "  idle:   RSS %.1f MiB, heap in use %.1f MiB, %.0f goroutines, %.0f connections, %.0f polls held\n",
 		mib(r.Idle.RSSBytes), mib(r.Idle.HeapInuse), r.Idle.Goroutines, r.Idle.Connections, r.Idle.InFlight)
-	fmt.Fprintf(w, "  per device: %.1f KiB RSS, %.1f KiB heap (%.1f KiB live after a GC), %.2f goroutines; qpcd CPU while idle: %.2f%% of one core (%.1f µs per device per second)\n",
-		r.RSSPerDevice/1024, r.HeapPerDevice/1024, r.LiveHeapPerDevice/1024, r.GoroutinesPerDevice, r.IdleCPUPercent, r.IdleCPUPerDevUs)
+	fmt.Fprintf(w, "  per device: %.1f KiB RSS, %.1f KiB heap (%.1f KiB live after a GC), %.1f KiB stacks, %.2f goroutines; qpcd CPU while idle: %.2f%% of one core (%.1f µs per device per second)\n",
+		r.RSSPerDevice/1024, r.HeapPerDevice/1024, r.LiveHeapPerDevice/1024, (r.Idle.StackInuse-r.Before.StackInuse)/float64(r.Devices)/1024, r.GoroutinesPerDevice, r.IdleCPUPercent, r.IdleCPUPerDevUs)
 	if n := len(r.After); n > 0 {
 		a := r.After[n-1]
 		fmt.Fprintf(w, "  %.0f s after they left: RSS %.1f MiB, heap in use %.1f MiB, released %.1f MiB, %.0f goroutines, %.0f connections\n",
 			a.AtSeconds-r.After[0].AtSeconds, mib(a.RSSBytes), mib(a.HeapInuse), mib(a.HeapReleased), a.Goroutines, a.Connections)
+	}
+	if r.Fanout != nil {
+		printFanout(w, *r.Fanout)
 	}
 	if r.Errors > 0 {
 		fmt.Fprintf(w, "  %d poll errors (first: %s)\n", r.Errors, r.FirstError)

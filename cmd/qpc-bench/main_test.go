@@ -21,6 +21,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"-batch", "0"},
 		{"-batch", "65"},
 		{"-mode", "idle"}, // no -ops to read qpcd's metrics from
+		{"-mode", "idle", "-serve", "-n", "10", "-fanout", "11"},
+		{"-mode", "enqueue", "-fanout", "1"},
 		{"-cpu-tree", "-1"},
 		{"extra"},
 	} {
@@ -161,5 +163,45 @@ func TestIdleModeInProcess(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), "per device:") {
 		t.Fatalf("no summary: %s", stdout.String())
+	}
+}
+
+// The fan-out step: receivers that joined one channel, among other idle
+// devices, each get every message the sender enqueues, once.
+func TestIdleFanoutInProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server")
+	}
+	dir := t.TempDir()
+	out := filepath.Join(dir, "idle.json")
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"-mode", "idle", "-serve", "-n", "12", "-fanout", "8", "-fanout-messages", "3",
+		"-duration", "100ms", "-after", "0s", "-json", out}, &stdout, &stderr)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s %s", code, stdout.String(), stderr.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r idleReport
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatalf("json: %v %s", err, b)
+	}
+	f := r.Fanout
+	switch {
+	case f == nil:
+		t.Fatalf("no fan-out report: %s", b)
+	case f.Receivers != 8 || f.Messages != 3 || f.Missing != 0:
+		t.Fatalf("fan-out: %+v", f)
+	case f.Receipt.Count != 24 || f.Last.Count != 3 || f.Enqueue.Count != 3:
+		t.Fatalf("want 24 receipts of 3 messages: %+v", f)
+	case f.Receipt.Max <= 0 || f.Last.P50 < f.Receipt.P50:
+		t.Fatalf("latencies: %+v", f)
+	case r.Errors != 0:
+		t.Fatalf("%d poll errors: %s", r.Errors, r.FirstError)
+	}
+	if !strings.Contains(stdout.String(), "fan-out: 3 messages to 8 receivers") {
+		t.Fatalf("no fan-out line: %s", stdout.String())
 	}
 }

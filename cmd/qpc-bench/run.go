@@ -46,6 +46,11 @@ type options struct {
 	ops        string
 	after      time.Duration
 	profileDir string
+
+	pollTimeout    time.Duration
+	keepAlive      time.Duration
+	fanout         int
+	fanoutMessages int
 }
 
 func parse(args []string, stderr io.Writer) (options, error) {
@@ -75,6 +80,10 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.ops, "ops", "", "idle mode: qpcd's ops_listen address (its /metrics, and /debug/pprof with ops_pprof=on)")
 	fs.DurationVar(&o.after, "after", 30*time.Second, "idle mode: how long to watch qpcd's memory after every device has left")
 	fs.StringVar(&o.profileDir, "profile-dir", "", "idle mode: save qpcd's heap profile and goroutine dump here while the devices wait (needs ops_pprof=on)")
+	fs.DurationVar(&o.pollTimeout, "poll-timeout", time.Hour, "idle mode: the wait each FetchWait asks for, as qpc's client does (qpcd clips it to limits.long_poll_max)")
+	fs.DurationVar(&o.keepAlive, "keepalive", 0, "idle mode: each device's QUIC keep-alive period (0: the transport's default, 15 s; quic-go sends at most every half of the idle timeout)")
+	fs.IntVar(&o.fanout, "fanout", 0, "idle mode: this many of the -n devices join one group channel before they poll; once all wait, a sender enqueues -fanout-messages messages one at a time (each after every receiver got the previous one): time from the send to each receipt")
+	fs.IntVar(&o.fanoutMessages, "fanout-messages", 20, "idle mode with -fanout: messages sent")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -87,6 +96,14 @@ func parse(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-n %d: want 1..20000 idle devices", o.clients)
 	case o.mode == "idle" && !o.serve && o.ops == "":
 		return o, errors.New("-mode idle reads qpcd's metrics: set -ops to its ops_listen address (or -serve)")
+	case o.pollTimeout < time.Second || o.pollTimeout > time.Hour:
+		return o, fmt.Errorf("-poll-timeout %v: want 1s..1h", o.pollTimeout)
+	case o.keepAlive < 0:
+		return o, fmt.Errorf("-keepalive %v: must not be negative", o.keepAlive)
+	case o.fanout < 0 || o.fanout > 0 && (o.mode != "idle" || o.fanout > o.clients):
+		return o, fmt.Errorf("-fanout %d: want 0..-n, in idle mode", o.fanout)
+	case o.fanout > 0 && (o.fanoutMessages < 1 || o.fanoutMessages > 100000):
+		return o, fmt.Errorf("-fanout-messages %d: want 1..100000", o.fanoutMessages)
 	case o.mode != "idle" && (o.clients < 1 || o.clients > 4096):
 		return o, fmt.Errorf("-n %d: want 1..4096", o.clients)
 	case o.receivers < 1 || o.receivers > 256:

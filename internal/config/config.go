@@ -74,7 +74,7 @@ type Config struct {
 		MaxPayloadBytes          int           // limits.max_payload_bytes: 5242880 (5 MiB)
 		RateLimit                float64       // limits.rate_limit: 50 (requests/s per IP, account and device)
 		RateBurst                int           // limits.rate_burst: 100
-		LongPollMax              time.Duration // limits.long_poll_max: 30s
+		LongPollMax              time.Duration // limits.long_poll_max: 5m (clients keep the connection alive meanwhile; each renewal is an authenticated read)
 		DrainTimeout             time.Duration // limits.drain_timeout: 15s (0 closes at once)
 		MaxStreamsPerConn        int           // limits.max_streams_per_conn: 100 (concurrent RPCs per connection)
 		// ByteRate and ByteBurst are a token bucket per account on the
@@ -178,7 +178,7 @@ func Default() Config {
 	c.Limits.MaxPayloadBytes = 5 << 20
 	c.Limits.RateLimit = 50
 	c.Limits.RateBurst = 100
-	c.Limits.LongPollMax = 30 * time.Second
+	c.Limits.LongPollMax = 5 * time.Minute
 	c.Limits.DrainTimeout = 15 * time.Second
 	c.Limits.MaxStreamsPerConn = 100
 	c.Limits.ByteRate = 1 << 20
@@ -607,7 +607,7 @@ func validateLimits(c Config) *FieldError {
 	if fe := checkMinInt("limits.rate_burst", l.RateBurst, 1); fe != nil {
 		return fe
 	}
-	if fe := checkPositive("limits.long_poll_max", l.LongPollMax, "30s"); fe != nil {
+	if fe := checkPositive("limits.long_poll_max", l.LongPollMax, "5m"); fe != nil {
 		return fe
 	}
 	if fe := checkNonNegative("limits.drain_timeout", l.DrainTimeout, "15s", "closes connections at once"); fe != nil {

@@ -260,7 +260,7 @@ func TestInvalidValues(t *testing.T) {
 		{name: "duration type error", env: []string{"QPC_AUTH_ACCESS_TOKEN_TTL=abc"},
 			key: "auth.access_token_ttl", value: "abc", expect: "a duration such as 15m"},
 		{name: "duration without unit in file", yaml: "limits:\n  long_poll_max: 30\n",
-			key: "limits.long_poll_max", value: "30", expect: "a duration such as 30s"},
+			key: "limits.long_poll_max", value: "30", expect: "a duration such as 5m"},
 		{name: "int type error", yaml: "limits:\n  max_connections: lots\n",
 			key: "limits.max_connections", value: "lots", expect: "an integer"},
 		{name: "int flag below minimum", args: []string{"--max-connections", "0"},

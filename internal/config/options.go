@@ -79,7 +79,7 @@ var options = []option{
 		ptr: func(c *Config) any { return &c.Limits.RateLimit }},
 	{key: "limits.rate_burst", help: "requests allowed in a burst above rate_limit",
 		ptr: func(c *Config) any { return &c.Limits.RateBurst }},
-	{key: "limits.long_poll_max", help: "longest time a FetchWait long-poll is held open",
+	{key: "limits.long_poll_max", help: "longest time a FetchWait long-poll is held open; a device renews its poll this often while idle (each renewal is an authenticated read), and clients keep the connection alive meanwhile",
 		ptr: func(c *Config) any { return &c.Limits.LongPollMax }},
 	{key: "limits.drain_timeout", help: "on shutdown, how long in-flight RPCs may finish; 0 closes at once",
 		ptr: func(c *Config) any { return &c.Limits.DrainTimeout }},

@@ -117,7 +117,7 @@ type Options struct {
 	// Quota bounds what each account keeps stored (quota.go); the zero
 	// value is no limit (the server passes the configured defaults).
 	Quota Quota
-	// LongPollMax caps FetchWait; default 30s.
+	// LongPollMax caps FetchWait; default 5m.
 	LongPollMax time.Duration
 	// FetchLinger is how long a woken FetchWait waits for more messages
 	// before it reads, so that under load one read serves several
@@ -213,7 +213,7 @@ func New(o Options) (*Service, error) {
 		s.maxInbox = 8 << 20
 	}
 	if s.longPollMax <= 0 {
-		s.longPollMax = 30 * time.Second
+		s.longPollMax = 5 * time.Minute
 	}
 	switch {
 	case o.FetchLinger == 0:

@@ -328,3 +328,67 @@ func TestEnqueueBatchRefusedStatementFailsOnlyTheCulprit(t *testing.T) {
 		t.Fatalf("%d rows (%d acknowledged + 2 membership events), last seq %d", len(ids), stored.Load(), seqs[len(seqs)-1])
 	}
 }
+
+// Many invitees of one channel accepting at once (a fan-out bench joins
+// 1 000 that way): every accept succeeds and each writes one JOINED event
+// at its own sequence number. On PostgreSQL two accepts used to race for
+// the same event seq and the loser failed with a unique violation,
+// answered as an internal error, instead of a retried serialization
+// conflict.
+func TestConcurrentAcceptsOfOneChannel(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.InvitationsPerHour = 1000 })
+	owner := e.dir.add("owner", "o1")
+	var others []user
+	var refs []MemberRef
+	for i := range 32 {
+		u := e.dir.add(fmt.Sprintf("joiner%d", i), fmt.Sprintf("j%d", i))
+		others = append(others, u)
+		refs = append(refs, MemberRef{AccountName: u.name})
+	}
+	ch, _, err := e.svc.CreateGroup(ctx, owner.Caller, groupID(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.AddMembers(ctx, owner.Caller, ch.ID, refs); err != nil {
+		t.Fatal(err)
+	}
+	before, err := e.svc.channel(ctx, owner.Caller, ch.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(others))
+	start := make(chan struct{})
+	for i, u := range others {
+		invs, err := e.svc.ListInvitations(ctx, u.Caller)
+		if err != nil || len(invs) != 1 {
+			t.Fatalf("%s: %d invitations, %v", u.name, len(invs), err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			_, _, errs[i] = e.svc.AcceptInvitation(ctx, u.Caller, invs[0].ID)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("%s accepts: %v", others[i].name, err)
+		}
+	}
+	after, err := e.svc.channel(ctx, owner.Caller, ch.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := after.HeadSeq-before.HeadSeq, uint64(len(others)); got != want || len(after.Members) != len(others)+1 {
+		t.Fatalf("head moved by %d, want %d (one JOINED event each); %d members", got, want, len(after.Members))
+	}
+	_, seqs := storedSeqs(t, e.db, ch.ID)
+	for i, s := range seqs {
+		if s != uint64(i+1) {
+			t.Fatalf("channel log seqs %v: not contiguous from 1", seqs)
+		}
+	}
+}

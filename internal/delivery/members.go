@@ -143,12 +143,17 @@ func (s *Service) writeEvent(ctx context.Context, tx *sql.Tx, ev *qpcv1.Membersh
 		return 0, err
 	}
 	seq := head + 1
+	// The head first: on PostgreSQL two events racing for one channel
+	// then collide on the channel row, a serialization failure that the
+	// store retries. Inserting the message first made the loser fail on
+	// the (channel_id, seq) key instead, a unique violation that is not
+	// retried (TestConcurrentAcceptsOfOneChannel).
+	if _, err := tx.ExecContext(ctx, `UPDATE channels SET head_seq = ? WHERE id = ?`, seq, id); err != nil {
+		return 0, err
+	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO messages
 		(channel_id, seq, message_id, sender_account, sender_device, epoch, content_type, created_at, expires_at, body)
 		VALUES (?, ?, ?, '', ?, ?, 0, ?, ?, ?)`, id, seq, "event-"+mid, EventSender, epoch, nowMS, nowMS+life, body); err != nil {
-		return 0, err
-	}
-	if _, err := tx.ExecContext(ctx, `UPDATE channels SET head_seq = ? WHERE id = ?`, seq, id); err != nil {
 		return 0, err
 	}
 	for _, d := range inboxes {
