@@ -225,6 +225,22 @@ bench-peers:
 bench-mls-peers:
 	scripts/bench-mls-peers.sh
 
+# Enqueue latency with STORED messages in the log against an empty
+# database, alternating between the two, on STORED_BACKENDS (default both):
+# BenchmarkEnqueueStoredMessages (internal/delivery, docs/benchmarks.md
+# "Stored data"). The log is bulk-loaded in qpcd's shape; PostgreSQL runs on
+# its own on-disk cluster with fsync on. STORED=10000000 needs about 16 GiB
+# free under TMPDIR per backend (removed at the end) and tens of minutes on
+# 2 cores. BENCH_QUICK=1: 10 000 messages, 400 enqueues, a smoke check.
+STORED ?= 1000000
+STORED_BACKENDS ?= sqlcipher,postgres
+STORED_ENQUEUES ?= 6000
+.PHONY: bench-stored
+bench-stored:
+	@if [ -n "$(BENCH_QUICK)" ]; then stored=10000; n=400; else stored=$(STORED); n=$(STORED_ENQUEUES); fi; \
+	QPC_TEST_BACKENDS=$(STORED_BACKENDS) QPC_BENCH_STORED=$$stored $(GO) test -run '^$$' -bench '^BenchmarkEnqueueStoredMessages$$' \
+		-benchtime $${n}x -timeout 3h -v ./internal/delivery | grep -v '^=== RUN'
+
 
 # Fuzzing of every fuzz target, one after another: FUZZTIME per target
 # (10s; the nightly workflow uses 2m), FUZZPARALLEL workers each (default:

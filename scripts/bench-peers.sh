@@ -7,6 +7,7 @@
 #   SYSTEMS="qpcd-sqlcipher nats-sync" SENDERS=64 ROUNDS=5 scripts/bench-peers.sh
 #   BASE=main SYSTEMS="qpcd-sqlcipher qpcd-sqlcipher-base" ROUNDS=5 scripts/bench-peers.sh
 #   BATCH=16 scripts/bench-peers.sh            # the default systems plus the two -batch ones
+#   CPUS="0 0-1" SYSTEMS="qpcd-sqlcipher pgbench" SENDERS=32 scripts/bench-peers.sh
 #
 # Systems, run interleaved round-robin (every system at every concurrency in
 # round 1, then round 2, ...) so that a change in the machine's load falls
@@ -43,6 +44,11 @@
 #                   setting BATCH. Not the same workload as pgbench's one
 #                   row per transaction: a batch amortises one round trip
 #                   (and, with one channel, one commit) over BATCH messages.
+# CPUS="0 0-1" (CPU lists as taskset takes them, space separated) runs every
+# system once per list, each run with every process of the system pinned to
+# it (taskset: the client, qpcd or nats-server with all their threads, and
+# PostgreSQL's whole process tree, re-pinned before each run); the rows are
+# named system@cpus (qpcd-sqlcipher@0). Default: no pinning.
 # CPU µs per message is summed over every process of the system (client and
 # servers; PostgreSQL's whole process tree, exited backends included),
 # divided by every message acknowledged while metered (warm-up included);
@@ -72,6 +78,7 @@ SYSTEMS=${SYSTEMS:-"qpcd-sqlcipher qpcd-postgres nats-sync nats-default pgbench 
 BATCH_N=${BATCH:-16}               # messages per EnqueueBatch for the -batch systems
 SIZE=${SIZE:-1024}
 CHANNELS=${CHANNELS:-1}            # qpcd: group channels the senders are spread over (qpc-bench -channels)
+CPUS=${CPUS:-}                     # CPU lists to pin each system to in turn (taskset -c), e.g. "0 0-1"
 BENCH_OUT=${BENCH_OUT:-bench-out}
 BENCH_TMP=${BENCH_TMP:-/var/tmp}
 MAX_CONNS=${MAX_CONNS:-40}         # qpcd's PostgreSQL pool
@@ -92,6 +99,15 @@ for s in $SYSTEMS; do
 done
 wants() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 for t in jq curl python3 /usr/bin/time; do command -v "$t" >/dev/null || die "needs $t"; done
+if [ -n "$CPUS" ]; then
+	command -v taskset >/dev/null || die "CPUS needs taskset (Debian: util-linux)"
+	for c in $CPUS; do taskset -c "$c" true 2>/dev/null || die "CPUS: taskset cannot pin to CPU list $c"; done
+fi
+# The row names, in order: system, or system@cpus for each CPU list of CPUS.
+labels=
+for s in $SYSTEMS; do
+	if [ -z "$CPUS" ]; then labels="$labels $s"; else for c in $CPUS; do labels="$labels $s@$c"; done; fi
+done
 if wants qpcd-postgres || wants qpcd-postgres-base || wants qpcd-postgres-batch || wants pgbench; then
 	[ -x "$PGBIN/initdb" ] && [ -x "$PGBIN/pgbench" ] || die "needs PostgreSQL's server and pgbench (Debian: postgresql); PGBIN=$PGBIN"
 fi
@@ -128,6 +144,25 @@ treecpu() {
 		      while (n > 0) { p = q[n--]; sum += t[p]
 		          c = split(kids[p], k, " "); for (i = 1; i <= c; i++) q[++n] = k[i] }
 		      print sum }'
+}
+
+# treepids PID: PID and its descendants.
+treepids() {
+	{ cat /proc/[0-9]*/stat 2>/dev/null || :; } | awk -v root="$1" '
+		{ pid = $1; rest = $0; sub(/^.*\) /, "", rest); split(rest, f, " "); kids[f[2]] = kids[f[2]] " " pid }
+		END { n = 1; q[1] = root
+		      while (n > 0) { p = q[n--]; print p; c = split(kids[p], k, " "); for (i = 1; i <= c; i++) q[++n] = k[i] } }'
+}
+
+# pin CPULIST PID...: every thread of each PID onto CPULIST. A process that
+# has exited meanwhile (a PostgreSQL backend) is skipped; one still running
+# that cannot be pinned stops the script.
+pin() {
+	local c=$1 p
+	shift
+	for p in "$@"; do
+		taskset -a -p -c "$c" "$p" >/dev/null 2>&1 || ! kill -0 "$p" 2>/dev/null || die "taskset cannot pin pid $p to $c"
+	done
 }
 
 # --- build ------------------------------------------------------------------
@@ -279,14 +314,24 @@ failed() {
 	local keep="$BENCH_OUT/failed-$1-$2-$3"
 	log "round $3 $1 $2 senders FAILED; client output and server log in $keep.*"
 	cp "$4.txt" "$keep.client.txt" 2>/dev/null || :
-	[ -f "$tmp/$1.log" ] && grep -v 'level=AUDIT' "$tmp/$1.log" | tail -200 >"$keep.server.log"
+	[ -f "$tmp/${1%@*}.log" ] && grep -v 'level=AUDIT' "$tmp/${1%@*}.log" | tail -200 >"$keep.server.log"
 	tail -5 "$4.txt" >&2 || :
 	jq -nc --arg sys "$1" --argjson n "$2" --argjson round "$3" --arg err "$(tail -1 "$4.txt" 2>/dev/null | cut -c1-300)" \
 		'{system: $sys, senders: $n, round: $round, failed: true, error: $err}' >"$4.row"
 }
 
-runone() { # system senders round
-	local sys=$1 n=$2 r=$3 raw="$tmp/runs/$1-$2-$3" l0
+runone() { # system senders round [cpus]
+	local sys=$1 n=$2 r=$3 c=${4:-} raw l0 label=$1 run=()
+	if [ -n "$c" ]; then
+		label="$sys@$c" run=(taskset -c "$c")
+		case $sys in
+		qpcd-postgres | qpcd-postgres-base | qpcd-postgres-batch) pin "$c" "${qpid[$sys]}" $(treepids "$postmaster") ;;
+		qpcd-*) pin "$c" "${qpid[$sys]}" ;;
+		nats-*) pin "$c" "${npid[$sys]}" ;;
+		pgbench) pin "$c" $(treepids "$postmaster") ;;
+		esac
+	fi
+	raw="$tmp/runs/$label-$n-$r"
 	l0=$(load1)
 	case $sys in
 	qpcd-sqlcipher | qpcd-postgres | qpcd-sqlcipher-base | qpcd-postgres-base | qpcd-sqlcipher-batch | qpcd-postgres-batch)
@@ -297,37 +342,37 @@ runone() { # system senders round
 		# With it, an allocation profile over the same span (a delta:
 		# allocs?seconds=S), to be read with -sample_index=alloc_space.
 		[ -n "${PROFILE:-}" ] && (sleep "$WARMUP" && curl -fs "http://${qops[$sys]}/debug/pprof/profile?seconds=$PROFILE" \
-			-o "$BENCH_OUT/$sys-$n-$r.cpu.pb.gz") &
+			-o "$BENCH_OUT/$label-$n-$r.cpu.pb.gz") &
 		[ -n "${PROFILE:-}" ] && (sleep "$WARMUP" && curl -fs "http://${qops[$sys]}/debug/pprof/allocs?seconds=$PROFILE" \
-			-o "$BENCH_OUT/$sys-$n-$r.allocs.pb.gz") &
-		timeout "$STEP_TIMEOUT" bin/qpc-bench -mode enqueue -addr "${qaddr[$sys]}" -data-dir "$tmp/$sys" \
+			-o "$BENCH_OUT/$label-$n-$r.allocs.pb.gz") &
+		timeout "$STEP_TIMEOUT" "${run[@]}" bin/qpc-bench -mode enqueue -addr "${qaddr[$sys]}" -data-dir "$tmp/$sys" \
 			-server-pid "${qpid[$sys]}" "${extra[@]}" -n "$n" -channels "$CHANNELS" -receivers 1 -size "$SIZE" \
 			-duration "${DURATION}s" -warmup "${WARMUP}s" -json "$raw.json" >"$raw.txt" 2>&1 ||
-			{ failed "$sys" "$n" "$r" "$raw"; return; }
+			{ failed "$label" "$n" "$r" "$raw"; return; }
 		# With PROFILE, qpcd's metrics after the run too (counters are
 		# cumulative over the rounds: compare consecutive files).
-		[ -n "${PROFILE:-}" ] && curl -fs "http://${qops[$sys]}/metrics" -o "$BENCH_OUT/$sys-$n-$r.metrics.txt"
+		[ -n "${PROFILE:-}" ] && curl -fs "http://${qops[$sys]}/metrics" -o "$BENCH_OUT/$label-$n-$r.metrics.txt"
 		;;
 	nats-sync | nats-default)
-		timeout "$STEP_TIMEOUT" bin/natsbench -url "${nurl[$sys]}" -server-pid "${npid[$sys]}" -n "$n" -size "$SIZE" \
+		timeout "$STEP_TIMEOUT" "${run[@]}" bin/natsbench -url "${nurl[$sys]}" -server-pid "${npid[$sys]}" -n "$n" -size "$SIZE" \
 			-duration "${DURATION}s" -warmup "${WARMUP}s" -json "$raw.json" >"$raw.txt" 2>&1 ||
-			{ failed "$sys" "$n" "$r" "$raw"; return; }
+			{ failed "$label" "$n" "$r" "$raw"; return; }
 		;;
 	quic-bare)
-		timeout "$STEP_TIMEOUT" bin/qpc-bench -mode baseline -n "$n" -size "$SIZE" \
+		timeout "$STEP_TIMEOUT" "${run[@]}" bin/qpc-bench -mode baseline -n "$n" -size "$SIZE" \
 			-duration "${DURATION}s" -warmup "${WARMUP}s" -json "$raw.json" >"$raw.txt" 2>&1 ||
-			{ failed "$sys" "$n" "$r" "$raw"; return; }
+			{ failed "$label" "$n" "$r" "$raw"; return; }
 		;;
 	pgbench)
-		local pgb=("$PGBIN/pgbench" -n -c "$n" -j 2 -f "$tmp/insert.sql")
+		local pgb=("${run[@]}" "$PGBIN/pgbench" -n -c "$n" -j 2 -f "$tmp/insert.sql")
 		timeout "$STEP_TIMEOUT" "${pgb[@]}" -T "$WARMUP" pgb >"$raw.txt" 2>&1 ||
-			{ failed "$sys" "$n" "$r" "$raw"; return; }
+			{ failed "$label" "$n" "$r" "$raw"; return; }
 		mkdir -p "$raw.logs"
 		chmod 777 "$raw.logs"
 		local c0 c1
 		c0=$(treecpu "$postmaster")
 		(cd "$raw.logs" && timeout "$STEP_TIMEOUT" /usr/bin/time -f '%U %S' -o "$raw.time" \
-			"${pgb[@]}" -T "$DURATION" -l pgb) >"$raw.txt" 2>&1 || { failed "$sys" "$n" "$r" "$raw"; return; }
+			"${pgb[@]}" -T "$DURATION" -l pgb) >"$raw.txt" 2>&1 || { failed "$label" "$n" "$r" "$raw"; return; }
 		c1=$(treecpu "$postmaster")
 		# Per-transaction latencies (µs, the log's third column), as one
 		# JSON report in qpc-bench's shape.
@@ -342,11 +387,11 @@ runone() { # system senders round
 			      printf "\"tree_cpu_us_per_request\":%.3f,", ticks * 10000 / NR
 			      printf "\"rpc_latency\":{\"count\":%d,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f},", NR, pct(0.5), pct(0.99), pct(0.999), v[NR] / 1000
 			      printf "\"errors\":%d,\"sent\":%d}]\n", failed + 0, NR }' "$raw.lat" >"$raw.json" ||
-			{ echo "pgbench wrote no transaction log" >>"$raw.txt"; failed "$sys" "$n" "$r" "$raw"; return; }
+			{ echo "pgbench wrote no transaction log" >>"$raw.txt"; failed "$label" "$n" "$r" "$raw"; return; }
 		rm -rf "$raw.logs" "$raw.lat"
 		;;
 	esac
-	normalize "$sys" "$n" "$r" "$l0" "$raw.json" >"$raw.row" || { echo "unreadable report $raw.json" >>"$raw.txt"; failed "$sys" "$n" "$r" "$raw"; return; }
+	normalize "$label" "$n" "$r" "$l0" "$raw.json" >"$raw.row" || { echo "unreadable report $raw.json" >>"$raw.txt"; failed "$label" "$n" "$r" "$raw"; return; }
 	jq -r '"bench-peers: round \(.round) \(.system) \(.senders) senders: \(.msgs_per_s | floor) msg/s, \(.cpu_us_per_msg | floor) CPU µs/msg, ack p50/p99/p999 \(.ack_p50_ms*100|round/100)/\(.ack_p99_ms*100|round/100)/\(.ack_p999_ms*100|round/100) ms, delivery p99 \(if .delivery_p99_ms then (.delivery_p99_ms*100|round/100|tostring) else "-" end) ms, \(.errors) errors, load \(.load1_start)-\(.load1_end)"' "$raw.row" >&2
 }
 
@@ -357,7 +402,9 @@ for r in $(seq "$ROUNDS"); do
 	l0=$(load1)
 	t0=$(date -u +%FT%TZ)
 	for n in $SENDERS; do
-		for s in $SYSTEMS; do runone "$s" "$n" "$r"; done
+		for c in ${CPUS:-""}; do
+			for s in $SYSTEMS; do runone "$s" "$n" "$r" "$c"; done
+		done
 	done
 	jq -nc --argjson round "$r" --argjson l0 "$l0" --argjson l1 "$(load1)" --arg t0 "$t0" --arg t1 "$(date -u +%FT%TZ)" \
 		--arg avg "$(cut -d' ' -f1-3 /proc/loadavg)" \
@@ -383,9 +430,9 @@ fi
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [ -z "$(git status --porcelain 2>/dev/null)" ] || commit="$commit-dirty"
-jq -s --slurpfile rounds "$tmp/rounds.jsonl" --arg systems "$SYSTEMS" \
+jq -s --slurpfile rounds "$tmp/rounds.jsonl" --arg systems "$labels" --arg cpus "$CPUS" \
 	--arg cpu "$cpu" --argjson nproc "$(nproc)" --arg kernel "$(uname -r)" --arg go "$(go env GOVERSION)" \
-	--arg pg "$pgversion" --arg nats "$(bin/nats-server --version | awk '{print $2}')" --arg commit "$commit" \
+	--arg pg "$pgversion" --arg nats "$([ -x bin/nats-server ] && bin/nats-server --version | awk '{print $2}')" --arg commit "$commit" \
 	--arg date "$(date -u +%FT%TZ)" --argjson duration "$DURATION" --argjson warmup "$WARMUP" --argjson size "$SIZE" --argjson channels "$CHANNELS" --argjson batch "$BATCH_N" \
 	--argjson quick "$([ -n "$quick" ] && echo true || echo false)" '
 	def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
@@ -394,11 +441,11 @@ jq -s --slurpfile rounds "$tmp/rounds.jsonl" --arg systems "$SYSTEMS" \
 	($systems | split(" ") | map(select(. != ""))) as $order |
 	{machine: {cpu: $cpu, nproc: $nproc, kernel: $kernel, go: $go, postgres: $pg, nats_server: $nats},
 	 commit: $commit, date: $date, quick: $quick,
-	 config: {duration_s: $duration, warmup_s: $warmup, size_bytes: $size, qpcd_channels: $channels, qpcd_batch: $batch, rounds: ($rounds | length)},
+	 config: {duration_s: $duration, warmup_s: $warmup, size_bytes: $size, qpcd_channels: $channels, qpcd_batch: $batch, rounds: ($rounds | length), cpus: $cpus},
 	 rounds: $rounds,
 	 rows: (group_by([.system, .senders]) | map((map(select(.failed | not))) as $ok | {
 		system: .[0].system, senders: .[0].senders, runs: ($ok | length), failed_runs: (map(select(.failed)) | length),
-		durable: (.[0].system != "nats-default"),
+		durable: (.[0].system | startswith("nats-default") | not),
 		msgs_per_s: med(.msgs_per_s), msgs_per_s_min: ($ok | map(.msgs_per_s) | min), msgs_per_s_max: ($ok | map(.msgs_per_s) | max),
 		cpu_us_per_msg: med(.cpu_us_per_msg), server_cpu_us_per_msg: med(.server_cpu_us_per_msg),
 		db_cpu_us_per_msg: med(.db_cpu_us_per_msg), ack_p50_ms: med(.ack_p50_ms), ack_p99_ms: med(.ack_p99_ms),
