@@ -37,20 +37,16 @@ BACKENDS=${BACKENDS:-sqlcipher}
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 
 log() { echo "bench-idle: $*" >&2; }
-freeport() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-freeudp() { python3 -c 'import socket;s=socket.socket(type=socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+# shellcheck source=scripts/lib/pgcluster.sh
+. scripts/lib/pgcluster.sh
 
 mkdir -p "$BENCH_OUT"
 tmp=$(mktemp -d "$BENCH_TMP/bench-idle.XXXXXX")
 pid=
-pg_started=
-asuser=()
-if [ "$(id -u)" = 0 ]; then asuser=(runuser -u postgres --); fi
-pg() { "${asuser[@]}" "$PGBIN/pg_ctl" -D "$tmp/pg" -l "$tmp/pg/server.log" "$@"; }
 cleanup() {
 	set +e
 	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-	[ -n "$pg_started" ] && pg stop -m fast >/dev/null 2>&1
+	pgcluster_stop
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -61,22 +57,7 @@ for b in $BACKENDS; do
 done
 if [[ " $BACKENDS " == *" postgres "* ]]; then
 	[ -x "$PGBIN/initdb" ] || { log "BACKENDS=postgres needs PostgreSQL's server (Debian: postgresql); PGBIN=$PGBIN"; exit 1; }
-	chmod 755 "$tmp"
-	mkdir "$tmp/pg"
-	[ ${#asuser[@]} -gt 0 ] && chown postgres "$tmp/pg"
-	"${asuser[@]}" "$PGBIN/initdb" -D "$tmp/pg" -U postgres --auth=trust -E UTF8 >/dev/null
-	PGPORT=$(freeport)
-	cat >>"$tmp/pg/postgresql.conf" <<-EOF
-		listen_addresses = '127.0.0.1'
-		port = $PGPORT
-		unix_socket_directories = '$tmp/pg'
-		max_connections = 100
-		shared_buffers = 128MB
-		fsync = on
-		synchronous_commit = on
-	EOF
-	pg -w -t 60 start >/dev/null
-	pg_started=1
+	pgcluster_start 100 128MB
 	log "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PGPORT"
 fi
 

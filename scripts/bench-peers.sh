@@ -84,6 +84,8 @@ BENCH_TMP=${BENCH_TMP:-/var/tmp}
 MAX_CONNS=${MAX_CONNS:-40}         # qpcd's PostgreSQL pool
 STEP_TIMEOUT=${STEP_TIMEOUT:-300}  # seconds, any one run
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
+# shellcheck source=scripts/lib/pgcluster.sh
+. scripts/lib/pgcluster.sh
 
 log() { echo "bench-peers: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -116,20 +118,17 @@ mkdir -p "$BENCH_OUT"
 tmp=$(mktemp -d "$BENCH_TMP/bench-peers.XXXXXX")
 [ "$(stat -f -c %T "$tmp")" = tmpfs ] && log "warning: $tmp is on a tmpfs, where fsync costs nothing; set BENCH_TMP to a disk"
 pids=()
-pg_started=
 cleanup() {
 	set +e
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-	if [ -n "$pg_started" ]; then pg stop -m fast >/dev/null 2>&1; fi
+	pgcluster_stop
 	rm -rf "$tmp"
 	[ -n "${BASE:-}" ] && git worktree prune 2>/dev/null
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-freeport() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-freeudp() { python3 -c 'import socket;s=socket.socket(type=socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
 # treecpu PID: CPU ticks (1/100 s) of PID and its descendants, with the
@@ -179,34 +178,17 @@ if wants nats-sync || wants nats-default; then
 fi
 
 # --- PostgreSQL -------------------------------------------------------------
-asuser=()
-if [ "$(id -u)" = 0 ]; then asuser=(runuser -u postgres --); fi
-pg() { "${asuser[@]}" "$PGBIN/pg_ctl" -D "$tmp/pg" -l "$tmp/pg/server.log" "$@"; }
 chmod 755 "$tmp"
 pgversion=
 if wants qpcd-postgres || wants qpcd-postgres-base || wants qpcd-postgres-batch || wants pgbench; then
-	mkdir "$tmp/pg"
-	[ ${#asuser[@]} -gt 0 ] && chown postgres "$tmp/pg"
-	"${asuser[@]}" "$PGBIN/initdb" -D "$tmp/pg" -U postgres --auth=trust -E UTF8 >/dev/null
-	PGPORT=$(freeport)
-	cat >>"$tmp/pg/postgresql.conf" <<-EOF
-		listen_addresses = '127.0.0.1'
-		port = $PGPORT
-		unix_socket_directories = '$tmp/pg'
-		max_connections = 200
-		shared_buffers = 256MB
-		fsync = on
-		synchronous_commit = on
-	EOF
+	conf=()
 	# PG_STATEMENTS=1: count the statements qpcd sends (pg_stat_statements,
 	# in the postgres database so that qpc's stays empty for qpcd).
-	[ -n "${PG_STATEMENTS:-}" ] && printf "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track_planning = on\n" >>"$tmp/pg/postgresql.conf"
+	[ -n "${PG_STATEMENTS:-}" ] && conf+=("shared_preload_libraries = 'pg_stat_statements'" "pg_stat_statements.track_planning = on")
 	# PG_STATEMENTS=all: the statements inside functions too (qpc_fetch,
 	# qpc_enqueue_lock), each listed beside the call that ran it.
-	[ "${PG_STATEMENTS:-}" = all ] && echo "pg_stat_statements.track = all" >>"$tmp/pg/postgresql.conf"
-	pg -w -t 60 start >/dev/null
-	pg_started=1
-	export PGHOST=127.0.0.1 PGPORT PGUSER=postgres
+	[ "${PG_STATEMENTS:-}" = all ] && conf+=("pg_stat_statements.track = all")
+	pgcluster_start 200 256MB "${conf[@]}"
 	"$PGBIN/createdb" qpc
 	"$PGBIN/createdb" qpc_base
 	"$PGBIN/createdb" qpc_batch

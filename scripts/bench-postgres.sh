@@ -25,42 +25,22 @@ STEP_TIMEOUT=${STEP_TIMEOUT:-120} # seconds, any one bench step
 
 tmp=$(mktemp -d /tmp/bench-pg.XXXXXX)
 pids=()
-pg_started=
 cleanup() {
 	set +e
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-	if [ -n "$pg_started" ]; then pg stop -m fast >/dev/null 2>&1; fi
+	pgcluster_stop
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-asuser=()
-if [ "$(id -u)" = 0 ]; then asuser=(runuser -u postgres --); fi
-pg() { "${asuser[@]}" "$PGBIN/pg_ctl" -D "$tmp/pg" -l "$tmp/pg/server.log" "$@"; }
-freeport() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-freeudp() { python3 -c 'import socket;s=socket.socket(type=socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+# shellcheck source=scripts/lib/pgcluster.sh
+. scripts/lib/pgcluster.sh
 log() { echo "bench-postgres: $*" >&2; }
 
 # --- PostgreSQL -----------------------------------------------------------
-chmod 755 "$tmp"
-mkdir "$tmp/pg"
-[ ${#asuser[@]} -gt 0 ] && chown postgres "$tmp/pg"
-"${asuser[@]}" "$PGBIN/initdb" -D "$tmp/pg" -U postgres --auth=trust -E UTF8 >/dev/null
-PGPORT=$(freeport)
-cat >>"$tmp/pg/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $PGPORT
-unix_socket_directories = '$tmp/pg'
-max_connections = 200
-shared_buffers = 256MB
-fsync = on
-synchronous_commit = on
-EOF
-pg -w -t 60 start >/dev/null
-pg_started=1
-export PGHOST=127.0.0.1 PGPORT PGUSER=postgres
+pgcluster_start 200 256MB
 "$PGBIN/createdb" qpc
 "$PGBIN/createdb" pgb
 DSN="postgres://postgres@127.0.0.1:$PGPORT/qpc?sslmode=disable"
