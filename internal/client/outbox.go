@@ -712,15 +712,8 @@ func (c *Client) requeue(ctx context.Context, e OutboxEntry) error {
 		c.groupMu.Lock()
 		defer c.groupMu.Unlock()
 		return c.db.WriteTx(ctx, func(tx *sql.Tx) error {
-			_, g, err := openGroup(ctx, tx, "", e.ChannelID)
+			ct, err := c.protectAgain(ctx, tx, &e)
 			if err != nil {
-				return err
-			}
-			ct, err := g.Protect(e.intent, nil)
-			if err != nil {
-				return fmt.Errorf("client: encrypt again: %w", err)
-			}
-			if err := saveGroup(ctx, tx, e.ChannelID, g, c.now().UnixMilli()); err != nil {
 				return err
 			}
 			_, err = tx.ExecContext(ctx, `UPDATE outbox SET status = ?, mls_message = ? WHERE id = ?`, OutboxPending, ct, e.ID)
@@ -768,6 +761,25 @@ func (c *Client) refused(ctx context.Context, e OutboxEntry, cause error) error 
 	return nil
 }
 
+// protectAgain encrypts a queued application message's intent in the
+// group's current epoch and saves the group's advanced secret tree, in tx;
+// the caller stores the new ciphertext in the outbox entry. Callers hold
+// groupMu.
+func (c *Client) protectAgain(ctx context.Context, tx *sql.Tx, e *OutboxEntry) ([]byte, error) {
+	_, g, err := openGroup(ctx, tx, "", e.ChannelID)
+	if err != nil {
+		return nil, err
+	}
+	ct, err := g.Protect(e.intent, nil)
+	if err != nil {
+		return nil, fmt.Errorf("client: encrypt again: %w", err)
+	}
+	if err := saveGroup(ctx, tx, e.ChannelID, g, c.now().UnixMilli()); err != nil {
+		return nil, err
+	}
+	return ct, nil
+}
+
 // reprotectOld encrypts a queued application message again when the group
 // has moved to another epoch since it was encrypted (same message id: if
 // the server already took the old ciphertext under it, it answers
@@ -795,15 +807,8 @@ func (c *Client) reprotectOld(ctx context.Context, e *OutboxEntry) error {
 	c.groupMu.Lock()
 	defer c.groupMu.Unlock()
 	err = c.db.WriteTx(ctx, func(tx *sql.Tx) error {
-		_, g, err := openGroup(ctx, tx, "", e.ChannelID)
+		ct, err := c.protectAgain(ctx, tx, e)
 		if err != nil {
-			return err
-		}
-		ct, err := g.Protect(e.intent, nil)
-		if err != nil {
-			return fmt.Errorf("client: encrypt again: %w", err)
-		}
-		if err := saveGroup(ctx, tx, e.ChannelID, g, c.now().UnixMilli()); err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE outbox SET mls_message = ? WHERE id = ?`, ct, e.ID); err != nil {
