@@ -72,12 +72,24 @@ func runBaseline(ctx context.Context, o options) (report, error) {
 			defer wg.Done()
 			var mine []time.Duration
 			defer func() { lat.add(mine...) }()
+			var kept *quic.Stream
+			defer func() {
+				if kept != nil {
+					_ = kept.Close()
+				}
+			}()
 			for w.running() && ctx.Err() == nil {
 				at, ok := p.wait(w.stop)
 				if !ok {
 					return
 				}
-				if err := echoOnce(ctx, c, frame, o.size); err != nil {
+				var err error
+				if o.keepStream {
+					kept, err = echoOnStream(ctx, c, kept, frame, o.size)
+				} else {
+					err = echoOnce(ctx, c, frame, o.size)
+				}
+				if err != nil {
 					errs.Add(1)
 					firstErr.CompareAndSwap(nil, err.Error())
 					continue
@@ -124,6 +136,30 @@ func echoOnce(ctx context.Context, c *quic.Conn, frame []byte, size int) error {
 	return nil
 }
 
+// echoOnStream sends one request on s (opening it first if nil) and leaves
+// the stream open for the next: several requests on one long-lived stream.
+func echoOnStream(ctx context.Context, c *quic.Conn, s *quic.Stream, frame []byte, size int) (*quic.Stream, error) {
+	if s == nil {
+		var err error
+		if s, err = c.OpenStreamSync(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := s.Write(frame); err != nil {
+		s.CancelRead(0)
+		return nil, err
+	}
+	resp, err := wire.ReadFrame(s, size+64)
+	if err != nil {
+		s.CancelRead(0)
+		return nil, err
+	}
+	if len(resp) != size {
+		return nil, fmt.Errorf("echo of %d bytes, sent %d", len(resp), size)
+	}
+	return s, nil
+}
+
 func echoServer(ctx context.Context, ln *quic.Listener, size int) {
 	for {
 		c, err := ln.Accept(ctx)
@@ -137,18 +173,24 @@ func echoServer(ctx context.Context, ln *quic.Listener, size int) {
 					return
 				}
 				go func() {
-					req, err := wire.ReadFrame(s, size+64)
-					if err != nil {
-						s.CancelRead(0)
-						s.CancelWrite(0)
-						return
+					// Echo every frame until the client closes its side:
+					// one frame per stream, or many on a kept stream.
+					for {
+						req, err := wire.ReadFrame(s, size+64)
+						if errors.Is(err, io.EOF) {
+							_ = s.Close()
+							return
+						}
+						if err != nil {
+							s.CancelRead(0)
+							s.CancelWrite(0)
+							return
+						}
+						if _, err := s.Write(wire.AppendFrame(nil, req)); err != nil {
+							s.CancelWrite(0)
+							return
+						}
 					}
-					if _, err := s.Write(wire.AppendFrame(nil, req)); err != nil {
-						s.CancelWrite(0)
-						return
-					}
-					_ = s.Close()
-					_, _ = io.Copy(io.Discard, s)
 				}()
 			}
 		}()

@@ -41,6 +41,7 @@ type options struct {
 	warmup     time.Duration
 	channels   int
 	batch      int
+	keepStream bool
 	cpuComm    string
 	cpuTree    int
 	ops        string
@@ -75,6 +76,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.serverPID, "server-pid", 0, "qpcd's process id, to add its CPU time to the per-request CPU figure (Linux)")
 	fs.IntVar(&o.channels, "channels", 1, "enqueue mode: group channels the senders are spread over (sender i uses channel i%N; every receiver is in all of them)")
 	fs.IntVar(&o.batch, "batch", 1, "enqueue mode: messages per RPC; above 1 each sender sends EnqueueBatch with this many (up to 64), and rates and CPU are counted per message")
+	fs.BoolVar(&o.keepStream, "keep-stream", false, "baseline mode: each client sends all its requests on one long-lived stream instead of one stream per request")
 	fs.StringVar(&o.cpuComm, "cpu-comm", "", "also report the CPU time of every process with this command name (e.g. postgres) per request (Linux)")
 	fs.IntVar(&o.cpuTree, "cpu-tree", 0, "also report the CPU time of this process and all its descendants, exited ones included (e.g. PostgreSQL's postmaster), per request (Linux)")
 	fs.StringVar(&o.ops, "ops", "", "idle mode: qpcd's ops_listen address (its /metrics, and /debug/pprof with ops_pprof=on)")

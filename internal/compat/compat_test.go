@@ -1,6 +1,7 @@
 package compat
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
@@ -9,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quicprochat/quicprochat/internal/rpcclient"
 	"github.com/quicprochat/quicprochat/internal/testutil"
+	"github.com/quicprochat/quicprochat/internal/transport"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
 // accessTTL is short so that the lifecycle sees access tokens expire and
@@ -308,4 +312,38 @@ func indexOf(list []string, s string) int {
 		}
 	}
 	return -1
+}
+
+// TestCompatKeptStreams: a current client asks every call to keep its
+// stream (Request.keep_stream). The old qpcd ignores the field, answers
+// and closes its side as it always did; the client then closes its own,
+// stops asking on that connection, and every call still succeeds. The
+// new qpcd keeps the stream and the calls reuse it.
+func TestCompatKeptStreams(t *testing.T) {
+	needOld(t)
+	for _, srvRel := range []release{oldRel, newRel} {
+		t.Run("qpcd="+short(srvRel), func(t *testing.T) {
+			s := newServer(t, backends(t)[0])
+			s.start(srvRel)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			c, err := rpcclient.Dial(ctx, s.listen, transport.DialOptions{PinSHA256: s.pin})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			for i := range 5 {
+				echo := fmt.Sprintf("call %d", i)
+				var pong qpcv1.PingResponse
+				if err := c.Call(ctx, "Ping", "", &qpcv1.PingRequest{Echo: echo}, &pong); err != nil || pong.GetEcho() != echo {
+					t.Fatalf("Ping %d: %v (echo %q)", i, err, pong.GetEcho())
+				}
+			}
+			if want := srvRel.name == newRel.name; c.StreamsKept() != want {
+				t.Fatalf("streams kept = %v against qpcd %s, want %v", c.StreamsKept(), short(srvRel), want)
+			}
+			figure(t, "qpcd=%s: 5 calls, streams kept: %v", short(srvRel), c.StreamsKept())
+			s.stop()
+		})
+	}
 }

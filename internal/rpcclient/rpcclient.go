@@ -1,12 +1,14 @@
-// Package rpcclient calls qpcd RPCs over one QUIC connection: one stream per
-// call, a request frame out and a response frame back, with the server's
-// status turned into a *wire.StatusError.
+// Package rpcclient calls qpcd RPCs over one QUIC connection: a request
+// frame out and a response frame back per call, on streams the server keeps
+// open for the next call (or one stream per call with an older server),
+// with the server's status turned into a *wire.StatusError.
 package rpcclient
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +29,7 @@ type Client struct {
 	nextID    atomic.Uint64
 	maxFrame  int
 	deadlines atomic.Pointer[Deadlines]
+	kept      keptStreams
 }
 
 // Deadlines bound each call, so that a call on a dead connection (a server
@@ -145,14 +148,19 @@ func Dial(ctx context.Context, addr string, o transport.DialOptions) (*Client, e
 
 // New wraps an established connection.
 func New(qc *quic.Conn) *Client {
-	return &Client{conn: qc, maxFrame: wire.DefaultMaxFrame + 64<<10}
+	c := &Client{conn: qc, maxFrame: wire.DefaultMaxFrame + 64<<10}
+	c.kept.idleFor = DefaultStreamIdle
+	return c
 }
 
 // Conn exposes the QUIC connection (TLS state, close reasons).
 func (c *Client) Conn() *quic.Conn { return c.conn }
 
 // Close closes the connection politely.
-func (c *Client) Close() error { return c.conn.CloseWithError(transport.CodeNoError, "client closing") }
+func (c *Client) Close() error {
+	c.kept.closeAll(true)
+	return c.conn.CloseWithError(transport.CodeNoError, "client closing")
+}
 
 // Call sends req to method with an optional access token and decodes the
 // reply into resp. A non-OK status comes back as *wire.StatusError; a
@@ -211,14 +219,83 @@ func (c *Client) do(ctx context.Context, env *qpcv1.Request) (*qpcv1.Response, e
 	if env.RequestId == 0 {
 		env.RequestId = c.nextID.Add(1)
 	}
+	keep := c.kept.wanted()
+	env.KeepStream = keep
 	frame, err := wire.Marshal(env)
 	if err != nil {
 		return nil, err
 	}
-	return c.doFrame(ctx, wire.AppendFrame(nil, frame))
+	raw := wire.AppendFrame(nil, frame)
+	if !keep {
+		return c.doFrame(ctx, raw)
+	}
+	return c.doKept(ctx, raw)
 }
 
-// DoFrame writes raw bytes on a new stream and reads one response frame,
+// doKept sends a request that asked to keep its stream: on an idle kept
+// stream when there is one, else on a new stream left open after the
+// request. A reply with stream_kept puts the stream back for the next
+// call; one without (an older server, or a draining one) closes it, and
+// an older server turns keeping off for this connection.
+func (c *Client) doKept(ctx context.Context, raw []byte) (*qpcv1.Response, error) {
+	s := c.kept.take()
+	if s == nil {
+		var err error
+		if s, err = c.conn.OpenStreamSync(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil, ctxError(ctx)
+			}
+			return nil, connError(err)
+		}
+	}
+	stop := context.AfterFunc(ctx, func() {
+		s.CancelRead(0)
+		s.CancelWrite(0)
+	})
+	fail := func(err error) (*qpcv1.Response, error) {
+		stop()
+		s.CancelRead(0)
+		s.CancelWrite(0)
+		return nil, c.streamError(ctx, err)
+	}
+	if _, err := s.Write(raw); err != nil {
+		var stopped *quic.StreamError
+		if !errors.As(err, &stopped) || !stopped.Remote {
+			return fail(err)
+		}
+		// The server stopped reading (an oversized request): its answer
+		// says why.
+	}
+	frame, err := wire.ReadFrame(s, c.maxFrame)
+	if err != nil {
+		return fail(err)
+	}
+	resp, err := wire.DecodeResponse(frame)
+	if err != nil {
+		return fail(err)
+	}
+	if !stop() {
+		// The context ended meanwhile and cancelled the stream; the reply
+		// arrived all the same.
+		return resp, nil
+	}
+	if resp.GetStreamKept() {
+		c.kept.put(s)
+		return resp, nil
+	}
+	// Not kept: the server closed its side and waits for ours. A
+	// successful call that was not kept came from a server that keeps no
+	// streams (an older qpcd); a current one declines only while draining
+	// or after a request it could not read whole.
+	_ = s.Close()
+	if resp.GetStatus() == qpcv1.Status_STATUS_OK {
+		c.kept.refused()
+	}
+	return resp, nil
+}
+
+// DoFrame writes raw bytes on a new stream, closes its side and reads one
+// response frame,
 // within the deadline of an ordinary call of that size.
 func (c *Client) DoFrame(ctx context.Context, raw []byte) (*qpcv1.Response, error) {
 	ctx, cancel := withDeadline(ctx, "(raw frame)", c.Deadlines().For(nil, len(raw)))
@@ -307,3 +384,153 @@ func IsRetryable(err error) bool {
 }
 
 func msDuration(ms uint32) time.Duration { return time.Duration(ms) * time.Millisecond }
+
+// DefaultStreamIdle is how long a kept stream may wait unused before the
+// client closes it. Short, because each open stream holds a goroutine on
+// the server: a device that sends now and then keeps only its long poll's
+// stream, while a busy one reuses its streams call after call.
+const DefaultStreamIdle = 2 * time.Second
+
+// maxIdleStreams bounds the kept streams waiting for a call; more than the
+// calls a client makes at once would only hold server goroutines.
+const maxIdleStreams = 4
+
+// SetStreamIdle sets how long a kept stream may wait unused before it is
+// closed; 0 turns keeping streams off (one stream per call, as before
+// kept streams existed).
+func (c *Client) SetStreamIdle(d time.Duration) {
+	c.kept.mu.Lock()
+	c.kept.idleFor = d
+	c.kept.mu.Unlock()
+	if d <= 0 {
+		c.kept.closeAll(false)
+	}
+}
+
+// StreamsKept reports whether the server has kept streams for this client
+// (false until the first reply, and with a server that does not).
+func (c *Client) StreamsKept() bool {
+	c.kept.mu.Lock()
+	defer c.kept.mu.Unlock()
+	return c.kept.seen && !c.kept.off
+}
+
+// keptStreams are the open streams a server kept after its reply, waiting
+// for the next call. Without them each call opens a stream and ends it:
+// with quic-go that is four packets per call instead of two (the
+// MAX_STREAMS update for the ended stream, and the acknowledgement it
+// draws, travel alone), which measured as half the CPU of a bare request
+// and reply (docs/benchmarks.md, "Kept streams").
+type keptStreams struct {
+	mu      sync.Mutex
+	idleFor time.Duration // 0: keep none
+	off     bool          // the server does not keep streams
+	seen    bool          // the server kept a stream at least once
+	closed  bool
+	idle    []idleStream // the most recently used last
+	timer   *time.Timer
+}
+
+type idleStream struct {
+	s     *quic.Stream
+	since time.Time
+}
+
+func (k *keptStreams) wanted() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.idleFor > 0 && !k.off && !k.closed
+}
+
+// take returns the most recently used idle stream, or nil.
+func (k *keptStreams) take() *quic.Stream {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	n := len(k.idle)
+	if n == 0 {
+		return nil
+	}
+	s := k.idle[n-1].s
+	k.idle[n-1] = idleStream{}
+	k.idle = k.idle[:n-1]
+	return s
+}
+
+// put makes s available to the next call, or closes it when enough are
+// idle already.
+func (k *keptStreams) put(s *quic.Stream) {
+	k.mu.Lock()
+	k.seen = true
+	if k.closed || k.off || k.idleFor <= 0 || len(k.idle) >= maxIdleStreams {
+		k.mu.Unlock()
+		_ = s.Close()
+		return
+	}
+	k.idle = append(k.idle, idleStream{s: s, since: time.Now()})
+	if k.timer == nil {
+		k.timer = time.AfterFunc(k.idleFor, k.expire)
+	}
+	k.mu.Unlock()
+}
+
+// refused turns keeping off: the server answered without keeping the
+// stream it was asked to keep, so it is one that never does.
+func (k *keptStreams) refused() {
+	k.mu.Lock()
+	k.off = true
+	idle := k.idle
+	k.idle = nil
+	k.mu.Unlock()
+	for _, e := range idle {
+		_ = e.s.Close()
+	}
+}
+
+// expire closes the streams idle for idleFor or longer (the oldest are at
+// the front) and waits for the next to come due; one timer per client.
+func (k *keptStreams) expire() {
+	k.mu.Lock()
+	now := time.Now()
+	n := 0
+	for n < len(k.idle) && now.Sub(k.idle[n].since) >= k.idleFor {
+		n++
+	}
+	old := make([]*quic.Stream, n)
+	for i := range n {
+		old[i] = k.idle[i].s
+	}
+	k.idle = append(k.idle[:0], k.idle[n:]...)
+	if len(k.idle) > 0 && !k.closed {
+		k.timer.Reset(k.idle[0].since.Add(k.idleFor).Sub(now))
+	} else {
+		k.timer = nil
+	}
+	k.mu.Unlock()
+	for _, s := range old {
+		_ = s.Close()
+	}
+}
+
+// closeAll closes every idle stream: keeping was turned off, or (final)
+// the client closes.
+func (k *keptStreams) closeAll(final bool) {
+	k.mu.Lock()
+	k.closed = k.closed || final
+	idle := k.idle
+	k.idle = nil
+	if k.timer != nil {
+		k.timer.Stop()
+		k.timer = nil
+	}
+	k.mu.Unlock()
+	for _, e := range idle {
+		_ = e.s.Close()
+	}
+}
+
+// IdleStreams is the number of kept streams waiting for a call.
+func (c *Client) IdleStreams() int {
+	c.kept.mu.Lock()
+	defer c.kept.mu.Unlock()
+	return len(c.kept.idle)
+}

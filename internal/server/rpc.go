@@ -100,14 +100,36 @@ type rpcServer struct {
 	diskFull string
 }
 
+// ServeStream serves the RPCs of one stream: one, or several in turn when
+// the client asks to keep the stream (Request.keep_stream). Between two
+// requests of a kept stream the stream counts as idle (transport.Conn.Idle).
 func (r *rpcServer) ServeStream(ctx context.Context, c *transport.Conn, s *quic.Stream) {
+	var in io.Reader = s
+	var next nextRequest
+	for r.serveOne(ctx, c, s, in) {
+		if !next.await(c, s) {
+			return
+		}
+		in = &next
+	}
+}
+
+// serveOne serves one RPC whose request frame is read from in (s, or s
+// behind the header a kept stream already read), and reports whether the
+// stream stays open for another.
+func (r *rpcServer) serveOne(ctx context.Context, c *transport.Conn, s *quic.Stream, in io.Reader) (kept bool) {
 	start := time.Now()
 	r.metrics.InFlight.Inc()
 	defer r.metrics.InFlight.Dec()
 
 	_ = s.SetReadDeadline(start.Add(requestReadTimeout))
-	resp, label, span, release := r.handle(ctx, c, s, start)
+	var keepAsked bool
+	resp, label, span, release := r.handle(ctx, c, s, in, start, &keepAsked)
 	resp.Version = wire.ProtocolVersion
+	// A draining server keeps no stream: the client's next request goes
+	// on a new stream, which gets the draining answer.
+	keep := keepAsked && !r.draining()
+	resp.StreamKept = keep
 	_ = s.SetWriteDeadline(time.Now().Add(requestReadTimeout))
 	err := writeResponse(s, resp)
 	release()
@@ -116,7 +138,9 @@ func (r *rpcServer) ServeStream(ctx context.Context, c *transport.Conn, s *quic.
 		s.CancelWrite(streamCodeRefused)
 		s.CancelRead(streamCodeRefused)
 	} else {
-		_ = s.Close()
+		if !keep {
+			_ = s.Close()
+		}
 		c.ReplySent()
 	}
 	status := wire.StatusName(resp.Status)
@@ -137,9 +161,52 @@ func (r *rpcServer) ServeStream(ctx context.Context, c *transport.Conn, s *quic.
 		}
 		span.End()
 	}
-	if err == nil {
+	if err != nil {
+		return false
+	}
+	if !keep {
 		awaitClientFIN(s)
 	}
+	return keep
+}
+
+// nextRequest waits on a kept stream for the next request and then reads
+// as the stream with that request's frame header put back in front.
+type nextRequest struct {
+	s    *quic.Stream
+	hdr  [wire.FrameHeaderLen]byte
+	head []byte
+}
+
+// await blocks until the next request's frame header has arrived on s,
+// with the stream counted as idle meanwhile and no read deadline: the
+// client closes a kept stream it no longer needs, and the connection's
+// inactivity rules bound the rest. At the client's FIN (no further
+// request) it closes this side too and reports false, as on any error.
+func (n *nextRequest) await(c *transport.Conn, s *quic.Stream) bool {
+	busy := c.Idle()
+	defer busy()
+	_ = s.SetReadDeadline(time.Time{})
+	if _, err := io.ReadFull(s, n.hdr[:]); err != nil {
+		if errors.Is(err, io.EOF) {
+			_ = s.Close()
+			return false
+		}
+		s.CancelRead(streamCodeRefused)
+		s.CancelWrite(streamCodeRefused)
+		return false
+	}
+	n.s, n.head = s, n.hdr[:]
+	return true
+}
+
+func (n *nextRequest) Read(p []byte) (int, error) {
+	if len(n.head) > 0 {
+		k := copy(p, n.head)
+		n.head = n.head[k:]
+		return k, nil
+	}
+	return n.s.Read(p)
 }
 
 // ackTimeout bounds how long a finished RPC waits for the client's FIN.
@@ -165,9 +232,9 @@ var noSpan = trace.SpanFromContext(context.Background())
 // unknown methods are "unknown"), the RPC's server span (noSpan when
 // tracing is off or the request never decoded) and release, to be called
 // once the response has been written (it returns pooled buffers).
-func (r *rpcServer) handle(ctx context.Context, c *transport.Conn, s *quic.Stream, start time.Time) (*qpcv1.Response, string, trace.Span, func()) {
+func (r *rpcServer) handle(ctx context.Context, c *transport.Conn, s *quic.Stream, in io.Reader, start time.Time, keepAsked *bool) (*qpcv1.Response, string, trace.Span, func()) {
 	span := noSpan
-	resp, label, release := r.serve(ctx, c, s, start, &span)
+	resp, label, release := r.serve(ctx, c, s, in, start, &span, keepAsked)
 	if release == nil {
 		release = noRelease
 	}
@@ -187,9 +254,11 @@ func (r *rpcServer) startSpan(ctx context.Context, req *qpcv1.Request, name stri
 }
 
 // serve is handle's body; release (nil when there is nothing to give back)
-// is called once the response has been written.
-func (r *rpcServer) serve(ctx context.Context, c *transport.Conn, s *quic.Stream, start time.Time, spanOut *trace.Span) (*qpcv1.Response, string, func()) {
-	frame, releaseFrame, err := readRequestFrame(s, r.maxPayload+envelopeOverhead)
+// is called once the response has been written. The request frame is read
+// from from (s itself, or s behind a header already read). keepAsked is set
+// when the request frame was read whole and asked to keep the stream.
+func (r *rpcServer) serve(ctx context.Context, c *transport.Conn, s *quic.Stream, from io.Reader, start time.Time, spanOut *trace.Span, keepAsked *bool) (*qpcv1.Response, string, func()) {
+	frame, releaseFrame, err := readRequestFrame(from, r.maxPayload+envelopeOverhead)
 	if err != nil {
 		switch {
 		case errors.Is(err, wire.ErrFrameTooLarge):
@@ -205,6 +274,9 @@ func (r *rpcServer) serve(ctx context.Context, c *transport.Conn, s *quic.Stream
 	// The envelope holds copies of the frame's bytes (protobuf's decoder
 	// copies bytes and strings), so the frame can go back now.
 	releaseFrame()
+	// The frame was read whole, so the stream is still in step, even if
+	// the envelope is refused below.
+	*keepAsked = req.GetKeepStream()
 	if err != nil {
 		id := req.GetRequestId()
 		switch {

@@ -16,7 +16,9 @@ import (
 	"github.com/quic-go/quic-go"
 )
 
-// Handler serves one RPC stream. It owns s until it returns.
+// Handler serves one RPC stream. It owns s until it returns. A handler that
+// keeps a stream open for further requests calls Conn.Idle while it waits
+// for the next one.
 type Handler interface {
 	ServeStream(ctx context.Context, c *Conn, s *quic.Stream)
 }
@@ -91,6 +93,28 @@ type Conn struct {
 	served     atomic.Bool  // at least one stream was opened
 	lastActive atomic.Int64 // UnixNano of admission or of the last stream start or end
 	lastReply  atomic.Int64 // UnixNano when the last reply was handed to QUIC; 0: none
+
+	// Set by the listener, for Idle.
+	inflight *inflight
+	now      func() time.Time
+}
+
+// Idle marks the calling handler's stream as waiting for its next request
+// (a kept stream, between two RPCs) until busy is called: meanwhile it
+// counts neither as active for the inactivity rules nor as in flight for a
+// drain, so an open but unused stream neither holds a connection open for
+// ever nor delays a shutdown (the drain then closes the connection under
+// it). The handler must call busy before it returns, whether or not
+// another request came.
+func (c *Conn) Idle() (busy func()) {
+	c.lastActive.Store(c.now().UnixNano())
+	c.active.Add(-1)
+	c.inflight.done()
+	return func() {
+		c.inflight.add()
+		c.active.Add(1)
+		c.lastActive.Store(c.now().UnixNano())
+	}
 }
 
 // ReplySent records that a reply was just handed to QUIC. A draining
@@ -298,7 +322,7 @@ func (l *Listener) admit(qc *quic.Conn) {
 		return
 	}
 	l.nextID++
-	c := &Conn{Q: qc, ID: l.nextID, addrKey: key}
+	c := &Conn{Q: qc, ID: l.nextID, addrKey: key, inflight: &l.streams, now: l.cfg.Now}
 	c.lastActive.Store(l.cfg.Now().UnixNano())
 	l.conns[qc] = c
 	l.perAddr[key]++

@@ -43,6 +43,11 @@ func envelopeGolden() map[string]proto.Message {
 			Traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", Tracestate: "qpc=1"},
 		"response": &qpcv1.Response{Version: ProtocolVersion, RequestId: 42, Status: qpcv1.Status_STATUS_RESOURCE_EXHAUSTED,
 			Message: "slow down", RetryAfterMs: 250, Body: []byte{4, 5}},
+		// Kept streams: several RPCs in turn on one stream (field 8 / 7).
+		"request_keep_stream": &qpcv1.Request{Version: ProtocolVersion, Method: "Ping", RequestId: 43,
+			AccessToken: "tok", Body: []byte{1, 2, 3}, KeepStream: true},
+		"response_stream_kept": &qpcv1.Response{Version: ProtocolVersion, RequestId: 43, Status: qpcv1.Status_STATUS_OK,
+			Body: []byte{4, 5}, StreamKept: true},
 		"ping_request":  &qpcv1.PingRequest{Echo: "hello", HoldMs: 10},
 		"ping_response": &qpcv1.PingResponse{Echo: "hello", ServerTimeUnixMs: 1764000000000, ServerVersion: "1.0.0", ProtocolVersion: 1},
 		"ping_response_mls_policy": &qpcv1.PingResponse{Echo: "hello", ServerTimeUnixMs: 1764000000000, ServerVersion: "1.0.0", ProtocolVersion: 1,
