@@ -116,6 +116,9 @@ func (s *Service) CreateGroup(ctx context.Context, c Caller, groupID []byte, epo
 		return Channel{}, false, fmt.Errorf("delivery: create group channel: %w", err)
 	}
 	if created {
+		// The account's devices read one channel more: their long polls
+		// (and the views of hubview.go) learn of it.
+		s.hub.publish(accountKey(c.AccountID))
 		s.audit.Event(ctx, "channel.create", slog.String("account_id", c.AccountID), slog.String("device_id", c.DeviceID),
 			slog.String("channel_id", hexID(out)), slog.String("channel_type", "group"))
 	}
@@ -195,7 +198,8 @@ func (s *Service) CreateDM(ctx context.Context, c Caller, peerName string, group
 		if err != nil {
 			return err
 		}
-		evs = []pendingEvent{{channelID: id, seq: seq, typ: ev.Type, devices: inboxes, accounts: []string{peer.ID}}}
+		// Both accounts read one channel more (the caller's other devices too).
+		evs = []pendingEvent{{channelID: id, seq: seq, typ: ev.Type, devices: inboxes, accounts: []string{peer.ID, c.AccountID}}}
 		created = true
 		return nil
 	})

@@ -223,6 +223,7 @@ func New(o Options) (*Service, error) {
 	}
 	s.metrics = newMetrics()
 	s.hub = newHub(s.metrics)
+	s.hub.listen = o.DB.ListenState
 	if o.DB.Backend() == store.BackendPostgres {
 		// Several nodes: wake-ups cross them through the database's
 		// LISTEN/NOTIFY (store.Broadcast/Subscribe).

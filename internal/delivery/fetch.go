@@ -62,6 +62,7 @@ type channelPos struct {
 	kind int
 	pos  uint64
 	head uint64
+	base uint64 // at most the device's acknowledged position (cursor or membership start)
 }
 
 // After holds read-ahead positions a client already has beyond its
@@ -125,11 +126,25 @@ func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	watched := map[string]bool{}
-	for {
-		gen := s.hub.generation()
-		b, chans, err := s.read(ctx, c, limit, after)
-		if err != nil {
-			return Batch{}, err
+	for first := true; ; first = false {
+		gen := s.hub.beginRead(w)
+		// The first round may park without reading: the device's view
+		// (hubview.go) shows that its read would find nothing.
+		chans, parked := []channelPos(nil), false
+		if first {
+			chans, parked = s.hub.parkable(c, after)
+		}
+		if parked {
+			b = Batch{}
+			s.metrics.unreadParks.Inc()
+		} else {
+			b, chans, err = s.read(ctx, c, limit, after)
+			if err != nil {
+				return Batch{}, err
+			}
+			if len(b.Inbox) == 0 && !b.More {
+				s.hub.setView(w, c, chans, after.Inbox, gen)
+			}
 		}
 		if !b.empty() {
 			s.fetched(ctx, c, &b, "fetch_wait")
@@ -262,7 +277,8 @@ func (s *Service) read(ctx context.Context, c Caller, limit int, after After) (B
 			// A position beyond the head (only a confused client sends one)
 			// reads nothing rather than wrapping around.
 			p.head = uint64(head)
-			p.pos = min(max(uint64(max(from, acked.Int64)), after.Channels[string(p.id)]), p.head)
+			p.base = uint64(max(from, acked.Int64))
+			p.pos = min(max(p.base, after.Channels[string(p.id)]), p.head)
 			chans = append(chans, p)
 		}
 		rows.Close()
@@ -332,7 +348,13 @@ func (s *Service) readPG(ctx context.Context, c Caller, limit int, after After, 
 			}
 			switch what {
 			case "c":
-				chans = append(chans, channelPos{id: ch, kind: int(kind.Int32), pos: uint64(seq.Int64), head: uint64(head.Int64)})
+				p := channelPos{id: ch, kind: int(kind.Int32), pos: uint64(seq.Int64), head: uint64(head.Int64)}
+				if a, ok := after.Channels[string(ch)]; !ok || a < p.pos {
+					// pos is the acknowledged position (clipped to the
+					// head), not the read-ahead one: a lower bound of it.
+					p.base = p.pos
+				}
+				chans = append(chans, p)
 			case "m":
 				b.Messages = append(b.Messages, Message{ChannelID: ch, Seq: uint64(seq.Int64), MessageID: messageID.String,
 					SenderAccount: account.String, SenderDevice: device.String, Epoch: uint64(epoch.Int64),

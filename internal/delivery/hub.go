@@ -34,6 +34,13 @@ type hub struct {
 	// broadcast tells the other nodes of a PostgreSQL deployment (nil: one
 	// node). Their hubs apply it with applyRemote.
 	broadcast func(topic, payload string)
+
+	// views: what each device's last long-poll read found (hubview.go),
+	// by device id, and the devices with a view by account id. listen is
+	// store.DB.ListenState (nil: no views are kept).
+	views        map[string]*view
+	accountViews map[string]map[string]struct{}
+	listen       func() (up bool, flips int64)
 }
 
 // Broadcast topics: a channel's new head ("hexid:seq") and a device or
@@ -56,10 +63,14 @@ type waiter struct {
 	ch      chan struct{} // buffered 1: a wake-up is never lost, never blocks
 	keys    []string
 	counted bool // in the waiters gauge
+	// dirty: a key it watches (its account or device) was published, or
+	// every waiter was woken, since its read began (beginRead).
+	dirty bool
 }
 
 func newHub(m *metrics) *hub {
-	return &hub{watch: map[string]map[*waiter]struct{}{}, heads: map[string]head{}, now: time.Now, metrics: m}
+	return &hub{watch: map[string]map[*waiter]struct{}{}, heads: map[string]head{}, now: time.Now, metrics: m,
+		views: map[string]*view{}, accountViews: map[string]map[string]struct{}{}}
 }
 
 func channelKey(id []byte) string { return "c" + string(id) }
@@ -155,6 +166,10 @@ func (h *hub) publish(key string) {
 
 func (h *hub) publishLocal(key string) {
 	h.mu.Lock()
+	for w := range h.watch[key] {
+		w.dirty = true
+	}
+	h.forgetLocked(key)
 	n := h.wakeLocked(key)
 	h.mu.Unlock()
 	h.metrics.wakeups.Add(float64(n))
@@ -191,9 +206,13 @@ func (h *hub) applyRemote(topic, payload string, resync bool) {
 func (h *hub) wakeAll() {
 	h.mu.Lock()
 	n := 0
-	for key := range h.watch {
+	for key, set := range h.watch {
+		for w := range set {
+			w.dirty = true
+		}
 		n += h.wakeLocked(key)
 	}
+	h.forgetAllLocked()
 	h.resyncs++
 	h.mu.Unlock()
 	h.metrics.wakeups.Add(float64(n))
@@ -204,6 +223,16 @@ func (h *hub) wakeAll() {
 func (h *hub) generation() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	return h.resyncs
+}
+
+// beginRead is generation for a waiter about to read: it also clears the
+// waiter's dirty mark, so that afterwards the mark tells whether a key it
+// watches was published since.
+func (h *hub) beginRead(w *waiter) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	w.dirty = false
 	return h.resyncs
 }
 
@@ -233,5 +262,6 @@ func (h *hub) pruneLocked(now time.Time) {
 			delete(h.heads, k)
 		}
 	}
+	h.pruneViewsLocked(now)
 	h.lastPrune = now
 }

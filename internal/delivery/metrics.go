@@ -18,6 +18,7 @@ type metrics struct {
 	oldest          *prometheus.GaugeVec   // qpcd_delivery_oldest_unfetched_seconds{channel_type}
 	wakeups         prometheus.Counter     // qpcd_fanout_wakeups_total
 	waiters         prometheus.Gauge       // qpcd_long_poll_waiters
+	unreadParks     prometheus.Counter     // qpcd_long_poll_unread_parks_total
 	denied          *prometheus.CounterVec // qpcd_delivery_denied_total{operation}
 	expired         *prometheus.CounterVec // qpcd_delivery_expired_total{kind}
 	quotaRefusals   *prometheus.CounterVec // qpcd_quota_refusals_total{limit}
@@ -55,6 +56,9 @@ func newMetrics() *metrics {
 		}, []string{"channel_type"}),
 		wakeups: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "qpcd_fanout_wakeups_total", Help: "Long-polling fetchers woken by an enqueue, an inbox item or a membership change.",
+		}),
+		unreadParks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "qpcd_long_poll_unread_parks_total", Help: "Long polls parked without a database read, the device's last read showing nothing could be new.",
 		}),
 		waiters: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "qpcd_long_poll_waiters", Help: "FetchWait calls in progress.",
@@ -113,7 +117,7 @@ func newMetrics() *metrics {
 func (m *metrics) register(r prometheus.Registerer) error {
 	var errs []error
 	for _, c := range []prometheus.Collector{m.enqueued, m.enqueuedBytes, m.inboxItems, m.fetches, m.fetchedMessages,
-		m.fetchedBytes, m.depth, m.oldest, m.wakeups, m.waiters, m.denied, m.expired, m.quotaRefusals,
+		m.fetchedBytes, m.depth, m.oldest, m.wakeups, m.unreadParks, m.waiters, m.denied, m.expired, m.quotaRefusals,
 		m.membership, m.invitationsRefused} {
 		if err := r.Register(c); err != nil {
 			errs = append(errs, err)

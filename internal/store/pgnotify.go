@@ -56,6 +56,10 @@ type pgEvents struct {
 	reconnects    atomic.Int64
 	notifications atomic.Int64
 	up            atomic.Bool
+	// flips counts the LISTEN connection's losses and re-establishments;
+	// it moves before up turns true, so that a reader that sees up and the
+	// same flips twice knew of every broadcast in between (ListenState).
+	flips atomic.Int64
 }
 
 func startPGEvents(cfg func() *pgx.ConnConfig, node string, log *slog.Logger) *pgEvents {
@@ -132,6 +136,7 @@ func (e *pgEvents) listen(ctx context.Context) {
 			continue
 		}
 		backoff = 50 * time.Millisecond
+		e.flips.Add(1)
 		e.up.Store(true)
 		e.listenOnce.Do(func() { close(e.listening) })
 		if connectedOnce {
@@ -144,6 +149,7 @@ func (e *pgEvents) listen(ctx context.Context) {
 		connectedOnce = true
 		err = e.receive(ctx, conn)
 		e.up.Store(false)
+		e.flips.Add(1)
 		_ = conn.Close(context.Background())
 		if ctx.Err() != nil {
 			return
@@ -323,6 +329,20 @@ func (db *DB) Broadcast(topic, payload string) {
 		return
 	}
 	db.pg.events.publish(topic, payload)
+}
+
+// ListenState reports whether this node hears the other nodes'
+// broadcasts now (up), and a counter that moves whenever the LISTEN
+// connection is lost or re-established: two calls that both see up and the
+// same counter bracket a time in which no broadcast was missed. On SQLite
+// (one node, nothing to hear) it is always (true, 0).
+func (db *DB) ListenState() (up bool, flips int64) {
+	if db.pg == nil || db.pg.events == nil {
+		return true, 0
+	}
+	e := db.pg.events
+	flips = e.flips.Load()
+	return e.up.Load(), flips
 }
 
 // Subscribe registers fn for broadcasts on topic from other nodes. fn runs

@@ -1,0 +1,159 @@
+package delivery
+
+import "time"
+
+// A device's view: what its last long-poll read found, kept by the hub so
+// that the poll it sends next can park without reading the database when
+// nothing can have changed (in a fan-out, every receiver's next poll finds
+// nothing: half of the reads per receipt).
+//
+// The view records, per channel the device reads, the channel's head in the
+// read's snapshot and a lower bound of the device's acknowledged position
+// (its cursor or its membership's start), and that the inbox was empty
+// beyond inboxAfter. It stays true while no key the read depends on is
+// published:
+//
+//   - the channels the device reads and its inbox change only with a
+//     publish of its account or device key (membership changes, inbox
+//     items), which deletes the view;
+//   - a channel's head moves only with a channel publish, which the hub
+//     records in heads; a view younger than headTTL/2 can trust heads,
+//     since a head published after the view was made is not pruned for
+//     headTTL;
+//   - a cursor only moves forward (Ack), so the lower bound stays one;
+//   - expiry and the retention sweep only take messages away.
+//
+// So a poll whose read-ahead positions reach the current head of every
+// channel of the view, with an inbox position at least the view's, would
+// read nothing, and parks on the view's channels at once. A publish made
+// between the commit and the hub's knowledge of it wakes the parked poll
+// like any waiter: the view can make a poll wait for a wake-up that is
+// already on its way, never miss one. On PostgreSQL other nodes' commits
+// arrive through LISTEN; a view is only made and used while that
+// connection is up and has not been lost in between (store.ListenState),
+// and a resync (wakeAll) forgets every view.
+
+// viewTTL bounds a view's age (see heads and headTTL).
+const viewTTL = headTTL / 2
+
+// maxViewChannels bounds the channels a view records; a device in more
+// channels always reads.
+const maxViewChannels = 256
+
+type view struct {
+	account    string
+	chans      []channelPos // head: the snapshot's; base: a lower bound of the acknowledged position
+	inboxAfter uint64
+	at         time.Time
+	gen        int   // the hub's generation when made
+	flips      int64 // store.ListenState's counter when made
+}
+
+// setView stores what w's read found for device c, unless a key w watches
+// was published since the read began (w.dirty) or a resync happened since
+// gen. Nothing is stored for a device in too many channels or a read
+// whose reply was cut short (the caller checks).
+func (h *hub) setView(w *waiter, c Caller, chans []channelPos, inboxAfter uint64, gen int) {
+	if len(chans) > maxViewChannels || h.listen == nil {
+		return
+	}
+	up, flips := h.listen()
+	if !up {
+		return
+	}
+	v := &view{chans: chans, inboxAfter: inboxAfter, at: h.now(), gen: gen, flips: flips}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if w.dirty || h.resyncs != gen {
+		return
+	}
+	if old := h.views[c.DeviceID]; old != nil && old.account != c.AccountID {
+		h.dropViewLocked(c.DeviceID)
+	}
+	v.account = c.AccountID
+	h.views[c.DeviceID] = v
+	devs := h.accountViews[c.AccountID]
+	if devs == nil {
+		devs = map[string]struct{}{}
+		h.accountViews[c.AccountID] = devs
+	}
+	devs[c.DeviceID] = struct{}{}
+}
+
+// parkable reports whether device c's poll with read-ahead positions after
+// would read nothing, by its view; if so it returns the channels to watch,
+// each with the position the poll stands at.
+func (h *hub) parkable(c Caller, after After) ([]channelPos, bool) {
+	if h.listen == nil {
+		return nil, false
+	}
+	up, flips := h.listen()
+	if !up {
+		return nil, false
+	}
+	now := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	v := h.views[c.DeviceID]
+	if v == nil || v.account != c.AccountID || v.flips != flips || v.gen != h.resyncs || now.Sub(v.at) >= viewTTL || now.Before(v.at) {
+		return nil, false
+	}
+	if after.Inbox < v.inboxAfter {
+		return nil, false
+	}
+	out := make([]channelPos, len(v.chans))
+	for i, p := range v.chans {
+		head := max(p.head, h.heads[channelKey(p.id)].seq)
+		pos := max(p.base, after.Channels[string(p.id)])
+		if pos < head {
+			return nil, false
+		}
+		out[i] = channelPos{id: p.id, kind: p.kind, pos: head, head: head, base: p.base}
+	}
+	return out, true
+}
+
+// forgetLocked deletes the views a publish of key makes stale.
+func (h *hub) forgetLocked(key string) {
+	if len(h.views) == 0 || len(key) == 0 {
+		return
+	}
+	switch key[0] {
+	case 'a':
+		for d := range h.accountViews[key[1:]] {
+			delete(h.views, d)
+		}
+		delete(h.accountViews, key[1:])
+	case 'd':
+		h.dropViewLocked(key[1:])
+	}
+}
+
+// forgetAllLocked deletes every view (a resync).
+func (h *hub) forgetAllLocked() {
+	clear(h.views)
+	clear(h.accountViews)
+}
+
+func (h *hub) dropViewLocked(device string) {
+	v := h.views[device]
+	if v == nil {
+		return
+	}
+	delete(h.views, device)
+	if devs := h.accountViews[v.account]; devs != nil {
+		delete(devs, device)
+		if len(devs) == 0 {
+			delete(h.accountViews, v.account)
+		}
+	}
+}
+
+// pruneViewsLocked drops views too old to be used.
+func (h *hub) pruneViewsLocked(now time.Time) {
+	for d, v := range h.views {
+		if now.Sub(v.at) >= viewTTL {
+			h.dropViewLocked(d)
+		}
+	}
+}
