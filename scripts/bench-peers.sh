@@ -27,7 +27,9 @@
 #   pgbench         one 1 KiB bytea INSERT per transaction, synchronous_commit
 #                   on, on the throwaway PostgreSQL (no receiver)
 #   quic-bare       qpc-bench -mode baseline: the bare quic-go echo loop, in
-#                   one process (no storage, no receiver)
+#                   one process (no storage, no receiver), one stream per request
+#   quic-bare-kept  the same with every request of a client on one kept
+#                   stream (-keep-stream), as qpcd's clients now send them
 #   qpcd-sqlcipher-base, qpcd-postgres-base
 #                   with BASE=REV (a git revision): the same against qpcd
 #                   built from REV, interleaved with this tree's, so that a
@@ -93,7 +95,7 @@ for v in ROUNDS DURATION WARMUP SIZE CHANNELS BATCH_N; do
 	[[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -gt 0 ] || die "$v=${!v}: want a positive whole number (seconds for DURATION and WARMUP)"
 done
 for s in $SYSTEMS; do
-	case $s in qpcd-sqlcipher | qpcd-postgres | nats-sync | nats-default | pgbench | quic-bare) ;;
+	case $s in qpcd-sqlcipher | qpcd-postgres | nats-sync | nats-default | pgbench | quic-bare | quic-bare-kept) ;;
 	qpcd-sqlcipher-base | qpcd-postgres-base) [ -n "${BASE:-}" ] || die "$s needs BASE=REV (the revision to build it from)" ;;
 	qpcd-sqlcipher-batch | qpcd-postgres-batch) [ "$BATCH_N" -le 64 ] || die "BATCH=$BATCH_N: EnqueueBatch carries at most 64" ;;
 	*) die "unknown system $s" ;;
@@ -340,8 +342,10 @@ runone() { # system senders round [cpus]
 			-duration "${DURATION}s" -warmup "${WARMUP}s" -json "$raw.json" >"$raw.txt" 2>&1 ||
 			{ failed "$label" "$n" "$r" "$raw"; return; }
 		;;
-	quic-bare)
-		timeout "$STEP_TIMEOUT" "${run[@]}" bin/qpc-bench -mode baseline -n "$n" -size "$SIZE" \
+	quic-bare | quic-bare-kept)
+		local keep=false
+		[ "$sys" = quic-bare-kept ] && keep=true
+		timeout "$STEP_TIMEOUT" "${run[@]}" bin/qpc-bench -mode baseline -keep-stream=$keep -n "$n" -size "$SIZE" \
 			-duration "${DURATION}s" -warmup "${WARMUP}s" -json "$raw.json" >"$raw.txt" 2>&1 ||
 			{ failed "$label" "$n" "$r" "$raw"; return; }
 		;;
