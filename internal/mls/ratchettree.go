@@ -25,6 +25,17 @@ type ratchetTree struct {
 	nodes  []*Node
 	hashes [][]byte // cached tree hash per node; nil when stale
 	encs   [][]byte // cached encoding of each node; nil when stale
+	// sup counts the leaves that do not list one extension type in their
+	// capabilities (allSupport), kept up to date by set.
+	sup supportCount
+}
+
+// supportCount is the number of non-blank leaves whose capabilities lack
+// extension type typ, when valid.
+type supportCount struct {
+	typ     ExtensionType
+	lacking int
+	valid   bool
 }
 
 // newRatchetTree returns a one-leaf tree holding leaf.
@@ -148,7 +159,38 @@ func (t *ratchetTree) nodeEncoding(x nodeIndex) []byte {
 
 // clone returns an independent copy (nodes are shared, being immutable).
 func (t *ratchetTree) clone() *ratchetTree {
-	return &ratchetTree{suite: t.suite, nodes: slices.Clone(t.nodes), hashes: slices.Clone(t.hashes), encs: slices.Clone(t.encs)}
+	return &ratchetTree{suite: t.suite, nodes: slices.Clone(t.nodes), hashes: slices.Clone(t.hashes), encs: slices.Clone(t.encs), sup: t.sup}
+}
+
+// lacks reports whether node n is a leaf whose capabilities do not list
+// extension type typ.
+func lacks(n *Node, typ ExtensionType) bool {
+	return n != nil && n.Leaf != nil && !slices.Contains(n.Leaf.Capabilities.Extensions, typ)
+}
+
+// allSupport reports whether every member's leaf lists extension type typ
+// in its capabilities. The first call for a type walks the leaves; set
+// keeps the count current afterwards, so asking again (at every commit)
+// costs nothing.
+func (t *ratchetTree) allSupport(typ ExtensionType) bool {
+	if !t.sup.valid || t.sup.typ != typ {
+		n := 0
+		for x := 0; x < len(t.nodes); x += 2 {
+			if lacks(t.nodes[x], typ) {
+				n++
+			}
+		}
+		t.sup = supportCount{typ: typ, lacking: n, valid: true}
+	}
+	return t.sup.lacking == 0
+}
+
+// encodedPublic returns the tree in wire form (the ratchet_tree
+// extension's data), encoded into an exactly sized buffer.
+func (t *ratchetTree) encodedPublic() ([]byte, error) {
+	e := &encoder{buf: make([]byte, 0, t.publicLen())}
+	t.encodePublic(e)
+	return e.buf, e.err
 }
 
 func (t *ratchetTree) leafCount() leafCount { return leafCount((len(t.nodes) + 1) / 2) }
@@ -190,6 +232,14 @@ func (t *ratchetTree) encKey(x nodeIndex) HPKEPublicKey {
 
 // set replaces node x and invalidates the cached hashes above it.
 func (t *ratchetTree) set(x nodeIndex, n *Node) {
+	if t.sup.valid && x.isLeaf() {
+		if lacks(t.nodes[x], t.sup.typ) {
+			t.sup.lacking--
+		}
+		if lacks(n, t.sup.typ) {
+			t.sup.lacking++
+		}
+	}
 	t.nodes[x] = n
 	t.encs[x] = nil
 	n2 := t.leafCount()
