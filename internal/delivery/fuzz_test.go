@@ -22,6 +22,7 @@ func FuzzParseFraming(f *testing.F) {
 		if err == nil && fr.ContentType != mls.ContentTypeApplication && fr.ContentType != mls.ContentTypeProposal && fr.ContentType != mls.ContentTypeCommit {
 			t.Fatalf("accepted content type %d", fr.ContentType)
 		}
-		_ = parseGroupInfo(in, g, 1)
+		_ = parseGroupInfo(in, g, 1, false)
+		_ = parseGroupInfo(in, g, 1, true)
 	})
 }
