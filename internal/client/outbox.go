@@ -316,8 +316,15 @@ func (c *Client) Flush(ctx context.Context) (_ FlushReport, err error) {
 			if err := c.reprotectOld(ctx, &e); err != nil {
 				return rep, err
 			}
+			gi, tree, err := unpackOutboxGroupInfo(e.gi)
+			if err != nil {
+				return rep, err
+			}
 			var resp qpcv1.EnqueueResponse
-			err := c.call(ctx, "Enqueue", &qpcv1.EnqueueRequest{ChannelId: e.ChannelID, MessageId: e.MessageID, MlsMessage: e.mls, GroupInfo: e.gi}, &resp)
+			err = c.call(ctx, "Enqueue", &qpcv1.EnqueueRequest{ChannelId: e.ChannelID, MessageId: e.MessageID, MlsMessage: e.mls, GroupInfo: gi, RatchetTree: tree}, &resp)
+			if err == nil && len(tree) > 0 && !resp.GetRatchetTreeStored() {
+				c.treeDropped()
+			}
 			o, cause, err := c.settle(ctx, e, &resp, err, &rep, &redo)
 			if err != nil {
 				return rep, err

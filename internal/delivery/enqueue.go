@@ -140,13 +140,10 @@ type EnqueueItem struct {
 	RatchetTree []byte
 }
 
-// StoresRatchetTrees: this server keeps EnqueueItem.RatchetTree beside
-// the GroupInfo and returns it (GroupInfoTree); announced to clients as
-// the "ratchet_tree" feature.
-const StoresRatchetTrees = true
-
 // size is the item's bytes that count toward the payload cap.
-func (it *EnqueueItem) size() int { return len(it.MLSMessage) + len(it.GroupInfo) + len(it.RatchetTree) }
+func (it *EnqueueItem) size() int {
+	return len(it.MLSMessage) + len(it.GroupInfo) + len(it.RatchetTree)
+}
 
 // BatchResult is the outcome of one EnqueueBatch item: what its own
 // Enqueue would have returned.
