@@ -51,35 +51,37 @@ func ParseFraming(raw []byte) (Framing, error) {
 
 // parseGroupInfo checks that raw is an MLSMessage(GroupInfo) (or a bare
 // GroupInfo) for groupID at epoch, and, when separateTree (a ratchet tree
-// came beside it), that it lacks the ratchet_tree extension.
-func parseGroupInfo(raw, groupID []byte, epoch uint64, separateTree bool) error {
+// came beside it), that it lacks the ratchet_tree extension. It reports
+// whether the GroupInfo carries the tree.
+func parseGroupInfo(raw, groupID []byte, epoch uint64, separateTree bool) (embedded bool, err error) {
 	var gi *mls.GroupInfo
 	var m mls.MLSMessage
 	if err := m.Unmarshal(raw); err == nil {
 		if m.WireFormat != mls.WireFormatGroupInfo || m.GroupInfo == nil {
-			return fmt.Errorf("%w: group_info is an MLSMessage of wire format %d", ErrInvalidMessage, m.WireFormat)
+			return false, fmt.Errorf("%w: group_info is an MLSMessage of wire format %d", ErrInvalidMessage, m.WireFormat)
 		}
 		gi = m.GroupInfo
 	} else {
 		gi = new(mls.GroupInfo)
 		if err := gi.Unmarshal(raw); err != nil {
-			return fmt.Errorf("%w: group_info: %w", ErrInvalidMessage, err)
+			return false, fmt.Errorf("%w: group_info: %w", ErrInvalidMessage, err)
 		}
 	}
 	if !bytes.Equal(gi.GroupContext.GroupID, groupID) {
-		return fmt.Errorf("%w: group_info is for another group", ErrInvalidMessage)
+		return false, fmt.Errorf("%w: group_info is for another group", ErrInvalidMessage)
 	}
 	if gi.GroupContext.Epoch != epoch {
-		return fmt.Errorf("%w: group_info is for epoch %d, the commit starts epoch %d", ErrInvalidMessage, gi.GroupContext.Epoch, epoch)
+		return false, fmt.Errorf("%w: group_info is for epoch %d, the commit starts epoch %d", ErrInvalidMessage, gi.GroupContext.Epoch, epoch)
 	}
-	if separateTree {
-		for _, x := range gi.Extensions {
-			if x.Type == mls.ExtensionTypeRatchetTree {
-				return fmt.Errorf("%w: ratchet_tree sent beside a group_info that carries the tree", ErrInvalidRequest)
-			}
+	for _, x := range gi.Extensions {
+		if x.Type == mls.ExtensionTypeRatchetTree {
+			embedded = true
 		}
 	}
-	return nil
+	if separateTree && embedded {
+		return true, fmt.Errorf("%w: ratchet_tree sent beside a group_info that carries the tree", ErrInvalidRequest)
+	}
+	return embedded, nil
 }
 
 // The enqueue path's statements, prepared once on the writer connection
@@ -136,8 +138,23 @@ type EnqueueItem struct {
 	MLSMessage []byte
 	GroupInfo  []byte
 	// RatchetTree, with a GroupInfo that lacks the ratchet_tree
-	// extension: the epoch's tree, stored beside it (StoresRatchetTrees).
+	// extension: the epoch's tree, stored beside it (GroupInfoTree).
 	RatchetTree []byte
+
+	embedsTree bool // set by queueEnqueue: the GroupInfo carries the tree
+}
+
+// treePlacement labels where a stored GroupInfo's ratchet tree is, for
+// qpcd_group_infos_stored_total.
+func (it *EnqueueItem) treePlacement() string {
+	switch {
+	case len(it.RatchetTree) > 0:
+		return "beside"
+	case it.embedsTree:
+		return "embedded"
+	default:
+		return "missing"
+	}
 }
 
 // size is the item's bytes that count toward the payload cap.
@@ -215,7 +232,7 @@ type enqueueOp struct {
 func (s *Service) startEnqueue(ctx context.Context, c Caller, it EnqueueItem) *enqueueOp {
 	op := &enqueueOp{rpcSpan: trace.SpanFromContext(ctx), c: c, item: it}
 	op.ctx, op.span = tracing.Start(ctx, "delivery.enqueue")
-	op.wait, op.err = s.queueEnqueue(op.ctx, c, &it)
+	op.wait, op.err = s.queueEnqueue(op.ctx, c, &op.item)
 	return op
 }
 
@@ -267,6 +284,9 @@ func (s *Service) finishEnqueue(op *enqueueOp) (Enqueued, error) {
 	}
 	if !res.Duplicate {
 		s.metrics.enqueuedBytes.WithLabelValues(label).Add(float64(len(msg)))
+		if len(groupInfo) > 0 {
+			s.metrics.groupInfos.WithLabelValues(op.item.treePlacement()).Inc()
+		}
 		if s.db.Backend() != store.BackendPostgres {
 			// On PostgreSQL the batch woke the channel's waiters, once for
 			// all its messages (enqueue_pg.go).
@@ -311,7 +331,7 @@ func (s *Service) queueEnqueue(ctx context.Context, c Caller, it *EnqueueItem) (
 		return nil, fmt.Errorf("%w: group_info only comes with a commit", ErrInvalidRequest)
 	}
 	if isCommit && len(groupInfo) > 0 {
-		if err := parseGroupInfo(groupInfo, f.GroupID, f.Epoch+1, len(tree) > 0); err != nil {
+		if it.embedsTree, err = parseGroupInfo(groupInfo, f.GroupID, f.Epoch+1, len(tree) > 0); err != nil {
 			return nil, err
 		}
 	}

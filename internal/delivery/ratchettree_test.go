@@ -6,6 +6,8 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	dt "github.com/quicprochat/quicprochat/internal/delivery/deliverytest"
 	"github.com/quicprochat/quicprochat/internal/mls"
 )
@@ -88,6 +90,13 @@ func TestRatchetTreeBesideGroupInfo(t *testing.T) {
 	}
 	if gi, tree, epoch, err := e.svc.GroupInfoTree(ctx, bob.Caller, ch.ID); err != nil || epoch != 4 || tree != nil || !bytes.Equal(gi, dt.GroupInfo(g, 4)) {
 		t.Fatalf("after an older server's GroupInfo: epoch %d, tree of %d bytes, %v", epoch, len(tree), err)
+	}
+	// Stored: epochs 1 and 3 beside, 2 embedded (the duplicate is not
+	// counted).
+	for p, want := range map[string]float64{"beside": 2, "embedded": 1, "missing": 0} {
+		if got := testutil.ToFloat64(e.svc.metrics.groupInfos.WithLabelValues(p)); got != want {
+			t.Errorf("qpcd_group_infos_stored_total{tree=%q} = %v, want %v", p, got, want)
+		}
 	}
 }
 
