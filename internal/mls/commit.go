@@ -630,6 +630,9 @@ func (g *Group) commit(opts CommitOptions, pskUsage ResumptionPSKUsage) (*Pendin
 			return nil, err
 		}
 	}
+	// The new tree's encoding serves this group's next encoding too (a
+	// commit redone after another won): nearly every node is the same.
+	g.tree.pub = next.tree.pub
 	gi := giAll
 	if len(a.added) > 0 && (opts.OmitRatchetTree == !separate || opts.NoExternalPub) {
 		if gi, err = next.groupInfo(!opts.OmitRatchetTree, !opts.NoExternalPub); err != nil {

@@ -223,16 +223,27 @@ func BenchmarkGroupCreateAddAll(b *testing.B) {
 // group with an older client (or a server that does not store trees)
 // gets; scripts/bench-mls-peers.sh compares that one with ts-mls, whose
 // figure includes a GroupInfo with the tree.
+//
+// The committer's tree holds the encoding of its last commit (the setup
+// made one), as a member's does after its own commit or an import of its
+// state (pubCache): the tree is copied from it, not gathered node by
+// node. "populated-cold" drops that before every commit, the cost for a
+// tree never encoded (built by processing others' commits since the last
+// import).
 func BenchmarkGroupUpdateCommit(b *testing.B) {
-	for _, shape := range []string{"fresh", "populated", "fresh-embedded", "populated-embedded"} {
-		tree, separate := strings.CutSuffix(shape, "-embedded")
-		separate = !separate
+	for _, shape := range []string{"fresh", "populated", "fresh-embedded", "populated-embedded", "populated-cold"} {
+		tree, embedded := strings.CutSuffix(shape, "-embedded")
+		tree, cold := strings.CutSuffix(tree, "-cold")
+		separate := !embedded
 		for _, n := range benchSizes() {
 			b.Run(fmt.Sprintf("%s/n=%d", shape, n), func(b *testing.B) {
 				bg := getBenchGroup(b, tree, n)
 				b.ReportAllocs()
 				defer reportCPU(b)()
 				for b.Loop() {
+					if cold {
+						bg.b.tree.pub = nil
+					}
 					pc, err := bg.b.Commit(CommitOptions{SeparateTree: separate})
 					if err != nil {
 						b.Fatal(err)

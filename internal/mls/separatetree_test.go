@@ -3,6 +3,7 @@ package mls
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -256,4 +257,77 @@ func walkType(tr *ratchetTree, typ ExtensionType) bool {
 		}
 	}
 	return true
+}
+
+// The tree's encoding cache (pubCache) never changes what is encoded:
+// through a random run of commits (adds, removes, empty commits, commits
+// redone from the same state, a member processing them, a state exported
+// and imported), every separately returned tree and every embedded one
+// equals the tree encoded from scratch, and the importer's state encodes
+// the same.
+func TestTreeEncodingCacheMatchesGeneric(t *testing.T) {
+	cfg := Config{}
+	alice, bob := twoMembers(t, cfg)
+	rng := rand.New(rand.NewPCG(3, 4))
+	var others []uint32
+	generic := func(rt RatchetTree) []byte {
+		b, err := rt.Marshal()
+		mustNoErr(t, err, "generic encoding")
+		return b
+	}
+	check := func(step int, pc *PendingCommit) {
+		t.Helper()
+		want := generic(pc.RatchetTree())
+		if pc.Tree != nil {
+			if !bytes.Equal(pc.Tree, want) {
+				t.Fatalf("step %d: separate tree differs from the generic encoding", step)
+			}
+			return
+		}
+		var m MLSMessage
+		mustNoErr(t, m.Unmarshal(pc.GroupInfo), "GroupInfo")
+		x := findExtension(m.GroupInfo.Extensions, ExtensionTypeRatchetTree)
+		if x == nil || !bytes.Equal(x.Data, want) {
+			t.Fatalf("step %d: embedded tree differs from the generic encoding", step)
+		}
+	}
+	for step := 0; step < 40; step++ {
+		opts := CommitOptions{SeparateTree: rng.IntN(3) != 0}
+		switch op := rng.IntN(4); {
+		case op == 0 || len(others) == 0:
+			c := newTestClient(t, fmt.Sprintf("c%d", step))
+			b := c.bundle(t)
+			opts.Add = []*KeyPackage{&b.KeyPackage}
+		case op == 1:
+			i := rng.IntN(len(others))
+			opts.Remove = []uint32{others[i]}
+			others = slices.Delete(others, i, i+1)
+		}
+		if rng.IntN(4) == 0 {
+			// A commit dropped (another won) and made again.
+			pc, err := alice.g.Commit(CommitOptions{SeparateTree: true})
+			mustNoErr(t, err, "dropped commit")
+			check(step, pc)
+			alice.g.ClearPendingCommit()
+		}
+		pc, err := alice.g.Commit(opts)
+		mustNoErr(t, err, "commit")
+		check(step, pc)
+		mustNoErr(t, alice.g.MergePendingCommit(pc), "merge")
+		others = append(others, pc.Added...)
+		deliver(t, pc.Message, bob)
+		if rng.IntN(3) == 0 {
+			raw, err := alice.g.Export()
+			mustNoErr(t, err, "export")
+			alice.g, err = ImportGroup(cfg, raw)
+			mustNoErr(t, err, "import")
+			clear(raw) // the importer keeps no alias of the state buffer
+		}
+		// Bob's tree (built by processing, never encoded) and its encoding.
+		tree, err := bob.g.tree.encodedPublic()
+		mustNoErr(t, err, "bob's tree")
+		if !bytes.Equal(tree, generic(bob.g.RatchetTree())) {
+			t.Fatalf("step %d: bob's tree encodes differently", step)
+		}
+	}
 }

@@ -148,6 +148,34 @@ func ImportGroup(cfg Config, raw []byte) (*Group, error) {
 	return g, nil
 }
 
+// decodeTreeEntries is RatchetTree.decode that also keeps the vector's
+// body (copied: the caller may wipe its state buffer) and where each
+// entry starts, as the tree's encoding cache (pubCache): the tree of an
+// imported group then encodes for its next commit without gathering its
+// nodes again. Nil when the tree does not decode.
+func decodeTreeEntries(d *decoder) (RatchetTree, *pubCache) {
+	var rt RatchetTree
+	var body []byte
+	var off []uint32
+	d.vector(func(sub *decoder) {
+		if body == nil {
+			body = bytes.Clone(sub.s)
+		}
+		off = append(off, uint32(len(body)-len(sub.s)))
+		var n *Node
+		if sub.optional() {
+			n = new(Node)
+			n.decode(sub)
+		}
+		rt = append(rt, n)
+	})
+	if d.err != nil || len(rt) == 0 {
+		return rt, nil
+	}
+	off = append(off, uint32(len(body)))
+	return rt, &pubCache{body: body, nodes: slices.Clone(rt), off: off}
+}
+
 func stateErr(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrInvalidState}, args...)...)
 }
@@ -155,8 +183,7 @@ func stateErr(format string, args ...any) error {
 func decodeState(cfg Config, d *decoder, depth int) (*Group, error) {
 	g := &Group{cfg: cfg}
 	g.gc.decode(d)
-	var rt RatchetTree
-	rt.decode(d)
+	rt, pub := decodeTreeEntries(d)
 	g.interim = d.opaque()
 	g.confTag = d.opaque()
 	g.own = leafIndex(d.u32())
@@ -185,6 +212,7 @@ func decodeState(cfg Config, d *decoder, depth int) (*Group, error) {
 	if g.tree, err = treeFromPublic(s, rt); err != nil {
 		return nil, stateErr("%v", err)
 	}
+	g.tree.pub = pub
 	if !bytes.Equal(g.tree.rootHash(), g.gc.TreeHash) {
 		return nil, stateErr("tree hash mismatch")
 	}
