@@ -422,7 +422,9 @@ type PendingCommit struct {
 	GroupInfo []byte
 	// Tree is the new epoch's ratchet tree, encoded as the ratchet_tree
 	// extension's data, when CommitOptions.SeparateTree took effect (the
-	// GroupInfo then lacks the extension); nil otherwise.
+	// GroupInfo then lacks the extension); nil otherwise. Tree and
+	// GroupInfo share memory with the group's tree encoding cache: do not
+	// modify them.
 	Tree []byte
 	// Epoch is the epoch the commit moves to.
 	Epoch uint64
@@ -816,7 +818,8 @@ func (g *Group) groupInfoMsg(withTree, withExternalPub bool) (*GroupInfo, []byte
 }
 
 // GroupInfo returns the signed MLSMessage GroupInfo of the current epoch
-// (ratchet tree and external_pub included), for external joiners.
+// (ratchet tree and external_pub included), for external joiners. It
+// shares memory with the tree's encoding cache: do not modify it.
 func (g *Group) GroupInfo() ([]byte, error) {
 	_, msg, err := g.groupInfoMsg(true, true)
 	return msg, err
@@ -827,7 +830,8 @@ func (g *Group) GroupInfo() ([]byte, error) {
 // extension type cond in its capabilities (or cond is 0), the ratchet
 // tree encoded separately, the GroupInfo then lacking the ratchet_tree
 // extension (as CommitOptions.SeparateTree). Otherwise tree is nil and
-// the GroupInfo carries the tree.
+// the GroupInfo carries the tree. Both share memory with the tree's
+// encoding cache: do not modify them.
 func (g *Group) GroupInfoSeparateTree(cond ExtensionType) (groupInfo, tree []byte, err error) {
 	if cond != 0 && !g.tree.allSupport(cond) {
 		groupInfo, err = g.GroupInfo()

@@ -113,8 +113,14 @@ func (t *ratchetTree) public() RatchetTree {
 }
 
 // encodePublic writes the tree in wire form (as public() would encode),
-// reusing each node's cached encoding.
-func (t *ratchetTree) encodePublic(e *encoder) {
+// reusing the tree's encoding cache and each node's cached encoding, and
+// keeps what it wrote as the tree's encoding cache: e.buf must not be
+// modified afterwards (see pubCache).
+func (t *ratchetTree) encodePublic(e *encoder) { t.writePublic(e, true) }
+
+// writePublic is encodePublic; keep false leaves the cache as it was (for
+// a buffer the caller may wipe, such as an exported state).
+func (t *ratchetTree) writePublic(e *encoder, keep bool) {
 	end := t.publicEnd()
 	// Size the buffer exactly first and write the length header before
 	// the body: a large tree's encoding is megabytes, and growing it by
@@ -153,7 +159,7 @@ func (t *ratchetTree) encodePublic(e *encoder) {
 		i++
 	}
 	off[end] = uint32(len(e.buf) - start)
-	if e.err == nil && int(off[end]) == size {
+	if keep && e.err == nil && int(off[end]) == size {
 		t.pub = &pubCache{body: e.buf[start:len(e.buf):len(e.buf)], nodes: slices.Clone(t.nodes[:end]), off: off}
 	}
 }

@@ -331,3 +331,27 @@ func TestTreeEncodingCacheMatchesGeneric(t *testing.T) {
 		}
 	}
 }
+
+// Wiping an exported state buffer (it holds secrets) does not touch the
+// tree's encoding cache: the group encodes the same afterwards.
+func TestExportBufferIsNotTheTreeCache(t *testing.T) {
+	alice, _ := twoMembers(t, Config{})
+	pc, err := alice.g.Commit(CommitOptions{SeparateTree: true})
+	mustNoErr(t, err, "commit")
+	mustNoErr(t, alice.g.MergePendingCommit(pc), "merge")
+	before := alice.g.tree.pub
+	raw, err := alice.g.Export()
+	mustNoErr(t, err, "export")
+	if alice.g.tree.pub != before {
+		t.Fatal("Export made its buffer the tree's encoding cache")
+	}
+	clear(raw)
+	_, tree, err := alice.g.GroupInfoSeparateTree(0)
+	mustNoErr(t, err, "GroupInfoSeparateTree")
+	rt := alice.g.RatchetTree()
+	want, err := rt.Marshal()
+	mustNoErr(t, err, "generic encoding")
+	if !bytes.Equal(tree, want) {
+		t.Fatal("the tree encodes differently after its exported state was wiped")
+	}
+}

@@ -44,8 +44,9 @@ func encodeKey(e *encoder, k nodeKey) {
 
 func (g *Group) encodeState(e *encoder, withPending bool) {
 	g.gc.encode(e)
-	rt := g.tree.public()
-	rt.encode(e)
+	// The RatchetTree encoding, copied from the tree's encoding cache; the
+	// caller may wipe the state buffer, so it does not become the cache.
+	g.tree.writePublic(e, false)
 	e.opaque(g.interim)
 	e.opaque(g.confTag)
 	e.u32(uint32(g.own))
