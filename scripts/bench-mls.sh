@@ -34,7 +34,7 @@ if [ -n "$BIG" ]; then
 fi
 
 # Profile the 1000-member populated commit (the 5 ms aim).
-QPC_MLS_BENCH_SIZES=1000 go test -run='^$' -bench='^BenchmarkGroupUpdateCommit/populated' -benchtime=100x \
+QPC_MLS_BENCH_SIZES=1000 go test -run='^$' -bench='^BenchmarkGroupUpdateCommit/^populated$' -benchtime=100x \
 	-cpuprofile "$tmp/cpu.out" -o "$tmp/mls.test" ./internal/mls/ >/dev/null
 profile=$(go tool pprof -top -cum -focus='BenchmarkGroupUpdateCommit' -ignore='getBenchGroup|populate|freshGroup|bundles' \
 	-relative_percentages "$tmp/mls.test" "$tmp/cpu.out" 2>/dev/null |
