@@ -11,8 +11,8 @@
 # others in one commit with a path), the last member's empty commit with a
 # full UpdatePath, sent as PublicMessage, cipher suite 1
 # (MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519):
-#   internal/mls  BenchmarkGroupUpdateCommit/fresh (go test -bench): Commit,
-#                 which always returns the signed GroupInfo with external_pub
+#   internal/mls  BenchmarkGroupUpdateCommit/fresh-embedded (go test -bench): Commit,
+#                 returning the signed GroupInfo with external_pub
 #                 and the ratchet tree as well
 #   ts-mls        bench/ts-mls/bench.mjs: createCommit plus that same
 #                 GroupInfo (op "commit+groupinfo"), and createCommit alone
@@ -101,13 +101,13 @@ loads=()
 ours() { # round
 	log "round $1: internal/mls"
 	QPC_MLS_BENCH_SIZES=$SIZES timeout "$ROUND_TIMEOUT" "$tmp/mls.test" -test.run '^$' \
-		-test.bench '^BenchmarkGroupUpdateCommit$/^fresh$' -test.benchtime="$GO_BENCHTIME" -test.count="$GO_COUNT" \
+		-test.bench '^BenchmarkGroupUpdateCommit$/^fresh-embedded$' -test.benchtime="$GO_BENCHTIME" -test.count="$GO_COUNT" \
 		-test.timeout 0 >"$tmp/go.txt" || {
 		cat "$tmp/go.txt" >&2
 		die "internal/mls benchmark failed"
 	}
 	awk -v round="$1" '
-	/^BenchmarkGroupUpdateCommit\/fresh\/n=/ {
+	/^BenchmarkGroupUpdateCommit\/fresh-embedded\/n=/ {
 		n=$1; sub(/.*n=/, "", n); sub(/-[0-9]+$/, "", n)
 		for (f=3; f<NF; f++) {
 			if ($(f+1) == "ns/op") ms[n]=ms[n] "," $f/1e6

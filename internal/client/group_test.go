@@ -526,7 +526,7 @@ func TestCommitAcceptedReplyLost(t *testing.T) {
 	}
 	e := pending[0]
 	var first qpcv1.EnqueueResponse
-	if err := alice.call(ctx, "Enqueue", &qpcv1.EnqueueRequest{ChannelId: ch, MessageId: e.MessageID, MlsMessage: e.mls, GroupInfo: e.gi}, &first); err != nil {
+	if err := alice.call(ctx, "Enqueue", &qpcv1.EnqueueRequest{ChannelId: ch, MessageId: e.MessageID, MlsMessage: e.mls, GroupInfo: e.gi, RatchetTree: e.tree}, &first); err != nil {
 		t.Fatal(err)
 	}
 	// No Welcome yet: the commit is not recorded as accepted.

@@ -231,7 +231,7 @@ func (c *Client) createGroup(ctx context.Context, name, kind, peer string, suite
 		return nil, err
 	}
 	defer id.key.Wipe()
-	g, err := mls.CreateGroup(mlsConfig, mls.NewGroupID(), suite, mls.BasicIdentity(id.AccountName, id.DeviceID), sk, mls.GroupOptions{LeafExtensions: id.leafExtensions()})
+	g, err := mls.CreateGroup(mlsConfig, mls.NewGroupID(), suite, mls.BasicIdentity(id.AccountName, id.DeviceID), sk, mls.GroupOptions{LeafExtensions: id.leafExtensions(), Capabilities: leafCapabilities()})
 	if err != nil {
 		sk.Wipe()
 		return nil, fmt.Errorf("client: create MLS group: %w", err)
@@ -484,6 +484,8 @@ func (c *Client) queueCommit(ctx context.Context, channelID []byte, in commitInt
 }
 
 func (c *Client) queueCommitLocked(ctx context.Context, channelID []byte, in commitIntent) error {
+	var treeOpts mls.CommitOptions
+	c.commitTreeOptions(ctx, &treeOpts)
 	return c.db.WriteTx(ctx, func(tx *sql.Tx) error {
 		r, g, err := openGroup(ctx, tx, "", channelID)
 		if err != nil {
@@ -492,7 +494,7 @@ func (c *Client) queueCommitLocked(ctx context.Context, channelID []byte, in com
 		if g.Pending() != nil {
 			return fmt.Errorf("client: %s has a commit waiting to be sent; run qpc recv (it sends the outbox) and try again", r.name)
 		}
-		var opts mls.CommitOptions
+		opts := treeOpts
 		var to []inboxAddress
 		switch in.Op {
 		case "add":
@@ -564,7 +566,7 @@ func (c *Client) queueCommitLocked(ctx context.Context, channelID []byte, in com
 			toJSON = string(b)
 		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO outbox (message_id, channel_id, mls_message, group_info, kind, intent, welcome, welcome_to, created_ms)
-			VALUES (?, ?, ?, ?, 'commit', ?, ?, ?, ?)`, id, channelID, pc.Message, pc.GroupInfo, intent, pc.Welcome, toJSON, c.now().UnixMilli())
+			VALUES (?, ?, ?, ?, 'commit', ?, ?, ?, ?)`, id, channelID, pc.Message, packOutboxGroupInfo(pc.GroupInfo, pc.Tree), intent, pc.Welcome, toJSON, c.now().UnixMilli())
 		return err
 	})
 }

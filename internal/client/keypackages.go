@@ -80,7 +80,8 @@ func newKeyPackage(id *Identity, suiteID mls.CipherSuiteID, now time.Time, lastR
 		return nil, fmt.Errorf("client: device key: %w", err)
 	}
 	b, err := mls.GenerateKeyPackage(suiteID, mls.BasicIdentity(id.AccountName, id.DeviceID), sk,
-		mls.KeyPackageOptions{Now: now, Lifetime: keyPackageLifetime, LastResort: lastResort, LeafExtensions: id.leafExtensions()})
+		mls.KeyPackageOptions{Now: now, Lifetime: keyPackageLifetime, LastResort: lastResort, LeafExtensions: id.leafExtensions(),
+			Capabilities: leafCapabilities()})
 	if err != nil {
 		sk.Wipe()
 		return nil, fmt.Errorf("client: generate KeyPackage: %w", err)

@@ -133,6 +133,7 @@ type OutboxEntry struct {
 	// Replay: accepted before a server restore and queued again as it was.
 	Replay    bool `json:"replay,omitempty"`
 	mls, gi   []byte
+	tree      []byte // the ratchet tree sent beside gi (ratchettree.go)
 	kind      string
 	intent    []byte
 	welcome   []byte
@@ -233,8 +234,12 @@ func (c *Client) outboxWhere(ctx context.Context, where string, args ...any) ([]
 		for rows.Next() {
 			var e OutboxEntry
 			var seq int64
-			if err := rows.Scan(&e.ID, &e.MessageID, &e.ChannelID, &e.Channel, &e.Status, &seq, &e.Attempts, &e.LastError, &e.mls, &e.gi, &e.kind, &e.intent, &e.Replay); err != nil {
+			var gi []byte
+			if err := rows.Scan(&e.ID, &e.MessageID, &e.ChannelID, &e.Channel, &e.Status, &seq, &e.Attempts, &e.LastError, &e.mls, &gi, &e.kind, &e.intent, &e.Replay); err != nil {
 				return err
+			}
+			if e.gi, e.tree, err = unpackOutboxGroupInfo(gi); err != nil {
+				return fmt.Errorf("outbox entry %s: %w", e.MessageID, err)
 			}
 			e.Seq, e.Kind = uint64(seq), e.kind
 			out = append(out, e)
@@ -317,7 +322,10 @@ func (c *Client) Flush(ctx context.Context) (_ FlushReport, err error) {
 				return rep, err
 			}
 			var resp qpcv1.EnqueueResponse
-			err := c.call(ctx, "Enqueue", &qpcv1.EnqueueRequest{ChannelId: e.ChannelID, MessageId: e.MessageID, MlsMessage: e.mls, GroupInfo: e.gi}, &resp)
+			err := c.call(ctx, "Enqueue", &qpcv1.EnqueueRequest{ChannelId: e.ChannelID, MessageId: e.MessageID, MlsMessage: e.mls, GroupInfo: e.gi, RatchetTree: e.tree}, &resp)
+			if err == nil && len(e.tree) > 0 && !resp.GetRatchetTreeStored() {
+				c.treeDropped()
+			}
 			o, cause, err := c.settle(ctx, e, &resp, err, &rep, &redo)
 			if err != nil {
 				return rep, err

@@ -44,12 +44,18 @@ func (c *Client) rejoin(ctx context.Context, channelID []byte) error {
 		defer sk.Wipe()
 		c.groupMu.Lock()
 		g, commit, err := mls.JoinExternal(mlsConfig, gi.GetGroupInfo(), mls.BasicIdentity(id.AccountName, id.DeviceID), sk,
-			mls.ExternalJoinOptions{RemovePrior: true, Leaf: mls.KeyPackageOptions{LeafExtensions: id.leafExtensions()}})
+			mls.ExternalJoinOptions{RemovePrior: true, EncodedTree: gi.GetRatchetTree(),
+				Leaf: mls.KeyPackageOptions{LeafExtensions: id.leafExtensions(), Capabilities: leafCapabilities()}})
 		c.groupMu.Unlock()
 		if err != nil {
 			return fmt.Errorf("client: rejoin: external commit: %w", err)
 		}
-		newInfo, err := g.GroupInfo()
+		var newInfo, newTree []byte
+		if c.serverStoresTrees(ctx) {
+			newInfo, newTree, err = g.GroupInfoSeparateTree(TreeBesideExtension)
+		} else {
+			newInfo, err = g.GroupInfo()
+		}
 		if err != nil {
 			return fmt.Errorf("client: rejoin: GroupInfo: %w", err)
 		}
@@ -58,7 +64,10 @@ func (c *Client) rejoin(ctx context.Context, channelID []byte) error {
 			return err
 		}
 		var resp qpcv1.EnqueueResponse
-		err = c.call(ctx, "Enqueue", &qpcv1.EnqueueRequest{ChannelId: channelID, MessageId: mid, MlsMessage: commit, GroupInfo: newInfo}, &resp)
+		err = c.call(ctx, "Enqueue", &qpcv1.EnqueueRequest{ChannelId: channelID, MessageId: mid, MlsMessage: commit, GroupInfo: newInfo, RatchetTree: newTree}, &resp)
+		if err == nil && len(newTree) > 0 && !resp.GetRatchetTreeStored() {
+			c.treeDropped()
+		}
 		var se *wire.StatusError
 		if errors.As(err, &se) && se.Code == qpcv1.Status_STATUS_STALE_EPOCH {
 			continue // another commit won; join the newer epoch

@@ -53,6 +53,10 @@ var legacyPolicy = SuitePolicy{Allowed: []mls.CipherSuiteID{mls.MLS128DHKEMX2551
 type policyCache struct {
 	mu  sync.Mutex
 	got *SuitePolicy
+	// features the server announced in the same Ping (ratchettree.go).
+	features []string
+	// treeDropped: an Enqueue showed a server that did not store a tree.
+	treeDropped bool
 }
 
 // SuitePolicy returns the server's cipher-suite policy (asked once per
@@ -69,6 +73,7 @@ func (c *Client) SuitePolicy(ctx context.Context) (SuitePolicy, error) {
 	}
 	p := policyFromWire(resp.GetMlsPolicy())
 	c.policy.got = &p
+	c.policy.features = resp.GetFeatures()
 	return p, nil
 }
 

@@ -50,28 +50,38 @@ func ParseFraming(raw []byte) (Framing, error) {
 }
 
 // parseGroupInfo checks that raw is an MLSMessage(GroupInfo) (or a bare
-// GroupInfo) for groupID at epoch.
-func parseGroupInfo(raw, groupID []byte, epoch uint64) error {
+// GroupInfo) for groupID at epoch, and, when separateTree (a ratchet tree
+// came beside it), that it lacks the ratchet_tree extension. It reports
+// whether the GroupInfo carries the tree.
+func parseGroupInfo(raw, groupID []byte, epoch uint64, separateTree bool) (embedded bool, err error) {
 	var gi *mls.GroupInfo
 	var m mls.MLSMessage
 	if err := m.Unmarshal(raw); err == nil {
 		if m.WireFormat != mls.WireFormatGroupInfo || m.GroupInfo == nil {
-			return fmt.Errorf("%w: group_info is an MLSMessage of wire format %d", ErrInvalidMessage, m.WireFormat)
+			return false, fmt.Errorf("%w: group_info is an MLSMessage of wire format %d", ErrInvalidMessage, m.WireFormat)
 		}
 		gi = m.GroupInfo
 	} else {
 		gi = new(mls.GroupInfo)
 		if err := gi.Unmarshal(raw); err != nil {
-			return fmt.Errorf("%w: group_info: %w", ErrInvalidMessage, err)
+			return false, fmt.Errorf("%w: group_info: %w", ErrInvalidMessage, err)
 		}
 	}
 	if !bytes.Equal(gi.GroupContext.GroupID, groupID) {
-		return fmt.Errorf("%w: group_info is for another group", ErrInvalidMessage)
+		return false, fmt.Errorf("%w: group_info is for another group", ErrInvalidMessage)
 	}
 	if gi.GroupContext.Epoch != epoch {
-		return fmt.Errorf("%w: group_info is for epoch %d, the commit starts epoch %d", ErrInvalidMessage, gi.GroupContext.Epoch, epoch)
+		return false, fmt.Errorf("%w: group_info is for epoch %d, the commit starts epoch %d", ErrInvalidMessage, gi.GroupContext.Epoch, epoch)
 	}
-	return nil
+	for _, x := range gi.Extensions {
+		if x.Type == mls.ExtensionTypeRatchetTree {
+			embedded = true
+		}
+	}
+	if separateTree && embedded {
+		return true, fmt.Errorf("%w: ratchet_tree sent beside a group_info that carries the tree", ErrInvalidRequest)
+	}
+	return embedded, nil
 }
 
 // The enqueue path's statements, prepared once on the writer connection
@@ -95,15 +105,26 @@ type Enqueued struct {
 	Epoch     uint64 // the channel's epoch after the message
 	Duplicate bool   // the message id was stored before; nothing was stored now
 	Time      time.Time
+	// TreeStored: the item's RatchetTree is stored beside its GroupInfo
+	// (or, for a duplicate, the item carried one to this server).
+	TreeStored bool
 }
 
 // Enqueue appends an MLS message to a channel's log. The same message id
 // from the same device returns the original sequence number. A commit is
 // accepted only for the channel's current epoch and advances it; other
 // messages are accepted for the current epoch and EpochsBehind earlier
-// ones. groupInfo, with a commit, replaces the channel's GroupInfo.
+// ones. groupInfo, with a commit, replaces the channel's GroupInfo (and
+// drops a ratchet tree stored beside the one it replaces; EnqueueItem
+// stores a new one).
 func (s *Service) Enqueue(ctx context.Context, c Caller, id []byte, messageID string, msg, groupInfo []byte) (Enqueued, error) {
-	return s.finishEnqueue(s.startEnqueue(ctx, c, EnqueueItem{ChannelID: id, MessageID: messageID, MLSMessage: msg, GroupInfo: groupInfo}))
+	return s.EnqueueItem(ctx, c, EnqueueItem{ChannelID: id, MessageID: messageID, MLSMessage: msg, GroupInfo: groupInfo})
+}
+
+// EnqueueItem is Enqueue of one item, which may carry a ratchet tree
+// beside its GroupInfo.
+func (s *Service) EnqueueItem(ctx context.Context, c Caller, it EnqueueItem) (Enqueued, error) {
+	return s.finishEnqueue(s.startEnqueue(ctx, c, it))
 }
 
 // MaxBatchItems is how many messages one EnqueueBatch carries at most
@@ -116,6 +137,29 @@ type EnqueueItem struct {
 	MessageID  string
 	MLSMessage []byte
 	GroupInfo  []byte
+	// RatchetTree, with a GroupInfo that lacks the ratchet_tree
+	// extension: the epoch's tree, stored beside it (GroupInfoTree).
+	RatchetTree []byte
+
+	embedsTree bool // set by queueEnqueue: the GroupInfo carries the tree
+}
+
+// treePlacement labels where a stored GroupInfo's ratchet tree is, for
+// qpcd_group_infos_stored_total.
+func (it *EnqueueItem) treePlacement() string {
+	switch {
+	case len(it.RatchetTree) > 0:
+		return "beside"
+	case it.embedsTree:
+		return "embedded"
+	default:
+		return "missing"
+	}
+}
+
+// size is the item's bytes that count toward the payload cap.
+func (it *EnqueueItem) size() int {
+	return len(it.MLSMessage) + len(it.GroupInfo) + len(it.RatchetTree)
 }
 
 // BatchResult is the outcome of one EnqueueBatch item: what its own
@@ -159,7 +203,7 @@ func (s *Service) CheckBatch(items []EnqueueItem) error {
 	}
 	total := 0
 	for _, it := range items {
-		total += len(it.MLSMessage) + len(it.GroupInfo)
+		total += it.size()
 	}
 	if total > s.maxPayload {
 		return fmt.Errorf("delivery: enqueue batch: %w: the items hold %d bytes together, at most %d (limits.max_payload_bytes); send fewer per batch",
@@ -188,7 +232,7 @@ type enqueueOp struct {
 func (s *Service) startEnqueue(ctx context.Context, c Caller, it EnqueueItem) *enqueueOp {
 	op := &enqueueOp{rpcSpan: trace.SpanFromContext(ctx), c: c, item: it}
 	op.ctx, op.span = tracing.Start(ctx, "delivery.enqueue")
-	op.wait, op.err = s.queueEnqueue(op.ctx, c, it.ChannelID, it.MessageID, it.MLSMessage, it.GroupInfo)
+	op.wait, op.err = s.queueEnqueue(op.ctx, c, &op.item)
 	return op
 }
 
@@ -240,6 +284,9 @@ func (s *Service) finishEnqueue(op *enqueueOp) (Enqueued, error) {
 	}
 	if !res.Duplicate {
 		s.metrics.enqueuedBytes.WithLabelValues(label).Add(float64(len(msg)))
+		if len(groupInfo) > 0 {
+			s.metrics.groupInfos.WithLabelValues(op.item.treePlacement()).Inc()
+		}
 		if s.db.Backend() != store.BackendPostgres {
 			// On PostgreSQL the batch woke the channel's waiters, once for
 			// all its messages (enqueue_pg.go).
@@ -248,14 +295,16 @@ func (s *Service) finishEnqueue(op *enqueueOp) (Enqueued, error) {
 	}
 	s.audit.Event(ctx, "delivery.enqueue", slog.String("account_id", c.AccountID), slog.String("device_id", c.DeviceID),
 		slog.String("channel_id", hexID(id)), slog.Uint64("seq", res.Seq), slog.Uint64("epoch", res.Epoch),
-		slog.Int("size", len(msg)), slog.Int("group_info_size", len(groupInfo)), slog.Bool("duplicate", res.Duplicate))
+		slog.Int("size", len(msg)), slog.Int("group_info_size", len(groupInfo)), slog.Int("ratchet_tree_size", len(op.item.RatchetTree)),
+		slog.Bool("duplicate", res.Duplicate))
 	return res, nil
 }
 
 // queueEnqueue checks one message and queues its write: on SQLite to the
 // one writer, on PostgreSQL to the channel's runner. wait returns the
 // outcome; err is a refusal before anything was queued.
-func (s *Service) queueEnqueue(ctx context.Context, c Caller, id []byte, messageID string, msg, groupInfo []byte) (wait func() (Enqueued, int, error), err error) {
+func (s *Service) queueEnqueue(ctx context.Context, c Caller, it *EnqueueItem) (wait func() (Enqueued, int, error), err error) {
+	id, messageID, msg, groupInfo, tree := it.ChannelID, it.MessageID, it.MLSMessage, it.GroupInfo, it.RatchetTree
 	if len(id) != ChannelIDSize {
 		return nil, fmt.Errorf("%w: channel id is %d bytes", ErrInvalidRequest, len(id))
 	}
@@ -267,8 +316,11 @@ func (s *Service) queueEnqueue(ctx context.Context, c Caller, id []byte, message
 		// batch it would share with other senders' messages.
 		return nil, fmt.Errorf("%w: message id must be UTF-8 text without NUL", ErrInvalidRequest)
 	}
-	if len(msg)+len(groupInfo) > s.maxPayload {
-		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, len(msg)+len(groupInfo), s.maxPayload)
+	if it.size() > s.maxPayload {
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, it.size(), s.maxPayload)
+	}
+	if len(tree) > 0 && len(groupInfo) == 0 {
+		return nil, fmt.Errorf("%w: ratchet_tree only comes with a group_info", ErrInvalidRequest)
 	}
 	f, err := ParseFraming(msg)
 	if err != nil {
@@ -279,7 +331,7 @@ func (s *Service) queueEnqueue(ctx context.Context, c Caller, id []byte, message
 		return nil, fmt.Errorf("%w: group_info only comes with a commit", ErrInvalidRequest)
 	}
 	if isCommit && len(groupInfo) > 0 {
-		if err := parseGroupInfo(groupInfo, f.GroupID, f.Epoch+1); err != nil {
+		if it.embedsTree, err = parseGroupInfo(groupInfo, f.GroupID, f.Epoch+1, len(tree) > 0); err != nil {
 			return nil, err
 		}
 	}
@@ -292,7 +344,7 @@ func (s *Service) queueEnqueue(ctx context.Context, c Caller, id []byte, message
 	}
 	if s.db.Backend() == store.BackendPostgres {
 		// Batched per channel under the channel's row lock (enqueue_pg.go).
-		return s.queueEnqueuePG(ctx, c, id, messageID, msg, groupInfo, req, now)
+		return s.queueEnqueuePG(ctx, c, id, messageID, msg, groupInfo, tree, req, now)
 	}
 	var res Enqueued
 	var kind int
@@ -307,6 +359,7 @@ func (s *Service) queueEnqueue(ctx context.Context, c Caller, id []byte, message
 		plan, err := decideEnqueue(st, req)
 		if err != nil || plan.duplicate {
 			res.Seq, res.Epoch, res.Duplicate = plan.seq, plan.epoch, plan.duplicate
+			res.TreeStored = plan.duplicate && len(tree) > 0
 			return err
 		}
 		if err := s.charge(ctx, tx, c.AccountID, Usage{MessageBytes: int64(len(msg)), Messages: 1}); err != nil {
@@ -327,11 +380,14 @@ func (s *Service) queueEnqueue(ctx context.Context, c Caller, id []byte, message
 			return err
 		}
 		if isCommit && len(groupInfo) > 0 {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO channel_group_info (channel_id, epoch, group_info) VALUES (?, ?, ?)
-				ON CONFLICT (channel_id) DO UPDATE SET epoch = excluded.epoch, group_info = excluded.group_info`,
-				id, int64(plan.epoch), groupInfo); err != nil {
+			treeArg, treeEpoch := treeArgs(tree, plan.epoch)
+			if _, err := tx.ExecContext(ctx, `INSERT INTO channel_group_info (channel_id, epoch, group_info, ratchet_tree, ratchet_tree_epoch) VALUES (?, ?, ?, ?, ?)
+				ON CONFLICT (channel_id) DO UPDATE SET epoch = excluded.epoch, group_info = excluded.group_info,
+					ratchet_tree = excluded.ratchet_tree, ratchet_tree_epoch = excluded.ratchet_tree_epoch`,
+				id, int64(plan.epoch), groupInfo, treeArg, treeEpoch); err != nil {
 				return err
 			}
+			res.TreeStored = len(tree) > 0
 		}
 		res.Seq, res.Epoch = plan.seq, plan.epoch
 		return nil

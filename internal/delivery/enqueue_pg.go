@@ -71,6 +71,7 @@ type pgEnqueue struct {
 	messageID string
 	msg       []byte
 	groupInfo []byte
+	tree      []byte // the ratchet tree beside groupInfo; nil: none
 	req       enqueueRequest
 	now       time.Time
 	state     atomic.Int32
@@ -95,11 +96,11 @@ type enqueueBatcher struct {
 // channel are decided in that order. If ctx ends before the runner took
 // the request it is never stored; once taken, wait returns the real
 // outcome.
-func (s *Service) queueEnqueuePG(ctx context.Context, c Caller, id []byte, messageID string, msg, groupInfo []byte, req enqueueRequest, now time.Time) (wait func() (Enqueued, int, error), err error) {
+func (s *Service) queueEnqueuePG(ctx context.Context, c Caller, id []byte, messageID string, msg, groupInfo, tree []byte, req enqueueRequest, now time.Time) (wait func() (Enqueued, int, error), err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	r := &pgEnqueue{ctx: ctx, c: c, messageID: messageID, msg: msg, groupInfo: groupInfo, req: req, now: now, done: make(chan pgEnqueued, 1)}
+	r := &pgEnqueue{ctx: ctx, c: c, messageID: messageID, msg: msg, groupInfo: groupInfo, tree: tree, req: req, now: now, done: make(chan pgEnqueued, 1)}
 	key := string(id)
 	b := &s.batcher
 	b.mu.Lock()
@@ -140,8 +141,8 @@ func (s *Service) runEnqueues(key string) {
 			return
 		}
 		n, bytes := 0, 0
-		for n < len(q) && n < pgBatchMax && (n == 0 || bytes+len(q[n].msg)+len(q[n].groupInfo) <= pgBatchMaxBytes) {
-			bytes += len(q[n].msg) + len(q[n].groupInfo)
+		for n < len(q) && n < pgBatchMax && (n == 0 || bytes+len(q[n].msg)+len(q[n].groupInfo)+len(q[n].tree) <= pgBatchMaxBytes) {
+			bytes += len(q[n].msg) + len(q[n].groupInfo) + len(q[n].tree)
 			n++
 		}
 		taken := q[:n:n]
@@ -213,7 +214,8 @@ const (
 	batchLock = `SELECT what, a, b, n1, n2, n3, n4, n5, g FROM qpc_enqueue_lock(?, ?::text[], ?::text[], ?::text[], ?::text[])`
 	// batchStore stores every accepted message, moves the channel's head
 	// and the senders' usage and, when the batch holds a commit with a
-	// GroupInfo, stores it (the last five arguments; NULL: none).
+	// GroupInfo, stores it with the ratchet tree sent beside it (the
+	// arguments after the head's; NULL: none).
 	batchStore = `WITH stored AS (
 			INSERT INTO messages (channel_id, seq, message_id, sender_account, sender_device, epoch, content_type, created_at, expires_at, body, trace_parent)
 			SELECT ?::bytea, s, mid, a, d, e, ct, c, x, b, NULLIF(tp, '')
@@ -222,9 +224,10 @@ const (
 		), head AS (
 			UPDATE channels SET head_seq = ?, epoch = ? WHERE id = ?
 		), gi AS (
-			INSERT INTO channel_group_info (channel_id, epoch, group_info)
-			SELECT ?::bytea, ?::bigint, gi FROM (SELECT ?::bytea AS gi) g WHERE gi IS NOT NULL
-			ON CONFLICT (channel_id) DO UPDATE SET epoch = excluded.epoch, group_info = excluded.group_info
+			INSERT INTO channel_group_info (channel_id, epoch, group_info, ratchet_tree, ratchet_tree_epoch)
+			SELECT ?::bytea, ?::bigint, gi, ?::bytea, ?::bigint FROM (SELECT ?::bytea AS gi) g WHERE gi IS NOT NULL
+			ON CONFLICT (channel_id) DO UPDATE SET epoch = excluded.epoch, group_info = excluded.group_info,
+				ratchet_tree = excluded.ratchet_tree, ratchet_tree_epoch = excluded.ratchet_tree_epoch
 		)
 		UPDATE account_usage u SET message_bytes = u.message_bytes + t.b, messages = u.messages + t.n
 		FROM unnest(?::text[], ?::bigint[], ?::bigint[]) AS t(a, b, n) WHERE u.account_id = t.a`
@@ -306,8 +309,9 @@ func (s *Service) storeBatchTx(ctx context.Context, tx *sql.Tx, id []byte, batch
 	// Decide in arrival order; each accepted message is what the next
 	// request sees (head, epoch, stored ids, the sender's usage).
 	var w batchWrite
-	var groupInfo []byte
+	var groupInfo, tree []byte
 	var giEpoch int64
+	var withTree []int // accepted requests with a tree (the last one's stays)
 	for i, r := range batch {
 		st := ch
 		st.member = members[r.c]
@@ -318,6 +322,7 @@ func (s *Service) storeBatchTx(ctx context.Context, tx *sql.Tx, id []byte, batch
 		out[i].res = Enqueued{Time: r.now}
 		if err != nil || plan.duplicate {
 			out[i].res.Seq, out[i].res.Epoch, out[i].res.Duplicate = plan.seq, plan.epoch, plan.duplicate
+			out[i].res.TreeStored = plan.duplicate && len(r.tree) > 0
 			out[i].err = err
 			continue
 		}
@@ -331,7 +336,10 @@ func (s *Service) storeBatchTx(ctx context.Context, tx *sql.Tx, id []byte, batch
 		dups[r.messageID] = stored{seq: int64(plan.seq), device: r.c.DeviceID}
 		w.add(r, plan)
 		if len(r.groupInfo) > 0 {
-			groupInfo, giEpoch = r.groupInfo, int64(plan.epoch)
+			groupInfo, tree, giEpoch = r.groupInfo, r.tree, int64(plan.epoch)
+			if len(r.tree) > 0 {
+				withTree = append(withTree, i)
+			}
 		}
 		out[i].res.Seq, out[i].res.Epoch = plan.seq, plan.epoch
 	}
@@ -339,8 +347,14 @@ func (s *Service) storeBatchTx(ctx context.Context, tx *sql.Tx, id []byte, batch
 		return nil
 	}
 	ua, ub, un := w.usage()
+	treeArg, treeEpoch := treeArgs(tree, uint64(giEpoch))
 	_, err = tx.ExecContext(ctx, batchStore, id, w.seq, w.messageID, w.account, w.device, w.epoch, w.contentType, w.created, w.expires, w.body, w.traceParent,
-		ch.head, ch.epoch, id, id, giEpoch, groupInfo, ua, ub, un)
+		ch.head, ch.epoch, id, id, giEpoch, treeArg, treeEpoch, groupInfo, ua, ub, un)
+	if err == nil {
+		for _, i := range withTree {
+			out[i].res.TreeStored = true
+		}
+	}
 	return err
 }
 

@@ -22,6 +22,9 @@ func FuzzParseFraming(f *testing.F) {
 		if err == nil && fr.ContentType != mls.ContentTypeApplication && fr.ContentType != mls.ContentTypeProposal && fr.ContentType != mls.ContentTypeCommit {
 			t.Fatalf("accepted content type %d", fr.ContentType)
 		}
-		_ = parseGroupInfo(in, g, 1)
+		_, _ = parseGroupInfo(in, g, 1, false)
+		if embedded, err := parseGroupInfo(in, g, 1, true); err == nil && embedded {
+			t.Fatal("a GroupInfo that carries the tree accepted beside a separate tree")
+		}
 	})
 }

@@ -26,6 +26,8 @@ type metrics struct {
 	membership *prometheus.CounterVec
 	// qpcd_invitations_refused_total{reason}
 	invitationsRefused *prometheus.CounterVec
+	// qpcd_group_infos_stored_total{tree}
+	groupInfos *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -78,6 +80,12 @@ func newMetrics() *metrics {
 		invitationsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "qpcd_invitations_refused_total", Help: "Invitations and DMs refused, by reason (blocked, per_inviter, per_invitee).",
 		}, []string{"reason"}),
+		groupInfos: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qpcd_group_infos_stored_total", Help: "GroupInfos stored with a commit, by where the ratchet tree is (beside: sent separately, embedded: in the GroupInfo, missing: neither).",
+		}, []string{"tree"}),
+	}
+	for _, p := range []string{"beside", "embedded", "missing"} {
+		m.groupInfos.WithLabelValues(p)
 	}
 	for _, t := range []string{"invited", "joined", "declined", "left", "removed", "cancelled"} {
 		m.membership.WithLabelValues(t)
@@ -118,7 +126,7 @@ func (m *metrics) register(r prometheus.Registerer) error {
 	var errs []error
 	for _, c := range []prometheus.Collector{m.enqueued, m.enqueuedBytes, m.inboxItems, m.fetches, m.fetchedMessages,
 		m.fetchedBytes, m.depth, m.oldest, m.wakeups, m.unreadParks, m.waiters, m.denied, m.expired, m.quotaRefusals,
-		m.membership, m.invitationsRefused} {
+		m.membership, m.invitationsRefused, m.groupInfos} {
 		if err := r.Register(c); err != nil {
 			errs = append(errs, err)
 		}

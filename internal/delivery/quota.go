@@ -28,9 +28,10 @@ import (
 // created (channels are not deleted). What the server writes itself
 // (membership events in a channel's log, account and membership notices
 // in inboxes) is charged to nobody: it is bounded by the invitation limits
-// and the request rate limit. GroupInfos are not
-// counted: there is one per channel, replaced by each commit, so they are
-// bounded by the channel quota times the payload cap.
+// and the request rate limit. GroupInfos (and the
+// ratchet trees stored beside them) are not counted: there is one per
+// channel, replaced by each commit, so they are bounded by the channel
+// quota times the payload cap.
 //
 // On PostgreSQL the enqueue path holds the channel's row lock and then the
 // account's usage row lock (SELECT ... FOR UPDATE) while it checks and

@@ -390,6 +390,20 @@ type CommitOptions struct {
 	// PendingReInit commits the first ReInit proposal received this
 	// epoch, alone, by reference (other pending proposals are left out).
 	PendingReInit bool
+	// SeparateTree leaves the ratchet_tree extension out of the returned
+	// GroupInfo and returns the encoded tree in PendingCommit.Tree
+	// instead, for a server that keeps the two side by side (RFC 9420
+	// §12.4.3.3 lets the tree travel by other means; the tree_hash in the
+	// signed GroupContext authenticates it). The Welcome is unaffected.
+	// A 10 000-member tree is megabytes that the GroupInfo's signature
+	// would otherwise hash.
+	SeparateTree bool
+	// SeparateTreeIf, when not zero, limits SeparateTree to a new epoch
+	// whose every member lists this extension type in its leaf's
+	// capabilities (clients that can join from a separate tree); otherwise
+	// the tree stays in the GroupInfo. The answer is cached in the tree,
+	// not recomputed per commit.
+	SeparateTreeIf ExtensionType
 }
 
 // PendingCommit is a commit created by this client that the server has
@@ -403,9 +417,15 @@ type PendingCommit struct {
 	// Welcome is the MLSMessage Welcome for added members (nil if none).
 	Welcome []byte
 	// GroupInfo is the signed MLSMessage GroupInfo of the new epoch
-	// (with external_pub and the ratchet tree), for the server to keep
-	// for external joins.
+	// (with external_pub, and the ratchet tree unless Tree is set), for
+	// the server to keep for external joins.
 	GroupInfo []byte
+	// Tree is the new epoch's ratchet tree, encoded as the ratchet_tree
+	// extension's data, when CommitOptions.SeparateTree took effect (the
+	// GroupInfo then lacks the extension); nil otherwise. Tree and
+	// GroupInfo share memory with the group's tree encoding cache: do not
+	// modify them.
+	Tree []byte
 	// Epoch is the epoch the commit moves to.
 	Epoch uint64
 	// Added lists the new members' leaf indices.
@@ -598,15 +618,25 @@ func (g *Group) commit(opts CommitOptions, pskUsage ResumptionPSKUsage) (*Pendin
 	}
 	pc := &PendingCommit{Message: msg, Epoch: newGC.Epoch, base: g.gc.Epoch, next: next}
 	// GroupInfo and Welcome.
-	// One signed GroupInfo (tree and external_pub) serves the server and,
-	// unless the options strip extensions, the Welcome: the tree encoding
-	// and the signature over it dominate a large group's commit.
-	giAll, giMsg, err := next.groupInfoMsg(true, true)
+	// One signed GroupInfo (external_pub, and the tree unless it goes
+	// separately) serves the server and, when it is what the Welcome
+	// needs, the Welcome: the tree encoding and the signature over it
+	// dominate a large group's commit.
+	separate := opts.SeparateTree && (opts.SeparateTreeIf == 0 || next.tree.allSupport(opts.SeparateTreeIf))
+	giAll, giMsg, err := next.groupInfoMsg(!separate, true)
 	if err != nil {
 		return nil, err
 	}
+	if separate {
+		if pc.Tree, err = next.tree.encodedPublic(); err != nil {
+			return nil, err
+		}
+	}
+	// The new tree's encoding serves this group's next encoding too (a
+	// commit redone after another won): nearly every node is the same.
+	g.tree.pub = next.tree.pub
 	gi := giAll
-	if len(a.added) > 0 && (opts.OmitRatchetTree || opts.NoExternalPub) {
+	if len(a.added) > 0 && (opts.OmitRatchetTree == !separate || opts.NoExternalPub) {
 		if gi, err = next.groupInfo(!opts.OmitRatchetTree, !opts.NoExternalPub); err != nil {
 			return nil, err
 		}
@@ -788,11 +818,37 @@ func (g *Group) groupInfoMsg(withTree, withExternalPub bool) (*GroupInfo, []byte
 }
 
 // GroupInfo returns the signed MLSMessage GroupInfo of the current epoch
-// (ratchet tree and external_pub included), for external joiners.
+// (ratchet tree and external_pub included), for external joiners. It
+// shares memory with the tree's encoding cache: do not modify it.
 func (g *Group) GroupInfo() ([]byte, error) {
 	_, msg, err := g.groupInfoMsg(true, true)
 	return msg, err
 }
+
+// GroupInfoSeparateTree returns the signed MLSMessage GroupInfo of the
+// current epoch (external_pub included) and, when every member lists
+// extension type cond in its capabilities (or cond is 0), the ratchet
+// tree encoded separately, the GroupInfo then lacking the ratchet_tree
+// extension (as CommitOptions.SeparateTree). Otherwise tree is nil and
+// the GroupInfo carries the tree. Both share memory with the tree's
+// encoding cache: do not modify them.
+func (g *Group) GroupInfoSeparateTree(cond ExtensionType) (groupInfo, tree []byte, err error) {
+	if cond != 0 && !g.tree.allSupport(cond) {
+		groupInfo, err = g.GroupInfo()
+		return groupInfo, nil, err
+	}
+	if _, groupInfo, err = g.groupInfoMsg(false, true); err != nil {
+		return nil, nil, err
+	}
+	if tree, err = g.tree.encodedPublic(); err != nil {
+		return nil, nil, err
+	}
+	return groupInfo, tree, nil
+}
+
+// AllMembersSupport reports whether every member's leaf lists extension
+// type t in its capabilities (cached; see CommitOptions.SeparateTreeIf).
+func (g *Group) AllMembersSupport(t ExtensionType) bool { return g.tree.allSupport(t) }
 
 // lca returns the lowest common ancestor of two leaves.
 func lca(a, b leafIndex) nodeIndex {

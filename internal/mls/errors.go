@@ -70,4 +70,9 @@ var (
 	ErrInvalidState = errors.New("mls: invalid group state")
 	// ErrUnsupported: a feature the group does not support here.
 	ErrUnsupported = errors.New("mls: unsupported")
+	// ErrTreeHashMismatch: a ratchet tree (in a GroupInfo's extension or
+	// supplied beside it) does not hash to the tree_hash of the signed
+	// GroupContext: it belongs to another epoch or was altered. Errors
+	// wrapping it also wrap ErrInvalidTree.
+	ErrTreeHashMismatch = errors.New("mls: ratchet tree does not match the GroupContext's tree hash")
 )

@@ -14,6 +14,11 @@ import (
 type ExternalJoinOptions struct {
 	// RatchetTree is the tree if the GroupInfo lacks the extension.
 	RatchetTree RatchetTree
+	// EncodedTree is the same given as the ratchet_tree extension's data
+	// (as a server keeps it beside the GroupInfo; PendingCommit.Tree),
+	// used when RatchetTree is empty. Either is checked against the
+	// GroupContext's tree hash (ErrTreeHashMismatch).
+	EncodedTree []byte
 	// RemovePrior removes the member with the same credential identity
 	// (a device rejoining after losing its state).
 	RemovePrior bool
@@ -71,7 +76,13 @@ func JoinExternal(cfg Config, groupInfo []byte, identity []byte, sigPriv Signatu
 		return nil, nil, fmt.Errorf("external_pub: %w", err)
 	}
 	old := &Group{cfg: cfg, suite: s, sigPriv: sigPriv}
-	tree, err := old.joinTree(gi, opts.RatchetTree)
+	supplied := opts.RatchetTree
+	if len(supplied) == 0 && len(opts.EncodedTree) > 0 && findExtension(gi.Extensions, ExtensionTypeRatchetTree) == nil {
+		if err := supplied.Unmarshal(opts.EncodedTree); err != nil {
+			return nil, nil, fmt.Errorf("ratchet tree given beside the GroupInfo: %w", err)
+		}
+	}
+	tree, err := old.joinTree(gi, supplied)
 	if err != nil {
 		return nil, nil, err
 	}

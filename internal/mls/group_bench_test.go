@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -214,16 +215,41 @@ func BenchmarkGroupCreateAddAll(b *testing.B) {
 // It also reports the number of path-secret ciphertexts the commit carries
 // (the resolutions of the committer's copath: HPKE seals), which
 // scripts/bench-mls-peers.sh checks against ts-mls's for the same tree.
+//
+// The shapes "fresh" and "populated" measure the commit a group of
+// current clients makes: the ratchet tree returned beside the GroupInfo
+// (CommitOptions.SeparateTree), not signed inside it. "fresh-embedded"
+// and "populated-embedded" measure the tree inside the GroupInfo, as a
+// group with an older client (or a server that does not store trees)
+// gets; scripts/bench-mls-peers.sh compares that one with ts-mls, whose
+// figure includes a GroupInfo with the tree.
+//
+// The committer's tree holds the encoding of its last commit (the setup
+// made one), as a member's does after its own commit or an import of its
+// state (pubCache): the tree is copied from it, not gathered node by
+// node. "populated-cold" drops that before every commit, the cost for a
+// tree never encoded (built by processing others' commits since the last
+// import).
 func BenchmarkGroupUpdateCommit(b *testing.B) {
-	for _, shape := range shapes {
+	for _, shape := range []string{"fresh", "populated", "fresh-embedded", "populated-embedded", "populated-cold"} {
+		tree, embedded := strings.CutSuffix(shape, "-embedded")
+		tree, cold := strings.CutSuffix(tree, "-cold")
+		separate := !embedded
 		for _, n := range benchSizes() {
 			b.Run(fmt.Sprintf("%s/n=%d", shape, n), func(b *testing.B) {
-				bg := getBenchGroup(b, shape, n)
+				bg := getBenchGroup(b, tree, n)
 				b.ReportAllocs()
 				defer reportCPU(b)()
 				for b.Loop() {
-					if _, err := bg.b.Commit(CommitOptions{}); err != nil {
+					if cold {
+						bg.b.tree.pub = nil
+					}
+					pc, err := bg.b.Commit(CommitOptions{SeparateTree: separate})
+					if err != nil {
 						b.Fatal(err)
+					}
+					if (pc.Tree != nil) != separate {
+						b.Fatalf("separate tree %v, want %v", pc.Tree != nil, separate)
 					}
 				}
 				bg.b.ClearPendingCommit()

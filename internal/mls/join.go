@@ -150,7 +150,7 @@ func (g *Group) joinTree(gi *GroupInfo, supplied RatchetTree) (*ratchetTree, err
 		return nil, err
 	}
 	if !bytes.Equal(tree.rootHash(), gi.GroupContext.TreeHash) {
-		return nil, fmt.Errorf("%w: tree hash does not match the GroupContext", ErrInvalidTree)
+		return nil, fmt.Errorf("%w: %w", ErrInvalidTree, ErrTreeHashMismatch)
 	}
 	if err := tree.verifyStructure(); err != nil {
 		return nil, err

@@ -25,6 +25,41 @@ type ratchetTree struct {
 	nodes  []*Node
 	hashes [][]byte // cached tree hash per node; nil when stale
 	encs   [][]byte // cached encoding of each node; nil when stale
+	// sup counts the leaves that do not list one extension type in their
+	// capabilities (allSupport), kept up to date by set.
+	sup supportCount
+	// pub is the last public encoding made of this tree or a relative
+	// (nil: none); encodePublic reuses its entries for unchanged nodes.
+	pub *pubCache
+}
+
+// pubCache is a public encoding of a tree (encodePublic's vector body)
+// with the node each entry was written from. An entry is reused for any
+// tree that holds the same node pointer at the same index (nodes are
+// immutable, and an entry depends on its node only), runs of them copied
+// at once: a 10 000-member tree is about 20 000 node encodings scattered
+// over the heap, and gathering them at every commit was the largest cost
+// left once the tree no longer had to be signed. It is read-only once
+// built and shared between clones. Its body aliases the buffer the
+// encoding was written into, which is handed out (PendingCommit.Tree, a
+// GroupInfo) and must not be modified.
+type pubCache struct {
+	body  []byte
+	nodes []*Node  // nodes[i]: what entry i encodes (nil: a blank node)
+	off   []uint32 // off[i]: where entry i starts in body; off[len(nodes)] = len(body)
+}
+
+// reusable reports whether entry i of c encodes t's node i.
+func (c *pubCache) reusable(t *ratchetTree, i int) bool {
+	return c != nil && i < len(c.nodes) && c.nodes[i] == t.nodes[i]
+}
+
+// supportCount is the number of non-blank leaves whose capabilities lack
+// extension type typ, when valid.
+type supportCount struct {
+	typ     ExtensionType
+	lacking int
+	valid   bool
 }
 
 // newRatchetTree returns a one-leaf tree holding leaf.
@@ -78,8 +113,14 @@ func (t *ratchetTree) public() RatchetTree {
 }
 
 // encodePublic writes the tree in wire form (as public() would encode),
-// reusing each node's cached encoding.
-func (t *ratchetTree) encodePublic(e *encoder) {
+// reusing the tree's encoding cache and each node's cached encoding, and
+// keeps what it wrote as the tree's encoding cache: e.buf must not be
+// modified afterwards (see pubCache).
+func (t *ratchetTree) encodePublic(e *encoder) { t.writePublic(e, true) }
+
+// writePublic is encodePublic; keep false leaves the cache as it was (for
+// a buffer the caller may wipe, such as an exported state).
+func (t *ratchetTree) writePublic(e *encoder, keep bool) {
 	end := t.publicEnd()
 	// Size the buffer exactly first and write the length header before
 	// the body: a large tree's encoding is megabytes, and growing it by
@@ -91,13 +132,35 @@ func (t *ratchetTree) encodePublic(e *encoder) {
 	}
 	e.buf = slices.Grow(e.buf, varintLen(size)+size)
 	e.buf = appendVarint(e.buf, uint32(size))
-	for i := 0; i < end; i++ {
-		if t.nodes[i] == nil {
-			e.u8(0)
+	start := len(e.buf)
+	c := t.pub
+	off := make([]uint32, end+1)
+	for i := 0; i < end; {
+		if c.reusable(t, i) {
+			j := i + 1
+			for j < end && c.reusable(t, j) {
+				j++
+			}
+			base := uint32(len(e.buf)-start) - c.off[i]
+			for k := i; k < j; k++ {
+				off[k] = base + c.off[k]
+			}
+			e.buf = append(e.buf, c.body[c.off[i]:c.off[j]]...)
+			i = j
 			continue
 		}
-		e.u8(1)
-		e.raw(t.nodeEncoding(nodeIndex(i)))
+		off[i] = uint32(len(e.buf) - start)
+		if t.nodes[i] == nil {
+			e.u8(0)
+		} else {
+			e.u8(1)
+			e.raw(t.nodeEncoding(nodeIndex(i)))
+		}
+		i++
+	}
+	off[end] = uint32(len(e.buf) - start)
+	if keep && e.err == nil && int(off[end]) == size {
+		t.pub = &pubCache{body: e.buf[start:len(e.buf):len(e.buf)], nodes: slices.Clone(t.nodes[:end]), off: off}
 	}
 }
 
@@ -114,10 +177,15 @@ func (t *ratchetTree) publicEnd() int {
 // publicBodyLen is the length of the body of encodePublic's vector.
 func (t *ratchetTree) publicBodyLen(end int) int {
 	size := 0
+	c := t.pub
 	for i := 0; i < end; i++ {
-		size++
-		if t.nodes[i] != nil {
-			size += len(t.nodeEncoding(nodeIndex(i)))
+		switch {
+		case c.reusable(t, i):
+			size += int(c.off[i+1] - c.off[i])
+		case t.nodes[i] == nil:
+			size++
+		default:
+			size += 1 + len(t.nodeEncoding(nodeIndex(i)))
 		}
 	}
 	return size
@@ -148,7 +216,38 @@ func (t *ratchetTree) nodeEncoding(x nodeIndex) []byte {
 
 // clone returns an independent copy (nodes are shared, being immutable).
 func (t *ratchetTree) clone() *ratchetTree {
-	return &ratchetTree{suite: t.suite, nodes: slices.Clone(t.nodes), hashes: slices.Clone(t.hashes), encs: slices.Clone(t.encs)}
+	return &ratchetTree{suite: t.suite, nodes: slices.Clone(t.nodes), hashes: slices.Clone(t.hashes), encs: slices.Clone(t.encs), sup: t.sup, pub: t.pub}
+}
+
+// lacks reports whether node n is a leaf whose capabilities do not list
+// extension type typ.
+func lacks(n *Node, typ ExtensionType) bool {
+	return n != nil && n.Leaf != nil && !slices.Contains(n.Leaf.Capabilities.Extensions, typ)
+}
+
+// allSupport reports whether every member's leaf lists extension type typ
+// in its capabilities. The first call for a type walks the leaves; set
+// keeps the count current afterwards, so asking again (at every commit)
+// costs nothing.
+func (t *ratchetTree) allSupport(typ ExtensionType) bool {
+	if !t.sup.valid || t.sup.typ != typ {
+		n := 0
+		for x := 0; x < len(t.nodes); x += 2 {
+			if lacks(t.nodes[x], typ) {
+				n++
+			}
+		}
+		t.sup = supportCount{typ: typ, lacking: n, valid: true}
+	}
+	return t.sup.lacking == 0
+}
+
+// encodedPublic returns the tree in wire form (the ratchet_tree
+// extension's data), encoded into an exactly sized buffer.
+func (t *ratchetTree) encodedPublic() ([]byte, error) {
+	e := &encoder{buf: make([]byte, 0, t.publicLen())}
+	t.encodePublic(e)
+	return e.buf[:len(e.buf):len(e.buf)], e.err
 }
 
 func (t *ratchetTree) leafCount() leafCount { return leafCount((len(t.nodes) + 1) / 2) }
@@ -190,6 +289,14 @@ func (t *ratchetTree) encKey(x nodeIndex) HPKEPublicKey {
 
 // set replaces node x and invalidates the cached hashes above it.
 func (t *ratchetTree) set(x nodeIndex, n *Node) {
+	if t.sup.valid && x.isLeaf() {
+		if lacks(t.nodes[x], t.sup.typ) {
+			t.sup.lacking--
+		}
+		if lacks(n, t.sup.typ) {
+			t.sup.lacking++
+		}
+	}
 	t.nodes[x] = n
 	t.encs[x] = nil
 	n2 := t.leafCount()

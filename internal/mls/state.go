@@ -44,8 +44,9 @@ func encodeKey(e *encoder, k nodeKey) {
 
 func (g *Group) encodeState(e *encoder, withPending bool) {
 	g.gc.encode(e)
-	rt := g.tree.public()
-	rt.encode(e)
+	// The RatchetTree encoding, copied from the tree's encoding cache; the
+	// caller may wipe the state buffer, so it does not become the cache.
+	g.tree.writePublic(e, false)
 	e.opaque(g.interim)
 	e.opaque(g.confTag)
 	e.u32(uint32(g.own))
@@ -148,6 +149,34 @@ func ImportGroup(cfg Config, raw []byte) (*Group, error) {
 	return g, nil
 }
 
+// decodeTreeEntries is RatchetTree.decode that also keeps the vector's
+// body (copied: the caller may wipe its state buffer) and where each
+// entry starts, as the tree's encoding cache (pubCache): the tree of an
+// imported group then encodes for its next commit without gathering its
+// nodes again. Nil when the tree does not decode.
+func decodeTreeEntries(d *decoder) (RatchetTree, *pubCache) {
+	var rt RatchetTree
+	var body []byte
+	var off []uint32
+	d.vector(func(sub *decoder) {
+		if body == nil {
+			body = bytes.Clone(sub.s)
+		}
+		off = append(off, uint32(len(body)-len(sub.s)))
+		var n *Node
+		if sub.optional() {
+			n = new(Node)
+			n.decode(sub)
+		}
+		rt = append(rt, n)
+	})
+	if d.err != nil || len(rt) == 0 {
+		return rt, nil
+	}
+	off = append(off, uint32(len(body)))
+	return rt, &pubCache{body: body, nodes: slices.Clone(rt), off: off}
+}
+
 func stateErr(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrInvalidState}, args...)...)
 }
@@ -155,8 +184,7 @@ func stateErr(format string, args ...any) error {
 func decodeState(cfg Config, d *decoder, depth int) (*Group, error) {
 	g := &Group{cfg: cfg}
 	g.gc.decode(d)
-	var rt RatchetTree
-	rt.decode(d)
+	rt, pub := decodeTreeEntries(d)
 	g.interim = d.opaque()
 	g.confTag = d.opaque()
 	g.own = leafIndex(d.u32())
@@ -185,6 +213,7 @@ func decodeState(cfg Config, d *decoder, depth int) (*Group, error) {
 	if g.tree, err = treeFromPublic(s, rt); err != nil {
 		return nil, stateErr("%v", err)
 	}
+	g.tree.pub = pub
 	if !bytes.Equal(g.tree.rootHash(), g.gc.TreeHash) {
 		return nil, stateErr("tree hash mismatch")
 	}

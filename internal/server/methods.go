@@ -40,8 +40,17 @@ func (s *Server) ping(ctx context.Context, _ *Call, req *qpcv1.PingRequest) (*qp
 		ServerVersion:    version.Version,
 		ProtocolVersion:  wire.ProtocolVersion,
 		MlsPolicy:        s.mlsPolicy(),
+		Features:         features,
 	}, nil
 }
+
+// FeatureRatchetTree is the PingResponse feature of a server that stores
+// the ratchet tree sent beside a GroupInfo (EnqueueRequest.ratchet_tree)
+// and returns it (GetGroupInfoResponse.ratchet_tree).
+const FeatureRatchetTree = "ratchet_tree"
+
+// features are the optional features PingResponse announces.
+var features = []string{FeatureRatchetTree}
 
 // mlsPolicy is the directory's cipher-suite policy for PingResponse.
 func (s *Server) mlsPolicy() *qpcv1.MLSPolicy {

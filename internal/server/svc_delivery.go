@@ -238,17 +238,28 @@ func (s *Server) enqueue(ctx context.Context, call *Call, req *qpcv1.EnqueueRequ
 	if err != nil {
 		return nil, err
 	}
-	if err := s.allowBytes(ctx, c, len(req.GetMlsMessage())+len(req.GetGroupInfo())); err != nil {
+	it := enqueueItem(req)
+	if err := s.allowBytes(ctx, c, len(it.MLSMessage)+len(it.GroupInfo)+len(it.RatchetTree)); err != nil {
 		return nil, err
 	}
 	if err := s.checkGroupInfoSuite(ctx, c, req.GetChannelId(), req.GetGroupInfo()); err != nil {
 		return nil, err
 	}
-	r, err := s.delivery.Enqueue(ctx, c, req.GetChannelId(), req.GetMessageId(), req.GetMlsMessage(), req.GetGroupInfo())
+	r, err := s.delivery.EnqueueItem(ctx, c, it)
 	if err != nil {
 		return nil, err
 	}
-	return &qpcv1.EnqueueResponse{Seq: r.Seq, Epoch: r.Epoch, Duplicate: r.Duplicate, ServerTimeUnixMs: r.Time.UnixMilli()}, nil
+	return enqueueResponse(r), nil
+}
+
+func enqueueItem(req *qpcv1.EnqueueRequest) delivery.EnqueueItem {
+	return delivery.EnqueueItem{ChannelID: req.GetChannelId(), MessageID: req.GetMessageId(), MLSMessage: req.GetMlsMessage(),
+		GroupInfo: req.GetGroupInfo(), RatchetTree: req.GetRatchetTree()}
+}
+
+func enqueueResponse(r delivery.Enqueued) *qpcv1.EnqueueResponse {
+	return &qpcv1.EnqueueResponse{Seq: r.Seq, Epoch: r.Epoch, Duplicate: r.Duplicate, ServerTimeUnixMs: r.Time.UnixMilli(),
+		RatchetTreeStored: r.TreeStored}
 }
 
 // enqueueBatch answers each item as its own Enqueue would be answered.
@@ -280,7 +291,7 @@ func (s *Server) enqueueBatchItems(ctx context.Context, call *Call, req *qpcv1.E
 	}
 	items := make([]delivery.EnqueueItem, len(req.GetItems()))
 	for i, it := range req.GetItems() {
-		items[i] = delivery.EnqueueItem{ChannelID: it.GetChannelId(), MessageID: it.GetMessageId(), MLSMessage: it.GetMlsMessage(), GroupInfo: it.GetGroupInfo()}
+		items[i] = enqueueItem(it)
 	}
 	if err := s.delivery.CheckBatch(items); err != nil {
 		return nil, err
@@ -292,7 +303,7 @@ func (s *Server) enqueueBatchItems(ctx context.Context, call *Call, req *qpcv1.E
 			errs[i] = s.allowAgain(ctx, call, c)
 		}
 		if errs[i] == nil {
-			errs[i] = s.allowBytes(ctx, c, len(it.MLSMessage)+len(it.GroupInfo))
+			errs[i] = s.allowBytes(ctx, c, len(it.MLSMessage)+len(it.GroupInfo)+len(it.RatchetTree))
 		}
 		if errs[i] == nil {
 			errs[i] = s.checkGroupInfoSuite(ctx, c, it.ChannelID, it.GroupInfo)
@@ -314,7 +325,7 @@ func (s *Server) enqueueBatchItems(ctx context.Context, call *Call, req *qpcv1.E
 			res = res[1:]
 			if errs[i] = r.Err; errs[i] == nil {
 				out.Results[i] = &qpcv1.EnqueueBatchResult{Status: qpcv1.Status_STATUS_OK,
-					Response: &qpcv1.EnqueueResponse{Seq: r.Seq, Epoch: r.Epoch, Duplicate: r.Duplicate, ServerTimeUnixMs: r.Time.UnixMilli()}}
+					Response: enqueueResponse(r.Enqueued)}
 				continue
 			}
 		}
@@ -443,11 +454,11 @@ func (s *Server) getGroupInfo(ctx context.Context, call *Call, req *qpcv1.GetGro
 	if err != nil {
 		return nil, err
 	}
-	gi, epoch, err := s.delivery.GroupInfo(ctx, c, req.GetChannelId())
+	gi, tree, epoch, err := s.delivery.GroupInfoTree(ctx, c, req.GetChannelId())
 	if err != nil {
 		return nil, err
 	}
-	return &qpcv1.GetGroupInfoResponse{GroupInfo: gi, Epoch: epoch}, nil
+	return &qpcv1.GetGroupInfoResponse{GroupInfo: gi, Epoch: epoch, RatchetTree: tree}, nil
 }
 
 func (s *Server) listInvitations(ctx context.Context, call *Call, _ *qpcv1.ListInvitationsRequest) (*qpcv1.ListInvitationsResponse, error) {

@@ -58,6 +58,9 @@ func deliveryGolden() map[string]proto.Message {
 		"delivery_enqueue_request": &qpcv1.EnqueueRequest{ChannelId: goldenChannelID(1), MessageId: "6f1c1c1e-8a43-4c5e-9a43-8f0e6f2d9a10",
 			MlsMessage: []byte{0, 1, 0, 2, 7}, GroupInfo: []byte{0, 1, 0, 4, 8}},
 		"delivery_enqueue_response": &qpcv1.EnqueueResponse{Seq: 43, Epoch: 4, Duplicate: true, ServerTimeUnixMs: 1764000000000},
+		"delivery_enqueue_request_ratchet_tree": &qpcv1.EnqueueRequest{ChannelId: goldenChannelID(1), MessageId: "6f1c1c1e-8a43-4c5e-9a43-8f0e6f2d9a12",
+			MlsMessage: []byte{0, 1, 0, 2, 7}, GroupInfo: []byte{0, 1, 0, 4, 8}, RatchetTree: []byte{3, 1, 1, 0}},
+		"delivery_enqueue_response_ratchet_tree": &qpcv1.EnqueueResponse{Seq: 44, Epoch: 5, ServerTimeUnixMs: 1764000000000, RatchetTreeStored: true},
 		"delivery_enqueue_batch_request": &qpcv1.EnqueueBatchRequest{Items: []*qpcv1.EnqueueRequest{
 			{ChannelId: goldenChannelID(1), MessageId: "6f1c1c1e-8a43-4c5e-9a43-8f0e6f2d9a10", MlsMessage: []byte{0, 1, 0, 2, 7}, GroupInfo: []byte{0, 1, 0, 4, 8}},
 			{ChannelId: goldenChannelID(3), MessageId: "6f1c1c1e-8a43-4c5e-9a43-8f0e6f2d9a11", MlsMessage: []byte{0, 1, 0, 2, 8}}}},
@@ -92,6 +95,8 @@ func deliveryGolden() map[string]proto.Message {
 		"delivery_ack_response":            &qpcv1.AckResponse{},
 		"delivery_get_group_info_request":  &qpcv1.GetGroupInfoRequest{ChannelId: goldenChannelID(1)},
 		"delivery_get_group_info_response": &qpcv1.GetGroupInfoResponse{GroupInfo: []byte{0, 1, 0, 4, 8}, Epoch: 4},
+		"delivery_get_group_info_response_ratchet_tree": &qpcv1.GetGroupInfoResponse{GroupInfo: []byte{0, 1, 0, 4, 8}, Epoch: 5,
+			RatchetTree: []byte{3, 1, 1, 0}},
 		"delivery_channel_with_invited": &qpcv1.Channel{ChannelId: goldenChannelID(1), Type: qpcv1.ChannelType_CHANNEL_TYPE_GROUP, GroupId: goldenGroupID(2),
 			Epoch: 3, HeadSeq: 42, Members: []*qpcv1.Member{{AccountId: "a1", AddedByAccountId: "a1"}},
 			Invited: []*qpcv1.Member{{AccountId: "a2", AddedByAccountId: "a1"}}, CreatedByAccountId: "a1"},

@@ -52,6 +52,8 @@ func envelopeGolden() map[string]proto.Message {
 		"ping_response": &qpcv1.PingResponse{Echo: "hello", ServerTimeUnixMs: 1764000000000, ServerVersion: "1.0.0", ProtocolVersion: 1},
 		"ping_response_mls_policy": &qpcv1.PingResponse{Echo: "hello", ServerTimeUnixMs: 1764000000000, ServerVersion: "1.0.0", ProtocolVersion: 1,
 			MlsPolicy: &qpcv1.MLSPolicy{AllowedSuites: []uint32{0xF00D, 1}, MinimumSuite: 1}},
+		"ping_response_features": &qpcv1.PingResponse{Echo: "hello", ServerTimeUnixMs: 1764000000000, ServerVersion: "1.0.0", ProtocolVersion: 1,
+			MlsPolicy: &qpcv1.MLSPolicy{AllowedSuites: []uint32{1}, MinimumSuite: 1}, Features: []string{"ratchet_tree"}},
 	}
 }
 

@@ -951,7 +951,15 @@ type EnqueueRequest struct {
 	MlsMessage []byte `protobuf:"bytes,3,opt,name=mls_message,json=mlsMessage,proto3" json:"mls_message,omitempty"`
 	// With a commit: the MLSMessage(GroupInfo) of the new epoch, kept for
 	// external rejoin.
-	GroupInfo     []byte `protobuf:"bytes,4,opt,name=group_info,json=groupInfo,proto3" json:"group_info,omitempty"`
+	GroupInfo []byte `protobuf:"bytes,4,opt,name=group_info,json=groupInfo,proto3" json:"group_info,omitempty"`
+	// With group_info that lacks the ratchet_tree extension: the new epoch's
+	// ratchet tree (the extension's data, RFC 9420 §12.4.3.3), kept beside
+	// it and returned by GetGroupInfo. Sent only to a server that announces
+	// "ratchet_tree" in PingResponse.features, when every member of the
+	// group can join from it (docs/protocol.md, "Ratchet tree beside the
+	// GroupInfo"). Counts toward the payload cap with mls_message and
+	// group_info.
+	RatchetTree   []byte `protobuf:"bytes,5,opt,name=ratchet_tree,json=ratchetTree,proto3" json:"ratchet_tree,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1014,6 +1022,13 @@ func (x *EnqueueRequest) GetGroupInfo() []byte {
 	return nil
 }
 
+func (x *EnqueueRequest) GetRatchetTree() []byte {
+	if x != nil {
+		return x.RatchetTree
+	}
+	return nil
+}
+
 type EnqueueResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
@@ -1022,8 +1037,12 @@ type EnqueueResponse struct {
 	// True: this message id was already stored; nothing was stored again.
 	Duplicate        bool  `protobuf:"varint,3,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
 	ServerTimeUnixMs int64 `protobuf:"varint,4,opt,name=server_time_unix_ms,json=serverTimeUnixMs,proto3" json:"server_time_unix_ms,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// True: the request's ratchet_tree was stored beside its GroupInfo. A
+	// server older than the field drops the tree; a client that sent one
+	// and sees false embeds the tree again in its next commits.
+	RatchetTreeStored bool `protobuf:"varint,5,opt,name=ratchet_tree_stored,json=ratchetTreeStored,proto3" json:"ratchet_tree_stored,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *EnqueueResponse) Reset() {
@@ -1082,6 +1101,13 @@ func (x *EnqueueResponse) GetServerTimeUnixMs() int64 {
 		return x.ServerTimeUnixMs
 	}
 	return 0
+}
+
+func (x *EnqueueResponse) GetRatchetTreeStored() bool {
+	if x != nil {
+		return x.RatchetTreeStored
+	}
+	return false
 }
 
 // EnqueueBatch carries up to 64 messages in one RPC (outbox flushes, bots).
@@ -2044,7 +2070,12 @@ type GetGroupInfoResponse struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	GroupInfo []byte                 `protobuf:"bytes,1,opt,name=group_info,json=groupInfo,proto3" json:"group_info,omitempty"`
 	// The epoch the GroupInfo is for.
-	Epoch         uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Epoch uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The ratchet tree of that epoch, when the committer sent it beside a
+	// GroupInfo without the ratchet_tree extension (EnqueueRequest
+	// .ratchet_tree); empty when the GroupInfo carries the tree. The joiner
+	// checks it against the GroupInfo's tree hash.
+	RatchetTree   []byte `protobuf:"bytes,3,opt,name=ratchet_tree,json=ratchetTree,proto3" json:"ratchet_tree,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2091,6 +2122,13 @@ func (x *GetGroupInfoResponse) GetEpoch() uint64 {
 		return x.Epoch
 	}
 	return 0
+}
+
+func (x *GetGroupInfoResponse) GetRatchetTree() []byte {
+	if x != nil {
+		return x.RatchetTree
+	}
+	return nil
 }
 
 // An invitation to a channel: the invitee reads nothing of it until it
@@ -2954,7 +2992,7 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\aremoved\x18\x01 \x01(\rR\aremoved\"\x15\n" +
 	"\x13ListChannelsRequest\"C\n" +
 	"\x14ListChannelsResponse\x12+\n" +
-	"\bchannels\x18\x01 \x03(\v2\x0f.qpc.v1.ChannelR\bchannels\"\xba\x01\n" +
+	"\bchannels\x18\x01 \x03(\v2\x0f.qpc.v1.ChannelR\bchannels\"\xe8\x01\n" +
 	"\x0eEnqueueRequest\x12'\n" +
 	"\n" +
 	"channel_id\x18\x01 \x01(\fB\b\x92\x82\x19\x04\b\x10\x18\x01R\tchannelId\x12'\n" +
@@ -2963,12 +3001,14 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\vmls_message\x18\x03 \x01(\fB\v\x92\x82\x19\a\x10\x80\x80\xc0\x02\x18\x01R\n" +
 	"mlsMessage\x12(\n" +
 	"\n" +
-	"group_info\x18\x04 \x01(\fB\t\x92\x82\x19\x05\x10\x80\x80\xc0\x02R\tgroupInfo\"\x86\x01\n" +
+	"group_info\x18\x04 \x01(\fB\t\x92\x82\x19\x05\x10\x80\x80\xc0\x02R\tgroupInfo\x12,\n" +
+	"\fratchet_tree\x18\x05 \x01(\fB\t\x92\x82\x19\x05\x10\x80\x80\xc0\x02R\vratchetTree\"\xb6\x01\n" +
 	"\x0fEnqueueResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1c\n" +
 	"\tduplicate\x18\x03 \x01(\bR\tduplicate\x12-\n" +
-	"\x13server_time_unix_ms\x18\x04 \x01(\x03R\x10serverTimeUnixMs\"K\n" +
+	"\x13server_time_unix_ms\x18\x04 \x01(\x03R\x10serverTimeUnixMs\x12.\n" +
+	"\x13ratchet_tree_stored\x18\x05 \x01(\bR\x11ratchetTreeStored\"K\n" +
 	"\x13EnqueueBatchRequest\x124\n" +
 	"\x05items\x18\x01 \x03(\v2\x16.qpc.v1.EnqueueRequestB\x06\x92\x82\x19\x02 @R\x05items\"\xb1\x01\n" +
 	"\x12EnqueueBatchResult\x12&\n" +
@@ -3042,11 +3082,12 @@ const file_qpc_v1_delivery_proto_rawDesc = "" +
 	"\vAckResponse\">\n" +
 	"\x13GetGroupInfoRequest\x12'\n" +
 	"\n" +
-	"channel_id\x18\x01 \x01(\fB\b\x92\x82\x19\x04\b\x10\x18\x01R\tchannelId\"K\n" +
+	"channel_id\x18\x01 \x01(\fB\b\x92\x82\x19\x04\b\x10\x18\x01R\tchannelId\"n\n" +
 	"\x14GetGroupInfoResponse\x12\x1d\n" +
 	"\n" +
 	"group_info\x18\x01 \x01(\fR\tgroupInfo\x12\x14\n" +
-	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"\x9d\x03\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12!\n" +
+	"\fratchet_tree\x18\x03 \x01(\fR\vratchetTree\"\x9d\x03\n" +
 	"\n" +
 	"Invitation\x12#\n" +
 	"\rinvitation_id\x18\x01 \x01(\tR\finvitationId\x12\x1d\n" +

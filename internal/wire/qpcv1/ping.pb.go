@@ -83,7 +83,11 @@ type PingResponse struct {
 	ServerVersion    string                 `protobuf:"bytes,3,opt,name=server_version,json=serverVersion,proto3" json:"server_version,omitempty"`
 	ProtocolVersion  uint32                 `protobuf:"varint,4,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
 	// The server's MLS cipher-suite policy (docs/mls.md, "Negotiation").
-	MlsPolicy     *MLSPolicy `protobuf:"bytes,5,opt,name=mls_policy,json=mlsPolicy,proto3" json:"mls_policy,omitempty"`
+	MlsPolicy *MLSPolicy `protobuf:"bytes,5,opt,name=mls_policy,json=mlsPolicy,proto3" json:"mls_policy,omitempty"`
+	// Optional features this server has, by name; a client ignores names it
+	// does not know. "ratchet_tree": it stores EnqueueRequest.ratchet_tree
+	// beside the GroupInfo and returns it in GetGroupInfoResponse.
+	Features      []string `protobuf:"bytes,6,rep,name=features,proto3" json:"features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -153,6 +157,13 @@ func (x *PingResponse) GetMlsPolicy() *MLSPolicy {
 	return nil
 }
 
+func (x *PingResponse) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
 // MLSPolicy tells clients which MLS cipher suites the server accepts.
 type MLSPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -218,14 +229,15 @@ const file_qpc_v1_ping_proto_rawDesc = "" +
 	"\x11qpc/v1/ping.proto\x12\x06qpc.v1\x1a\x14qpc/v1/options.proto\"C\n" +
 	"\vPingRequest\x12\x1b\n" +
 	"\x04echo\x18\x01 \x01(\tB\a\x92\x82\x19\x03\x10\x80\bR\x04echo\x12\x17\n" +
-	"\ahold_ms\x18\x02 \x01(\rR\x06holdMs\"\xd5\x01\n" +
+	"\ahold_ms\x18\x02 \x01(\rR\x06holdMs\"\xf1\x01\n" +
 	"\fPingResponse\x12\x12\n" +
 	"\x04echo\x18\x01 \x01(\tR\x04echo\x12-\n" +
 	"\x13server_time_unix_ms\x18\x02 \x01(\x03R\x10serverTimeUnixMs\x12%\n" +
 	"\x0eserver_version\x18\x03 \x01(\tR\rserverVersion\x12)\n" +
 	"\x10protocol_version\x18\x04 \x01(\rR\x0fprotocolVersion\x120\n" +
 	"\n" +
-	"mls_policy\x18\x05 \x01(\v2\x11.qpc.v1.MLSPolicyR\tmlsPolicy\"W\n" +
+	"mls_policy\x18\x05 \x01(\v2\x11.qpc.v1.MLSPolicyR\tmlsPolicy\x12\x1a\n" +
+	"\bfeatures\x18\x06 \x03(\tR\bfeatures\"W\n" +
 	"\tMLSPolicy\x12%\n" +
 	"\x0eallowed_suites\x18\x01 \x03(\rR\rallowedSuites\x12#\n" +
 	"\rminimum_suite\x18\x02 \x01(\rR\fminimumSuiteB>Z<github.com/quicprochat/quicprochat/internal/wire/qpcv1;qpcv1b\x06proto3"
