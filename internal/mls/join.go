@@ -2,6 +2,7 @@ package mls
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"slices"
 )
@@ -64,24 +65,42 @@ func JoinFromWelcome(cfg Config, welcome []byte, bundle *KeyPackageBundle, opts 
 		return nil, err
 	}
 	defer pskSecret.Wipe()
-	gi, err := s.DecryptGroupInfo(w, gs.JoinerSecret, pskSecret)
+	gi, giTBS, err := s.decryptGroupInfo(w, gs.JoinerSecret, pskSecret)
 	if err != nil {
 		return nil, err
 	}
 	if gi.GroupContext.Version != ProtocolVersionMLS10 {
 		return nil, fmt.Errorf("%w: GroupInfo version %d", ErrInvalidMessage, gi.GroupContext.Version)
 	}
-	tree, err := g.joinTree(gi, opts.RatchetTree)
+	tree, sigs, err := g.checkJoinTree(gi, opts.RatchetTree, giTBS)
 	if err != nil {
 		return nil, err
 	}
+	// The leaf signatures are still being checked on other cores while
+	// the rest of the join runs here; then this goroutine helps check the
+	// leaves left. A bad leaf signature is reported before any error of
+	// the rest, as the sequential order would.
+	err = g.finishJoinFromWelcome(gi, tree, gs, pskSecret, bundle)
+	if serr := sigs.wait(); serr != nil || err != nil {
+		g.Wipe()
+		return nil, cmp.Or(serr, err)
+	}
+	g.rememberResumption()
+	return g, nil
+}
+
+// finishJoinFromWelcome finishes JoinFromWelcome on a checked tree (its
+// leaf signatures possibly still being checked): our leaf, the epoch
+// secrets and confirmation tag, the path secret and the secret tree.
+func (g *Group) finishJoinFromWelcome(gi *GroupInfo, tree *ratchetTree, gs *GroupSecrets, pskSecret Secret, bundle *KeyPackageBundle) error {
+	s := g.suite
 	g.gc = gi.GroupContext
 	g.tree = tree
 	// Our leaf: the one identical to our KeyPackage's LeafNode (§12.4.3.1).
 	own := leafIndex(tree.leafCount())
 	want, err := bundle.KeyPackage.LeafNode.Marshal()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	tree.members(func(l leafIndex, ln *LeafNode) {
 		if bytes.Equal(ln.EncryptionKey, bundle.KeyPackage.LeafNode.EncryptionKey) {
@@ -91,29 +110,28 @@ func JoinFromWelcome(cfg Config, welcome []byte, bundle *KeyPackageBundle, opts 
 		}
 	})
 	if uint32(own) >= uint32(tree.leafCount()) {
-		return nil, fmt.Errorf("%w: our leaf is not in the tree", ErrInvalidTree)
+		return fmt.Errorf("%w: our leaf is not in the tree", ErrInvalidTree)
 	}
 	g.own = own
 	g.keys = nodeKeys{own.node(): {bundle.EncryptionPriv.clone(), bundle.KeyPackage.LeafNode.EncryptionKey}}
 	es, err := s.VerifyWelcomeConfirmation(gi, gs.JoinerSecret, pskSecret)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	g.es = es
 	g.confTag = slices.Clone(gi.ConfirmationTag)
 	if g.interim, err = s.InterimTranscriptHash(g.gc.ConfirmedTranscriptHash, g.confTag); err != nil {
-		return nil, err
+		return err
 	}
 	if gs.PathSecret != nil {
 		if err := g.adoptPathSecret(leafIndex(gi.Signer), gs.PathSecret.PathSecret); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if g.st, err = NewSecretTree(s, es.EncryptionSecret, uint32(tree.leafCount())); err != nil {
-		return nil, err
+		return err
 	}
-	g.rememberResumption()
-	return g, nil
+	return nil
 }
 
 func decodeWelcome(raw []byte) (*Welcome, error) {
@@ -135,48 +153,91 @@ func decodeWelcome(raw []byte) (*Welcome, error) {
 // validates it: structure, tree hash against the context, parent hashes,
 // leaf signatures and keys, and the GroupInfo signature by its signer.
 func (g *Group) joinTree(gi *GroupInfo, supplied RatchetTree) (*ratchetTree, error) {
-	s := g.suite
-	rt := supplied
-	if x := findExtension(gi.Extensions, ExtensionTypeRatchetTree); x != nil {
-		if err := rt.Unmarshal(x.Data); err != nil {
-			return nil, fmt.Errorf("ratchet_tree extension: %w", err)
-		}
-	}
-	if len(rt) == 0 {
-		return nil, fmt.Errorf("%w: no ratchet tree in the GroupInfo and none supplied", ErrInvalidTree)
-	}
-	tree, err := treeFromPublic(s, rt)
+	tree, sigs, err := g.checkJoinTree(gi, supplied, nil)
 	if err != nil {
 		return nil, err
 	}
-	if !bytes.Equal(tree.rootHash(), gi.GroupContext.TreeHash) {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidTree, ErrTreeHashMismatch)
-	}
-	if err := tree.verifyStructure(); err != nil {
+	if err := sigs.wait(); err != nil {
 		return nil, err
 	}
-	if err := tree.verifyParentHashes(); err != nil {
-		return nil, err
+	return tree, nil
+}
+
+// checkJoinTree is joinTree with the leaf-signature check left running:
+// it is started as soon as the tree is parsed and runs on other cores
+// while this goroutine does the other checks, and the caller, which may
+// go on deriving the epoch, must call sigs.wait before using the tree.
+// Errors are those of the sequential order (parse, tree hash, structure,
+// parent hashes, leaf signatures, keys, leaves, GroupInfo signature):
+// a failure before the leaf signatures aborts their check, one after
+// them is reported only if every leaf signature is good. giTBS, if not
+// nil, is gi's GroupInfoTBS as received (gi.TBS() otherwise).
+func (g *Group) checkJoinTree(gi *GroupInfo, supplied RatchetTree, giTBS []byte) (tree *ratchetTree, sigs *leafSigCheck, err error) {
+	s := g.suite
+	rt, encs := supplied, [][]byte(nil)
+	if x := findExtension(gi.Extensions, ExtensionTypeRatchetTree); x != nil {
+		if rt, encs, err = decodeRatchetTreeEncodings(x.Data); err != nil {
+			return nil, nil, fmt.Errorf("ratchet_tree extension: %w", err)
+		}
 	}
-	if err := tree.verifyLeafSignatures(gi.GroupContext.GroupID); err != nil {
-		return nil, err
+	if len(rt) == 0 {
+		return nil, nil, fmt.Errorf("%w: no ratchet tree in the GroupInfo and none supplied", ErrInvalidTree)
 	}
+	if tree, err = treeFromPublic(s, rt); err != nil {
+		return nil, nil, err
+	}
+	// The nodes as received are their encodings (the codec is canonical:
+	// decoding then encoding gives the input back), for the tree hash and
+	// the leaf signatures.
+	copy(tree.encs, encs)
+	sigs = tree.startLeafSignatureCheck(gi.GroupContext.GroupID)
+	if err := tree.checkHashes(gi.GroupContext.TreeHash); err != nil {
+		sigs.abort()
+		return nil, nil, err
+	}
+	if err := g.checkJoinLeaves(tree, gi, giTBS); err != nil {
+		if serr := sigs.wait(); serr != nil {
+			return nil, nil, serr
+		}
+		return nil, nil, err
+	}
+	return tree, sigs, nil
+}
+
+// checkHashes checks what precedes the leaf signatures in a joiner's
+// validation: the tree hash against the GroupContext's, the structure
+// and the parent hashes.
+func (t *ratchetTree) checkHashes(treeHash []byte) error {
+	if !bytes.Equal(t.rootHash(), treeHash) {
+		return fmt.Errorf("%w: %w", ErrInvalidTree, ErrTreeHashMismatch)
+	}
+	if err := t.verifyStructure(); err != nil {
+		return err
+	}
+	return t.verifyParentHashes()
+}
+
+// checkJoinLeaves checks what follows the leaf signatures in a joiner's
+// validation: distinct encryption keys, every leaf against the group
+// (§7.3), and the GroupInfo signature by its signer.
+func (g *Group) checkJoinLeaves(tree *ratchetTree, gi *GroupInfo, giTBS []byte) error {
+	s := g.suite
 	g.gc = gi.GroupContext
 	var lerr error
-	keys := map[string]bool{}
+	keys := make(map[string]bool, len(tree.nodes))
 	for i := range tree.nodes {
 		k := tree.encKey(nodeIndex(i))
 		if k == nil {
 			continue
 		}
 		if keys[string(k)] {
-			return nil, fmt.Errorf("%w: encryption key used twice", ErrInvalidTree)
+			return fmt.Errorf("%w: encryption key used twice", ErrInvalidTree)
 		}
 		keys[string(k)] = true
 	}
 	idx := newMemberIndex(tree)
 	if idx.dup != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidTree, idx.dup)
+		return fmt.Errorf("%w: %w", ErrInvalidTree, idx.dup)
 	}
 	tree.members(func(l leafIndex, ln *LeafNode) {
 		if lerr != nil {
@@ -187,16 +248,16 @@ func (g *Group) joinTree(gi *GroupInfo, supplied RatchetTree) (*ratchetTree, err
 		}
 	})
 	if lerr != nil {
-		return nil, lerr
+		return lerr
 	}
 	signer := tree.leaf(leafIndex(gi.Signer))
 	if gi.Signer >= uint32(tree.leafCount()) || signer == nil {
-		return nil, fmt.Errorf("%w: GroupInfo signer %d is not a member", ErrInvalidMessage, gi.Signer)
+		return fmt.Errorf("%w: GroupInfo signer %d is not a member", ErrInvalidMessage, gi.Signer)
 	}
-	if err := s.VerifyGroupInfo(gi, signer.SignatureKey); err != nil {
-		return nil, err
+	if giTBS == nil {
+		return s.VerifyGroupInfo(gi, signer.SignatureKey)
 	}
-	return tree, nil
+	return s.VerifyWithLabel(signer.SignatureKey, "GroupInfoTBS", giTBS, gi.Signature)
 }
 
 // adoptPathSecret derives the keys of the nodes above the common

@@ -2,6 +2,7 @@ package mls
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"runtime"
 	"slices"
@@ -100,6 +101,36 @@ func treeFromPublic(s *CipherSuite, rt RatchetTree) (*ratchetTree, error) {
 		t.nodes[i] = n
 	}
 	return t, nil
+}
+
+// decodeRatchetTreeEncodings is RatchetTree.Unmarshal that also returns
+// each non-blank node's encoding as received (node type byte first, nil
+// for a blank node), the form nodeEncoding caches. The codec is
+// canonical (minimal varints, presence octets 0 or 1, known enum values
+// only), so these are the bytes encoding the decoded node would give
+// (TestDecodedRatchetTreeEncodingsRoundTrip, FuzzDecodeRatchetTreeEncodings);
+// the nodes' byte fields share b's memory.
+func decodeRatchetTreeEncodings(b []byte) (RatchetTree, [][]byte, error) {
+	var rt RatchetTree
+	var encs [][]byte
+	d := newDecoder(b)
+	d.alias = true
+	d.vector(func(d *decoder) {
+		var n *Node
+		var enc []byte
+		if d.optional() {
+			before := d.s
+			n = new(Node)
+			n.decode(d)
+			enc = before[: len(before)-len(d.s) : len(before)-len(d.s)]
+		}
+		rt = append(rt, n)
+		encs = append(encs, enc)
+	})
+	if err := d.finish(); err != nil {
+		return nil, nil, err
+	}
+	return rt, encs, nil
 }
 
 // public returns the tree in wire form, truncated after the last
@@ -663,65 +694,151 @@ func (t *ratchetTree) hasEncKey(k []byte) bool {
 }
 
 // verifyLeafSignatures checks every leaf's signature (§7.3), with the
-// group id and leaf index as context for update and commit leaves. A
-// joiner checks one signature per member, the bulk of a join's cost, so
-// large trees are checked by up to GOMAXPROCS goroutines; the error is
-// still the one for the first bad leaf in leaf order, as a sequential
-// walk would report.
+// group id and leaf index as context for update and commit leaves; the
+// error is the one for the first bad leaf in leaf order, as a sequential
+// walk would report. See startLeafSignatureCheck.
 func (t *ratchetTree) verifyLeafSignatures(groupID []byte) error {
-	var leaves []leafIndex
-	t.members(func(l leafIndex, _ *LeafNode) { leaves = append(leaves, l) })
-	check := func(l leafIndex) error {
-		if e := t.suite.VerifyLeafNodeSignature(t.nodes[l.node()].Leaf, groupID, uint32(l)); e != nil {
-			return fmt.Errorf("%w: leaf %d: %w", ErrInvalidTree, l, e)
-		}
-		return nil
-	}
-	workers := min(runtime.GOMAXPROCS(0), len(leaves)/parallelVerifyMinPerWorker)
-	if workers < 2 {
-		for _, l := range leaves {
-			if err := check(l); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	errs := make([]error, len(leaves))
-	var next atomic.Int64
+	return t.startLeafSignatureCheck(groupID).wait()
+}
+
+// leafSigCheck is a leaf-signature check of a whole tree in progress. A
+// joiner checks one signature per member, the bulk of a join's cost, so
+// a large tree is checked by up to GOMAXPROCS goroutines claiming
+// batches of leaves in order: GOMAXPROCS-1 helpers from the start, and
+// the goroutine that calls wait, which meanwhile does the rest of the
+// join (tree hash, parent hashes, GroupInfo signature, key schedule).
+// The tree must not change until wait or abort returns.
+type leafSigCheck struct {
+	t       *ratchetTree
+	groupID []byte
+	leaves  []leafIndex
+	errs    []error // errs[i]: the error of leaves[i], when checked and bad
+	next    atomic.Int64
 	// firstBad is the lowest position known to fail: positions after it
 	// need no check, positions before it still do (an earlier bad leaf
 	// wins).
-	var firstBad atomic.Int64
-	firstBad.Store(int64(len(leaves)))
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for {
-				start := next.Add(verifyBatch) - verifyBatch
-				if start >= firstBad.Load() {
-					return
-				}
-				end := min(start+verifyBatch, int64(len(leaves)))
-				for i := start; i < end; i++ {
-					if err := check(leaves[i]); err != nil {
-						errs[i] = err
-						for {
-							cur := firstBad.Load()
-							if i >= cur || firstBad.CompareAndSwap(cur, i) {
-								break
-							}
-						}
+	firstBad atomic.Int64
+	stop     atomic.Bool // abort: claim nothing more
+	wg       sync.WaitGroup
+	done     bool
+	err      error
+}
+
+// startLeafSignatureCheck starts checking every leaf's signature. Each
+// leaf's LeafNodeTBS is taken from its cached encoding (for a received
+// tree, the bytes as received), so the encodings of all leaves are
+// cached here first, before any helper reads them.
+func (t *ratchetTree) startLeafSignatureCheck(groupID []byte) *leafSigCheck {
+	c := &leafSigCheck{t: t, groupID: groupID}
+	t.members(func(l leafIndex, _ *LeafNode) {
+		c.leaves = append(c.leaves, l)
+		t.nodeEncoding(l.node())
+	})
+	c.errs = make([]error, len(c.leaves))
+	c.firstBad.Store(int64(len(c.leaves)))
+	workers := min(runtime.GOMAXPROCS(0), len(c.leaves)/parallelVerifyMinPerWorker)
+	for range workers - 1 {
+		c.wg.Go(c.work)
+	}
+	return c
+}
+
+// work claims batches of leaves and checks them until none is left, an
+// earlier leaf is known bad, or the check is aborted.
+func (c *leafSigCheck) work() {
+	var buf []byte // SignContent, reused from leaf to leaf
+	n := int64(len(c.leaves))
+	for !c.stop.Load() {
+		start := c.next.Add(verifyBatch) - verifyBatch
+		if start >= n || start >= c.firstBad.Load() {
+			return
+		}
+		end := min(start+verifyBatch, n)
+		for i := start; i < end; i++ {
+			var err error
+			if buf, err = c.check(c.leaves[i], buf); err != nil {
+				c.errs[i] = err
+				for {
+					cur := c.firstBad.Load()
+					if i >= cur || c.firstBad.CompareAndSwap(cur, i) {
 						break
 					}
 				}
+				break
 			}
-		})
+		}
 	}
-	wg.Wait()
-	if i := firstBad.Load(); i < int64(len(leaves)) {
-		return errs[i]
+}
+
+// check verifies leaf l's signature over SignContent{"MLS 1.0
+// LeafNodeTBS", LeafNodeTBS} built in buf from the leaf's cached encoding
+// (its fields before the signature, then group id and leaf index for the
+// update and commit sources), as VerifyLeafNodeSignature does from a
+// fresh encoding. A leaf whose cached encoding does not end in its
+// signature (or has none) is checked by VerifyLeafNodeSignature.
+func (c *leafSigCheck) check(l leafIndex, buf []byte) ([]byte, error) {
+	const label = "LeafNodeTBS"
+	t := c.t
+	ln := t.nodes[l.node()].Leaf
+	raw := t.encs[l.node()]
+	sigField := varintLen(len(ln.Signature)) + len(ln.Signature)
+	var err error
+	if len(raw) < 1+sigField || len(ln.Signature) > maxVarint || !bytes.Equal(raw[len(raw)-len(ln.Signature):], ln.Signature) {
+		err = t.suite.VerifyLeafNodeSignature(ln, c.groupID, uint32(l))
+	} else {
+		content := raw[1 : len(raw)-sigField] // after the node type byte
+		tbsLen := len(content)
+		withContext := ln.Source == LeafNodeSourceUpdate || ln.Source == LeafNodeSourceCommit
+		if withContext {
+			tbsLen += varintLen(len(c.groupID)) + len(c.groupID) + 4
+		}
+		if tbsLen > maxVarint || len(c.groupID) > maxVarint {
+			err = t.suite.VerifyLeafNodeSignature(ln, c.groupID, uint32(l))
+		} else {
+			buf = buf[:0]
+			buf = appendVarint(buf, uint32(len("MLS 1.0 "+label)))
+			buf = append(buf, "MLS 1.0 "+label...)
+			buf = appendVarint(buf, uint32(tbsLen))
+			buf = append(buf, content...)
+			if withContext {
+				buf = appendVarint(buf, uint32(len(c.groupID)))
+				buf = append(buf, c.groupID...)
+				buf = binary.BigEndian.AppendUint32(buf, uint32(l))
+			}
+			if !t.suite.sig.verify(ln.SignatureKey, buf, ln.Signature) {
+				err = fmt.Errorf("%w: %s", ErrInvalidSignature, label)
+			}
+		}
 	}
-	return nil
+	if err != nil {
+		return buf, fmt.Errorf("%w: leaf %d: %w", ErrInvalidTree, l, err)
+	}
+	return buf, nil
+}
+
+// wait checks, on the calling goroutine, the leaves no helper has
+// claimed, waits for the helpers and returns the error of the first bad
+// leaf in leaf order (nil if all are good). It may be called again.
+func (c *leafSigCheck) wait() error {
+	if !c.done {
+		c.work()
+		c.wg.Wait()
+		c.done = true
+		if i := c.firstBad.Load(); i < int64(len(c.leaves)) {
+			c.err = c.errs[i]
+		}
+	}
+	return c.err
+}
+
+// abort stops the check (another check failed first) and waits for the
+// helpers to stop.
+func (c *leafSigCheck) abort() {
+	if !c.done {
+		c.stop.Store(true)
+		c.wg.Wait()
+		c.done = true
+	}
 }
 
 const (

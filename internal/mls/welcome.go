@@ -266,28 +266,38 @@ func (s *CipherSuite) DecryptGroupSecrets(w *Welcome, kpRef []byte, initPriv HPK
 // from joiner_secret and psk_secret (empty for no PSKs). It does not verify
 // the GroupInfo: see VerifyGroupInfo and VerifyWelcomeConfirmation.
 func (s *CipherSuite) DecryptGroupInfo(w *Welcome, joinerSecret, pskSecret Secret) (*GroupInfo, error) {
+	gi, _, err := s.decryptGroupInfo(w, joinerSecret, pskSecret)
+	return gi, err
+}
+
+// decryptGroupInfo is DecryptGroupInfo that also returns the GroupInfoTBS
+// as received (the plaintext up to the signature), which the codec being
+// canonical makes equal to gi.TBS() without encoding the GroupInfo, ratchet
+// tree included, again.
+func (s *CipherSuite) decryptGroupInfo(w *Welcome, joinerSecret, pskSecret Secret) (*GroupInfo, []byte, error) {
 	ws, err := s.WelcomeSecret(joinerSecret, pskSecret)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer ws.Wipe()
 	kn, err := s.WelcomeKeyNonce(ws)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer kn.Wipe()
 	pt, err := s.Open(kn.Key.Bytes(), kn.Nonce.Bytes(), nil, w.EncryptedGroupInfo)
 	if err != nil {
-		return nil, fmt.Errorf("group info: %w", err)
+		return nil, nil, fmt.Errorf("group info: %w", err)
 	}
 	gi := new(GroupInfo)
 	if err := gi.Unmarshal(pt); err != nil {
-		return nil, fmt.Errorf("group info: %w", err)
+		return nil, nil, fmt.Errorf("group info: %w", err)
 	}
 	if gi.GroupContext.CipherSuite != s.id {
-		return nil, fmt.Errorf("%w: GroupInfo for cipher suite %d in a Welcome for %d", ErrInvalidMessage, gi.GroupContext.CipherSuite, s.id)
+		return nil, nil, fmt.Errorf("%w: GroupInfo for cipher suite %d in a Welcome for %d", ErrInvalidMessage, gi.GroupContext.CipherSuite, s.id)
 	}
-	return gi, nil
+	tbs := pt[:len(pt)-varintLen(len(gi.Signature))-len(gi.Signature)]
+	return gi, tbs, nil
 }
 
 // VerifyWelcomeConfirmation derives the epoch secrets of the group a
