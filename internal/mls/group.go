@@ -512,7 +512,8 @@ type memberIndex struct {
 }
 
 func newMemberIndex(t *ratchetTree) *memberIndex {
-	m := &memberIndex{sig: map[string]leafIndex{}, enc: map[string]leafIndex{}, supports: map[CredentialType]int{}, inUse: map[CredentialType]int{}}
+	n := int(t.leafCount())
+	m := &memberIndex{sig: make(map[string]leafIndex, n), enc: make(map[string]leafIndex, n), supports: map[CredentialType]int{}, inUse: map[CredentialType]int{}}
 	t.members(m.add)
 	return m
 }

@@ -208,6 +208,7 @@ func (g *Group) checkJoinTree(gi *GroupInfo, supplied RatchetTree, giTBS []byte)
 // validation: the tree hash against the GroupContext's, the structure
 // and the parent hashes.
 func (t *ratchetTree) checkHashes(treeHash []byte) error {
+	t.hashAll()
 	if !bytes.Equal(t.rootHash(), treeHash) {
 		return fmt.Errorf("%w: %w", ErrInvalidTree, ErrTreeHashMismatch)
 	}

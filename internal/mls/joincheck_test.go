@@ -199,3 +199,38 @@ func FuzzDecodeRatchetTreeEncodings(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, in []byte) { checkRatchetTreeEncodings(t, in) })
 }
+
+// TestHashAllMatchesTreeHash: the joiner's bottom-up hashing of a whole
+// tree gives every node the hash treeHash computes, for the trees of the
+// official vectors (blank nodes, unmerged leaves) and a populated tree,
+// also with some hashes already cached.
+func TestHashAllMatchesTreeHash(t *testing.T) {
+	s, _ := Suite(1)
+	var trees []RatchetTree
+	for _, c := range readVectors[treeValidationCase](t, "tree-validation.json") {
+		if c.CipherSuite != 1 {
+			continue
+		}
+		var rt RatchetTree
+		mustNoErr(t, rt.Unmarshal(c.Tree), "vector tree")
+		trees = append(trees, rt)
+	}
+	trees = append(trees, getBenchGroup(t, "populated", 100).a.RatchetTree())
+	for i, rt := range trees {
+		for _, cached := range []int{0, 1, 5} {
+			want, err := treeFromPublic(s, rt)
+			mustNoErr(t, err, "tree")
+			got, err := treeFromPublic(s, rt)
+			mustNoErr(t, err, "tree")
+			for x := 0; x < len(got.nodes) && cached > 0; x += cached {
+				got.treeHash(nodeIndex(x))
+			}
+			got.hashAll()
+			for x := range want.nodes {
+				if w := want.computeTreeHash(nodeIndex(x), nil); !bytes.Equal(got.hashes[x], w) {
+					t.Fatalf("tree %d (%d cached): node %d hash %x, want %x", i, cached, x, got.hashes[x], w)
+				}
+			}
+		}
+	}
+}
