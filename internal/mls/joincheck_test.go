@@ -234,3 +234,28 @@ func TestHashAllMatchesTreeHash(t *testing.T) {
 		}
 	}
 }
+
+// TestDecryptGroupInfoTBSAsReceived: the GroupInfoTBS a joiner verifies
+// (the plaintext up to the signature) is the encoding of the decoded
+// GroupInfo's TBS, for fresh and populated trees.
+func TestDecryptGroupInfoTBSAsReceived(t *testing.T) {
+	for _, shape := range []string{"fresh", "populated"} {
+		bg := getBenchGroup(t, shape, 10)
+		w, err := decodeWelcome(bg.welcome)
+		mustNoErr(t, err, "Welcome")
+		s := bg.a.suite
+		ref, err := bg.joiner.KeyPackage.Ref(s)
+		mustNoErr(t, err, "ref")
+		gs, err := s.DecryptGroupSecrets(w, ref, bg.joiner.InitPriv)
+		mustNoErr(t, err, "group secrets")
+		psk, err := s.PSKSecret(nil)
+		mustNoErr(t, err, "psk")
+		gi, tbs, err := s.decryptGroupInfo(w, gs.JoinerSecret, psk)
+		mustNoErr(t, err, "GroupInfo")
+		want, err := gi.TBS()
+		mustNoErr(t, err, "TBS")
+		if !bytes.Equal(tbs, want) || findExtension(gi.Extensions, ExtensionTypeRatchetTree) == nil {
+			t.Fatalf("%s: TBS as received (%d bytes) is not the GroupInfo's (%d bytes)", shape, len(tbs), len(want))
+		}
+	}
+}
