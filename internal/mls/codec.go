@@ -260,17 +260,19 @@ func (d *decoder) vector(elem func(*decoder)) {
 	}
 	var body []byte
 	d.s.ReadBytes(&body, n) // length() checked the bound
-	sub := &decoder{s: cryptobyte.String(body), alias: d.alias}
-	for !sub.s.Empty() && sub.err == nil {
-		before := len(sub.s)
-		elem(sub)
-		if sub.err == nil && len(sub.s) == before {
-			sub.fail("vector element consumed no bytes")
+	// The elements are read by d itself, narrowed to the body and then
+	// restored to what follows it: a sub-decoder would be a heap
+	// allocation per vector (thousands in a large ratchet tree).
+	rest := d.s
+	d.s = cryptobyte.String(body)
+	for !d.s.Empty() && d.err == nil {
+		before := len(d.s)
+		elem(d)
+		if d.err == nil && len(d.s) == before {
+			d.fail("vector element consumed no bytes")
 		}
 	}
-	if sub.err != nil {
-		d.err = sub.err
-	}
+	d.s = rest
 }
 
 // optional reads the presence octet of optional<T>.

@@ -121,8 +121,7 @@ func decodeRatchetTreeEncodings(b []byte) (RatchetTree, [][]byte, error) {
 		var enc []byte
 		if d.optional() {
 			before := d.s
-			n = new(Node)
-			n.decode(d)
+			n = decodeNodeTogether(d)
 			enc = before[: len(before)-len(d.s) : len(before)-len(d.s)]
 		}
 		rt = append(rt, n)
@@ -132,6 +131,33 @@ func decodeRatchetTreeEncodings(b []byte) (RatchetTree, [][]byte, error) {
 		return nil, nil, err
 	}
 	return rt, encs, nil
+}
+
+// decodeNodeTogether is Node.decode into a Node allocated together with
+// its LeafNode or ParentNode: one allocation per node of a large tree
+// instead of two.
+func decodeNodeTogether(d *decoder) *Node {
+	switch t := NodeType(d.u8()); t {
+	case NodeTypeLeaf:
+		b := new(struct {
+			n Node
+			l LeafNode
+		})
+		b.n = Node{Type: t, Leaf: &b.l}
+		b.l.decode(d)
+		return &b.n
+	case NodeTypeParent:
+		b := new(struct {
+			n Node
+			p ParentNode
+		})
+		b.n = Node{Type: t, Parent: &b.p}
+		b.p.decode(d)
+		return &b.n
+	default:
+		d.fail("unknown node type %d", t)
+		return &Node{Type: t}
+	}
 }
 
 // public returns the tree in wire form, truncated after the last
