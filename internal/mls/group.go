@@ -528,8 +528,18 @@ func (m *memberIndex) add(l leafIndex, ln *LeafNode) {
 	m.sig[string(ln.SignatureKey)] = l
 	m.enc[string(ln.EncryptionKey)] = l
 	m.n++
-	for _, c := range slices.Compact(slices.Sorted(slices.Values(ln.Capabilities.Credentials))) {
-		m.supports[c]++
+	// Each listed type once: a short list (the usual one or two types) is
+	// checked in place, a long one (a peer's choice) sorted, not quadratic.
+	if creds := ln.Capabilities.Credentials; len(creds) <= 8 {
+		for i, c := range creds {
+			if !slices.Contains(creds[:i], c) {
+				m.supports[c]++
+			}
+		}
+	} else {
+		for _, c := range slices.Compact(slices.Sorted(slices.Values(creds))) {
+			m.supports[c]++
+		}
 	}
 	m.inUse[ln.Credential.Type]++
 }

@@ -259,3 +259,29 @@ func TestDecryptGroupInfoTBSAsReceived(t *testing.T) {
 		}
 	}
 }
+
+// TestMemberIndexCountsEachCredentialTypeOnce: a member listing a
+// credential type several times supports it once, in a short list
+// (checked in place) as in a long one (sorted).
+func TestMemberIndexCountsEachCredentialTypeOnce(t *testing.T) {
+	s, _ := Suite(1)
+	long := make([]CredentialType, 0, 40)
+	for i := range 40 {
+		long = append(long, CredentialType(1+i%3))
+	}
+	lists := [][]CredentialType{{1}, {1, 1, 2}, {2, 1, 2, 1}, long, nil}
+	tree := newRatchetTree(s, &LeafNode{SignatureKey: []byte{0}, EncryptionKey: []byte{0}, Capabilities: Capabilities{Credentials: lists[0]}})
+	for i, l := range lists[1:] {
+		tree.addLeaf(&LeafNode{SignatureKey: []byte{byte(i + 1)}, EncryptionKey: []byte{byte(i + 1)}, Capabilities: Capabilities{Credentials: l}})
+	}
+	m := newMemberIndex(tree)
+	want := map[CredentialType]int{1: 4, 2: 3, 3: 1}
+	if m.n != len(lists) || len(m.supports) != len(want) {
+		t.Fatalf("%d members, supports %v; want %d, %v", m.n, m.supports, len(lists), want)
+	}
+	for c, n := range want {
+		if m.supports[c] != n {
+			t.Fatalf("supports %v, want %v", m.supports, want)
+		}
+	}
+}
