@@ -109,7 +109,7 @@ func TestJoinFromWelcomeErrorsInOrder(t *testing.T) {
 		{"leaf and GroupInfo signature", spoil{badLeaves: []leafIndex{90}, badGISig: true}, leafErr(90)},
 		{"leaf and confirmation tag", spoil{badLeaves: []leafIndex{3, 140}, badConfTag: true}, leafErr(3)},
 		{"tree hash and leaf", spoil{badLeaves: []leafIndex{0}, badTreeHash: true}, func(err error) bool {
-			return errors.Is(err, ErrInvalidTree) && !errors.Is(err, ErrInvalidSignature) && strings.Contains(err.Error(), "tree hash")
+			return errors.Is(err, ErrInvalidTree) && errors.Is(err, ErrTreeHashMismatch) && !errors.Is(err, ErrInvalidSignature)
 		}},
 		{"GroupInfo signature", spoil{badGISig: true}, func(err error) bool {
 			return errors.Is(err, ErrInvalidSignature) && !errors.Is(err, ErrInvalidTree) && strings.Contains(err.Error(), "GroupInfoTBS")
