@@ -174,9 +174,9 @@ func (g *Group) joinTree(gi *GroupInfo, supplied RatchetTree) (*ratchetTree, err
 // nil, is gi's GroupInfoTBS as received (gi.TBS() otherwise).
 func (g *Group) checkJoinTree(gi *GroupInfo, supplied RatchetTree, giTBS []byte) (tree *ratchetTree, sigs *leafSigCheck, err error) {
 	s := g.suite
-	rt, encs := supplied, [][]byte(nil)
+	rt, encs, pub := supplied, [][]byte(nil), (*pubCache)(nil)
 	if x := findExtension(gi.Extensions, ExtensionTypeRatchetTree); x != nil {
-		if rt, encs, err = decodeRatchetTreeEncodings(x.Data); err != nil {
+		if rt, encs, pub, err = decodeRatchetTreeEncodings(x.Data); err != nil {
 			return nil, nil, fmt.Errorf("ratchet_tree extension: %w", err)
 		}
 	}
@@ -190,6 +190,7 @@ func (g *Group) checkJoinTree(gi *GroupInfo, supplied RatchetTree, giTBS []byte)
 	// decoding then encoding gives the input back), for the tree hash and
 	// the leaf signatures.
 	copy(tree.encs, encs)
+	tree.pub = pub
 	sigs = tree.startLeafSignatureCheck(gi.GroupContext.GroupID)
 	if err := tree.checkHashes(gi.GroupContext.TreeHash); err != nil {
 		sigs.abort()

@@ -93,6 +93,16 @@ func TestJoinFromWelcomeErrorsInOrder(t *testing.T) {
 	if g.EpochAuthenticator() == nil || g.own != leafIndex(n-1) {
 		t.Fatalf("joined at leaf %d", g.own)
 	}
+	// The joined tree's encoding cache (the tree as received) encodes it
+	// as the generic encoder does.
+	e := &encoder{}
+	g.tree.encodePublic(e)
+	pub := g.tree.public()
+	want, err := pub.Marshal()
+	mustNoErr(t, err, "tree")
+	if g.tree.pub == nil || !bytes.Equal(e.buf, want) {
+		t.Fatalf("joined tree (cache %v) encodes to %d bytes, want %d", g.tree.pub != nil, len(e.buf), len(want))
+	}
 	leafErr := func(l int) func(error) bool {
 		return func(err error) bool {
 			return errors.Is(err, ErrInvalidTree) && errors.Is(err, ErrInvalidSignature) &&
@@ -158,7 +168,7 @@ func checkRatchetTreeEncodings(t *testing.T, in []byte) {
 	t.Helper()
 	var want RatchetTree
 	errU := want.Unmarshal(in)
-	got, encs, errE := decodeRatchetTreeEncodings(in)
+	got, encs, pub, errE := decodeRatchetTreeEncodings(in)
 	if (errU == nil) != (errE == nil) {
 		t.Fatalf("Unmarshal error %v, decodeRatchetTreeEncodings error %v", errU, errE)
 	}
@@ -167,6 +177,29 @@ func checkRatchetTreeEncodings(t *testing.T, in []byte) {
 	}
 	if len(got) != len(want) || len(encs) != len(want) {
 		t.Fatalf("%d nodes and %d encodings, want %d nodes", len(got), len(encs), len(want))
+	}
+	// The tree's encoding cache: the vector body, entry i (presence octet
+	// and node) at off[i], written from node i.
+	if len(want) == 0 {
+		if pub != nil {
+			t.Fatal("an encoding cache for an empty tree")
+		}
+		return
+	}
+	body := &encoder{}
+	for _, n := range want {
+		body.optional(n != nil, func(e *encoder) { n.encode(e) })
+	}
+	if pub == nil || !bytes.Equal(pub.body, body.buf) || len(pub.off) != len(want)+1 || len(pub.nodes) != len(want) ||
+		int(pub.off[len(want)]) != len(pub.body) || cap(pub.body) != len(pub.body) {
+		t.Fatalf("encoding cache %+v does not hold the tree's body %x", pub, body.buf)
+	}
+	for i := range want {
+		entry := pub.body[pub.off[i]:pub.off[i+1]]
+		if pub.nodes[i] != got[i] || (got[i] == nil && !bytes.Equal(entry, []byte{0})) ||
+			(got[i] != nil && (entry[0] != 1 || !bytes.Equal(entry[1:], encs[i]))) {
+			t.Fatalf("encoding cache entry %d: %x, node %v", i, entry, got[i])
+		}
 	}
 	for i := range want {
 		if (want[i] == nil) != (got[i] == nil) || (got[i] == nil) != (encs[i] == nil) {

@@ -106,17 +106,26 @@ func treeFromPublic(s *CipherSuite, rt RatchetTree) (*ratchetTree, error) {
 
 // decodeRatchetTreeEncodings is RatchetTree.Unmarshal that also returns
 // each non-blank node's encoding as received (node type byte first, nil
-// for a blank node), the form nodeEncoding caches. The codec is
-// canonical (minimal varints, presence octets 0 or 1, known enum values
-// only), so these are the bytes encoding the decoded node would give
+// for a blank node), the form nodeEncoding caches, and the vector's body
+// with where each entry starts, as the tree's encoding cache (pubCache,
+// as ImportGroup keeps it: the joiner's first commit then copies the
+// received tree instead of gathering its nodes). The codec is canonical
+// (minimal varints, presence octets 0 or 1, known enum values only), so
+// these are the bytes encoding the decoded nodes would give
 // (TestDecodedRatchetTreeEncodingsRoundTrip, FuzzDecodeRatchetTreeEncodings);
-// the nodes' byte fields share b's memory.
-func decodeRatchetTreeEncodings(b []byte) (RatchetTree, [][]byte, error) {
+// they and the nodes' byte fields share b's memory, which must not change.
+func decodeRatchetTreeEncodings(b []byte) (RatchetTree, [][]byte, *pubCache, error) {
 	var rt RatchetTree
 	var encs [][]byte
+	var body []byte
+	var off []uint32
 	d := newDecoder(b)
 	d.alias = true
 	d.vector(func(d *decoder) {
+		if body == nil {
+			body = d.s // the first element sees the whole body
+		}
+		off = append(off, uint32(len(body)-len(d.s)))
 		var n *Node
 		var enc []byte
 		if d.optional() {
@@ -128,9 +137,13 @@ func decodeRatchetTreeEncodings(b []byte) (RatchetTree, [][]byte, error) {
 		encs = append(encs, enc)
 	})
 	if err := d.finish(); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return rt, encs, nil
+	if len(rt) == 0 {
+		return rt, encs, nil, nil
+	}
+	off = append(off, uint32(len(body)))
+	return rt, encs, &pubCache{body: body[:len(body):len(body)], nodes: slices.Clone(rt), off: off}, nil
 }
 
 // decodeNodeTogether is Node.decode into a Node allocated together with
