@@ -352,8 +352,8 @@ func (s *server) logTail(max int) string {
 	return string(b)
 }
 
-// rpcCount is qpcd_rpc_requests_total summed over the codes for method.
-func (s *server) rpcCount(t *testing.T, method string) float64 {
+// metrics is the server's /metrics page, a line per sample.
+func (s *server) metrics(t *testing.T) []string {
 	t.Helper()
 	c := &http.Client{Timeout: 5 * time.Second}
 	r, err := c.Get("http://" + s.ops + "/metrics")
@@ -365,8 +365,14 @@ func (s *server) rpcCount(t *testing.T, method string) float64 {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return strings.Split(string(body), "\n")
+}
+
+// rpcCount is qpcd_rpc_requests_total summed over the codes for method.
+func (s *server) rpcCount(t *testing.T, method string) float64 {
+	t.Helper()
 	var sum float64
-	for _, line := range strings.Split(string(body), "\n") {
+	for _, line := range s.metrics(t) {
 		if !strings.HasPrefix(line, "qpcd_rpc_requests_total{") || !strings.Contains(line, `method="`+method+`"`) {
 			continue
 		}

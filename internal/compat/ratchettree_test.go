@@ -1,12 +1,9 @@
 package compat
 
 import (
-	"io"
-	"net/http"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestCompatMixedGroupEmbedsTree: the ratchet tree beside the GroupInfo
@@ -68,18 +65,8 @@ func TestCompatMixedGroupEmbedsTree(t *testing.T) {
 // groupInfos is qpcd_group_infos_stored_total{tree=placement}.
 func (s *server) groupInfos(t *testing.T, placement string) float64 {
 	t.Helper()
-	c := &http.Client{Timeout: 5 * time.Second}
-	r, err := c.Get("http://" + s.ops + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Body.Close()
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
 	prefix := `qpcd_group_infos_stored_total{tree="` + placement + `"} `
-	for _, line := range strings.Split(string(body), "\n") {
+	for _, line := range s.metrics(t) {
 		if v, ok := strings.CutPrefix(line, prefix); ok {
 			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 			if err != nil {

@@ -3,7 +3,6 @@ package delivery
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -511,30 +510,6 @@ func (s *Service) Ack(ctx context.Context, c Caller, cursors []Cursor, inboxSeq 
 // GroupInfo returns the latest GroupInfo a committer stored for the
 // channel, and its epoch; members only. A channel without one wraps ErrNotFound.
 func (s *Service) GroupInfo(ctx context.Context, c Caller, id []byte) ([]byte, uint64, error) {
-	var gi []byte
-	var epoch int64
-	err := s.db.ReadTx(ctx, func(tx *sql.Tx) error {
-		var member bool
-		var e sql.NullInt64
-		err := tx.QueryRowContext(ctx, `SELECT g.group_info, g.epoch, `+isMember+`
-			FROM channels c LEFT JOIN channel_group_info g ON g.channel_id = c.id WHERE c.id = ?`,
-			c.AccountID, c.DeviceID, id).Scan(&gi, &e, &member)
-		epoch = e.Int64
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			return ErrNotMember
-		case err != nil:
-			return err
-		case !member:
-			return ErrNotMember
-		case len(gi) == 0:
-			return fmt.Errorf("%w: no GroupInfo stored for the channel yet", ErrNotFound)
-		}
-		return nil
-	})
-	if err != nil {
-		s.denied(ctx, c, "group_info", err)
-		return nil, 0, fmt.Errorf("delivery: group info: %w", err)
-	}
-	return gi, uint64(epoch), nil
+	gi, _, epoch, err := s.readGroupInfo(ctx, c, id, false)
+	return gi, epoch, err
 }

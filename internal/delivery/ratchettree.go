@@ -28,11 +28,22 @@ func treeArgs(tree []byte, epoch uint64) (any, any) {
 // (nil when the GroupInfo carries the tree, or none of its epoch is
 // stored); members only. A channel without a GroupInfo wraps ErrNotFound.
 func (s *Service) GroupInfoTree(ctx context.Context, c Caller, id []byte) (groupInfo, tree []byte, epoch uint64, err error) {
+	return s.readGroupInfo(ctx, c, id, true)
+}
+
+// readGroupInfo reads the channel's GroupInfo and its epoch, and with
+// withTree the tree stored beside it (left unread otherwise: it can be
+// megabytes).
+func (s *Service) readGroupInfo(ctx context.Context, c Caller, id []byte, withTree bool) (groupInfo, tree []byte, epoch uint64, err error) {
+	treeCols := "NULL, NULL"
+	if withTree {
+		treeCols = "g.ratchet_tree, g.ratchet_tree_epoch"
+	}
 	var e int64
 	err = s.db.ReadTx(ctx, func(tx *sql.Tx) error {
 		var member bool
 		var ge, te sql.NullInt64
-		err := tx.QueryRowContext(ctx, `SELECT g.group_info, g.epoch, g.ratchet_tree, g.ratchet_tree_epoch, `+isMember+`
+		err := tx.QueryRowContext(ctx, `SELECT g.group_info, g.epoch, `+treeCols+`, `+isMember+`
 			FROM channels c LEFT JOIN channel_group_info g ON g.channel_id = c.id WHERE c.id = ?`,
 			c.AccountID, c.DeviceID, id).Scan(&groupInfo, &ge, &tree, &te, &member)
 		e = ge.Int64
