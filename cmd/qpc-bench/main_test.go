@@ -129,21 +129,7 @@ func TestIdleModeInProcess(t *testing.T) {
 		t.Skip("starts a server")
 	}
 	dir := t.TempDir()
-	out := filepath.Join(dir, "idle.json")
-	var stdout, stderr bytes.Buffer
-	code := run(context.Background(), []string{"-mode", "idle", "-serve", "-n", "20", "-duration", "300ms", "-after", "1s",
-		"-profile-dir", filepath.Join(dir, "prof"), "-json", out}, &stdout, &stderr)
-	if code != exitOK {
-		t.Fatalf("exit %d: %s %s", code, stdout.String(), stderr.String())
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r idleReport
-	if err := json.Unmarshal(b, &r); err != nil {
-		t.Fatalf("json: %v %s", err, b)
-	}
+	r, stdout := runIdleJSON(t, dir, "-n", "20", "-duration", "300ms", "-after", "1s", "-profile-dir", filepath.Join(dir, "prof"))
 	switch {
 	case r.Devices != 20 || r.Idle.InFlight < 20 || r.Idle.Connections < 20:
 		t.Fatalf("want 20 devices connected and polling: %+v", r.Idle)
@@ -172,26 +158,11 @@ func TestIdleFanoutInProcess(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a server")
 	}
-	dir := t.TempDir()
-	out := filepath.Join(dir, "idle.json")
-	var stdout, stderr bytes.Buffer
-	code := run(context.Background(), []string{"-mode", "idle", "-serve", "-n", "12", "-fanout", "8", "-fanout-messages", "3",
-		"-duration", "100ms", "-after", "0s", "-json", out}, &stdout, &stderr)
-	if code != exitOK {
-		t.Fatalf("exit %d: %s %s", code, stdout.String(), stderr.String())
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r idleReport
-	if err := json.Unmarshal(b, &r); err != nil {
-		t.Fatalf("json: %v %s", err, b)
-	}
+	r, stdout := runIdleJSON(t, t.TempDir(), "-n", "12", "-fanout", "8", "-fanout-messages", "3", "-duration", "100ms", "-after", "0s")
 	f := r.Fanout
 	switch {
 	case f == nil:
-		t.Fatalf("no fan-out report: %s", b)
+		t.Fatalf("no fan-out report: %s", stdout.String())
 	case f.Receivers != 8 || f.Messages != 3 || f.Missing != 0:
 		t.Fatalf("fan-out: %+v", f)
 	case f.Receipt.Count != 24 || f.Last.Count != 3 || f.Enqueue.Count != 3:
@@ -204,4 +175,25 @@ func TestIdleFanoutInProcess(t *testing.T) {
 	if !strings.Contains(stdout.String(), "fan-out: 3 messages to 8 receivers") {
 		t.Fatalf("no fan-out line: %s", stdout.String())
 	}
+}
+
+// runIdleJSON runs qpc-bench -mode idle against an in-process qpcd with args,
+// writing its JSON into dir, and returns the decoded report and stdout.
+func runIdleJSON(t *testing.T, dir string, args ...string) (idleReport, *bytes.Buffer) {
+	t.Helper()
+	out := filepath.Join(dir, "idle.json")
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), append([]string{"-mode", "idle", "-serve", "-json", out}, args...), &stdout, &stderr)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s %s", code, stdout.String(), stderr.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r idleReport
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatalf("json: %v %s", err, b)
+	}
+	return r, &stdout
 }

@@ -53,12 +53,7 @@ func TestCommitTreeBesideGroupInfo(t *testing.T) {
 	alice, bob := registered(t, srv, "alice"), registered(t, srv, "bob")
 	registered(t, srv, "carol")
 	ctx := ctxT(t)
-	if err := alice.CreateGroup(ctx, "team"); err != nil {
-		t.Fatal(err)
-	}
-	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
-		t.Fatal(err)
-	}
+	team(t, alice, "bob")
 	acceptAll(t, bob)
 	gi := storedGroupInfo(t, alice, "team")
 	if len(gi.GetRatchetTree()) == 0 || embedsTree(t, gi.GetGroupInfo()) {
@@ -113,12 +108,7 @@ func TestRejoinRefusesAMismatchedTree(t *testing.T) {
 	srv := servertest.Start(t, servertest.Config(t))
 	alice, bob := registered(t, srv, "alice"), registered(t, srv, "bob")
 	ctx := ctxT(t)
-	if err := alice.CreateGroup(ctx, "team"); err != nil {
-		t.Fatal(err)
-	}
-	if err := alice.AddMembers(ctx, "team", []string{"bob"}); err != nil {
-		t.Fatal(err)
-	}
+	team(t, alice, "bob")
 	acceptAll(t, bob)
 	send(t, alice, "team", "m1")
 	texts(t, bob, "team")

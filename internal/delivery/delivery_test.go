@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/quicprochat/quicprochat/internal/store/storetest"
+	waitutil "github.com/quicprochat/quicprochat/internal/testutil"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -693,13 +694,7 @@ func TestFetchWait(t *testing.T) {
 	}
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
+		waitutil.WaitFor(t, 10*time.Second, 2*time.Millisecond, what, cond)
 	}
 	// Many waiters, woken by one enqueue.
 	var outs []chan result

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	waitutil "github.com/quicprochat/quicprochat/internal/testutil"
 	"testing"
 	"time"
 
@@ -49,13 +50,7 @@ func TestLongPollParksWithoutARead(t *testing.T) {
 	}
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
+		waitutil.WaitFor(t, 10*time.Second, 2*time.Millisecond, what, cond)
 	}
 	// parked: n polls wait (counted once they are registered on
 	// everything they read, after their read or their view's check).
