@@ -19,7 +19,8 @@
 # fsync on; needs PostgreSQL's server binaries, PGBIN).
 #
 # Extra qpcd settings can be passed in the environment (QPC_*), e.g. to
-# compare a change measured before/after. Everything started here is stopped
+# compare a change measured before/after; QPCD=path runs another qpcd
+# binary (a base build) with this qpc-bench. Everything started here is stopped
 # and the data directories removed at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,7 +80,7 @@ for n in $DEVICES; do
 		QPC_LIMITS_MAX_CONNECTIONS=$((n + 64)) QPC_LIMITS_MAX_CONNECTIONS_PER_ADDRESS=$((n + 64)) \
 		QPC_LIMITS_RATE_LIMIT=1000000 QPC_LIMITS_RATE_BURST=1000000 \
 		QPC_INVITATIONS_MAX_PER_HOUR=1000000 QPC_INVITATIONS_MAX_PENDING=1000000 \
-		bin/qpcd 2>"$tmp/qpcd-$backend-$n.log" &
+		"${QPCD:-bin/qpcd}" 2>"$tmp/qpcd-$backend-$n.log" &
 	pid=$!
 	for _ in $(seq 300); do
 		curl -fs "http://127.0.0.1:$ops/readyz" >/dev/null 2>&1 && [ -s "$dir/tls/cert.pem" ] && break

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"time"
 
@@ -24,8 +25,11 @@ type fanoutReport struct {
 	// Receipt: from the moment the sender's Enqueue was sent to the moment
 	// a receiver's FetchWait returned the message, over every receipt.
 	Receipt summary `json:"receipt_latency"`
-	// Last: per message, from its send to the last receiver's receipt.
-	Last summary `json:"last_receipt_latency"`
+	// Last: per message, from its send to the last receiver's receipt;
+	// LastByMessage lists them in sending order (ms), so a slow first
+	// message or one hit by a pause shows as such.
+	Last          summary   `json:"last_receipt_latency"`
+	LastByMessage []float64 `json:"last_receipt_ms_by_message,omitempty"`
 	// Enqueue: the sender's Enqueue round trip.
 	Enqueue summary `json:"enqueue_latency"`
 	// Missing receipts (a receiver that did not get a message within
@@ -35,6 +39,10 @@ type fanoutReport struct {
 	// between messages included), per message and per receipt.
 	ServerCPUPerMessageUs float64 `json:"server_cpu_us_per_message,omitempty"`
 	ServerCPUPerReceiptUs float64 `json:"server_cpu_us_per_receipt,omitempty"`
+	// qpc-bench's own CPU per receipt over the same window: the receivers
+	// (and the sender) share the machine with qpcd, so the time to the last
+	// receiver is bounded by both.
+	ClientCPUPerReceiptUs float64 `json:"client_cpu_us_per_receipt,omitempty"`
 	SetupSeconds          float64 `json:"setup_seconds"`
 }
 
@@ -198,6 +206,7 @@ func (f *fanout) run(ctx context.Context, o options, parked int, stdout io.Write
 		}()
 	}
 	cpu0, cpuErr := processCPU(o.serverPID)
+	self0, selfErr := processCPU(os.Getpid())
 	for k := range o.fanoutMessages {
 		if err := waitParked(ctx, o.ops, parked); err != nil {
 			return r, err
@@ -228,6 +237,7 @@ func (f *fanout) run(ctx context.Context, o options, parked int, stdout io.Write
 		got := f.got[k]
 		if len(got) > 0 {
 			last = append(last, maxDuration(got))
+			r.LastByMessage = append(r.LastByMessage, float64(maxDuration(got).Microseconds())/1000)
 		}
 		r.Missing += f.want - len(got)
 		f.mu.Unlock()
@@ -242,6 +252,9 @@ func (f *fanout) run(ctx context.Context, o options, parked int, stdout io.Write
 		used := float64((cpu1 - cpu0).Microseconds())
 		r.ServerCPUPerMessageUs = used / float64(o.fanoutMessages)
 		r.ServerCPUPerReceiptUs = used / float64(max(o.fanoutMessages*f.want-r.Missing, 1))
+	}
+	if self1, err := processCPU(os.Getpid()); selfErr == nil && err == nil {
+		r.ClientCPUPerReceiptUs = float64((self1 - self0).Microseconds()) / float64(max(o.fanoutMessages*f.want-r.Missing, 1))
 	}
 	var all []time.Duration
 	f.mu.Lock()
@@ -286,6 +299,9 @@ func printFanout(w io.Writer, r fanoutReport) {
 		r.Messages, r.Receivers, r.SetupSeconds, r.Receipt.P50, r.Receipt.P99, r.Receipt.Max, r.Last.P50, r.Last.P99, r.Last.Max, r.Enqueue.P50, r.Missing)
 	if r.ServerCPUPerMessageUs > 0 {
 		fmt.Fprintf(w, "; qpcd CPU %.0f µs per message (%.1f µs per receipt)", r.ServerCPUPerMessageUs, r.ServerCPUPerReceiptUs)
+	}
+	if r.ClientCPUPerReceiptUs > 0 {
+		fmt.Fprintf(w, "; qpc-bench CPU %.1f µs per receipt", r.ClientCPUPerReceiptUs)
 	}
 	fmt.Fprintln(w)
 }

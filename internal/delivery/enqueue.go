@@ -142,6 +142,20 @@ type EnqueueItem struct {
 	RatchetTree []byte
 
 	embedsTree bool // set by queueEnqueue: the GroupInfo carries the tree
+	// stored, set by queueEnqueue's write on SQLite: the message as a read
+	// returns it (its body still the caller's slice), for the hub.
+	stored *cachedMessage
+}
+
+// ownStored is the stored message with a body of its own (the request's
+// buffer may be reused once the call returns), or nil.
+func (it *EnqueueItem) ownStored() *cachedMessage {
+	if it.stored == nil || len(it.stored.Body) > recentMaxBody {
+		return nil
+	}
+	m := *it.stored
+	m.Body = bytes.Clone(m.Body)
+	return &m
 }
 
 // treePlacement labels where a stored GroupInfo's ratchet tree is, for
@@ -290,7 +304,7 @@ func (s *Service) finishEnqueue(op *enqueueOp) (Enqueued, error) {
 		if s.db.Backend() != store.BackendPostgres {
 			// On PostgreSQL the batch woke the channel's waiters, once for
 			// all its messages (enqueue_pg.go).
-			s.hub.publishChannel(id, res.Seq)
+			s.hub.publishChannel(id, res.Seq, op.item.ownStored())
 		}
 	}
 	s.audit.Event(ctx, "delivery.enqueue", slog.String("account_id", c.AccountID), slog.String("device_id", c.DeviceID),
@@ -348,9 +362,11 @@ func (s *Service) queueEnqueue(ctx context.Context, c Caller, it *EnqueueItem) (
 	}
 	var res Enqueued
 	var kind int
+	tp := storedTraceParent(ctx)
+	tpText, _ := tp.(string)
 	// SQLite: the one writer serialises the enqueues and group-commits them.
 	waitTx := s.db.QueueWriteTx(ctx, func(tx *sql.Tx) error {
-		res, kind = Enqueued{Time: now}, 0
+		res, kind, it.stored = Enqueued{Time: now}, 0, nil
 		st, err := s.loadEnqueueState(ctx, tx, c, id, messageID)
 		if err != nil {
 			return err
@@ -369,7 +385,7 @@ func (s *Service) queueEnqueue(ctx context.Context, c Caller, it *EnqueueItem) (
 		if err != nil {
 			return err
 		}
-		if _, err := ins.ExecContext(ctx, id, int64(plan.seq), messageID, c.AccountID, c.DeviceID, int64(f.Epoch), int(f.ContentType), nowMS, plan.expiresMS, msg, storedTraceParent(ctx)); err != nil {
+		if _, err := ins.ExecContext(ctx, id, int64(plan.seq), messageID, c.AccountID, c.DeviceID, int64(f.Epoch), int(f.ContentType), nowMS, plan.expiresMS, msg, tp); err != nil {
 			return err
 		}
 		up, err := s.db.WriteStmt(ctx, tx, enqueueUpdate)
@@ -390,6 +406,9 @@ func (s *Service) queueEnqueue(ctx context.Context, c Caller, it *EnqueueItem) (
 			res.TreeStored = len(tree) > 0
 		}
 		res.Seq, res.Epoch = plan.seq, plan.epoch
+		it.stored = &cachedMessage{Message: Message{ChannelID: id, Seq: plan.seq, MessageID: messageID, SenderAccount: c.AccountID,
+			SenderDevice: c.DeviceID, Epoch: f.Epoch, Time: time.UnixMilli(nowMS), Body: msg, traceParent: tpText},
+			expiresMS: plan.expiresMS}
 		return nil
 	})
 	return func() (Enqueued, int, error) {

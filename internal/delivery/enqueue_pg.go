@@ -190,7 +190,7 @@ func (s *Service) storeBatch(id []byte, batch []*pgEnqueue) {
 	if head > 0 {
 		// One wake-up (and one NOTIFY to the other nodes) for the batch:
 		// a waiter reads everything up to the new head.
-		s.hub.publishChannel(id, head)
+		s.hub.publishChannel(id, head, nil)
 	}
 	for i, r := range batch {
 		r.done <- out[i]

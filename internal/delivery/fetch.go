@@ -125,11 +125,24 @@ func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	watched := map[string]bool{}
+	var chans []channelPos
+	gen, woken := 0, false
 	for first := true; ; first = false {
-		gen := s.hub.beginRead(w)
+		// A woken round may be answered from the messages just committed
+		// (hubrecent.go), under the generation of the read or park it
+		// stands on.
+		if woken {
+			if mb, moved, ok := s.hub.fromMemory(w, chans, gen, fetchLimit(limit), s.maxPayload, s.now().UnixMilli()); ok {
+				s.metrics.memoryServes.Inc()
+				s.hub.setView(w, c, moved, after.Inbox, gen)
+				s.fetched(ctx, c, &mb, "fetch_wait")
+				return mb, nil
+			}
+		}
+		gen = s.hub.beginRead(w)
 		// The first round may park without reading: the device's view
 		// (hubview.go) shows that its read would find nothing.
-		chans, parked := []channelPos(nil), false
+		parked := false
 		if first {
 			chans, parked = s.hub.parkable(c, after)
 		}
@@ -165,7 +178,7 @@ func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration
 		}
 		s.hub.waiting(w)
 		_, wait := tracing.Start(ctx, "delivery.long_poll_wait")
-		woken := false
+		woken = false
 		select {
 		case <-w.ch:
 			woken = true
@@ -242,12 +255,18 @@ const (
 		WHERE i.device_id = ? AND i.seq > h.acked_seq AND i.seq > ? AND i.expires_at > ?)`
 )
 
+// fetchLimit is the number of messages and items a fetch asking for limit
+// returns at most.
+func fetchLimit(limit int) int {
+	if limit <= 0 {
+		return DefaultFetchLimit
+	}
+	return min(limit, MaxFetchLimit)
+}
+
 // read is one snapshot read of everything waiting for the device.
 func (s *Service) read(ctx context.Context, c Caller, limit int, after After) (Batch, []channelPos, error) {
-	if limit <= 0 {
-		limit = DefaultFetchLimit
-	}
-	limit = min(limit, MaxFetchLimit)
+	limit = fetchLimit(limit)
 	budget := s.maxPayload
 	now := s.now().UnixMilli()
 	if s.db.Backend() == store.BackendPostgres {

@@ -41,6 +41,16 @@ type hub struct {
 	views        map[string]*view
 	accountViews map[string]map[string]struct{}
 	listen       func() (up bool, flips int64)
+
+	// recent: the last messages this node committed to channels with
+	// waiters, by channel key (hubrecent.go), while memoryServe (one
+	// node). fence counts writes in progress that may take a device's
+	// access away; fenceGen counts every fence raised.
+	memoryServe bool
+	recent      map[string]*recentLog
+	recentBytes int
+	fence       int
+	fenceGen    uint64
 }
 
 // Broadcast topics: a channel's new head ("hexid:seq") and a device or
@@ -66,11 +76,13 @@ type waiter struct {
 	// dirty: a key it watches (its account or device) was published, or
 	// every waiter was woken, since its read began (beginRead).
 	dirty bool
+	// fenceGen: the hub's when its read began (hubrecent.go).
+	fenceGen uint64
 }
 
 func newHub(m *metrics) *hub {
 	return &hub{watch: map[string]map[*waiter]struct{}{}, heads: map[string]head{}, now: time.Now, metrics: m,
-		views: map[string]*view{}, accountViews: map[string]map[string]struct{}{}}
+		views: map[string]*view{}, accountViews: map[string]map[string]struct{}{}, recent: map[string]*recentLog{}}
 }
 
 func channelKey(id []byte) string { return "c" + string(id) }
@@ -133,21 +145,23 @@ func (h *hub) remove(w *waiter) {
 }
 
 // publishChannel records a committed message and wakes the channel's
-// waiters, here and on the other nodes.
-func (h *hub) publishChannel(id []byte, seq uint64) {
-	h.publishChannelLocal(id, seq)
+// waiters, here and on the other nodes. m is the message as a read would
+// return it, if the caller has it (nil: a woken waiter reads).
+func (h *hub) publishChannel(id []byte, seq uint64, m *cachedMessage) {
+	h.publishChannelLocal(id, seq, m)
 	if h.broadcast != nil {
 		h.broadcast(topicChannel, hex.EncodeToString(id)+":"+strconv.FormatUint(seq, 10))
 	}
 }
 
-func (h *hub) publishChannelLocal(id []byte, seq uint64) {
+func (h *hub) publishChannelLocal(id []byte, seq uint64, m *cachedMessage) {
 	key := channelKey(id)
 	now := h.now()
 	h.mu.Lock()
 	if hd := h.heads[key]; seq > hd.seq {
 		h.heads[key] = head{seq: seq, at: now}
 	}
+	h.keepRecentLocked(key, m)
 	if now.Sub(h.lastPrune) > headTTL {
 		h.pruneLocked(now)
 	}
@@ -191,7 +205,7 @@ func (h *hub) applyRemote(topic, payload string, resync bool) {
 		if !ok || err1 != nil || err2 != nil {
 			return
 		}
-		h.publishChannelLocal(id, seq)
+		h.publishChannelLocal(id, seq, nil)
 	case topicKey:
 		key, err := hex.DecodeString(payload)
 		if err != nil {
@@ -233,6 +247,7 @@ func (h *hub) beginRead(w *waiter) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	w.dirty = false
+	w.fenceGen = h.fenceGen
 	return h.resyncs
 }
 
@@ -260,6 +275,7 @@ func (h *hub) pruneLocked(now time.Time) {
 	for k, hd := range h.heads {
 		if now.Sub(hd.at) > headTTL {
 			delete(h.heads, k)
+			h.dropRecentLocked(k, h.recent[k])
 		}
 	}
 	h.pruneViewsLocked(now)

@@ -13,7 +13,7 @@ func TestHubHeadsArePruned(t *testing.T) {
 	now := time.Unix(1764000000, 0)
 	h.now = func() time.Time { return now }
 
-	h.publishChannel([]byte("chan-a"), 5)
+	h.publishChannel([]byte("chan-a"), 5, nil)
 	w := h.newWaiter()
 	if !h.addChannel(w, []byte("chan-a"), 4) {
 		t.Fatal("a publish between read and registration was not reported")
@@ -23,7 +23,7 @@ func TestHubHeadsArePruned(t *testing.T) {
 	// Many channels published once, spread over ten minutes.
 	for i := 0; i < 10000; i++ {
 		now = now.Add(60 * time.Millisecond)
-		h.publishChannel([]byte(fmt.Sprintf("chan-%d", i)), 1)
+		h.publishChannel([]byte(fmt.Sprintf("chan-%d", i)), 1, nil)
 	}
 	if n := len(h.heads); n > 2200 {
 		t.Fatalf("heads holds %d channels; only about a minute's worth (1000) should stay", n)
@@ -85,7 +85,7 @@ func TestHubAppliesRemoteBroadcasts(t *testing.T) {
 	}
 	h.remove(w)
 
-	h.publishChannel([]byte("chan"), 8)
+	h.publishChannel([]byte("chan"), 8, nil)
 	h.publish(accountKey("a1"))
 	if len(sent) != 2 || sent[0] != topicChannel+" 6368616e:8" || sent[1] != topicKey+" 616131" { // hex("aa1")
 		t.Fatalf("local publishes broadcast %q", sent)

@@ -180,7 +180,7 @@ func (s *Service) insertInbox(ctx context.Context, tx *sql.Tx, device string, ki
 // publishEvents wakes the readers of what a membership transaction wrote.
 func (s *Service) publishEvents(evs []pendingEvent) {
 	for _, e := range evs {
-		s.hub.publishChannel(e.channelID, e.seq)
+		s.hub.publishChannel(e.channelID, e.seq, nil)
 		for _, d := range e.devices {
 			s.hub.publish(deviceKey(d))
 		}
@@ -445,6 +445,9 @@ func (s *Service) RemoveMembers(ctx context.Context, c Caller, id []byte, refs [
 	actorName := s.accountName(ctx, c.AccountID)
 	var removed int
 	var evs []pendingEvent
+	// Access is taken away: no woken poll answers from memory until the
+	// removal is published (hubrecent.go).
+	defer s.hub.raiseFence()()
 	err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
 		removed, evs = 0, nil
 		now := s.now()

@@ -112,6 +112,11 @@ func (s *Service) RevertEpoch(ctx context.Context, id []byte, to uint64, removeA
 		return Reverted{}, fmt.Errorf("delivery: revert epoch: %w: epoch %d", ErrInvalidRequest, to)
 	}
 	removeID := removeAccountID
+	if removeID != "" {
+		// Access is taken away: no woken poll answers from memory until
+		// the removal is published (hubrecent.go).
+		defer s.hub.raiseFence()()
+	}
 	var res Reverted
 	err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
 		res = Reverted{To: to}

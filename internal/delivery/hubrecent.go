@@ -1,0 +1,166 @@
+package delivery
+
+// Serving a woken long poll from the messages this node just committed.
+//
+// In a fan-out every receiver's long poll wakes for one new message and
+// would read it from the database, each in its own read transaction: a
+// fifth of qpcd's CPU per receipt on SQLite. The hub keeps, for a channel
+// that has waiters when a message is published, the last few messages this
+// node committed to it (recent), and a woken waiter whose every channel's
+// new messages are all there answers from them instead of reading.
+//
+// The answer must be one a read could have given. A read made at the
+// moment the newest of those messages committed would return them, and
+// possibly more: writes committed earlier whose publish has not reached
+// the hub yet. Leaving those out is harmless where the write only adds
+// (another channel's messages, a new membership, an inbox item): its
+// publish is on its way and wakes the device's next poll, or drops the
+// view (hubview.go) that poll would otherwise park on. It is not harmless
+// where the write takes access away: a device removed from a channel must
+// not be handed the channel's next message because the removal's publish
+// was late. So every write that removes a membership raises a fence before
+// it is queued and lowers it after its publish (raiseFence); while a fence
+// is up, or if one was raised since the waiter's read, the waiter reads.
+//
+// Only on one node (SQLite): on PostgreSQL other nodes' removals raise no
+// fence here, and their messages' bodies are not broadcast.
+
+// Bounds of what recent holds: a channel's last few messages, small ones
+// only, and a total for the node.
+const (
+	recentPerChannel = 8
+	recentMaxBody    = 64 << 10
+	recentMaxBytes   = 16 << 20
+)
+
+// cachedMessage is a committed channel message as a read returns it, with
+// its expiry.
+type cachedMessage struct {
+	Message
+	expiresMS int64
+}
+
+// recentLog is a channel's last published messages, contiguous in seq,
+// oldest first.
+type recentLog struct {
+	msgs  []*cachedMessage
+	bytes int
+}
+
+// raiseFence marks a write that may take a device's access away as in
+// progress; the returned function lowers it and must be called after the
+// write's publish (or its failure).
+func (h *hub) raiseFence() (lower func()) {
+	h.mu.Lock()
+	h.fence++
+	h.fenceGen++
+	h.mu.Unlock()
+	return func() {
+		h.mu.Lock()
+		h.fence--
+		h.mu.Unlock()
+	}
+}
+
+// keepRecentLocked records m, just published on key, if a waiter may want
+// it; otherwise, or if m cannot follow what is kept, it forgets the
+// channel's log (a waiter that needs a message not kept reads).
+func (h *hub) keepRecentLocked(key string, m *cachedMessage) {
+	if !h.memoryServe {
+		return
+	}
+	log := h.recent[key]
+	if m == nil || len(h.watch[key]) == 0 || len(m.Body) > recentMaxBody {
+		h.dropRecentLocked(key, log)
+		return
+	}
+	if log != nil && len(log.msgs) > 0 {
+		last := log.msgs[len(log.msgs)-1].Seq
+		switch {
+		case m.Seq <= last:
+			// Published out of order (a later message of the same batch
+			// came first): the log already ends beyond it. A waiter that
+			// needs m reads.
+			return
+		case m.Seq != last+1:
+			h.dropRecentLocked(key, log)
+			log = nil
+		}
+	}
+	if h.recentBytes+len(m.Body) > recentMaxBytes {
+		h.dropRecentLocked(key, log)
+		return
+	}
+	if log == nil {
+		log = &recentLog{}
+		h.recent[key] = log
+	}
+	if len(log.msgs) == recentPerChannel {
+		old := log.msgs[0]
+		log.bytes -= len(old.Body)
+		h.recentBytes -= len(old.Body)
+		log.msgs = append(log.msgs[:0], log.msgs[1:]...)
+	}
+	log.msgs = append(log.msgs, m)
+	log.bytes += len(m.Body)
+	h.recentBytes += len(m.Body)
+}
+
+func (h *hub) dropRecentLocked(key string, log *recentLog) {
+	if log == nil {
+		return
+	}
+	h.recentBytes -= log.bytes
+	delete(h.recent, key)
+}
+
+// fromMemory answers w, woken, from the recent messages: for each channel
+// of chans (where the device stood after its last read) the messages up to
+// the head the hub knows. It reports false (read instead) when the answer
+// could differ from a read's beyond leaving out writes still being
+// published: a key w watches was published or a resync or fence happened
+// since w's read began (gen), a message is not kept or has expired, or the
+// answer would exceed limit messages or budget bytes. It also reports false
+// when there is nothing to answer (a wake-up whose message w already had).
+// The second result is chans moved to the answer's heads.
+func (h *hub) fromMemory(w *waiter, chans []channelPos, gen int, limit, budget int, nowMS int64) (Batch, []channelPos, bool) {
+	if !h.memoryServe {
+		return Batch{}, nil, false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if w.dirty || h.resyncs != gen || h.fence > 0 || h.fenceGen != w.fenceGen {
+		return Batch{}, nil, false
+	}
+	var b Batch
+	var moved []channelPos
+	for i, p := range chans {
+		key := channelKey(p.id)
+		head := h.heads[key].seq
+		if head <= p.pos {
+			continue
+		}
+		log := h.recent[key]
+		if log == nil || len(log.msgs) == 0 || log.msgs[0].Seq > p.pos+1 || log.msgs[len(log.msgs)-1].Seq < head {
+			return Batch{}, nil, false
+		}
+		for _, m := range log.msgs {
+			if m.Seq <= p.pos || m.Seq > head {
+				continue
+			}
+			if m.expiresMS <= nowMS || len(b.Messages) == limit || len(m.Body) > budget {
+				return Batch{}, nil, false
+			}
+			budget -= len(m.Body)
+			b.Messages = append(b.Messages, m.Message)
+		}
+		if moved == nil {
+			moved = append([]channelPos(nil), chans...)
+		}
+		moved[i].pos, moved[i].head = head, head
+	}
+	if b.empty() {
+		return Batch{}, nil, false
+	}
+	return b, moved, true
+}

@@ -1,0 +1,321 @@
+package delivery
+
+import (
+	"database/sql"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	dt "github.com/quicprochat/quicprochat/internal/delivery/deliverytest"
+	"github.com/quicprochat/quicprochat/internal/store"
+	waitutil "github.com/quicprochat/quicprochat/internal/testutil"
+)
+
+// TestWokenPollAnsweredFromMemory: on one node (SQLite) a long poll woken
+// by a message is answered from the message just committed, and the
+// answer is exactly what a read returns; a message too large to keep, and
+// several messages committed together, are delivered whole and in order.
+// On PostgreSQL every woken poll reads.
+func TestWokenPollAnsweredFromMemory(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.LongPollMax = time.Minute; o.MaxPayload = 2 * recentMaxBody })
+	alice, bob := e.dir.add("alice", "a1"), e.dir.add("bob", "b1")
+	ch, g := e.group(t, alice, bob)
+	answers := func() float64 { return testutil.ToFloat64(e.svc.metrics.memoryServes) }
+	oneNode := e.db.Backend() != store.BackendPostgres
+	at := func(seq uint64) After { return After{Channels: map[string]uint64{string(ch.ID): seq}} }
+	type result struct {
+		b   Batch
+		err error
+	}
+	poll := func(after After) chan result {
+		out := make(chan result, 1)
+		go func() {
+			b, err := e.svc.FetchWait(ctx, bob.Caller, time.Minute, 0, after, nil)
+			out <- result{b, err}
+		}()
+		waitutil.WaitFor(t, 10*time.Second, 2*time.Millisecond, "a parked poll", func() bool {
+			return testutil.ToFloat64(e.svc.metrics.waiters) == 1
+		})
+		return out
+	}
+	got := func(o chan result) Batch {
+		t.Helper()
+		select {
+		case r := <-o:
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			return r.b
+		case <-time.After(10 * time.Second):
+			t.Fatal("the poll did not return")
+		}
+		return Batch{}
+	}
+	// read is what a fetch from after returns (a database read).
+	read := func(after After) Batch {
+		t.Helper()
+		b, err := e.svc.Fetch(ctx, bob.Caller, 0, after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+
+	head := ch.HeadSeq
+	o := poll(at(head))
+	m := e.send(t, alice, ch.ID, dt.Application(g, 0, 300))
+	b := got(o)
+	if want := read(at(head)); len(b.Messages) != 1 || !reflect.DeepEqual(b, want) {
+		t.Fatalf("woken poll answered\n%+v\na read returns\n%+v", b, want)
+	}
+	if want := float64(0); oneNode {
+		want = 1
+		if answers() != want {
+			t.Fatalf("%v woken polls answered from memory, want %v", answers(), want)
+		}
+	} else if answers() != want {
+		t.Fatalf("on PostgreSQL %v woken polls were answered from memory", answers())
+	}
+	head = m.Seq
+
+	// Too large to keep: the woken poll reads.
+	before := answers()
+	o = poll(at(head))
+	m = e.send(t, alice, ch.ID, dt.Application(g, 0, recentMaxBody+1))
+	if b := got(o); len(b.Messages) != 1 || b.Messages[0].Seq != m.Seq || len(b.Messages[0].Body) != len(dt.Application(g, 0, recentMaxBody+1)) {
+		t.Fatalf("large message: %d messages", len(b.Messages))
+	}
+	if answers() != before {
+		t.Fatal("a message larger than recentMaxBody was answered from memory")
+	}
+	head = m.Seq
+
+	// Several messages in one call: whatever the wake-up returns, the
+	// messages arrive in order, each once.
+	o = poll(at(head))
+	items := []EnqueueItem{
+		{ChannelID: ch.ID, MessageID: newMsgID(), MLSMessage: dt.Application(g, 0, 10)},
+		{ChannelID: ch.ID, MessageID: newMsgID(), MLSMessage: dt.Application(g, 0, 20)},
+		{ChannelID: ch.ID, MessageID: newMsgID(), MLSMessage: dt.Application(g, 0, 30)},
+	}
+	res, err := e.svc.EnqueueBatch(ctx, alice.Caller, items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []uint64
+	for b := got(o); ; {
+		for _, m := range b.Messages {
+			seqs = append(seqs, m.Seq)
+		}
+		if len(seqs) >= len(items) {
+			break
+		}
+		b = read(at(seqs[len(seqs)-1]))
+		if b.empty() {
+			t.Fatalf("after %v nothing more to read", seqs)
+		}
+	}
+	for i, r := range res {
+		if r.Err != nil || i >= len(seqs) || seqs[i] != r.Seq {
+			t.Fatalf("batch delivered %v, enqueued %+v", seqs, res)
+		}
+	}
+}
+
+// TestMemoryAnswerRules drives the hub directly: a woken waiter is answered
+// from the kept messages only when the answer is one a read could give.
+func TestMemoryAnswerRules(t *testing.T) {
+	now := time.UnixMilli(1_000_000)
+	msg := func(id []byte, seq uint64, size int) *cachedMessage {
+		return &cachedMessage{Message: Message{ChannelID: id, Seq: seq, MessageID: "m", Body: make([]byte, size), Time: now}, expiresMS: now.UnixMilli() + 1000}
+	}
+	chA, chB := []byte("channel-a-16byte"), []byte("channel-b-16byte")
+	type setup struct {
+		h     *hub
+		w     *waiter
+		gen   int
+		chans []channelPos
+	}
+	// newSetup: a waiter that read channel A (and B) at seq 4 and parked.
+	newSetup := func() setup {
+		h := newHub(newMetrics())
+		h.memoryServe = true
+		w := h.newWaiter()
+		h.add(w, accountKey("acct"))
+		h.add(w, deviceKey("dev"))
+		gen := h.beginRead(w)
+		chans := []channelPos{{id: chA, pos: 4, head: 4}, {id: chB, pos: 4, head: 4}}
+		h.addChannel(w, chA, 4)
+		h.addChannel(w, chB, 4)
+		return setup{h, w, gen, chans}
+	}
+	answer := func(s setup, limit, budget int) (Batch, []channelPos, bool) {
+		return s.h.fromMemory(s.w, s.chans, s.gen, limit, budget, now.UnixMilli())
+	}
+
+	t.Run("answered", func(t *testing.T) {
+		s := newSetup()
+		s.h.publishChannel(chA, 5, msg(chA, 5, 10))
+		s.h.publishChannel(chA, 6, msg(chA, 6, 10))
+		b, moved, ok := answer(s, 100, 1<<20)
+		if !ok || len(b.Messages) != 2 || b.Messages[0].Seq != 5 || b.Messages[1].Seq != 6 {
+			t.Fatalf("answer %v: %+v", ok, b)
+		}
+		if moved[0].pos != 6 || moved[0].head != 6 || moved[1].pos != 4 || s.chans[0].pos != 4 {
+			t.Fatalf("positions after the answer: %+v (chans %+v)", moved, s.chans)
+		}
+	})
+	refused := func(t *testing.T, s setup, limit, budget int) {
+		t.Helper()
+		if b, _, ok := answer(s, limit, budget); ok {
+			t.Fatalf("answered from memory: %+v", b)
+		}
+	}
+	t.Run("nothing new", func(t *testing.T) { refused(t, newSetup(), 100, 1<<20) })
+	t.Run("a watched key published", func(t *testing.T) {
+		s := newSetup()
+		s.h.publishChannel(chA, 5, msg(chA, 5, 10))
+		s.h.publish(accountKey("acct")) // a membership change of the account
+		refused(t, s, 100, 1<<20)
+	})
+	t.Run("fence up", func(t *testing.T) {
+		s := newSetup()
+		lower := s.h.raiseFence()
+		s.h.publishChannel(chA, 5, msg(chA, 5, 10))
+		refused(t, s, 100, 1<<20)
+		lower()
+		// Raised and lowered since the read began: still refused; a read
+		// made after it may be answered again.
+		refused(t, s, 100, 1<<20)
+		s.gen = s.h.beginRead(s.w)
+		s.h.publishChannel(chA, 6, msg(chA, 6, 10))
+		if _, _, ok := answer(s, 100, 1<<20); !ok {
+			t.Fatal("refused after the fence was lowered and the waiter read again")
+		}
+	})
+	t.Run("resync", func(t *testing.T) {
+		s := newSetup()
+		s.h.publishChannel(chA, 5, msg(chA, 5, 10))
+		s.h.wakeAll()
+		refused(t, s, 100, 1<<20)
+	})
+	t.Run("published out of order", func(t *testing.T) {
+		s := newSetup()
+		s.h.publishChannel(chA, 6, msg(chA, 6, 10))
+		s.h.publishChannel(chA, 5, msg(chA, 5, 10))
+		refused(t, s, 100, 1<<20)
+	})
+	t.Run("a message without its body", func(t *testing.T) {
+		s := newSetup()
+		s.h.publishChannel(chA, 5, msg(chA, 5, 10))
+		s.h.publishChannel(chA, 6, nil) // a membership event, or another node's
+		refused(t, s, 100, 1<<20)
+	})
+	t.Run("one channel kept, another not", func(t *testing.T) {
+		s := newSetup()
+		s.h.publishChannel(chA, 5, msg(chA, 5, 10))
+		s.h.publishChannel(chB, 5, nil)
+		refused(t, s, 100, 1<<20)
+	})
+	t.Run("expired", func(t *testing.T) {
+		s := newSetup()
+		m := msg(chA, 5, 10)
+		m.expiresMS = now.UnixMilli()
+		s.h.publishChannel(chA, 5, m)
+		refused(t, s, 100, 1<<20)
+	})
+	t.Run("over the limit or the budget", func(t *testing.T) {
+		s := newSetup()
+		s.h.publishChannel(chA, 5, msg(chA, 5, 10))
+		s.h.publishChannel(chA, 6, msg(chA, 6, 10))
+		refused(t, s, 1, 1<<20)
+		refused(t, s, 100, 15)
+	})
+	t.Run("no waiter when published", func(t *testing.T) {
+		s := newSetup()
+		s.h.remove(s.w)
+		s.h.publishChannel(chA, 5, msg(chA, 5, 10))
+		if len(s.h.recent) != 0 || s.h.recentBytes != 0 {
+			t.Fatalf("kept %d channels, %d bytes with nobody waiting", len(s.h.recent), s.h.recentBytes)
+		}
+	})
+	t.Run("bounded", func(t *testing.T) {
+		s := newSetup()
+		for seq := uint64(5); seq < 5+3*recentPerChannel; seq++ {
+			s.h.publishChannel(chA, seq, msg(chA, seq, 100))
+		}
+		if l := s.h.recent[channelKey(chA)]; len(l.msgs) != recentPerChannel || s.h.recentBytes != 100*recentPerChannel {
+			t.Fatalf("kept %d messages, %d bytes", len(l.msgs), s.h.recentBytes)
+		}
+		// The waiter at 4 needs messages no longer kept.
+		refused(t, s, 1000, 1<<20)
+		// The node's total is bounded: a message that would exceed it
+		// empties its channel's log.
+		s.h.recentBytes = recentMaxBytes - 50
+		s.h.publishChannel(chA, 5+3*recentPerChannel, msg(chA, 5+3*recentPerChannel, 100))
+		if s.h.recent[channelKey(chA)] != nil {
+			t.Fatal("a message past the node's bound was kept")
+		}
+		// Pruned with the channel's head.
+		s.h.recentBytes = 0
+		s.h.publishChannel(chB, 5, msg(chB, 5, 10))
+		s.h.now = func() time.Time { return time.Now().Add(2 * headTTL) }
+		s.h.publishChannel(chA, 100, nil)
+		if s.h.recent[channelKey(chB)] != nil || s.h.recentBytes != 0 {
+			t.Fatalf("an idle channel's log outlived its head: %d bytes", s.h.recentBytes)
+		}
+	})
+}
+
+// TestRemovalsRaiseTheFence: a write that takes access away holds the
+// fence from before it is queued until after its publish, so no woken poll
+// is answered from memory with a message its device may no longer read.
+func TestRemovalsRaiseTheFence(t *testing.T) {
+	e := newEnv(t, nil)
+	if e.db.Backend() == store.BackendPostgres {
+		t.Skip("answers from memory are one node's (SQLite)")
+	}
+	alice, bob, carol := e.dir.add("alice", "a1"), e.dir.add("bob", "b1"), e.dir.add("carol", "c1")
+	ch, g := e.group(t, alice, bob, carol)
+	if _, err := e.svc.Enqueue(ctx, alice.Caller, ch.ID, newMsgID(), dt.Commit(g, 0), dt.GroupInfo(g, 1)); err != nil {
+		t.Fatal(err)
+	}
+	fence := func() int {
+		e.svc.hub.mu.Lock()
+		defer e.svc.hub.mu.Unlock()
+		return e.svc.hub.fence
+	}
+	for _, tc := range []struct {
+		name   string
+		remove func() error
+	}{
+		{"RemoveMembers", func() error {
+			_, err := e.svc.RemoveMembers(ctx, alice.Caller, ch.ID, []MemberRef{{AccountName: "bob"}})
+			return err
+		}},
+		{"RevertEpoch", func() error { _, err := e.svc.RevertEpoch(ctx, ch.ID, 0, carol.AccountID, "test"); return err }},
+	} {
+		// Hold the writer so the removal waits in its queue.
+		release, holding := make(chan struct{}), make(chan struct{})
+		held := make(chan error, 1)
+		go func() {
+			held <- e.db.WriteTx(ctx, func(*sql.Tx) error { close(holding); <-release; return nil })
+		}()
+		<-holding
+		done := make(chan error, 1)
+		go func() { done <- tc.remove() }()
+		waitutil.WaitFor(t, 10*time.Second, time.Millisecond, tc.name+" raising the fence", func() bool { return fence() == 1 })
+		close(release)
+		if err := <-done; err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if err := <-held; err != nil {
+			t.Fatal(err)
+		}
+		if fence() != 0 {
+			t.Fatalf("%s left the fence up", tc.name)
+		}
+	}
+}
