@@ -1,5 +1,7 @@
 package delivery
 
+import "slices"
+
 // Serving a woken long poll from the messages this node just committed.
 //
 // In a fan-out every receiver's long poll wakes for one new message and
@@ -40,8 +42,10 @@ type cachedMessage struct {
 	expiresMS int64
 }
 
-// recentLog is a channel's last published messages, contiguous in seq,
-// oldest first.
+// recentLog is a channel's last published messages in seq order, oldest
+// first. It may have gaps: the messages of one batch commit are published
+// by their callers in no particular order, and a waiter answers from it
+// only if every message it needs is there.
 type recentLog struct {
 	msgs  []*cachedMessage
 	bytes int
@@ -63,31 +67,14 @@ func (h *hub) raiseFence() (lower func()) {
 }
 
 // keepRecentLocked records m, just published on key, if a waiter may want
-// it; otherwise, or if m cannot follow what is kept, it forgets the
-// channel's log (a waiter that needs a message not kept reads).
+// it; otherwise it forgets the channel's log (a waiter that needs a
+// message not kept reads).
 func (h *hub) keepRecentLocked(key string, m *cachedMessage) {
 	if !h.memoryServe {
 		return
 	}
 	log := h.recent[key]
-	if m == nil || len(h.watch[key]) == 0 || len(m.Body) > recentMaxBody {
-		h.dropRecentLocked(key, log)
-		return
-	}
-	if log != nil && len(log.msgs) > 0 {
-		last := log.msgs[len(log.msgs)-1].Seq
-		switch {
-		case m.Seq <= last:
-			// Published out of order (a later message of the same batch
-			// came first): the log already ends beyond it. A waiter that
-			// needs m reads.
-			return
-		case m.Seq != last+1:
-			h.dropRecentLocked(key, log)
-			log = nil
-		}
-	}
-	if h.recentBytes+len(m.Body) > recentMaxBytes {
+	if m == nil || len(h.watch[key]) == 0 || len(m.Body) > recentMaxBody || h.recentBytes+len(m.Body) > recentMaxBytes {
 		h.dropRecentLocked(key, log)
 		return
 	}
@@ -95,15 +82,25 @@ func (h *hub) keepRecentLocked(key string, m *cachedMessage) {
 		log = &recentLog{}
 		h.recent[key] = log
 	}
-	if len(log.msgs) == recentPerChannel {
+	i := len(log.msgs)
+	for i > 0 && log.msgs[i-1].Seq >= m.Seq {
+		i--
+	}
+	switch {
+	case i < len(log.msgs) && log.msgs[i].Seq == m.Seq:
+		return // published twice
+	case i == 0 && len(log.msgs) == recentPerChannel:
+		return // older than everything kept
+	}
+	log.msgs = slices.Insert(log.msgs, i, m)
+	log.bytes += len(m.Body)
+	h.recentBytes += len(m.Body)
+	if len(log.msgs) > recentPerChannel {
 		old := log.msgs[0]
 		log.bytes -= len(old.Body)
 		h.recentBytes -= len(old.Body)
-		log.msgs = append(log.msgs[:0], log.msgs[1:]...)
+		log.msgs = slices.Delete(log.msgs, 0, 1)
 	}
-	log.msgs = append(log.msgs, m)
-	log.bytes += len(m.Body)
-	h.recentBytes += len(m.Body)
 }
 
 func (h *hub) dropRecentLocked(key string, log *recentLog) {
@@ -141,18 +138,23 @@ func (h *hub) fromMemory(w *waiter, chans []channelPos, gen int, limit, budget i
 			continue
 		}
 		log := h.recent[key]
-		if log == nil || len(log.msgs) == 0 || log.msgs[0].Seq > p.pos+1 || log.msgs[len(log.msgs)-1].Seq < head {
+		if log == nil {
 			return Batch{}, nil, false
 		}
+		want := p.pos + 1 // every message up to head, none missing
 		for _, m := range log.msgs {
-			if m.Seq <= p.pos || m.Seq > head {
+			if m.Seq < want || m.Seq > head {
 				continue
 			}
-			if m.expiresMS <= nowMS || len(b.Messages) == limit || len(m.Body) > budget {
+			if m.Seq != want || m.expiresMS <= nowMS || len(b.Messages) == limit || len(m.Body) > budget {
 				return Batch{}, nil, false
 			}
+			want++
 			budget -= len(m.Body)
 			b.Messages = append(b.Messages, m.Message)
+		}
+		if want != head+1 {
+			return Batch{}, nil, false
 		}
 		if moved == nil {
 			moved = append([]channelPos(nil), chans...)
