@@ -154,7 +154,7 @@ func (it *EnqueueItem) ownStored() *cachedMessage {
 		return nil
 	}
 	m := *it.stored
-	m.Body = bytes.Clone(m.Body)
+	m.ChannelID, m.Body = bytes.Clone(m.ChannelID), bytes.Clone(m.Body)
 	return &m
 }
 
