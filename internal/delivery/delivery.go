@@ -158,6 +158,7 @@ type Service struct {
 	longPollMax time.Duration
 	linger      time.Duration
 	hub         *hub
+	deadlines   *pollDeadlines // long-poll timeouts (deadlines.go)
 	metrics     *metrics
 	batcher     enqueueBatcher // PostgreSQL: enqueues queued per channel (enqueue_pg.go)
 
@@ -223,6 +224,7 @@ func New(o Options) (*Service, error) {
 	}
 	s.metrics = newMetrics()
 	s.hub = newHub(s.metrics)
+	s.deadlines = newPollDeadlines()
 	s.hub.listen = o.DB.ListenState
 	// One node: a woken long poll may be answered from the messages this
 	// node committed (hubrecent.go).

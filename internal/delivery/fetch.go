@@ -122,8 +122,10 @@ func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration
 	// or the inbox after this point wakes us.
 	s.hub.add(w, accountKey(c.AccountID))
 	s.hub.add(w, deviceKey(c.DeviceID))
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
+	// The timeout is kept by the service's one deadline timer, not a
+	// runtime timer per poll (deadlines.go).
+	deadline := s.deadlines.add(timeout)
+	defer s.deadlines.remove(deadline)
 	watched := map[string]bool{}
 	var chans []channelPos
 	gen, woken := 0, false
@@ -189,15 +191,15 @@ func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration
 				lt := time.NewTimer(s.linger)
 				select {
 				case <-lt.C:
-				case <-timer.C:
-					timer.Reset(0)
+				case <-deadline.done:
+					// Stays closed: the wait below sees it at once.
 				case <-drain:
 				case <-ctx.Done():
 				}
 				lt.Stop()
 			}
 			endWait(wait, woken)
-		case <-timer.C:
+		case <-deadline.done:
 			endWait(wait, woken)
 			s.fetched(ctx, c, &b, "fetch_wait")
 			return b, nil
