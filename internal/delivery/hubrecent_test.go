@@ -3,6 +3,7 @@ package delivery
 import (
 	"database/sql"
 	"reflect"
+	"sync"
 	"testing"
 	"time"
 
@@ -325,4 +326,150 @@ func TestRemovalsRaiseTheFence(t *testing.T) {
 			t.Fatalf("%s left the fence up", tc.name)
 		}
 	}
+}
+
+// TestLongPollsUnderConcurrentWrites: devices long-poll in loops while two
+// senders write to two channels at once (single enqueues and batches) and
+// one device is removed from a channel midway. Every device gets every
+// message it may read exactly once and in order, whether its polls are
+// answered from memory or by reads, and the removed device gets nothing of
+// that channel from the removal on.
+func TestLongPollsUnderConcurrentWrites(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.LongPollMax = time.Minute })
+	alice, bob := e.dir.add("alice", "a1"), e.dir.add("bob", "b1")
+	carol, dave := e.dir.add("carol", "c1"), e.dir.add("dave", "d1")
+	ch1, g1 := e.group(t, alice, bob, carol, dave)
+	ch2, g2 := e.group(t, alice, bob, carol, dave)
+	const perSender = 60
+	start := map[string]uint64{string(ch1.ID): ch1.HeadSeq, string(ch2.ID): ch2.HeadSeq}
+
+	type got struct {
+		mu   sync.Mutex
+		seqs map[string][]uint64
+	}
+	receive := func(u user, stop <-chan struct{}, out *got, errs chan<- error) {
+		after := After{Channels: map[string]uint64{}}
+		for id, s := range start {
+			after.Channels[id] = s
+		}
+		for {
+			b, err := e.svc.FetchWait(ctx, u.Caller, 200*time.Millisecond, 0, after, nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			out.mu.Lock()
+			for _, m := range b.Messages {
+				id := string(m.ChannelID)
+				out.seqs[id] = append(out.seqs[id], m.Seq)
+				after.Channels[id] = max(after.Channels[id], m.Seq)
+			}
+			for _, it := range b.Inbox { // dave's notice of his removal
+				after.Inbox = max(after.Inbox, it.Seq)
+			}
+			out.mu.Unlock()
+			select {
+			case <-stop:
+				if b.empty() {
+					errs <- nil
+					return
+				}
+			default:
+			}
+		}
+	}
+	stop := make(chan struct{})
+	errs := make(chan error, 2)
+	var carolGot, daveGot got
+	carolGot.seqs, daveGot.seqs = map[string][]uint64{}, map[string][]uint64{}
+	go receive(carol, stop, &carolGot, errs)
+	go receive(dave, stop, &daveGot, errs)
+
+	var wg sync.WaitGroup
+	var removedAt uint64
+	for si, u := range []user{alice, bob} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := 0; k < perSender; k++ {
+				id, g := ch1.ID, g1
+				if k%2 == 1 {
+					id, g = ch2.ID, g2
+				}
+				if k%5 == 4 { // now and then a batch of three
+					items := make([]EnqueueItem, 3)
+					for i := range items {
+						items[i] = EnqueueItem{ChannelID: id, MessageID: newMsgID(), MLSMessage: dt.Application(g, 0, 40+i)}
+					}
+					if _, err := e.svc.EnqueueBatch(ctx, u.Caller, items); err != nil {
+						t.Error(err)
+						return
+					}
+				} else if _, err := e.svc.Enqueue(ctx, u.Caller, id, newMsgID(), dt.Application(g, 0, 40), nil); err != nil {
+					t.Error(err)
+					return
+				}
+				if si == 0 && k == perSender/2 {
+					if _, err := e.svc.RemoveMembers(ctx, alice.Caller, ch2.ID, []MemberRef{{AccountName: "dave"}}); err != nil {
+						t.Error(err)
+						return
+					}
+					c, err := e.svc.channel(ctx, alice.Caller, ch2.ID)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					removedAt = c.HeadSeq // at or after the REMOVED event
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if t.Failed() {
+		return
+	}
+	heads := map[string]uint64{}
+	for _, ch := range [][]byte{ch1.ID, ch2.ID} {
+		c, err := e.svc.channel(ctx, alice.Caller, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		heads[string(ch)] = c.HeadSeq
+	}
+	contiguous := func(who, ch string, seqs []uint64, from, to uint64) {
+		t.Helper()
+		want := from + 1
+		for _, s := range seqs {
+			if s != want {
+				t.Fatalf("%s in %s: got seq %d, want %d (all: %v)", who, ch, s, want, seqs)
+			}
+			want++
+		}
+		if want != to+1 {
+			t.Fatalf("%s in %s: got up to %d, want up to %d", who, ch, want-1, to)
+		}
+	}
+	// carol: everything in both channels (the REMOVED event included).
+	contiguous("carol", "ch1", carolGot.seqs[string(ch1.ID)], start[string(ch1.ID)], heads[string(ch1.ID)])
+	contiguous("carol", "ch2", carolGot.seqs[string(ch2.ID)], start[string(ch2.ID)], heads[string(ch2.ID)])
+	// dave: everything in ch1; in ch2 a gapless prefix that ends before
+	// the removal.
+	contiguous("dave", "ch1", daveGot.seqs[string(ch1.ID)], start[string(ch1.ID)], heads[string(ch1.ID)])
+	d2 := daveGot.seqs[string(ch2.ID)]
+	last := start[string(ch2.ID)]
+	if len(d2) > 0 {
+		last = d2[len(d2)-1]
+	}
+	contiguous("dave", "ch2", d2, start[string(ch2.ID)], last)
+	if last >= removedAt {
+		t.Fatalf("dave, removed by seq %d of ch2, got ch2 messages up to %d", removedAt, last)
+	}
+	t.Logf("%s: %v woken polls answered from memory; dave read ch2 up to %d, removed at or before %d",
+		e.db.Backend(), testutil.ToFloat64(e.svc.metrics.memoryServes), last, removedAt)
 }
