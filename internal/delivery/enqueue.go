@@ -108,6 +108,11 @@ type Enqueued struct {
 	// TreeStored: the item's RatchetTree is stored beside its GroupInfo
 	// (or, for a duplicate, the item carried one to this server).
 	TreeStored bool
+
+	// What the hub needs besides the item to answer from the stored
+	// message (SQLite; hubrecent.go): its epoch and expiry.
+	msgEpoch  uint64
+	expiresMS int64
 }
 
 // Enqueue appends an MLS message to a channel's log. The same message id
@@ -141,21 +146,8 @@ type EnqueueItem struct {
 	// extension: the epoch's tree, stored beside it (GroupInfoTree).
 	RatchetTree []byte
 
-	embedsTree bool // set by queueEnqueue: the GroupInfo carries the tree
-	// stored, set by queueEnqueue's write on SQLite: the message as a read
-	// returns it (its body still the caller's slice), for the hub.
-	stored *cachedMessage
-}
-
-// ownStored is the stored message with a body of its own (the request's
-// buffer may be reused once the call returns), or nil.
-func (it *EnqueueItem) ownStored() *cachedMessage {
-	if it.stored == nil || len(it.stored.Body) > recentMaxBody {
-		return nil
-	}
-	m := *it.stored
-	m.ChannelID, m.Body = bytes.Clone(m.ChannelID), bytes.Clone(m.Body)
-	return &m
+	embedsTree  bool   // set by queueEnqueue: the GroupInfo carries the tree
+	traceParent string // set by queueEnqueue on SQLite: as stored
 }
 
 // treePlacement labels where a stored GroupInfo's ratchet tree is, for
@@ -304,7 +296,10 @@ func (s *Service) finishEnqueue(op *enqueueOp) (Enqueued, error) {
 		if s.db.Backend() != store.BackendPostgres {
 			// On PostgreSQL the batch woke the channel's waiters, once for
 			// all its messages (enqueue_pg.go).
-			s.hub.publishChannel(id, res.Seq, op.item.ownStored())
+			// The message as a read returns it; the hub copies what it keeps.
+			s.hub.publishChannel(id, res.Seq, &cachedMessage{Message: Message{ChannelID: id, Seq: res.Seq, MessageID: op.item.MessageID,
+				SenderAccount: c.AccountID, SenderDevice: c.DeviceID, Epoch: res.msgEpoch, Time: time.UnixMilli(res.Time.UnixMilli()),
+				Body: msg, traceParent: op.item.traceParent}, expiresMS: res.expiresMS})
 		}
 	}
 	s.audit.Event(ctx, "delivery.enqueue", slog.String("account_id", c.AccountID), slog.String("device_id", c.DeviceID),
@@ -363,10 +358,10 @@ func (s *Service) queueEnqueue(ctx context.Context, c Caller, it *EnqueueItem) (
 	var res Enqueued
 	var kind int
 	tp := storedTraceParent(ctx)
-	tpText, _ := tp.(string)
+	it.traceParent, _ = tp.(string)
 	// SQLite: the one writer serialises the enqueues and group-commits them.
 	waitTx := s.db.QueueWriteTx(ctx, func(tx *sql.Tx) error {
-		res, kind, it.stored = Enqueued{Time: now}, 0, nil
+		res, kind = Enqueued{Time: now}, 0
 		st, err := s.loadEnqueueState(ctx, tx, c, id, messageID)
 		if err != nil {
 			return err
@@ -405,10 +400,7 @@ func (s *Service) queueEnqueue(ctx context.Context, c Caller, it *EnqueueItem) (
 			}
 			res.TreeStored = len(tree) > 0
 		}
-		res.Seq, res.Epoch = plan.seq, plan.epoch
-		it.stored = &cachedMessage{Message: Message{ChannelID: id, Seq: plan.seq, MessageID: messageID, SenderAccount: c.AccountID,
-			SenderDevice: c.DeviceID, Epoch: f.Epoch, Time: time.UnixMilli(nowMS), Body: msg, traceParent: tpText},
-			expiresMS: plan.expiresMS}
+		res.Seq, res.Epoch, res.msgEpoch, res.expiresMS = plan.seq, plan.epoch, f.Epoch, plan.expiresMS
 		return nil
 	})
 	return func() (Enqueued, int, error) {

@@ -1,6 +1,9 @@
 package delivery
 
-import "slices"
+import (
+	"bytes"
+	"slices"
+)
 
 // Serving a woken long poll from the messages this node just committed.
 //
@@ -92,7 +95,10 @@ func (h *hub) keepRecentLocked(key string, m *cachedMessage) {
 	case i == 0 && len(log.msgs) == recentPerChannel:
 		return // older than everything kept
 	}
-	log.msgs = slices.Insert(log.msgs, i, m)
+	// A copy of its own: the caller's slices may be reused after the call.
+	own := *m
+	own.ChannelID, own.Body = bytes.Clone(m.ChannelID), bytes.Clone(m.Body)
+	log.msgs = slices.Insert(log.msgs, i, &own)
 	log.bytes += len(m.Body)
 	h.recentBytes += len(m.Body)
 	if len(log.msgs) > recentPerChannel {
