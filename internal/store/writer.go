@@ -80,8 +80,9 @@ func (r *request) wait() error {
 // Calls are group-committed: the writer goroutine runs the functions queued
 // at that moment (up to 256, or ~5 ms of work) in one SQL transaction, each
 // inside its own SAVEPOINT, then commits once. A function that returns an
-// error is rolled back to its savepoint and gets its error; the others still
-// commit. Functions of one batch run one after another, so a function sees
+// error is rolled back to its savepoint and gets its error once the batch
+// has ended (so whatever its error rests on is committed by then, or was
+// rolled back with the batch); the others still commit. Functions of one batch run one after another, so a function sees
 // the successful writes of earlier functions in its batch, never the partial
 // writes of a failed one.
 //
@@ -249,6 +250,18 @@ func (db *DB) runBatch(batch []*request) (leftover []*request) {
 // 1) and, when budget is set, those not started before the time limit.
 func (db *DB) attempt(reqs []*request, budget bool) (retry, leftover []*request) {
 	start := time.Now()
+	// A function's own error reaches its caller when the batch has ended,
+	// not at once: the error may rest on the writes of functions before it
+	// in the batch (an enqueue refused as stale because an earlier one
+	// moved the epoch), and a caller that reads after it must find them
+	// committed, as any read after a WriteTx finds its writes.
+	var refused []*request
+	var refusals []error
+	defer func() {
+		for i, r := range refused {
+			r.finish(refusals[i])
+		}
+	}()
 	failAll := func(err error) {
 		for _, r := range reqs {
 			if r.take() {
@@ -313,7 +326,7 @@ func (db *DB) attempt(reqs []*request, budget bool) (retry, leftover []*request)
 		}
 		switch {
 		case spErr == nil && fnErr != nil:
-			r.finish(fnErr)
+			refused, refusals = append(refused, r), append(refusals, fnErr)
 			continue
 		case spErr == nil:
 			ok = append(ok, r)

@@ -210,6 +210,65 @@ func TestBatchIsolation(t *testing.T) {
 	}
 }
 
+// TestRefusalWaitsForItsBatch: a function's own error reaches its caller
+// once its batch has committed, not while the batch is still open, so a
+// caller that reads after a refusal finds the earlier writes of the batch
+// the refusal rested on (the delivery service refuses a commit as stale
+// because an earlier one in the batch moved the epoch; the client then
+// fetches that earlier commit).
+func TestRefusalWaitsForItsBatch(t *testing.T) {
+	ctx := context.Background()
+	db := openTest(t, filepath.Join(t.TempDir(), "qpcd.db"), newKey(t))
+	defer db.Close()
+	errRefused := errors.New("refused: an earlier write of the batch is there")
+	running, gate := make(chan struct{}), make(chan struct{})
+	fns := []func(*sql.Tx) error{
+		insert("first"),
+		func(tx *sql.Tx) error {
+			var n int
+			if err := tx.QueryRow("SELECT count(*) FROM rows WHERE body = ?", []byte("first")).Scan(&n); err != nil {
+				return err
+			}
+			if n == 1 {
+				return errRefused
+			}
+			return nil
+		},
+		func(tx *sql.Tx) error { // holds the batch open
+			close(running)
+			<-gate
+			return insert("third")(tx)
+		},
+	}
+	var openGate sync.Once
+	defer openGate.Do(func() { close(gate) }) // before db.Close, should the test fail
+	release := holdWriter(t, db)
+	reqs := make([]*request, len(fns))
+	for i, fn := range fns {
+		reqs[i] = &request{ctx: ctx, fn: fn, done: make(chan error, 1)}
+		if err := db.enqueue(ctx, db.queue, reqs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	release()
+	<-running
+	if len(reqs[1].done) != 0 {
+		t.Fatal("the refusal was delivered while its batch was still open")
+	}
+	openGate.Do(func() { close(gate) })
+	if err := reqs[1].wait(); !errors.Is(err, errRefused) {
+		t.Fatalf("refused function: %v", err)
+	}
+	if n := countRows(t, db, "WHERE body = X'6669727374'"); n != 1 { // 'first'
+		t.Fatalf("after the refusal a read finds %d rows of the write it rested on, want 1", n)
+	}
+	for _, i := range []int{0, 2} {
+		if err := reqs[i].wait(); err != nil {
+			t.Fatalf("function %d: %v", i, err)
+		}
+	}
+}
+
 // TestBatchAbortedBySQLite: a function whose statement makes SQLite roll back
 // the whole transaction fails alone; the functions before and after it in the
 // batch still commit, each exactly once.
