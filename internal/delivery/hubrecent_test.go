@@ -26,34 +26,14 @@ func TestWokenPollAnsweredFromMemory(t *testing.T) {
 	answers := func() float64 { return testutil.ToFloat64(e.svc.metrics.memoryServes) }
 	oneNode := e.db.Backend() != store.BackendPostgres
 	at := func(seq uint64) After { return After{Channels: map[string]uint64{string(ch.ID): seq}} }
-	type result struct {
-		b   Batch
-		err error
-	}
-	poll := func(after After) chan result {
-		out := make(chan result, 1)
-		go func() {
-			b, err := e.svc.FetchWait(ctx, bob.Caller, time.Minute, 0, after, nil)
-			out <- result{b, err}
-		}()
+	poll := func(after After) chan pollResult {
+		out := e.startPoll(bob, after)
 		waitutil.WaitFor(t, 10*time.Second, 2*time.Millisecond, "a parked poll", func() bool {
 			return testutil.ToFloat64(e.svc.metrics.waiters) == 1
 		})
 		return out
 	}
-	got := func(o chan result) Batch {
-		t.Helper()
-		select {
-		case r := <-o:
-			if r.err != nil {
-				t.Fatal(r.err)
-			}
-			return r.b
-		case <-time.After(10 * time.Second):
-			t.Fatal("the poll did not return")
-		}
-		return Batch{}
-	}
+	got := func(o chan pollResult) Batch { t.Helper(); return awaitPoll(t, o) }
 	// read is what a fetch from after returns (a database read).
 	read := func(after After) Batch {
 		t.Helper()

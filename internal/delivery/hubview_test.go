@@ -23,31 +23,8 @@ func TestLongPollParksWithoutARead(t *testing.T) {
 	bob2 := e.dir.add("bob", "b2")
 	ch, g := e.group(t, alice, bob)
 	parks := func() float64 { return testutil.ToFloat64(e.svc.metrics.unreadParks) }
-	type result struct {
-		b   Batch
-		err error
-	}
-	poll := func(u user, after After) chan result {
-		out := make(chan result, 1)
-		go func() {
-			b, err := e.svc.FetchWait(ctx, u.Caller, time.Minute, 0, after, nil)
-			out <- result{b, err}
-		}()
-		return out
-	}
-	got := func(o chan result) Batch {
-		t.Helper()
-		select {
-		case r := <-o:
-			if r.err != nil {
-				t.Fatal(r.err)
-			}
-			return r.b
-		case <-time.After(10 * time.Second):
-			t.Fatal("the poll did not return")
-		}
-		return Batch{}
-	}
+	poll := e.startPoll
+	got := func(o chan pollResult) Batch { t.Helper(); return awaitPoll(t, o) }
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
 		waitutil.WaitFor(t, 10*time.Second, 2*time.Millisecond, what, cond)
@@ -117,7 +94,7 @@ func TestLongPollParksWithoutARead(t *testing.T) {
 		}
 		head = m.Seq
 	}
-	readNext := func(what string) chan result {
+	readNext := func(what string) chan pollResult {
 		t.Helper()
 		before := parks()
 		o := poll(bob, at(head))
@@ -186,4 +163,37 @@ func TestLongPollParksWithoutARead(t *testing.T) {
 		}
 		head = m.Seq
 	}
+}
+
+// pollResult is the outcome of a FetchWait running in a goroutine.
+type pollResult struct {
+	b   Batch
+	err error
+}
+
+// startPoll runs u's FetchWait (a minute at most) from after in a
+// goroutine.
+func (e *env) startPoll(u user, after After) chan pollResult {
+	out := make(chan pollResult, 1)
+	go func() {
+		b, err := e.svc.FetchWait(ctx, u.Caller, time.Minute, 0, after, nil)
+		out <- pollResult{b, err}
+	}()
+	return out
+}
+
+// awaitPoll returns the batch of a poll startPoll started, failing the
+// test on an error or when it does not return within 10 s.
+func awaitPoll(t *testing.T, o chan pollResult) Batch {
+	t.Helper()
+	select {
+	case r := <-o:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		return r.b
+	case <-time.After(10 * time.Second):
+		t.Fatal("the poll did not return")
+	}
+	return Batch{}
 }
