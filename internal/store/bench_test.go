@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // Benchmarks for durable write throughput (synchronous=FULL, one fsync per
@@ -17,7 +19,7 @@ import (
 //
 // Run: go test -run '^$' -bench WriteTx -benchtime 5s ./internal/store/
 
-func benchDB(b *testing.B) *DB {
+func benchDB(b testing.TB) *DB {
 	b.Helper()
 	db, err := Open(context.Background(), Options{
 		Path:       filepath.Join(b.TempDir(), "qpcd.db"),
@@ -31,7 +33,7 @@ func benchDB(b *testing.B) *DB {
 	return db
 }
 
-func blob1K(b *testing.B) []byte {
+func blob1K(b testing.TB) []byte {
 	b.Helper()
 	p := make([]byte, 1024)
 	if _, err := rand.Read(p); err != nil {
@@ -96,4 +98,59 @@ func BenchmarkWriteTxParallel(b *testing.B) {
 	})
 	b.StopTimer()
 	report(b, db, c0, w0)
+}
+
+// BenchmarkReadTxRows: one read transaction fetching 16 rows of 1 KiB under
+// a cancellable context, as a request's is (a long-poll fetch's shape).
+// Reports CPU time per read beside wall time.
+func BenchmarkReadTxRows(b *testing.B) {
+	db := benchDB(b)
+	p := blob1K(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := db.WriteTx(ctx, func(tx *sql.Tx) error {
+		for range 64 {
+			if _, err := tx.Exec("INSERT INTO rows (body) VALUES (?)", p); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+	read := func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, "SELECT id, body FROM rows WHERE id > ? ORDER BY id LIMIT 16", 8)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		var (
+			id   int64
+			body []byte
+		)
+		for rows.Next() {
+			if err := rows.Scan(&id, &body); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
+	}
+	cpu0 := processCPU()
+	b.ResetTimer()
+	for b.Loop() {
+		if err := db.ReadTx(ctx, read); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
+}
+
+// processCPU is this process's user and system CPU time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

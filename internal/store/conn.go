@@ -109,6 +109,9 @@ func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, c.scrub(err)
 	}
+	if sc, ok := conn.(*sqlite3.SQLiteConn); ok {
+		conn = noCancelConn{sc} // nocancel.go: no goroutine per statement step
+	}
 	if c.role == roleWriter {
 		// The batch marker lets the writer tell, after a transaction function
 		// misused the shared *sql.Tx, whether the batch was committed.
