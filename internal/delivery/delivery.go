@@ -226,9 +226,9 @@ func New(o Options) (*Service, error) {
 	s.hub = newHub(s.metrics)
 	s.deadlines = newPollDeadlines()
 	s.hub.listen = o.DB.ListenState
-	// One node: a woken long poll may be answered from the messages this
-	// node committed (hubrecent.go).
-	s.hub.memoryServe = o.DB.Backend() != store.BackendPostgres
+	// A woken long poll may be answered from the messages this node
+	// committed (hubrecent.go).
+	s.hub.memoryServe = true
 	if o.DB.Backend() == store.BackendPostgres {
 		// Several nodes: wake-ups cross them through the database's
 		// LISTEN/NOTIFY (store.Broadcast/Subscribe).

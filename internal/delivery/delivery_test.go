@@ -7,8 +7,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"github.com/quicprochat/quicprochat/internal/store/storetest"
-	waitutil "github.com/quicprochat/quicprochat/internal/testutil"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,6 +19,10 @@ import (
 	dt "github.com/quicprochat/quicprochat/internal/delivery/deliverytest"
 	"github.com/quicprochat/quicprochat/internal/mls"
 	"github.com/quicprochat/quicprochat/internal/store"
+	"github.com/quicprochat/quicprochat/internal/store/storetest"
+	waitutil "github.com/quicprochat/quicprochat/internal/testutil"
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
+	"google.golang.org/protobuf/proto"
 )
 
 type fakeDir struct {
@@ -990,12 +992,33 @@ func TestRevertEpochRecoversAWedgedGroup(t *testing.T) {
 	if _, err := e.svc.Enqueue(ctx, mallory.Caller, ch.ID, newMsgID(), dt.Application(g, 2, 10), nil); !errors.Is(err, ErrNotMember) {
 		t.Fatalf("mallory posting after removal: %v", err)
 	}
-	if b, err := e.svc.Fetch(ctx, mallory.Caller, 0, After{}); err != nil || len(b.Messages) != 0 {
-		t.Fatalf("mallory reading after removal: %d messages, %v", len(b.Messages), err)
+	// Mallory reads no message, only the notice of the removal.
+	b, err := e.svc.Fetch(ctx, mallory.Caller, 0, After{})
+	if err != nil || len(b.Messages) != 0 || len(b.Inbox) != 1 || b.Inbox[0].Kind != InboxMembership {
+		t.Fatalf("mallory reading after removal: %d messages, inbox %+v, %v", len(b.Messages), b.Inbox, err)
 	}
-	// Alice still reads everything, the skipped commits included (her client drops them).
-	if b, _ := e.svc.Fetch(ctx, alice.Caller, 0, After{}); len(b.Messages) != 4 {
-		t.Fatalf("alice reads %d messages, want 4", len(b.Messages))
+	var notice qpcv1.MembershipEvent
+	if err := proto.Unmarshal(b.Inbox[0].Body, &notice); err != nil || notice.GetType() != qpcv1.MembershipEventType_MEMBERSHIP_EVENT_TYPE_REMOVED ||
+		notice.GetSubjectAccountId() != mallory.AccountID || notice.GetSubjectAccountName() != "mallory" || notice.GetActorAccountName() != "test" {
+		t.Fatalf("mallory's notice: %v %v", &notice, err)
+	}
+	// Alice still reads everything, the skipped commits included (her
+	// client drops them), and the removal, which holds the seq between
+	// mallory's last commit and bob's.
+	b, _ = e.svc.Fetch(ctx, alice.Caller, 0, After{})
+	if len(b.Messages) != 5 || b.Messages[3].SenderDevice != EventSender || b.Messages[4].Seq != won.Seq || b.Messages[3].Seq != won.Seq-1 {
+		t.Fatalf("alice reads %d messages, want 4 and the removal before bob's commit: %+v", len(b.Messages), b.Messages)
+	}
+	var ev qpcv1.MembershipEvent
+	if err := proto.Unmarshal(b.Messages[3].Body, &ev); err != nil || ev.GetType() != qpcv1.MembershipEventType_MEMBERSHIP_EVENT_TYPE_REMOVED || ev.GetSubjectAccountId() != mallory.AccountID {
+		t.Fatalf("the removal in the log: %v %v", &ev, err)
+	}
+	// A revert that removes nobody writes no event.
+	if r, err := e.svc.RevertEpoch(ctx, ch.ID, 1, mallory.AccountID, "test"); err != nil || r.Removed != 0 {
+		t.Fatalf("second revert: %+v %v", r, err)
+	}
+	if b, _ := e.svc.Fetch(ctx, alice.Caller, 0, After{}); len(b.Messages) != 5 {
+		t.Fatalf("after a revert removing nobody alice reads %d messages, want 5", len(b.Messages))
 	}
 }
 

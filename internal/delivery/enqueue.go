@@ -110,7 +110,7 @@ type Enqueued struct {
 	TreeStored bool
 
 	// What the hub needs besides the item to answer from the stored
-	// message (SQLite; hubrecent.go): its epoch and expiry.
+	// message (hubrecent.go): its epoch and expiry.
 	msgEpoch  uint64
 	expiresMS int64
 }

@@ -180,17 +180,23 @@ func (s *Service) storeBatch(id []byte, batch []*pgEnqueue) {
 		return
 	}
 	var head uint64
-	for i := range out {
+	var stored []*cachedMessage
+	for i, r := range batch {
 		if err != nil {
 			out[i] = pgEnqueued{kind: out[i].kind, err: err}
-		} else if out[i].err == nil && !out[i].res.Duplicate {
-			head = max(head, out[i].res.Seq)
+		} else if res := out[i].res; out[i].err == nil && !res.Duplicate {
+			head = max(head, res.Seq)
+			// The message as a read returns it; the hub copies what it keeps.
+			tp, _ := storedTraceParent(r.ctx).(string)
+			stored = append(stored, &cachedMessage{Message: Message{ChannelID: id, Seq: res.Seq, MessageID: r.messageID,
+				SenderAccount: r.c.AccountID, SenderDevice: r.c.DeviceID, Epoch: res.msgEpoch, Time: time.UnixMilli(r.req.nowMS),
+				Body: r.msg, traceParent: tp}, expiresMS: res.expiresMS})
 		}
 	}
 	if head > 0 {
-		// One wake-up (and one NOTIFY to the other nodes) for the batch:
-		// a waiter reads everything up to the new head.
-		s.hub.publishChannel(id, head, nil)
+		// One wake-up (and one NOTIFY to the other nodes) for the batch;
+		// a woken waiter here may answer from its messages (hubrecent.go).
+		s.hub.publishChannel(id, head, stored...)
 	}
 	for i, r := range batch {
 		r.done <- out[i]
@@ -342,6 +348,7 @@ func (s *Service) storeBatchTx(ctx context.Context, tx *sql.Tx, id []byte, batch
 			}
 		}
 		out[i].res.Seq, out[i].res.Epoch = plan.seq, plan.epoch
+		out[i].res.msgEpoch, out[i].res.expiresMS = r.req.framing.Epoch, plan.expiresMS
 	}
 	if len(w.seq) == 0 {
 		return nil

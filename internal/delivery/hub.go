@@ -43,8 +43,8 @@ type hub struct {
 	listen       func() (up bool, flips int64)
 
 	// recent: the last messages this node committed to channels with
-	// waiters, by channel key (hubrecent.go), while memoryServe (one
-	// node). fence counts writes in progress that may take a device's
+	// waiters, by channel key (hubrecent.go), while memoryServe. fence
+	// counts writes in progress that may take a device's
 	// access away; fenceGen counts every fence raised.
 	memoryServe bool
 	recent      map[string]*recentLog
@@ -144,24 +144,30 @@ func (h *hub) remove(w *waiter) {
 	}
 }
 
-// publishChannel records a committed message and wakes the channel's
-// waiters, here and on the other nodes. m is the message as a read would
-// return it, if the caller has it (nil: a woken waiter reads).
-func (h *hub) publishChannel(id []byte, seq uint64, m *cachedMessage) {
-	h.publishChannelLocal(id, seq, m)
+// publishChannel records committed messages up to seq and wakes the
+// channel's waiters once, here and on the other nodes. msgs are the
+// messages as a read would return them, if the caller has them (none, or
+// nil: a woken waiter reads).
+func (h *hub) publishChannel(id []byte, seq uint64, msgs ...*cachedMessage) {
+	h.publishChannelLocal(id, seq, msgs...)
 	if h.broadcast != nil {
 		h.broadcast(topicChannel, hex.EncodeToString(id)+":"+strconv.FormatUint(seq, 10))
 	}
 }
 
-func (h *hub) publishChannelLocal(id []byte, seq uint64, m *cachedMessage) {
+func (h *hub) publishChannelLocal(id []byte, seq uint64, msgs ...*cachedMessage) {
 	key := channelKey(id)
 	now := h.now()
 	h.mu.Lock()
 	if hd := h.heads[key]; seq > hd.seq {
 		h.heads[key] = head{seq: seq, at: now}
 	}
-	h.keepRecentLocked(key, m)
+	if len(msgs) == 0 {
+		h.keepRecentLocked(key, nil)
+	}
+	for _, m := range msgs {
+		h.keepRecentLocked(key, m)
+	}
 	if now.Sub(h.lastPrune) > headTTL {
 		h.pruneLocked(now)
 	}

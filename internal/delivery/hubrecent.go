@@ -27,8 +27,16 @@ import (
 // it is queued and lowers it after its publish (raiseFence); while a fence
 // is up, or if one was raised since the waiter's read, the waiter reads.
 //
-// Only on one node (SQLite): on PostgreSQL other nodes' removals raise no
-// fence here, and their messages' bodies are not broadcast.
+// Several nodes (PostgreSQL): another node's removal raises no fence here,
+// and its publish may arrive after this node's next message. What keeps
+// the answer safe there is that every removal is an event in the
+// channel's log (RemoveMembers, RevertEpoch): it holds a seq of its own,
+// below that of any message committed after it, and it is never in recent
+// (events carry no body here, and another node's messages neither), so a
+// waiter that stood before the removal needs a message that is missing and
+// reads; one whose read came after it no longer has the channel. The fence
+// covers the same window on one node, belt and braces
+// (TestRemoteRemovalNeverAnsweredFromMemory).
 
 // Bounds of what recent holds: a channel's last few messages, small ones
 // only, and a total for the node.

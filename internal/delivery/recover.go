@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/quicprochat/quicprochat/internal/wire/qpcv1"
 )
 
 // Operator recovery of a wedged group.
@@ -102,8 +104,12 @@ type Reverted struct {
 // commit and would lead rejoiners into the wedged group). If
 // removeAccountID is set, that account's memberships and cursors in the
 // channel go in the same transaction, so the offender can neither post nor
-// read any more (a disabled account too: the caller resolved the id).
-// actor names the operator for the audit event.
+// read any more (a disabled account too: the caller resolved the id), and
+// a REMOVED event goes to the channel's log and to the inboxes of the
+// devices that lost access, as for a member's removal: the members see
+// who was taken off, the offender's client learns it, and the removal
+// holds a seq of its own, which a woken long poll relies on
+// (hubrecent.go). actor names the operator for the audit event.
 func (s *Service) RevertEpoch(ctx context.Context, id []byte, to uint64, removeAccountID, actor string) (Reverted, error) {
 	if len(id) != ChannelIDSize {
 		return Reverted{}, fmt.Errorf("delivery: revert epoch: %w: channel id is %d bytes, want %d", ErrInvalidRequest, len(id), ChannelIDSize)
@@ -112,14 +118,22 @@ func (s *Service) RevertEpoch(ctx context.Context, id []byte, to uint64, removeA
 		return Reverted{}, fmt.Errorf("delivery: revert epoch: %w: epoch %d", ErrInvalidRequest, to)
 	}
 	removeID := removeAccountID
+	var devices []string
+	var subjectName string
 	if removeID != "" {
+		var err error
+		if devices, err = s.activeDevices(ctx, removeID); err != nil {
+			return Reverted{}, fmt.Errorf("delivery: revert epoch: %w", err)
+		}
+		subjectName = s.accountName(ctx, removeID)
 		// Access is taken away: no woken poll answers from memory until
 		// the removal is published (hubrecent.go).
 		defer s.hub.raiseFence()()
 	}
 	var res Reverted
+	var evs []pendingEvent
 	err := s.db.WriteTx(ctx, func(tx *sql.Tx) error {
-		res = Reverted{To: to}
+		res, evs = Reverted{To: to}, nil
 		var cur int64
 		if err := tx.QueryRowContext(ctx, `SELECT epoch FROM channels WHERE id = ?`, id).Scan(&cur); err != nil {
 			if errors.Is(err, sql.ErrNoRows) {
@@ -141,14 +155,20 @@ func (s *Service) RevertEpoch(ctx context.Context, id []byte, to uint64, removeA
 		n, _ := r.RowsAffected()
 		res.GroupInfoCleared = n > 0
 		if removeID != "" {
-			r, err := tx.ExecContext(ctx, `DELETE FROM channel_members WHERE channel_id = ? AND account_id = ?`, id, removeID)
+			n, lost, err := removeMembership(ctx, tx, id, Member{AccountID: removeID}, devices)
 			if err != nil {
 				return err
 			}
-			n, _ := r.RowsAffected()
-			res.Removed = int(n)
-			if _, err := tx.ExecContext(ctx, `DELETE FROM cursors WHERE channel_id = ? AND account_id = ?`, id, removeID); err != nil {
-				return err
+			res.Removed = n
+			if n > 0 {
+				nowMS := s.now().UnixMilli()
+				ev := &qpcv1.MembershipEvent{ChannelId: id, ActorAccountName: actor, SubjectAccountId: removeID,
+					SubjectAccountName: subjectName, TimeUnixMs: nowMS, Type: qpcv1.MembershipEventType_MEMBERSHIP_EVENT_TYPE_REMOVED}
+				seq, err := s.writeEvent(ctx, tx, ev, lost, nowMS)
+				if err != nil {
+					return err
+				}
+				evs = append(evs, pendingEvent{channelID: id, seq: seq, typ: ev.Type, devices: lost, accounts: []string{removeID}})
 			}
 		}
 		return nil
@@ -156,9 +176,7 @@ func (s *Service) RevertEpoch(ctx context.Context, id []byte, to uint64, removeA
 	if err != nil {
 		return Reverted{}, fmt.Errorf("delivery: revert epoch: %w", err)
 	}
-	if removeID != "" {
-		s.hub.publish(accountKey(removeID))
-	}
+	s.publishEvents(evs) // the removed account's key too: its channel list changed
 	s.audit.Event(ctx, "channel.epoch_revert", slog.String("actor", actor), slog.String("channel_id", hexID(id)),
 		slog.Uint64("from_epoch", res.From), slog.Uint64("to_epoch", res.To), slog.Bool("group_info_cleared", res.GroupInfoCleared),
 		slog.String("removed_account_id", removeID), slog.Int("removed_memberships", res.Removed))
