@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"bytes"
+	"fmt"
 	"database/sql"
 	"reflect"
 	"sync"
@@ -448,58 +449,112 @@ func TestLongPollsUnderConcurrentWrites(t *testing.T) {
 		e.db.Backend(), testutil.ToFloat64(e.svc.metrics.memoryServes), last, removedAt)
 }
 
-// TestRemoteRemovalNeverAnsweredFromMemory: a member removed on another
-// node, whose publish has not reached this node, is not handed the
-// channel's next message from memory when this node commits it: the
-// removal holds the seq before it, which recent never has, so the woken
-// poll reads, and the read no longer has the channel. Node B's broadcasts
-// are dropped here, as if its NOTIFY were late (on SQLite the two nodes
-// share one file and have no broadcast at all).
+// TestRemoteRemovalNeverAnsweredFromMemory: members removed on another
+// node, whose publish has not reached this node, are not handed the
+// channel's next message from memory when this node commits it. Bob polls
+// from where he stands: the removal holds the seq before the message,
+// which recent never has, so his woken poll reads, and the read no longer
+// has the channel. Dave polls from a position he made up, the seq his
+// removal will get, so that the message would follow it directly: a
+// position beyond the head his read saw is never answered from memory.
+// Node B's broadcasts are dropped here, as if its NOTIFY were late (on
+// SQLite the two nodes share one file and have no broadcast at all).
 func TestRemoteRemovalNeverAnsweredFromMemory(t *testing.T) {
 	n := newTwoNodes(t, func(o *Options) { o.LongPollMax = time.Minute })
 	n.b.hub.broadcast = nil
-	alice, bob, carol := n.dir.add("alice", "a1"), n.dir.add("bob", "b1"), n.dir.add("carol", "c1")
-	ch, g := n.group(t, alice, bob, carol)
+	alice, bob, carol, dave := n.dir.add("alice", "a1"), n.dir.add("bob", "b1"), n.dir.add("carol", "c1"), n.dir.add("dave", "d1")
+	ch, g := n.group(t, alice, bob, carol, dave)
 	answers := func() float64 { return testutil.ToFloat64(n.svc.metrics.memoryServes) }
 	parked := func(want float64) {
 		waitutil.WaitFor(t, 10*time.Second, 2*time.Millisecond, "parked polls on node A", func() bool {
 			return testutil.ToFloat64(n.svc.metrics.waiters) == want
 		})
 	}
-	at := After{Channels: map[string]uint64{string(ch.ID): ch.HeadSeq}}
+	at := func(seq uint64) After { return After{Channels: map[string]uint64{string(ch.ID): seq}} }
 
 	// First, that this set-up answers from memory at all.
-	o := n.startPoll(carol, at)
+	o := n.startPoll(carol, at(ch.HeadSeq))
 	parked(1)
 	m1 := n.send(t, alice, ch.ID, dt.Application(g, 0, 100))
 	if b := awaitPoll(t, o); len(b.Messages) != 1 || b.Messages[0].Seq != m1.Seq || answers() != 1 {
 		t.Fatalf("carol's poll: %+v, %v answers from memory, want m1 from memory", b.Messages, answers())
 	}
-	at.Channels[string(ch.ID)] = m1.Seq
 
-	bobPoll, carolPoll := n.startPoll(bob, at), n.startPoll(carol, at)
-	parked(2)
-	if _, err := n.b.RemoveMembers(ctx, alice.Caller, ch.ID, []MemberRef{{AccountName: "bob"}}); err != nil {
+	bobPoll, davePoll, carolPoll := n.startPoll(bob, at(m1.Seq)), n.startPoll(dave, at(m1.Seq+2)), n.startPoll(carol, at(m1.Seq))
+	parked(3)
+	if _, err := n.b.RemoveMembers(ctx, alice.Caller, ch.ID, []MemberRef{{AccountName: "bob"}, {AccountName: "dave"}}); err != nil {
 		t.Fatal(err)
 	}
 	m2 := n.send(t, alice, ch.ID, dt.Application(g, 0, 100)) // on node A
-	if m2.Seq != m1.Seq+2 {
-		t.Fatalf("m2 at seq %d, want %d (the removal between)", m2.Seq, m1.Seq+2)
+	if m2.Seq != m1.Seq+3 {
+		t.Fatalf("m2 at seq %d, want %d (the two removals between)", m2.Seq, m1.Seq+3)
 	}
-	b := awaitPoll(t, bobPoll)
-	for _, m := range b.Messages {
-		if bytes.Equal(m.ChannelID, ch.ID) {
-			t.Fatalf("bob, removed on node B, was handed seq %d of the channel on node A", m.Seq)
+	for name, o := range map[string]chan pollResult{"bob": bobPoll, "dave": davePoll} {
+		b := awaitPoll(t, o)
+		for _, m := range b.Messages {
+			if bytes.Equal(m.ChannelID, ch.ID) {
+				t.Fatalf("%s, removed on node B, was handed seq %d of the channel on node A", name, m.Seq)
+			}
+		}
+		if len(b.Inbox) != 1 || b.Inbox[0].Kind != InboxMembership {
+			t.Fatalf("%s's poll: %+v, want only the notice of the removal", name, b)
 		}
 	}
-	if len(b.Inbox) != 1 || b.Inbox[0].Kind != InboxMembership {
-		t.Fatalf("bob's poll: %+v, want only the notice of his removal", b)
-	}
-	// Carol reads the removal and m2, from the database.
-	if b := awaitPoll(t, carolPoll); len(b.Messages) != 2 || b.Messages[0].Seq != m1.Seq+1 || b.Messages[0].SenderDevice != EventSender || b.Messages[1].Seq != m2.Seq {
-		t.Fatalf("carol's poll after the removal: %+v", b.Messages)
+	// Carol reads the removals and m2, from the database.
+	if b := awaitPoll(t, carolPoll); len(b.Messages) != 3 || b.Messages[0].SenderDevice != EventSender || b.Messages[2].Seq != m2.Seq {
+		t.Fatalf("carol's poll after the removals: %+v", b.Messages)
 	}
 	if answers() != 1 {
 		t.Fatalf("%v polls answered from memory, want only the first", answers())
+	}
+}
+
+// TestParkedPositionStaysWhereTheViewWas: a device's view lets its next
+// poll park without a read, but only at the heads the view was taken at
+// (where the device was last served). Here dave is removed on node B and
+// node A has applied the removal's new head but not yet the publish of
+// dave's account key, which would drop the view; dave claims a position
+// at the removal's seq, which he was never served. Parking him there would
+// let node A's next message, which follows it directly, be answered from
+// memory; he reads instead, and the read no longer has the channel.
+func TestParkedPositionStaysWhereTheViewWas(t *testing.T) {
+	n := newTwoNodes(t, func(o *Options) { o.LongPollMax = time.Minute })
+	n.b.hub.broadcast = nil
+	alice, dave := n.dir.add("alice", "a1"), n.dir.add("dave", "d1")
+	ch, g := n.group(t, alice, dave)
+	parked := func(want float64) {
+		waitutil.WaitFor(t, 10*time.Second, 2*time.Millisecond, "parked polls on node A", func() bool {
+			return testutil.ToFloat64(n.svc.metrics.waiters) == want
+		})
+	}
+	at := func(seq uint64) After { return After{Channels: map[string]uint64{string(ch.ID): seq}} }
+	o := n.startPoll(dave, at(ch.HeadSeq))
+	parked(1)
+	m1 := n.send(t, alice, ch.ID, dt.Application(g, 0, 100))
+	if b := awaitPoll(t, o); len(b.Messages) != 1 || b.Messages[0].Seq != m1.Seq {
+		t.Fatalf("dave's first poll: %+v", b.Messages)
+	}
+	if _, err := n.b.RemoveMembers(ctx, alice.Caller, ch.ID, []MemberRef{{AccountName: "dave"}}); err != nil {
+		t.Fatal(err)
+	}
+	removal := m1.Seq + 1
+	// Half of node B's late NOTIFY: the channel's head, not dave's key.
+	n.svc.hub.applyRemote(topicChannel, fmt.Sprintf("%x:%d", ch.ID, removal), false)
+	unread := testutil.ToFloat64(n.svc.metrics.unreadParks)
+	o = n.startPoll(dave, at(removal))
+	select {
+	case r := <-o:
+		o <- r // answered at once (a read): fine
+	case <-time.After(200 * time.Millisecond):
+	}
+	m2 := n.send(t, alice, ch.ID, dt.Application(g, 0, 100)) // on node A
+	b := awaitPoll(t, o)
+	for _, m := range b.Messages {
+		if bytes.Equal(m.ChannelID, ch.ID) {
+			t.Fatalf("dave, removed at seq %d, was handed seq %d (m2 %d) from a position he was never served", removal, m.Seq, m2.Seq)
+		}
+	}
+	if testutil.ToFloat64(n.svc.metrics.unreadParks) != unread {
+		t.Fatal("dave's poll parked without a read at a position beyond his view")
 	}
 }

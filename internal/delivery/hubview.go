@@ -23,9 +23,13 @@ import "time"
 //   - a cursor only moves forward (Ack), so the lower bound stays one;
 //   - expiry and the retention sweep only take messages away.
 //
-// So a poll whose read-ahead positions reach the current head of every
-// channel of the view, with an inbox position at least the view's, would
-// read nothing, and parks on the view's channels at once. A publish made
+// So a poll whose read-ahead positions reach the view's head of every
+// channel, while no channel's head has moved since, with an inbox position
+// at least the view's, would read nothing, and parks on the view's
+// channels at once. It parks at the view's heads, never further: a head
+// that moved since may be another node's removal of the device, and a
+// position past it would let a memory answer skip it (hubrecent.go;
+// TestParkedPositionStaysWhereTheViewWas). A publish made
 // between the commit and the hub's knowledge of it wakes the parked poll
 // like any waiter: the view can make a poll wait for a wake-up that is
 // already on its way, never miss one. On PostgreSQL other nodes' commits
@@ -103,12 +107,19 @@ func (h *hub) parkable(c Caller, after After) ([]channelPos, bool) {
 	}
 	out := make([]channelPos, len(v.chans))
 	for i, p := range v.chans {
-		head := max(p.head, h.heads[channelKey(p.id)].seq)
-		pos := max(p.base, after.Channels[string(p.id)])
-		if pos < head {
+		// Only at the view's head: where the device was last served. A
+		// head published since may be another node's removal of this
+		// device whose key publish is still on its way (the view would
+		// then be gone); a position past it, which only a client
+		// claiming what it was never sent can hold, would let the next
+		// message be answered from memory (hubrecent.go). Read instead.
+		if h.heads[channelKey(p.id)].seq > p.head {
 			return nil, false
 		}
-		out[i] = channelPos{id: p.id, kind: p.kind, pos: head, head: head, base: p.base}
+		if max(p.base, after.Channels[string(p.id)]) < p.head {
+			return nil, false
+		}
+		out[i] = channelPos{id: p.id, kind: p.kind, pos: p.head, head: p.head, base: p.base}
 	}
 	return out, true
 }
