@@ -2,8 +2,8 @@ package delivery
 
 import (
 	"bytes"
-	"fmt"
 	"database/sql"
+	"fmt"
 	"reflect"
 	"sync"
 	"testing"
