@@ -73,6 +73,8 @@ func BenchmarkEnqueueStoredMessages(b *testing.B) {
 		empty.enqueue(b)
 		full.enqueue(b)
 	}
+	storedStatements(b, "SELECT pg_stat_statements_reset()")
+	defer storedStatements(b, storedStatementsReport)
 	b.Run(fmt.Sprintf("stored=%d", stored), func(b *testing.B) {
 		logs := [2]*storedLog{empty, full}
 		for _, l := range logs {
@@ -155,9 +157,14 @@ func openStoredBenchSQLCipher(b *testing.B) func(name string) storedBenchDB {
 // messages do not fit) with fsync on and the shared_buffers of
 // scripts/bench-peers.sh.
 func openStoredBenchPostgres(b *testing.B) func(name string) storedBenchDB {
-	c, err := pgtest.Start(ctx, pgtest.Options{Fsync: true, Conf: map[string]string{
-		"shared_buffers": "256MB", "max_wal_size": "4GB", "checkpoint_timeout": "15min",
-	}})
+	conf := map[string]string{"shared_buffers": "256MB", "max_wal_size": "4GB", "checkpoint_timeout": "15min"}
+	statements := os.Getenv("QPC_BENCH_STORED_STATEMENTS") != ""
+	if statements {
+		conf["shared_preload_libraries"] = "pg_stat_statements"
+		conf["pg_stat_statements.track"] = "all" // inside qpc_enqueue_lock too
+		conf["track_io_timing"] = "on"
+	}
+	c, err := pgtest.Start(ctx, pgtest.Options{Fsync: true, Conf: conf})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -176,6 +183,18 @@ func openStoredBenchPostgres(b *testing.B) func(name string) storedBenchDB {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { _ = db.Close() })
+		if statements && storedStatementsDSN == "" {
+			conn, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				b.Fatal(err)
+			}
+			_, err = conn.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+			_ = conn.Close(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			storedStatementsDSN = dsn
+		}
 		return storedBenchDB{db: db, dsn: dsn}
 	}
 }
@@ -463,4 +482,54 @@ func preloadPG(ctx context.Context, l *storedLog, g *preloadGen) error {
 		}
 	}
 	return nil
+}
+
+// storedStatementsDSN is set, on PostgreSQL with
+// QPC_BENCH_STORED_STATEMENTS=1, to a database of the benchmark's cluster
+// where pg_stat_statements is installed: the statement counts are reset
+// before the timed enqueues and logged per database after them, to show
+// which statement an enqueue into the stored database spends its extra
+// time in (docs/benchmarks.md, "10 million stored messages").
+var storedStatementsDSN string
+
+// storedStatementsReport is each statement's cost per call in both
+// databases, the statements inside qpc_enqueue_lock included: time, pages
+// found in and read into shared_buffers, pages dirtied, and full-page
+// images and bytes written to the WAL.
+const storedStatementsReport = `SELECT format('%-12s calls %6s  exec %8s µs  plan %6s µs  hit %6s  read %5s (%6s µs)  dirtied %5s  wal fpi %5s  wal %7s B  %s',
+	d.datname, s.calls, round((s.mean_exec_time * 1000)::numeric, 1), round((s.mean_plan_time * 1000)::numeric, 1),
+	round(s.shared_blks_hit::numeric / s.calls, 1), round(s.shared_blks_read::numeric / s.calls, 2),
+	round((s.blk_read_time * 1000 / s.calls)::numeric, 1), round(s.shared_blks_dirtied::numeric / s.calls, 2),
+	round(s.wal_fpi::numeric / s.calls, 2), round(s.wal_bytes / s.calls, 0), left(regexp_replace(s.query, '\s+', ' ', 'g'), 70))
+	FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+	WHERE d.datname LIKE 'bench_%' AND s.calls >= 100 ORDER BY left(s.query, 70), d.datname`
+
+// storedStatements runs q on the statements database, if there is one,
+// logging each row it returns.
+func storedStatements(b *testing.B, q string) {
+	if storedStatementsDSN == "" {
+		return
+	}
+	conn, err := pgx.Connect(ctx, storedStatementsDSN)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, q)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var line any
+		if err := rows.Scan(&line); err != nil {
+			b.Fatal(err)
+		}
+		if str, ok := line.(string); ok && str != "" {
+			b.Log(str)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		b.Fatal(err)
+	}
 }
