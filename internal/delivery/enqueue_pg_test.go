@@ -15,6 +15,7 @@ import (
 	dt "github.com/quicprochat/quicprochat/internal/delivery/deliverytest"
 	"github.com/quicprochat/quicprochat/internal/store"
 	"github.com/quicprochat/quicprochat/internal/store/storetest"
+	waitutil "github.com/quicprochat/quicprochat/internal/testutil"
 )
 
 // twoNodes is two delivery services on one database: on PostgreSQL two
@@ -390,5 +391,60 @@ func TestConcurrentAcceptsOfOneChannel(t *testing.T) {
 		if s != uint64(i+1) {
 			t.Fatalf("channel log seqs %v: not contiguous from 1", seqs)
 		}
+	}
+}
+
+// TestEnqueueBatchUsesIndexes: with a thousand accounts, an enqueue batch
+// on PostgreSQL finds the sender's usage row by its key. Its generic plans
+// used to scan the whole account_usage table twice per batch (the lock and
+// the update) while the table held up to a few thousand rows
+// (migrations_pg/0015_expand_index_lookups.sql). The server flushes a
+// table's scan counters a moment after each batch: the test waits for the
+// batches' index scans (two per batch) to show, then checks that no
+// sequential scan came with them.
+func TestEnqueueBatchUsesIndexes(t *testing.T) {
+	if !storetest.Postgres() {
+		t.Skip("PostgreSQL's planner; SQLite looks usage rows up by key")
+	}
+	e := newEnv(t, nil)
+	if err := e.db.WriteTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO account_usage (account_id) SELECT 'filler-' || g FROM generate_series(1, 1000) AS g`); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `ANALYZE account_usage`)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	alice, bob := e.dir.add("alice", "a1"), e.dir.add("bob", "b1")
+	ch, g := e.group(t, alice, bob)
+	stats := func() (seqScans, idxScans int64) {
+		t.Helper()
+		err := e.db.ReadTx(ctx, func(tx *sql.Tx) error {
+			return tx.QueryRowContext(ctx, `SELECT seq_scan, COALESCE(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'account_usage'`).Scan(&seqScans, &idxScans)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return seqScans, idxScans
+	}
+	// The set-up's own lookups (by key, on custom plans) first.
+	var seq0, idx0 int64 = -1, -1
+	waitutil.WaitFor(t, 30*time.Second, 100*time.Millisecond, "the set-up's statistics to settle", func() bool {
+		s, i := stats()
+		settled := s == seq0 && i == idx0 && i > 0
+		seq0, idx0 = s, i
+		return settled
+	})
+	const sends = 20
+	for i := range sends {
+		e.send(t, alice, ch.ID, dt.Application(g, 0, 10+i))
+	}
+	waitutil.WaitFor(t, 30*time.Second, 20*time.Millisecond, "the batches' index scans of account_usage", func() bool {
+		_, i := stats()
+		return i >= idx0+2*sends
+	})
+	if s, _ := stats(); s != seq0 {
+		t.Fatalf("%d enqueue batches scanned account_usage (1 000 rows) %d times; want its primary key only", sends, s-seq0)
 	}
 }
