@@ -228,6 +228,13 @@ func (s *Service) charge(ctx context.Context, tx *sql.Tx, accountID string, add 
 	if err != nil {
 		return err
 	}
+	return s.chargeFrom(ctx, tx, accountID, u, add)
+}
+
+// chargeFrom is charge for a caller that has read the account's usage in
+// tx already, with the row locked (SQLite's one writer: any read in its
+// transaction).
+func (s *Service) chargeFrom(ctx context.Context, tx *sql.Tx, accountID string, u, add Usage) error {
 	if err := checkQuota(u, add, s.quota); err != nil {
 		return err
 	}
