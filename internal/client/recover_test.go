@@ -96,6 +96,17 @@ func TestOperatorRecoversAWedgedGroup(t *testing.T) {
 	if err != nil || res.From != shared+3 || res.RemovedMemberships != 1 {
 		t.Fatalf("revert: %+v %v", res, err)
 	}
+	// The removal is announced: mallory's client learns it from its inbox
+	// and marks the group, the members see it in the group's events.
+	if _, err := mallory.Sync(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if gs, _ := mallory.Groups(ctx); len(gs) != 1 || gs[0].Status != statusRemoved {
+		t.Fatalf("mallory's group after the operator removed her: %v", gs)
+	}
+	if got := events(t, bob, "team"); !contains(got, "the server's operator removed mallory") {
+		t.Fatalf("bob was not told of mallory's removal: %q", got)
+	}
 
 	// A member removes mallory from the MLS group; everyone continues.
 	if err := alice.RemoveMember(ctx, "team", "mallory"); err != nil {

@@ -999,7 +999,7 @@ func TestRevertEpochRecoversAWedgedGroup(t *testing.T) {
 	}
 	var notice qpcv1.MembershipEvent
 	if err := proto.Unmarshal(b.Inbox[0].Body, &notice); err != nil || notice.GetType() != qpcv1.MembershipEventType_MEMBERSHIP_EVENT_TYPE_REMOVED ||
-		notice.GetSubjectAccountId() != mallory.AccountID || notice.GetSubjectAccountName() != "mallory" || notice.GetActorAccountName() != "test" {
+		notice.GetSubjectAccountId() != mallory.AccountID || notice.GetSubjectAccountName() != "mallory" || notice.GetActorAccountName() != OperatorActor || notice.GetActorAccountId() != "" {
 		t.Fatalf("mallory's notice: %v %v", &notice, err)
 	}
 	// Alice still reads everything, the skipped commits included (her

@@ -98,6 +98,11 @@ type Reverted struct {
 	Removed          int // membership rows removed (RemoveAccount)
 }
 
+// OperatorActor is the actor name of a membership event the server's
+// operator caused (no account did: the actor account id is empty). No
+// account name can hold a space, so members cannot mistake it for one.
+const OperatorActor = "the server's operator"
+
 // RevertEpoch moves a channel's epoch back to `to` (lower than its current
 // epoch) so that members can commit again from the last epoch they share.
 // A stored GroupInfo for a later epoch is deleted (it came from a reverted
@@ -162,7 +167,7 @@ func (s *Service) RevertEpoch(ctx context.Context, id []byte, to uint64, removeA
 			res.Removed = n
 			if n > 0 {
 				nowMS := s.now().UnixMilli()
-				ev := &qpcv1.MembershipEvent{ChannelId: id, ActorAccountName: actor, SubjectAccountId: removeID,
+				ev := &qpcv1.MembershipEvent{ChannelId: id, ActorAccountName: OperatorActor, SubjectAccountId: removeID,
 					SubjectAccountName: subjectName, TimeUnixMs: nowMS, Type: qpcv1.MembershipEventType_MEMBERSHIP_EVENT_TYPE_REMOVED}
 				seq, err := s.writeEvent(ctx, tx, ev, lost, nowMS)
 				if err != nil {
