@@ -44,8 +44,8 @@ type hub struct {
 
 	// recent: the last messages this node committed to channels with
 	// waiters, by channel key (hubrecent.go), while memoryServe. fence
-	// counts writes in progress that may take a device's
-	// access away; fenceGen counts every fence raised.
+	// counts writes in progress that may take a device's access away;
+	// fenceGen counts every fence raised.
 	memoryServe bool
 	recent      map[string]*recentLog
 	recentBytes int
