@@ -25,12 +25,10 @@ func TestWokenPollAnsweredFromMemory(t *testing.T) {
 	alice, bob := e.dir.add("alice", "a1"), e.dir.add("bob", "b1")
 	ch, g := e.group(t, alice, bob)
 	answers := func() float64 { return testutil.ToFloat64(e.svc.metrics.memoryServes) }
-	at := func(seq uint64) After { return After{Channels: map[string]uint64{string(ch.ID): seq}} }
+	at := func(seq uint64) After { return afterIn(ch.ID, seq) }
 	poll := func(after After) chan pollResult {
 		out := e.startPoll(bob, after)
-		waitutil.WaitFor(t, 10*time.Second, 2*time.Millisecond, "a parked poll", func() bool {
-			return testutil.ToFloat64(e.svc.metrics.waiters) == 1
-		})
+		e.awaitParked(t, 1)
 		return out
 	}
 	got := func(o chan pollResult) Batch { t.Helper(); return awaitPoll(t, o) }
@@ -465,12 +463,8 @@ func TestRemoteRemovalNeverAnsweredFromMemory(t *testing.T) {
 	alice, bob, carol, dave := n.dir.add("alice", "a1"), n.dir.add("bob", "b1"), n.dir.add("carol", "c1"), n.dir.add("dave", "d1")
 	ch, g := n.group(t, alice, bob, carol, dave)
 	answers := func() float64 { return testutil.ToFloat64(n.svc.metrics.memoryServes) }
-	parked := func(want float64) {
-		waitutil.WaitFor(t, 10*time.Second, 2*time.Millisecond, "parked polls on node A", func() bool {
-			return testutil.ToFloat64(n.svc.metrics.waiters) == want
-		})
-	}
-	at := func(seq uint64) After { return After{Channels: map[string]uint64{string(ch.ID): seq}} }
+	parked := func(want int) { n.awaitParked(t, want) } // on node A
+	at := func(seq uint64) After { return afterIn(ch.ID, seq) }
 
 	// First, that this set-up answers from memory at all.
 	o := n.startPoll(carol, at(ch.HeadSeq))
@@ -522,12 +516,8 @@ func TestParkedPositionStaysWhereTheViewWas(t *testing.T) {
 	n.b.hub.broadcast = nil
 	alice, dave := n.dir.add("alice", "a1"), n.dir.add("dave", "d1")
 	ch, g := n.group(t, alice, dave)
-	parked := func(want float64) {
-		waitutil.WaitFor(t, 10*time.Second, 2*time.Millisecond, "parked polls on node A", func() bool {
-			return testutil.ToFloat64(n.svc.metrics.waiters) == want
-		})
-	}
-	at := func(seq uint64) After { return After{Channels: map[string]uint64{string(ch.ID): seq}} }
+	parked := func(want int) { n.awaitParked(t, want) } // on node A
+	at := func(seq uint64) After { return afterIn(ch.ID, seq) }
 	o := n.startPoll(dave, at(ch.HeadSeq))
 	parked(1)
 	m1 := n.send(t, alice, ch.ID, dt.Application(g, 0, 100))

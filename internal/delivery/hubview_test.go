@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"fmt"
 	waitutil "github.com/quicprochat/quicprochat/internal/testutil"
 	"testing"
 	"time"
@@ -181,6 +182,18 @@ func (e *env) startPoll(u user, after After) chan pollResult {
 	}()
 	return out
 }
+
+// awaitParked waits until n polls are parked on e's node (counted once
+// they are registered on everything they read).
+func (e *env) awaitParked(t *testing.T, n int) {
+	t.Helper()
+	waitutil.WaitFor(t, 10*time.Second, 2*time.Millisecond, fmt.Sprintf("%d parked polls", n), func() bool {
+		return testutil.ToFloat64(e.svc.metrics.waiters) == float64(n)
+	})
+}
+
+// afterIn is a read-ahead position at seq in channel ch.
+func afterIn(ch []byte, seq uint64) After { return After{Channels: map[string]uint64{string(ch): seq}} }
 
 // awaitPoll returns the batch of a poll startPoll started, failing the
 // test on an error or when it does not return within 10 s.
