@@ -5,9 +5,9 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"path/filepath"
-	"syscall"
 	"testing"
-	"time"
+
+	"github.com/quicprochat/quicprochat/internal/testutil"
 )
 
 // Benchmarks for durable write throughput (synchronous=FULL, one fsync per
@@ -135,7 +135,7 @@ func BenchmarkReadTxRows(b *testing.B) {
 		}
 		return rows.Err()
 	}
-	cpu0 := processCPU()
+	cpu0 := testutil.ProcessCPU()
 	b.ResetTimer()
 	for b.Loop() {
 		if err := db.ReadTx(ctx, read); err != nil {
@@ -143,14 +143,5 @@ func BenchmarkReadTxRows(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
-}
-
-// processCPU is this process's user and system CPU time so far.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	b.ReportMetric(float64((testutil.ProcessCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
 }
