@@ -8,8 +8,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-
-	"github.com/quicprochat/quicprochat/internal/testutil"
 )
 
 // Group benchmarks (docs/benchmarks.md, "MLS groups"), produced by
@@ -338,10 +336,10 @@ func BenchmarkGroupAppMessage(b *testing.B) {
 // reportCPU starts measuring process CPU time; the returned func reports
 // it per iteration as "cpu-ns/op".
 func reportCPU(b *testing.B) func() {
-	start := testutil.ProcessCPU()
+	start := processCPU()
 	return func() {
 		if b.N > 0 {
-			b.ReportMetric(float64(testutil.ProcessCPU()-start)/float64(b.N), "cpu-ns/op")
+			b.ReportMetric(float64(processCPU()-start)/float64(b.N), "cpu-ns/op")
 		}
 	}
 }

@@ -1,0 +1,5 @@
+//go:build !unix
+
+package mls
+
+func processCPU() int64 { return 0 }
