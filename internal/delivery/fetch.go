@@ -142,11 +142,19 @@ func (s *Service) FetchWait(ctx context.Context, c Caller, timeout time.Duration
 			}
 		}
 		gen = s.hub.beginRead(w)
-		// The first round may park without reading: the device's view
-		// (hubview.go) shows that its read would find nothing.
+		// The first round may park, or answer, without reading: the
+		// device's view (hubview.go) shows that its read would find
+		// nothing, or only messages this node has just committed.
 		parked := false
 		if first {
-			chans, parked = s.hub.parkable(c, after)
+			var vb Batch
+			vb, chans, parked = s.hub.fromView(c, after, fetchLimit(limit), s.maxPayload, s.now().UnixMilli())
+			if parked && !vb.empty() {
+				s.metrics.viewAnswers.Inc()
+				s.hub.setView(w, c, chans, after.Inbox, gen)
+				s.fetched(ctx, c, &vb, "fetch_wait")
+				return vb, nil
+			}
 		}
 		if parked {
 			b = Batch{}

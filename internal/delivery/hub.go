@@ -163,10 +163,10 @@ func (h *hub) publishChannelLocal(id []byte, seq uint64, msgs ...*cachedMessage)
 		h.heads[key] = head{seq: seq, at: now}
 	}
 	if len(msgs) == 0 {
-		h.keepRecentLocked(key, nil)
+		h.keepRecentLocked(key, nil, now)
 	}
 	for _, m := range msgs {
-		h.keepRecentLocked(key, m)
+		h.keepRecentLocked(key, m, now)
 	}
 	if now.Sub(h.lastPrune) > headTTL {
 		h.pruneLocked(now)

@@ -3,6 +3,7 @@ package delivery
 import (
 	"bytes"
 	"slices"
+	"time"
 )
 
 // Serving a woken long poll from the messages this node just committed.
@@ -41,10 +42,15 @@ import (
 // Bounds of what recent holds: a channel's last few messages, small ones
 // only, and a total for the node.
 const (
-	recentPerChannel = 8
+	recentPerChannel = 32
 	recentMaxBody    = 64 << 10
 	recentMaxBytes   = 16 << 20
 )
+
+// recentWanted is how long a channel's log is kept up after its last
+// waiter: a device that has just been answered polls again moments later,
+// and its view answers from the log what was committed in between.
+const recentWanted = 10 * time.Second
 
 // cachedMessage is a committed channel message as a read returns it, with
 // its expiry.
@@ -58,8 +64,9 @@ type cachedMessage struct {
 // by their callers in no particular order, and a waiter answers from it
 // only if every message it needs is there.
 type recentLog struct {
-	msgs  []*cachedMessage
-	bytes int
+	msgs     []*cachedMessage
+	bytes    int
+	wantedAt time.Time // when a publish last found a waiter on the channel
 }
 
 // raiseFence marks a write that may take a device's access away as in
@@ -77,21 +84,28 @@ func (h *hub) raiseFence() (lower func()) {
 	}
 }
 
-// keepRecentLocked records m, just published on key, if a waiter may want
-// it; otherwise it forgets the channel's log (a waiter that needs a
-// message not kept reads).
-func (h *hub) keepRecentLocked(key string, m *cachedMessage) {
+// keepRecentLocked records m, just published on key, if a poll may want
+// it: a waiter watches the channel, or one did within recentWanted (the
+// device is between two polls, and its next one may be answered from its
+// view, hubview.go). Otherwise it forgets the channel's log (a poll that
+// needs a message not kept reads).
+func (h *hub) keepRecentLocked(key string, m *cachedMessage, now time.Time) {
 	if !h.memoryServe {
 		return
 	}
 	log := h.recent[key]
-	if m == nil || len(h.watch[key]) == 0 || len(m.Body) > recentMaxBody || h.recentBytes+len(m.Body) > recentMaxBytes {
+	watched := len(h.watch[key]) > 0
+	wanted := watched || (log != nil && now.Sub(log.wantedAt) < recentWanted)
+	if m == nil || !wanted || len(m.Body) > recentMaxBody || h.recentBytes+len(m.Body) > recentMaxBytes {
 		h.dropRecentLocked(key, log)
 		return
 	}
 	if log == nil {
 		log = &recentLog{}
 		h.recent[key] = log
+	}
+	if watched {
+		log.wantedAt = now
 	}
 	i := len(log.msgs)
 	for i > 0 && log.msgs[i-1].Seq >= m.Seq {
@@ -146,28 +160,11 @@ func (h *hub) fromMemory(w *waiter, chans []channelPos, gen int, limit, budget i
 	var b Batch
 	var moved []channelPos
 	for i, p := range chans {
-		key := channelKey(p.id)
-		head := h.heads[key].seq
+		head := h.heads[channelKey(p.id)].seq
 		if head <= p.pos {
 			continue
 		}
-		log := h.recent[key]
-		if log == nil {
-			return Batch{}, nil, false
-		}
-		want := p.pos + 1 // every message up to head, none missing
-		for _, m := range log.msgs {
-			if m.Seq < want || m.Seq > head {
-				continue
-			}
-			if m.Seq != want || m.expiresMS <= nowMS || len(b.Messages) == limit || len(m.Body) > budget {
-				return Batch{}, nil, false
-			}
-			want++
-			budget -= len(m.Body)
-			b.Messages = append(b.Messages, m.Message)
-		}
-		if want != head+1 {
+		if !h.collectLocked(&b, p.id, p.pos, head, limit, &budget, nowMS) {
 			return Batch{}, nil, false
 		}
 		if moved == nil {
@@ -179,4 +176,27 @@ func (h *hub) fromMemory(w *waiter, chans []channelPos, gen int, limit, budget i
 		return Batch{}, nil, false
 	}
 	return b, moved, true
+}
+
+// collectLocked appends to b channel id's kept messages after pos up to
+// head, and reports false unless every one of them is kept, unexpired and
+// within limit (messages in b) and budget (bytes, spent).
+func (h *hub) collectLocked(b *Batch, id []byte, pos, head uint64, limit int, budget *int, nowMS int64) bool {
+	log := h.recent[channelKey(id)]
+	if log == nil {
+		return false
+	}
+	want := pos + 1 // every message up to head, none missing
+	for _, m := range log.msgs {
+		if m.Seq < want || m.Seq > head {
+			continue
+		}
+		if m.Seq != want || m.expiresMS <= nowMS || len(b.Messages) == limit || len(m.Body) > *budget {
+			return false
+		}
+		want++
+		*budget -= len(m.Body)
+		b.Messages = append(b.Messages, m.Message)
+	}
+	return want == head+1
 }

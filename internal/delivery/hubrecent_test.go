@@ -215,11 +215,31 @@ func TestMemoryAnswerRules(t *testing.T) {
 		refused(t, s, 100, 15)
 	})
 	t.Run("no waiter when published", func(t *testing.T) {
+		// Nobody has waited on the channel: nothing is kept.
 		s := newSetup()
 		s.h.remove(s.w)
 		s.h.publishChannel(chA, 5, msg(chA, 5, 10))
 		if len(s.h.recent) != 0 || s.h.recentBytes != 0 {
 			t.Fatalf("kept %d channels, %d bytes with nobody waiting", len(s.h.recent), s.h.recentBytes)
+		}
+	})
+	t.Run("kept between polls, then not", func(t *testing.T) {
+		// A waiter was there at the last publish: the log is kept for
+		// recentWanted after it, for the device's next poll, then dropped.
+		s := newSetup()
+		clock := now
+		s.h.now = func() time.Time { return clock }
+		s.h.publishChannel(chA, 5, msg(chA, 5, 10))
+		s.h.remove(s.w)
+		clock = clock.Add(recentWanted - time.Millisecond)
+		s.h.publishChannel(chA, 6, msg(chA, 6, 10))
+		if l := s.h.recent[channelKey(chA)]; l == nil || len(l.msgs) != 2 {
+			t.Fatalf("log between polls: %+v", l)
+		}
+		clock = clock.Add(2 * time.Millisecond)
+		s.h.publishChannel(chA, 7, msg(chA, 7, 10))
+		if s.h.recent[channelKey(chA)] != nil || s.h.recentBytes != 0 {
+			t.Fatalf("log kept %v after its last waiter: %d bytes", recentWanted, s.h.recentBytes)
 		}
 	})
 	t.Run("bounded", func(t *testing.T) {
@@ -248,6 +268,166 @@ func TestMemoryAnswerRules(t *testing.T) {
 			t.Fatalf("an idle channel's log outlived its head: %d bytes", s.h.recentBytes)
 		}
 	})
+}
+
+// TestViewAnswerRules drives the hub directly: a poll arriving after new
+// messages is answered from its device's view (hubview.go) only when the
+// answer is one a read could give.
+func TestViewAnswerRules(t *testing.T) {
+	now := time.UnixMilli(1_000_000)
+	msg := func(id []byte, seq uint64) *cachedMessage {
+		return &cachedMessage{Message: Message{ChannelID: id, Seq: seq, MessageID: "m", Body: make([]byte, 10), Time: now}, expiresMS: now.UnixMilli() + 1000}
+	}
+	chA, chB := []byte("channel-a-16byte"), []byte("channel-b-16byte")
+	bob := Caller{AccountID: "acct", DeviceID: "dev"}
+	at := func(a, b uint64) After {
+		return After{Channels: map[string]uint64{string(chA): a, string(chB): b}}
+	}
+	// newHub: bob's poll read both channels at seq 4, waited and was
+	// answered (the view at 4), and is between polls.
+	newHub := func() *hub {
+		h := newHub(newMetrics())
+		h.memoryServe = true
+		h.now = func() time.Time { return now }
+		h.listen = func() (bool, int64) { return true, 0 }
+		w := h.newWaiter()
+		h.add(w, accountKey(bob.AccountID))
+		h.add(w, deviceKey(bob.DeviceID))
+		gen := h.beginRead(w)
+		h.addChannel(w, chA, 4)
+		h.addChannel(w, chB, 4)
+		h.publishChannel(chA, 4, msg(chA, 4))
+		h.setView(w, bob, []channelPos{{id: chA, pos: 4, head: 4}, {id: chB, pos: 4, head: 4}}, 0, gen)
+		h.remove(w)
+		return h
+	}
+	answer := func(h *hub, after After) (Batch, []channelPos, bool) {
+		return h.fromView(bob, after, 100, 1<<20, now.UnixMilli())
+	}
+
+	t.Run("answered", func(t *testing.T) {
+		h := newHub()
+		h.publishChannel(chA, 5, msg(chA, 5))
+		h.publishChannel(chA, 6, msg(chA, 6))
+		b, chans, ok := answer(h, at(4, 4))
+		if !ok || len(b.Messages) != 2 || b.Messages[0].Seq != 5 || b.Messages[1].Seq != 6 {
+			t.Fatalf("answer %v: %+v", ok, b)
+		}
+		if chans[0].pos != 6 || chans[0].head != 6 || chans[1].pos != 4 {
+			t.Fatalf("positions after the answer: %+v", chans)
+		}
+	})
+	t.Run("nothing new: parks", func(t *testing.T) {
+		b, chans, ok := answer(newHub(), at(4, 4))
+		if !ok || !b.empty() || chans[0].pos != 4 {
+			t.Fatalf("answer %v: %+v at %+v", ok, b, chans)
+		}
+	})
+	refused := func(t *testing.T, h *hub, after After) {
+		t.Helper()
+		if b, _, ok := answer(h, after); ok {
+			t.Fatalf("answered from the view: %+v", b)
+		}
+	}
+	t.Run("position past the view's head", func(t *testing.T) {
+		h := newHub()
+		h.publishChannel(chA, 5, msg(chA, 5))
+		h.publishChannel(chA, 6, msg(chA, 6))
+		refused(t, h, at(5, 4))
+	})
+	t.Run("behind the view", func(t *testing.T) {
+		h := newHub()
+		h.publishChannel(chA, 5, msg(chA, 5))
+		refused(t, h, at(3, 4))
+	})
+	t.Run("a message without its body", func(t *testing.T) {
+		// Another node's message or a membership event, a removal among
+		// them: never answered over.
+		h := newHub()
+		h.publishChannel(chA, 5, msg(chA, 5))
+		h.publishChannel(chA, 6, nil)
+		h.publishChannel(chA, 7, msg(chA, 7))
+		refused(t, h, at(4, 4))
+	})
+	t.Run("fence up or raised since the view", func(t *testing.T) {
+		h := newHub()
+		lower := h.raiseFence()
+		h.publishChannel(chA, 5, msg(chA, 5))
+		refused(t, h, at(4, 4))
+		lower()
+		refused(t, h, at(4, 4))
+	})
+	t.Run("account published", func(t *testing.T) {
+		h := newHub()
+		h.publishChannel(chA, 5, msg(chA, 5))
+		h.publish(accountKey(bob.AccountID))
+		refused(t, h, at(4, 4))
+	})
+	t.Run("over the limit", func(t *testing.T) {
+		h := newHub()
+		h.publishChannel(chA, 5, msg(chA, 5))
+		h.publishChannel(chA, 6, msg(chA, 6))
+		if b, _, ok := h.fromView(bob, at(4, 4), 1, 1<<20, now.UnixMilli()); ok {
+			t.Fatalf("answered over the limit: %+v", b)
+		}
+	})
+	t.Run("one channel kept, another not", func(t *testing.T) {
+		h := newHub()
+		h.publishChannel(chA, 5, msg(chA, 5))
+		h.publishChannel(chB, 5, msg(chB, 5)) // nobody ever waited on B here
+		refused(t, h, at(4, 4))
+	})
+}
+
+// TestPollAnsweredFromItsView: a device between two polls when messages
+// arrive gets them on its next poll from memory, by its view, exactly as a
+// read returns them; a position past what it was served reads.
+func TestPollAnsweredFromItsView(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.LongPollMax = time.Minute })
+	alice, bob := e.dir.add("alice", "a1"), e.dir.add("bob", "b1")
+	ch, g := e.group(t, alice, bob)
+	answers := func() float64 { return testutil.ToFloat64(e.svc.metrics.viewAnswers) }
+	at := func(seq uint64) After { return afterIn(ch.ID, seq) }
+
+	// Bob waits and is answered: his view stands at m1.
+	o := e.startPoll(bob, at(ch.HeadSeq))
+	e.awaitParked(t, 1)
+	m1 := e.send(t, alice, ch.ID, dt.Application(g, 0, 100))
+	if b := awaitPoll(t, o); len(b.Messages) != 1 || b.Messages[0].Seq != m1.Seq {
+		t.Fatalf("first poll: %+v", b.Messages)
+	}
+	// Two messages while he is between polls.
+	e.send(t, alice, ch.ID, dt.Application(g, 0, 200))
+	m3 := e.send(t, alice, ch.ID, dt.Application(g, 0, 300))
+	want, err := e.svc.Fetch(ctx, bob.Caller, 0, at(m1.Seq))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := awaitPoll(t, e.startPoll(bob, at(m1.Seq)))
+	if len(b.Messages) != 2 || !reflect.DeepEqual(b, want) {
+		t.Fatalf("poll after m1 answered\n%+v\na read returns\n%+v", b, want)
+	}
+	if answers() != 1 {
+		t.Fatalf("%v polls answered from their view, want 1", answers())
+	}
+	// The answer moved the view: the next poll parks without a read.
+	parks := testutil.ToFloat64(e.svc.metrics.unreadParks)
+	o = e.startPoll(bob, at(m3.Seq))
+	e.awaitParked(t, 1)
+	if testutil.ToFloat64(e.svc.metrics.unreadParks) != parks+1 {
+		t.Fatal("the poll after a view answer read")
+	}
+	m4 := e.send(t, alice, ch.ID, dt.Application(g, 0, 100))
+	awaitPoll(t, o)
+	// A position past what bob was served is not taken on trust.
+	e.send(t, alice, ch.ID, dt.Application(g, 0, 100))
+	m6 := e.send(t, alice, ch.ID, dt.Application(g, 0, 100))
+	if b := awaitPoll(t, e.startPoll(bob, at(m4.Seq+1))); len(b.Messages) != 1 || b.Messages[0].Seq != m6.Seq {
+		t.Fatalf("poll from a position never served: %+v", b.Messages)
+	}
+	if answers() != 1 {
+		t.Fatal("a poll from a position never served was answered from its view")
+	}
 }
 
 // TestRemovalsRaiseTheFence: a write that takes access away holds the

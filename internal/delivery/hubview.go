@@ -26,7 +26,9 @@ import "time"
 // So a poll whose read-ahead positions reach the view's head of every
 // channel, while no channel's head has moved since, with an inbox position
 // at least the view's, would read nothing, and parks on the view's
-// channels at once. It parks at the view's heads, never further: a head
+// channels at once. Where heads have moved since, by messages this node
+// committed and still keeps (hubrecent.go), the same poll is answered with
+// them, as a woken poll would be, instead of reading. It parks at the view's heads, never further: a head
 // that moved since may be another node's removal of the device, and a
 // position past it would let a memory answer skip it (hubrecent.go;
 // TestParkedPositionStaysWhereTheViewWas). A publish made
@@ -49,8 +51,9 @@ type view struct {
 	chans      []channelPos // head: the snapshot's; base: a lower bound of the acknowledged position
 	inboxAfter uint64
 	at         time.Time
-	gen        int   // the hub's generation when made
-	flips      int64 // store.ListenState's counter when made
+	gen        int    // the hub's generation when made
+	fenceGen   uint64 // the hub's fence generation when the read it stands on began (hubrecent.go)
+	flips      int64  // store.ListenState's counter when made
 }
 
 // setView stores what w's read found for device c, unless a key w watches
@@ -65,7 +68,7 @@ func (h *hub) setView(w *waiter, c Caller, chans []channelPos, inboxAfter uint64
 	if !up {
 		return
 	}
-	v := &view{chans: chans, inboxAfter: inboxAfter, at: h.now(), gen: gen, flips: flips}
+	v := &view{chans: chans, inboxAfter: inboxAfter, at: h.now(), gen: gen, fenceGen: w.fenceGen, flips: flips}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if w.dirty || h.resyncs != gen {
@@ -84,44 +87,62 @@ func (h *hub) setView(w *waiter, c Caller, chans []channelPos, inboxAfter uint64
 	devs[c.DeviceID] = struct{}{}
 }
 
-// parkable reports whether device c's poll with read-ahead positions after
-// would read nothing, by its view; if so it returns the channels to watch,
-// each with the position the poll stands at.
-func (h *hub) parkable(c Caller, after After) ([]channelPos, bool) {
+// fromView answers device c's poll with read-ahead positions after from
+// its view, without a read, when it can: ok with an empty batch means the
+// read would find nothing and the poll parks on chans, each at the
+// position the poll stands at; ok with messages means those are what a
+// read would return: the channels' messages committed on this node since
+// the view, all of them still kept (hubrecent.go), under the same rules
+// as a woken poll's answer from memory (no fence raised since the view's
+// read, nothing missing, within limit and budget); chans then stand after
+// them.
+func (h *hub) fromView(c Caller, after After, limit, budget int, nowMS int64) (b Batch, chans []channelPos, ok bool) {
 	if h.listen == nil {
-		return nil, false
+		return Batch{}, nil, false
 	}
 	up, flips := h.listen()
 	if !up {
-		return nil, false
+		return Batch{}, nil, false
 	}
 	now := h.now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	v := h.views[c.DeviceID]
 	if v == nil || v.account != c.AccountID || v.flips != flips || v.gen != h.resyncs || now.Sub(v.at) >= viewTTL || now.Before(v.at) {
-		return nil, false
+		return Batch{}, nil, false
 	}
 	if after.Inbox < v.inboxAfter {
-		return nil, false
+		return Batch{}, nil, false
 	}
+	// Messages may be answered only while no write that takes access away
+	// is in progress or has been since the view's read.
+	answerable := h.memoryServe && h.fence == 0 && h.fenceGen == v.fenceGen
 	out := make([]channelPos, len(v.chans))
 	for i, p := range v.chans {
-		// Only at the view's head: where the device was last served. A
-		// head published since may be another node's removal of this
-		// device whose key publish is still on its way (the view would
-		// then be gone); a position past it, which only a client
-		// claiming what it was never sent can hold, would let the next
-		// message be answered from memory (hubrecent.go). Read instead.
-		if h.heads[channelKey(p.id)].seq > p.head {
-			return nil, false
+		pos := max(p.base, after.Channels[string(p.id)])
+		if pos < p.head {
+			return Batch{}, nil, false
 		}
-		if max(p.base, after.Channels[string(p.id)]) < p.head {
-			return nil, false
+		head := h.heads[channelKey(p.id)].seq
+		if head > p.head {
+			// Committed since the view. The poll must stand exactly at
+			// the view's head, where the device was last served: a head
+			// published since may be another node's removal of this
+			// device whose key publish is still on its way (the view
+			// would then be gone), and a position past it, which only a
+			// client claiming what it was never sent can hold, must not
+			// be taken on trust (TestParkedPositionStaysWhereTheViewWas).
+			// The removal holds a seq of its own that is never kept, so
+			// collecting from the view's head finds it missing and reads.
+			if pos != p.head || !answerable || !h.collectLocked(&b, p.id, p.head, head, limit, &budget, nowMS) {
+				return Batch{}, nil, false
+			}
+			out[i] = channelPos{id: p.id, kind: p.kind, pos: head, head: head, base: p.base}
+			continue
 		}
 		out[i] = channelPos{id: p.id, kind: p.kind, pos: p.head, head: p.head, base: p.base}
 	}
-	return out, true
+	return b, out, true
 }
 
 // forgetLocked deletes the views a publish of key makes stale.

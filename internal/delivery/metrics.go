@@ -20,6 +20,7 @@ type metrics struct {
 	waiters         prometheus.Gauge       // qpcd_long_poll_waiters
 	unreadParks     prometheus.Counter     // qpcd_long_poll_unread_parks_total
 	memoryServes    prometheus.Counter     // qpcd_long_poll_memory_answers_total
+	viewAnswers     prometheus.Counter     // qpcd_long_poll_view_answers_total
 	denied          *prometheus.CounterVec // qpcd_delivery_denied_total{operation}
 	expired         *prometheus.CounterVec // qpcd_delivery_expired_total{kind}
 	quotaRefusals   *prometheus.CounterVec // qpcd_quota_refusals_total{limit}
@@ -65,6 +66,9 @@ func newMetrics() *metrics {
 		}),
 		memoryServes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "qpcd_long_poll_memory_answers_total", Help: "Woken long polls answered from the messages this node had just committed, without a database read.",
+		}),
+		viewAnswers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "qpcd_long_poll_view_answers_total", Help: "Long polls answered on arrival from the messages this node had just committed, by the device's last read, without a database read.",
 		}),
 		waiters: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "qpcd_long_poll_waiters", Help: "FetchWait calls in progress.",
@@ -129,7 +133,7 @@ func newMetrics() *metrics {
 func (m *metrics) register(r prometheus.Registerer) error {
 	var errs []error
 	for _, c := range []prometheus.Collector{m.enqueued, m.enqueuedBytes, m.inboxItems, m.fetches, m.fetchedMessages,
-		m.fetchedBytes, m.depth, m.oldest, m.wakeups, m.unreadParks, m.memoryServes, m.waiters, m.denied, m.expired, m.quotaRefusals,
+		m.fetchedBytes, m.depth, m.oldest, m.wakeups, m.unreadParks, m.memoryServes, m.viewAnswers, m.waiters, m.denied, m.expired, m.quotaRefusals,
 		m.membership, m.invitationsRefused, m.groupInfos} {
 		if err := r.Register(c); err != nil {
 			errs = append(errs, err)
