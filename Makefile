@@ -14,7 +14,7 @@ PROTOC_VERSION := 3.21.12
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: all build run test test-go test-tools jaeger trace-e2e vet fmt-check ops-check proto proto-interop interop interop-wg mlswg-runner test-mlswg fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test bench-peers bench-compare testnet testnet-down bench-mls-peers
+.PHONY: all build run test test-go test-tools jaeger trace-e2e vet fmt-check ops-check proto proto-interop interop interop-wg mlswg-runner test-mlswg fuzz deps-test clean chaos chaos-short soak compat package-upgrade-test bench-peers bench-half bench-compare testnet testnet-down bench-mls-peers
 
 all: build
 
@@ -215,6 +215,14 @@ bench-peers:
 	@missing=""; for t in jq:jq curl:curl /usr/bin/time:time; do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; }
 	scripts/bench-peers.sh
+
+# Issue 17's half-load aim (scripts/bench-half.sh, docs/benchmarks.md): per
+# run a fresh qpcd on SQLCipher, the closed loop and then half its rate
+# paced; BASE=rev alternates with a build of rev.
+bench-half:
+	@missing=""; for t in jq:jq curl:curl; do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; }
+	scripts/bench-half.sh
 
 # internal/mls against ts-mls from npm (bench/ts-mls, pinned by its
 # package-lock.json, installed with npm ci when missing): the fresh-tree
