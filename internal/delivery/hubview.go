@@ -28,13 +28,13 @@ import "time"
 // at least the view's, would read nothing, and parks on the view's
 // channels at once. Where heads have moved since, by messages this node
 // committed and still keeps (hubrecent.go), the same poll is answered with
-// them, as a woken poll would be, instead of reading. It parks at the view's heads, never further: a head
-// that moved since may be another node's removal of the device, and a
-// position past it would let a memory answer skip it (hubrecent.go;
-// TestParkedPositionStaysWhereTheViewWas). A publish made
-// between the commit and the hub's knowledge of it wakes the parked poll
-// like any waiter: the view can make a poll wait for a wake-up that is
-// already on its way, never miss one. On PostgreSQL other nodes' commits
+// them, as a woken poll would be, instead of reading. It parks at the
+// view's heads, never further: a head that moved since may be another
+// node's removal of the device, and a position past it would let a memory
+// answer skip it (hubrecent.go; TestParkedPositionStaysWhereTheViewWas).
+// A publish made between the commit and the hub's knowledge of it wakes
+// the parked poll like any waiter: the view can make a poll wait for a
+// wake-up that is already on its way, never miss one. On PostgreSQL other nodes' commits
 // arrive through LISTEN; a view is only made and used while that
 // connection is up and has not been lost in between (store.ListenState),
 // and a resync (wakeAll) forgets every view.
