@@ -23,9 +23,10 @@ cd "$(dirname "$0")/.."
 command -v nstat >/dev/null || { echo "bench-ab: needs nstat (iproute2)" >&2; exit 1; }
 command -v jq >/dev/null || { echo "bench-ab: needs jq" >&2; exit 1; }
 tmp=$(mktemp -d)
-pid=
+# shellcheck source=scripts/lib/benchqpcd.sh
+. scripts/lib/benchqpcd.sh
 cleanup() {
-	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+	benchqpcd_stop
 	git worktree remove --force "$tmp/src" 2>/dev/null || true
 	rm -rf "$tmp"
 }
@@ -33,33 +34,20 @@ trap cleanup EXIT
 go build -o "$tmp/new/" ./cmd/qpcd ./cmd/qpc-bench
 git worktree add -q --detach "$tmp/src" "$BASE"
 (cd "$tmp/src" && go build -o "$tmp/base/" ./cmd/qpcd ./cmd/qpc-bench)
-freeudp() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-freetcp() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 printf "side\tpair\tload\tmsgs_per_s\tcpu_us_all\tcpu_us_qpcd\tdgrams_per_msg\tack_p99_ms\n"
 for p in $(seq "$PAIRS"); do
 	for side in base new; do
-		d=$tmp/data-$side-$p port=$(freeudp) ops=$(freetcp)
-		mkdir -m 700 "$d"
-		QPC_DATA_DIR=$d QPC_LISTEN=127.0.0.1:$port QPC_OPS_LISTEN=127.0.0.1:$ops \
-			QPC_LIMITS_RATE_LIMIT=1000000 QPC_LIMITS_RATE_BURST=1000000 QPC_LIMITS_MAX_STREAMS_PER_CONN=1000 \
-			QPC_LIMITS_MAX_CONNECTIONS_PER_ADDRESS=1000 QPC_LIMITS_BYTE_RATE=1073741824 QPC_LIMITS_BYTE_BURST=1073741824 \
-			QPC_QUOTA_MESSAGES=0 QPC_QUOTA_MESSAGE_BYTES=0 QPC_INVITATIONS_MAX_PER_HOUR=100000 QPC_INVITATIONS_MAX_PENDING=100000 \
-			"$tmp/$side/qpcd" 2>"$d.log" &
-		pid=$!
-		for _ in $(seq 300); do
-			curl -fs "http://127.0.0.1:$ops/readyz" >/dev/null 2>&1 && [ -s "$d/tls/cert.pem" ] && break
-			kill -0 "$pid" 2>/dev/null || { echo "bench-ab: $side qpcd exited:" >&2; cat "$d.log" >&2; exit 1; }
-			sleep 0.1
-		done
+		d=$tmp/data-$side-$p
+		benchqpcd_start "$tmp/$side/qpcd" "$d" "bench-ab: $side"
 		load=$(cut -d' ' -f1 /proc/loadavg)
 		nstat -n >/dev/null
-		"$tmp/$side/qpc-bench" -mode enqueue -n "$N" -receivers 1 -addr "127.0.0.1:$port" -data-dir "$d" \
-			-warmup "$WARMUP" -duration "$DURATION" -server-pid "$pid" -json "$d.json" >"$d.txt" 2>&1
+		"$tmp/$side/qpc-bench" -mode enqueue -n "$N" -receivers 1 -addr "$bench_addr" -data-dir "$d" \
+			-warmup "$WARMUP" -duration "$DURATION" -server-pid "$bench_pid" -json "$d.json" >"$d.txt" 2>&1
 		out=$(nstat | awk '/UdpOutDatagrams/ {print $2}')
 		jq -r --arg side "$side" --arg p "$p" --arg load "$load" --argjson out "${out:-0}" \
 			'.[] | select(.mode=="enqueue") | [$side, $p, $load, (.throughput_per_s|round), (.cpu_us_per_request|round),
 			 (.server_cpu_us_per_request|round), ($out / .requests * 100 | round / 100), .rpc_latency.p99_ms] | @tsv' "$d.json"
-		kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+		benchqpcd_stop
 	done
 done | tee "$tmp/rows.tsv"
 echo "medians:"

@@ -22,9 +22,10 @@ RATE=${RATE:-}
 cd "$(dirname "$0")/.."
 command -v jq >/dev/null || { echo "bench-half: needs jq" >&2; exit 1; }
 tmp=$(mktemp -d)
-pid=
+# shellcheck source=scripts/lib/benchqpcd.sh
+. scripts/lib/benchqpcd.sh
 cleanup() {
-	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+	benchqpcd_stop
 	git worktree remove --force "$tmp/src" 2>/dev/null || true
 	rm -rf "$tmp"
 }
@@ -36,26 +37,13 @@ if [ -n "${BASE:-}" ]; then
 	(cd "$tmp/src" && go build -o "$tmp/base/" ./cmd/qpcd ./cmd/qpc-bench)
 	sides=(base new)
 fi
-freeudp() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-freetcp() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 printf "side\trun\tload\tclosed_msgs_per_s\tpaced_rate\tack_p50_ms\tack_p99_ms\tack_p999_ms\tdelivery_p99_ms\tcpu_us_all\tcpu_us_qpcd\n"
 for r in $(seq "$RUNS"); do
 	for side in "${sides[@]}"; do
-		d=$tmp/data-$side-$r port=$(freeudp) ops=$(freetcp)
-		mkdir -m 700 "$d"
-		QPC_DATA_DIR=$d QPC_LISTEN=127.0.0.1:$port QPC_OPS_LISTEN=127.0.0.1:$ops \
-			QPC_LIMITS_RATE_LIMIT=1000000 QPC_LIMITS_RATE_BURST=1000000 QPC_LIMITS_MAX_STREAMS_PER_CONN=1000 \
-			QPC_LIMITS_MAX_CONNECTIONS_PER_ADDRESS=1000 QPC_LIMITS_BYTE_RATE=1073741824 QPC_LIMITS_BYTE_BURST=1073741824 \
-			QPC_QUOTA_MESSAGES=0 QPC_QUOTA_MESSAGE_BYTES=0 QPC_INVITATIONS_MAX_PER_HOUR=100000 QPC_INVITATIONS_MAX_PENDING=100000 \
-			"$tmp/$side/qpcd" 2>"$d.log" &
-		pid=$!
-		for _ in $(seq 300); do
-			curl -fs "http://127.0.0.1:$ops/readyz" >/dev/null 2>&1 && [ -s "$d/tls/cert.pem" ] && break
-			kill -0 "$pid" 2>/dev/null || { echo "bench-half: $side qpcd exited:" >&2; cat "$d.log" >&2; exit 1; }
-			sleep 0.1
-		done
+		d=$tmp/data-$side-$r
+		benchqpcd_start "$tmp/$side/qpcd" "$d" "bench-half: $side"
 		load=$(cut -d' ' -f1 /proc/loadavg)
-		bench() { "$tmp/$side/qpc-bench" -mode enqueue -n "$N" -receivers 1 -addr "127.0.0.1:$port" -data-dir "$d" -server-pid "$pid" "$@"; }
+		bench() { "$tmp/$side/qpc-bench" -mode enqueue -n "$N" -receivers 1 -addr "$bench_addr" -data-dir "$d" -server-pid "$bench_pid" "$@"; }
 		bench -duration "$CLOSED" -json "$d.closed.json" >"$d.closed.txt" 2>&1
 		closed=$(jq -r '.[] | select(.mode=="enqueue") | .throughput_per_s | round' "$d.closed.json")
 		rate=${RATE:-$((closed / 2))}
@@ -63,7 +51,7 @@ for r in $(seq "$RUNS"); do
 		jq -r --arg side "$side" --arg r "$r" --arg load "$load" --arg closed "$closed" --arg rate "$rate" \
 			'.[] | select(.mode=="enqueue") | [$side, $r, $load, $closed, $rate, .rpc_latency.p50_ms, .rpc_latency.p99_ms,
 			 .rpc_latency.p999_ms, .delivery_latency.p99_ms, (.cpu_us_per_request|round), (.server_cpu_us_per_request|round)] | @tsv' "$d.paced.json"
-		kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+		benchqpcd_stop
 	done
 done | tee "$tmp/rows.tsv"
 for side in "${sides[@]}"; do
