@@ -22,18 +22,9 @@ WARMUP=${WARMUP:-1s}
 cd "$(dirname "$0")/.."
 command -v nstat >/dev/null || { echo "bench-ab: needs nstat (iproute2)" >&2; exit 1; }
 command -v jq >/dev/null || { echo "bench-ab: needs jq" >&2; exit 1; }
-tmp=$(mktemp -d)
 # shellcheck source=scripts/lib/benchqpcd.sh
 . scripts/lib/benchqpcd.sh
-cleanup() {
-	benchqpcd_stop
-	git worktree remove --force "$tmp/src" 2>/dev/null || true
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-go build -o "$tmp/new/" ./cmd/qpcd ./cmd/qpc-bench
-git worktree add -q --detach "$tmp/src" "$BASE"
-(cd "$tmp/src" && go build -o "$tmp/base/" ./cmd/qpcd ./cmd/qpc-bench)
+benchqpcd_setup "$BASE"
 printf "side\tpair\tload\tmsgs_per_s\tcpu_us_all\tcpu_us_qpcd\tdgrams_per_msg\tack_p99_ms\n"
 for p in $(seq "$PAIRS"); do
 	for side in base new; do

@@ -21,22 +21,9 @@ PACED=${PACED:-10s}
 RATE=${RATE:-}
 cd "$(dirname "$0")/.."
 command -v jq >/dev/null || { echo "bench-half: needs jq" >&2; exit 1; }
-tmp=$(mktemp -d)
 # shellcheck source=scripts/lib/benchqpcd.sh
 . scripts/lib/benchqpcd.sh
-cleanup() {
-	benchqpcd_stop
-	git worktree remove --force "$tmp/src" 2>/dev/null || true
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-sides=(new)
-go build -o "$tmp/new/" ./cmd/qpcd ./cmd/qpc-bench
-if [ -n "${BASE:-}" ]; then
-	git worktree add -q --detach "$tmp/src" "$BASE"
-	(cd "$tmp/src" && go build -o "$tmp/base/" ./cmd/qpcd ./cmd/qpc-bench)
-	sides=(base new)
-fi
+benchqpcd_setup "${BASE:-}"
 printf "side\trun\tload\tclosed_msgs_per_s\tpaced_rate\tack_p50_ms\tack_p99_ms\tack_p999_ms\tdelivery_p99_ms\tcpu_us_all\tcpu_us_qpcd\n"
 for r in $(seq "$RUNS"); do
 	for side in "${sides[@]}"; do

@@ -4,6 +4,11 @@
 # ports, every rate limit and quota out of the way (the bench clients all
 # share 127.0.0.1, and a long run sends more than a week of ordinary use).
 #
+#   benchqpcd_setup [BASE]
+#       makes the temp dir tmp (removed on exit, with the qpcd still
+#       running), builds qpcd and qpc-bench from this tree into $tmp/new
+#       and, given BASE (a git revision), from BASE into $tmp/base; sets
+#       sides to (new) or (base new).
 #   benchqpcd_start BINARY DATADIR NAME
 #       starts BINARY with its data in DATADIR (made here, stderr in
 #       DATADIR.log), waits until it is ready and sets bench_pid and
@@ -12,6 +17,24 @@
 
 bench_pid=
 bench_addr=
+
+benchqpcd_setup() {
+	tmp=$(mktemp -d)
+	trap benchqpcd_cleanup EXIT
+	sides=(new)
+	go build -o "$tmp/new/" ./cmd/qpcd ./cmd/qpc-bench
+	if [ -n "${1:-}" ]; then
+		git worktree add -q --detach "$tmp/src" "$1"
+		(cd "$tmp/src" && go build -o "$tmp/base/" ./cmd/qpcd ./cmd/qpc-bench)
+		sides=(base new)
+	fi
+}
+
+benchqpcd_cleanup() {
+	benchqpcd_stop
+	git worktree remove --force "$tmp/src" 2>/dev/null || true
+	rm -rf "$tmp"
+}
 
 benchqpcd_start() {
 	local bin=$1 d=$2 name=$3 port ops
