@@ -88,7 +88,17 @@ func TestPostgresWithStandby(t *testing.T) {
 	}
 	conn.Close(ctx)
 	standbyDSN := strings.Replace(dsn, "target_session_attrs=read-write", "target_session_attrs=standby", 1)
-	sconn, err := pgx.Connect(ctx, standbyDSN)
+	// A synchronous commit waits for the standby to flush its WAL, not to
+	// replay it: until the standby has replayed the creation of qpcd's
+	// database, connecting to it fails with "database does not exist".
+	var sconn *pgx.Conn
+	for {
+		sconn, err = pgx.Connect(ctx, standbyDSN)
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // polling the standby's replay, bounded by ctx
+	}
 	if err != nil {
 		t.Fatalf("connect to the standby: %v", err)
 	}

@@ -59,6 +59,7 @@ type Metrics struct {
 	Ready            prometheus.Gauge         // qpcd_ready: 1 when serving, 0 while starting or draining
 	DBCommitDuration prometheus.Histogram     // qpcd_db_commit_duration_seconds: COMMIT of one write batch
 	DBCommitWrites   prometheus.Histogram     // qpcd_db_commit_writes: WriteTx calls per committed batch
+	DBWriteWait      prometheus.Histogram     // qpcd_db_write_wait_seconds: a write's wait for SQLite's single writer
 
 	err error // registration failure; see Err
 }
@@ -115,6 +116,10 @@ func NewMetrics(store *StoreGauges) *Metrics {
 			Name: "qpcd_db_commit_duration_seconds", Help: "Time the COMMIT of one write batch took: writing the WAL and flushing it to disk.",
 			Buckets: DBCommitBuckets,
 		}),
+		DBWriteWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "qpcd_db_write_wait_seconds", Help: "Time a write waited for SQLite's single writer, from being queued to the start of its batch (SQLite only).",
+			Buckets: DBCommitBuckets,
+		}),
 		DBCommitWrites: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "qpcd_db_commit_writes", Help: "Write transactions group-committed per batch.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 9), // 1 to 256, the batch cap
@@ -136,7 +141,7 @@ func NewMetrics(store *StoreGauges) *Metrics {
 		buildInfo, start,
 		m.Connections, m.ConnectionsTotal, m.RPCs, m.RPCDuration, m.EnqueueMessages, m.InFlight,
 		m.FramesRejected, m.RateLimited, m.AuthFailures, m.Ready,
-		m.DBCommitDuration, m.DBCommitWrites,
+		m.DBCommitDuration, m.DBCommitWrites, m.DBWriteWait,
 	}
 	if store != nil && store.Size != nil {
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -156,7 +156,7 @@ var allMetricNames = []string{
 	"qpcd_connections", "qpcd_connections_total", "qpcd_rpc_requests_total", "qpcd_rpc_duration_seconds",
 	"qpcd_rpc_in_flight", "qpcd_frames_rejected_total", "qpcd_rate_limited_total", "qpcd_auth_failures_total",
 	"qpcd_ready", "qpcd_build_info", "qpcd_db_size_bytes", "qpcd_start_time_seconds",
-	"qpcd_db_commit_duration_seconds", "qpcd_db_commit_writes", "qpcd_db_write_queue",
+	"qpcd_db_commit_duration_seconds", "qpcd_db_commit_writes", "qpcd_db_write_queue", "qpcd_db_write_wait_seconds",
 }
 
 func touch(m *Metrics) {
@@ -170,6 +170,7 @@ func touch(m *Metrics) {
 	m.Ready.Set(1)
 	m.DBCommitDuration.Observe(0.002)
 	m.DBCommitWrites.Observe(14)
+	m.DBWriteWait.Observe(0.001)
 }
 
 func TestMetricsPassPromlint(t *testing.T) {

@@ -171,6 +171,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		s.metrics.DBCommitWrites.Observe(float64(writes))
 		s.disk.Succeeded()
 	})
+	s.db.SetWaitObserver(func(waited time.Duration) { s.metrics.DBWriteWait.Observe(waited.Seconds()) })
 	if pg {
 		if err := registerPostgresMetrics(s.metrics.Registry, s.db, &s.dbHealth); err != nil {
 			return nil, err

@@ -122,6 +122,7 @@ type DB struct {
 
 	onCommit   atomic.Pointer[func(writes int, took time.Duration)] // SetCommitObserver
 	onDiskFull atomic.Pointer[func(err error)]                      // SetDiskFullObserver
+	onWait     atomic.Pointer[func(waited time.Duration)]           // SetWaitObserver
 
 	// pg is set when the database is PostgreSQL (OpenPostgres); the
 	// SQLite fields above are then unused.
@@ -331,6 +332,19 @@ func (db *DB) SetCommitObserver(f func(writes int, took time.Duration)) {
 		return
 	}
 	db.onCommit.Store(&f)
+}
+
+// SetWaitObserver sets a function called on the writer as it starts each
+// WriteTx function, with how long that function waited for it since it
+// was queued (SQLite only: on PostgreSQL every write runs at once on its
+// own connection, and the pool's wait is counted apart). It must return
+// quickly. nil removes it.
+func (db *DB) SetWaitObserver(f func(waited time.Duration)) {
+	if f == nil {
+		db.onWait.Store(nil)
+		return
+	}
+	db.onWait.Store(&f)
 }
 
 // QueueLen is the number of WriteTx calls waiting for the writer.

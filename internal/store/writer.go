@@ -40,11 +40,12 @@ type request struct {
 	state atomic.Int32
 	done  chan error // buffered 1; receives exactly one result
 
-	// When the caller's span records, the writer notes when it took the
-	// request and when the batch's COMMIT (with its fsync) ran, and the
-	// caller turns them into spans after the result arrived (writes happen
-	// before done is sent, so no lock is needed). Untraced requests cost
-	// one bool test.
+	// queued and taken time the wait for the writer
+	// (qpcd_db_write_wait_seconds) and, when the caller's span records,
+	// its db.write.wait span; for a traced request the writer also notes
+	// when the batch's COMMIT (with its fsync) ran. The caller turns them
+	// into spans after the result arrived (writes happen before done is
+	// sent, so no lock is needed).
 	traced                 bool
 	queued, taken          time.Time
 	commitStart, commitEnd time.Time
@@ -118,11 +119,9 @@ func (db *DB) QueueWriteTx(ctx context.Context, fn func(tx *sql.Tx) error) (wait
 		err := db.classify(db.pgWrite(ctx, sql.LevelSerializable, fn))
 		return func() error { return err }
 	}
-	r := &request{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	r := &request{ctx: ctx, fn: fn, done: make(chan error, 1), queued: time.Now()}
 	ctx, span := tracing.Start(ctx, "db.write")
-	if span.IsRecording() {
-		r.traced, r.queued = true, time.Now()
-	}
+	r.traced = span.IsRecording()
 	if err := db.enqueue(ctx, db.queue, r); err != nil {
 		tracing.Fail(span, "not_queued")
 		span.End()
@@ -308,8 +307,11 @@ func (db *DB) attempt(reqs []*request, budget bool) (retry, leftover []*request)
 		if !r.take() {
 			continue // the caller gave up before it started
 		}
-		if r.traced && r.taken.IsZero() {
+		if r.taken.IsZero() && r.fn != nil {
 			r.taken = time.Now()
+			if f := db.onWait.Load(); f != nil {
+				(*f)(r.taken.Sub(r.queued))
+			}
 		}
 		if _, err := sp.begin.Exec(); err != nil {
 			// The transaction is unusable before r ran: r fails without

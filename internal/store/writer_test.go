@@ -681,3 +681,55 @@ func TestCommitObserver(t *testing.T) {
 		t.Fatalf("queue %d after the writes", db.QueueLen())
 	}
 }
+
+// TestWaitObserver: each write reports its wait for the writer once, from
+// being queued to the start of its batch, so a write held behind an
+// exclusive job reports at least the time the test kept it queued.
+func TestWaitObserver(t *testing.T) {
+	db := openTest(t, filepath.Join(t.TempDir(), "qpcd.db"), newKey(t))
+	defer db.Close()
+	var mu sync.Mutex
+	var waits []time.Duration
+	db.SetWaitObserver(func(waited time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		waits = append(waits, waited)
+	})
+	ctx := context.Background()
+	release := holdWriter(t, db)
+	done := submit(ctx, db, []func(*sql.Tx) error{insert("held")})
+	waitFor(t, "the write queued", func() bool { return db.QueueLen() == 1 })
+	seenQueued := time.Now()
+	// The write stays queued at least until the writer is released.
+	waitFor(t, "a measurable hold", func() bool { return time.Since(seenQueued) >= 5*time.Millisecond })
+	held := time.Since(seenQueued)
+	release()
+	if errs := collect(t, done, 1); errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	if err := db.WriteTx(ctx, insert("free")); err != nil {
+		t.Fatal(err)
+	}
+	seen := func() []time.Duration {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]time.Duration(nil), waits...)
+	}
+	got := seen()
+	if len(got) != 2 {
+		t.Fatalf("observer saw %d waits, want one per write (2)", len(got))
+	}
+	if got[0] < held {
+		t.Fatalf("held write reported a wait of %v, less than the %v it was seen queued", got[0], held)
+	}
+	if got[1] < 0 || got[1] >= got[0] {
+		t.Fatalf("write to an idle writer reported %v (the held one %v)", got[1], got[0])
+	}
+	db.SetWaitObserver(nil)
+	if err := db.WriteTx(ctx, insert("unobserved")); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(seen()); n != 2 {
+		t.Fatalf("observer called after removal (%d waits)", n)
+	}
+}
