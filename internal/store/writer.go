@@ -307,7 +307,7 @@ func (db *DB) attempt(reqs []*request, budget bool) (retry, leftover []*request)
 		if !r.take() {
 			continue // the caller gave up before it started
 		}
-		if r.taken.IsZero() && r.fn != nil {
+		if r.taken.IsZero() {
 			r.taken = time.Now()
 			if f := db.onWait.Load(); f != nil {
 				(*f)(r.taken.Sub(r.queued))
